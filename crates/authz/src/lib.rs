@@ -1,1 +1,155 @@
+//! Who is calling and what they may do, decided locally in every service:
+//! tokens verified against auth's cached JWKS ([`verifier`]), callers ([`caller`]),
+//! and the policy language and evaluator ([`policy`]).
 
+pub mod caller;
+pub mod policy;
+pub mod verifier;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRef, FromRequestParts};
+use http::request::Parts;
+use minicloud_proto::auth::v1::GetRolePoliciesRequest;
+use minicloud_proto::auth::v1::auth_service_client::AuthServiceClient;
+use minicloud_proto::error::{ApiError, ErrorCode};
+use minicloud_telemetry::grpc_client::TracedChannel;
+use tokio::sync::RwLock;
+
+pub use caller::{Caller, Claims, Credential, Role};
+pub use policy::{Access, Decision, Policy};
+pub use verifier::{Verifier, VerifyError};
+
+/// Identity policies are refetched after this long, so a policy change reaches
+/// every service within it (design §4 asks for 60 s).
+pub const POLICY_CACHE_TTL: Duration = Duration::from_secs(30);
+
+type PolicyCache = HashMap<String, (Arc<Vec<Policy>>, Instant)>;
+
+pub struct Authz {
+    verifier: Verifier,
+    client: AuthServiceClient<TracedChannel>,
+    policies: RwLock<PolicyCache>,
+}
+
+impl std::fmt::Debug for Authz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authz").finish_non_exhaustive()
+    }
+}
+
+impl Authz {
+    /// An authz client of the auth service at `auth_grpc_url` (`http://127.0.0.1:4601`).
+    /// Connects lazily: a service starts even while auth is still starting.
+    pub fn connect(auth_grpc_url: &str) -> Result<Arc<Authz>, tonic::transport::Error> {
+        let channel = TracedChannel::connect_lazy("auth", auth_grpc_url)?;
+        let client = AuthServiceClient::new(channel);
+        Ok(Arc::new(Authz {
+            verifier: Verifier::new(client.clone()),
+            client,
+            policies: RwLock::new(HashMap::new()),
+        }))
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The caller behind an `Authorization` header value (`None`: anonymous).
+    pub async fn caller(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        let Some(value) = authorization else { return Ok(Caller::anonymous()) };
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthenticated("Authorization must be \"Bearer <token>\""))?;
+        self.verifier.verify_bearer(token).await.map_err(verify_error)
+    }
+
+    /// The identity policies of `role`, cached for [`POLICY_CACHE_TTL`].
+    pub async fn role_policies(&self, role: &str) -> Result<Arc<Vec<Policy>>, ApiError> {
+        if let Some((policies, at)) = self.policies.read().await.get(role)
+            && at.elapsed() < POLICY_CACHE_TTL
+        {
+            return Ok(Arc::clone(policies));
+        }
+        let request = GetRolePoliciesRequest { role: role.to_owned() };
+        let policies = match self.client.clone().get_role_policies(request).await {
+            Ok(response) => response
+                .into_inner()
+                .policies_json
+                .iter()
+                .filter_map(|json| match Policy::from_json_str(json) {
+                    Ok(policy) => Some(policy),
+                    Err(error) => {
+                        tracing::warn!(role, %error, "ignoring an invalid stored policy");
+                        None
+                    }
+                })
+                .collect(),
+            Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
+            Err(status) => {
+                tracing::warn!(role, %status, "fetching role policies failed");
+                return Err(ApiError::unavailable("authorization temporarily unavailable"));
+            }
+        };
+        let policies = Arc::new(policies);
+        self.policies.write().await.insert(role.to_owned(), (Arc::clone(&policies), Instant::now()));
+        Ok(policies)
+    }
+
+    /// Allows or refuses `action` on `resource` for `caller`, given the resource's own
+    /// policies. Refusals are 403 `permission_denied`.
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: &str,
+        resource_policies: &[&Policy],
+    ) -> Result<(), ApiError> {
+        if caller.is_service() {
+            return Ok(());
+        }
+        let identity = self.role_policies(caller.role.name()).await?;
+        let decision =
+            policy::evaluate(caller, Access { action, resource }, &identity, resource_policies);
+        if decision.is_allowed() {
+            Ok(())
+        } else {
+            tracing::debug!(role = caller.role.name(), action, resource, ?decision, "access denied");
+            Err(ApiError::forbidden(format!("{action} on {resource} is not allowed for this caller")))
+        }
+    }
+}
+
+fn verify_error(error: VerifyError) -> ApiError {
+    match error {
+        VerifyError::Unavailable => ApiError::unavailable("token verification temporarily unavailable"),
+        other => ApiError::new(ErrorCode::Unauthenticated, other.to_string()),
+    }
+}
+
+/// Axum extractor: the verified caller of this request (anonymous without a token).
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<Authz>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let authz = Arc::<Authz>::from_ref(state);
+        let header = match parts.headers.get(http::header::AUTHORIZATION) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| ApiError::unauthenticated("Authorization header is not text"))?,
+            ),
+        };
+        authz.caller(header).await
+    }
+}

@@ -1,0 +1,504 @@
+//! The policy language of design §4: IAM-like statements, default deny, explicit deny
+//! wins, `*`/`?` wildcards in actions and resources, `${auth.uid}` and `${auth.role}`
+//! substituted from the caller.
+//!
+//! ```json
+//! {"effect":"allow","principals":["role:authenticated"],
+//!  "actions":["storage:GetObject","storage:PutObject"],
+//!  "resources":["storage:photos/${auth.uid}/*"]}
+//! ```
+//! A policy document is one statement, an array of statements, or
+//! `{"statements":[…]}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::caller::{Caller, Role};
+
+pub const SERVICES: [&str; 5] = ["storage", "db", "kv", "events", "functions"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    pub effect: Effect,
+    /// `*`, `role:<name>`, `user:<uid>`. Empty in an identity policy means "the role
+    /// the policy is attached to".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Policy {
+    pub statements: Vec<Statement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid policy: {0}")]
+pub struct PolicyError(pub String);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PolicyDocument {
+    One(Statement),
+    Many(Vec<Statement>),
+    Wrapped {
+        statements: Vec<Statement>,
+    },
+}
+
+impl Policy {
+    /// Parses and validates a policy document.
+    pub fn from_json(value: &serde_json::Value) -> Result<Policy, PolicyError> {
+        if value.is_null() {
+            return Ok(Policy::default());
+        }
+        let document: PolicyDocument = serde_json::from_value(value.clone()).map_err(|_| {
+            PolicyError(
+                "expected a statement {effect, principals, actions, resources}, an array of them, or {\"statements\":[…]}".into(),
+            )
+        })?;
+        let statements = match document {
+            PolicyDocument::One(statement) => vec![statement],
+            PolicyDocument::Many(statements) | PolicyDocument::Wrapped { statements } => statements,
+        };
+        if statements.len() > 100 {
+            return Err(PolicyError("at most 100 statements".into()));
+        }
+        for statement in &statements {
+            statement.validate()?;
+        }
+        Ok(Policy { statements })
+    }
+
+    pub fn from_json_str(text: &str) -> Result<Policy, PolicyError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| PolicyError(e.to_string()))?;
+        Policy::from_json(&value)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+}
+
+impl Statement {
+    fn validate(&self) -> Result<(), PolicyError> {
+        if self.actions.is_empty() || self.resources.is_empty() {
+            return Err(PolicyError("actions and resources must not be empty".into()));
+        }
+        for action in &self.actions {
+            check_scoped(action, "action")?;
+            Pattern::parse(action)?;
+        }
+        for resource in &self.resources {
+            check_scoped(resource, "resource")?;
+            Pattern::parse(resource)?;
+        }
+        for principal in &self.principals {
+            let valid = principal == "*"
+                || principal
+                    .strip_prefix("role:")
+                    .or_else(|| principal.strip_prefix("user:"))
+                    .is_some_and(|rest| !rest.is_empty() && rest.len() <= 256);
+            if !valid {
+                return Err(PolicyError(format!(
+                    "principal {principal:?}: expected \"*\", \"role:<name>\" or \"user:<uid>\""
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `"*"` or `<service>:<rest>` with a known service.
+fn check_scoped(value: &str, what: &str) -> Result<(), PolicyError> {
+    if value == "*" {
+        return Ok(());
+    }
+    if value.len() > 1024 {
+        return Err(PolicyError(format!("{what} longer than 1024 bytes")));
+    }
+    match value.split_once(':') {
+        Some((service, _)) if SERVICES.contains(&service) || service == "*" => Ok(()),
+        _ => Err(PolicyError(format!(
+            "{what} {value:?}: expected \"<service>:…\" with service one of {}",
+            SERVICES.join(", ")
+        ))),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(char),
+    /// `*`: any run of characters, `/` included.
+    Star,
+    /// `?`: exactly one character.
+    One,
+    Uid,
+    RoleName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pattern(Vec<Token>);
+
+impl Pattern {
+    fn parse(text: &str) -> Result<Pattern, PolicyError> {
+        let mut tokens = Vec::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            if let Some(after) = rest.strip_prefix("${") {
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| PolicyError(format!("unclosed variable in {text:?}")))?;
+                match &after[..end] {
+                    "auth.uid" => tokens.push(Token::Uid),
+                    "auth.role" => tokens.push(Token::RoleName),
+                    other => {
+                        return Err(PolicyError(format!(
+                            "unknown variable ${{{other}}}: only ${{auth.uid}} and ${{auth.role}}"
+                        )));
+                    }
+                }
+                rest = &after[end + 1..];
+                continue;
+            }
+            tokens.push(match c {
+                '*' => Token::Star,
+                '?' => Token::One,
+                c => Token::Literal(c),
+            });
+            rest = &rest[c.len_utf8()..];
+        }
+        Ok(Pattern(tokens))
+    }
+
+    /// Resolves variables to literal text. `None` when the caller lacks the value
+    /// (an anonymous caller has no uid): such a statement cannot apply.
+    fn resolve(&self, caller: &Caller) -> Option<Vec<Token>> {
+        let mut out = Vec::with_capacity(self.0.len());
+        for token in &self.0 {
+            match token {
+                Token::Uid => out.extend(caller.uid.as_deref()?.chars().map(Token::Literal)),
+                Token::RoleName => out.extend(caller.role.name().chars().map(Token::Literal)),
+                other => out.push(other.clone()),
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Wildcard match with backtracking over the last `*` only: linear in practice,
+/// O(n·m) at worst, never exponential.
+fn matches(pattern: &[Token], text: &str, case_insensitive: bool) -> bool {
+    let text: Vec<char> = text.chars().collect();
+    let eq = |a: char, b: char| if case_insensitive { a.eq_ignore_ascii_case(&b) } else { a == b };
+    let (mut p, mut t) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(Token::Literal(c)) if eq(*c, text[t]) => {
+                p += 1;
+                t += 1;
+            }
+            Some(Token::One) => {
+                p += 1;
+                t += 1;
+            }
+            Some(Token::Star) => {
+                star = Some((p, t));
+                p += 1;
+            }
+            _ => match star {
+                Some((star_p, star_t)) => {
+                    p = star_p + 1;
+                    t = star_t + 1;
+                    star = Some((star_p, star_t + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|token| *token == Token::Star)
+}
+
+fn pattern_matches(pattern: &str, value: &str, caller: &Caller, case_insensitive: bool) -> bool {
+    let Ok(parsed) = Pattern::parse(pattern) else { return false };
+    match parsed.resolve(caller) {
+        Some(tokens) => matches(&tokens, value, case_insensitive),
+        None => false,
+    }
+}
+
+fn principal_matches(principal: &str, caller: &Caller) -> bool {
+    if principal == "*" {
+        return true;
+    }
+    if let Some(role) = principal.strip_prefix("role:") {
+        return role == caller.role.name();
+    }
+    if let Some(uid) = principal.strip_prefix("user:") {
+        return caller.uid.as_deref() == Some(uid);
+    }
+    false
+}
+
+/// What is being asked: `storage:GetObject` on `storage:photos/u1/a.jpg`.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    pub action: &'a str,
+    pub resource: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// No statement allowed it.
+    ImplicitDeny,
+    /// A statement denied it.
+    ExplicitDeny,
+}
+
+impl Decision {
+    pub fn is_allowed(self) -> bool {
+        self == Decision::Allow
+    }
+}
+
+impl Statement {
+    fn applies(&self, caller: &Caller, access: Access<'_>, identity: bool) -> bool {
+        let principal_ok = if identity && self.principals.is_empty() {
+            true
+        } else {
+            self.principals.iter().any(|p| principal_matches(p, caller))
+        };
+        principal_ok
+            && self.actions.iter().any(|a| pattern_matches(a, access.action, caller, true))
+            && self.resources.iter().any(|r| pattern_matches(r, access.resource, caller, false))
+    }
+}
+
+/// Evaluates identity policies (attached to the caller's role) and resource policies
+/// (attached to the bucket, collection or topic) together: any applicable deny wins,
+/// else any applicable allow allows, else deny. The `service` role bypasses policies.
+pub fn evaluate(
+    caller: &Caller,
+    access: Access<'_>,
+    identity_policies: &[Policy],
+    resource_policies: &[&Policy],
+) -> Decision {
+    if caller.role == Role::Service {
+        return Decision::Allow;
+    }
+    let identity = identity_policies.iter().flat_map(|p| &p.statements).map(|s| (s, true));
+    let resource = resource_policies.iter().flat_map(|p| &p.statements).map(|s| (s, false));
+    let mut allowed = false;
+    for (statement, is_identity) in identity.chain(resource) {
+        if statement.applies(caller, access, is_identity) {
+            match statement.effect {
+                Effect::Deny => return Decision::ExplicitDeny,
+                Effect::Allow => allowed = true,
+            }
+        }
+    }
+    if allowed { Decision::Allow } else { Decision::ImplicitDeny }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn user(uid: &str) -> Caller {
+        Caller::user(uid)
+    }
+
+    fn anon() -> Caller {
+        Caller::anonymous()
+    }
+
+    fn policy(value: serde_json::Value) -> Policy {
+        Policy::from_json(&value).unwrap()
+    }
+
+    fn photos_policy() -> Policy {
+        policy(json!({
+            "effect": "allow",
+            "principals": ["role:authenticated"],
+            "actions": ["storage:GetObject", "storage:PutObject"],
+            "resources": ["storage:photos/${auth.uid}/*"]
+        }))
+    }
+
+    #[test]
+    fn table_of_decisions() {
+        let photos = photos_policy();
+        let deny_secret = policy(json!({
+            "effect": "deny", "principals": ["*"], "actions": ["storage:*"],
+            "resources": ["storage:photos/*/secret/*"]
+        }));
+        let fn_role = policy(json!([
+            {"effect":"allow","actions":["storage:GetObject"],"resources":["storage:photos/*"]},
+            {"effect":"allow","actions":["storage:PutObject"],"resources":["storage:thumbnails/*"]},
+            {"effect":"allow","actions":["db:PutDocument"],"resources":["db:photo_meta/*"]}
+        ]));
+        let thumb = Caller::role("thumbnail", Some("fn:thumbnail"));
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(&str, Caller, &str, &str, Vec<Policy>, Vec<&Policy>, Decision)> = vec![
+            ("own photo", user("u1"), "storage:GetObject", "storage:photos/u1/a.jpg", vec![], vec![&photos], Decision::Allow),
+            ("nested path under own uid", user("u1"), "storage:PutObject", "storage:photos/u1/2024/a.jpg", vec![], vec![&photos], Decision::Allow),
+            ("someone else's photo", user("u1"), "storage:GetObject", "storage:photos/u2/a.jpg", vec![], vec![&photos], Decision::ImplicitDeny),
+            ("uid prefix is not the uid", user("u1"), "storage:GetObject", "storage:photos/u10/a.jpg", vec![], vec![&photos], Decision::ImplicitDeny),
+            ("action not granted", user("u1"), "storage:DeleteObject", "storage:photos/u1/a.jpg", vec![], vec![&photos], Decision::ImplicitDeny),
+            ("anon has no uid", anon(), "storage:GetObject", "storage:photos//a.jpg", vec![], vec![&photos], Decision::ImplicitDeny),
+            ("explicit deny wins", user("u1"), "storage:GetObject", "storage:photos/u1/secret/a", vec![], vec![&photos, &deny_secret], Decision::ExplicitDeny),
+            ("no policy at all", user("u1"), "storage:GetObject", "storage:photos/u1/a.jpg", vec![], vec![], Decision::ImplicitDeny),
+            ("service bypasses", Caller::service(), "storage:DeleteBucket", "storage:photos", vec![], vec![&deny_secret], Decision::Allow),
+            ("identity policy of role", thumb.clone(), "storage:GetObject", "storage:photos/u1/a.jpg", vec![fn_role.clone()], vec![], Decision::Allow),
+            ("role may write thumbnails", thumb.clone(), "storage:PutObject", "storage:thumbnails/u1/a.jpg", vec![fn_role.clone()], vec![], Decision::Allow),
+            ("role may not write photos", thumb.clone(), "storage:PutObject", "storage:photos/u1/a.jpg", vec![fn_role.clone()], vec![], Decision::ImplicitDeny),
+            ("role may not delete docs", thumb.clone(), "db:DeleteDocument", "db:photo_meta/x", vec![fn_role.clone()], vec![], Decision::ImplicitDeny),
+            ("actions are case-insensitive", thumb.clone(), "DB:putdocument", "db:photo_meta/x", vec![fn_role.clone()], vec![], Decision::Allow),
+            ("resources are case-sensitive", thumb.clone(), "db:PutDocument", "db:Photo_meta/x", vec![fn_role], vec![], Decision::ImplicitDeny),
+        ];
+        for (name, caller, action, resource, identity, resource_policies, expected) in cases {
+            let got = evaluate(&caller, Access { action, resource }, &identity, &resource_policies);
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn principals_select_callers_in_resource_policies() {
+        let only_u2 = policy(json!({"effect":"allow","principals":["user:u2"],"actions":["*"],"resources":["*"]}));
+        let access = Access { action: "db:GetDocument", resource: "db:c/1" };
+        assert_eq!(evaluate(&user("u1"), access, &[], &[&only_u2]), Decision::ImplicitDeny);
+        assert_eq!(evaluate(&user("u2"), access, &[], &[&only_u2]), Decision::Allow);
+        // A resource statement without principals applies to nobody.
+        let nobody = policy(json!({"effect":"allow","actions":["*"],"resources":["*"]}));
+        assert_eq!(evaluate(&user("u2"), access, &[], &[&nobody]), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn role_variable_is_substituted() {
+        let by_role = policy(json!({"effect":"allow","principals":["*"],"actions":["kv:Get"],"resources":["kv:${auth.role}/*"]}));
+        let access = Access { action: "kv:Get", resource: "kv:authenticated/k" };
+        assert_eq!(evaluate(&user("u1"), access, &[], &[&by_role]), Decision::Allow);
+        assert_eq!(evaluate(&anon(), access, &[], &[&by_role]), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn a_uid_with_wildcard_characters_is_matched_literally() {
+        let photos = photos_policy();
+        let sneaky = user("*");
+        let access = Access { action: "storage:GetObject", resource: "storage:photos/u2/a.jpg" };
+        assert_eq!(evaluate(&sneaky, access, &[], &[&photos]), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn invalid_documents_are_rejected_with_a_reason() {
+        for bad in [
+            json!({"effect":"maybe","actions":["*"],"resources":["*"]}),
+            json!({"effect":"allow","actions":[],"resources":["*"]}),
+            json!({"effect":"allow","actions":["s3:GetObject"],"resources":["*"]}),
+            json!({"effect":"allow","actions":["*"],"resources":["storage:${auth.email}"]}),
+            json!({"effect":"allow","actions":["*"],"resources":["storage:${auth.uid"]}),
+            json!({"effect":"allow","principals":["admin"],"actions":["*"],"resources":["*"]}),
+            json!({"effect":"allow","actions":["*"],"resources":["*"],"condition":{}}),
+            json!("allow everything"),
+        ] {
+            assert!(Policy::from_json(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(policy(json!({"statements":[]})).statements.len(), 0);
+    }
+
+    #[test]
+    fn wildcards() {
+        let p = |s: &str| Pattern::parse(s).unwrap().0;
+        assert!(matches(&p("a*c"), "abbbc", false));
+        assert!(matches(&p("a*c"), "ac", false));
+        assert!(matches(&p("a?c"), "abc", false));
+        assert!(!matches(&p("a?c"), "ac", false));
+        assert!(matches(&p("*"), "", false));
+        assert!(matches(&p("a*b*c*"), "a-b-c-d", false));
+        assert!(!matches(&p("a*b*c"), "a-b-c-d", false));
+        assert!(matches(&p("photos/*/*.jpg"), "photos/u1/x/y.jpg", false));
+        // Pathological input stays fast (no exponential backtracking).
+        let long = "a".repeat(5000);
+        assert!(!matches(&p("*a*a*a*a*a*a*b"), &long, false));
+    }
+
+    fn arb_statement(effect: Effect) -> impl Strategy<Value = Statement> {
+        let action = prop::sample::select(vec!["*", "storage:*", "storage:GetObject", "db:*", "storage:Get*"]);
+        let resource = prop::sample::select(vec!["*", "storage:*", "storage:a/*", "storage:a/${auth.uid}/*", "db:c/*"]);
+        let principal = prop::sample::select(vec!["*", "role:authenticated", "user:u1", "role:anon"]);
+        (
+            prop::collection::vec(action, 1..3),
+            prop::collection::vec(resource, 1..3),
+            prop::collection::vec(principal, 0..3),
+        )
+            .prop_map(move |(actions, resources, principals)| Statement {
+                effect,
+                principals: principals.into_iter().map(String::from).collect(),
+                actions: actions.into_iter().map(String::from).collect(),
+                resources: resources.into_iter().map(String::from).collect(),
+            })
+    }
+
+    fn arb_caller() -> impl Strategy<Value = Caller> {
+        prop_oneof![Just(user("u1")), Just(user("u2")), Just(anon()), Just(Caller::role("fn", None))]
+    }
+
+    fn arb_access() -> impl Strategy<Value = (String, String)> {
+        (
+            prop::sample::select(vec!["storage:GetObject", "storage:PutObject", "db:Query"]),
+            prop::sample::select(vec!["storage:a/u1/x", "storage:a/u2/x", "storage:b", "db:c/1"]),
+        )
+            .prop_map(|(a, r)| (a.to_owned(), r.to_owned()))
+    }
+
+    proptest! {
+        #[test]
+        fn deny_always_beats_allow(
+            allows in prop::collection::vec(arb_statement(Effect::Allow), 0..5),
+            denies in prop::collection::vec(arb_statement(Effect::Deny), 1..3),
+            caller in arb_caller(),
+            (action, resource) in arb_access(),
+        ) {
+            let access = Access { action: &action, resource: &resource };
+            let deny_applies = denies.iter().any(|s| s.applies(&caller, access, true) || s.applies(&caller, access, false));
+            let identity = Policy { statements: allows.iter().cloned().chain(denies.iter().cloned()).collect() };
+            let resource_policy = Policy { statements: allows.clone() };
+            let decision = evaluate(&caller, access, &[identity], &[&resource_policy]);
+            if deny_applies && denies.iter().any(|s| s.applies(&caller, access, true)) {
+                prop_assert_eq!(decision, Decision::ExplicitDeny);
+            }
+            // Adding a deny statement never turns a deny into an allow.
+            let without_denies = evaluate(&caller, access, &[Policy { statements: allows.clone() }], &[&resource_policy]);
+            if !without_denies.is_allowed() {
+                prop_assert!(!decision.is_allowed());
+            }
+        }
+
+        #[test]
+        fn no_statement_means_deny(caller in arb_caller(), (action, resource) in arb_access()) {
+            let access = Access { action: &action, resource: &resource };
+            prop_assert_eq!(evaluate(&caller, access, &[], &[]), Decision::ImplicitDeny);
+            prop_assert_eq!(evaluate(&caller, access, &[Policy::default()], &[&Policy::default()]), Decision::ImplicitDeny);
+        }
+
+        #[test]
+        fn the_parser_never_panics(text in ".{0,200}") {
+            let _ = Policy::from_json_str(&text);
+            let _ = Pattern::parse(&text);
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Local token verification: access tokens against the JWKS fetched from auth over
+//! gRPC and cached; opaque API keys resolved by auth and cached for a bounded time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use minicloud_proto::auth::v1::auth_service_client::AuthServiceClient;
+use minicloud_proto::auth::v1::{GetJwksRequest, VerifyApiKeyRequest};
+use minicloud_telemetry::grpc_client::TracedChannel;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::caller::{AUDIENCE, Caller, Claims, Credential, ISSUER, Role};
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+pub const LEEWAY_SECONDS: u64 = 30;
+/// An unknown `kid` refetches the JWKS at most this often, so a flood of forged
+/// tokens cannot turn into a flood of calls to auth.
+const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(3);
+/// Keys are refetched at least this often even when every kid is known, so a removed
+/// key stops verifying.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// A revoked API key stops working within this long.
+pub const API_KEY_CACHE_TTL: Duration = Duration::from_secs(60);
+const API_KEY_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+const API_KEY_CACHE_MAX: usize = 10_000;
+
+/// Prefix of opaque API keys (`mck_<id>_<secret>`), to tell them from JWTs.
+pub const API_KEY_PREFIX: &str = "mck_";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("token signed with an unsupported algorithm")]
+    Algorithm,
+    #[error("token signed by an unknown key")]
+    UnknownKey,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("invalid API key")]
+    InvalidApiKey,
+    #[error("auth service unavailable")]
+    Unavailable,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, Arc<DecodingKey>>,
+    fetched_at: Option<Instant>,
+}
+
+/// Where keys come from: auth's gRPC API in services, a fixed set in unit tests.
+#[derive(Clone)]
+enum KeySource {
+    Auth(AuthServiceClient<TracedChannel>),
+    #[cfg_attr(not(test), allow(dead_code))]
+    Fixed(Arc<HashMap<String, String>>),
+}
+
+#[derive(Clone)]
+struct ApiKeyEntry {
+    caller: Option<Caller>,
+    expires: Instant,
+}
+
+pub struct Verifier {
+    source: KeySource,
+    keys: RwLock<KeySet>,
+    /// Serialises refetches and remembers when the last one started.
+    refetch: Mutex<Option<Instant>>,
+    api_keys: RwLock<HashMap<[u8; 32], ApiKeyEntry>>,
+}
+
+impl Verifier {
+    pub fn new(client: AuthServiceClient<TracedChannel>) -> Self {
+        Self::with_source(KeySource::Auth(client))
+    }
+
+    /// A verifier over fixed public keys (kid → base64url x), for tests and tools.
+    pub fn with_fixed_keys(keys: HashMap<String, String>) -> Self {
+        Self::with_source(KeySource::Fixed(Arc::new(keys)))
+    }
+
+    fn with_source(source: KeySource) -> Self {
+        Verifier {
+            source,
+            keys: RwLock::new(KeySet::default()),
+            refetch: Mutex::new(None),
+            api_keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The caller a bearer credential stands for.
+    pub async fn verify_bearer(&self, bearer: &str) -> Result<Caller, VerifyError> {
+        if bearer.starts_with(API_KEY_PREFIX) {
+            self.verify_api_key(bearer).await
+        } else {
+            let claims = self.verify_access_token(bearer).await?;
+            Ok(Caller {
+                role: Role::parse(&claims.role),
+                uid: Some(claims.sub),
+                session_id: claims.sid,
+                credential: Credential::AccessToken,
+            })
+        }
+    }
+
+    pub async fn verify_access_token(&self, token: &str) -> Result<Claims, VerifyError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(VerifyError::Algorithm);
+        }
+        let kid = header.kid.ok_or(VerifyError::UnknownKey)?;
+        let key = self.key(&kid).await?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|error| {
+            use jsonwebtoken::errors::ErrorKind;
+            match error.kind() {
+                ErrorKind::ExpiredSignature => VerifyError::Expired,
+                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+                ErrorKind::InvalidAlgorithm => VerifyError::Algorithm,
+                ErrorKind::InvalidSignature => VerifyError::Invalid("bad signature".into()),
+                ErrorKind::InvalidAudience => VerifyError::Invalid("wrong audience".into()),
+                ErrorKind::InvalidIssuer => VerifyError::Invalid("wrong issuer".into()),
+                _ => VerifyError::Malformed,
+            }
+        })?;
+        // `iat` in the future beyond the leeway is as suspicious as `nbf`.
+        let now = chrono_now();
+        if data.claims.iat > now + LEEWAY_SECONDS as i64 {
+            return Err(VerifyError::NotYetValid);
+        }
+        Ok(data.claims)
+    }
+
+    async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, VerifyError> {
+        {
+            let keys = self.keys.read().await;
+            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
+            if fresh && let Some(key) = keys.keys.get(kid) {
+                return Ok(Arc::clone(key));
+            }
+        }
+        self.refetch_keys().await?;
+        self.keys.read().await.keys.get(kid).cloned().ok_or(VerifyError::UnknownKey)
+    }
+
+    async fn refetch_keys(&self) -> Result<(), VerifyError> {
+        let mut last = self.refetch.lock().await;
+        if let Some(at) = *last
+            && at.elapsed() < MIN_REFETCH_INTERVAL
+            && self.keys.read().await.fetched_at.is_some()
+        {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let fetched: HashMap<String, String> = match &self.source {
+            KeySource::Fixed(keys) => (**keys).clone(),
+            KeySource::Auth(client) => {
+                let response = client
+                    .clone()
+                    .get_jwks(GetJwksRequest {})
+                    .await
+                    .map_err(|status| {
+                        tracing::warn!(%status, "fetching the JWKS from auth failed");
+                        VerifyError::Unavailable
+                    })?
+                    .into_inner();
+                response
+                    .keys
+                    .into_iter()
+                    .filter(|jwk| jwk.alg == "EdDSA" && jwk.crv == "Ed25519")
+                    .map(|jwk| (jwk.kid, jwk.x))
+                    .collect()
+            }
+        };
+        let mut keys = HashMap::new();
+        for (kid, x) in fetched {
+            match DecodingKey::from_ed_components(&x) {
+                Ok(key) => {
+                    keys.insert(kid, Arc::new(key));
+                }
+                Err(error) => tracing::warn!(kid, %error, "ignoring an undecodable JWKS key"),
+            }
+        }
+        let mut set = self.keys.write().await;
+        set.keys = keys;
+        set.fetched_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn verify_api_key(&self, key: &str) -> Result<Caller, VerifyError> {
+        if key.len() > 256 {
+            return Err(VerifyError::InvalidApiKey);
+        }
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if let Some(entry) = self.api_keys.read().await.get(&digest)
+            && entry.expires > Instant::now()
+        {
+            return entry.caller.clone().ok_or(VerifyError::InvalidApiKey);
+        }
+        let KeySource::Auth(client) = &self.source else {
+            return Err(VerifyError::InvalidApiKey);
+        };
+        let result = client.clone().verify_api_key(VerifyApiKeyRequest { key: key.to_owned() }).await;
+        let (caller, ttl) = match result {
+            Ok(response) => {
+                let response = response.into_inner();
+                let role = Role::parse(&response.role);
+                let caller = Caller {
+                    uid: if response.subject.is_empty() { None } else { Some(response.subject) },
+                    role,
+                    session_id: None,
+                    credential: Credential::ApiKey,
+                };
+                (Some(caller), API_KEY_CACHE_TTL)
+            }
+            Err(status) if status.code() == tonic::Code::Unauthenticated => (None, API_KEY_NEGATIVE_TTL),
+            Err(status) => {
+                tracing::warn!(%status, "verifying an API key with auth failed");
+                return Err(VerifyError::Unavailable);
+            }
+        };
+        let mut cache = self.api_keys.write().await;
+        if cache.len() >= API_KEY_CACHE_MAX {
+            let now = Instant::now();
+            cache.retain(|_, entry| entry.expires > now);
+            if cache.len() >= API_KEY_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, ApiKeyEntry { caller: caller.clone(), expires: Instant::now() + ttl });
+        caller.ok_or(VerifyError::InvalidApiKey)
+    }
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
