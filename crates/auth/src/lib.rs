@@ -1,1 +1,190 @@
+//! The auth service (`/auth/v1`): users with email and password, EdDSA access tokens
+//! and rotating refresh tokens (GoTrue's shapes), roles with identity policies, API
+//! keys, signing-key rotation, and the gRPC API other services use.
 
+mod admin;
+mod api;
+mod error;
+mod grpc;
+mod keys;
+mod passwords;
+mod rate_limit;
+mod sessions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::routing::{get, post};
+use futures::FutureExt as _;
+use minicloud_authz::Authz;
+use minicloud_proto::auth::v1::auth_service_server::AuthServiceServer;
+use minicloud_telemetry::metrics::ServiceMetrics;
+use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use api::UserOut;
+pub use error::AuthError;
+pub use passwords::{ITERATIONS, MEMORY_KIB, PARALLELISM};
+
+/// The Postgres schema this service owns.
+pub const SCHEMA: &str = "auth";
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthConfig {
+    /// Lifetime of access tokens, seconds.
+    #[arg(long = "auth-access-token-ttl", env = "MINICLOUD_AUTH_ACCESS_TOKEN_TTL", default_value_t = 3600)]
+    pub access_token_ttl_s: u64,
+    /// Lifetime of refresh tokens, seconds.
+    #[arg(long = "auth-refresh-token-ttl", env = "MINICLOUD_AUTH_REFRESH_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_s: u64,
+    /// Longest role token the invoker may ask for, seconds.
+    #[arg(long = "auth-max-role-token-ttl", env = "MINICLOUD_AUTH_MAX_ROLE_TOKEN_TTL", default_value_t = 3600)]
+    pub max_role_token_ttl_s: u64,
+    /// Signups, sign-ins and refreshes per minute from one IP address (each).
+    #[arg(long = "auth-rate-limit-per-ip", env = "MINICLOUD_AUTH_RATE_LIMIT_PER_IP", default_value_t = 60)]
+    pub rate_limit_per_ip: u32,
+    /// Signups, sign-ins and refreshes per minute for one email address (each).
+    #[arg(long = "auth-rate-limit-per-email", env = "MINICLOUD_AUTH_RATE_LIMIT_PER_EMAIL", default_value_t = 10)]
+    pub rate_limit_per_email: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_token_ttl_s: 3600,
+            refresh_token_ttl_s: 30 * 24 * 3600,
+            max_role_token_ttl_s: 3600,
+            rate_limit_per_ip: 60,
+            rate_limit_per_email: 10,
+        }
+    }
+}
+
+/// The built-in keys created on first start.
+#[derive(Debug, Clone)]
+pub struct BuiltinKeys {
+    pub anon_key: String,
+    pub service_key: String,
+}
+
+pub struct AuthState {
+    pub(crate) pool: PgPool,
+    pub(crate) config: AuthConfig,
+    pub(crate) keys: keys::Keys,
+    pub(crate) limits: rate_limit::RateLimits,
+    pub(crate) authz: Arc<Authz>,
+}
+
+/// Shared state of the handlers; `Arc<Authz>` is extracted from it for [`minicloud_authz::Caller`].
+#[derive(Clone)]
+pub struct Auth(Arc<AuthState>);
+
+impl FromRef<Auth> for Arc<Authz> {
+    fn from_ref(auth: &Auth) -> Self {
+        Arc::clone(&auth.0.authz)
+    }
+}
+
+impl std::ops::Deref for Auth {
+    type Target = AuthState;
+    fn deref(&self) -> &AuthState {
+        &self.0
+    }
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("./migrations").run(pool).await
+}
+
+impl Auth {
+    /// Migrates the schema, loads or creates the signing key and the built-in keys.
+    /// `authz` verifies callers of this service like in every other one (it fetches
+    /// this service's own JWKS over gRPC).
+    pub async fn new(config: AuthConfig, pool: PgPool, authz: Arc<Authz>) -> Result<Auth, AuthError> {
+        migrate(&pool).await.map_err(|e| AuthError::Internal(format!("migrating: {e}")))?;
+        let access_ttl = chrono::Duration::seconds(config.access_token_ttl_s as i64);
+        let keys = keys::Keys::load_or_create(pool.clone(), access_ttl).await?;
+        let limits = rate_limit::RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_email);
+        let auth = Auth(Arc::new(AuthState { pool, config, keys, limits, authz }));
+        admin::ensure_builtin_keys(&auth).await?;
+        Ok(auth)
+    }
+
+    pub async fn builtin_keys(&self) -> Result<BuiltinKeys, AuthError> {
+        admin::builtin_keys(self).await
+    }
+
+    /// Reloads signing keys and prunes rate-limit state periodically until cancelled.
+    pub fn spawn_maintenance(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let auth = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => {
+                        auth.limits.prune();
+                        if let Err(error) = auth.keys.reload().await {
+                            tracing::warn!(%error, "reloading signing keys failed");
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    pub fn into_router(self) -> Router {
+        let pool = self.pool.clone();
+        let readiness: Readiness = Arc::new(move || {
+            let pool = pool.clone();
+            async move {
+                let result = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
+                vec![DependencyCheck::from_result("postgres", result)]
+            }
+            .boxed()
+        });
+        let metrics = ServiceMetrics::new("auth", |_| {});
+        let rest = Router::new()
+            .route("/auth/v1/signup", post(api::signup))
+            .route("/auth/v1/token", post(api::token))
+            .route("/auth/v1/logout", post(api::logout))
+            .route("/auth/v1/user", get(api::get_user).put(api::update_user))
+            .route("/auth/v1/.well-known/jwks.json", get(api::jwks))
+            .merge(admin::routes())
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self.clone());
+        ServiceHost::new("auth", rest, readiness, metrics)
+            .grpc(AuthServiceServer::new(grpc::AuthGrpc(self)))
+            .into_router()
+    }
+}
+
+/// Serves auth on `listener` until `shutdown` is cancelled.
+pub async fn run(auth: Auth, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let maintenance = auth.spawn_maintenance(shutdown.clone());
+    let result = minicloud_telemetry::server::serve(
+        listener,
+        auth.into_router(),
+        shutdown.cancelled_owned(),
+    )
+    .await;
+    maintenance.abort();
+    result
+}
+
+/// The address a request came from: the first `X-Forwarded-For` hop (set by the
+/// gateway, the only public entry) or the peer address.
+pub(crate) fn client_ip(headers: &http::HeaderMap, peer: Option<SocketAddr>) -> Option<std::net::IpAddr> {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next())
+        .and_then(|first| first.trim().parse().ok())
+        .or_else(|| peer.map(|addr| addr.ip()))
+}

@@ -1,0 +1,416 @@
+//! Admin API (service role only): users, roles with identity policies, API keys,
+//! signing-key rotation.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use minicloud_authz::{Caller, Policy};
+use minicloud_proto::error::{ApiError, Json, Path, Query};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::{UserOut, UserPatch, UserRow, check_metadata, normalise_email, user_columns};
+use crate::error::{AuthError, Result, is_foreign_key_violation, is_unique_violation};
+use crate::sessions::sha256;
+use crate::{Auth, BuiltinKeys};
+
+pub fn routes() -> Router<Auth> {
+    Router::new()
+        .route("/auth/v1/admin/users", get(list_users).post(create_user))
+        .route("/auth/v1/admin/users/{id}", get(get_user).put(update_user).delete(delete_user))
+        .route("/auth/v1/admin/roles", get(list_roles).post(create_role))
+        .route("/auth/v1/admin/roles/{name}", get(get_role).put(update_role).delete(delete_role))
+        .route("/auth/v1/admin/api-keys", get(list_api_keys).post(create_api_key))
+        .route("/auth/v1/admin/api-keys/{id}", axum::routing::delete(revoke_api_key))
+        .route("/auth/v1/admin/keys/rotate", post(rotate_signing_key))
+}
+
+fn require_service(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_service() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("the admin API needs the service key"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+impl Page {
+    fn limit(&self) -> Result<i64> {
+        match self.limit {
+            None => Ok(100),
+            Some(n) if (1..=1000).contains(&n) => Ok(n),
+            Some(_) => Err(AuthError::Invalid("limit must be 1 to 1000".into())),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserList {
+    pub users: Vec<UserOut>,
+    pub next_cursor: Option<String>,
+}
+
+async fn list_users(State(auth): State<Auth>, caller: Caller, Query(page): Query<Page>) -> Result<Json<UserList>, ApiError> {
+    require_service(&caller)?;
+    let limit = page.limit()?;
+    let after = match &page.cursor {
+        Some(cursor) => Some(Uuid::parse_str(cursor).map_err(|_| ApiError::invalid("invalid cursor"))?),
+        None => None,
+    };
+    // User ids are UUIDv7, so id order is creation order and a stable keyset.
+    let rows = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"))
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&auth.pool)
+    .await
+    .map_err(AuthError::from)?;
+    let mut users: Vec<UserOut> = rows.into_iter().map(UserRow::into_out).collect();
+    let next_cursor = if users.len() as i64 > limit {
+        users.truncate(limit as usize);
+        users.last().map(|u| u.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(UserList { users, next_cursor }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserIn {
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub user_metadata: Option<serde_json::Value>,
+}
+
+async fn create_user(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Json(input): Json<AdminUserIn>,
+) -> Result<(StatusCode, Json<UserOut>), ApiError> {
+    require_service(&caller)?;
+    let email = normalise_email(&input.email)?;
+    let metadata = input.user_metadata.unwrap_or_else(|| serde_json::json!({}));
+    check_metadata(&metadata)?;
+    let user = crate::api::create_user(&auth, &email, input.password, metadata).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+fn parse_user_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::not_found("user not found"))
+}
+
+async fn get_user(State(auth): State<Auth>, caller: Caller, Path(id): Path<String>) -> Result<Json<UserOut>, ApiError> {
+    require_service(&caller)?;
+    Ok(Json(crate::api::load_user(&auth.pool, parse_user_id(&id)?).await?.into_out()))
+}
+
+async fn update_user(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(patch): Json<UserPatch>,
+) -> Result<Json<UserOut>, ApiError> {
+    require_service(&caller)?;
+    Ok(Json(crate::api::apply_user_patch(&auth, parse_user_id(&id)?, patch).await?))
+}
+
+async fn delete_user(State(auth): State<Auth>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    require_service(&caller)?;
+    let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(parse_user_id(&id)?)
+        .execute(&auth.pool)
+        .await
+        .map_err(AuthError::from)?
+        .rows_affected();
+    if deleted == 0 {
+        return Err(ApiError::not_found("user not found"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct RoleOut {
+    pub name: String,
+    pub description: String,
+    pub policies: serde_json::Value,
+    pub builtin: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleIn {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub policies: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolePatch {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub policies: Option<serde_json::Value>,
+}
+
+fn check_role_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.as_bytes()[0].is_ascii_lowercase();
+    if valid {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid("role name: 1-64 of a-z 0-9 _ -, starting with a letter".into()))
+    }
+}
+
+/// Validates a policy document and returns it as the canonical statement list.
+fn normalise_policies(value: &serde_json::Value) -> Result<serde_json::Value> {
+    let policy = Policy::from_json(value).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    serde_json::to_value(&policy).map_err(|e| AuthError::Internal(e.to_string()))
+}
+
+macro_rules! role_columns {
+    () => {
+        "name, description, policies, builtin, created_at, updated_at"
+    };
+}
+
+async fn list_roles(State(auth): State<Auth>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    require_service(&caller)?;
+    let roles = sqlx::query_as::<_, RoleOut>(concat!("SELECT ", role_columns!(), " FROM roles ORDER BY name LIMIT 1000"))
+        .fetch_all(&auth.pool)
+        .await
+        .map_err(AuthError::from)?;
+    Ok(Json(serde_json::json!({ "roles": roles })))
+}
+
+async fn create_role(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Json(input): Json<RoleIn>,
+) -> Result<(StatusCode, Json<RoleOut>), ApiError> {
+    require_service(&caller)?;
+    check_role_name(&input.name)?;
+    let policies = normalise_policies(&input.policies.unwrap_or(serde_json::Value::Null))?;
+    let role = sqlx::query_as::<_, RoleOut>(concat!("INSERT INTO roles (name, description, policies) VALUES ($1, $2, $3) RETURNING ", role_columns!()))
+    .bind(&input.name)
+    .bind(input.description.unwrap_or_default())
+    .bind(policies)
+    .fetch_one(&auth.pool)
+    .await
+    .map_err(|e| if is_unique_violation(&e) { AuthError::Conflict(format!("role {} exists", input.name)) } else { e.into() })?;
+    Ok((StatusCode::CREATED, Json(role)))
+}
+
+async fn get_role(State(auth): State<Auth>, caller: Caller, Path(name): Path<String>) -> Result<Json<RoleOut>, ApiError> {
+    require_service(&caller)?;
+    let role = sqlx::query_as::<_, RoleOut>(concat!("SELECT ", role_columns!(), " FROM roles WHERE name = $1"))
+        .bind(&name)
+        .fetch_optional(&auth.pool)
+        .await
+        .map_err(AuthError::from)?
+        .ok_or(AuthError::NotFound("role"))?;
+    Ok(Json(role))
+}
+
+async fn update_role(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(patch): Json<RolePatch>,
+) -> Result<Json<RoleOut>, ApiError> {
+    require_service(&caller)?;
+    if name == "service" && patch.policies.is_some() {
+        return Err(ApiError::invalid("the service role bypasses policies; it has none"));
+    }
+    let policies = patch.policies.as_ref().map(normalise_policies).transpose()?;
+    let role = sqlx::query_as::<_, RoleOut>(concat!("UPDATE roles SET description = COALESCE($2, description), policies = COALESCE($3, policies), updated_at = now()
+         WHERE name = $1 RETURNING ", role_columns!()))
+    .bind(&name)
+    .bind(patch.description)
+    .bind(policies)
+    .fetch_optional(&auth.pool)
+    .await
+    .map_err(AuthError::from)?
+    .ok_or(AuthError::NotFound("role"))?;
+    Ok(Json(role))
+}
+
+async fn delete_role(State(auth): State<Auth>, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    require_service(&caller)?;
+    let builtin: Option<bool> = sqlx::query_scalar("SELECT builtin FROM roles WHERE name = $1")
+        .bind(&name)
+        .fetch_optional(&auth.pool)
+        .await
+        .map_err(AuthError::from)?;
+    match builtin {
+        None => Err(ApiError::not_found("role not found")),
+        Some(true) => Err(ApiError::invalid("built-in roles cannot be deleted")),
+        Some(false) => {
+            sqlx::query("DELETE FROM roles WHERE name = $1")
+                .bind(&name)
+                .execute(&auth.pool)
+                .await
+                .map_err(AuthError::from)?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ApiKeyOut {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub subject: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyCreated {
+    #[serde(flatten)]
+    pub key: ApiKeyOut,
+    /// The secret, shown only in this response.
+    pub api_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyIn {
+    pub name: String,
+    pub role: String,
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+fn new_api_key() -> (String, String) {
+    let mut id = [0u8; 9];
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut id);
+    rand::rng().fill_bytes(&mut secret);
+    let id = format!("ak_{}", hex::encode(id));
+    let key = format!("{}{}.{}", minicloud_authz::verifier::API_KEY_PREFIX, id, URL_SAFE_NO_PAD.encode(secret));
+    (id, key)
+}
+
+async fn insert_api_key(
+    auth: &Auth,
+    name: &str,
+    role: &str,
+    subject: &str,
+    builtin: bool,
+) -> Result<ApiKeyCreated> {
+    let (id, key) = new_api_key();
+    let row = sqlx::query_as::<_, ApiKeyOut>(
+        "INSERT INTO api_keys (id, name, role, subject, key_hash, builtin_secret) VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, name, role, subject, created_at, revoked_at",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(role)
+    .bind(subject)
+    .bind(sha256(&key))
+    .bind(builtin.then_some(&key))
+    .fetch_one(&auth.pool)
+    .await
+    .map_err(|e| if is_foreign_key_violation(&e) { AuthError::Invalid(format!("no role named {role:?}")) } else { e.into() })?;
+    Ok(ApiKeyCreated { key: row, api_key: key })
+}
+
+async fn list_api_keys(State(auth): State<Auth>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    require_service(&caller)?;
+    let keys = sqlx::query_as::<_, ApiKeyOut>(
+        "SELECT id, name, role, subject, created_at, revoked_at FROM api_keys ORDER BY created_at, id LIMIT 1000",
+    )
+    .fetch_all(&auth.pool)
+    .await
+    .map_err(AuthError::from)?;
+    Ok(Json(serde_json::json!({ "api_keys": keys })))
+}
+
+async fn create_api_key(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Json(input): Json<ApiKeyIn>,
+) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
+    require_service(&caller)?;
+    if input.name.trim().is_empty() || input.name.len() > 128 {
+        return Err(ApiError::invalid("name must be 1 to 128 bytes"));
+    }
+    let subject = input.subject.unwrap_or_default();
+    if subject.len() > 256 {
+        return Err(ApiError::invalid("subject longer than 256 bytes"));
+    }
+    let created = insert_api_key(&auth, &input.name, &input.role, &subject, false).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn revoke_api_key(State(auth): State<Auth>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    require_service(&caller)?;
+    let revoked = sqlx::query("UPDATE api_keys SET revoked_at = now(), builtin_secret = NULL WHERE id = $1 AND revoked_at IS NULL")
+        .bind(&id)
+        .execute(&auth.pool)
+        .await
+        .map_err(AuthError::from)?
+        .rows_affected();
+    if revoked == 0 {
+        return Err(ApiError::not_found("no live API key with that id"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate_signing_key(State(auth): State<Auth>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    require_service(&caller)?;
+    let kid = auth.keys.rotate().await?;
+    Ok(Json(serde_json::json!({ "kid": kid })))
+}
+
+/// Creates the anon and service keys on first start.
+pub(crate) async fn ensure_builtin_keys(auth: &Auth) -> Result<()> {
+    for (name, role) in [("anon key", "anon"), ("service key", "service")] {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE name = $1 AND builtin_secret IS NOT NULL AND revoked_at IS NULL)",
+        )
+        .bind(name)
+        .fetch_one(&auth.pool)
+        .await?;
+        if !exists {
+            insert_api_key(auth, name, role, "", true).await?;
+            tracing::info!(role, "created the built-in key");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn builtin_keys(auth: &Auth) -> Result<BuiltinKeys> {
+    let get = |name: &'static str| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT builtin_secret FROM api_keys WHERE name = $1 AND builtin_secret IS NOT NULL AND revoked_at IS NULL
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_one(&auth.pool)
+        .await
+    };
+    Ok(BuiltinKeys { anon_key: get("anon key").await?, service_key: get("service key").await? })
+}

@@ -1,0 +1,328 @@
+//! The public REST API: signup, sign-in, refresh, sign-out, the current user, JWKS.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use minicloud_authz::{Caller, Credential, Role};
+use minicloud_proto::error::{ApiError, Json, Query};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Auth;
+use crate::error::{AuthError, Result, is_unique_violation};
+use crate::passwords;
+use crate::rate_limit::Endpoint;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UserOut {
+    pub id: Uuid,
+    pub email: String,
+    pub role: &'static str,
+    pub user_metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub user_metadata: serde_json::Value,
+    pub banned: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+}
+
+impl UserRow {
+    pub fn into_out(self) -> UserOut {
+        UserOut {
+            id: self.id,
+            email: self.email,
+            role: "authenticated",
+            user_metadata: self.user_metadata,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_sign_in_at: self.last_sign_in_at,
+        }
+    }
+}
+
+/// The columns of [`UserRow`], as a literal so queries stay `&'static str`.
+macro_rules! user_columns {
+    () => {
+        "id, email, password_hash, user_metadata, banned, created_at, updated_at, last_sign_in_at"
+    };
+}
+pub(crate) use user_columns;
+
+pub(crate) async fn load_user<'e, E: sqlx::PgExecutor<'e>>(executor: E, id: Uuid) -> Result<UserRow> {
+    sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(executor)
+        .await?
+        .ok_or(AuthError::NotFound("user"))
+}
+
+/// Trims and lowercases an email address and checks its shape.
+pub(crate) fn normalise_email(raw: &str) -> Result<String> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.len() <= 64
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+        })
+        && email.matches('@').count() == 1
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid { Ok(email) } else { Err(AuthError::Invalid("invalid email address".into())) }
+}
+
+/// Limits user metadata to a JSON object of modest size.
+pub(crate) fn check_metadata(data: &serde_json::Value) -> Result<()> {
+    if !data.is_object() {
+        return Err(AuthError::Invalid("user metadata must be a JSON object".into()));
+    }
+    if data.to_string().len() > 16 * 1024 {
+        return Err(AuthError::Invalid("user metadata is larger than 16 KiB".into()));
+    }
+    Ok(())
+}
+
+/// The client address, for rate limits.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
+        Ok(ClientIp(crate::client_ip(&parts.headers, peer)))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignupIn {
+    pub email: String,
+    pub password: String,
+    /// User metadata (GoTrue's `data`).
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+}
+
+pub async fn signup(
+    State(auth): State<Auth>,
+    ClientIp(ip): ClientIp,
+    Json(input): Json<SignupIn>,
+) -> Result<Response, ApiError> {
+    let email = normalise_email(&input.email)?;
+    auth.limits.check(Endpoint::Signup, ip, Some(&email))?;
+    let metadata = input.data.unwrap_or_else(|| serde_json::json!({}));
+    check_metadata(&metadata)?;
+    let user = create_user(&auth, &email, input.password, metadata).await?;
+    let tokens = auth.start_session(user).await?;
+    mark_signed_in(&auth, tokens.user.id).await?;
+    Ok((StatusCode::OK, Json(tokens)).into_response())
+}
+
+pub(crate) async fn create_user(
+    auth: &Auth,
+    email: &str,
+    password: String,
+    metadata: serde_json::Value,
+) -> Result<UserOut> {
+    let hash = passwords::hash(password).await?;
+    let row = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (id, email, password_hash, user_metadata) VALUES ($1, $2, $3, $4) RETURNING ", user_columns!()))
+    .bind(Uuid::now_v7())
+    .bind(email)
+    .bind(hash)
+    .bind(metadata)
+    .fetch_one(&auth.pool)
+    .await
+    .map_err(|e| if is_unique_violation(&e) { AuthError::EmailTaken } else { e.into() })?;
+    tracing::info!(user_id = %row.id, "user signed up");
+    Ok(row.into_out())
+}
+
+async fn mark_signed_in(auth: &Auth, id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE users SET last_sign_in_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&auth.pool)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    pub grant_type: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenIn {
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+pub async fn token(
+    State(auth): State<Auth>,
+    ClientIp(ip): ClientIp,
+    Query(query): Query<TokenQuery>,
+    Json(input): Json<TokenIn>,
+) -> Result<Response, ApiError> {
+    let tokens = match query.grant_type.as_str() {
+        "password" => {
+            let (Some(email), Some(password)) = (input.email, input.password) else {
+                return Err(ApiError::invalid("email and password are required"));
+            };
+            let email = normalise_email(&email).map_err(|_| AuthError::InvalidCredentials)?;
+            auth.limits.check(Endpoint::SignIn, ip, Some(&email))?;
+            sign_in(&auth, &email, password).await?
+        }
+        "refresh_token" => {
+            let Some(refresh_token) = input.refresh_token.filter(|t| !t.is_empty() && t.len() <= 256) else {
+                return Err(ApiError::invalid("refresh_token is required"));
+            };
+            auth.limits.check(Endpoint::Refresh, ip, None)?;
+            auth.refresh(&refresh_token).await?
+        }
+        other => {
+            return Err(ApiError::invalid(format!(
+                "unsupported grant_type {other:?}: use password or refresh_token"
+            )));
+        }
+    };
+    Ok(Json(tokens).into_response())
+}
+
+async fn sign_in(auth: &Auth, email: &str, password: String) -> Result<crate::sessions::TokenOut> {
+    if password.len() > passwords::MAX_PASSWORD_BYTES {
+        return Err(AuthError::InvalidCredentials);
+    }
+    let row = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1"))
+        .bind(email)
+        .fetch_optional(&auth.pool)
+        .await?;
+    let stored = row.as_ref().map(|r| r.password_hash.clone());
+    // Same work and same answer whether or not the email exists.
+    if !passwords::verify(password, stored).await? {
+        return Err(AuthError::InvalidCredentials);
+    }
+    let Some(row) = row else { return Err(AuthError::InvalidCredentials) };
+    if row.banned {
+        return Err(AuthError::InvalidCredentials);
+    }
+    mark_signed_in(auth, row.id).await?;
+    let user = load_user(&auth.pool, row.id).await?.into_out();
+    auth.start_session(user).await
+}
+
+/// The signed-in user behind the request, or 401.
+pub(crate) fn require_user(caller: &Caller) -> Result<Uuid, ApiError> {
+    if caller.role != Role::Authenticated || caller.credential != Credential::AccessToken {
+        return Err(ApiError::unauthenticated("a user access token is required"));
+    }
+    caller
+        .uid
+        .as_deref()
+        .and_then(|uid| Uuid::parse_str(uid).ok())
+        .ok_or_else(|| ApiError::unauthenticated("a user access token is required"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogoutQuery {
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+pub async fn logout(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Query(query): Query<LogoutQuery>,
+) -> Result<StatusCode, ApiError> {
+    let user_id = require_user(&caller)?;
+    let session = caller.session_id.as_deref().and_then(|s| Uuid::parse_str(s).ok());
+    match query.scope.as_deref().unwrap_or("local") {
+        "local" => {
+            let session = session.ok_or_else(|| ApiError::invalid("this token carries no session"))?;
+            auth.revoke_sessions(user_id, Some(session)).await?;
+        }
+        "global" => {
+            auth.revoke_sessions(user_id, None).await?;
+        }
+        other => return Err(ApiError::invalid(format!("unknown scope {other:?}: use local or global"))),
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn get_user(State(auth): State<Auth>, caller: Caller) -> Result<Json<UserOut>, ApiError> {
+    let user_id = require_user(&caller)?;
+    Ok(Json(load_user(&auth.pool, user_id).await?.into_out()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+}
+
+pub async fn update_user(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Json(patch): Json<UserPatch>,
+) -> Result<Json<UserOut>, ApiError> {
+    let user_id = require_user(&caller)?;
+    Ok(Json(apply_user_patch(&auth, user_id, patch).await?))
+}
+
+pub(crate) async fn apply_user_patch(auth: &Auth, user_id: Uuid, patch: UserPatch) -> Result<UserOut> {
+    let email = patch.email.as_deref().map(normalise_email).transpose()?;
+    if let Some(data) = &patch.data {
+        check_metadata(data)?;
+    }
+    let hash = match patch.password {
+        Some(password) => Some(passwords::hash(password).await?),
+        None => None,
+    };
+    let row = sqlx::query_as::<_, UserRow>(concat!("UPDATE users SET
+            email = COALESCE($2, email),
+            password_hash = COALESCE($3, password_hash),
+            user_metadata = CASE WHEN $4::jsonb IS NULL THEN user_metadata ELSE user_metadata || $4::jsonb END,
+            updated_at = now()
+         WHERE id = $1 RETURNING ", user_columns!()))
+    .bind(user_id)
+    .bind(email)
+    .bind(hash)
+    .bind(patch.data)
+    .fetch_optional(&auth.pool)
+    .await
+    .map_err(|e| if is_unique_violation(&e) { AuthError::EmailTaken } else { e.into() })?
+    .ok_or(AuthError::NotFound("user"))?;
+    Ok(row.into_out())
+}
+
+pub async fn jwks(State(auth): State<Auth>) -> Response {
+    let keys = auth.keys.jwks().await;
+    (
+        [(http::header::CACHE_CONTROL, "public, max-age=60")],
+        Json(serde_json::json!({ "keys": keys })),
+    )
+        .into_response()
+}

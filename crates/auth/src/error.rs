@@ -1,0 +1,64 @@
+//! The auth service's errors, mapped to the API's codes in one place.
+
+use minicloud_proto::error::{ApiError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("invalid login credentials")]
+    InvalidCredentials,
+    #[error("{0}")]
+    InvalidRefreshToken(&'static str),
+    #[error("a user with this email address has already been registered")]
+    EmailTaken,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many requests, retry later")]
+    RateLimited { retry_after_s: u64 },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        let message = error.to_string();
+        match error {
+            AuthError::Invalid(_) => ApiError::invalid(message),
+            AuthError::InvalidCredentials => ApiError::new(ErrorCode::InvalidArgument, message),
+            AuthError::InvalidRefreshToken(_) => ApiError::unauthenticated(message),
+            AuthError::EmailTaken | AuthError::Conflict(_) => ApiError::conflict(message),
+            AuthError::NotFound(_) => ApiError::not_found(message),
+            AuthError::RateLimited { retry_after_s } => {
+                ApiError::new(ErrorCode::TooManyRequests, message).with_retry_after(retry_after_s)
+            }
+            AuthError::Forbidden(_) => ApiError::forbidden(message),
+            AuthError::Database(source) => ApiError::internal(source),
+            AuthError::Internal(detail) => ApiError::internal(detail),
+        }
+    }
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(error: AuthError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+/// Postgres unique violation (SQLSTATE 23505).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Postgres foreign-key violation (SQLSTATE 23503).
+pub fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23503"))
+}

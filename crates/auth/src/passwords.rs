@@ -1,0 +1,67 @@
+//! Password hashing with argon2id at OWASP's minimum parameters (m=19 MiB, t=2, p=1),
+//! on the blocking pool so a sign-in never stalls the async workers.
+
+use std::sync::LazyLock;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+
+use crate::error::{AuthError, Result};
+
+pub const MIN_PASSWORD_BYTES: usize = 8;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub const MEMORY_KIB: u32 = 19 * 1024;
+pub const ITERATIONS: u32 = 2;
+pub const PARALLELISM: u32 = 1;
+
+pub fn hasher() -> Argon2<'static> {
+    #[allow(clippy::expect_used)]
+    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
+        .expect("constant argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A hash of a password nobody has, verified against when the email is unknown so
+/// that "no such user" and "wrong password" take the same time.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    hasher()
+        .hash_password(b"minicloud-timing-equaliser")
+        .map(|hash| hash.to_string())
+        .unwrap_or_default()
+});
+
+pub fn check_length(password: &str) -> Result<()> {
+    let len = password.len();
+    if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&len) {
+        return Err(AuthError::Invalid(format!(
+            "password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes long"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn hash(password: String) -> Result<String> {
+    check_length(&password)?;
+    tokio::task::spawn_blocking(move || {
+        hasher()
+            .hash_password(password.as_bytes())
+            .map(|hash| hash.to_string())
+            .map_err(|e| AuthError::Internal(format!("hashing a password: {e}")))
+    })
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))?
+}
+
+/// Verifies `password` against `stored`, or against a dummy hash when `stored` is
+/// `None`, always doing the same work.
+pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        let known = stored.is_some();
+        let stored = stored.unwrap_or_else(|| DUMMY_HASH.clone());
+        let Ok(parsed) = PasswordHash::new(&stored) else { return false };
+        let ok = hasher().verify_password(password.as_bytes(), &parsed).is_ok();
+        ok && known
+    })
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))
+}

@@ -1,0 +1,74 @@
+//! Per-IP and per-email limits on signup, sign-in and refresh (governor's GCRA,
+//! keyed), so that guessing passwords or minting accounts is slow.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::error::{AuthError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Signup,
+    SignIn,
+    Refresh,
+}
+
+pub struct RateLimits {
+    per_ip: [DefaultKeyedRateLimiter<IpAddr>; 3],
+    per_email: [DefaultKeyedRateLimiter<String>; 3],
+}
+
+fn quota(per_minute: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN))
+}
+
+impl RateLimits {
+    /// Requests per minute allowed for each of signup, sign-in and refresh.
+    pub fn new(per_ip_per_minute: u32, per_email_per_minute: u32) -> Self {
+        let ip = || DefaultKeyedRateLimiter::keyed(quota(per_ip_per_minute));
+        let email = || DefaultKeyedRateLimiter::keyed(quota(per_email_per_minute));
+        RateLimits { per_ip: [ip(), ip(), ip()], per_email: [email(), email(), email()] }
+    }
+
+    fn index(endpoint: Endpoint) -> usize {
+        match endpoint {
+            Endpoint::Signup => 0,
+            Endpoint::SignIn => 1,
+            Endpoint::Refresh => 2,
+        }
+    }
+
+    pub fn check(&self, endpoint: Endpoint, ip: Option<IpAddr>, email: Option<&str>) -> Result<()> {
+        let i = Self::index(endpoint);
+        let now = DefaultClock::default().now();
+        if let Some(ip) = ip
+            && let Err(not_until) = self.per_ip[i].check_key(&ip)
+        {
+            return Err(limited(not_until.wait_time_from(now)));
+        }
+        if let Some(email) = email
+            && let Err(not_until) = self.per_email[i].check_key(&email.to_owned())
+        {
+            return Err(limited(not_until.wait_time_from(now)));
+        }
+        Ok(())
+    }
+
+    /// Forgets keys whose buckets are full again, so memory stays bounded.
+    pub fn prune(&self) {
+        for limiter in &self.per_ip {
+            limiter.retain_recent();
+        }
+        for limiter in &self.per_email {
+            limiter.retain_recent();
+        }
+    }
+}
+
+fn limited(wait: Duration) -> AuthError {
+    AuthError::RateLimited { retry_after_s: wait.as_secs().max(1) }
+}
