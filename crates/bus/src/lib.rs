@@ -1,1 +1,112 @@
+//! The bus service (`/events/v1`): CloudEvents on Redis Streams. This first cut
+//! serves topics and the gRPC publish the outbox relays call; subscriptions,
+//! delivery and schedules land with issue 6.
 
+mod topics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::routing::get;
+use futures::FutureExt as _;
+use minicloud_authz::Authz;
+use minicloud_proto::bus::v1::bus_service_server::BusServiceServer;
+use minicloud_telemetry::metrics::ServiceMetrics;
+use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const SCHEMA: &str = "bus";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusConfig {
+    /// Prefix of every Redis key the bus writes, so several clouds can share a Redis.
+    #[arg(long = "bus-redis-prefix", env = "MINICLOUD_BUS_REDIS_PREFIX", default_value = "minicloud:")]
+    pub redis_prefix: String,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig { redis_prefix: "minicloud:".into() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Bus(Arc<BusState>);
+
+pub struct BusState {
+    pub(crate) pool: PgPool,
+    pub(crate) redis: ConnectionManager,
+    pub(crate) config: BusConfig,
+    pub(crate) authz: Arc<Authz>,
+}
+
+impl std::ops::Deref for Bus {
+    type Target = BusState;
+    fn deref(&self) -> &BusState {
+        &self.0
+    }
+}
+
+impl FromRef<Bus> for Arc<Authz> {
+    fn from_ref(bus: &Bus) -> Self {
+        Arc::clone(&bus.0.authz)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusStartError {
+    #[error("migrating the bus schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("connecting to Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("./migrations").run(pool).await
+}
+
+impl Bus {
+    pub async fn new(
+        config: BusConfig,
+        pool: PgPool,
+        redis: ConnectionManager,
+        authz: Arc<Authz>,
+    ) -> Result<Bus, BusStartError> {
+        migrate(&pool).await?;
+        Ok(Bus(Arc::new(BusState { pool, redis, config, authz })))
+    }
+
+    pub(crate) fn stream_key(&self, topic: &str) -> String {
+        format!("{}topic:{}", self.config.redis_prefix, topic)
+    }
+
+    pub fn into_router(self) -> Router {
+        let pool = self.pool.clone();
+        let redis = self.redis.clone();
+        let readiness: Readiness = Arc::new(move || {
+            let pool = pool.clone();
+            let mut redis = redis.clone();
+            async move {
+                let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
+                let ping = redis::cmd("PING").query_async::<String>(&mut redis).await.map(|_| ());
+                vec![DependencyCheck::from_result("postgres", db), DependencyCheck::from_result("redis", ping)]
+            }
+            .boxed()
+        });
+        let rest = Router::new()
+            .route("/events/v1/topics", get(topics::list).post(topics::create))
+            .layer(DefaultBodyLimit::max(1024 * 1024))
+            .with_state(self.clone());
+        ServiceHost::new("bus", rest, readiness, ServiceMetrics::new("bus", |_| {}))
+            .grpc(BusServiceServer::new(topics::BusGrpc(self)))
+            .into_router()
+    }
+}
+
+pub async fn run(bus: Bus, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    minicloud_telemetry::server::serve(listener, bus.into_router(), shutdown.cancelled_owned()).await
+}

@@ -1,1 +1,98 @@
+//! The storage service (`/storage/v1`): buckets with policies over an object-store
+//! backend. This first cut serves buckets; objects land with issue 4.
 
+mod buckets;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::routing::get;
+use futures::FutureExt as _;
+use minicloud_authz::Authz;
+use minicloud_proto::storage::v1::storage_service_server::StorageServiceServer;
+use minicloud_telemetry::metrics::ServiceMetrics;
+use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const SCHEMA: &str = "storage";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageConfig {
+    /// Root directory of the `fs` backend.
+    #[arg(long = "storage-fs-root", env = "MINICLOUD_STORAGE_FS_ROOT", default_value = ".minicloud/objects")]
+    pub fs_root: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct Storage(Arc<StorageState>);
+
+pub struct StorageState {
+    pub(crate) pool: PgPool,
+    pub(crate) config: StorageConfig,
+    pub(crate) authz: Arc<Authz>,
+}
+
+impl std::ops::Deref for Storage {
+    type Target = StorageState;
+    fn deref(&self) -> &StorageState {
+        &self.0
+    }
+}
+
+impl FromRef<Storage> for Arc<Authz> {
+    fn from_ref(storage: &Storage) -> Self {
+        Arc::clone(&storage.0.authz)
+    }
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("./migrations").run(pool).await
+}
+
+/// Writes and removes a probe file: the backend root exists and is writable.
+async fn check_fs_root(root: PathBuf) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(&root).await?;
+    let probe = root.join(".readyz-probe");
+    tokio::fs::write(&probe, b"ok").await?;
+    tokio::fs::remove_file(&probe).await
+}
+
+impl Storage {
+    pub async fn new(config: StorageConfig, pool: PgPool, authz: Arc<Authz>) -> Result<Storage, sqlx::migrate::MigrateError> {
+        migrate(&pool).await?;
+        Ok(Storage(Arc::new(StorageState { pool, config, authz })))
+    }
+
+    pub fn into_router(self) -> Router {
+        let pool = self.pool.clone();
+        let root = self.config.fs_root.clone();
+        let readiness: Readiness = Arc::new(move || {
+            let pool = pool.clone();
+            let root = root.clone();
+            async move {
+                let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
+                vec![
+                    DependencyCheck::from_result("postgres", db),
+                    DependencyCheck::from_result("backend", check_fs_root(root).await),
+                ]
+            }
+            .boxed()
+        });
+        let rest = Router::new()
+            .route("/storage/v1/bucket", get(buckets::list).post(buckets::create))
+            .route("/storage/v1/bucket/{name}", get(buckets::get))
+            .layer(DefaultBodyLimit::max(64 * 1024))
+            .with_state(self.clone());
+        ServiceHost::new("storage", rest, readiness, ServiceMetrics::new("storage", |_| {}))
+            .grpc(StorageServiceServer::new(buckets::StorageGrpc(self)))
+            .into_router()
+    }
+}
+
+pub async fn run(storage: Storage, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    minicloud_telemetry::server::serve(listener, storage.into_router(), shutdown.cancelled_owned()).await
+}

@@ -1,0 +1,173 @@
+//! Topics and publishing onto their Redis streams.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use minicloud_authz::Caller;
+use minicloud_proto::bus::v1::bus_service_server::BusService;
+use minicloud_proto::bus::v1::cloud_event::Data;
+use minicloud_proto::bus::v1::cloud_event_attribute_value::Attr;
+use minicloud_proto::bus::v1::{CloudEvent, PublishRequest, PublishResponse};
+use minicloud_proto::error::{ApiError, Json};
+use serde::{Deserialize, Serialize};
+
+use crate::Bus;
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct TopicOut {
+    pub name: String,
+    pub retention: i64,
+    pub builtin: bool,
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicIn {
+    pub name: String,
+    #[serde(default)]
+    pub retention: Option<i64>,
+}
+
+pub fn check_topic_name(name: &str) -> Result<(), ApiError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid { Ok(()) } else { Err(ApiError::invalid("topic name: 1-128 of A-Z a-z 0-9 _ - ., starting with a letter or digit")) }
+}
+
+pub async fn create(
+    State(bus): State<Bus>,
+    caller: Caller,
+    Json(input): Json<TopicIn>,
+) -> Result<(StatusCode, Json<TopicOut>), ApiError> {
+    check_topic_name(&input.name)?;
+    let retention = input.retention.unwrap_or(100_000);
+    if !(1..=100_000_000).contains(&retention) {
+        return Err(ApiError::invalid("retention must be 1 to 100000000 events"));
+    }
+    // Creating a topic is an admin act until topic policies land with issue 6.
+    if !caller.is_service() {
+        return Err(ApiError::forbidden("creating topics needs the service key"));
+    }
+    let topic = sqlx::query_as::<_, TopicOut>(
+        "INSERT INTO topics (name, retention, owner) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING
+         RETURNING name, retention, builtin, owner, created_at",
+    )
+    .bind(&input.name)
+    .bind(retention)
+    .bind(caller.owner())
+    .fetch_optional(&bus.pool)
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError::conflict(format!("topic {} already exists", input.name)))?;
+    Ok((StatusCode::CREATED, Json(topic)))
+}
+
+pub async fn list(State(bus): State<Bus>) -> Result<Json<serde_json::Value>, ApiError> {
+    let topics = sqlx::query_as::<_, TopicOut>(
+        "SELECT name, retention, builtin, owner, created_at FROM topics ORDER BY name LIMIT 1000",
+    )
+    .fetch_all(&bus.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(Json(serde_json::json!({ "topics": topics })))
+}
+
+/// The structured-mode JSON form of a protobuf CloudEvent.
+fn to_structured_json(event: &CloudEvent) -> Result<serde_json::Value, ApiError> {
+    for (field, value) in [("id", &event.id), ("source", &event.source), ("type", &event.r#type)] {
+        if value.is_empty() {
+            return Err(ApiError::invalid(format!("CloudEvent attribute {field} is required")));
+        }
+    }
+    if event.spec_version != "1.0" {
+        return Err(ApiError::invalid("CloudEvent specversion must be \"1.0\""));
+    }
+    let mut json = serde_json::Map::new();
+    json.insert("specversion".into(), "1.0".into());
+    json.insert("id".into(), event.id.clone().into());
+    json.insert("source".into(), event.source.clone().into());
+    json.insert("type".into(), event.r#type.clone().into());
+    for (name, value) in &event.attributes {
+        let valid_name = !name.is_empty()
+            && name.len() <= 20
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !valid_name {
+            return Err(ApiError::invalid(format!("CloudEvent attribute name {name:?} must be 1-20 of a-z 0-9")));
+        }
+        let value = match &value.attr {
+            Some(Attr::CeBoolean(b)) => serde_json::Value::from(*b),
+            Some(Attr::CeInteger(i)) => serde_json::Value::from(*i),
+            Some(Attr::CeString(s) | Attr::CeUri(s) | Attr::CeUriRef(s) | Attr::CeTimestamp(s)) => s.clone().into(),
+            Some(Attr::CeBytes(bytes)) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(bytes).into()
+            }
+            None => continue,
+        };
+        json.insert(name.clone(), value);
+    }
+    match &event.data {
+        Some(Data::TextData(text)) => {
+            let is_json = json
+                .get("datacontenttype")
+                .and_then(|v| v.as_str())
+                .is_none_or(|ct| ct.starts_with("application/json") || ct.ends_with("+json"));
+            let data = if is_json {
+                serde_json::from_str(text).map_err(|_| ApiError::invalid("CloudEvent data is not valid JSON"))?
+            } else {
+                serde_json::Value::String(text.clone())
+            };
+            json.insert("data".into(), data);
+        }
+        Some(Data::BinaryData(bytes)) => {
+            use base64::Engine as _;
+            json.insert("data_base64".into(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
+        }
+        None => {}
+    }
+    Ok(serde_json::Value::Object(json))
+}
+
+impl Bus {
+    /// Appends events to a topic's stream; returns their stream ids in order.
+    pub async fn publish(&self, topic: &str, events: &[serde_json::Value]) -> Result<Vec<String>, ApiError> {
+        let retention: Option<i64> = sqlx::query_scalar("SELECT retention FROM topics WHERE name = $1")
+            .bind(topic)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ApiError::internal)?;
+        let retention = retention.ok_or_else(|| ApiError::not_found(format!("topic {topic} not found")))?;
+        let key = self.stream_key(topic);
+        let mut pipe = redis::pipe();
+        for event in events {
+            pipe.cmd("XADD").arg(&key).arg("MAXLEN").arg("~").arg(retention).arg("*").arg("event").arg(event.to_string());
+        }
+        let mut redis = self.redis.clone();
+        pipe.query_async::<Vec<String>>(&mut redis)
+            .await
+            .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))
+    }
+}
+
+pub struct BusGrpc(pub Bus);
+
+#[tonic::async_trait]
+impl BusService for BusGrpc {
+    async fn publish(
+        &self,
+        request: tonic::Request<PublishRequest>,
+    ) -> Result<tonic::Response<PublishResponse>, tonic::Status> {
+        let request = request.into_inner();
+        check_topic_name(&request.topic)?;
+        if request.events.is_empty() || request.events.len() > 1000 {
+            return Err(ApiError::invalid("publish 1 to 1000 events at a time").into());
+        }
+        let events = request.events.iter().map(to_structured_json).collect::<Result<Vec<_>, _>>()?;
+        let ids = self.0.publish(&request.topic, &events).await?;
+        Ok(tonic::Response::new(PublishResponse { ids }))
+    }
+}
