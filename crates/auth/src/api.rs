@@ -141,7 +141,7 @@ pub(crate) async fn create_user(
     metadata: serde_json::Value,
 ) -> Result<UserOut> {
     let hash = passwords::hash(password).await?;
-    let row = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (id, email, password_hash, user_metadata) VALUES ($1, $2, $3, $4) RETURNING ", user_columns!()))
+    let row = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (id, email, password_hash, user_metadata, last_sign_in_at) VALUES ($1, $2, $3, $4, now()) RETURNING ", user_columns!()))
     .bind(Uuid::now_v7())
     .bind(email)
     .bind(hash)

@@ -1,1 +1,9 @@
+//! The `minicloud` command as a library: configuration layering, composing the six
+//! services into one cloud (`up`) or serving one (`serve`), private Postgres/Redis.
+//! The binary in `main.rs` only parses arguments and calls in here; `testkit` starts
+//! clouds through the same [`cloud::start`].
 
+pub mod cloud;
+pub mod config;
+pub mod postgres;
+pub mod private_servers;

@@ -1,1 +1,320 @@
-fn main() {}
+//! `minicloud`: parses arguments and hands over to the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+use minicloud_auth::AuthConfig;
+use minicloud_bus::BusConfig;
+use minicloud_cli::cloud::{self, CloudConfig, CloudListeners};
+use minicloud_cli::config::{layered_args, redact_url};
+use minicloud_cli::private_servers::{PrivateServer, ensure_postgres, ensure_redis};
+use minicloud_docdb::DocdbConfig;
+use minicloud_gateway::GatewayConfig;
+use minicloud_invoker::InvokerConfig;
+use minicloud_storage::StorageConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "minicloud", version, about = "A mini cloud you run yourself", args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in this process.
+    Up(Box<UpArgs>),
+    /// Run one service (docker compose, Kubernetes).
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct StoreArgs {
+    /// Postgres URL; the database is created when missing.
+    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/minicloud")]
+    database_url: String,
+    /// Redis URL.
+    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Postgres connections per service.
+    #[arg(long = "db-pool-size", env = "MINICLOUD_DB_POOL_SIZE", default_value_t = 8)]
+    db_pool_size: u32,
+    /// Config file (default: ./minicloud.toml when present).
+    #[arg(long = "config", env = "MINICLOUD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Where local state lives: objects, function code, private servers, credentials.
+    #[arg(long = "data-dir", env = "MINICLOUD_DATA_DIR", default_value = ".minicloud")]
+    data_dir: PathBuf,
+    /// Address every service listens on.
+    #[arg(long = "host", env = "MINICLOUD_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long = "gateway-port", env = "MINICLOUD_GATEWAY_PORT", default_value_t = 4600)]
+    gateway_port: u16,
+    #[arg(long = "auth-port", env = "MINICLOUD_AUTH_PORT", default_value_t = 4601)]
+    auth_port: u16,
+    #[arg(long = "storage-port", env = "MINICLOUD_STORAGE_PORT", default_value_t = 4602)]
+    storage_port: u16,
+    #[arg(long = "docdb-port", env = "MINICLOUD_DOCDB_PORT", default_value_t = 4603)]
+    docdb_port: u16,
+    #[arg(long = "bus-port", env = "MINICLOUD_BUS_PORT", default_value_t = 4604)]
+    bus_port: u16,
+    #[arg(long = "invoker-port", env = "MINICLOUD_INVOKER_PORT", default_value_t = 4605)]
+    invoker_port: u16,
+    #[command(flatten)]
+    auth: AuthConfig,
+    #[command(flatten)]
+    storage: StorageConfig,
+    #[command(flatten)]
+    docdb: DocdbConfig,
+    #[command(flatten)]
+    bus: BusConfig,
+    #[command(flatten)]
+    invoker: InvokerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ServiceName {
+    Auth,
+    Storage,
+    Docdb,
+    Bus,
+    Invoker,
+    Gateway,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ServeArgs {
+    /// The service to run.
+    service: ServiceName,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long = "host", env = "MINICLOUD_HOST", default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on (default: the service's standard port, 4600-4605).
+    #[arg(long = "port", env = "MINICLOUD_PORT")]
+    port: Option<u16>,
+    /// gRPC URL of the auth service, for token verification.
+    #[arg(long = "auth-url", env = "MINICLOUD_AUTH_URL", default_value = "http://127.0.0.1:4601")]
+    auth_url: String,
+    #[command(flatten)]
+    gateway: GatewayConfig,
+    #[command(flatten)]
+    auth: AuthConfig,
+    #[command(flatten)]
+    storage: StorageConfig,
+    #[command(flatten)]
+    docdb: DocdbConfig,
+    #[command(flatten)]
+    bus: BusConfig,
+    #[command(flatten)]
+    invoker: InvokerConfig,
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let argv = match layered_args(&Cli::command(), std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(error) => {
+            eprintln!("minicloud: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("minicloud: starting the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up(*args, started).await,
+            Command::Serve(args) => serve(*args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("minicloud: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+fn log_store_config(store: &StoreArgs) {
+    tracing::info!(
+        database_url = %redact_url(&store.database_url),
+        redis_url = %redact_url(&store.redis_url),
+        db_pool_size = store.db_pool_size,
+        "effective store config"
+    );
+}
+
+fn write_credentials(data_dir: &Path, gateway_url: &str, keys: &minicloud_auth::BuiltinKeys) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("credentials.json");
+    let body = serde_json::json!({
+        "gateway_url": gateway_url,
+        "anon_key": keys.anon_key,
+        "service_key": keys.service_key,
+    });
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    // An existing file keeps its old mode through `open`; make sure it is private.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    writeln!(file, "{}", serde_json::to_string_pretty(&body)?)?;
+    Ok(path)
+}
+
+async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
+    let telemetry = minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig::from_env("minicloud"));
+    log_store_config(&args.store);
+    tracing::info!(config = ?Redacted(&args), "effective config");
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+
+    let mut private: Vec<PrivateServer> = Vec::new();
+    let (database_url, pg) = ensure_postgres(&args.store.database_url, &args.data_dir).await?;
+    private.extend(pg);
+    let (redis_url, redis) = ensure_redis(&args.store.redis_url, &args.data_dir).await?;
+    private.extend(redis);
+
+    args.storage.fs_root.get_or_insert_with(|| args.data_dir.join("objects"));
+    args.invoker.code_dir.get_or_insert_with(|| args.data_dir.join("functions"));
+    let ports = [args.gateway_port, args.auth_port, args.storage_port, args.docdb_port, args.bus_port, args.invoker_port];
+    let result = async {
+        let listeners = CloudListeners::bind(&args.host, ports).await.context("binding the service ports")?;
+        let config = CloudConfig {
+            database_url,
+            redis_url,
+            db_pool_size: args.store.db_pool_size,
+            auth: args.auth.clone(),
+            storage: args.storage.clone(),
+            docdb: args.docdb.clone(),
+            bus: args.bus.clone(),
+            invoker: args.invoker.clone(),
+        };
+        let running = cloud::start(config, listeners, shutdown.clone()).await?;
+        let credentials = write_credentials(&args.data_dir, &running.urls.gateway, &running.keys)?;
+        let elapsed = started.elapsed();
+        println!("minicloud is up in {} ms", elapsed.as_millis());
+        println!("  gateway      {}", running.urls.gateway);
+        println!("  anon key     {}", running.keys.anon_key);
+        println!("  service key  {}", running.keys.service_key);
+        println!("  credentials  {}", credentials.display());
+        println!("Press Ctrl-C to stop.");
+        tracing::info!(startup_ms = elapsed.as_millis() as u64, gateway = %running.urls.gateway, "minicloud is up");
+        running.wait().await
+    }
+    .await;
+    for server in private {
+        server.stop().await;
+    }
+    telemetry.shutdown();
+    result
+}
+
+async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    let name = format!("minicloud-{:?}", args.service).to_lowercase();
+    let telemetry = minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig::from_env(name));
+    log_store_config(&args.store);
+    tracing::info!(config = ?Redacted(&args), "effective config");
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let default_port = match args.service {
+        ServiceName::Gateway => 4600,
+        ServiceName::Auth => 4601,
+        ServiceName::Storage => 4602,
+        ServiceName::Docdb => 4603,
+        ServiceName::Bus => 4604,
+        ServiceName::Invoker => 4605,
+    };
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port.unwrap_or(default_port)))
+        .await
+        .context("binding the port")?;
+    tracing::info!(service = ?args.service, addr = %listener.local_addr()?, "listening");
+    let store = &args.store;
+    let pool = |schema: &'static str| async move {
+        minicloud_cli::postgres::ensure_database(&store.database_url).await?;
+        minicloud_cli::postgres::schema_pool(&store.database_url, schema, store.db_pool_size).await
+    };
+    let authz = || minicloud_authz::Authz::connect(&args.auth_url).context("auth URL");
+    let result = match args.service {
+        ServiceName::Gateway => {
+            let gateway = minicloud_gateway::Gateway::new(&args.gateway)?;
+            minicloud_gateway::run(gateway, listener, shutdown).await
+        }
+        ServiceName::Auth => {
+            let auth = minicloud_auth::Auth::new(args.auth.clone(), pool(minicloud_auth::SCHEMA).await?, authz()?).await?;
+            minicloud_auth::run(auth, listener, shutdown).await
+        }
+        ServiceName::Storage => {
+            args.storage.fs_root.get_or_insert_with(|| PathBuf::from("/var/lib/minicloud/objects"));
+            let storage = minicloud_storage::Storage::new(args.storage.clone(), pool(minicloud_storage::SCHEMA).await?, authz()?).await?;
+            minicloud_storage::run(storage, listener, shutdown).await
+        }
+        ServiceName::Docdb => {
+            let docdb = minicloud_docdb::Docdb::new(args.docdb.clone(), pool(minicloud_docdb::SCHEMA).await?, authz()?).await?;
+            minicloud_docdb::run(docdb, listener, shutdown).await
+        }
+        ServiceName::Bus => {
+            let redis = redis::Client::open(args.store.redis_url.as_str())?.get_connection_manager().await?;
+            let bus = minicloud_bus::Bus::new(args.bus.clone(), pool(minicloud_bus::SCHEMA).await?, redis, authz()?).await?;
+            minicloud_bus::run(bus, listener, shutdown).await
+        }
+        ServiceName::Invoker => {
+            args.invoker.code_dir.get_or_insert_with(|| PathBuf::from("/var/lib/minicloud/functions"));
+            let invoker = minicloud_invoker::Invoker::new(args.invoker.clone(), pool(minicloud_invoker::SCHEMA).await?, authz()?).await?;
+            minicloud_invoker::run(invoker, listener, shutdown).await
+        }
+    };
+    telemetry.shutdown();
+    Ok(result?)
+}
+
+/// Debug-prints a config with every URL's password replaced.
+struct Redacted<'a, T>(&'a T);
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Redacted<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = format!("{:?}", self.0);
+        // Debug output quotes URLs; redact each quoted token that looks like one.
+        let redacted: Vec<String> = text
+            .split('"')
+            .enumerate()
+            .map(|(i, part)| if i % 2 == 1 && part.contains("://") { redact_url(part) } else { part.to_owned() })
+            .collect();
+        f.write_str(&redacted.join("\""))
+    }
+}

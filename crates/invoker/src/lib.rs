@@ -26,8 +26,8 @@ pub const SCHEMA: &str = "invoker";
 #[derive(Debug, Clone, clap::Args)]
 pub struct InvokerConfig {
     /// Where unpacked function code is cached, per code hash.
-    #[arg(long = "invoker-code-dir", env = "MINICLOUD_INVOKER_CODE_DIR", default_value = ".minicloud/functions")]
-    pub code_dir: PathBuf,
+    #[arg(long = "invoker-code-dir", env = "MINICLOUD_INVOKER_CODE_DIR")]
+    pub code_dir: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -96,7 +96,7 @@ impl Invoker {
 
     pub fn into_router(self) -> Router {
         let pool = self.0.pool.clone();
-        let dir = self.0.config.code_dir.clone();
+        let dir = self.0.config.code_dir.clone().unwrap_or_else(|| PathBuf::from(".minicloud/functions"));
         let readiness: Readiness = Arc::new(move || {
             let pool = pool.clone();
             let dir = dir.clone();

@@ -23,8 +23,8 @@ pub const SCHEMA: &str = "storage";
 #[derive(Debug, Clone, clap::Args)]
 pub struct StorageConfig {
     /// Root directory of the `fs` backend.
-    #[arg(long = "storage-fs-root", env = "MINICLOUD_STORAGE_FS_ROOT", default_value = ".minicloud/objects")]
-    pub fs_root: PathBuf,
+    #[arg(long = "storage-fs-root", env = "MINICLOUD_STORAGE_FS_ROOT")]
+    pub fs_root: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -69,7 +69,7 @@ impl Storage {
 
     pub fn into_router(self) -> Router {
         let pool = self.pool.clone();
-        let root = self.config.fs_root.clone();
+        let root = self.config.fs_root.clone().unwrap_or_else(|| PathBuf::from(".minicloud/objects"));
         let readiness: Readiness = Arc::new(move || {
             let pool = pool.clone();
             let root = root.clone();

@@ -1,0 +1,174 @@
+//! When nothing answers at the configured Postgres or Redis address but their server
+//! binaries are installed, `minicloud up` runs private ones under the data dir and
+//! stops them on exit.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// A server process this run started.
+pub struct PrivateServer {
+    pub name: &'static str,
+    child: Child,
+}
+
+impl PrivateServer {
+    /// SIGTERM (a clean shutdown for both Postgres and Redis), then SIGKILL after 10 s.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+        tracing::info!(server = self.name, "stopped private server");
+    }
+}
+
+/// `host:port` of a `scheme://[userinfo@]host[:port][/…]` URL.
+fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match hostport.rsplit_once(':') {
+        Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
+        None => Some((hostport.to_owned(), default_port)),
+    }
+}
+
+async fn answers(host: &str, port: u16) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), TcpStream::connect((host, port))).await,
+        Ok(Ok(_))
+    )
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    // Debian keeps the Postgres server binaries off PATH.
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        dirs.extend(versions.into_iter().rev());
+    }
+    dirs.into_iter().map(|dir| dir.join(name)).find(|path| path.is_file())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_until_answering(name: &str, port: u16, child: &mut Child) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if answers("127.0.0.1", port).await {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("private {name} exited during start-up ({status})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("private {name} did not start within 30 s")
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// Postgres refuses to run as root: as root, run it as the `postgres` user.
+fn as_postgres_user(program: &Path) -> Command {
+    if running_as_root() {
+        let mut command = Command::new("runuser");
+        command.arg("-u").arg("postgres").arg("--").arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Returns the URL to use and, when one was started, the private server.
+pub async fn ensure_postgres(url: &str, data_dir: &Path) -> anyhow::Result<(String, Option<PrivateServer>)> {
+    let Some((host, port)) = host_port(url, 5432) else { return Ok((url.to_owned(), None)) };
+    if answers(&host, port).await {
+        return Ok((url.to_owned(), None));
+    }
+    let (Some(initdb), Some(postgres)) = (find_binary("initdb"), find_binary("postgres")) else {
+        bail!("nothing answers at {host}:{port} (DATABASE_URL) and no Postgres server is installed");
+    };
+    let dir = std::path::absolute(data_dir.join("postgres"))?;
+    if !dir.join("PG_VERSION").exists() {
+        tokio::fs::create_dir_all(&dir).await?;
+        if running_as_root() {
+            Command::new("chown").arg("-R").arg("postgres").arg(&dir).status().await?;
+        }
+        let status = as_postgres_user(&initdb)
+            .arg("-D").arg(&dir).arg("-U").arg("postgres").arg("--auth=trust").arg("-E").arg("UTF8")
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .context("running initdb")?;
+        if !status.success() {
+            bail!("initdb failed ({status})");
+        }
+    }
+    let port = free_port()?;
+    let mut child = as_postgres_user(&postgres)
+        .arg("-D").arg(&dir)
+        .arg("-p").arg(port.to_string())
+        .arg("-k").arg(&dir)
+        .arg("-c").arg("listen_addresses=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting postgres")?;
+    wait_until_answering("postgres", port, &mut child).await?;
+    tracing::info!(port, dir = %dir.display(), "started a private postgres");
+    Ok((format!("postgres://postgres@127.0.0.1:{port}/minicloud"), Some(PrivateServer { name: "postgres", child })))
+}
+
+pub async fn ensure_redis(url: &str, data_dir: &Path) -> anyhow::Result<(String, Option<PrivateServer>)> {
+    let Some((host, port)) = host_port(url, 6379) else { return Ok((url.to_owned(), None)) };
+    if answers(&host, port).await {
+        return Ok((url.to_owned(), None));
+    }
+    let Some(redis) = find_binary("redis-server") else {
+        bail!("nothing answers at {host}:{port} (REDIS_URL) and no redis-server is installed");
+    };
+    let dir = std::path::absolute(data_dir.join("redis"))?;
+    tokio::fs::create_dir_all(&dir).await?;
+    let port = free_port()?;
+    let mut child = Command::new(redis)
+        .arg("--port").arg(port.to_string())
+        .arg("--bind").arg("127.0.0.1")
+        .arg("--dir").arg(&dir)
+        .arg("--appendonly").arg("yes")
+        .arg("--save").arg("")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting redis-server")?;
+    wait_until_answering("redis", port, &mut child).await?;
+    tracing::info!(port, dir = %dir.display(), "started a private redis");
+    Ok((format!("redis://127.0.0.1:{port}"), Some(PrivateServer { name: "redis", child })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn host_and_port_from_urls() {
+        assert_eq!(host_port("postgres://u:p@db:6000/x", 5432), Some(("db".into(), 6000)));
+        assert_eq!(host_port("postgres://db/x", 5432), Some(("db".into(), 5432)));
+        assert_eq!(host_port("redis://127.0.0.1:6379", 6379), Some(("127.0.0.1".into(), 6379)));
+        assert_eq!(host_port("nonsense", 1), None);
+    }
+}

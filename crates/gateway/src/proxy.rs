@@ -1,0 +1,176 @@
+//! Streaming reverse proxy to the services: bodies are passed through as they
+//! arrive in both directions, never buffered whole.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use minicloud_proto::error::{ApiError, ErrorCode};
+use std::sync::Arc;
+use tracing::Instrument;
+
+use crate::{GatewayConfig, GatewayError};
+
+/// The path prefixes the gateway routes, each to one service.
+pub const PREFIXES: [&str; 6] = [
+    "/auth/v1",
+    "/storage/v1",
+    "/db/v1",
+    "/events/v1",
+    "/functions/v1",
+    // The Lambda Invoke API goes to the invoker.
+    "/2015-03-31/functions",
+];
+
+/// Time to the response head; functions may run for up to 15 minutes.
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(15 * 60 + 10);
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Upstreams {
+    client: Client<HttpConnector, Body>,
+    auth: Uri,
+    storage: Uri,
+    docdb: Uri,
+    bus: Uri,
+    invoker: Uri,
+}
+
+fn parse(url: &str) -> Result<Uri, GatewayError> {
+    let uri: Uri = url
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| GatewayError::BadUpstream { url: url.into(), reason: e.to_string() })?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(GatewayError::BadUpstream { url: url.into(), reason: "expected http://host:port".into() });
+    }
+    Ok(uri)
+}
+
+impl Upstreams {
+    pub fn new(config: &GatewayConfig) -> Result<Upstreams, GatewayError> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Upstreams {
+            client,
+            auth: parse(&config.auth_url)?,
+            storage: parse(&config.storage_url)?,
+            docdb: parse(&config.docdb_url)?,
+            bus: parse(&config.bus_url)?,
+            invoker: parse(&config.invoker_url)?,
+        })
+    }
+
+    fn route(&self, path: &str) -> Option<(&'static str, &Uri)> {
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/auth/v1") {
+            Some(("auth", &self.auth))
+        } else if under("/storage/v1") {
+            Some(("storage", &self.storage))
+        } else if under("/db/v1") {
+            Some(("docdb", &self.docdb))
+        } else if under("/events/v1") {
+            Some(("bus", &self.bus))
+        } else if under("/functions/v1") || under("/2015-03-31/functions") {
+            Some(("invoker", &self.invoker))
+        } else {
+            None
+        }
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) -> Response {
+    match forward_inner(&upstreams, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Response, ApiError> {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let (service, base) = upstreams.route(&path).ok_or_else(|| ApiError::not_found("no such route"))?;
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(base.authority().map(|a| a.as_str()).unwrap_or_default())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ApiError::invalid("malformed request path"))?;
+
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(peer) = peer {
+        let forwarded = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            parts.headers.insert("x-forwarded-for", value);
+        }
+    }
+    if let Some(host) = parts.headers.get(http::header::HOST).cloned() {
+        parts.headers.insert("x-forwarded-host", host);
+    }
+    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.headers.remove(http::header::HOST);
+    parts.uri = uri;
+
+    let span = tracing::info_span!(
+        "proxy",
+        otel.name = %format!("{} {service}", parts.method),
+        otel.kind = "client",
+        peer.service = service,
+        http.response.status_code = tracing::field::Empty,
+    );
+    minicloud_telemetry::trace_context::inject(&span, &mut parts.headers);
+    let timeout = if service == "invoker" { FUNCTION_TIMEOUT } else { SERVICE_TIMEOUT };
+    let outbound = http::Request::from_parts(parts, body);
+    let result = tokio::time::timeout(timeout, upstreams.client.request(outbound))
+        .instrument(span.clone())
+        .await;
+    let response = match result {
+        Err(_) => return Err(ApiError::new(ErrorCode::Timeout, format!("{service} did not answer in time"))),
+        Ok(Err(error)) => {
+            return Err(ApiError::new(ErrorCode::Unavailable, format!("{service} is unavailable")).with_source(error));
+        }
+        Ok(Ok(response)) => response,
+    };
+    span.record("http.response.status_code", response.status().as_u16());
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
