@@ -129,8 +129,10 @@ pub async fn signup(
     let metadata = input.data.unwrap_or_else(|| serde_json::json!({}));
     check_metadata(&metadata)?;
     let user = create_user(&auth, &email, input.password, metadata).await?;
+    // Signing up signs in (GoTrue with autoconfirm).
+    mark_signed_in(&auth, user.id).await?;
+    let user = load_user(&auth.pool, user.id).await?.into_out();
     let tokens = auth.start_session(user).await?;
-    mark_signed_in(&auth, tokens.user.id).await?;
     Ok((StatusCode::OK, Json(tokens)).into_response())
 }
 
@@ -141,7 +143,7 @@ pub(crate) async fn create_user(
     metadata: serde_json::Value,
 ) -> Result<UserOut> {
     let hash = passwords::hash(password).await?;
-    let row = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (id, email, password_hash, user_metadata, last_sign_in_at) VALUES ($1, $2, $3, $4, now()) RETURNING ", user_columns!()))
+    let row = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (id, email, password_hash, user_metadata) VALUES ($1, $2, $3, $4) RETURNING ", user_columns!()))
     .bind(Uuid::now_v7())
     .bind(email)
     .bind(hash)

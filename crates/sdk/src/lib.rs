@@ -1,1 +1,176 @@
+//! A small client for the minicloud REST APIs, used by the CLI, the tests and
+//! functions. Every request carries the current span's W3C trace context, so a
+//! function's calls continue the trace it was invoked in.
 
+use opentelemetry::propagation::Injector;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API answered with an error body.
+    #[error("{status} {code}: {message}")]
+    Api { status: u16, code: String, message: String, request_id: Option<String> },
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+impl Error {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            Error::Http(error) => error.status().map(|s| s.as_u16()),
+            Error::Decode(_) => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A session from signup, sign-in or refresh (GoTrue's shape).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Session {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub expires_at: i64,
+    pub refresh_token: String,
+    pub user: serde_json::Value,
+}
+
+impl Session {
+    pub fn user_id(&self) -> &str {
+        self.user.get("id").and_then(|v| v.as_str()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+        {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+impl Client {
+    /// A client of the gateway at `base` (`http://127.0.0.1:4600`).
+    pub fn new(base: impl Into<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .unwrap_or_default();
+        Client { http, base: base.into().trim_end_matches('/').to_owned(), token: None }
+    }
+
+    /// `MINICLOUD_URL` and `MINICLOUD_TOKEN`, as the invoker gives them to functions.
+    pub fn from_env() -> Client {
+        let base = std::env::var("MINICLOUD_URL").unwrap_or_else(|_| "http://127.0.0.1:4600".into());
+        let client = Client::new(base);
+        match std::env::var("MINICLOUD_TOKEN") {
+            Ok(token) if !token.is_empty() => client.with_token(token),
+            _ => client,
+        }
+    }
+
+    pub fn with_token(&self, token: impl Into<String>) -> Client {
+        Client { http: self.http.clone(), base: self.base.clone(), token: Some(token.into()) }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// A request to `path` with the token and trace context set.
+    pub fn request(&self, method: http::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut headers = http::HeaderMap::new();
+        let context = tracing::Span::current().context();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(&mut headers))
+        });
+        let mut builder = self.http.request(method, format!("{}{}", self.base, path)).headers(headers);
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(token);
+        }
+        builder
+    }
+
+    /// Sends and decodes a JSON answer, turning error bodies into [`Error::Api`].
+    pub async fn send<T: DeserializeOwned>(&self, builder: reqwest::RequestBuilder) -> Result<T> {
+        let response = builder.send().await?;
+        let status = response.status();
+        if status.is_success() {
+            if status == reqwest::StatusCode::NO_CONTENT {
+                return serde_json::from_value(serde_json::Value::Null).map_err(|e| Error::Decode(e.to_string()));
+            }
+            let bytes = response.bytes().await?;
+            return serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()));
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let error = &body["error"];
+        Err(Error::Api {
+            status: status.as_u16(),
+            code: error["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: error["message"].as_str().unwrap_or_default().to_owned(),
+            request_id: error["request_id"].as_str().map(str::to_owned),
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.request(http::Method::GET, path)).await
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.request(http::Method::POST, path).json(body)).await
+    }
+
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.request(http::Method::PUT, path).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.send::<serde_json::Value>(self.request(http::Method::DELETE, path)).await.map(|_| ())
+    }
+
+    pub async fn signup(&self, email: &str, password: &str) -> Result<Session> {
+        self.post("/auth/v1/signup", &serde_json::json!({ "email": email, "password": password })).await
+    }
+
+    pub async fn sign_in(&self, email: &str, password: &str) -> Result<Session> {
+        self.post("/auth/v1/token?grant_type=password", &serde_json::json!({ "email": email, "password": password }))
+            .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
+        self.post("/auth/v1/token?grant_type=refresh_token", &serde_json::json!({ "refresh_token": refresh_token }))
+            .await
+    }
+
+    /// The signed-in user (needs a user token).
+    pub async fn user(&self) -> Result<serde_json::Value> {
+        self.get("/auth/v1/user").await
+    }
+}
