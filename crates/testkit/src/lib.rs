@@ -26,6 +26,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 pub use minicloud_auth;
+pub use sqlx;
 
 pub fn test_database_server_url() -> String {
     std::env::var("MINICLOUD_TEST_DATABASE_URL")
