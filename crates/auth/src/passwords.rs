@@ -65,3 +65,25 @@ pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
     .await
     .map_err(|e| AuthError::Internal(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
+        let hash = hash("correct horse battery".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(verify("correct horse battery".into(), Some(hash.clone())).await.unwrap());
+        assert!(!verify("wrong".into(), Some(hash)).await.unwrap());
+        assert!(!verify("anything".into(), None).await.unwrap(), "unknown users never verify");
+    }
+
+    #[test]
+    fn password_length_limits() {
+        assert!(check_length("1234567").is_err());
+        assert!(check_length("12345678").is_ok());
+        assert!(check_length(&"x".repeat(1024)).is_ok());
+        assert!(check_length(&"x".repeat(1025)).is_err());
+    }
+}
