@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::FromRef;
 use axum::routing::{get, post};
 use futures::FutureExt as _;
 use minicloud_authz::Authz;
@@ -157,9 +157,9 @@ impl Auth {
             .route("/auth/v1/user", get(api::get_user).put(api::update_user))
             .route("/auth/v1/.well-known/jwks.json", get(api::jwks))
             .merge(admin::routes())
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone());
         ServiceHost::new("auth", rest, readiness, metrics)
+            .body_limit(MAX_BODY_BYTES)
             .grpc(AuthServiceServer::new(grpc::AuthGrpc(self)))
             .into_router()
     }

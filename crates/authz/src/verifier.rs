@@ -18,7 +18,7 @@ use crate::caller::{AUDIENCE, Caller, Claims, Credential, ISSUER, Role};
 pub const LEEWAY_SECONDS: u64 = 30;
 /// An unknown `kid` refetches the JWKS at most this often, so a flood of forged
 /// tokens cannot turn into a flood of calls to auth.
-const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(3);
+const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Keys are refetched at least this often even when every kid is known, so a removed
 /// key stops verifying.
 const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
@@ -153,17 +153,28 @@ impl Verifier {
                 return Ok(Arc::clone(key));
             }
         }
-        self.refetch_keys().await?;
+        self.refetch_keys(kid).await?;
         self.keys.read().await.keys.get(kid).cloned().ok_or(VerifyError::UnknownKey)
     }
 
-    async fn refetch_keys(&self) -> Result<(), VerifyError> {
+    /// Refetches the JWKS, at most once per [`MIN_REFETCH_INTERVAL`]: a caller that
+    /// comes sooner waits for the next slot rather than failing, so tokens signed by
+    /// a just-rotated key verify after a short delay instead of being refused.
+    async fn refetch_keys(&self, kid: &str) -> Result<(), VerifyError> {
         let mut last = self.refetch.lock().await;
-        if let Some(at) = *last
-            && at.elapsed() < MIN_REFETCH_INTERVAL
-            && self.keys.read().await.fetched_at.is_some()
         {
-            return Ok(());
+            // Another caller may have fetched while this one waited for the lock.
+            let keys = self.keys.read().await;
+            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
+            if fresh && keys.keys.contains_key(kid) {
+                return Ok(());
+            }
+        }
+        if let Some(at) = *last {
+            let wait = MIN_REFETCH_INTERVAL.saturating_sub(at.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
         *last = Some(Instant::now());
         let fetched: HashMap<String, String> = match &self.source {

@@ -7,7 +7,7 @@ mod topics;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::FromRef;
 use axum::routing::get;
 use futures::FutureExt as _;
 use minicloud_authz::Authz;
@@ -99,9 +99,9 @@ impl Bus {
         });
         let rest = Router::new()
             .route("/events/v1/topics", get(topics::list).post(topics::create))
-            .layer(DefaultBodyLimit::max(1024 * 1024))
             .with_state(self.clone());
         ServiceHost::new("bus", rest, readiness, ServiceMetrics::new("bus", |_| {}))
+            .body_limit(1024 * 1024)
             .grpc(BusServiceServer::new(topics::BusGrpc(self)))
             .into_router()
     }

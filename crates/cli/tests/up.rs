@@ -139,9 +139,9 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
     assert_eq!(status, 200, "{body}");
     let redis_dir = data_dir.join("redis");
     assert!(redis_dir.exists(), "the private redis keeps its data under the data dir");
-    let pattern = format!("redis-server.*");
+    let pattern = "redis-server.*";
     let running = |pid: u32| {
-        Command::new("pgrep").args(["-P", &pid.to_string(), "-f", &pattern]).status().map(|s| s.success()).unwrap_or(false)
+        Command::new("pgrep").args(["-P", &pid.to_string(), "-f", pattern]).status().map(|s| s.success()).unwrap_or(false)
     };
     let pid = up.child.id();
     assert!(running(pid), "a private redis-server runs as a child of minicloud");

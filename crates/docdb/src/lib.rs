@@ -7,7 +7,7 @@ mod collections;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::FromRef;
 use axum::routing::get;
 use futures::FutureExt as _;
 use minicloud_authz::Authz;
@@ -66,9 +66,9 @@ impl Docdb {
         });
         let rest = Router::new()
             .route("/db/v1/collections", get(collections::list).post(collections::create))
-            .layer(DefaultBodyLimit::max(64 * 1024))
             .with_state(self.clone());
         ServiceHost::new("docdb", rest, readiness, ServiceMetrics::new("docdb", |_| {}))
+            .body_limit(64 * 1024)
             .grpc(DocdbServiceServer::new(collections::DocdbGrpc(self)))
             .into_router()
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef, State};
+use axum::extract::{FromRef, State};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
@@ -111,9 +111,9 @@ impl Invoker {
         });
         let rest = Router::new()
             .route("/functions/v1", get(list))
-            .layer(DefaultBodyLimit::max(64 * 1024))
             .with_state(self.clone());
         ServiceHost::new("invoker", rest, readiness, ServiceMetrics::new("invoker", |_| {}))
+            .body_limit(64 * 1024)
             .grpc(InvokerServiceServer::new(InvokerGrpc(self)))
             .into_router()
     }

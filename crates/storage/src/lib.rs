@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::FromRef;
 use axum::routing::get;
 use futures::FutureExt as _;
 use minicloud_authz::Authz;
@@ -85,9 +85,9 @@ impl Storage {
         let rest = Router::new()
             .route("/storage/v1/bucket", get(buckets::list).post(buckets::create))
             .route("/storage/v1/bucket/{name}", get(buckets::get))
-            .layer(DefaultBodyLimit::max(64 * 1024))
             .with_state(self.clone());
         ServiceHost::new("storage", rest, readiness, ServiceMetrics::new("storage", |_| {}))
+            .body_limit(64 * 1024)
             .grpc(StorageServiceServer::new(buckets::StorageGrpc(self)))
             .into_router()
     }

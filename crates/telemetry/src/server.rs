@@ -53,6 +53,7 @@ async fn check_all(readiness: &Readiness) -> Vec<DependencyCheck> {
 pub struct ServiceHost {
     service: &'static str,
     router: Router,
+    body_limit: Option<usize>,
     readiness: Readiness,
     metrics: Arc<ServiceMetrics>,
 }
@@ -65,7 +66,7 @@ impl ServiceHost {
         metrics: Arc<ServiceMetrics>,
     ) -> Self {
         let health = HealthServer::new(HealthService { readiness: Arc::clone(&readiness) });
-        let host = ServiceHost { service, router: rest, readiness, metrics };
+        let host = ServiceHost { service, router: rest, body_limit: None, readiness, metrics };
         host.grpc(health)
     }
 
@@ -93,12 +94,25 @@ impl ServiceHost {
         self
     }
 
+    /// Refuses request bodies over `bytes` with 413 (REST extractors and declared
+    /// `Content-Length` alike).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = Some(bytes);
+        self
+    }
+
     pub fn into_router(self) -> Router {
         let readiness = Arc::clone(&self.readiness);
         let metrics = Arc::clone(&self.metrics);
         let telemetry = ServerTelemetry { service: self.service, metrics: Arc::clone(&self.metrics) };
         let service = self.service;
-        self.router
+        let mut router = self.router;
+        if let Some(limit) = self.body_limit {
+            router = router
+                .layer(axum::extract::DefaultBodyLimit::max(limit))
+                .layer(axum::middleware::from_fn_with_state(limit, reject_declared_oversize));
+        }
+        router
             .route("/healthz", get(move || async move { axum::Json(serde_json::json!({"status":"ok","service":service})) }))
             .route("/readyz", get(move || readyz(service, Arc::clone(&readiness))))
             .route("/metrics", get(move || async move { metrics_response(&metrics) }))
@@ -108,6 +122,34 @@ impl ServiceHost {
             })
             .layer(axum::middleware::from_fn_with_state(telemetry, middleware))
     }
+}
+
+/// Most bodies are sent as many bytes as they declare, so refuse an oversized one
+/// before reading it. Its bytes are read and dropped first (up to a bound): a server
+/// that answers and closes with unread input makes the kernel reset the connection,
+/// and the reset can destroy the 413 before a proxy or client reads it.
+async fn reject_declared_oversize(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    const DRAIN_AT_MOST: u64 = 32 * 1024 * 1024;
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(request).await;
+    };
+    let error = ApiError::new(ErrorCode::PayloadTooLarge, format!("request body larger than {limit} bytes"));
+    if declared <= DRAIN_AT_MOST {
+        use http_body_util::BodyExt as _;
+        let mut body = request.into_body();
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    }
+    error.into_response()
 }
 
 fn metrics_response(metrics: &ServiceMetrics) -> Response {
