@@ -21,40 +21,78 @@ fn status(result: Result<impl std::fmt::Debug, Error>) -> u16 {
 async fn signup_sign_in_refresh_and_user() {
     let cloud = TestCloud::start().await.unwrap();
     let client = cloud.client();
-    let session = client.signup("  Ada@Example.COM ", "correct horse battery").await.unwrap();
+    let session = client
+        .signup("  Ada@Example.COM ", "correct horse battery")
+        .await
+        .unwrap();
     assert_eq!(session.token_type, "bearer");
     assert_eq!(session.expires_in, 3600);
-    assert_eq!(session.user["email"], "ada@example.com", "emails are normalised");
+    assert_eq!(
+        session.user["email"], "ada@example.com",
+        "emails are normalised"
+    );
     let header: Value = serde_json::from_slice(
-        &URL_SAFE_NO_PAD.decode(session.access_token.split('.').next().unwrap()).unwrap(),
+        &URL_SAFE_NO_PAD
+            .decode(session.access_token.split('.').next().unwrap())
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(header["alg"], "EdDSA");
     assert!(header["kid"].is_string());
 
-    let me = client.with_token(&session.access_token).user().await.unwrap();
+    let me = client
+        .with_token(&session.access_token)
+        .user()
+        .await
+        .unwrap();
     assert_eq!(me["id"], session.user["id"]);
     assert!(me["last_sign_in_at"].is_string());
 
-    let again = client.sign_in("ADA@example.com", "correct horse battery").await.unwrap();
+    let again = client
+        .sign_in("ADA@example.com", "correct horse battery")
+        .await
+        .unwrap();
     assert_eq!(again.user["id"], session.user["id"]);
 
     let refreshed = client.refresh(&again.refresh_token).await.unwrap();
-    assert_ne!(refreshed.refresh_token, again.refresh_token, "rotated on every use");
-    client.with_token(&refreshed.access_token).user().await.unwrap();
+    assert_ne!(
+        refreshed.refresh_token, again.refresh_token,
+        "rotated on every use"
+    );
+    client
+        .with_token(&refreshed.access_token)
+        .user()
+        .await
+        .unwrap();
 
     // Same email twice is a conflict.
-    assert_eq!(status(client.signup("ada@example.com", "another password").await), 409);
+    assert_eq!(
+        status(client.signup("ada@example.com", "another password").await),
+        409
+    );
 
     // PUT /user changes metadata and password.
     let user = client.with_token(&refreshed.access_token);
     let updated: Value = user
-        .put("/auth/v1/user", &json!({"data": {"plan": "pro"}, "password": "a new password"}))
+        .put(
+            "/auth/v1/user",
+            &json!({"data": {"plan": "pro"}, "password": "a new password"}),
+        )
         .await
         .unwrap();
     assert_eq!(updated["user_metadata"]["plan"], "pro");
-    assert_eq!(status(client.sign_in("ada@example.com", "correct horse battery").await), 400);
-    client.sign_in("ada@example.com", "a new password").await.unwrap();
+    assert_eq!(
+        status(
+            client
+                .sign_in("ada@example.com", "correct horse battery")
+                .await
+        ),
+        400
+    );
+    client
+        .sign_in("ada@example.com", "a new password")
+        .await
+        .unwrap();
     cloud.stop().await.unwrap();
 }
 
@@ -62,7 +100,10 @@ async fn signup_sign_in_refresh_and_user() {
 async fn reusing_a_spent_refresh_token_revokes_the_whole_family() {
     let cloud = TestCloud::start().await.unwrap();
     let client = cloud.client();
-    let first = client.signup("eve@example.com", "password1234").await.unwrap();
+    let first = client
+        .signup("eve@example.com", "password1234")
+        .await
+        .unwrap();
     let second = client.refresh(&first.refresh_token).await.unwrap();
     // An attacker replays the spent token.
     let replay = client.refresh(&first.refresh_token).await;
@@ -70,7 +111,10 @@ async fn reusing_a_spent_refresh_token_revokes_the_whole_family() {
     // The legitimate holder's newer token died with the family.
     assert_eq!(status(client.refresh(&second.refresh_token).await), 401);
     // Another session of the same user is untouched.
-    let other = client.sign_in("eve@example.com", "password1234").await.unwrap();
+    let other = client
+        .sign_in("eve@example.com", "password1234")
+        .await
+        .unwrap();
     client.refresh(&other.refresh_token).await.unwrap();
     cloud.stop().await.unwrap();
 }
@@ -79,11 +123,33 @@ async fn reusing_a_spent_refresh_token_revokes_the_whole_family() {
 async fn unknown_email_and_wrong_password_get_the_same_answer() {
     let cloud = TestCloud::start().await.unwrap();
     let client = cloud.client();
-    client.signup("bob@example.com", "password1234").await.unwrap();
-    let unknown = client.sign_in("nobody@example.com", "password1234").await.unwrap_err();
-    let wrong = client.sign_in("bob@example.com", "wrong password").await.unwrap_err();
+    client
+        .signup("bob@example.com", "password1234")
+        .await
+        .unwrap();
+    let unknown = client
+        .sign_in("nobody@example.com", "password1234")
+        .await
+        .unwrap_err();
+    let wrong = client
+        .sign_in("bob@example.com", "wrong password")
+        .await
+        .unwrap_err();
     match (&unknown, &wrong) {
-        (Error::Api { status: s1, code: c1, message: m1, .. }, Error::Api { status: s2, code: c2, message: m2, .. }) => {
+        (
+            Error::Api {
+                status: s1,
+                code: c1,
+                message: m1,
+                ..
+            },
+            Error::Api {
+                status: s2,
+                code: c2,
+                message: m2,
+                ..
+            },
+        ) => {
             assert_eq!((s1, c1, m1), (s2, c2, m2));
             assert_eq!(m1, "invalid login credentials");
         }
@@ -96,8 +162,14 @@ async fn unknown_email_and_wrong_password_get_the_same_answer() {
 async fn logout_local_and_global() {
     let cloud = TestCloud::start().await.unwrap();
     let client = cloud.client();
-    let a = client.signup("carl@example.com", "password1234").await.unwrap();
-    let b = client.sign_in("carl@example.com", "password1234").await.unwrap();
+    let a = client
+        .signup("carl@example.com", "password1234")
+        .await
+        .unwrap();
+    let b = client
+        .sign_in("carl@example.com", "password1234")
+        .await
+        .unwrap();
     let response = client
         .with_token(&a.access_token)
         .request(reqwest::Method::POST, "/auth/v1/logout")
@@ -105,9 +177,16 @@ async fn logout_local_and_global() {
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    assert_eq!(status(client.refresh(&a.refresh_token).await), 401, "session a is gone");
+    assert_eq!(
+        status(client.refresh(&a.refresh_token).await),
+        401,
+        "session a is gone"
+    );
     let b2 = client.refresh(&b.refresh_token).await.unwrap();
-    let c = client.sign_in("carl@example.com", "password1234").await.unwrap();
+    let c = client
+        .sign_in("carl@example.com", "password1234")
+        .await
+        .unwrap();
     let response = client
         .with_token(&b2.access_token)
         .request(reqwest::Method::POST, "/auth/v1/logout?scope=global")
@@ -116,9 +195,17 @@ async fn logout_local_and_global() {
         .unwrap();
     assert_eq!(response.status(), 204);
     assert_eq!(status(client.refresh(&b2.refresh_token).await), 401);
-    assert_eq!(status(client.refresh(&c.refresh_token).await), 401, "global ends every session");
+    assert_eq!(
+        status(client.refresh(&c.refresh_token).await),
+        401,
+        "global ends every session"
+    );
     // Logging out needs a user token.
-    let response = client.request(reqwest::Method::POST, "/auth/v1/logout").send().await.unwrap();
+    let response = client
+        .request(reqwest::Method::POST, "/auth/v1/logout")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     cloud.stop().await.unwrap();
 }
@@ -133,47 +220,114 @@ async fn bad_input_is_a_clear_4xx() {
         ("x@example.com", "short", 400),
         ("y@example.com", &"p".repeat(1025), 400),
     ] {
-        assert_eq!(status(client.signup(email, password).await), expected, "{email} {}", password.len());
+        assert_eq!(
+            status(client.signup(email, password).await),
+            expected,
+            "{email} {}",
+            password.len()
+        );
     }
-    client.signup("z@example.com", &"p".repeat(1024)).await.unwrap();
+    client
+        .signup("z@example.com", &"p".repeat(1024))
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", cloud.gateway_url());
     let cases: Vec<(&str, String, Vec<u8>, u16)> = vec![
-        ("malformed", url("/auth/v1/signup"), b"{\"email\":".to_vec(), 400),
-        ("missing password", url("/auth/v1/signup"), br#"{"email":"q@example.com"}"#.to_vec(), 400),
+        (
+            "malformed",
+            url("/auth/v1/signup"),
+            b"{\"email\":".to_vec(),
+            400,
+        ),
+        (
+            "missing password",
+            url("/auth/v1/signup"),
+            br#"{"email":"q@example.com"}"#.to_vec(),
+            400,
+        ),
         ("huge", url("/auth/v1/signup"), vec![b'{'; 1024 * 1024], 413),
-        ("bad grant", url("/auth/v1/token?grant_type=magic"), b"{}".to_vec(), 400),
+        (
+            "bad grant",
+            url("/auth/v1/token?grant_type=magic"),
+            b"{}".to_vec(),
+            400,
+        ),
         ("no grant", url("/auth/v1/token"), b"{}".to_vec(), 400),
-        ("refresh missing", url("/auth/v1/token?grant_type=refresh_token"), b"{}".to_vec(), 400),
-        ("refresh unknown", url("/auth/v1/token?grant_type=refresh_token"), br#"{"refresh_token":"nope"}"#.to_vec(), 401),
-        ("password missing", url("/auth/v1/token?grant_type=password"), br#"{"email":"z@example.com"}"#.to_vec(), 400),
+        (
+            "refresh missing",
+            url("/auth/v1/token?grant_type=refresh_token"),
+            b"{}".to_vec(),
+            400,
+        ),
+        (
+            "refresh unknown",
+            url("/auth/v1/token?grant_type=refresh_token"),
+            br#"{"refresh_token":"nope"}"#.to_vec(),
+            401,
+        ),
+        (
+            "password missing",
+            url("/auth/v1/token?grant_type=password"),
+            br#"{"email":"z@example.com"}"#.to_vec(),
+            400,
+        ),
     ];
     for (name, url, body, expected) in cases {
-        let response = http.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+        let response = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let code = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(code, expected, "{name}: {body}");
         assert!(body["error"]["message"].is_string(), "{name}: {body}");
     }
     // Tokens that are not ours: tampered, alg none.
-    let session = client.sign_in("z@example.com", &"p".repeat(1024)).await.unwrap();
+    let session = client
+        .sign_in("z@example.com", &"p".repeat(1024))
+        .await
+        .unwrap();
     let mut parts: Vec<String> = session.access_token.split('.').map(str::to_owned).collect();
-    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
     claims["role"] = json!("service");
     parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
     let tampered = parts.join(".");
     assert_eq!(status(client.with_token(&tampered).user().await), 401);
-    let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        parts[1]
+    );
     assert_eq!(status(client.with_token(&none).user().await), 401);
-    assert_eq!(status(client.with_token(&tampered).get::<Value>("/auth/v1/admin/users").await), 401);
+    assert_eq!(
+        status(
+            client
+                .with_token(&tampered)
+                .get::<Value>("/auth/v1/admin/users")
+                .await
+        ),
+        401
+    );
     cloud.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn sign_in_is_rate_limited_per_email_with_retry_after() {
-    let cloud = TestCloud::builder().auth(|a| a.rate_limit_per_email = 3).start().await.unwrap();
+    let cloud = TestCloud::builder()
+        .auth(|a| a.rate_limit_per_email = 3)
+        .start()
+        .await
+        .unwrap();
     let client = cloud.client();
-    client.signup("rl@example.com", "password1234").await.unwrap();
+    client
+        .signup("rl@example.com", "password1234")
+        .await
+        .unwrap();
     let mut limited = None;
     for _ in 0..6 {
         let response = client
@@ -189,12 +343,19 @@ async fn sign_in_is_rate_limited_per_email_with_retry_after() {
         assert_eq!(response.status(), 400);
     }
     let response = limited.expect("a 429 within six attempts at 3 per minute");
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_many_requests");
     // Another email is not affected.
-    client.signup("other@example.com", "password1234").await.unwrap();
+    client
+        .signup("other@example.com", "password1234")
+        .await
+        .unwrap();
     cloud.stop().await.unwrap();
 }
 
@@ -202,32 +363,79 @@ async fn sign_in_is_rate_limited_per_email_with_retry_after() {
 async fn admin_api_needs_the_service_key_and_manages_users() {
     let cloud = TestCloud::start().await.unwrap();
     let admin = cloud.admin();
-    let user = cloud.client().signup("u@example.com", "password1234").await.unwrap();
+    let user = cloud
+        .client()
+        .signup("u@example.com", "password1234")
+        .await
+        .unwrap();
     let as_user = cloud.client().with_token(&user.access_token);
-    assert_eq!(status(as_user.get::<Value>("/auth/v1/admin/users").await), 403);
-    assert_eq!(status(cloud.client().get::<Value>("/auth/v1/admin/users").await), 403);
+    assert_eq!(
+        status(as_user.get::<Value>("/auth/v1/admin/users").await),
+        403
+    );
+    assert_eq!(
+        status(cloud.client().get::<Value>("/auth/v1/admin/users").await),
+        403
+    );
     let anon = cloud.client().with_token(cloud.keys.anon_key.clone());
     assert_eq!(status(anon.get::<Value>("/auth/v1/admin/users").await), 403);
 
-    let created: Value = admin.post("/auth/v1/admin/users", &json!({"email":"made@example.com","password":"password1234"})).await.unwrap();
+    let created: Value = admin
+        .post(
+            "/auth/v1/admin/users",
+            &json!({"email":"made@example.com","password":"password1234"}),
+        )
+        .await
+        .unwrap();
     for i in 0..3 {
-        let _: Value = admin.post("/auth/v1/admin/users", &json!({"email": format!("p{i}@example.com"),"password":"password1234"})).await.unwrap();
+        let _: Value = admin
+            .post(
+                "/auth/v1/admin/users",
+                &json!({"email": format!("p{i}@example.com"),"password":"password1234"}),
+            )
+            .await
+            .unwrap();
     }
     let page: Value = admin.get("/auth/v1/admin/users?limit=2").await.unwrap();
     assert_eq!(page["users"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let rest: Value = admin.get(&format!("/auth/v1/admin/users?limit=10&cursor={cursor}")).await.unwrap();
+    let rest: Value = admin
+        .get(&format!("/auth/v1/admin/users?limit=10&cursor={cursor}"))
+        .await
+        .unwrap();
     assert_eq!(rest["users"].as_array().unwrap().len(), 3);
     assert!(rest["next_cursor"].is_null());
 
     let id = created["id"].as_str().unwrap();
-    let fetched: Value = admin.get(&format!("/auth/v1/admin/users/{id}")).await.unwrap();
+    let fetched: Value = admin
+        .get(&format!("/auth/v1/admin/users/{id}"))
+        .await
+        .unwrap();
     assert_eq!(fetched["email"], "made@example.com");
-    assert!(fetched.get("password_hash").is_none(), "hashes never leave the service");
-    admin.delete(&format!("/auth/v1/admin/users/{id}")).await.unwrap();
-    assert_eq!(status(admin.get::<Value>(&format!("/auth/v1/admin/users/{id}")).await), 404);
-    assert_eq!(status(admin.get::<Value>("/auth/v1/admin/users/not-a-uuid").await), 404);
-    assert_eq!(status(admin.get::<Value>("/auth/v1/admin/users?limit=0").await), 400);
+    assert!(
+        fetched.get("password_hash").is_none(),
+        "hashes never leave the service"
+    );
+    admin
+        .delete(&format!("/auth/v1/admin/users/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(
+            admin
+                .get::<Value>(&format!("/auth/v1/admin/users/{id}"))
+                .await
+        ),
+        404
+    );
+    assert_eq!(
+        status(admin.get::<Value>("/auth/v1/admin/users/not-a-uuid").await),
+        404
+    );
+    assert_eq!(
+        status(admin.get::<Value>("/auth/v1/admin/users?limit=0").await),
+        400
+    );
     cloud.stop().await.unwrap();
 }
 
@@ -235,21 +443,54 @@ async fn admin_api_needs_the_service_key_and_manages_users() {
 async fn api_keys_are_shown_once_work_and_stop_working_when_revoked() {
     let cloud = TestCloud::start().await.unwrap();
     let admin = cloud.admin();
-    let created: Value = admin.post("/auth/v1/admin/api-keys", &json!({"name":"ci","role":"service"})).await.unwrap();
+    let created: Value = admin
+        .post(
+            "/auth/v1/admin/api-keys",
+            &json!({"name":"ci","role":"service"}),
+        )
+        .await
+        .unwrap();
     let secret = created["api_key"].as_str().unwrap().to_owned();
     let listed: Value = admin.get("/auth/v1/admin/api-keys").await.unwrap();
-    assert!(!listed.to_string().contains(&secret), "the secret is never listed");
+    assert!(
+        !listed.to_string().contains(&secret),
+        "the secret is never listed"
+    );
     // The new key acts as its role in another service.
     let with_key = cloud.client().with_token(&secret);
-    let _: Value = with_key.post("/storage/v1/bucket", &json!({"name":"made-by-key"})).await.unwrap();
+    let _: Value = with_key
+        .post("/storage/v1/bucket", &json!({"name":"made-by-key"}))
+        .await
+        .unwrap();
 
     let id = created["id"].as_str().unwrap();
-    admin.delete(&format!("/auth/v1/admin/api-keys/{id}")).await.unwrap();
-    let mut grpc = AuthServiceClient::connect(cloud.urls.auth.clone()).await.unwrap();
-    let answer = grpc.verify_api_key(VerifyApiKeyRequest { key: secret.clone() }).await;
-    assert_eq!(answer.unwrap_err().code(), tonic::Code::Unauthenticated, "revoked at the source at once");
-    assert_eq!(status(admin.delete(&format!("/auth/v1/admin/api-keys/{id}")).await), 404);
-    let bad: Result<Value, _> = admin.post("/auth/v1/admin/api-keys", &json!({"name":"x","role":"no-such-role"})).await;
+    admin
+        .delete(&format!("/auth/v1/admin/api-keys/{id}"))
+        .await
+        .unwrap();
+    let mut grpc = AuthServiceClient::connect(cloud.urls.auth.clone())
+        .await
+        .unwrap();
+    let answer = grpc
+        .verify_api_key(VerifyApiKeyRequest {
+            key: secret.clone(),
+        })
+        .await;
+    assert_eq!(
+        answer.unwrap_err().code(),
+        tonic::Code::Unauthenticated,
+        "revoked at the source at once"
+    );
+    assert_eq!(
+        status(admin.delete(&format!("/auth/v1/admin/api-keys/{id}")).await),
+        404
+    );
+    let bad: Result<Value, _> = admin
+        .post(
+            "/auth/v1/admin/api-keys",
+            &json!({"name":"x","role":"no-such-role"}),
+        )
+        .await;
     assert_eq!(status(bad), 400);
     cloud.stop().await.unwrap();
 }
@@ -258,29 +499,74 @@ async fn api_keys_are_shown_once_work_and_stop_working_when_revoked() {
 async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
     let cloud = TestCloud::start().await.unwrap();
     let client = cloud.client();
-    let before = client.signup("rot@example.com", "password1234").await.unwrap();
+    let before = client
+        .signup("rot@example.com", "password1234")
+        .await
+        .unwrap();
     let kid = |token: &str| -> String {
-        let header: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+        let header: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(token.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
         header["kid"].as_str().unwrap().to_owned()
     };
     // Storage caches the JWKS before the rotation...
-    let _: Value = client.with_token(&before.access_token).get("/storage/v1/bucket").await.unwrap();
-    let rotated: Value = cloud.admin().post("/auth/v1/admin/keys/rotate", &json!({})).await.unwrap();
+    let _: Value = client
+        .with_token(&before.access_token)
+        .get("/storage/v1/bucket")
+        .await
+        .unwrap();
+    let rotated: Value = cloud
+        .admin()
+        .post("/auth/v1/admin/keys/rotate", &json!({}))
+        .await
+        .unwrap();
     let jwks: Value = client.get("/auth/v1/.well-known/jwks.json").await.unwrap();
-    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
-    assert!(kids.contains(&kid(&before.access_token).as_str()) && kids.contains(&rotated["kid"].as_str().unwrap()));
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&kid(&before.access_token).as_str())
+            && kids.contains(&rotated["kid"].as_str().unwrap())
+    );
     for key in jwks["keys"].as_array().unwrap() {
-        assert_eq!((key["kty"].as_str(), key["crv"].as_str(), key["alg"].as_str()), (Some("OKP"), Some("Ed25519"), Some("EdDSA")));
+        assert_eq!(
+            (
+                key["kty"].as_str(),
+                key["crv"].as_str(),
+                key["alg"].as_str()
+            ),
+            (Some("OKP"), Some("Ed25519"), Some("EdDSA"))
+        );
         assert!(key.get("d").is_none(), "no private part in the JWKS");
     }
     // ...and after it, the old token still works in auth and in storage, and storage
     // refetches the JWKS when it meets the new kid.
-    client.with_token(&before.access_token).user().await.unwrap();
-    let after = client.sign_in("rot@example.com", "password1234").await.unwrap();
+    client
+        .with_token(&before.access_token)
+        .user()
+        .await
+        .unwrap();
+    let after = client
+        .sign_in("rot@example.com", "password1234")
+        .await
+        .unwrap();
     assert_eq!(kid(&after.access_token), rotated["kid"].as_str().unwrap());
-    let _: Value = client.with_token(&before.access_token).get("/storage/v1/bucket").await.unwrap();
-    let _: Value = client.with_token(&after.access_token).get("/storage/v1/bucket").await.unwrap();
+    let _: Value = client
+        .with_token(&before.access_token)
+        .get("/storage/v1/bucket")
+        .await
+        .unwrap();
+    let _: Value = client
+        .with_token(&after.access_token)
+        .get("/storage/v1/bucket")
+        .await
+        .unwrap();
     cloud.stop().await.unwrap();
 }
 
@@ -289,7 +575,10 @@ async fn role_tokens_carry_exactly_their_roles_policies() {
     let cloud = TestCloud::start().await.unwrap();
     let admin = cloud.admin();
     for name in ["photos", "secrets"] {
-        let _: Value = admin.post("/storage/v1/bucket", &json!({"name": name})).await.unwrap();
+        let _: Value = admin
+            .post("/storage/v1/bucket", &json!({"name": name}))
+            .await
+            .unwrap();
     }
     let role: Value = admin
         .post(
@@ -301,35 +590,80 @@ async fn role_tokens_carry_exactly_their_roles_policies() {
     assert_eq!(role["policies"][0]["effect"], "allow");
     let bad: Result<Value, _> = admin.post("/auth/v1/admin/roles", &json!({"name":"bad","policies":{"effect":"allow","actions":["s3:*"],"resources":["*"]}})).await;
     assert_eq!(status(bad), 400);
-    let dup: Result<Value, _> = admin.post("/auth/v1/admin/roles", &json!({"name":"thumbnailer"})).await;
+    let dup: Result<Value, _> = admin
+        .post("/auth/v1/admin/roles", &json!({"name":"thumbnailer"}))
+        .await;
     assert_eq!(status(dup), 409);
-    assert_eq!(status(admin.delete("/auth/v1/admin/roles/authenticated").await), 400);
+    assert_eq!(
+        status(admin.delete("/auth/v1/admin/roles/authenticated").await),
+        400
+    );
 
-    let mut grpc = AuthServiceClient::connect(cloud.urls.auth.clone()).await.unwrap();
+    let mut grpc = AuthServiceClient::connect(cloud.urls.auth.clone())
+        .await
+        .unwrap();
     let token = grpc
-        .issue_role_token(IssueRoleTokenRequest { role: "thumbnailer".into(), subject: "fn:thumbnail".into(), ttl_seconds: 300 })
+        .issue_role_token(IssueRoleTokenRequest {
+            role: "thumbnailer".into(),
+            subject: "fn:thumbnail".into(),
+            ttl_seconds: 300,
+        })
         .await
         .unwrap()
         .into_inner();
     let service_token = grpc
-        .issue_role_token(IssueRoleTokenRequest { role: "service".into(), subject: "fn:x".into(), ttl_seconds: 60 })
+        .issue_role_token(IssueRoleTokenRequest {
+            role: "service".into(),
+            subject: "fn:x".into(),
+            ttl_seconds: 60,
+        })
         .await;
-    assert_eq!(service_token.unwrap_err().code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        service_token.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
     let unknown = grpc
-        .issue_role_token(IssueRoleTokenRequest { role: "nobody".into(), subject: "fn:x".into(), ttl_seconds: 60 })
+        .issue_role_token(IssueRoleTokenRequest {
+            role: "nobody".into(),
+            subject: "fn:x".into(),
+            ttl_seconds: 60,
+        })
         .await;
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
 
     let as_role = cloud.client().with_token(&token.access_token);
     let visible: Value = as_role.get("/storage/v1/bucket").await.unwrap();
-    let names: Vec<&str> = visible.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["photos"], "the role sees only what its policy allows");
-    assert_eq!(status(as_role.get::<Value>("/storage/v1/bucket/secrets").await), 404);
-    let create: Result<Value, _> = as_role.post("/storage/v1/bucket", &json!({"name":"mine"})).await;
+    let names: Vec<&str> = visible
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["photos"],
+        "the role sees only what its policy allows"
+    );
+    assert_eq!(
+        status(as_role.get::<Value>("/storage/v1/bucket/secrets").await),
+        404
+    );
+    let create: Result<Value, _> = as_role
+        .post("/storage/v1/bucket", &json!({"name":"mine"}))
+        .await;
     assert_eq!(status(create), 403);
     // A user sees nothing without a policy: default deny.
-    let user = cloud.client().signup("plain@example.com", "password1234").await.unwrap();
-    let user_view: Value = cloud.client().with_token(&user.access_token).get("/storage/v1/bucket").await.unwrap();
+    let user = cloud
+        .client()
+        .signup("plain@example.com", "password1234")
+        .await
+        .unwrap();
+    let user_view: Value = cloud
+        .client()
+        .with_token(&user.access_token)
+        .get("/storage/v1/bucket")
+        .await
+        .unwrap();
     assert_eq!(user_view, json!([]));
     cloud.stop().await.unwrap();
 }

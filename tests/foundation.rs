@@ -16,7 +16,12 @@ async fn json(response: reqwest::Response) -> (u16, Value) {
 #[tokio::test]
 async fn gateway_readyz_asks_every_service() {
     let cloud = TestCloud::start().await.unwrap();
-    let (status, body) = json(reqwest::get(format!("{}/readyz", cloud.gateway_url())).await.unwrap()).await;
+    let (status, body) = json(
+        reqwest::get(format!("{}/readyz", cloud.gateway_url()))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     for service in ["gateway", "auth", "storage", "docdb", "bus", "invoker"] {
         assert_eq!(body["checks"][service], "ok", "{service} in {body}");
@@ -42,18 +47,42 @@ async fn every_service_serves_health_readiness_metrics_and_grpc_health() {
         assert_eq!(status, 200, "{name}: {body}");
         assert_eq!(body["status"], "ready");
         if name != "gateway" {
-            assert_eq!(body["checks"]["postgres"], "ok", "{name} checks Postgres: {body}");
+            assert_eq!(
+                body["checks"]["postgres"], "ok",
+                "{name} checks Postgres: {body}"
+            );
         }
-        let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
-        assert!(metrics.contains("minicloud_http_requests_total"), "{name}: {metrics}");
-        assert!(metrics.contains(&format!("service=\"{name}\"")), "{name}: {metrics}");
+        let metrics = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("minicloud_http_requests_total"),
+            "{name}: {metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("service=\"{name}\"")),
+            "{name}: {metrics}"
+        );
         let mut health = HealthClient::connect(url.clone()).await.unwrap();
-        let answer = health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+        let answer = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
         assert_eq!(answer.into_inner().status, 1, "{name} is SERVING over gRPC");
     }
     let (_, bus) = json(reqwest::get(format!("{}/readyz", urls.bus)).await.unwrap()).await;
     assert_eq!(bus["checks"]["redis"], "ok");
-    let (_, storage) = json(reqwest::get(format!("{}/readyz", urls.storage)).await.unwrap()).await;
+    let (_, storage) = json(
+        reqwest::get(format!("{}/readyz", urls.storage))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(storage["checks"]["backend"], "ok");
     cloud.stop().await.unwrap();
 }
@@ -65,17 +94,41 @@ async fn a_service_whose_database_is_gone_is_not_ready() {
     let admin = reqwest::Client::new();
     let server = minicloud_testkit::test_database_server_url();
     let mut connection = sqlx_connect(&server).await;
-    exec(&mut connection, &format!("ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS false", cloud.database)).await;
     exec(
         &mut connection,
-        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'", cloud.database),
+        &format!(
+            "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS false",
+            cloud.database
+        ),
     )
     .await;
-    let (status, body) = json(admin.get(format!("{}/readyz", cloud.gateway_url())).send().await.unwrap()).await;
+    exec(
+        &mut connection,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            cloud.database
+        ),
+    )
+    .await;
+    let (status, body) = json(
+        admin
+            .get(format!("{}/readyz", cloud.gateway_url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["checks"]["auth"], "unavailable", "{body}");
-    exec(&mut connection, &format!("ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true", cloud.database)).await;
+    exec(
+        &mut connection,
+        &format!(
+            "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true",
+            cloud.database
+        ),
+    )
+    .await;
     cloud.stop().await.unwrap();
 }
 
@@ -97,7 +150,10 @@ mod sqlx_lite {
     }
 
     pub async fn execute(connection: &mut Connection, sql: &str) {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(connection).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(connection)
+            .await
+            .unwrap();
     }
 }
 
@@ -108,22 +164,48 @@ async fn errors_are_json_with_request_ids_and_unknown_routes_are_404() {
     let gateway = cloud.gateway_url();
 
     let response = http.get(format!("{gateway}/nope")).send().await.unwrap();
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let (status, body) = json(response).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
     assert_eq!(body["error"]["request_id"], request_id.as_str());
 
     // Unknown path inside a service prefix: the service's own 404, same shape.
-    let (status, body) = json(http.get(format!("{gateway}/storage/v1/nope")).send().await.unwrap()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = json(
+        http.get(format!("{gateway}/storage/v1/nope"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 
     // Wrong method: 405 with a JSON body.
-    let (status, body) = json(http.delete(format!("{gateway}/auth/v1/signup")).send().await.unwrap()).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+    let (status, body) = json(
+        http.delete(format!("{gateway}/auth/v1/signup"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
 
     // A caller's request id is kept through the gateway and the service.
-    let response = http.get(format!("{gateway}/nope")).header("x-request-id", "req_mine_1").send().await.unwrap();
+    let response = http
+        .get(format!("{gateway}/nope"))
+        .header("x-request-id", "req_mine_1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["x-request-id"], "req_mine_1");
     let response = http
         .get(format!("{gateway}/storage/v1/bucket"))
@@ -142,15 +224,55 @@ async fn bad_input_gets_4xx_json_never_5xx() {
     let url = format!("{}/storage/v1/bucket", cloud.gateway_url());
     let auth = format!("Bearer {}", cloud.keys.service_key);
     let cases: Vec<(&str, Option<&str>, Vec<u8>, u16)> = vec![
-        ("malformed JSON", Some("application/json"), b"{\"name\":".to_vec(), 400),
-        ("wrong type", Some("application/json"), br#"{"name":42}"#.to_vec(), 400),
-        ("unknown field", Some("application/json"), br#"{"name":"abc","colour":"red"}"#.to_vec(), 400),
-        ("not JSON content type", Some("text/plain"), br#"{"name":"abc"}"#.to_vec(), 415),
+        (
+            "malformed JSON",
+            Some("application/json"),
+            b"{\"name\":".to_vec(),
+            400,
+        ),
+        (
+            "wrong type",
+            Some("application/json"),
+            br#"{"name":42}"#.to_vec(),
+            400,
+        ),
+        (
+            "unknown field",
+            Some("application/json"),
+            br#"{"name":"abc","colour":"red"}"#.to_vec(),
+            400,
+        ),
+        (
+            "not JSON content type",
+            Some("text/plain"),
+            br#"{"name":"abc"}"#.to_vec(),
+            415,
+        ),
         ("no content type", None, br#"{"name":"abc"}"#.to_vec(), 415),
-        ("huge body", Some("application/json"), vec![b' '; 2 * 1024 * 1024], 413),
-        ("bad name", Some("application/json"), br#"{"name":"../etc"}"#.to_vec(), 400),
-        ("invalid policy", Some("application/json"), br#"{"name":"abc","policy":{"effect":"maybe"}}"#.to_vec(), 400),
-        ("not UTF-8", Some("application/json"), vec![0xff, 0xfe, 0x00], 400),
+        (
+            "huge body",
+            Some("application/json"),
+            vec![b' '; 2 * 1024 * 1024],
+            413,
+        ),
+        (
+            "bad name",
+            Some("application/json"),
+            br#"{"name":"../etc"}"#.to_vec(),
+            400,
+        ),
+        (
+            "invalid policy",
+            Some("application/json"),
+            br#"{"name":"abc","policy":{"effect":"maybe"}}"#.to_vec(),
+            400,
+        ),
+        (
+            "not UTF-8",
+            Some("application/json"),
+            vec![0xff, 0xfe, 0x00],
+            400,
+        ),
     ];
     for (name, content_type, body, expected) in cases {
         let mut request = http.post(&url).header("authorization", &auth).body(body);
@@ -159,15 +281,30 @@ async fn bad_input_gets_4xx_json_never_5xx() {
         }
         let (status, body) = json(request.send().await.unwrap()).await;
         assert_eq!(status, expected, "{name}: {body}");
-        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{name}: {body}");
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{name}: {body}"
+        );
     }
     // Nothing was half-written by any of those.
     let buckets: Value = cloud.admin().get("/storage/v1/bucket").await.unwrap();
     assert_eq!(buckets, serde_json::json!([]));
 
     // A bad Authorization header is a 401, not a 500.
-    for header in ["Basic abc", "Bearer ", "Bearer not.a.jwt", "Bearer mck_forged.key"] {
-        let (status, body) = json(http.get(&url).header("authorization", header).send().await.unwrap()).await;
+    for header in [
+        "Basic abc",
+        "Bearer ",
+        "Bearer not.a.jwt",
+        "Bearer mck_forged.key",
+    ] {
+        let (status, body) = json(
+            http.get(&url)
+                .header("authorization", header)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(status, 401, "{header}: {body}");
         assert_eq!(body["error"]["code"], "unauthenticated");
     }
@@ -178,16 +315,25 @@ async fn bad_input_gets_4xx_json_never_5xx() {
 async fn cors_preflight_is_answered_by_the_gateway() {
     let cloud = TestCloud::start().await.unwrap();
     let response = reqwest::Client::new()
-        .request(reqwest::Method::OPTIONS, format!("{}/storage/v1/bucket", cloud.gateway_url()))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/storage/v1/bucket", cloud.gateway_url()),
+        )
         .header("origin", "http://localhost:5173")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
-    let allowed = response.headers()["access-control-allow-headers"].to_str().unwrap().to_owned();
+    let allowed = response.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(allowed.contains("authorization"), "{allowed}");
     cloud.stop().await.unwrap();
 }
@@ -200,9 +346,16 @@ async fn services_call_each_other_over_grpc() {
     let anon = cloud.client().with_token(cloud.keys.anon_key.clone());
     let buckets: Value = anon.get("/storage/v1/bucket").await.unwrap();
     assert_eq!(buckets, serde_json::json!([]));
-    let metrics = reqwest::get(format!("{}/metrics", cloud.urls.auth)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", cloud.urls.auth))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.contains("route=\"/minicloud.auth.v1.AuthService/VerifyApiKey\"") && l.starts_with("minicloud_http_requests_total")),
+        metrics.lines().any(|l| l
+            .contains("route=\"/minicloud.auth.v1.AuthService/VerifyApiKey\"")
+            && l.starts_with("minicloud_http_requests_total")),
         "{metrics}"
     );
     cloud.stop().await.unwrap();
@@ -213,23 +366,48 @@ async fn a_500_carries_no_internal_detail() {
     let cloud = TestCloud::start().await.unwrap();
     // Break storage's schema under it: its next query fails inside Postgres.
     let mut connection = sqlx_connect(&cloud.database_url).await;
-    exec(&mut connection, "ALTER TABLE storage.buckets RENAME TO buckets_gone").await;
+    exec(
+        &mut connection,
+        "ALTER TABLE storage.buckets RENAME TO buckets_gone",
+    )
+    .await;
     let response = reqwest::Client::new()
         .get(format!("{}/storage/v1/bucket", cloud.gateway_url()))
-        .header("authorization", format!("Bearer {}", cloud.keys.service_key))
+        .header(
+            "authorization",
+            format!("Bearer {}", cloud.keys.service_key),
+        )
         .send()
         .await
         .unwrap();
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let (status, body) = json(response).await;
     assert_eq!(status, 500);
     assert_eq!(body["error"]["code"], "internal");
     assert_eq!(body["error"]["message"], "internal error");
-    assert_eq!(body["error"]["request_id"], request_id.as_str(), "the id to find the detail in the log");
+    assert_eq!(
+        body["error"]["request_id"],
+        request_id.as_str(),
+        "the id to find the detail in the log"
+    );
     let text = body.to_string();
-    for leak in ["buckets", "relation", "does not exist", "sqlx", "postgres", "42P01"] {
+    for leak in [
+        "buckets",
+        "relation",
+        "does not exist",
+        "sqlx",
+        "postgres",
+        "42P01",
+    ] {
         assert!(!text.contains(leak), "{leak} leaked: {text}");
     }
-    exec(&mut connection, "ALTER TABLE storage.buckets_gone RENAME TO buckets").await;
+    exec(
+        &mut connection,
+        "ALTER TABLE storage.buckets_gone RENAME TO buckets",
+    )
+    .await;
     cloud.stop().await.unwrap();
 }

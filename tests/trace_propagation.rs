@@ -20,20 +20,35 @@ async fn one_request_is_one_trace_across_gateway_service_and_grpc() {
         json_logs: false,
     });
     let cloud = TestCloud::start().await.unwrap();
-    let session = cloud.client().signup("trace@example.com", "correct horse battery").await.unwrap();
+    let session = cloud
+        .client()
+        .signup("trace@example.com", "correct horse battery")
+        .await
+        .unwrap();
     let user = cloud.client().with_token(session.access_token);
 
     // Storage has never verified a token, so it fetches auth's JWKS over gRPC
     // inside this request.
-    let response = user.request(reqwest::Method::GET, "/storage/v1/bucket").send().await.unwrap();
+    let response = user
+        .request(reqwest::Method::GET, "/storage/v1/bucket")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     telemetry.flush();
 
     let spans = receiver
         .wait_for(Duration::from_secs(10), |spans| {
-            spans.iter().any(|s| service(s) == "auth" && s.name.ends_with("GetJwks"))
-                && spans.iter().any(|s| service(s) == "gateway" && s.attribute("request_id") == Some(&request_id))
+            spans
+                .iter()
+                .any(|s| service(s) == "auth" && s.name.ends_with("GetJwks"))
+                && spans.iter().any(|s| {
+                    service(s) == "gateway" && s.attribute("request_id") == Some(&request_id)
+                })
         })
         .await;
 
@@ -41,21 +56,46 @@ async fn one_request_is_one_trace_across_gateway_service_and_grpc() {
         .iter()
         .find(|s| service(s) == "gateway" && s.attribute("request_id") == Some(&request_id))
         .expect("the gateway's server span");
-    assert!(root.parent_span_id.is_empty(), "the gateway starts the trace: {root:?}");
-    let trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == root.trace_id).collect();
+    assert!(
+        root.parent_span_id.is_empty(),
+        "the gateway starts the trace: {root:?}"
+    );
+    let trace: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .collect();
     let by_id = |id: &[u8]| trace.iter().find(|s| s.span_id == id).copied();
-    let parent_of = |span: &ReceivedSpan| by_id(&span.parent_span_id).unwrap_or_else(|| panic!("parent of {span:?} missing from the trace"));
+    let parent_of = |span: &ReceivedSpan| {
+        by_id(&span.parent_span_id)
+            .unwrap_or_else(|| panic!("parent of {span:?} missing from the trace"))
+    };
 
     let storage = trace
         .iter()
-        .find(|s| service(s) == "storage" && s.kind == SPAN_KIND_SERVER && s.name.starts_with("GET /storage/v1/bucket"))
+        .find(|s| {
+            service(s) == "storage"
+                && s.kind == SPAN_KIND_SERVER
+                && s.name.starts_with("GET /storage/v1/bucket")
+        })
         .copied()
-        .unwrap_or_else(|| panic!("storage server span in {:#?}", trace.iter().map(|s| &s.name).collect::<Vec<_>>()));
+        .unwrap_or_else(|| {
+            panic!(
+                "storage server span in {:#?}",
+                trace.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
     let proxy = parent_of(storage);
-    assert_eq!(proxy.attribute("peer.service"), Some("storage"), "storage's parent is the gateway's client span");
+    assert_eq!(
+        proxy.attribute("peer.service"),
+        Some("storage"),
+        "storage's parent is the gateway's client span"
+    );
     assert_eq!(proxy.kind, SPAN_KIND_CLIENT);
     assert_eq!(root.kind, SPAN_KIND_SERVER);
-    assert_eq!(proxy.parent_span_id, root.span_id, "the proxy span is a child of the root");
+    assert_eq!(
+        proxy.parent_span_id, root.span_id,
+        "the proxy span is a child of the root"
+    );
 
     let auth = trace
         .iter()
@@ -70,7 +110,10 @@ async fn one_request_is_one_trace_across_gateway_service_and_grpc() {
     // The client span sits under storage's server span (through authz's spans).
     let mut ancestor = grpc_client;
     while ancestor.span_id != storage.span_id {
-        assert!(!ancestor.parent_span_id.is_empty(), "gRPC client span does not descend from storage's span");
+        assert!(
+            !ancestor.parent_span_id.is_empty(),
+            "gRPC client span does not descend from storage's span"
+        );
         ancestor = parent_of(ancestor);
     }
     assert!(trace.iter().all(|s| s.resource_service == "minicloud"));

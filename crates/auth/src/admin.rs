@@ -22,11 +22,23 @@ use crate::{Auth, BuiltinKeys};
 pub fn routes() -> Router<Auth> {
     Router::new()
         .route("/auth/v1/admin/users", get(list_users).post(create_user))
-        .route("/auth/v1/admin/users/{id}", get(get_user).put(update_user).delete(delete_user))
+        .route(
+            "/auth/v1/admin/users/{id}",
+            get(get_user).put(update_user).delete(delete_user),
+        )
         .route("/auth/v1/admin/roles", get(list_roles).post(create_role))
-        .route("/auth/v1/admin/roles/{name}", get(get_role).put(update_role).delete(delete_role))
-        .route("/auth/v1/admin/api-keys", get(list_api_keys).post(create_api_key))
-        .route("/auth/v1/admin/api-keys/{id}", axum::routing::delete(revoke_api_key))
+        .route(
+            "/auth/v1/admin/roles/{name}",
+            get(get_role).put(update_role).delete(delete_role),
+        )
+        .route(
+            "/auth/v1/admin/api-keys",
+            get(list_api_keys).post(create_api_key),
+        )
+        .route(
+            "/auth/v1/admin/api-keys/{id}",
+            axum::routing::delete(revoke_api_key),
+        )
         .route("/auth/v1/admin/keys/rotate", post(rotate_signing_key))
 }
 
@@ -62,15 +74,25 @@ pub struct UserList {
     pub next_cursor: Option<String>,
 }
 
-async fn list_users(State(auth): State<Auth>, caller: Caller, Query(page): Query<Page>) -> Result<Json<UserList>, ApiError> {
+async fn list_users(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Query(page): Query<Page>,
+) -> Result<Json<UserList>, ApiError> {
     require_service(&caller)?;
     let limit = page.limit()?;
     let after = match &page.cursor {
-        Some(cursor) => Some(Uuid::parse_str(cursor).map_err(|_| ApiError::invalid("invalid cursor"))?),
+        Some(cursor) => {
+            Some(Uuid::parse_str(cursor).map_err(|_| ApiError::invalid("invalid cursor"))?)
+        }
         None => None,
     };
     // User ids are UUIDv7, so id order is creation order and a stable keyset.
-    let rows = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"))
+    let rows = sqlx::query_as::<_, UserRow>(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+    ))
     .bind(after)
     .bind(limit + 1)
     .fetch_all(&auth.pool)
@@ -112,9 +134,17 @@ fn parse_user_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::not_found("user not found"))
 }
 
-async fn get_user(State(auth): State<Auth>, caller: Caller, Path(id): Path<String>) -> Result<Json<UserOut>, ApiError> {
+async fn get_user(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UserOut>, ApiError> {
     require_service(&caller)?;
-    Ok(Json(crate::api::load_user(&auth.pool, parse_user_id(&id)?).await?.into_out()))
+    Ok(Json(
+        crate::api::load_user(&auth.pool, parse_user_id(&id)?)
+            .await?
+            .into_out(),
+    ))
 }
 
 async fn update_user(
@@ -124,10 +154,16 @@ async fn update_user(
     Json(patch): Json<UserPatch>,
 ) -> Result<Json<UserOut>, ApiError> {
     require_service(&caller)?;
-    Ok(Json(crate::api::apply_user_patch(&auth, parse_user_id(&id)?, patch).await?))
+    Ok(Json(
+        crate::api::apply_user_patch(&auth, parse_user_id(&id)?, patch).await?,
+    ))
 }
 
-async fn delete_user(State(auth): State<Auth>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_user(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     require_service(&caller)?;
     let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(parse_user_id(&id)?)
@@ -173,12 +209,16 @@ pub struct RolePatch {
 fn check_role_name(name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         && name.as_bytes()[0].is_ascii_lowercase();
     if valid {
         Ok(())
     } else {
-        Err(AuthError::Invalid("role name: 1-64 of a-z 0-9 _ -, starting with a letter".into()))
+        Err(AuthError::Invalid(
+            "role name: 1-64 of a-z 0-9 _ -, starting with a letter".into(),
+        ))
     }
 }
 
@@ -194,12 +234,19 @@ macro_rules! role_columns {
     };
 }
 
-async fn list_roles(State(auth): State<Auth>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_roles(
+    State(auth): State<Auth>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     require_service(&caller)?;
-    let roles = sqlx::query_as::<_, RoleOut>(concat!("SELECT ", role_columns!(), " FROM roles ORDER BY name LIMIT 1000"))
-        .fetch_all(&auth.pool)
-        .await
-        .map_err(AuthError::from)?;
+    let roles = sqlx::query_as::<_, RoleOut>(concat!(
+        "SELECT ",
+        role_columns!(),
+        " FROM roles ORDER BY name LIMIT 1000"
+    ))
+    .fetch_all(&auth.pool)
+    .await
+    .map_err(AuthError::from)?;
     Ok(Json(serde_json::json!({ "roles": roles })))
 }
 
@@ -211,24 +258,41 @@ async fn create_role(
     require_service(&caller)?;
     check_role_name(&input.name)?;
     let policies = normalise_policies(&input.policies.unwrap_or(serde_json::Value::Null))?;
-    let role = sqlx::query_as::<_, RoleOut>(concat!("INSERT INTO roles (name, description, policies) VALUES ($1, $2, $3) RETURNING ", role_columns!()))
+    let role = sqlx::query_as::<_, RoleOut>(concat!(
+        "INSERT INTO roles (name, description, policies) VALUES ($1, $2, $3) RETURNING ",
+        role_columns!()
+    ))
     .bind(&input.name)
     .bind(input.description.unwrap_or_default())
     .bind(policies)
     .fetch_one(&auth.pool)
     .await
-    .map_err(|e| if is_unique_violation(&e) { AuthError::Conflict(format!("role {} exists", input.name)) } else { e.into() })?;
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            AuthError::Conflict(format!("role {} exists", input.name))
+        } else {
+            e.into()
+        }
+    })?;
     Ok((StatusCode::CREATED, Json(role)))
 }
 
-async fn get_role(State(auth): State<Auth>, caller: Caller, Path(name): Path<String>) -> Result<Json<RoleOut>, ApiError> {
+async fn get_role(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<RoleOut>, ApiError> {
     require_service(&caller)?;
-    let role = sqlx::query_as::<_, RoleOut>(concat!("SELECT ", role_columns!(), " FROM roles WHERE name = $1"))
-        .bind(&name)
-        .fetch_optional(&auth.pool)
-        .await
-        .map_err(AuthError::from)?
-        .ok_or(AuthError::NotFound("role"))?;
+    let role = sqlx::query_as::<_, RoleOut>(concat!(
+        "SELECT ",
+        role_columns!(),
+        " FROM roles WHERE name = $1"
+    ))
+    .bind(&name)
+    .fetch_optional(&auth.pool)
+    .await
+    .map_err(AuthError::from)?
+    .ok_or(AuthError::NotFound("role"))?;
     Ok(Json(role))
 }
 
@@ -240,9 +304,15 @@ async fn update_role(
 ) -> Result<Json<RoleOut>, ApiError> {
     require_service(&caller)?;
     if name == "service" && patch.policies.is_some() {
-        return Err(ApiError::invalid("the service role bypasses policies; it has none"));
+        return Err(ApiError::invalid(
+            "the service role bypasses policies; it has none",
+        ));
     }
-    let policies = patch.policies.as_ref().map(normalise_policies).transpose()?;
+    let policies = patch
+        .policies
+        .as_ref()
+        .map(normalise_policies)
+        .transpose()?;
     let role = sqlx::query_as::<_, RoleOut>(concat!("UPDATE roles SET description = COALESCE($2, description), policies = COALESCE($3, policies), updated_at = now()
          WHERE name = $1 RETURNING ", role_columns!()))
     .bind(&name)
@@ -255,7 +325,11 @@ async fn update_role(
     Ok(Json(role))
 }
 
-async fn delete_role(State(auth): State<Auth>, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_role(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     require_service(&caller)?;
     let builtin: Option<bool> = sqlx::query_scalar("SELECT builtin FROM roles WHERE name = $1")
         .bind(&name)
@@ -309,7 +383,12 @@ fn new_api_key() -> (String, String) {
     rand::rng().fill_bytes(&mut id);
     rand::rng().fill_bytes(&mut secret);
     let id = format!("ak_{}", hex::encode(id));
-    let key = format!("{}{}.{}", minicloud_authz::verifier::API_KEY_PREFIX, id, URL_SAFE_NO_PAD.encode(secret));
+    let key = format!(
+        "{}{}.{}",
+        minicloud_authz::verifier::API_KEY_PREFIX,
+        id,
+        URL_SAFE_NO_PAD.encode(secret)
+    );
     (id, key)
 }
 
@@ -334,10 +413,16 @@ async fn insert_api_key(
     .fetch_one(&auth.pool)
     .await
     .map_err(|e| if is_foreign_key_violation(&e) { AuthError::Invalid(format!("no role named {role:?}")) } else { e.into() })?;
-    Ok(ApiKeyCreated { key: row, api_key: key })
+    Ok(ApiKeyCreated {
+        key: row,
+        api_key: key,
+    })
 }
 
-async fn list_api_keys(State(auth): State<Auth>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_api_keys(
+    State(auth): State<Auth>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     require_service(&caller)?;
     let keys = sqlx::query_as::<_, ApiKeyOut>(
         "SELECT id, name, role, subject, created_at, revoked_at FROM api_keys ORDER BY created_at, id LIMIT 1000",
@@ -365,7 +450,11 @@ async fn create_api_key(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn revoke_api_key(State(auth): State<Auth>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn revoke_api_key(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     require_service(&caller)?;
     let revoked = sqlx::query("UPDATE api_keys SET revoked_at = now(), builtin_secret = NULL WHERE id = $1 AND revoked_at IS NULL")
         .bind(&id)
@@ -379,7 +468,10 @@ async fn revoke_api_key(State(auth): State<Auth>, caller: Caller, Path(id): Path
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn rotate_signing_key(State(auth): State<Auth>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+async fn rotate_signing_key(
+    State(auth): State<Auth>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     require_service(&caller)?;
     let kid = auth.keys.rotate().await?;
     Ok(Json(serde_json::json!({ "kid": kid })))
@@ -412,5 +504,8 @@ pub(crate) async fn builtin_keys(auth: &Auth) -> Result<BuiltinKeys> {
         .fetch_one(&auth.pool)
         .await
     };
-    Ok(BuiltinKeys { anon_key: get("anon key").await?, service_key: get("service key").await? })
+    Ok(BuiltinKeys {
+        anon_key: get("anon key").await?,
+        service_key: get("service key").await?,
+    })
 }

@@ -62,12 +62,19 @@ macro_rules! user_columns {
 }
 pub(crate) use user_columns;
 
-pub(crate) async fn load_user<'e, E: sqlx::PgExecutor<'e>>(executor: E, id: Uuid) -> Result<UserRow> {
-    sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(executor)
-        .await?
-        .ok_or(AuthError::NotFound("user"))
+pub(crate) async fn load_user<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    id: Uuid,
+) -> Result<UserRow> {
+    sqlx::query_as::<_, UserRow>(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await?
+    .ok_or(AuthError::NotFound("user"))
 }
 
 /// Trims and lowercases an email address and checks its shape.
@@ -84,16 +91,24 @@ pub(crate) fn normalise_email(raw: &str) -> Result<String> {
         })
         && email.matches('@').count() == 1
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if valid { Ok(email) } else { Err(AuthError::Invalid("invalid email address".into())) }
+    if valid {
+        Ok(email)
+    } else {
+        Err(AuthError::Invalid("invalid email address".into()))
+    }
 }
 
 /// Limits user metadata to a JSON object of modest size.
 pub(crate) fn check_metadata(data: &serde_json::Value) -> Result<()> {
     if !data.is_object() {
-        return Err(AuthError::Invalid("user metadata must be a JSON object".into()));
+        return Err(AuthError::Invalid(
+            "user metadata must be a JSON object".into(),
+        ));
     }
     if data.to_string().len() > 16 * 1024 {
-        return Err(AuthError::Invalid("user metadata is larger than 16 KiB".into()));
+        return Err(AuthError::Invalid(
+            "user metadata is larger than 16 KiB".into(),
+        ));
     }
     Ok(())
 }
@@ -105,7 +120,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
         Ok(ClientIp(crate::client_ip(&parts.headers, peer)))
     }
 }
@@ -194,7 +212,10 @@ pub async fn token(
             sign_in(&auth, &email, password).await?
         }
         "refresh_token" => {
-            let Some(refresh_token) = input.refresh_token.filter(|t| !t.is_empty() && t.len() <= 256) else {
+            let Some(refresh_token) = input
+                .refresh_token
+                .filter(|t| !t.is_empty() && t.len() <= 256)
+            else {
                 return Err(ApiError::invalid("refresh_token is required"));
             };
             auth.limits.check(Endpoint::Refresh, ip, None)?;
@@ -213,16 +234,22 @@ async fn sign_in(auth: &Auth, email: &str, password: String) -> Result<crate::se
     if password.len() > passwords::MAX_PASSWORD_BYTES {
         return Err(AuthError::InvalidCredentials);
     }
-    let row = sqlx::query_as::<_, UserRow>(concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1"))
-        .bind(email)
-        .fetch_optional(&auth.pool)
-        .await?;
+    let row = sqlx::query_as::<_, UserRow>(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE email = $1"
+    ))
+    .bind(email)
+    .fetch_optional(&auth.pool)
+    .await?;
     let stored = row.as_ref().map(|r| r.password_hash.clone());
     // Same work and same answer whether or not the email exists.
     if !passwords::verify(password, stored).await? {
         return Err(AuthError::InvalidCredentials);
     }
-    let Some(row) = row else { return Err(AuthError::InvalidCredentials) };
+    let Some(row) = row else {
+        return Err(AuthError::InvalidCredentials);
+    };
     if row.banned {
         return Err(AuthError::InvalidCredentials);
     }
@@ -255,16 +282,24 @@ pub async fn logout(
     Query(query): Query<LogoutQuery>,
 ) -> Result<StatusCode, ApiError> {
     let user_id = require_user(&caller)?;
-    let session = caller.session_id.as_deref().and_then(|s| Uuid::parse_str(s).ok());
+    let session = caller
+        .session_id
+        .as_deref()
+        .and_then(|s| Uuid::parse_str(s).ok());
     match query.scope.as_deref().unwrap_or("local") {
         "local" => {
-            let session = session.ok_or_else(|| ApiError::invalid("this token carries no session"))?;
+            let session =
+                session.ok_or_else(|| ApiError::invalid("this token carries no session"))?;
             auth.revoke_sessions(user_id, Some(session)).await?;
         }
         "global" => {
             auth.revoke_sessions(user_id, None).await?;
         }
-        other => return Err(ApiError::invalid(format!("unknown scope {other:?}: use local or global"))),
+        other => {
+            return Err(ApiError::invalid(format!(
+                "unknown scope {other:?}: use local or global"
+            )));
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -294,7 +329,11 @@ pub async fn update_user(
     Ok(Json(apply_user_patch(&auth, user_id, patch).await?))
 }
 
-pub(crate) async fn apply_user_patch(auth: &Auth, user_id: Uuid, patch: UserPatch) -> Result<UserOut> {
+pub(crate) async fn apply_user_patch(
+    auth: &Auth,
+    user_id: Uuid,
+    patch: UserPatch,
+) -> Result<UserOut> {
     let email = patch.email.as_deref().map(normalise_email).transpose()?;
     if let Some(data) = &patch.data {
         check_metadata(data)?;

@@ -16,7 +16,10 @@ pub struct AuthGrpc(pub Auth);
 
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
-    async fn get_jwks(&self, _request: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+    async fn get_jwks(
+        &self,
+        _request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
         let keys = self
             .0
             .keys
@@ -40,24 +43,39 @@ impl AuthService for AuthGrpc {
     ) -> Result<Response<IssueRoleTokenResponse>, Status> {
         let request = request.into_inner();
         if request.role == "service" {
-            return Err(Status::permission_denied("role tokens are never issued for the service role"));
+            return Err(Status::permission_denied(
+                "role tokens are never issued for the service role",
+            ));
         }
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM roles WHERE name = $1)")
-            .bind(&request.role)
-            .fetch_one(&self.0.pool)
-            .await
-            .map_err(AuthError::from)?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM roles WHERE name = $1)")
+                .bind(&request.role)
+                .fetch_one(&self.0.pool)
+                .await
+                .map_err(AuthError::from)?;
         if !exists {
-            return Err(Status::not_found(format!("no role named {:?}", request.role)));
+            return Err(Status::not_found(format!(
+                "no role named {:?}",
+                request.role
+            )));
         }
         if request.subject.is_empty() || request.subject.len() > 256 {
             return Err(Status::invalid_argument("subject must be 1 to 256 bytes"));
         }
         let max = self.0.config.max_role_token_ttl_s;
-        let ttl = if request.ttl_seconds == 0 { max } else { u64::from(request.ttl_seconds).min(max) };
-        let (access_token, expires_at) =
-            self.0.access_token(&request.subject, &request.role, ttl as i64, None, None).await?;
-        Ok(Response::new(IssueRoleTokenResponse { access_token, expires_at }))
+        let ttl = if request.ttl_seconds == 0 {
+            max
+        } else {
+            u64::from(request.ttl_seconds).min(max)
+        };
+        let (access_token, expires_at) = self
+            .0
+            .access_token(&request.subject, &request.role, ttl as i64, None, None)
+            .await?;
+        Ok(Response::new(IssueRoleTokenResponse {
+            access_token,
+            expires_at,
+        }))
     }
 
     async fn get_role_policies(
@@ -95,7 +113,11 @@ impl AuthService for AuthGrpc {
         let Some((key_id, role, subject)) = row else {
             return Err(Status::unauthenticated("invalid API key"));
         };
-        Ok(Response::new(VerifyApiKeyResponse { key_id, role, subject }))
+        Ok(Response::new(VerifyApiKeyResponse {
+            key_id,
+            role,
+            subject,
+        }))
     }
 
     async fn revoke_user_sessions(
@@ -105,6 +127,8 @@ impl AuthService for AuthGrpc {
         let user_id = uuid::Uuid::parse_str(&request.into_inner().user_id)
             .map_err(|_| Status::invalid_argument("user_id must be a UUID"))?;
         let revoked = self.0.revoke_sessions(user_id, None).await?;
-        Ok(Response::new(RevokeUserSessionsResponse { revoked: revoked as u32 }))
+        Ok(Response::new(RevokeUserSessionsResponse {
+            revoked: revoked as u32,
+        }))
     }
 }

@@ -59,7 +59,9 @@ fn new_key() -> Result<(String, Vec<u8>, String)> {
     let mut seed = [0u8; 32];
     rand::rng().fill_bytes(&mut seed);
     let key = SigningKey::from_bytes(&seed);
-    let der = key.to_pkcs8_der().map_err(|e| AuthError::Internal(e.to_string()))?;
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
     let x = URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
     let kid = format!("key_{}", uuid::Uuid::now_v7().simple());
     Ok((kid, der.as_bytes().to_vec(), x))
@@ -68,24 +70,32 @@ fn new_key() -> Result<(String, Vec<u8>, String)> {
 impl Keys {
     /// Loads the keys, creating the first one when there is none.
     pub async fn load_or_create(pool: PgPool, access_ttl: Duration) -> Result<Keys> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE retired_at IS NULL")
-            .fetch_one(&pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE retired_at IS NULL")
+                .fetch_one(&pool)
+                .await?;
         if count == 0 {
             let (kid, der, x) = new_key()?;
             // Two replicas starting at once may both insert: harmless, the newest
             // unretired key signs and both are published.
-            sqlx::query("INSERT INTO signing_keys (kid, private_pkcs8, public_x) VALUES ($1, $2, $3)")
-                .bind(&kid)
-                .bind(&der)
-                .bind(&x)
-                .execute(&pool)
-                .await?;
+            sqlx::query(
+                "INSERT INTO signing_keys (kid, private_pkcs8, public_x) VALUES ($1, $2, $3)",
+            )
+            .bind(&kid)
+            .bind(&der)
+            .bind(&x)
+            .execute(&pool)
+            .await?;
             tracing::info!(kid, "created the first signing key");
         }
-        let publish_grace = access_ttl + Duration::seconds(minicloud_authz::verifier::LEEWAY_SECONDS as i64);
+        let publish_grace =
+            access_ttl + Duration::seconds(minicloud_authz::verifier::LEEWAY_SECONDS as i64);
         let state = Self::read_state(&pool, publish_grace).await?;
-        Ok(Keys { pool, publish_grace, state: RwLock::new(Arc::new(state)) })
+        Ok(Keys {
+            pool,
+            publish_grace,
+            state: RwLock::new(Arc::new(state)),
+        })
     }
 
     async fn read_state(pool: &PgPool, grace: Duration) -> Result<KeyState> {
@@ -97,12 +107,28 @@ impl Keys {
         let now = Utc::now();
         let mut active = None;
         let mut published = Vec::new();
-        for KeyRow { kid, private_pkcs8: der, public_x: x, retired_at } in rows {
+        for KeyRow {
+            kid,
+            private_pkcs8: der,
+            public_x: x,
+            retired_at,
+        } in rows
+        {
             if retired_at.is_none() && active.is_none() {
-                active = Some(ActiveKey { kid: kid.clone(), encoding: EncodingKey::from_ed_der(&der) });
+                active = Some(ActiveKey {
+                    kid: kid.clone(),
+                    encoding: EncodingKey::from_ed_der(&der),
+                });
             }
             if retired_at.is_none_or(|at| at + grace > now) {
-                published.push(Jwk { kid, kty: "OKP", crv: "Ed25519", alg: "EdDSA", use_: "sig", x });
+                published.push(Jwk {
+                    kid,
+                    kty: "OKP",
+                    crv: "Ed25519",
+                    alg: "EdDSA",
+                    use_: "sig",
+                    x,
+                });
             }
         }
         let active = active.ok_or_else(|| AuthError::Internal("no active signing key".into()))?;

@@ -38,19 +38,35 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthConfig {
     /// Lifetime of access tokens, seconds.
-    #[arg(long = "auth-access-token-ttl", env = "MINICLOUD_AUTH_ACCESS_TOKEN_TTL", default_value_t = 3600)]
+    #[arg(
+        long = "auth-access-token-ttl",
+        env = "MINICLOUD_AUTH_ACCESS_TOKEN_TTL",
+        default_value_t = 3600
+    )]
     pub access_token_ttl_s: u64,
     /// Lifetime of refresh tokens, seconds.
     #[arg(long = "auth-refresh-token-ttl", env = "MINICLOUD_AUTH_REFRESH_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
     pub refresh_token_ttl_s: u64,
     /// Longest role token the invoker may ask for, seconds.
-    #[arg(long = "auth-max-role-token-ttl", env = "MINICLOUD_AUTH_MAX_ROLE_TOKEN_TTL", default_value_t = 3600)]
+    #[arg(
+        long = "auth-max-role-token-ttl",
+        env = "MINICLOUD_AUTH_MAX_ROLE_TOKEN_TTL",
+        default_value_t = 3600
+    )]
     pub max_role_token_ttl_s: u64,
     /// Signups, sign-ins and refreshes per minute from one IP address (each).
-    #[arg(long = "auth-rate-limit-per-ip", env = "MINICLOUD_AUTH_RATE_LIMIT_PER_IP", default_value_t = 60)]
+    #[arg(
+        long = "auth-rate-limit-per-ip",
+        env = "MINICLOUD_AUTH_RATE_LIMIT_PER_IP",
+        default_value_t = 60
+    )]
     pub rate_limit_per_ip: u32,
     /// Signups, sign-ins and refreshes per minute for one email address (each).
-    #[arg(long = "auth-rate-limit-per-email", env = "MINICLOUD_AUTH_RATE_LIMIT_PER_EMAIL", default_value_t = 10)]
+    #[arg(
+        long = "auth-rate-limit-per-email",
+        env = "MINICLOUD_AUTH_RATE_LIMIT_PER_EMAIL",
+        default_value_t = 10
+    )]
     pub rate_limit_per_email: u32,
 }
 
@@ -106,12 +122,25 @@ impl Auth {
     /// Migrates the schema, loads or creates the signing key and the built-in keys.
     /// `authz` verifies callers of this service like in every other one (it fetches
     /// this service's own JWKS over gRPC).
-    pub async fn new(config: AuthConfig, pool: PgPool, authz: Arc<Authz>) -> Result<Auth, AuthError> {
-        migrate(&pool).await.map_err(|e| AuthError::Internal(format!("migrating: {e}")))?;
+    pub async fn new(
+        config: AuthConfig,
+        pool: PgPool,
+        authz: Arc<Authz>,
+    ) -> Result<Auth, AuthError> {
+        migrate(&pool)
+            .await
+            .map_err(|e| AuthError::Internal(format!("migrating: {e}")))?;
         let access_ttl = chrono::Duration::seconds(config.access_token_ttl_s as i64);
         let keys = keys::Keys::load_or_create(pool.clone(), access_ttl).await?;
-        let limits = rate_limit::RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_email);
-        let auth = Auth(Arc::new(AuthState { pool, config, keys, limits, authz }));
+        let limits =
+            rate_limit::RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_email);
+        let auth = Auth(Arc::new(AuthState {
+            pool,
+            config,
+            keys,
+            limits,
+            authz,
+        }));
         admin::ensure_builtin_keys(&auth).await?;
         Ok(auth)
     }
@@ -166,7 +195,11 @@ impl Auth {
 }
 
 /// Serves auth on `listener` until `shutdown` is cancelled.
-pub async fn run(auth: Auth, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    auth: Auth,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let maintenance = auth.spawn_maintenance(shutdown.clone());
     let result = minicloud_telemetry::server::serve(
         listener,
@@ -180,7 +213,10 @@ pub async fn run(auth: Auth, listener: TcpListener, shutdown: CancellationToken)
 
 /// The address a request came from: the first `X-Forwarded-For` hop (set by the
 /// gateway, the only public entry) or the peer address.
-pub(crate) fn client_ip(headers: &http::HeaderMap, peer: Option<SocketAddr>) -> Option<std::net::IpAddr> {
+pub(crate) fn client_ip(
+    headers: &http::HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Option<std::net::IpAddr> {
     headers
         .get("x-forwarded-for")
         .and_then(|value| value.to_str().ok())

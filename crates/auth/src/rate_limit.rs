@@ -31,7 +31,10 @@ impl RateLimits {
     pub fn new(per_ip_per_minute: u32, per_email_per_minute: u32) -> Self {
         let ip = || DefaultKeyedRateLimiter::keyed(quota(per_ip_per_minute));
         let email = || DefaultKeyedRateLimiter::keyed(quota(per_email_per_minute));
-        RateLimits { per_ip: [ip(), ip(), ip()], per_email: [email(), email(), email()] }
+        RateLimits {
+            per_ip: [ip(), ip(), ip()],
+            per_email: [email(), email(), email()],
+        }
     }
 
     fn index(endpoint: Endpoint) -> usize {
@@ -70,5 +73,7 @@ impl RateLimits {
 }
 
 fn limited(wait: Duration) -> AuthError {
-    AuthError::RateLimited { retry_after_s: wait.as_secs().max(1) }
+    AuthError::RateLimited {
+        retry_after_s: wait.as_secs().max(1),
+    }
 }

@@ -89,7 +89,13 @@ impl AuthState {
     async fn token_out(&self, user: UserOut, family: Uuid, refresh: String) -> Result<TokenOut> {
         let ttl = self.config.access_token_ttl_s as i64;
         let (access_token, expires_at) = self
-            .access_token(&user.id.to_string(), "authenticated", ttl, Some(family), Some(&user.email))
+            .access_token(
+                &user.id.to_string(),
+                "authenticated",
+                ttl,
+                Some(family),
+                Some(&user.email),
+            )
             .await?;
         Ok(TokenOut {
             access_token,
@@ -115,7 +121,15 @@ impl AuthState {
         .bind(sha256(refresh_token))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(RefreshRow { id, user_id, family_id: family, used_at, revoked, expires_at }) = row else {
+        let Some(RefreshRow {
+            id,
+            user_id,
+            family_id: family,
+            used_at,
+            revoked,
+            expires_at,
+        }) = row
+        else {
             return Err(AuthError::InvalidRefreshToken("invalid refresh token"));
         };
         if revoked {
@@ -124,14 +138,17 @@ impl AuthState {
         if used_at.is_some() {
             // Reuse of a spent token: revoke the whole family, committed even though
             // the request fails.
-            let revoked = sqlx::query("UPDATE refresh_tokens SET revoked = true WHERE family_id = $1")
-                .bind(family)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let revoked =
+                sqlx::query("UPDATE refresh_tokens SET revoked = true WHERE family_id = $1")
+                    .bind(family)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             tx.commit().await?;
             tracing::warn!(%user_id, %family, revoked, "refresh token reused; session revoked");
-            return Err(AuthError::InvalidRefreshToken("refresh token already used; session revoked"));
+            return Err(AuthError::InvalidRefreshToken(
+                "refresh token already used; session revoked",
+            ));
         }
         if expires_at <= Utc::now() {
             return Err(AuthError::InvalidRefreshToken("refresh token expired"));

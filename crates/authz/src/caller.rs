@@ -54,11 +54,21 @@ pub struct Caller {
 
 impl Caller {
     pub fn anonymous() -> Caller {
-        Caller { role: Role::Anon, uid: None, session_id: None, credential: Credential::None }
+        Caller {
+            role: Role::Anon,
+            uid: None,
+            session_id: None,
+            credential: Credential::None,
+        }
     }
 
     pub fn service() -> Caller {
-        Caller { role: Role::Service, uid: None, session_id: None, credential: Credential::ApiKey }
+        Caller {
+            role: Role::Service,
+            uid: None,
+            session_id: None,
+            credential: Credential::ApiKey,
+        }
     }
 
     pub fn user(uid: &str) -> Caller {

@@ -59,14 +59,19 @@ impl Authz {
 
     /// The caller behind an `Authorization` header value (`None`: anonymous).
     pub async fn caller(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
-        let Some(value) = authorization else { return Ok(Caller::anonymous()) };
+        let Some(value) = authorization else {
+            return Ok(Caller::anonymous());
+        };
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("Authorization must be \"Bearer <token>\""))?;
-        self.verifier.verify_bearer(token).await.map_err(verify_error)
+        self.verifier
+            .verify_bearer(token)
+            .await
+            .map_err(verify_error)
     }
 
     /// The identity policies of `role`, cached for [`POLICY_CACHE_TTL`].
@@ -76,7 +81,9 @@ impl Authz {
         {
             return Ok(Arc::clone(policies));
         }
-        let request = GetRolePoliciesRequest { role: role.to_owned() };
+        let request = GetRolePoliciesRequest {
+            role: role.to_owned(),
+        };
         let policies = match self.client.clone().get_role_policies(request).await {
             Ok(response) => response
                 .into_inner()
@@ -93,11 +100,16 @@ impl Authz {
             Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
             Err(status) => {
                 tracing::warn!(role, %status, "fetching role policies failed");
-                return Err(ApiError::unavailable("authorization temporarily unavailable"));
+                return Err(ApiError::unavailable(
+                    "authorization temporarily unavailable",
+                ));
             }
         };
         let policies = Arc::new(policies);
-        self.policies.write().await.insert(role.to_owned(), (Arc::clone(&policies), Instant::now()));
+        self.policies
+            .write()
+            .await
+            .insert(role.to_owned(), (Arc::clone(&policies), Instant::now()));
         Ok(policies)
     }
 
@@ -114,20 +126,34 @@ impl Authz {
             return Ok(());
         }
         let identity = self.role_policies(caller.role.name()).await?;
-        let decision =
-            policy::evaluate(caller, Access { action, resource }, &identity, resource_policies);
+        let decision = policy::evaluate(
+            caller,
+            Access { action, resource },
+            &identity,
+            resource_policies,
+        );
         if decision.is_allowed() {
             Ok(())
         } else {
-            tracing::debug!(role = caller.role.name(), action, resource, ?decision, "access denied");
-            Err(ApiError::forbidden(format!("{action} on {resource} is not allowed for this caller")))
+            tracing::debug!(
+                role = caller.role.name(),
+                action,
+                resource,
+                ?decision,
+                "access denied"
+            );
+            Err(ApiError::forbidden(format!(
+                "{action} on {resource} is not allowed for this caller"
+            )))
         }
     }
 }
 
 fn verify_error(error: VerifyError) -> ApiError {
     match error {
-        VerifyError::Unavailable => ApiError::unavailable("token verification temporarily unavailable"),
+        VerifyError::Unavailable => {
+            ApiError::unavailable("token verification temporarily unavailable")
+        }
         other => ApiError::new(ErrorCode::Unauthenticated, other.to_string()),
     }
 }

@@ -50,9 +50,7 @@ pub struct PolicyError(pub String);
 enum PolicyDocument {
     One(Statement),
     Many(Vec<Statement>),
-    Wrapped {
-        statements: Vec<Statement>,
-    },
+    Wrapped { statements: Vec<Statement> },
 }
 
 impl Policy {
@@ -93,7 +91,9 @@ impl Policy {
 impl Statement {
     fn validate(&self) -> Result<(), PolicyError> {
         if self.actions.is_empty() || self.resources.is_empty() {
-            return Err(PolicyError("actions and resources must not be empty".into()));
+            return Err(PolicyError(
+                "actions and resources must not be empty".into(),
+            ));
         }
         for action in &self.actions {
             check_scoped(action, "action")?;
@@ -200,7 +200,13 @@ impl Pattern {
 /// O(n·m) at worst, never exponential.
 fn matches(pattern: &[Token], text: &str, case_insensitive: bool) -> bool {
     let text: Vec<char> = text.chars().collect();
-    let eq = |a: char, b: char| if case_insensitive { a.eq_ignore_ascii_case(&b) } else { a == b };
+    let eq = |a: char, b: char| {
+        if case_insensitive {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
     let (mut p, mut t) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
@@ -227,11 +233,15 @@ fn matches(pattern: &[Token], text: &str, case_insensitive: bool) -> bool {
             },
         }
     }
-    pattern[p.min(pattern.len())..].iter().all(|token| *token == Token::Star)
+    pattern[p.min(pattern.len())..]
+        .iter()
+        .all(|token| *token == Token::Star)
 }
 
 fn pattern_matches(pattern: &str, value: &str, caller: &Caller, case_insensitive: bool) -> bool {
-    let Ok(parsed) = Pattern::parse(pattern) else { return false };
+    let Ok(parsed) = Pattern::parse(pattern) else {
+        return false;
+    };
     match parsed.resolve(caller) {
         Some(tokens) => matches(&tokens, value, case_insensitive),
         None => false,
@@ -281,8 +291,14 @@ impl Statement {
             self.principals.iter().any(|p| principal_matches(p, caller))
         };
         principal_ok
-            && self.actions.iter().any(|a| pattern_matches(a, access.action, caller, true))
-            && self.resources.iter().any(|r| pattern_matches(r, access.resource, caller, false))
+            && self
+                .actions
+                .iter()
+                .any(|a| pattern_matches(a, access.action, caller, true))
+            && self
+                .resources
+                .iter()
+                .any(|r| pattern_matches(r, access.resource, caller, false))
     }
 }
 
@@ -298,8 +314,14 @@ pub fn evaluate(
     if caller.role == Role::Service {
         return Decision::Allow;
     }
-    let identity = identity_policies.iter().flat_map(|p| &p.statements).map(|s| (s, true));
-    let resource = resource_policies.iter().flat_map(|p| &p.statements).map(|s| (s, false));
+    let identity = identity_policies
+        .iter()
+        .flat_map(|p| &p.statements)
+        .map(|s| (s, true));
+    let resource = resource_policies
+        .iter()
+        .flat_map(|p| &p.statements)
+        .map(|s| (s, false));
     let mut allowed = false;
     for (statement, is_identity) in identity.chain(resource) {
         if statement.applies(caller, access, is_identity) {
@@ -309,7 +331,11 @@ pub fn evaluate(
             }
         }
     }
-    if allowed { Decision::Allow } else { Decision::ImplicitDeny }
+    if allowed {
+        Decision::Allow
+    } else {
+        Decision::ImplicitDeny
+    }
 }
 
 #[cfg(test)]
@@ -353,54 +379,218 @@ mod tests {
         ]));
         let thumb = Caller::role("thumbnail", Some("fn:thumbnail"));
         #[allow(clippy::type_complexity)]
-        let cases: Vec<(&str, Caller, &str, &str, Vec<Policy>, Vec<&Policy>, Decision)> = vec![
-            ("own photo", user("u1"), "storage:GetObject", "storage:photos/u1/a.jpg", vec![], vec![&photos], Decision::Allow),
-            ("nested path under own uid", user("u1"), "storage:PutObject", "storage:photos/u1/2024/a.jpg", vec![], vec![&photos], Decision::Allow),
-            ("someone else's photo", user("u1"), "storage:GetObject", "storage:photos/u2/a.jpg", vec![], vec![&photos], Decision::ImplicitDeny),
-            ("uid prefix is not the uid", user("u1"), "storage:GetObject", "storage:photos/u10/a.jpg", vec![], vec![&photos], Decision::ImplicitDeny),
-            ("action not granted", user("u1"), "storage:DeleteObject", "storage:photos/u1/a.jpg", vec![], vec![&photos], Decision::ImplicitDeny),
-            ("anon has no uid", anon(), "storage:GetObject", "storage:photos//a.jpg", vec![], vec![&photos], Decision::ImplicitDeny),
-            ("explicit deny wins", user("u1"), "storage:GetObject", "storage:photos/u1/secret/a", vec![], vec![&photos, &deny_secret], Decision::ExplicitDeny),
-            ("no policy at all", user("u1"), "storage:GetObject", "storage:photos/u1/a.jpg", vec![], vec![], Decision::ImplicitDeny),
-            ("service bypasses", Caller::service(), "storage:DeleteBucket", "storage:photos", vec![], vec![&deny_secret], Decision::Allow),
-            ("identity policy of role", thumb.clone(), "storage:GetObject", "storage:photos/u1/a.jpg", vec![fn_role.clone()], vec![], Decision::Allow),
-            ("role may write thumbnails", thumb.clone(), "storage:PutObject", "storage:thumbnails/u1/a.jpg", vec![fn_role.clone()], vec![], Decision::Allow),
-            ("role may not write photos", thumb.clone(), "storage:PutObject", "storage:photos/u1/a.jpg", vec![fn_role.clone()], vec![], Decision::ImplicitDeny),
-            ("role may not delete docs", thumb.clone(), "db:DeleteDocument", "db:photo_meta/x", vec![fn_role.clone()], vec![], Decision::ImplicitDeny),
-            ("actions are case-insensitive", thumb.clone(), "DB:putdocument", "db:photo_meta/x", vec![fn_role.clone()], vec![], Decision::Allow),
-            ("resources are case-sensitive", thumb.clone(), "db:PutDocument", "db:Photo_meta/x", vec![fn_role], vec![], Decision::ImplicitDeny),
+        let cases: Vec<(
+            &str,
+            Caller,
+            &str,
+            &str,
+            Vec<Policy>,
+            Vec<&Policy>,
+            Decision,
+        )> = vec![
+            (
+                "own photo",
+                user("u1"),
+                "storage:GetObject",
+                "storage:photos/u1/a.jpg",
+                vec![],
+                vec![&photos],
+                Decision::Allow,
+            ),
+            (
+                "nested path under own uid",
+                user("u1"),
+                "storage:PutObject",
+                "storage:photos/u1/2024/a.jpg",
+                vec![],
+                vec![&photos],
+                Decision::Allow,
+            ),
+            (
+                "someone else's photo",
+                user("u1"),
+                "storage:GetObject",
+                "storage:photos/u2/a.jpg",
+                vec![],
+                vec![&photos],
+                Decision::ImplicitDeny,
+            ),
+            (
+                "uid prefix is not the uid",
+                user("u1"),
+                "storage:GetObject",
+                "storage:photos/u10/a.jpg",
+                vec![],
+                vec![&photos],
+                Decision::ImplicitDeny,
+            ),
+            (
+                "action not granted",
+                user("u1"),
+                "storage:DeleteObject",
+                "storage:photos/u1/a.jpg",
+                vec![],
+                vec![&photos],
+                Decision::ImplicitDeny,
+            ),
+            (
+                "anon has no uid",
+                anon(),
+                "storage:GetObject",
+                "storage:photos//a.jpg",
+                vec![],
+                vec![&photos],
+                Decision::ImplicitDeny,
+            ),
+            (
+                "explicit deny wins",
+                user("u1"),
+                "storage:GetObject",
+                "storage:photos/u1/secret/a",
+                vec![],
+                vec![&photos, &deny_secret],
+                Decision::ExplicitDeny,
+            ),
+            (
+                "no policy at all",
+                user("u1"),
+                "storage:GetObject",
+                "storage:photos/u1/a.jpg",
+                vec![],
+                vec![],
+                Decision::ImplicitDeny,
+            ),
+            (
+                "service bypasses",
+                Caller::service(),
+                "storage:DeleteBucket",
+                "storage:photos",
+                vec![],
+                vec![&deny_secret],
+                Decision::Allow,
+            ),
+            (
+                "identity policy of role",
+                thumb.clone(),
+                "storage:GetObject",
+                "storage:photos/u1/a.jpg",
+                vec![fn_role.clone()],
+                vec![],
+                Decision::Allow,
+            ),
+            (
+                "role may write thumbnails",
+                thumb.clone(),
+                "storage:PutObject",
+                "storage:thumbnails/u1/a.jpg",
+                vec![fn_role.clone()],
+                vec![],
+                Decision::Allow,
+            ),
+            (
+                "role may not write photos",
+                thumb.clone(),
+                "storage:PutObject",
+                "storage:photos/u1/a.jpg",
+                vec![fn_role.clone()],
+                vec![],
+                Decision::ImplicitDeny,
+            ),
+            (
+                "role may not delete docs",
+                thumb.clone(),
+                "db:DeleteDocument",
+                "db:photo_meta/x",
+                vec![fn_role.clone()],
+                vec![],
+                Decision::ImplicitDeny,
+            ),
+            (
+                "actions are case-insensitive",
+                thumb.clone(),
+                "DB:putdocument",
+                "db:photo_meta/x",
+                vec![fn_role.clone()],
+                vec![],
+                Decision::Allow,
+            ),
+            (
+                "resources are case-sensitive",
+                thumb.clone(),
+                "db:PutDocument",
+                "db:Photo_meta/x",
+                vec![fn_role],
+                vec![],
+                Decision::ImplicitDeny,
+            ),
         ];
         for (name, caller, action, resource, identity, resource_policies, expected) in cases {
-            let got = evaluate(&caller, Access { action, resource }, &identity, &resource_policies);
+            let got = evaluate(
+                &caller,
+                Access { action, resource },
+                &identity,
+                &resource_policies,
+            );
             assert_eq!(got, expected, "{name}");
         }
     }
 
     #[test]
     fn principals_select_callers_in_resource_policies() {
-        let only_u2 = policy(json!({"effect":"allow","principals":["user:u2"],"actions":["*"],"resources":["*"]}));
-        let access = Access { action: "db:GetDocument", resource: "db:c/1" };
-        assert_eq!(evaluate(&user("u1"), access, &[], &[&only_u2]), Decision::ImplicitDeny);
-        assert_eq!(evaluate(&user("u2"), access, &[], &[&only_u2]), Decision::Allow);
+        let only_u2 = policy(
+            json!({"effect":"allow","principals":["user:u2"],"actions":["*"],"resources":["*"]}),
+        );
+        let access = Access {
+            action: "db:GetDocument",
+            resource: "db:c/1",
+        };
+        assert_eq!(
+            evaluate(&user("u1"), access, &[], &[&only_u2]),
+            Decision::ImplicitDeny
+        );
+        assert_eq!(
+            evaluate(&user("u2"), access, &[], &[&only_u2]),
+            Decision::Allow
+        );
         // A resource statement without principals applies to nobody.
         let nobody = policy(json!({"effect":"allow","actions":["*"],"resources":["*"]}));
-        assert_eq!(evaluate(&user("u2"), access, &[], &[&nobody]), Decision::ImplicitDeny);
+        assert_eq!(
+            evaluate(&user("u2"), access, &[], &[&nobody]),
+            Decision::ImplicitDeny
+        );
     }
 
     #[test]
     fn role_variable_is_substituted() {
-        let by_role = policy(json!({"effect":"allow","principals":["*"],"actions":["kv:Get"],"resources":["kv:${auth.role}/*"]}));
-        let access = Access { action: "kv:Get", resource: "kv:authenticated/k" };
-        assert_eq!(evaluate(&user("u1"), access, &[], &[&by_role]), Decision::Allow);
-        assert_eq!(evaluate(&anon(), access, &[], &[&by_role]), Decision::ImplicitDeny);
+        let by_role = policy(
+            json!({"effect":"allow","principals":["*"],"actions":["kv:Get"],"resources":["kv:${auth.role}/*"]}),
+        );
+        let access = Access {
+            action: "kv:Get",
+            resource: "kv:authenticated/k",
+        };
+        assert_eq!(
+            evaluate(&user("u1"), access, &[], &[&by_role]),
+            Decision::Allow
+        );
+        assert_eq!(
+            evaluate(&anon(), access, &[], &[&by_role]),
+            Decision::ImplicitDeny
+        );
     }
 
     #[test]
     fn a_uid_with_wildcard_characters_is_matched_literally() {
         let photos = photos_policy();
         let sneaky = user("*");
-        let access = Access { action: "storage:GetObject", resource: "storage:photos/u2/a.jpg" };
-        assert_eq!(evaluate(&sneaky, access, &[], &[&photos]), Decision::ImplicitDeny);
+        let access = Access {
+            action: "storage:GetObject",
+            resource: "storage:photos/u2/a.jpg",
+        };
+        assert_eq!(
+            evaluate(&sneaky, access, &[], &[&photos]),
+            Decision::ImplicitDeny
+        );
     }
 
     #[test]
@@ -437,9 +627,22 @@ mod tests {
     }
 
     fn arb_statement(effect: Effect) -> impl Strategy<Value = Statement> {
-        let action = prop::sample::select(vec!["*", "storage:*", "storage:GetObject", "db:*", "storage:Get*"]);
-        let resource = prop::sample::select(vec!["*", "storage:*", "storage:a/*", "storage:a/${auth.uid}/*", "db:c/*"]);
-        let principal = prop::sample::select(vec!["*", "role:authenticated", "user:u1", "role:anon"]);
+        let action = prop::sample::select(vec![
+            "*",
+            "storage:*",
+            "storage:GetObject",
+            "db:*",
+            "storage:Get*",
+        ]);
+        let resource = prop::sample::select(vec![
+            "*",
+            "storage:*",
+            "storage:a/*",
+            "storage:a/${auth.uid}/*",
+            "db:c/*",
+        ]);
+        let principal =
+            prop::sample::select(vec!["*", "role:authenticated", "user:u1", "role:anon"]);
         (
             prop::collection::vec(action, 1..3),
             prop::collection::vec(resource, 1..3),
@@ -454,13 +657,23 @@ mod tests {
     }
 
     fn arb_caller() -> impl Strategy<Value = Caller> {
-        prop_oneof![Just(user("u1")), Just(user("u2")), Just(anon()), Just(Caller::role("fn", None))]
+        prop_oneof![
+            Just(user("u1")),
+            Just(user("u2")),
+            Just(anon()),
+            Just(Caller::role("fn", None))
+        ]
     }
 
     fn arb_access() -> impl Strategy<Value = (String, String)> {
         (
             prop::sample::select(vec!["storage:GetObject", "storage:PutObject", "db:Query"]),
-            prop::sample::select(vec!["storage:a/u1/x", "storage:a/u2/x", "storage:b", "db:c/1"]),
+            prop::sample::select(vec![
+                "storage:a/u1/x",
+                "storage:a/u2/x",
+                "storage:b",
+                "db:c/1",
+            ]),
         )
             .prop_map(|(a, r)| (a.to_owned(), r.to_owned()))
     }

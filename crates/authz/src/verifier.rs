@@ -148,13 +148,21 @@ impl Verifier {
     async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, VerifyError> {
         {
             let keys = self.keys.read().await;
-            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
+            let fresh = keys
+                .fetched_at
+                .is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
             if fresh && let Some(key) = keys.keys.get(kid) {
                 return Ok(Arc::clone(key));
             }
         }
         self.refetch_keys(kid).await?;
-        self.keys.read().await.keys.get(kid).cloned().ok_or(VerifyError::UnknownKey)
+        self.keys
+            .read()
+            .await
+            .keys
+            .get(kid)
+            .cloned()
+            .ok_or(VerifyError::UnknownKey)
     }
 
     /// Refetches the JWKS, at most once per [`MIN_REFETCH_INTERVAL`]: a caller that
@@ -165,7 +173,9 @@ impl Verifier {
         {
             // Another caller may have fetched while this one waited for the lock.
             let keys = self.keys.read().await;
-            let fresh = keys.fetched_at.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
+            let fresh = keys
+                .fetched_at
+                .is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
             if fresh && keys.keys.contains_key(kid) {
                 return Ok(());
             }
@@ -225,20 +235,31 @@ impl Verifier {
         let KeySource::Auth(client) = &self.source else {
             return Err(VerifyError::InvalidApiKey);
         };
-        let result = client.clone().verify_api_key(VerifyApiKeyRequest { key: key.to_owned() }).await;
+        let result = client
+            .clone()
+            .verify_api_key(VerifyApiKeyRequest {
+                key: key.to_owned(),
+            })
+            .await;
         let (caller, ttl) = match result {
             Ok(response) => {
                 let response = response.into_inner();
                 let role = Role::parse(&response.role);
                 let caller = Caller {
-                    uid: if response.subject.is_empty() { None } else { Some(response.subject) },
+                    uid: if response.subject.is_empty() {
+                        None
+                    } else {
+                        Some(response.subject)
+                    },
                     role,
                     session_id: None,
                     credential: Credential::ApiKey,
                 };
                 (Some(caller), API_KEY_CACHE_TTL)
             }
-            Err(status) if status.code() == tonic::Code::Unauthenticated => (None, API_KEY_NEGATIVE_TTL),
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                (None, API_KEY_NEGATIVE_TTL)
+            }
             Err(status) => {
                 tracing::warn!(%status, "verifying an API key with auth failed");
                 return Err(VerifyError::Unavailable);
@@ -252,7 +273,13 @@ impl Verifier {
                 cache.clear();
             }
         }
-        cache.insert(digest, ApiKeyEntry { caller: caller.clone(), expires: Instant::now() + ttl });
+        cache.insert(
+            digest,
+            ApiKeyEntry {
+                caller: caller.clone(),
+                expires: Instant::now() + ttl,
+            },
+        );
         caller.ok_or(VerifyError::InvalidApiKey)
     }
 }
@@ -316,7 +343,11 @@ mod tests {
     }
 
     fn verifier(keys: &[&TestKey]) -> Verifier {
-        Verifier::with_fixed_keys(keys.iter().map(|k| (k.kid.clone(), k.public_x.clone())).collect())
+        Verifier::with_fixed_keys(
+            keys.iter()
+                .map(|k| (k.kid.clone(), k.public_x.clone()))
+                .collect(),
+        )
     }
 
     fn b64(value: &serde_json::Value) -> String {
@@ -326,7 +357,10 @@ mod tests {
     #[tokio::test]
     async fn a_valid_token_yields_its_caller() {
         let k = key("k1");
-        let caller = verifier(&[&k]).verify_bearer(&sign(&k, &claims(60))).await.unwrap();
+        let caller = verifier(&[&k])
+            .verify_bearer(&sign(&k, &claims(60)))
+            .await
+            .unwrap();
         assert_eq!(caller.role, Role::Authenticated);
         assert_eq!(caller.uid.as_deref(), Some("u1"));
     }
@@ -338,16 +372,30 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         let mut forged = claims(60);
         forged.role = "service".into();
-        let tampered = format!("{}.{}.{}", parts[0], b64(&serde_json::to_value(&forged).unwrap()), parts[2]);
-        assert!(matches!(verifier(&[&k]).verify_access_token(&tampered).await, Err(VerifyError::Invalid(_))));
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&serde_json::to_value(&forged).unwrap()),
+            parts[2]
+        );
+        assert!(matches!(
+            verifier(&[&k]).verify_access_token(&tampered).await,
+            Err(VerifyError::Invalid(_))
+        ));
     }
 
     #[tokio::test]
     async fn expired_beyond_leeway_is_rejected_but_within_leeway_accepted() {
         let k = key("k1");
         let v = verifier(&[&k]);
-        assert_eq!(v.verify_access_token(&sign(&k, &claims(-31 - 5))).await, Err(VerifyError::Expired));
-        assert!(v.verify_access_token(&sign(&k, &claims(-10))).await.is_ok(), "30 s leeway");
+        assert_eq!(
+            v.verify_access_token(&sign(&k, &claims(-31 - 5))).await,
+            Err(VerifyError::Expired)
+        );
+        assert!(
+            v.verify_access_token(&sign(&k, &claims(-10))).await.is_ok(),
+            "30 s leeway"
+        );
     }
 
     #[tokio::test]
@@ -355,11 +403,21 @@ mod tests {
         let k = key("k1");
         let mut future = claims(3600);
         future.nbf = Some(now() + 600);
-        assert_eq!(verifier(&[&k]).verify_access_token(&sign(&k, &future)).await, Err(VerifyError::NotYetValid));
+        assert_eq!(
+            verifier(&[&k])
+                .verify_access_token(&sign(&k, &future))
+                .await,
+            Err(VerifyError::NotYetValid)
+        );
         let mut issued_later = claims(3600);
         issued_later.nbf = None;
         issued_later.iat = now() + 600;
-        assert_eq!(verifier(&[&k]).verify_access_token(&sign(&k, &issued_later)).await, Err(VerifyError::NotYetValid));
+        assert_eq!(
+            verifier(&[&k])
+                .verify_access_token(&sign(&k, &issued_later))
+                .await,
+            Err(VerifyError::NotYetValid)
+        );
     }
 
     #[tokio::test]
@@ -367,24 +425,44 @@ mod tests {
         let known = key("k1");
         let stranger = key("k2");
         let v = verifier(&[&known]);
-        assert_eq!(v.verify_access_token(&sign(&stranger, &claims(60))).await, Err(VerifyError::UnknownKey));
+        assert_eq!(
+            v.verify_access_token(&sign(&stranger, &claims(60))).await,
+            Err(VerifyError::UnknownKey)
+        );
         // Signed by another key but claiming a known kid.
-        let impostor = TestKey { kid: "k1".into(), encoding: stranger.encoding.clone(), public_x: String::new() };
-        assert!(matches!(v.verify_access_token(&sign(&impostor, &claims(60))).await, Err(VerifyError::Invalid(_))));
+        let impostor = TestKey {
+            kid: "k1".into(),
+            encoding: stranger.encoding.clone(),
+            public_x: String::new(),
+        };
+        assert!(matches!(
+            v.verify_access_token(&sign(&impostor, &claims(60))).await,
+            Err(VerifyError::Invalid(_))
+        ));
         // No kid at all.
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = None;
         let no_kid = jsonwebtoken::encode(&header, &claims(60), &known.encoding).unwrap();
-        assert_eq!(v.verify_access_token(&no_kid).await, Err(VerifyError::UnknownKey));
+        assert_eq!(
+            v.verify_access_token(&no_kid).await,
+            Err(VerifyError::UnknownKey)
+        );
     }
 
     #[tokio::test]
     async fn alg_none_is_rejected() {
         let k = key("k1");
         let header = serde_json::json!({"alg": "none", "typ": "JWT", "kid": "k1"});
-        let token = format!("{}.{}.", b64(&header), b64(&serde_json::to_value(claims(60)).unwrap()));
+        let token = format!(
+            "{}.{}.",
+            b64(&header),
+            b64(&serde_json::to_value(claims(60)).unwrap())
+        );
         let result = verifier(&[&k]).verify_access_token(&token).await;
-        assert!(matches!(result, Err(VerifyError::Malformed | VerifyError::Algorithm)), "{result:?}");
+        assert!(
+            matches!(result, Err(VerifyError::Malformed | VerifyError::Algorithm)),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]
@@ -394,10 +472,16 @@ mod tests {
         header.kid = Some("k1".into());
         let secret = EncodingKey::from_secret(k.public_x.as_bytes());
         let token = jsonwebtoken::encode(&header, &claims(60), &secret).unwrap();
-        assert_eq!(verifier(&[&k]).verify_access_token(&token).await, Err(VerifyError::Algorithm));
+        assert_eq!(
+            verifier(&[&k]).verify_access_token(&token).await,
+            Err(VerifyError::Algorithm)
+        );
         let raw = EncodingKey::from_secret(&URL_SAFE_NO_PAD.decode(&k.public_x).unwrap());
         let token = jsonwebtoken::encode(&header, &claims(60), &raw).unwrap();
-        assert_eq!(verifier(&[&k]).verify_access_token(&token).await, Err(VerifyError::Algorithm));
+        assert_eq!(
+            verifier(&[&k]).verify_access_token(&token).await,
+            Err(VerifyError::Algorithm)
+        );
     }
 
     #[tokio::test]
@@ -405,17 +489,31 @@ mod tests {
         let k = key("k1");
         let mut other_aud = claims(60);
         other_aud.aud = "someone-else".into();
-        assert!(matches!(verifier(&[&k]).verify_access_token(&sign(&k, &other_aud)).await, Err(VerifyError::Invalid(_))));
+        assert!(matches!(
+            verifier(&[&k])
+                .verify_access_token(&sign(&k, &other_aud))
+                .await,
+            Err(VerifyError::Invalid(_))
+        ));
         let mut other_iss = claims(60);
         other_iss.iss = "evil".into();
-        assert!(matches!(verifier(&[&k]).verify_access_token(&sign(&k, &other_iss)).await, Err(VerifyError::Invalid(_))));
+        assert!(matches!(
+            verifier(&[&k])
+                .verify_access_token(&sign(&k, &other_iss))
+                .await,
+            Err(VerifyError::Invalid(_))
+        ));
     }
 
     #[tokio::test]
     async fn garbage_is_malformed() {
         let v = verifier(&[&key("k1")]);
         for junk in ["", "a.b", "a.b.c", "....", "not a token", "eyJ.eyJ.sig"] {
-            assert_eq!(v.verify_access_token(junk).await, Err(VerifyError::Malformed), "{junk:?}");
+            assert_eq!(
+                v.verify_access_token(junk).await,
+                Err(VerifyError::Malformed),
+                "{junk:?}"
+            );
         }
     }
 }

@@ -24,13 +24,19 @@ pub const SCHEMA: &str = "bus";
 #[derive(Debug, Clone, clap::Args)]
 pub struct BusConfig {
     /// Prefix of every Redis key the bus writes, so several clouds can share a Redis.
-    #[arg(long = "bus-redis-prefix", env = "MINICLOUD_BUS_REDIS_PREFIX", default_value = "minicloud:")]
+    #[arg(
+        long = "bus-redis-prefix",
+        env = "MINICLOUD_BUS_REDIS_PREFIX",
+        default_value = "minicloud:"
+    )]
     pub redis_prefix: String,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        BusConfig { redis_prefix: "minicloud:".into() }
+        BusConfig {
+            redis_prefix: "minicloud:".into(),
+        }
     }
 }
 
@@ -77,7 +83,12 @@ impl Bus {
         authz: Arc<Authz>,
     ) -> Result<Bus, BusStartError> {
         migrate(&pool).await?;
-        Ok(Bus(Arc::new(BusState { pool, redis, config, authz })))
+        Ok(Bus(Arc::new(BusState {
+            pool,
+            redis,
+            config,
+            authz,
+        })))
     }
 
     pub(crate) fn stream_key(&self, topic: &str) -> String {
@@ -92,8 +103,14 @@ impl Bus {
             let mut redis = redis.clone();
             async move {
                 let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
-                let ping = redis::cmd("PING").query_async::<String>(&mut redis).await.map(|_| ());
-                vec![DependencyCheck::from_result("postgres", db), DependencyCheck::from_result("redis", ping)]
+                let ping = redis::cmd("PING")
+                    .query_async::<String>(&mut redis)
+                    .await
+                    .map(|_| ());
+                vec![
+                    DependencyCheck::from_result("postgres", db),
+                    DependencyCheck::from_result("redis", ping),
+                ]
             }
             .boxed()
         });
@@ -107,6 +124,11 @@ impl Bus {
     }
 }
 
-pub async fn run(bus: Bus, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, bus.into_router(), shutdown.cancelled_owned()).await
+pub async fn run(
+    bus: Bus,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    minicloud_telemetry::server::serve(listener, bus.into_router(), shutdown.cancelled_owned())
+        .await
 }

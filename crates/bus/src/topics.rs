@@ -34,8 +34,16 @@ pub fn check_topic_name(name: &str) -> Result<(), ApiError> {
     let valid = !name.is_empty()
         && name.len() <= 128
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if valid { Ok(()) } else { Err(ApiError::invalid("topic name: 1-128 of A-Z a-z 0-9 _ - ., starting with a letter or digit")) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "topic name: 1-128 of A-Z a-z 0-9 _ - ., starting with a letter or digit",
+        ))
+    }
 }
 
 pub async fn create(
@@ -78,9 +86,15 @@ pub async fn list(State(bus): State<Bus>) -> Result<Json<serde_json::Value>, Api
 
 /// The structured-mode JSON form of a protobuf CloudEvent.
 fn to_structured_json(event: &CloudEvent) -> Result<serde_json::Value, ApiError> {
-    for (field, value) in [("id", &event.id), ("source", &event.source), ("type", &event.r#type)] {
+    for (field, value) in [
+        ("id", &event.id),
+        ("source", &event.source),
+        ("type", &event.r#type),
+    ] {
         if value.is_empty() {
-            return Err(ApiError::invalid(format!("CloudEvent attribute {field} is required")));
+            return Err(ApiError::invalid(format!(
+                "CloudEvent attribute {field} is required"
+            )));
         }
     }
     if event.spec_version != "1.0" {
@@ -94,17 +108,25 @@ fn to_structured_json(event: &CloudEvent) -> Result<serde_json::Value, ApiError>
     for (name, value) in &event.attributes {
         let valid_name = !name.is_empty()
             && name.len() <= 20
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !valid_name {
-            return Err(ApiError::invalid(format!("CloudEvent attribute name {name:?} must be 1-20 of a-z 0-9")));
+            return Err(ApiError::invalid(format!(
+                "CloudEvent attribute name {name:?} must be 1-20 of a-z 0-9"
+            )));
         }
         let value = match &value.attr {
             Some(Attr::CeBoolean(b)) => serde_json::Value::from(*b),
             Some(Attr::CeInteger(i)) => serde_json::Value::from(*i),
-            Some(Attr::CeString(s) | Attr::CeUri(s) | Attr::CeUriRef(s) | Attr::CeTimestamp(s)) => s.clone().into(),
+            Some(Attr::CeString(s) | Attr::CeUri(s) | Attr::CeUriRef(s) | Attr::CeTimestamp(s)) => {
+                s.clone().into()
+            }
             Some(Attr::CeBytes(bytes)) => {
                 use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD.encode(bytes).into()
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into()
             }
             None => continue,
         };
@@ -117,7 +139,8 @@ fn to_structured_json(event: &CloudEvent) -> Result<serde_json::Value, ApiError>
                 .and_then(|v| v.as_str())
                 .is_none_or(|ct| ct.starts_with("application/json") || ct.ends_with("+json"));
             let data = if is_json {
-                serde_json::from_str(text).map_err(|_| ApiError::invalid("CloudEvent data is not valid JSON"))?
+                serde_json::from_str(text)
+                    .map_err(|_| ApiError::invalid("CloudEvent data is not valid JSON"))?
             } else {
                 serde_json::Value::String(text.clone())
             };
@@ -125,7 +148,12 @@ fn to_structured_json(event: &CloudEvent) -> Result<serde_json::Value, ApiError>
         }
         Some(Data::BinaryData(bytes)) => {
             use base64::Engine as _;
-            json.insert("data_base64".into(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
+            json.insert(
+                "data_base64".into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into(),
+            );
         }
         None => {}
     }
@@ -134,17 +162,30 @@ fn to_structured_json(event: &CloudEvent) -> Result<serde_json::Value, ApiError>
 
 impl Bus {
     /// Appends events to a topic's stream; returns their stream ids in order.
-    pub async fn publish(&self, topic: &str, events: &[serde_json::Value]) -> Result<Vec<String>, ApiError> {
-        let retention: Option<i64> = sqlx::query_scalar("SELECT retention FROM topics WHERE name = $1")
-            .bind(topic)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(ApiError::internal)?;
-        let retention = retention.ok_or_else(|| ApiError::not_found(format!("topic {topic} not found")))?;
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: &[serde_json::Value],
+    ) -> Result<Vec<String>, ApiError> {
+        let retention: Option<i64> =
+            sqlx::query_scalar("SELECT retention FROM topics WHERE name = $1")
+                .bind(topic)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(ApiError::internal)?;
+        let retention =
+            retention.ok_or_else(|| ApiError::not_found(format!("topic {topic} not found")))?;
         let key = self.stream_key(topic);
         let mut pipe = redis::pipe();
         for event in events {
-            pipe.cmd("XADD").arg(&key).arg("MAXLEN").arg("~").arg(retention).arg("*").arg("event").arg(event.to_string());
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(retention)
+                .arg("*")
+                .arg("event")
+                .arg(event.to_string());
         }
         let mut redis = self.redis.clone();
         pipe.query_async::<Vec<String>>(&mut redis)
@@ -166,7 +207,11 @@ impl BusService for BusGrpc {
         if request.events.is_empty() || request.events.len() > 1000 {
             return Err(ApiError::invalid("publish 1 to 1000 events at a time").into());
         }
-        let events = request.events.iter().map(to_structured_json).collect::<Result<Vec<_>, _>>()?;
+        let events = request
+            .events
+            .iter()
+            .map(to_structured_json)
+            .collect::<Result<Vec<_>, _>>()?;
         let ids = self.0.publish(&request.topic, &events).await?;
         Ok(tonic::Response::new(PublishResponse { ids }))
     }

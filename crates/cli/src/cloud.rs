@@ -96,8 +96,11 @@ pub async fn start(
         bus: url_of(&listeners.bus)?,
         invoker: url_of(&listeners.invoker)?,
     };
-    ensure_database(&config.database_url).await.context("preparing the database")?;
-    let pool = |schema: &'static str| schema_pool(&config.database_url, schema, config.db_pool_size);
+    ensure_database(&config.database_url)
+        .await
+        .context("preparing the database")?;
+    let pool =
+        |schema: &'static str| schema_pool(&config.database_url, schema, config.db_pool_size);
     let authz = || Authz::connect(&urls.auth).context("auth URL");
 
     // Independent start-ups run concurrently; migrations serialise on sqlx's lock.
@@ -110,7 +113,12 @@ pub async fn start(
     };
     let (auth, storage, docdb, bus, invoker) = tokio::try_join!(
         async {
-            let auth = Auth::new(config.auth.clone(), pool(minicloud_auth::SCHEMA).await?, authz()?).await?;
+            let auth = Auth::new(
+                config.auth.clone(),
+                pool(minicloud_auth::SCHEMA).await?,
+                authz()?,
+            )
+            .await?;
             anyhow::Ok(auth)
         },
         async {
@@ -130,7 +138,10 @@ pub async fn start(
             anyhow::Ok(Invoker::new(config.invoker.clone(), pool, authz()?).await?)
         },
     )?;
-    let keys = auth.builtin_keys().await.context("reading the built-in keys")?;
+    let keys = auth
+        .builtin_keys()
+        .await
+        .context("reading the built-in keys")?;
     let gateway = Gateway::new(&GatewayConfig {
         auth_url: urls.auth.clone(),
         storage_url: urls.storage.clone(),
@@ -141,7 +152,14 @@ pub async fn start(
 
     let mut tasks = JoinSet::new();
     let token = || shutdown.clone();
-    let CloudListeners { gateway: gl, auth: al, storage: sl, docdb: dl, bus: bl, invoker: il } = listeners;
+    let CloudListeners {
+        gateway: gl,
+        auth: al,
+        storage: sl,
+        docdb: dl,
+        bus: bl,
+        invoker: il,
+    } = listeners;
     tasks.spawn({
         let t = token();
         async move { ("auth", minicloud_auth::run(auth, al, t).await) }
@@ -166,7 +184,12 @@ pub async fn start(
         let t = token();
         async move { ("gateway", minicloud_gateway::run(gateway, gl, t).await) }
     });
-    Ok(RunningCloud { urls, keys, shutdown, tasks })
+    Ok(RunningCloud {
+        urls,
+        keys,
+        shutdown,
+        tasks,
+    })
 }
 
 impl RunningCloud {

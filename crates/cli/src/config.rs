@@ -59,27 +59,41 @@ pub fn flatten_toml(text: &str) -> anyhow::Result<Vec<(String, String)>> {
 /// `argv` with the config file's settings inserted as flags right after the
 /// subcommand, skipping settings whose environment variable is set.
 pub fn layered_args(command: &clap::Command, argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
-    let Some((path, explicit)) = config_path(&argv) else { return Ok(argv) };
+    let Some((path, explicit)) = config_path(&argv) else {
+        return Ok(argv);
+    };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if !explicit && error.kind() == std::io::ErrorKind::NotFound => return Ok(argv),
         Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
     };
     let settings = flatten_toml(&text).with_context(|| format!("in {}", path.display()))?;
-    let Some(sub_name) = argv.get(1).map(|s| s.to_string_lossy().into_owned()) else { return Ok(argv) };
-    let Some(sub) = command.find_subcommand(&sub_name) else { return Ok(argv) };
+    let Some(sub_name) = argv.get(1).map(|s| s.to_string_lossy().into_owned()) else {
+        return Ok(argv);
+    };
+    let Some(sub) = command.find_subcommand(&sub_name) else {
+        return Ok(argv);
+    };
     let known_anywhere = |flag: &str| {
-        command.get_subcommands().any(|s| s.get_arguments().any(|a| a.get_long() == Some(flag)))
+        command
+            .get_subcommands()
+            .any(|s| s.get_arguments().any(|a| a.get_long() == Some(flag)))
     };
     let mut inserted = Vec::new();
     for (flag, value) in settings {
-        let Some(arg) = sub.get_arguments().find(|a| a.get_long() == Some(flag.as_str())) else {
+        let Some(arg) = sub
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()))
+        else {
             if known_anywhere(&flag) {
                 continue;
             }
             bail!("unknown setting {flag:?} in {}", path.display());
         };
-        if arg.get_env().is_some_and(|env| std::env::var_os(env).is_some()) {
+        if arg
+            .get_env()
+            .is_some_and(|env| std::env::var_os(env).is_some())
+        {
             continue;
         }
         inserted.push(OsString::from(format!("--{flag}={value}")));
@@ -93,7 +107,9 @@ pub fn layered_args(command: &clap::Command, argv: Vec<OsString>) -> anyhow::Res
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let (authority, tail) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -117,7 +133,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_passwords() {
-        assert_eq!(redact_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(
+            redact_url("postgres://u:hunter2@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
         assert_eq!(redact_url("redis://:pw@r:6379"), "redis://:***@r:6379");
         assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
         assert_eq!(redact_url("not a url"), "not a url");
@@ -125,7 +144,9 @@ mod tests {
 
     #[test]
     fn toml_sections_become_prefixed_flags() {
-        let flags = flatten_toml("database_url = \"postgres://x\"\n[auth]\naccess_token_ttl = 60\n").unwrap();
+        let flags =
+            flatten_toml("database_url = \"postgres://x\"\n[auth]\naccess_token_ttl = 60\n")
+                .unwrap();
         assert!(flags.contains(&("database-url".into(), "postgres://x".into())));
         assert!(flags.contains(&("auth-access-token-ttl".into(), "60".into())));
         assert!(flatten_toml("[auth]\nx = [1]\n").is_err());

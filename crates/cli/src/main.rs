@@ -18,7 +18,12 @@ use minicloud_storage::StorageConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "minicloud", version, about = "A mini cloud you run yourself", args_override_self = true)]
+#[command(
+    name = "minicloud",
+    version,
+    about = "A mini cloud you run yourself",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,13 +40,25 @@ enum Command {
 #[derive(Debug, Clone, clap::Args)]
 struct StoreArgs {
     /// Postgres URL; the database is created when missing.
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/minicloud")]
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/minicloud"
+    )]
     database_url: String,
     /// Redis URL.
-    #[arg(long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis_url: String,
     /// Postgres connections per service.
-    #[arg(long = "db-pool-size", env = "MINICLOUD_DB_POOL_SIZE", default_value_t = 8)]
+    #[arg(
+        long = "db-pool-size",
+        env = "MINICLOUD_DB_POOL_SIZE",
+        default_value_t = 8
+    )]
     db_pool_size: u32,
     /// Config file (default: ./minicloud.toml when present).
     #[arg(long = "config", env = "MINICLOUD_CONFIG")]
@@ -53,22 +70,46 @@ struct UpArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Where local state lives: objects, function code, private servers, credentials.
-    #[arg(long = "data-dir", env = "MINICLOUD_DATA_DIR", default_value = ".minicloud")]
+    #[arg(
+        long = "data-dir",
+        env = "MINICLOUD_DATA_DIR",
+        default_value = ".minicloud"
+    )]
     data_dir: PathBuf,
     /// Address every service listens on.
     #[arg(long = "host", env = "MINICLOUD_HOST", default_value = "127.0.0.1")]
     host: String,
-    #[arg(long = "gateway-port", env = "MINICLOUD_GATEWAY_PORT", default_value_t = 4600)]
+    #[arg(
+        long = "gateway-port",
+        env = "MINICLOUD_GATEWAY_PORT",
+        default_value_t = 4600
+    )]
     gateway_port: u16,
-    #[arg(long = "auth-port", env = "MINICLOUD_AUTH_PORT", default_value_t = 4601)]
+    #[arg(
+        long = "auth-port",
+        env = "MINICLOUD_AUTH_PORT",
+        default_value_t = 4601
+    )]
     auth_port: u16,
-    #[arg(long = "storage-port", env = "MINICLOUD_STORAGE_PORT", default_value_t = 4602)]
+    #[arg(
+        long = "storage-port",
+        env = "MINICLOUD_STORAGE_PORT",
+        default_value_t = 4602
+    )]
     storage_port: u16,
-    #[arg(long = "docdb-port", env = "MINICLOUD_DOCDB_PORT", default_value_t = 4603)]
+    #[arg(
+        long = "docdb-port",
+        env = "MINICLOUD_DOCDB_PORT",
+        default_value_t = 4603
+    )]
     docdb_port: u16,
     #[arg(long = "bus-port", env = "MINICLOUD_BUS_PORT", default_value_t = 4604)]
     bus_port: u16,
-    #[arg(long = "invoker-port", env = "MINICLOUD_INVOKER_PORT", default_value_t = 4605)]
+    #[arg(
+        long = "invoker-port",
+        env = "MINICLOUD_INVOKER_PORT",
+        default_value_t = 4605
+    )]
     invoker_port: u16,
     #[command(flatten)]
     auth: AuthConfig,
@@ -104,7 +145,11 @@ struct ServeArgs {
     #[arg(long = "port", env = "MINICLOUD_PORT")]
     port: Option<u16>,
     /// gRPC URL of the auth service, for token verification.
-    #[arg(long = "auth-url", env = "MINICLOUD_AUTH_URL", default_value = "http://127.0.0.1:4601")]
+    #[arg(
+        long = "auth-url",
+        env = "MINICLOUD_AUTH_URL",
+        default_value = "http://127.0.0.1:4601"
+    )]
     auth_url: String,
     #[command(flatten)]
     gateway: GatewayConfig,
@@ -130,7 +175,10 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(argv);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("minicloud: starting the runtime: {error}");
@@ -155,13 +203,14 @@ fn main() -> ExitCode {
 /// Cancels `token` on SIGINT or SIGTERM.
 fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -180,7 +229,11 @@ fn log_store_config(store: &StoreArgs) {
     );
 }
 
-fn write_credentials(data_dir: &Path, gateway_url: &str, keys: &minicloud_auth::BuiltinKeys) -> anyhow::Result<PathBuf> {
+fn write_credentials(
+    data_dir: &Path,
+    gateway_url: &str,
+    keys: &minicloud_auth::BuiltinKeys,
+) -> anyhow::Result<PathBuf> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::create_dir_all(data_dir)?;
@@ -190,7 +243,12 @@ fn write_credentials(data_dir: &Path, gateway_url: &str, keys: &minicloud_auth::
         "anon_key": keys.anon_key,
         "service_key": keys.service_key,
     });
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
     // An existing file keeps its old mode through `open`; make sure it is private.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     writeln!(file, "{}", serde_json::to_string_pretty(&body)?)?;
@@ -198,7 +256,8 @@ fn write_credentials(data_dir: &Path, gateway_url: &str, keys: &minicloud_auth::
 }
 
 async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
-    let telemetry = minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig::from_env("minicloud"));
+    let telemetry =
+        minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig::from_env("minicloud"));
     log_store_config(&args.store);
     tracing::info!(config = ?Redacted(&args), "effective config");
     let shutdown = CancellationToken::new();
@@ -210,9 +269,20 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
     let (redis_url, redis) = ensure_redis(&args.store.redis_url, &args.data_dir).await?;
     private.extend(redis);
 
-    args.storage.fs_root.get_or_insert_with(|| args.data_dir.join("objects"));
-    args.invoker.code_dir.get_or_insert_with(|| args.data_dir.join("functions"));
-    let ports = [args.gateway_port, args.auth_port, args.storage_port, args.docdb_port, args.bus_port, args.invoker_port];
+    args.storage
+        .fs_root
+        .get_or_insert_with(|| args.data_dir.join("objects"));
+    args.invoker
+        .code_dir
+        .get_or_insert_with(|| args.data_dir.join("functions"));
+    let ports = [
+        args.gateway_port,
+        args.auth_port,
+        args.storage_port,
+        args.docdb_port,
+        args.bus_port,
+        args.invoker_port,
+    ];
     let result = async {
         let listeners = CloudListeners::bind(&args.host, ports).await.context("binding the service ports")?;
         let config = CloudConfig {
@@ -247,7 +317,8 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
 
 async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     let name = format!("minicloud-{:?}", args.service).to_lowercase();
-    let telemetry = minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig::from_env(name));
+    let telemetry =
+        minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig::from_env(name));
     log_store_config(&args.store);
     tracing::info!(config = ?Redacted(&args), "effective config");
     let shutdown = CancellationToken::new();
@@ -260,9 +331,10 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         ServiceName::Bus => 4604,
         ServiceName::Invoker => 4605,
     };
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port.unwrap_or(default_port)))
-        .await
-        .context("binding the port")?;
+    let listener =
+        tokio::net::TcpListener::bind((args.host.as_str(), args.port.unwrap_or(default_port)))
+            .await
+            .context("binding the port")?;
     tracing::info!(service = ?args.service, addr = %listener.local_addr()?, "listening");
     let store = &args.store;
     let pool = |schema: &'static str| async move {
@@ -276,26 +348,58 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             minicloud_gateway::run(gateway, listener, shutdown).await
         }
         ServiceName::Auth => {
-            let auth = minicloud_auth::Auth::new(args.auth.clone(), pool(minicloud_auth::SCHEMA).await?, authz()?).await?;
+            let auth = minicloud_auth::Auth::new(
+                args.auth.clone(),
+                pool(minicloud_auth::SCHEMA).await?,
+                authz()?,
+            )
+            .await?;
             minicloud_auth::run(auth, listener, shutdown).await
         }
         ServiceName::Storage => {
-            args.storage.fs_root.get_or_insert_with(|| PathBuf::from("/var/lib/minicloud/objects"));
-            let storage = minicloud_storage::Storage::new(args.storage.clone(), pool(minicloud_storage::SCHEMA).await?, authz()?).await?;
+            args.storage
+                .fs_root
+                .get_or_insert_with(|| PathBuf::from("/var/lib/minicloud/objects"));
+            let storage = minicloud_storage::Storage::new(
+                args.storage.clone(),
+                pool(minicloud_storage::SCHEMA).await?,
+                authz()?,
+            )
+            .await?;
             minicloud_storage::run(storage, listener, shutdown).await
         }
         ServiceName::Docdb => {
-            let docdb = minicloud_docdb::Docdb::new(args.docdb.clone(), pool(minicloud_docdb::SCHEMA).await?, authz()?).await?;
+            let docdb = minicloud_docdb::Docdb::new(
+                args.docdb.clone(),
+                pool(minicloud_docdb::SCHEMA).await?,
+                authz()?,
+            )
+            .await?;
             minicloud_docdb::run(docdb, listener, shutdown).await
         }
         ServiceName::Bus => {
-            let redis = redis::Client::open(args.store.redis_url.as_str())?.get_connection_manager().await?;
-            let bus = minicloud_bus::Bus::new(args.bus.clone(), pool(minicloud_bus::SCHEMA).await?, redis, authz()?).await?;
+            let redis = redis::Client::open(args.store.redis_url.as_str())?
+                .get_connection_manager()
+                .await?;
+            let bus = minicloud_bus::Bus::new(
+                args.bus.clone(),
+                pool(minicloud_bus::SCHEMA).await?,
+                redis,
+                authz()?,
+            )
+            .await?;
             minicloud_bus::run(bus, listener, shutdown).await
         }
         ServiceName::Invoker => {
-            args.invoker.code_dir.get_or_insert_with(|| PathBuf::from("/var/lib/minicloud/functions"));
-            let invoker = minicloud_invoker::Invoker::new(args.invoker.clone(), pool(minicloud_invoker::SCHEMA).await?, authz()?).await?;
+            args.invoker
+                .code_dir
+                .get_or_insert_with(|| PathBuf::from("/var/lib/minicloud/functions"));
+            let invoker = minicloud_invoker::Invoker::new(
+                args.invoker.clone(),
+                pool(minicloud_invoker::SCHEMA).await?,
+                authz()?,
+            )
+            .await?;
             minicloud_invoker::run(invoker, listener, shutdown).await
         }
     };
@@ -313,7 +417,13 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Redacted<'_, T> {
         let redacted: Vec<String> = text
             .split('"')
             .enumerate()
-            .map(|(i, part)| if i % 2 == 1 && part.contains("://") { redact_url(part) } else { part.to_owned() })
+            .map(|(i, part)| {
+                if i % 2 == 1 && part.contains("://") {
+                    redact_url(part)
+                } else {
+                    part.to_owned()
+                }
+            })
             .collect();
         f.write_str(&redacted.join("\""))
     }

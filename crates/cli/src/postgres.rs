@@ -9,13 +9,18 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 /// Creates `database` on the server of `url` when it does not exist yet.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     let options = PgConnectOptions::from_str(url)?;
-    let Some(database) = options.get_database().map(str::to_owned) else { return Ok(()) };
+    let Some(database) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
     match options.clone().connect().await {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("3D000") => {
             let mut admin = options.database("postgres").connect().await?;
             let create = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
-            match sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+                .execute(&mut admin)
+                .await
+            {
                 Ok(_) => Ok(()),
                 // Someone else created it meanwhile.
                 Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
@@ -31,8 +36,14 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 pub async fn schema_pool(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let base = PgConnectOptions::from_str(url)?;
     let mut connection = base.clone().connect().await?;
-    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", schema.replace('"', "\"\""));
-    if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut connection).await {
+    let create = format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+        schema.replace('"', "\"\"")
+    );
+    if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(&mut connection)
+        .await
+    {
         // Two services creating one schema at once race on the catalog; the loser's
         // duplicate is harmless.
         let duplicate = matches!(&error, sqlx::Error::Database(e) if matches!(e.code().as_deref(), Some("42P06" | "23505")));

@@ -21,9 +21,16 @@ impl PrivateServer {
     /// SIGTERM (a clean shutdown for both Postgres and Redis), then SIGKILL after 10 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
         }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
         tracing::info!(server = self.name, "stopped private server");
@@ -58,11 +65,15 @@ fn find_binary(name: &str) -> Option<PathBuf> {
         versions.sort();
         dirs.extend(versions.into_iter().rev());
     }
-    dirs.into_iter().map(|dir| dir.join(name)).find(|path| path.is_file())
+    dirs.into_iter()
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_until_answering(name: &str, port: u16, child: &mut Child) -> anyhow::Result<()> {
@@ -79,7 +90,9 @@ async fn wait_until_answering(name: &str, port: u16, child: &mut Child) -> anyho
 }
 
 fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// Postgres refuses to run as root: as root, run it as the `postgres` user.
@@ -94,22 +107,40 @@ fn as_postgres_user(program: &Path) -> Command {
 }
 
 /// Returns the URL to use and, when one was started, the private server.
-pub async fn ensure_postgres(url: &str, data_dir: &Path) -> anyhow::Result<(String, Option<PrivateServer>)> {
-    let Some((host, port)) = host_port(url, 5432) else { return Ok((url.to_owned(), None)) };
+pub async fn ensure_postgres(
+    url: &str,
+    data_dir: &Path,
+) -> anyhow::Result<(String, Option<PrivateServer>)> {
+    let Some((host, port)) = host_port(url, 5432) else {
+        return Ok((url.to_owned(), None));
+    };
     if answers(&host, port).await {
         return Ok((url.to_owned(), None));
     }
     let (Some(initdb), Some(postgres)) = (find_binary("initdb"), find_binary("postgres")) else {
-        bail!("nothing answers at {host}:{port} (DATABASE_URL) and no Postgres server is installed");
+        bail!(
+            "nothing answers at {host}:{port} (DATABASE_URL) and no Postgres server is installed"
+        );
     };
     let dir = std::path::absolute(data_dir.join("postgres"))?;
     if !dir.join("PG_VERSION").exists() {
         tokio::fs::create_dir_all(&dir).await?;
         if running_as_root() {
-            Command::new("chown").arg("-R").arg("postgres").arg(&dir).status().await?;
+            Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(&dir)
+                .status()
+                .await?;
         }
         let status = as_postgres_user(&initdb)
-            .arg("-D").arg(&dir).arg("-U").arg("postgres").arg("--auth=trust").arg("-E").arg("UTF8")
+            .arg("-D")
+            .arg(&dir)
+            .arg("-U")
+            .arg("postgres")
+            .arg("--auth=trust")
+            .arg("-E")
+            .arg("UTF8")
             .stdout(Stdio::null())
             .status()
             .await
@@ -120,10 +151,14 @@ pub async fn ensure_postgres(url: &str, data_dir: &Path) -> anyhow::Result<(Stri
     }
     let port = free_port()?;
     let mut child = as_postgres_user(&postgres)
-        .arg("-D").arg(&dir)
-        .arg("-p").arg(port.to_string())
-        .arg("-k").arg(&dir)
-        .arg("-c").arg("listen_addresses=127.0.0.1")
+        .arg("-D")
+        .arg(&dir)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(&dir)
+        .arg("-c")
+        .arg("listen_addresses=127.0.0.1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -131,11 +166,22 @@ pub async fn ensure_postgres(url: &str, data_dir: &Path) -> anyhow::Result<(Stri
         .context("starting postgres")?;
     wait_until_answering("postgres", port, &mut child).await?;
     tracing::info!(port, dir = %dir.display(), "started a private postgres");
-    Ok((format!("postgres://postgres@127.0.0.1:{port}/minicloud"), Some(PrivateServer { name: "postgres", child })))
+    Ok((
+        format!("postgres://postgres@127.0.0.1:{port}/minicloud"),
+        Some(PrivateServer {
+            name: "postgres",
+            child,
+        }),
+    ))
 }
 
-pub async fn ensure_redis(url: &str, data_dir: &Path) -> anyhow::Result<(String, Option<PrivateServer>)> {
-    let Some((host, port)) = host_port(url, 6379) else { return Ok((url.to_owned(), None)) };
+pub async fn ensure_redis(
+    url: &str,
+    data_dir: &Path,
+) -> anyhow::Result<(String, Option<PrivateServer>)> {
+    let Some((host, port)) = host_port(url, 6379) else {
+        return Ok((url.to_owned(), None));
+    };
     if answers(&host, port).await {
         return Ok((url.to_owned(), None));
     }
@@ -146,18 +192,29 @@ pub async fn ensure_redis(url: &str, data_dir: &Path) -> anyhow::Result<(String,
     tokio::fs::create_dir_all(&dir).await?;
     let port = free_port()?;
     let mut child = Command::new(redis)
-        .arg("--port").arg(port.to_string())
-        .arg("--bind").arg("127.0.0.1")
-        .arg("--dir").arg(&dir)
-        .arg("--appendonly").arg("yes")
-        .arg("--save").arg("")
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--appendonly")
+        .arg("yes")
+        .arg("--save")
+        .arg("")
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .context("starting redis-server")?;
     wait_until_answering("redis", port, &mut child).await?;
     tracing::info!(port, dir = %dir.display(), "started a private redis");
-    Ok((format!("redis://127.0.0.1:{port}"), Some(PrivateServer { name: "redis", child })))
+    Ok((
+        format!("redis://127.0.0.1:{port}"),
+        Some(PrivateServer {
+            name: "redis",
+            child,
+        }),
+    ))
 }
 
 #[cfg(test)]
@@ -166,9 +223,18 @@ mod tests {
 
     #[test]
     fn host_and_port_from_urls() {
-        assert_eq!(host_port("postgres://u:p@db:6000/x", 5432), Some(("db".into(), 6000)));
-        assert_eq!(host_port("postgres://db/x", 5432), Some(("db".into(), 5432)));
-        assert_eq!(host_port("redis://127.0.0.1:6379", 6379), Some(("127.0.0.1".into(), 6379)));
+        assert_eq!(
+            host_port("postgres://u:p@db:6000/x", 5432),
+            Some(("db".into(), 6000))
+        );
+        assert_eq!(
+            host_port("postgres://db/x", 5432),
+            Some(("db".into(), 5432))
+        );
+        assert_eq!(
+            host_port("redis://127.0.0.1:6379", 6379),
+            Some(("127.0.0.1".into(), 6379))
+        );
         assert_eq!(host_port("nonsense", 1), None);
     }
 }

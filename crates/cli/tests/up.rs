@@ -6,8 +6,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 struct Up {
@@ -19,9 +24,24 @@ fn start_up(ports: &[u16], data_dir: &std::path::Path, database_url: &str, redis
     let mut child = Command::new(env!("CARGO_BIN_EXE_minicloud"))
         .arg("up")
         .args(["--data-dir", data_dir.to_str().unwrap()])
-        .args(["--gateway-port", &ports[0].to_string(), "--auth-port", &ports[1].to_string()])
-        .args(["--storage-port", &ports[2].to_string(), "--docdb-port", &ports[3].to_string()])
-        .args(["--bus-port", &ports[4].to_string(), "--invoker-port", &ports[5].to_string()])
+        .args([
+            "--gateway-port",
+            &ports[0].to_string(),
+            "--auth-port",
+            &ports[1].to_string(),
+        ])
+        .args([
+            "--storage-port",
+            &ports[2].to_string(),
+            "--docdb-port",
+            &ports[3].to_string(),
+        ])
+        .args([
+            "--bus-port",
+            &ports[4].to_string(),
+            "--invoker-port",
+            &ports[5].to_string(),
+        ])
         .env("DATABASE_URL", database_url)
         .env("REDIS_URL", redis_url)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -52,13 +72,19 @@ fn wait_for_line(up: &Up, prefix: &str, timeout: Duration) -> String {
 }
 
 fn interrupt_and_wait(mut up: Up) -> std::process::ExitStatus {
-    Command::new("kill").args(["-INT", &up.child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-INT", &up.child.id().to_string()])
+        .status()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = up.child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "minicloud did not exit after SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "minicloud did not exit after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -67,7 +93,10 @@ fn fresh_database_url() -> (String, String) {
     let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("mc_test_up_{}", std::process::id());
-    let base = server.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap();
+    let base = server
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_owned())
+        .unwrap();
     (format!("{base}/{name}"), name)
 }
 
@@ -83,10 +112,16 @@ fn drop_database(name: &str) {
 fn get(url: &str) -> (u16, serde_json::Value) {
     // A blocking HTTP GET without pulling in a client: curl is on every machine
     // this suite runs on (.ci/run installs it).
-    let output = Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]).output().unwrap();
+    let output = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[test]
@@ -94,15 +129,22 @@ fn up_prints_the_gateway_fast_serves_ready_and_exits_cleanly_on_ctrl_c() {
     let ports = free_ports(6);
     let data_dir = std::env::temp_dir().join(format!("minicloud-up-test-{}", std::process::id()));
     let (database_url, database) = fresh_database_url();
-    let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let started = Instant::now();
     let up = start_up(&ports, &data_dir, &database_url, &redis_url);
     let line = wait_for_line(&up, "minicloud is up in", Duration::from_secs(30));
     let wall = started.elapsed();
     let reported: u64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
-    eprintln!("minicloud up: {reported} ms reported, {} ms observed", wall.as_millis());
+    eprintln!(
+        "minicloud up: {reported} ms reported, {} ms observed",
+        wall.as_millis()
+    );
     let gateway_line = wait_for_line(&up, "gateway", Duration::from_secs(1));
-    assert!(gateway_line.contains(&format!("http://127.0.0.1:{}", ports[0])), "{gateway_line}");
+    assert!(
+        gateway_line.contains(&format!("http://127.0.0.1:{}", ports[0])),
+        "{gateway_line}"
+    );
 
     let (status, body) = get(&format!("http://127.0.0.1:{}/readyz", ports[0]));
     assert_eq!(status, 200, "{body}");
@@ -110,27 +152,44 @@ fn up_prints_the_gateway_fast_serves_ready_and_exits_cleanly_on_ctrl_c() {
         assert_eq!(body["checks"][service], "ok", "{body}");
     }
     let credentials: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data_dir.join("credentials.json")).unwrap()).unwrap();
-    assert!(credentials["service_key"].as_str().unwrap().starts_with("mck_"));
+        serde_json::from_str(&std::fs::read_to_string(data_dir.join("credentials.json")).unwrap())
+            .unwrap();
+    assert!(
+        credentials["service_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("mck_")
+    );
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(data_dir.join("credentials.json")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(data_dir.join("credentials.json"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let status = interrupt_and_wait(up);
     assert!(status.success(), "exit status {status}");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err(), "gateway port released");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err(),
+        "gateway port released"
+    );
     drop_database(&database);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 #[test]
 fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
-    if Command::new("redis-server").arg("--version").output().is_err() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         panic!("redis-server must be installed for this test (.ci/run installs it)");
     }
     let ports = free_ports(7);
     let dead_redis = format!("redis://127.0.0.1:{}", ports[6]);
-    let data_dir = std::env::temp_dir().join(format!("minicloud-up-private-{}", std::process::id()));
+    let data_dir =
+        std::env::temp_dir().join(format!("minicloud-up-private-{}", std::process::id()));
     let (database_url, database) = fresh_database_url();
     let database_url = format!("{database_url}_p");
     let up = start_up(&ports[..6], &data_dir, &database_url, &dead_redis);
@@ -138,13 +197,23 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
     let (status, body) = get(&format!("http://127.0.0.1:{}/readyz", ports[0]));
     assert_eq!(status, 200, "{body}");
     let redis_dir = data_dir.join("redis");
-    assert!(redis_dir.exists(), "the private redis keeps its data under the data dir");
+    assert!(
+        redis_dir.exists(),
+        "the private redis keeps its data under the data dir"
+    );
     let pattern = "redis-server.*";
     let running = |pid: u32| {
-        Command::new("pgrep").args(["-P", &pid.to_string(), "-f", pattern]).status().map(|s| s.success()).unwrap_or(false)
+        Command::new("pgrep")
+            .args(["-P", &pid.to_string(), "-f", pattern])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     };
     let pid = up.child.id();
-    assert!(running(pid), "a private redis-server runs as a child of minicloud");
+    assert!(
+        running(pid),
+        "a private redis-server runs as a child of minicloud"
+    );
     let status = interrupt_and_wait(up);
     assert!(status.success(), "exit status {status}");
     let orphan = Command::new("pgrep")
@@ -154,7 +223,10 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
         .unwrap_or(false);
     let leftover = Command::new("sh")
         .arg("-c")
-        .arg(format!("ps -eo args | grep -F -- '{}' | grep -v grep", redis_dir.display()))
+        .arg(format!(
+            "ps -eo args | grep -F -- '{}' | grep -v grep",
+            redis_dir.display()
+        ))
         .status()
         .map(|s| s.success())
         .unwrap_or(false);

@@ -40,8 +40,16 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_lowercase()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if valid { Ok(()) } else { Err(ApiError::invalid("collection name: 1-63 of a-z 0-9 _, starting with a letter")) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "collection name: 1-63 of a-z 0-9 _, starting with a letter",
+        ))
+    }
 }
 
 /// Dotted JSON paths of identifier segments (`a.b_c.d`).
@@ -51,9 +59,15 @@ fn check_field(field: &str) -> Result<(), ApiError> {
         && field.split('.').all(|segment| {
             !segment.is_empty()
                 && segment.len() <= 63
-                && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         });
-    if valid { Ok(()) } else { Err(ApiError::invalid(format!("invalid field path {field:?}"))) }
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!("invalid field path {field:?}")))
+    }
 }
 
 pub async fn create(
@@ -75,7 +89,15 @@ pub async fn create(
     }
     let policy = Policy::from_json(input.policy.as_ref().unwrap_or(&serde_json::Value::Null))
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    docdb.authz.authorize(&caller, "db:CreateCollection", &format!("db:{}", input.name), &[]).await?;
+    docdb
+        .authz
+        .authorize(
+            &caller,
+            "db:CreateCollection",
+            &format!("db:{}", input.name),
+            &[],
+        )
+        .await?;
     let collection = sqlx::query_as::<_, CollectionOut>(
         "INSERT INTO collections (name, indexes, policy, owner) VALUES ($1, $2, $3, $4)
          ON CONFLICT (name) DO NOTHING RETURNING name, indexes, policy, owner, created_at",
@@ -91,7 +113,10 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(collection)))
 }
 
-pub async fn list(State(docdb): State<Docdb>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn list(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let rows = sqlx::query_as::<_, CollectionOut>(
         "SELECT name, indexes, policy, owner, created_at FROM collections ORDER BY name LIMIT 1000",
     )
@@ -102,7 +127,11 @@ pub async fn list(State(docdb): State<Docdb>, caller: Caller) -> Result<Json<ser
     for collection in rows {
         let policy = Policy::from_json(&collection.policy).unwrap_or_default();
         let resource = format!("db:{}", collection.name);
-        match docdb.authz.authorize(&caller, "db:Query", &resource, &[&policy]).await {
+        match docdb
+            .authz
+            .authorize(&caller, "db:Query", &resource, &[&policy])
+            .await
+        {
             Ok(()) => collections.push(collection),
             Err(error) if error.code == minicloud_proto::error::ErrorCode::PermissionDenied => {}
             Err(error) => return Err(error),
@@ -126,8 +155,13 @@ impl DocdbService for DocdbGrpc {
                 .map_err(ApiError::internal)?;
         let collections = rows
             .into_iter()
-            .map(|(name, created_at)| Collection { name, created_at: created_at.to_rfc3339() })
+            .map(|(name, created_at)| Collection {
+                name,
+                created_at: created_at.to_rfc3339(),
+            })
             .collect();
-        Ok(tonic::Response::new(ListCollectionsResponse { collections }))
+        Ok(tonic::Response::new(ListCollectionsResponse {
+            collections,
+        }))
     }
 }

@@ -49,7 +49,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 impl Docdb {
-    pub async fn new(_config: DocdbConfig, pool: PgPool, authz: Arc<Authz>) -> Result<Docdb, sqlx::migrate::MigrateError> {
+    pub async fn new(
+        _config: DocdbConfig,
+        pool: PgPool,
+        authz: Arc<Authz>,
+    ) -> Result<Docdb, sqlx::migrate::MigrateError> {
         migrate(&pool).await?;
         Ok(Docdb(Arc::new(DocdbState { pool, authz })))
     }
@@ -65,15 +69,28 @@ impl Docdb {
             .boxed()
         });
         let rest = Router::new()
-            .route("/db/v1/collections", get(collections::list).post(collections::create))
+            .route(
+                "/db/v1/collections",
+                get(collections::list).post(collections::create),
+            )
             .with_state(self.clone());
-        ServiceHost::new("docdb", rest, readiness, ServiceMetrics::new("docdb", |_| {}))
-            .body_limit(64 * 1024)
-            .grpc(DocdbServiceServer::new(collections::DocdbGrpc(self)))
-            .into_router()
+        ServiceHost::new(
+            "docdb",
+            rest,
+            readiness,
+            ServiceMetrics::new("docdb", |_| {}),
+        )
+        .body_limit(64 * 1024)
+        .grpc(DocdbServiceServer::new(collections::DocdbGrpc(self)))
+        .into_router()
     }
 }
 
-pub async fn run(docdb: Docdb, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, docdb.into_router(), shutdown.cancelled_owned()).await
+pub async fn run(
+    docdb: Docdb,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    minicloud_telemetry::server::serve(listener, docdb.into_router(), shutdown.cancelled_owned())
+        .await
 }

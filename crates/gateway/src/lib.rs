@@ -24,15 +24,35 @@ pub use proxy::Upstreams;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
-    #[arg(long = "gateway-auth-url", env = "MINICLOUD_GATEWAY_AUTH_URL", default_value = "http://127.0.0.1:4601")]
+    #[arg(
+        long = "gateway-auth-url",
+        env = "MINICLOUD_GATEWAY_AUTH_URL",
+        default_value = "http://127.0.0.1:4601"
+    )]
     pub auth_url: String,
-    #[arg(long = "gateway-storage-url", env = "MINICLOUD_GATEWAY_STORAGE_URL", default_value = "http://127.0.0.1:4602")]
+    #[arg(
+        long = "gateway-storage-url",
+        env = "MINICLOUD_GATEWAY_STORAGE_URL",
+        default_value = "http://127.0.0.1:4602"
+    )]
     pub storage_url: String,
-    #[arg(long = "gateway-docdb-url", env = "MINICLOUD_GATEWAY_DOCDB_URL", default_value = "http://127.0.0.1:4603")]
+    #[arg(
+        long = "gateway-docdb-url",
+        env = "MINICLOUD_GATEWAY_DOCDB_URL",
+        default_value = "http://127.0.0.1:4603"
+    )]
     pub docdb_url: String,
-    #[arg(long = "gateway-bus-url", env = "MINICLOUD_GATEWAY_BUS_URL", default_value = "http://127.0.0.1:4604")]
+    #[arg(
+        long = "gateway-bus-url",
+        env = "MINICLOUD_GATEWAY_BUS_URL",
+        default_value = "http://127.0.0.1:4604"
+    )]
     pub bus_url: String,
-    #[arg(long = "gateway-invoker-url", env = "MINICLOUD_GATEWAY_INVOKER_URL", default_value = "http://127.0.0.1:4605")]
+    #[arg(
+        long = "gateway-invoker-url",
+        env = "MINICLOUD_GATEWAY_INVOKER_URL",
+        default_value = "http://127.0.0.1:4605"
+    )]
     pub invoker_url: String,
 }
 
@@ -59,11 +79,17 @@ impl Gateway {
         ];
         let mut health = Vec::new();
         for (name, url) in services {
-            let channel = TracedChannel::connect_lazy(name, url)
-                .map_err(|e| GatewayError::BadUpstream { url: url.clone(), reason: e.to_string() })?;
+            let channel =
+                TracedChannel::connect_lazy(name, url).map_err(|e| GatewayError::BadUpstream {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
             health.push((name, HealthClient::new(channel)));
         }
-        Ok(Gateway { upstreams: Arc::new(Upstreams::new(config)?), health: Arc::new(health) })
+        Ok(Gateway {
+            upstreams: Arc::new(Upstreams::new(config)?),
+            health: Arc::new(health),
+        })
     }
 
     /// Every service's gRPC health, asked concurrently.
@@ -77,19 +103,31 @@ impl Gateway {
                     async move {
                         let result = tokio::time::timeout(
                             Duration::from_millis(1500),
-                            client.check(HealthCheckRequest { service: String::new() }),
+                            client.check(HealthCheckRequest {
+                                service: String::new(),
+                            }),
                         )
                         .await;
                         let result = match result {
-                            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+                            Ok(Ok(response))
+                                if response.get_ref().status == ServingStatus::Serving as i32 =>
+                            {
+                                Ok(())
+                            }
                             Ok(Ok(_)) => Err("not serving".to_owned()),
                             Ok(Err(status)) => Err(status.to_string()),
                             Err(_) => Err("timed out".to_owned()),
                         };
-                        DependencyCheck { name: (*name).to_owned(), result }
+                        DependencyCheck {
+                            name: (*name).to_owned(),
+                            result,
+                        }
                     }
                 });
-                let mut results = vec![DependencyCheck { name: "gateway".into(), result: Ok(()) }];
+                let mut results = vec![DependencyCheck {
+                    name: "gateway".into(),
+                    result: Ok(()),
+                }];
                 results.extend(futures::future::join_all(checks).await);
                 results
             }
@@ -106,9 +144,14 @@ impl Gateway {
                 .route(&format!("{prefix}/{{*rest}}"), any(proxy::forward));
         }
         let rest = rest.with_state(Arc::clone(&self.upstreams));
-        ServiceHost::new("gateway", rest, readiness, ServiceMetrics::new("gateway", |_| {}))
-            .into_router()
-            .layer(cors())
+        ServiceHost::new(
+            "gateway",
+            rest,
+            readiness,
+            ServiceMetrics::new("gateway", |_| {}),
+        )
+        .into_router()
+        .layer(cors())
     }
 }
 
@@ -117,24 +160,54 @@ impl Gateway {
 fn cors() -> CorsLayer {
     use http::{HeaderName, Method};
     let allow = [
-        "authorization", "content-type", "x-request-id", "if-match", "if-none-match", "range",
-        "x-upsert", "traceparent", "tracestate", "x-amz-invocation-type", "x-amz-log-type",
-        "x-amz-client-context", "apikey", "x-client-info", "cache-control",
+        "authorization",
+        "content-type",
+        "x-request-id",
+        "if-match",
+        "if-none-match",
+        "range",
+        "x-upsert",
+        "traceparent",
+        "tracestate",
+        "x-amz-invocation-type",
+        "x-amz-log-type",
+        "x-amz-client-context",
+        "apikey",
+        "x-client-info",
+        "cache-control",
     ];
     let expose = [
-        "x-request-id", "etag", "content-range", "content-length", "retry-after",
-        "x-amz-function-error", "x-amz-log-result", "x-amz-executed-version", "location",
+        "x-request-id",
+        "etag",
+        "content-range",
+        "content-length",
+        "retry-after",
+        "x-amz-function-error",
+        "x-amz-log-result",
+        "x-amz-executed-version",
+        "location",
     ];
     CorsLayer::new()
         .allow_origin(AllowOrigin::any())
         .allow_methods([
-            Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::HEAD, Method::OPTIONS,
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
         ])
         .allow_headers(allow.map(HeaderName::from_static))
         .expose_headers(expose.map(HeaderName::from_static))
         .max_age(Duration::from_secs(3600))
 }
 
-pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, gateway.into_router(), shutdown.cancelled_owned()).await
+pub async fn run(
+    gateway: Gateway,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    minicloud_telemetry::server::serve(listener, gateway.into_router(), shutdown.cancelled_owned())
+        .await
 }

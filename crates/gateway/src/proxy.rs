@@ -45,9 +45,15 @@ fn parse(url: &str) -> Result<Uri, GatewayError> {
     let uri: Uri = url
         .trim_end_matches('/')
         .parse()
-        .map_err(|e: http::uri::InvalidUri| GatewayError::BadUpstream { url: url.into(), reason: e.to_string() })?;
+        .map_err(|e: http::uri::InvalidUri| GatewayError::BadUpstream {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
     if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(GatewayError::BadUpstream { url: url.into(), reason: "expected http://host:port".into() });
+        return Err(GatewayError::BadUpstream {
+            url: url.into(),
+            reason: "expected http://host:port".into(),
+        });
     }
     Ok(uri)
 }
@@ -72,7 +78,8 @@ impl Upstreams {
 
     fn route(&self, path: &str) -> Option<(&'static str, &Uri)> {
         let under = |prefix: &str| {
-            path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
         if under("/auth/v1") {
             Some(("auth", &self.auth))
@@ -91,8 +98,14 @@ impl Upstreams {
 }
 
 const HOP_BY_HOP: [&str; 8] = [
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -120,11 +133,20 @@ pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) 
 }
 
 async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Response, ApiError> {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let (service, base) = upstreams.route(&path).ok_or_else(|| ApiError::not_found("no such route"))?;
-    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let (service, base) = upstreams
+        .route(&path)
+        .ok_or_else(|| ApiError::not_found("no such route"))?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
     let uri = Uri::builder()
         .scheme("http")
         .authority(base.authority().map(|a| a.as_str()).unwrap_or_default())
@@ -134,7 +156,11 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
 
     strip_hop_by_hop(&mut parts.headers);
     if let Some(peer) = peer {
-        let forwarded = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(previous) => format!("{previous}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
@@ -145,7 +171,9 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
     if let Some(host) = parts.headers.get(http::header::HOST).cloned() {
         parts.headers.insert("x-forwarded-host", host);
     }
-    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
     parts.headers.remove(http::header::HOST);
     parts.uri = uri;
 
@@ -157,15 +185,27 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
         http.response.status_code = tracing::field::Empty,
     );
     minicloud_telemetry::trace_context::inject(&span, &mut parts.headers);
-    let timeout = if service == "invoker" { FUNCTION_TIMEOUT } else { SERVICE_TIMEOUT };
+    let timeout = if service == "invoker" {
+        FUNCTION_TIMEOUT
+    } else {
+        SERVICE_TIMEOUT
+    };
     let outbound = http::Request::from_parts(parts, body);
     let result = tokio::time::timeout(timeout, upstreams.client.request(outbound))
         .instrument(span.clone())
         .await;
     let response = match result {
-        Err(_) => return Err(ApiError::new(ErrorCode::Timeout, format!("{service} did not answer in time"))),
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!("{service} did not answer in time"),
+            ));
+        }
         Ok(Err(error)) => {
-            return Err(ApiError::new(ErrorCode::Unavailable, format!("{service} is unavailable")).with_source(error));
+            return Err(
+                ApiError::new(ErrorCode::Unavailable, format!("{service} is unavailable"))
+                    .with_source(error),
+            );
         }
         Ok(Ok(response)) => response,
     };

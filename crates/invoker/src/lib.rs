@@ -61,7 +61,10 @@ pub struct FunctionOut {
     pub updated_at: DateTime<Utc>,
 }
 
-async fn list(State(invoker): State<Invoker>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let rows = sqlx::query_as::<_, FunctionOut>(
         "SELECT name, runtime, handler, memory_mb, timeout_s, role, created_at, updated_at
          FROM functions ORDER BY name LIMIT 1000",
@@ -72,7 +75,12 @@ async fn list(State(invoker): State<Invoker>, caller: Caller) -> Result<Json<ser
     let mut functions = Vec::new();
     for function in rows {
         let resource = format!("functions:{}", function.name);
-        match invoker.0.authz.authorize(&caller, "functions:Invoke", &resource, &[]).await {
+        match invoker
+            .0
+            .authz
+            .authorize(&caller, "functions:Invoke", &resource, &[])
+            .await
+        {
             Ok(()) => functions.push(function),
             Err(error) if error.code == ErrorCode::PermissionDenied => {}
             Err(error) => return Err(error),
@@ -89,14 +97,27 @@ async fn check_dir(dir: PathBuf) -> std::io::Result<()> {
 }
 
 impl Invoker {
-    pub async fn new(config: InvokerConfig, pool: PgPool, authz: Arc<Authz>) -> Result<Invoker, sqlx::migrate::MigrateError> {
+    pub async fn new(
+        config: InvokerConfig,
+        pool: PgPool,
+        authz: Arc<Authz>,
+    ) -> Result<Invoker, sqlx::migrate::MigrateError> {
         migrate(&pool).await?;
-        Ok(Invoker(Arc::new(InvokerState { pool, config, authz })))
+        Ok(Invoker(Arc::new(InvokerState {
+            pool,
+            config,
+            authz,
+        })))
     }
 
     pub fn into_router(self) -> Router {
         let pool = self.0.pool.clone();
-        let dir = self.0.config.code_dir.clone().unwrap_or_else(|| PathBuf::from(".minicloud/functions"));
+        let dir = self
+            .0
+            .config
+            .code_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".minicloud/functions"));
         let readiness: Readiness = Arc::new(move || {
             let pool = pool.clone();
             let dir = dir.clone();
@@ -112,10 +133,15 @@ impl Invoker {
         let rest = Router::new()
             .route("/functions/v1", get(list))
             .with_state(self.clone());
-        ServiceHost::new("invoker", rest, readiness, ServiceMetrics::new("invoker", |_| {}))
-            .body_limit(64 * 1024)
-            .grpc(InvokerServiceServer::new(InvokerGrpc(self)))
-            .into_router()
+        ServiceHost::new(
+            "invoker",
+            rest,
+            readiness,
+            ServiceMetrics::new("invoker", |_| {}),
+        )
+        .body_limit(64 * 1024)
+        .grpc(InvokerServiceServer::new(InvokerGrpc(self)))
+        .into_router()
     }
 }
 
@@ -127,19 +153,29 @@ impl InvokerService for InvokerGrpc {
         &self,
         _request: tonic::Request<ListFunctionsRequest>,
     ) -> Result<tonic::Response<ListFunctionsResponse>, tonic::Status> {
-        let rows: Vec<(String, String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT name, runtime, created_at FROM functions ORDER BY name LIMIT 1000")
-                .fetch_all(&self.0.0.pool)
-                .await
-                .map_err(ApiError::internal)?;
+        let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT name, runtime, created_at FROM functions ORDER BY name LIMIT 1000",
+        )
+        .fetch_all(&self.0.0.pool)
+        .await
+        .map_err(ApiError::internal)?;
         let functions = rows
             .into_iter()
-            .map(|(name, runtime, created_at)| Function { name, runtime, created_at: created_at.to_rfc3339() })
+            .map(|(name, runtime, created_at)| Function {
+                name,
+                runtime,
+                created_at: created_at.to_rfc3339(),
+            })
             .collect();
         Ok(tonic::Response::new(ListFunctionsResponse { functions }))
     }
 }
 
-pub async fn run(invoker: Invoker, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, invoker.into_router(), shutdown.cancelled_owned()).await
+pub async fn run(
+    invoker: Invoker,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    minicloud_telemetry::server::serve(listener, invoker.into_router(), shutdown.cancelled_owned())
+        .await
 }

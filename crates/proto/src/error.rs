@@ -161,7 +161,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), retry_after: None, source: None }
+        ApiError {
+            code,
+            message: message.into(),
+            retry_after: None,
+            source: None,
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -249,7 +254,9 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -290,7 +297,9 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let code = match &rejection {
             JsonRejection::MissingJsonContentType(_) => ErrorCode::UnsupportedMediaType,
-            JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
                 ErrorCode::PayloadTooLarge
             }
             _ => ErrorCode::InvalidArgument,
@@ -352,7 +361,10 @@ mod tests {
             assert_eq!(name, serde_json::Value::String(code.as_str().into()));
             assert!(names.insert(code.as_str()));
             let status = code.http_status();
-            assert!(status.is_client_error() || status.is_server_error(), "{code}");
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{code}"
+            );
         }
     }
 
@@ -360,10 +372,12 @@ mod tests {
     fn internal_errors_hide_their_source_from_the_body_and_the_grpc_status() {
         let error = ApiError::internal("connection to 10.0.0.7:5432 refused (password=hunter2)");
         let body = error.body().to_string();
-        assert!(!body.contains("hunter2") && !body.contains("10.0.0.7"), "{body}");
+        assert!(
+            !body.contains("hunter2") && !body.contains("10.0.0.7"),
+            "{body}"
+        );
         assert!(body.contains("\"internal\""));
-        let status: tonic::Status =
-            ApiError::internal("disk /var/lib/minicloud full").into();
+        let status: tonic::Status = ApiError::internal("disk /var/lib/minicloud full").into();
         assert_eq!(status.code(), tonic::Code::Internal);
         assert!(!status.message().contains("/var/lib"));
     }

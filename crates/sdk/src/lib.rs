@@ -11,7 +11,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 pub enum Error {
     /// The API answered with an error body.
     #[error("{status} {code}: {message}")]
-    Api { status: u16, code: String, message: String, request_id: Option<String> },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
     #[error("unexpected response: {0}")]
@@ -50,7 +55,10 @@ pub struct Session {
 
 impl Session {
     pub fn user_id(&self) -> &str {
-        self.user.get("id").and_then(|v| v.as_str()).unwrap_or_default()
+        self.user
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
     }
 }
 
@@ -65,9 +73,10 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) =
-            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
-        {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
             self.0.insert(name, value);
         }
     }
@@ -82,12 +91,17 @@ impl Client {
             .timeout(std::time::Duration::from_secs(120))
             .build()
             .unwrap_or_default();
-        Client { http, base: base.into().trim_end_matches('/').to_owned(), token: None }
+        Client {
+            http,
+            base: base.into().trim_end_matches('/').to_owned(),
+            token: None,
+        }
     }
 
     /// `MINICLOUD_URL` and `MINICLOUD_TOKEN`, as the invoker gives them to functions.
     pub fn from_env() -> Client {
-        let base = std::env::var("MINICLOUD_URL").unwrap_or_else(|_| "http://127.0.0.1:4600".into());
+        let base =
+            std::env::var("MINICLOUD_URL").unwrap_or_else(|_| "http://127.0.0.1:4600".into());
         let client = Client::new(base);
         match std::env::var("MINICLOUD_TOKEN") {
             Ok(token) if !token.is_empty() => client.with_token(token),
@@ -96,7 +110,11 @@ impl Client {
     }
 
     pub fn with_token(&self, token: impl Into<String>) -> Client {
-        Client { http: self.http.clone(), base: self.base.clone(), token: Some(token.into()) }
+        Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: Some(token.into()),
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -110,7 +128,10 @@ impl Client {
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut HeaderInjector(&mut headers))
         });
-        let mut builder = self.http.request(method, format!("{}{}", self.base, path)).headers(headers);
+        let mut builder = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .headers(headers);
         if let Some(token) = &self.token {
             builder = builder.bearer_auth(token);
         }
@@ -123,7 +144,8 @@ impl Client {
         let status = response.status();
         if status.is_success() {
             if status == reqwest::StatusCode::NO_CONTENT {
-                return serde_json::from_value(serde_json::Value::Null).map_err(|e| Error::Decode(e.to_string()));
+                return serde_json::from_value(serde_json::Value::Null)
+                    .map_err(|e| Error::Decode(e.to_string()));
             }
             let bytes = response.bytes().await?;
             return serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()));
@@ -143,30 +165,52 @@ impl Client {
         self.send(self.request(http::Method::GET, path)).await
     }
 
-    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.send(self.request(http::Method::POST, path).json(body)).await
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send(self.request(http::Method::POST, path).json(body))
+            .await
     }
 
-    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.send(self.request(http::Method::PUT, path).json(body)).await
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send(self.request(http::Method::PUT, path).json(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Result<()> {
-        self.send::<serde_json::Value>(self.request(http::Method::DELETE, path)).await.map(|_| ())
+        self.send::<serde_json::Value>(self.request(http::Method::DELETE, path))
+            .await
+            .map(|_| ())
     }
 
     pub async fn signup(&self, email: &str, password: &str) -> Result<Session> {
-        self.post("/auth/v1/signup", &serde_json::json!({ "email": email, "password": password })).await
+        self.post(
+            "/auth/v1/signup",
+            &serde_json::json!({ "email": email, "password": password }),
+        )
+        .await
     }
 
     pub async fn sign_in(&self, email: &str, password: &str) -> Result<Session> {
-        self.post("/auth/v1/token?grant_type=password", &serde_json::json!({ "email": email, "password": password }))
-            .await
+        self.post(
+            "/auth/v1/token?grant_type=password",
+            &serde_json::json!({ "email": email, "password": password }),
+        )
+        .await
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
-        self.post("/auth/v1/token?grant_type=refresh_token", &serde_json::json!({ "refresh_token": refresh_token }))
-            .await
+        self.post(
+            "/auth/v1/token?grant_type=refresh_token",
+            &serde_json::json!({ "refresh_token": refresh_token }),
+        )
+        .await
     }
 
     /// The signed-in user (needs a user token).

@@ -52,14 +52,18 @@ pub struct BucketIn {
 pub fn check_bucket_name(name: &str) -> Result<(), ApiError> {
     let bytes = name.as_bytes();
     let valid = (3..=63).contains(&bytes.len())
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
         && !name.contains("..");
     if valid {
         Ok(())
     } else {
-        Err(ApiError::invalid("bucket name: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit"))
+        Err(ApiError::invalid(
+            "bucket name: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit",
+        ))
     }
 }
 
@@ -80,7 +84,15 @@ pub async fn create(
     }
     let policy = Policy::from_json(input.policy.as_ref().unwrap_or(&serde_json::Value::Null))
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    storage.authz.authorize(&caller, "storage:CreateBucket", &format!("storage:{name}"), &[]).await?;
+    storage
+        .authz
+        .authorize(
+            &caller,
+            "storage:CreateBucket",
+            &format!("storage:{name}"),
+            &[],
+        )
+        .await?;
     let bucket = sqlx::query_as::<_, BucketOut>(concat!(
         "INSERT INTO buckets (name, public, file_size_limit, allowed_mime_types, policy, owner)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING ",
@@ -100,11 +112,15 @@ pub async fn create(
 }
 
 async fn load(storage: &Storage, name: &str) -> Result<Option<BucketOut>, ApiError> {
-    sqlx::query_as::<_, BucketOut>(concat!("SELECT ", bucket_columns!(), " FROM buckets WHERE name = $1"))
-        .bind(name)
-        .fetch_optional(&storage.pool)
-        .await
-        .map_err(ApiError::internal)
+    sqlx::query_as::<_, BucketOut>(concat!(
+        "SELECT ",
+        bucket_columns!(),
+        " FROM buckets WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(&storage.pool)
+    .await
+    .map_err(ApiError::internal)
 }
 
 /// Whether `caller` may see `bucket` at all: public buckets are visible to everyone,
@@ -115,9 +131,15 @@ async fn visible(storage: &Storage, caller: &Caller, bucket: &BucketOut) -> Resu
     }
     let policy = Policy::from_json(&bucket.policy).unwrap_or_default();
     let resource = format!("storage:{}", bucket.name);
-    match storage.authz.authorize(caller, "storage:ListObjects", &resource, &[&policy]).await {
+    match storage
+        .authz
+        .authorize(caller, "storage:ListObjects", &resource, &[&policy])
+        .await
+    {
         Ok(()) => Ok(true),
-        Err(error) if error.code == minicloud_proto::error::ErrorCode::PermissionDenied => Ok(false),
+        Err(error) if error.code == minicloud_proto::error::ErrorCode::PermissionDenied => {
+            Ok(false)
+        }
         Err(error) => Err(error),
     }
 }
@@ -136,11 +158,18 @@ pub async fn get(
     Ok(Json(bucket))
 }
 
-pub async fn list(State(storage): State<Storage>, caller: Caller) -> Result<Json<Vec<BucketOut>>, ApiError> {
-    let buckets = sqlx::query_as::<_, BucketOut>(concat!("SELECT ", bucket_columns!(), " FROM buckets ORDER BY name LIMIT 1000"))
-        .fetch_all(&storage.pool)
-        .await
-        .map_err(ApiError::internal)?;
+pub async fn list(
+    State(storage): State<Storage>,
+    caller: Caller,
+) -> Result<Json<Vec<BucketOut>>, ApiError> {
+    let buckets = sqlx::query_as::<_, BucketOut>(concat!(
+        "SELECT ",
+        bucket_columns!(),
+        " FROM buckets ORDER BY name LIMIT 1000"
+    ))
+    .fetch_all(&storage.pool)
+    .await
+    .map_err(ApiError::internal)?;
     let mut out = Vec::with_capacity(buckets.len());
     for bucket in buckets {
         if visible(&storage, &caller, &bucket).await? {
@@ -158,11 +187,12 @@ impl StorageService for StorageGrpc {
         &self,
         _request: tonic::Request<ListBucketsRequest>,
     ) -> Result<tonic::Response<ListBucketsResponse>, tonic::Status> {
-        let rows: Vec<(String, bool, Option<String>, DateTime<Utc>)> =
-            sqlx::query_as("SELECT name, public, owner, created_at FROM buckets ORDER BY name LIMIT 1000")
-                .fetch_all(&self.0.pool)
-                .await
-                .map_err(ApiError::internal)?;
+        let rows: Vec<(String, bool, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT name, public, owner, created_at FROM buckets ORDER BY name LIMIT 1000",
+        )
+        .fetch_all(&self.0.pool)
+        .await
+        .map_err(ApiError::internal)?;
         let buckets = rows
             .into_iter()
             .map(|(name, public, owner, created_at)| Bucket {

@@ -62,14 +62,26 @@ async fn check_fs_root(root: PathBuf) -> std::io::Result<()> {
 }
 
 impl Storage {
-    pub async fn new(config: StorageConfig, pool: PgPool, authz: Arc<Authz>) -> Result<Storage, sqlx::migrate::MigrateError> {
+    pub async fn new(
+        config: StorageConfig,
+        pool: PgPool,
+        authz: Arc<Authz>,
+    ) -> Result<Storage, sqlx::migrate::MigrateError> {
         migrate(&pool).await?;
-        Ok(Storage(Arc::new(StorageState { pool, config, authz })))
+        Ok(Storage(Arc::new(StorageState {
+            pool,
+            config,
+            authz,
+        })))
     }
 
     pub fn into_router(self) -> Router {
         let pool = self.pool.clone();
-        let root = self.config.fs_root.clone().unwrap_or_else(|| PathBuf::from(".minicloud/objects"));
+        let root = self
+            .config
+            .fs_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".minicloud/objects"));
         let readiness: Readiness = Arc::new(move || {
             let pool = pool.clone();
             let root = root.clone();
@@ -83,16 +95,29 @@ impl Storage {
             .boxed()
         });
         let rest = Router::new()
-            .route("/storage/v1/bucket", get(buckets::list).post(buckets::create))
+            .route(
+                "/storage/v1/bucket",
+                get(buckets::list).post(buckets::create),
+            )
             .route("/storage/v1/bucket/{name}", get(buckets::get))
             .with_state(self.clone());
-        ServiceHost::new("storage", rest, readiness, ServiceMetrics::new("storage", |_| {}))
-            .body_limit(64 * 1024)
-            .grpc(StorageServiceServer::new(buckets::StorageGrpc(self)))
-            .into_router()
+        ServiceHost::new(
+            "storage",
+            rest,
+            readiness,
+            ServiceMetrics::new("storage", |_| {}),
+        )
+        .body_limit(64 * 1024)
+        .grpc(StorageServiceServer::new(buckets::StorageGrpc(self)))
+        .into_router()
     }
 }
 
-pub async fn run(storage: Storage, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, storage.into_router(), shutdown.cancelled_owned()).await
+pub async fn run(
+    storage: Storage,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    minicloud_telemetry::server::serve(listener, storage.into_router(), shutdown.cancelled_owned())
+        .await
 }

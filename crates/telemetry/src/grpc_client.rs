@@ -24,7 +24,10 @@ impl TracedChannel {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
             .tcp_nodelay(true);
-        Ok(TracedChannel { inner: endpoint.connect_lazy(), peer })
+        Ok(TracedChannel {
+            inner: endpoint.connect_lazy(),
+            peer,
+        })
     }
 }
 

@@ -58,7 +58,11 @@ pub async fn middleware(
             .map(|matched| matched.as_str().to_owned())
             .unwrap_or_else(|| "unmatched".to_owned())
     };
-    let span_name = if is_grpc { path.trim_start_matches('/').to_owned() } else { format!("{method} {route}") };
+    let span_name = if is_grpc {
+        path.trim_start_matches('/').to_owned()
+    } else {
+        format!("{method} {route}")
+    };
     let span = tracing::info_span!(
         "request",
         otel.name = %span_name,
@@ -73,15 +77,21 @@ pub async fn middleware(
     );
     crate::trace_context::continue_from(&span, request.headers());
 
-    let mut response =
-        REQUEST_ID.scope(request_id.clone(), next.run(request)).instrument(span.clone()).await;
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), next.run(request))
+        .instrument(span.clone())
+        .await;
 
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    let labels = RequestLabels { method: method.to_string(), route, status: status.as_u16() };
+    let labels = RequestLabels {
+        method: method.to_string(),
+        route,
+        status: status.as_u16(),
+    };
     telemetry.metrics.http_requests.get_or_create(&labels).inc();
     telemetry
         .metrics

@@ -46,9 +46,10 @@ impl TelemetryGuard {
     /// Exports every finished span now.
     pub fn flush(&self) {
         if let Some(provider) = &self.provider
-            && let Err(error) = provider.force_flush() {
-                tracing::warn!(%error, "flushing spans failed");
-            }
+            && let Err(error) = provider.force_flush()
+        {
+            tracing::warn!(%error, "flushing spans failed");
+        }
     }
 
     pub fn shutdown(mut self) {
@@ -57,9 +58,10 @@ impl TelemetryGuard {
 
     fn shutdown_inner(&mut self) {
         if let Some(provider) = self.provider.take()
-            && let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
-                eprintln!("trace export shutdown failed: {error}");
-            }
+            && let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("trace export shutdown failed: {error}");
+        }
     }
 }
 
@@ -81,7 +83,10 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sqlx=warn,opentelemetry=warn")
     });
     let fmt_layer = if config.json_logs {
-        tracing_subscriber::fmt::layer().json().with_current_span(false).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false)
+            .boxed()
     } else {
         tracing_subscriber::fmt::layer().with_target(false).boxed()
     };
@@ -129,5 +134,8 @@ fn build_provider(
         .with_service_name(service_name.to_owned())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }

@@ -19,7 +19,9 @@ pub struct RequestLabels {
 
 fn latency_histogram() -> Histogram {
     // 50 µs … ~13 s: warm calls sit at the low end, function timeouts at the top.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 19))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 2.0, 19,
+    ))
 }
 
 #[derive(Debug)]
@@ -35,17 +37,26 @@ impl ServiceMetrics {
         let service_label = [(Cow::Borrowed("service"), Cow::Owned(service.to_owned()))];
         let mut registry = Registry::with_prefix_and_labels("minicloud", service_label.into_iter());
         let http_requests = Family::<RequestLabels, Counter>::default();
-        let http_duration = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
+        let http_duration =
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "http_requests",
+            "Requests served, REST and gRPC",
+            http_requests.clone(),
         );
-        registry.register("http_requests", "Requests served, REST and gRPC", http_requests.clone());
         registry.register(
             "http_request_duration_seconds",
             "Time to the response head",
             http_duration.clone(),
         );
         register_more(&mut registry);
-        Arc::new(ServiceMetrics { registry, http_requests, http_duration })
+        Arc::new(ServiceMetrics {
+            registry,
+            http_requests,
+            http_duration,
+        })
     }
 
     /// The Prometheus text exposition of every series.

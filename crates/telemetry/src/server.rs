@@ -32,7 +32,10 @@ pub struct DependencyCheck {
 
 impl DependencyCheck {
     pub fn from_result<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> Self {
-        DependencyCheck { name: name.to_owned(), result: result.map_err(|e| e.to_string()) }
+        DependencyCheck {
+            name: name.to_owned(),
+            result: result.map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -45,7 +48,10 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 async fn check_all(readiness: &Readiness) -> Vec<DependencyCheck> {
     match tokio::time::timeout(READINESS_TIMEOUT, readiness()).await {
         Ok(checks) => checks,
-        Err(_) => vec![DependencyCheck { name: "readiness".into(), result: Err("timed out".into()) }],
+        Err(_) => vec![DependencyCheck {
+            name: "readiness".into(),
+            result: Err("timed out".into()),
+        }],
     }
 }
 
@@ -65,8 +71,16 @@ impl ServiceHost {
         readiness: Readiness,
         metrics: Arc<ServiceMetrics>,
     ) -> Self {
-        let health = HealthServer::new(HealthService { readiness: Arc::clone(&readiness) });
-        let host = ServiceHost { service, router: rest, body_limit: None, readiness, metrics };
+        let health = HealthServer::new(HealthService {
+            readiness: Arc::clone(&readiness),
+        });
+        let host = ServiceHost {
+            service,
+            router: rest,
+            body_limit: None,
+            readiness,
+            metrics,
+        };
         host.grpc(health)
     }
 
@@ -104,21 +118,41 @@ impl ServiceHost {
     pub fn into_router(self) -> Router {
         let readiness = Arc::clone(&self.readiness);
         let metrics = Arc::clone(&self.metrics);
-        let telemetry = ServerTelemetry { service: self.service, metrics: Arc::clone(&self.metrics) };
+        let telemetry = ServerTelemetry {
+            service: self.service,
+            metrics: Arc::clone(&self.metrics),
+        };
         let service = self.service;
         let mut router = self.router;
         if let Some(limit) = self.body_limit {
             router = router
                 .layer(axum::extract::DefaultBodyLimit::max(limit))
-                .layer(axum::middleware::from_fn_with_state(limit, reject_declared_oversize));
+                .layer(axum::middleware::from_fn_with_state(
+                    limit,
+                    reject_declared_oversize,
+                ));
         }
         router
-            .route("/healthz", get(move || async move { axum::Json(serde_json::json!({"status":"ok","service":service})) }))
-            .route("/readyz", get(move || readyz(service, Arc::clone(&readiness))))
-            .route("/metrics", get(move || async move { metrics_response(&metrics) }))
+            .route(
+                "/healthz",
+                get(move || async move {
+                    axum::Json(serde_json::json!({"status":"ok","service":service}))
+                }),
+            )
+            .route(
+                "/readyz",
+                get(move || readyz(service, Arc::clone(&readiness))),
+            )
+            .route(
+                "/metrics",
+                get(move || async move { metrics_response(&metrics) }),
+            )
             .fallback(minicloud_proto::error::route_not_found)
             .method_not_allowed_fallback(|| async {
-                ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+                ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    "method not allowed on this route",
+                )
             })
             .layer(axum::middleware::from_fn_with_state(telemetry, middleware))
     }
@@ -142,7 +176,10 @@ async fn reject_declared_oversize(
     let Some(declared) = declared.filter(|&n| n > limit as u64) else {
         return next.run(request).await;
     };
-    let error = ApiError::new(ErrorCode::PayloadTooLarge, format!("request body larger than {limit} bytes"));
+    let error = ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body larger than {limit} bytes"),
+    );
     if declared <= DRAIN_AT_MOST {
         use http_body_util::BodyExt as _;
         let mut body = request.into_body();
@@ -154,7 +191,10 @@ async fn reject_declared_oversize(
 
 fn metrics_response(metrics: &ServiceMetrics) -> Response {
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics.render(),
     )
         .into_response()
@@ -174,7 +214,11 @@ async fn readyz(service: &'static str, readiness: Readiness) -> Response {
         };
         body.insert(check.name.clone(), serde_json::Value::String(state));
     }
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let json = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "service": service,
@@ -200,7 +244,9 @@ impl Health for HealthService {
         } else {
             ServingStatus::NotServing
         };
-        Ok(tonic::Response::new(HealthCheckResponse { status: status as i32 }))
+        Ok(tonic::Response::new(HealthCheckResponse {
+            status: status as i32,
+        }))
     }
 }
 
@@ -214,7 +260,10 @@ pub async fn serve(
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
-    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -46,7 +46,11 @@ pub struct TestCloudBuilder {
 impl Default for TestCloudBuilder {
     fn default() -> Self {
         // Tests sign in far more often than people; rate limits get their own tests.
-        let auth = AuthConfig { rate_limit_per_ip: 100_000, rate_limit_per_email: 100_000, ..AuthConfig::default() };
+        let auth = AuthConfig {
+            rate_limit_per_ip: 100_000,
+            rate_limit_per_email: 100_000,
+            ..AuthConfig::default()
+        };
         TestCloudBuilder { auth }
     }
 }
@@ -72,10 +76,16 @@ impl TestCloudBuilder {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let database = format!("mc_test_{id}");
         let server = PgConnectOptions::from_str(&test_database_server_url())?;
-        let mut admin = server.clone().connect().await.context("connecting to the test Postgres server")?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
-            .execute(&mut admin)
-            .await?;
+        let mut admin = server
+            .clone()
+            .connect()
+            .await
+            .context("connecting to the test Postgres server")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut admin)
+        .await?;
         let database_url = server.database(&database).to_url_lossy().to_string();
         let redis_prefix = format!("mc_test_{id}:");
         let data_dir = std::env::temp_dir().join(format!("minicloud-test-{id}"));
@@ -84,15 +94,24 @@ impl TestCloudBuilder {
             redis_url: test_redis_url(),
             db_pool_size: 4,
             auth: self.auth,
-            storage: StorageConfig { fs_root: Some(data_dir.join("objects")) },
+            storage: StorageConfig {
+                fs_root: Some(data_dir.join("objects")),
+            },
             docdb: DocdbConfig::default(),
-            bus: BusConfig { redis_prefix: redis_prefix.clone() },
-            invoker: InvokerConfig { code_dir: Some(data_dir.join("functions")) },
+            bus: BusConfig {
+                redis_prefix: redis_prefix.clone(),
+            },
+            invoker: InvokerConfig {
+                code_dir: Some(data_dir.join("functions")),
+            },
         };
         let listeners = CloudListeners::bind("127.0.0.1", [0; 6]).await?;
         let mut cloud = TestCloud {
             urls: placeholder_urls(),
-            keys: BuiltinKeys { anon_key: String::new(), service_key: String::new() },
+            keys: BuiltinKeys {
+                anon_key: String::new(),
+                service_key: String::new(),
+            },
             database,
             database_url,
             redis_prefix,
@@ -155,11 +174,19 @@ impl TestCloud {
     }
 }
 
-async fn cleanup(database: &str, redis_prefix: &str, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut admin = PgConnectOptions::from_str(&test_database_server_url())?.connect().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)")))
-        .execute(&mut admin)
+async fn cleanup(
+    database: &str,
+    redis_prefix: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut admin = PgConnectOptions::from_str(&test_database_server_url())?
+        .connect()
         .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
     if let Ok(client) = redis::Client::open(test_redis_url())
         && let Ok(mut connection) = client.get_multiplexed_async_connection().await
     {
@@ -169,7 +196,10 @@ async fn cleanup(database: &str, redis_prefix: &str, data_dir: &std::path::Path)
             .await
             .unwrap_or_default();
         if !keys.is_empty() {
-            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut connection).await;
+            let _: Result<(), _> = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut connection)
+                .await;
         }
     }
     let _ = tokio::fs::remove_dir_all(data_dir).await;
@@ -186,9 +216,15 @@ impl Drop for TestCloud {
             running.shutdown_token().cancel();
             drop(running);
         }
-        let (database, prefix, dir) = (self.database.clone(), self.redis_prefix.clone(), self.data_dir.clone());
+        let (database, prefix, dir) = (
+            self.database.clone(),
+            self.redis_prefix.clone(),
+            self.data_dir.clone(),
+        );
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(cleanup(&database, &prefix, &dir))
         })
         .join();

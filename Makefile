@@ -1,0 +1,41 @@
+# minicloud — the two commands a developer needs are `make up` and `make test`.
+CARGO ?= cargo
+
+.PHONY: up build test unit lint fmt bench demo compose-check clean
+
+## Run the whole cloud in one process (gateway on :4600).
+up:
+	$(CARGO) run --release -p minicloud -- up
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## Lint, then every test (unit, end-to-end, binary) against the local Postgres and Redis.
+test: lint
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+## Tests only, without the lint step.
+unit:
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Benchmarks; writes docs/benchmarks.md.
+bench:
+	$(CARGO) bench -p minicloud-e2e --bench auth -- --noplot
+	$(CARGO) build --release -p minicloud
+	python3 scripts/bench_report.py
+
+demo:
+	@echo "make demo: not yet — the thumbnail pipeline lands with issue 8"
+
+compose-check:
+	@echo "make compose-check: not yet — docker-compose.yml lands with issue 8"
+
+clean:
+	$(CARGO) clean
