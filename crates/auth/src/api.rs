@@ -148,8 +148,7 @@ pub async fn signup(
     check_metadata(&metadata)?;
     let user = create_user(&auth, &email, input.password, metadata).await?;
     // Signing up signs in (GoTrue with autoconfirm).
-    mark_signed_in(&auth, user.id).await?;
-    let user = load_user(&auth.pool, user.id).await?.into_out();
+    let user = mark_signed_in(&auth, user.id).await?;
     let tokens = auth.start_session(user).await?;
     Ok((StatusCode::OK, Json(tokens)).into_response())
 }
@@ -173,12 +172,17 @@ pub(crate) async fn create_user(
     Ok(row.into_out())
 }
 
-async fn mark_signed_in(auth: &Auth, id: Uuid) -> Result<()> {
-    sqlx::query("UPDATE users SET last_sign_in_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(&auth.pool)
-        .await?;
-    Ok(())
+/// Records the sign-in and returns the user as it now is.
+async fn mark_signed_in(auth: &Auth, id: Uuid) -> Result<UserOut> {
+    let row = sqlx::query_as::<_, UserRow>(concat!(
+        "UPDATE users SET last_sign_in_at = now() WHERE id = $1 RETURNING ",
+        user_columns!()
+    ))
+    .bind(id)
+    .fetch_optional(&auth.pool)
+    .await?
+    .ok_or(AuthError::NotFound("user"))?;
+    Ok(row.into_out())
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,8 +257,7 @@ async fn sign_in(auth: &Auth, email: &str, password: String) -> Result<crate::se
     if row.banned {
         return Err(AuthError::InvalidCredentials);
     }
-    mark_signed_in(auth, row.id).await?;
-    let user = load_user(&auth.pool, row.id).await?.into_out();
+    let user = mark_signed_in(auth, row.id).await?;
     auth.start_session(user).await
 }
 

@@ -1,1 +1,309 @@
+//! The transactional outbox every event producer uses (design §5.4): an event is
+//! written to the producer's `outbox` table in the same transaction as the data
+//! change, and a relay publishes committed events to the bus over gRPC and marks
+//! them sent. So an event is published if and only if its change committed; a crash
+//! between publish and mark publishes it again with the same id (the bus dedupes on
+//! `source` + `id`), never loses it.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use minicloud_proto::bus::v1::bus_service_client::BusServiceClient;
+use minicloud_proto::bus::v1::cloud_event::Data;
+use minicloud_proto::bus::v1::cloud_event_attribute_value::Attr;
+use minicloud_proto::bus::v1::{CloudEvent, CloudEventAttributeValue, PublishRequest};
+use minicloud_telemetry::grpc_client::TracedChannel;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("publishing to the bus: {0}")]
+    Publish(#[from] tonic::Status),
+    #[error("stored event {id} is not a CloudEvent: {reason}")]
+    Corrupt { id: i64, reason: String },
+}
+
+pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
+
+/// A CloudEvent as the producer writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub data: serde_json::Value,
+    /// W3C trace context of the change, so the consumer's span continues its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl OutboxEvent {
+    /// A new event with a fresh id, the current time and the current trace context.
+    pub fn new(
+        source: &str,
+        event_type: &str,
+        subject: Option<String>,
+        data: serde_json::Value,
+    ) -> Self {
+        let mut headers = http::HeaderMap::new();
+        minicloud_telemetry::trace_context::inject_current(&mut headers);
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        OutboxEvent {
+            id: format!("evt_{}", uuid::Uuid::now_v7().simple()),
+            source: source.to_owned(),
+            event_type: event_type.to_owned(),
+            subject,
+            time: chrono::Utc::now(),
+            data,
+            traceparent,
+        }
+    }
+
+    fn to_proto(&self) -> CloudEvent {
+        let string = |s: &str| CloudEventAttributeValue {
+            attr: Some(Attr::CeString(s.to_owned())),
+        };
+        let mut attributes = std::collections::HashMap::new();
+        attributes.insert(
+            "time".to_owned(),
+            CloudEventAttributeValue {
+                attr: Some(Attr::CeTimestamp(
+                    self.time
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                )),
+            },
+        );
+        attributes.insert("datacontenttype".to_owned(), string("application/json"));
+        if let Some(subject) = &self.subject {
+            attributes.insert("subject".to_owned(), string(subject));
+        }
+        if let Some(traceparent) = &self.traceparent {
+            attributes.insert("traceparent".to_owned(), string(traceparent));
+        }
+        CloudEvent {
+            id: self.id.clone(),
+            source: self.source.clone(),
+            spec_version: "1.0".to_owned(),
+            r#type: self.event_type.clone(),
+            attributes,
+            data: Some(Data::TextData(self.data.to_string())),
+        }
+    }
+}
+
+/// Creates the outbox table in the pool's schema. Idempotent; producers call it at
+/// start next to their own migrations.
+pub async fn ensure_table(pool: &PgPool) -> Result<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS outbox (
+            id         bigserial PRIMARY KEY,
+            topic      text NOT NULL,
+            event      jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            sent_at    timestamptz,
+            attempts   integer NOT NULL DEFAULT 0,
+            last_error text
+        );
+        CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent_at IS NULL;",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Writes `event` for `topic` inside the caller's transaction.
+pub async fn enqueue(tx: &mut PgConnection, topic: &str, event: &OutboxEvent) -> Result<()> {
+    let json = serde_json::to_value(event).map_err(|e| OutboxError::Corrupt {
+        id: 0,
+        reason: e.to_string(),
+    })?;
+    sqlx::query("INSERT INTO outbox (topic, event) VALUES ($1, $2)")
+        .bind(topic)
+        .bind(json)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Events published per round.
+    pub batch: i64,
+    /// How often the relay looks for events when nobody wakes it.
+    pub poll_interval: Duration,
+    /// Sent events are deleted after this long.
+    pub keep_sent: chrono::Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch: 100,
+            poll_interval: Duration::from_millis(200),
+            keep_sent: chrono::Duration::hours(24),
+        }
+    }
+}
+
+/// Publishes committed outbox events to the bus, in id order per topic.
+#[derive(Clone)]
+pub struct Relay {
+    pool: PgPool,
+    bus: BusServiceClient<TracedChannel>,
+    config: RelayConfig,
+    wake: Arc<Notify>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    topic: String,
+    event: serde_json::Value,
+}
+
+impl Relay {
+    pub fn new(
+        pool: PgPool,
+        bus_grpc_url: &str,
+        config: RelayConfig,
+    ) -> Result<Relay, tonic::transport::Error> {
+        let channel = TracedChannel::connect_lazy("bus", bus_grpc_url)?;
+        Ok(Relay {
+            pool,
+            bus: BusServiceClient::new(channel),
+            config,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Tells the relay that events were committed, so it does not wait for the poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Publishes one batch; returns how many events were sent.
+    ///
+    /// The rows stay locked (`FOR UPDATE SKIP LOCKED`) from selection until they are
+    /// marked, so two relays never publish the same rows in one round.
+    pub async fn relay_once(&self) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, topic, event FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.config.batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut by_topic: BTreeMap<&str, Vec<(i64, CloudEvent)>> = BTreeMap::new();
+        for row in &rows {
+            let event: OutboxEvent =
+                serde_json::from_value(row.event.clone()).map_err(|e| OutboxError::Corrupt {
+                    id: row.id,
+                    reason: e.to_string(),
+                })?;
+            by_topic
+                .entry(&row.topic)
+                .or_default()
+                .push((row.id, event.to_proto()));
+        }
+        let mut sent = Vec::with_capacity(rows.len());
+        for (topic, events) in by_topic {
+            let ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
+            let request = PublishRequest {
+                topic: topic.to_owned(),
+                events: events.into_iter().map(|(_, e)| e).collect(),
+            };
+            if let Err(status) = self.bus.clone().publish(request).await {
+                drop(tx);
+                self.record_failure(&ids, &status).await;
+                // Events already published in this round are marked, so a later
+                // round does not send them again.
+                self.mark_sent(&sent).await?;
+                return Err(status.into());
+            }
+            sent.extend(ids);
+        }
+        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+            .bind(&sent)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(sent.len())
+    }
+
+    async fn mark_sent(&self, ids: &[i64]) -> Result<()> {
+        if !ids.is_empty() {
+            sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+                .bind(ids)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn record_failure(&self, ids: &[i64], status: &tonic::Status) {
+        let result = sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
+        )
+        .bind(ids)
+        .bind(status.to_string())
+        .execute(&self.pool)
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "recording an outbox failure");
+        }
+    }
+
+    /// Runs until cancelled: relays whenever woken or every poll interval, backing
+    /// off (up to 5 s) while the bus fails, and prunes old sent events.
+    pub fn spawn(self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut backoff = self.config.poll_interval;
+            let mut last_prune = tokio::time::Instant::now();
+            loop {
+                match self.relay_once().await {
+                    Ok(n) if n as i64 == self.config.batch => {
+                        backoff = self.config.poll_interval;
+                        continue;
+                    }
+                    Ok(_) => backoff = self.config.poll_interval,
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay round failed");
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                if last_prune.elapsed() > Duration::from_secs(60) {
+                    last_prune = tokio::time::Instant::now();
+                    let cutoff = chrono::Utc::now() - self.config.keep_sent;
+                    if let Err(error) = sqlx::query("DELETE FROM outbox WHERE sent_at < $1")
+                        .bind(cutoff)
+                        .execute(&self.pool)
+                        .await
+                    {
+                        tracing::warn!(%error, "pruning the outbox");
+                    }
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        })
+    }
+}

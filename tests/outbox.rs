@@ -1,0 +1,132 @@
+//! The transactional outbox against the real bus: only committed events are
+//! published, in order, with their CloudEvent attributes, and each is marked sent.
+
+use minicloud_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, ensure_table};
+use minicloud_testkit::TestCloud;
+use minicloud_testkit::sqlx::{self, PgPool};
+use serde_json::{Value, json};
+
+async fn producer_pool(cloud: &TestCloud) -> PgPool {
+    let pool = PgPool::connect(&cloud.database_url).await.unwrap();
+    sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS producer; SET search_path TO producer")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A pool whose connections all live in the producer's schema.
+    let options: sqlx::postgres::PgConnectOptions = cloud.database_url.parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.options([("search_path", "producer")]))
+        .await
+        .unwrap();
+    ensure_table(&pool).await.unwrap();
+    pool
+}
+
+async fn stream(cloud: &TestCloud, topic: &str) -> Vec<Value> {
+    let client = redis::Client::open(minicloud_testkit::test_redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{}topic:{topic}", cloud.redis_prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            serde_json::from_str(&fields.into_iter().find(|(k, _)| k == "event").unwrap().1)
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn only_committed_events_are_published_in_order_and_marked_sent() {
+    let cloud = TestCloud::start().await.unwrap();
+    let pool = producer_pool(&cloud).await;
+    let relay = Relay::new(pool.clone(), &cloud.urls.bus, RelayConfig::default()).unwrap();
+
+    let mut committed = Vec::new();
+    for i in 0..3 {
+        let mut tx = pool.begin().await.unwrap();
+        let event = OutboxEvent::new(
+            "/minicloud/storage",
+            "minicloud.storage.object.created",
+            Some(format!("photos/{i}.jpg")),
+            json!({"bucket":"photos","size":i}),
+        );
+        enqueue(&mut tx, "storage", &event).await.unwrap();
+        tx.commit().await.unwrap();
+        committed.push(event);
+    }
+    let mut tx = pool.begin().await.unwrap();
+    let rolled_back = OutboxEvent::new(
+        "/minicloud/storage",
+        "minicloud.storage.object.created",
+        None,
+        json!({"never": true}),
+    );
+    enqueue(&mut tx, "storage", &rolled_back).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    assert_eq!(relay.relay_once().await.unwrap(), 3);
+    assert_eq!(
+        relay.relay_once().await.unwrap(),
+        0,
+        "sent events are not sent again"
+    );
+
+    let published = stream(&cloud, "storage").await;
+    let ids: Vec<&str> = published
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = committed.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids, expected,
+        "committed events, in commit order, and nothing else"
+    );
+    let first = &published[0];
+    assert_eq!(first["specversion"], "1.0");
+    assert_eq!(first["type"], "minicloud.storage.object.created");
+    assert_eq!(first["source"], "/minicloud/storage");
+    assert_eq!(first["subject"], "photos/0.jpg");
+    assert_eq!(first["data"], json!({"bucket":"photos","size":0}));
+    assert_eq!(first["datacontenttype"], "application/json");
+
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(unsent, 0);
+    pool.close().await;
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_wait_in_the_outbox_while_the_bus_refuses_them() {
+    let cloud = TestCloud::start().await.unwrap();
+    let pool = producer_pool(&cloud).await;
+    let relay = Relay::new(pool.clone(), &cloud.urls.bus, RelayConfig::default()).unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let event = OutboxEvent::new("/test", "test.happened", None, json!({}));
+    enqueue(&mut tx, "no-such-topic", &event).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(relay.relay_once().await.is_err());
+    let (attempts, error): (i32, Option<String>) =
+        sqlx::query_as("SELECT attempts, last_error FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 1);
+    assert!(error.unwrap().contains("no-such-topic"));
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(unsent, 1, "kept for the next round");
+    pool.close().await;
+    cloud.stop().await.unwrap();
+}
