@@ -411,3 +411,27 @@ async fn a_500_carries_no_internal_detail() {
     .await;
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_rest_api_serves_its_openapi_spec_through_the_gateway() {
+    let cloud = TestCloud::start().await.unwrap();
+    for (prefix, title, path) in [
+        ("/auth/v1", "minicloud auth", "/auth/v1/token"),
+        ("/storage/v1", "minicloud storage", "/storage/v1/bucket"),
+        ("/db/v1", "minicloud docdb", "/db/v1/collections"),
+        ("/events/v1", "minicloud bus", "/events/v1/topics"),
+        ("/functions/v1", "minicloud invoker", "/functions/v1"),
+    ] {
+        let (status, spec) = json(
+            reqwest::get(format!("{}{prefix}/openapi.json", cloud.gateway_url()))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{prefix}");
+        assert_eq!(spec["info"]["title"], title);
+        assert!(spec["paths"][path].is_object(), "{prefix} documents {path}");
+        assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
+    }
+    cloud.stop().await.unwrap();
+}

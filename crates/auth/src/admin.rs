@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
-use minicloud_proto::error::{ApiError, Json, Path, Query};
+use minicloud_proto::error::{ApiError, ErrorBody, Json, Path, Query};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -50,7 +50,7 @@ fn require_service(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct Page {
     #[serde(default)]
     pub cursor: Option<String>,
@@ -68,12 +68,13 @@ impl Page {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserList {
     pub users: Vec<UserOut>,
     pub next_cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/auth/v1/admin/users", tag = "admin", params(Page), responses((status = 200, body = UserList), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn list_users(
     State(auth): State<Auth>,
     caller: Caller,
@@ -108,15 +109,17 @@ async fn list_users(
     Ok(Json(UserList { users, next_cursor }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminUserIn {
     pub email: String,
     pub password: String,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub user_metadata: Option<serde_json::Value>,
 }
 
+#[utoipa::path(post, path = "/auth/v1/admin/users", tag = "admin", request_body = AdminUserIn, responses((status = 201, body = UserOut), (status = 409, description = "email taken", body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn create_user(
     State(auth): State<Auth>,
     caller: Caller,
@@ -134,6 +137,7 @@ fn parse_user_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::not_found("user not found"))
 }
 
+#[utoipa::path(get, path = "/auth/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)), responses((status = 200, body = UserOut), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn get_user(
     State(auth): State<Auth>,
     caller: Caller,
@@ -147,6 +151,7 @@ async fn get_user(
     ))
 }
 
+#[utoipa::path(put, path = "/auth/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)), request_body = UserPatch, responses((status = 200, body = UserOut), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn update_user(
     State(auth): State<Auth>,
     caller: Caller,
@@ -159,6 +164,7 @@ async fn update_user(
     ))
 }
 
+#[utoipa::path(delete, path = "/auth/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)), responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn delete_user(
     State(auth): State<Auth>,
     caller: Caller,
@@ -177,32 +183,52 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RoleOut {
     pub name: String,
     pub description: String,
+    /// The role's identity policy: a list of statements (see docs/api/policies.md).
+    #[schema(value_type = Vec<Object>)]
     pub policies: serde_json::Value,
     pub builtin: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RoleList {
+    pub roles: Vec<RoleOut>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyOut>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RotatedKey {
+    /// The new signing key's id.
+    pub kid: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleIn {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub policies: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolePatch {
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub policies: Option<serde_json::Value>,
 }
 
@@ -234,10 +260,8 @@ macro_rules! role_columns {
     };
 }
 
-async fn list_roles(
-    State(auth): State<Auth>,
-    caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/auth/v1/admin/roles", tag = "admin", responses((status = 200, body = RoleList), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+async fn list_roles(State(auth): State<Auth>, caller: Caller) -> Result<Json<RoleList>, ApiError> {
     require_service(&caller)?;
     let roles = sqlx::query_as::<_, RoleOut>(concat!(
         "SELECT ",
@@ -247,9 +271,10 @@ async fn list_roles(
     .fetch_all(&auth.pool)
     .await
     .map_err(AuthError::from)?;
-    Ok(Json(serde_json::json!({ "roles": roles })))
+    Ok(Json(RoleList { roles }))
 }
 
+#[utoipa::path(post, path = "/auth/v1/admin/roles", tag = "admin", request_body = RoleIn, responses((status = 201, body = RoleOut), (status = 409, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn create_role(
     State(auth): State<Auth>,
     caller: Caller,
@@ -277,6 +302,7 @@ async fn create_role(
     Ok((StatusCode::CREATED, Json(role)))
 }
 
+#[utoipa::path(get, path = "/auth/v1/admin/roles/{name}", tag = "admin", params(("name" = String, Path)), responses((status = 200, body = RoleOut), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn get_role(
     State(auth): State<Auth>,
     caller: Caller,
@@ -296,6 +322,7 @@ async fn get_role(
     Ok(Json(role))
 }
 
+#[utoipa::path(put, path = "/auth/v1/admin/roles/{name}", tag = "admin", params(("name" = String, Path)), request_body = RolePatch, responses((status = 200, body = RoleOut), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn update_role(
     State(auth): State<Auth>,
     caller: Caller,
@@ -325,6 +352,7 @@ async fn update_role(
     Ok(Json(role))
 }
 
+#[utoipa::path(delete, path = "/auth/v1/admin/roles/{name}", tag = "admin", params(("name" = String, Path)), responses((status = 204, description = "deleted"), (status = 400, description = "built-in role", body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn delete_role(
     State(auth): State<Auth>,
     caller: Caller,
@@ -350,7 +378,7 @@ async fn delete_role(
     }
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKeyOut {
     pub id: String,
     pub name: String,
@@ -360,7 +388,7 @@ pub struct ApiKeyOut {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyCreated {
     #[serde(flatten)]
     pub key: ApiKeyOut,
@@ -368,7 +396,7 @@ pub struct ApiKeyCreated {
     pub api_key: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyIn {
     pub name: String,
@@ -419,10 +447,11 @@ async fn insert_api_key(
     })
 }
 
+#[utoipa::path(get, path = "/auth/v1/admin/api-keys", tag = "admin", responses((status = 200, body = ApiKeyList), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn list_api_keys(
     State(auth): State<Auth>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ApiKeyList>, ApiError> {
     require_service(&caller)?;
     let keys = sqlx::query_as::<_, ApiKeyOut>(
         "SELECT id, name, role, subject, created_at, revoked_at FROM api_keys ORDER BY created_at, id LIMIT 1000",
@@ -430,9 +459,10 @@ async fn list_api_keys(
     .fetch_all(&auth.pool)
     .await
     .map_err(AuthError::from)?;
-    Ok(Json(serde_json::json!({ "api_keys": keys })))
+    Ok(Json(ApiKeyList { api_keys: keys }))
 }
 
+#[utoipa::path(post, path = "/auth/v1/admin/api-keys", tag = "admin", request_body = ApiKeyIn, responses((status = 201, body = ApiKeyCreated), (status = 400, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn create_api_key(
     State(auth): State<Auth>,
     caller: Caller,
@@ -450,6 +480,7 @@ async fn create_api_key(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(delete, path = "/auth/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)), responses((status = 204, description = "revoked"), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn revoke_api_key(
     State(auth): State<Auth>,
     caller: Caller,
@@ -468,13 +499,14 @@ async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/auth/v1/admin/keys/rotate", tag = "admin", responses((status = 200, body = RotatedKey), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn rotate_signing_key(
     State(auth): State<Auth>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RotatedKey>, ApiError> {
     require_service(&caller)?;
     let kid = auth.keys.rotate().await?;
-    Ok(Json(serde_json::json!({ "kid": kid })))
+    Ok(Json(RotatedKey { kid }))
 }
 
 /// Creates the anon and service keys on first start.

@@ -8,7 +8,9 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Credential, Role};
-use minicloud_proto::error::{ApiError, Json, Query};
+use minicloud_proto::error::{ApiError, ErrorBody, Json, Query};
+
+use crate::sessions::TokenOut;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -17,11 +19,12 @@ use crate::error::{AuthError, Result, is_unique_violation};
 use crate::passwords;
 use crate::rate_limit::Endpoint;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct UserOut {
     pub id: Uuid,
     pub email: String,
     pub role: &'static str,
+    #[schema(value_type = Object)]
     pub user_metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -128,15 +131,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SignupIn {
     pub email: String,
     pub password: String,
     /// User metadata (GoTrue's `data`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Value>,
 }
 
+#[utoipa::path(post, path = "/auth/v1/signup", tag = "users", request_body = SignupIn,
+    responses((status = 200, description = "signed up and signed in", body = TokenOut), (status = 409, description = "email taken", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn signup(
     State(auth): State<Auth>,
     ClientIp(ip): ClientIp,
@@ -185,12 +191,12 @@ async fn mark_signed_in(auth: &Auth, id: Uuid) -> Result<UserOut> {
     Ok(row.into_out())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct TokenQuery {
     pub grant_type: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TokenIn {
     #[serde(default)]
     pub email: Option<String>,
@@ -200,6 +206,8 @@ pub struct TokenIn {
     pub refresh_token: Option<String>,
 }
 
+#[utoipa::path(post, path = "/auth/v1/token", tag = "users", params(TokenQuery), request_body = TokenIn,
+    responses((status = 200, description = "a new session", body = TokenOut), (status = 429, description = "rate limited", body = ErrorBody), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn token(
     State(auth): State<Auth>,
     ClientIp(ip): ClientIp,
@@ -273,12 +281,14 @@ pub(crate) fn require_user(caller: &Caller) -> Result<Uuid, ApiError> {
         .ok_or_else(|| ApiError::unauthenticated("a user access token is required"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct LogoutQuery {
     #[serde(default)]
     pub scope: Option<String>,
 }
 
+#[utoipa::path(post, path = "/auth/v1/logout", tag = "users", params(LogoutQuery),
+    responses((status = 204, description = "signed out"), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn logout(
     State(auth): State<Auth>,
     caller: Caller,
@@ -307,12 +317,14 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/auth/v1/user", tag = "users",
+    responses((status = 200, description = "the signed-in user", body = UserOut), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn get_user(State(auth): State<Auth>, caller: Caller) -> Result<Json<UserOut>, ApiError> {
     let user_id = require_user(&caller)?;
     Ok(Json(load_user(&auth.pool, user_id).await?.into_out()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     #[serde(default)]
@@ -320,9 +332,12 @@ pub struct UserPatch {
     #[serde(default)]
     pub password: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Value>,
 }
 
+#[utoipa::path(put, path = "/auth/v1/user", tag = "users", request_body = UserPatch,
+    responses((status = 200, description = "the updated user", body = UserOut), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn update_user(
     State(auth): State<Auth>,
     caller: Caller,
@@ -362,6 +377,8 @@ pub(crate) async fn apply_user_patch(
     Ok(row.into_out())
 }
 
+#[utoipa::path(get, path = "/auth/v1/.well-known/jwks.json", tag = "keys",
+    responses((status = 200, description = "the public signing keys", body = crate::keys::JwkSet)))]
 pub async fn jwks(State(auth): State<Auth>) -> Response {
     let keys = auth.keys.jwks().await;
     (

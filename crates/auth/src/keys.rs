@@ -17,13 +17,17 @@ use tokio::sync::RwLock;
 
 use crate::error::{AuthError, Result};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Jwk {
     pub kid: String,
+    #[schema(value_type = String)]
     pub kty: &'static str,
+    #[schema(value_type = String)]
     pub crv: &'static str,
+    #[schema(value_type = String)]
     pub alg: &'static str,
     #[serde(rename = "use")]
+    #[schema(value_type = String)]
     pub use_: &'static str,
     pub x: String,
 }
@@ -34,6 +38,12 @@ struct KeyRow {
     private_pkcs8: Vec<u8>,
     public_x: String,
     retired_at: Option<DateTime<Utc>>,
+}
+
+/// `{"keys": [...]}`, as served at `/.well-known/jwks.json`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JwkSet {
+    pub keys: Vec<Jwk>,
 }
 
 struct ActiveKey {

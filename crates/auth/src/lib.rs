@@ -31,6 +31,39 @@ pub use api::UserOut;
 pub use error::AuthError;
 pub use passwords::{ITERATIONS, MEMORY_KIB, PARALLELISM};
 
+/// The REST API of this service, served at `/auth/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "minicloud auth",
+        description = "Users, sessions, roles, API keys and signing keys (GoTrue shapes). Authenticate with `Authorization: Bearer <token>`."
+    ),
+    paths(
+        api::signup,
+        api::token,
+        api::logout,
+        api::get_user,
+        api::update_user,
+        api::jwks,
+        admin::list_users,
+        admin::create_user,
+        admin::get_user,
+        admin::update_user,
+        admin::delete_user,
+        admin::list_roles,
+        admin::create_role,
+        admin::get_role,
+        admin::update_role,
+        admin::delete_role,
+        admin::list_api_keys,
+        admin::create_api_key,
+        admin::revoke_api_key,
+        admin::rotate_signing_key,
+    ),
+    components(schemas(minicloud_proto::error::ErrorBody))
+)]
+pub struct ApiDoc;
+
 /// The Postgres schema this service owns.
 pub const SCHEMA: &str = "auth";
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -185,6 +218,10 @@ impl Auth {
             .route("/auth/v1/logout", post(api::logout))
             .route("/auth/v1/user", get(api::get_user).put(api::update_user))
             .route("/auth/v1/.well-known/jwks.json", get(api::jwks))
+            .route(
+                "/auth/v1/openapi.json",
+                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
+            )
             .merge(admin::routes())
             .with_state(self.clone());
         ServiceHost::new("auth", rest, readiness, metrics)
@@ -223,4 +260,27 @@ pub(crate) fn client_ip(
         .and_then(|value| value.split(',').next())
         .and_then(|first| first.trim().parse().ok())
         .or_else(|| peer.map(|addr| addr.ip()))
+}
+
+#[cfg(test)]
+mod openapi_spec {
+    /// docs/api/openapi/auth.json is the spec the code serves; `UPDATE_OPENAPI=1`
+    /// rewrites it after an API change.
+    #[test]
+    fn the_committed_spec_matches_the_code() {
+        let generated = serde_json::to_string_pretty(&<super::ApiDoc as utoipa::OpenApi>::openapi())
+            .unwrap() + "\n";
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/api/openapi/auth.json"
+        );
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} is stale: run UPDATE_OPENAPI=1 cargo nextest run -p minicloud-auth openapi"
+        );
+    }
 }

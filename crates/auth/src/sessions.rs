@@ -15,9 +15,10 @@ use uuid::Uuid;
 use crate::error::{AuthError, Result};
 use crate::{AuthState, UserOut};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenOut {
     pub access_token: String,
+    #[schema(value_type = String, example = "bearer")]
     pub token_type: &'static str,
     pub expires_in: i64,
     pub expires_at: i64,

@@ -21,6 +21,18 @@ use tokio_util::sync::CancellationToken;
 
 pub const SCHEMA: &str = "bus";
 
+/// The REST API of this service, served at `/events/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "minicloud bus",
+        description = "Topics (publish over REST, subscriptions and delivery land with issue 6)."
+    ),
+    paths(topics::create, topics::list),
+    components(schemas(minicloud_proto::error::ErrorBody))
+)]
+pub struct ApiDoc;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BusConfig {
     /// Prefix of every Redis key the bus writes, so several clouds can share a Redis.
@@ -116,6 +128,10 @@ impl Bus {
         });
         let rest = Router::new()
             .route("/events/v1/topics", get(topics::list).post(topics::create))
+            .route(
+                "/events/v1/openapi.json",
+                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
+            )
             .with_state(self.clone());
         ServiceHost::new("bus", rest, readiness, ServiceMetrics::new("bus", |_| {}))
             .body_limit(1024 * 1024)
@@ -131,4 +147,27 @@ pub async fn run(
 ) -> std::io::Result<()> {
     minicloud_telemetry::server::serve(listener, bus.into_router(), shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod openapi_spec {
+    /// docs/api/openapi/bus.json is the spec the code serves; `UPDATE_OPENAPI=1`
+    /// rewrites it after an API change.
+    #[test]
+    fn the_committed_spec_matches_the_code() {
+        let generated = serde_json::to_string_pretty(&<super::ApiDoc as utoipa::OpenApi>::openapi())
+            .unwrap() + "\n";
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/api/openapi/bus.json"
+        );
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} is stale: run UPDATE_OPENAPI=1 cargo nextest run -p minicloud-bus openapi"
+        );
+    }
 }

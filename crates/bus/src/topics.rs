@@ -8,12 +8,12 @@ use minicloud_proto::bus::v1::bus_service_server::BusService;
 use minicloud_proto::bus::v1::cloud_event::Data;
 use minicloud_proto::bus::v1::cloud_event_attribute_value::Attr;
 use minicloud_proto::bus::v1::{CloudEvent, PublishRequest, PublishResponse};
-use minicloud_proto::error::{ApiError, Json};
+use minicloud_proto::error::{ApiError, ErrorBody, Json};
 use serde::{Deserialize, Serialize};
 
 use crate::Bus;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TopicOut {
     pub name: String,
     pub retention: i64,
@@ -22,7 +22,12 @@ pub struct TopicOut {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TopicList {
+    pub topics: Vec<TopicOut>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopicIn {
     pub name: String,
@@ -46,6 +51,7 @@ pub fn check_topic_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/events/v1/topics", tag = "topics", request_body = TopicIn, responses((status = 201, body = TopicOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn create(
     State(bus): State<Bus>,
     caller: Caller,
@@ -74,14 +80,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(topic)))
 }
 
-pub async fn list(State(bus): State<Bus>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/events/v1/topics", tag = "topics", responses((status = 200, body = TopicList)))]
+pub async fn list(State(bus): State<Bus>) -> Result<Json<TopicList>, ApiError> {
     let topics = sqlx::query_as::<_, TopicOut>(
         "SELECT name, retention, builtin, owner, created_at FROM topics ORDER BY name LIMIT 1000",
     )
     .fetch_all(&bus.pool)
     .await
     .map_err(ApiError::internal)?;
-    Ok(Json(serde_json::json!({ "topics": topics })))
+    Ok(Json(TopicList { topics }))
 }
 
 /// The structured-mode JSON form of a protobuf CloudEvent.

@@ -6,31 +6,39 @@ use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
 use minicloud_proto::docdb::v1::docdb_service_server::DocdbService;
 use minicloud_proto::docdb::v1::{Collection, ListCollectionsRequest, ListCollectionsResponse};
-use minicloud_proto::error::{ApiError, Json};
+use minicloud_proto::error::{ApiError, ErrorBody, Json};
 use serde::{Deserialize, Serialize};
 
 use crate::Docdb;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CollectionOut {
     pub name: String,
+    #[schema(value_type = Vec<IndexIn>)]
     pub indexes: serde_json::Value,
+    #[schema(value_type = Vec<Object>)]
     pub policy: serde_json::Value,
     pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CollectionList {
+    pub collections: Vec<CollectionOut>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionIn {
     pub name: String,
     #[serde(default)]
     pub indexes: Vec<IndexIn>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub policy: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IndexIn {
     pub fields: Vec<String>,
@@ -70,6 +78,7 @@ fn check_field(field: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/db/v1/collections", tag = "collections", request_body = CollectionIn, responses((status = 201, body = CollectionOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn create(
     State(docdb): State<Docdb>,
     caller: Caller,
@@ -113,10 +122,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(collection)))
 }
 
+#[utoipa::path(get, path = "/db/v1/collections", tag = "collections", responses((status = 200, description = "the collections the caller may query", body = CollectionList), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn list(
     State(docdb): State<Docdb>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<CollectionList>, ApiError> {
     let rows = sqlx::query_as::<_, CollectionOut>(
         "SELECT name, indexes, policy, owner, created_at FROM collections ORDER BY name LIMIT 1000",
     )
@@ -137,7 +147,7 @@ pub async fn list(
             Err(error) => return Err(error),
         }
     }
-    Ok(Json(serde_json::json!({ "collections": collections })))
+    Ok(Json(CollectionList { collections }))
 }
 
 pub struct DocdbGrpc(pub Docdb);

@@ -20,6 +20,18 @@ use tokio_util::sync::CancellationToken;
 
 pub const SCHEMA: &str = "docdb";
 
+/// The REST API of this service, served at `/db/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "minicloud docdb",
+        description = "Collections (documents, queries and KV land with issue 5)."
+    ),
+    paths(collections::create, collections::list),
+    components(schemas(minicloud_proto::error::ErrorBody))
+)]
+pub struct ApiDoc;
+
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DocdbConfig {}
 
@@ -73,6 +85,10 @@ impl Docdb {
                 "/db/v1/collections",
                 get(collections::list).post(collections::create),
             )
+            .route(
+                "/db/v1/openapi.json",
+                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
+            )
             .with_state(self.clone());
         ServiceHost::new(
             "docdb",
@@ -93,4 +109,27 @@ pub async fn run(
 ) -> std::io::Result<()> {
     minicloud_telemetry::server::serve(listener, docdb.into_router(), shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod openapi_spec {
+    /// docs/api/openapi/docdb.json is the spec the code serves; `UPDATE_OPENAPI=1`
+    /// rewrites it after an API change.
+    #[test]
+    fn the_committed_spec_matches_the_code() {
+        let generated = serde_json::to_string_pretty(&<super::ApiDoc as utoipa::OpenApi>::openapi())
+            .unwrap() + "\n";
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/api/openapi/docdb.json"
+        );
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} is stale: run UPDATE_OPENAPI=1 cargo nextest run -p minicloud-docdb openapi"
+        );
+    }
 }

@@ -11,17 +11,29 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use minicloud_authz::{Authz, Caller};
-use minicloud_proto::error::{ApiError, ErrorCode, Json};
+use minicloud_proto::error::{ApiError, ErrorBody, ErrorCode, Json};
 use minicloud_proto::invoker::v1::invoker_service_server::{InvokerService, InvokerServiceServer};
 use minicloud_proto::invoker::v1::{Function, ListFunctionsRequest, ListFunctionsResponse};
 use minicloud_telemetry::metrics::ServiceMetrics;
-use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
+use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost, check_writable_dir};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const SCHEMA: &str = "invoker";
+
+/// The REST API of this service, served at `/functions/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "minicloud invoker",
+        description = "The function registry (deploy and invoke land with issue 7)."
+    ),
+    paths(list),
+    components(schemas(minicloud_proto::error::ErrorBody))
+)]
+pub struct ApiDoc;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InvokerConfig {
@@ -49,7 +61,12 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(pool).await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionOut>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct FunctionOut {
     pub name: String,
     pub runtime: String,
@@ -61,10 +78,11 @@ pub struct FunctionOut {
     pub updated_at: DateTime<Utc>,
 }
 
+#[utoipa::path(get, path = "/functions/v1", tag = "functions", responses((status = 200, description = "the functions the caller may invoke", body = FunctionList), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn list(
     State(invoker): State<Invoker>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<FunctionList>, ApiError> {
     let rows = sqlx::query_as::<_, FunctionOut>(
         "SELECT name, runtime, handler, memory_mb, timeout_s, role, created_at, updated_at
          FROM functions ORDER BY name LIMIT 1000",
@@ -86,14 +104,7 @@ async fn list(
             Err(error) => return Err(error),
         }
     }
-    Ok(Json(serde_json::json!({ "functions": functions })))
-}
-
-async fn check_dir(dir: PathBuf) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(&dir).await?;
-    let probe = dir.join(".readyz-probe");
-    tokio::fs::write(&probe, b"ok").await?;
-    tokio::fs::remove_file(&probe).await
+    Ok(Json(FunctionList { functions }))
 }
 
 impl Invoker {
@@ -125,13 +136,20 @@ impl Invoker {
                 let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
                 vec![
                     DependencyCheck::from_result("postgres", db),
-                    DependencyCheck::from_result("code_dir", check_dir(dir).await),
+                    DependencyCheck {
+                        name: "code_dir".into(),
+                        ..check_writable_dir(dir).await
+                    },
                 ]
             }
             .boxed()
         });
         let rest = Router::new()
             .route("/functions/v1", get(list))
+            .route(
+                "/functions/v1/openapi.json",
+                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
+            )
             .with_state(self.clone());
         ServiceHost::new(
             "invoker",
@@ -178,4 +196,27 @@ pub async fn run(
 ) -> std::io::Result<()> {
     minicloud_telemetry::server::serve(listener, invoker.into_router(), shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod openapi_spec {
+    /// docs/api/openapi/invoker.json is the spec the code serves; `UPDATE_OPENAPI=1`
+    /// rewrites it after an API change.
+    #[test]
+    fn the_committed_spec_matches_the_code() {
+        let generated = serde_json::to_string_pretty(&<super::ApiDoc as utoipa::OpenApi>::openapi())
+            .unwrap() + "\n";
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/api/openapi/invoker.json"
+        );
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} is stale: run UPDATE_OPENAPI=1 cargo nextest run -p minicloud-invoker openapi"
+        );
+    }
 }

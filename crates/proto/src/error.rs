@@ -23,7 +23,7 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidArgument,
@@ -146,6 +146,20 @@ impl fmt::Display for ErrorCode {
 }
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The body of every REST error (for OpenAPI; [`ApiError::body`] builds it).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The id under which the service log has the detail.
+    pub request_id: Option<String>,
+}
 
 /// An error as the API reports it. Service crates keep their own `thiserror` enums
 /// and convert into this at the edge.

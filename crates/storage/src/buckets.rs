@@ -4,20 +4,22 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
-use minicloud_proto::error::{ApiError, Json, Path};
+use minicloud_proto::error::{ApiError, ErrorBody, Json, Path};
 use minicloud_proto::storage::v1::storage_service_server::StorageService;
 use minicloud_proto::storage::v1::{Bucket, ListBucketsRequest, ListBucketsResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::Storage;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct BucketOut {
     pub id: String,
     pub name: String,
     pub public: bool,
     pub file_size_limit: Option<i64>,
     pub allowed_mime_types: Option<Vec<String>>,
+    /// The bucket's resource policy: a list of statements.
+    #[schema(value_type = Vec<Object>)]
     pub policy: serde_json::Value,
     pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -30,7 +32,7 @@ macro_rules! bucket_columns {
     };
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BucketIn {
     #[serde(default)]
@@ -45,6 +47,7 @@ pub struct BucketIn {
     #[serde(default)]
     pub allowed_mime_types: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub policy: Option<serde_json::Value>,
 }
 
@@ -67,6 +70,7 @@ pub fn check_bucket_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/storage/v1/bucket", tag = "buckets", request_body = BucketIn, responses((status = 201, body = BucketOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn create(
     State(storage): State<Storage>,
     caller: Caller,
@@ -144,6 +148,7 @@ async fn visible(storage: &Storage, caller: &Caller, bucket: &BucketOut) -> Resu
     }
 }
 
+#[utoipa::path(get, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)), responses((status = 200, body = BucketOut), (status = 404, description = "missing or not visible to the caller", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn get(
     State(storage): State<Storage>,
     caller: Caller,
@@ -158,6 +163,7 @@ pub async fn get(
     Ok(Json(bucket))
 }
 
+#[utoipa::path(get, path = "/storage/v1/bucket", tag = "buckets", responses((status = 200, description = "the buckets the caller may see", body = Vec<BucketOut>), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn list(
     State(storage): State<Storage>,
     caller: Caller,

@@ -13,12 +13,24 @@ use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_proto::storage::v1::storage_service_server::StorageServiceServer;
 use minicloud_telemetry::metrics::ServiceMetrics;
-use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
+use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost, check_writable_dir};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const SCHEMA: &str = "storage";
+
+/// The REST API of this service, served at `/storage/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "minicloud storage",
+        description = "Buckets (objects land with issue 4)."
+    ),
+    paths(buckets::create, buckets::get, buckets::list),
+    components(schemas(minicloud_proto::error::ErrorBody))
+)]
+pub struct ApiDoc;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StorageConfig {
@@ -53,14 +65,6 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(pool).await
 }
 
-/// Writes and removes a probe file: the backend root exists and is writable.
-async fn check_fs_root(root: PathBuf) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(&root).await?;
-    let probe = root.join(".readyz-probe");
-    tokio::fs::write(&probe, b"ok").await?;
-    tokio::fs::remove_file(&probe).await
-}
-
 impl Storage {
     pub async fn new(
         config: StorageConfig,
@@ -89,7 +93,10 @@ impl Storage {
                 let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
                 vec![
                     DependencyCheck::from_result("postgres", db),
-                    DependencyCheck::from_result("backend", check_fs_root(root).await),
+                    DependencyCheck {
+                        name: "backend".into(),
+                        ..check_writable_dir(root).await
+                    },
                 ]
             }
             .boxed()
@@ -100,6 +107,10 @@ impl Storage {
                 get(buckets::list).post(buckets::create),
             )
             .route("/storage/v1/bucket/{name}", get(buckets::get))
+            .route(
+                "/storage/v1/openapi.json",
+                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
+            )
             .with_state(self.clone());
         ServiceHost::new(
             "storage",
@@ -120,4 +131,27 @@ pub async fn run(
 ) -> std::io::Result<()> {
     minicloud_telemetry::server::serve(listener, storage.into_router(), shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod openapi_spec {
+    /// docs/api/openapi/storage.json is the spec the code serves; `UPDATE_OPENAPI=1`
+    /// rewrites it after an API change.
+    #[test]
+    fn the_committed_spec_matches_the_code() {
+        let generated = serde_json::to_string_pretty(&<super::ApiDoc as utoipa::OpenApi>::openapi())
+            .unwrap() + "\n";
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/api/openapi/storage.json"
+        );
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} is stale: run UPDATE_OPENAPI=1 cargo nextest run -p minicloud-storage openapi"
+        );
+    }
 }

@@ -39,6 +39,19 @@ impl DependencyCheck {
     }
 }
 
+/// Checks that `dir` exists (creating it) and takes a write: the local object store
+/// and the function code cache need both.
+pub async fn check_writable_dir(dir: std::path::PathBuf) -> DependencyCheck {
+    let result = async {
+        tokio::fs::create_dir_all(&dir).await?;
+        let probe = dir.join(".readyz-probe");
+        tokio::fs::write(&probe, b"ok").await?;
+        tokio::fs::remove_file(&probe).await
+    }
+    .await;
+    DependencyCheck::from_result("directory", result)
+}
+
 /// Checks a service's dependencies for `/readyz` and the gRPC health service.
 pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Vec<DependencyCheck>> + Send + Sync>;
 
