@@ -123,7 +123,7 @@ pub async fn start(
         },
         async {
             let pool = pool(minicloud_storage::SCHEMA).await?;
-            anyhow::Ok(Storage::new(config.storage.clone(), pool, authz()?).await?)
+            anyhow::Ok(Storage::new(config.storage.clone(), pool, authz()?, &urls.bus).await?)
         },
         async {
             let pool = pool(minicloud_docdb::SCHEMA).await?;

@@ -151,6 +151,13 @@ struct ServeArgs {
         default_value = "http://127.0.0.1:4601"
     )]
     auth_url: String,
+    /// gRPC URL of the bus, where outbox relays publish events.
+    #[arg(
+        long = "bus-url",
+        env = "MINICLOUD_BUS_URL",
+        default_value = "http://127.0.0.1:4604"
+    )]
+    bus_url: String,
     #[command(flatten)]
     gateway: GatewayConfig,
     #[command(flatten)]
@@ -364,6 +371,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 args.storage.clone(),
                 pool(minicloud_storage::SCHEMA).await?,
                 authz()?,
+                &args.bus_url,
             )
             .await?;
             minicloud_storage::run(storage, listener, shutdown).await

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
-use minicloud_proto::error::{ApiError, ErrorBody, Json, Path};
+use minicloud_proto::error::{ApiError, ErrorBody, ErrorCode, Json, Path};
 use minicloud_proto::storage::v1::storage_service_server::StorageService;
 use minicloud_proto::storage::v1::{Bucket, ListBucketsRequest, ListBucketsResponse};
 use serde::{Deserialize, Serialize};
@@ -51,8 +51,16 @@ pub struct BucketIn {
     pub policy: Option<serde_json::Value>,
 }
 
+/// Names that are path segments of the object API (`/object/list/…`).
+const RESERVED: [&str; 7] = ["list", "sign", "public", "copy", "move", "info", "upload"];
+
 /// S3's bucket naming rules, so every bucket maps to an S3 bucket of the same name.
 pub fn check_bucket_name(name: &str) -> Result<(), ApiError> {
+    if RESERVED.contains(&name) {
+        return Err(ApiError::invalid(format!(
+            "bucket name {name:?} is reserved"
+        )));
+    }
     let bytes = name.as_bytes();
     let valid = (3..=63).contains(&bytes.len())
         && bytes
@@ -115,7 +123,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(bucket)))
 }
 
-async fn load(storage: &Storage, name: &str) -> Result<Option<BucketOut>, ApiError> {
+pub(crate) async fn load(storage: &Storage, name: &str) -> Result<Option<BucketOut>, ApiError> {
     sqlx::query_as::<_, BucketOut>(concat!(
         "SELECT ",
         bucket_columns!(),
@@ -183,6 +191,142 @@ pub async fn list(
         }
     }
     Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketPatch {
+    #[serde(default)]
+    pub public: Option<bool>,
+    /// A limit in bytes; `null` keeps the current one.
+    #[serde(default)]
+    pub file_size_limit: Option<i64>,
+    #[serde(default)]
+    pub allowed_mime_types: Option<Vec<String>>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<serde_json::Value>,
+}
+
+async fn manage(
+    storage: &Storage,
+    caller: &Caller,
+    action: &str,
+    name: &str,
+) -> Result<BucketOut, ApiError> {
+    check_bucket_name(name)?;
+    let bucket = load(storage, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("bucket {name} not found")))?;
+    let policy = Policy::from_json(&bucket.policy).unwrap_or_default();
+    storage
+        .authz
+        .authorize(caller, action, &format!("storage:{name}"), &[&policy])
+        .await?;
+    Ok(bucket)
+}
+
+#[utoipa::path(put, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)), request_body = BucketPatch,
+    responses((status = 200, body = BucketOut), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn update(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(patch): Json<BucketPatch>,
+) -> Result<Json<BucketOut>, ApiError> {
+    manage(&storage, &caller, "storage:CreateBucket", &name).await?;
+    if patch.file_size_limit.is_some_and(|limit| limit <= 0) {
+        return Err(ApiError::invalid("file_size_limit must be positive"));
+    }
+    let policy = match &patch.policy {
+        Some(value) => Some(
+            serde_json::to_value(
+                Policy::from_json(value).map_err(|e| ApiError::invalid(e.to_string()))?,
+            )
+            .map_err(ApiError::internal)?,
+        ),
+        None => None,
+    };
+    let bucket = sqlx::query_as::<_, BucketOut>(concat!(
+        "UPDATE buckets SET public = COALESCE($2, public), file_size_limit = COALESCE($3, file_size_limit),
+           allowed_mime_types = COALESCE($4, allowed_mime_types), policy = COALESCE($5, policy), updated_at = now()
+         WHERE name = $1 RETURNING ",
+        bucket_columns!()
+    ))
+    .bind(&name)
+    .bind(patch.public)
+    .bind(patch.file_size_limit)
+    .bind(patch.allowed_mime_types)
+    .bind(policy)
+    .fetch_optional(&storage.pool)
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError::not_found(format!("bucket {name} not found")))?;
+    Ok(Json(bucket))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessageOut {
+    pub message: String,
+}
+
+#[utoipa::path(post, path = "/storage/v1/bucket/{name}/empty", tag = "buckets", params(("name" = String, Path)),
+    responses((status = 200, body = MessageOut), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn empty(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<MessageOut>, ApiError> {
+    manage(&storage, &caller, "storage:DeleteBucket", &name).await?;
+    let deleted = storage.empty_bucket(&name).await?;
+    Ok(Json(MessageOut {
+        message: format!("emptied: {deleted} objects deleted"),
+    }))
+}
+
+#[utoipa::path(delete, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)),
+    responses((status = 200, body = MessageOut), (status = 409, description = "not empty", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<MessageOut>, ApiError> {
+    manage(&storage, &caller, "storage:DeleteBucket", &name).await?;
+    let mut tx = storage.pool.begin().await.map_err(ApiError::internal)?;
+    // Lock the bucket: a concurrent upload's foreign-key check waits for this
+    // transaction, so no object can slip in between the check and the delete.
+    sqlx::query("SELECT 1 FROM buckets WHERE name = $1 FOR UPDATE")
+        .bind(&name)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    let has_objects: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM objects WHERE bucket = $1)")
+            .bind(&name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+    if has_objects {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("bucket {name} is not empty: empty it first"),
+        ));
+    }
+    sqlx::query("DELETE FROM buckets WHERE name = $1")
+        .bind(&name)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    // Blobs left by uploads that lost the race with this delete go with the bucket.
+    storage
+        .backend
+        .delete_bucket(&name)
+        .await
+        .map_err(crate::objects::backend_error)?;
+    Ok(Json(MessageOut {
+        message: format!("bucket {name} deleted"),
+    }))
 }
 
 pub struct StorageGrpc(pub Storage);

@@ -1,42 +1,148 @@
-//! The storage service (`/storage/v1`): buckets with policies over an object-store
-//! backend. This first cut serves buckets; objects land with issue 4.
+//! The storage service (`/storage/v1`): buckets with policies and objects over a
+//! backend (`fs`: local files, `s3`: any S3 API such as MinIO), metadata in
+//! Postgres, `object.created`/`.deleted` events through the transactional outbox.
 
+mod backend;
 mod buckets;
+mod listing;
+mod objects;
+mod paths;
+mod rest;
+mod signing;
+mod sweep;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::FromRef;
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::routing::{get, post};
 use futures::FutureExt as _;
 use minicloud_authz::Authz;
+use minicloud_outbox::{Relay, RelayConfig};
 use minicloud_proto::storage::v1::storage_service_server::StorageServiceServer;
 use minicloud_telemetry::metrics::ServiceMetrics;
-use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost, check_writable_dir};
+use minicloud_telemetry::server::{
+    DependencyCheck, Readiness, ServiceHost, reject_declared_oversize,
+};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use backend::{Backend, BackendError, FsBackend};
+
 pub const SCHEMA: &str = "storage";
+/// JSON request bodies (buckets, listing, signing) are small.
+const MAX_JSON_BODY: usize = 64 * 1024;
 
 /// The REST API of this service, served at `/storage/v1/openapi.json`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
         title = "minicloud storage",
-        description = "Buckets (objects land with issue 4)."
+        description = "Buckets and objects (Supabase Storage shapes). Authenticate with `Authorization: Bearer <token>`; public buckets are readable by anyone."
     ),
-    paths(buckets::create, buckets::get, buckets::list),
+    paths(
+        buckets::create,
+        buckets::get,
+        buckets::list,
+        buckets::update,
+        buckets::empty,
+        buckets::delete,
+        rest::create,
+        rest::upsert,
+        rest::get,
+        rest::info,
+        rest::delete,
+        rest::bulk_delete,
+        rest::list,
+        rest::copy_object,
+        rest::move_object,
+        rest::sign_download,
+        rest::sign_upload,
+    ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
 pub struct ApiDoc;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Fs,
+    S3,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct StorageConfig {
+    /// Where object bytes live.
+    #[arg(
+        long = "storage-backend",
+        env = "MINICLOUD_STORAGE_BACKEND",
+        value_enum,
+        default_value = "fs"
+    )]
+    pub backend: BackendKind,
     /// Root directory of the `fs` backend.
     #[arg(long = "storage-fs-root", env = "MINICLOUD_STORAGE_FS_ROOT")]
     pub fs_root: Option<PathBuf>,
+    /// S3 endpoint of the `s3` backend (MinIO: `http://minio:9000`).
+    #[arg(
+        long = "storage-s3-endpoint",
+        env = "MINICLOUD_STORAGE_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:9000"
+    )]
+    pub s3_endpoint: String,
+    #[arg(
+        long = "storage-s3-region",
+        env = "MINICLOUD_STORAGE_S3_REGION",
+        default_value = "us-east-1"
+    )]
+    pub s3_region: String,
+    #[arg(
+        long = "storage-s3-access-key",
+        env = "MINICLOUD_STORAGE_S3_ACCESS_KEY",
+        default_value = "minioadmin"
+    )]
+    pub s3_access_key: String,
+    #[arg(
+        long = "storage-s3-secret-key",
+        env = "MINICLOUD_STORAGE_S3_SECRET_KEY",
+        default_value = "minioadmin"
+    )]
+    pub s3_secret_key: String,
+    /// Prepended to every S3 bucket name, so several clouds can share one S3 server.
+    #[arg(
+        long = "storage-s3-bucket-prefix",
+        env = "MINICLOUD_STORAGE_S3_BUCKET_PREFIX",
+        default_value = ""
+    )]
+    pub s3_bucket_prefix: String,
+    /// Largest object any bucket accepts, bytes.
+    #[arg(long = "storage-max-object-size", env = "MINICLOUD_STORAGE_MAX_OBJECT_SIZE", default_value_t = 5 * 1024 * 1024 * 1024)]
+    pub max_object_size: u64,
+    /// Blobs no object points at are removed once older than this, seconds.
+    #[arg(
+        long = "storage-orphan-age",
+        env = "MINICLOUD_STORAGE_ORPHAN_AGE",
+        default_value_t = 3600
+    )]
+    pub orphan_age_s: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: BackendKind::Fs,
+            fs_root: None,
+            s3_endpoint: "http://127.0.0.1:9000".into(),
+            s3_region: "us-east-1".into(),
+            s3_access_key: "minioadmin".into(),
+            s3_secret_key: "minioadmin".into(),
+            s3_bucket_prefix: String::new(),
+            max_object_size: 5 * 1024 * 1024 * 1024,
+            orphan_age_s: 3600,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -46,6 +152,9 @@ pub struct StorageState {
     pub(crate) pool: PgPool,
     pub(crate) config: StorageConfig,
     pub(crate) authz: Arc<Authz>,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) relay: Relay,
+    pub(crate) signer: signing::UrlSigner,
 }
 
 impl std::ops::Deref for Storage {
@@ -61,66 +170,150 @@ impl FromRef<Storage> for Arc<Authz> {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum StorageStartError {
+    #[error("migrating the storage schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("storage database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("outbox: {0}")]
+    Outbox(#[from] minicloud_outbox::OutboxError),
+    #[error("bus URL: {0}")]
+    BusUrl(#[from] tonic::transport::Error),
+    #[error("object backend: {0}")]
+    Backend(#[from] BackendError),
+    #[error("object backend: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(pool).await
 }
 
+async fn open_backend(config: &StorageConfig) -> Result<Arc<dyn Backend>, StorageStartError> {
+    Ok(match config.backend {
+        BackendKind::Fs => {
+            let root = config
+                .fs_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".minicloud/objects"));
+            Arc::new(FsBackend::open(root).await?)
+        }
+        BackendKind::S3 => Arc::new(backend::s3::S3Backend::new(config)),
+    })
+}
+
 impl Storage {
+    /// Migrates, opens the backend, and connects the outbox relay to the bus at
+    /// `bus_grpc_url`.
     pub async fn new(
         config: StorageConfig,
         pool: PgPool,
         authz: Arc<Authz>,
-    ) -> Result<Storage, sqlx::migrate::MigrateError> {
+        bus_grpc_url: &str,
+    ) -> Result<Storage, StorageStartError> {
         migrate(&pool).await?;
+        minicloud_outbox::ensure_table(&pool).await?;
+        let backend = open_backend(&config).await?;
+        let relay = Relay::new(pool.clone(), bus_grpc_url, RelayConfig::default())?;
+        let signer = signing::UrlSigner::load(&pool).await?;
         Ok(Storage(Arc::new(StorageState {
             pool,
             config,
             authz,
+            backend,
+            relay,
+            signer,
         })))
     }
 
     pub fn into_router(self) -> Router {
         let pool = self.pool.clone();
-        let root = self
-            .config
-            .fs_root
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".minicloud/objects"));
+        let backend = Arc::clone(&self.backend);
         let readiness: Readiness = Arc::new(move || {
             let pool = pool.clone();
-            let root = root.clone();
+            let backend = Arc::clone(&backend);
             async move {
                 let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
                 vec![
                     DependencyCheck::from_result("postgres", db),
-                    DependencyCheck {
-                        name: "backend".into(),
-                        ..check_writable_dir(root).await
-                    },
+                    DependencyCheck::from_result("backend", backend.check().await),
                 ]
             }
             .boxed()
         });
-        let rest = Router::new()
+        let json = Router::new()
             .route(
                 "/storage/v1/bucket",
                 get(buckets::list).post(buckets::create),
             )
-            .route("/storage/v1/bucket/{name}", get(buckets::get))
+            .route(
+                "/storage/v1/bucket/{name}",
+                get(buckets::get)
+                    .put(buckets::update)
+                    .delete(buckets::delete),
+            )
+            .route("/storage/v1/bucket/{name}/empty", post(buckets::empty))
+            .route("/storage/v1/object/list/{bucket}", post(rest::list))
+            .route("/storage/v1/object/copy", post(rest::copy_object))
+            .route("/storage/v1/object/move", post(rest::move_object))
+            .route(
+                "/storage/v1/object/sign/{bucket}/{*path}",
+                post(rest::sign_download).get(rest::get_signed),
+            )
+            .route(
+                "/storage/v1/object/upload/sign/{bucket}/{*path}",
+                post(rest::sign_upload),
+            )
+            .route("/storage/v1/object/info/{bucket}/{*path}", get(rest::info))
+            .route(
+                "/storage/v1/object/{bucket}",
+                axum::routing::delete(rest::bulk_delete),
+            )
             .route(
                 "/storage/v1/openapi.json",
                 get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
             )
-            .with_state(self.clone());
+            .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+            .layer(axum::middleware::from_fn_with_state(
+                MAX_JSON_BODY,
+                reject_declared_oversize,
+            ));
+        // Object bodies stream straight to the backend, limited per bucket.
+        let objects = Router::new()
+            .route(
+                "/storage/v1/object/{bucket}/{*path}",
+                get(rest::get)
+                    .post(rest::create)
+                    .put(rest::upsert)
+                    .delete(rest::delete),
+            )
+            .route(
+                "/storage/v1/object/public/{bucket}/{*path}",
+                get(rest::get_public),
+            )
+            .route(
+                "/storage/v1/object/upload/sign/{bucket}/{*path}",
+                axum::routing::put(rest::put_signed),
+            )
+            .layer(DefaultBodyLimit::disable());
+        let rest = json.merge(objects).with_state(self.clone());
         ServiceHost::new(
             "storage",
             rest,
             readiness,
             ServiceMetrics::new("storage", |_| {}),
         )
-        .body_limit(64 * 1024)
         .grpc(StorageServiceServer::new(buckets::StorageGrpc(self)))
         .into_router()
+    }
+
+    /// The outbox relay and the orphan sweep, until cancelled.
+    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            self.relay.clone().spawn(cancel.clone()),
+            sweep::spawn(self.clone(), Duration::from_secs(600), cancel),
+        ]
     }
 }
 
@@ -129,8 +322,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, storage.into_router(), shutdown.cancelled_owned())
-        .await
+    let background = storage.spawn_background(shutdown.clone());
+    let result = minicloud_telemetry::server::serve(
+        listener,
+        storage.into_router(),
+        shutdown.cancelled_owned(),
+    )
+    .await;
+    for task in background {
+        task.abort();
+    }
+    result
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ impl ServiceHost {
 /// before reading it. Its bytes are read and dropped first (up to a bound): a server
 /// that answers and closes with unread input makes the kernel reset the connection,
 /// and the reset can destroy the 413 before a proxy or client reads it.
-async fn reject_declared_oversize(
+pub async fn reject_declared_oversize(
     axum::extract::State(limit): axum::extract::State<usize>,
     request: axum::extract::Request,
     next: axum::middleware::Next,

@@ -26,6 +26,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 pub use minicloud_auth;
+pub use minicloud_storage;
 pub use sqlx;
 
 pub fn test_database_server_url() -> String {
@@ -41,6 +42,8 @@ pub fn test_redis_url() -> String {
 #[derive(Debug, Clone)]
 pub struct TestCloudBuilder {
     pub auth: AuthConfig,
+    /// `None`: the `fs` backend under the test's temp dir.
+    pub storage: Option<StorageConfig>,
 }
 
 impl Default for TestCloudBuilder {
@@ -51,7 +54,10 @@ impl Default for TestCloudBuilder {
             rate_limit_per_email: 100_000,
             ..AuthConfig::default()
         };
-        TestCloudBuilder { auth }
+        TestCloudBuilder {
+            auth,
+            storage: None,
+        }
     }
 }
 
@@ -69,6 +75,11 @@ pub struct TestCloud {
 impl TestCloudBuilder {
     pub fn auth(mut self, change: impl FnOnce(&mut AuthConfig)) -> Self {
         change(&mut self.auth);
+        self
+    }
+
+    pub fn storage(mut self, config: StorageConfig) -> Self {
+        self.storage = Some(config);
         self
     }
 
@@ -94,9 +105,10 @@ impl TestCloudBuilder {
             redis_url: test_redis_url(),
             db_pool_size: 4,
             auth: self.auth,
-            storage: StorageConfig {
+            storage: self.storage.clone().unwrap_or_else(|| StorageConfig {
                 fs_root: Some(data_dir.join("objects")),
-            },
+                ..StorageConfig::default()
+            }),
             docdb: DocdbConfig::default(),
             bus: BusConfig {
                 redis_prefix: redis_prefix.clone(),

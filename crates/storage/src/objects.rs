@@ -1,0 +1,602 @@
+//! Objects: the operations REST and gRPC share, each authorised, with metadata in
+//! Postgres, bytes in the backend and events through the outbox.
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use minicloud_authz::{Caller, Policy};
+use minicloud_outbox::OutboxEvent;
+use minicloud_proto::error::{ApiError, ErrorCode};
+use serde::Serialize;
+
+use crate::Storage;
+use crate::backend::{BackendError, ByteRange, ByteStream, blob_key};
+use crate::buckets::BucketOut;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ObjectOut {
+    pub bucket: String,
+    #[sqlx(rename = "path")]
+    pub name: String,
+    #[serde(skip)]
+    pub version: String,
+    pub size: i64,
+    pub content_type: String,
+    pub etag: String,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+macro_rules! object_columns {
+    () => {
+        "bucket, path, version, size, content_type, etag, metadata, owner, created_at, updated_at"
+    };
+}
+pub(crate) use object_columns;
+
+/// Conditions on the current state of the object a write replaces or removes.
+#[derive(Debug, Clone, Default)]
+pub struct Preconditions {
+    /// `If-Match`: the current ETag must be one of these (`*`: must exist).
+    pub if_match: Option<Vec<String>>,
+    /// `If-None-Match: *` (or a create): must not exist.
+    pub must_not_exist: bool,
+}
+
+impl Preconditions {
+    fn check(&self, current: Option<&str>) -> Result<(), ApiError> {
+        if self.must_not_exist && current.is_some() {
+            return Err(ApiError::conflict("the object already exists"));
+        }
+        if let Some(tags) = &self.if_match {
+            let ok = match current {
+                None => false,
+                Some(etag) => tags.iter().any(|t| t == "*" || t.trim_matches('"') == etag),
+            };
+            if !ok {
+                return Err(ApiError::new(
+                    ErrorCode::PreconditionFailed,
+                    "If-Match does not match the object's ETag",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a write carries besides bytes.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub bucket: String,
+    pub path: String,
+    pub content_type: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub declared_length: Option<u64>,
+    pub preconditions: Preconditions,
+}
+
+/// Whether a bucket's allowed types admit `content_type` (`image/*` wildcards).
+fn type_allowed(allowed: &Option<Vec<String>>, content_type: &str) -> bool {
+    let Some(allowed) = allowed else { return true };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    allowed.iter().any(|pattern| {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_suffix("/*") {
+            Some(top) => essence.split('/').next() == Some(top),
+            None => pattern == essence || pattern == "*/*",
+        }
+    })
+}
+
+fn check_content_type(content_type: &str) -> Result<(), ApiError> {
+    let valid = content_type.len() <= 255
+        && content_type.split(';').next().is_some_and(|essence| {
+            let mut parts = essence.trim().split('/');
+            matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty())
+        })
+        && !content_type.chars().any(char::is_control);
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "invalid content type {content_type:?}"
+        )))
+    }
+}
+
+fn check_metadata(metadata: &serde_json::Value) -> Result<(), ApiError> {
+    if !metadata.is_object() {
+        return Err(ApiError::invalid("object metadata must be a JSON object"));
+    }
+    if metadata.to_string().len() > 8 * 1024 {
+        return Err(ApiError::invalid("object metadata larger than 8 KiB"));
+    }
+    Ok(())
+}
+
+pub(crate) fn backend_error(error: BackendError) -> ApiError {
+    match error {
+        BackendError::TooLarge { limit } => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("object larger than the limit of {limit} bytes"),
+        ),
+        BackendError::NotFound => ApiError::not_found("object not found"),
+        BackendError::Body(error) => {
+            ApiError::invalid(format!("reading the upload failed: {error}"))
+        }
+        other => ApiError::unavailable("object store unavailable").with_source(other),
+    }
+}
+
+fn db(error: sqlx::Error) -> ApiError {
+    ApiError::internal(error)
+}
+
+pub(crate) fn resource(bucket: &str, path: &str) -> String {
+    format!("storage:{bucket}/{path}")
+}
+
+fn event(kind: &str, object: &ObjectOut) -> OutboxEvent {
+    OutboxEvent::new(
+        "/minicloud/storage",
+        &format!("minicloud.storage.object.{kind}"),
+        Some(format!("{}/{}", object.bucket, object.name)),
+        serde_json::json!({
+            "bucket": object.bucket,
+            "path": object.name,
+            "size": object.size,
+            "content_type": object.content_type,
+            "etag": object.etag,
+            "owner": object.owner,
+        }),
+    )
+}
+
+impl Storage {
+    pub(crate) async fn load_bucket(&self, name: &str) -> Result<BucketOut, ApiError> {
+        crate::buckets::load(self, name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("bucket {name} not found")))
+    }
+
+    pub(crate) fn bucket_policy(bucket: &BucketOut) -> Policy {
+        Policy::from_json(&bucket.policy).unwrap_or_default()
+    }
+
+    pub(crate) async fn authorize_object(
+        &self,
+        caller: &Caller,
+        action: &str,
+        bucket: &BucketOut,
+        path: &str,
+    ) -> Result<(), ApiError> {
+        let policy = Self::bucket_policy(bucket);
+        self.authz
+            .authorize(caller, action, &resource(&bucket.name, path), &[&policy])
+            .await
+    }
+
+    fn size_limit(&self, bucket: &BucketOut) -> u64 {
+        let global = self.config.max_object_size;
+        bucket
+            .file_size_limit
+            .map(|l| (l as u64).min(global))
+            .unwrap_or(global)
+    }
+
+    /// Validates a write before any byte is read.
+    pub async fn prepare_write(
+        &self,
+        caller: &Caller,
+        request: &WriteRequest,
+    ) -> Result<(BucketOut, u64), ApiError> {
+        let bucket = self.load_bucket(&request.bucket).await?;
+        self.authorize_object(caller, "storage:PutObject", &bucket, &request.path)
+            .await?;
+        let content_type = request
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream");
+        check_content_type(content_type)?;
+        if !type_allowed(&bucket.allowed_mime_types, content_type) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "content type {content_type} is not allowed in bucket {}",
+                    bucket.name
+                ),
+            ));
+        }
+        if let Some(metadata) = &request.metadata {
+            check_metadata(metadata)?;
+        }
+        let limit = self.size_limit(&bucket);
+        if request.declared_length.is_some_and(|n| n > limit) {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("object larger than the limit of {limit} bytes"),
+            ));
+        }
+        // Fail early on a precondition that already fails; it is checked again
+        // under a row lock before commit.
+        let current = self.current_etag(&request.bucket, &request.path).await?;
+        request.preconditions.check(current.as_deref())?;
+        Ok((bucket, limit))
+    }
+
+    async fn current_etag(&self, bucket: &str, path: &str) -> Result<Option<String>, ApiError> {
+        sqlx::query_scalar("SELECT etag FROM objects WHERE bucket = $1 AND path = $2")
+            .bind(bucket)
+            .bind(path)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    /// Streams `body` into a new blob and makes it the object's current version.
+    pub async fn write_object(
+        &self,
+        caller: &Caller,
+        request: WriteRequest,
+        body: ByteStream,
+        owner: Option<String>,
+    ) -> Result<ObjectOut, ApiError> {
+        let (_bucket, limit) = match self.prepare_write(caller, &request).await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                Self::discard(body, request.declared_length).await;
+                return Err(error);
+            }
+        };
+        let version = uuid::Uuid::now_v7().simple().to_string();
+        let key = blob_key(&request.path, &version);
+        let written = self
+            .backend
+            .put(&request.bucket, &key, body, limit)
+            .await
+            .map_err(backend_error)?;
+        let content_type = request
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into());
+        let metadata = request
+            .metadata
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({}));
+        let committed = self
+            .commit_write(
+                &request,
+                &version,
+                written.size as i64,
+                &content_type,
+                &written.md5_hex,
+                &metadata,
+                owner.as_deref(),
+            )
+            .await;
+        match committed {
+            Ok((object, replaced)) => {
+                if let Some(old) = replaced {
+                    self.remove_blob(&request.bucket, &blob_key(&request.path, &old))
+                        .await;
+                }
+                self.relay.wake();
+                Ok(object)
+            }
+            Err(error) => {
+                self.remove_blob(&request.bucket, &key).await;
+                Err(error)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_write(
+        &self,
+        request: &WriteRequest,
+        version: &str,
+        size: i64,
+        content_type: &str,
+        etag: &str,
+        metadata: &serde_json::Value,
+        owner: Option<&str>,
+    ) -> Result<(ObjectOut, Option<String>), ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let current: Option<(String, String)> = sqlx::query_as(
+            "SELECT version, etag FROM objects WHERE bucket = $1 AND path = $2 FOR UPDATE",
+        )
+        .bind(&request.bucket)
+        .bind(&request.path)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        request
+            .preconditions
+            .check(current.as_ref().map(|(_, etag)| etag.as_str()))?;
+        let object = sqlx::query_as::<_, ObjectOut>(concat!(
+            "INSERT INTO objects (bucket, path, version, size, content_type, etag, metadata, owner)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (bucket, path) DO UPDATE SET version = EXCLUDED.version, size = EXCLUDED.size,
+               content_type = EXCLUDED.content_type, etag = EXCLUDED.etag, metadata = EXCLUDED.metadata,
+               owner = EXCLUDED.owner, updated_at = now()
+             RETURNING ",
+            object_columns!()
+        ))
+        .bind(&request.bucket)
+        .bind(&request.path)
+        .bind(version)
+        .bind(size)
+        .bind(content_type)
+        .bind(etag)
+        .bind(metadata)
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            // The bucket was deleted while the bytes were uploading.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+                ApiError::not_found(format!("bucket {} not found", request.bucket))
+            }
+            _ => db(e),
+        })?;
+        minicloud_outbox::enqueue(&mut tx, "storage", &event("created", &object))
+            .await
+            .map_err(ApiError::internal)?;
+        tx.commit().await.map_err(db)?;
+        Ok((object, current.map(|(version, _)| version)))
+    }
+
+    /// Deletes a blob nobody points at any more; a failure leaves it to the sweep.
+    pub(crate) async fn remove_blob(&self, bucket: &str, key: &str) {
+        if let Err(error) = self.backend.delete(bucket, key).await {
+            tracing::warn!(bucket, key, %error, "removing a blob failed; the orphan sweep will retry");
+        }
+    }
+
+    pub async fn object_info(&self, bucket: &str, path: &str) -> Result<ObjectOut, ApiError> {
+        sqlx::query_as::<_, ObjectOut>(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE bucket = $1 AND path = $2"
+        ))
+        .bind(bucket)
+        .bind(path)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found("object not found"))
+    }
+
+    /// An authorised read: public buckets need no permission.
+    pub async fn authorize_read(
+        &self,
+        caller: &Caller,
+        bucket: &str,
+        path: &str,
+    ) -> Result<ObjectOut, ApiError> {
+        let bucket_row = self.load_bucket(bucket).await?;
+        if !bucket_row.public {
+            self.authorize_object(caller, "storage:GetObject", &bucket_row, path)
+                .await?;
+        }
+        self.object_info(bucket, path).await
+    }
+
+    /// Opens the object's bytes; retries once if a concurrent replace removed the
+    /// version just read.
+    pub async fn open(
+        &self,
+        object: ObjectOut,
+        range: Option<ByteRange>,
+    ) -> Result<(ObjectOut, ByteStream), ApiError> {
+        let key = blob_key(&object.name, &object.version);
+        match self.backend.get(&object.bucket, &key, range).await {
+            Ok(stream) => Ok((object, stream)),
+            Err(BackendError::NotFound) => {
+                let fresh = self.object_info(&object.bucket, &object.name).await?;
+                let key = blob_key(&fresh.name, &fresh.version);
+                let stream = self
+                    .backend
+                    .get(&fresh.bucket, &key, range)
+                    .await
+                    .map_err(backend_error)?;
+                Ok((fresh, stream))
+            }
+            Err(error) => Err(backend_error(error)),
+        }
+    }
+
+    pub async fn delete_object(
+        &self,
+        caller: &Caller,
+        bucket: &str,
+        path: &str,
+        preconditions: &Preconditions,
+    ) -> Result<ObjectOut, ApiError> {
+        let bucket_row = self.load_bucket(bucket).await?;
+        self.authorize_object(caller, "storage:DeleteObject", &bucket_row, path)
+            .await?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let object = sqlx::query_as::<_, ObjectOut>(concat!(
+            "SELECT ",
+            object_columns!(),
+            " FROM objects WHERE bucket = $1 AND path = $2 FOR UPDATE"
+        ))
+        .bind(bucket)
+        .bind(path)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found("object not found"))?;
+        preconditions.check(Some(&object.etag))?;
+        sqlx::query("DELETE FROM objects WHERE bucket = $1 AND path = $2")
+            .bind(bucket)
+            .bind(path)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        minicloud_outbox::enqueue(&mut tx, "storage", &event("deleted", &object))
+            .await
+            .map_err(ApiError::internal)?;
+        tx.commit().await.map_err(db)?;
+        self.remove_blob(bucket, &blob_key(path, &object.version))
+            .await;
+        self.relay.wake();
+        Ok(object)
+    }
+
+    /// Deletes every object of a bucket, with an event each.
+    pub async fn empty_bucket(&self, bucket: &str) -> Result<u64, ApiError> {
+        let mut deleted = 0;
+        loop {
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            let batch = sqlx::query_as::<_, ObjectOut>(concat!(
+                "DELETE FROM objects WHERE (bucket, path) IN
+                   (SELECT bucket, path FROM objects WHERE bucket = $1 ORDER BY path LIMIT 500 FOR UPDATE)
+                 RETURNING ",
+                object_columns!()
+            ))
+            .bind(bucket)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            if batch.is_empty() {
+                return Ok(deleted);
+            }
+            for object in &batch {
+                minicloud_outbox::enqueue(&mut tx, "storage", &event("deleted", object))
+                    .await
+                    .map_err(ApiError::internal)?;
+            }
+            tx.commit().await.map_err(db)?;
+            for object in &batch {
+                self.remove_blob(bucket, &blob_key(&object.name, &object.version))
+                    .await;
+            }
+            deleted += batch.len() as u64;
+            self.relay.wake();
+        }
+    }
+
+    /// Copies (or moves) an object, possibly across buckets.
+    pub async fn copy_object(
+        &self,
+        caller: &Caller,
+        from: (&str, &str),
+        to: (&str, &str),
+        remove_source: bool,
+    ) -> Result<ObjectOut, ApiError> {
+        let source_bucket = self.load_bucket(from.0).await?;
+        let target_bucket = self.load_bucket(to.0).await?;
+        if !source_bucket.public {
+            self.authorize_object(caller, "storage:GetObject", &source_bucket, from.1)
+                .await?;
+        }
+        self.authorize_object(caller, "storage:PutObject", &target_bucket, to.1)
+            .await?;
+        if remove_source {
+            self.authorize_object(caller, "storage:DeleteObject", &source_bucket, from.1)
+                .await?;
+        }
+        if from == to {
+            return Err(ApiError::invalid(
+                "source and destination are the same object",
+            ));
+        }
+        let source = self.object_info(from.0, from.1).await?;
+        if !type_allowed(&target_bucket.allowed_mime_types, &source.content_type) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "content type not allowed in the destination bucket",
+            ));
+        }
+        if source.size as u64 > self.size_limit(&target_bucket) {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "object larger than the destination bucket allows",
+            ));
+        }
+        let version = uuid::Uuid::now_v7().simple().to_string();
+        let key = blob_key(to.1, &version);
+        self.backend
+            .copy(from.0, &blob_key(from.1, &source.version), to.0, &key)
+            .await
+            .map_err(backend_error)?;
+        let request = WriteRequest {
+            bucket: to.0.to_owned(),
+            path: to.1.to_owned(),
+            content_type: Some(source.content_type.clone()),
+            metadata: Some(source.metadata.clone()),
+            declared_length: None,
+            preconditions: Preconditions::default(),
+        };
+        let committed = self
+            .commit_write(
+                &request,
+                &version,
+                source.size,
+                &source.content_type,
+                &source.etag,
+                &source.metadata,
+                caller.owner(),
+            )
+            .await;
+        let (object, replaced) = match committed {
+            Ok(done) => done,
+            Err(error) => {
+                self.remove_blob(to.0, &key).await;
+                return Err(error);
+            }
+        };
+        if let Some(old) = replaced {
+            self.remove_blob(to.0, &blob_key(to.1, &old)).await;
+        }
+        if remove_source {
+            match self
+                .delete_object(
+                    caller,
+                    from.0,
+                    from.1,
+                    &Preconditions {
+                        if_match: Some(vec![source.etag.clone()]),
+                        must_not_exist: false,
+                    },
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(error)
+                    if error.code == ErrorCode::PreconditionFailed
+                        || error.code == ErrorCode::NotFound =>
+                {
+                    // The source changed meanwhile: the copy stands, the newer source stays.
+                    tracing::info!(
+                        bucket = from.0,
+                        path = from.1,
+                        "move kept a source that changed during the copy"
+                    );
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.relay.wake();
+        Ok(object)
+    }
+
+    /// Drains a body nobody will store, so the 4xx that follows is not lost to a
+    /// connection reset (see `telemetry::server`).
+    pub async fn discard(mut body: ByteStream, declared: Option<u64>) {
+        if declared.is_some_and(|n| n > 32 * 1024 * 1024) {
+            return;
+        }
+        let drain = async { while let Some(Ok(_)) = body.next().await {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    }
+}

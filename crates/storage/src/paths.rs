@@ -1,0 +1,115 @@
+//! Object path rules: what a key may be, checked before anything touches a backend.
+
+use minicloud_proto::error::ApiError;
+use unicode_normalization::UnicodeNormalization as _;
+
+pub const MAX_PATH_BYTES: usize = 1024;
+pub const MAX_SEGMENT_BYTES: usize = 255;
+
+/// NFC-normalises `raw` and checks it: 1–1024 bytes, `/`-separated segments that are
+/// non-empty, not `.` or `..`, at most 255 bytes, without control characters.
+/// Unicode is otherwise kept exactly as sent.
+pub fn normalise_path(raw: &str) -> Result<String, ApiError> {
+    let path: String = raw.nfc().collect();
+    if path.is_empty() {
+        return Err(ApiError::invalid("object path is empty"));
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(ApiError::invalid(format!(
+            "object path longer than {MAX_PATH_BYTES} bytes"
+        )));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(ApiError::invalid("object path contains control characters"));
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => {
+                return Err(ApiError::invalid(
+                    "object path has an empty segment (leading, trailing or double '/')",
+                ));
+            }
+            "." | ".." => {
+                return Err(ApiError::invalid(
+                    "object path segments may not be '.' or '..'",
+                ));
+            }
+            s if s.len() > MAX_SEGMENT_BYTES => {
+                return Err(ApiError::invalid(format!(
+                    "object path segment longer than {MAX_SEGMENT_BYTES} bytes"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(path)
+}
+
+/// A listing prefix: like a path but may be empty and may end with `/`.
+pub fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let trimmed = raw.strip_suffix('/').unwrap_or(raw);
+    let mut prefix = normalise_path(trimmed)?;
+    if raw.ends_with('/') {
+        prefix.push('/');
+    }
+    Ok(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepted_and_refused_paths() {
+        for ok in [
+            "a",
+            "a/b/c.jpg",
+            "ünïcødé/文件.txt",
+            ".hidden",
+            "a..b",
+            "x y/z",
+        ] {
+            assert!(normalise_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/a", "a/", "a//b", "..", "a/../b", "./a", "a/.", "a\u{0}b", "a\nb", "a\u{7f}",
+        ] {
+            assert!(normalise_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalise_path(&"a".repeat(256)).is_err());
+        assert!(
+            normalise_path(&vec!["a".repeat(200); 6].join("/")).is_err(),
+            "over 1024 bytes"
+        );
+    }
+
+    #[test]
+    fn nfc_normalisation_makes_equivalent_keys_equal() {
+        let decomposed = "cafe\u{301}.txt";
+        let composed = "caf\u{e9}.txt";
+        assert_eq!(normalise_path(decomposed).unwrap(), composed);
+    }
+
+    #[test]
+    fn prefixes_may_be_empty_or_end_with_a_slash() {
+        assert_eq!(normalise_prefix("").unwrap(), "");
+        assert_eq!(normalise_prefix("a/b/").unwrap(), "a/b/");
+        assert!(normalise_prefix("a//").is_err());
+        assert!(normalise_prefix("../").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_paths_never_escape_or_hide_segments(raw in "[a-z./\\\\\u{0}-\u{1f}é]{0,40}") {
+            if let Ok(path) = normalise_path(&raw) {
+                prop_assert!(!path.split('/').any(|s| s.is_empty() || s == "." || s == ".."));
+                prop_assert!(!path.chars().any(char::is_control));
+                prop_assert!(!path.starts_with('/'));
+            }
+        }
+    }
+}

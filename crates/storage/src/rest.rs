@@ -1,0 +1,592 @@
+//! REST handlers for objects (Supabase Storage shapes). Thin: parse the request,
+//! call the shared operations in `objects`, shape the answer.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt as _;
+use minicloud_authz::Caller;
+use minicloud_proto::error::{ApiError, ErrorBody, ErrorCode, Json, Path, Query};
+use serde::{Deserialize, Serialize};
+
+use crate::Storage;
+use crate::backend::{ByteRange, ByteStream};
+use crate::listing::{ListIn, ListOut};
+use crate::objects::{ObjectOut, Preconditions, WriteRequest};
+use crate::paths::{normalise_path, normalise_prefix};
+use crate::signing::{Grant, MAX_EXPIRES_IN, Operation};
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::invalid(format!("header {name} is not text"))),
+    }
+}
+
+fn etag_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|t| {
+            t.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_owned()
+        })
+        .collect()
+}
+
+fn preconditions(headers: &HeaderMap, create_only: bool) -> Result<Preconditions, ApiError> {
+    let if_match = header_str(headers, "if-match")?.map(etag_list);
+    let if_none_match = header_str(headers, "if-none-match")?;
+    let must_not_exist = create_only || if_none_match.is_some_and(|v| v.trim() == "*");
+    if if_none_match.is_some_and(|v| v.trim() != "*") {
+        return Err(ApiError::invalid("on writes If-None-Match only takes *"));
+    }
+    Ok(Preconditions {
+        if_match,
+        must_not_exist,
+    })
+}
+
+fn body_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+fn object_path(bucket: String, path: String) -> Result<(String, String), ApiError> {
+    crate::buckets::check_bucket_name(&bucket)?;
+    Ok((bucket, normalise_path(&path)?))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UploadOut {
+    /// `<bucket>/<path>`, as Supabase answers.
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(flatten)]
+    pub object: ObjectOut,
+}
+
+fn upload_answer(status: StatusCode, object: ObjectOut) -> Response {
+    let etag = format!("\"{}\"", object.etag);
+    let out = UploadOut {
+        key: format!("{}/{}", object.bucket, object.name),
+        object,
+    };
+    let mut response = (status, Json(out)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+async fn write(
+    storage: &Storage,
+    caller: &Caller,
+    bucket: String,
+    path: String,
+    create_only: bool,
+    owner: Option<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let declared_length =
+        header_str(&parts.headers, "content-length")?.and_then(|v| v.parse().ok());
+    let stream = body_stream(body);
+    let parsed = (|| {
+        let (bucket, path) = object_path(bucket, path)?;
+        let upsert = header_str(&parts.headers, "x-upsert")?.is_some_and(|v| v == "true");
+        let metadata = match header_str(&parts.headers, "x-metadata")? {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .map_err(|_| ApiError::invalid("x-metadata must be a JSON object"))?,
+            ),
+        };
+        let content_type = header_str(&parts.headers, "content-type")?.map(str::to_owned);
+        Ok::<_, ApiError>(WriteRequest {
+            bucket,
+            path,
+            content_type,
+            metadata,
+            declared_length,
+            preconditions: preconditions(&parts.headers, create_only && !upsert)?,
+        })
+    })();
+    let request = match parsed {
+        Ok(request) => request,
+        Err(error) => {
+            Storage::discard(stream, declared_length).await;
+            return Err(error);
+        }
+    };
+    let object = storage.write_object(caller, request, stream, owner).await?;
+    Ok(upload_answer(StatusCode::OK, object))
+}
+
+#[utoipa::path(post, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
+    params(("bucket" = String, Path), ("path" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bytes; Content-Type is stored; x-metadata: JSON object; x-upsert: true replaces"),
+    responses((status = 200, body = UploadOut), (status = 409, description = "exists", body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path((bucket, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let owner = caller.owner().map(str::to_owned);
+    write(&storage, &caller, bucket, path, true, owner, request).await
+}
+
+#[utoipa::path(put, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
+    params(("bucket" = String, Path), ("path" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = UploadOut), (status = 412, description = "If-Match failed", body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn upsert(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path((bucket, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let owner = caller.owner().map(str::to_owned);
+    write(&storage, &caller, bucket, path, false, owner, request).await
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`; `Err` for unsatisfiable.
+fn parse_range(value: &str, size: u64) -> Result<Option<ByteRange>, ()> {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Multiple ranges: serve the whole object, as RFC 9110 allows.
+        return Ok(None);
+    }
+    let (start, end) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| ())?;
+            if n == 0 || size == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (start, "") => (start.parse().map_err(|_| ())?, size.saturating_sub(1)),
+        (start, end) => {
+            let start: u64 = start.parse().map_err(|_| ())?;
+            let end: u64 = end.parse().map_err(|_| ())?;
+            (start, end.min(size.saturating_sub(1)))
+        }
+    };
+    if size == 0 || start >= size || start > end {
+        return Err(());
+    }
+    Ok(Some(ByteRange { start, end }))
+}
+
+async fn serve(
+    storage: &Storage,
+    object: ObjectOut,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{}\"", object.etag);
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(
+            header::LAST_MODIFIED,
+            object
+                .updated_at
+                .format("%a, %d %b %Y %H:%M:%S GMT")
+                .to_string(),
+        )
+        .header(header::ACCEPT_RANGES, "bytes");
+    if let Some(candidates) = header_str(headers, "if-none-match")?
+        && etag_list(candidates)
+            .iter()
+            .any(|t| t == "*" || *t == object.etag)
+    {
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .map_err(ApiError::internal);
+    }
+    let size = object.size as u64;
+    let range = match header_str(headers, "range")? {
+        None => None,
+        Some(value) => match parse_range(value, size) {
+            Ok(range) => range,
+            Err(()) => {
+                let mut response = ApiError::new(
+                    ErrorCode::RangeNotSatisfiable,
+                    format!("range {value} not satisfiable for {size} bytes"),
+                )
+                .into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(response);
+            }
+        },
+    };
+    builder = builder.header(header::CONTENT_TYPE, &object.content_type);
+    if object.metadata.as_object().is_some_and(|m| !m.is_empty())
+        && let Ok(v) = HeaderValue::from_str(&object.metadata.to_string())
+    {
+        builder = builder.header("x-metadata", v);
+    }
+    let (status, length) = match range {
+        Some(range) => {
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", range.start, range.end),
+            );
+            (StatusCode::PARTIAL_CONTENT, range.len())
+        }
+        None => (StatusCode::OK, size),
+    };
+    builder = builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, length);
+    if method == Method::HEAD {
+        return builder.body(Body::empty()).map_err(ApiError::internal);
+    }
+    let (_, stream) = storage.open(object, range).await?;
+    builder
+        .body(Body::from_stream(stream))
+        .map_err(ApiError::internal)
+}
+
+#[utoipa::path(get, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
+    params(("bucket" = String, Path), ("path" = String, Path)),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "a Range"), (status = 304, description = "If-None-Match matched"), (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
+pub async fn get(
+    State(storage): State<Storage>,
+    caller: Caller,
+    method: Method,
+    headers: HeaderMap,
+    Path((bucket, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (bucket, path) = object_path(bucket, path)?;
+    let object = storage.authorize_read(&caller, &bucket, &path).await?;
+    serve(&storage, object, &method, &headers).await
+}
+
+/// `GET /object/public/{bucket}/{path}`: public buckets only, no token needed.
+pub async fn get_public(
+    State(storage): State<Storage>,
+    method: Method,
+    headers: HeaderMap,
+    Path((bucket, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (bucket, path) = object_path(bucket, path)?;
+    let bucket_row = storage.load_bucket(&bucket).await?;
+    if !bucket_row.public {
+        return Err(ApiError::not_found(format!(
+            "bucket {bucket} is not public"
+        )));
+    }
+    let object = storage.object_info(&bucket, &path).await?;
+    serve(&storage, object, &method, &headers).await
+}
+
+#[utoipa::path(get, path = "/storage/v1/object/info/{bucket}/{path}", tag = "objects",
+    params(("bucket" = String, Path), ("path" = String, Path)), responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
+pub async fn info(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path((bucket, path)): Path<(String, String)>,
+) -> Result<Json<ObjectOut>, ApiError> {
+    let (bucket, path) = object_path(bucket, path)?;
+    Ok(Json(storage.authorize_read(&caller, &bucket, &path).await?))
+}
+
+#[utoipa::path(delete, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
+    params(("bucket" = String, Path), ("path" = String, Path)), responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+pub async fn delete(
+    State(storage): State<Storage>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((bucket, path)): Path<(String, String)>,
+) -> Result<Json<ObjectOut>, ApiError> {
+    let (bucket, path) = object_path(bucket, path)?;
+    let preconditions = preconditions(&headers, false)?;
+    Ok(Json(
+        storage
+            .delete_object(&caller, &bucket, &path, &preconditions)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkDeleteIn {
+    /// Paths of the objects to delete (Supabase calls them prefixes).
+    pub prefixes: Vec<String>,
+}
+
+#[utoipa::path(delete, path = "/storage/v1/object/{bucket}", tag = "objects", params(("bucket" = String, Path)), request_body = BulkDeleteIn,
+    responses((status = 200, description = "the deleted objects; missing ones are skipped", body = Vec<ObjectOut>)))]
+pub async fn bulk_delete(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path(bucket): Path<String>,
+    Json(input): Json<BulkDeleteIn>,
+) -> Result<Json<Vec<ObjectOut>>, ApiError> {
+    crate::buckets::check_bucket_name(&bucket)?;
+    if input.prefixes.len() > 1000 {
+        return Err(ApiError::invalid("at most 1000 objects per request"));
+    }
+    let paths = input
+        .prefixes
+        .iter()
+        .map(|p| normalise_path(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut deleted = Vec::new();
+    for path in paths {
+        match storage
+            .delete_object(&caller, &bucket, &path, &Preconditions::default())
+            .await
+        {
+            Ok(object) => deleted.push(object),
+            Err(error) if error.code == ErrorCode::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Json(deleted))
+}
+
+#[utoipa::path(post, path = "/storage/v1/object/list/{bucket}", tag = "objects", params(("bucket" = String, Path)), request_body = ListIn,
+    responses((status = 200, body = ListOut), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path(bucket): Path<String>,
+    Json(input): Json<ListIn>,
+) -> Result<Json<ListOut>, ApiError> {
+    crate::buckets::check_bucket_name(&bucket)?;
+    let prefix = normalise_prefix(input.prefix.as_deref().unwrap_or(""))?;
+    let limit = match input.limit {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n as usize,
+        Some(_) => return Err(ApiError::invalid("limit must be 1 to 1000")),
+    };
+    let delimiter = input.delimiter.as_deref().filter(|d| !d.is_empty());
+    if delimiter.is_some_and(|d| d.len() > 8 || d.chars().any(char::is_control)) {
+        return Err(ApiError::invalid("delimiter: 1 to 8 printable characters"));
+    }
+    let bucket_row = storage.load_bucket(&bucket).await?;
+    storage
+        .authorize_object(&caller, "storage:ListObjects", &bucket_row, &prefix)
+        .await?;
+    Ok(Json(
+        storage
+            .list_objects(&bucket, &prefix, delimiter, limit, input.cursor.as_deref())
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CopyIn {
+    pub bucket_id: String,
+    pub source_key: String,
+    pub destination_key: String,
+    #[serde(default)]
+    pub destination_bucket: Option<String>,
+}
+
+async fn copy_or_move(
+    storage: &Storage,
+    caller: &Caller,
+    input: CopyIn,
+    remove_source: bool,
+) -> Result<ObjectOut, ApiError> {
+    let destination_bucket = input
+        .destination_bucket
+        .unwrap_or_else(|| input.bucket_id.clone());
+    let (from_bucket, from_path) = object_path(input.bucket_id, input.source_key)?;
+    let (to_bucket, to_path) = object_path(destination_bucket, input.destination_key)?;
+    storage
+        .copy_object(
+            caller,
+            (&from_bucket, &from_path),
+            (&to_bucket, &to_path),
+            remove_source,
+        )
+        .await
+}
+
+#[utoipa::path(post, path = "/storage/v1/object/copy", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
+pub async fn copy_object(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Json(input): Json<CopyIn>,
+) -> Result<Json<ObjectOut>, ApiError> {
+    Ok(Json(copy_or_move(&storage, &caller, input, false).await?))
+}
+
+#[utoipa::path(post, path = "/storage/v1/object/move", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
+pub async fn move_object(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Json(input): Json<CopyIn>,
+) -> Result<Json<ObjectOut>, ApiError> {
+    Ok(Json(copy_or_move(&storage, &caller, input, true).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// Seconds the URL stays valid (1 to 604800).
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignedUrlOut {
+    pub signed_url: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignedUploadOut {
+    pub url: String,
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    pub token: String,
+}
+
+/// `path` with each segment percent-encoded, `/` kept.
+fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(|s| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn expiry(expires_in: u64) -> Result<i64, ApiError> {
+    if !(1..=MAX_EXPIRES_IN).contains(&expires_in) {
+        return Err(ApiError::invalid(format!(
+            "expires_in must be 1 to {MAX_EXPIRES_IN} seconds"
+        )));
+    }
+    Ok(chrono::Utc::now().timestamp() + expires_in as i64)
+}
+
+#[utoipa::path(post, path = "/storage/v1/object/sign/{bucket}/{path}", tag = "signed URLs", params(("bucket" = String, Path), ("path" = String, Path)), request_body = SignIn,
+    responses((status = 200, body = SignedUrlOut), (status = 404, body = ErrorBody)))]
+pub async fn sign_download(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path((bucket, path)): Path<(String, String)>,
+    Json(input): Json<SignIn>,
+) -> Result<Json<SignedUrlOut>, ApiError> {
+    let (bucket, path) = object_path(bucket, path)?;
+    let expires = expiry(input.expires_in)?;
+    storage.authorize_read(&caller, &bucket, &path).await?;
+    let token = storage.signer.sign(&Grant {
+        operation: Operation::Download,
+        bucket: bucket.clone(),
+        path: path.clone(),
+        expires,
+        owner: None,
+    });
+    Ok(Json(SignedUrlOut {
+        signed_url: format!(
+            "/storage/v1/object/sign/{bucket}/{}?token={token}",
+            encode_path(&path)
+        ),
+    }))
+}
+
+pub async fn get_signed(
+    State(storage): State<Storage>,
+    method: Method,
+    headers: HeaderMap,
+    Path((bucket, path)): Path<(String, String)>,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response, ApiError> {
+    let (bucket, path) = object_path(bucket, path)?;
+    storage
+        .signer
+        .verify(&query.token, Operation::Download, &bucket, &path)?;
+    let object = storage.object_info(&bucket, &path).await?;
+    serve(&storage, object, &method, &headers).await
+}
+
+#[utoipa::path(post, path = "/storage/v1/object/upload/sign/{bucket}/{path}", tag = "signed URLs", params(("bucket" = String, Path), ("path" = String, Path)),
+    responses((status = 200, body = SignedUploadOut), (status = 403, body = ErrorBody)))]
+pub async fn sign_upload(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path((bucket, path)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<SignedUploadOut>, ApiError> {
+    let (bucket, path) = object_path(bucket, path)?;
+    // The body is optional (Supabase sends none): two hours by default.
+    let expires_in = if body.is_empty() {
+        2 * 3600
+    } else {
+        serde_json::from_slice::<SignIn>(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?
+            .expires_in
+    };
+    let expires = expiry(expires_in)?;
+    let bucket_row = storage.load_bucket(&bucket).await?;
+    storage
+        .authorize_object(&caller, "storage:PutObject", &bucket_row, &path)
+        .await?;
+    let token = storage.signer.sign(&Grant {
+        operation: Operation::Upload,
+        bucket: bucket.clone(),
+        path: path.clone(),
+        expires,
+        owner: caller.owner().map(str::to_owned),
+    });
+    Ok(Json(SignedUploadOut {
+        url: format!(
+            "/storage/v1/object/upload/sign/{bucket}/{}?token={token}",
+            encode_path(&path)
+        ),
+        token,
+    }))
+}
+
+pub async fn put_signed(
+    State(storage): State<Storage>,
+    Path((bucket, path)): Path<(String, String)>,
+    Query(query): Query<TokenQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (bucket_name, normalised) = object_path(bucket.clone(), path.clone())?;
+    let grant =
+        match storage
+            .signer
+            .verify(&query.token, Operation::Upload, &bucket_name, &normalised)
+        {
+            Ok(grant) => grant,
+            Err(error) => {
+                let declared =
+                    header_str(request.headers(), "content-length")?.and_then(|v| v.parse().ok());
+                Storage::discard(body_stream(request.into_body()), declared).await;
+                return Err(error);
+            }
+        };
+    // The signature stands for the signer's permission to write this path.
+    write(
+        &storage,
+        &Caller::service(),
+        bucket,
+        path,
+        false,
+        grant.owner,
+        request,
+    )
+    .await
+}
