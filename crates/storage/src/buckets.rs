@@ -5,8 +5,6 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
 use minicloud_proto::error::{ApiError, ErrorBody, ErrorCode, Json, Path};
-use minicloud_proto::storage::v1::storage_service_server::StorageService;
-use minicloud_proto::storage::v1::{Bucket, ListBucketsRequest, ListBucketsResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::Storage;
@@ -105,6 +103,14 @@ pub async fn create(
             &[],
         )
         .await?;
+    if load(&storage, &name).await?.is_some() {
+        return Err(ApiError::conflict(format!("bucket {name} already exists")));
+    }
+    storage
+        .backend
+        .create_bucket(&name)
+        .await
+        .map_err(crate::objects::backend_error)?;
     let bucket = sqlx::query_as::<_, BucketOut>(concat!(
         "INSERT INTO buckets (name, public, file_size_limit, allowed_mime_types, policy, owner)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING ",
@@ -327,31 +333,4 @@ pub async fn delete(
     Ok(Json(MessageOut {
         message: format!("bucket {name} deleted"),
     }))
-}
-
-pub struct StorageGrpc(pub Storage);
-
-#[tonic::async_trait]
-impl StorageService for StorageGrpc {
-    async fn list_buckets(
-        &self,
-        _request: tonic::Request<ListBucketsRequest>,
-    ) -> Result<tonic::Response<ListBucketsResponse>, tonic::Status> {
-        let rows: Vec<(String, bool, Option<String>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT name, public, owner, created_at FROM buckets ORDER BY name LIMIT 1000",
-        )
-        .fetch_all(&self.0.pool)
-        .await
-        .map_err(ApiError::internal)?;
-        let buckets = rows
-            .into_iter()
-            .map(|(name, public, owner, created_at)| Bucket {
-                name,
-                public,
-                owner: owner.unwrap_or_default(),
-                created_at: created_at.to_rfc3339(),
-            })
-            .collect();
-        Ok(tonic::Response::new(ListBucketsResponse { buckets }))
-    }
 }

@@ -4,6 +4,7 @@
 
 mod backend;
 mod buckets;
+mod grpc;
 mod listing;
 mod objects;
 mod paths;
@@ -120,6 +121,13 @@ pub struct StorageConfig {
     /// Largest object any bucket accepts, bytes.
     #[arg(long = "storage-max-object-size", env = "MINICLOUD_STORAGE_MAX_OBJECT_SIZE", default_value_t = 5 * 1024 * 1024 * 1024)]
     pub max_object_size: u64,
+    /// How often the orphan sweep runs, seconds.
+    #[arg(
+        long = "storage-sweep-interval",
+        env = "MINICLOUD_STORAGE_SWEEP_INTERVAL",
+        default_value_t = 600
+    )]
+    pub sweep_interval_s: u64,
     /// Blobs no object points at are removed once older than this, seconds.
     #[arg(
         long = "storage-orphan-age",
@@ -141,6 +149,7 @@ impl Default for StorageConfig {
             s3_bucket_prefix: String::new(),
             max_object_size: 5 * 1024 * 1024 * 1024,
             orphan_age_s: 3600,
+            sweep_interval_s: 600,
         }
     }
 }
@@ -304,7 +313,7 @@ impl Storage {
             readiness,
             ServiceMetrics::new("storage", |_| {}),
         )
-        .grpc(StorageServiceServer::new(buckets::StorageGrpc(self)))
+        .grpc(StorageServiceServer::new(grpc::StorageGrpc(self)))
         .into_router()
     }
 
@@ -312,7 +321,11 @@ impl Storage {
     pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             self.relay.clone().spawn(cancel.clone()),
-            sweep::spawn(self.clone(), Duration::from_secs(600), cancel),
+            sweep::spawn(
+                self.clone(),
+                Duration::from_secs(self.config.sweep_interval_s.max(1)),
+                cancel,
+            ),
         ]
     }
 }

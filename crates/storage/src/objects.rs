@@ -41,14 +41,22 @@ pub(crate) use object_columns;
 pub struct Preconditions {
     /// `If-Match`: the current ETag must be one of these (`*`: must exist).
     pub if_match: Option<Vec<String>>,
-    /// `If-None-Match: *` (or a create): must not exist.
+    /// `If-None-Match: *`: must not exist (412 otherwise).
     pub must_not_exist: bool,
+    /// A create (`POST`): must not exist (409 otherwise).
+    pub create_only: bool,
 }
 
 impl Preconditions {
     fn check(&self, current: Option<&str>) -> Result<(), ApiError> {
-        if self.must_not_exist && current.is_some() {
+        if self.create_only && current.is_some() {
             return Err(ApiError::conflict("the object already exists"));
+        }
+        if self.must_not_exist && current.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::PreconditionFailed,
+                "If-None-Match: the object exists",
+            ));
         }
         if let Some(tags) = &self.if_match {
             let ok = match current {
@@ -566,7 +574,7 @@ impl Storage {
                     from.1,
                     &Preconditions {
                         if_match: Some(vec![source.etag.clone()]),
-                        must_not_exist: false,
+                        ..Preconditions::default()
                     },
                 )
                 .await

@@ -42,13 +42,14 @@ fn etag_list(value: &str) -> Vec<String> {
 fn preconditions(headers: &HeaderMap, create_only: bool) -> Result<Preconditions, ApiError> {
     let if_match = header_str(headers, "if-match")?.map(etag_list);
     let if_none_match = header_str(headers, "if-none-match")?;
-    let must_not_exist = create_only || if_none_match.is_some_and(|v| v.trim() == "*");
+    let must_not_exist = if_none_match.is_some_and(|v| v.trim() == "*");
     if if_none_match.is_some_and(|v| v.trim() != "*") {
         return Err(ApiError::invalid("on writes If-None-Match only takes *"));
     }
     Ok(Preconditions {
         if_match,
         must_not_exist,
+        create_only,
     })
 }
 
@@ -460,12 +461,17 @@ pub struct TokenQuery {
     pub token: String,
 }
 
+/// What a path segment keeps unencoded in a URL: RFC 3986's unreserved characters.
+const URL_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// `path` with each segment percent-encoded, `/` kept.
 fn encode_path(path: &str) -> String {
     path.split('/')
-        .map(|s| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-        })
+        .map(|segment| percent_encoding::utf8_percent_encode(segment, URL_SEGMENT).to_string())
         .collect::<Vec<_>>()
         .join("/")
 }

@@ -39,6 +39,7 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::
     error: SdkError<E, R>,
 ) -> BackendError {
     let code = code(&error);
+    tracing::debug!(error = %aws_sdk_s3::error::DisplayErrorContext(&error), "S3 call failed");
     match code.as_deref() {
         Some("NoSuchKey" | "NotFound" | "NoSuchBucket") => BackendError::NotFound,
         _ => BackendError::Other(format!(

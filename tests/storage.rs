@@ -1,0 +1,1280 @@
+//! The storage service end to end, one suite run against both backends: `fs` and
+//! `s3` (an S3-compatible server: moto or s3s-fs, started by `.ci/run`;
+//! `MINICLOUD_TEST_S3_ENDPOINT`, default `http://127.0.0.1:9000`).
+
+use std::time::Duration;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use minicloud_sdk::Client;
+use minicloud_testkit::TestCloud;
+use minicloud_testkit::minicloud_storage::{BackendKind, StorageConfig};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Fs,
+    S3,
+}
+
+fn s3_endpoint() -> String {
+    std::env::var("MINICLOUD_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
+}
+
+struct Env {
+    cloud: TestCloud,
+    kind: Kind,
+    s3_prefix: String,
+}
+
+async fn start(kind: Kind, change: impl FnOnce(&mut StorageConfig)) -> Env {
+    let id = &uuid_like()[..8];
+    let s3_prefix = format!("t{id}-");
+    let mut builder = TestCloud::builder();
+    let mut config = StorageConfig::default();
+    if kind == Kind::S3 {
+        config.backend = BackendKind::S3;
+        config.s3_endpoint = s3_endpoint();
+        config.s3_access_key = "test".into();
+        config.s3_secret_key = "test".into();
+        config.s3_bucket_prefix = s3_prefix.clone();
+    }
+    change(&mut config);
+    if kind == Kind::Fs && config.fs_root.is_none() {
+        config.fs_root = Some(std::env::temp_dir().join(format!("minicloud-storage-test-{id}")));
+    }
+    builder = builder.storage(config);
+    Env {
+        cloud: builder.start().await.unwrap(),
+        kind,
+        s3_prefix,
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:08x}", nanos, std::process::id())
+        .chars()
+        .rev()
+        .collect()
+}
+
+fn s3_client() -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(s3_endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+impl Env {
+    /// The blobs the backend holds for `bucket`, read behind the service's back:
+    /// files on disk, or the S3 server's own API.
+    async fn blobs(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
+        match self.kind {
+            Kind::Fs => {
+                let root = self.fs_root().join(bucket);
+                let mut out = Vec::new();
+                let mut stack = vec![root.clone()];
+                while let Some(dir) = stack.pop() {
+                    let Ok(entries) = std::fs::read_dir(&dir) else {
+                        continue;
+                    };
+                    for entry in entries.flatten() {
+                        if entry.file_type().unwrap().is_dir() {
+                            stack.push(entry.path());
+                        } else {
+                            let key = entry
+                                .path()
+                                .strip_prefix(&root)
+                                .unwrap()
+                                .to_str()
+                                .unwrap()
+                                .to_owned();
+                            out.push((key, std::fs::read(entry.path()).unwrap()));
+                        }
+                    }
+                }
+                out.sort();
+                out
+            }
+            Kind::S3 => {
+                let client = s3_client();
+                let name = format!("{}{bucket}", self.s3_prefix);
+                let listed = client.list_objects_v2().bucket(&name).send().await.unwrap();
+                let mut out = Vec::new();
+                for object in listed.contents() {
+                    let key = object.key().unwrap().to_owned();
+                    let body = client
+                        .get_object()
+                        .bucket(&name)
+                        .key(&key)
+                        .send()
+                        .await
+                        .unwrap()
+                        .body
+                        .collect()
+                        .await
+                        .unwrap();
+                    out.push((key, body.into_bytes().to_vec()));
+                }
+                out.sort();
+                out
+            }
+        }
+    }
+
+    fn fs_root(&self) -> std::path::PathBuf {
+        // The fs root the test configured (see `start`).
+        let id: String = self
+            .s3_prefix
+            .trim_start_matches('t')
+            .trim_end_matches('-')
+            .to_owned();
+        std::env::temp_dir().join(format!("minicloud-storage-test-{id}"))
+    }
+
+    async fn stop(self) {
+        if self.kind == Kind::Fs {
+            let _ = std::fs::remove_dir_all(self.fs_root());
+        }
+        self.cloud.stop().await.unwrap();
+    }
+}
+
+fn url(cloud: &TestCloud, path: &str) -> String {
+    format!("{}{path}", cloud.gateway_url())
+}
+
+/// A user and a private bucket whose policy lets each user use only their own folder.
+async fn photos(env: &Env) -> (Client, String) {
+    let policy = json!({"effect":"allow","principals":["role:authenticated"],
+        "actions":["storage:GetObject","storage:PutObject","storage:DeleteObject","storage:ListObjects"],
+        "resources":["storage:photos/${auth.uid}/*"]});
+    let _: Value = env
+        .cloud
+        .admin()
+        .post(
+            "/storage/v1/bucket",
+            &json!({"name":"photos","policy":policy}),
+        )
+        .await
+        .unwrap();
+    let session = env
+        .cloud
+        .client()
+        .signup(
+            &format!("u{}@example.com", &uuid_like()[..6]),
+            "password1234",
+        )
+        .await
+        .unwrap();
+    let uid = session.user_id().to_owned();
+    (env.cloud.client().with_token(session.access_token), uid)
+}
+
+async fn put(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: &'static [u8],
+    content_type: &str,
+) -> reqwest::Response {
+    client
+        .request(method, path)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or("(no JSON error body)")
+            .to_owned(),
+    )
+}
+
+async fn roundtrip_and_preconditions(kind: Kind) {
+    let env = start(kind, |_| {}).await;
+    let (user, uid) = photos(&env).await;
+    let path = format!("/storage/v1/object/photos/{uid}/cat.jpg");
+    let response = user
+        .request(Method::POST, &path)
+        .header("content-type", "image/jpeg")
+        .header("x-metadata", r#"{"camera":"x100"}"#)
+        .body(&b"meow meow"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["Key"], format!("photos/{uid}/cat.jpg"));
+    assert_eq!(created["size"], 9);
+    assert_eq!(created["owner"], uid.as_str());
+    assert_eq!(created["etag"], hex_md5(b"meow meow"));
+    assert_eq!(etag, format!("\"{}\"", hex_md5(b"meow meow")));
+
+    let response = user.request(Method::GET, &path).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/jpeg");
+    assert_eq!(response.headers()["x-metadata"], r#"{"camera":"x100"}"#);
+    assert_eq!(response.bytes().await.unwrap(), &b"meow meow"[..]);
+    let head = user.request(Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(
+        (
+            head.status().as_u16(),
+            head.headers()["content-length"].to_str().unwrap()
+        ),
+        (200, "9")
+    );
+
+    // Create is create-only; PUT replaces; If-Match guards; If-None-Match: * too.
+    assert_eq!(
+        error_code(put(&user, Method::POST, &path, b"again", "image/jpeg").await).await,
+        (409, "conflict".into())
+    );
+    let stale = user
+        .request(Method::PUT, &path)
+        .header("content-type", "image/jpeg")
+        .header("if-match", "\"nope\"")
+        .body(&b"x"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(stale).await, (412, "precondition_failed".into()));
+    let guarded = user
+        .request(Method::PUT, &path)
+        .header("content-type", "image/jpeg")
+        .header("if-match", &etag)
+        .body(&b"purr"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guarded.status(), 200);
+    let exists = user
+        .request(Method::PUT, &path)
+        .header("content-type", "image/jpeg")
+        .header("if-none-match", "*")
+        .body(&b"x"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(exists).await,
+        (412, "precondition_failed".into())
+    );
+    let got = user
+        .request(Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got, &b"purr"[..]);
+    // The replaced version's bytes are gone from the backend; the current ones are there.
+    let blobs = env.blobs("photos").await;
+    assert_eq!(
+        blobs.len(),
+        1,
+        "{:?}",
+        blobs.iter().map(|b| &b.0).collect::<Vec<_>>()
+    );
+    assert!(blobs[0].0.starts_with(&format!("{uid}/cat.jpg#")));
+    assert_eq!(blobs[0].1, b"purr");
+
+    // Conditional GET and ranges.
+    let current = format!("\"{}\"", hex_md5(b"purr"));
+    let cached = user
+        .request(Method::GET, &path)
+        .header("if-none-match", &current)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+    let partial = user
+        .request(Method::GET, &path)
+        .header("range", "bytes=1-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partial.status(), 206);
+    assert_eq!(partial.headers()["content-range"], "bytes 1-2/4");
+    assert_eq!(partial.bytes().await.unwrap(), &b"ur"[..]);
+    let suffix = user
+        .request(Method::GET, &path)
+        .header("range", "bytes=-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suffix.bytes().await.unwrap(), &b"urr"[..]);
+    let beyond = user
+        .request(Method::GET, &path)
+        .header("range", "bytes=10-20")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.headers()["content-range"], "bytes */4");
+    assert_eq!(
+        error_code(beyond).await,
+        (416, "range_not_satisfiable".into())
+    );
+
+    // Delete: gone from metadata and backend.
+    let deleted = user.request(Method::DELETE, &path).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(
+        error_code(user.request(Method::GET, &path).send().await.unwrap()).await,
+        (404, "not_found".into())
+    );
+    assert!(env.blobs("photos").await.is_empty());
+    env.stop().await;
+}
+
+fn hex_md5(bytes: &[u8]) -> String {
+    use md5::Digest as _;
+    hex::encode(md5::Md5::digest(bytes))
+}
+
+async fn permissions_and_public_buckets(kind: Kind) {
+    let env = start(kind, |_| {}).await;
+    let (alice, alice_id) = photos(&env).await;
+    let (bob, _) = photos_user(&env).await;
+    let path = format!("/storage/v1/object/photos/{alice_id}/private.jpg");
+    assert_eq!(
+        put(&alice, Method::POST, &path, b"mine", "image/jpeg")
+            .await
+            .status(),
+        200
+    );
+    // Bob may neither read, overwrite, delete nor list Alice's folder; anon neither.
+    assert_eq!(
+        error_code(bob.request(Method::GET, &path).send().await.unwrap()).await,
+        (403, "permission_denied".into())
+    );
+    assert_eq!(
+        error_code(put(&bob, Method::PUT, &path, b"evil", "image/jpeg").await).await,
+        (403, "permission_denied".into())
+    );
+    assert_eq!(
+        error_code(bob.request(Method::DELETE, &path).send().await.unwrap())
+            .await
+            .0,
+        403
+    );
+    let list = bob
+        .request(Method::POST, "/storage/v1/object/list/photos")
+        .json(&json!({"prefix": format!("{alice_id}/")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 403);
+    let anon = env.cloud.client();
+    assert_eq!(
+        anon.request(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        env.cloud
+            .client()
+            .request(Method::GET, &path)
+            .header("authorization", "Bearer garbage.token.here")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Bob's denied write left nothing behind.
+    assert_eq!(env.blobs("photos").await.len(), 1);
+
+    // A public bucket is readable by anyone, writable only with permission.
+    let _: Value = env
+        .cloud
+        .admin()
+        .post(
+            "/storage/v1/bucket",
+            &json!({"name":"avatars","public":true}),
+        )
+        .await
+        .unwrap();
+    let admin = env.cloud.admin();
+    assert_eq!(
+        put(
+            &admin,
+            Method::POST,
+            "/storage/v1/object/avatars/a.png",
+            b"png!",
+            "image/png"
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        anon.request(Method::GET, "/storage/v1/object/avatars/a.png")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        &b"png!"[..]
+    );
+    assert_eq!(
+        anon.request(Method::GET, "/storage/v1/object/public/avatars/a.png")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        anon.request(
+            Method::GET,
+            &format!("/storage/v1/object/public/photos/{alice_id}/private.jpg")
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        404
+    );
+    assert_eq!(
+        put(
+            &anon,
+            Method::POST,
+            "/storage/v1/object/avatars/b.png",
+            b"x",
+            "image/png"
+        )
+        .await
+        .status(),
+        403
+    );
+    env.stop().await;
+}
+
+async fn photos_user(env: &Env) -> (Client, String) {
+    let session = env
+        .cloud
+        .client()
+        .signup(
+            &format!("b{}@example.com", &uuid_like()[..6]),
+            "password1234",
+        )
+        .await
+        .unwrap();
+    let uid = session.user_id().to_owned();
+    (env.cloud.client().with_token(session.access_token), uid)
+}
+
+async fn listing_copy_move_and_bulk_delete(kind: Kind) {
+    let env = start(kind, |_| {}).await;
+    let admin = env.cloud.admin();
+    let _: Value = admin
+        .post("/storage/v1/bucket", &json!({"name":"docs"}))
+        .await
+        .unwrap();
+    let names = [
+        "a.txt",
+        "dir/b.txt",
+        "dir/c.txt",
+        "dir/sub/d.txt",
+        "e.txt",
+        "f/g.txt",
+        "ü/h.txt",
+    ];
+    for name in names {
+        assert_eq!(
+            put(
+                &admin,
+                Method::POST,
+                &format!("/storage/v1/object/docs/{}", encode(name)),
+                b"x",
+                "text/plain"
+            )
+            .await
+            .status(),
+            200,
+            "{name}"
+        );
+    }
+    // Delimiter listing at the root: files and folders, paged two at a time.
+    let mut seen_objects = Vec::new();
+    let mut seen_prefixes = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let page: Value = admin
+            .post(
+                "/storage/v1/object/list/docs",
+                &json!({"prefix":"","delimiter":"/","limit":2,"cursor":cursor}),
+            )
+            .await
+            .unwrap();
+        seen_objects.extend(
+            page["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["name"].as_str().unwrap().to_owned()),
+        );
+        seen_prefixes.extend(
+            page["prefixes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_owned()),
+        );
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen_objects, ["a.txt", "e.txt"]);
+    assert_eq!(seen_prefixes, ["dir/", "f/", "ü/"]);
+    let page: Value = admin
+        .post(
+            "/storage/v1/object/list/docs",
+            &json!({"prefix":"dir/","delimiter":"/"}),
+        )
+        .await
+        .unwrap();
+    let objects: Vec<&str> = page["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(objects, ["dir/b.txt", "dir/c.txt"]);
+    assert_eq!(page["prefixes"], json!(["dir/sub/"]));
+    let all: Value = admin
+        .post("/storage/v1/object/list/docs", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(all["objects"].as_array().unwrap().len(), names.len());
+    let bad: Result<Value, _> = admin
+        .post(
+            "/storage/v1/object/list/docs",
+            &json!({"cursor":"not-a-cursor"}),
+        )
+        .await;
+    assert_eq!(bad.unwrap_err().status(), Some(400));
+
+    // Copy within and across buckets; move removes the source.
+    let _: Value = admin
+        .post("/storage/v1/bucket", &json!({"name":"archive"}))
+        .await
+        .unwrap();
+    let copied: Value = admin
+        .post(
+            "/storage/v1/object/copy",
+            &json!({"bucketId":"docs","sourceKey":"a.txt","destinationKey":"copy/a.txt"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(copied["name"], "copy/a.txt");
+    let _: Value = admin.post("/storage/v1/object/move", &json!({"bucketId":"docs","sourceKey":"e.txt","destinationKey":"e.txt","destinationBucket":"archive"})).await.unwrap();
+    assert_eq!(
+        admin
+            .request(Method::GET, "/storage/v1/object/docs/e.txt")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        admin
+            .request(Method::GET, "/storage/v1/object/archive/e.txt")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+        &b"x"[..]
+    );
+    assert_eq!(env.blobs("archive").await.len(), 1);
+
+    // Bulk delete skips missing paths; emptying and deleting the bucket.
+    let deleted: Value = admin
+        .send(
+            admin
+                .request(Method::DELETE, "/storage/v1/object/docs")
+                .json(&json!({"prefixes":["a.txt","missing.txt","dir/b.txt"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.as_array().unwrap().len(), 2);
+    let not_empty = admin
+        .request(Method::DELETE, "/storage/v1/bucket/docs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(not_empty).await, (409, "conflict".into()));
+    let _: Value = admin
+        .post("/storage/v1/bucket/docs/empty", &json!({}))
+        .await
+        .unwrap();
+    assert!(env.blobs("docs").await.is_empty());
+    let _: Value = admin
+        .send(admin.request(Method::DELETE, "/storage/v1/bucket/docs"))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin
+            .request(Method::GET, "/storage/v1/bucket/docs")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    env.stop().await;
+}
+
+/// POSTs one byte to `path` exactly as given, bypassing URL normalisation.
+async fn raw_post(gateway: &str, path: &str, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = gateway.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: image/png\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+fn encode(path: &str) -> String {
+    path.split('/')
+        .map(|s| {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b == b'.' {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+async fn signed_urls(kind: Kind) {
+    let env = start(kind, |_| {}).await;
+    let (user, uid) = photos(&env).await;
+    let path = format!("{uid}/signed.jpg");
+    assert_eq!(
+        put(
+            &user,
+            Method::POST,
+            &format!("/storage/v1/object/photos/{path}"),
+            b"secret",
+            "image/jpeg"
+        )
+        .await
+        .status(),
+        200
+    );
+    let signed: Value = user
+        .post(
+            &format!("/storage/v1/object/sign/photos/{path}"),
+            &json!({"expires_in": 60}),
+        )
+        .await
+        .unwrap();
+    let signed_url = signed["signed_url"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let got = http.get(url(&env.cloud, &signed_url)).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap(), &b"secret"[..]);
+    // Tampered: flip a character of the MAC; another path with the same token.
+    let (base, token) = signed_url.split_once("?token=").unwrap();
+    let mut chars: Vec<char> = token.chars().collect();
+    let last = chars.len() - 1;
+    chars[last] = if chars[last] == 'A' { 'B' } else { 'A' };
+    let tampered: String = chars.into_iter().collect();
+    assert_eq!(
+        error_code(
+            http.get(url(&env.cloud, &format!("{base}?token={tampered}")))
+                .send()
+                .await
+                .unwrap()
+        )
+        .await,
+        (403, "permission_denied".into())
+    );
+    let other = base.replace("signed.jpg", "other.jpg");
+    assert_eq!(
+        http.get(url(&env.cloud, &format!("{other}?token={token}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // Expired.
+    let short: Value = user
+        .post(
+            &format!("/storage/v1/object/sign/photos/{path}"),
+            &json!({"expires_in": 1}),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        http.get(url(&env.cloud, short["signed_url"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        user.post::<_, Value>(
+            &format!("/storage/v1/object/sign/photos/{path}"),
+            &json!({"expires_in": 0})
+        )
+        .await
+        .unwrap_err()
+        .status(),
+        Some(400)
+    );
+
+    // Signed upload: anyone holding the URL may upload exactly that path.
+    let upload: Value = user
+        .post(
+            &format!("/storage/v1/object/upload/sign/photos/{uid}/up.jpg"),
+            &json!({"expires_in": 60}),
+        )
+        .await
+        .unwrap();
+    let upload_url = upload["url"].as_str().unwrap();
+    let response = http
+        .put(url(&env.cloud, upload_url))
+        .header("content-type", "image/jpeg")
+        .body("uploaded")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(
+        stored["owner"],
+        uid.as_str(),
+        "the signer owns what was uploaded with the URL"
+    );
+    let elsewhere = upload_url.replace("up.jpg", "else.jpg");
+    assert_eq!(
+        http.put(url(&env.cloud, &elsewhere))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // A bad-signature upload left nothing behind.
+    assert_eq!(env.blobs("photos").await.len(), 2);
+    env.stop().await;
+}
+
+async fn bad_input_leaves_no_trace(kind: Kind) {
+    let env = start(kind, |_| {}).await;
+    let admin = env.cloud.admin();
+    let _: Value = admin
+        .post(
+            "/storage/v1/bucket",
+            &json!({"name":"strict","file_size_limit":16,"allowed_mime_types":["image/*"]}),
+        )
+        .await
+        .unwrap();
+    let cases: Vec<(&str, &str, &str, Vec<u8>, u16)> = vec![
+        (
+            "empty segment",
+            "/storage/v1/object/strict/a//b.png",
+            "image/png",
+            b"x".to_vec(),
+            400,
+        ),
+        (
+            "control char",
+            "/storage/v1/object/strict/a%00b.png",
+            "image/png",
+            b"x".to_vec(),
+            400,
+        ),
+        (
+            "too long",
+            &*Box::leak(format!("/storage/v1/object/strict/{}", "a".repeat(300)).into_boxed_str()),
+            "image/png",
+            b"x".to_vec(),
+            400,
+        ),
+        (
+            "oversize",
+            "/storage/v1/object/strict/big.png",
+            "image/png",
+            vec![7u8; 17],
+            413,
+        ),
+        (
+            "wrong type",
+            "/storage/v1/object/strict/a.txt",
+            "text/plain",
+            b"x".to_vec(),
+            415,
+        ),
+        (
+            "malformed type",
+            "/storage/v1/object/strict/a.png",
+            "image",
+            b"x".to_vec(),
+            400,
+        ),
+        (
+            "no bucket",
+            "/storage/v1/object/nobucket/a.png",
+            "image/png",
+            b"x".to_vec(),
+            404,
+        ),
+        (
+            "bad bucket",
+            "/storage/v1/object/Bad_Bucket/a.png",
+            "image/png",
+            b"x".to_vec(),
+            400,
+        ),
+    ];
+    let http = reqwest::Client::new();
+    for (name, path, content_type, body, expected) in cases {
+        let response = http
+            .post(url(&env.cloud, path))
+            .header(
+                "authorization",
+                format!("Bearer {}", env.cloud.keys.service_key),
+            )
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, code) = error_code(response).await;
+        assert_eq!(status, expected, "{name}: {code}");
+    }
+    // HTTP clients normalise `..` away, so send those paths raw.
+    for raw in [
+        "/storage/v1/object/strict/a/../b.png",
+        "/storage/v1/object/strict/a/%2E%2E/b.png",
+        "/storage/v1/object/strict/%2E%2E/%2E%2E/etc/passwd",
+    ] {
+        let status = raw_post(env.cloud.gateway_url(), raw, &env.cloud.keys.service_key).await;
+        assert_eq!(status, 400, "{raw}");
+    }
+    // Streamed without a declared length, still refused past the limit.
+    let chunks = futures::stream::iter(vec![
+        Ok::<_, std::io::Error>(vec![1u8; 10]),
+        Ok(vec![2u8; 10]),
+    ]);
+    let response = http
+        .put(url(&env.cloud, "/storage/v1/object/strict/stream.png"))
+        .header(
+            "authorization",
+            format!("Bearer {}", env.cloud.keys.service_key),
+        )
+        .header("content-type", "image/png")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 413);
+    }
+    let x_metadata = http
+        .post(url(&env.cloud, "/storage/v1/object/strict/m.png"))
+        .header(
+            "authorization",
+            format!("Bearer {}", env.cloud.keys.service_key),
+        )
+        .header("content-type", "image/png")
+        .header("x-metadata", "[1,2]")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_metadata.status(), 400);
+    // Nothing of any of that reached the backend or the metadata.
+    assert!(
+        env.blobs("strict").await.is_empty(),
+        "{:?}",
+        env.blobs("strict")
+            .await
+            .iter()
+            .map(|b| &b.0)
+            .collect::<Vec<_>>()
+    );
+    let listed: Value = admin
+        .post("/storage/v1/object/list/strict", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(listed["objects"], json!([]));
+    // Reserved bucket names.
+    assert_eq!(
+        admin
+            .post::<_, Value>("/storage/v1/bucket", &json!({"name":"list"}))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(400)
+    );
+    env.stop().await;
+}
+
+async fn large_objects_stream_and_events_are_published(kind: Kind) {
+    let env = start(kind, |_| {}).await;
+    let admin = env.cloud.admin();
+    let _: Value = admin
+        .post("/storage/v1/bucket", &json!({"name":"big"}))
+        .await
+        .unwrap();
+    // 20 MiB + 3 bytes: over the 16 MiB multipart threshold of the s3 backend.
+    let data: Vec<u8> = (0..(20 * 1024 * 1024 + 3))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let response = admin
+        .request(Method::PUT, "/storage/v1/object/big/blob.bin")
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(
+        stored["etag"],
+        hex_md5(&data),
+        "the ETag is the MD5 of all bytes, multipart or not"
+    );
+    let got = admin
+        .request(Method::GET, "/storage/v1/object/big/blob.bin")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == data, "bytes differ");
+    let blobs = env.blobs("big").await;
+    assert_eq!(blobs.len(), 1);
+    assert!(blobs[0].1 == data, "the backend holds exactly the bytes");
+    let _: Value = admin
+        .send(admin.request(Method::DELETE, "/storage/v1/object/big/blob.bin"))
+        .await
+        .unwrap();
+
+    // The relay publishes created and deleted events to the bus's storage topic.
+    let client = redis::Client::open(minicloud_testkit::test_redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(format!("{}topic:storage", env.cloud.redis_prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        events = entries
+            .into_iter()
+            .map(|(_, f)| serde_json::from_str::<Value>(&f[0].1).unwrap())
+            .collect();
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "minicloud.storage.object.created",
+            "minicloud.storage.object.deleted"
+        ]
+    );
+    assert_eq!(events[0]["data"]["bucket"], "big");
+    assert_eq!(events[0]["data"]["path"], "blob.bin");
+    assert_eq!(events[0]["data"]["size"], data.len());
+    assert_eq!(events[0]["data"]["etag"], hex_md5(&data));
+    assert_eq!(events[0]["subject"], "big/blob.bin");
+    env.stop().await;
+}
+
+async fn orphans_are_swept(kind: Kind) {
+    let env = start(kind, |c| {
+        c.orphan_age_s = 1;
+        c.sweep_interval_s = 1;
+    })
+    .await;
+    let admin = env.cloud.admin();
+    let _: Value = admin
+        .post("/storage/v1/bucket", &json!({"name":"sweep"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        put(
+            &admin,
+            Method::POST,
+            "/storage/v1/object/sweep/live.txt",
+            b"live",
+            "text/plain"
+        )
+        .await
+        .status(),
+        200
+    );
+    // A blob written behind the service's back, as a crash before commit leaves.
+    let orphan_key = "ghost.txt#0196f1a2000070008000000000000001";
+    match env.kind {
+        Kind::Fs => std::fs::write(env.fs_root().join("sweep").join(orphan_key), b"boo").unwrap(),
+        Kind::S3 => {
+            s3_client()
+                .put_object()
+                .bucket(format!("{}sweep", env.s3_prefix))
+                .key(orphan_key)
+                .body(aws_sdk_s3::primitives::ByteStream::from_static(b"boo"))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let mut keys = Vec::new();
+    for _ in 0..60 {
+        keys = env
+            .blobs("sweep")
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>();
+        if keys.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].starts_with("live.txt#"),
+        "the live object's blob stays"
+    );
+    env.stop().await;
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod fs {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::Kind::Fs).await; })*
+        }
+        mod s3 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::Kind::S3).await; })*
+        }
+    };
+}
+
+suite!(
+    roundtrip_and_preconditions,
+    permissions_and_public_buckets,
+    listing_copy_move_and_bulk_delete,
+    signed_urls,
+    bad_input_leaves_no_trace,
+    large_objects_stream_and_events_are_published,
+    orphans_are_swept,
+);
+
+#[tokio::test]
+async fn grpc_put_get_head_list_delete_with_the_callers_token() {
+    use minicloud_proto::storage::v1::put_object_chunk::Part;
+    use minicloud_proto::storage::v1::storage_service_client::StorageServiceClient;
+    use minicloud_proto::storage::v1::{
+        GetObjectRequest, ListObjectsRequest, ObjectRef, PutObjectChunk, PutObjectHeader,
+    };
+
+    let env = start(Kind::Fs, |_| {}).await;
+    let (_, uid) = photos(&env).await;
+    let session = env
+        .cloud
+        .client()
+        .sign_in(&format!("{}", user_email(&env, &uid).await), "password1234")
+        .await
+        .unwrap();
+    let mut client = StorageServiceClient::connect(env.cloud.urls.storage.clone())
+        .await
+        .unwrap();
+    let token = session.access_token.clone();
+    fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+    let path = format!("{uid}/grpc.bin");
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 256) as u8).collect();
+    let mut messages = vec![PutObjectChunk {
+        part: Some(Part::Header(PutObjectHeader {
+            bucket: "photos".into(),
+            path: path.clone(),
+            content_type: "application/octet-stream".into(),
+            metadata_json: r#"{"via":"grpc"}"#.into(),
+            create_only: true,
+            if_match: String::new(),
+        })),
+    }];
+    messages.extend(data.chunks(64 * 1024).map(|c| PutObjectChunk {
+        part: Some(Part::Data(c.to_vec())),
+    }));
+    let stored = client
+        .put_object(authed(&token, futures::stream::iter(messages)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.size, data.len() as u64);
+    assert_eq!(stored.etag, hex_md5(&data));
+
+    let mut chunks = client
+        .get_object(authed(
+            &token,
+            GetObjectRequest {
+                bucket: "photos".into(),
+                path: path.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    let mut first_info = None;
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        if first_info.is_none() {
+            first_info = chunk.info.clone();
+        }
+        got.extend(chunk.data);
+    }
+    assert!(got == data);
+    assert_eq!(first_info.unwrap().metadata_json, r#"{"via":"grpc"}"#);
+    let ranged = client
+        .get_object(authed(
+            &token,
+            GetObjectRequest {
+                bucket: "photos".into(),
+                path: path.clone(),
+                range_start: 10,
+                range_end: 19,
+                has_range: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ranged.data, data[10..20].to_vec());
+
+    let head = client
+        .head_object(authed(
+            &token,
+            ObjectRef {
+                bucket: "photos".into(),
+                path: path.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(head.owner, uid);
+    let listed = client
+        .list_objects(authed(
+            &token,
+            ListObjectsRequest {
+                bucket: "photos".into(),
+                prefix: format!("{uid}/"),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.objects.len(), 1);
+
+    // Without a token: refused, like REST.
+    let anonymous = client
+        .head_object(ObjectRef {
+            bucket: "photos".into(),
+            path: path.clone(),
+        })
+        .await;
+    assert_eq!(anonymous.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let bad_path = client
+        .head_object(authed(
+            &token,
+            ObjectRef {
+                bucket: "photos".into(),
+                path: "../x".into(),
+            },
+        ))
+        .await;
+    assert_eq!(bad_path.unwrap_err().code(), tonic::Code::InvalidArgument);
+    client
+        .delete_object(authed(
+            &token,
+            ObjectRef {
+                bucket: "photos".into(),
+                path: path.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(env.blobs("photos").await.is_empty());
+    env.stop().await;
+}
+
+/// The email of the user `photos` created (its uid is all the helper returns).
+async fn user_email(env: &Env, uid: &str) -> String {
+    let user: Value = env
+        .cloud
+        .admin()
+        .get(&format!("/auth/v1/admin/users/{uid}"))
+        .await
+        .unwrap();
+    user["email"].as_str().unwrap().to_owned()
+}
