@@ -1131,7 +1131,7 @@ async fn grpc_put_get_head_list_delete_with_the_callers_token() {
     let session = env
         .cloud
         .client()
-        .sign_in(&format!("{}", user_email(&env, &uid).await), "password1234")
+        .sign_in(&user_email(&env, &uid).await, "password1234")
         .await
         .unwrap();
     let mut client = StorageServiceClient::connect(env.cloud.urls.storage.clone())

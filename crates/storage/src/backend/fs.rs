@@ -191,10 +191,10 @@ impl Backend for FsBackend {
                 let metadata = entry.metadata().await?;
                 if metadata.is_dir() {
                     stack.push(entry.path());
-                } else if let Ok(relative) = entry.path().strip_prefix(&base) {
-                    if let Some(key) = relative.to_str() {
-                        out.push((key.to_owned(), metadata.modified()?));
-                    }
+                } else if let Ok(relative) = entry.path().strip_prefix(&base)
+                    && let Some(key) = relative.to_str()
+                {
+                    out.push((key.to_owned(), metadata.modified()?));
                 }
             }
         }

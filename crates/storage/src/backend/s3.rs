@@ -76,6 +76,7 @@ impl S3Backend {
         format!("{}{bucket}", self.bucket_prefix)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn multipart(
         &self,
         bucket: &str,
