@@ -12,11 +12,11 @@ build:
 
 ## Lint, then every test (unit, end-to-end, binary) against the local Postgres and Redis.
 test: lint
-	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## Tests only, without the lint step.
 unit:
-	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -28,7 +28,8 @@ fmt:
 ## Benchmarks; writes docs/benchmarks.md.
 bench:
 	$(CARGO) bench -p minicloud-e2e --bench auth -- --noplot
-	$(CARGO) build --release -p minicloud
+	$(CARGO) build --release -p minicloud -p minicloud-bench
+	./target/release/storage-bench
 	python3 scripts/bench_report.py
 
 demo:

@@ -60,6 +60,63 @@ def startup_runs(runs=7):
     return results
 
 
+def storage_section():
+    path = ROOT / "target" / "bench-storage.json"
+    if not path.exists():
+        return "\n## Storage (issue 4)\n\nNot measured in this run (`target/release/storage-bench` did not run).\n"
+    data = json.loads(path.read_text())
+    rows = []
+    for backend, baseline in [("fs", "files: write+fsync+rename / read"), ("s3", "the S3 server's API (aws-sdk-s3)")]:
+        d = data[backend]
+        for op, key in [("PUT 1 KiB", "small_put"), ("GET 1 KiB", "small_get")]:
+            ours, direct = d[key]["ours"], d[key]["direct"]
+            ratio = ours["ops_per_s"] / direct["ops_per_s"]
+            rows.append(f"| {backend} | {op} | {ours['ops_per_s']:,.0f}/s, p50 {ours['p50_us']:,.0f} µs, p99 {ours['p99_us']:,.0f} µs "
+                        f"| {direct['ops_per_s']:,.0f}/s, p50 {direct['p50_us']:,.0f} µs, p99 {direct['p99_us']:,.0f} µs | **{ratio:.2f}** | ≥ 0.5 |")
+        for op, key in [("PUT 256 MiB", "large_put_mib_s"), ("GET 256 MiB", "large_get_mib_s")]:
+            ours, direct = d[key]["ours"], d[key]["direct"]
+            rows.append(f"| {backend} | {op} | {ours:,.0f} MiB/s | {direct:,.0f} MiB/s | **{ours/direct:.2f}** | ≥ 0.8 |")
+    rss = "\n".join(
+        f"| {b} | {data[b]['rss_1gib']['before_mib']:.0f} MiB | {data[b]['rss_1gib']['peak_mib']:.0f} MiB | **{data[b]['rss_1gib']['growth_mib']:.1f} MiB** | < 64 MiB |"
+        for b in ("fs", "s3"))
+    n = data["fs"]["iterations"]
+    return f"""
+## Storage (issue 4)
+
+`target/release/storage-bench`: a whole cloud in the benchmark process, sequential
+requests through the gateway with the service key ({n} operations per small-object
+row after a warm-up), each beside the same operation done straight on the backend in
+the same run. The S3 server is s3s-fs embedded in the benchmark with TCP_NODELAY (the
+stock binary's Nagle delay would make every small GET ~40 ms on both sides).
+
+| backend | operation | through the gateway | direct on the backend ({'fs: files; s3: S3 API'}) | ratio | target |
+|---|---|---|---|---|---|
+""" + "\n".join(rows) + f"""
+
+Memory: process RSS while 1 GiB is uploaded and then downloaded through the gateway
+(client, gateway and storage all in the measured process):
+
+| backend | RSS before | RSS peak | growth | target |
+|---|---|---|---|---|
+{rss}
+
+Reading the ratios:
+- Small objects on `fs` are far below target and cannot reach it by design: the
+  baseline is a syscall on a warm page cache (a 1 KiB read is ~20 µs), while every
+  request here makes two HTTP hops (gateway, storage), verifies the caller and reads
+  the metadata row; a PUT also fsyncs the blob and its directory and commits the
+  metadata and the outbox event in Postgres (durability: nothing acknowledged is
+  lost), and the relay publishes the event to the bus. Against the S3 API baseline,
+  which pays one HTTP hop, the ratios are closer.
+- Large objects: the ETag is the MD5 of the bytes (S3's own single-part ETag), computed
+  while streaming; on 2 cores shared by client, gateway and storage, hashing and two
+  proxy copies cap `fs` uploads well below a bare page-cache write. Through S3, where
+  the backend itself is the bottleneck, large GETs reach the baseline and large PUTs
+  come close.
+- Memory stays flat on `fs`; on `s3` one 16 MiB multipart part is buffered per upload.
+"""
+
+
 def fmt_rate(ns):
     return f"{1e9 / ns:,.0f}/s"
 
@@ -129,6 +186,7 @@ second. The rest of a sign-in (user lookup, refresh-token insert, EdDSA signing,
 and the gateway hop) adds {(sign_auth-sign_base)/1e6:.2f} ms straight to auth and
 {(sign_gateway-sign_base)/1e6:.2f} ms through the gateway.
 """
+    out += storage_section()
     (ROOT / "docs" / "benchmarks.md").write_text(out)
     print(out)
 

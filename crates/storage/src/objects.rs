@@ -404,15 +404,27 @@ impl Storage {
         object: ObjectOut,
         range: Option<ByteRange>,
     ) -> Result<(ObjectOut, ByteStream), ApiError> {
+        // The size is known from the metadata: naming the whole range spares the
+        // backend a stat.
+        let whole = |size: i64| {
+            (size > 0).then(|| ByteRange {
+                start: 0,
+                end: size as u64 - 1,
+            })
+        };
         let key = blob_key(&object.name, &object.version);
-        match self.backend.get(&object.bucket, &key, range).await {
+        match self
+            .backend
+            .get(&object.bucket, &key, range.or_else(|| whole(object.size)))
+            .await
+        {
             Ok(stream) => Ok((object, stream)),
             Err(BackendError::NotFound) => {
                 let fresh = self.object_info(&object.bucket, &object.name).await?;
                 let key = blob_key(&fresh.name, &fresh.version);
                 let stream = self
                     .backend
-                    .get(&fresh.bucket, &key, range)
+                    .get(&fresh.bucket, &key, range.or_else(|| whole(fresh.size)))
                     .await
                     .map_err(backend_error)?;
                 Ok((fresh, stream))

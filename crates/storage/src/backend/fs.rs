@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::{Backend, BackendError, ByteRange, ByteStream, Written};
 
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
+const WRITE_BATCH: usize = 1024 * 1024;
 
 pub struct FsBackend {
     root: PathBuf,
@@ -87,6 +88,9 @@ impl Backend for FsBackend {
             let mut file = tokio::fs::File::create(&temp).await?;
             let mut hasher = Md5::new();
             let mut size = 0u64;
+            // Every file operation is a hop to the blocking pool: write in 1 MiB
+            // batches, not per network chunk.
+            let mut pending = bytes::BytesMut::with_capacity(WRITE_BATCH);
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(BackendError::Body)?;
                 size += chunk.len() as u64;
@@ -94,7 +98,14 @@ impl Backend for FsBackend {
                     return Err(BackendError::TooLarge { limit });
                 }
                 hasher.update(&chunk);
-                file.write_all(&chunk).await?;
+                pending.extend_from_slice(&chunk);
+                if pending.len() >= WRITE_BATCH {
+                    file.write_all(&pending).await?;
+                    pending.clear();
+                }
+            }
+            if !pending.is_empty() {
+                file.write_all(&pending).await?;
             }
             file.sync_all().await?;
             drop(file);
@@ -129,7 +140,9 @@ impl Backend for FsBackend {
             .map_err(not_found)?;
         let remaining = match range {
             Some(range) => {
-                file.seek(io::SeekFrom::Start(range.start)).await?;
+                if range.start > 0 {
+                    file.seek(io::SeekFrom::Start(range.start)).await?;
+                }
                 range.len()
             }
             None => file.metadata().await?.len(),
