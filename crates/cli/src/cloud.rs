@@ -127,7 +127,7 @@ pub async fn start(
         },
         async {
             let pool = pool(minicloud_docdb::SCHEMA).await?;
-            anyhow::Ok(Docdb::new(config.docdb.clone(), pool, authz()?).await?)
+            anyhow::Ok(Docdb::new(config.docdb.clone(), pool, authz()?, &urls.bus).await?)
         },
         async {
             let (pool, redis) = tokio::try_join!(pool(minicloud_bus::SCHEMA), redis)?;

@@ -381,6 +381,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 args.docdb.clone(),
                 pool(minicloud_docdb::SCHEMA).await?,
                 authz()?,
+                &args.bus_url,
             )
             .await?;
             minicloud_docdb::run(docdb, listener, shutdown).await

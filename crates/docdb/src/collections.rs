@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
 use minicloud_proto::docdb::v1::docdb_service_server::DocdbService;
 use minicloud_proto::docdb::v1::{Collection, ListCollectionsRequest, ListCollectionsResponse};
-use minicloud_proto::error::{ApiError, ErrorBody, Json};
+use minicloud_proto::error::{ApiError, ErrorBody, Json, Path};
 use serde::{Deserialize, Serialize};
 
 use crate::Docdb;
@@ -44,7 +44,7 @@ pub struct IndexIn {
     pub fields: Vec<String>,
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_lowercase()
@@ -60,23 +60,6 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Dotted JSON paths of identifier segments (`a.b_c.d`).
-fn check_field(field: &str) -> Result<(), ApiError> {
-    let valid = !field.is_empty()
-        && field.len() <= 256
-        && field.split('.').all(|segment| {
-            !segment.is_empty()
-                && segment.len() <= 63
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(format!("invalid field path {field:?}")))
-    }
-}
 
 #[utoipa::path(post, path = "/db/v1/collections", tag = "collections", request_body = CollectionIn, responses((status = 201, body = CollectionOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn create(
@@ -93,7 +76,7 @@ pub async fn create(
             return Err(ApiError::invalid("an index has 1 to 8 fields"));
         }
         for field in &index.fields {
-            check_field(field)?;
+            crate::query::check_path(field)?;
         }
     }
     let policy = Policy::from_json(input.policy.as_ref().unwrap_or(&serde_json::Value::Null))
@@ -107,6 +90,9 @@ pub async fn create(
             &[],
         )
         .await?;
+    // The row, the table and its indexes in one transaction: a collection exists
+    // whole or not at all.
+    let mut tx = docdb.pool.begin().await.map_err(ApiError::internal)?;
     let collection = sqlx::query_as::<_, CollectionOut>(
         "INSERT INTO collections (name, indexes, policy, owner) VALUES ($1, $2, $3, $4)
          ON CONFLICT (name) DO NOTHING RETURNING name, indexes, policy, owner, created_at",
@@ -115,10 +101,38 @@ pub async fn create(
     .bind(serde_json::to_value(&input.indexes).map_err(ApiError::internal)?)
     .bind(serde_json::to_value(&policy).map_err(ApiError::internal)?)
     .bind(caller.owner())
-    .fetch_optional(&docdb.pool)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(ApiError::internal)?
     .ok_or_else(|| ApiError::conflict(format!("collection {} already exists", input.name)))?;
+    let table = crate::documents::table(&input.name);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (
+            id         text COLLATE \"C\" PRIMARY KEY,
+            version    bigint NOT NULL,
+            owner      text,
+            data       jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(ApiError::internal)?;
+    for (i, index) in input.indexes.iter().enumerate() {
+        // Field paths were checked by the grammar; the expressions are the ones
+        // queries use, so the planner can match them.
+        let expressions: Vec<String> = index.fields.iter().map(|f| format!("({})", crate::query::expression(f))).collect();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE INDEX \"docs_{}_i{i}\" ON {table} ({})",
+            input.name,
+            expressions.join(", ")
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    }
+    tx.commit().await.map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(collection)))
 }
 
@@ -148,6 +162,52 @@ pub async fn list(
         }
     }
     Ok(Json(CollectionList { collections }))
+}
+
+#[utoipa::path(get, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),
+    responses((status = 200, body = CollectionOut), (status = 404, body = ErrorBody)))]
+pub async fn get(State(docdb): State<Docdb>, caller: Caller, Path(name): Path<String>) -> Result<Json<CollectionOut>, ApiError> {
+    check_name(&name)?;
+    let collection = sqlx::query_as::<_, CollectionOut>(
+        "SELECT name, indexes, policy, owner, created_at FROM collections WHERE name = $1",
+    )
+    .bind(&name)
+    .fetch_optional(&docdb.pool)
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError::not_found(format!("collection {name} not found")))?;
+    let policy = Policy::from_json(&collection.policy).unwrap_or_default();
+    match docdb.authz.authorize(&caller, "db:Query", &format!("db:{name}"), &[&policy]).await {
+        Ok(()) => Ok(Json(collection)),
+        Err(error) if error.code == minicloud_proto::error::ErrorCode::PermissionDenied => {
+            Err(ApiError::not_found(format!("collection {name} not found")))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+#[utoipa::path(delete, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),
+    responses((status = 204, description = "dropped with its documents"), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn delete(State(docdb): State<Docdb>, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    check_name(&name)?;
+    // Dropping a collection is an admin act: the same permission as creating one.
+    docdb.authz.authorize(&caller, "db:CreateCollection", &format!("db:{name}"), &[]).await?;
+    let mut tx = docdb.pool.begin().await.map_err(ApiError::internal)?;
+    let deleted = sqlx::query("DELETE FROM collections WHERE name = $1")
+        .bind(&name)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?
+        .rows_affected();
+    if deleted == 0 {
+        return Err(ApiError::not_found(format!("collection {name} not found")));
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {}", crate::documents::table(&name))))
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub struct DocdbGrpc(pub Docdb);

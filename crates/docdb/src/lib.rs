@@ -1,14 +1,18 @@
-//! The docdb service (`/db/v1`): collections of JSON documents and key-value
-//! namespaces over Postgres. This first cut serves collections; documents, queries
-//! and KV land with issue 5.
+//! The docdb service (`/db/v1`): collections of JSON documents with declared
+//! indexes, queries, batches and key-value namespaces over Postgres, with change
+//! events through the transactional outbox.
 
 mod collections;
+mod documents;
+mod kv;
+mod query;
+mod rest;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_proto::docdb::v1::docdb_service_server::DocdbServiceServer;
@@ -19,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const SCHEMA: &str = "docdb";
+/// A 1 MiB document with room for JSON framing; a batch may carry several.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// The REST API of this service, served at `/db/v1/openapi.json`.
 #[derive(utoipa::OpenApi)]
@@ -41,6 +47,17 @@ pub struct Docdb(Arc<DocdbState>);
 pub struct DocdbState {
     pub(crate) pool: PgPool,
     pub(crate) authz: Arc<Authz>,
+    pub(crate) relay: minicloud_outbox::Relay,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DocdbStartError {
+    #[error("migrating the docdb schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("outbox: {0}")]
+    Outbox(#[from] minicloud_outbox::OutboxError),
+    #[error("bus URL: {0}")]
+    BusUrl(#[from] tonic::transport::Error),
 }
 
 impl std::ops::Deref for Docdb {
@@ -61,13 +78,37 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 impl Docdb {
+    /// Migrates and connects the outbox relay to the bus at `bus_grpc_url`.
     pub async fn new(
         _config: DocdbConfig,
         pool: PgPool,
         authz: Arc<Authz>,
-    ) -> Result<Docdb, sqlx::migrate::MigrateError> {
+        bus_grpc_url: &str,
+    ) -> Result<Docdb, DocdbStartError> {
         migrate(&pool).await?;
-        Ok(Docdb(Arc::new(DocdbState { pool, authz })))
+        minicloud_outbox::ensure_table(&pool).await?;
+        let relay = minicloud_outbox::Relay::new(pool.clone(), bus_grpc_url, minicloud_outbox::RelayConfig::default())?;
+        Ok(Docdb(Arc::new(DocdbState { pool, authz, relay })))
+    }
+
+    /// The outbox relay and the purge of expired keys, until cancelled.
+    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let docdb = self.clone();
+        let purge_cancel = cancel.clone();
+        let purge = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = purge_cancel.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                }
+                match docdb.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::debug!(purged, "purged expired keys"),
+                    Err(error) => tracing::warn!(%error, "purging expired keys failed"),
+                }
+            }
+        });
+        vec![self.relay.clone().spawn(cancel), purge]
     }
 
     pub fn into_router(self) -> Router {
@@ -85,6 +126,13 @@ impl Docdb {
                 "/db/v1/collections",
                 get(collections::list).post(collections::create),
             )
+            .route("/db/v1/collections/{c}", get(collections::get).delete(collections::delete))
+            .route("/db/v1/collections/{c}/docs", post(rest::create))
+            .route("/db/v1/collections/{c}/docs/{id}", get(rest::get).put(rest::put).patch(rest::patch).delete(rest::delete))
+            .route("/db/v1/collections/{c}/query", post(rest::query))
+            .route("/db/v1/batch", post(rest::batch))
+            .route("/db/v1/kv/{ns}", get(rest::kv_list))
+            .route("/db/v1/kv/{ns}/{*key}", get(rest::kv_get).put(rest::kv_put).delete(rest::kv_delete).post(rest::kv_incr))
             .route(
                 "/db/v1/openapi.json",
                 get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
@@ -96,7 +144,7 @@ impl Docdb {
             readiness,
             ServiceMetrics::new("docdb", |_| {}),
         )
-        .body_limit(64 * 1024)
+        .body_limit(MAX_BODY_BYTES)
         .grpc(DocdbServiceServer::new(collections::DocdbGrpc(self)))
         .into_router()
     }

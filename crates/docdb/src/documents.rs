@@ -1,0 +1,313 @@
+//! Collections and documents: each collection is a table `docs_<name>` with its
+//! declared indexes; writes are authorised, preconditioned, versioned and produce an
+//! event in the same transaction (through the outbox).
+
+use chrono::{DateTime, Utc};
+use minicloud_authz::{Caller, Policy};
+use minicloud_outbox::OutboxEvent;
+use minicloud_proto::error::{ApiError, ErrorCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, Row as _};
+
+use crate::Docdb;
+use crate::query::{self, QueryIn};
+
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DocOut {
+    pub id: String,
+    pub version: i64,
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+pub fn table(collection: &str) -> String {
+    // Collection names are checked (`[a-z][a-z0-9_]{0,62}`), so this is a safe identifier.
+    format!("\"docs_{collection}\"")
+}
+
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    let valid = !id.is_empty()
+        && id.len() <= 255
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("document id: 1-255 of A-Z a-z 0-9 _ - . : @"))
+    }
+}
+
+fn check_data(data: &Value) -> Result<(), ApiError> {
+    if !data.is_object() {
+        return Err(ApiError::invalid("a document is a JSON object"));
+    }
+    if data.to_string().len() > MAX_DOCUMENT_BYTES {
+        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("document larger than {MAX_DOCUMENT_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+fn db(error: sqlx::Error) -> ApiError {
+    if let sqlx::Error::Database(e) = &error
+        && e.code().as_deref() == Some("57014")
+    {
+        return ApiError::new(ErrorCode::Timeout, "the statement took too long");
+    }
+    ApiError::internal(error)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteKind {
+    /// A new document; `id` optional (server-chosen when absent).
+    Create,
+    /// Create or replace.
+    Put,
+    /// JSON merge patch (RFC 7396) of an existing document.
+    Patch,
+    Delete,
+}
+
+/// One write, as REST routes and `POST /batch` express it.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Write {
+    pub op: WriteKind,
+    pub collection: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// Compare-and-set on the current version.
+    #[serde(default)]
+    pub if_match: Option<i64>,
+    /// Create-only.
+    #[serde(default)]
+    pub if_none_match: bool,
+}
+
+pub struct Applied {
+    pub document: Option<DocOut>,
+    pub created: bool,
+}
+
+impl Docdb {
+    pub(crate) async fn collection_policy(&self, collection: &str) -> Result<Policy, ApiError> {
+        crate::collections::check_name(collection)?;
+        let policy: Option<Value> = sqlx::query_scalar("SELECT policy FROM collections WHERE name = $1")
+            .bind(collection)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        let policy = policy.ok_or_else(|| ApiError::not_found(format!("collection {collection} not found")))?;
+        Ok(Policy::from_json(&policy).unwrap_or_default())
+    }
+
+    pub(crate) async fn authorize_doc(&self, caller: &Caller, action: &str, collection: &str, id: &str) -> Result<(), ApiError> {
+        let policy = self.collection_policy(collection).await?;
+        self.authz.authorize(caller, action, &format!("db:{collection}/{id}"), &[&policy]).await
+    }
+
+    pub async fn get_document(&self, caller: &Caller, collection: &str, id: &str) -> Result<DocOut, ApiError> {
+        check_id(id)?;
+        self.authorize_doc(caller, "db:GetDocument", collection, id).await?;
+        sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
+            "SELECT id, version, owner, created_at, updated_at, data FROM {} WHERE id = $1",
+            table(collection)
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found("document not found"))
+    }
+
+    /// Applies writes in one transaction: all or nothing. Errors of a batch name the
+    /// failing write's index.
+    pub async fn apply_writes(&self, caller: &Caller, writes: Vec<Write>) -> Result<Vec<Applied>, ApiError> {
+        let batch = writes.len() > 1;
+        for (i, write) in writes.iter().enumerate() {
+            let id = write.id.clone().unwrap_or_default();
+            let action = match write.op {
+                WriteKind::Delete => "db:DeleteDocument",
+                _ => "db:PutDocument",
+            };
+            if let Some(id) = &write.id {
+                check_id(id).map_err(|e| ApiError::invalid(format!("write {i}: {}", e.message)))?;
+            } else if !matches!(write.op, WriteKind::Create) {
+                return Err(ApiError::invalid(format!("write {i}: id is required")));
+            }
+            if !matches!(write.op, WriteKind::Delete) {
+                let data = write.data.as_ref().ok_or_else(|| ApiError::invalid(format!("write {i}: data is required")))?;
+                if !matches!(write.op, WriteKind::Patch) {
+                    check_data(data)?;
+                } else if !data.is_object() {
+                    return Err(ApiError::invalid(format!("write {i}: a merge patch is a JSON object")));
+                }
+            }
+            self.authorize_doc(caller, action, &write.collection, if id.is_empty() { "*" } else { &id }).await?;
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut applied = Vec::with_capacity(writes.len());
+        for (i, write) in writes.into_iter().enumerate() {
+            let result = apply_one(&mut tx, caller, write).await.map_err(|e| {
+                if batch { ApiError::new(e.code, format!("write {i}: {}", e.message)) } else { e }
+            })?;
+            applied.push(result);
+        }
+        tx.commit().await.map_err(db)?;
+        self.relay.wake();
+        Ok(applied)
+    }
+
+    pub async fn query(&self, caller: &Caller, collection: &str, query: &QueryIn) -> Result<QueryOut, ApiError> {
+        let policy = self.collection_policy(collection).await?;
+        self.authz.authorize(caller, "db:Query", &format!("db:{collection}"), &[&policy]).await?;
+        let mut compiled = query::compile(query)?;
+        let count = if query.count {
+            let sql = format!("SELECT count(*) FROM {} WHERE {}", table(collection), compiled.filter_where);
+            let args = compiled.sql.args.clone();
+            Some(sqlx::query_scalar_with::<_, i64, _>(sqlx::AssertSqlSafe(sql), args).fetch_one(&self.pool).await.map_err(db)?)
+        } else {
+            None
+        };
+        let mut where_sql = compiled.filter_where.clone();
+        if let Some(cursor) = &query.cursor {
+            where_sql = format!("{where_sql} AND {}", compiled.cursor_where(cursor)?);
+        }
+        let sql = format!(
+            "SELECT id, version, owner, created_at, updated_at, data, {} AS sort_key FROM {} WHERE {} ORDER BY {} LIMIT {}",
+            query::order_key_select(&compiled.order),
+            table(collection),
+            where_sql,
+            compiled.order_by_sql(),
+            compiled.limit + 1
+        );
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), compiled.sql.args).fetch_all(&self.pool).await.map_err(db)?;
+        let mut documents = Vec::with_capacity(rows.len());
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            documents.push(DocOut {
+                id: row.try_get("id").map_err(db)?,
+                version: row.try_get("version").map_err(db)?,
+                owner: row.try_get("owner").map_err(db)?,
+                created_at: row.try_get("created_at").map_err(db)?,
+                updated_at: row.try_get("updated_at").map_err(db)?,
+                data: row.try_get("data").map_err(db)?,
+            });
+            keys.push(row.try_get::<Value, _>("sort_key").map_err(db)?);
+        }
+        let next_cursor = if documents.len() as i64 > compiled.limit {
+            documents.truncate(compiled.limit as usize);
+            keys.get(compiled.limit as usize - 1).map(query::encode_cursor)
+        } else {
+            None
+        };
+        Ok(QueryOut { documents, next_cursor, count })
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueryOut {
+    pub documents: Vec<DocOut>,
+    pub next_cursor: Option<String>,
+    pub count: Option<i64>,
+}
+
+fn event(kind: &str, collection: &str, document: &DocOut, with_data: bool) -> OutboxEvent {
+    let mut data = serde_json::json!({
+        "collection": collection,
+        "id": document.id,
+        "version": document.version,
+        "owner": document.owner,
+    });
+    if with_data {
+        data["document"] = document.data.clone();
+    }
+    OutboxEvent::new("/minicloud/db", &format!("minicloud.db.document.{kind}"), Some(format!("{collection}/{}", document.id)), data)
+}
+
+fn precondition_failed(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::PreconditionFailed, message)
+}
+
+async fn apply_one(tx: &mut PgConnection, caller: &Caller, write: Write) -> Result<Applied, ApiError> {
+    let t = table(&write.collection);
+    let current: Option<DocOut> = match &write.id {
+        Some(id) => sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
+            "SELECT id, version, owner, created_at, updated_at, data FROM {t} WHERE id = $1 FOR UPDATE"
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?,
+        None => None,
+    };
+    if write.if_none_match && current.is_some() {
+        return Err(precondition_failed("If-None-Match: the document exists"));
+    }
+    if let Some(expected) = write.if_match {
+        match &current {
+            Some(doc) if doc.version == expected => {}
+            _ => return Err(precondition_failed("If-Match: the document's version differs")),
+        }
+    }
+    let returning = "RETURNING id, version, owner, created_at, updated_at, data";
+    match (write.op, current) {
+        (WriteKind::Create, Some(_)) => Err(ApiError::conflict("the document exists")),
+        (WriteKind::Create | WriteKind::Put, None) => {
+            let id = write.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+            let doc = sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {t} (id, version, owner, data) VALUES ($1, 1, $2, $3) {returning}"
+            )))
+            .bind(&id)
+            .bind(caller.owner())
+            .bind(write.data.unwrap_or_default())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => ApiError::conflict("the document exists"),
+                _ => db(e),
+            })?;
+            minicloud_outbox::enqueue(tx, "db", &event("created", &write.collection, &doc, true)).await.map_err(ApiError::internal)?;
+            Ok(Applied { document: Some(doc), created: true })
+        }
+        (WriteKind::Put | WriteKind::Patch, Some(existing)) => {
+            let data = match write.op {
+                WriteKind::Patch => {
+                    let mut data = existing.data.clone();
+                    json_patch::merge(&mut data, &write.data.unwrap_or_default());
+                    check_data(&data)?;
+                    data
+                }
+                _ => write.data.unwrap_or_default(),
+            };
+            let doc = sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
+                "UPDATE {t} SET data = $2, version = version + 1, updated_at = now() WHERE id = $1 {returning}"
+            )))
+            .bind(&existing.id)
+            .bind(data)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+            minicloud_outbox::enqueue(tx, "db", &event("updated", &write.collection, &doc, true)).await.map_err(ApiError::internal)?;
+            Ok(Applied { document: Some(doc), created: false })
+        }
+        (WriteKind::Patch | WriteKind::Delete, None) => Err(ApiError::not_found("document not found")),
+        (WriteKind::Delete, Some(existing)) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE id = $1")))
+                .bind(&existing.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            minicloud_outbox::enqueue(tx, "db", &event("deleted", &write.collection, &existing, false)).await.map_err(ApiError::internal)?;
+            Ok(Applied { document: Some(existing), created: false })
+        }
+    }
+}
