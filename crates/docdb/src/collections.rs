@@ -60,7 +60,6 @@ pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-
 #[utoipa::path(post, path = "/db/v1/collections", tag = "collections", request_body = CollectionIn, responses((status = 201, body = CollectionOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub async fn create(
     State(docdb): State<Docdb>,
@@ -122,7 +121,11 @@ pub async fn create(
     for (i, index) in input.indexes.iter().enumerate() {
         // Field paths were checked by the grammar; the expressions are the ones
         // queries use, so the planner can match them.
-        let expressions: Vec<String> = index.fields.iter().map(|f| format!("({})", crate::query::expression(f))).collect();
+        let expressions: Vec<String> = index
+            .fields
+            .iter()
+            .map(|f| format!("({})", crate::query::expression(f)))
+            .collect();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE INDEX \"docs_{}_i{i}\" ON {table} ({})",
             input.name,
@@ -166,7 +169,11 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),
     responses((status = 200, body = CollectionOut), (status = 404, body = ErrorBody)))]
-pub async fn get(State(docdb): State<Docdb>, caller: Caller, Path(name): Path<String>) -> Result<Json<CollectionOut>, ApiError> {
+pub async fn get(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<CollectionOut>, ApiError> {
     check_name(&name)?;
     let collection = sqlx::query_as::<_, CollectionOut>(
         "SELECT name, indexes, policy, owner, created_at FROM collections WHERE name = $1",
@@ -177,7 +184,11 @@ pub async fn get(State(docdb): State<Docdb>, caller: Caller, Path(name): Path<St
     .map_err(ApiError::internal)?
     .ok_or_else(|| ApiError::not_found(format!("collection {name} not found")))?;
     let policy = Policy::from_json(&collection.policy).unwrap_or_default();
-    match docdb.authz.authorize(&caller, "db:Query", &format!("db:{name}"), &[&policy]).await {
+    match docdb
+        .authz
+        .authorize(&caller, "db:Query", &format!("db:{name}"), &[&policy])
+        .await
+    {
         Ok(()) => Ok(Json(collection)),
         Err(error) if error.code == minicloud_proto::error::ErrorCode::PermissionDenied => {
             Err(ApiError::not_found(format!("collection {name} not found")))
@@ -188,10 +199,17 @@ pub async fn get(State(docdb): State<Docdb>, caller: Caller, Path(name): Path<St
 
 #[utoipa::path(delete, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),
     responses((status = 204, description = "dropped with its documents"), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn delete(State(docdb): State<Docdb>, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
     // Dropping a collection is an admin act: the same permission as creating one.
-    docdb.authz.authorize(&caller, "db:CreateCollection", &format!("db:{name}"), &[]).await?;
+    docdb
+        .authz
+        .authorize(&caller, "db:CreateCollection", &format!("db:{name}"), &[])
+        .await?;
     let mut tx = docdb.pool.begin().await.map_err(ApiError::internal)?;
     let deleted = sqlx::query("DELETE FROM collections WHERE name = $1")
         .bind(&name)
@@ -202,10 +220,13 @@ pub async fn delete(State(docdb): State<Docdb>, caller: Caller, Path(name): Path
     if deleted == 0 {
         return Err(ApiError::not_found(format!("collection {name} not found")));
     }
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {}", crate::documents::table(&name))))
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS {}",
+        crate::documents::table(&name)
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT)
 }

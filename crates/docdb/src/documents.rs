@@ -34,11 +34,15 @@ pub fn table(collection: &str) -> String {
 pub fn check_id(id: &str) -> Result<(), ApiError> {
     let valid = !id.is_empty()
         && id.len() <= 255
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
     if valid {
         Ok(())
     } else {
-        Err(ApiError::invalid("document id: 1-255 of A-Z a-z 0-9 _ - . : @"))
+        Err(ApiError::invalid(
+            "document id: 1-255 of A-Z a-z 0-9 _ - . : @",
+        ))
     }
 }
 
@@ -47,7 +51,10 @@ fn check_data(data: &Value) -> Result<(), ApiError> {
         return Err(ApiError::invalid("a document is a JSON object"));
     }
     if data.to_string().len() > MAX_DOCUMENT_BYTES {
-        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("document larger than {MAX_DOCUMENT_BYTES} bytes")));
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("document larger than {MAX_DOCUMENT_BYTES} bytes"),
+        ));
     }
     Ok(())
 }
@@ -100,23 +107,39 @@ pub struct Applied {
 impl Docdb {
     pub(crate) async fn collection_policy(&self, collection: &str) -> Result<Policy, ApiError> {
         crate::collections::check_name(collection)?;
-        let policy: Option<Value> = sqlx::query_scalar("SELECT policy FROM collections WHERE name = $1")
-            .bind(collection)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        let policy = policy.ok_or_else(|| ApiError::not_found(format!("collection {collection} not found")))?;
+        let policy: Option<Value> =
+            sqlx::query_scalar("SELECT policy FROM collections WHERE name = $1")
+                .bind(collection)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        let policy = policy
+            .ok_or_else(|| ApiError::not_found(format!("collection {collection} not found")))?;
         Ok(Policy::from_json(&policy).unwrap_or_default())
     }
 
-    pub(crate) async fn authorize_doc(&self, caller: &Caller, action: &str, collection: &str, id: &str) -> Result<(), ApiError> {
+    pub(crate) async fn authorize_doc(
+        &self,
+        caller: &Caller,
+        action: &str,
+        collection: &str,
+        id: &str,
+    ) -> Result<(), ApiError> {
         let policy = self.collection_policy(collection).await?;
-        self.authz.authorize(caller, action, &format!("db:{collection}/{id}"), &[&policy]).await
+        self.authz
+            .authorize(caller, action, &format!("db:{collection}/{id}"), &[&policy])
+            .await
     }
 
-    pub async fn get_document(&self, caller: &Caller, collection: &str, id: &str) -> Result<DocOut, ApiError> {
+    pub async fn get_document(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+    ) -> Result<DocOut, ApiError> {
         check_id(id)?;
-        self.authorize_doc(caller, "db:GetDocument", collection, id).await?;
+        self.authorize_doc(caller, "db:GetDocument", collection, id)
+            .await?;
         sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
             "SELECT id, version, owner, created_at, updated_at, data FROM {} WHERE id = $1",
             table(collection)
@@ -130,7 +153,11 @@ impl Docdb {
 
     /// Applies writes in one transaction: all or nothing. Errors of a batch name the
     /// failing write's index.
-    pub async fn apply_writes(&self, caller: &Caller, writes: Vec<Write>) -> Result<Vec<Applied>, ApiError> {
+    pub async fn apply_writes(
+        &self,
+        caller: &Caller,
+        writes: Vec<Write>,
+    ) -> Result<Vec<Applied>, ApiError> {
         let batch = writes.len() > 1;
         for (i, write) in writes.iter().enumerate() {
             let id = write.id.clone().unwrap_or_default();
@@ -144,20 +171,35 @@ impl Docdb {
                 return Err(ApiError::invalid(format!("write {i}: id is required")));
             }
             if !matches!(write.op, WriteKind::Delete) {
-                let data = write.data.as_ref().ok_or_else(|| ApiError::invalid(format!("write {i}: data is required")))?;
+                let data = write
+                    .data
+                    .as_ref()
+                    .ok_or_else(|| ApiError::invalid(format!("write {i}: data is required")))?;
                 if !matches!(write.op, WriteKind::Patch) {
                     check_data(data)?;
                 } else if !data.is_object() {
-                    return Err(ApiError::invalid(format!("write {i}: a merge patch is a JSON object")));
+                    return Err(ApiError::invalid(format!(
+                        "write {i}: a merge patch is a JSON object"
+                    )));
                 }
             }
-            self.authorize_doc(caller, action, &write.collection, if id.is_empty() { "*" } else { &id }).await?;
+            self.authorize_doc(
+                caller,
+                action,
+                &write.collection,
+                if id.is_empty() { "*" } else { &id },
+            )
+            .await?;
         }
         let mut tx = self.pool.begin().await.map_err(db)?;
         let mut applied = Vec::with_capacity(writes.len());
         for (i, write) in writes.into_iter().enumerate() {
             let result = apply_one(&mut tx, caller, write).await.map_err(|e| {
-                if batch { ApiError::new(e.code, format!("write {i}: {}", e.message)) } else { e }
+                if batch {
+                    ApiError::new(e.code, format!("write {i}: {}", e.message))
+                } else {
+                    e
+                }
             })?;
             applied.push(result);
         }
@@ -166,14 +208,30 @@ impl Docdb {
         Ok(applied)
     }
 
-    pub async fn query(&self, caller: &Caller, collection: &str, query: &QueryIn) -> Result<QueryOut, ApiError> {
+    pub async fn query(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        query: &QueryIn,
+    ) -> Result<QueryOut, ApiError> {
         let policy = self.collection_policy(collection).await?;
-        self.authz.authorize(caller, "db:Query", &format!("db:{collection}"), &[&policy]).await?;
+        self.authz
+            .authorize(caller, "db:Query", &format!("db:{collection}"), &[&policy])
+            .await?;
         let mut compiled = query::compile(query)?;
         let count = if query.count {
-            let sql = format!("SELECT count(*) FROM {} WHERE {}", table(collection), compiled.filter_where);
+            let sql = format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                table(collection),
+                compiled.filter_where
+            );
             let args = compiled.sql.args.clone();
-            Some(sqlx::query_scalar_with::<_, i64, _>(sqlx::AssertSqlSafe(sql), args).fetch_one(&self.pool).await.map_err(db)?)
+            Some(
+                sqlx::query_scalar_with::<_, i64, _>(sqlx::AssertSqlSafe(sql), args)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db)?,
+            )
         } else {
             None
         };
@@ -189,7 +247,10 @@ impl Docdb {
             compiled.order_by_sql(),
             compiled.limit + 1
         );
-        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), compiled.sql.args).fetch_all(&self.pool).await.map_err(db)?;
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), compiled.sql.args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         let mut documents = Vec::with_capacity(rows.len());
         let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -205,11 +266,16 @@ impl Docdb {
         }
         let next_cursor = if documents.len() as i64 > compiled.limit {
             documents.truncate(compiled.limit as usize);
-            keys.get(compiled.limit as usize - 1).map(query::encode_cursor)
+            keys.get(compiled.limit as usize - 1)
+                .map(query::encode_cursor)
         } else {
             None
         };
-        Ok(QueryOut { documents, next_cursor, count })
+        Ok(QueryOut {
+            documents,
+            next_cursor,
+            count,
+        })
     }
 }
 
@@ -230,14 +296,23 @@ fn event(kind: &str, collection: &str, document: &DocOut, with_data: bool) -> Ou
     if with_data {
         data["document"] = document.data.clone();
     }
-    OutboxEvent::new("/minicloud/db", &format!("minicloud.db.document.{kind}"), Some(format!("{collection}/{}", document.id)), data)
+    OutboxEvent::new(
+        "/minicloud/db",
+        &format!("minicloud.db.document.{kind}"),
+        Some(format!("{collection}/{}", document.id)),
+        data,
+    )
 }
 
 fn precondition_failed(message: &str) -> ApiError {
     ApiError::new(ErrorCode::PreconditionFailed, message)
 }
 
-async fn apply_one(tx: &mut PgConnection, caller: &Caller, write: Write) -> Result<Applied, ApiError> {
+async fn apply_one(
+    tx: &mut PgConnection,
+    caller: &Caller,
+    write: Write,
+) -> Result<Applied, ApiError> {
     let t = table(&write.collection);
     let current: Option<DocOut> = match &write.id {
         Some(id) => sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
@@ -255,14 +330,20 @@ async fn apply_one(tx: &mut PgConnection, caller: &Caller, write: Write) -> Resu
     if let Some(expected) = write.if_match {
         match &current {
             Some(doc) if doc.version == expected => {}
-            _ => return Err(precondition_failed("If-Match: the document's version differs")),
+            _ => {
+                return Err(precondition_failed(
+                    "If-Match: the document's version differs",
+                ));
+            }
         }
     }
     let returning = "RETURNING id, version, owner, created_at, updated_at, data";
     match (write.op, current) {
         (WriteKind::Create, Some(_)) => Err(ApiError::conflict("the document exists")),
         (WriteKind::Create | WriteKind::Put, None) => {
-            let id = write.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+            let id = write
+                .id
+                .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
             let doc = sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO {t} (id, version, owner, data) VALUES ($1, 1, $2, $3) {returning}"
             )))
@@ -272,11 +353,18 @@ async fn apply_one(tx: &mut PgConnection, caller: &Caller, write: Write) -> Resu
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| match &e {
-                sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => ApiError::conflict("the document exists"),
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
+                    ApiError::conflict("the document exists")
+                }
                 _ => db(e),
             })?;
-            minicloud_outbox::enqueue(tx, "db", &event("created", &write.collection, &doc, true)).await.map_err(ApiError::internal)?;
-            Ok(Applied { document: Some(doc), created: true })
+            minicloud_outbox::enqueue(tx, "db", &event("created", &write.collection, &doc, true))
+                .await
+                .map_err(ApiError::internal)?;
+            Ok(Applied {
+                document: Some(doc),
+                created: true,
+            })
         }
         (WriteKind::Put | WriteKind::Patch, Some(existing)) => {
             let data = match write.op {
@@ -296,18 +384,36 @@ async fn apply_one(tx: &mut PgConnection, caller: &Caller, write: Write) -> Resu
             .fetch_one(&mut *tx)
             .await
             .map_err(db)?;
-            minicloud_outbox::enqueue(tx, "db", &event("updated", &write.collection, &doc, true)).await.map_err(ApiError::internal)?;
-            Ok(Applied { document: Some(doc), created: false })
-        }
-        (WriteKind::Patch | WriteKind::Delete, None) => Err(ApiError::not_found("document not found")),
-        (WriteKind::Delete, Some(existing)) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE id = $1")))
-                .bind(&existing.id)
-                .execute(&mut *tx)
+            minicloud_outbox::enqueue(tx, "db", &event("updated", &write.collection, &doc, true))
                 .await
-                .map_err(db)?;
-            minicloud_outbox::enqueue(tx, "db", &event("deleted", &write.collection, &existing, false)).await.map_err(ApiError::internal)?;
-            Ok(Applied { document: Some(existing), created: false })
+                .map_err(ApiError::internal)?;
+            Ok(Applied {
+                document: Some(doc),
+                created: false,
+            })
+        }
+        (WriteKind::Patch | WriteKind::Delete, None) => {
+            Err(ApiError::not_found("document not found"))
+        }
+        (WriteKind::Delete, Some(existing)) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {t} WHERE id = $1"
+            )))
+            .bind(&existing.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            minicloud_outbox::enqueue(
+                tx,
+                "db",
+                &event("deleted", &write.collection, &existing, false),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+            Ok(Applied {
+                document: Some(existing),
+                created: false,
+            })
         }
     }
 }

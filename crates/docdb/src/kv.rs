@@ -28,12 +28,19 @@ pub struct KvList {
 }
 
 pub fn check_namespace(namespace: &str) -> Result<(), ApiError> {
-    crate::collections::check_name(namespace).map_err(|_| ApiError::invalid("namespace: 1-63 of a-z 0-9 _, starting with a letter"))
+    crate::collections::check_name(namespace)
+        .map_err(|_| ApiError::invalid("namespace: 1-63 of a-z 0-9 _, starting with a letter"))
 }
 
 pub fn check_key(key: &str) -> Result<(), ApiError> {
     let valid = !key.is_empty() && key.len() <= 512 && !key.chars().any(char::is_control);
-    if valid { Ok(()) } else { Err(ApiError::invalid("key: 1-512 bytes without control characters")) }
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "key: 1-512 bytes without control characters",
+        ))
+    }
 }
 
 fn db(error: sqlx::Error) -> ApiError {
@@ -48,12 +55,25 @@ pub struct KvCondition {
 }
 
 impl Docdb {
-    async fn authorize_kv(&self, caller: &Caller, action: &str, namespace: &str, key: &str) -> Result<(), ApiError> {
+    async fn authorize_kv(
+        &self,
+        caller: &Caller,
+        action: &str,
+        namespace: &str,
+        key: &str,
+    ) -> Result<(), ApiError> {
         check_namespace(namespace)?;
-        self.authz.authorize(caller, action, &format!("kv:{namespace}/{key}"), &[]).await
+        self.authz
+            .authorize(caller, action, &format!("kv:{namespace}/{key}"), &[])
+            .await
     }
 
-    pub async fn kv_get(&self, caller: &Caller, namespace: &str, key: &str) -> Result<KvOut, ApiError> {
+    pub async fn kv_get(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        key: &str,
+    ) -> Result<KvOut, ApiError> {
         check_key(key)?;
         self.authorize_kv(caller, "kv:Get", namespace, key).await?;
         sqlx::query_as::<_, KvOut>(
@@ -79,7 +99,10 @@ impl Docdb {
     ) -> Result<KvOut, ApiError> {
         check_key(key)?;
         if value.to_string().len() > MAX_VALUE_BYTES {
-            return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("value larger than {MAX_VALUE_BYTES} bytes")));
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("value larger than {MAX_VALUE_BYTES} bytes"),
+            ));
         }
         if ttl_s.is_some_and(|t| t == 0 || t > 10 * 365 * 24 * 3600) {
             return Err(ApiError::invalid("ttl must be 1 second to 10 years"));
@@ -96,10 +119,16 @@ impl Docdb {
         .await
         .map_err(db)?;
         if condition.if_none_match && current.is_some() {
-            return Err(ApiError::new(ErrorCode::PreconditionFailed, "If-None-Match: the key exists"));
+            return Err(ApiError::new(
+                ErrorCode::PreconditionFailed,
+                "If-None-Match: the key exists",
+            ));
         }
         if condition.if_match.is_some() && condition.if_match != current {
-            return Err(ApiError::new(ErrorCode::PreconditionFailed, "If-Match: the key's version differs"));
+            return Err(ApiError::new(
+                ErrorCode::PreconditionFailed,
+                "If-Match: the key's version differs",
+            ));
         }
         let out = sqlx::query_as::<_, KvOut>(
             "INSERT INTO kv (namespace, key, value, version, expires_at)
@@ -120,9 +149,16 @@ impl Docdb {
         Ok(out)
     }
 
-    pub async fn kv_delete(&self, caller: &Caller, namespace: &str, key: &str, condition: KvCondition) -> Result<(), ApiError> {
+    pub async fn kv_delete(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        key: &str,
+        condition: KvCondition,
+    ) -> Result<(), ApiError> {
         check_key(key)?;
-        self.authorize_kv(caller, "kv:Delete", namespace, key).await?;
+        self.authorize_kv(caller, "kv:Delete", namespace, key)
+            .await?;
         let deleted = sqlx::query(
             "DELETE FROM kv WHERE namespace = $1 AND key = $2 AND (expires_at IS NULL OR expires_at > now())
              AND ($3::bigint IS NULL OR version = $3)",
@@ -136,7 +172,10 @@ impl Docdb {
         .rows_affected();
         if deleted == 0 {
             return if condition.if_match.is_some() {
-                Err(ApiError::new(ErrorCode::PreconditionFailed, "If-Match: missing or another version"))
+                Err(ApiError::new(
+                    ErrorCode::PreconditionFailed,
+                    "If-Match: missing or another version",
+                ))
             } else {
                 Err(ApiError::not_found("key not found"))
             };
@@ -155,7 +194,8 @@ impl Docdb {
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::invalid("limit must be 1 to 1000"));
         }
-        self.authorize_kv(caller, "kv:List", namespace, prefix).await?;
+        self.authorize_kv(caller, "kv:List", namespace, prefix)
+            .await?;
         let mut items = sqlx::query_as::<_, KvOut>(
             "SELECT key, value, version, expires_at FROM kv
              WHERE namespace = $1 AND starts_with(key, $2) AND key >= $2 AND ($3::text IS NULL OR key > $3)
@@ -179,7 +219,13 @@ impl Docdb {
     }
 
     /// Adds `by` to a numeric value (a missing or expired key counts as 0).
-    pub async fn kv_incr(&self, caller: &Caller, namespace: &str, key: &str, by: f64) -> Result<KvOut, ApiError> {
+    pub async fn kv_incr(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        key: &str,
+        by: f64,
+    ) -> Result<KvOut, ApiError> {
         check_key(key)?;
         if !by.is_finite() {
             return Err(ApiError::invalid("by must be a finite number"));
@@ -207,6 +253,9 @@ impl Docdb {
 
     /// Deletes expired keys; returns how many.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query("DELETE FROM kv WHERE expires_at <= now()").execute(&self.pool).await?.rows_affected())
+        Ok(sqlx::query("DELETE FROM kv WHERE expires_at <= now()")
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }

@@ -5,7 +5,7 @@
 mod collections;
 mod documents;
 mod kv;
-mod query;
+pub mod query;
 mod rest;
 
 use std::sync::Arc;
@@ -87,7 +87,11 @@ impl Docdb {
     ) -> Result<Docdb, DocdbStartError> {
         migrate(&pool).await?;
         minicloud_outbox::ensure_table(&pool).await?;
-        let relay = minicloud_outbox::Relay::new(pool.clone(), bus_grpc_url, minicloud_outbox::RelayConfig::default())?;
+        let relay = minicloud_outbox::Relay::new(
+            pool.clone(),
+            bus_grpc_url,
+            minicloud_outbox::RelayConfig::default(),
+        )?;
         Ok(Docdb(Arc::new(DocdbState { pool, authz, relay })))
     }
 
@@ -126,13 +130,28 @@ impl Docdb {
                 "/db/v1/collections",
                 get(collections::list).post(collections::create),
             )
-            .route("/db/v1/collections/{c}", get(collections::get).delete(collections::delete))
+            .route(
+                "/db/v1/collections/{c}",
+                get(collections::get).delete(collections::delete),
+            )
             .route("/db/v1/collections/{c}/docs", post(rest::create))
-            .route("/db/v1/collections/{c}/docs/{id}", get(rest::get).put(rest::put).patch(rest::patch).delete(rest::delete))
+            .route(
+                "/db/v1/collections/{c}/docs/{id}",
+                get(rest::get)
+                    .put(rest::put)
+                    .patch(rest::patch)
+                    .delete(rest::delete),
+            )
             .route("/db/v1/collections/{c}/query", post(rest::query))
             .route("/db/v1/batch", post(rest::batch))
             .route("/db/v1/kv/{ns}", get(rest::kv_list))
-            .route("/db/v1/kv/{ns}/{*key}", get(rest::kv_get).put(rest::kv_put).delete(rest::kv_delete).post(rest::kv_incr))
+            .route(
+                "/db/v1/kv/{ns}/{*key}",
+                get(rest::kv_get)
+                    .put(rest::kv_put)
+                    .delete(rest::kv_delete)
+                    .post(rest::kv_incr),
+            )
             .route(
                 "/db/v1/openapi.json",
                 get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
@@ -155,8 +174,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, docdb.into_router(), shutdown.cancelled_owned())
-        .await
+    let background = docdb.spawn_background(shutdown.clone());
+    let result = minicloud_telemetry::server::serve(
+        listener,
+        docdb.into_router(),
+        shutdown.cancelled_owned(),
+    )
+    .await;
+    for task in background {
+        task.abort();
+    }
+    result
 }
 
 #[cfg(test)]

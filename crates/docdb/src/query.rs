@@ -106,7 +106,9 @@ pub fn check_path(field: &str) -> Result<(), ApiError> {
             !bytes.is_empty()
                 && bytes.len() <= 63
                 && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
-                && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
         });
     if valid {
         Ok(())
@@ -131,10 +133,14 @@ pub fn expression(field: &str) -> String {
     if let Some((_, sql)) = META.iter().find(|(name, _)| *name == field) {
         return (*sql).to_owned();
     }
-    format!("COALESCE(data #> '{{{}}}', 'null'::jsonb)", field.replace('.', ","))
+    format!(
+        "COALESCE(data #> '{{{}}}', 'null'::jsonb)",
+        field.replace('.', ",")
+    )
 }
 
 /// The bind values of a statement under construction.
+#[derive(Default)]
 pub struct Sql {
     pub args: PgArguments,
     count: usize,
@@ -142,7 +148,7 @@ pub struct Sql {
 
 impl Sql {
     pub fn new() -> Sql {
-        Sql { args: PgArguments::default(), count: 0 }
+        Sql::default()
     }
 
     /// Appends a bind parameter, returning its placeholder.
@@ -150,7 +156,9 @@ impl Sql {
     where
         T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send + 'static,
     {
-        self.args.add(value).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.args
+            .add(value)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         self.count += 1;
         Ok(format!("${}", self.count))
     }
@@ -167,21 +175,34 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn compile_filter(filter: &Filter, sql: &mut Sql, depth: usize, nodes: &mut usize) -> Result<String, ApiError> {
+fn compile_filter(
+    filter: &Filter,
+    sql: &mut Sql,
+    depth: usize,
+    nodes: &mut usize,
+) -> Result<String, ApiError> {
     *nodes += 1;
     if depth > MAX_DEPTH || *nodes > MAX_NODES {
-        return Err(ApiError::invalid(format!("filter deeper than {MAX_DEPTH} or larger than {MAX_NODES} nodes")));
+        return Err(ApiError::invalid(format!(
+            "filter deeper than {MAX_DEPTH} or larger than {MAX_NODES} nodes"
+        )));
     }
     Ok(match filter {
         Filter::And { and } | Filter::Or { or: and } if and.is_empty() => {
             return Err(ApiError::invalid("and/or need at least one condition"));
         }
         Filter::And { and } => {
-            let parts = and.iter().map(|f| compile_filter(f, sql, depth + 1, nodes)).collect::<Result<Vec<_>, _>>()?;
+            let parts = and
+                .iter()
+                .map(|f| compile_filter(f, sql, depth + 1, nodes))
+                .collect::<Result<Vec<_>, _>>()?;
             format!("({})", parts.join(" AND "))
         }
         Filter::Or { or } => {
-            let parts = or.iter().map(|f| compile_filter(f, sql, depth + 1, nodes)).collect::<Result<Vec<_>, _>>()?;
+            let parts = or
+                .iter()
+                .map(|f| compile_filter(f, sql, depth + 1, nodes))
+                .collect::<Result<Vec<_>, _>>()?;
             format!("({})", parts.join(" OR "))
         }
         Filter::Not { not } => format!("(NOT {})", compile_filter(not, sql, depth + 1, nodes)?),
@@ -198,7 +219,9 @@ fn compile_condition(condition: &Condition, sql: &mut Sql) -> Result<String, Api
         Op::Ne => format!("{expr} <> {}", sql.bind(value.clone())?),
         Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
             if !matches!(value, Value::Number(_) | Value::String(_) | Value::Bool(_)) {
-                return Err(ApiError::invalid("gt/gte/lt/lte compare numbers, strings or booleans"));
+                return Err(ApiError::invalid(
+                    "gt/gte/lt/lte compare numbers, strings or booleans",
+                ));
             }
             let op = match condition.op {
                 Op::Gt => ">",
@@ -209,14 +232,19 @@ fn compile_condition(condition: &Condition, sql: &mut Sql) -> Result<String, Api
             // JSON orders by type first: keep to the value's type, so numbers compare
             // as numbers and strings as strings, never across.
             let placeholder = sql.bind(value.clone())?;
-            format!("({expr} {op} {placeholder} AND jsonb_typeof({expr}) = '{}')", json_type(value))
+            format!(
+                "({expr} {op} {placeholder} AND jsonb_typeof({expr}) = '{}')",
+                json_type(value)
+            )
         }
         Op::In => {
             let Value::Array(values) = value else {
                 return Err(ApiError::invalid("in takes an array"));
             };
             if values.len() > MAX_IN {
-                return Err(ApiError::invalid(format!("in takes at most {MAX_IN} values")));
+                return Err(ApiError::invalid(format!(
+                    "in takes at most {MAX_IN} values"
+                )));
             }
             format!("{expr} = ANY({})", sql.bind(values.clone())?)
         }
@@ -235,13 +263,20 @@ fn compile_condition(condition: &Condition, sql: &mut Sql) -> Result<String, Api
                 _ => return Err(ApiError::invalid("exists takes true or false")),
             };
             let present = format!("{expr} <> 'null'::jsonb");
-            if wanted { present } else { format!("NOT ({present})") }
+            if wanted {
+                present
+            } else {
+                format!("NOT ({present})")
+            }
         }
         Op::Prefix => {
             let Value::String(prefix) = value else {
                 return Err(ApiError::invalid("prefix takes a string"));
             };
-            format!("(jsonb_typeof({expr}) = 'string' AND starts_with({expr} #>> '{{}}', {}))", sql.bind(prefix.clone())?)
+            format!(
+                "(jsonb_typeof({expr}) = 'string' AND starts_with({expr} #>> '{{}}', {}))",
+                sql.bind(prefix.clone())?
+            )
         }
     })
 }
@@ -284,7 +319,12 @@ pub fn compile(query: &QueryIn) -> Result<Compiled, ApiError> {
     if !query.order_by.iter().any(|by| by.field == "$id") {
         order.push((expression("$id"), Direction::Asc));
     }
-    Ok(Compiled { sql, filter_where, order, limit })
+    Ok(Compiled {
+        sql,
+        filter_where,
+        order,
+        limit,
+    })
 }
 
 impl Compiled {
@@ -303,10 +343,14 @@ impl Compiled {
         let mut alternatives = Vec::new();
         for i in 0..self.order.len() {
             let mut terms = Vec::new();
-            for j in 0..i {
-                terms.push(format!("{} = {}", self.order[j].0, placeholders[j]));
+            for ((expr, _), placeholder) in self.order.iter().zip(&placeholders).take(i) {
+                terms.push(format!("{expr} = {placeholder}"));
             }
-            let op = if self.order[i].1 == Direction::Asc { ">" } else { "<" };
+            let op = if self.order[i].1 == Direction::Asc {
+                ">"
+            } else {
+                "<"
+            };
             terms.push(format!("{} {op} {}", self.order[i].0, placeholders[i]));
             alternatives.push(format!("({})", terms.join(" AND ")));
         }
@@ -316,7 +360,16 @@ impl Compiled {
     pub fn order_by_sql(&self) -> String {
         self.order
             .iter()
-            .map(|(expr, direction)| format!("{expr} {}", if *direction == Direction::Asc { "ASC" } else { "DESC" }))
+            .map(|(expr, direction)| {
+                format!(
+                    "{expr} {}",
+                    if *direction == Direction::Asc {
+                        "ASC"
+                    } else {
+                        "DESC"
+                    }
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -334,7 +387,21 @@ mod tests {
 
     #[test]
     fn hostile_paths_are_refused() {
-        for bad in ["", "a..b", ".a", "a.", "a'b", "a;drop table x", "a}b", "a,b", "1a", "a b", "$nope", "a.b.c.d.e.f.g.h.i", "é"] {
+        for bad in [
+            "",
+            "a..b",
+            ".a",
+            "a.",
+            "a'b",
+            "a;drop table x",
+            "a}b",
+            "a,b",
+            "1a",
+            "a b",
+            "$nope",
+            "a.b.c.d.e.f.g.h.i",
+            "é",
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
         for ok in ["a", "a.b_c.d", "_x", "$id", "$created_at", "A1"] {
@@ -354,8 +421,15 @@ mod tests {
         }))
         .unwrap();
         let compiled = compile(&query).unwrap();
-        let text = format!("{} ORDER BY {}", compiled.filter_where, compiled.order_by_sql());
-        assert!(!text.contains("DROP") && !text.contains("a'b") && !text.contains("%_"), "{text}");
+        let text = format!(
+            "{} ORDER BY {}",
+            compiled.filter_where,
+            compiled.order_by_sql()
+        );
+        assert!(
+            !text.contains("DROP") && !text.contains("a'b") && !text.contains("%_"),
+            "{text}"
+        );
         assert!(text.contains("$1") && text.contains("$4"));
     }
 

@@ -20,9 +20,13 @@ fn version_header(headers: &HeaderMap, name: &str) -> Result<Option<i64>, ApiErr
     match headers.get(name) {
         None => Ok(None),
         Some(value) => {
-            let text = value.to_str().map_err(|_| ApiError::invalid(format!("{name} is not text")))?;
+            let text = value
+                .to_str()
+                .map_err(|_| ApiError::invalid(format!("{name} is not text")))?;
             let trimmed = text.trim().trim_start_matches("W/").trim_matches('"');
-            trimmed.parse().map(Some).map_err(|_| ApiError::invalid(format!("{name} must be a version (ETag) such as \"3\"")))
+            trimmed.parse().map(Some).map_err(|_| {
+                ApiError::invalid(format!("{name} must be a version (ETag) such as \"3\""))
+            })
         }
     }
 }
@@ -45,22 +49,58 @@ fn with_etag(status: StatusCode, document: DocOut) -> Response {
 }
 
 async fn single(docdb: &Docdb, caller: &Caller, write: Write) -> Result<Response, ApiError> {
-    let applied = docdb.apply_writes(caller, vec![write]).await?.pop().ok_or_else(|| ApiError::internal("no result"))?;
-    let document = applied.document.ok_or_else(|| ApiError::internal("no document"))?;
-    Ok(with_etag(if applied.created { StatusCode::CREATED } else { StatusCode::OK }, document))
+    let applied = docdb
+        .apply_writes(caller, vec![write])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("no result"))?;
+    let document = applied
+        .document
+        .ok_or_else(|| ApiError::internal("no document"))?;
+    Ok(with_etag(
+        if applied.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        document,
+    ))
 }
 
 #[utoipa::path(post, path = "/db/v1/collections/{c}/docs", tag = "documents", params(("c" = String, Path)),
     request_body(content = Object, description = "the document's data: a JSON object"),
     responses((status = 201, body = DocOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn create(State(docdb): State<Docdb>, caller: Caller, Path(collection): Path<String>, Json(data): Json<Value>) -> Result<Response, ApiError> {
-    single(&docdb, &caller, Write { op: WriteKind::Create, collection, id: None, data: Some(data), if_match: None, if_none_match: false }).await
+pub async fn create(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Path(collection): Path<String>,
+    Json(data): Json<Value>,
+) -> Result<Response, ApiError> {
+    single(
+        &docdb,
+        &caller,
+        Write {
+            op: WriteKind::Create,
+            collection,
+            id: None,
+            data: Some(data),
+            if_match: None,
+            if_none_match: false,
+        },
+    )
+    .await
 }
 
 #[utoipa::path(put, path = "/db/v1/collections/{c}/docs/{id}", tag = "documents", params(("c" = String, Path), ("id" = String, Path)),
     request_body(content = Object, description = "the document's data; If-Match: \"<version>\" compares and sets, If-None-Match: * creates only"),
     responses((status = 200, body = DocOut), (status = 201, body = DocOut), (status = 412, body = ErrorBody)))]
-pub async fn put(State(docdb): State<Docdb>, caller: Caller, headers: HeaderMap, Path((collection, id)): Path<(String, String)>, Json(data): Json<Value>) -> Result<Response, ApiError> {
+pub async fn put(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((collection, id)): Path<(String, String)>,
+    Json(data): Json<Value>,
+) -> Result<Response, ApiError> {
     let write = Write {
         op: WriteKind::Put,
         collection,
@@ -75,7 +115,13 @@ pub async fn put(State(docdb): State<Docdb>, caller: Caller, headers: HeaderMap,
 #[utoipa::path(patch, path = "/db/v1/collections/{c}/docs/{id}", tag = "documents", params(("c" = String, Path), ("id" = String, Path)),
     request_body(content = Object, description = "a JSON merge patch (RFC 7396)"),
     responses((status = 200, body = DocOut), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn patch(State(docdb): State<Docdb>, caller: Caller, headers: HeaderMap, Path((collection, id)): Path<(String, String)>, Json(patch): Json<Value>) -> Result<Response, ApiError> {
+pub async fn patch(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((collection, id)): Path<(String, String)>,
+    Json(patch): Json<Value>,
+) -> Result<Response, ApiError> {
     let write = Write {
         op: WriteKind::Patch,
         collection,
@@ -89,20 +135,44 @@ pub async fn patch(State(docdb): State<Docdb>, caller: Caller, headers: HeaderMa
 
 #[utoipa::path(get, path = "/db/v1/collections/{c}/docs/{id}", tag = "documents", params(("c" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = DocOut), (status = 404, body = ErrorBody)))]
-pub async fn get(State(docdb): State<Docdb>, caller: Caller, Path((collection, id)): Path<(String, String)>) -> Result<Response, ApiError> {
-    Ok(with_etag(StatusCode::OK, docdb.get_document(&caller, &collection, &id).await?))
+pub async fn get(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Path((collection, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(with_etag(
+        StatusCode::OK,
+        docdb.get_document(&caller, &collection, &id).await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/db/v1/collections/{c}/docs/{id}", tag = "documents", params(("c" = String, Path), ("id" = String, Path)),
     responses((status = 200, description = "the deleted document", body = DocOut), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn delete(State(docdb): State<Docdb>, caller: Caller, headers: HeaderMap, Path((collection, id)): Path<(String, String)>) -> Result<Response, ApiError> {
-    let write = Write { op: WriteKind::Delete, collection, id: Some(id), data: None, if_match: version_header(&headers, "if-match")?, if_none_match: false };
+pub async fn delete(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((collection, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let write = Write {
+        op: WriteKind::Delete,
+        collection,
+        id: Some(id),
+        data: None,
+        if_match: version_header(&headers, "if-match")?,
+        if_none_match: false,
+    };
     single(&docdb, &caller, write).await
 }
 
 #[utoipa::path(post, path = "/db/v1/collections/{c}/query", tag = "documents", params(("c" = String, Path)), request_body = QueryIn,
     responses((status = 200, body = QueryOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn query(State(docdb): State<Docdb>, caller: Caller, Path(collection): Path<String>, Json(query): Json<QueryIn>) -> Result<Json<QueryOut>, ApiError> {
+pub async fn query(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Path(collection): Path<String>,
+    Json(query): Json<QueryIn>,
+) -> Result<Json<QueryOut>, ApiError> {
     Ok(Json(docdb.query(&caller, &collection, &query).await?))
 }
 
@@ -120,12 +190,20 @@ pub struct BatchOut {
 
 #[utoipa::path(post, path = "/db/v1/batch", tag = "documents", request_body = BatchIn,
     responses((status = 200, body = BatchOut), (status = 412, description = "a precondition failed; nothing was written", body = ErrorBody)))]
-pub async fn batch(State(docdb): State<Docdb>, caller: Caller, Json(input): Json<BatchIn>) -> Result<Json<BatchOut>, ApiError> {
+pub async fn batch(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Json(input): Json<BatchIn>,
+) -> Result<Json<BatchOut>, ApiError> {
     if input.writes.is_empty() || input.writes.len() > MAX_BATCH {
-        return Err(ApiError::invalid(format!("a batch has 1 to {MAX_BATCH} writes")));
+        return Err(ApiError::invalid(format!(
+            "a batch has 1 to {MAX_BATCH} writes"
+        )));
     }
     let applied = docdb.apply_writes(&caller, input.writes).await?;
-    Ok(Json(BatchOut { results: applied.into_iter().filter_map(|a| a.document).collect() }))
+    Ok(Json(BatchOut {
+        results: applied.into_iter().filter_map(|a| a.document).collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -136,26 +214,58 @@ pub struct TtlQuery {
 }
 
 fn kv_condition(headers: &HeaderMap) -> Result<KvCondition, ApiError> {
-    Ok(KvCondition { if_match: version_header(headers, "if-match")?, if_none_match: if_none_match_star(headers)? })
+    Ok(KvCondition {
+        if_match: version_header(headers, "if-match")?,
+        if_none_match: if_none_match_star(headers)?,
+    })
 }
 
 #[utoipa::path(get, path = "/db/v1/kv/{ns}/{key}", tag = "kv", params(("ns" = String, Path), ("key" = String, Path)),
     responses((status = 200, body = KvOut), (status = 404, body = ErrorBody)))]
-pub async fn kv_get(State(docdb): State<Docdb>, caller: Caller, Path((namespace, key)): Path<(String, String)>) -> Result<Json<KvOut>, ApiError> {
+pub async fn kv_get(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Path((namespace, key)): Path<(String, String)>,
+) -> Result<Json<KvOut>, ApiError> {
     Ok(Json(docdb.kv_get(&caller, &namespace, &key).await?))
 }
 
 #[utoipa::path(put, path = "/db/v1/kv/{ns}/{key}", tag = "kv", params(("ns" = String, Path), ("key" = String, Path), TtlQuery),
     request_body(content = Object, description = "any JSON value; If-Match: \"<version>\" compares and sets"),
     responses((status = 200, body = KvOut), (status = 412, body = ErrorBody)))]
-pub async fn kv_put(State(docdb): State<Docdb>, caller: Caller, headers: HeaderMap, Path((namespace, key)): Path<(String, String)>, Query(ttl): Query<TtlQuery>, Json(value): Json<Value>) -> Result<Json<KvOut>, ApiError> {
-    Ok(Json(docdb.kv_put(&caller, &namespace, &key, value, ttl.ttl, kv_condition(&headers)?).await?))
+pub async fn kv_put(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((namespace, key)): Path<(String, String)>,
+    Query(ttl): Query<TtlQuery>,
+    Json(value): Json<Value>,
+) -> Result<Json<KvOut>, ApiError> {
+    Ok(Json(
+        docdb
+            .kv_put(
+                &caller,
+                &namespace,
+                &key,
+                value,
+                ttl.ttl,
+                kv_condition(&headers)?,
+            )
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/db/v1/kv/{ns}/{key}", tag = "kv", params(("ns" = String, Path), ("key" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn kv_delete(State(docdb): State<Docdb>, caller: Caller, headers: HeaderMap, Path((namespace, key)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
-    docdb.kv_delete(&caller, &namespace, &key, kv_condition(&headers)?).await?;
+pub async fn kv_delete(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((namespace, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    docdb
+        .kv_delete(&caller, &namespace, &key, kv_condition(&headers)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -170,9 +280,24 @@ pub struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/db/v1/kv/{ns}", tag = "kv", params(("ns" = String, Path), ListQuery), responses((status = 200, body = KvList)))]
-pub async fn kv_list(State(docdb): State<Docdb>, caller: Caller, Path(namespace): Path<String>, Query(query): Query<ListQuery>) -> Result<Json<KvList>, ApiError> {
+pub async fn kv_list(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<KvList>, ApiError> {
     let prefix = query.prefix.unwrap_or_default();
-    Ok(Json(docdb.kv_list(&caller, &namespace, &prefix, query.cursor.as_deref(), query.limit.unwrap_or(100)).await?))
+    Ok(Json(
+        docdb
+            .kv_list(
+                &caller,
+                &namespace,
+                &prefix,
+                query.cursor.as_deref(),
+                query.limit.unwrap_or(100),
+            )
+            .await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -187,12 +312,27 @@ pub struct IncrIn {
 /// of the path and requires it to end in `/incr`.
 #[utoipa::path(post, path = "/db/v1/kv/{ns}/{key}/incr", tag = "kv", params(("ns" = String, Path), ("key" = String, Path)), request_body = IncrIn,
     responses((status = 200, body = KvOut), (status = 409, description = "the value is not a number", body = ErrorBody)))]
-pub async fn kv_incr(State(docdb): State<Docdb>, caller: Caller, Path((namespace, rest)): Path<(String, String)>, body: axum::body::Bytes) -> Result<Json<KvOut>, ApiError> {
-    let key = rest.strip_suffix("/incr").ok_or_else(|| ApiError::new(minicloud_proto::error::ErrorCode::MethodNotAllowed, "POST on a key is /incr only"))?;
+pub async fn kv_incr(
+    State(docdb): State<Docdb>,
+    caller: Caller,
+    Path((namespace, rest)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<KvOut>, ApiError> {
+    let key = rest.strip_suffix("/incr").ok_or_else(|| {
+        ApiError::new(
+            minicloud_proto::error::ErrorCode::MethodNotAllowed,
+            "POST on a key is /incr only",
+        )
+    })?;
     let input: IncrIn = if body.is_empty() {
         IncrIn::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?
     };
-    Ok(Json(docdb.kv_incr(&caller, &namespace, key, input.by.unwrap_or(1.0)).await?))
+    Ok(Json(
+        docdb
+            .kv_incr(&caller, &namespace, key, input.by.unwrap_or(1.0))
+            .await?,
+    ))
 }

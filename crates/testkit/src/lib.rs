@@ -26,6 +26,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 pub use minicloud_auth;
+pub use minicloud_docdb;
 pub use minicloud_storage;
 pub use sqlx;
 

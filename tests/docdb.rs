@@ -1,0 +1,727 @@
+//! The docdb service end to end over REST, against the real Postgres.
+
+use std::time::Duration;
+
+use minicloud_sdk::Client;
+use minicloud_testkit::TestCloud;
+use minicloud_testkit::sqlx::{self, Connection as _, PgConnection};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn error(result: Result<Value, minicloud_sdk::Error>) -> (u16, String) {
+    match result {
+        Ok(value) => panic!("expected an error, got {value}"),
+        Err(e) => (
+            e.status().unwrap_or(0),
+            e.code().unwrap_or_default().to_owned(),
+        ),
+    }
+}
+
+async fn collection(admin: &Client, name: &str, indexes: Value) {
+    let _: Value = admin
+        .post(
+            "/db/v1/collections",
+            &json!({"name": name, "indexes": indexes}),
+        )
+        .await
+        .unwrap();
+}
+
+async fn send(
+    client: &Client,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = client.request(method, path);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn documents_crud_with_versions_and_preconditions() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    collection(&admin, "notes", json!([])).await;
+    let response = send(
+        &admin,
+        Method::POST,
+        "/db/v1/collections/notes/docs",
+        &[],
+        Some(json!({"title":"a","n":1})),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["data"], json!({"title":"a","n":1}));
+    let path = format!("/db/v1/collections/notes/docs/{id}");
+
+    let got: Value = admin.get(&path).await.unwrap();
+    assert_eq!(got["data"]["title"], "a");
+    let stale = send(
+        &admin,
+        Method::PUT,
+        &path,
+        &[("if-match", "\"7\"")],
+        Some(json!({"title":"b"})),
+    )
+    .await;
+    assert_eq!(stale.status(), 412);
+    let replaced = send(
+        &admin,
+        Method::PUT,
+        &path,
+        &[("if-match", "\"1\"")],
+        Some(json!({"title":"b","tags":["x"],"gone":1})),
+    )
+    .await;
+    assert_eq!(replaced.status(), 200);
+    assert_eq!(replaced.headers()["etag"], "\"2\"");
+    let exists = send(
+        &admin,
+        Method::PUT,
+        &path,
+        &[("if-none-match", "*")],
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(exists.status(), 412);
+    // Merge patch: null removes, objects merge.
+    let patched = send(
+        &admin,
+        Method::PATCH,
+        &path,
+        &[],
+        Some(json!({"gone": null, "meta": {"k": 1}})),
+    )
+    .await;
+    assert_eq!(patched.status(), 200);
+    let patched: Value = patched.json().await.unwrap();
+    assert_eq!(
+        patched["data"],
+        json!({"title":"b","tags":["x"],"meta":{"k":1}})
+    );
+    assert_eq!(patched["version"], 3);
+    // PUT creates with a client id.
+    let made = send(
+        &admin,
+        Method::PUT,
+        "/db/v1/collections/notes/docs/my-id",
+        &[("if-none-match", "*")],
+        Some(json!({"x":1})),
+    )
+    .await;
+    assert_eq!(made.status(), 201);
+    // Delete with a stale version fails, with the right one succeeds.
+    assert_eq!(
+        send(
+            &admin,
+            Method::DELETE,
+            &path,
+            &[("if-match", "\"2\"")],
+            None
+        )
+        .await
+        .status(),
+        412
+    );
+    assert_eq!(
+        send(
+            &admin,
+            Method::DELETE,
+            &path,
+            &[("if-match", "\"3\"")],
+            None
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(error(admin.get(&path).await).await.0, 404);
+    assert_eq!(
+        error(
+            admin
+                .send(
+                    admin
+                        .request(Method::PATCH, "/db/v1/collections/notes/docs/nope")
+                        .json(&json!({}))
+                )
+                .await
+        )
+        .await
+        .0,
+        404
+    );
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn queries_filter_order_and_page_with_a_keyset_cursor() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    collection(&admin, "items", json!([{"fields":["kind","size"]}])).await;
+    let mut writes = Vec::new();
+    for i in 0..60 {
+        let kind = if i % 3 == 0 { "a" } else { "b" };
+        writes.push(json!({"op":"put","collection":"items","id":format!("i{i:02}"),
+            "data":{"kind":kind,"size":i,"name":format!("n{i}"),"tags":if i % 2 == 0 {json!(["even"])} else {json!(["odd"])},"deep":{"x":i % 5}}}));
+    }
+    // A string that looks like a large number, and a document without `size`.
+    writes
+        .push(json!({"op":"put","collection":"items","id":"str","data":{"kind":"a","size":"999"}}));
+    writes.push(json!({"op":"put","collection":"items","id":"none","data":{"kind":"a"}}));
+    let _: Value = admin
+        .post("/db/v1/batch", &json!({"writes": writes}))
+        .await
+        .unwrap();
+
+    let ids = |v: &Value| -> Vec<String> {
+        v["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let q = |body: Value| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .post::<_, Value>("/db/v1/collections/items/query", &body)
+                .await
+        }
+    };
+
+    let r =
+        q(json!({"filter":{"field":"size","op":"gt","value":55},"order_by":[{"field":"size"}]}))
+            .await
+            .unwrap();
+    assert_eq!(
+        ids(&r),
+        ["i56", "i57", "i58", "i59"],
+        "numbers compare as numbers; the string \"999\" is not > 55"
+    );
+    let r = q(json!({"filter":{"field":"size","op":"lt","value":3}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&r),
+        ["i00", "i01", "i02"],
+        "missing fields and strings are not < 3"
+    );
+    let r = q(json!({"filter":{"and":[{"field":"kind","op":"eq","value":"a"},{"field":"size","op":"gte","value":50}]},"order_by":[{"field":"size","direction":"desc"}]})).await.unwrap();
+    assert_eq!(ids(&r), ["i57", "i54", "i51"]);
+    let r = q(json!({"filter":{"or":[{"field":"name","op":"in","value":["n1","n2"]},{"field":"deep.x","op":"eq","value":4}]},"limit":100})).await.unwrap();
+    assert_eq!(r["documents"].as_array().unwrap().len(), 2 + 12);
+    let r = q(json!({"filter":{"not":{"field":"tags","op":"contains","value":"even"}},"count":true,"limit":1})).await.unwrap();
+    assert_eq!(r["count"], 32, "30 odd ones plus the two without tags");
+    let r = q(json!({"filter":{"field":"size","op":"exists","value":false}}))
+        .await
+        .unwrap();
+    assert_eq!(ids(&r), ["none"]);
+    let r = q(
+        json!({"filter":{"field":"name","op":"prefix","value":"n5"},"order_by":[{"field":"$id"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(&r),
+        [
+            "i05", "i50", "i51", "i52", "i53", "i54", "i55", "i56", "i57", "i58", "i59"
+        ]
+    );
+    let r = q(json!({"filter":{"field":"size","op":"ne","value":1},"count":true,"limit":1}))
+        .await
+        .unwrap();
+    assert_eq!(r["count"], 61);
+
+    // Paging by (kind desc, size asc) while documents are inserted between pages:
+    // every document present from the start is seen exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut extra = 0;
+    loop {
+        let page = q(json!({"order_by":[{"field":"kind","direction":"desc"},{"field":"size"}],"limit":7,"cursor":cursor})).await.unwrap();
+        seen.extend(ids(&page));
+        let _: Value = admin
+            .put(
+                &format!("/db/v1/collections/items/docs/new{extra}"),
+                &json!({"kind":"c","size":-1}),
+            )
+            .await
+            .unwrap();
+        extra += 1;
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let originals: Vec<&String> = seen.iter().filter(|id| !id.starts_with("new")).collect();
+    let mut unique = originals.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(originals.len(), 62, "no original skipped");
+    assert_eq!(unique.len(), 62, "none seen twice");
+    assert_eq!(
+        error(q(json!({"cursor":"garbage"})).await).await,
+        (400, "invalid_argument".into())
+    );
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_query_on_indexed_fields_uses_the_index() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    collection(
+        &admin,
+        "photo_meta",
+        json!([{"fields":["owner","created_at"]}]),
+    )
+    .await;
+    let mut connection = PgConnection::connect(&cloud.database_url).await.unwrap();
+    let expr = minicloud_testkit::minicloud_docdb::query::expression("owner");
+    let order = minicloud_testkit::minicloud_docdb::query::expression("created_at");
+    sqlx::raw_sql("SET enable_seqscan = off")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN SELECT id FROM docdb.\"docs_photo_meta\" WHERE {expr} = '\"u1\"'::jsonb ORDER BY {order} DESC LIMIT 20"
+    )))
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    let plan: String = plan
+        .into_iter()
+        .map(|(line,)| line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("docs_photo_meta_i0"), "{plan}");
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_are_all_or_nothing() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    collection(&admin, "a", json!([])).await;
+    collection(&admin, "b", json!([])).await;
+    let _: Value = admin
+        .put("/db/v1/collections/a/docs/x", &json!({"v":1}))
+        .await
+        .unwrap();
+    let failing = admin
+        .post::<_, Value>(
+            "/db/v1/batch",
+            &json!({"writes":[
+                {"op":"put","collection":"a","id":"y","data":{"v":2}},
+                {"op":"put","collection":"b","id":"z","data":{"v":3}},
+                {"op":"put","collection":"a","id":"x","data":{"v":9},"if_match":5}
+            ]}),
+        )
+        .await;
+    let (status, _) = error(failing).await;
+    assert_eq!(status, 412);
+    assert_eq!(
+        error(admin.get("/db/v1/collections/a/docs/y").await)
+            .await
+            .0,
+        404,
+        "nothing of a failed batch is written"
+    );
+    assert_eq!(
+        error(admin.get("/db/v1/collections/b/docs/z").await)
+            .await
+            .0,
+        404
+    );
+    let ok: Value = admin
+        .post(
+            "/db/v1/batch",
+            &json!({"writes":[
+                {"op":"put","collection":"a","id":"y","data":{"v":2}},
+                {"op":"delete","collection":"a","id":"x","if_match":1},
+                {"op":"create","collection":"b","data":{"v":3}}
+            ]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok["results"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        error(admin.get("/db/v1/collections/a/docs/x").await)
+            .await
+            .0,
+        404
+    );
+    let too_many: Vec<Value> = (0..501)
+        .map(|i| json!({"op":"put","collection":"a","id":format!("k{i}"),"data":{}}))
+        .collect();
+    assert_eq!(
+        error(
+            admin
+                .post("/db/v1/batch", &json!({"writes": too_many}))
+                .await
+        )
+        .await
+        .0,
+        400
+    );
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn key_value_with_ttl_cas_listing_and_increments() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let put: Value = admin
+        .put("/db/v1/kv/settings/theme", &json!({"dark": true}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (put["key"].as_str(), put["version"].as_i64()),
+        (Some("theme"), Some(1))
+    );
+    let got: Value = admin.get("/db/v1/kv/settings/theme").await.unwrap();
+    assert_eq!(got["value"], json!({"dark": true}));
+    assert_eq!(
+        send(
+            &admin,
+            Method::PUT,
+            "/db/v1/kv/settings/theme",
+            &[("if-match", "\"9\"")],
+            Some(json!(1))
+        )
+        .await
+        .status(),
+        412
+    );
+    assert_eq!(
+        send(
+            &admin,
+            Method::PUT,
+            "/db/v1/kv/settings/theme",
+            &[("if-match", "\"1\"")],
+            Some(json!("light"))
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        send(
+            &admin,
+            Method::PUT,
+            "/db/v1/kv/settings/theme",
+            &[("if-none-match", "*")],
+            Some(json!(1))
+        )
+        .await
+        .status(),
+        412
+    );
+    // Keys may contain slashes.
+    let _: Value = admin
+        .put("/db/v1/kv/settings/users/u1/lang", &json!("fr"))
+        .await
+        .unwrap();
+    let got: Value = admin.get("/db/v1/kv/settings/users/u1/lang").await.unwrap();
+    assert_eq!(got["value"], "fr");
+
+    // TTL: gone after expiry, and never listed.
+    let _: Value = admin
+        .put("/db/v1/kv/sessions/s1?ttl=1", &json!("token"))
+        .await
+        .unwrap();
+    let _: Value = admin.get("/db/v1/kv/sessions/s1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(error(admin.get("/db/v1/kv/sessions/s1").await).await.0, 404);
+    let listed: Value = admin.get("/db/v1/kv/sessions").await.unwrap();
+    assert_eq!(listed["items"], json!([]));
+
+    // Listing by prefix with a cursor.
+    for i in 0..5 {
+        let _: Value = admin
+            .put(&format!("/db/v1/kv/pages/p{i}"), &json!(i))
+            .await
+            .unwrap();
+    }
+    let _: Value = admin.put("/db/v1/kv/pages/q", &json!(0)).await.unwrap();
+    let first: Value = admin.get("/db/v1/kv/pages?prefix=p&limit=3").await.unwrap();
+    assert_eq!(first["items"].as_array().unwrap().len(), 3);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second: Value = admin
+        .get(&format!("/db/v1/kv/pages?prefix=p&limit=3&cursor={cursor}"))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = second["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["p3", "p4"]);
+    assert!(second["next_cursor"].is_null());
+
+    // Atomic increments, also concurrent ones.
+    let one: Value = admin
+        .post("/db/v1/kv/counters/hits/incr", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(one["value"], 1);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let admin = admin.clone();
+        tasks.push(tokio::spawn(async move {
+            admin
+                .post::<_, Value>("/db/v1/kv/counters/hits/incr", &json!({"by": 2}))
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total: Value = admin.get("/db/v1/kv/counters/hits").await.unwrap();
+    assert_eq!(total["value"].as_f64(), Some(41.0));
+    assert_eq!(
+        error(
+            admin
+                .post("/db/v1/kv/settings/theme/incr", &json!({}))
+                .await
+        )
+        .await
+        .0,
+        409,
+        "not a number"
+    );
+    assert_eq!(
+        send(
+            &admin,
+            Method::DELETE,
+            "/db/v1/kv/settings/theme",
+            &[],
+            None
+        )
+        .await
+        .status(),
+        204
+    );
+    assert_eq!(
+        send(
+            &admin,
+            Method::DELETE,
+            "/db/v1/kv/settings/theme",
+            &[],
+            None
+        )
+        .await
+        .status(),
+        404
+    );
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn permissions_come_from_the_collection_policy() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let policy = json!({"effect":"allow","principals":["role:authenticated"],"actions":["db:GetDocument","db:PutDocument"],"resources":["db:notes/${auth.uid}-*"]});
+    let _: Value = admin
+        .post(
+            "/db/v1/collections",
+            &json!({"name":"notes","policy":policy}),
+        )
+        .await
+        .unwrap();
+    let session = cloud
+        .client()
+        .signup("writer@example.com", "password1234")
+        .await
+        .unwrap();
+    let uid = session.user_id().to_owned();
+    let user = cloud.client().with_token(session.access_token);
+    let mine = format!("/db/v1/collections/notes/docs/{uid}-1");
+    let doc: Value = user.put(&mine, &json!({"text":"hi"})).await.unwrap();
+    assert_eq!(doc["owner"], uid.as_str());
+    let _: Value = user.get(&mine).await.unwrap();
+    assert_eq!(
+        error(
+            user.put("/db/v1/collections/notes/docs/someone-else-1", &json!({}))
+                .await
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        error(
+            user.post("/db/v1/collections/notes/query", &json!({}))
+                .await
+        )
+        .await
+        .0,
+        403,
+        "no db:Query granted"
+    );
+    assert_eq!(
+        error(user.send(user.request(Method::DELETE, &mine)).await)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        error(cloud.client().get(&mine).await).await.0,
+        403,
+        "anonymous"
+    );
+    assert_eq!(error(user.get("/db/v1/kv/any/key").await).await.0, 403);
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_nothing_written() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    collection(&admin, "things", json!([])).await;
+    for (body, status) in [
+        (
+            json!({"filter":{"field":"a'; DROP TABLE docdb.kv; --","op":"eq","value":1}}),
+            400,
+        ),
+        (
+            json!({"filter":{"field":"a","op":"regex","value":".*"}}),
+            400,
+        ),
+        (json!({"order_by":[{"field":"a}b"}]}), 400),
+        (json!({"limit": 5000}), 400),
+        (
+            json!({"filter":{"field":"a","op":"in","value":(0..101).collect::<Vec<_>>()}}),
+            400,
+        ),
+        (json!({"unknown": true}), 400),
+    ] {
+        assert_eq!(
+            error(admin.post("/db/v1/collections/things/query", &body).await)
+                .await
+                .0,
+            status,
+            "{body}"
+        );
+    }
+    let big = "x".repeat(1024 * 1024 + 10);
+    for (path, body, status) in [
+        ("/db/v1/collections/things/docs", json!([1, 2]), 400),
+        ("/db/v1/collections/things/docs", json!("text"), 400),
+        ("/db/v1/collections/things/docs", json!({"big": big}), 413),
+        ("/db/v1/collections/Bad-Name/docs", json!({}), 400),
+        ("/db/v1/collections/missing/docs", json!({}), 404),
+        (
+            "/db/v1/collections",
+            json!({"name":"x","indexes":[{"fields":["a; DROP"]}]}),
+            400,
+        ),
+        ("/db/v1/collections", json!({"name":"1bad"}), 400),
+    ] {
+        assert_eq!(
+            error(admin.post(path, &body).await).await.0,
+            status,
+            "{path} {}",
+            body.to_string().chars().take(60).collect::<String>()
+        );
+    }
+    let bad_id = send(
+        &admin,
+        Method::PUT,
+        "/db/v1/collections/things/docs/bad%20id",
+        &[],
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(bad_id.status(), 400);
+    let none: Value = admin
+        .post("/db/v1/collections/things/query", &json!({"count": true}))
+        .await
+        .unwrap();
+    assert_eq!(none["count"], 0, "nothing was written");
+    // The kv table survived the hostile path above.
+    let _: Value = admin.put("/db/v1/kv/ns/k", &json!(1)).await.unwrap();
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn change_events_follow_commits_in_order() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    collection(&admin, "orders", json!([])).await;
+    let _: Value = admin
+        .put("/db/v1/collections/orders/docs/o1", &json!({"n":1}))
+        .await
+        .unwrap();
+    let _: Value = admin
+        .send(
+            admin
+                .request(Method::PATCH, "/db/v1/collections/orders/docs/o1")
+                .json(&json!({"n":2})),
+        )
+        .await
+        .unwrap();
+    // A failed batch commits nothing and so publishes nothing.
+    let _ = admin.post::<_, Value>("/db/v1/batch", &json!({"writes":[{"op":"put","collection":"orders","id":"o2","data":{}},{"op":"delete","collection":"orders","id":"missing"}]})).await;
+    let _: Value = admin
+        .send(admin.request(Method::DELETE, "/db/v1/collections/orders/docs/o1"))
+        .await
+        .unwrap();
+    let client = redis::Client::open(minicloud_testkit::test_redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut events: Vec<Value> = Vec::new();
+    for _ in 0..100 {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(format!("{}topic:db", cloud.redis_prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        events = entries
+            .into_iter()
+            .map(|(_, f)| serde_json::from_str(&f[0].1).unwrap())
+            .collect();
+        if events.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kinds: Vec<(&str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["data"]["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("minicloud.db.document.created", 1),
+            ("minicloud.db.document.updated", 2),
+            ("minicloud.db.document.deleted", 2)
+        ]
+    );
+    assert_eq!(events[1]["data"]["document"], json!({"n": 2}));
+    assert_eq!(events[0]["subject"], "orders/o1");
+    assert!(events[2]["data"].get("document").is_none());
+    cloud.stop().await.unwrap();
+}
