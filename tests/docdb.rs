@@ -725,3 +725,161 @@ async fn change_events_follow_commits_in_order() {
     assert!(events[2]["data"].get("document").is_none());
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn grpc_documents_and_kv_with_the_callers_token() {
+    use minicloud_proto::docdb::v1::docdb_service_client::DocdbServiceClient;
+    use minicloud_proto::docdb::v1::{
+        DocumentRef, KvIncrRequest, KvPutRequest, KvRef, QueryRequest, WriteOp, WriteRequest,
+    };
+
+    let cloud = TestCloud::start().await.unwrap();
+    collection(&cloud.admin(), "meta", json!([{"fields":["owner"]}])).await;
+    let mut client = DocdbServiceClient::connect(cloud.urls.docdb.clone())
+        .await
+        .unwrap();
+    let key = cloud.keys.service_key.clone();
+    fn authed<T>(key: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    }
+    let write = |op: &str, id: &str, data: Value| WriteOp {
+        op: op.into(),
+        collection: "meta".into(),
+        id: id.into(),
+        data_json: data.to_string(),
+        if_match: None,
+        if_none_match: false,
+    };
+    let written = client
+        .write(authed(
+            &key,
+            WriteRequest {
+                writes: vec![
+                    write("put", "p1", json!({"owner":"u1","w":10})),
+                    write("put", "p2", json!({"owner":"u2"})),
+                ],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(written.documents.len(), 2);
+    let doc = client
+        .get_document(authed(
+            &key,
+            DocumentRef {
+                collection: "meta".into(),
+                id: "p1".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serde_json::from_str::<Value>(&doc.data_json).unwrap()["w"],
+        10
+    );
+    let found = client
+        .query(authed(
+            &key,
+            QueryRequest {
+                collection: "meta".into(),
+                query_json: r#"{"filter":{"field":"owner","op":"eq","value":"u2"},"count":true}"#
+                    .into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((found.documents.len(), found.count), (1, Some(1)));
+    let patched = client
+        .write(authed(
+            &key,
+            WriteRequest {
+                writes: vec![WriteOp {
+                    if_match: Some(1),
+                    ..write("patch", "p1", json!({"w": 11}))
+                }],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(patched.documents[0].version, 2);
+    let stale = client
+        .write(authed(
+            &key,
+            WriteRequest {
+                writes: vec![WriteOp {
+                    if_match: Some(1),
+                    ..write("patch", "p1", json!({}))
+                }],
+            },
+        ))
+        .await;
+    assert_eq!(stale.unwrap_err().code(), tonic::Code::FailedPrecondition);
+
+    let put = client
+        .kv_put(authed(
+            &key,
+            KvPutRequest {
+                namespace: "cfg".into(),
+                key: "a".into(),
+                value_json: "5".into(),
+                ttl_seconds: None,
+                if_match: None,
+                if_none_match: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(put.version, 1);
+    let incremented = client
+        .kv_incr(authed(
+            &key,
+            KvIncrRequest {
+                namespace: "cfg".into(),
+                key: "a".into(),
+                by: 2.0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(incremented.value_json, "7");
+    let got = client
+        .kv_get(authed(
+            &key,
+            KvRef {
+                namespace: "cfg".into(),
+                key: "a".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.version, 2);
+    let anonymous = client
+        .get_document(DocumentRef {
+            collection: "meta".into(),
+            id: "p1".into(),
+        })
+        .await;
+    assert_eq!(anonymous.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let hostile = client
+        .query(authed(
+            &key,
+            QueryRequest {
+                collection: "meta".into(),
+                query_json: r#"{"filter":{"field":"x') --","op":"eq","value":1}}"#.into(),
+            },
+        ))
+        .await;
+    assert_eq!(hostile.unwrap_err().code(), tonic::Code::InvalidArgument);
+    cloud.stop().await.unwrap();
+}

@@ -4,8 +4,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
-use minicloud_proto::docdb::v1::docdb_service_server::DocdbService;
-use minicloud_proto::docdb::v1::{Collection, ListCollectionsRequest, ListCollectionsResponse};
 use minicloud_proto::error::{ApiError, ErrorBody, Json, Path};
 use serde::{Deserialize, Serialize};
 
@@ -229,30 +227,4 @@ pub async fn delete(
     .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-pub struct DocdbGrpc(pub Docdb);
-
-#[tonic::async_trait]
-impl DocdbService for DocdbGrpc {
-    async fn list_collections(
-        &self,
-        _request: tonic::Request<ListCollectionsRequest>,
-    ) -> Result<tonic::Response<ListCollectionsResponse>, tonic::Status> {
-        let rows: Vec<(String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT name, created_at FROM collections ORDER BY name LIMIT 1000")
-                .fetch_all(&self.0.pool)
-                .await
-                .map_err(ApiError::internal)?;
-        let collections = rows
-            .into_iter()
-            .map(|(name, created_at)| Collection {
-                name,
-                created_at: created_at.to_rfc3339(),
-            })
-            .collect();
-        Ok(tonic::Response::new(ListCollectionsResponse {
-            collections,
-        }))
-    }
 }

@@ -4,6 +4,7 @@
 
 mod collections;
 mod documents;
+mod grpc;
 mod kv;
 pub mod query;
 mod rest;
@@ -164,7 +165,7 @@ impl Docdb {
             ServiceMetrics::new("docdb", |_| {}),
         )
         .body_limit(MAX_BODY_BYTES)
-        .grpc(DocdbServiceServer::new(collections::DocdbGrpc(self)))
+        .grpc(DocdbServiceServer::new(grpc::DocdbGrpc(self)))
         .into_router()
     }
 }
