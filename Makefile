@@ -30,6 +30,7 @@ bench:
 	$(CARGO) bench -p minicloud-e2e --bench auth -- --noplot
 	$(CARGO) build --release -p minicloud -p minicloud-bench
 	./target/release/storage-bench
+	./target/release/docdb-bench
 	python3 scripts/bench_report.py
 
 demo:

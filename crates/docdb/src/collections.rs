@@ -226,5 +226,6 @@ pub async fn delete(
     .await
     .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
+    docdb.forget_collection(&name).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,6 +2,9 @@
 //! declared indexes; writes are authorised, preconditioned, versioned and produce an
 //! event in the same transaction (through the outbox).
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
 use minicloud_outbox::OutboxEvent;
@@ -59,11 +62,19 @@ fn check_data(data: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How long a collection's policy is served from memory.
+const POLICY_CACHE_TTL: Duration = Duration::from_secs(5);
+
 fn db(error: sqlx::Error) -> ApiError {
-    if let sqlx::Error::Database(e) = &error
-        && e.code().as_deref() == Some("57014")
-    {
-        return ApiError::new(ErrorCode::Timeout, "the statement took too long");
+    if let sqlx::Error::Database(e) = &error {
+        match e.code().as_deref() {
+            Some("57014") => {
+                return ApiError::new(ErrorCode::Timeout, "the statement took too long");
+            }
+            // The collection was dropped (another replica's cache may lag).
+            Some("42P01") => return ApiError::not_found("collection not found"),
+            _ => {}
+        }
     }
     ApiError::internal(error)
 }
@@ -105,8 +116,19 @@ pub struct Applied {
 }
 
 impl Docdb {
-    pub(crate) async fn collection_policy(&self, collection: &str) -> Result<Policy, ApiError> {
+    /// The collection's resource policy (404 if there is no such collection),
+    /// cached briefly: every document call needs it, and it only changes when the
+    /// collection is dropped and created again.
+    pub(crate) async fn collection_policy(
+        &self,
+        collection: &str,
+    ) -> Result<Arc<Policy>, ApiError> {
         crate::collections::check_name(collection)?;
+        if let Some((policy, at)) = self.policies.read().await.get(collection)
+            && at.elapsed() < POLICY_CACHE_TTL
+        {
+            return Ok(Arc::clone(policy));
+        }
         let policy: Option<Value> =
             sqlx::query_scalar("SELECT policy FROM collections WHERE name = $1")
                 .bind(collection)
@@ -115,7 +137,16 @@ impl Docdb {
                 .map_err(db)?;
         let policy = policy
             .ok_or_else(|| ApiError::not_found(format!("collection {collection} not found")))?;
-        Ok(Policy::from_json(&policy).unwrap_or_default())
+        let policy = Arc::new(Policy::from_json(&policy).unwrap_or_default());
+        self.policies
+            .write()
+            .await
+            .insert(collection.to_owned(), (Arc::clone(&policy), Instant::now()));
+        Ok(policy)
+    }
+
+    pub(crate) async fn forget_collection(&self, collection: &str) {
+        self.policies.write().await.remove(collection);
     }
 
     pub(crate) async fn authorize_doc(

@@ -49,7 +49,11 @@ pub struct DocdbState {
     pub(crate) pool: PgPool,
     pub(crate) authz: Arc<Authz>,
     pub(crate) relay: minicloud_outbox::Relay,
+    pub(crate) policies: tokio::sync::RwLock<PolicyCache>,
 }
+
+type PolicyCache =
+    std::collections::HashMap<String, (Arc<minicloud_authz::Policy>, std::time::Instant)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DocdbStartError {
@@ -93,7 +97,12 @@ impl Docdb {
             bus_grpc_url,
             minicloud_outbox::RelayConfig::default(),
         )?;
-        Ok(Docdb(Arc::new(DocdbState { pool, authz, relay })))
+        Ok(Docdb(Arc::new(DocdbState {
+            pool,
+            authz,
+            relay,
+            policies: Default::default(),
+        })))
     }
 
     /// The outbox relay and the purge of expired keys, until cancelled.
