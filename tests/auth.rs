@@ -667,3 +667,83 @@ async fn role_tokens_carry_exactly_their_roles_policies() {
     assert_eq!(user_view, json!([]));
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_role_policy_change_reaches_other_services_within_the_cache_ttl() {
+    let cloud = TestCloud::builder()
+        .policy_cache_ttl(std::time::Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/storage/v1/bucket", &json!({"name": "shared"}))
+        .await
+        .unwrap();
+    let user = cloud
+        .client()
+        .signup("p@example.com", "password1234")
+        .await
+        .unwrap();
+    let user = cloud.client().with_token(&user.access_token);
+    let visible = |v: Value| v.as_array().unwrap().len();
+    assert_eq!(visible(user.get("/storage/v1/bucket").await.unwrap()), 0);
+    // Grant the authenticated role listing on the bucket: storage sees it once its
+    // cached copy of the role's policies expires.
+    let _: Value = admin
+        .put(
+            "/auth/v1/admin/roles/authenticated",
+            &json!({"policies": {"effect":"allow","actions":["storage:ListObjects"],"resources":["storage:shared"]}}),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = 0;
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        seen = visible(user.get("/storage/v1/bucket").await.unwrap());
+        if seen == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 1, "the grant arrived");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "within the TTL: {:?}",
+        started.elapsed()
+    );
+    // And a revocation likewise.
+    let _: Value = admin
+        .put(
+            "/auth/v1/admin/roles/authenticated",
+            &json!({"policies": []}),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(visible(user.get("/storage/v1/bucket").await.unwrap()), 0);
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn signup_is_rate_limited_per_ip() {
+    let cloud = TestCloud::builder()
+        .auth(|a| a.rate_limit_per_ip = 3)
+        .start()
+        .await
+        .unwrap();
+    let client = cloud.client();
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let response = client
+            .request(reqwest::Method::POST, "/auth/v1/signup")
+            .json(&json!({"email": format!("ip{i}@example.com"), "password": "password1234"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200]);
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    cloud.stop().await.unwrap();
+}

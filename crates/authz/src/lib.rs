@@ -32,6 +32,7 @@ pub struct Authz {
     verifier: Verifier,
     client: AuthServiceClient<TracedChannel>,
     policies: RwLock<PolicyCache>,
+    policy_ttl: Duration,
 }
 
 impl std::fmt::Debug for Authz {
@@ -44,12 +45,22 @@ impl Authz {
     /// An authz client of the auth service at `auth_grpc_url` (`http://127.0.0.1:4601`).
     /// Connects lazily: a service starts even while auth is still starting.
     pub fn connect(auth_grpc_url: &str) -> Result<Arc<Authz>, tonic::transport::Error> {
+        Self::connect_with_policy_ttl(auth_grpc_url, POLICY_CACHE_TTL)
+    }
+
+    /// Like [`Authz::connect`], refetching role policies after `policy_ttl` (tests
+    /// shorten it to watch a policy change arrive).
+    pub fn connect_with_policy_ttl(
+        auth_grpc_url: &str,
+        policy_ttl: Duration,
+    ) -> Result<Arc<Authz>, tonic::transport::Error> {
         let channel = TracedChannel::connect_lazy("auth", auth_grpc_url)?;
         let client = AuthServiceClient::new(channel);
         Ok(Arc::new(Authz {
             verifier: Verifier::new(client.clone()),
             client,
             policies: RwLock::new(HashMap::new()),
+            policy_ttl,
         }))
     }
 
@@ -77,7 +88,7 @@ impl Authz {
     /// The identity policies of `role`, cached for [`POLICY_CACHE_TTL`].
     pub async fn role_policies(&self, role: &str) -> Result<Arc<Vec<Policy>>, ApiError> {
         if let Some((policies, at)) = self.policies.read().await.get(role)
-            && at.elapsed() < POLICY_CACHE_TTL
+            && at.elapsed() < self.policy_ttl
         {
             return Ok(Arc::clone(policies));
         }

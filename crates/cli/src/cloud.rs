@@ -31,6 +31,8 @@ pub struct CloudConfig {
     pub docdb: DocdbConfig,
     pub bus: BusConfig,
     pub invoker: InvokerConfig,
+    /// How long services cache a role's policies (at most 60 s by design).
+    pub policy_cache_ttl: Duration,
 }
 
 pub struct CloudListeners {
@@ -101,7 +103,8 @@ pub async fn start(
         .context("preparing the database")?;
     let pool =
         |schema: &'static str| schema_pool(&config.database_url, schema, config.db_pool_size);
-    let authz = || Authz::connect(&urls.auth).context("auth URL");
+    let authz =
+        || Authz::connect_with_policy_ttl(&urls.auth, config.policy_cache_ttl).context("auth URL");
 
     // Independent start-ups run concurrently; migrations serialise on sqlx's lock.
     let redis = async {

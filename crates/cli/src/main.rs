@@ -301,6 +301,7 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
             docdb: args.docdb.clone(),
             bus: args.bus.clone(),
             invoker: args.invoker.clone(),
+            policy_cache_ttl: minicloud_authz::POLICY_CACHE_TTL,
         };
         let running = cloud::start(config, listeners, shutdown.clone()).await?;
         let credentials = write_credentials(&args.data_dir, &running.urls.gateway, &running.keys)?;

@@ -234,3 +234,42 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
     drop_database(&format!("{database}_p"));
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[test]
+fn up_starts_a_private_postgres_when_none_answers_and_stops_it_on_exit() {
+    let ports = free_ports(7);
+    let dead_postgres = format!("postgres://postgres@127.0.0.1:{}/minicloud", ports[6]);
+    let data_dir =
+        std::env::temp_dir().join(format!("minicloud-up-private-pg-{}", std::process::id()));
+    let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let up = start_up(&ports[..6], &data_dir, &dead_postgres, &redis_url);
+    wait_for_line(&up, "minicloud is up in", Duration::from_secs(120));
+    let (status, body) = get(&format!("http://127.0.0.1:{}/readyz", ports[0]));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        data_dir.join("postgres").join("PG_VERSION").exists(),
+        "initdb ran under the data dir"
+    );
+    let cluster = data_dir.join("postgres");
+    let running = || {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ps -eo args | grep -F -- '-D {}' | grep -v grep",
+                cluster.display()
+            ))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    assert!(running(), "a private postgres runs");
+    let status = interrupt_and_wait(up);
+    assert!(status.success(), "exit status {status}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!running(), "the private postgres was stopped");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

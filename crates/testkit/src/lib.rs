@@ -43,6 +43,8 @@ pub fn test_redis_url() -> String {
 #[derive(Debug, Clone)]
 pub struct TestCloudBuilder {
     pub auth: AuthConfig,
+    /// How long services cache role policies.
+    pub policy_cache_ttl: std::time::Duration,
     /// `None`: the `fs` backend under the test's temp dir.
     pub storage: Option<StorageConfig>,
 }
@@ -58,6 +60,7 @@ impl Default for TestCloudBuilder {
         TestCloudBuilder {
             auth,
             storage: None,
+            policy_cache_ttl: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -74,6 +77,11 @@ pub struct TestCloud {
 }
 
 impl TestCloudBuilder {
+    pub fn policy_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.policy_cache_ttl = ttl;
+        self
+    }
+
     pub fn auth(mut self, change: impl FnOnce(&mut AuthConfig)) -> Self {
         change(&mut self.auth);
         self
@@ -114,6 +122,7 @@ impl TestCloudBuilder {
             bus: BusConfig {
                 redis_prefix: redis_prefix.clone(),
             },
+            policy_cache_ttl: self.policy_cache_ttl,
             invoker: InvokerConfig {
                 code_dir: Some(data_dir.join("functions")),
             },
