@@ -883,3 +883,115 @@ async fn grpc_documents_and_kv_with_the_callers_token() {
     assert_eq!(hostile.unwrap_err().code(), tonic::Code::InvalidArgument);
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn owner_conditions_give_each_user_only_their_own_documents() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let policy = json!({"effect":"allow","principals":["role:authenticated"],
+        "actions":["db:GetDocument","db:PutDocument","db:DeleteDocument","db:Query"],
+        "resources":["db:notes","db:notes/*"],"condition":{"owner":"${auth.uid}"}});
+    let _: Value = admin
+        .post(
+            "/db/v1/collections",
+            &json!({"name":"notes","policy":policy}),
+        )
+        .await
+        .unwrap();
+    let alice = cloud
+        .client()
+        .signup("alice@example.com", "password1234")
+        .await
+        .unwrap();
+    let bob = cloud
+        .client()
+        .signup("bob@example.com", "password1234")
+        .await
+        .unwrap();
+    let (alice_id, bob_id) = (alice.user_id().to_owned(), bob.user_id().to_owned());
+    let alice = cloud.client().with_token(alice.access_token);
+    let bob = cloud.client().with_token(bob.access_token);
+
+    let a1: Value = alice
+        .post("/db/v1/collections/notes/docs", &json!({"text":"alice 1"}))
+        .await
+        .unwrap();
+    let _: Value = alice
+        .put(
+            "/db/v1/collections/notes/docs/shared-name",
+            &json!({"text":"alice 2"}),
+        )
+        .await
+        .unwrap();
+    let _: Value = bob
+        .post("/db/v1/collections/notes/docs", &json!({"text":"bob 1"}))
+        .await
+        .unwrap();
+    assert_eq!(a1["owner"], alice_id.as_str());
+    let a1_path = format!(
+        "/db/v1/collections/notes/docs/{}",
+        a1["id"].as_str().unwrap()
+    );
+
+    // Bob can neither read, replace, patch nor delete Alice's documents…
+    assert_eq!(error(bob.get(&a1_path).await).await.0, 403);
+    assert_eq!(
+        error(bob.put(&a1_path, &json!({"text":"mine now"})).await)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        error(
+            bob.put("/db/v1/collections/notes/docs/shared-name", &json!({}))
+                .await
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        error(bob.send(bob.request(Method::DELETE, &a1_path)).await)
+            .await
+            .0,
+        403
+    );
+    // …and his queries see only his own, counts included.
+    let bobs: Value = bob
+        .post("/db/v1/collections/notes/query", &json!({"count": true}))
+        .await
+        .unwrap();
+    assert_eq!(bobs["count"], 1);
+    assert!(
+        bobs["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["owner"] == bob_id.as_str())
+    );
+    let alices: Value = alice
+        .post("/db/v1/collections/notes/query", &json!({"count": true}))
+        .await
+        .unwrap();
+    assert_eq!(alices["count"], 2);
+    let _: Value = alice.get(&a1_path).await.unwrap();
+    let listed: Value = bob.get("/db/v1/collections").await.unwrap();
+    assert_eq!(
+        listed["collections"].as_array().unwrap().len(),
+        1,
+        "the collection itself is visible"
+    );
+    // Anonymous callers have no uid, so no owner condition holds for them.
+    assert_eq!(
+        error(
+            cloud
+                .client()
+                .post("/db/v1/collections/notes/query", &json!({}))
+                .await
+        )
+        .await
+        .0,
+        403
+    );
+    cloud.stop().await.unwrap();
+}

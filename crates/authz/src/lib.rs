@@ -19,7 +19,7 @@ use minicloud_telemetry::grpc_client::TracedChannel;
 use tokio::sync::RwLock;
 
 pub use caller::{Caller, Claims, Credential, Role};
-pub use policy::{Access, Decision, Policy};
+pub use policy::{Access, Decision, Owner, Policy, Scope};
 pub use verifier::{Verifier, VerifyError};
 
 /// Identity policies are refetched after this long, so a policy change reaches
@@ -124,6 +124,55 @@ impl Authz {
         Ok(policies)
     }
 
+    /// Like [`Authz::authorize`] for a resource with a known owner, so that
+    /// owner-conditioned statements (`"condition":{"owner":"${auth.uid}"}`) apply.
+    pub async fn authorize_owned(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: &str,
+        owner: Option<&str>,
+        resource_policies: &[&Policy],
+    ) -> Result<(), ApiError> {
+        if caller.is_service() {
+            return Ok(());
+        }
+        let identity = self.role_policies(caller.role.name()).await?;
+        let access = Access {
+            action,
+            resource,
+            owner: Owner::Known(owner),
+        };
+        if policy::evaluate(caller, access, &identity, resource_policies).is_allowed() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{action} on {resource} is not allowed for this caller"
+            )))
+        }
+    }
+
+    /// What of a listing the caller may see: everything, one owner's items, or (403)
+    /// nothing.
+    pub async fn authorize_scoped(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: &str,
+        resource_policies: &[&Policy],
+    ) -> Result<Scope, ApiError> {
+        if caller.is_service() {
+            return Ok(Scope::All);
+        }
+        let identity = self.role_policies(caller.role.name()).await?;
+        match policy::evaluate_scoped(caller, action, resource, &identity, resource_policies) {
+            Scope::Nothing => Err(ApiError::forbidden(format!(
+                "{action} on {resource} is not allowed for this caller"
+            ))),
+            scope => Ok(scope),
+        }
+    }
+
     /// Allows or refuses `action` on `resource` for `caller`, given the resource's own
     /// policies. Refusals are 403 `permission_denied`.
     pub async fn authorize(
@@ -139,7 +188,11 @@ impl Authz {
         let identity = self.role_policies(caller.role.name()).await?;
         let decision = policy::evaluate(
             caller,
-            Access { action, resource },
+            Access {
+                action,
+                resource,
+                owner: Owner::Unknown,
+            },
             &identity,
             resource_policies,
         );

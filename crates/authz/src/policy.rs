@@ -33,6 +33,17 @@ pub struct Statement {
     pub principals: Vec<String>,
     pub actions: Vec<String>,
     pub resources: Vec<String>,
+    /// Applies only when the resource's owner matches, e.g.
+    /// `{"owner": "${auth.uid}"}`: row-level ownership, like an RLS policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The resource's owner must match this (variables and wildcards allowed).
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -102,6 +113,12 @@ impl Statement {
         for resource in &self.resources {
             check_scoped(resource, "resource")?;
             Pattern::parse(resource)?;
+        }
+        if let Some(owner) = self.condition.as_ref().map(|c| c.owner.as_str()) {
+            if owner.is_empty() || owner.len() > 256 {
+                return Err(PolicyError("condition.owner must be 1 to 256 bytes".into()));
+            }
+            Pattern::parse(owner)?;
         }
         for principal in &self.principals {
             let valid = principal == "*"
@@ -266,6 +283,25 @@ fn principal_matches(principal: &str, caller: &Caller) -> bool {
 pub struct Access<'a> {
     pub action: &'a str,
     pub resource: &'a str,
+    /// The resource's owner, when the service knows it (documents do).
+    pub owner: Owner<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// Not known or not applicable: owner-conditioned statements do not apply.
+    Unknown,
+    /// The resource has this owner (`None`: nobody).
+    Known(Option<&'a str>),
+}
+
+/// What a caller may see of a collection when some of its rights depend on owners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    /// Only resources owned by this value.
+    OwnedBy(String),
+    Nothing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +321,25 @@ impl Decision {
 
 impl Statement {
     fn applies(&self, caller: &Caller, access: Access<'_>, identity: bool) -> bool {
+        self.targets(caller, access, identity) && self.condition_holds(caller, access.owner)
+    }
+
+    fn owner_condition(&self) -> Option<&str> {
+        self.condition.as_ref().map(|c| c.owner.as_str())
+    }
+
+    fn condition_holds(&self, caller: &Caller, owner: Owner<'_>) -> bool {
+        let Some(pattern) = self.owner_condition() else {
+            return true;
+        };
+        match owner {
+            Owner::Unknown | Owner::Known(None) => false,
+            Owner::Known(Some(owner)) => pattern_matches(pattern, owner, caller, false),
+        }
+    }
+
+    /// Principal, action and resource match (conditions aside).
+    fn targets(&self, caller: &Caller, access: Access<'_>, identity: bool) -> bool {
         let principal_ok = if identity && self.principals.is_empty() {
             true
         } else {
@@ -335,6 +390,64 @@ pub fn evaluate(
         Decision::Allow
     } else {
         Decision::ImplicitDeny
+    }
+}
+
+/// Like [`evaluate`] for a listing whose items have owners: everything, only what
+/// one owner owns (the caller's rights come from owner-conditioned statements), or
+/// nothing. Any applicable deny, conditioned or not, denies the whole listing.
+pub fn evaluate_scoped(
+    caller: &Caller,
+    action: &str,
+    resource: &str,
+    identity_policies: &[Policy],
+    resource_policies: &[&Policy],
+) -> Scope {
+    if caller.role == Role::Service {
+        return Scope::All;
+    }
+    let access = Access {
+        action,
+        resource,
+        owner: Owner::Unknown,
+    };
+    let identity = identity_policies
+        .iter()
+        .flat_map(|p| &p.statements)
+        .map(|s| (s, true));
+    let resource_statements = resource_policies
+        .iter()
+        .flat_map(|p| &p.statements)
+        .map(|s| (s, false));
+    let mut all = false;
+    let mut owned = None;
+    for (statement, is_identity) in identity.chain(resource_statements) {
+        if !statement.targets(caller, access, is_identity) {
+            continue;
+        }
+        match (statement.effect, statement.owner_condition()) {
+            (Effect::Deny, _) => return Scope::Nothing,
+            (Effect::Allow, None) => all = true,
+            (Effect::Allow, Some(pattern)) => {
+                // Only an exact owner (variables, no wildcards) can scope a listing.
+                if let Ok(parsed) = Pattern::parse(pattern)
+                    && let Some(tokens) = parsed.resolve(caller)
+                    && tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+                {
+                    owned = Some(
+                        tokens
+                            .iter()
+                            .map(|t| if let Token::Literal(c) = t { *c } else { ' ' })
+                            .collect(),
+                    );
+                }
+            }
+        }
+    }
+    match (all, owned) {
+        (true, _) => Scope::All,
+        (false, Some(owner)) => Scope::OwnedBy(owner),
+        (false, None) => Scope::Nothing,
     }
 }
 
@@ -527,7 +640,11 @@ mod tests {
         for (name, caller, action, resource, identity, resource_policies, expected) in cases {
             let got = evaluate(
                 &caller,
-                Access { action, resource },
+                Access {
+                    action,
+                    resource,
+                    owner: Owner::Unknown,
+                },
                 &identity,
                 &resource_policies,
             );
@@ -543,6 +660,7 @@ mod tests {
         let access = Access {
             action: "db:GetDocument",
             resource: "db:c/1",
+            owner: Owner::Unknown,
         };
         assert_eq!(
             evaluate(&user("u1"), access, &[], &[&only_u2]),
@@ -568,6 +686,7 @@ mod tests {
         let access = Access {
             action: "kv:Get",
             resource: "kv:authenticated/k",
+            owner: Owner::Unknown,
         };
         assert_eq!(
             evaluate(&user("u1"), access, &[], &[&by_role]),
@@ -586,6 +705,7 @@ mod tests {
         let access = Access {
             action: "storage:GetObject",
             resource: "storage:photos/u2/a.jpg",
+            owner: Owner::Unknown,
         };
         assert_eq!(
             evaluate(&sneaky, access, &[], &[&photos]),
@@ -608,6 +728,78 @@ mod tests {
             assert!(Policy::from_json(&bad).is_err(), "{bad}");
         }
         assert_eq!(policy(json!({"statements":[]})).statements.len(), 0);
+    }
+
+    #[test]
+    fn owner_conditions_apply_only_to_the_owners_resources() {
+        let mine = policy(
+            json!({"effect":"allow","principals":["role:authenticated"],"actions":["db:*"],
+            "resources":["db:notes","db:notes/*"],"condition":{"owner":"${auth.uid}"}}),
+        );
+        let get = |owner| Access {
+            action: "db:GetDocument",
+            resource: "db:notes/d1",
+            owner: Owner::Known(owner),
+        };
+        assert_eq!(
+            evaluate(&user("u1"), get(Some("u1")), &[], &[&mine]),
+            Decision::Allow
+        );
+        assert_eq!(
+            evaluate(&user("u1"), get(Some("u2")), &[], &[&mine]),
+            Decision::ImplicitDeny
+        );
+        assert_eq!(
+            evaluate(&user("u1"), get(None), &[], &[&mine]),
+            Decision::ImplicitDeny
+        );
+        let unknown = Access {
+            action: "db:GetDocument",
+            resource: "db:notes/d1",
+            owner: Owner::Unknown,
+        };
+        assert_eq!(
+            evaluate(&user("u1"), unknown, &[], &[&mine]),
+            Decision::ImplicitDeny
+        );
+        assert_eq!(
+            evaluate(&anon(), get(Some("u1")), &[], &[&mine]),
+            Decision::ImplicitDeny
+        );
+        // Listing: scoped to the caller's own documents.
+        assert_eq!(
+            evaluate_scoped(&user("u1"), "db:Query", "db:notes", &[], &[&mine]),
+            Scope::OwnedBy("u1".into())
+        );
+        let everyone = policy(
+            json!({"effect":"allow","principals":["*"],"actions":["db:Query"],"resources":["db:notes"]}),
+        );
+        assert_eq!(
+            evaluate_scoped(
+                &user("u1"),
+                "db:Query",
+                "db:notes",
+                &[],
+                &[&mine, &everyone]
+            ),
+            Scope::All
+        );
+        let deny = policy(
+            json!({"effect":"deny","principals":["*"],"actions":["db:Query"],"resources":["db:notes"]}),
+        );
+        assert_eq!(
+            evaluate_scoped(&user("u1"), "db:Query", "db:notes", &[], &[&mine, &deny]),
+            Scope::Nothing
+        );
+        assert_eq!(
+            evaluate_scoped(&anon(), "db:Query", "db:notes", &[], &[&mine]),
+            Scope::Nothing
+        );
+        assert_eq!(
+            evaluate_scoped(&Caller::service(), "db:Query", "db:notes", &[], &[]),
+            Scope::All
+        );
+        assert!(Policy::from_json(&json!({"effect":"allow","actions":["*"],"resources":["*"],"condition":{"group":"x"}})).is_err());
     }
 
     #[test]
@@ -650,6 +842,7 @@ mod tests {
         )
             .prop_map(move |(actions, resources, principals)| Statement {
                 effect,
+                condition: None,
                 principals: principals.into_iter().map(String::from).collect(),
                 actions: actions.into_iter().map(String::from).collect(),
                 resources: resources.into_iter().map(String::from).collect(),
@@ -686,7 +879,7 @@ mod tests {
             caller in arb_caller(),
             (action, resource) in arb_access(),
         ) {
-            let access = Access { action: &action, resource: &resource };
+            let access = Access { action: &action, resource: &resource, owner: Owner::Unknown };
             let deny_applies = denies.iter().any(|s| s.applies(&caller, access, true) || s.applies(&caller, access, false));
             let identity = Policy { statements: allows.iter().cloned().chain(denies.iter().cloned()).collect() };
             let resource_policy = Policy { statements: allows.clone() };
@@ -703,7 +896,7 @@ mod tests {
 
         #[test]
         fn no_statement_means_deny(caller in arb_caller(), (action, resource) in arb_access()) {
-            let access = Access { action: &action, resource: &resource };
+            let access = Access { action: &action, resource: &resource, owner: Owner::Unknown };
             prop_assert_eq!(evaluate(&caller, access, &[], &[]), Decision::ImplicitDeny);
             prop_assert_eq!(evaluate(&caller, access, &[Policy::default()], &[&Policy::default()]), Decision::ImplicitDeny);
         }

@@ -154,10 +154,10 @@ pub async fn list(
         let resource = format!("db:{}", collection.name);
         match docdb
             .authz
-            .authorize(&caller, "db:Query", &resource, &[&policy])
+            .authorize_scoped(&caller, "db:Query", &resource, &[&policy])
             .await
         {
-            Ok(()) => collections.push(collection),
+            Ok(_) => collections.push(collection),
             Err(error) if error.code == minicloud_proto::error::ErrorCode::PermissionDenied => {}
             Err(error) => return Err(error),
         }
@@ -184,10 +184,10 @@ pub async fn get(
     let policy = Policy::from_json(&collection.policy).unwrap_or_default();
     match docdb
         .authz
-        .authorize(&caller, "db:Query", &format!("db:{name}"), &[&policy])
+        .authorize_scoped(&caller, "db:Query", &format!("db:{name}"), &[&policy])
         .await
     {
-        Ok(()) => Ok(Json(collection)),
+        Ok(_) => Ok(Json(collection)),
         Err(error) if error.code == minicloud_proto::error::ErrorCode::PermissionDenied => {
             Err(ApiError::not_found(format!("collection {name} not found")))
         }

@@ -155,11 +155,42 @@ impl Docdb {
         action: &str,
         collection: &str,
         id: &str,
+        owner: Option<&str>,
     ) -> Result<(), ApiError> {
         let policy = self.collection_policy(collection).await?;
         self.authz
-            .authorize(caller, action, &format!("db:{collection}/{id}"), &[&policy])
+            .authorize_owned(
+                caller,
+                action,
+                &format!("db:{collection}/{id}"),
+                owner,
+                &[&*policy],
+            )
             .await
+    }
+
+    /// The owner a write is judged by: the document's, or the caller's for a new one.
+    async fn owner_of(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(id) = id else {
+            return Ok(caller.owner().map(str::to_owned));
+        };
+        let row: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT owner FROM {} WHERE id = $1",
+            table(collection)
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(match row {
+            Some(owner) => owner,
+            None => caller.owner().map(str::to_owned),
+        })
     }
 
     pub async fn get_document(
@@ -169,17 +200,24 @@ impl Docdb {
         id: &str,
     ) -> Result<DocOut, ApiError> {
         check_id(id)?;
-        self.authorize_doc(caller, "db:GetDocument", collection, id)
-            .await?;
-        sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
+        self.collection_policy(collection).await?;
+        let document = sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
             "SELECT id, version, owner, created_at, updated_at, data FROM {} WHERE id = $1",
             table(collection)
         )))
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(db)?
-        .ok_or_else(|| ApiError::not_found("document not found"))
+        .map_err(db)?;
+        // Judged by the document's owner; a missing one as if the caller owned it, so
+        // a caller without rights learns nothing about which ids exist.
+        let owner = match &document {
+            Some(document) => document.owner.clone(),
+            None => caller.owner().map(str::to_owned),
+        };
+        self.authorize_doc(caller, "db:GetDocument", collection, id, owner.as_deref())
+            .await?;
+        document.ok_or_else(|| ApiError::not_found("document not found"))
     }
 
     /// Applies writes in one transaction: all or nothing. Errors of a batch name the
@@ -214,11 +252,15 @@ impl Docdb {
                     )));
                 }
             }
+            let owner = self
+                .owner_of(caller, &write.collection, write.id.as_deref())
+                .await?;
             self.authorize_doc(
                 caller,
                 action,
                 &write.collection,
                 if id.is_empty() { "*" } else { &id },
+                owner.as_deref(),
             )
             .await?;
         }
@@ -246,10 +288,17 @@ impl Docdb {
         query: &QueryIn,
     ) -> Result<QueryOut, ApiError> {
         let policy = self.collection_policy(collection).await?;
-        self.authz
-            .authorize(caller, "db:Query", &format!("db:{collection}"), &[&policy])
+        let scope = self
+            .authz
+            .authorize_scoped(caller, "db:Query", &format!("db:{collection}"), &[&*policy])
             .await?;
         let mut compiled = query::compile(query)?;
+        if let minicloud_authz::Scope::OwnedBy(owner) = scope {
+            // The caller may only see what it owns: say so in the SQL.
+            let placeholder = compiled.sql.bind(owner)?;
+            compiled.filter_where =
+                format!("({}) AND owner = {placeholder}", compiled.filter_where);
+        }
         let count = if query.count {
             let sql = format!(
                 "SELECT count(*) FROM {} WHERE {}",
