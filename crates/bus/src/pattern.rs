@@ -80,7 +80,9 @@ impl Pattern {
             match node {
                 Node::Nested(pattern) => match field {
                     Some(inner @ Value::Object(_)) => pattern.matches(inner),
-                    _ => pattern.fields.iter().all(|(_, n)| matches!(n, Node::Leaf(m) if m.iter().any(|m| *m == Matcher::Exists(false)))),
+                    _ => pattern.fields.iter().all(
+                        |(_, n)| matches!(n, Node::Leaf(m) if m.contains(&Matcher::Exists(false))),
+                    ),
                 },
                 Node::Leaf(matchers) => leaf_matches(matchers, field),
             }
@@ -439,10 +441,10 @@ mod tests {
 
         #[test]
         fn parsing_never_panics(text in ".{0,120}") {
-            if let Ok(value) = serde_json::from_str::<Value>(&text) {
-                if let Ok(pattern) = Pattern::parse(&value) {
-                    let _ = pattern.matches(&value);
-                }
+            if let Ok(value) = serde_json::from_str::<Value>(&text)
+                && let Ok(pattern) = Pattern::parse(&value)
+            {
+                let _ = pattern.matches(&value);
             }
         }
     }
