@@ -130,3 +130,35 @@ async fn events_wait_in_the_outbox_while_the_bus_refuses_them() {
     pool.close().await;
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_relay_that_dies_between_publish_and_mark_republishes_and_the_bus_stores_it_once() {
+    let cloud = TestCloud::start().await.unwrap();
+    let pool = producer_pool(&cloud).await;
+    let relay = Relay::new(pool.clone(), &cloud.urls.bus, RelayConfig::default()).unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let event = OutboxEvent::new(
+        "/minicloud/storage",
+        "minicloud.storage.object.created",
+        None,
+        json!({"n": 1}),
+    );
+    enqueue(&mut tx, "storage", &event).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    // The mark is lost (the relay died after publishing): the event is sent again.
+    sqlx::query("UPDATE outbox SET sent_at = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    let published = stream(&cloud, "storage").await;
+    assert_eq!(
+        published.len(),
+        1,
+        "the bus dedupes on source + id: nothing lost, nothing doubled"
+    );
+    assert_eq!(published[0]["id"], event.id.as_str());
+    pool.close().await;
+    cloud.stop().await.unwrap();
+}

@@ -29,7 +29,7 @@ pub const SCHEMA: &str = "bus";
         title = "minicloud bus",
         description = "Topics (publish over REST, subscriptions and delivery land with issue 6)."
     ),
-    paths(topics::create, topics::list),
+    paths(topics::create, topics::list, topics::publish_rest),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
 pub struct ApiDoc;
@@ -43,12 +43,16 @@ pub struct BusConfig {
         default_value = "minicloud:"
     )]
     pub redis_prefix: String,
+    /// Publishing the same `source` + `id` again within this many seconds stores it once.
+    #[arg(long = "bus-dedupe-window", env = "MINICLOUD_BUS_DEDUPE_WINDOW", default_value_t = 24 * 3600)]
+    pub dedupe_window_s: u64,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
             redis_prefix: "minicloud:".into(),
+            dedupe_window_s: 24 * 3600,
         }
     }
 }
@@ -129,6 +133,10 @@ impl Bus {
         });
         let rest = Router::new()
             .route("/events/v1/topics", get(topics::list).post(topics::create))
+            .route(
+                "/events/v1/topics/{topic}/events",
+                axum::routing::post(topics::publish_rest),
+            )
             .route(
                 "/events/v1/openapi.json",
                 get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),

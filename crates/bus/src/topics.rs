@@ -11,6 +11,8 @@ use minicloud_proto::bus::v1::{CloudEvent, PublishRequest, PublishResponse};
 use minicloud_proto::error::{ApiError, ErrorBody, Json};
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest as _, Sha256};
+
 use crate::Bus;
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -169,6 +171,9 @@ fn to_structured_json(event: &CloudEvent) -> Result<serde_json::Value, ApiError>
 
 impl Bus {
     /// Appends events to a topic's stream; returns their stream ids in order.
+    /// Appends events to a topic's stream; returns their stream ids in order. An
+    /// event whose `source` + `id` was published to this topic within the dedupe
+    /// window is not stored again: its first stream id is returned.
     pub async fn publish(
         &self,
         topic: &str,
@@ -182,22 +187,41 @@ impl Bus {
                 .map_err(ApiError::internal)?;
         let retention =
             retention.ok_or_else(|| ApiError::not_found(format!("topic {topic} not found")))?;
-        let key = self.stream_key(topic);
-        let mut pipe = redis::pipe();
-        for event in events {
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(retention)
-                .arg("*")
-                .arg("event")
-                .arg(event.to_string());
-        }
+        let stream = self.stream_key(topic);
+        // Check-and-append in one atomic script: two publishers of the same event
+        // cannot both append it.
+        let script = redis::Script::new(
+            r"
+            local existing = redis.call('GET', KEYS[2])
+            if existing then return existing end
+            local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2])
+            redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
+            return id
+            ",
+        );
         let mut redis = self.redis.clone();
-        pipe.query_async::<Vec<String>>(&mut redis)
-            .await
-            .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))
+        let mut ids = Vec::with_capacity(events.len());
+        for event in events {
+            let source = event["source"].as_str().unwrap_or_default();
+            let id = event["id"].as_str().unwrap_or_default();
+            let digest = Sha256::digest(format!("{}\n{}", source, id).as_bytes());
+            let dedupe = format!(
+                "{}dedupe:{topic}:{}",
+                self.config.redis_prefix,
+                hex::encode(digest)
+            );
+            let stream_id: String = script
+                .key(&stream)
+                .key(&dedupe)
+                .arg(retention)
+                .arg(event.to_string())
+                .arg(self.config.dedupe_window_s)
+                .invoke_async(&mut redis)
+                .await
+                .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))?;
+            ids.push(stream_id);
+        }
+        Ok(ids)
     }
 }
 
@@ -219,7 +243,137 @@ impl BusService for BusGrpc {
             .iter()
             .map(to_structured_json)
             .collect::<Result<Vec<_>, _>>()?;
+        for event in &events {
+            validate_event(event)?;
+        }
         let ids = self.0.publish(&request.topic, &events).await?;
         Ok(tonic::Response::new(PublishResponse { ids }))
     }
+}
+
+/// Checks a structured-mode CloudEvent (JSON) and names the first problem.
+pub fn validate_event(event: &serde_json::Value) -> Result<(), ApiError> {
+    let serde_json::Value::Object(map) = event else {
+        return Err(ApiError::invalid("a CloudEvent is a JSON object"));
+    };
+    for required in ["id", "source", "specversion", "type"] {
+        match map.get(required) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => {}
+            Some(_) => {
+                return Err(ApiError::invalid(format!(
+                    "CloudEvent attribute {required} must be a non-empty string"
+                )));
+            }
+            None => {
+                return Err(ApiError::invalid(format!(
+                    "CloudEvent attribute {required} is required"
+                )));
+            }
+        }
+    }
+    if map["specversion"] != "1.0" {
+        return Err(ApiError::invalid("CloudEvent specversion must be \"1.0\""));
+    }
+    if map.contains_key("data") && map.contains_key("data_base64") {
+        return Err(ApiError::invalid(
+            "a CloudEvent has data or data_base64, not both",
+        ));
+    }
+    if let Some(time) = map.get("time") {
+        let valid = time
+            .as_str()
+            .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok());
+        if !valid {
+            return Err(ApiError::invalid(
+                "CloudEvent time must be an RFC 3339 timestamp",
+            ));
+        }
+    }
+    for (name, value) in map {
+        if matches!(name.as_str(), "data" | "data_base64") {
+            continue;
+        }
+        let valid_name = !name.is_empty()
+            && name.len() <= 20
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !valid_name {
+            return Err(ApiError::invalid(format!(
+                "CloudEvent attribute name {name:?} must be 1-20 of a-z 0-9"
+            )));
+        }
+        if value.is_object() || value.is_array() || value.is_null() {
+            return Err(ApiError::invalid(format!(
+                "CloudEvent attribute {name} must be a string, number or boolean"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PublishOut {
+    /// The stream id of each event, in order (an already published event's first id).
+    pub ids: Vec<String>,
+}
+
+/// `POST /events/v1/topics/{t}/events`: one structured CloudEvent
+/// (`application/cloudevents+json` or `application/json`) or a batch
+/// (`application/cloudevents-batch+json`).
+#[utoipa::path(post, path = "/events/v1/topics/{topic}/events", tag = "topics", params(("topic" = String, Path)),
+    request_body(content = Object, description = "a structured CloudEvent, or a JSON array of them with Content-Type application/cloudevents-batch+json"),
+    responses((status = 200, body = PublishOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn publish_rest(
+    State(bus): State<Bus>,
+    caller: Caller,
+    minicloud_proto::error::Path(topic): minicloud_proto::error::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<PublishOut>, ApiError> {
+    check_topic_name(&topic)?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let parsed: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?;
+    let events = match content_type.as_str() {
+        "application/cloudevents-batch+json" => match parsed {
+            serde_json::Value::Array(events) => events,
+            _ => return Err(ApiError::invalid("a batch is a JSON array of CloudEvents")),
+        },
+        "application/cloudevents+json" | "application/json" => vec![parsed],
+        other => {
+            return Err(ApiError::new(
+                minicloud_proto::error::ErrorCode::UnsupportedMediaType,
+                format!(
+                    "content type {other:?}: use application/cloudevents+json, application/json or application/cloudevents-batch+json"
+                ),
+            ));
+        }
+    };
+    if events.is_empty() || events.len() > 1000 {
+        return Err(ApiError::invalid("publish 1 to 1000 events at a time"));
+    }
+    for (i, event) in events.iter().enumerate() {
+        validate_event(event).map_err(|e| {
+            if events.len() > 1 {
+                ApiError::invalid(format!("event {i}: {}", e.message))
+            } else {
+                e
+            }
+        })?;
+    }
+    bus.authz
+        .authorize(&caller, "events:Publish", &format!("events:{topic}"), &[])
+        .await?;
+    Ok(Json(PublishOut {
+        ids: bus.publish(&topic, &events).await?,
+    }))
 }

@@ -121,6 +121,7 @@ impl TestCloudBuilder {
             docdb: DocdbConfig::default(),
             bus: BusConfig {
                 redis_prefix: redis_prefix.clone(),
+                ..BusConfig::default()
             },
             policy_cache_ttl: self.policy_cache_ttl,
             invoker: InvokerConfig {
