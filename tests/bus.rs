@@ -135,3 +135,282 @@ async fn publish_validate_batch_and_dedupe() {
     assert_eq!(status, 403);
     cloud.stop().await.unwrap();
 }
+
+mod webhook {
+    //! A webhook receiver for the tests: records deliveries, fails on request.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+
+    #[derive(Clone, Default)]
+    pub struct Receiver {
+        pub deliveries: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+        /// Answer 500 to this many requests before succeeding.
+        pub fail_next: Arc<AtomicUsize>,
+    }
+
+    async fn receive(
+        State(receiver): State<Receiver>,
+        headers: HeaderMap,
+        body: String,
+    ) -> StatusCode {
+        let failing = receiver.fail_next.load(Ordering::SeqCst) > 0;
+        if failing {
+            receiver.fail_next.fetch_sub(1, Ordering::SeqCst);
+        }
+        receiver.deliveries.lock().unwrap().push((headers, body));
+        if failing {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::NO_CONTENT
+        }
+    }
+
+    pub async fn start() -> (String, Receiver) {
+        let receiver = Receiver::default();
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, receiver)
+    }
+
+    impl Receiver {
+        pub fn successes(&self) -> Vec<(HeaderMap, String)> {
+            self.deliveries
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(h, _)| h.contains_key("ce-id"))
+                .cloned()
+                .collect()
+        }
+
+        pub fn count(&self) -> usize {
+            self.deliveries.lock().unwrap().len()
+        }
+    }
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..150 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_filter_retry_dead_letter_and_redrive() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let key = cloud.keys.service_key.clone();
+    for name in ["orders", "orders-dlq"] {
+        let _: Value = admin
+            .post("/events/v1/topics", &json!({"name": name}))
+            .await
+            .unwrap();
+    }
+    let (url, receiver) = webhook::start().await;
+    let subscription: Value = admin
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"orders","pattern":{"type":["order.placed"],"data":{"total":[{"numeric":[">",10]}]}},
+                    "target":{"webhook": url},"retry":{"max_attempts":3,"min_backoff_ms":20,"max_backoff_ms":100,"max_age_s":3600},
+                    "dead_letter_topic":"orders-dlq"}),
+        )
+        .await
+        .unwrap();
+    let id = subscription["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("sub_"));
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+
+    // Ordered delivery of matching events only; the second one needs two retries.
+    let matching = |id: &str, total: i64| json!({"specversion":"1.0","id":id,"source":"/shop","type":"order.placed","data":{"total":total}});
+    publish(&cloud, &key, "application/json", matching("m1", 50)).await;
+    publish(&cloud, &key, "application/json", matching("skip-small", 5)).await;
+    publish(&cloud, &key, "application/json", json!({"specversion":"1.0","id":"skip-type","source":"/shop","type":"order.cancelled","data":{"total":99}})).await;
+    wait_until(|| receiver.successes().len() == 1).await;
+    receiver
+        .fail_next
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    publish(&cloud, &key, "application/json", matching("m2", 60)).await;
+    wait_until(|| {
+        receiver
+            .successes()
+            .iter()
+            .filter(|(h, _)| h["ce-id"] == "m2")
+            .count()
+            == 3
+    })
+    .await;
+    let delivered = receiver.successes();
+    let ids: Vec<&str> = delivered
+        .iter()
+        .map(|(h, _)| h["ce-id"].to_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["m1", "m2", "m2", "m2"],
+        "only matching events, m2 retried twice"
+    );
+    let (headers, body) = &delivered[0];
+    assert_eq!(headers["ce-type"], "order.placed");
+    assert_eq!(headers["ce-source"], "/shop");
+    assert_eq!(headers["ce-specversion"], "1.0");
+    assert_eq!(headers["ce-deliveryattempt"], "1");
+    assert_eq!(delivered[3].0["ce-deliveryattempt"], "3");
+    assert_eq!(
+        serde_json::from_str::<Value>(body).unwrap(),
+        json!({"total": 50}),
+        "binary mode: the body is the data"
+    );
+
+    // Always failing: dead-lettered after three attempts, with the last error.
+    receiver
+        .fail_next
+        .store(1000, std::sync::atomic::Ordering::SeqCst);
+    let before = receiver.count();
+    publish(&cloud, &key, "application/json", matching("m3", 70)).await;
+    let mut letters = Value::Null;
+    for _ in 0..100 {
+        letters = admin
+            .get(&format!("/events/v1/subscriptions/{id}/dead-letters"))
+            .await
+            .unwrap();
+        if !letters["dead_letters"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(receiver.count() - before, 3);
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["event"]["id"], "m3");
+    assert_eq!(letter["attempts"], 3);
+    assert!(
+        letter["last_error"].as_str().unwrap().contains("500"),
+        "{letter}"
+    );
+    assert_eq!(
+        stream_len(&cloud, "orders-dlq").await,
+        1,
+        "also published to the dead-letter topic"
+    );
+
+    // Redrive once the webhook is healthy: delivered, and the dead letters are gone.
+    receiver
+        .fail_next
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let redriven: Value = admin
+        .post(
+            &format!("/events/v1/subscriptions/{id}/dead-letters/redrive"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(redriven["redriven"], 1);
+    wait_until(|| {
+        receiver.successes().iter().any(|(h, body)| {
+            h["ce-id"] == "m3" && body.contains("70") && h["ce-deliveryattempt"] == "1"
+        })
+    })
+    .await;
+    assert!(
+        receiver
+            .successes()
+            .iter()
+            .filter(|(h, _)| h["ce-id"] == "m3")
+            .count()
+            >= 4
+    );
+    let letters: Value = admin
+        .get(&format!("/events/v1/subscriptions/{id}/dead-letters"))
+        .await
+        .unwrap();
+    assert_eq!(letters["dead_letters"], json!([]));
+
+    // Bad subscriptions are refused with a reason.
+    for bad in [
+        json!({"topic":"orders","pattern":{"type":"not a list"},"target":{"webhook":url}}),
+        json!({"topic":"orders","target":{"webhook":"ftp://x"}}),
+        json!({"topic":"orders","target":{"function":"thumbnail"}}),
+        json!({"topic":"orders","target":{"webhook":url},"retry":{"max_attempts":0}}),
+    ] {
+        let result: Result<Value, _> = admin.post("/events/v1/subscriptions", &bad).await;
+        assert_eq!(result.unwrap_err().status(), Some(400), "{bad}");
+    }
+    let missing: Result<Value, _> = admin
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"nope","target":{"webhook":url}}),
+        )
+        .await;
+    assert_eq!(missing.unwrap_err().status(), Some(404));
+    admin
+        .delete(&format!("/events/v1/subscriptions/{id}"))
+        .await
+        .unwrap();
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_target_forwards_and_storage_events_reach_subscribers() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name":"uploads"}))
+        .await
+        .unwrap();
+    let (url, receiver) = webhook::start().await;
+    // storage → (pattern) → uploads → webhook
+    let _: Value = admin
+        .post("/events/v1/subscriptions", &json!({"topic":"storage","pattern":{"data":{"bucket":["photos"]}},"target":{"topic":"uploads"}}))
+        .await
+        .unwrap();
+    let _: Value = admin
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"uploads","target":{"webhook":url}}),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    for bucket in ["photos", "other"] {
+        let _: Value = admin
+            .post("/storage/v1/bucket", &json!({"name": bucket}))
+            .await
+            .unwrap();
+        let response = admin
+            .request(
+                reqwest::Method::PUT,
+                &format!("/storage/v1/object/{bucket}/a.txt"),
+            )
+            .header("content-type", "text/plain")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    wait_until(|| !receiver.successes().is_empty()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let delivered = receiver.successes();
+    assert_eq!(
+        delivered.len(),
+        1,
+        "only the photos upload passes the pattern"
+    );
+    assert_eq!(
+        delivered[0].0["ce-type"],
+        "minicloud.storage.object.created"
+    );
+    assert_eq!(delivered[0].0["ce-subject"], "photos/a.txt");
+    let data: Value = serde_json::from_str(&delivered[0].1).unwrap();
+    assert_eq!(data["bucket"], "photos");
+    cloud.stop().await.unwrap();
+}

@@ -2,7 +2,9 @@
 //! serves topics and the gRPC publish the outbox relays call; subscriptions,
 //! delivery and schedules land with issue 6.
 
+mod delivery;
 pub mod pattern;
+mod subscriptions;
 mod topics;
 
 use std::sync::Arc;
@@ -29,7 +31,17 @@ pub const SCHEMA: &str = "bus";
         title = "minicloud bus",
         description = "Topics (publish over REST, subscriptions and delivery land with issue 6)."
     ),
-    paths(topics::create, topics::list, topics::publish_rest),
+    paths(
+        topics::create,
+        topics::list,
+        topics::publish_rest,
+        subscriptions::create,
+        subscriptions::list,
+        subscriptions::get,
+        subscriptions::delete,
+        subscriptions::dead_letters,
+        subscriptions::redrive,
+    ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
 pub struct ApiDoc;
@@ -63,6 +75,8 @@ pub struct Bus(Arc<BusState>);
 pub struct BusState {
     pub(crate) pool: PgPool,
     pub(crate) redis: ConnectionManager,
+    pub(crate) redis_client: redis::Client,
+    pub(crate) http: reqwest::Client,
     pub(crate) config: BusConfig,
     pub(crate) authz: Arc<Authz>,
 }
@@ -86,6 +100,10 @@ pub enum BusStartError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("connecting to Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("connecting to Redis timed out")]
+    RedisTimeout,
+    #[error("HTTP client: {0}")]
+    Http(String),
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
@@ -93,19 +111,39 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 impl Bus {
+    /// Migrates and connects to Redis through `redis` (delivery workers open their
+    /// own connections from it: their blocking reads must not stall publishing).
     pub async fn new(
         config: BusConfig,
         pool: PgPool,
-        redis: ConnectionManager,
+        redis: redis::Client,
         authz: Arc<Authz>,
     ) -> Result<Bus, BusStartError> {
         migrate(&pool).await?;
+        let manager = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            redis.get_connection_manager(),
+        )
+        .await
+        .map_err(|_| BusStartError::RedisTimeout)??;
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| BusStartError::Http(e.to_string()))?;
         Ok(Bus(Arc::new(BusState {
             pool,
-            redis,
+            redis: manager,
+            redis_client: redis,
+            http,
             config,
             authz,
         })))
+    }
+
+    /// The delivery workers, until cancelled.
+    pub fn spawn_background(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        delivery::spawn_manager(self.clone(), cancel)
     }
 
     pub(crate) fn stream_key(&self, topic: &str) -> String {
@@ -138,6 +176,22 @@ impl Bus {
                 axum::routing::post(topics::publish_rest),
             )
             .route(
+                "/events/v1/subscriptions",
+                get(subscriptions::list).post(subscriptions::create),
+            )
+            .route(
+                "/events/v1/subscriptions/{id}",
+                get(subscriptions::get).delete(subscriptions::delete),
+            )
+            .route(
+                "/events/v1/subscriptions/{id}/dead-letters",
+                get(subscriptions::dead_letters),
+            )
+            .route(
+                "/events/v1/subscriptions/{id}/dead-letters/redrive",
+                axum::routing::post(subscriptions::redrive),
+            )
+            .route(
                 "/events/v1/openapi.json",
                 get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
             )
@@ -154,8 +208,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, bus.into_router(), shutdown.cancelled_owned())
-        .await
+    let delivery = bus.spawn_background(shutdown.clone());
+    let result =
+        minicloud_telemetry::server::serve(listener, bus.into_router(), shutdown.cancelled_owned())
+            .await;
+    // Workers stop between deliveries; an interrupted one stays pending for another.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), delivery).await;
+    result
 }
 
 #[cfg(test)]

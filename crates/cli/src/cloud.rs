@@ -107,13 +107,8 @@ pub async fn start(
         || Authz::connect_with_policy_ttl(&urls.auth, config.policy_cache_ttl).context("auth URL");
 
     // Independent start-ups run concurrently; migrations serialise on sqlx's lock.
-    let redis = async {
-        let client = redis::Client::open(config.redis_url.as_str()).context("REDIS_URL")?;
-        tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
-            .await
-            .context("connecting to Redis timed out")?
-            .context("connecting to Redis")
-    };
+    let redis = async { redis::Client::open(config.redis_url.as_str()).context("REDIS_URL") };
+
     let (auth, storage, docdb, bus, invoker) = tokio::try_join!(
         async {
             let auth = Auth::new(

@@ -388,9 +388,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
             minicloud_docdb::run(docdb, listener, shutdown).await
         }
         ServiceName::Bus => {
-            let redis = redis::Client::open(args.store.redis_url.as_str())?
-                .get_connection_manager()
-                .await?;
+            let redis = redis::Client::open(args.store.redis_url.as_str())?;
             let bus = minicloud_bus::Bus::new(
                 args.bus.clone(),
                 pool(minicloud_bus::SCHEMA).await?,

@@ -1,0 +1,479 @@
+//! Delivery: one Redis consumer group per subscription; a worker per subscription
+//! reads new entries (and claims entries another consumer left pending past the
+//! visibility timeout, XAUTOCLAIM), filters by pattern, delivers with retries and
+//! exponential backoff with jitter, and dead-letters what fails for good. An entry is
+//! acknowledged only once delivered or dead-lettered: at-least-once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use minicloud_proto::error::ApiError;
+use rand::Rng as _;
+use redis::Value as RedisValue;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::Bus;
+use crate::pattern::Pattern;
+use crate::subscriptions::{SubscriptionOut, Target, subscription_columns};
+
+/// A pending entry idle this long is presumed abandoned by a crashed worker.
+pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Bus {
+    /// Creates the subscription's consumer group if missing (`start`: `$` or `0`).
+    pub(crate) async fn ensure_group(
+        &self,
+        topic: &str,
+        group: &str,
+        start: &str,
+    ) -> Result<(), ApiError> {
+        let mut redis = self.redis.clone();
+        let created: Result<String, redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.stream_key(topic))
+            .arg(group)
+            .arg(start)
+            .arg("MKSTREAM")
+            .query_async(&mut redis)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(error) if error.to_string().contains("BUSYGROUP") => Ok(()),
+            Err(error) => Err(ApiError::unavailable("event store unavailable").with_source(error)),
+        }
+    }
+}
+
+struct Entry {
+    id: String,
+    event: Value,
+    only: Option<String>,
+}
+
+fn text(value: &RedisValue) -> Option<String> {
+    match value {
+        RedisValue::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        RedisValue::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// `[[id, [field, value, …]], …]` as XREADGROUP (per stream) and XAUTOCLAIM return it.
+fn entries(value: &RedisValue) -> Vec<Entry> {
+    let RedisValue::Array(items) = value else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let RedisValue::Array(pair) = item else {
+            continue;
+        };
+        let (Some(id), Some(RedisValue::Array(fields))) =
+            (pair.first().and_then(text), pair.get(1))
+        else {
+            continue;
+        };
+        let mut event = None;
+        let mut only = None;
+        for kv in fields.chunks(2) {
+            match (
+                kv.first().and_then(text).as_deref(),
+                kv.get(1).and_then(text),
+            ) {
+                (Some("event"), Some(v)) => event = serde_json::from_str(&v).ok(),
+                (Some("only"), Some(v)) => only = Some(v),
+                _ => {}
+            }
+        }
+        out.push(Entry {
+            id,
+            event: event.unwrap_or(Value::Null),
+            only,
+        });
+    }
+    out
+}
+
+/// `min × 2^(attempt-1)`, capped, with ±50 % jitter so retries of many events spread.
+fn backoff(subscription: &SubscriptionOut, attempt: i32) -> Duration {
+    let exponent = (attempt - 1).clamp(0, 30) as u32;
+    let base = (subscription.min_backoff_ms as f64 * 2f64.powi(exponent as i32))
+        .min(subscription.max_backoff_ms as f64);
+    let jittered = base * rand::rng().random_range(0.5..1.5);
+    Duration::from_millis(jittered.min(subscription.max_backoff_ms as f64).max(1.0) as u64)
+}
+
+fn event_age(event: &Value) -> Option<Duration> {
+    let time = chrono::DateTime::parse_from_rfc3339(event.get("time")?.as_str()?).ok()?;
+    (chrono::Utc::now() - time.with_timezone(&chrono::Utc))
+        .to_std()
+        .ok()
+}
+
+/// Delivers one event once.
+async fn deliver_once(
+    bus: &Bus,
+    target: &Target,
+    event: &Value,
+    attempt: i32,
+) -> Result<(), String> {
+    match target {
+        Target::Topic(topic) => bus
+            .publish(topic, std::slice::from_ref(event))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.message),
+        Target::Webhook(url) => {
+            // CloudEvents binary mode: attributes as ce- headers, data as the body.
+            let mut request = bus.http.post(url.clone()).timeout(WEBHOOK_TIMEOUT);
+            let mut content_type = "application/json".to_owned();
+            if let Value::Object(map) = event {
+                for (name, value) in map {
+                    match name.as_str() {
+                        "data" | "data_base64" => {}
+                        "datacontenttype" => {
+                            content_type = value.as_str().unwrap_or("application/json").to_owned()
+                        }
+                        _ => {
+                            let value = match value {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            request = request.header(format!("ce-{name}"), value);
+                        }
+                    }
+                }
+                if let Some(traceparent) = map.get("traceparent").and_then(Value::as_str) {
+                    request = request.header("traceparent", traceparent);
+                }
+            }
+            request = request
+                .header("ce-deliveryattempt", attempt.to_string())
+                .header("content-type", content_type);
+            let body: Vec<u8> = match (event.get("data"), event.get("data_base64")) {
+                (Some(Value::String(s)), _)
+                    if !event["datacontenttype"]
+                        .as_str()
+                        .unwrap_or("application/json")
+                        .contains("json") =>
+                {
+                    s.clone().into_bytes()
+                }
+                (Some(data), _) => data.to_string().into_bytes(),
+                (None, Some(Value::String(b64))) => base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let response = request
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| format!("webhook request failed: {e}"))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("webhook answered {}", response.status()))
+            }
+        }
+    }
+}
+
+/// Delivers with the subscription's retry policy; `Err` carries the last error
+/// once attempts or age run out.
+async fn deliver(
+    bus: &Bus,
+    subscription: &SubscriptionOut,
+    target: &Target,
+    event: &Value,
+    cancel: &CancellationToken,
+) -> Result<(), (i32, String)> {
+    let mut attempt = 1;
+    loop {
+        match deliver_once(bus, target, event, attempt).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                let too_old = event_age(event)
+                    .is_some_and(|age| age > Duration::from_secs(subscription.max_age_s as u64));
+                if attempt >= subscription.max_attempts || too_old {
+                    return Err((attempt, error));
+                }
+                tracing::debug!(subscription = %subscription.id, attempt, %error, "retrying delivery");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err((attempt, "shutting down".into())),
+                    _ = tokio::time::sleep(backoff(subscription, attempt)) => {}
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn dead_letter(
+    bus: &Bus,
+    subscription: &SubscriptionOut,
+    event: &Value,
+    attempts: i32,
+    error: &str,
+) -> Result<(), ApiError> {
+    sqlx::query("INSERT INTO dead_letters (subscription_id, event, attempts, last_error) VALUES ($1, $2, $3, $4)")
+        .bind(&subscription.id)
+        .bind(event)
+        .bind(attempts)
+        .bind(error)
+        .execute(&bus.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    if let Some(topic) = &subscription.dead_letter_topic {
+        let mut dead = event.clone();
+        if let Value::Object(map) = &mut dead {
+            map.insert(
+                "deadletterreason".into(),
+                Value::String(error.chars().take(500).collect()),
+            );
+            map.insert(
+                "deadlettersubscription".into(),
+                Value::String(subscription.id.clone()),
+            );
+        }
+        bus.publish(topic, &[dead]).await?;
+    }
+    tracing::warn!(subscription = %subscription.id, attempts, error, "event dead-lettered");
+    Ok(())
+}
+
+async fn ack(bus: &Bus, subscription: &SubscriptionOut, id: &str) {
+    let mut redis = bus.redis.clone();
+    let acked: Result<i64, _> = redis::cmd("XACK")
+        .arg(bus.stream_key(&subscription.topic))
+        .arg(&subscription.id)
+        .arg(id)
+        .query_async(&mut redis)
+        .await;
+    if let Err(error) = acked {
+        tracing::warn!(subscription = %subscription.id, id, %error, "acknowledging failed; the entry will be delivered again");
+    }
+}
+
+/// Handles one entry to the end: skipped, delivered, or dead-lettered, then acked.
+async fn handle(
+    bus: Bus,
+    subscription: Arc<SubscriptionOut>,
+    pattern: Arc<Pattern>,
+    target: Arc<Target>,
+    entry: Entry,
+    cancel: CancellationToken,
+) {
+    let mine = entry
+        .only
+        .as_deref()
+        .is_none_or(|only| only == subscription.id);
+    if mine && !entry.event.is_null() && pattern.matches(&entry.event) {
+        match deliver(&bus, &subscription, &target, &entry.event, &cancel).await {
+            Ok(()) => {}
+            Err((_, error)) if cancel.is_cancelled() => {
+                // Left pending: another worker claims it after the visibility timeout.
+                tracing::debug!(%error, "delivery interrupted by shutdown");
+                return;
+            }
+            Err((attempts, error)) => {
+                if let Err(failure) =
+                    dead_letter(&bus, &subscription, &entry.event, attempts, &error).await
+                {
+                    tracing::warn!(%failure, "dead-lettering failed; the entry stays pending");
+                    return;
+                }
+            }
+        }
+    }
+    ack(&bus, &subscription, &entry.id).await;
+}
+
+async fn worker(
+    bus: Bus,
+    subscription: SubscriptionOut,
+    consumer: String,
+    cancel: CancellationToken,
+) {
+    let Ok(pattern) = Pattern::parse(&subscription.pattern) else {
+        return;
+    };
+    let Ok(target) = Target::parse(&subscription.target) else {
+        return;
+    };
+    if bus
+        .ensure_group(&subscription.topic, &subscription.id, "$")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (pattern, target, subscription) =
+        (Arc::new(pattern), Arc::new(target), Arc::new(subscription));
+    let stream = bus.stream_key(&subscription.topic);
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        subscription.max_in_flight.max(1) as usize,
+    ));
+    // A connection of its own: the blocking read must not hold up anyone else.
+    let mut redis = loop {
+        match bus.redis_client.get_multiplexed_async_connection().await {
+            Ok(connection) => break connection,
+            Err(error) => {
+                tracing::warn!(subscription = %subscription.id, %error, "connecting the delivery worker failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let mut claim_from = "0-0".to_owned();
+    while !cancel.is_cancelled() {
+        // Entries a crashed consumer left pending, then new ones.
+        let claimed: Result<RedisValue, _> = redis::cmd("XAUTOCLAIM")
+            .arg(&stream)
+            .arg(&subscription.id)
+            .arg(&consumer)
+            .arg(VISIBILITY_TIMEOUT.as_millis() as u64)
+            .arg(&claim_from)
+            .arg("COUNT")
+            .arg(16)
+            .query_async(&mut redis)
+            .await;
+        let mut batch = Vec::new();
+        if let Ok(RedisValue::Array(parts)) = &claimed {
+            claim_from = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
+            if let Some(list) = parts.get(1) {
+                batch.extend(entries(list));
+            }
+        }
+        let read: Result<RedisValue, _> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&subscription.id)
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(subscription.max_in_flight.max(1) * 4)
+            .arg("BLOCK")
+            .arg(500)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut redis)
+            .await;
+        match read {
+            Ok(RedisValue::Array(streams)) => {
+                for stream_reply in streams {
+                    if let RedisValue::Array(pair) = stream_reply
+                        && let Some(list) = pair.get(1)
+                    {
+                        batch.extend(entries(list));
+                    }
+                }
+            }
+            Ok(RedisValue::Map(streams)) => {
+                for (_, list) in streams {
+                    batch.extend(entries(&list));
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if error.to_string().contains("NOGROUP") {
+                    let _ = bus
+                        .ensure_group(&subscription.topic, &subscription.id, "$")
+                        .await;
+                } else {
+                    tracing::warn!(subscription = %subscription.id, %error, "reading the topic failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                continue;
+            }
+        }
+        for entry in batch {
+            // A claimed entry this worker is still delivering is not started twice.
+            if !in_flight
+                .lock()
+                .map(|mut set| set.insert(entry.id.clone()))
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                break;
+            };
+            let (bus, subscription, pattern, target, cancel, in_flight) = (
+                bus.clone(),
+                Arc::clone(&subscription),
+                Arc::clone(&pattern),
+                Arc::clone(&target),
+                cancel.clone(),
+                Arc::clone(&in_flight),
+            );
+            let id = entry.id.clone();
+            tokio::spawn(async move {
+                handle(bus, subscription, pattern, target, entry, cancel).await;
+                if let Ok(mut set) = in_flight.lock() {
+                    set.remove(&id);
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Keeps one worker per subscription running, following creations and deletions.
+pub fn spawn_manager(bus: Bus, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let consumer = format!("worker-{}", uuid::Uuid::new_v4().simple());
+        let mut workers: HashMap<String, (CancellationToken, JoinHandle<()>)> = HashMap::new();
+        loop {
+            let subscriptions: Result<Vec<SubscriptionOut>, _> = sqlx::query_as(concat!(
+                "SELECT ",
+                subscription_columns!(),
+                " FROM subscriptions"
+            ))
+            .fetch_all(&bus.pool)
+            .await;
+            match subscriptions {
+                Ok(subscriptions) => {
+                    let live: HashSet<String> =
+                        subscriptions.iter().map(|s| s.id.clone()).collect();
+                    workers.retain(|id, (token, _)| {
+                        let keep = live.contains(id);
+                        if !keep {
+                            token.cancel();
+                        }
+                        keep
+                    });
+                    for subscription in subscriptions {
+                        if !workers.contains_key(&subscription.id) {
+                            let token = cancel.child_token();
+                            let id = subscription.id.clone();
+                            let handle = tokio::spawn(worker(
+                                bus.clone(),
+                                subscription,
+                                consumer.clone(),
+                                token.clone(),
+                            ));
+                            workers.insert(id, (token, handle));
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "loading subscriptions failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        for (_, (token, handle)) in workers {
+            token.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
+    })
+}

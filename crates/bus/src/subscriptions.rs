@@ -1,0 +1,398 @@
+//! Subscriptions: a topic, a pattern, a target (a webhook or another topic), a retry
+//! policy and a dead-letter topic; REST to manage them and their dead letters.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use minicloud_authz::Caller;
+use minicloud_proto::error::{ApiError, ErrorBody, Json, Path};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Bus;
+use crate::pattern::Pattern;
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default = "default_attempts")]
+    pub max_attempts: i32,
+    #[serde(default = "default_min_backoff")]
+    pub min_backoff_ms: i64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: i64,
+    #[serde(default = "default_max_age")]
+    pub max_age_s: i64,
+}
+
+fn default_attempts() -> i32 {
+    5
+}
+fn default_min_backoff() -> i64 {
+    100
+}
+fn default_max_backoff() -> i64 {
+    60_000
+}
+fn default_max_age() -> i64 {
+    86_400
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: default_attempts(),
+            min_backoff_ms: default_min_backoff(),
+            max_backoff_ms: default_max_backoff(),
+            max_age_s: default_max_age(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionIn {
+    pub topic: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub pattern: Value,
+    /// `{"webhook": "http://…"}` or `{"topic": "name"}`.
+    #[schema(value_type = Object)]
+    pub target: Value,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Deliveries in flight at once; 1 keeps the topic's order.
+    #[serde(default)]
+    pub max_in_flight: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct SubscriptionOut {
+    pub id: String,
+    pub topic: String,
+    #[schema(value_type = Object)]
+    pub pattern: Value,
+    #[schema(value_type = Object)]
+    pub target: Value,
+    pub max_attempts: i32,
+    pub min_backoff_ms: i64,
+    pub max_backoff_ms: i64,
+    pub max_age_s: i64,
+    pub dead_letter_topic: Option<String>,
+    pub max_in_flight: i32,
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+macro_rules! subscription_columns {
+    () => {
+        "id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner, created_at"
+    };
+}
+pub(crate) use subscription_columns;
+
+/// Where a subscription delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Webhook(reqwest::Url),
+    Topic(String),
+}
+
+impl Target {
+    pub fn parse(value: &Value) -> Result<Target, ApiError> {
+        let Value::Object(map) = value else {
+            return Err(ApiError::invalid("target is an object"));
+        };
+        if map.len() != 1 {
+            return Err(ApiError::invalid(
+                "target names exactly one of webhook, topic",
+            ));
+        }
+        match map.iter().next() {
+            Some((kind, Value::String(url))) if kind == "webhook" => {
+                let url = reqwest::Url::parse(url)
+                    .map_err(|e| ApiError::invalid(format!("webhook URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return Err(ApiError::invalid("webhook URL must be http(s)://host/…"));
+                }
+                Ok(Target::Webhook(url))
+            }
+            Some((kind, Value::String(topic))) if kind == "topic" => {
+                crate::topics::check_topic_name(topic)?;
+                Ok(Target::Topic(topic.clone()))
+            }
+            Some((kind, _)) if kind == "function" => Err(ApiError::invalid(
+                "function targets arrive with the invoker (issue 7); use a webhook or a topic",
+            )),
+            _ => Err(ApiError::invalid(
+                "target: {\"webhook\": \"http://…\"} or {\"topic\": \"name\"}",
+            )),
+        }
+    }
+}
+
+fn check_retry(retry: &RetryPolicy) -> Result<(), ApiError> {
+    if !(1..=100).contains(&retry.max_attempts) {
+        return Err(ApiError::invalid("retry.max_attempts must be 1 to 100"));
+    }
+    if retry.min_backoff_ms < 1
+        || retry.max_backoff_ms < retry.min_backoff_ms
+        || retry.max_backoff_ms > 3_600_000
+    {
+        return Err(ApiError::invalid(
+            "retry backoff: 1 ms ≤ min_backoff_ms ≤ max_backoff_ms ≤ 1 h",
+        ));
+    }
+    if !(1..=7 * 86_400).contains(&retry.max_age_s) {
+        return Err(ApiError::invalid("retry.max_age_s must be 1 s to 7 days"));
+    }
+    Ok(())
+}
+
+async fn topic_exists(bus: &Bus, topic: &str) -> Result<bool, ApiError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM topics WHERE name = $1)")
+        .bind(topic)
+        .fetch_one(&bus.pool)
+        .await
+        .map_err(ApiError::internal)
+}
+
+#[utoipa::path(post, path = "/events/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionIn,
+    responses((status = 201, body = SubscriptionOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create(
+    State(bus): State<Bus>,
+    caller: Caller,
+    Json(input): Json<SubscriptionIn>,
+) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
+    crate::topics::check_topic_name(&input.topic)?;
+    Pattern::parse(&input.pattern).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let target = Target::parse(&input.target)?;
+    let retry = input.retry.unwrap_or_default();
+    check_retry(&retry)?;
+    let max_in_flight = input.max_in_flight.unwrap_or(1);
+    if !(1..=64).contains(&max_in_flight) {
+        return Err(ApiError::invalid("max_in_flight must be 1 to 64"));
+    }
+    bus.authz
+        .authorize(
+            &caller,
+            "events:Subscribe",
+            &format!("events:{}", input.topic),
+            &[],
+        )
+        .await?;
+    for topic in [
+        Some(&input.topic),
+        input.dead_letter_topic.as_ref(),
+        if let Target::Topic(t) = &target {
+            Some(t)
+        } else {
+            None
+        },
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !topic_exists(&bus, topic).await? {
+            return Err(ApiError::not_found(format!("topic {topic} not found")));
+        }
+    }
+    let id = format!("sub_{}", uuid::Uuid::now_v7().simple());
+    let subscription = sqlx::query_as::<_, SubscriptionOut>(concat!(
+        "INSERT INTO subscriptions (id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
+        subscription_columns!()
+    ))
+    .bind(&id)
+    .bind(&input.topic)
+    .bind(if input.pattern.is_null() { serde_json::json!({}) } else { input.pattern })
+    .bind(&input.target)
+    .bind(retry.max_attempts)
+    .bind(retry.min_backoff_ms)
+    .bind(retry.max_backoff_ms)
+    .bind(retry.max_age_s)
+    .bind(&input.dead_letter_topic)
+    .bind(max_in_flight)
+    .bind(caller.owner())
+    .fetch_one(&bus.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    // The consumer group starts at the end of the stream: a new subscription gets
+    // the events published from now on.
+    bus.ensure_group(&subscription.topic, &subscription.id, "$")
+        .await?;
+    Ok((StatusCode::CREATED, Json(subscription)))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SubscriptionList {
+    pub subscriptions: Vec<SubscriptionOut>,
+}
+
+#[utoipa::path(get, path = "/events/v1/subscriptions", tag = "subscriptions", responses((status = 200, body = SubscriptionList)))]
+pub async fn list(
+    State(bus): State<Bus>,
+    caller: Caller,
+) -> Result<Json<SubscriptionList>, ApiError> {
+    let rows = sqlx::query_as::<_, SubscriptionOut>(concat!(
+        "SELECT ",
+        subscription_columns!(),
+        " FROM subscriptions ORDER BY id LIMIT 1000"
+    ))
+    .fetch_all(&bus.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let mut subscriptions = Vec::new();
+    for row in rows {
+        if bus
+            .authz
+            .authorize(
+                &caller,
+                "events:Subscribe",
+                &format!("events:{}", row.topic),
+                &[],
+            )
+            .await
+            .is_ok()
+        {
+            subscriptions.push(row);
+        }
+    }
+    Ok(Json(SubscriptionList { subscriptions }))
+}
+
+pub(crate) async fn load(bus: &Bus, id: &str) -> Result<SubscriptionOut, ApiError> {
+    sqlx::query_as::<_, SubscriptionOut>(concat!(
+        "SELECT ",
+        subscription_columns!(),
+        " FROM subscriptions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&bus.pool)
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError::not_found("subscription not found"))
+}
+
+async fn authorized(bus: &Bus, caller: &Caller, id: &str) -> Result<SubscriptionOut, ApiError> {
+    let subscription = load(bus, id).await?;
+    bus.authz
+        .authorize(
+            caller,
+            "events:Subscribe",
+            &format!("events:{}", subscription.topic),
+            &[],
+        )
+        .await?;
+    Ok(subscription)
+}
+
+#[utoipa::path(get, path = "/events/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = SubscriptionOut), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(bus): State<Bus>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionOut>, ApiError> {
+    Ok(Json(authorized(&bus, &caller, &id).await?))
+}
+
+#[utoipa::path(delete, path = "/events/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(bus): State<Bus>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let subscription = authorized(&bus, &caller, &id).await?;
+    sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+        .bind(&id)
+        .execute(&bus.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut redis = bus.redis.clone();
+    let _: Result<i64, _> = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(bus.stream_key(&subscription.topic))
+        .arg(&id)
+        .query_async(&mut redis)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DeadLetterOut {
+    pub id: i64,
+    #[schema(value_type = Object)]
+    pub event: Value,
+    pub attempts: i32,
+    pub last_error: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterList {
+    pub dead_letters: Vec<DeadLetterOut>,
+}
+
+#[utoipa::path(get, path = "/events/v1/subscriptions/{id}/dead-letters", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = DeadLetterList)))]
+pub async fn dead_letters(
+    State(bus): State<Bus>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    authorized(&bus, &caller, &id).await?;
+    let dead_letters = sqlx::query_as::<_, DeadLetterOut>(
+        "SELECT id, event, attempts, last_error, created_at FROM dead_letters WHERE subscription_id = $1 ORDER BY id LIMIT 1000",
+    )
+    .bind(&id)
+    .fetch_all(&bus.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    Ok(Json(DeadLetterList { dead_letters }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RedriveOut {
+    pub redriven: usize,
+}
+
+/// Sends a subscription's dead letters again, to that subscription only, with a
+/// fresh retry budget.
+#[utoipa::path(post, path = "/events/v1/subscriptions/{id}/dead-letters/redrive", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = RedriveOut)))]
+pub async fn redrive(
+    State(bus): State<Bus>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RedriveOut>, ApiError> {
+    let subscription = authorized(&bus, &caller, &id).await?;
+    let mut tx = bus.pool.begin().await.map_err(ApiError::internal)?;
+    let letters: Vec<(i64, Value)> =
+        sqlx::query_as("DELETE FROM dead_letters WHERE subscription_id = $1 RETURNING id, event")
+            .bind(&id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+    let stream = bus.stream_key(&subscription.topic);
+    let mut redis = bus.redis.clone();
+    let mut pipe = redis::pipe();
+    for (_, event) in &letters {
+        // `only` keeps other subscriptions of the topic from seeing it again.
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("event")
+            .arg(event.to_string())
+            .arg("only")
+            .arg(&id);
+    }
+    if !letters.is_empty() {
+        pipe.query_async::<Vec<String>>(&mut redis)
+            .await
+            .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))?;
+    }
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(Json(RedriveOut {
+        redriven: letters.len(),
+    }))
+}
