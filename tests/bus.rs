@@ -351,6 +351,26 @@ async fn subscriptions_filter_retry_dead_letter_and_redrive() {
         )
         .await;
     assert_eq!(missing.unwrap_err().status(), Some(404));
+    let metrics = reqwest::get(format!("{}/metrics", cloud.urls.bus))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(&format!("subscription=\"{id}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        series("minicloud_bus_delivered_events_total") >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(series("minicloud_bus_dead_lettered_events_total"), 1.0);
+    assert!(series("minicloud_bus_retried_deliveries_total") >= 4.0);
     admin
         .delete(&format!("/events/v1/subscriptions/{id}"))
         .await
@@ -412,5 +432,81 @@ async fn a_topic_target_forwards_and_storage_events_reach_subscribers() {
     assert_eq!(delivered[0].0["ce-subject"], "photos/a.txt");
     let data: Value = serde_json::from_str(&delivered[0].1).unwrap();
     assert_eq!(data["bucket"], "photos");
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_streams_new_events_and_metrics_count_them() {
+    use futures::StreamExt as _;
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name":"orders"}))
+        .await
+        .unwrap();
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/events/v1/topics/orders/tail",
+            cloud.gateway_url()
+        ))
+        .header(
+            "authorization",
+            format!("Bearer {}", cloud.keys.service_key),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut body = response.bytes_stream();
+    // The tail follows from now: publish after it is open.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    publish(
+        &cloud,
+        &cloud.keys.service_key,
+        "application/json",
+        event("t1"),
+    )
+    .await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains("\"t1\"") && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(seen.contains("event: cloudevent"), "{seen}");
+    assert!(seen.contains("\"id\":\"t1\""), "{seen}");
+    drop(body);
+    let denied = reqwest::Client::new()
+        .get(format!(
+            "{}/events/v1/topics/orders/tail",
+            cloud.gateway_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let metrics = reqwest::get(format!("{}/metrics", cloud.urls.bus))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("minicloud_bus_published_events_total")
+                && l.contains("topic=\"orders\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
     cloud.stop().await.unwrap();
 }

@@ -49,13 +49,13 @@ impl Bus {
     }
 }
 
-struct Entry {
-    id: String,
-    event: Value,
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) event: Value,
     only: Option<String>,
 }
 
-fn text(value: &RedisValue) -> Option<String> {
+pub(crate) fn text(value: &RedisValue) -> Option<String> {
     match value {
         RedisValue::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         RedisValue::SimpleString(s) => Some(s.clone()),
@@ -64,7 +64,7 @@ fn text(value: &RedisValue) -> Option<String> {
 }
 
 /// `[[id, [field, value, …]], …]` as XREADGROUP (per stream) and XAUTOCLAIM return it.
-fn entries(value: &RedisValue) -> Vec<Entry> {
+pub(crate) fn entries(value: &RedisValue) -> Vec<Entry> {
     let RedisValue::Array(items) = value else {
         return Vec::new();
     };
@@ -113,6 +113,12 @@ fn event_age(event: &Value) -> Option<Duration> {
     (chrono::Utc::now() - time.with_timezone(&chrono::Utc))
         .to_std()
         .ok()
+}
+
+fn label(subscription: &SubscriptionOut) -> crate::metrics::SubscriptionLabel {
+    crate::metrics::SubscriptionLabel {
+        subscription: subscription.id.clone(),
+    }
 }
 
 /// Delivers one event once.
@@ -204,6 +210,10 @@ async fn deliver(
                     return Err((attempt, error));
                 }
                 tracing::debug!(subscription = %subscription.id, attempt, %error, "retrying delivery");
+                bus.metrics
+                    .retried
+                    .get_or_create(&label(subscription))
+                    .inc();
                 tokio::select! {
                     _ = cancel.cancelled() => return Err((attempt, "shutting down".into())),
                     _ = tokio::time::sleep(backoff(subscription, attempt)) => {}
@@ -243,6 +253,10 @@ async fn dead_letter(
         }
         bus.publish(topic, &[dead]).await?;
     }
+    bus.metrics
+        .dead_lettered
+        .get_or_create(&label(subscription))
+        .inc();
     tracing::warn!(subscription = %subscription.id, attempts, error, "event dead-lettered");
     Ok(())
 }
@@ -275,7 +289,24 @@ async fn handle(
         .is_none_or(|only| only == subscription.id);
     if mine && !entry.event.is_null() && pattern.matches(&entry.event) {
         match deliver(&bus, &subscription, &target, &entry.event, &cancel).await {
-            Ok(()) => {}
+            Ok(()) => {
+                let label = label(&subscription);
+                bus.metrics.delivered.get_or_create(&label).inc();
+                // Stream ids start with the append time in milliseconds.
+                if let Some(appended) = entry
+                    .id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse::<i64>().ok())
+                {
+                    let seconds =
+                        (chrono::Utc::now().timestamp_millis() - appended).max(0) as f64 / 1000.0;
+                    bus.metrics
+                        .delivery_latency
+                        .get_or_create(&label)
+                        .observe(seconds);
+                }
+            }
             Err((_, error)) if cancel.is_cancelled() => {
                 // Left pending: another worker claims it after the visibility timeout.
                 tracing::debug!(%error, "delivery interrupted by shutdown");
@@ -426,6 +457,29 @@ async fn worker(
     }
 }
 
+/// Reads each subscription's consumer-group lag (Redis 7 reports it per group).
+async fn update_lag(bus: &Bus, subscriptions: &[SubscriptionOut]) {
+    let mut redis = bus.redis.clone();
+    for subscription in subscriptions {
+        let groups: Result<Vec<HashMap<String, RedisValue>>, _> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(bus.stream_key(&subscription.topic))
+            .query_async(&mut redis)
+            .await;
+        let Ok(groups) = groups else { continue };
+        for group in groups {
+            if group.get("name").and_then(text).as_deref() == Some(subscription.id.as_str())
+                && let Some(RedisValue::Int(lag)) = group.get("lag")
+            {
+                bus.metrics
+                    .lag
+                    .get_or_create(&label(subscription))
+                    .set(*lag);
+            }
+        }
+    }
+}
+
 /// Keeps one worker per subscription running, following creations and deletions.
 pub fn spawn_manager(bus: Bus, cancel: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -441,6 +495,7 @@ pub fn spawn_manager(bus: Bus, cancel: CancellationToken) -> JoinHandle<()> {
             .await;
             match subscriptions {
                 Ok(subscriptions) => {
+                    update_lag(&bus, &subscriptions).await;
                     let live: HashSet<String> =
                         subscriptions.iter().map(|s| s.id.clone()).collect();
                     workers.retain(|id, (token, _)| {

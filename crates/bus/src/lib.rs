@@ -3,6 +3,7 @@
 //! delivery and schedules land with issue 6.
 
 mod delivery;
+mod metrics;
 pub mod pattern;
 mod subscriptions;
 mod topics;
@@ -77,6 +78,8 @@ pub struct BusState {
     pub(crate) redis: ConnectionManager,
     pub(crate) redis_client: redis::Client,
     pub(crate) http: reqwest::Client,
+    pub(crate) metrics: metrics::BusMetrics,
+    service_metrics: Arc<ServiceMetrics>,
     pub(crate) config: BusConfig,
     pub(crate) authz: Arc<Authz>,
 }
@@ -131,11 +134,14 @@ impl Bus {
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|e| BusStartError::Http(e.to_string()))?;
+        let (service_metrics, metrics) = metrics::BusMetrics::new();
         Ok(Bus(Arc::new(BusState {
             pool,
             redis: manager,
             redis_client: redis,
             http,
+            metrics,
+            service_metrics,
             config,
             authz,
         })))
@@ -175,6 +181,7 @@ impl Bus {
                 "/events/v1/topics/{topic}/events",
                 axum::routing::post(topics::publish_rest),
             )
+            .route("/events/v1/topics/{topic}/tail", get(topics::tail))
             .route(
                 "/events/v1/subscriptions",
                 get(subscriptions::list).post(subscriptions::create),
@@ -196,7 +203,7 @@ impl Bus {
                 get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
             )
             .with_state(self.clone());
-        ServiceHost::new("bus", rest, readiness, ServiceMetrics::new("bus", |_| {}))
+        ServiceHost::new("bus", rest, readiness, Arc::clone(&self.service_metrics))
             .body_limit(1024 * 1024)
             .grpc(BusServiceServer::new(topics::BusGrpc(self)))
             .into_router()

@@ -220,6 +220,12 @@ impl Bus {
                 .await
                 .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))?;
             ids.push(stream_id);
+            self.metrics
+                .published
+                .get_or_create(&crate::metrics::TopicLabel {
+                    topic: topic.to_owned(),
+                })
+                .inc();
         }
         Ok(ids)
     }
@@ -376,4 +382,110 @@ pub async fn publish_rest(
     Ok(Json(PublishOut {
         ids: bus.publish(&topic, &events).await?,
     }))
+}
+
+/// The entries of an `XREAD` reply (RESP2 arrays or RESP3 maps).
+fn read_reply(value: &redis::Value) -> Vec<crate::delivery::Entry> {
+    let mut out = Vec::new();
+    match value {
+        redis::Value::Array(streams) => {
+            for stream in streams {
+                if let redis::Value::Array(pair) = stream
+                    && let Some(list) = pair.get(1)
+                {
+                    out.extend(crate::delivery::entries(list));
+                }
+            }
+        }
+        redis::Value::Map(streams) => {
+            for (_, list) in streams {
+                out.extend(crate::delivery::entries(list));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// `GET /events/v1/topics/{t}/tail`: the topic's new events as server-sent events
+/// (`event: cloudevent`, `id:` the stream id, `data:` the structured CloudEvent), for
+/// debugging. It follows the topic until the client goes away.
+#[utoipa::path(get, path = "/events/v1/topics/{topic}/tail", tag = "topics", params(("topic" = String, Path)),
+    responses((status = 200, description = "text/event-stream of CloudEvents"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn tail(
+    State(bus): State<Bus>,
+    caller: Caller,
+    minicloud_proto::error::Path(topic): minicloud_proto::error::Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    use axum::response::sse::{Event, KeepAlive, Sse};
+
+    check_topic_name(&topic)?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM topics WHERE name = $1)")
+        .bind(&topic)
+        .fetch_one(&bus.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    if !exists {
+        return Err(ApiError::not_found(format!("topic {topic} not found")));
+    }
+    bus.authz
+        .authorize(&caller, "events:Subscribe", &format!("events:{topic}"), &[])
+        .await?;
+    // Its own connection: the blocking read must not stall other commands.
+    let connection = bus
+        .redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))?;
+    let key = bus.stream_key(&topic);
+    let state = (
+        connection,
+        "$".to_owned(),
+        key,
+        std::collections::VecDeque::<Event>::new(),
+    );
+    let events = futures::stream::unfold(
+        state,
+        |(mut connection, mut last, key, mut queue)| async move {
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (connection, last, key, queue),
+                    ));
+                }
+                let reply: Result<redis::Value, _> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(100)
+                    .arg("BLOCK")
+                    .arg(10_000)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(&last)
+                    .query_async(&mut connection)
+                    .await;
+                match reply {
+                    Ok(value) => {
+                        for entry in read_reply(&value) {
+                            last = entry.id.clone();
+                            queue.push_back(
+                                Event::default()
+                                    .event("cloudevent")
+                                    .id(entry.id)
+                                    .data(entry.event.to_string()),
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "tail ended");
+                        return None;
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
