@@ -20,8 +20,6 @@ use crate::Bus;
 use crate::pattern::Pattern;
 use crate::subscriptions::{SubscriptionOut, Target, subscription_columns};
 
-/// A pending entry idle this long is presumed abandoned by a crashed worker.
-pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Bus {
@@ -371,7 +369,7 @@ async fn worker(
             .arg(&stream)
             .arg(&subscription.id)
             .arg(&consumer)
-            .arg(VISIBILITY_TIMEOUT.as_millis() as u64)
+            .arg(bus.config.visibility_timeout_s.max(1) * 1000)
             .arg(&claim_from)
             .arg("COUNT")
             .arg(16)

@@ -59,6 +59,14 @@ pub struct BusConfig {
     /// Publishing the same `source` + `id` again within this many seconds stores it once.
     #[arg(long = "bus-dedupe-window", env = "MINICLOUD_BUS_DEDUPE_WINDOW", default_value_t = 24 * 3600)]
     pub dedupe_window_s: u64,
+    /// A delivery pending this long is presumed abandoned by a crashed worker and
+    /// claimed by another, seconds.
+    #[arg(
+        long = "bus-visibility-timeout",
+        env = "MINICLOUD_BUS_VISIBILITY_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub visibility_timeout_s: u64,
 }
 
 impl Default for BusConfig {
@@ -66,6 +74,7 @@ impl Default for BusConfig {
         BusConfig {
             redis_prefix: "minicloud:".into(),
             dedupe_window_s: 24 * 3600,
+            visibility_timeout_s: 30,
         }
     }
 }

@@ -436,3 +436,15 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Redacted<'_, T> {
         f.write_str(&redacted.join("\""))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Catches clashing argument ids between flattened configs, which clap
+        // reports only at run time.
+        super::Cli::command().debug_assert();
+    }
+}

@@ -25,30 +25,35 @@ pub use proxy::Upstreams;
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
     #[arg(
+        id = "gateway_auth_url",
         long = "gateway-auth-url",
         env = "MINICLOUD_GATEWAY_AUTH_URL",
         default_value = "http://127.0.0.1:4601"
     )]
     pub auth_url: String,
     #[arg(
+        id = "gateway_storage_url",
         long = "gateway-storage-url",
         env = "MINICLOUD_GATEWAY_STORAGE_URL",
         default_value = "http://127.0.0.1:4602"
     )]
     pub storage_url: String,
     #[arg(
+        id = "gateway_docdb_url",
         long = "gateway-docdb-url",
         env = "MINICLOUD_GATEWAY_DOCDB_URL",
         default_value = "http://127.0.0.1:4603"
     )]
     pub docdb_url: String,
     #[arg(
+        id = "gateway_bus_url",
         long = "gateway-bus-url",
         env = "MINICLOUD_GATEWAY_BUS_URL",
         default_value = "http://127.0.0.1:4604"
     )]
     pub bus_url: String,
     #[arg(
+        id = "gateway_invoker_url",
         long = "gateway-invoker-url",
         env = "MINICLOUD_GATEWAY_INVOKER_URL",
         default_value = "http://127.0.0.1:4605"

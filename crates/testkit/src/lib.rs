@@ -26,6 +26,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 pub use minicloud_auth;
+pub use minicloud_bus;
 pub use minicloud_docdb;
 pub use minicloud_storage;
 pub use sqlx;
@@ -43,6 +44,7 @@ pub fn test_redis_url() -> String {
 #[derive(Debug, Clone)]
 pub struct TestCloudBuilder {
     pub auth: AuthConfig,
+    pub bus: BusConfig,
     /// How long services cache role policies.
     pub policy_cache_ttl: std::time::Duration,
     /// `None`: the `fs` backend under the test's temp dir.
@@ -60,6 +62,7 @@ impl Default for TestCloudBuilder {
         TestCloudBuilder {
             auth,
             storage: None,
+            bus: BusConfig::default(),
             policy_cache_ttl: std::time::Duration::from_secs(30),
         }
     }
@@ -77,6 +80,11 @@ pub struct TestCloud {
 }
 
 impl TestCloudBuilder {
+    pub fn bus(mut self, change: impl FnOnce(&mut BusConfig)) -> Self {
+        change(&mut self.bus);
+        self
+    }
+
     pub fn policy_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.policy_cache_ttl = ttl;
         self
@@ -121,7 +129,7 @@ impl TestCloudBuilder {
             docdb: DocdbConfig::default(),
             bus: BusConfig {
                 redis_prefix: redis_prefix.clone(),
-                ..BusConfig::default()
+                ..self.bus
             },
             policy_cache_ttl: self.policy_cache_ttl,
             invoker: InvokerConfig {
