@@ -510,3 +510,69 @@ async fn tail_streams_new_events_and_metrics_count_them() {
     );
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_fire_once_per_tick() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let created: Value = admin
+        .post(
+            "/events/v1/schedules",
+            &json!({"name":"heartbeat","schedule":"rate(1 second)","data":{"beat":true}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created["topic"], "schedules");
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let client = redis::Client::open(minicloud_testkit::test_redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{}topic:schedules", cloud.redis_prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let events: Vec<Value> = entries
+        .into_iter()
+        .map(|(_, f)| serde_json::from_str(&f[0].1).unwrap())
+        .collect();
+    assert!(
+        (2..=4).contains(&events.len()),
+        "{} ticks in 3.5 s",
+        events.len()
+    );
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = events
+        .iter()
+        .map(|e| chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap())
+        .collect();
+    for pair in times.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_milliseconds(),
+            1000,
+            "one event per tick, none doubled or skipped"
+        );
+    }
+    assert_eq!(events[0]["type"], "minicloud.schedule.fired");
+    assert_eq!(events[0]["data"], json!({"beat": true}));
+    assert!(events[0]["id"].as_str().unwrap().starts_with("heartbeat@"));
+    for bad in [
+        json!({"name":"x","schedule":"rate(5 fortnights)"}),
+        json!({"name":"y","schedule":"0 9 * * *","timezone":"Mars/Base"}),
+    ] {
+        let result: Result<Value, _> = admin.post("/events/v1/schedules", &bad).await;
+        assert_eq!(result.unwrap_err().status(), Some(400), "{bad}");
+    }
+    let duplicate: Result<Value, _> = admin
+        .post(
+            "/events/v1/schedules",
+            &json!({"name":"heartbeat","schedule":"rate(1 minute)"}),
+        )
+        .await;
+    assert_eq!(duplicate.unwrap_err().status(), Some(409));
+    admin
+        .delete("/events/v1/schedules/heartbeat")
+        .await
+        .unwrap();
+    cloud.stop().await.unwrap();
+}

@@ -5,6 +5,7 @@
 mod delivery;
 mod metrics;
 pub mod pattern;
+mod schedules;
 mod subscriptions;
 mod topics;
 
@@ -156,9 +157,13 @@ impl Bus {
         })))
     }
 
-    /// The delivery workers, until cancelled.
+    /// The delivery workers and the schedule ticker, until cancelled.
     pub fn spawn_background(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-        delivery::spawn_manager(self.clone(), cancel)
+        let delivery = delivery::spawn_manager(self.clone(), cancel.clone());
+        let ticker = schedules::spawn(self.clone(), cancel);
+        tokio::spawn(async move {
+            let _ = tokio::join!(delivery, ticker);
+        })
     }
 
     pub(crate) fn stream_key(&self, topic: &str) -> String {
@@ -189,6 +194,14 @@ impl Bus {
             .route(
                 "/events/v1/topics/{topic}/events",
                 axum::routing::post(topics::publish_rest),
+            )
+            .route(
+                "/events/v1/schedules",
+                get(schedules::list).post(schedules::create),
+            )
+            .route(
+                "/events/v1/schedules/{name}",
+                axum::routing::delete(schedules::delete),
             )
             .route("/events/v1/topics/{topic}/tail", get(topics::tail))
             .route(
