@@ -351,7 +351,7 @@ async fn worker(
     ));
     // A connection of its own: the blocking read must not hold up anyone else.
     let mut redis = loop {
-        match bus.redis_client.get_multiplexed_async_connection().await {
+        match bus.blocking_connection().await {
             Ok(connection) => break connection,
             Err(error) => {
                 tracing::warn!(subscription = %subscription.id, %error, "connecting the delivery worker failed");

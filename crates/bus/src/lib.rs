@@ -157,6 +157,18 @@ impl Bus {
         })))
     }
 
+    /// A connection of its own for blocking reads (`XREAD`/`XREADGROUP … BLOCK`): on
+    /// a shared connection they would stall every other command, and the client's
+    /// default 500 ms response timeout would cut them short.
+    pub(crate) async fn blocking_connection(
+        &self,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        self.redis_client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
     /// The delivery workers and the schedule ticker, until cancelled.
     pub fn spawn_background(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         let delivery = delivery::spawn_manager(self.clone(), cancel.clone());

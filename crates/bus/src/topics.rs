@@ -434,8 +434,7 @@ pub async fn tail(
         .await?;
     // Its own connection: the blocking read must not stall other commands.
     let connection = bus
-        .redis_client
-        .get_multiplexed_async_connection()
+        .blocking_connection()
         .await
         .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))?;
     let key = bus.stream_key(&topic);

@@ -7,3 +7,4 @@ pub mod cloud;
 pub mod config;
 pub mod postgres;
 pub mod private_servers;
+pub mod user;

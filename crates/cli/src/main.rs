@@ -35,6 +35,19 @@ enum Command {
     Up(Box<UpArgs>),
     /// Run one service (docker compose, Kubernetes).
     Serve(Box<ServeArgs>),
+    /// Events on the bus.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Print a topic's new events as JSON lines until interrupted.
+    Tail {
+        topic: String,
+        #[command(flatten)]
+        connection: minicloud_cli::user::Connection,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -196,6 +209,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up(*args, started).await,
             Command::Serve(args) => serve(*args).await,
+            Command::Events(EventsCommand::Tail { topic, connection }) => {
+                minicloud_cli::user::tail(&connection, &topic, std::io::stdout()).await
+            }
         }
     });
     match result {
