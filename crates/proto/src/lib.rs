@@ -2,6 +2,7 @@
 //! and the closed error-code enum that both REST and gRPC answers are built from.
 
 pub mod error;
+pub mod openapi;
 
 pub use prost;
 pub use tonic;
