@@ -378,6 +378,11 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 authz()?,
             )
             .await?;
+            // Like `up`, show the built-in keys (compose users read them with
+            // `docker compose logs auth`).
+            let keys = auth.builtin_keys().await?;
+            println!("anon key     {}", keys.anon_key);
+            println!("service key  {}", keys.service_key);
             minicloud_auth::run(auth, listener, shutdown).await
         }
         ServiceName::Storage => {
