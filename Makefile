@@ -1,7 +1,7 @@
 # minicloud — the two commands a developer needs are `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up build test unit lint fmt bench demo compose-check clean
+.PHONY: up build test unit lint fmt bench demo compose-check k8s-check clean
 
 ## Run the whole cloud in one process (gateway on :4600).
 up:
@@ -35,6 +35,10 @@ bench:
 
 demo:
 	@echo "make demo: not yet — the thumbnail pipeline lands with issue 8"
+
+## Validate the Kubernetes manifests against the API schemas (pip install kubernetes-validate).
+k8s-check:
+	kubernetes-validate --strict deploy/kubernetes/minicloud.yaml
 
 ## Validate docker-compose.yml (Debian package docker-compose; no Docker engine needed).
 compose-check:
