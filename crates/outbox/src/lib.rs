@@ -146,6 +146,9 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// Sent events are deleted after this long.
     pub keep_sent: chrono::Duration,
+    /// After a wake-up, wait this long for more commits to publish them together:
+    /// one relay round (and one commit) per burst instead of per write.
+    pub coalesce: Duration,
 }
 
 impl Default for RelayConfig {
@@ -154,6 +157,7 @@ impl Default for RelayConfig {
             batch: 100,
             poll_interval: Duration::from_millis(200),
             keep_sent: chrono::Duration::hours(24),
+            coalesce: Duration::from_millis(5),
         }
     }
 }
@@ -300,7 +304,9 @@ impl Relay {
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = self.wake.notified() => {}
+                    _ = self.wake.notified() => {
+                        tokio::time::sleep(self.config.coalesce).await;
+                    }
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }
