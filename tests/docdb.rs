@@ -995,3 +995,84 @@ async fn owner_conditions_give_each_user_only_their_own_documents() {
     );
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn hostile_key_value_input_is_refused_with_nothing_written() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let big = "x".repeat(300 * 1024);
+    for (method, path, headers, body, status) in [
+        (
+            Method::PUT,
+            "/db/v1/kv/Bad-NS/k",
+            vec![],
+            Some(json!(1)),
+            400,
+        ),
+        (
+            Method::PUT,
+            "/db/v1/kv/ns/a%01b",
+            vec![],
+            Some(json!(1)),
+            400,
+        ),
+        (
+            Method::PUT,
+            "/db/v1/kv/ns/k?ttl=0",
+            vec![],
+            Some(json!(1)),
+            400,
+        ),
+        (
+            Method::PUT,
+            "/db/v1/kv/ns/k?ttl=-5",
+            vec![],
+            Some(json!(1)),
+            400,
+        ),
+        (
+            Method::PUT,
+            "/db/v1/kv/ns/k?ttl=999999999999",
+            vec![],
+            Some(json!(1)),
+            400,
+        ),
+        (Method::PUT, "/db/v1/kv/ns/k", vec![], Some(json!(big)), 413),
+        (
+            Method::PUT,
+            "/db/v1/kv/ns/k",
+            vec![("if-match", "\"abc\"")],
+            Some(json!(1)),
+            400,
+        ),
+        (
+            Method::PUT,
+            "/db/v1/kv/ns/k",
+            vec![("if-none-match", "\"3\"")],
+            Some(json!(1)),
+            400,
+        ),
+        (
+            Method::POST,
+            "/db/v1/kv/ns/k/incr",
+            vec![],
+            Some(json!({"by": "ten"})),
+            400,
+        ),
+        (Method::POST, "/db/v1/kv/ns/k", vec![], Some(json!({})), 405),
+        (Method::GET, "/db/v1/kv/ns?limit=0", vec![], None, 400),
+        (Method::GET, "/db/v1/kv/ns?limit=abc", vec![], None, 400),
+    ] {
+        let response = send(&admin, method.clone(), path, &headers, body).await;
+        let code = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(code, status, "{method} {path}: {answer}");
+        assert!(
+            answer["error"]["message"].is_string(),
+            "{method} {path}: {answer}"
+        );
+    }
+    let listed: Value = admin.get("/db/v1/kv/ns").await.unwrap();
+    assert_eq!(listed["items"], json!([]), "nothing was written");
+    cloud.stop().await.unwrap();
+}

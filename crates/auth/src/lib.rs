@@ -237,15 +237,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let maintenance = auth.spawn_maintenance(shutdown.clone());
-    let result = minicloud_telemetry::server::serve(
+    let background = vec![auth.spawn_maintenance(shutdown.clone())];
+    minicloud_telemetry::server::serve_with_background(
         listener,
         auth.into_router(),
-        shutdown.cancelled_owned(),
+        shutdown,
+        background,
     )
-    .await;
-    maintenance.abort();
-    result
+    .await
 }
 
 /// The address a request came from: the first `X-Forwarded-For` hop (set by the

@@ -222,6 +222,25 @@ fn verify_error(error: VerifyError) -> ApiError {
     }
 }
 
+impl Authz {
+    /// The caller of a gRPC request, from its `authorization` metadata (anonymous
+    /// without one): gRPC APIs authorise exactly like REST.
+    pub async fn grpc_caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Caller, tonic::Status> {
+        let header = match metadata.get("authorization") {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| tonic::Status::unauthenticated("authorization is not text"))?,
+            ),
+        };
+        Ok(self.caller(header).await?)
+    }
+}
+
 /// Axum extractor: the verified caller of this request (anonymous without a token).
 impl<S> FromRequestParts<S> for Caller
 where

@@ -7,7 +7,7 @@
 //! `access_token_ttl` under `[auth]` is `--auth-access-token-ttl`.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 
@@ -121,10 +121,6 @@ pub fn redact_url(url: &str) -> String {
         },
         None => url.to_owned(),
     }
-}
-
-pub fn data_path(data_dir: &Path, name: &str) -> PathBuf {
-    data_dir.join(name)
 }
 
 #[cfg(test)]

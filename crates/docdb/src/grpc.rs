@@ -1,7 +1,6 @@
 //! The gRPC API: the REST operations for other services and functions, with the
 //! caller's token from the `authorization` metadata.
 
-use minicloud_authz::Caller;
 use minicloud_proto::docdb::v1::docdb_service_server::DocdbService;
 use minicloud_proto::docdb::v1::{
     Collection, Document, DocumentRef, KvDeleteResponse, KvIncrRequest, KvPutRequest, KvRef,
@@ -17,18 +16,6 @@ use crate::documents::{DocOut, Write, WriteKind};
 use crate::kv::{KvCondition, KvOut};
 
 pub struct DocdbGrpc(pub Docdb);
-
-async fn caller<T>(docdb: &Docdb, request: &Request<T>) -> Result<Caller, Status> {
-    let header = match request.metadata().get("authorization") {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| Status::unauthenticated("authorization is not text"))?,
-        ),
-    };
-    Ok(docdb.authz.caller(header).await?)
-}
 
 fn json(text: &str, what: &str) -> Result<Value, Status> {
     serde_json::from_str(text)
@@ -80,7 +67,7 @@ impl DocdbService for DocdbGrpc {
         &self,
         request: Request<DocumentRef>,
     ) -> Result<Response<Document>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let reference = request.into_inner();
         Ok(Response::new(document(
             self.0
@@ -93,7 +80,7 @@ impl DocdbService for DocdbGrpc {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let ops = request.into_inner().writes;
         if ops.is_empty() || ops.len() > crate::rest::MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -137,7 +124,7 @@ impl DocdbService for DocdbGrpc {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let request = request.into_inner();
         let query = if request.query_json.is_empty() {
             crate::query::QueryIn::default()
@@ -154,7 +141,7 @@ impl DocdbService for DocdbGrpc {
     }
 
     async fn kv_get(&self, request: Request<KvRef>) -> Result<Response<KvValue>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let r = request.into_inner();
         Ok(Response::new(kv_value(
             self.0.kv_get(&caller, &r.namespace, &r.key).await?,
@@ -162,7 +149,7 @@ impl DocdbService for DocdbGrpc {
     }
 
     async fn kv_put(&self, request: Request<KvPutRequest>) -> Result<Response<KvValue>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let r = request.into_inner();
         let value = json(&r.value_json, "value_json")?;
         let condition = KvCondition {
@@ -187,7 +174,7 @@ impl DocdbService for DocdbGrpc {
         &self,
         request: Request<KvRef>,
     ) -> Result<Response<KvDeleteResponse>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let r = request.into_inner();
         self.0
             .kv_delete(&caller, &r.namespace, &r.key, KvCondition::default())
@@ -196,7 +183,7 @@ impl DocdbService for DocdbGrpc {
     }
 
     async fn kv_incr(&self, request: Request<KvIncrRequest>) -> Result<Response<KvValue>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let r = request.into_inner();
         let by = if r.by == 0.0 { 1.0 } else { r.by };
         Ok(Response::new(kv_value(

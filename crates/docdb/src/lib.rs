@@ -185,16 +185,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let background = docdb.spawn_background(shutdown.clone());
-    let result = minicloud_telemetry::server::serve(
+    minicloud_telemetry::server::serve_with_background(
         listener,
         docdb.into_router(),
-        shutdown.cancelled_owned(),
+        shutdown,
+        background,
     )
-    .await;
-    for task in background {
-        task.abort();
-    }
-    result
+    .await
 }
 
 #[cfg(test)]

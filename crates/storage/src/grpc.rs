@@ -4,7 +4,6 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt as _};
-use minicloud_authz::Caller;
 use minicloud_proto::error::ApiError;
 use minicloud_proto::storage::v1::put_object_chunk::Part;
 use minicloud_proto::storage::v1::storage_service_server::StorageService;
@@ -20,18 +19,6 @@ use crate::objects::{ObjectOut, Preconditions, WriteRequest};
 use crate::paths::{normalise_path, normalise_prefix};
 
 pub struct StorageGrpc(pub Storage);
-
-async fn caller<T>(storage: &Storage, request: &Request<T>) -> Result<Caller, Status> {
-    let header = match request.metadata().get("authorization") {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| Status::unauthenticated("authorization is not text"))?,
-        ),
-    };
-    Ok(storage.authz.caller(header).await?)
-}
 
 fn object_ref(bucket: &str, path: &str) -> Result<(String, String), Status> {
     crate::buckets::check_bucket_name(bucket)?;
@@ -85,7 +72,7 @@ impl StorageService for StorageGrpc {
         &self,
         request: Request<ObjectRef>,
     ) -> Result<Response<ObjectInfo>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let (bucket, path) = object_ref(&request.get_ref().bucket, &request.get_ref().path)?;
         let object = self.0.authorize_read(&caller, &bucket, &path).await?;
         Ok(Response::new(info(&object)))
@@ -95,7 +82,7 @@ impl StorageService for StorageGrpc {
         &self,
         request: Request<GetObjectRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let request = request.into_inner();
         let (bucket, path) = object_ref(&request.bucket, &request.path)?;
         let object = self.0.authorize_read(&caller, &bucket, &path).await?;
@@ -140,7 +127,7 @@ impl StorageService for StorageGrpc {
         &self,
         request: Request<Streaming<PutObjectChunk>>,
     ) -> Result<Response<ObjectInfo>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let mut incoming = request.into_inner();
         let header = match incoming.next().await {
             Some(Ok(PutObjectChunk {
@@ -190,7 +177,7 @@ impl StorageService for StorageGrpc {
         &self,
         request: Request<ObjectRef>,
     ) -> Result<Response<ObjectInfo>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let (bucket, path) = object_ref(&request.get_ref().bucket, &request.get_ref().path)?;
         let object = self
             .0
@@ -203,7 +190,7 @@ impl StorageService for StorageGrpc {
         &self,
         request: Request<ListObjectsRequest>,
     ) -> Result<Response<ListObjectsResponse>, Status> {
-        let caller = caller(&self.0, &request).await?;
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let request = request.into_inner();
         crate::buckets::check_bucket_name(&request.bucket)?;
         let prefix = normalise_prefix(&request.prefix)?;

@@ -280,3 +280,19 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
 }
+
+/// [`serve`] for a service with background tasks (outbox relays, sweeps, key
+/// reloads): they watch the same `shutdown`, and whatever still runs once the
+/// server has drained is aborted.
+pub async fn serve_with_background(
+    listener: TcpListener,
+    router: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+    background: Vec<tokio::task::JoinHandle<()>>,
+) -> std::io::Result<()> {
+    let result = serve(listener, router, shutdown.cancelled_owned()).await;
+    for task in background {
+        task.abort();
+    }
+    result
+}

@@ -49,10 +49,6 @@ fn not_found(error: io::Error) -> BackendError {
 
 #[async_trait::async_trait]
 impl Backend for FsBackend {
-    fn kind(&self) -> &'static str {
-        "fs"
-    }
-
     async fn check(&self) -> Result<(), BackendError> {
         let probe = self.root.join(".tmp").join("readyz-probe");
         tokio::fs::write(&probe, b"ok").await?;

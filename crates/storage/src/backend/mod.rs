@@ -63,7 +63,6 @@ pub fn parse_blob_key(key: &str) -> Option<(&str, &str)> {
 
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
-    fn kind(&self) -> &'static str;
     /// Reachable and writable.
     async fn check(&self) -> Result<(), BackendError>;
     async fn create_bucket(&self, bucket: &str) -> Result<(), BackendError>;

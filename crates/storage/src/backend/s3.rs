@@ -183,10 +183,6 @@ impl S3Backend {
 
 #[async_trait::async_trait]
 impl Backend for S3Backend {
-    fn kind(&self) -> &'static str {
-        "s3"
-    }
-
     async fn check(&self) -> Result<(), BackendError> {
         self.client.list_buckets().send().await.map_err(describe)?;
         Ok(())
