@@ -85,6 +85,38 @@ impl Authz {
             .map_err(verify_error)
     }
 
+    /// A token for `role` (the identity a function runs as), signed by auth.
+    pub async fn issue_role_token(
+        &self,
+        role: &str,
+        subject: &str,
+        ttl: Duration,
+    ) -> Result<String, ApiError> {
+        let request = minicloud_proto::auth::v1::IssueRoleTokenRequest {
+            role: role.to_owned(),
+            subject: subject.to_owned(),
+            ttl_seconds: ttl.as_secs().try_into().unwrap_or(u32::MAX),
+        };
+        match self.client.clone().issue_role_token(request).await {
+            Ok(response) => Ok(response.into_inner().access_token),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                Err(ApiError::not_found(format!("role {role} not found")))
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                ) =>
+            {
+                Err(ApiError::invalid(status.message().to_owned()))
+            }
+            Err(status) => {
+                tracing::warn!(role, %status, "issuing a role token failed");
+                Err(ApiError::unavailable("auth temporarily unavailable"))
+            }
+        }
+    }
+
     /// The identity policies of `role`, cached for [`POLICY_CACHE_TTL`].
     pub async fn role_policies(&self, role: &str) -> Result<Arc<Vec<Policy>>, ApiError> {
         if let Some((policies, at)) = self.policies.read().await.get(role)

@@ -132,6 +132,35 @@ async fn deliver_once(
             .await
             .map(|_| ())
             .map_err(|e| e.message),
+        Target::Function(function) => {
+            let Some(invoker) = &bus.invoker else {
+                return Err("no invoker is configured for function targets".into());
+            };
+            let request = minicloud_proto::invoker::v1::InvokeRequest {
+                function: function.clone(),
+                payload: serde_json::to_vec(event).unwrap_or_default(),
+                is_cloud_event: true,
+            };
+            let response = invoker
+                .clone()
+                .invoke(request)
+                .await
+                .map_err(|status| format!("invoking {function}: {}", status.message()))?
+                .into_inner();
+            if response.function_error.is_empty() {
+                Ok(())
+            } else {
+                // Lambda's error JSON; its message is what a dead letter should show.
+                let detail = serde_json::from_slice::<Value>(&response.payload)
+                    .ok()
+                    .and_then(|v| v["errorMessage"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                Err(format!(
+                    "function {function} failed ({}): {detail}",
+                    response.function_error
+                ))
+            }
+        }
         Target::Webhook(url) => {
             // CloudEvents binary mode: attributes as ce- headers, data as the body.
             let mut request = bus.http.post(url.clone()).timeout(WEBHOOK_TIMEOUT);

@@ -17,6 +17,8 @@ use axum::routing::get;
 use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_proto::bus::v1::bus_service_server::BusServiceServer;
+use minicloud_proto::invoker::v1::invoker_service_client::InvokerServiceClient;
+use minicloud_telemetry::grpc_client::TracedChannel;
 use minicloud_telemetry::metrics::ServiceMetrics;
 use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
 use redis::aio::ConnectionManager;
@@ -68,6 +70,9 @@ pub struct BusConfig {
         default_value_t = 30
     )]
     pub visibility_timeout_s: u64,
+    /// The invoker's gRPC URL, for subscriptions that target functions.
+    #[arg(long = "bus-invoker-url", env = "MINICLOUD_BUS_INVOKER_URL")]
+    pub invoker_url: Option<String>,
 }
 
 impl Default for BusConfig {
@@ -76,6 +81,7 @@ impl Default for BusConfig {
             redis_prefix: "minicloud:".into(),
             dedupe_window_s: 24 * 3600,
             visibility_timeout_s: 30,
+            invoker_url: None,
         }
     }
 }
@@ -92,6 +98,7 @@ pub struct BusState {
     service_metrics: Arc<ServiceMetrics>,
     pub(crate) config: BusConfig,
     pub(crate) authz: Arc<Authz>,
+    pub(crate) invoker: Option<InvokerServiceClient<TracedChannel>>,
 }
 
 impl std::ops::Deref for Bus {
@@ -145,7 +152,15 @@ impl Bus {
             .build()
             .map_err(|e| BusStartError::Http(e.to_string()))?;
         let (service_metrics, metrics) = metrics::BusMetrics::new();
+        let invoker = match &config.invoker_url {
+            Some(url) => Some(InvokerServiceClient::new(
+                TracedChannel::connect_lazy("invoker", url)
+                    .map_err(|e| BusStartError::Http(e.to_string()))?,
+            )),
+            None => None,
+        };
         Ok(Bus(Arc::new(BusState {
+            invoker,
             pool,
             redis: manager,
             redis_client: redis,

@@ -98,6 +98,8 @@ pub(crate) use subscription_columns;
 pub enum Target {
     Webhook(reqwest::Url),
     Topic(String),
+    /// Invoked through the invoker's gRPC; a function error is a failed delivery.
+    Function(String),
 }
 
 impl Target {
@@ -107,7 +109,7 @@ impl Target {
         };
         if map.len() != 1 {
             return Err(ApiError::invalid(
-                "target names exactly one of webhook, topic",
+                "target names exactly one of webhook, topic, function",
             ));
         }
         match map.iter().next() {
@@ -123,11 +125,19 @@ impl Target {
                 crate::topics::check_topic_name(topic)?;
                 Ok(Target::Topic(topic.clone()))
             }
-            Some((kind, _)) if kind == "function" => Err(ApiError::invalid(
-                "function targets arrive with the invoker (issue 7); use a webhook or a topic",
-            )),
+            Some((kind, Value::String(function))) if kind == "function" => {
+                let valid = !function.is_empty()
+                    && function.len() <= 64
+                    && function
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !valid {
+                    return Err(ApiError::invalid("target function name: 1-64 of A-Z a-z 0-9 - _"));
+                }
+                Ok(Target::Function(function.clone()))
+            }
             _ => Err(ApiError::invalid(
-                "target: {\"webhook\": \"http://…\"} or {\"topic\": \"name\"}",
+                "target: {\"webhook\": \"http://…\"}, {\"topic\": \"name\"} or {\"function\": \"name\"}",
             )),
         }
     }
@@ -167,14 +177,6 @@ pub async fn create(
     Json(input): Json<SubscriptionIn>,
 ) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
     crate::topics::check_topic_name(&input.topic)?;
-    Pattern::parse(&input.pattern).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let target = Target::parse(&input.target)?;
-    let retry = input.retry.unwrap_or_default();
-    check_retry(&retry)?;
-    let max_in_flight = input.max_in_flight.unwrap_or(1);
-    if !(1..=64).contains(&max_in_flight) {
-        return Err(ApiError::invalid("max_in_flight must be 1 to 64"));
-    }
     bus.authz
         .authorize(
             &caller,
@@ -183,6 +185,28 @@ pub async fn create(
             &[],
         )
         .await?;
+    let id = format!("sub_{}", uuid::Uuid::now_v7().simple());
+    let subscription = insert(&bus, &id, input, caller.owner().map(str::to_owned)).await?;
+    Ok((StatusCode::CREATED, Json(subscription)))
+}
+
+/// Validates and stores a subscription under `id`; an existing subscription with
+/// that id is kept as it is (so services can ensure theirs idempotently).
+pub async fn insert(
+    bus: &Bus,
+    id: &str,
+    input: SubscriptionIn,
+    owner: Option<String>,
+) -> Result<SubscriptionOut, ApiError> {
+    crate::topics::check_topic_name(&input.topic)?;
+    Pattern::parse(&input.pattern).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let target = Target::parse(&input.target)?;
+    let retry = input.retry.unwrap_or_default();
+    check_retry(&retry)?;
+    let max_in_flight = input.max_in_flight.unwrap_or(1);
+    if !(1..=64).contains(&max_in_flight) {
+        return Err(ApiError::invalid("max_in_flight must be 1 to 64"));
+    }
     for topic in [
         Some(&input.topic),
         input.dead_letter_topic.as_ref(),
@@ -195,17 +219,16 @@ pub async fn create(
     .into_iter()
     .flatten()
     {
-        if !topic_exists(&bus, topic).await? {
+        if !topic_exists(bus, topic).await? {
             return Err(ApiError::not_found(format!("topic {topic} not found")));
         }
     }
-    let id = format!("sub_{}", uuid::Uuid::now_v7().simple());
-    let subscription = sqlx::query_as::<_, SubscriptionOut>(concat!(
+    let inserted = sqlx::query_as::<_, SubscriptionOut>(concat!(
         "INSERT INTO subscriptions (id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING RETURNING ",
         subscription_columns!()
     ))
-    .bind(&id)
+    .bind(id)
     .bind(&input.topic)
     .bind(if input.pattern.is_null() { serde_json::json!({}) } else { input.pattern })
     .bind(&input.target)
@@ -215,15 +238,27 @@ pub async fn create(
     .bind(retry.max_age_s)
     .bind(&input.dead_letter_topic)
     .bind(max_in_flight)
-    .bind(caller.owner())
-    .fetch_one(&bus.pool)
+    .bind(owner)
+    .fetch_optional(&bus.pool)
     .await
     .map_err(ApiError::internal)?;
+    let subscription = match inserted {
+        Some(subscription) => subscription,
+        None => sqlx::query_as::<_, SubscriptionOut>(concat!(
+            "SELECT ",
+            subscription_columns!(),
+            " FROM subscriptions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_one(&bus.pool)
+        .await
+        .map_err(ApiError::internal)?,
+    };
     // The consumer group starts at the end of the stream: a new subscription gets
     // the events published from now on.
     bus.ensure_group(&subscription.topic, &subscription.id, "$")
         .await?;
-    Ok((StatusCode::CREATED, Json(subscription)))
+    Ok(subscription)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -304,20 +339,30 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let subscription = authorized(&bus, &caller, &id).await?;
-    sqlx::query("DELETE FROM subscriptions WHERE id = $1")
-        .bind(&id)
-        .execute(&bus.pool)
-        .await
-        .map_err(ApiError::internal)?;
+    authorized(&bus, &caller, &id).await?;
+    remove(&bus, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a subscription and its consumer group; false if there was none.
+pub async fn remove(bus: &Bus, id: &str) -> Result<bool, ApiError> {
+    let topic: Option<String> =
+        sqlx::query_scalar("DELETE FROM subscriptions WHERE id = $1 RETURNING topic")
+            .bind(id)
+            .fetch_optional(&bus.pool)
+            .await
+            .map_err(ApiError::internal)?;
+    let Some(topic) = topic else {
+        return Ok(false);
+    };
     let mut redis = bus.redis.clone();
     let _: Result<i64, _> = redis::cmd("XGROUP")
         .arg("DESTROY")
-        .arg(bus.stream_key(&subscription.topic))
-        .arg(&id)
+        .arg(bus.stream_key(&topic))
+        .arg(id)
         .query_async(&mut redis)
         .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(true)
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]

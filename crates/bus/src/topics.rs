@@ -7,7 +7,10 @@ use minicloud_authz::Caller;
 use minicloud_proto::bus::v1::bus_service_server::BusService;
 use minicloud_proto::bus::v1::cloud_event::Data;
 use minicloud_proto::bus::v1::cloud_event_attribute_value::Attr;
-use minicloud_proto::bus::v1::{CloudEvent, PublishRequest, PublishResponse};
+use minicloud_proto::bus::v1::{
+    CloudEvent, DeleteSubscriptionRequest, DeleteSubscriptionResponse, EnsureSubscriptionRequest,
+    EnsureSubscriptionResponse, PublishRequest, PublishResponse,
+};
 use minicloud_proto::error::{ApiError, ErrorBody, Json};
 use serde::{Deserialize, Serialize};
 
@@ -254,6 +257,32 @@ impl BusService for BusGrpc {
         }
         let ids = self.0.publish(&request.topic, &events).await?;
         Ok(tonic::Response::new(PublishResponse { ids }))
+    }
+
+    async fn ensure_subscription(
+        &self,
+        request: tonic::Request<EnsureSubscriptionRequest>,
+    ) -> Result<tonic::Response<EnsureSubscriptionResponse>, tonic::Status> {
+        let request = request.into_inner();
+        if !request.id.starts_with("sub_") || request.id.len() > 128 {
+            return Err(ApiError::invalid("subscription ids start with sub_ (at most 128 bytes)").into());
+        }
+        let input: crate::subscriptions::SubscriptionIn =
+            serde_json::from_str(&request.subscription_json)
+                .map_err(|e| ApiError::invalid(format!("subscription: {e}")))?;
+        let owner = (!request.owner.is_empty()).then_some(request.owner);
+        let subscription = crate::subscriptions::insert(&self.0, &request.id, input, owner).await?;
+        Ok(tonic::Response::new(EnsureSubscriptionResponse {
+            id: subscription.id,
+        }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: tonic::Request<DeleteSubscriptionRequest>,
+    ) -> Result<tonic::Response<DeleteSubscriptionResponse>, tonic::Status> {
+        let deleted = crate::subscriptions::remove(&self.0, &request.into_inner().id).await?;
+        Ok(tonic::Response::new(DeleteSubscriptionResponse { deleted }))
     }
 }
 

@@ -129,11 +129,27 @@ pub async fn start(
         },
         async {
             let (pool, redis) = tokio::try_join!(pool(minicloud_bus::SCHEMA), redis)?;
-            anyhow::Ok(Bus::new(config.bus.clone(), pool, redis, authz()?).await?)
+            let bus = BusConfig {
+                invoker_url: config
+                    .bus
+                    .invoker_url
+                    .clone()
+                    .or_else(|| Some(urls.invoker.clone())),
+                ..config.bus.clone()
+            };
+            anyhow::Ok(Bus::new(bus, pool, redis, authz()?).await?)
         },
         async {
             let pool = pool(minicloud_invoker::SCHEMA).await?;
-            anyhow::Ok(Invoker::new(config.invoker.clone(), pool, authz()?).await?)
+            let invoker = InvokerConfig {
+                gateway_url: config
+                    .invoker
+                    .gateway_url
+                    .clone()
+                    .or_else(|| Some(urls.gateway.clone())),
+                ..config.invoker.clone()
+            };
+            anyhow::Ok(Invoker::new(invoker, pool, authz()?, Some(&urls.bus)).await?)
         },
     )?;
     let keys = auth

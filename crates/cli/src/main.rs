@@ -427,6 +427,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 args.invoker.clone(),
                 pool(minicloud_invoker::SCHEMA).await?,
                 authz()?,
+                Some(&args.bus_url),
             )
             .await?;
             minicloud_invoker::run(invoker, listener, shutdown).await

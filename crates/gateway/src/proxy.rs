@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::{GatewayConfig, GatewayError};
 
 /// The path prefixes the gateway routes, each to one service.
-pub const PREFIXES: [&str; 6] = [
+pub const PREFIXES: [&str; 7] = [
     "/auth/v1",
     "/storage/v1",
     "/db/v1",
@@ -26,6 +26,8 @@ pub const PREFIXES: [&str; 6] = [
     "/functions/v1",
     // The Lambda Invoke API goes to the invoker.
     "/2015-03-31/functions",
+    // HTTP triggers: /fn/{name}/… as API Gateway HTTP API events.
+    "/fn",
 ];
 
 /// Time to the response head; functions may run for up to 15 minutes.
@@ -89,7 +91,7 @@ impl Upstreams {
             Some(("docdb", &self.docdb))
         } else if under("/events/v1") {
             Some(("bus", &self.bus))
-        } else if under("/functions/v1") || under("/2015-03-31/functions") {
+        } else if under("/functions/v1") || under("/2015-03-31/functions") || under("/fn") {
             Some(("invoker", &self.invoker))
         } else {
             None

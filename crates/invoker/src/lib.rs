@@ -1,45 +1,117 @@
-//! The invoker service (`/functions/v1`): deploys and runs functions over the Lambda
-//! Runtime API. This first cut serves the function registry; deploy and invoke land
-//! with issue 7.
+//! The invoker service (`/functions/v1`): deploys functions and runs them as
+//! processes speaking the AWS Lambda Runtime API (design §5.5).
+//!
+//! - [`registry`]: deploy, get, list, delete; [`bundle`]: zip checks and the code cache.
+//! - [`pool`]: instances per function — cold start, warm reuse, idle stop, limits.
+//! - [`instance`]: one process and its Runtime API endpoint.
+//! - [`api`]: invoke (ours and the Lambda Invoke API) and logs; [`triggers`]: bus
+//!   events, async invocations and HTTP routes.
 
-use std::path::PathBuf;
+pub mod api;
+pub mod bundle;
+pub mod instance;
+pub mod logs;
+pub mod metrics;
+pub mod pool;
+pub mod registry;
+pub mod triggers;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRef, State};
-use axum::routing::get;
+use axum::extract::FromRef;
+use axum::routing::{any, get, post, put};
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
-use minicloud_authz::{Authz, Caller};
-use minicloud_proto::error::{ApiError, ErrorBody, ErrorCode, Json};
+use minicloud_authz::Authz;
+use minicloud_proto::bus::v1::bus_service_client::BusServiceClient;
+use minicloud_proto::error::ApiError;
 use minicloud_proto::invoker::v1::invoker_service_server::{InvokerService, InvokerServiceServer};
-use minicloud_proto::invoker::v1::{Function, ListFunctionsRequest, ListFunctionsResponse};
-use minicloud_telemetry::metrics::ServiceMetrics;
+use minicloud_proto::invoker::v1::{
+    Function, InvokeRequest, InvokeResponse, ListFunctionsRequest, ListFunctionsResponse,
+};
+use minicloud_telemetry::grpc_client::TracedChannel;
 use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost, check_writable_dir};
-use serde::Serialize;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::pool::{Engine, Paths};
+
 pub const SCHEMA: &str = "invoker";
+
+pub type BusClient = BusServiceClient<TracedChannel>;
 
 /// The REST API of this service, served at `/functions/v1/openapi.json`.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
         title = "minicloud invoker",
-        description = "The function registry (deploy and invoke land with issue 7)."
+        description = "Functions: deploy, invoke (also as the AWS Lambda Invoke API at /2015-03-31/functions/{name}/invocations), triggers, logs."
     ),
-    paths(list),
+    paths(
+        registry::create,
+        registry::replace,
+        registry::put_code,
+        registry::get,
+        registry::list,
+        registry::delete,
+        api::logs,
+        api::instances,
+        triggers::create,
+        triggers::list,
+        triggers::delete
+    ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
 pub struct ApiDoc;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InvokerConfig {
-    /// Where unpacked function code is cached, per code hash.
+    /// Where unpacked function code is cached, per code hash (instances' working
+    /// dirs live beside it).
     #[arg(long = "invoker-code-dir", env = "MINICLOUD_INVOKER_CODE_DIR")]
     pub code_dir: Option<PathBuf>,
+    /// The Python interpreter for the python3 runtime (default: the real
+    /// interpreter behind `python3` on PATH, resolved once — not a pyenv shim).
+    #[arg(long = "invoker-python", env = "MINICLOUD_INVOKER_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// The Node.js binary for the nodejs runtime (default: `node` on PATH).
+    #[arg(long = "invoker-node", env = "MINICLOUD_INVOKER_NODE")]
+    pub node: Option<PathBuf>,
+    /// What functions see as AWS_REGION and in their ARNs.
+    #[arg(long = "invoker-region", env = "MINICLOUD_INVOKER_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// The gateway URL functions get as MINICLOUD_URL.
+    #[arg(long = "invoker-gateway-url", env = "MINICLOUD_INVOKER_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// Concurrent executions per function without reserved concurrency.
+    #[arg(long = "invoker-concurrency", env = "MINICLOUD_INVOKER_CONCURRENCY", default_value_t = 64)]
+    pub default_concurrency: u32,
+}
+
+impl Default for InvokerConfig {
+    fn default() -> Self {
+        InvokerConfig {
+            code_dir: None,
+            python: None,
+            node: None,
+            region: "us-east-1".into(),
+            gateway_url: None,
+            default_concurrency: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvokerStartError {
+    #[error("migrating the invoker schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("preparing {0}: {1}")]
+    Dir(PathBuf, std::io::Error),
+    #[error("bus URL: {0}")]
+    Bus(#[from] tonic::transport::Error),
 }
 
 #[derive(Clone)]
@@ -47,8 +119,11 @@ pub struct Invoker(Arc<InvokerState>);
 
 pub struct InvokerState {
     pool: PgPool,
-    config: InvokerConfig,
+    code_dir: PathBuf,
     authz: Arc<Authz>,
+    engine: Arc<Engine>,
+    bus: Option<BusClient>,
+    service_metrics: Arc<minicloud_telemetry::metrics::ServiceMetrics>,
 }
 
 impl FromRef<Invoker> for Arc<Authz> {
@@ -61,74 +136,110 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(pool).await
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct FunctionList {
-    pub functions: Vec<FunctionOut>,
-}
+/// The built-in runtimes' bootstraps, written under the code dir at start.
+const PYTHON_BOOTSTRAP: &str = include_str!("../runtimes/python3/bootstrap.py");
+const NODE_BOOTSTRAP: &str = include_str!("../runtimes/nodejs/bootstrap.js");
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct FunctionOut {
-    pub name: String,
-    pub runtime: String,
-    pub handler: String,
-    pub memory_mb: i32,
-    pub timeout_s: i32,
-    pub role: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[utoipa::path(get, path = "/functions/v1", tag = "functions", responses((status = 200, description = "the functions the caller may invoke", body = FunctionList), (status = 401, description = "no valid token", body = ErrorBody)))]
-async fn list(
-    State(invoker): State<Invoker>,
-    caller: Caller,
-) -> Result<Json<FunctionList>, ApiError> {
-    let rows = sqlx::query_as::<_, FunctionOut>(
-        "SELECT name, runtime, handler, memory_mb, timeout_s, role, created_at, updated_at
-         FROM functions ORDER BY name LIMIT 1000",
-    )
-    .fetch_all(&invoker.0.pool)
-    .await
-    .map_err(ApiError::internal)?;
-    let mut functions = Vec::new();
-    for function in rows {
-        let resource = format!("functions:{}", function.name);
-        match invoker
-            .0
-            .authz
-            .authorize(&caller, "functions:Invoke", &resource, &[])
-            .await
-        {
-            Ok(()) => functions.push(function),
-            Err(error) if error.code == ErrorCode::PermissionDenied => {}
-            Err(error) => return Err(error),
+fn write_runtimes(dir: &Path) -> std::io::Result<()> {
+    for (path, text) in [
+        ("python3/bootstrap.py", PYTHON_BOOTSTRAP),
+        ("nodejs/bootstrap.js", NODE_BOOTSTRAP),
+    ] {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
         }
+        std::fs::write(path, text)?;
     }
-    Ok(Json(FunctionList { functions }))
+    Ok(())
+}
+
+/// `python3` on PATH is often a pyenv shim that costs ~60 ms per start; ask it
+/// once for the interpreter it really runs.
+fn resolve_python() -> PathBuf {
+    std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| PathBuf::from(s.trim()))
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/python3"))
+}
+
+fn find_on_path(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from(format!("/usr/bin/{program}")))
 }
 
 impl Invoker {
+    /// `bus_grpc_url` carries async invocations and event triggers.
     pub async fn new(
         config: InvokerConfig,
         pool: PgPool,
         authz: Arc<Authz>,
-    ) -> Result<Invoker, sqlx::migrate::MigrateError> {
+        bus_grpc_url: Option<&str>,
+    ) -> Result<Invoker, InvokerStartError> {
         migrate(&pool).await?;
+        let code_dir = config
+            .code_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".minicloud/functions"));
+        let runtimes = code_dir.join(".runtimes");
+        let run_dir = code_dir.join(".instances");
+        write_runtimes(&runtimes).map_err(|e| InvokerStartError::Dir(runtimes.clone(), e))?;
+        // Instance dirs of a previous run are garbage: their processes died with it.
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(&run_dir).map_err(|e| InvokerStartError::Dir(run_dir.clone(), e))?;
+        let python = match config.python.clone() {
+            Some(python) => python,
+            None => tokio::task::spawn_blocking(resolve_python)
+                .await
+                .unwrap_or_else(|_| PathBuf::from("/usr/bin/python3")),
+        };
+        let node = config.node.clone().unwrap_or_else(|| find_on_path("node"));
+        let (service_metrics, metrics) = metrics::InvokerMetrics::new();
+        let engine = Arc::new(Engine::new(
+            pool.clone(),
+            Paths {
+                code_cache: code_dir.clone(),
+                run_dir,
+                runtimes,
+                python,
+                node,
+            },
+            config.region.clone(),
+            config.gateway_url.clone(),
+            config.default_concurrency,
+            Arc::clone(&authz),
+            metrics,
+        ));
+        let bus = match bus_grpc_url {
+            Some(url) => Some(BusServiceClient::new(TracedChannel::connect_lazy("bus", url)?)),
+            None => None,
+        };
         Ok(Invoker(Arc::new(InvokerState {
             pool,
-            config,
+            code_dir,
             authz,
+            engine,
+            bus,
+            service_metrics,
         })))
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.0.engine
     }
 
     pub fn into_router(self) -> Router {
         let pool = self.0.pool.clone();
-        let dir = self
-            .0
-            .config
-            .code_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".minicloud/functions"));
+        let dir = self.0.code_dir.clone();
         let readiness: Readiness = Arc::new(move || {
             let pool = pool.clone();
             let dir = dir.clone();
@@ -145,19 +256,45 @@ impl Invoker {
             .boxed()
         });
         let rest = Router::new()
-            .route("/functions/v1", get(list))
+            .route("/functions/v1", get(registry::list).post(registry::create))
             .route(
                 "/functions/v1/openapi.json",
                 get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
             )
+            .route(
+                "/functions/v1/{name}",
+                get(registry::get)
+                    .put(registry::replace)
+                    .delete(registry::delete),
+            )
+            .route("/functions/v1/{name}/code", put(registry::put_code))
+            .route("/functions/v1/{name}/invoke", post(api::invoke))
+            .route("/functions/v1/{name}/logs", get(api::logs))
+            .route("/functions/v1/{name}/instances", get(api::instances))
+            .route(
+                "/functions/v1/{name}/triggers",
+                get(triggers::list).post(triggers::create),
+            )
+            .route(
+                "/functions/v1/{name}/triggers/{id}",
+                axum::routing::delete(triggers::delete),
+            )
+            .route(
+                "/2015-03-31/functions/{name}/invocations",
+                post(api::lambda_invoke),
+            )
+            .route("/fn/{name}", any(triggers::http_route))
+            .route("/fn/{name}/{*path}", any(triggers::http_route))
             .with_state(self.clone());
         ServiceHost::new(
             "invoker",
             rest,
             readiness,
-            ServiceMetrics::new("invoker", |_| {}),
+            Arc::clone(&self.0.service_metrics),
         )
-        .body_limit(64 * 1024)
+        // Deploys carry base64 zips of up to 50 MiB; invokes read their own
+        // bodies with Lambda's limits.
+        .body_limit(bundle::MAX_ZIPPED * 4 / 3 + 64 * 1024)
         .grpc(InvokerServiceServer::new(InvokerGrpc(self)))
         .into_router()
     }
@@ -187,6 +324,39 @@ impl InvokerService for InvokerGrpc {
             .collect();
         Ok(tonic::Response::new(ListFunctionsResponse { functions }))
     }
+
+    async fn invoke(
+        &self,
+        request: tonic::Request<InvokeRequest>,
+    ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
+        let request = request.into_inner();
+        registry::check_name(&request.function)?;
+        let payload = if request.is_cloud_event {
+            triggers::event_payload(&request.payload)?
+        } else {
+            request.payload.into()
+        };
+        let invoked = api::sync_invoke(
+            &self.0,
+            &request.function,
+            pool::InvokeRequest {
+                payload,
+                wait_for_slot: true,
+                trace_id: None,
+                client_context: None,
+            },
+        )
+        .await?;
+        let (payload, function_error) = match invoked.result {
+            Ok(payload) => (payload, String::new()),
+            Err((body, error_type)) => (body, error_type),
+        };
+        Ok(tonic::Response::new(InvokeResponse {
+            request_id: invoked.request_id.to_string(),
+            payload: payload.to_vec(),
+            function_error,
+        }))
+    }
 }
 
 pub async fn run(
@@ -194,8 +364,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, invoker.into_router(), shutdown.cancelled_owned())
-        .await
+    let maintenance = tokio::spawn(Arc::clone(&invoker.0.engine).maintain(shutdown.clone()));
+    let result = minicloud_telemetry::server::serve(
+        listener,
+        invoker.into_router(),
+        shutdown.cancelled_owned(),
+    )
+    .await;
+    // Maintenance stops every instance when it sees the shutdown; let it finish.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), maintenance).await;
+    result
 }
 
 #[cfg(test)]

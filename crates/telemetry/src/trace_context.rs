@@ -60,3 +60,77 @@ pub fn continue_from(span: &tracing::Span, headers: &HeaderMap) {
         let _ = span.set_parent(parent);
     }
 }
+
+/// `span`'s context in the X-Ray form Lambda passes in `Lambda-Runtime-Trace-Id`
+/// (`Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=1`): the same 128-bit trace id
+/// as W3C, split, so a function continues the caller's trace.
+pub fn xray_header(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if !span_context.is_valid() {
+        return None;
+    }
+    let trace = format!("{:032x}", span_context.trace_id());
+    Some(format!(
+        "Root=1-{}-{};Parent={:016x};Sampled={}",
+        &trace[..8],
+        &trace[8..],
+        span_context.span_id(),
+        u8::from(span_context.is_sampled())
+    ))
+}
+
+/// The W3C `traceparent` equivalent of an X-Ray trace header, if it is well formed.
+pub fn traceparent_from_xray(header: &str) -> Option<String> {
+    let mut root = None;
+    let mut parent = None;
+    let mut sampled = "01";
+    for part in header.split(';') {
+        match part.trim().split_once('=') {
+            Some(("Root", value)) => root = Some(value),
+            Some(("Parent", value)) => parent = Some(value),
+            Some(("Sampled", "0")) => sampled = "00",
+            _ => {}
+        }
+    }
+    let mut pieces = root?.split('-');
+    let (Some("1"), Some(time), Some(rest), None) =
+        (pieces.next(), pieces.next(), pieces.next(), pieces.next())
+    else {
+        return None;
+    };
+    let trace = format!("{time}{rest}");
+    let parent = parent?;
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(&trace, 32) || !hex(parent, 16) {
+        return None;
+    }
+    Some(format!(
+        "00-{}-{}-{sampled}",
+        trace.to_ascii_lowercase(),
+        parent.to_ascii_lowercase()
+    ))
+}
+
+#[cfg(test)]
+mod xray_tests {
+    #[test]
+    fn xray_headers_map_to_traceparent() {
+        assert_eq!(
+            super::traceparent_from_xray(
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+            )
+            .as_deref(),
+            Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01")
+        );
+        assert_eq!(
+            super::traceparent_from_xray("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0")
+                .as_deref(),
+            Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-00")
+        );
+        for bad in ["", "Root=1-xyz;Parent=1", "Root=2-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8", "Parent=53995c3f42cd8ad8"] {
+            assert_eq!(super::traceparent_from_xray(bad), None, "{bad}");
+        }
+    }
+}

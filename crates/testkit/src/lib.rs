@@ -134,6 +134,7 @@ impl TestCloudBuilder {
             policy_cache_ttl: self.policy_cache_ttl,
             invoker: InvokerConfig {
                 code_dir: Some(data_dir.join("functions")),
+                ..InvokerConfig::default()
             },
         };
         let listeners = CloudListeners::bind("127.0.0.1", [0; 6]).await?;

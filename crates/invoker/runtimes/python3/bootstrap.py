@@ -1,0 +1,304 @@
+"""minicloud Python runtime: a client of the AWS Lambda Runtime API.
+
+The invoker runs this as `<python> -u bootstrap.py` (cwd = a per-instance dir),
+with AWS_LAMBDA_RUNTIME_API, _HANDLER, LAMBDA_TASK_ROOT and the AWS_LAMBDA_*
+variables set. It imports the handler once, then loops forever:
+GET invocation/next -> handler(event, context) -> POST response or error.
+
+Startup time is the cold start, so only cheap modules are imported up front:
+http.client rather than urllib.request, and traceback only on error paths.
+"""
+
+import http.client
+import importlib
+import json
+import os
+import sys
+import time
+
+RUNTIME = "/2018-06-01/runtime"
+
+FUNCTION_NAME = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+FUNCTION_VERSION = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+MEMORY_LIMIT_IN_MB = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or 128)
+LOG_GROUP_NAME = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+LOG_STREAM_NAME = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+
+
+class RuntimeAPIError(Exception):
+    """The Runtime API answered something this runtime cannot work with."""
+
+
+class InitError(Exception):
+    """The handler could not be loaded; reported once on init/error."""
+
+    def __init__(self, error_type, message, trace=()):
+        super().__init__(message)
+        self.error_type = error_type
+        self.trace = list(trace)
+
+
+class RuntimeClient:
+    """One keep-alive HTTP/1.1 connection to the Runtime API."""
+
+    def __init__(self, address):
+        # HTTPConnection parses "host:port" (and "[v6]:port") itself. timeout=None
+        # pins a blocking socket: GET next is a long poll that must never time
+        # out, even if handler code calls socket.setdefaulttimeout().
+        self.conn = http.client.HTTPConnection(address, timeout=None)
+
+    def request(self, method, path, body=None, headers=None):
+        """Send one request and return (status, headers, body bytes)."""
+        for attempt in (1, 2):
+            reused = self.conn.sock is not None
+            try:
+                self.conn.request(method, path, body, headers or {})
+                resp = self.conn.getresponse()
+                # Read the whole body so the connection can carry the next request.
+                return resp.status, resp, resp.read()
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                # A kept-alive socket the server closed while idle only fails on
+                # reuse; retry once on a fresh one (close() makes the next request
+                # reconnect). A fresh connection failing (e.g. refused) is fatal.
+                if not reused or attempt == 2:
+                    raise
+
+    def post(self, path, payload, headers=None):
+        status, _, body = self.request("POST", path, payload, headers)
+        if not 200 <= status < 300:
+            # E.g. 413 for an oversized response: the invoker has already failed
+            # the invocation, so log and carry on with the next one.
+            sys.stderr.write(f"bootstrap: POST {path} -> {status}: {body[:200]!r}\n")
+
+    def post_error(self, path, error_type, message, trace):
+        payload = json.dumps(
+            {"errorMessage": message, "errorType": error_type, "stackTrace": trace}
+        ).encode()
+        self.post(path, payload, {
+            "Content-Type": "application/json",
+            "Lambda-Runtime-Function-Error-Type": _header_safe(error_type),
+        })
+
+
+def _header_safe(value):
+    # http.client rejects control characters in header values; error types come
+    # from user code (exception class names), so keep only visible ASCII.
+    return "".join(ch for ch in value if "!" <= ch <= "~") or "Unknown"
+
+
+def _user_trace(tb):
+    """The traceback as AWS formats it, minus this file's and importlib's frames."""
+    import traceback
+
+    frames = [
+        f for f in traceback.extract_tb(tb)
+        if f.filename not in (__file__, importlib.__file__)
+        and not f.filename.startswith("<frozen importlib")
+    ]
+    return traceback.format_list(frames)
+
+
+def _log_error(error_type, message, trace):
+    sys.stderr.write(f"[ERROR] {error_type}: {message}\n{''.join(trace)}")
+
+
+# --- Handler loading --------------------------------------------------------
+
+
+def load_handler(spec, task_root):
+    """Import "dir/module.function" from task_root and return the function."""
+    module_path, _, attr = spec.rpartition(".")
+    if not module_path or not attr:
+        raise InitError(
+            "Runtime.MalformedHandlerName",
+            f"Bad handler '{spec}': expected 'module.function'",
+        )
+    module_name = module_path.replace("/", ".")
+
+    # Python put this file's directory first on sys.path; the user's code takes
+    # its place so that the runtime's own directory is not importable.
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        sys.path[0] = task_root
+    else:
+        sys.path.insert(0, task_root)
+
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        # Syntax errors, missing modules (the handler's or one it imports) and
+        # exceptions raised at module top level all mean "cannot import".
+        detail = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
+        trace = _user_trace(e.__traceback__)
+        if isinstance(e, SyntaxError):
+            import traceback
+
+            trace += traceback.format_exception_only(type(e), e)
+        raise InitError(
+            "Runtime.ImportModuleError",
+            f"Unable to import module '{module_name}': {detail}",
+            trace,
+        ) from None
+
+    handler = getattr(module, attr, None)
+    if handler is None or not callable(handler):
+        problem = "missing on" if handler is None else "is not callable in"
+        message = f"Handler '{attr}' {problem} module '{module_name}'"
+        origin = getattr(module, "__file__", None) or ""
+        if not os.path.abspath(origin).startswith(os.path.abspath(task_root) + os.sep):
+            # A user file named like a module the runtime had already imported
+            # (http.py, json.py, ...) is shadowed by it; say so rather than confuse.
+            message += (f" (it was loaded from {origin or 'the interpreter'}, outside"
+                        f" LAMBDA_TASK_ROOT: a file of that name in your code is shadowed)")
+        raise InitError("Runtime.HandlerNotFound", message)
+    return handler
+
+
+# --- Context ----------------------------------------------------------------
+
+
+class CognitoIdentity:
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self, data):
+        self.cognito_identity_id = data.get("cognitoIdentityId")
+        self.cognito_identity_pool_id = data.get("cognitoIdentityPoolId")
+
+
+class Client:
+    __slots__ = ("installation_id", "app_title", "app_version_name",
+                 "app_version_code", "app_package_name")
+
+    def __init__(self, data):
+        for name in self.__slots__:
+            setattr(self, name, data.get(name))
+
+
+class ClientContext:
+    __slots__ = ("client", "custom", "env")
+
+    def __init__(self, data):
+        client = data.get("client")
+        self.client = Client(client) if isinstance(client, dict) else None
+        self.custom = data.get("custom")
+        self.env = data.get("env")
+
+
+class LambdaContext:
+    """The `context` argument, with the attributes AWS's Python runtime has."""
+
+    def __init__(self, request_id, deadline_ms, function_arn, identity, client_context):
+        self.aws_request_id = request_id
+        self.invoked_function_arn = function_arn
+        self.function_name = FUNCTION_NAME
+        self.function_version = FUNCTION_VERSION
+        self.memory_limit_in_mb = MEMORY_LIMIT_IN_MB
+        self.log_group_name = LOG_GROUP_NAME
+        self.log_stream_name = LOG_STREAM_NAME
+        self.identity = identity
+        self.client_context = client_context
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self):
+        return max(self._deadline_ms - int(time.time() * 1000), 0)
+
+
+def _json_header(resp, name):
+    value = resp.getheader(name)
+    if not value:
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _json_default(obj):
+    # DynamoDB (boto3) hands out decimal.Decimal; AWS's runtime returns them as
+    # numbers. Look the module up rather than importing it at startup.
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(obj, decimal.Decimal):
+        return float(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# --- The invocation loop ----------------------------------------------------
+
+
+def handle_one(client, handler, resp, body):
+    request_id = resp.getheader("Lambda-Runtime-Aws-Request-Id")
+    if not request_id:
+        raise RuntimeAPIError("invocation/next without Lambda-Runtime-Aws-Request-Id")
+    base = f"{RUNTIME}/invocation/{request_id}"
+
+    trace_id = resp.getheader("Lambda-Runtime-Trace-Id")
+    if trace_id:
+        os.environ["_X_AMZN_TRACE_ID"] = trace_id
+    else:
+        os.environ.pop("_X_AMZN_TRACE_ID", None)
+
+    try:
+        event = json.loads(body)
+    except ValueError as e:
+        client.post_error(base + "/error", "Runtime.UnmarshalError",
+                          f"Unable to unmarshal input: {e}", [])
+        return
+
+    # Like AWS: identity is always an object (its fields None when the header is
+    # absent), client_context is None unless the caller sent one.
+    client_context = _json_header(resp, "Lambda-Runtime-Client-Context")
+    context = LambdaContext(
+        request_id,
+        int(resp.getheader("Lambda-Runtime-Deadline-Ms") or 0),
+        resp.getheader("Lambda-Runtime-Invoked-Function-Arn", ""),
+        CognitoIdentity(_json_header(resp, "Lambda-Runtime-Cognito-Identity") or {}),
+        ClientContext(client_context) if client_context is not None else None,
+    )
+
+    try:
+        result = handler(event, context)
+    except Exception as e:
+        error_type, message, trace = type(e).__name__, str(e), _user_trace(e.__traceback__)
+        _log_error(error_type, message, trace)
+        client.post_error(base + "/error", error_type, message, trace)
+        return
+
+    try:
+        payload = json.dumps(result, default=_json_default).encode()
+    except Exception as e:  # TypeError, circular reference ValueError, RecursionError
+        message = f"Unable to marshal response: {e}"
+        _log_error("Runtime.MarshalError", message, [])
+        client.post_error(base + "/error", "Runtime.MarshalError", message, [])
+        return
+    client.post(base + "/response", payload, {"Content-Type": "application/json"})
+
+
+def main():
+    client = RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
+    task_root = os.environ.get("LAMBDA_TASK_ROOT") or os.getcwd()
+
+    try:
+        handler = load_handler(os.environ.get("_HANDLER", ""), task_root)
+    except InitError as e:
+        _log_error(e.error_type, str(e), e.trace)
+        try:
+            client.post_error(RUNTIME + "/init/error", e.error_type, str(e), e.trace)
+        except (OSError, http.client.HTTPException) as post_err:
+            sys.stderr.write(f"bootstrap: could not report the init error: {post_err}\n")
+        sys.exit(1)
+
+    try:
+        while True:
+            status, resp, body = client.request("GET", RUNTIME + "/invocation/next")
+            if status != 200:
+                raise RuntimeAPIError(f"invocation/next -> {status}: {body[:200]!r}")
+            handle_one(client, handler, resp, body)
+    except (OSError, http.client.HTTPException, RuntimeAPIError) as e:
+        sys.stderr.write(f"bootstrap: Runtime API failed: {e!r}\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

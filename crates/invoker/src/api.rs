@@ -1,0 +1,414 @@
+//! Invoking over HTTP: `POST /functions/v1/{name}/invoke` and the AWS Lambda Invoke
+//! API (`POST /2015-03-31/functions/{name}/invocations`), and the logs endpoint.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures::StreamExt as _;
+use http_body_util::BodyExt as _;
+use minicloud_authz::Caller;
+use minicloud_proto::error::{ApiError, ErrorCode, Json};
+use serde::Deserialize;
+
+use crate::Invoker;
+use crate::logs::{LogFilter, LogLine, LogStream};
+use crate::pool::{InvokeError, InvokeRequest};
+
+/// Lambda's payload limits.
+pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
+pub const MAX_ASYNC_PAYLOAD: usize = 256 * 1024;
+
+/// Which surface is asking: errors are shaped for it.
+#[derive(Clone, Copy, PartialEq)]
+enum Surface {
+    Minicloud,
+    Lambda,
+}
+
+/// An error on either surface: ours is `{"error":{code,message,request_id}}`, the
+/// Lambda API's is `{"Type":"User","message"}` with `x-amzn-ErrorType`, which is
+/// what AWS SDKs parse.
+struct InvokeFailure {
+    surface: Surface,
+    error: ApiError,
+    lambda_type: &'static str,
+}
+
+impl InvokeFailure {
+    fn new(surface: Surface, error: ApiError) -> InvokeFailure {
+        let lambda_type = match error.code {
+            ErrorCode::NotFound => "ResourceNotFoundException",
+            ErrorCode::TooManyRequests => "TooManyRequestsException",
+            ErrorCode::PayloadTooLarge => "RequestTooLargeException",
+            ErrorCode::Unauthenticated | ErrorCode::PermissionDenied => "AccessDeniedException",
+            ErrorCode::InvalidArgument | ErrorCode::UnsupportedMediaType => {
+                "InvalidRequestContentException"
+            }
+            _ => "ServiceException",
+        };
+        InvokeFailure {
+            surface,
+            error,
+            lambda_type,
+        }
+    }
+}
+
+impl IntoResponse for InvokeFailure {
+    fn into_response(self) -> Response {
+        let lambda_type = HeaderValue::from_static(self.lambda_type);
+        let mut response = match self.surface {
+            Surface::Minicloud => self.error.into_response(),
+            Surface::Lambda => {
+                let status = self.error.code.http_status();
+                let kind = if self.error.code.is_server_error() {
+                    "Service"
+                } else {
+                    "User"
+                };
+                let body = serde_json::json!({
+                    "Type": kind,
+                    "message": self.error.public_message(),
+                });
+                (status, axum::Json(body)).into_response()
+            }
+        };
+        response
+            .headers_mut()
+            .insert("x-amzn-errortype", lambda_type);
+        response
+    }
+}
+
+/// Reads at most `limit` bytes; a larger body is drained (so the 413 reaches the
+/// client rather than a reset) and refused.
+async fn read_payload(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    const DRAIN_AT_MOST: usize = 32 * 1024 * 1024;
+    let mut body = body;
+    let mut out = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::invalid(format!("reading the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                out.extend_from_slice(&data);
+            } else if seen > DRAIN_AT_MOST {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("Request must be smaller than {limit} bytes for the invoke operation"),
+        ));
+    }
+    Ok(out.freeze())
+}
+
+pub async fn invoke(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(invoker, caller, name, headers, body, Surface::Minicloud).await
+}
+
+pub async fn lambda_invoke(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // The Lambda API also accepts a full ARN or `name:qualifier`.
+    let name = name
+        .rsplit(":function:")
+        .next()
+        .unwrap_or(&name)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    run(invoker, caller, name, headers, body, Surface::Lambda).await
+}
+
+async fn run(
+    invoker: Invoker,
+    caller: Caller,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+    surface: Surface,
+) -> Response {
+    let fail = |error: ApiError| InvokeFailure::new(surface, error).into_response();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let invocation_type = header("x-amz-invocation-type").unwrap_or("RequestResponse");
+    let limit = match invocation_type {
+        "RequestResponse" | "DryRun" => MAX_SYNC_PAYLOAD,
+        "Event" => MAX_ASYNC_PAYLOAD,
+        other => {
+            return fail(ApiError::invalid(format!(
+                "X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {other:?}"
+            )));
+        }
+    };
+    let payload = match read_payload(body, limit).await {
+        Ok(payload) => payload,
+        Err(error) => return fail(error),
+    };
+    if let Err(error) = crate::registry::check_name(&name) {
+        return fail(error);
+    }
+    if let Err(error) = invoker
+        .0
+        .authz
+        .authorize(&caller, "functions:Invoke", &format!("functions:{name}"), &[])
+        .await
+    {
+        return fail(error);
+    }
+    if !payload.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+        return fail(ApiError::invalid(
+            "Could not parse request body into json: the payload must be JSON",
+        ));
+    }
+    let payload = if payload.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        payload
+    };
+    match invocation_type {
+        "DryRun" => match crate::registry::exists(&invoker, &name).await {
+            Ok(true) => StatusCode::NO_CONTENT.into_response(),
+            Ok(false) => fail(not_found(&invoker, &name)),
+            Err(error) => fail(error),
+        },
+        "Event" => match crate::triggers::enqueue_async(&invoker, &name, payload).await {
+            Ok(request_id) => {
+                let mut response = (
+                    StatusCode::ACCEPTED,
+                    axum::Json(serde_json::json!({"request_id": request_id})),
+                )
+                    .into_response();
+                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert("x-amzn-requestid", value);
+                }
+                response
+            }
+            Err(error) => fail(error),
+        },
+        _ => {
+            let request = InvokeRequest {
+                payload,
+                wait_for_slot: false,
+                trace_id: None,
+                client_context: header("x-amz-client-context").and_then(|b64| {
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+                    String::from_utf8(bytes).ok()
+                }),
+            };
+            let tail = header("x-amz-log-type") == Some("Tail");
+            match sync_invoke(&invoker, &name, request).await {
+                Ok(invoked) => invoked_response(invoked, tail),
+                Err(error) => fail(error),
+            }
+        }
+    }
+}
+
+fn not_found(invoker: &Invoker, name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "Function not found: {}",
+        invoker.0.engine.arn(name)
+    ))
+}
+
+/// Runs a synchronous invocation inside a span whose context the function gets.
+pub async fn sync_invoke(
+    invoker: &Invoker,
+    name: &str,
+    mut request: InvokeRequest,
+) -> Result<crate::pool::Invoked, ApiError> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("invoke", otel.name = format!("invoke {name}"), function = %name);
+    request.trace_id = minicloud_telemetry::trace_context::xray_header(&span);
+    invoker
+        .0
+        .engine
+        .invoke(name, request)
+        .instrument(span)
+        .await
+        .map_err(|error| match error {
+            InvokeError::NotFound(_) => not_found(invoker, name),
+            InvokeError::Throttled => ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded."),
+            InvokeError::Api(error) => error,
+        })
+}
+
+fn invoked_response(invoked: crate::pool::Invoked, tail: bool) -> Response {
+    let (body, function_error) = match invoked.result {
+        Ok(body) => (body, None),
+        Err((body, _error_type)) => (body, Some("Unhandled")),
+    };
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(
+        "x-amz-executed-version",
+        HeaderValue::from_static("$LATEST"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&invoked.request_id) {
+        headers.insert("x-amzn-requestid", value);
+    }
+    if let Some(kind) = function_error {
+        headers.insert("x-amz-function-error", HeaderValue::from_static(kind));
+    }
+    if tail {
+        let text = invoked.logs.tail_of(&invoked.request_id);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+        if let Ok(value) = HeaderValue::from_str(&encoded) {
+            headers.insert("x-amz-log-result", value);
+        }
+    }
+    response
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LogQuery {
+    /// Only this invocation's lines.
+    pub request_id: Option<String>,
+    /// Lines with a larger `seq` (resume after the last one seen).
+    pub after: Option<u64>,
+    /// RFC 3339; lines at or after it.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Lines containing this text.
+    pub contains: Option<String>,
+    /// `stdout`, `stderr` or `platform`.
+    pub stream: Option<String>,
+    /// At most this many (newest), 1 to 1000, default 100.
+    pub limit: Option<usize>,
+    /// Keep the response open and stream new lines (Server-Sent Events).
+    pub follow: Option<bool>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+}
+
+#[utoipa::path(get, path = "/functions/v1/{name}/logs", tag = "functions", params(("name" = String, Path), LogQuery),
+    responses((status = 200, description = "log lines, oldest first (or an SSE stream of them with follow=true)", body = LogPage), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody)))]
+pub async fn logs(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Path(name): Path<String>,
+    minicloud_proto::error::Query(query): minicloud_proto::error::Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    crate::registry::check_name(&name)?;
+    invoker
+        .0
+        .authz
+        .authorize(&caller, "functions:ReadLogs", &format!("functions:{name}"), &[])
+        .await?;
+    if !crate::registry::exists(&invoker, &name).await? {
+        return Err(not_found(&invoker, &name));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1 to 1000"));
+    }
+    let stream = match query.stream.as_deref() {
+        None => None,
+        Some("stdout") => Some(LogStream::Stdout),
+        Some("stderr") => Some(LogStream::Stderr),
+        Some("platform") => Some(LogStream::Platform),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "stream must be stdout, stderr or platform, not {other:?}"
+            )));
+        }
+    };
+    let filter = LogFilter {
+        request_id: query.request_id,
+        after: query.after,
+        since: query.since,
+        contains: query.contains,
+        stream,
+    };
+    let logs = invoker.0.engine.logs.of(&name);
+    if query.follow != Some(true) {
+        let lines = logs
+            .query(&filter, limit)
+            .iter()
+            .map(|l| (**l).clone())
+            .collect();
+        return Ok(Json(LogPage { lines }).into_response());
+    }
+    // Subscribe before reading the backlog so nothing falls between the two.
+    let live = logs.subscribe();
+    let backlog = logs.query(&filter, limit);
+    let last = backlog.last().map(|l| l.seq);
+    let filter = Arc::new(filter);
+    let backlog = futures::stream::iter(backlog);
+    let live = tokio_stream::wrappers::BroadcastStream::new(live).filter_map({
+        let filter = Arc::clone(&filter);
+        move |line| {
+            let keep = match line {
+                Ok(line) if last.is_none_or(|last| line.seq > last) && filter.matches(&line) => {
+                    Some(line)
+                }
+                _ => None,
+            };
+            async move { keep }
+        }
+    });
+    let events = backlog.chain(live).map(|line| {
+        Ok::<_, Infallible>(
+            Event::default()
+                .id(line.seq.to_string())
+                .json_data(&*line)
+                .unwrap_or_default(),
+        )
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct InstancesOut {
+    /// Instances this invoker replica runs for the function now (busy or idle).
+    pub live: usize,
+    /// Process ids of the idle (warm) ones.
+    pub idle_pids: Vec<i32>,
+}
+
+#[utoipa::path(get, path = "/functions/v1/{name}/instances", tag = "functions", params(("name" = String, Path)),
+    responses((status = 200, body = InstancesOut), (status = 403, body = minicloud_proto::error::ErrorBody)))]
+pub async fn instances(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<InstancesOut>, ApiError> {
+    crate::registry::check_name(&name)?;
+    invoker
+        .0
+        .authz
+        .authorize(&caller, "functions:Deploy", &format!("functions:{name}"), &[])
+        .await?;
+    let engine = &invoker.0.engine;
+    Ok(Json(InstancesOut {
+        live: engine.live_instances(&name),
+        idle_pids: engine.idle_pids(&name),
+    }))
+}

@@ -1,0 +1,299 @@
+//! Code bundles: zip archives checked at deploy, kept in Postgres by content hash,
+//! and unpacked once per hash into the code cache.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use minicloud_proto::error::{ApiError, ErrorCode};
+use sha2::Digest as _;
+
+/// Lambda's own limits: 50 MiB zipped, 250 MiB unpacked.
+pub const MAX_ZIPPED: usize = 50 * 1024 * 1024;
+pub const MAX_UNPACKED: u64 = 250 * 1024 * 1024;
+pub const MAX_ENTRIES: usize = 20_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("code is not a readable zip archive: {0}")]
+    NotZip(String),
+    #[error("code bundle is larger than {} MiB zipped", MAX_ZIPPED / 1024 / 1024)]
+    TooLarge,
+    #[error("code bundle unpacks to more than {} MiB", MAX_UNPACKED / 1024 / 1024)]
+    UnpacksTooLarge,
+    #[error("code bundle has more than {MAX_ENTRIES} entries")]
+    TooManyEntries,
+    #[error("zip entry {0:?} would land outside the code directory")]
+    Escapes(String),
+    #[error("zip entry {0:?} is a link; links are refused")]
+    Link(String),
+    #[error("{0}")]
+    Missing(String),
+}
+
+impl From<BundleError> for ApiError {
+    fn from(error: BundleError) -> Self {
+        match error {
+            BundleError::TooLarge | BundleError::UnpacksTooLarge => {
+                ApiError::new(ErrorCode::PayloadTooLarge, error.to_string())
+            }
+            other => ApiError::invalid(other.to_string()),
+        }
+    }
+}
+
+/// The hex SHA-256 of the zip: the bundle's identity.
+pub fn hash(zip: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(zip))
+}
+
+/// Checks every entry without writing anything, and that the runtime finds what it
+/// starts: `bootstrap` for `provided`, the handler's file for `python3`/`nodejs`.
+pub fn check(zip: &[u8], runtime: &str, handler: &str) -> Result<(), BundleError> {
+    if zip.len() > MAX_ZIPPED {
+        return Err(BundleError::TooLarge);
+    }
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip))
+        .map_err(|e| BundleError::NotZip(e.to_string()))?;
+    if archive.len() > MAX_ENTRIES {
+        return Err(BundleError::TooManyEntries);
+    }
+    let mut total = 0u64;
+    let mut names = std::collections::HashSet::new();
+    for index in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(index)
+            .map_err(|e| BundleError::NotZip(e.to_string()))?;
+        let name = entry
+            .name()
+            .map_err(|e| BundleError::NotZip(e.to_string()))?
+            .into_owned();
+        // `enclosed_name` refuses absolute paths and any `..` that climbs out.
+        let Some(path) = entry.enclosed_name() else {
+            return Err(BundleError::Escapes(name));
+        };
+        if entry.is_symlink() {
+            return Err(BundleError::Link(name));
+        }
+        // Declared sizes can lie; unpacking enforces the limit on real bytes too.
+        total = total.saturating_add(entry.size());
+        if total > MAX_UNPACKED {
+            return Err(BundleError::UnpacksTooLarge);
+        }
+        if entry.is_file() {
+            names.insert(path.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    let wanted: Vec<String> = match runtime {
+        "provided" => vec!["bootstrap".into()],
+        // `pkg.mod.fn` and `pkg/mod.fn` both name pkg/mod.py.
+        "python3" => vec![format!("{}.py", handler_file(handler).replace('.', "/"))],
+        // Node takes the file up to the first dot (`file.obj.fn` is file.js's obj.fn).
+        "nodejs" => {
+            let file = handler.split_once('.').map_or(handler, |(file, _)| file);
+            ["js", "mjs", "cjs"]
+                .iter()
+                .map(|ext| format!("{file}.{ext}"))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    if !wanted.is_empty() && !wanted.iter().any(|w| names.contains(w)) {
+        return Err(BundleError::Missing(format!(
+            "the {runtime} runtime needs {} in the bundle",
+            wanted.join(" or ")
+        )));
+    }
+    Ok(())
+}
+
+/// `dir/file.function` → `dir/file`.
+pub fn handler_file(handler: &str) -> &str {
+    handler.rsplit_once('.').map_or(handler, |(file, _)| file)
+}
+
+/// Unpacks `zip` into `cache/<hash>` unless it is already there; returns that dir.
+/// Unpacks into a temporary sibling and renames, so a crash never leaves a half
+/// tree under the final name.
+pub fn unpack(zip: &[u8], hash: &str, cache: &Path) -> Result<PathBuf, std::io::Error> {
+    let target = cache.join(hash);
+    if target.is_dir() {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(cache)?;
+    let staging = cache.join(format!(".unpack-{}", uuid::Uuid::new_v4()));
+    let result = unpack_into(zip, &staging);
+    if let Err(error) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error);
+    }
+    match std::fs::rename(&staging, &target) {
+        Ok(()) => Ok(target),
+        // Another invocation unpacked the same hash first: theirs is identical.
+        Err(_) if target.is_dir() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(target)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(error)
+        }
+    }
+}
+
+fn unpack_into(zip: &[u8], dir: &Path) -> Result<(), std::io::Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let invalid = |e: zip::result::ZipError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    std::fs::create_dir_all(dir)?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).map_err(invalid)?;
+    let mut budget = MAX_UNPACKED;
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).map_err(invalid)?;
+        let (Some(relative), false) = (entry.enclosed_name(), entry.is_symlink()) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "entry escapes the code dir or is a link",
+            ));
+        };
+        let path = dir.join(&relative);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&path)?;
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut file = std::fs::File::create(&path)?;
+        // Counts real bytes: a zip bomb with small declared sizes stops here.
+        let copied = std::io::copy(&mut (&mut entry).take(budget + 1), &mut file)?;
+        if copied > budget {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "bundle unpacks past the size limit",
+            ));
+        }
+        budget -= copied;
+        // Zips made on Windows carry no mode; `bootstrap` must still run.
+        let mode = match entry.unix_mode() {
+            Some(mode) => mode & 0o755,
+            None if relative == Path::new("bootstrap") => 0o755,
+            None => 0o644,
+        };
+        let mode = if relative == Path::new("bootstrap") {
+            mode | 0o500
+        } else {
+            mode | 0o400
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, bytes) in entries {
+            out.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            out.write_all(bytes).unwrap();
+        }
+        out.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_provided_bundle_needs_bootstrap() {
+        let good = zip_of(&[("bootstrap", b"#!/bin/sh\n")]);
+        check(&good, "provided", "").unwrap();
+        let bad = zip_of(&[("main.sh", b"#!/bin/sh\n")]);
+        assert!(matches!(
+            check(&bad, "provided", ""),
+            Err(BundleError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn handler_files_are_found_by_runtime() {
+        let py = zip_of(&[("app/main.py", b"def handler(e, c): return e\n")]);
+        check(&py, "python3", "app/main.handler").unwrap();
+        assert!(check(&py, "python3", "main.handler").is_err());
+        let js = zip_of(&[("index.mjs", b"export const handler = async (e) => e;\n")]);
+        check(&js, "nodejs", "index.handler").unwrap();
+    }
+
+    #[test]
+    fn escaping_entries_are_refused() {
+        for name in ["../evil", "a/../../evil", "/etc/passwd"] {
+            let bundle = zip_of(&[("bootstrap", b"x"), (name, b"x")]);
+            assert!(
+                matches!(check(&bundle, "provided", ""), Err(BundleError::Escapes(_))),
+                "{name} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn links_are_refused() {
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        out.start_file("bootstrap", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        out.write_all(b"x").unwrap();
+        out.add_symlink("passwd", "/etc/passwd", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        let bundle = out.finish().unwrap().into_inner();
+        assert!(matches!(
+            check(&bundle, "provided", ""),
+            Err(BundleError::Link(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_not_a_zip() {
+        assert!(matches!(
+            check(b"not a zip at all", "provided", ""),
+            Err(BundleError::NotZip(_))
+        ));
+    }
+
+    #[test]
+    fn a_zip_bomb_stops_at_the_unpacked_limit() {
+        // 300 MiB of zeros compresses to ~300 KiB: under the zipped limit, over the
+        // unpacked one.
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(true);
+        out.start_file("bootstrap", options).unwrap();
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..300 {
+            out.write_all(&zeros).unwrap();
+        }
+        let bundle = out.finish().unwrap().into_inner();
+        assert!(bundle.len() < MAX_ZIPPED);
+        assert!(matches!(
+            check(&bundle, "provided", ""),
+            Err(BundleError::UnpacksTooLarge)
+        ));
+    }
+
+    #[test]
+    fn unpacking_is_once_per_hash_and_keeps_bootstrap_executable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let cache = std::env::temp_dir().join(format!("mc-bundle-{}", uuid::Uuid::new_v4()));
+        let bundle = zip_of(&[("bootstrap", b"#!/bin/sh\n"), ("lib/data.txt", b"hi")]);
+        let hash = hash(&bundle);
+        let dir = unpack(&bundle, &hash, &cache).unwrap();
+        let mode = std::fs::metadata(dir.join("bootstrap"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o100, 0o100, "bootstrap is executable");
+        assert_eq!(std::fs::read(dir.join("lib/data.txt")).unwrap(), b"hi");
+        std::fs::write(dir.join("marker"), b"").unwrap();
+        assert_eq!(unpack(&bundle, &hash, &cache).unwrap(), dir);
+        assert!(dir.join("marker").exists(), "the second unpack reused the dir");
+        std::fs::remove_dir_all(&cache).unwrap();
+    }
+}

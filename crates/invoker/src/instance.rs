@@ -1,0 +1,539 @@
+//! One function instance: a process of its own (own process group, working and
+//! tmp dir, scrubbed environment, memory limit) that speaks the AWS Lambda Runtime
+//! API to a loopback endpoint of its own.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::{FunctionLogs, LogStream};
+
+/// Lambda's synchronous response limit.
+pub const MAX_RESPONSE: usize = 6 * 1024 * 1024;
+/// A longer line is split; a function printing without newlines cannot grow us.
+const MAX_LOG_LINE: u64 = 64 * 1024;
+
+/// How to start the process and what it gets.
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// The complete environment; nothing of the invoker's own is inherited.
+    pub env: Vec<(String, String)>,
+    /// Parent of the per-instance dirs.
+    pub run_dir: PathBuf,
+    /// RLIMIT_DATA in bytes (heap, anonymous mappings, thread stacks).
+    pub memory_limit: u64,
+}
+
+/// An event handed to the runtime by `GET …/invocation/next`.
+pub struct Invocation {
+    pub request_id: Arc<str>,
+    pub payload: Bytes,
+    pub deadline: SystemTime,
+    pub function_arn: String,
+    /// X-Ray style (`Root=1-…;Parent=…;Sampled=1`), carrying the W3C trace.
+    pub trace_id: Option<String>,
+    pub client_context: Option<String>,
+    pub cognito_identity: Option<String>,
+}
+
+/// What the runtime answered.
+#[derive(Debug)]
+pub enum Outcome {
+    Response(Bytes),
+    /// `…/error`: the body (Lambda's `{"errorMessage","errorType",…}`) and the
+    /// `Lambda-Runtime-Function-Error-Type` header.
+    Error { body: Bytes, error_type: String },
+}
+
+/// Why an invocation got no answer; the instance is unusable afterwards.
+#[derive(Debug)]
+pub enum Failure {
+    /// The runtime posted `init/error` (and usually exited).
+    Init(Bytes),
+    /// `Runtime exited with error: …`.
+    Exited(String),
+    TimedOut,
+}
+
+/// Times the platform reports in `REPORT`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub duration: Duration,
+    /// Spawn → first `GET next`, on the instance's first invocation only.
+    pub init: Option<Duration>,
+}
+
+struct Delivery {
+    invocation: Invocation,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// What the Runtime API handlers share with the instance.
+struct RuntimeShared {
+    next: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
+    pending: Mutex<Option<(Arc<str>, oneshot::Sender<Outcome>)>>,
+    init_error: Mutex<Option<Bytes>>,
+    spawned_at: Instant,
+    /// Set by the first `GET next`.
+    ready_at: Mutex<Option<Instant>>,
+    delivered_at: Mutex<Option<Instant>>,
+    /// Tags stdout/stderr lines with the invocation they belong to.
+    current_request: Mutex<Option<Arc<str>>>,
+}
+
+pub struct Instance {
+    pub id: String,
+    pid: i32,
+    shared: Arc<RuntimeShared>,
+    next_tx: mpsc::Sender<Delivery>,
+    exited: watch::Receiver<Option<String>>,
+    stop: CancellationToken,
+    invocations: std::sync::atomic::AtomicU64,
+    stopped: std::sync::atomic::AtomicBool,
+    pub last_used: Mutex<Instant>,
+}
+
+impl Instance {
+    /// Spawns the process and its Runtime API endpoint; does not wait for init.
+    pub async fn start(launch: Launch, logs: Arc<FunctionLogs>) -> std::io::Result<Arc<Instance>> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = launch.run_dir.join(&id);
+        let tmp = dir.join("tmp");
+        tokio::fs::create_dir_all(&tmp).await?;
+
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let api = listener.local_addr()?.to_string();
+        let (next_tx, next_rx) = mpsc::channel(1);
+        let shared = Arc::new(RuntimeShared {
+            next: tokio::sync::Mutex::new(next_rx),
+            pending: Mutex::new(None),
+            init_error: Mutex::new(None),
+            spawned_at: Instant::now(),
+            ready_at: Mutex::new(None),
+            delivered_at: Mutex::new(None),
+            current_request: Mutex::new(None),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_runtime_api(
+            listener,
+            Arc::clone(&shared),
+            stop.clone(),
+        ));
+
+        let mut command = tokio::process::Command::new(&launch.program);
+        command
+            .args(&launch.args)
+            .env_clear()
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("AWS_LAMBDA_RUNTIME_API", &api)
+            .env("TMPDIR", &tmp)
+            .env("HOME", &dir)
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            // Its own group, so a timeout kills whatever the function started too.
+            .process_group(0)
+            .kill_on_drop(true);
+        set_memory_limit(&mut command, launch.memory_limit);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                stop.cancel();
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(error);
+            }
+        };
+        let pid = child.id().map_or(0, |p| p as i32);
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(capture(
+                stdout,
+                LogStream::Stdout,
+                Arc::clone(&shared),
+                Arc::clone(&logs),
+            ));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(capture(
+                stderr,
+                LogStream::Stderr,
+                Arc::clone(&shared),
+                Arc::clone(&logs),
+            ));
+        }
+        let (exited_tx, exited) = watch::channel(None);
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let description = tokio::select! {
+                    status = child.wait() => match status {
+                        Ok(status) => describe_exit(status),
+                        Err(error) => error.to_string(),
+                    },
+                    // Stopped by us: kill the group, then reap.
+                    () = stop.cancelled() => {
+                        kill_group(pid);
+                        let _ = child.wait().await;
+                        "stopped".to_owned()
+                    }
+                };
+                // Whatever the function left running in its group goes with it.
+                kill_group(pid);
+                stop.cancel();
+                exited_tx.send_replace(Some(description));
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            }
+        });
+        Ok(Arc::new(Instance {
+            id,
+            pid,
+            shared,
+            next_tx,
+            exited,
+            stop,
+            invocations: Default::default(),
+            stopped: Default::default(),
+            last_used: Mutex::new(Instant::now()),
+        }))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn started_at(&self) -> Instant {
+        self.shared.spawned_at
+    }
+
+    /// True if it was already marked: the pool counts each instance down once.
+    pub fn mark_counted_stopped(&self) -> bool {
+        self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.exited.borrow().is_none()
+    }
+
+    /// Kills the process group and closes the endpoint.
+    pub fn stop(&self) {
+        kill_group(self.pid);
+        self.stop.cancel();
+    }
+
+    /// The process's peak resident memory (`VmHWM`), as Lambda's Max Memory Used.
+    pub fn peak_memory_mb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib.div_ceil(1024))
+    }
+
+    /// Hands one event to the runtime and waits for its answer, the process's end,
+    /// or `timeout` (which kills the group).
+    pub async fn invoke(
+        &self,
+        invocation: Invocation,
+        timeout: Duration,
+    ) -> (Result<Outcome, Failure>, Timing) {
+        let first = self
+            .invocations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            == 0;
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        let mut exited = self.exited.clone();
+        let result = if self
+            .next_tx
+            .try_send(Delivery { invocation, reply })
+            .is_err()
+        {
+            Err(Failure::Exited("the runtime is not taking events".into()))
+        } else {
+            tokio::select! {
+                // An answer wins over the exit that may follow it.
+                biased;
+                answer = answer => answer.map_err(|_| Failure::Exited(
+                    "the runtime asked for the next event without answering this one".into())),
+                exit = exited.wait_for(Option::is_some) => {
+                    let description = exit
+                        .map(|e| e.clone().unwrap_or_default())
+                        .unwrap_or_default();
+                    match self.shared.init_error.lock().unwrap().clone() {
+                        Some(body) => Err(Failure::Init(body)),
+                        None => Err(Failure::Exited(description)),
+                    }
+                }
+                () = tokio::time::sleep(timeout) => {
+                    self.stop();
+                    Err(Failure::TimedOut)
+                }
+            }
+        };
+        let now = Instant::now();
+        *self.shared.current_request.lock().unwrap() = None;
+        let ready_at = *self.shared.ready_at.lock().unwrap();
+        let delivered_at = self.shared.delivered_at.lock().unwrap().take();
+        let timing = Timing {
+            duration: now.duration_since(delivered_at.unwrap_or(started)),
+            init: if first {
+                ready_at.map(|ready| ready.duration_since(self.shared.spawned_at))
+            } else {
+                None
+            },
+        };
+        *self.last_used.lock().unwrap() = now;
+        (result, timing)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn kill_group(pid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "Runtime exited without providing a reason".to_owned(),
+        (Some(code), _) => format!("Runtime exited with error: exit status {code}"),
+        (None, Some(9)) => "Runtime exited with error: signal: killed".to_owned(),
+        (None, Some(signal)) => format!("Runtime exited with error: signal {signal}"),
+        (None, None) => "Runtime exited".to_owned(),
+    }
+}
+
+/// RLIMIT_DATA caps heap, anonymous mappings and thread stacks — what a
+/// memory-hungry function grows — but not the address space that Node and Python
+/// reserve without touching. cgroup v2 `memory.max` would be exact; this machine
+/// has only a v1 hierarchy the invoker cannot delegate, so rlimits it is
+/// (docs/operations.md gives the margin).
+#[allow(unsafe_code)]
+fn set_memory_limit(command: &mut tokio::process::Command, bytes: u64) {
+    let limit = rustix::process::Rlimit {
+        current: Some(bytes),
+        maximum: Some(bytes),
+    };
+    // SAFETY: the closure runs between fork and exec; it makes one raw setrlimit
+    // system call, which is async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::setrlimit(rustix::process::Resource::Data, limit)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Forwards the process's output to the function's log, line by line, tagged with
+/// the invocation it was written during.
+async fn capture(
+    stream: impl AsyncRead + Unpin,
+    kind: LogStream,
+    shared: Arc<RuntimeShared>,
+    logs: Arc<FunctionLogs>,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LOG_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line));
+        let request = shared.current_request.lock().unwrap().clone();
+        logs.push(request, kind, text.into_owned());
+    }
+}
+
+async fn serve_runtime_api(
+    listener: TcpListener,
+    shared: Arc<RuntimeShared>,
+    stop: CancellationToken,
+) {
+    let router = Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
+        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+        .route("/2018-06-01/runtime/init/error", post(init_error))
+        // Room to see an oversized response and report it the way Lambda does.
+        .layer(DefaultBodyLimit::max(MAX_RESPONSE + 1024 * 1024))
+        .with_state(shared);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let _ = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+}
+
+fn runtime_error(status: StatusCode, error_type: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"errorMessage": message, "errorType": error_type})),
+    )
+        .into_response()
+}
+
+async fn next(State(shared): State<Arc<RuntimeShared>>) -> Response {
+    shared
+        .ready_at
+        .lock()
+        .unwrap()
+        .get_or_insert_with(Instant::now);
+    // A runtime that asks again without answering loses the previous event.
+    shared.pending.lock().unwrap().take();
+    let delivery = shared.next.lock().await.recv().await;
+    let Some(Delivery { invocation, reply }) = delivery else {
+        return runtime_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ShuttingDown",
+            "the instance is stopping",
+        );
+    };
+    *shared.delivered_at.lock().unwrap() = Some(Instant::now());
+    *shared.current_request.lock().unwrap() = Some(Arc::clone(&invocation.request_id));
+    *shared.pending.lock().unwrap() = Some((Arc::clone(&invocation.request_id), reply));
+
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set("lambda-runtime-aws-request-id", &invocation.request_id);
+    let deadline = invocation
+        .deadline
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    set("lambda-runtime-deadline-ms", &deadline.to_string());
+    set(
+        "lambda-runtime-invoked-function-arn",
+        &invocation.function_arn,
+    );
+    if let Some(trace) = &invocation.trace_id {
+        set("lambda-runtime-trace-id", trace);
+    }
+    if let Some(context) = &invocation.client_context {
+        set("lambda-runtime-client-context", context);
+    }
+    if let Some(identity) = &invocation.cognito_identity {
+        set("lambda-runtime-cognito-identity", identity);
+    }
+    set("content-type", "application/json");
+    (StatusCode::OK, headers, invocation.payload).into_response()
+}
+
+fn take_pending(shared: &RuntimeShared, id: &str) -> Option<oneshot::Sender<Outcome>> {
+    let mut pending = shared.pending.lock().unwrap();
+    match &*pending {
+        Some((current, _)) if &**current == id => pending.take().map(|(_, reply)| reply),
+        _ => None,
+    }
+}
+
+async fn response(
+    State(shared): State<Arc<RuntimeShared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(reply) = take_pending(&shared, &id) else {
+        return runtime_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestID",
+            "no invocation with this id is waiting for an answer",
+        );
+    };
+    if body.len() > MAX_RESPONSE {
+        let message = format!(
+            "Response payload size ({} bytes) exceeded maximum allowed payload size ({MAX_RESPONSE} bytes).",
+            body.len()
+        );
+        let _ = reply.send(Outcome::Error {
+            body: serde_json::to_vec(&serde_json::json!({
+                "errorMessage": message, "errorType": "Function.ResponseSizeTooLarge"}))
+            .unwrap_or_default()
+            .into(),
+            error_type: "Function.ResponseSizeTooLarge".into(),
+        });
+        return runtime_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            &message,
+        );
+    }
+    let _ = reply.send(Outcome::Response(body));
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"status": "OK"})),
+    )
+        .into_response()
+}
+
+fn error_type(headers: &HeaderMap) -> String {
+    headers
+        .get("lambda-runtime-function-error-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Unhandled")
+        .to_owned()
+}
+
+async fn error(
+    State(shared): State<Arc<RuntimeShared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(reply) = take_pending(&shared, &id) else {
+        return runtime_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestID",
+            "no invocation with this id is waiting for an answer",
+        );
+    };
+    let _ = reply.send(Outcome::Error {
+        body,
+        error_type: error_type(&headers),
+    });
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"status": "OK"})),
+    )
+        .into_response()
+}
+
+async fn init_error(State(shared): State<Arc<RuntimeShared>>, body: Bytes) -> Response {
+    *shared.init_error.lock().unwrap() = Some(body);
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"status": "OK"})),
+    )
+        .into_response()
+}

@@ -1,0 +1,636 @@
+//! The engine: per function a pool of instances — cold start on demand, warm
+//! reuse, idle stop, provisioned instances kept started, crashed ones replaced —
+//! behind a concurrency limit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use minicloud_authz::Authz;
+use minicloud_proto::error::{ApiError, ErrorCode};
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::instance::{Failure, Instance, Invocation, Launch, Outcome, Timing};
+use crate::logs::{FunctionLogs, LogStore, LogStream};
+use crate::metrics::{FunctionLabel, InvokerMetrics};
+
+/// Role tokens live an hour; instances are retired before theirs runs out.
+const ROLE_TOKEN_TTL: Duration = Duration::from_secs(3600);
+const INSTANCE_MAX_AGE: Duration = Duration::from_secs(45 * 60);
+/// Room above `memory_mb` for the runtime's own mappings (docs/operations.md).
+pub const MEMORY_MARGIN_MB: u64 = 64;
+
+/// A function as deployed: one row of `functions`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub runtime: String,
+    pub handler: String,
+    pub memory_mb: i32,
+    pub timeout_s: i32,
+    pub env: sqlx::types::Json<BTreeMap<String, String>>,
+    pub role: Option<String>,
+    pub reserved_concurrency: Option<i32>,
+    pub provisioned_concurrency: i32,
+    pub keep_warm_s: i32,
+    pub code_hash: Option<String>,
+    pub revision: i64,
+}
+
+pub const SPEC_COLUMNS: &str = "name, runtime, handler, memory_mb, timeout_s, env, role, \
+     reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision";
+
+/// Where things live and which interpreters run the built-in runtimes.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub code_cache: PathBuf,
+    pub run_dir: PathBuf,
+    pub runtimes: PathBuf,
+    pub python: PathBuf,
+    pub node: PathBuf,
+}
+
+/// One invocation as the API layer asks for it.
+pub struct InvokeRequest {
+    pub payload: Bytes,
+    /// Async invocations wait for a free slot; sync ones are throttled.
+    pub wait_for_slot: bool,
+    pub trace_id: Option<String>,
+    pub client_context: Option<String>,
+}
+
+/// The answer in Lambda's terms.
+pub struct Invoked {
+    pub request_id: Arc<str>,
+    /// `Ok(payload)` or `Err((error body, error type))` — a function error.
+    pub result: Result<Bytes, (Bytes, String)>,
+    pub logs: Arc<FunctionLogs>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("Function not found: {0}")]
+    NotFound(String),
+    #[error("Rate Exceeded.")]
+    Throttled,
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+pub struct Engine {
+    db: PgPool,
+    paths: Paths,
+    region: String,
+    gateway_url: Option<String>,
+    default_concurrency: u32,
+    authz: Arc<Authz>,
+    pub logs: LogStore,
+    pub metrics: InvokerMetrics,
+    pools: RwLock<HashMap<String, Arc<FunctionPool>>>,
+    /// One loader per function at a time, so a burst of cold invokes reads the row once.
+    loading: tokio::sync::Mutex<()>,
+}
+
+pub struct FunctionPool {
+    spec: FunctionSpec,
+    code_dir: PathBuf,
+    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<Arc<Instance>>>,
+    /// Started and not yet stopped.
+    live: AtomicUsize,
+    retired: AtomicBool,
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+    logs: Arc<FunctionLogs>,
+    label: FunctionLabel,
+}
+
+impl Engine {
+    pub fn new(
+        db: PgPool,
+        paths: Paths,
+        region: String,
+        gateway_url: Option<String>,
+        default_concurrency: u32,
+        authz: Arc<Authz>,
+        metrics: InvokerMetrics,
+    ) -> Engine {
+        Engine {
+            db,
+            paths,
+            region,
+            gateway_url,
+            default_concurrency,
+            authz,
+            logs: LogStore::default(),
+            metrics,
+            pools: RwLock::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:lambda:{}:000000000000:function:{name}",
+            self.region
+        )
+    }
+
+    /// The live pool of `name`, loading it from the registry on first use.
+    async fn pool(&self, name: &str) -> Result<Arc<FunctionPool>, InvokeError> {
+        if let Some(pool) = self.pools.read().unwrap().get(name) {
+            return Ok(Arc::clone(pool));
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(pool) = self.pools.read().unwrap().get(name) {
+            return Ok(Arc::clone(pool));
+        }
+        let spec: Option<FunctionSpec> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SPEC_COLUMNS} FROM functions WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(ApiError::internal)?;
+        let spec = spec.ok_or_else(|| InvokeError::NotFound(name.to_owned()))?;
+        let pool = self.open_pool(spec).await?;
+        self.pools
+            .write()
+            .unwrap()
+            .insert(name.to_owned(), Arc::clone(&pool));
+        Ok(pool)
+    }
+
+    async fn open_pool(&self, spec: FunctionSpec) -> Result<Arc<FunctionPool>, ApiError> {
+        let hash = spec
+            .code_hash
+            .clone()
+            .ok_or_else(|| ApiError::invalid(format!("function {} has no code", spec.name)))?;
+        let code_dir = self.paths.code_cache.join(&hash);
+        if !code_dir.is_dir() {
+            let zip: Vec<u8> = sqlx::query_scalar("SELECT zip FROM code_bundles WHERE hash = $1")
+                .bind(&hash)
+                .fetch_one(&self.db)
+                .await
+                .map_err(ApiError::internal)?;
+            let cache = self.paths.code_cache.clone();
+            tokio::task::spawn_blocking(move || crate::bundle::unpack(&zip, &hash, &cache))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+        }
+        let limit = spec
+            .reserved_concurrency
+            .map_or(self.default_concurrency as usize, |n| n.max(0) as usize);
+        Ok(Arc::new(FunctionPool {
+            label: FunctionLabel {
+                function: spec.name.clone(),
+            },
+            logs: self.logs.of(&spec.name),
+            spec,
+            code_dir,
+            slots: Arc::new(Semaphore::new(limit)),
+            idle: Mutex::new(Vec::new()),
+            live: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+            token: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// Drops the pool of `name` (after a deploy or delete): idle instances stop now,
+    /// busy ones when their invocation ends — in-flight calls finish on the old code.
+    pub fn retire(&self, name: &str) {
+        let pool = self.pools.write().unwrap().remove(name);
+        if let Some(pool) = pool {
+            pool.retired.store(true, Ordering::SeqCst);
+            for instance in pool.idle.lock().unwrap().drain(..) {
+                pool.stop(&instance);
+            }
+        }
+    }
+
+    pub fn forget(&self, name: &str) {
+        self.retire(name);
+        self.logs.remove(name);
+    }
+
+    /// Instances running now, per function (for tests and the API).
+    pub fn live_instances(&self, name: &str) -> usize {
+        self.pools
+            .read()
+            .unwrap()
+            .get(name)
+            .map_or(0, |pool| pool.live.load(Ordering::SeqCst))
+    }
+
+    /// Process ids of the idle instances of `name`.
+    pub fn idle_pids(&self, name: &str) -> Vec<i32> {
+        self.pools.read().unwrap().get(name).map_or(Vec::new(), |pool| {
+            pool.idle.lock().unwrap().iter().map(|i| i.pid()).collect()
+        })
+    }
+
+    pub async fn invoke(
+        &self,
+        name: &str,
+        request: InvokeRequest,
+    ) -> Result<Invoked, InvokeError> {
+        let pool = self.pool(name).await?;
+        let metrics = &self.metrics;
+        let permit = if request.wait_for_slot {
+            Arc::clone(&pool.slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| InvokeError::Throttled)?
+        } else {
+            match Arc::clone(&pool.slots).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    metrics.throttles.get_or_create(&pool.label).inc();
+                    return Err(InvokeError::Throttled);
+                }
+            }
+        };
+        metrics.concurrent.get_or_create(&pool.label).inc();
+        let _concurrency = scopeguard(|| {
+            metrics.concurrent.get_or_create(&pool.label).dec();
+        });
+
+        let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let instance = match pool.take_idle() {
+            Some(instance) => instance,
+            None => {
+                metrics.cold_starts.get_or_create(&pool.label).inc();
+                self.start_instance(&pool, false).await?
+            }
+        };
+        let logs = Arc::clone(&pool.logs);
+        logs.push(
+            Some(Arc::clone(&request_id)),
+            LogStream::Platform,
+            format!("START RequestId: {request_id} Version: $LATEST"),
+        );
+        let timeout = Duration::from_secs(pool.spec.timeout_s.max(1) as u64);
+        let invocation = Invocation {
+            request_id: Arc::clone(&request_id),
+            payload: request.payload,
+            deadline: SystemTime::now() + timeout,
+            function_arn: self.arn(name),
+            trace_id: request.trace_id,
+            client_context: request.client_context,
+            cognito_identity: None,
+        };
+        let (outcome, timing) = instance.invoke(invocation, timeout).await;
+        let memory = instance.peak_memory_mb();
+        let result = match outcome {
+            Ok(Outcome::Response(body)) => Ok(body),
+            Ok(Outcome::Error { body, error_type }) => Err((body, error_type)),
+            Err(failure) => Err(self.describe_failure(&pool, &request_id, failure, timeout)),
+        };
+        self.report(&pool, &request_id, timing, memory);
+        metrics.invocations.get_or_create(&pool.label).inc();
+        metrics
+            .duration
+            .get_or_create(&pool.label)
+            .observe(timing.duration.as_secs_f64());
+        if result.is_err() {
+            metrics.errors.get_or_create(&pool.label).inc();
+        }
+        pool.release(instance);
+        drop(permit);
+        Ok(Invoked {
+            request_id,
+            result,
+            logs,
+        })
+    }
+
+    fn describe_failure(
+        &self,
+        pool: &FunctionPool,
+        request_id: &Arc<str>,
+        failure: Failure,
+        timeout: Duration,
+    ) -> (Bytes, String) {
+        let (message, error_type) = match failure {
+            Failure::Init(body) => {
+                let error_type = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["errorType"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "Runtime.Unknown".into());
+                pool.logs.push(
+                    Some(Arc::clone(request_id)),
+                    LogStream::Platform,
+                    format!("INIT_REPORT Status: error Error Type: {error_type}"),
+                );
+                return (body, error_type);
+            }
+            Failure::TimedOut => (
+                format!(
+                    "{} {request_id} Task timed out after {}.00 seconds",
+                    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    timeout.as_secs()
+                ),
+                "Sandbox.Timedout",
+            ),
+            Failure::Exited(reason) => (
+                format!("RequestId: {request_id} Error: {reason}"),
+                "Runtime.ExitError",
+            ),
+        };
+        pool.logs.push(
+            Some(Arc::clone(request_id)),
+            LogStream::Platform,
+            message.clone(),
+        );
+        let body = serde_json::json!({"errorMessage": message, "errorType": error_type});
+        (
+            serde_json::to_vec(&body).unwrap_or_default().into(),
+            error_type.to_owned(),
+        )
+    }
+
+    fn report(
+        &self,
+        pool: &FunctionPool,
+        request_id: &Arc<str>,
+        timing: Timing,
+        memory_mb: Option<u64>,
+    ) {
+        let ms = timing.duration.as_secs_f64() * 1000.0;
+        let mut report = format!(
+            "REPORT RequestId: {request_id}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
+            ms.ceil().max(1.0) as u64,
+            pool.spec.memory_mb,
+            memory_mb.unwrap_or(0),
+        );
+        if let Some(init) = timing.init {
+            report.push_str(&format!(
+                "\tInit Duration: {:.2} ms",
+                init.as_secs_f64() * 1000.0
+            ));
+        }
+        pool.logs.push(
+            Some(Arc::clone(request_id)),
+            LogStream::Platform,
+            format!("END RequestId: {request_id}"),
+        );
+        pool.logs
+            .push(Some(Arc::clone(request_id)), LogStream::Platform, report);
+    }
+
+    async fn start_instance(
+        &self,
+        pool: &Arc<FunctionPool>,
+        provisioned: bool,
+    ) -> Result<Arc<Instance>, ApiError> {
+        let spec = &pool.spec;
+        let (program, args) = match spec.runtime.as_str() {
+            "python3" => (
+                self.paths.python.clone(),
+                vec![
+                    "-u".into(),
+                    self.paths.runtimes.join("python3/bootstrap.py").into(),
+                ],
+            ),
+            "nodejs" => (
+                self.paths.node.clone(),
+                vec![self.paths.runtimes.join("nodejs/bootstrap.js").into()],
+            ),
+            _ => (pool.code_dir.join("bootstrap"), Vec::new()),
+        };
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .0
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let interpreter_dir = self
+            .paths
+            .python
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let name = &spec.name;
+        let platform = [
+            (
+                "PATH",
+                format!("{interpreter_dir}:/usr/local/bin:/usr/bin:/bin"),
+            ),
+            ("LANG", "C.UTF-8".into()),
+            ("TZ", ":UTC".into()),
+            ("PYTHONUNBUFFERED", "1".into()),
+            ("LAMBDA_TASK_ROOT", pool.code_dir.display().to_string()),
+            ("LAMBDA_RUNTIME_DIR", self.paths.runtimes.display().to_string()),
+            ("_HANDLER", spec.handler.clone()),
+            ("AWS_LAMBDA_FUNCTION_NAME", name.clone()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
+            (
+                "AWS_LAMBDA_LOG_STREAM_NAME",
+                format!(
+                    "{}/[$LATEST]{}",
+                    chrono::Utc::now().format("%Y/%m/%d"),
+                    uuid::Uuid::new_v4().simple()
+                ),
+            ),
+            ("AWS_REGION", self.region.clone()),
+            ("AWS_DEFAULT_REGION", self.region.clone()),
+            ("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", spec.runtime)),
+            (
+                "AWS_LAMBDA_INITIALIZATION_TYPE",
+                if provisioned {
+                    "provisioned-concurrency"
+                } else {
+                    "on-demand"
+                }
+                .into(),
+            ),
+            ("MINICLOUD_FUNCTION", name.clone()),
+        ];
+        env.extend(platform.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        if let Some(url) = &self.gateway_url {
+            env.push(("MINICLOUD_URL".into(), url.clone()));
+        }
+        if let Some(token) = self.role_token(pool).await? {
+            env.push(("MINICLOUD_TOKEN".into(), token));
+        }
+        let launch = Launch {
+            program,
+            args,
+            env,
+            run_dir: self.paths.run_dir.clone(),
+            memory_limit: (spec.memory_mb.max(1) as u64 + MEMORY_MARGIN_MB) * 1024 * 1024,
+        };
+        let instance = Instance::start(launch, Arc::clone(&pool.logs))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::Internal,
+                    format!("starting an instance of {name}: {e}"),
+                )
+                .with_source(e)
+            })?;
+        pool.live.fetch_add(1, Ordering::SeqCst);
+        Ok(instance)
+    }
+
+    /// The function's role token, reissued when half its life is gone.
+    async fn role_token(&self, pool: &FunctionPool) -> Result<Option<String>, ApiError> {
+        let Some(role) = &pool.spec.role else {
+            return Ok(None);
+        };
+        let mut cached = pool.token.lock().await;
+        if let Some((token, at)) = &*cached
+            && at.elapsed() < ROLE_TOKEN_TTL / 2
+        {
+            return Ok(Some(token.clone()));
+        }
+        let token = self
+            .authz
+            .issue_role_token(role, &format!("fn:{}", pool.spec.name), ROLE_TOKEN_TTL)
+            .await?;
+        *cached = Some((token.clone(), Instant::now()));
+        Ok(Some(token))
+    }
+
+    /// Once a second: stop instances idle past keep-warm, keep provisioned ones
+    /// started, notice deploys made through other replicas.
+    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sync = Instant::now() - Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            if last_sync.elapsed() >= Duration::from_secs(2) {
+                last_sync = Instant::now();
+                if let Err(error) = self.sync_registry().await {
+                    tracing::warn!(%error, "reading the function registry failed");
+                }
+            }
+            let pools: Vec<_> = self.pools.read().unwrap().values().cloned().collect();
+            for pool in pools {
+                pool.reap_idle();
+                let wanted = pool.spec.provisioned_concurrency.max(0) as usize;
+                while pool.live.load(Ordering::SeqCst) < wanted
+                    && !pool.retired.load(Ordering::SeqCst)
+                {
+                    match self.start_instance(&pool, true).await {
+                        Ok(instance) => pool.idle.lock().unwrap().push(instance),
+                        Err(error) => {
+                            tracing::warn!(function = %pool.spec.name, %error, "starting a provisioned instance failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Shutting down: no instance outlives the invoker.
+        let pools: Vec<_> = self.pools.write().unwrap().drain().map(|(_, p)| p).collect();
+        for pool in pools {
+            pool.retired.store(true, Ordering::SeqCst);
+            for instance in pool.idle.lock().unwrap().drain(..) {
+                pool.stop(&instance);
+            }
+        }
+    }
+
+    /// Retires pools whose function changed or went away, and opens pools for
+    /// functions with provisioned concurrency.
+    async fn sync_registry(&self) -> Result<(), sqlx::Error> {
+        let rows: Vec<(String, i64, i32)> =
+            sqlx::query_as("SELECT name, revision, provisioned_concurrency FROM functions")
+                .fetch_all(&self.db)
+                .await?;
+        let current: HashMap<_, _> = rows.iter().map(|(n, r, _)| (n.as_str(), *r)).collect();
+        let stale: Vec<String> = self
+            .pools
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(name, pool)| current.get(name.as_str()) != Some(&pool.spec.revision))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.retire(&name);
+        }
+        for (name, _, provisioned) in rows {
+            if provisioned > 0
+                && !self.pools.read().unwrap().contains_key(&name)
+                && let Err(error) = self.pool(&name).await
+            {
+                tracing::warn!(function = %name, %error, "opening a provisioned function failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FunctionPool {
+    fn take_idle(&self) -> Option<Arc<Instance>> {
+        let mut idle = self.idle.lock().unwrap();
+        while let Some(instance) = idle.pop() {
+            if instance.is_alive() {
+                return Some(instance);
+            }
+            // Crashed while idle: replaced by a cold start (or the provisioner).
+            self.stop(&instance);
+        }
+        None
+    }
+
+    fn release(&self, instance: Arc<Instance>) {
+        let too_old = instance.started_at().elapsed() > INSTANCE_MAX_AGE;
+        if self.retired.load(Ordering::SeqCst) || !instance.is_alive() || too_old {
+            self.stop(&instance);
+        } else {
+            self.idle.lock().unwrap().push(instance);
+        }
+    }
+
+    fn stop(&self, instance: &Instance) {
+        instance.stop();
+        if !instance.mark_counted_stopped() {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn reap_idle(&self) {
+        let keep_warm = Duration::from_secs(self.spec.keep_warm_s.max(0) as u64);
+        let provisioned = self.spec.provisioned_concurrency.max(0) as usize;
+        let mut idle = self.idle.lock().unwrap();
+        let mut index = 0;
+        while index < idle.len() {
+            let instance = &idle[index];
+            let expired = instance.last_used.lock().unwrap().elapsed() >= keep_warm
+                && self.live.load(Ordering::SeqCst) > provisioned;
+            if !instance.is_alive() || expired {
+                let instance = idle.swap_remove(index);
+                self.stop(&instance);
+            } else {
+                index += 1;
+            }
+        }
+    }
+}
+
+/// Runs `f` when dropped, so a gauge comes down on every return path.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -1,0 +1,487 @@
+//! The function registry: deploy (config + code), get, list, delete.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use minicloud_authz::{Caller, Role};
+use minicloud_proto::error::{ApiError, ErrorCode, Json};
+use serde::{Deserialize, Serialize};
+
+use crate::Invoker;
+use crate::bundle;
+
+pub const RUNTIMES: [&str; 3] = ["provided", "python3", "nodejs"];
+
+/// `POST /functions/v1` and `PUT /functions/v1/{name}` (design §5.6).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionIn {
+    /// Required by `POST`; `PUT` takes it from the path.
+    pub name: Option<String>,
+    /// `provided` (an executable `bootstrap`), `python3` or `nodejs`.
+    pub runtime: String,
+    /// `file.function` for python3/nodejs; passed as `_HANDLER` to `provided`.
+    pub handler: Option<String>,
+    pub memory_mb: Option<i32>,
+    pub timeout_s: Option<i32>,
+    pub env: Option<BTreeMap<String, String>>,
+    /// The role the function acts as (its `MINICLOUD_TOKEN`); only the service
+    /// role may give a function one.
+    pub role: Option<String>,
+    pub reserved_concurrency: Option<i32>,
+    pub provisioned_concurrency: Option<i32>,
+    pub keep_warm_s: Option<i32>,
+    pub code: Option<CodeIn>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeIn {
+    /// The zip archive, base64.
+    pub zip_base64: String,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct FunctionOut {
+    pub name: String,
+    pub runtime: String,
+    pub handler: String,
+    pub memory_mb: i32,
+    pub timeout_s: i32,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub env: sqlx::types::Json<BTreeMap<String, String>>,
+    pub role: Option<String>,
+    pub reserved_concurrency: Option<i32>,
+    pub provisioned_concurrency: i32,
+    pub keep_warm_s: i32,
+    pub code_hash: Option<String>,
+    /// Increases with every deploy.
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const OUT_COLUMNS: &str = "name, runtime, handler, memory_mb, timeout_s, env, role, \
+    reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision, created_at, updated_at";
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionOut>,
+}
+
+/// Lambda's rule: 1 to 64 of letters, digits, `-` and `_`.
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "function name: 1-64 of A-Z a-z 0-9 - _",
+        ))
+    }
+}
+
+/// Names the platform sets; a function's env may not override them.
+fn reserved_env(key: &str) -> bool {
+    key.starts_with("AWS_")
+        || key.starts_with("LAMBDA_")
+        || key.starts_with("MINICLOUD_")
+        || matches!(
+            key,
+            "_HANDLER" | "_X_AMZN_TRACE_ID" | "PATH" | "TZ" | "HOME" | "TMPDIR" | "LD_PRELOAD"
+        )
+}
+
+/// A validated deploy.
+struct Deploy {
+    runtime: String,
+    handler: String,
+    memory_mb: i32,
+    timeout_s: i32,
+    env: BTreeMap<String, String>,
+    role: Option<String>,
+    reserved_concurrency: Option<i32>,
+    provisioned_concurrency: i32,
+    keep_warm_s: i32,
+}
+
+fn validate(input: &FunctionIn, caller: &Caller) -> Result<Deploy, ApiError> {
+    if !RUNTIMES.contains(&input.runtime.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "runtime must be one of {}, not {:?}",
+            RUNTIMES.join(", "),
+            input.runtime
+        )));
+    }
+    let handler = input.handler.clone().unwrap_or_default();
+    if input.runtime != "provided" {
+        let valid = handler
+            .rsplit_once('.')
+            .is_some_and(|(file, function)| {
+                !file.is_empty()
+                    && !function.is_empty()
+                    && !file.split('/').any(|s| s.is_empty() || s == ".." || s == ".")
+                    && function.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+        if !valid {
+            return Err(ApiError::invalid(
+                "handler must be file.function (e.g. app.handler) for python3 and nodejs",
+            ));
+        }
+    }
+    if handler.len() > 128 || handler.chars().any(char::is_control) {
+        return Err(ApiError::invalid("handler: at most 128 printable characters"));
+    }
+    let memory_mb = input.memory_mb.unwrap_or(128);
+    if !(128..=10_240).contains(&memory_mb) {
+        return Err(ApiError::invalid("memory_mb must be 128 to 10240"));
+    }
+    let timeout_s = input.timeout_s.unwrap_or(3);
+    if !(1..=900).contains(&timeout_s) {
+        return Err(ApiError::invalid("timeout_s must be 1 to 900"));
+    }
+    let env = input.env.clone().unwrap_or_default();
+    let mut env_size = 0;
+    for (key, value) in &env {
+        let valid = key.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(ApiError::invalid(format!(
+                "env name {key:?}: letters, digits and _, starting with a letter"
+            )));
+        }
+        if reserved_env(key) {
+            return Err(ApiError::invalid(format!(
+                "env name {key} is reserved by the platform"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(ApiError::invalid(format!("env {key} contains a NUL byte")));
+        }
+        env_size += key.len() + value.len();
+    }
+    if env_size > 4096 {
+        return Err(ApiError::invalid("env: at most 4 KB in total (as Lambda)"));
+    }
+    if let Some(role) = &input.role {
+        if role.is_empty() || role.len() > 64 {
+            return Err(ApiError::invalid("role: 1 to 64 characters"));
+        }
+        if caller.role != Role::Service {
+            return Err(ApiError::forbidden(
+                "only the service role may give a function a role",
+            ));
+        }
+    }
+    if let Some(n) = input.reserved_concurrency
+        && !(0..=1000).contains(&n)
+    {
+        return Err(ApiError::invalid("reserved_concurrency must be 0 to 1000"));
+    }
+    let provisioned_concurrency = input.provisioned_concurrency.unwrap_or(0);
+    if !(0..=100).contains(&provisioned_concurrency)
+        || input
+            .reserved_concurrency
+            .is_some_and(|r| provisioned_concurrency > r)
+    {
+        return Err(ApiError::invalid(
+            "provisioned_concurrency must be 0 to 100 and at most reserved_concurrency",
+        ));
+    }
+    let keep_warm_s = input.keep_warm_s.unwrap_or(60);
+    if !(0..=3600).contains(&keep_warm_s) {
+        return Err(ApiError::invalid("keep_warm_s must be 0 to 3600"));
+    }
+    Ok(Deploy {
+        runtime: input.runtime.clone(),
+        handler,
+        memory_mb,
+        timeout_s,
+        env,
+        role: input.role.clone(),
+        reserved_concurrency: input.reserved_concurrency,
+        provisioned_concurrency,
+        keep_warm_s,
+    })
+}
+
+fn decode_zip(code: &CodeIn) -> Result<Vec<u8>, ApiError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(code.zip_base64.trim())
+        .map_err(|e| ApiError::invalid(format!("code.zip_base64 is not base64: {e}")))
+}
+
+/// Checks the bundle off the async threads (a large zip takes a while).
+async fn check_bundle(zip: Vec<u8>, runtime: &str, handler: &str) -> Result<Vec<u8>, ApiError> {
+    let (runtime, handler) = (runtime.to_owned(), handler.to_owned());
+    tokio::task::spawn_blocking(move || bundle::check(&zip, &runtime, &handler).map(|()| zip))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+pub async fn exists(invoker: &Invoker, name: &str) -> Result<bool, ApiError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM functions WHERE name = $1)")
+        .bind(name)
+        .fetch_one(&invoker.0.pool)
+        .await
+        .map_err(ApiError::internal)
+}
+
+async fn authorize(
+    invoker: &Invoker,
+    caller: &Caller,
+    action: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    invoker
+        .0
+        .authz
+        .authorize(caller, action, &format!("functions:{name}"), &[])
+        .await
+}
+
+/// Stores the bundle and the config in one transaction, then retires the old
+/// instances.
+async fn store(
+    invoker: &Invoker,
+    name: &str,
+    deploy: &Deploy,
+    zip: Option<Vec<u8>>,
+    create_only: bool,
+    caller: &Caller,
+) -> Result<(StatusCode, FunctionOut), ApiError> {
+    let mut tx = invoker.0.pool.begin().await.map_err(ApiError::internal)?;
+    let hash = match &zip {
+        Some(zip) => {
+            let hash = bundle::hash(zip);
+            sqlx::query(
+                "INSERT INTO code_bundles (hash, size, zip) VALUES ($1, $2, $3)
+                 ON CONFLICT (hash) DO NOTHING",
+            )
+            .bind(&hash)
+            .bind(zip.len() as i64)
+            .bind(zip)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+            Some(hash)
+        }
+        None => None,
+    };
+    let existed: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT code_hash FROM functions WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+    if existed.is_some() && create_only {
+        return Err(ApiError::conflict(format!("function {name} already exists")));
+    }
+    if existed.is_none() && hash.is_none() {
+        return Err(ApiError::invalid(
+            "a new function needs code: {\"code\":{\"zip_base64\":\"…\"}}",
+        ));
+    }
+    let row: FunctionOut = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO functions (name, runtime, handler, memory_mb, timeout_s, env, role,
+             reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, owner)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (name) DO UPDATE SET runtime = EXCLUDED.runtime, handler = EXCLUDED.handler,
+             memory_mb = EXCLUDED.memory_mb, timeout_s = EXCLUDED.timeout_s, env = EXCLUDED.env,
+             role = EXCLUDED.role, reserved_concurrency = EXCLUDED.reserved_concurrency,
+             provisioned_concurrency = EXCLUDED.provisioned_concurrency,
+             keep_warm_s = EXCLUDED.keep_warm_s,
+             code_hash = COALESCE(EXCLUDED.code_hash, functions.code_hash),
+             revision = functions.revision + 1, updated_at = now()
+         RETURNING {OUT_COLUMNS}"
+    )))
+    .bind(name)
+    .bind(&deploy.runtime)
+    .bind(&deploy.handler)
+    .bind(deploy.memory_mb)
+    .bind(deploy.timeout_s)
+    .bind(sqlx::types::Json(&deploy.env))
+    .bind(&deploy.role)
+    .bind(deploy.reserved_concurrency)
+    .bind(deploy.provisioned_concurrency)
+    .bind(deploy.keep_warm_s)
+    .bind(&hash)
+    .bind(caller.uid.as_deref())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    invoker.0.engine.retire(name);
+    crate::triggers::ensure_async_subscription(invoker, name).await?;
+    let status = if existed.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, row))
+}
+
+#[utoipa::path(post, path = "/functions/v1", tag = "functions", request_body = FunctionIn,
+    responses((status = 201, body = FunctionOut), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 409, body = minicloud_proto::error::ErrorBody), (status = 413, body = minicloud_proto::error::ErrorBody)))]
+pub async fn create(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Json(input): Json<FunctionIn>,
+) -> Result<(StatusCode, Json<FunctionOut>), ApiError> {
+    let name = input
+        .name
+        .clone()
+        .ok_or_else(|| ApiError::invalid("name is required"))?;
+    check_name(&name)?;
+    authorize(&invoker, &caller, "functions:Deploy", &name).await?;
+    let deploy = validate(&input, &caller)?;
+    let code = input
+        .code
+        .as_ref()
+        .ok_or_else(|| ApiError::invalid("code is required: {\"zip_base64\":\"…\"}"))?;
+    let zip = check_bundle(decode_zip(code)?, &deploy.runtime, &deploy.handler).await?;
+    let (status, out) = store(&invoker, &name, &deploy, Some(zip), true, &caller).await?;
+    Ok((status, Json(out)))
+}
+
+#[utoipa::path(put, path = "/functions/v1/{name}", tag = "functions", request_body = FunctionIn, params(("name" = String, Path)),
+    responses((status = 200, body = FunctionOut), (status = 201, body = FunctionOut), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 403, body = minicloud_proto::error::ErrorBody)))]
+pub async fn replace(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(input): Json<FunctionIn>,
+) -> Result<(StatusCode, Json<FunctionOut>), ApiError> {
+    check_name(&name)?;
+    if input.name.as_ref().is_some_and(|n| n != &name) {
+        return Err(ApiError::invalid("name in the body differs from the path"));
+    }
+    authorize(&invoker, &caller, "functions:Deploy", &name).await?;
+    let deploy = validate(&input, &caller)?;
+    let zip = match &input.code {
+        Some(code) => Some(check_bundle(decode_zip(code)?, &deploy.runtime, &deploy.handler).await?),
+        None => {
+            // Config only: the stored code must still suit the (maybe new) runtime.
+            None
+        }
+    };
+    let (status, out) = store(&invoker, &name, &deploy, zip, false, &caller).await?;
+    Ok((status, Json(out)))
+}
+
+#[utoipa::path(put, path = "/functions/v1/{name}/code", tag = "functions", params(("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/zip"),
+    responses((status = 200, body = FunctionOut), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody), (status = 415, body = minicloud_proto::error::ErrorBody)))]
+pub async fn put_code(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<FunctionOut>, ApiError> {
+    check_name(&name)?;
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !matches!(
+        content_type,
+        "application/zip" | "application/x-zip-compressed" | "application/octet-stream"
+    ) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the zip with Content-Type: application/zip",
+        ));
+    }
+    authorize(&invoker, &caller, "functions:Deploy", &name).await?;
+    let current = get_row(&invoker, &name).await?;
+    let deploy = Deploy {
+        runtime: current.runtime,
+        handler: current.handler,
+        memory_mb: current.memory_mb,
+        timeout_s: current.timeout_s,
+        env: current.env.0,
+        role: current.role,
+        reserved_concurrency: current.reserved_concurrency,
+        provisioned_concurrency: current.provisioned_concurrency,
+        keep_warm_s: current.keep_warm_s,
+    };
+    let zip = check_bundle(body.to_vec(), &deploy.runtime, &deploy.handler).await?;
+    let (_, out) = store(&invoker, &name, &deploy, Some(zip), false, &caller).await?;
+    Ok(Json(out))
+}
+
+async fn get_row(invoker: &Invoker, name: &str) -> Result<FunctionOut, ApiError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {OUT_COLUMNS} FROM functions WHERE name = $1")))
+        .bind(name)
+        .fetch_optional(&invoker.0.pool)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("function {name} not found")))
+}
+
+#[utoipa::path(get, path = "/functions/v1/{name}", tag = "functions", params(("name" = String, Path)),
+    responses((status = 200, body = FunctionOut), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody)))]
+pub async fn get(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionOut>, ApiError> {
+    check_name(&name)?;
+    authorize(&invoker, &caller, "functions:Invoke", &name).await?;
+    Ok(Json(get_row(&invoker, &name).await?))
+}
+
+#[utoipa::path(get, path = "/functions/v1", tag = "functions", responses((status = 200, description = "the functions the caller may invoke", body = FunctionList), (status = 401, body = minicloud_proto::error::ErrorBody)))]
+pub async fn list(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+) -> Result<Json<FunctionList>, ApiError> {
+    let rows: Vec<FunctionOut> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {OUT_COLUMNS} FROM functions ORDER BY name LIMIT 1000"
+    )))
+    .fetch_all(&invoker.0.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let mut functions = Vec::new();
+    for function in rows {
+        match authorize(&invoker, &caller, "functions:Invoke", &function.name).await {
+            Ok(()) => functions.push(function),
+            Err(error) if error.code == ErrorCode::PermissionDenied => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Json(FunctionList { functions }))
+}
+
+#[utoipa::path(delete, path = "/functions/v1/{name}", tag = "functions", params(("name" = String, Path)),
+    responses((status = 204, description = "deleted with its triggers; running instances stopped"), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody)))]
+pub async fn delete(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_name(&name)?;
+    authorize(&invoker, &caller, "functions:Delete", &name).await?;
+    crate::triggers::remove_all(&invoker, &name).await?;
+    let deleted = sqlx::query("DELETE FROM functions WHERE name = $1")
+        .bind(&name)
+        .execute(&invoker.0.pool)
+        .await
+        .map_err(ApiError::internal)?
+        .rows_affected();
+    if deleted == 0 {
+        return Err(ApiError::not_found(format!("function {name} not found")));
+    }
+    invoker.0.engine.forget(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
