@@ -182,7 +182,8 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     assert!(env["AWS_LAMBDA_RUNTIME_API"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(env["MINICLOUD_URL"], cloud.gateway_url());
     for (key, _) in std::env::vars() {
-        let platform = ["PATH", "LANG", "TZ", "HOME", "TMPDIR"].contains(&key.as_str())
+        let platform = ["PATH", "LANG", "TZ", "HOME", "TMPDIR", "PYTHONUNBUFFERED"]
+            .contains(&key.as_str())
             || key.starts_with("AWS_")
             || key.starts_with("LAMBDA_")
             || key.starts_with("MINICLOUD_")

@@ -241,7 +241,16 @@ pub async fn sync_invoke(
 ) -> Result<crate::pool::Invoked, ApiError> {
     use tracing::Instrument as _;
     let span = tracing::info_span!("invoke", otel.name = format!("invoke {name}"), function = %name);
-    request.trace_id = minicloud_telemetry::trace_context::xray_header(&span);
+    // Lambda always sends a trace header; without a recorded trace, a fresh root.
+    request.trace_id = minicloud_telemetry::trace_context::xray_header(&span).or_else(|| {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Some(format!(
+            "Root=1-{}-{};Parent={};Sampled=0",
+            &id[..8],
+            &id[8..],
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        ))
+    });
     invoker
         .0
         .engine

@@ -67,8 +67,10 @@ pub fn check(zip: &[u8], runtime: &str, handler: &str) -> Result<(), BundleError
             .name()
             .map_err(|e| BundleError::NotZip(e.to_string()))?
             .into_owned();
-        // `enclosed_name` refuses absolute paths and any `..` that climbs out.
-        let Some(path) = entry.enclosed_name() else {
+        // `enclosed_name` refuses any `..` that climbs out; it would quietly make an
+        // absolute name relative, so those are refused here first.
+        let absolute = name.starts_with('/') || name.starts_with('\\') || name.get(1..2) == Some(":");
+        let Some(path) = entry.enclosed_name().filter(|_| !absolute) else {
             return Err(BundleError::Escapes(name));
         };
         if entry.is_symlink() {
