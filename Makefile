@@ -1,7 +1,7 @@
 # minicloud — the two commands a developer needs are `make up` and `make test`.
 CARGO ?= cargo
 
-.PHONY: up build test unit lint fmt bench demo compose-check k8s-check clean
+.PHONY: up build test test-deps unit lint fmt bench demo compose-check k8s-check clean
 
 ## Run the whole cloud in one process (gateway on :4600).
 up:
@@ -11,12 +11,18 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Lint, then every test (unit, end-to-end, binary) against the local Postgres and Redis.
-test: lint compose-check
+test: lint compose-check test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## Tests only, without the lint step.
-unit:
+unit: test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
+
+## AWS's Python runtime interface client (PyPI), deployed unmodified by the invoker tests.
+test-deps: target/pydeps/awslambdaric
+
+target/pydeps/awslambdaric:
+	python3 -m pip install --quiet --target target/pydeps awslambdaric
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -338,7 +338,7 @@ async fn subscriptions_filter_retry_dead_letter_and_redrive() {
     for bad in [
         json!({"topic":"orders","pattern":{"type":"not a list"},"target":{"webhook":url}}),
         json!({"topic":"orders","target":{"webhook":"ftp://x"}}),
-        json!({"topic":"orders","target":{"function":"thumbnail"}}),
+        json!({"topic":"orders","target":{"function":"bad name!"}}),
         json!({"topic":"orders","target":{"webhook":url},"retry":{"max_attempts":0}}),
     ] {
         let result: Result<Value, _> = admin.post("/events/v1/subscriptions", &bad).await;
