@@ -38,6 +38,9 @@ enum Command {
     /// Events on the bus.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Functions: deploy, list, get, delete, invoke, logs.
+    #[command(subcommand)]
+    Fn(minicloud_cli::functions::FnCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +215,7 @@ fn main() -> ExitCode {
             Command::Events(EventsCommand::Tail { topic, connection }) => {
                 minicloud_cli::user::tail(&connection, &topic, std::io::stdout()).await
             }
+            Command::Fn(command) => minicloud_cli::functions::run(command, std::io::stdout()).await,
         }
     });
     match result {

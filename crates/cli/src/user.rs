@@ -59,11 +59,17 @@ pub async fn tail(
     mut out: impl std::io::Write,
 ) -> anyhow::Result<()> {
     let client = connection.client()?;
+    print_sse(&client, &format!("/events/v1/topics/{topic}/tail"), &mut out).await
+}
+
+/// Prints the data lines of a Server-Sent Events stream until it ends.
+pub async fn print_sse(
+    client: &Client,
+    path: &str,
+    mut out: impl std::io::Write,
+) -> anyhow::Result<()> {
     let response = client
-        .request(
-            reqwest::Method::GET,
-            &format!("/events/v1/topics/{topic}/tail"),
-        )
+        .request(reqwest::Method::GET, path)
         .timeout(std::time::Duration::from_secs(365 * 24 * 3600))
         .send()
         .await
