@@ -35,8 +35,10 @@ fmt:
 bench:
 	$(CARGO) bench -p minicloud-e2e --bench auth -- --noplot
 	$(CARGO) build --release -p minicloud -p minicloud-bench
+	$(CARGO) build --release -p minicloud-e2e --bin echo-function
 	./target/release/storage-bench
 	./target/release/docdb-bench
+	./target/release/invoker-bench
 	python3 scripts/bench_report.py
 
 demo:

@@ -89,7 +89,13 @@ async fn invoke_with(
 }
 
 async fn invoke(cloud: &TestCloud, name: &str, payload: Value) -> Answer {
-    invoke_with(cloud, &format!("/functions/v1/{name}/invoke"), &payload, &[]).await
+    invoke_with(
+        cloud,
+        &format!("/functions/v1/{name}/invoke"),
+        &payload,
+        &[],
+    )
+    .await
 }
 
 async fn log_lines(cloud: &TestCloud, name: &str, query: &str) -> Vec<Value> {
@@ -160,7 +166,12 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     )
     .await;
 
-    let first = invoke(&cloud, "echo", json!({"hello":"world","print":"first call"})).await;
+    let first = invoke(
+        &cloud,
+        "echo",
+        json!({"hello":"world","print":"first call"}),
+    )
+    .await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.body["event"]["hello"], "world");
     assert_eq!(
@@ -179,7 +190,12 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     assert_eq!(env["GREETING"], "hi");
     assert_eq!(env["AWS_LAMBDA_FUNCTION_NAME"], "echo");
     assert_eq!(env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "128");
-    assert!(env["AWS_LAMBDA_RUNTIME_API"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        env["AWS_LAMBDA_RUNTIME_API"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     assert_eq!(env["MINICLOUD_URL"], cloud.gateway_url());
     for (key, _) in std::env::vars() {
         let platform = ["PATH", "LANG", "TZ", "HOME", "TMPDIR", "PYTHONUNBUFFERED"]
@@ -201,16 +217,28 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
 
     let second = invoke(&cloud, "echo", json!({"n":2})).await;
     assert_eq!(second.status, 200);
-    assert_eq!(second.body["pid"], first.body["pid"], "the warm instance served it");
+    assert_eq!(
+        second.body["pid"], first.body["pid"],
+        "the warm instance served it"
+    );
 
     // Logs: START/END/REPORT per request, Init Duration on the cold start only,
     // the function's stdout and stderr tagged with the request id.
     let lines = log_lines(&cloud, "echo", &format!("request_id={request_id}")).await;
-    let text: Vec<&str> = lines.iter().map(|l| l["message"].as_str().unwrap()).collect();
-    assert!(text[0].starts_with(&format!("START RequestId: {request_id}")), "{text:?}");
+    let text: Vec<&str> = lines
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        text[0].starts_with(&format!("START RequestId: {request_id}")),
+        "{text:?}"
+    );
     assert!(text.contains(&"first call"), "{text:?}");
     assert!(text.contains(&"to stderr: first call"), "{text:?}");
-    assert!(text.iter().any(|l| l.starts_with(&format!("END RequestId: {request_id}"))));
+    assert!(
+        text.iter()
+            .any(|l| l.starts_with(&format!("END RequestId: {request_id}")))
+    );
     let report = text.iter().find(|l| l.starts_with("REPORT")).unwrap();
     assert!(report.contains("Memory Size: 128 MB"), "{report}");
     assert!(report.contains("Init Duration:"), "{report}");
@@ -223,8 +251,16 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     assert!(used > 0, "{report}");
     let second_id = second.header("x-amzn-requestid").unwrap();
     let warm = log_lines(&cloud, "echo", &format!("request_id={second_id}")).await;
-    let warm_report = warm.iter().find(|l| l["message"].as_str().unwrap().starts_with("REPORT")).unwrap();
-    assert!(!warm_report["message"].as_str().unwrap().contains("Init Duration"));
+    let warm_report = warm
+        .iter()
+        .find(|l| l["message"].as_str().unwrap().starts_with("REPORT"))
+        .unwrap();
+    assert!(
+        !warm_report["message"]
+            .as_str()
+            .unwrap()
+            .contains("Init Duration")
+    );
 
     // The Lambda Invoke API: tail of the log, dry run, unknown function.
     let tailed = invoke_with(
@@ -256,8 +292,16 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     )
     .await;
     assert_eq!(missing.status, 404);
-    assert_eq!(missing.header("x-amzn-errortype"), Some("ResourceNotFoundException"));
-    assert!(missing.body["message"].as_str().unwrap().contains("Function not found"));
+    assert_eq!(
+        missing.header("x-amzn-errortype"),
+        Some("ResourceNotFoundException")
+    );
+    assert!(
+        missing.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Function not found")
+    );
 
     // An anonymous caller may not invoke.
     let anonymous = http()
@@ -279,13 +323,23 @@ async fn timeouts_crashes_and_memory_hogs_fail_alone() {
         &echo_bundle(),
     )
     .await;
-    deploy_ok(&cloud, json!({"name":"steady","runtime":"provided"}), &echo_bundle()).await;
+    deploy_ok(
+        &cloud,
+        json!({"name":"steady","runtime":"provided"}),
+        &echo_bundle(),
+    )
+    .await;
     let steady = invoke(&cloud, "steady", json!({})).await;
     assert_eq!(steady.status, 200);
 
     // Timeout: the whole process group dies, the child it started included.
     let started = Instant::now();
-    let timed_out = invoke(&cloud, "slow", json!({"spawn_sleeper":true,"sleep_ms":10_000})).await;
+    let timed_out = invoke(
+        &cloud,
+        "slow",
+        json!({"spawn_sleeper":true,"sleep_ms":10_000}),
+    )
+    .await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(timed_out.status, 200);
     assert_eq!(timed_out.header("x-amz-function-error"), Some("Unhandled"));
@@ -300,7 +354,13 @@ async fn timeouts_crashes_and_memory_hogs_fail_alone() {
     let lines = log_lines(&cloud, "slow", &format!("request_id={request_id}")).await;
     let sleeper: u64 = lines
         .iter()
-        .filter_map(|l| l["message"].as_str()?.strip_prefix("sleeper pid ")?.parse().ok())
+        .filter_map(|l| {
+            l["message"]
+                .as_str()?
+                .strip_prefix("sleeper pid ")?
+                .parse()
+                .ok()
+        })
         .next()
         .expect("the function logged its child's pid");
     assert!(
@@ -316,7 +376,10 @@ async fn timeouts_crashes_and_memory_hogs_fail_alone() {
     assert_eq!(crashed.header("x-amz-function-error"), Some("Unhandled"));
     assert_eq!(crashed.body["errorType"], "Runtime.ExitError");
     assert!(
-        crashed.body["errorMessage"].as_str().unwrap().contains("exit status 3"),
+        crashed.body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("exit status 3"),
         "{}",
         crashed.body
     );
@@ -324,12 +387,21 @@ async fn timeouts_crashes_and_memory_hogs_fail_alone() {
 
     // 128 MB of memory: allocating 1 GiB fails the function, not the invoker.
     let hog = invoke(&cloud, "slow", json!({"alloc_mb":1024})).await;
-    assert_eq!(hog.header("x-amz-function-error"), Some("Unhandled"), "{}", hog.body);
+    assert_eq!(
+        hog.header("x-amz-function-error"),
+        Some("Unhandled"),
+        "{}",
+        hog.body
+    );
     assert_eq!(hog.body["errorType"], "Runtime.ExitError", "{}", hog.body);
     // Within the limit is fine.
     let modest = invoke(&cloud, "slow", json!({"alloc_mb":32})).await;
     assert_eq!(modest.status, 200, "{}", modest.body);
-    assert!(modest.header("x-amz-function-error").is_none(), "{}", modest.body);
+    assert!(
+        modest.header("x-amz-function-error").is_none(),
+        "{}",
+        modest.body
+    );
 
     // A handled error is a function error with the runtime's own error body.
     let failed = invoke(&cloud, "steady", json!({"fail":"no luck"})).await;
@@ -368,11 +440,23 @@ async fn concurrency_limits_throttle_sync_invokes() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let throttled = invoke(&cloud, "single", json!({})).await;
     assert_eq!(throttled.status, 429, "{}", throttled.body);
-    assert_eq!(throttled.header("x-amzn-errortype"), Some("TooManyRequestsException"));
+    assert_eq!(
+        throttled.header("x-amzn-errortype"),
+        Some("TooManyRequestsException")
+    );
     assert_eq!(throttled.body["error"]["code"], "too_many_requests");
-    let lambda = invoke_with(&cloud, "/2015-03-31/functions/single/invocations", &json!({}), &[]).await;
+    let lambda = invoke_with(
+        &cloud,
+        "/2015-03-31/functions/single/invocations",
+        &json!({}),
+        &[],
+    )
+    .await;
     assert_eq!(lambda.status, 429);
-    assert_eq!(lambda.header("x-amzn-errortype"), Some("TooManyRequestsException"));
+    assert_eq!(
+        lambda.header("x-amzn-errortype"),
+        Some("TooManyRequestsException")
+    );
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(invoke(&cloud, "single", json!({})).await.status, 200);
 
@@ -413,17 +497,27 @@ async fn idle_instances_stop_provisioned_ones_stay_and_redeploys_drain() {
     .await;
     assert!(
         eventually(Duration::from_secs(5), || async {
-            instances(&cloud, "ready").await["idle_pids"].as_array().is_some_and(|p| p.len() == 1)
+            instances(&cloud, "ready").await["idle_pids"]
+                .as_array()
+                .is_some_and(|p| p.len() == 1)
         })
         .await,
         "no provisioned instance was started"
     );
-    let provisioned_pid = instances(&cloud, "ready").await["idle_pids"][0].as_u64().unwrap();
+    let provisioned_pid = instances(&cloud, "ready").await["idle_pids"][0]
+        .as_u64()
+        .unwrap();
     let answer = invoke(&cloud, "ready", json!({})).await;
     assert_eq!(answer.body["pid"], provisioned_pid);
-    assert_eq!(answer.body["env"]["AWS_LAMBDA_INITIALIZATION_TYPE"], "provisioned-concurrency");
+    assert_eq!(
+        answer.body["env"]["AWS_LAMBDA_INITIALIZATION_TYPE"],
+        "provisioned-concurrency"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!process_gone(provisioned_pid), "keep_warm_s does not stop provisioned instances");
+    assert!(
+        !process_gone(provisioned_pid),
+        "keep_warm_s does not stop provisioned instances"
+    );
     // A provisioned instance that crashes is replaced.
     let _ = invoke(&cloud, "ready", json!({"exit":1})).await;
     assert!(
@@ -500,25 +594,48 @@ async fn python_node_and_awslambdaric_handlers_run() {
         b"def handler(event, context):\n    raise ValueError('not today')\n",
         0o644,
     )]);
-    deploy_ok(&cloud, json!({"name":"pyerr","runtime":"python3","handler":"bad.handler"}), &raised).await;
+    deploy_ok(
+        &cloud,
+        json!({"name":"pyerr","runtime":"python3","handler":"bad.handler"}),
+        &raised,
+    )
+    .await;
     let failed = invoke(&cloud, "pyerr", json!({})).await;
     assert_eq!(failed.header("x-amz-function-error"), Some("Unhandled"));
     assert_eq!(failed.body["errorType"], "ValueError");
     assert_eq!(failed.body["errorMessage"], "not today");
 
     // An init error is reported as such.
-    let broken = zip_of(&[("app.py", b"import no_such_module\ndef handler(e, c):\n    return 1\n", 0o644)]);
-    deploy_ok(&cloud, json!({"name":"pyinit","runtime":"python3","handler":"app.handler"}), &broken).await;
+    let broken = zip_of(&[(
+        "app.py",
+        b"import no_such_module\ndef handler(e, c):\n    return 1\n",
+        0o644,
+    )]);
+    deploy_ok(
+        &cloud,
+        json!({"name":"pyinit","runtime":"python3","handler":"app.handler"}),
+        &broken,
+    )
+    .await;
     let init = invoke(&cloud, "pyinit", json!({})).await;
     assert_eq!(init.header("x-amz-function-error"), Some("Unhandled"));
-    assert_eq!(init.body["errorType"], "Runtime.ImportModuleError", "{}", init.body);
+    assert_eq!(
+        init.body["errorType"], "Runtime.ImportModuleError",
+        "{}",
+        init.body
+    );
 
     let node = zip_of(&[(
         "index.mjs",
         b"export const handler = async (event, context) => ({ doubled: event.n * 2, name: context.functionName });\n",
         0o644,
     )]);
-    deploy_ok(&cloud, json!({"name":"js","runtime":"nodejs","handler":"index.handler"}), &node).await;
+    deploy_ok(
+        &cloud,
+        json!({"name":"js","runtime":"nodejs","handler":"index.handler"}),
+        &node,
+    )
+    .await;
     let answer = invoke(&cloud, "js", json!({"n": 21})).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body, json!({"doubled": 42, "name": "js"}));
@@ -542,7 +659,11 @@ async fn python_node_and_awslambdaric_handlers_run() {
         ),
     ];
     for entry in walk(&pydeps) {
-        let relative = entry.strip_prefix(&pydeps).unwrap().to_string_lossy().into_owned();
+        let relative = entry
+            .strip_prefix(&pydeps)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         if relative.contains("__pycache__") {
             continue;
         }
@@ -552,7 +673,12 @@ async fn python_node_and_awslambdaric_handlers_run() {
         .iter()
         .map(|(n, b, m)| (n.as_str(), b.as_slice(), *m))
         .collect();
-    deploy_ok(&cloud, json!({"name":"ric","runtime":"provided","timeout_s":10}), &zip_of(&refs)).await;
+    deploy_ok(
+        &cloud,
+        json!({"name":"ric","runtime":"provided","timeout_s":10}),
+        &zip_of(&refs),
+    )
+    .await;
     let answer = invoke(&cloud, "ric", json!({"k": "v"})).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body["ric"], true, "{}", answer.body);
@@ -578,19 +704,84 @@ async fn hostile_bundles_bad_configs_and_oversized_payloads_are_refused() {
     let cloud = TestCloud::start().await.unwrap();
     let good = echo_bundle();
     let cases: Vec<(Value, Vec<u8>, u16, &str)> = vec![
-        (json!({"name":"slip","runtime":"provided"}), zip_of(&[("bootstrap", b"x", 0o755), ("../../escape", b"x", 0o644)]), 400, "outside"),
-        (json!({"name":"abs","runtime":"provided"}), zip_of(&[("bootstrap", b"x", 0o755), ("/etc/evil", b"x", 0o644)]), 400, "outside"),
-        (json!({"name":"notzip","runtime":"provided"}), b"PK but not really".to_vec(), 400, "zip"),
-        (json!({"name":"noboot","runtime":"provided"}), zip_of(&[("main", b"x", 0o755)]), 400, "bootstrap"),
-        (json!({"name":"nohandler","runtime":"python3","handler":"app.handler"}), zip_of(&[("other.py", b"", 0o644)]), 400, "app.py"),
-        (json!({"name":"bad name!","runtime":"provided"}), good.clone(), 400, "function name"),
-        (json!({"name":"rt","runtime":"cobol"}), good.clone(), 400, "runtime"),
-        (json!({"name":"mem","runtime":"provided","memory_mb":64}), good.clone(), 400, "memory_mb"),
-        (json!({"name":"to","runtime":"provided","timeout_s":0}), good.clone(), 400, "timeout_s"),
-        (json!({"name":"env","runtime":"provided","env":{"AWS_SECRET_ACCESS_KEY":"x"}}), good.clone(), 400, "reserved"),
-        (json!({"name":"env2","runtime":"provided","env":{"1BAD":"x"}}), good.clone(), 400, "env name"),
-        (json!({"name":"prov","runtime":"provided","reserved_concurrency":1,"provisioned_concurrency":2}), good.clone(), 400, "provisioned"),
-        (json!({"name":"hand","runtime":"python3","handler":"../x.handler"}), good.clone(), 400, "handler"),
+        (
+            json!({"name":"slip","runtime":"provided"}),
+            zip_of(&[("bootstrap", b"x", 0o755), ("../../escape", b"x", 0o644)]),
+            400,
+            "outside",
+        ),
+        (
+            json!({"name":"abs","runtime":"provided"}),
+            zip_of(&[("bootstrap", b"x", 0o755), ("/etc/evil", b"x", 0o644)]),
+            400,
+            "outside",
+        ),
+        (
+            json!({"name":"notzip","runtime":"provided"}),
+            b"PK but not really".to_vec(),
+            400,
+            "zip",
+        ),
+        (
+            json!({"name":"noboot","runtime":"provided"}),
+            zip_of(&[("main", b"x", 0o755)]),
+            400,
+            "bootstrap",
+        ),
+        (
+            json!({"name":"nohandler","runtime":"python3","handler":"app.handler"}),
+            zip_of(&[("other.py", b"", 0o644)]),
+            400,
+            "app.py",
+        ),
+        (
+            json!({"name":"bad name!","runtime":"provided"}),
+            good.clone(),
+            400,
+            "function name",
+        ),
+        (
+            json!({"name":"rt","runtime":"cobol"}),
+            good.clone(),
+            400,
+            "runtime",
+        ),
+        (
+            json!({"name":"mem","runtime":"provided","memory_mb":64}),
+            good.clone(),
+            400,
+            "memory_mb",
+        ),
+        (
+            json!({"name":"to","runtime":"provided","timeout_s":0}),
+            good.clone(),
+            400,
+            "timeout_s",
+        ),
+        (
+            json!({"name":"env","runtime":"provided","env":{"AWS_SECRET_ACCESS_KEY":"x"}}),
+            good.clone(),
+            400,
+            "reserved",
+        ),
+        (
+            json!({"name":"env2","runtime":"provided","env":{"1BAD":"x"}}),
+            good.clone(),
+            400,
+            "env name",
+        ),
+        (
+            json!({"name":"prov","runtime":"provided","reserved_concurrency":1,"provisioned_concurrency":2}),
+            good.clone(),
+            400,
+            "provisioned",
+        ),
+        (
+            json!({"name":"hand","runtime":"python3","handler":"../x.handler"}),
+            good.clone(),
+            400,
+            "handler",
+        ),
     ];
     for (body, zip, status, needle) in cases {
         let name = body["name"].as_str().unwrap().to_owned();
@@ -600,20 +791,34 @@ async fn hostile_bundles_bad_configs_and_oversized_payloads_are_refused() {
         assert!(message.contains(needle), "{name}: {message}");
         // Nothing was written.
         let get = http()
-            .get(format!("{}/functions/v1/{}", cloud.gateway_url(), urlencode(&name)))
+            .get(format!(
+                "{}/functions/v1/{}",
+                cloud.gateway_url(),
+                urlencode(&name)
+            ))
             .bearer_auth(&cloud.keys.service_key)
             .send()
             .await
             .unwrap();
-        assert!(matches!(get.status().as_u16(), 400 | 404), "{name} was stored");
+        assert!(
+            matches!(get.status().as_u16(), 400 | 404),
+            "{name} was stored"
+        );
     }
     // A symlink entry.
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    out.start_file("bootstrap", zip::write::SimpleFileOptions::default()).unwrap();
+    out.start_file("bootstrap", zip::write::SimpleFileOptions::default())
+        .unwrap();
     out.write_all(b"x").unwrap();
-    out.add_symlink("secrets", "/etc/shadow", zip::write::SimpleFileOptions::default()).unwrap();
+    out.add_symlink(
+        "secrets",
+        "/etc/shadow",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
     let linked = out.finish().unwrap().into_inner();
-    let (status, error) = deploy(&cloud, json!({"name":"link","runtime":"provided"}), &linked).await;
+    let (status, error) =
+        deploy(&cloud, json!({"name":"link","runtime":"provided"}), &linked).await;
     assert_eq!(status, 400, "{error}");
 
     // Only the service role may hand a function a role.
@@ -647,16 +852,28 @@ async fn hostile_bundles_bad_configs_and_oversized_payloads_are_refused() {
     )
     .await;
     assert_eq!(answer.status, 413);
-    assert_eq!(answer.header("x-amzn-errortype"), Some("RequestTooLargeException"));
+    assert_eq!(
+        answer.header("x-amzn-errortype"),
+        Some("RequestTooLargeException")
+    );
     let not_json = http()
-        .post(format!("{}/functions/v1/limits/invoke", cloud.gateway_url()))
+        .post(format!(
+            "{}/functions/v1/limits/invoke",
+            cloud.gateway_url()
+        ))
         .bearer_auth(&cloud.keys.service_key)
         .body("{not json")
         .send()
         .await
         .unwrap();
     assert_eq!(not_json.status(), 400);
-    let bad_type = invoke_with(&cloud, "/functions/v1/limits/invoke", &json!({}), &[("x-amz-invocation-type", "Sometimes")]).await;
+    let bad_type = invoke_with(
+        &cloud,
+        "/functions/v1/limits/invoke",
+        &json!({}),
+        &[("x-amz-invocation-type", "Sometimes")],
+    )
+    .await;
     assert_eq!(bad_type.status, 400);
     // A response over 6 MB is the function's error, not a broken connection.
     let huge = invoke(&cloud, "limits", json!({"respond_bytes": 7 * 1024 * 1024})).await;
@@ -671,7 +888,12 @@ fn urlencode(name: &str) -> String {
 #[tokio::test]
 async fn async_invokes_bus_triggers_and_http_routes() {
     let cloud = TestCloud::start().await.unwrap();
-    deploy_ok(&cloud, json!({"name":"worker","runtime":"provided"}), &echo_bundle()).await;
+    deploy_ok(
+        &cloud,
+        json!({"name":"worker","runtime":"provided"}),
+        &echo_bundle(),
+    )
+    .await;
 
     // Async: 202 at once, runs through the bus.
     let queued = invoke_with(
@@ -685,7 +907,10 @@ async fn async_invokes_bus_triggers_and_http_routes() {
     assert!(queued.body["request_id"].is_string());
     assert!(
         eventually(Duration::from_secs(10), || async {
-            log_lines(&cloud, "worker", "contains=async%20hello&stream=stdout").await.len() == 1
+            log_lines(&cloud, "worker", "contains=async%20hello&stream=stdout")
+                .await
+                .len()
+                == 1
         })
         .await,
         "the async invocation did not run"
@@ -716,19 +941,35 @@ async fn async_invokes_bus_triggers_and_http_routes() {
         body["dead_letters"].as_array().cloned().unwrap_or_default()
     };
     assert!(
-        eventually(Duration::from_secs(15), || async { !dead_letters().await.is_empty() }).await,
+        eventually(Duration::from_secs(15), || async {
+            !dead_letters().await.is_empty()
+        })
+        .await,
         "the failing invocation was not dead-lettered"
     );
     let letter = &dead_letters().await[0];
     assert_eq!(letter["attempts"], 3, "{letter}");
-    assert!(letter["last_error"].as_str().unwrap().contains("always broken"), "{letter}");
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("always broken"),
+        "{letter}"
+    );
     let attempts = log_lines(&cloud, "worker", "contains=START").await.len();
-    assert_eq!(attempts, 1 + 3, "one async success and three failed attempts");
+    assert_eq!(
+        attempts,
+        1 + 3,
+        "one async success and three failed attempts"
+    );
 
     // A bus trigger with a pattern: matching events run the function with the
     // CloudEvent as its event.
     let admin = cloud.admin();
-    let _: Value = admin.post("/events/v1/topics", &json!({"name":"orders"})).await.unwrap();
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name":"orders"}))
+        .await
+        .unwrap();
     let trigger: Value = admin
         .post(
             "/functions/v1/worker/triggers",
@@ -736,7 +977,12 @@ async fn async_invokes_bus_triggers_and_http_routes() {
         )
         .await
         .unwrap();
-    assert!(trigger["subscription_id"].as_str().unwrap().starts_with("sub_fn_"));
+    assert!(
+        trigger["subscription_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sub_fn_")
+    );
     for (id, kind) in [("o1", "order.placed"), ("o2", "order.cancelled")] {
         let _: Value = admin
             .post(
@@ -748,20 +994,30 @@ async fn async_invokes_bus_triggers_and_http_routes() {
     }
     assert!(
         eventually(Duration::from_secs(10), || async {
-            !log_lines(&cloud, "worker", "contains=START").await.is_empty()
-                && log_lines(&cloud, "worker", "stream=platform&contains=START").await.len() == 5
+            !log_lines(&cloud, "worker", "contains=START")
+                .await
+                .is_empty()
+                && log_lines(&cloud, "worker", "stream=platform&contains=START")
+                    .await
+                    .len()
+                    == 5
         })
         .await,
         "the trigger did not run the function"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        log_lines(&cloud, "worker", "stream=platform&contains=START").await.len(),
+        log_lines(&cloud, "worker", "stream=platform&contains=START")
+            .await
+            .len(),
         5,
         "only the matching event ran it"
     );
     let bad_trigger = http()
-        .post(format!("{}/functions/v1/worker/triggers", cloud.gateway_url()))
+        .post(format!(
+            "{}/functions/v1/worker/triggers",
+            cloud.gateway_url()
+        ))
         .bearer_auth(&cloud.keys.service_key)
         .json(&json!({"topic":"orders","pattern":{"type":"not-a-list"}}))
         .send()
@@ -778,7 +1034,10 @@ async fn async_invokes_bus_triggers_and_http_routes() {
         .await
         .unwrap();
     let routed: Value = http()
-        .get(format!("{}/fn/worker/hello/there?x=1&x=2", cloud.gateway_url()))
+        .get(format!(
+            "{}/fn/worker/hello/there?x=1&x=2",
+            cloud.gateway_url()
+        ))
         .header("cookie", "a=b")
         .send()
         .await

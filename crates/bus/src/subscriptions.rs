@@ -132,7 +132,9 @@ impl Target {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
                 if !valid {
-                    return Err(ApiError::invalid("target function name: 1-64 of A-Z a-z 0-9 - _"));
+                    return Err(ApiError::invalid(
+                        "target function name: 1-64 of A-Z a-z 0-9 - _",
+                    ));
                 }
                 Ok(Target::Function(function.clone()))
             }

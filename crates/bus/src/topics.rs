@@ -265,7 +265,9 @@ impl BusService for BusGrpc {
     ) -> Result<tonic::Response<EnsureSubscriptionResponse>, tonic::Status> {
         let request = request.into_inner();
         if !request.id.starts_with("sub_") || request.id.len() > 128 {
-            return Err(ApiError::invalid("subscription ids start with sub_ (at most 128 bytes)").into());
+            return Err(
+                ApiError::invalid("subscription ids start with sub_ (at most 128 bytes)").into(),
+            );
         }
         let input: crate::subscriptions::SubscriptionIn =
             serde_json::from_str(&request.subscription_json)

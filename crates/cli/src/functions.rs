@@ -110,7 +110,10 @@ pub fn zip_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {
                 out.start_file(name, options)?;
                 out.write_all(&std::fs::read(&path)?)?;
             } else {
-                bail!("{} is a link or special file; bundles hold regular files only", path.display());
+                bail!(
+                    "{} is a link or special file; bundles hold regular files only",
+                    path.display()
+                );
             }
         }
         Ok(())
@@ -124,8 +127,12 @@ pub async fn run(command: FnCommand, mut out: impl std::io::Write) -> anyhow::Re
     match command {
         FnCommand::Deploy(args) => {
             let zip = match (&args.dir, &args.zip) {
-                (Some(dir), _) => zip_dir(dir).with_context(|| format!("zipping {}", dir.display()))?,
-                (None, Some(file)) => std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+                (Some(dir), _) => {
+                    zip_dir(dir).with_context(|| format!("zipping {}", dir.display()))?
+                }
+                (None, Some(file)) => {
+                    std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+                }
                 (None, None) => bail!("pass --dir or --zip"),
             };
             let mut env = serde_json::Map::new();
@@ -161,17 +168,31 @@ pub async fn run(command: FnCommand, mut out: impl std::io::Write) -> anyhow::Re
             }
         }
         FnCommand::Get { name, connection } => {
-            let function: Value = connection.client()?.get(&format!("/functions/v1/{name}")).await?;
+            let function: Value = connection
+                .client()?
+                .get(&format!("/functions/v1/{name}"))
+                .await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&function)?)?;
         }
         FnCommand::Delete { name, connection } => {
-            connection.client()?.delete(&format!("/functions/v1/{name}")).await?;
+            connection
+                .client()?
+                .delete(&format!("/functions/v1/{name}"))
+                .await?;
         }
-        FnCommand::Invoke { name, payload, asynchronous, connection } => {
+        FnCommand::Invoke {
+            name,
+            payload,
+            asynchronous,
+            connection,
+        } => {
             serde_json::from_str::<Value>(&payload).context("--payload must be JSON")?;
             let client = connection.client()?;
             let mut request = client
-                .request(reqwest::Method::POST, &format!("/functions/v1/{name}/invoke"))
+                .request(
+                    reqwest::Method::POST,
+                    &format!("/functions/v1/{name}/invoke"),
+                )
                 .header("content-type", "application/json")
                 .body(payload);
             if asynchronous {
@@ -189,7 +210,12 @@ pub async fn run(command: FnCommand, mut out: impl std::io::Write) -> anyhow::Re
                 bail!("the function failed");
             }
         }
-        FnCommand::Logs { name, follow, request_id, connection } => {
+        FnCommand::Logs {
+            name,
+            follow,
+            request_id,
+            connection,
+        } => {
             let client = connection.client()?;
             let mut query = String::from("limit=1000");
             if let Some(id) = request_id {
@@ -200,7 +226,9 @@ pub async fn run(command: FnCommand, mut out: impl std::io::Write) -> anyhow::Re
                 // One JSON object per line, as `events tail` prints events.
                 crate::user::print_sse(&client, &path, &mut out).await?;
             } else {
-                let page: Value = client.get(&format!("/functions/v1/{name}/logs?{query}")).await?;
+                let page: Value = client
+                    .get(&format!("/functions/v1/{name}/logs?{query}"))
+                    .await?;
                 for line in page["lines"].as_array().into_iter().flatten() {
                     writeln!(out, "{}", line["message"].as_str().unwrap_or_default())?;
                 }

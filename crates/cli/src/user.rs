@@ -59,7 +59,12 @@ pub async fn tail(
     mut out: impl std::io::Write,
 ) -> anyhow::Result<()> {
     let client = connection.client()?;
-    print_sse(&client, &format!("/events/v1/topics/{topic}/tail"), &mut out).await
+    print_sse(
+        &client,
+        &format!("/events/v1/topics/{topic}/tail"),
+        &mut out,
+    )
+    .await
 }
 
 /// Prints the data lines of a Server-Sent Events stream until it ends.

@@ -8,7 +8,12 @@ use minicloud_testkit::TestCloud;
 fn minicloud(cloud: &TestCloud, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_minicloud"))
         .args(args)
-        .args(["--url", cloud.gateway_url(), "--token", &cloud.keys.service_key])
+        .args([
+            "--url",
+            cloud.gateway_url(),
+            "--token",
+            &cloud.keys.service_key,
+        ])
         .output()
         .unwrap();
     (
@@ -31,12 +36,27 @@ async fn deploy_a_directory_invoke_it_and_read_its_logs() {
 
     let (ok, out, err) = minicloud(
         &cloud,
-        &["fn", "deploy", "adder", "--runtime", "python3", "--handler", "lib/app.handler", "--dir", dir.to_str().unwrap(), "--env", "MODE=test"],
+        &[
+            "fn",
+            "deploy",
+            "adder",
+            "--runtime",
+            "python3",
+            "--handler",
+            "lib/app.handler",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--env",
+            "MODE=test",
+        ],
     );
     assert!(ok, "{out}{err}");
     assert!(out.contains("\"name\": \"adder\""), "{out}");
 
-    let (ok, out, err) = minicloud(&cloud, &["fn", "invoke", "adder", "--payload", r#"{"a":2,"b":40}"#]);
+    let (ok, out, err) = minicloud(
+        &cloud,
+        &["fn", "invoke", "adder", "--payload", r#"{"a":2,"b":40}"#],
+    );
     assert!(ok, "{out}{err}");
     assert_eq!(out.trim(), r#"{"sum": 42}"#);
 
@@ -50,7 +70,10 @@ async fn deploy_a_directory_invoke_it_and_read_its_logs() {
     assert!(out.contains("REPORT RequestId:"), "{out}");
 
     // A failing call exits non-zero and prints the error.
-    let (ok, out, _) = minicloud(&cloud, &["fn", "invoke", "adder", "--payload", r#"{"a":1}"#]);
+    let (ok, out, _) = minicloud(
+        &cloud,
+        &["fn", "invoke", "adder", "--payload", r#"{"a":1}"#],
+    );
     assert!(!ok);
     assert!(out.contains("KeyError"), "{out}");
     let (ok, _, err) = minicloud(&cloud, &["fn", "invoke", "adder", "--payload", "not json"]);

@@ -172,7 +172,12 @@ async fn run(
     if let Err(error) = invoker
         .0
         .authz
-        .authorize(&caller, "functions:Invoke", &format!("functions:{name}"), &[])
+        .authorize(
+            &caller,
+            "functions:Invoke",
+            &format!("functions:{name}"),
+            &[],
+        )
         .await
     {
         return fail(error);
@@ -240,7 +245,8 @@ pub async fn sync_invoke(
     mut request: InvokeRequest,
 ) -> Result<crate::pool::Invoked, ApiError> {
     use tracing::Instrument as _;
-    let span = tracing::info_span!("invoke", otel.name = format!("invoke {name}"), function = %name);
+    let span =
+        tracing::info_span!("invoke", otel.name = format!("invoke {name}"), function = %name);
     // Lambda always sends a trace header; without a recorded trace, a fresh root.
     request.trace_id = minicloud_telemetry::trace_context::xray_header(&span).or_else(|| {
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -327,7 +333,12 @@ pub async fn logs(
     invoker
         .0
         .authz
-        .authorize(&caller, "functions:ReadLogs", &format!("functions:{name}"), &[])
+        .authorize(
+            &caller,
+            "functions:ReadLogs",
+            &format!("functions:{name}"),
+            &[],
+        )
         .await?;
     if !crate::registry::exists(&invoker, &name).await? {
         return Err(not_found(&invoker, &name));
@@ -413,7 +424,12 @@ pub async fn instances(
     invoker
         .0
         .authz
-        .authorize(&caller, "functions:Deploy", &format!("functions:{name}"), &[])
+        .authorize(
+            &caller,
+            "functions:Deploy",
+            &format!("functions:{name}"),
+            &[],
+        )
         .await?;
     let engine = &invoker.0.engine;
     Ok(Json(InstancesOut {

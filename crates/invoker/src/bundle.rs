@@ -69,7 +69,8 @@ pub fn check(zip: &[u8], runtime: &str, handler: &str) -> Result<(), BundleError
             .into_owned();
         // `enclosed_name` refuses any `..` that climbs out; it would quietly make an
         // absolute name relative, so those are refused here first.
-        let absolute = name.starts_with('/') || name.starts_with('\\') || name.get(1..2) == Some(":");
+        let absolute =
+            name.starts_with('/') || name.starts_with('\\') || name.get(1..2) == Some(":");
         let Some(path) = entry.enclosed_name().filter(|_| !absolute) else {
             return Err(BundleError::Escapes(name));
         };
@@ -144,7 +145,8 @@ pub fn unpack(zip: &[u8], hash: &str, cache: &Path) -> Result<PathBuf, std::io::
 
 fn unpack_into(zip: &[u8], dir: &Path) -> Result<(), std::io::Error> {
     use std::os::unix::fs::PermissionsExt as _;
-    let invalid = |e: zip::result::ZipError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let invalid =
+        |e: zip::result::ZipError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     std::fs::create_dir_all(dir)?;
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).map_err(invalid)?;
     let mut budget = MAX_UNPACKED;
@@ -242,8 +244,12 @@ mod tests {
         out.start_file("bootstrap", zip::write::SimpleFileOptions::default())
             .unwrap();
         out.write_all(b"x").unwrap();
-        out.add_symlink("passwd", "/etc/passwd", zip::write::SimpleFileOptions::default())
-            .unwrap();
+        out.add_symlink(
+            "passwd",
+            "/etc/passwd",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
         let bundle = out.finish().unwrap().into_inner();
         assert!(matches!(
             check(&bundle, "provided", ""),
@@ -295,7 +301,10 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("lib/data.txt")).unwrap(), b"hi");
         std::fs::write(dir.join("marker"), b"").unwrap();
         assert_eq!(unpack(&bundle, &hash, &cache).unwrap(), dir);
-        assert!(dir.join("marker").exists(), "the second unpack reused the dir");
+        assert!(
+            dir.join("marker").exists(),
+            "the second unpack reused the dir"
+        );
         std::fs::remove_dir_all(&cache).unwrap();
     }
 }

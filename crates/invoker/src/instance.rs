@@ -55,7 +55,10 @@ pub enum Outcome {
     Response(Bytes),
     /// `…/error`: the body (Lambda's `{"errorMessage","errorType",…}`) and the
     /// `Lambda-Runtime-Function-Error-Type` header.
-    Error { body: Bytes, error_type: String },
+    Error {
+        body: Bytes,
+        error_type: String,
+    },
 }
 
 /// Why an invocation got no answer; the instance is unusable afterwards.

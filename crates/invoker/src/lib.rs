@@ -81,13 +81,21 @@ pub struct InvokerConfig {
     #[arg(long = "invoker-node", env = "MINICLOUD_INVOKER_NODE")]
     pub node: Option<PathBuf>,
     /// What functions see as AWS_REGION and in their ARNs.
-    #[arg(long = "invoker-region", env = "MINICLOUD_INVOKER_REGION", default_value = "us-east-1")]
+    #[arg(
+        long = "invoker-region",
+        env = "MINICLOUD_INVOKER_REGION",
+        default_value = "us-east-1"
+    )]
     pub region: String,
     /// The gateway URL functions get as MINICLOUD_URL.
     #[arg(long = "invoker-gateway-url", env = "MINICLOUD_INVOKER_GATEWAY_URL")]
     pub gateway_url: Option<String>,
     /// Concurrent executions per function without reserved concurrency.
-    #[arg(long = "invoker-concurrency", env = "MINICLOUD_INVOKER_CONCURRENCY", default_value_t = 64)]
+    #[arg(
+        long = "invoker-concurrency",
+        env = "MINICLOUD_INVOKER_CONCURRENCY",
+        default_value_t = 64
+    )]
     pub default_concurrency: u32,
 }
 
@@ -195,7 +203,8 @@ impl Invoker {
         write_runtimes(&runtimes).map_err(|e| InvokerStartError::Dir(runtimes.clone(), e))?;
         // Instance dirs of a previous run are garbage: their processes died with it.
         let _ = std::fs::remove_dir_all(&run_dir);
-        std::fs::create_dir_all(&run_dir).map_err(|e| InvokerStartError::Dir(run_dir.clone(), e))?;
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| InvokerStartError::Dir(run_dir.clone(), e))?;
         let python = match config.python.clone() {
             Some(python) => python,
             None => tokio::task::spawn_blocking(resolve_python)
@@ -220,7 +229,9 @@ impl Invoker {
             metrics,
         ));
         let bus = match bus_grpc_url {
-            Some(url) => Some(BusServiceClient::new(TracedChannel::connect_lazy("bus", url)?)),
+            Some(url) => Some(BusServiceClient::new(TracedChannel::connect_lazy(
+                "bus", url,
+            )?)),
             None => None,
         };
         Ok(Invoker(Arc::new(InvokerState {

@@ -46,11 +46,31 @@ impl InvokerMetrics {
         let m = invoker.clone();
         let service = ServiceMetrics::new("invoker", move |registry| {
             registry.register("invoker_invocations", "Invocations that ran", m.invocations);
-            registry.register("invoker_errors", "Invocations that ended in a function or runtime error", m.errors);
-            registry.register("invoker_throttles", "Sync invocations refused past the concurrency limit", m.throttles);
-            registry.register("invoker_cold_starts", "Invocations that started an instance", m.cold_starts);
-            registry.register("invoker_duration_seconds", "Time the function took per invocation", m.duration);
-            registry.register("invoker_concurrent_executions", "Invocations running now", m.concurrent);
+            registry.register(
+                "invoker_errors",
+                "Invocations that ended in a function or runtime error",
+                m.errors,
+            );
+            registry.register(
+                "invoker_throttles",
+                "Sync invocations refused past the concurrency limit",
+                m.throttles,
+            );
+            registry.register(
+                "invoker_cold_starts",
+                "Invocations that started an instance",
+                m.cold_starts,
+            );
+            registry.register(
+                "invoker_duration_seconds",
+                "Time the function took per invocation",
+                m.duration,
+            );
+            registry.register(
+                "invoker_concurrent_executions",
+                "Invocations running now",
+                m.concurrent,
+            );
         });
         (service, invoker)
     }

@@ -229,16 +229,16 @@ impl Engine {
 
     /// Process ids of the idle instances of `name`.
     pub fn idle_pids(&self, name: &str) -> Vec<i32> {
-        self.pools.read().unwrap().get(name).map_or(Vec::new(), |pool| {
-            pool.idle.lock().unwrap().iter().map(|i| i.pid()).collect()
-        })
+        self.pools
+            .read()
+            .unwrap()
+            .get(name)
+            .map_or(Vec::new(), |pool| {
+                pool.idle.lock().unwrap().iter().map(|i| i.pid()).collect()
+            })
     }
 
-    pub async fn invoke(
-        &self,
-        name: &str,
-        request: InvokeRequest,
-    ) -> Result<Invoked, InvokeError> {
+    pub async fn invoke(&self, name: &str, request: InvokeRequest) -> Result<Invoked, InvokeError> {
         let pool = self.pool(name).await?;
         let metrics = &self.metrics;
         let permit = if request.wait_for_slot {
@@ -425,10 +425,16 @@ impl Engine {
             ("TZ", ":UTC".into()),
             ("PYTHONUNBUFFERED", "1".into()),
             ("LAMBDA_TASK_ROOT", pool.code_dir.display().to_string()),
-            ("LAMBDA_RUNTIME_DIR", self.paths.runtimes.display().to_string()),
+            (
+                "LAMBDA_RUNTIME_DIR",
+                self.paths.runtimes.display().to_string(),
+            ),
             ("_HANDLER", spec.handler.clone()),
             ("AWS_LAMBDA_FUNCTION_NAME", name.clone()),
-            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string()),
+            (
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                spec.memory_mb.to_string(),
+            ),
             ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
             ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
             (
@@ -534,7 +540,13 @@ impl Engine {
             }
         }
         // Shutting down: no instance outlives the invoker.
-        let pools: Vec<_> = self.pools.write().unwrap().drain().map(|(_, p)| p).collect();
+        let pools: Vec<_> = self
+            .pools
+            .write()
+            .unwrap()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
         for pool in pools {
             pool.retired.store(true, Ordering::SeqCst);
             for instance in pool.idle.lock().unwrap().drain(..) {

@@ -83,9 +83,7 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
     if valid {
         Ok(())
     } else {
-        Err(ApiError::invalid(
-            "function name: 1-64 of A-Z a-z 0-9 - _",
-        ))
+        Err(ApiError::invalid("function name: 1-64 of A-Z a-z 0-9 - _"))
     }
 }
 
@@ -123,14 +121,16 @@ fn validate(input: &FunctionIn, caller: &Caller) -> Result<Deploy, ApiError> {
     }
     let handler = input.handler.clone().unwrap_or_default();
     if input.runtime != "provided" {
-        let valid = handler
-            .rsplit_once('.')
-            .is_some_and(|(file, function)| {
-                !file.is_empty()
-                    && !function.is_empty()
-                    && !file.split('/').any(|s| s.is_empty() || s == ".." || s == ".")
-                    && function.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            });
+        let valid = handler.rsplit_once('.').is_some_and(|(file, function)| {
+            !file.is_empty()
+                && !function.is_empty()
+                && !file
+                    .split('/')
+                    .any(|s| s.is_empty() || s == ".." || s == ".")
+                && function
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
         if !valid {
             return Err(ApiError::invalid(
                 "handler must be file.function (e.g. app.handler) for python3 and nodejs",
@@ -138,7 +138,9 @@ fn validate(input: &FunctionIn, caller: &Caller) -> Result<Deploy, ApiError> {
         }
     }
     if handler.len() > 128 || handler.chars().any(char::is_control) {
-        return Err(ApiError::invalid("handler: at most 128 printable characters"));
+        return Err(ApiError::invalid(
+            "handler: at most 128 printable characters",
+        ));
     }
     let memory_mb = input.memory_mb.unwrap_or(128);
     if !(128..=10_240).contains(&memory_mb) {
@@ -284,7 +286,9 @@ async fn store(
             .await
             .map_err(ApiError::internal)?;
     if existed.is_some() && create_only {
-        return Err(ApiError::conflict(format!("function {name} already exists")));
+        return Err(ApiError::conflict(format!(
+            "function {name} already exists"
+        )));
     }
     if existed.is_none() && hash.is_none() {
         return Err(ApiError::invalid(
@@ -368,7 +372,9 @@ pub async fn replace(
     authorize(&invoker, &caller, "functions:Deploy", &name).await?;
     let deploy = validate(&input, &caller)?;
     let zip = match &input.code {
-        Some(code) => Some(check_bundle(decode_zip(code)?, &deploy.runtime, &deploy.handler).await?),
+        Some(code) => {
+            Some(check_bundle(decode_zip(code)?, &deploy.runtime, &deploy.handler).await?)
+        }
         None => {
             // Config only: the stored code must still suit the (maybe new) runtime.
             None
@@ -421,12 +427,14 @@ pub async fn put_code(
 }
 
 async fn get_row(invoker: &Invoker, name: &str) -> Result<FunctionOut, ApiError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {OUT_COLUMNS} FROM functions WHERE name = $1")))
-        .bind(name)
-        .fetch_optional(&invoker.0.pool)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("function {name} not found")))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {OUT_COLUMNS} FROM functions WHERE name = $1"
+    )))
+    .bind(name)
+    .fetch_optional(&invoker.0.pool)
+    .await
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError::not_found(format!("function {name} not found")))
 }
 
 #[utoipa::path(get, path = "/functions/v1/{name}", tag = "functions", params(("name" = String, Path)),

@@ -63,7 +63,11 @@ pub async fn ensure_async_subscription(invoker: &Invoker, name: &str) -> Result<
 }
 
 /// Queues an async invocation; its id is the request id the caller gets.
-pub async fn enqueue_async(invoker: &Invoker, name: &str, payload: Bytes) -> Result<String, ApiError> {
+pub async fn enqueue_async(
+    invoker: &Invoker,
+    name: &str,
+    payload: Bytes,
+) -> Result<String, ApiError> {
     if !crate::registry::exists(invoker, name).await? {
         return Err(ApiError::not_found(format!(
             "Function not found: {}",
@@ -131,7 +135,9 @@ pub fn event_payload(payload: &[u8]) -> Result<Bytes, ApiError> {
     let event: Value = serde_json::from_slice(payload)
         .map_err(|e| ApiError::invalid(format!("the event must be JSON: {e}")))?;
     if event["type"] == ASYNC_EVENT_TYPE {
-        Ok(serde_json::to_vec(&event["data"]).unwrap_or_default().into())
+        Ok(serde_json::to_vec(&event["data"])
+            .unwrap_or_default()
+            .into())
     } else {
         Ok(Bytes::copy_from_slice(payload))
     }
@@ -222,7 +228,12 @@ pub async fn create(
     crate::registry::check_name(&name)?;
     let authz = &invoker.0.authz;
     authz
-        .authorize(&caller, "functions:Deploy", &format!("functions:{name}"), &[])
+        .authorize(
+            &caller,
+            "functions:Deploy",
+            &format!("functions:{name}"),
+            &[],
+        )
         .await?;
     if !crate::registry::exists(&invoker, &name).await? {
         return Err(ApiError::not_found(format!("function {name} not found")));
@@ -276,7 +287,8 @@ pub async fn create(
             }
         }
         (None, Some(route)) => {
-            if input.pattern.is_some() || input.retry.is_some() || input.dead_letter_topic.is_some() {
+            if input.pattern.is_some() || input.retry.is_some() || input.dead_letter_topic.is_some()
+            {
                 return Err(ApiError::invalid("an http trigger takes only http"));
             }
             check_route(route)?;
@@ -312,7 +324,12 @@ pub async fn list(
     invoker
         .0
         .authz
-        .authorize(&caller, "functions:Invoke", &format!("functions:{name}"), &[])
+        .authorize(
+            &caller,
+            "functions:Invoke",
+            &format!("functions:{name}"),
+            &[],
+        )
         .await?;
     let triggers = sqlx::query_as::<_, TriggerOut>(sqlx::AssertSqlSafe(format!(
         "SELECT {TRIGGER_COLUMNS} FROM triggers WHERE function = $1 ORDER BY id"
@@ -335,7 +352,12 @@ pub async fn delete(
     invoker
         .0
         .authz
-        .authorize(&caller, "functions:Deploy", &format!("functions:{name}"), &[])
+        .authorize(
+            &caller,
+            "functions:Deploy",
+            &format!("functions:{name}"),
+            &[],
+        )
         .await?;
     let subscription: Option<Option<String>> = sqlx::query_scalar(
         "DELETE FROM triggers WHERE id = $1 AND function = $2 RETURNING subscription_id",
@@ -442,7 +464,10 @@ async fn http_route_inner(
         .map_err(|e| ApiError::invalid(format!("reading the body: {e}")))?
         .to_bytes();
     if body.len() > crate::api::MAX_SYNC_PAYLOAD * 3 / 4 {
-        return Err(ApiError::new(ErrorCode::PayloadTooLarge, "request body too large for a function"));
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "request body too large for a function",
+        ));
     }
     let event = api_gateway_v2_event(name, &method, &uri, &path, &headers, &body, peer);
     let request = InvokeRequest {
@@ -610,10 +635,16 @@ mod tests {
     #[test]
     fn bad_routes_are_refused() {
         for path in ["hello", "/a/../b", "/a//b", "/a*/b", "/sp ace"] {
-            let route = HttpRoute { methods: vec![], path: path.into() };
+            let route = HttpRoute {
+                methods: vec![],
+                path: path.into(),
+            };
             assert!(check_route(&route).is_err(), "{path}");
         }
-        let route = HttpRoute { methods: vec!["FETCH".into()], path: "/x".into() };
+        let route = HttpRoute {
+            methods: vec!["FETCH".into()],
+            path: "/x".into(),
+        };
         assert!(check_route(&route).is_err());
     }
 

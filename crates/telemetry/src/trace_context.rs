@@ -125,11 +125,18 @@ mod xray_tests {
             Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01")
         );
         assert_eq!(
-            super::traceparent_from_xray("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0")
-                .as_deref(),
+            super::traceparent_from_xray(
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0"
+            )
+            .as_deref(),
             Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-00")
         );
-        for bad in ["", "Root=1-xyz;Parent=1", "Root=2-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8", "Parent=53995c3f42cd8ad8"] {
+        for bad in [
+            "",
+            "Root=1-xyz;Parent=1",
+            "Root=2-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8",
+            "Parent=53995c3f42cd8ad8",
+        ] {
             assert_eq!(super::traceparent_from_xray(bad), None, "{bad}");
         }
     }

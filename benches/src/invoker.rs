@@ -1,0 +1,348 @@
+//! Issue 7's invoker benchmark, every figure beside its floor from the same run:
+//! - warm invoke of an echo function (`provided`, built with `lambda_runtime`)
+//!   through the gateway at concurrency 1 and 32, against a bare axum echo
+//!   handler over loopback;
+//! - cold start (first invoke of a freshly deployed function) against spawning
+//!   the same binary and having it fetch one event from, and answer it to, a
+//!   loopback Runtime API stub; the same for a Python handler on our runtime;
+//! - 200 deployed, idle functions: processes and memory they cost.
+//!
+//! Needs `target/release/echo-function` (`make bench` builds it). Writes
+//! `target/bench-invoker.json` for `scripts/bench_report.py`.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use base64::Engine as _;
+use minicloud_testkit::TestCloud;
+use serde_json::{Value, json};
+
+fn iterations() -> usize {
+    std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+fn summary(mut samples: Vec<Duration>, wall: Duration) -> Value {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    json!({
+        "ops_per_s": samples.len() as f64 / wall.as_secs_f64(),
+        "p50_us": pick(0.50).as_secs_f64() * 1e6,
+        "p99_us": pick(0.99).as_secs_f64() * 1e6,
+    })
+}
+
+/// `total` requests from `concurrency` workers; per-request latencies and wall time.
+async fn load(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    total: usize,
+) -> anyhow::Result<Value> {
+    let run = |count: usize| {
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (http, url, token) = (http.clone(), url.to_owned(), token.map(str::to_owned));
+                tokio::spawn(async move {
+                    let mut samples = Vec::with_capacity(count / concurrency + 1);
+                    for _ in 0..count / concurrency {
+                        let started = Instant::now();
+                        let mut request = http.post(&url).body(r#"{"echo":1}"#);
+                        if let Some(token) = &token {
+                            request = request.bearer_auth(token);
+                        }
+                        let response = request.send().await?;
+                        anyhow::ensure!(response.status().is_success(), "{}", response.status());
+                        response.bytes().await?;
+                        samples.push(started.elapsed());
+                    }
+                    anyhow::Ok(samples)
+                })
+            })
+            .collect();
+        async move {
+            let started = Instant::now();
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await??);
+            }
+            anyhow::Ok((all, started.elapsed()))
+        }
+    };
+    run((total / 10).max(concurrency * 4)).await?; // warm-up: instances, connections
+    let (samples, wall) = run(total).await?;
+    Ok(summary(samples, wall))
+}
+
+fn zip_of(entries: &[(&str, &[u8], u32)]) -> anyhow::Result<String> {
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, bytes, mode) in entries {
+        out.start_file(
+            *name,
+            zip::write::SimpleFileOptions::default().unix_permissions(*mode),
+        )?;
+        out.write_all(bytes)?;
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(out.finish()?.into_inner()))
+}
+
+/// A loopback Runtime API that serves one event and reports when it is answered.
+async fn runtime_stub() -> anyhow::Result<(String, tokio::sync::mpsc::Receiver<()>)> {
+    let (done, answered) = tokio::sync::mpsc::channel(16);
+    let router = axum::Router::new()
+        .route(
+            "/2018-06-01/runtime/invocation/next",
+            get(|| async {
+                let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis()
+                    .to_string();
+                (
+                    [
+                        ("lambda-runtime-aws-request-id", "r1".to_owned()),
+                        ("lambda-runtime-deadline-ms", deadline),
+                        (
+                            "lambda-runtime-invoked-function-arn",
+                            "arn:aws:lambda:us-east-1:000000000000:function:f".to_owned(),
+                        ),
+                    ],
+                    r#"{"echo":1}"#,
+                )
+            }),
+        )
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(move || {
+                let done = done.clone();
+                async move {
+                    let _ = done.send(()).await;
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((address, answered))
+}
+
+/// Spawn → the process's answer to the stub's one event.
+async fn spawn_floor(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let (api, mut answered) = runtime_stub().await?;
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("AWS_LAMBDA_RUNTIME_API", &api)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "f")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/f")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        tokio::time::timeout(Duration::from_secs(10), answered.recv()).await?;
+        samples.push(started.elapsed());
+        child.kill().await?;
+    }
+    Ok(samples)
+}
+
+fn median_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1000.0
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn child_processes() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit(')')
+                            .next()
+                            .and_then(|rest| rest.split_whitespace().nth(1))
+                            == Some(me.as_str())
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let echo_path = "target/release/echo-function";
+    let echo = std::fs::read(echo_path).map_err(|e| {
+        anyhow::anyhow!(
+            "{echo_path}: {e} (cargo build --release -p minicloud-e2e --bin echo-function)"
+        )
+    })?;
+    let cloud = TestCloud::start().await?;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let base = cloud.gateway_url().to_owned();
+    let token = cloud.keys.service_key.clone();
+    let admin = cloud.admin();
+    let echo_zip = zip_of(&[("bootstrap", &echo, 0o755)])?;
+    let deploy = |name: String, body: Value| {
+        let admin = admin.clone();
+        async move {
+            let out: Value = admin.put(&format!("/functions/v1/{name}"), &body).await?;
+            anyhow::Ok(out)
+        }
+    };
+    deploy(
+        "echo".into(),
+        json!({"runtime":"provided","code":{"zip_base64":echo_zip}}),
+    )
+    .await?;
+
+    // The floor: a bare axum echo over loopback.
+    let bare =
+        axum::Router::new().route("/echo", post(|body: axum::body::Bytes| async move { body }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_url = format!("http://{}/echo", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, bare).await });
+
+    let n = iterations();
+    let invoke_url = format!("{base}/functions/v1/echo/invoke");
+    let mut warm = serde_json::Map::new();
+    for concurrency in [1, 32] {
+        let floor = load(&http, &bare_url, None, concurrency, n).await?;
+        let ours = load(&http, &invoke_url, Some(&token), concurrency, n).await?;
+        warm.insert(
+            concurrency.to_string(),
+            json!({"floor": floor, "invoke": ours}),
+        );
+    }
+
+    // Cold starts: a fresh function each time.
+    let cold_n = 15;
+    let mut cold_rust = Vec::new();
+    for i in 0..cold_n {
+        let name = format!("cold{i}");
+        deploy(
+            name.clone(),
+            json!({"runtime":"provided","code":{"zip_base64":echo_zip}}),
+        )
+        .await?;
+        let started = Instant::now();
+        let response = http
+            .post(format!("{base}/functions/v1/{name}/invoke"))
+            .bearer_auth(&token)
+            .body(r#"{"echo":1}"#)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success());
+        response.bytes().await?;
+        cold_rust.push(started.elapsed());
+    }
+    let rust_floor = spawn_floor(echo_path, &[], &[], cold_n).await?;
+
+    let handler = b"def handler(event, context):\n    return event\n";
+    let py_zip = zip_of(&[("app.py", handler, 0o644)])?;
+    let mut cold_python = Vec::new();
+    for i in 0..cold_n {
+        let name = format!("coldpy{i}");
+        deploy(
+            name.clone(),
+            json!({"runtime":"python3","handler":"app.handler","code":{"zip_base64":py_zip}}),
+        )
+        .await?;
+        let started = Instant::now();
+        let response = http
+            .post(format!("{base}/functions/v1/{name}/invoke"))
+            .bearer_auth(&token)
+            .body(r#"{"echo":1}"#)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success());
+        response.bytes().await?;
+        cold_python.push(started.elapsed());
+    }
+    let python = String::from_utf8(
+        std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()?
+            .stdout,
+    )?;
+    let task_root = std::env::temp_dir().join(format!("bench-py-{}", std::process::id()));
+    std::fs::create_dir_all(&task_root)?;
+    std::fs::write(task_root.join("app.py"), handler)?;
+    let python_floor = spawn_floor(
+        python.trim(),
+        &["-u", "crates/invoker/runtimes/python3/bootstrap.py"],
+        &[
+            ("_HANDLER", "app.handler"),
+            ("LAMBDA_TASK_ROOT", task_root.to_str().unwrap_or_default()),
+        ],
+        cold_n,
+    )
+    .await?;
+
+    // 200 idle functions: stop every instance first (keep_warm_s 0 reaps them).
+    for name in std::iter::once("echo".to_owned())
+        .chain((0..cold_n).map(|i| format!("cold{i}")))
+        .chain((0..cold_n).map(|i| format!("coldpy{i}")))
+    {
+        admin.delete(&format!("/functions/v1/{name}")).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib();
+    for i in 0..200 {
+        deploy(
+            format!("idle{i}"),
+            json!({"runtime":"provided","code":{"zip_base64":echo_zip}}),
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib();
+    let processes = child_processes();
+
+    let out = json!({
+        "iterations": n,
+        "warm": warm,
+        "cold": {
+            "provided_ms": median_ms(cold_rust), "provided_floor_ms": median_ms(rust_floor),
+            "python_ms": median_ms(cold_python), "python_floor_ms": median_ms(python_floor),
+        },
+        "idle": {"functions": 200, "processes": processes, "rss_delta_mib": (after as f64 - before as f64) / 1024.0},
+    });
+    std::fs::write(
+        "target/bench-invoker.json",
+        serde_json::to_string_pretty(&out)?,
+    )?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    let _ = std::fs::remove_dir_all(task_root);
+    cloud.stop().await?;
+    Ok(())
+}
