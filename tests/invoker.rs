@@ -875,6 +875,77 @@ async fn hostile_bundles_bad_configs_and_oversized_payloads_are_refused() {
     )
     .await;
     assert_eq!(bad_type.status, 400);
+    // A config-only redeploy must still fit the stored code.
+    let mismatched = http()
+        .put(format!("{}/functions/v1/limits", cloud.gateway_url()))
+        .bearer_auth(&cloud.keys.service_key)
+        .json(&json!({"runtime":"python3","handler":"app.handler"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mismatched.status(), 400);
+    let error: Value = mismatched.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("app.py"),
+        "{error}"
+    );
+    let kept: Value = cloud.admin().get("/functions/v1/limits").await.unwrap();
+    assert_eq!(kept["runtime"], "provided");
+
+    // Malformed queries and bodies on the other endpoints.
+    for (method, path, body) in [
+        ("GET", "/functions/v1/limits/logs?stream=bogus", None),
+        ("GET", "/functions/v1/limits/logs?limit=0", None),
+        ("GET", "/functions/v1/limits/logs?since=yesterday", None),
+        ("GET", "/functions/v1/limits/logs?after=-1", None),
+        ("GET", "/functions/v1/bad%20name/instances", None),
+        (
+            "POST",
+            "/functions/v1/limits/triggers",
+            Some(json!({"topic":"functions","http":{"path":"/x"}})),
+        ),
+        (
+            "POST",
+            "/functions/v1/limits/triggers",
+            Some(json!({"http":{"path":"/a/../b"}})),
+        ),
+        (
+            "POST",
+            "/functions/v1/limits/triggers",
+            Some(json!({"http":{"methods":["BREW"],"path":"/x"}})),
+        ),
+        (
+            "POST",
+            "/functions/v1/limits/triggers",
+            Some(json!({"topic":"functions","surprise":1})),
+        ),
+        ("PUT", "/functions/v1/limits/code", None),
+    ] {
+        let mut request = http()
+            .request(
+                method.parse().unwrap(),
+                format!("{}{path}", cloud.gateway_url()),
+            )
+            .bearer_auth(&cloud.keys.service_key);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let error: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(
+            matches!(status, 400 | 415),
+            "{method} {path}: {status} {error}"
+        );
+        assert!(
+            error["error"]["message"].is_string(),
+            "{method} {path}: {error}"
+        );
+    }
+
     // A response over 6 MB is the function's error, not a broken connection.
     let huge = invoke(&cloud, "limits", json!({"respond_bytes": 7 * 1024 * 1024})).await;
     assert_eq!(huge.header("x-amz-function-error"), Some("Unhandled"));

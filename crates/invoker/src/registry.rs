@@ -376,7 +376,19 @@ pub async fn replace(
             Some(check_bundle(decode_zip(code)?, &deploy.runtime, &deploy.handler).await?)
         }
         None => {
-            // Config only: the stored code must still suit the (maybe new) runtime.
+            // Config only: the stored code must still suit the (maybe new) runtime
+            // and handler; a new function without code is refused by `store`.
+            let stored: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT b.zip FROM functions f JOIN code_bundles b ON b.hash = f.code_hash
+                 WHERE f.name = $1",
+            )
+            .bind(&name)
+            .fetch_optional(&invoker.0.pool)
+            .await
+            .map_err(ApiError::internal)?;
+            if let Some(stored) = stored {
+                check_bundle(stored, &deploy.runtime, &deploy.handler).await?;
+            }
             None
         }
     };

@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use minicloud_authz::Caller;
+use minicloud_outbox::OutboxEvent;
 use minicloud_proto::bus::v1::{
-    CloudEvent, DeleteSubscriptionRequest, EnsureSubscriptionRequest, PublishRequest,
+    DeleteSubscriptionRequest, EnsureSubscriptionRequest, PublishRequest,
 };
 use minicloud_proto::error::{ApiError, ErrorCode, Json};
 use serde::{Deserialize, Serialize};
@@ -75,58 +76,23 @@ pub async fn enqueue_async(
         )));
     }
     let mut bus = bus(invoker)?;
-    let id = uuid::Uuid::now_v7().to_string();
-    let mut headers = HeaderMap::new();
-    minicloud_telemetry::trace_context::inject_current(&mut headers);
     let data: Value = serde_json::from_slice(&payload)
         .map_err(|e| ApiError::invalid(format!("the payload must be JSON: {e}")))?;
-    let mut event = json!({
-        "specversion": "1.0",
-        "id": id,
-        "source": "minicloud/invoker",
-        "type": ASYNC_EVENT_TYPE,
-        "subject": name,
-        "time": Utc::now().to_rfc3339(),
-        "datacontenttype": "application/json",
-        "data": data,
-    });
-    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        event["traceparent"] = Value::String(traceparent.to_owned());
-    }
+    // The outbox's event type carries the id, time and trace context for us; the
+    // publish itself is direct, as the caller waits for the 202.
+    let event = OutboxEvent::new(
+        "minicloud/invoker",
+        ASYNC_EVENT_TYPE,
+        Some(name.to_owned()),
+        data,
+    );
     bus.publish(PublishRequest {
         topic: ASYNC_TOPIC.into(),
-        events: vec![to_proto_event(&event)],
+        events: vec![event.to_proto()],
     })
     .await
     .map_err(ApiError::from_status)?;
-    Ok(id)
-}
-
-/// Structured JSON → the bus's protobuf CloudEvent (attributes as strings, data as
-/// JSON text).
-fn to_proto_event(event: &Value) -> CloudEvent {
-    use minicloud_proto::bus::v1::cloud_event::Data;
-    use minicloud_proto::bus::v1::cloud_event_attribute_value::Attr;
-    let text = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
-    let mut attributes = std::collections::HashMap::new();
-    for key in ["subject", "time", "datacontenttype", "traceparent"] {
-        if let Some(value) = event[key].as_str() {
-            attributes.insert(
-                key.to_owned(),
-                minicloud_proto::bus::v1::CloudEventAttributeValue {
-                    attr: Some(Attr::CeString(value.to_owned())),
-                },
-            );
-        }
-    }
-    CloudEvent {
-        id: text("id"),
-        source: text("source"),
-        spec_version: text("specversion"),
-        r#type: text("type"),
-        attributes,
-        data: Some(Data::TextData(event["data"].to_string())),
-    }
+    Ok(event.id)
 }
 
 /// The event a bus delivery hands the function: an async invocation's own payload,

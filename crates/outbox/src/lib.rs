@@ -72,7 +72,8 @@ impl OutboxEvent {
         }
     }
 
-    fn to_proto(&self) -> CloudEvent {
+    /// The bus's protobuf form, as `Publish` takes it.
+    pub fn to_proto(&self) -> CloudEvent {
         let string = |s: &str| CloudEventAttributeValue {
             attr: Some(Attr::CeString(s.to_owned())),
         };
