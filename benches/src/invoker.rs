@@ -221,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
     };
     deploy(
         "echo".into(),
-        json!({"runtime":"provided","code":{"zip_base64":echo_zip}}),
+        json!({"runtime":"provided","env":{"TOKIO_WORKER_THREADS":"1"},"code":{"zip_base64":echo_zip}}),
     )
     .await?;
 
@@ -234,13 +234,16 @@ async fn main() -> anyhow::Result<()> {
 
     let n = iterations();
     let invoke_url = format!("{base}/functions/v1/echo/invoke");
+    // The same call straight to the invoker: what the gateway hop adds.
+    let direct_url = format!("{}/functions/v1/echo/invoke", cloud.urls.invoker);
     let mut warm = serde_json::Map::new();
     for concurrency in [1, 32] {
         let floor = load(&http, &bare_url, None, concurrency, n).await?;
         let ours = load(&http, &invoke_url, Some(&token), concurrency, n).await?;
+        let direct = load(&http, &direct_url, Some(&token), concurrency, n).await?;
         warm.insert(
             concurrency.to_string(),
-            json!({"floor": floor, "invoke": ours}),
+            json!({"floor": floor, "invoke": ours, "invoker_direct": direct}),
         );
     }
 

@@ -213,7 +213,9 @@ async fn run(
             Err(error) => fail(error),
         },
         _ => {
+            let tail = header("x-amz-log-type") == Some("Tail");
             let request = InvokeRequest {
+                log_tail: tail,
                 payload,
                 wait_for_slot: false,
                 trace_id: None,
@@ -222,7 +224,6 @@ async fn run(
                     String::from_utf8(bytes).ok()
                 }),
             };
-            let tail = header("x-amz-log-type") == Some("Tail");
             match sync_invoke(&invoker, &name, request).await {
                 Ok(invoked) => invoked_response(invoked, tail),
                 Err(error) => fail(error),

@@ -355,6 +355,7 @@ impl InvokerService for InvokerGrpc {
                 wait_for_slot: true,
                 trace_id: None,
                 client_context: None,
+                log_tail: false,
             },
         )
         .await?;

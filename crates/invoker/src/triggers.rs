@@ -441,6 +441,7 @@ async fn http_route_inner(
         wait_for_slot: false,
         trace_id: None,
         client_context: None,
+        log_tail: false,
     };
     let invoked = crate::api::sync_invoke(invoker, name, request).await?;
     match invoked.result {
