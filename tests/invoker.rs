@@ -224,6 +224,21 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
 
     // Logs: START/END/REPORT per request, Init Duration on the cold start only,
     // the function's stdout and stderr tagged with the request id.
+    // END and REPORT are written just after the answer (off the caller's path).
+    let has_report = |id: String| {
+        let cloud = &cloud;
+        async move {
+            log_lines(
+                cloud,
+                "echo",
+                &format!("request_id={id}&stream=platform&contains=REPORT"),
+            )
+            .await
+            .len()
+                == 1
+        }
+    };
+    assert!(eventually(Duration::from_secs(2), || has_report(request_id.clone())).await);
     let lines = log_lines(&cloud, "echo", &format!("request_id={request_id}")).await;
     let text: Vec<&str> = lines
         .iter()
@@ -250,6 +265,7 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
         .unwrap();
     assert!(used > 0, "{report}");
     let second_id = second.header("x-amzn-requestid").unwrap();
+    assert!(eventually(Duration::from_secs(2), || has_report(second_id.to_owned())).await);
     let warm = log_lines(&cloud, "echo", &format!("request_id={second_id}")).await;
     let warm_report = warm
         .iter()

@@ -221,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
     };
     deploy(
         "echo".into(),
-        json!({"runtime":"provided","env":{"TOKIO_WORKER_THREADS":"1"},"code":{"zip_base64":echo_zip}}),
+        json!({"runtime":"provided","code":{"zip_base64":echo_zip}}),
     )
     .await?;
 
@@ -234,21 +234,8 @@ async fn main() -> anyhow::Result<()> {
 
     let n = iterations();
     let invoke_url = format!("{base}/functions/v1/echo/invoke");
-    // The same call straight to the invoker: what the gateway hop adds.
-    let direct_url = format!("{}/functions/v1/echo/invoke", cloud.urls.invoker);
-    let mut warm = serde_json::Map::new();
-    for concurrency in [1, 32] {
-        let floor = load(&http, &bare_url, None, concurrency, n).await?;
-        let ours = load(&http, &invoke_url, Some(&token), concurrency, n).await?;
-        let direct = load(&http, &direct_url, Some(&token), concurrency, n).await?;
-        warm.insert(
-            concurrency.to_string(),
-            json!({"floor": floor, "invoke": ours, "invoker_direct": direct}),
-        );
-    }
-
-    // Cold starts: a fresh function each time.
-    let cold_n = 15;
+    // Cold starts first, while no other instance runs: a fresh function each time.
+    let cold_n = 25;
     let mut cold_rust = Vec::new();
     for i in 0..cold_n {
         let name = format!("cold{i}");
@@ -310,6 +297,19 @@ async fn main() -> anyhow::Result<()> {
         cold_n,
     )
     .await?;
+
+    // The same call straight to the invoker: what the gateway hop adds.
+    let direct_url = format!("{}/functions/v1/echo/invoke", cloud.urls.invoker);
+    let mut warm = serde_json::Map::new();
+    for concurrency in [1, 32] {
+        let floor = load(&http, &bare_url, None, concurrency, n).await?;
+        let ours = load(&http, &invoke_url, Some(&token), concurrency, n).await?;
+        let direct = load(&http, &direct_url, Some(&token), concurrency, n).await?;
+        warm.insert(
+            concurrency.to_string(),
+            json!({"floor": floor, "invoke": ours, "invoker_direct": direct}),
+        );
+    }
 
     // 200 idle functions: stop every instance first (keep_warm_s 0 reaps them).
     for name in std::iter::once("echo".to_owned())

@@ -39,7 +39,9 @@ pub struct LogLine {
 
 pub struct FunctionLogs {
     lines: Mutex<Ring>,
-    live: broadcast::Sender<Arc<LogLine>>,
+    /// Made by the first follower: its 1024 slots cost ~48 KB, which 200 idle
+    /// functions without followers should not pay.
+    live: std::sync::OnceLock<broadcast::Sender<Arc<LogLine>>>,
 }
 
 #[derive(Default)]
@@ -78,7 +80,7 @@ impl FunctionLogs {
     fn new() -> FunctionLogs {
         FunctionLogs {
             lines: Mutex::new(Ring::default()),
-            live: broadcast::channel(1024).0,
+            live: std::sync::OnceLock::new(),
         }
     }
 
@@ -103,8 +105,10 @@ impl FunctionLogs {
             }
             line
         };
-        // No receivers is the normal case.
-        let _ = self.live.send(line);
+        if let Some(live) = self.live.get() {
+            // No receivers left is fine.
+            let _ = live.send(line);
+        }
     }
 
     /// The newest `limit` lines that match, oldest first.
@@ -123,7 +127,9 @@ impl FunctionLogs {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LogLine>> {
-        self.live.subscribe()
+        self.live
+            .get_or_init(|| broadcast::channel(1024).0)
+            .subscribe()
     }
 
     /// The last 4 KB of one invocation's log, for `X-Amz-Log-Result`.

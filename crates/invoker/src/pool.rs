@@ -215,6 +215,17 @@ impl Engine {
         }
     }
 
+    /// After a deploy through this replica: the old instances go, and the new pool
+    /// (config read, code unpacked) is ready before the first call, so a cold start
+    /// pays for the process only.
+    pub async fn redeployed(&self, name: &str) {
+        self.retire(name);
+        if let Err(error) = self.pool(name).await {
+            // The first invocation tries again and reports what fails.
+            tracing::warn!(function = name, %error, "preparing a deployed function failed");
+        }
+    }
+
     pub fn forget(&self, name: &str) {
         self.retire(name);
         self.logs.remove(name);

@@ -324,7 +324,7 @@ async fn store(
     .await
     .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
-    invoker.0.engine.retire(name);
+    invoker.0.engine.redeployed(name).await;
     crate::triggers::ensure_async_subscription(invoker, name).await?;
     let status = if existed.is_some() {
         StatusCode::OK
