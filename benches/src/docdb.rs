@@ -5,8 +5,9 @@
 //!
 //! Writes `target/bench-docdb.json` for `scripts/bench_report.py`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use minicloud_bench::{sequential_summary, time};
 use minicloud_testkit::TestCloud;
 use rand::Rng as _;
 use serde_json::{Value, json};
@@ -17,34 +18,6 @@ fn iterations() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(400)
-}
-
-fn summary(mut samples: Vec<Duration>) -> Value {
-    samples.sort();
-    let total: Duration = samples.iter().sum();
-    let pick = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    json!({
-        "ops_per_s": samples.len() as f64 / total.as_secs_f64(),
-        "p50_us": pick(0.50).as_secs_f64() * 1e6,
-        "p99_us": pick(0.99).as_secs_f64() * 1e6,
-    })
-}
-
-async fn time<F, Fut>(n: usize, mut op: F) -> anyhow::Result<Vec<Duration>>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    for i in 0..(n / 10).max(5) {
-        op(i).await?;
-    }
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let started = Instant::now();
-        op(i).await?;
-        out.push(started.elapsed());
-    }
-    Ok(out)
 }
 
 /// Fills `docs_<collection>` with `count` documents, 20 per owner, straight in SQL.
@@ -170,13 +143,13 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
-        query_results.insert(count.to_string(), summary(samples));
+        query_results.insert(count.to_string(), sequential_summary(samples));
     }
 
     let out = json!({
         "iterations": n,
-        "get": { "ours": summary(ours_get), "direct": summary(direct_get) },
-        "put": { "ours": summary(ours_put), "direct": summary(direct_put) },
+        "get": { "ours": sequential_summary(ours_get), "direct": sequential_summary(direct_get) },
+        "put": { "ours": sequential_summary(ours_put), "direct": sequential_summary(direct_put) },
         "indexed_query": query_results,
     });
     eprintln!("{out}");

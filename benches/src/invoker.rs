@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use base64::Engine as _;
+use minicloud_bench::summary;
 use minicloud_testkit::TestCloud;
 use serde_json::{Value, json};
 
@@ -23,16 +24,6 @@ fn iterations() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000)
-}
-
-fn summary(mut samples: Vec<Duration>, wall: Duration) -> Value {
-    samples.sort();
-    let pick = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    json!({
-        "ops_per_s": samples.len() as f64 / wall.as_secs_f64(),
-        "p50_us": pick(0.50).as_secs_f64() * 1e6,
-        "p99_us": pick(0.99).as_secs_f64() * 1e6,
-    })
 }
 
 /// `total` requests from `concurrency` workers; per-request latencies and wall time.

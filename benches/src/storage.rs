@@ -16,6 +16,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use minicloud_bench::{sequential_summary, time};
 use minicloud_testkit::TestCloud;
 use minicloud_testkit::minicloud_storage::{BackendKind, StorageConfig};
 use serde_json::{Value, json};
@@ -67,39 +68,6 @@ fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
         .force_path_style(true)
         .build();
     aws_sdk_s3::Client::from_conf(config)
-}
-
-#[derive(Debug)]
-struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    fn summary(mut self) -> Value {
-        self.0.sort();
-        let total: Duration = self.0.iter().sum();
-        let pick = |q: f64| self.0[((self.0.len() as f64 * q) as usize).min(self.0.len() - 1)];
-        json!({
-            "ops_per_s": self.0.len() as f64 / total.as_secs_f64(),
-            "p50_us": pick(0.50).as_secs_f64() * 1e6,
-            "p99_us": pick(0.99).as_secs_f64() * 1e6,
-        })
-    }
-}
-
-async fn time<F, Fut>(n: usize, mut op: F) -> anyhow::Result<Latencies>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    for i in 0..(n / 10).max(5) {
-        op(usize::MAX - i).await?;
-    }
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let started = Instant::now();
-        op(i).await?;
-        out.push(started.elapsed());
-    }
-    Ok(Latencies(out))
 }
 
 fn pattern(
@@ -430,8 +398,8 @@ async fn bench_backend(
 
     cloud.stop().await?;
     Ok(json!({
-        "small_put": { "ours": ours_put.summary(), "direct": direct_put.summary() },
-        "small_get": { "ours": ours_get.summary(), "direct": direct_get.summary() },
+        "small_put": { "ours": sequential_summary(ours_put), "direct": sequential_summary(direct_put) },
+        "small_get": { "ours": sequential_summary(ours_get), "direct": sequential_summary(direct_get) },
         "large_put_mib_s": { "ours": ours_large_put, "direct": direct_large_put },
         "large_get_mib_s": { "ours": ours_large_get, "direct": direct_large_get },
         "rss_1gib": rss,

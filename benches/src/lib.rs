@@ -1,0 +1,42 @@
+//! What the load benchmarks share: timing an operation run one after another, and
+//! the latency summary every figure in docs/benchmarks.md is built from.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Throughput over `wall`, p50 and p99 of `samples`.
+pub fn summary(mut samples: Vec<Duration>, wall: Duration) -> Value {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    json!({
+        "ops_per_s": samples.len() as f64 / wall.as_secs_f64(),
+        "p50_us": pick(0.50).as_secs_f64() * 1e6,
+        "p99_us": pick(0.99).as_secs_f64() * 1e6,
+    })
+}
+
+/// [`summary`] of operations that ran one after another: the wall time is their sum.
+pub fn sequential_summary(samples: Vec<Duration>) -> Value {
+    let total = samples.iter().sum();
+    summary(samples, total)
+}
+
+/// Runs `op` n/10 (at least 5) times to warm up — with indices from `usize::MAX`
+/// down, so warm-up keys differ from measured ones — then n times, timing each.
+pub async fn time<F, Fut>(n: usize, mut op: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    for i in 0..(n / 10).max(5) {
+        op(usize::MAX - i).await?;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        op(i).await?;
+        out.push(started.elapsed());
+    }
+    Ok(out)
+}
