@@ -1165,3 +1165,113 @@ async fn async_invokes_bus_triggers_and_http_routes() {
     );
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_internal_grpc_apis_refuse_malformed_requests() {
+    use minicloud_proto::bus::v1::bus_service_client::BusServiceClient;
+    use minicloud_proto::bus::v1::{DeleteSubscriptionRequest, EnsureSubscriptionRequest};
+    use minicloud_proto::invoker::v1::InvokeRequest;
+    use minicloud_proto::invoker::v1::invoker_service_client::InvokerServiceClient;
+
+    let cloud = TestCloud::start().await.unwrap();
+    deploy_ok(
+        &cloud,
+        json!({"name":"grpc","runtime":"provided"}),
+        &echo_bundle(),
+    )
+    .await;
+    let mut invoker = InvokerServiceClient::connect(cloud.urls.invoker.clone())
+        .await
+        .unwrap();
+    let invoke = |function: &str, payload: &[u8], is_cloud_event: bool| InvokeRequest {
+        function: function.to_owned(),
+        payload: payload.to_vec(),
+        is_cloud_event,
+    };
+    for (request, code) in [
+        (
+            invoke("bad name!", b"{}", false),
+            tonic::Code::InvalidArgument,
+        ),
+        (invoke("missing", b"{}", false), tonic::Code::NotFound),
+        (
+            invoke("grpc", b"{not json", true),
+            tonic::Code::InvalidArgument,
+        ),
+    ] {
+        let status = invoker.invoke(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+    // A well-formed one runs, and an async invocation's event arrives unwrapped.
+    let event = json!({"specversion":"1.0","id":"1","source":"/t","type":"minicloud.function.invoke","data":{"echo":7}});
+    let answer = invoker
+        .invoke(invoke("grpc", event.to_string().as_bytes(), true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.function_error, "");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answer.payload).unwrap(),
+        json!({"echo":7})
+    );
+
+    let mut bus = BusServiceClient::connect(cloud.urls.bus.clone())
+        .await
+        .unwrap();
+    let good = json!({"topic":"functions","target":{"function":"grpc"}}).to_string();
+    for (id, spec) in [
+        ("not_sub_prefixed", good.as_str()),
+        ("sub_x", "{not json"),
+        (
+            "sub_x",
+            r#"{"topic":"functions","target":{"function":"bad name!"}}"#,
+        ),
+        (
+            "sub_x",
+            r#"{"topic":"no-such-topic","target":{"function":"grpc"}}"#,
+        ),
+        (
+            "sub_x",
+            r#"{"topic":"functions","target":{"function":"grpc"},"pattern":{"type":"x"}}"#,
+        ),
+    ] {
+        let status = bus
+            .ensure_subscription(EnsureSubscriptionRequest {
+                id: id.into(),
+                subscription_json: spec.into(),
+                owner: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::NotFound
+            ),
+            "{id} {spec}: {status:?}"
+        );
+    }
+    // Ensuring twice keeps one subscription; deleting an unknown id says so.
+    for _ in 0..2 {
+        let id = bus
+            .ensure_subscription(EnsureSubscriptionRequest {
+                id: "sub_twice".into(),
+                subscription_json: good.clone(),
+                owner: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        assert_eq!(id, "sub_twice");
+    }
+    let deleted = bus
+        .delete_subscription(DeleteSubscriptionRequest {
+            id: "sub_nope".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!deleted.deleted);
+    cloud.stop().await.unwrap();
+}

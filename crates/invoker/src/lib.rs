@@ -164,7 +164,7 @@ fn write_runtimes(dir: &Path) -> std::io::Result<()> {
 
 /// `python3` on PATH is often a pyenv shim that costs ~60 ms per start; ask it
 /// once for the interpreter it really runs.
-fn resolve_python() -> PathBuf {
+pub(crate) fn resolve_python() -> PathBuf {
     std::process::Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()
@@ -205,12 +205,6 @@ impl Invoker {
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| InvokerStartError::Dir(run_dir.clone(), e))?;
-        let python = match config.python.clone() {
-            Some(python) => python,
-            None => tokio::task::spawn_blocking(resolve_python)
-                .await
-                .unwrap_or_else(|_| PathBuf::from("/usr/bin/python3")),
-        };
         let node = config.node.clone().unwrap_or_else(|| find_on_path("node"));
         let (service_metrics, metrics) = metrics::InvokerMetrics::new();
         let engine = Arc::new(Engine::new(
@@ -219,7 +213,7 @@ impl Invoker {
                 code_cache: code_dir.clone(),
                 run_dir,
                 runtimes,
-                python,
+                python: config.python.clone(),
                 node,
             },
             config.region.clone(),
@@ -228,6 +222,14 @@ impl Invoker {
             Arc::clone(&authz),
             metrics,
         ));
+        // Resolving the interpreter runs python (~60 ms through a pyenv shim): in
+        // the background, so start-up does not wait; the first cold start might.
+        tokio::spawn({
+            let engine = Arc::clone(&engine);
+            async move {
+                engine.python().await;
+            }
+        });
         let bus = match bus_grpc_url {
             Some(url) => Some(BusServiceClient::new(TracedChannel::connect_lazy(
                 "bus", url,

@@ -51,7 +51,8 @@ pub struct Paths {
     pub code_cache: PathBuf,
     pub run_dir: PathBuf,
     pub runtimes: PathBuf,
-    pub python: PathBuf,
+    /// Configured, or resolved on first need ([`Engine::python`]).
+    pub python: Option<PathBuf>,
     pub node: PathBuf,
 }
 
@@ -94,6 +95,7 @@ pub struct Engine {
     pub logs: LogStore,
     pub metrics: InvokerMetrics,
     pools: RwLock<HashMap<String, Arc<FunctionPool>>>,
+    python: tokio::sync::OnceCell<PathBuf>,
     /// One loader per function at a time, so a burst of cold invokes reads the row once.
     loading: tokio::sync::Mutex<()>,
 }
@@ -131,8 +133,24 @@ impl Engine {
             logs: LogStore::default(),
             metrics,
             pools: RwLock::new(HashMap::new()),
+            python: tokio::sync::OnceCell::new(),
             loading: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The python3 runtime's interpreter; its directory also heads every
+    /// instance's PATH, so a bootstrap script's `python3` is the real one.
+    pub async fn python(&self) -> &PathBuf {
+        self.python
+            .get_or_init(|| async {
+                match &self.paths.python {
+                    Some(python) => python.clone(),
+                    None => tokio::task::spawn_blocking(crate::resolve_python)
+                        .await
+                        .unwrap_or_else(|_| PathBuf::from("/usr/bin/python3")),
+                }
+            })
+            .await
     }
 
     pub fn arn(&self, name: &str) -> String {
@@ -411,9 +429,10 @@ impl Engine {
         provisioned: bool,
     ) -> Result<Arc<Instance>, ApiError> {
         let spec = &pool.spec;
+        let python = self.python().await;
         let (program, args) = match spec.runtime.as_str() {
             "python3" => (
-                self.paths.python.clone(),
+                python.clone(),
                 vec![
                     "-u".into(),
                     self.paths.runtimes.join("python3/bootstrap.py").into(),
@@ -431,9 +450,7 @@ impl Engine {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let interpreter_dir = self
-            .paths
-            .python
+        let interpreter_dir = python
             .parent()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
