@@ -476,6 +476,37 @@ async fn concurrency_limits_throttle_sync_invokes() {
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(invoke(&cloud, "single", json!({})).await.status, 200);
 
+    // A caller that hangs up does not cancel the call nor lose the instance.
+    let abandoned = http()
+        .post(format!(
+            "{}/functions/v1/single/invoke",
+            cloud.gateway_url()
+        ))
+        .bearer_auth(&cloud.keys.service_key)
+        .timeout(Duration::from_millis(300))
+        .body(json!({"sleep_ms": 1000, "print": "finished anyway"}).to_string())
+        .send()
+        .await;
+    assert!(abandoned.is_err(), "the client gave up first");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            log_lines(&cloud, "single", "contains=finished%20anyway&stream=stdout")
+                .await
+                .len()
+                == 1
+                && instances(&cloud, "single").await["idle_pids"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 1)
+        })
+        .await,
+        "the abandoned call did not finish on a kept instance"
+    );
+    let warm_pid = instances(&cloud, "single").await["idle_pids"][0].clone();
+    assert_eq!(
+        invoke(&cloud, "single", json!({})).await.body["pid"],
+        warm_pid
+    );
+
     // Reserved concurrency 0 switches a function off.
     deploy_ok(
         &cloud,

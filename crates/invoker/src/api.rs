@@ -258,12 +258,13 @@ pub async fn sync_invoke(
             &uuid::Uuid::new_v4().simple().to_string()[..16]
         ))
     });
-    invoker
-        .0
-        .engine
-        .invoke(name, request)
-        .instrument(span)
+    // Its own task: a caller that hangs up does not cancel the function (as on
+    // Lambda) nor drop its instance mid-call.
+    let engine = Arc::clone(&invoker.0.engine);
+    let function = name.to_owned();
+    tokio::spawn(async move { engine.invoke(&function, request).await }.instrument(span))
         .await
+        .map_err(ApiError::internal)?
         .map_err(|error| match error {
             InvokeError::NotFound(_) => not_found(invoker, name),
             InvokeError::Throttled => ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded."),
