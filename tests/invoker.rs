@@ -98,6 +98,27 @@ async fn invoke(cloud: &TestCloud, name: &str, payload: Value) -> Answer {
     .await
 }
 
+/// Starts an invocation and returns at once; the task yields its status and body.
+fn invoke_in_background(
+    cloud: &TestCloud,
+    name: &str,
+    payload: Value,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let url = format!("{}/functions/v1/{name}/invoke", cloud.gateway_url());
+    let key = cloud.keys.service_key.clone();
+    tokio::spawn(async move {
+        let response = http()
+            .post(url)
+            .bearer_auth(key)
+            .body(payload.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
 async fn log_lines(cloud: &TestCloud, name: &str, query: &str) -> Vec<Value> {
     let body: Value = http()
         .get(format!(
@@ -438,21 +459,7 @@ async fn concurrency_limits_throttle_sync_invokes() {
         &echo_bundle(),
     )
     .await;
-    let slow = {
-        let url = format!("{}/functions/v1/single/invoke", cloud.gateway_url());
-        let key = cloud.keys.service_key.clone();
-        tokio::spawn(async move {
-            http()
-                .post(url)
-                .bearer_auth(key)
-                .body(json!({"sleep_ms":1500}).to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    };
+    let slow = invoke_in_background(&cloud, "single", json!({"sleep_ms":1500}));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let throttled = invoke(&cloud, "single", json!({})).await;
     assert_eq!(throttled.status, 429, "{}", throttled.body);
@@ -473,7 +480,7 @@ async fn concurrency_limits_throttle_sync_invokes() {
         lambda.header("x-amzn-errortype"),
         Some("TooManyRequestsException")
     );
-    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(slow.await.unwrap().0, 200);
     assert_eq!(invoke(&cloud, "single", json!({})).await.status, 200);
 
     // A caller that hangs up does not cancel the call nor lose the instance.
@@ -585,22 +592,7 @@ async fn idle_instances_stop_provisioned_ones_stay_and_redeploys_drain() {
         &echo_bundle(),
     )
     .await;
-    let in_flight = {
-        let url = format!("{}/functions/v1/versioned/invoke", cloud.gateway_url());
-        let key = cloud.keys.service_key.clone();
-        tokio::spawn(async move {
-            http()
-                .post(url)
-                .bearer_auth(key)
-                .body(json!({"sleep_ms":1000}).to_string())
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let in_flight = invoke_in_background(&cloud, "versioned", json!({"sleep_ms":1000}));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let redeployed = http()
         .put(format!("{}/functions/v1/versioned", cloud.gateway_url()))
@@ -610,7 +602,7 @@ async fn idle_instances_stop_provisioned_ones_stay_and_redeploys_drain() {
         .await
         .unwrap();
     assert_eq!(redeployed.status(), 200);
-    let old = in_flight.await.unwrap();
+    let (_, old) = in_flight.await.unwrap();
     assert_eq!(old["env"]["VERSION"], "1", "{old}");
     let old_pid = old["pid"].as_u64().unwrap();
     let new = invoke(&cloud, "versioned", json!({})).await;
