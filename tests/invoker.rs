@@ -205,6 +205,19 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     // The Runtime API's trace header carries the invoke's W3C trace id.
     let trace = first.body["trace_id"].as_str().unwrap_or_default();
     assert!(trace.starts_with("Root=1-"), "{trace}");
+    // The function's sdk continues that trace: same 128-bit id, W3C form.
+    let root = trace
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("Root=1-")
+        .replace('-', "");
+    let traceparent = first.body["traceparent"].as_str().unwrap();
+    assert_eq!(
+        traceparent.split('-').nth(1),
+        Some(root.as_str()),
+        "{traceparent}"
+    );
 
     // Scrubbed environment: the platform's variables and the function's own only.
     let env = first.body["env"].as_object().unwrap();

@@ -48,6 +48,8 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
         "request_id": context.request_id,
         "function_arn": context.invoked_function_arn,
         "trace_id": context.xray_trace_id,
+        // What our sdk would send on as the W3C trace of calls made now.
+        "traceparent": minicloud_sdk::invocation_traceparent(),
         "deadline_ms": context.deadline,
         "pid": std::process::id(),
         "cwd": std::env::current_dir()?.display().to_string(),

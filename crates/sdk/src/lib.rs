@@ -3,6 +3,7 @@
 //! function's calls continue the trace it was invoked in.
 
 use opentelemetry::propagation::Injector;
+use opentelemetry::trace::TraceContextExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -82,6 +83,43 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
+/// The current invocation's trace as a W3C `traceparent`, when running as a function.
+pub fn invocation_traceparent() -> Option<String> {
+    traceparent_from_xray(&std::env::var("_X_AMZN_TRACE_ID").ok()?)
+}
+
+/// The W3C `traceparent` equivalent of an X-Ray trace header, if it is well formed.
+pub fn traceparent_from_xray(header: &str) -> Option<String> {
+    let mut root = None;
+    let mut parent = None;
+    let mut sampled = "01";
+    for part in header.split(';') {
+        match part.trim().split_once('=') {
+            Some(("Root", value)) => root = Some(value),
+            Some(("Parent", value)) => parent = Some(value),
+            Some(("Sampled", "0")) => sampled = "00",
+            _ => {}
+        }
+    }
+    let mut pieces = root?.split('-');
+    let (Some("1"), Some(time), Some(rest), None) =
+        (pieces.next(), pieces.next(), pieces.next(), pieces.next())
+    else {
+        return None;
+    };
+    let trace = format!("{time}{rest}");
+    let parent = parent?;
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(&trace, 32) || !hex(parent, 16) {
+        return None;
+    }
+    Some(format!(
+        "00-{}-{}-{sampled}",
+        trace.to_ascii_lowercase(),
+        parent.to_ascii_lowercase()
+    ))
+}
+
 impl Client {
     /// A client of the gateway at `base` (`http://127.0.0.1:4600`).
     pub fn new(base: impl Into<String>) -> Client {
@@ -125,9 +163,17 @@ impl Client {
     pub fn request(&self, method: http::Method, path: &str) -> reqwest::RequestBuilder {
         let mut headers = http::HeaderMap::new();
         let context = tracing::Span::current().context();
-        opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&context, &mut HeaderInjector(&mut headers))
-        });
+        if context.span().span_context().is_valid() {
+            opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.inject_context(&context, &mut HeaderInjector(&mut headers))
+            });
+        } else if let Some(traceparent) = invocation_traceparent() {
+            // Inside a function without tracing of its own: the call continues the
+            // invocation's trace, which Lambda runtimes put in `_X_AMZN_TRACE_ID`.
+            if let Ok(value) = http::HeaderValue::from_str(&traceparent) {
+                headers.insert("traceparent", value);
+            }
+        }
         let mut builder = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -216,5 +262,34 @@ impl Client {
     /// The signed-in user (needs a user token).
     pub async fn user(&self) -> Result<serde_json::Value> {
         self.get("/auth/v1/user").await
+    }
+}
+
+#[cfg(test)]
+mod xray_tests {
+    #[test]
+    fn xray_headers_map_to_traceparent() {
+        assert_eq!(
+            super::traceparent_from_xray(
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+            )
+            .as_deref(),
+            Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01")
+        );
+        assert_eq!(
+            super::traceparent_from_xray(
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0"
+            )
+            .as_deref(),
+            Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-00")
+        );
+        for bad in [
+            "",
+            "Root=1-xyz;Parent=1",
+            "Root=2-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8",
+            "Parent=53995c3f42cd8ad8",
+        ] {
+            assert_eq!(super::traceparent_from_xray(bad), None, "{bad}");
+        }
     }
 }
