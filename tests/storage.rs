@@ -51,15 +51,11 @@ async fn start(kind: Kind, change: impl FnOnce(&mut StorageConfig)) -> Env {
     }
 }
 
+/// Random hex: S3 bucket prefixes must differ across runs against one long-lived
+/// S3 server (the earlier time+pid form kept, after its reversal, only the pid's
+/// digits in the 8 characters used, and pids repeat).
 fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{:x}{:08x}", nanos, std::process::id())
-        .chars()
-        .rev()
-        .collect()
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn s3_client() -> aws_sdk_s3::Client {

@@ -73,12 +73,19 @@ impl Authz {
         let Some(value) = authorization else {
             return Ok(Caller::anonymous());
         };
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthenticated("Authorization must be \"Bearer <token>\""))?;
+        let token = match value.strip_prefix("AWS4-HMAC-SHA256 ") {
+            Some(signed) => sigv4_access_key(signed).ok_or_else(|| {
+                ApiError::unauthenticated("AWS SigV4 Authorization without Credential=<key>/…")
+            })?,
+            None => value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    ApiError::unauthenticated("Authorization must be \"Bearer <token>\"")
+                })?,
+        };
         self.verifier
             .verify_bearer(token)
             .await
@@ -273,6 +280,20 @@ impl Authz {
     }
 }
 
+/// The access key id of a SigV4 `Authorization` value (after the algorithm):
+/// `Credential=<key id>/<date>/<region>/<service>/aws4_request, SignedHeaders=…, Signature=…`.
+///
+/// AWS SDKs (the Lambda client pointed at the gateway) sign requests rather than send
+/// a bearer token; their access key id carries a minicloud token or API key, and the
+/// signature is not checked, as LocalStack does: the key id is the secret here.
+fn sigv4_access_key(signed: &str) -> Option<&str> {
+    signed
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("Credential="))
+        .and_then(|credential| credential.split('/').next())
+        .filter(|key| !key.is_empty())
+}
+
 /// Axum extractor: the verified caller of this request (anonymous without a token).
 impl<S> FromRequestParts<S> for Caller
 where
@@ -292,5 +313,21 @@ where
             ),
         };
         authz.caller(header).await
+    }
+}
+
+#[cfg(test)]
+mod sigv4_tests {
+    #[test]
+    fn the_access_key_id_is_read_from_a_sigv4_header() {
+        let signed = "Credential=mck_abc123/20261126/us-east-1/lambda/aws4_request, SignedHeaders=host;x-amz-date, Signature=deadbeef";
+        assert_eq!(super::sigv4_access_key(signed), Some("mck_abc123"));
+        for bad in [
+            "",
+            "SignedHeaders=host, Signature=x",
+            "Credential=/20261126/us-east-1/lambda/aws4_request",
+        ] {
+            assert_eq!(super::sigv4_access_key(bad), None, "{bad}");
+        }
     }
 }
