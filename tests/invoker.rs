@@ -535,6 +535,43 @@ async fn concurrency_limits_throttle_sync_invokes() {
     )
     .await;
     assert_eq!(invoke(&cloud, "off", json!({})).await.status, 429);
+
+    // The per-function metrics saw all of it.
+    let metrics = http()
+        .get(format!("{}/metrics", cloud.urls.invoker))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    // slow, abandoned and the two warm calls ran; two sync calls were throttled.
+    assert_eq!(
+        value(r#"minicloud_invoker_invocations_total{service="invoker",function="single"}"#),
+        4.0
+    );
+    assert_eq!(value(r#"minicloud_invoker_throttles_total{service="invoker",function="single"}"#), 2.0);
+    assert_eq!(value(r#"minicloud_invoker_throttles_total{service="invoker",function="off"}"#), 1.0);
+    assert_eq!(
+        value(r#"minicloud_invoker_cold_starts_total{service="invoker",function="single"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"minicloud_invoker_duration_seconds_count{service="invoker",function="single"}"#),
+        4.0
+    );
+    assert_eq!(
+        value(r#"minicloud_invoker_concurrent_executions{service="invoker",function="single"}"#),
+        0.0
+    );
     cloud.stop().await.unwrap();
 }
 
