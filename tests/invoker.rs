@@ -558,8 +558,14 @@ async fn concurrency_limits_throttle_sync_invokes() {
         value(r#"minicloud_invoker_invocations_total{service="invoker",function="single"}"#),
         4.0
     );
-    assert_eq!(value(r#"minicloud_invoker_throttles_total{service="invoker",function="single"}"#), 2.0);
-    assert_eq!(value(r#"minicloud_invoker_throttles_total{service="invoker",function="off"}"#), 1.0);
+    assert_eq!(
+        value(r#"minicloud_invoker_throttles_total{service="invoker",function="single"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"minicloud_invoker_throttles_total{service="invoker",function="off"}"#),
+        1.0
+    );
     assert_eq!(
         value(r#"minicloud_invoker_cold_starts_total{service="invoker",function="single"}"#),
         1.0
