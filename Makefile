@@ -11,7 +11,7 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Lint, then every test (unit, end-to-end, binary) against the local Postgres and Redis.
-test: lint compose-check test-deps
+test: lint compose-check k8s-check test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## Tests only, without the lint step.
@@ -41,12 +41,21 @@ bench:
 	./target/release/invoker-bench
 	python3 scripts/bench_report.py
 
+## The photo-thumbnail pipeline against the cloud `make up` (or `docker compose up`)
+## runs: builds the function, sets everything up, uploads photos, checks the results.
 demo:
-	@echo "make demo: not yet — the thumbnail pipeline lands with issue 8"
+	$(CARGO) build --release -p minicloud -p thumbnail
+	./target/release/minicloud demo thumbnail --function-binary target/release/thumbnail
 
-## Validate the Kubernetes manifests against the API schemas (pip install kubernetes-validate).
-k8s-check:
-	kubernetes-validate --strict deploy/kubernetes/minicloud.yaml
+## Check the kustomize tree deploy/kubernetes offline: rendered as kustomize does, the
+## project's rules (replicas, probes, Services, env names), then the strict API schemas
+## of the oldest and newest Kubernetes versions we target (kubernetes-validate, PyPI).
+K8S_VERSIONS ?= 1.32.0 1.37.0
+k8s-check: target/k8sdeps/kubernetes_validate
+	PYTHONPATH=target/k8sdeps python3 scripts/k8s_check.py $(addprefix --kubernetes-version ,$(K8S_VERSIONS)) deploy/kubernetes
+
+target/k8sdeps/kubernetes_validate:
+	python3 -m pip install --quiet --target target/k8sdeps kubernetes-validate==1.37.0
 
 ## Validate docker-compose.yml (Debian package docker-compose; no Docker engine needed).
 compose-check:

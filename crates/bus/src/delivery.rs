@@ -15,6 +15,7 @@ use redis::Value as RedisValue;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::Bus;
 use crate::pattern::Pattern;
@@ -117,6 +118,28 @@ fn label(subscription: &SubscriptionOut) -> crate::metrics::SubscriptionLabel {
     crate::metrics::SubscriptionLabel {
         subscription: subscription.id.clone(),
     }
+}
+
+/// One attempt's span, a child of the trace the event carries (`traceparent`), so a
+/// function or webhook continues the trace of the change that caused the event.
+fn delivery_span(subscription: &SubscriptionOut, event: &Value, attempt: i32) -> tracing::Span {
+    let span = tracing::info_span!(
+        "deliver",
+        otel.name = %format!("deliver {}", subscription.topic),
+        otel.kind = "producer",
+        minicloud.service = "bus",
+        subscription = %subscription.id,
+        event_id = %event.get("id").and_then(serde_json::Value::as_str).unwrap_or_default(),
+        attempt,
+    );
+    if let Some(traceparent) = event.get("traceparent").and_then(Value::as_str)
+        && let Ok(value) = http::HeaderValue::from_str(traceparent)
+    {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", value);
+        minicloud_telemetry::trace_context::continue_from(&span, &headers);
+    }
+    span
 }
 
 /// Delivers one event once.
@@ -228,7 +251,10 @@ async fn deliver(
 ) -> Result<(), (i32, String)> {
     let mut attempt = 1;
     loop {
-        match deliver_once(bus, target, event, attempt).await {
+        match deliver_once(bus, target, event, attempt)
+            .instrument(delivery_span(subscription, event, attempt))
+            .await
+        {
             Ok(()) => return Ok(()),
             Err(error) => {
                 let too_old = event_age(event)

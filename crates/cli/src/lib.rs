@@ -5,6 +5,7 @@
 
 pub mod cloud;
 pub mod config;
+pub mod demo;
 pub mod functions;
 pub mod postgres;
 pub mod private_servers;

@@ -41,6 +41,9 @@ enum Command {
     /// Functions: deploy, list, get, delete, invoke, logs.
     #[command(subcommand)]
     Fn(minicloud_cli::functions::FnCommand),
+    /// Reference apps, set up and checked against a running cloud.
+    #[command(subcommand)]
+    Demo(minicloud_cli::demo::DemoCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +219,7 @@ fn main() -> ExitCode {
                 minicloud_cli::user::tail(&connection, &topic, std::io::stdout()).await
             }
             Command::Fn(command) => minicloud_cli::functions::run(command, std::io::stdout()).await,
+            Command::Demo(command) => minicloud_cli::demo::run(command, std::io::stdout()).await,
         }
     });
     match result {

@@ -90,6 +90,14 @@ pub struct InvokerConfig {
     /// The gateway URL functions get as MINICLOUD_URL.
     #[arg(long = "invoker-gateway-url", env = "MINICLOUD_INVOKER_GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// Where functions send their traces (`OTEL_EXPORTER_OTLP_ENDPOINT` in their
+    /// environment unless their own env sets it): by default where minicloud's go, so
+    /// one collector shows a request from the gateway into the function and back.
+    #[arg(
+        long = "invoker-functions-otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
+    pub functions_otlp_endpoint: Option<String>,
     /// Concurrent executions per function without reserved concurrency.
     #[arg(
         long = "invoker-concurrency",
@@ -107,6 +115,7 @@ impl Default for InvokerConfig {
             node: None,
             region: "us-east-1".into(),
             gateway_url: None,
+            functions_otlp_endpoint: None,
             default_concurrency: 64,
         }
     }
@@ -217,7 +226,13 @@ impl Invoker {
                 node,
             },
             config.region.clone(),
-            config.gateway_url.clone(),
+            pool::FunctionUrls {
+                gateway: config.gateway_url.clone(),
+                otlp: config
+                    .functions_otlp_endpoint
+                    .clone()
+                    .filter(|url| !url.is_empty()),
+            },
             config.default_concurrency,
             Arc::clone(&authz),
             metrics,

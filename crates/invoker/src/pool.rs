@@ -85,11 +85,19 @@ pub enum InvokeError {
     Api(#[from] ApiError),
 }
 
+/// Endpoints of the platform a function's instances are told about.
+pub struct FunctionUrls {
+    /// `MINICLOUD_URL`.
+    pub gateway: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, unless the function sets its own.
+    pub otlp: Option<String>,
+}
+
 pub struct Engine {
     db: PgPool,
     paths: Paths,
     region: String,
-    gateway_url: Option<String>,
+    urls: FunctionUrls,
     default_concurrency: u32,
     authz: Arc<Authz>,
     pub logs: LogStore,
@@ -118,7 +126,7 @@ impl Engine {
         db: PgPool,
         paths: Paths,
         region: String,
-        gateway_url: Option<String>,
+        urls: FunctionUrls,
         default_concurrency: u32,
         authz: Arc<Authz>,
         metrics: InvokerMetrics,
@@ -127,7 +135,7 @@ impl Engine {
             db,
             paths,
             region,
-            gateway_url,
+            urls,
             default_concurrency,
             authz,
             logs: LogStore::default(),
@@ -499,8 +507,13 @@ impl Engine {
             ("MINICLOUD_FUNCTION", name.clone()),
         ];
         env.extend(platform.into_iter().map(|(k, v)| (k.to_owned(), v)));
-        if let Some(url) = &self.gateway_url {
+        if let Some(url) = &self.urls.gateway {
             env.push(("MINICLOUD_URL".into(), url.clone()));
+        }
+        if let Some(url) = &self.urls.otlp
+            && !env.iter().any(|(k, _)| k == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url.clone()));
         }
         if let Some(token) = self.role_token(pool).await? {
             env.push(("MINICLOUD_TOKEN".into(), token));

@@ -196,15 +196,7 @@ impl Client {
             let bytes = response.bytes().await?;
             return serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()));
         }
-        let bytes = response.bytes().await.unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let error = &body["error"];
-        Err(Error::Api {
-            status: status.as_u16(),
-            code: error["code"].as_str().unwrap_or("unknown").to_owned(),
-            message: error["message"].as_str().unwrap_or_default().to_owned(),
-            request_id: error["request_id"].as_str().map(str::to_owned),
-        })
+        Err(self.error_of(response).await)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -263,6 +255,94 @@ impl Client {
     pub async fn user(&self) -> Result<serde_json::Value> {
         self.get("/auth/v1/user").await
     }
+
+    /// An object's bytes (`storage:GetObject`).
+    pub async fn download(&self, bucket: &str, path: &str) -> Result<bytes::Bytes> {
+        let response = self
+            .request(http::Method::GET, &object_path(bucket, path))
+            .send()
+            .await?;
+        if response.status().is_success() {
+            return Ok(response.bytes().await?);
+        }
+        Err(self.error_of(response).await)
+    }
+
+    /// Writes an object (`storage:PutObject`): replaces it with `upsert`, else 409 if it
+    /// exists. Returns the object's metadata.
+    pub async fn upload(
+        &self,
+        bucket: &str,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        content_type: &str,
+        upsert: bool,
+    ) -> Result<serde_json::Value> {
+        let method = if upsert {
+            http::Method::PUT
+        } else {
+            http::Method::POST
+        };
+        self.send(
+            self.request(method, &object_path(bucket, path))
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    /// Creates or replaces a document (`db:PutDocument`); returns the stored document.
+    pub async fn put_document(
+        &self,
+        collection: &str,
+        id: &str,
+        data: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        self.put(
+            &format!(
+                "/db/v1/collections/{}/docs/{}",
+                encode_segment(collection),
+                encode_segment(id)
+            ),
+            data,
+        )
+        .await
+    }
+
+    async fn error_of(&self, response: reqwest::Response) -> Error {
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let error = &body["error"];
+        Error::Api {
+            status: status.as_u16(),
+            code: error["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: error["message"].as_str().unwrap_or_default().to_owned(),
+            request_id: error["request_id"].as_str().map(str::to_owned),
+        }
+    }
+}
+
+/// Characters kept as they are in a path segment; everything else is %-encoded, so
+/// names with `#`, `?`, `%` or spaces reach the server as sent.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn encode_segment(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
+/// `/storage/v1/object/<bucket>/<path>` with each segment encoded, slashes kept.
+fn object_path(bucket: &str, path: &str) -> String {
+    let mut out = format!("/storage/v1/object/{}", encode_segment(bucket));
+    for segment in path.split('/') {
+        out.push('/');
+        out.push_str(&encode_segment(segment));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -291,5 +371,20 @@ mod xray_tests {
         ] {
             assert_eq!(super::traceparent_from_xray(bad), None, "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    #[test]
+    fn object_paths_encode_each_segment_and_keep_slashes() {
+        assert_eq!(
+            super::object_path("photos", "u1/a b#1?.jpg"),
+            "/storage/v1/object/photos/u1/a%20b%231%3F.jpg"
+        );
+        assert_eq!(
+            super::object_path("photos", "ü/x"),
+            "/storage/v1/object/photos/%C3%BC/x"
+        );
     }
 }
