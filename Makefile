@@ -36,9 +36,12 @@ bench:
 	$(CARGO) bench -p minicloud-e2e --bench auth -- --noplot
 	$(CARGO) build --release -p minicloud -p minicloud-bench
 	$(CARGO) build --release -p minicloud-e2e --bin echo-function
+	$(CARGO) build --release -p thumbnail --bin thumbnail
 	./target/release/storage-bench
 	./target/release/docdb-bench
+	./target/release/bus-bench
 	./target/release/invoker-bench
+	./target/release/pipeline-bench
 	python3 scripts/bench_report.py
 
 ## The photo-thumbnail pipeline against the cloud `make up` (or `docker compose up`)

@@ -224,6 +224,64 @@ without a blocking-pool hop).
 """
 
 
+def bus_section():
+    path = ROOT / "target" / "bench-bus.json"
+    if not path.exists():
+        return "\n## Bus (issue 6)\n\nNot measured in this run (`target/release/bus-bench` did not run).\n"
+    d = json.loads(path.read_text())
+    bl, bt = d["bare"]["latency"], d["bare"]["throughput"]
+    ol, ot = d["bus"]["latency"], d["bus"]["throughput"]
+    return f"""
+## Bus (issue 6)
+
+`target/release/bus-bench`, one run: the whole cloud in the benchmark's process,
+events published through the gateway with the service key to a user topic whose
+subscription delivers to a webhook (an axum handler in the same process, CloudEvents
+binary mode), against a bare Redis Streams loop on the same Redis (one connection
+`XADD`s, another `XREADGROUP`s as a consumer group and `XACK`s).
+
+| figure | bus: publish → webhook | bare XADD → XREADGROUP → XACK | ratio |
+|---|---|---|---|
+| latency, one event at a time ({d['rounds']} rounds; subscription `max_in_flight` 1) | p50 {ol['p50_us']:,.0f} µs, p99 {ol['p99_us']:,.0f} µs | p50 {bl['p50_us']:,.0f} µs, p99 {bl['p99_us']:,.0f} µs | p50 {ol['p50_us'] / bl['p50_us']:.1f}× the floor |
+| sustained, {ot['events']:,} events (batches of 100 from 4 publishers; `max_in_flight` {d['bus']['max_in_flight']}) | **{ot['events_per_s']:,.0f} events/s** delivered (published at {ot['published_per_s']:,.0f}/s) | {bt['events_per_s']:,.0f} events/s | **{ot['events_per_s'] / bt['events_per_s']:.2f}** of its throughput (target ≥ 0.5) |
+
+Every delivered event is one HTTP POST to the webhook plus the consumer group's read
+and ack, the dedupe script on publish and pattern matching; the bare loop does none
+of the HTTP and batches its reads and acks.
+"""
+
+
+def pipeline_section():
+    path = ROOT / "target" / "bench-pipeline.json"
+    if not path.exists():
+        return "\n## Thumbnail pipeline (issue 8)\n\nNot measured in this run (`target/release/pipeline-bench` did not run).\n"
+    d = json.loads(path.read_text())
+    floor, seq, par = d["floor"], d["sequential"], d["parallel"]
+    ms = lambda us: us / 1000
+    photo = d["photo"]
+    return f"""
+## Thumbnail pipeline (issue 8)
+
+`target/release/pipeline-bench`, one run: the whole cloud in the benchmark's process
+(`fs` storage), the `thumbnail` function a release build of `examples/thumbnail`
+deployed and triggered as `minicloud demo thumbnail` does (at most
+{d['max_in_flight']} photos in flight), photos of {photo['width']}×{photo['height']}
+({photo['width'] * photo['height'] / 1e6:.0f} MP, {photo['bytes'] / 1048576:.1f} MiB JPEG) uploaded
+by a user through the gateway; each latency runs from the start of the upload until
+the photo's `photo_meta` document can be read (polled every 2 ms). The floor is the
+function's own computation (decode, orient, fit in 256×256, encode) in one process.
+
+| figure | p50 | p99 | photos/s | p50 ratio to the floor (target < 1.5×) |
+|---|---|---|---|---|
+| floor: thumbnail computation alone | {ms(floor['p50_us']):,.0f} ms | {ms(floor['p99_us']):,.0f} ms | {floor['ops_per_s']:.1f} | 1.00× |
+| pipeline, one photo after another | {ms(seq['p50_us']):,.0f} ms | {ms(seq['p99_us']):,.0f} ms | {seq['ops_per_s']:.1f} | **{seq['p50_us'] / floor['p50_us']:.2f}×** |
+| pipeline, {d['parallel_count']} photos at once | {ms(par['p50_us']):,.0f} ms | {ms(par['p99_us']):,.0f} ms | {par['ops_per_s']:.1f} | {par['p50_us'] / floor['p50_us']:.2f}× |
+
+With {d['parallel_count']} photos at once the two cores are the limit: photos/s against the
+floor's single-core rate shows how much of the second core the pipeline gets.
+"""
+
+
 def main():
     verify_ours = mean_ns("verify", "minicloud_authz")
     verify_base = mean_ns("verify", "jsonwebtoken_direct")
@@ -291,7 +349,9 @@ and the gateway hop) adds {(sign_auth-sign_base)/1e6:.2f} ms straight to auth an
 """
     out += storage_section()
     out += docdb_section()
+    out += bus_section()
     out += invoker_section()
+    out += pipeline_section()
     (ROOT / "docs" / "benchmarks.md").write_text(out)
     print(out)
 

@@ -21,9 +21,12 @@ struct Up {
 }
 
 fn start_up(ports: &[u16], data_dir: &std::path::Path, database_url: &str, redis_url: &str) -> Up {
+    // Relative to the working dir, as `make up` runs it (`.minicloud`).
+    let relative = data_dir.strip_prefix(std::env::temp_dir()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_minicloud"))
+        .current_dir(std::env::temp_dir())
         .arg("up")
-        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .args(["--data-dir", relative.to_str().unwrap()])
         .args([
             "--gateway-port",
             &ports[0].to_string(),
@@ -166,6 +169,56 @@ fn up_prints_the_gateway_fast_serves_ready_and_exits_cleanly_on_ctrl_c() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+
+    // A function runs under the relative data dir too (its code dir was once relative,
+    // so instances, which run in their own dir, could not find their bootstrap). The
+    // bootstrap is AWS's shell example of the Runtime API.
+    let code = data_dir.join("hello-fn");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(
+        code.join("bootstrap"),
+        "#!/bin/sh\nset -e\nAPI=\"http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime/invocation\"\n\
+         while true; do\n  H=$(mktemp)\n  EVENT=$(curl -sS -D \"$H\" \"$API/next\")\n\
+         ID=$(grep -i '^lambda-runtime-aws-request-id:' \"$H\" | cut -d' ' -f2 | tr -d '\\r')\n\
+         curl -sS -X POST -d \"{\\\"got\\\":$EVENT}\" \"$API/$ID/response\" >/dev/null\ndone\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        code.join("bootstrap"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let relative = data_dir.strip_prefix(std::env::temp_dir()).unwrap();
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_minicloud"))
+            .current_dir(std::env::temp_dir())
+            .args(args)
+            .args(["--data-dir", relative.to_str().unwrap()])
+            .env_remove("MINICLOUD_URL")
+            .env_remove("MINICLOUD_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    cli(&[
+        "fn",
+        "deploy",
+        "hello",
+        "--runtime",
+        "provided",
+        "--dir",
+        code.to_str().unwrap(),
+    ]);
+    let answer = cli(&["fn", "invoke", "hello", "--payload", r#"{"n":7}"#]);
+    assert!(
+        answer.contains(r#""got""#) && answer.contains('7'),
+        "{answer}"
+    );
 
     let status = interrupt_and_wait(up);
     assert!(status.success(), "exit status {status}");

@@ -207,6 +207,9 @@ impl Invoker {
             .code_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(".minicloud/functions"));
+        // Absolute: instances run in their own working dir, where a relative path to
+        // their `bootstrap` would point nowhere (`.minicloud/functions` by default).
+        let code_dir = std::path::absolute(&code_dir).unwrap_or(code_dir);
         let runtimes = code_dir.join(".runtimes");
         let run_dir = code_dir.join(".instances");
         write_runtimes(&runtimes).map_err(|e| InvokerStartError::Dir(runtimes.clone(), e))?;
