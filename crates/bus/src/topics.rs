@@ -191,19 +191,18 @@ impl Bus {
         let retention =
             retention.ok_or_else(|| ApiError::not_found(format!("topic {topic} not found")))?;
         let stream = self.stream_key(topic);
-        // Check-and-append in one atomic script: two publishers of the same event
-        // cannot both append it.
-        let script = redis::Script::new(
-            r"
+        // Check-and-append in one atomic script per event: two publishers of the same
+        // event cannot both append it. A batch's scripts go in one pipelined round
+        // trip, in order (EVAL, not EVALSHA: Redis caches the compiled script, and a
+        // pipeline cannot recover from NOSCRIPT).
+        const CHECK_AND_APPEND: &str = r"
             local existing = redis.call('GET', KEYS[2])
             if existing then return existing end
             local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2])
             redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
             return id
-            ",
-        );
-        let mut redis = self.redis.clone();
-        let mut ids = Vec::with_capacity(events.len());
+            ";
+        let mut pipe = redis::pipe();
         for event in events {
             let source = event["source"].as_str().unwrap_or_default();
             let id = event["id"].as_str().unwrap_or_default();
@@ -213,23 +212,26 @@ impl Bus {
                 self.config.redis_prefix,
                 hex::encode(digest)
             );
-            let stream_id: String = script
-                .key(&stream)
-                .key(&dedupe)
+            pipe.cmd("EVAL")
+                .arg(CHECK_AND_APPEND)
+                .arg(2)
+                .arg(&stream)
+                .arg(&dedupe)
                 .arg(retention)
                 .arg(event.to_string())
-                .arg(self.config.dedupe_window_s)
-                .invoke_async(&mut redis)
-                .await
-                .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))?;
-            ids.push(stream_id);
-            self.metrics
-                .published
-                .get_or_create(&crate::metrics::TopicLabel {
-                    topic: topic.to_owned(),
-                })
-                .inc();
+                .arg(self.config.dedupe_window_s);
         }
+        let mut redis = self.redis.clone();
+        let ids: Vec<String> = pipe
+            .query_async(&mut redis)
+            .await
+            .map_err(|e| ApiError::unavailable("event store unavailable").with_source(e))?;
+        self.metrics
+            .published
+            .get_or_create(&crate::metrics::TopicLabel {
+                topic: topic.to_owned(),
+            })
+            .inc_by(ids.len() as u64);
         Ok(ids)
     }
 }
