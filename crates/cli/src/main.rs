@@ -294,6 +294,10 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
 
+    // Absolute from here on: private servers and function instances run in other
+    // working dirs, where `.minicloud/…` would point elsewhere.
+    args.data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let mut private: Vec<PrivateServer> = Vec::new();
     let (database_url, pg) = ensure_postgres(&args.store.database_url, &args.data_dir).await?;
     private.extend(pg);
