@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use minicloud_telemetry::{TelemetryConfig, init};
 use minicloud_testkit::TestCloud;
-use minicloud_testkit::otlp::{OtlpReceiver, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER};
+use minicloud_testkit::otlp::{
+    OtlpReceiver, ReceivedSpan, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, Trace,
+};
 
 fn service(span: &ReceivedSpan) -> &str {
     span.attribute("minicloud.service").unwrap_or_default()
@@ -56,34 +58,14 @@ async fn one_request_is_one_trace_across_gateway_service_and_grpc() {
         .iter()
         .find(|s| service(s) == "gateway" && s.attribute("request_id") == Some(&request_id))
         .expect("the gateway's server span");
-    assert!(
-        root.parent_span_id.is_empty(),
-        "the gateway starts the trace: {root:?}"
-    );
-    let trace: Vec<&ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.trace_id == root.trace_id)
-        .collect();
-    let by_id = |id: &[u8]| trace.iter().find(|s| s.span_id == id).copied();
-    let parent_of = |span: &ReceivedSpan| {
-        by_id(&span.parent_span_id)
-            .unwrap_or_else(|| panic!("parent of {span:?} missing from the trace"))
-    };
+    let trace = Trace::of(root, &spans);
+    let parent_of = |span: &ReceivedSpan| trace.parent_of(span);
 
-    let storage = trace
-        .iter()
-        .find(|s| {
-            service(s) == "storage"
-                && s.kind == SPAN_KIND_SERVER
-                && s.name.starts_with("GET /storage/v1/bucket")
-        })
-        .copied()
-        .unwrap_or_else(|| {
-            panic!(
-                "storage server span in {:#?}",
-                trace.iter().map(|s| &s.name).collect::<Vec<_>>()
-            )
-        });
+    let storage = trace.find("storage server", |s| {
+        service(s) == "storage"
+            && s.kind == SPAN_KIND_SERVER
+            && s.name.starts_with("GET /storage/v1/bucket")
+    });
     let proxy = parent_of(storage);
     assert_eq!(
         proxy.attribute("peer.service"),
@@ -97,11 +79,9 @@ async fn one_request_is_one_trace_across_gateway_service_and_grpc() {
         "the proxy span is a child of the root"
     );
 
-    let auth = trace
-        .iter()
-        .find(|s| service(s) == "auth" && s.name == "minicloud.auth.v1.AuthService/GetJwks")
-        .copied()
-        .expect("auth's gRPC server span in the same trace");
+    let auth = trace.find("auth's gRPC server", |s| {
+        service(s) == "auth" && s.name == "minicloud.auth.v1.AuthService/GetJwks"
+    });
     let grpc_client = parent_of(auth);
     assert_eq!(auth.kind, SPAN_KIND_SERVER);
     assert_eq!(grpc_client.kind, SPAN_KIND_CLIENT);
@@ -116,7 +96,12 @@ async fn one_request_is_one_trace_across_gateway_service_and_grpc() {
         );
         ancestor = parent_of(ancestor);
     }
-    assert!(trace.iter().all(|s| s.resource_service == "minicloud"));
+    assert!(
+        trace
+            .spans
+            .iter()
+            .all(|s| s.resource_service == "minicloud")
+    );
 
     cloud.stop().await.unwrap();
     telemetry.shutdown();

@@ -40,6 +40,87 @@ impl ReceivedSpan {
     }
 }
 
+/// The spans of one trace, with the lookups trace tests make.
+pub struct Trace<'a> {
+    pub root: &'a ReceivedSpan,
+    pub spans: Vec<&'a ReceivedSpan>,
+}
+
+impl<'a> Trace<'a> {
+    /// The trace `root` starts (it must have no parent), out of every span received.
+    pub fn of(root: &'a ReceivedSpan, all: &'a [ReceivedSpan]) -> Trace<'a> {
+        assert!(
+            root.parent_span_id.is_empty(),
+            "{} does not start its trace: {root:?}",
+            root.name
+        );
+        Trace {
+            root,
+            spans: all.iter().filter(|s| s.trace_id == root.trace_id).collect(),
+        }
+    }
+
+    pub fn by_id(&self, id: &[u8]) -> Option<&'a ReceivedSpan> {
+        self.spans.iter().find(|s| s.span_id == id).copied()
+    }
+
+    /// `span`'s parent; panics if it is not in the trace.
+    pub fn parent_of(&self, span: &ReceivedSpan) -> &'a ReceivedSpan {
+        self.by_id(&span.parent_span_id).unwrap_or_else(|| {
+            panic!(
+                "the parent of {} is not in the trace: {:#?}",
+                span.name,
+                self.names()
+            )
+        })
+    }
+
+    /// Whether `ancestor` is on `span`'s parent chain.
+    pub fn descends(&self, span: &ReceivedSpan, ancestor: &ReceivedSpan) -> bool {
+        let mut at = span;
+        while let Some(parent) = self.by_id(&at.parent_span_id) {
+            if parent.span_id == ancestor.span_id {
+                return true;
+            }
+            at = parent;
+        }
+        false
+    }
+
+    /// The first span matching `predicate`; panics naming `what` and the trace if none.
+    pub fn find(&self, what: &str, predicate: impl Fn(&ReceivedSpan) -> bool) -> &'a ReceivedSpan {
+        self.spans
+            .iter()
+            .copied()
+            .find(|s| predicate(s))
+            .unwrap_or_else(|| panic!("no {what} span in {:#?}", self.names()))
+    }
+
+    /// Every span but the root has its parent in the trace: one connected tree.
+    pub fn assert_connected(&self) {
+        for span in &self.spans {
+            if span.span_id != self.root.span_id {
+                self.parent_of(span);
+            }
+        }
+    }
+
+    /// `name [resource|minicloud.service]` of each span, for failure messages.
+    pub fn names(&self) -> Vec<String> {
+        self.spans
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} [{}|{}]",
+                    s.name,
+                    s.resource_service,
+                    s.attribute("minicloud.service").unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,

@@ -351,7 +351,7 @@ async fn photos_become_thumbnails_and_metadata_and_bad_files_are_dead_lettered()
 /// gateway → storage and docdb, one trace id, every span's parent in the trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_follows_an_upload_into_the_function_and_back() {
-    use minicloud_testkit::otlp::{OtlpReceiver, ReceivedSpan};
+    use minicloud_testkit::otlp::{OtlpReceiver, ReceivedSpan, Trace};
     let receiver = OtlpReceiver::start().await.unwrap();
     let telemetry = minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig {
         service_name: "minicloud".into(),
@@ -422,91 +422,48 @@ async fn one_trace_follows_an_upload_into_the_function_and_back() {
         .iter()
         .find(|s| is_root(s))
         .expect("the gateway's span of the upload");
-    assert!(
-        root.parent_span_id.is_empty(),
-        "the upload starts the trace"
-    );
-    let trace: Vec<&ReceivedSpan> = spans
-        .iter()
-        .filter(|s| s.trace_id == root.trace_id)
-        .collect();
-    let names = || {
-        trace
-            .iter()
-            .map(|s| format!("{} [{}|{}]", s.name, s.resource_service, service(s)))
-            .collect::<Vec<_>>()
-    };
-    let by_id = |id: &[u8]| trace.iter().find(|s| s.span_id == id).copied();
-    // A connected chain: every span but the root has its parent in this trace.
-    for span in &trace {
-        if span.span_id != root.span_id {
-            assert!(
-                by_id(&span.parent_span_id).is_some(),
-                "the parent of {} is not in the trace: {:#?}",
-                span.name,
-                names()
-            );
-        }
-    }
-    let descends = |span: &ReceivedSpan, ancestor: &ReceivedSpan| {
-        let mut at = span;
-        while let Some(parent) = by_id(&at.parent_span_id) {
-            if parent.span_id == ancestor.span_id {
-                return true;
-            }
-            at = parent;
-        }
-        false
-    };
-    let find = |what: &str, predicate: &dyn Fn(&ReceivedSpan) -> bool| -> &ReceivedSpan {
-        trace
-            .iter()
-            .copied()
-            .find(|s| predicate(s))
-            .unwrap_or_else(|| panic!("no {what} span in {:#?}", names()))
-    };
-    let upload = find("storage upload", &|s| {
+    let trace = Trace::of(root, &spans);
+    trace.assert_connected();
+    let upload = trace.find("storage upload", |s| {
         service(s) == "storage" && s.name.starts_with("POST /storage/v1/object")
     });
-    let deliver = find("bus delivery", &|s| {
+    let deliver = trace.find("bus delivery", |s| {
         service(s) == "bus" && s.name.starts_with("deliver")
     });
-    let invoker = find("invoker", &|s| {
+    let invoker = trace.find("invoker", |s| {
         service(s) == "invoker" && s.name.ends_with("/Invoke")
     });
-    let function = find("function", &|s| {
+    let function = trace.find("function", |s| {
         s.resource_service == "thumbnail" && s.name == "thumbnail"
     });
-    let read = find("storage read by the function", &|s| {
+    let read = trace.find("storage read by the function", |s| {
         service(s) == "storage"
             && s.name.starts_with("GET /storage/v1/object")
-            && descends(s, function)
+            && trace.descends(s, function)
     });
-    let write = find("thumbnail write", &|s| {
+    let write = trace.find("thumbnail write", |s| {
         service(s) == "storage"
             && s.name.starts_with("PUT /storage/v1/object")
-            && descends(s, function)
+            && trace.descends(s, function)
     });
-    let metadata = find("docdb write", &|s| {
+    let metadata = trace.find("docdb write", |s| {
         service(s) == "docdb"
             && s.name.starts_with("PUT /db/v1/collections")
-            && descends(s, function)
+            && trace.descends(s, function)
     });
     let chain = [root, upload, deliver, invoker, function];
     for pair in chain.windows(2) {
         assert!(
-            descends(pair[1], pair[0]),
+            trace.descends(pair[1], pair[0]),
             "{} does not descend from {}: {:#?}",
             pair[1].name,
             pair[0].name,
-            names()
+            trace.names()
         );
     }
     for span in [read, write, metadata] {
         // Through the gateway, as any client's calls.
-        let gateway = by_id(&span.parent_span_id)
-            .and_then(|proxy| by_id(&proxy.parent_span_id))
-            .unwrap();
+        let gateway = trace.parent_of(trace.parent_of(span));
         assert_eq!(service(gateway), "gateway", "{}", span.name);
     }
 
