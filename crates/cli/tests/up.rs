@@ -20,6 +20,26 @@ struct Up {
     lines: std::sync::mpsc::Receiver<String>,
 }
 
+impl Drop for Up {
+    /// A test that failed half-way must not leave `minicloud up` running (one ran on
+    /// for hours after a failed assertion, loading the machine under later benchmarks).
+    /// SIGINT first, so it also stops the private servers it started.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_up(ports: &[u16], data_dir: &std::path::Path, database_url: &str, redis_url: &str) -> Up {
     // Relative to the working dir, as `make up` runs it (`.minicloud`).
     let relative = data_dir.strip_prefix(std::env::temp_dir()).unwrap();
