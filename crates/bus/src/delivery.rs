@@ -132,12 +132,8 @@ fn delivery_span(subscription: &SubscriptionOut, event: &Value, attempt: i32) ->
         event_id = %event.get("id").and_then(serde_json::Value::as_str).unwrap_or_default(),
         attempt,
     );
-    if let Some(traceparent) = event.get("traceparent").and_then(Value::as_str)
-        && let Ok(value) = http::HeaderValue::from_str(traceparent)
-    {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("traceparent", value);
-        minicloud_telemetry::trace_context::continue_from(&span, &headers);
+    if let Some(traceparent) = event.get("traceparent").and_then(Value::as_str) {
+        minicloud_telemetry::trace_context::continue_from_traceparent(&span, traceparent);
     }
     span
 }

@@ -61,6 +61,16 @@ pub fn continue_from(span: &tracing::Span, headers: &HeaderMap) {
     }
 }
 
+/// Makes `span` a child of a remote parent given as a W3C `traceparent` value (as
+/// CloudEvents and Lambda's trace header carry it), if it is well formed.
+pub fn continue_from_traceparent(span: &tracing::Span, traceparent: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(traceparent) {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", value);
+        continue_from(span, &headers);
+    }
+}
+
 /// `span`'s context in the X-Ray form Lambda passes in `Lambda-Runtime-Trace-Id`
 /// (`Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=1`): the same 128-bit trace id
 /// as W3C, split, so a function continues the caller's trace.

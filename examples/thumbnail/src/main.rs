@@ -38,11 +38,8 @@ async fn handle(client: &Client, event: LambdaEvent<Value>) -> Result<Value, Err
         .xray_trace_id
         .as_deref()
         .and_then(minicloud_sdk::traceparent_from_xray)
-        && let Ok(value) = http::HeaderValue::from_str(&traceparent)
     {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("traceparent", value);
-        minicloud_telemetry::trace_context::continue_from(&span, &headers);
+        minicloud_telemetry::trace_context::continue_from_traceparent(&span, &traceparent);
     }
     async {
         let photo = client.download(PHOTOS, path).await?;
