@@ -676,8 +676,23 @@ async fn change_events_follow_commits_in_order() {
         )
         .await
         .unwrap();
-    // A failed batch commits nothing and so publishes nothing.
+    // A PUT of an existing document (one statement, not a transaction) is an update.
+    let _: Value = admin
+        .put("/db/v1/collections/orders/docs/o1", &json!({"n":3}))
+        .await
+        .unwrap();
+    // A failed batch commits nothing and so publishes nothing; nor does a refused
+    // create-only PUT.
     let _ = admin.post::<_, Value>("/db/v1/batch", &json!({"writes":[{"op":"put","collection":"orders","id":"o2","data":{}},{"op":"delete","collection":"orders","id":"missing"}]})).await;
+    let refused = admin
+        .send::<Value>(
+            admin
+                .request(Method::PUT, "/db/v1/collections/orders/docs/o1")
+                .header("if-none-match", "*")
+                .json(&json!({"n":4})),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
     let _: Value = admin
         .send(admin.request(Method::DELETE, "/db/v1/collections/orders/docs/o1"))
         .await
@@ -697,7 +712,7 @@ async fn change_events_follow_commits_in_order() {
             .into_iter()
             .map(|(_, f)| serde_json::from_str(&f[0].1).unwrap())
             .collect();
-        if events.len() >= 3 {
+        if events.len() >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -717,12 +732,27 @@ async fn change_events_follow_commits_in_order() {
         [
             ("minicloud.db.document.created", 1),
             ("minicloud.db.document.updated", 2),
-            ("minicloud.db.document.deleted", 2)
+            ("minicloud.db.document.updated", 3),
+            ("minicloud.db.document.deleted", 3)
         ]
     );
+    assert_eq!(events[0]["data"]["document"], json!({"n": 1}));
     assert_eq!(events[1]["data"]["document"], json!({"n": 2}));
-    assert_eq!(events[0]["subject"], "orders/o1");
-    assert!(events[2]["data"].get("document").is_none());
+    assert_eq!(events[2]["data"]["document"], json!({"n": 3}));
+    for event in &events {
+        assert_eq!(event["subject"], "orders/o1", "{event}");
+        assert_eq!(event["source"], "/minicloud/db", "{event}");
+        assert_eq!(event["data"]["collection"], "orders", "{event}");
+        assert_eq!(event["data"]["id"], "o1", "{event}");
+        assert!(
+            event["data"].as_object().unwrap().contains_key("owner"),
+            "{event}"
+        );
+    }
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4);
+    assert!(events[3]["data"].get("document").is_none());
     cloud.stop().await.unwrap();
 }
 

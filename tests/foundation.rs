@@ -217,6 +217,126 @@ async fn errors_are_json_with_request_ids_and_unknown_routes_are_404() {
     cloud.stop().await.unwrap();
 }
 
+/// `minicloud up` hands requests to the services' routers in-process; a gateway run
+/// on its own (compose, Kubernetes) proxies them over HTTP. Both must behave the same.
+#[tokio::test]
+async fn the_gateway_behaves_the_same_in_process_and_over_http() {
+    for over_http in [false, true] {
+        let mut builder = TestCloud::builder();
+        if over_http {
+            builder = builder.gateway_over_http();
+        }
+        let cloud = builder.start().await.unwrap();
+        let mode = if over_http { "http" } else { "in-process" };
+        let http = reqwest::Client::new();
+        let gateway = cloud.gateway_url();
+        let auth = format!("Bearer {}", cloud.keys.service_key);
+
+        let response = http
+            .post(format!("{gateway}/storage/v1/bucket"))
+            .header("authorization", &auth)
+            .header("x-request-id", "req_dispatch_1")
+            .json(&serde_json::json!({"name": "files"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["x-request-id"],
+            "req_dispatch_1",
+            "{mode}"
+        );
+        assert_eq!(response.status(), 201, "{mode}");
+
+        // A body larger than any buffer on the way, both ways, byte for byte.
+        let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let url = format!("{gateway}/storage/v1/object/files/dir/blob.bin");
+        let response = http
+            .put(&url)
+            .header("authorization", &auth)
+            .header("content-type", "application/octet-stream")
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{mode}");
+        let response = http
+            .get(&url)
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{mode}");
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            bytes.as_slice(),
+            "{mode}"
+        );
+        let response = http
+            .get(&url)
+            .header("authorization", &auth)
+            .header("range", "bytes=10-19")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 206, "{mode}");
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            &bytes[10..20],
+            "{mode}"
+        );
+        let response = http
+            .head(&url)
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{mode}");
+        assert_eq!(
+            response.headers()["content-length"],
+            bytes.len().to_string().as_str(),
+            "{mode}"
+        );
+
+        // The services' own errors come back as they were sent.
+        let (status, body) = json(
+            http.get(format!("{gateway}/storage/v1/nope"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{mode}"
+        );
+        let (status, body) = json(
+            http.delete(format!("{gateway}/auth/v1/signup"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (405, Some("method_not_allowed")),
+            "{mode}"
+        );
+        let (status, _) = json(
+            http.get(format!("{gateway}/db/v1/collections"))
+                .header("authorization", "Bearer not.a.jwt")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 401, "{mode}");
+        cloud.stop().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn bad_input_gets_4xx_json_never_5xx() {
     let cloud = TestCloud::start().await.unwrap();

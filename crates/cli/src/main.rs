@@ -330,6 +330,7 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
             bus: args.bus.clone(),
             invoker: args.invoker.clone(),
             policy_cache_ttl: minicloud_authz::POLICY_CACHE_TTL,
+            gateway_dispatch: cloud::GatewayDispatch::InProcess,
         };
         let running = cloud::start(config, listeners, shutdown.clone()).await?;
         let credentials = write_credentials(&args.data_dir, &running.urls.gateway, &running.keys)?;

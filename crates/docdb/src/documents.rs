@@ -225,7 +225,7 @@ impl Docdb {
     pub async fn apply_writes(
         &self,
         caller: &Caller,
-        writes: Vec<Write>,
+        mut writes: Vec<Write>,
     ) -> Result<Vec<Applied>, ApiError> {
         let batch = writes.len() > 1;
         for (i, write) in writes.iter().enumerate() {
@@ -268,6 +268,16 @@ impl Docdb {
             )
             .await?;
         }
+        if let [write] = writes.as_slice()
+            && matches!(write.op, WriteKind::Put)
+            && write.if_match.is_none()
+            && write.id.is_some()
+            && let Some(write) = writes.pop()
+        {
+            let applied = self.put_in_one_statement(caller, write).await?;
+            self.relay.wake();
+            return Ok(vec![applied]);
+        }
         let mut tx = self.pool.begin().await.map_err(db)?;
         let mut applied = Vec::with_capacity(writes.len());
         for (i, write) in writes.into_iter().enumerate() {
@@ -283,6 +293,74 @@ impl Docdb {
         tx.commit().await.map_err(db)?;
         self.relay.wake();
         Ok(applied)
+    }
+
+    /// A PUT without `If-Match` as one autocommitted statement: the upsert and its
+    /// event in the outbox together, all or nothing as in [`apply_one`]'s transaction,
+    /// but one round trip to Postgres instead of five (BEGIN, SELECT … FOR UPDATE,
+    /// write, outbox insert, COMMIT). The row lock taken by the upsert orders two
+    /// writers of one document, so their events keep commit order.
+    async fn put_in_one_statement(
+        &self,
+        caller: &Caller,
+        write: Write,
+    ) -> Result<Applied, ApiError> {
+        let collection = write.collection.as_str();
+        let id = write.id.as_deref().unwrap_or_default();
+        let on_conflict = if write.if_none_match {
+            "DO NOTHING"
+        } else {
+            "DO UPDATE SET data = EXCLUDED.data, version = d.version + 1, updated_at = now()"
+        };
+        // The event as `event()` builds it; version, owner and the document are only
+        // known once written, so the statement adds them (and the type, on an update).
+        let template = event(
+            "created",
+            collection,
+            &DocOut {
+                id: id.to_owned(),
+                version: 0,
+                owner: None,
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+                data: Value::Null,
+            },
+            false,
+        );
+        let template = serde_json::to_value(&template).map_err(ApiError::internal)?;
+        let sql = format!(
+            "WITH written AS (
+                INSERT INTO {t} AS d (id, version, owner, data) VALUES ($1, 1, $2, $3)
+                ON CONFLICT (id) {on_conflict}
+                RETURNING d.id, d.version, d.owner, d.created_at, d.updated_at, d.data
+            ), event AS (
+                {insert} SELECT 'db', jsonb_set(
+                    CASE WHEN version = 1 THEN $4::jsonb
+                         ELSE jsonb_set($4::jsonb, '{{type}}', '\"minicloud.db.document.updated\"')
+                    END,
+                    '{{data}}',
+                    ($4::jsonb -> 'data')
+                        || jsonb_build_object('version', version, 'owner', owner, 'document', data))
+                FROM written
+            )
+            SELECT id, version, owner, created_at, updated_at, data FROM written",
+            t = table(collection),
+            insert = minicloud_outbox::INSERT_INTO,
+        );
+        let document = sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(caller.owner())
+            .bind(write.data.unwrap_or_default())
+            .bind(template)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        let document =
+            document.ok_or_else(|| precondition_failed("If-None-Match: the document exists"))?;
+        Ok(Applied {
+            created: document.version == 1,
+            document: Some(document),
+        })
     }
 
     pub async fn query(

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use proxy::Upstreams;
+pub use proxy::{Service, Upstreams};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -69,7 +69,7 @@ pub enum GatewayError {
 
 #[derive(Clone)]
 pub struct Gateway {
-    upstreams: Arc<Upstreams>,
+    upstreams: Upstreams,
     health: Arc<Vec<(&'static str, HealthClient<TracedChannel>)>>,
 }
 
@@ -92,9 +92,17 @@ impl Gateway {
             health.push((name, HealthClient::new(channel)));
         }
         Ok(Gateway {
-            upstreams: Arc::new(Upstreams::new(config)?),
+            upstreams: Upstreams::new(config)?,
             health: Arc::new(health),
         })
+    }
+
+    /// Dispatches `service`'s requests into `router` — the service's own
+    /// `into_router()`, in this process — instead of to its URL. Readiness still asks
+    /// the service's gRPC health at the URL.
+    pub fn in_process(mut self, service: Service, router: Router) -> Gateway {
+        self.upstreams.set_in_process(service, router);
+        self
     }
 
     /// Every service's gRPC health, asked concurrently.
@@ -148,7 +156,7 @@ impl Gateway {
                 .route(prefix, any(proxy::forward))
                 .route(&format!("{prefix}/{{*rest}}"), any(proxy::forward));
         }
-        let rest = rest.with_state(Arc::clone(&self.upstreams));
+        let rest = rest.with_state(Arc::new(self.upstreams));
         ServiceHost::new(
             "gateway",
             rest,

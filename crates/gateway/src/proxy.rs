@@ -1,9 +1,11 @@
 //! Streaming reverse proxy to the services: bodies are passed through as they
-//! arrive in both directions, never buffered whole.
+//! arrive in both directions, never buffered whole. A service running in the
+//! gateway's own process (`minicloud up`) is called straight through its router.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use minicloud_proto::error::{ApiError, ErrorCode};
 use std::sync::Arc;
+use tower::ServiceExt as _;
 use tracing::Instrument;
 
 use crate::{GatewayConfig, GatewayError};
@@ -34,13 +37,46 @@ pub const PREFIXES: [&str; 7] = [
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(15 * 60 + 10);
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The services behind the gateway's prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Auth,
+    Storage,
+    Docdb,
+    Bus,
+    Invoker,
+}
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Auth => "auth",
+            Service::Storage => "storage",
+            Service::Docdb => "docdb",
+            Service::Bus => "bus",
+            Service::Invoker => "invoker",
+        }
+    }
+}
+
+/// Where one service's requests go.
+#[derive(Clone)]
+enum Upstream {
+    Remote(Uri),
+    /// The service's own router in this process: no loopback HTTP hop (measured at
+    /// 65–100 µs per request on two cores, a third of a warm function call), and
+    /// bodies are handed over without being re-framed.
+    InProcess(Router),
+}
+
+#[derive(Clone)]
 pub struct Upstreams {
     client: Client<HttpConnector, Body>,
-    auth: Uri,
-    storage: Uri,
-    docdb: Uri,
-    bus: Uri,
-    invoker: Uri,
+    auth: Upstream,
+    storage: Upstream,
+    docdb: Upstream,
+    bus: Upstream,
+    invoker: Upstream,
 }
 
 fn parse(url: &str) -> Result<Uri, GatewayError> {
@@ -70,15 +106,28 @@ impl Upstreams {
             .build(connector);
         Ok(Upstreams {
             client,
-            auth: parse(&config.auth_url)?,
-            storage: parse(&config.storage_url)?,
-            docdb: parse(&config.docdb_url)?,
-            bus: parse(&config.bus_url)?,
-            invoker: parse(&config.invoker_url)?,
+            auth: Upstream::Remote(parse(&config.auth_url)?),
+            storage: Upstream::Remote(parse(&config.storage_url)?),
+            docdb: Upstream::Remote(parse(&config.docdb_url)?),
+            bus: Upstream::Remote(parse(&config.bus_url)?),
+            invoker: Upstream::Remote(parse(&config.invoker_url)?),
         })
     }
 
-    fn route(&self, path: &str) -> Option<(&'static str, &Uri)> {
+    /// Sends `service`'s requests into `router` (its `into_router()`) instead of over
+    /// HTTP.
+    pub fn set_in_process(&mut self, service: Service, router: Router) {
+        let upstream = match service {
+            Service::Auth => &mut self.auth,
+            Service::Storage => &mut self.storage,
+            Service::Docdb => &mut self.docdb,
+            Service::Bus => &mut self.bus,
+            Service::Invoker => &mut self.invoker,
+        };
+        *upstream = Upstream::InProcess(router);
+    }
+
+    fn route(&self, path: &str) -> Option<(&'static str, &Upstream)> {
         let under = |prefix: &str| {
             path.strip_prefix(prefix)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -140,21 +189,9 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
-    let (service, base) = upstreams
-        .route(&path)
+    let (service, upstream) = upstreams
+        .route(parts.uri.path())
         .ok_or_else(|| ApiError::not_found("no such route"))?;
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(base.authority().map(|a| a.as_str()).unwrap_or_default())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ApiError::invalid("malformed request path"))?;
 
     strip_hop_by_hop(&mut parts.headers);
     if let Some(peer) = peer {
@@ -177,7 +214,6 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
         .headers
         .insert("x-forwarded-proto", HeaderValue::from_static("http"));
     parts.headers.remove(http::header::HOST);
-    parts.uri = uri;
 
     let span = tracing::info_span!(
         "proxy",
@@ -192,27 +228,66 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
     } else {
         SERVICE_TIMEOUT
     };
-    let outbound = http::Request::from_parts(parts, body);
-    let result = tokio::time::timeout(timeout, upstreams.client.request(outbound))
-        .instrument(span.clone())
-        .await;
-    let response = match result {
-        Err(_) => {
-            return Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!("{service} did not answer in time"),
+    let response = match upstream {
+        Upstream::Remote(base) => {
+            let path_and_query = parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/");
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(base.authority().map(|a| a.as_str()).unwrap_or_default())
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| ApiError::invalid("malformed request path"))?;
+            let outbound = http::Request::from_parts(parts, body);
+            let result = tokio::time::timeout(timeout, upstreams.client.request(outbound))
+                .instrument(span.clone())
+                .await;
+            match result {
+                Err(_) => None,
+                Ok(Err(error)) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("{service} is unavailable"),
+                    )
+                    .with_source(error));
+                }
+                Ok(Ok(response)) => Some(response.map(Body::new)),
+            }
+        }
+        Upstream::InProcess(router) => {
+            // A fresh request: the gateway's own extensions (its matched path above
+            // all, which axum would prefix to the service's) must not leak in. The
+            // service sees the client as its peer, as it would see the gateway.
+            let mut outbound = http::Request::new(body);
+            *outbound.method_mut() = parts.method;
+            *outbound.uri_mut() = parts.uri;
+            *outbound.version_mut() = parts.version;
+            *outbound.headers_mut() = parts.headers;
+            outbound.extensions_mut().insert(ConnectInfo(
+                peer.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             ));
+            let call = router.clone().oneshot(outbound);
+            match tokio::time::timeout(timeout, call)
+                .instrument(span.clone())
+                .await
+            {
+                Err(_) => None,
+                Ok(Ok(response)) => Some(response),
+                Ok(Err(infallible)) => match infallible {},
+            }
         }
-        Ok(Err(error)) => {
-            return Err(
-                ApiError::new(ErrorCode::Unavailable, format!("{service} is unavailable"))
-                    .with_source(error),
-            );
-        }
-        Ok(Ok(response)) => response,
+    };
+    let Some(response) = response else {
+        return Err(ApiError::new(
+            ErrorCode::Timeout,
+            format!("{service} did not answer in time"),
+        ));
     };
     span.record("http.response.status_code", response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    Ok(Response::from_parts(parts, body))
 }

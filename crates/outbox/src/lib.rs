@@ -125,6 +125,11 @@ pub async fn ensure_table(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// The head of an insert into the outbox, for a producer that writes its change and
+/// its event in one statement (a data-modifying CTE):
+/// `{INSERT_INTO} SELECT <topic>, <event as jsonb> FROM <the change's RETURNING>`.
+pub const INSERT_INTO: &str = "INSERT INTO outbox (topic, event)";
+
 /// Writes `event` for `topic` inside the caller's transaction.
 pub async fn enqueue(tx: &mut PgConnection, topic: &str, event: &OutboxEvent) -> Result<()> {
     let json = serde_json::to_value(event).map_err(|e| OutboxError::Corrupt {

@@ -16,7 +16,9 @@ use std::str::FromStr;
 use anyhow::Context as _;
 use minicloud_auth::{AuthConfig, BuiltinKeys};
 use minicloud_bus::BusConfig;
-use minicloud_cli::cloud::{self, CloudConfig, CloudListeners, RunningCloud, ServiceUrls};
+use minicloud_cli::cloud::{
+    self, CloudConfig, CloudListeners, GatewayDispatch, RunningCloud, ServiceUrls,
+};
 use minicloud_docdb::DocdbConfig;
 use minicloud_invoker::InvokerConfig;
 use minicloud_sdk::Client;
@@ -49,6 +51,7 @@ pub struct TestCloudBuilder {
     pub policy_cache_ttl: std::time::Duration,
     /// `None`: the `fs` backend under the test's temp dir.
     pub storage: Option<StorageConfig>,
+    pub gateway_dispatch: GatewayDispatch,
 }
 
 impl Default for TestCloudBuilder {
@@ -64,6 +67,7 @@ impl Default for TestCloudBuilder {
             storage: None,
             bus: BusConfig::default(),
             policy_cache_ttl: std::time::Duration::from_secs(30),
+            gateway_dispatch: GatewayDispatch::InProcess,
         }
     }
 }
@@ -82,6 +86,12 @@ pub struct TestCloud {
 impl TestCloudBuilder {
     pub fn bus(mut self, change: impl FnOnce(&mut BusConfig)) -> Self {
         change(&mut self.bus);
+        self
+    }
+
+    /// The gateway reaches the services over loopback HTTP, as when it runs alone.
+    pub fn gateway_over_http(mut self) -> Self {
+        self.gateway_dispatch = GatewayDispatch::Http;
         self
     }
 
@@ -132,6 +142,7 @@ impl TestCloudBuilder {
                 ..self.bus
             },
             policy_cache_ttl: self.policy_cache_ttl,
+            gateway_dispatch: self.gateway_dispatch,
             invoker: InvokerConfig {
                 code_dir: Some(data_dir.join("functions")),
                 ..InvokerConfig::default()
