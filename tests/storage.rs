@@ -1114,6 +1114,134 @@ suite!(
     orphans_are_swept,
 );
 
+/// Object calls keep bucket settings in a cache; a change made through this service
+/// must apply to the very next call, not after the cache's TTL.
+#[tokio::test]
+async fn bucket_changes_apply_to_the_next_object_call() {
+    let env = start(Kind::Fs, |_| {}).await;
+    let admin = env.cloud.admin();
+    let anon = env.cloud.client();
+    let _: Value = admin
+        .post(
+            "/storage/v1/bucket",
+            &json!({"name":"shared","public":true,"allowed_mime_types":["image/*"]}),
+        )
+        .await
+        .unwrap();
+    let path = "/storage/v1/object/shared/a.png";
+    assert_eq!(
+        put(&admin, Method::PUT, path, b"png!", "image/png")
+            .await
+            .status(),
+        200
+    );
+    // Read anonymously: the bucket is now cached as public.
+    let status = |response: reqwest::Response| response.status().as_u16();
+    assert_eq!(
+        status(anon.request(Method::GET, path).send().await.unwrap()),
+        200
+    );
+
+    let _: Value = admin
+        .send(
+            admin
+                .request(Method::PUT, "/storage/v1/bucket/shared")
+                .json(&json!({"public":false,"allowed_mime_types":["text/plain"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status(anon.request(Method::GET, path).send().await.unwrap()),
+        403
+    );
+    assert_eq!(
+        error_code(put(&admin, Method::PUT, path, b"png2", "image/png").await).await,
+        (415, "unsupported_media_type".into())
+    );
+    assert_eq!(
+        put(
+            &admin,
+            Method::PUT,
+            "/storage/v1/object/shared/a.txt",
+            b"text",
+            "text/plain"
+        )
+        .await
+        .status(),
+        200
+    );
+
+    // Deleted and created again with other settings: the new ones apply.
+    let _: Value = admin
+        .send(admin.request(Method::POST, "/storage/v1/bucket/shared/empty"))
+        .await
+        .unwrap();
+    let _: Value = admin
+        .send(admin.request(Method::DELETE, "/storage/v1/bucket/shared"))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(put(&admin, Method::PUT, path, b"png!", "image/png").await)
+            .await
+            .0,
+        404
+    );
+    let _: Value = admin
+        .post(
+            "/storage/v1/bucket",
+            &json!({"name":"shared","public":true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        put(&admin, Method::PUT, path, b"png!", "image/png")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        status(anon.request(Method::GET, path).send().await.unwrap()),
+        200
+    );
+    env.stop().await;
+}
+
+/// Plain upserts of one path race (each one statement, no row lock taken first):
+/// whichever wins, the object reads back whole and its blob is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_upserts_of_one_path_never_lose_the_current_blob() {
+    let env = start(Kind::Fs, |_| {}).await;
+    let admin = env.cloud.admin();
+    let _: Value = admin
+        .post("/storage/v1/bucket", &json!({"name":"race"}))
+        .await
+        .unwrap();
+    let path = "/storage/v1/object/race/same.bin";
+    for round in 0..5 {
+        let writes = (0..8).map(|i| {
+            let admin = admin.clone();
+            async move {
+                let body = format!("round {round} writer {i}");
+                let response = admin
+                    .request(Method::PUT, path)
+                    .header("content-type", "application/octet-stream")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                body
+            }
+        });
+        let bodies = futures::future::join_all(writes).await;
+        let response = admin.request(Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let read = String::from_utf8(response.bytes().await.unwrap().to_vec()).unwrap();
+        assert!(bodies.contains(&read), "{read}");
+    }
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn grpc_put_get_head_list_delete_with_the_callers_token() {
     use minicloud_proto::storage::v1::put_object_chunk::Part;

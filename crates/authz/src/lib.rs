@@ -4,11 +4,11 @@
 
 pub mod caller;
 pub mod policy;
+pub mod ttl_cache;
 pub mod verifier;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts};
 use http::request::Parts;
@@ -16,23 +16,20 @@ use minicloud_proto::auth::v1::GetRolePoliciesRequest;
 use minicloud_proto::auth::v1::auth_service_client::AuthServiceClient;
 use minicloud_proto::error::{ApiError, ErrorCode};
 use minicloud_telemetry::grpc_client::TracedChannel;
-use tokio::sync::RwLock;
 
 pub use caller::{Caller, Claims, Credential, Role};
 pub use policy::{Access, Decision, Owner, Policy, Scope};
+pub use ttl_cache::TtlCache;
 pub use verifier::{Verifier, VerifyError};
 
 /// Identity policies are refetched after this long, so a policy change reaches
 /// every service within it (design §4 asks for 60 s).
 pub const POLICY_CACHE_TTL: Duration = Duration::from_secs(30);
 
-type PolicyCache = HashMap<String, (Arc<Vec<Policy>>, Instant)>;
-
 pub struct Authz {
     verifier: Verifier,
     client: AuthServiceClient<TracedChannel>,
-    policies: RwLock<PolicyCache>,
-    policy_ttl: Duration,
+    policies: TtlCache<Arc<Vec<Policy>>>,
 }
 
 impl std::fmt::Debug for Authz {
@@ -59,8 +56,7 @@ impl Authz {
         Ok(Arc::new(Authz {
             verifier: Verifier::new(client.clone()),
             client,
-            policies: RwLock::new(HashMap::new()),
-            policy_ttl,
+            policies: TtlCache::new(policy_ttl),
         }))
     }
 
@@ -126,10 +122,8 @@ impl Authz {
 
     /// The identity policies of `role`, cached for [`POLICY_CACHE_TTL`].
     pub async fn role_policies(&self, role: &str) -> Result<Arc<Vec<Policy>>, ApiError> {
-        if let Some((policies, at)) = self.policies.read().await.get(role)
-            && at.elapsed() < self.policy_ttl
-        {
-            return Ok(Arc::clone(policies));
+        if let Some(policies) = self.policies.get(role) {
+            return Ok(policies);
         }
         let request = GetRolePoliciesRequest {
             role: role.to_owned(),
@@ -156,10 +150,7 @@ impl Authz {
             }
         };
         let policies = Arc::new(policies);
-        self.policies
-            .write()
-            .await
-            .insert(role.to_owned(), (Arc::clone(&policies), Instant::now()));
+        self.policies.insert(role.to_owned(), Arc::clone(&policies));
         Ok(policies)
     }
 

@@ -3,7 +3,7 @@
 //! event in the same transaction (through the outbox).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use minicloud_authz::{Caller, Policy};
@@ -63,7 +63,7 @@ fn check_data(data: &Value) -> Result<(), ApiError> {
 }
 
 /// How long a collection's policy is served from memory.
-const POLICY_CACHE_TTL: Duration = Duration::from_secs(5);
+pub(crate) const POLICY_CACHE_TTL: Duration = Duration::from_secs(5);
 
 fn db(error: sqlx::Error) -> ApiError {
     if let sqlx::Error::Database(e) = &error {
@@ -124,10 +124,8 @@ impl Docdb {
         collection: &str,
     ) -> Result<Arc<Policy>, ApiError> {
         crate::collections::check_name(collection)?;
-        if let Some((policy, at)) = self.policies.read().await.get(collection)
-            && at.elapsed() < POLICY_CACHE_TTL
-        {
-            return Ok(Arc::clone(policy));
+        if let Some(policy) = self.policies.get(collection) {
+            return Ok(policy);
         }
         let policy: Option<Value> =
             sqlx::query_scalar("SELECT policy FROM collections WHERE name = $1")
@@ -139,14 +137,12 @@ impl Docdb {
             .ok_or_else(|| ApiError::not_found(format!("collection {collection} not found")))?;
         let policy = Arc::new(Policy::from_json(&policy).unwrap_or_default());
         self.policies
-            .write()
-            .await
-            .insert(collection.to_owned(), (Arc::clone(&policy), Instant::now()));
+            .insert(collection.to_owned(), Arc::clone(&policy));
         Ok(policy)
     }
 
     pub(crate) async fn forget_collection(&self, collection: &str) {
-        self.policies.write().await.remove(collection);
+        self.policies.remove(collection);
     }
 
     pub(crate) async fn authorize_doc(

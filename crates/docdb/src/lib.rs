@@ -49,11 +49,9 @@ pub struct DocdbState {
     pub(crate) pool: PgPool,
     pub(crate) authz: Arc<Authz>,
     pub(crate) relay: minicloud_outbox::Relay,
-    pub(crate) policies: tokio::sync::RwLock<PolicyCache>,
+    /// Collection policies, every document call needs one.
+    pub(crate) policies: minicloud_authz::TtlCache<Arc<minicloud_authz::Policy>>,
 }
-
-type PolicyCache =
-    std::collections::HashMap<String, (Arc<minicloud_authz::Policy>, std::time::Instant)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DocdbStartError {
@@ -101,7 +99,7 @@ impl Docdb {
             pool,
             authz,
             relay,
-            policies: Default::default(),
+            policies: minicloud_authz::TtlCache::new(documents::POLICY_CACHE_TTL),
         })))
     }
 

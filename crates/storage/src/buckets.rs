@@ -268,6 +268,7 @@ pub async fn update(
     .await
     .map_err(ApiError::internal)?
     .ok_or_else(|| ApiError::not_found(format!("bucket {name} not found")))?;
+    storage.buckets.remove(&name);
     Ok(Json(bucket))
 }
 
@@ -324,6 +325,7 @@ pub async fn delete(
         .await
         .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
+    storage.buckets.remove(&name);
     // Blobs left by uploads that lost the race with this delete go with the bucket.
     storage
         .backend

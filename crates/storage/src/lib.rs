@@ -164,7 +164,13 @@ pub struct StorageState {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) relay: Relay,
     pub(crate) signer: signing::UrlSigner,
+    /// Bucket settings as every object call reads them; a change made here applies
+    /// at once, one made through another replica within [`BUCKET_CACHE_TTL`].
+    pub(crate) buckets: minicloud_authz::TtlCache<buckets::BucketOut>,
 }
+
+/// How long a replica keeps a bucket's settings (public, limits, types, policy).
+pub const BUCKET_CACHE_TTL: Duration = Duration::from_secs(5);
 
 impl std::ops::Deref for Storage {
     type Target = StorageState;
@@ -233,6 +239,7 @@ impl Storage {
             backend,
             relay,
             signer,
+            buckets: minicloud_authz::TtlCache::new(BUCKET_CACHE_TTL),
         })))
     }
 
