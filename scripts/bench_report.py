@@ -362,5 +362,40 @@ and the gateway hop) adds {(sign_auth-sign_base)/1e6:.2f} ms straight to auth an
     print(out)
 
 
+SECTIONS = {
+    "storage": ("## Storage (issue 4)", storage_section),
+    "docdb": ("## Docdb (issue 5)", docdb_section),
+    "bus": ("## Bus (issue 6)", bus_section),
+    "invoker": ("## Invoker (issue 7)", invoker_section),
+    "pipeline": ("## Thumbnail pipeline (issue 8)", pipeline_section),
+}
+
+
+def replace_sections(names):
+    """Rewrites only the named sections of docs/benchmarks.md from this run's JSON,
+    keeping the others: for re-measuring one service after a change to it without
+    the hour of a full `make bench`. Each rewritten section says when it was run."""
+    path = ROOT / "docs" / "benchmarks.md"
+    doc = path.read_text()
+    for name in names:
+        heading, render = SECTIONS[name]
+        fresh = render().strip("\n")
+        if "Not measured in this run" in fresh:
+            sys.exit(f"{name}: no results in target/ (run its benchmark first)")
+        lines = fresh.split("\n")
+        lines.insert(1, f"\n*Re-measured on its own on {time.strftime('%Y-%m-%d')} "
+                        f"(`scripts/bench_report.py --only {name}`); the sections without "
+                        f"such a line come from the full run named at the top.*")
+        fresh = "\n".join(lines) + "\n"
+        start = doc.index(heading)
+        end = doc.find("\n## ", start + len(heading))
+        end = len(doc) if end < 0 else end + 1
+        doc = doc[:start] + fresh + ("\n" if end < len(doc) else "") + doc[end:]
+    path.write_text(doc)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[1] == "--only":
+        replace_sections(sys.argv[2:])
+    else:
+        main()

@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
+use futures::FutureExt as _;
 use http::HeaderValue;
 use tracing::Instrument;
 
 use crate::metrics::{RequestLabels, ServiceMetrics};
-use minicloud_proto::error::REQUEST_ID;
+use minicloud_proto::error::{ApiError, REQUEST_ID};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -77,8 +78,27 @@ pub async fn middleware(
     );
     crate::trace_context::continue_from(&span, request.headers());
 
+    let handled = async move {
+        // A panicking handler must not cost the caller its connection (and, with the
+        // gateway dispatching in-process, everyone else's on that connection): it is
+        // an internal error like any other, logged with its request id.
+        match std::panic::AssertUnwindSafe(next.run(request))
+            .catch_unwind()
+            .await
+        {
+            Ok(response) => response,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a handler panicked".to_owned());
+                ApiError::internal(format!("handler panicked: {message}")).into_response()
+            }
+        }
+    };
     let mut response = REQUEST_ID
-        .scope(request_id.clone(), next.run(request))
+        .scope(request_id.clone(), handled)
         .instrument(span.clone())
         .await;
 

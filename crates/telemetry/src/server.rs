@@ -296,3 +296,43 @@ pub async fn serve_with_background(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_an_internal_error_with_the_request_id() {
+        let rest = Router::new().route(
+            "/boom",
+            get(|| async {
+                let nothing: Option<&'static str> = None;
+                #[allow(clippy::unnecessary_literal_unwrap)]
+                nothing.expect("the handler's own bug")
+            }),
+        );
+        let readiness: Readiness = Arc::new(|| futures::FutureExt::boxed(async { Vec::new() }));
+        let router = ServiceHost::new("test", rest, readiness, ServiceMetrics::new("test", |_| {}))
+            .into_router();
+        let response = router
+            .oneshot(
+                http::Request::get("/boom")
+                    .header("x-request-id", "req_panic_1")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-request-id"], "req_panic_1");
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        assert_eq!(body["error"]["message"], "internal error");
+        assert_eq!(body["error"]["request_id"], "req_panic_1");
+    }
+}
