@@ -217,6 +217,39 @@ async fn errors_are_json_with_request_ids_and_unknown_routes_are_404() {
     cloud.stop().await.unwrap();
 }
 
+/// The services' pools skip sqlx's ping before every query, but a connection that
+/// sat idle is still checked: one the server dropped meanwhile is replaced, not
+/// handed to a query.
+#[tokio::test]
+async fn a_connection_dropped_while_idle_is_replaced_before_use() {
+    use minicloud_testkit::sqlx::{self, Executor as _};
+    let url = minicloud_testkit::test_database_server_url();
+    let pool = minicloud_testkit::minicloud_cli::postgres::pool_options_pinging_after(
+        1,
+        std::time::Duration::from_millis(100),
+    )
+    .connect(&url)
+    .await
+    .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut admin = sqlx_connect(&url).await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_terminate_backend({pid})"
+        )))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("the dead connection was pinged and replaced");
+    assert_ne!(again, pid);
+}
+
 /// `minicloud up` hands requests to the services' routers in-process; a gateway run
 /// on its own (compose, Kubernetes) proxies them over HTTP. Both must behave the same.
 #[tokio::test]

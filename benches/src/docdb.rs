@@ -11,7 +11,6 @@ use minicloud_bench::{sequential_summary, time};
 use minicloud_testkit::TestCloud;
 use rand::Rng as _;
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
 
 fn iterations() -> usize {
     std::env::var("BENCH_ITERATIONS")
@@ -43,8 +42,8 @@ async fn fill(pool: &sqlx::PgPool, collection: &str, count: i64) -> anyhow::Resu
 async fn main() -> anyhow::Result<()> {
     let cloud = TestCloud::start().await?;
     let admin = cloud.admin();
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
+    // The services' own pool settings: no ping before a recently used connection.
+    let pool = minicloud_testkit::minicloud_cli::postgres::pool_options(2)
         .connect(&cloud.database_url)
         .await?;
     let _: Value = admin

@@ -202,6 +202,30 @@ async fn bench_backend(
     })
     .await?;
 
+    // The ceiling of any HTTP API on this machine: a bare axum handler answering
+    // the same 1 KiB over loopback to the same client.
+    let http_floor_get = {
+        let bare = axum::Router::new().route(
+            "/small",
+            axum::routing::get(|| async { Bytes::from(vec![0x42u8; SMALL]) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/small", listener.local_addr()?);
+        let server = tokio::spawn(async move { axum::serve(listener, bare).await });
+        let samples = time(n, |_| {
+            let http = gateway.http.clone();
+            let url = url.clone();
+            async move {
+                let bytes = http.get(&url).send().await?.bytes().await?;
+                anyhow::ensure!(bytes.len() == SMALL, "short read");
+                Ok(())
+            }
+        })
+        .await?;
+        server.abort();
+        samples
+    };
+
     let direct_root = scratch.join(format!("direct-{name}"));
     std::fs::create_dir_all(&direct_root)?;
     let s3 = s3_client(s3_endpoint);
@@ -416,6 +440,7 @@ async fn bench_backend(
         "large_put_mib_s": { "ours": ours_large_put, "direct": direct_large_put },
         "large_get_mib_s": { "ours": ours_large_get, "direct": direct_large_get },
         "md5_mib_s": md5_mib_s,
+        "http_floor_get": sequential_summary(http_floor_get),
         "rss_1gib": rss,
         "iterations": n,
     }))

@@ -52,9 +52,32 @@ pub async fn schema_pool(url: &str, schema: &str, max_connections: u32) -> anyho
         }
     }
     let options = base.options([("search_path", schema), ("statement_timeout", "30s")]);
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(max_connections).connect_with(options).await?)
+}
+
+/// A connection used less than this long ago is handed out without a ping.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
+
+/// Pool settings of every service. By default sqlx pings each connection it hands
+/// out — a second round trip to Postgres for every query. A connection used moments
+/// ago is alive; one idle for longer (a restarted server, a proxy's idle cut) is
+/// still checked, and replaced if the ping fails.
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    pool_options_pinging_after(max_connections, PING_IF_IDLE_FOR)
+}
+
+/// [`pool_options`] with another idle time before a ping (tests).
+pub fn pool_options_pinging_after(max_connections: u32, idle: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await?)
+        .test_before_acquire(false)
+        .before_acquire(move |connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for > idle {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
 }

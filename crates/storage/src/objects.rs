@@ -7,7 +7,8 @@ use minicloud_authz::{Caller, Policy};
 use minicloud_outbox::OutboxEvent;
 use minicloud_proto::error::{ApiError, ErrorCode};
 use serde::Serialize;
-use sqlx::{FromRow as _, Row as _};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments as _, FromRow as _, Row as _};
 
 use crate::Storage;
 use crate::backend::{BackendError, ByteRange, ByteStream, blob_key};
@@ -36,6 +37,41 @@ macro_rules! object_columns {
     };
 }
 pub(crate) use object_columns;
+
+/// Makes `$1..$8` (see [`upsert_args`]) the object's current version.
+const UPSERT: &str = concat!(
+    "INSERT INTO objects (bucket, path, version, size, content_type, etag, metadata, owner)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (bucket, path) DO UPDATE SET version = EXCLUDED.version, size = EXCLUDED.size,
+       content_type = EXCLUDED.content_type, etag = EXCLUDED.etag, metadata = EXCLUDED.metadata,
+       owner = EXCLUDED.owner, updated_at = now()
+     RETURNING ",
+    object_columns!()
+);
+
+fn upsert_args(new: &ObjectOut) -> Result<PgArguments, ApiError> {
+    let mut args = PgArguments::default();
+    let add = |result: Result<(), sqlx::error::BoxDynError>| result.map_err(ApiError::internal);
+    add(args.add(new.bucket.clone()))?;
+    add(args.add(new.name.clone()))?;
+    add(args.add(new.version.clone()))?;
+    add(args.add(new.size))?;
+    add(args.add(new.content_type.clone()))?;
+    add(args.add(new.etag.clone()))?;
+    add(args.add(new.metadata.clone()))?;
+    add(args.add(new.owner.clone()))?;
+    Ok(args)
+}
+
+fn upsert_error(error: sqlx::Error, new: &ObjectOut) -> ApiError {
+    match &error {
+        // The bucket was deleted while the bytes were uploading.
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+            ApiError::not_found(format!("bucket {} not found", new.bucket))
+        }
+        _ => db(error),
+    }
+}
 
 /// Conditions on the current state of the object a write replaces or removes.
 #[derive(Debug, Clone, Default)]
@@ -284,25 +320,26 @@ impl Storage {
             .put(&request.bucket, &key, body, limit)
             .await
             .map_err(backend_error)?;
-        let content_type = request
-            .content_type
-            .clone()
-            .unwrap_or_else(|| "application/octet-stream".into());
-        let metadata = request
-            .metadata
-            .clone()
-            .unwrap_or_else(|| serde_json::json!({}));
-        let committed = self
-            .commit_write(
-                &request,
-                &version,
-                written.size as i64,
-                &content_type,
-                &written.md5_hex,
-                &metadata,
-                owner.as_deref(),
-            )
-            .await;
+        // The row as it will be written (the timestamps are the database's).
+        let new = ObjectOut {
+            bucket: request.bucket.clone(),
+            name: request.path.clone(),
+            version,
+            size: written.size as i64,
+            content_type: request
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            etag: written.md5_hex,
+            metadata: request
+                .metadata
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({})),
+            owner,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let committed = self.commit_write(&request, &new).await;
         match committed {
             Ok((object, replaced)) => {
                 if let Some(old) = replaced {
@@ -319,29 +356,15 @@ impl Storage {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Makes `new` the object's current version, with its event; returns the row
+    /// and the version it replaced.
     async fn commit_write(
         &self,
         request: &WriteRequest,
-        version: &str,
-        size: i64,
-        content_type: &str,
-        etag: &str,
-        metadata: &serde_json::Value,
-        owner: Option<&str>,
+        new: &ObjectOut,
     ) -> Result<(ObjectOut, Option<String>), ApiError> {
         if request.preconditions.is_none() {
-            return self
-                .upsert_in_one_statement(
-                    request,
-                    version,
-                    size,
-                    content_type,
-                    etag,
-                    metadata,
-                    owner,
-                )
-                .await;
+            return self.upsert_in_one_statement(new).await;
         }
         let mut tx = self.pool.begin().await.map_err(db)?;
         let current: Option<(String, String)> = sqlx::query_as(
@@ -355,32 +378,10 @@ impl Storage {
         request
             .preconditions
             .check(current.as_ref().map(|(_, etag)| etag.as_str()))?;
-        let object = sqlx::query_as::<_, ObjectOut>(concat!(
-            "INSERT INTO objects (bucket, path, version, size, content_type, etag, metadata, owner)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (bucket, path) DO UPDATE SET version = EXCLUDED.version, size = EXCLUDED.size,
-               content_type = EXCLUDED.content_type, etag = EXCLUDED.etag, metadata = EXCLUDED.metadata,
-               owner = EXCLUDED.owner, updated_at = now()
-             RETURNING ",
-            object_columns!()
-        ))
-        .bind(&request.bucket)
-        .bind(&request.path)
-        .bind(version)
-        .bind(size)
-        .bind(content_type)
-        .bind(etag)
-        .bind(metadata)
-        .bind(owner)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| match &e {
-            // The bucket was deleted while the bytes were uploading.
-            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
-                ApiError::not_found(format!("bucket {} not found", request.bucket))
-            }
-            _ => db(e),
-        })?;
+        let object = sqlx::query_as_with::<_, ObjectOut, _>(UPSERT, upsert_args(new)?)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| upsert_error(e, new))?;
         minicloud_outbox::enqueue(&mut tx, "storage", &event("created", &object))
             .await
             .map_err(ApiError::internal)?;
@@ -394,70 +395,28 @@ impl Storage {
     /// snapshot: when two writers of one path race, both may name the same old
     /// blob, and the one in between is left to the orphan sweep — never is a blob
     /// still pointed at removed.
-    #[allow(clippy::too_many_arguments)]
     async fn upsert_in_one_statement(
         &self,
-        request: &WriteRequest,
-        version: &str,
-        size: i64,
-        content_type: &str,
-        etag: &str,
-        metadata: &serde_json::Value,
-        owner: Option<&str>,
+        new: &ObjectOut,
     ) -> Result<(ObjectOut, Option<String>), ApiError> {
         // Every field of the event is known before the write.
-        let event = event(
-            "created",
-            &ObjectOut {
-                bucket: request.bucket.clone(),
-                name: request.path.clone(),
-                version: version.to_owned(),
-                size,
-                content_type: content_type.to_owned(),
-                etag: etag.to_owned(),
-                metadata: metadata.clone(),
-                owner: owner.map(str::to_owned),
-                created_at: Utc::now(),
-                updated_at: Utc::now(),
-            },
-        );
-        let event = serde_json::to_value(&event).map_err(ApiError::internal)?;
+        let event = serde_json::to_value(event("created", new)).map_err(ApiError::internal)?;
         let sql = format!(
             "WITH old AS (
                 SELECT version FROM objects WHERE bucket = $1 AND path = $2
-            ), written AS (
-                INSERT INTO objects (bucket, path, version, size, content_type, etag, metadata, owner)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                ON CONFLICT (bucket, path) DO UPDATE SET version = EXCLUDED.version, size = EXCLUDED.size,
-                  content_type = EXCLUDED.content_type, etag = EXCLUDED.etag, metadata = EXCLUDED.metadata,
-                  owner = EXCLUDED.owner, updated_at = now()
-                RETURNING {columns}
+            ), written AS ({UPSERT}
             ), event AS (
                 {insert} SELECT 'storage', $9::jsonb FROM written
             )
             SELECT written.*, (SELECT version FROM old) AS replaced FROM written",
-            columns = object_columns!(),
             insert = minicloud_outbox::INSERT_INTO,
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&request.bucket)
-            .bind(&request.path)
-            .bind(version)
-            .bind(size)
-            .bind(content_type)
-            .bind(etag)
-            .bind(metadata)
-            .bind(owner)
-            .bind(event)
+        let mut args = upsert_args(new)?;
+        args.add(event).map_err(ApiError::internal)?;
+        let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| match &e {
-                // The bucket was deleted while the bytes were uploading.
-                sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
-                    ApiError::not_found(format!("bucket {} not found", request.bucket))
-                }
-                _ => db(e),
-            })?;
+            .map_err(|e| upsert_error(e, new))?;
         let object = ObjectOut::from_row(&row).map_err(db)?;
         let replaced: Option<String> = row.try_get("replaced").map_err(db)?;
         Ok((object, replaced))
@@ -659,17 +618,16 @@ impl Storage {
             declared_length: None,
             preconditions: Preconditions::default(),
         };
-        let committed = self
-            .commit_write(
-                &request,
-                &version,
-                source.size,
-                &source.content_type,
-                &source.etag,
-                &source.metadata,
-                caller.owner(),
-            )
-            .await;
+        let new = ObjectOut {
+            bucket: request.bucket.clone(),
+            name: request.path.clone(),
+            version,
+            owner: caller.owner().map(str::to_owned),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            ..source.clone()
+        };
+        let committed = self.commit_write(&request, &new).await;
         let (object, replaced) = match committed {
             Ok(done) => done,
             Err(error) => {

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use minicloud_auth;
 pub use minicloud_bus;
+pub use minicloud_cli;
 pub use minicloud_docdb;
 pub use minicloud_storage;
 pub use sqlx;
