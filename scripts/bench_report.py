@@ -117,7 +117,7 @@ backends) runs at {md5_row} on one core.
 
 Reading the ratios:
 - `fs` small objects cannot reach 0.5 of the direct figures by any HTTP API: a warm
-  1 KiB file read (p50 {fs_get_direct} µs) is as fast as one bare HTTP round trip
+  1 KiB file read (p50 {fs_get_direct} µs) is faster than one bare HTTP round trip
   (p50 {floor_p50} µs), so even an empty handler would score about
   {get_ceiling:.2f} on GET. Our GET adds to that round trip the caller's token check, the
   bucket's settings (cached) and the metadata row (one indexed select). A PUT
@@ -168,14 +168,15 @@ time; index on `["owner","created_at"]`):
 | 1,000,000 | {large['p50_us']/1000:.2f} ms | {large['p99_us']/1000:.2f} ms | p50 < 5 ms |
 | ratio 1,000,000 / 10,000 | **{large['p50_us']/small['p50_us']:.2f}×** | | ≤ 2× |
 
-Reading the ratios: a GET through the gateway pays two HTTP hops (~65 µs each on this
-machine) on top of the same single-row select; it sits just under the 0.5 target. A
-PUT is a transaction — lock the row, write it, write the change event to the outbox,
-commit — where the baseline is one autocommitted upsert without an event; the relay
-then publishes the event to the bus on the same two cores (it waits 5 ms after a
-wake-up so a burst of writes shares one relay round). Folding the row write and the
-event into one statement (a CTE) is the next step if the PUT ratio matters more than
-the code's clarity.
+Reading the ratios: the baseline is one statement on a pooled connection with the
+services' own pool settings (no ping before a recently used connection). A GET through
+the gateway adds one HTTP round trip (the gateway calls docdb in-process), the
+caller's token check, the collection's policy (cached) and the JSON answer to the
+same single-row select. A PUT without `If-Match` is one statement too — the upsert
+and its change event in the outbox together — but the event is the difference: the
+baseline writes one row, ours two (plus the outbox index), and the relay then reads,
+publishes and marks every event on the same two cores and the same Postgres (its own
+commit does not wait for the WAL flush; a burst of writes shares one relay round).
 """
 
 
@@ -225,21 +226,21 @@ Idle: {idle['functions']} functions deployed and never invoked cost **{idle['pro
 **{idle['rss_delta_mib']:.1f} MiB** of resident memory (the whole process's RSS before and after
 deploying them; target < 50 MB).
 
-Reading the figures: the idle and cold-start targets are met; the warm overhead is not.
-Where a warm call at concurrency 1 goes (instrumented once, mean of each part):
-the gateway hop, the invoker's own handling with token verification, the hand-over to
-the instance (its pending `GET next` answered: ~40 µs of task wake-ups on two busy
-cores) and, the largest part, ~165 µs between that answer and the function's
-`POST …/response` arriving — the `lambda_runtime` crate drives its HTTP client from
-another thread than its handler, so each exchange costs cross-thread wake-ups in the
-function's process as well as ours. The "without the gateway" rows above isolate the
-gateway's share (~100 µs here, against ~65 µs when no function process competes for
-the two cores). Run to run, the warm p50 moves by about ±15 %. Two fixes found by this
-benchmark: the Runtime API's acks carried a body the `lambda_runtime` client never
-reads, so every event opened a new connection (p50 overhead 466 → ~400 µs); and a
-`pre_exec` hook for the memory limit made every spawn fork() the whole invoker
-(cold start 2.95× → 1.8×, with the code unpacked at deploy and the instance dir made
-without a blocking-pool hop).
+Reading the figures: the gateway now calls the invoker in-process, so "through the
+gateway" and "without the gateway" differ by only its middleware and proxy span
+(before, a loopback HTTP hop cost ~100 µs here). What is left is the invoker's own
+handling with token verification, the hand-over to the instance (its pending
+`GET next` answered: task wake-ups on two busy cores) and, the largest part, the time
+between that answer and the function's `POST …/response` arriving — the
+`lambda_runtime` crate drives its HTTP client from another thread than its handler,
+so each exchange costs cross-thread wake-ups in the function's process as well as
+ours, and cross-process wake-ups between the two. Run to run, the warm p50 moves by
+about ±15 % on this VM. Two
+earlier fixes found by this benchmark: the Runtime API's acks carried a body the
+`lambda_runtime` client never reads, so every event opened a new connection (p50
+overhead 466 → ~400 µs); and a `pre_exec` hook for the memory limit made every spawn
+fork() the whole invoker (cold start 2.95× → 1.8×, with the code unpacked at deploy
+and the instance dir made without a blocking-pool hop).
 """
 
 

@@ -94,6 +94,16 @@ fn wait_for_line(up: &Up, prefix: &str, timeout: Duration) -> String {
     }
 }
 
+/// The gateway URL `up` printed: tests that do not check ports let it pick free ones
+/// (port 0), so no other test can take them between choosing and binding.
+fn gateway_url(up: &Up) -> String {
+    let line = wait_for_line(up, "gateway", Duration::from_secs(10));
+    line.split_whitespace()
+        .last()
+        .expect("a URL on the gateway line")
+        .to_owned()
+}
+
 fn interrupt_and_wait(mut up: Up) -> std::process::ExitStatus {
     Command::new("kill")
         .args(["-INT", &up.child.id().to_string()])
@@ -259,15 +269,15 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
     {
         panic!("redis-server must be installed for this test (.ci/run installs it)");
     }
-    let ports = free_ports(7);
-    let dead_redis = format!("redis://127.0.0.1:{}", ports[6]);
+    let dead_redis = format!("redis://127.0.0.1:{}", free_ports(1)[0]);
     let data_dir =
         std::env::temp_dir().join(format!("minicloud-up-private-{}", std::process::id()));
     let (database_url, database) = fresh_database_url();
     let database_url = format!("{database_url}_p");
-    let up = start_up(&ports[..6], &data_dir, &database_url, &dead_redis);
+    let up = start_up(&[0; 6], &data_dir, &database_url, &dead_redis);
     wait_for_line(&up, "minicloud is up in", Duration::from_secs(60));
-    let (status, body) = get(&format!("http://127.0.0.1:{}/readyz", ports[0]));
+    let gateway = gateway_url(&up);
+    let (status, body) = get(&format!("{gateway}/readyz"));
     assert_eq!(status, 200, "{body}");
     let redis_dir = data_dir.join("redis");
     assert!(
@@ -290,7 +300,7 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
     let status = interrupt_and_wait(up);
     assert!(status.success(), "exit status {status}");
     let orphan = Command::new("pgrep")
-        .args(["-f", &format!("redis-server.*{}", ports[6])])
+        .args(["-f", &format!("redis-server.*{}", redis_dir.display())])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
@@ -310,15 +320,18 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
 
 #[test]
 fn up_starts_a_private_postgres_when_none_answers_and_stops_it_on_exit() {
-    let ports = free_ports(7);
-    let dead_postgres = format!("postgres://postgres@127.0.0.1:{}/minicloud", ports[6]);
+    let dead_postgres = format!(
+        "postgres://postgres@127.0.0.1:{}/minicloud",
+        free_ports(1)[0]
+    );
     let data_dir =
         std::env::temp_dir().join(format!("minicloud-up-private-pg-{}", std::process::id()));
     let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let up = start_up(&ports[..6], &data_dir, &dead_postgres, &redis_url);
+    let up = start_up(&[0; 6], &data_dir, &dead_postgres, &redis_url);
     wait_for_line(&up, "minicloud is up in", Duration::from_secs(120));
-    let (status, body) = get(&format!("http://127.0.0.1:{}/readyz", ports[0]));
+    let gateway = gateway_url(&up);
+    let (status, body) = get(&format!("{gateway}/readyz"));
     assert_eq!(status, 200, "{body}");
     assert!(
         data_dir.join("postgres").join("PG_VERSION").exists(),
