@@ -667,6 +667,41 @@ async fn idle_instances_stop_provisioned_ones_stay_and_redeploys_drain() {
     cloud.stop().await.unwrap();
 }
 
+/// As on Lambda, a function's timeout counts from the moment its runtime takes the
+/// event: a runtime that initialises for longer than the timeout still answers its
+/// first call (a cold Node or Python start on a busy machine did not).
+#[tokio::test]
+async fn a_slow_init_does_not_use_up_the_function_timeout() {
+    let cloud = TestCloud::start().await.unwrap();
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_echo-function")).unwrap();
+    let bundle = zip_of(&[
+        (
+            "bootstrap",
+            b"#!/bin/sh\nsleep 2\nexec \"$LAMBDA_TASK_ROOT/echo\"\n",
+            0o755,
+        ),
+        ("echo", &binary, 0o755),
+    ]);
+    deploy_ok(
+        &cloud,
+        json!({"name":"slowinit","runtime":"provided","timeout_s":1}),
+        &bundle,
+    )
+    .await;
+    let answer = invoke(&cloud, "slowinit", json!({"hello": 1})).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.header("x-amz-function-error"),
+        None,
+        "{}",
+        answer.body
+    );
+    // The limit still holds once the event is taken.
+    let slow = invoke(&cloud, "slowinit", json!({"sleep_ms": 1500})).await;
+    assert_eq!(slow.body["errorType"], "Sandbox.Timedout", "{}", slow.body);
+    cloud.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn python_node_and_awslambdaric_handlers_run() {
     let cloud = TestCloud::start().await.unwrap();

@@ -37,11 +37,15 @@ pub struct Launch {
     pub memory_limit: u64,
 }
 
+/// How long a new runtime may take to ask for its first event (Lambda's init limit).
+pub const INIT_LIMIT: Duration = Duration::from_secs(10);
+
 /// An event handed to the runtime by `GET …/invocation/next`.
 pub struct Invocation {
     pub request_id: Arc<str>,
     pub payload: Bytes,
-    pub deadline: SystemTime,
+    /// The function's timeout; it runs from delivery, as Lambda's does.
+    pub timeout: Duration,
     pub function_arn: String,
     /// X-Ray style (`Root=1-…;Parent=…;Sampled=1`), carrying the W3C trace.
     pub trace_id: Option<String>,
@@ -93,6 +97,8 @@ struct RuntimeShared {
     /// Set by the first `GET next`.
     ready_at: Mutex<Option<Instant>>,
     delivered_at: Mutex<Option<Instant>>,
+    /// Signalled by `GET next` as it hands an event over.
+    delivered: tokio::sync::Notify,
     /// Tags stdout/stderr lines with the invocation they belong to.
     current_request: Mutex<Option<Arc<str>>>,
 }
@@ -129,6 +135,7 @@ impl Instance {
             spawned_at: Instant::now(),
             ready_at: Mutex::new(None),
             delivered_at: Mutex::new(None),
+            delivered: tokio::sync::Notify::new(),
             current_request: Mutex::new(None),
         });
         let stop = CancellationToken::new();
@@ -250,7 +257,10 @@ impl Instance {
     }
 
     /// Hands one event to the runtime and waits for its answer, the process's end,
-    /// or `timeout` (which kills the group).
+    /// or the time limit (which kills the group): as on Lambda, `timeout` counts from
+    /// the moment the runtime takes the event, and a runtime still initialising has
+    /// [`INIT_LIMIT`] to ask for it first — a slow cold start does not eat the
+    /// function's own time.
     pub async fn invoke(
         &self,
         invocation: Invocation,
@@ -284,7 +294,10 @@ impl Instance {
                         None => Err(Failure::Exited(description)),
                     }
                 }
-                () = tokio::time::sleep(timeout) => {
+                () = async {
+                    let _ = tokio::time::timeout(INIT_LIMIT, self.shared.delivered.notified()).await;
+                    tokio::time::sleep(timeout).await;
+                } => {
                     self.stop();
                     Err(Failure::TimedOut)
                 }
@@ -434,6 +447,7 @@ async fn next(State(shared): State<Arc<RuntimeShared>>) -> Response {
         );
     };
     *shared.delivered_at.lock().unwrap() = Some(Instant::now());
+    shared.delivered.notify_one();
     *shared.current_request.lock().unwrap() = Some(Arc::clone(&invocation.request_id));
     *shared.pending.lock().unwrap() = Some((Arc::clone(&invocation.request_id), reply));
 
@@ -444,8 +458,7 @@ async fn next(State(shared): State<Arc<RuntimeShared>>) -> Response {
         }
     };
     set("lambda-runtime-aws-request-id", &invocation.request_id);
-    let deadline = invocation
-        .deadline
+    let deadline = (SystemTime::now() + invocation.timeout)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();

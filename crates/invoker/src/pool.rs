@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use minicloud_authz::Authz;
@@ -317,7 +317,7 @@ impl Engine {
         let invocation = Invocation {
             request_id: Arc::clone(&request_id),
             payload: request.payload,
-            deadline: SystemTime::now() + timeout,
+            timeout,
             function_arn: self.arn(name),
             trace_id: request.trace_id,
             client_context: request.client_context,
