@@ -104,7 +104,9 @@ stock binary's Nagle delay would make every small GET ~40 ms on both sides).
 """ + "\n".join(rows) + f"""
 
 Memory: process RSS while 1 GiB is uploaded and then downloaded through the gateway
-(client, gateway and storage all in the measured process):
+(client, gateway, storage and, for `s3`, the embedded S3 server all in the measured
+process), before any other large transfer so that memory the allocator kept from one
+cannot hide the growth:
 
 | backend | RSS before | RSS peak | growth | target |
 |---|---|---|---|---|
@@ -132,7 +134,9 @@ Reading the ratios:
   proxying costs. A large `fs` GET is one HTTP transfer over loopback against a
   read from the page cache. Through S3, where the backend itself is the bottleneck,
   large GETs reach the baseline and large PUTs come close.
-- Memory stays flat on `fs`; on `s3` one 16 MiB multipart part is buffered per upload.
+- Memory stays flat on `fs`; on `s3` one 16 MiB multipart part is buffered per upload
+  (cut at exactly 16 MiB in a buffer of that size), and the embedded S3 server
+  holds what it receives.
 """
 
 

@@ -298,6 +298,30 @@ async fn bench_backend(
         }
     };
 
+    // RSS while 1 GiB goes up and then down through the gateway, measured before any
+    // other large transfer so that memory the allocator kept from one cannot hide
+    // this one's growth.
+    let rss = {
+        let before = rss_bytes();
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+        let sampler = {
+            let peak = std::sync::Arc::clone(&peak);
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        gateway
+            .put("gib", reqwest::Body::wrap_stream(pattern(RSS_BYTES)))
+            .await?;
+        anyhow::ensure!(gateway.get("gib").await? == RSS_BYTES, "short read");
+        sampler.abort();
+        let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+        json!({ "before_mib": before as f64 / 1048576.0, "peak_mib": peak as f64 / 1048576.0, "growth_mib": (peak.saturating_sub(before)) as f64 / 1048576.0 })
+    };
+
     // One large object each way.
     let ours_large_put = mib_per_s(LARGE, || {
         gateway.put("large", reqwest::Body::wrap_stream(pattern(LARGE)))
@@ -409,28 +433,6 @@ async fn bench_backend(
         }
         std::hint::black_box(hasher.finalize());
         LARGE as f64 / 1048576.0 / started.elapsed().as_secs_f64()
-    };
-
-    // RSS while 1 GiB goes up and then down through the gateway.
-    let rss = {
-        let before = rss_bytes();
-        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
-        let sampler = {
-            let peak = std::sync::Arc::clone(&peak);
-            tokio::spawn(async move {
-                loop {
-                    peak.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        };
-        gateway
-            .put("gib", reqwest::Body::wrap_stream(pattern(RSS_BYTES)))
-            .await?;
-        anyhow::ensure!(gateway.get("gib").await? == RSS_BYTES, "short read");
-        sampler.abort();
-        let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
-        json!({ "before_mib": before as f64 / 1048576.0, "peak_mib": peak as f64 / 1048576.0, "growth_mib": (peak.saturating_sub(before)) as f64 / 1048576.0 })
     };
 
     cloud.stop().await?;
