@@ -89,6 +89,36 @@ async fn wait_until_answering(name: &str, port: u16, child: &mut Child) -> anyho
     bail!("private {name} did not start within 30 s")
 }
 
+/// Postgres listens before it takes sessions: until its start-up is done it answers
+/// "the database system is starting up" (57P03), which failed `minicloud up` now and
+/// then on a busy machine. A session that connects is the real sign of readiness.
+async fn wait_until_accepting_sessions(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username("postgres")
+        .database("postgres");
+    let mut last_error = None;
+    for _ in 0..600 {
+        match options.connect().await {
+            Ok(connection) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Err(error) => last_error = Some(error),
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("private postgres exited during start-up ({status})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(anyhow::anyhow!(
+        "private postgres took no session within 30 s: {}",
+        last_error.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
 fn running_as_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
@@ -165,6 +195,7 @@ pub async fn ensure_postgres(
         .spawn()
         .context("starting postgres")?;
     wait_until_answering("postgres", port, &mut child).await?;
+    wait_until_accepting_sessions(port, &mut child).await?;
     tracing::info!(port, dir = %dir.display(), "started a private postgres");
     Ok((
         format!("postgres://postgres@127.0.0.1:{port}/minicloud"),

@@ -69,7 +69,8 @@ fn start_up(ports: &[u16], data_dir: &std::path::Path, database_url: &str, redis
         .env("REDIS_URL", redis_url)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Into the test's own stderr: shown when a test fails (why `up` stopped).
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
