@@ -76,17 +76,35 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-async fn wait_until_answering(name: &str, port: u16, child: &mut Child) -> anyhow::Result<()> {
+/// Polls `ready` every 50 ms for up to 30 s, failing early if `child` exits.
+async fn wait_until<F, Fut>(name: &str, child: &mut Child, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last_error = String::new();
     for _ in 0..600 {
-        if answers("127.0.0.1", port).await {
-            return Ok(());
+        match ready().await {
+            Ok(()) => return Ok(()),
+            Err(error) => last_error = error,
         }
         if let Some(status) = child.try_wait()? {
             bail!("private {name} exited during start-up ({status})");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("private {name} did not start within 30 s")
+    bail!("private {name} was not ready within 30 s: {last_error}")
+}
+
+async fn wait_until_answering(name: &str, port: u16, child: &mut Child) -> anyhow::Result<()> {
+    wait_until(name, child, || async {
+        if answers("127.0.0.1", port).await {
+            Ok(())
+        } else {
+            Err(format!("nothing answers on port {port}"))
+        }
+    })
+    .await
 }
 
 /// Postgres listens before it takes sessions: until its start-up is done it answers
@@ -99,24 +117,12 @@ async fn wait_until_accepting_sessions(port: u16, child: &mut Child) -> anyhow::
         .port(port)
         .username("postgres")
         .database("postgres");
-    let mut last_error = None;
-    for _ in 0..600 {
-        match options.connect().await {
-            Ok(connection) => {
-                let _ = connection.close().await;
-                return Ok(());
-            }
-            Err(error) => last_error = Some(error),
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("private postgres exited during start-up ({status})");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(anyhow::anyhow!(
-        "private postgres took no session within 30 s: {}",
-        last_error.map(|e| e.to_string()).unwrap_or_default()
-    ))
+    wait_until("postgres", child, || async {
+        let connection = options.connect().await.map_err(|e| e.to_string())?;
+        let _ = connection.close().await;
+        Ok(())
+    })
+    .await
 }
 
 fn running_as_root() -> bool {

@@ -310,19 +310,16 @@ impl Docdb {
         };
         // The event as `event()` builds it; version, owner and the document are only
         // known once written, so the statement adds them (and the type, on an update).
-        let template = event(
-            "created",
-            collection,
-            &DocOut {
-                id: id.to_owned(),
-                version: 0,
-                owner: None,
-                created_at: Utc::now(),
-                updated_at: Utc::now(),
-                data: Value::Null,
-            },
-            false,
-        );
+        let unwritten = DocOut {
+            id: id.to_owned(),
+            version: 0,
+            owner: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            data: Value::Null,
+        };
+        let template = event("created", collection, &unwritten, false);
+        let updated_type = event("updated", collection, &unwritten, false).event_type;
         let template = serde_json::to_value(&template).map_err(ApiError::internal)?;
         let sql = format!(
             "WITH written AS (
@@ -332,7 +329,7 @@ impl Docdb {
             ), event AS (
                 {insert} SELECT 'db', jsonb_set(
                     CASE WHEN version = 1 THEN $4::jsonb
-                         ELSE jsonb_set($4::jsonb, '{{type}}', '\"minicloud.db.document.updated\"')
+                         ELSE jsonb_set($4::jsonb, '{{type}}', to_jsonb($5::text))
                     END,
                     '{{data}}',
                     ($4::jsonb -> 'data')
@@ -348,6 +345,7 @@ impl Docdb {
             .bind(caller.owner())
             .bind(write.data.unwrap_or_default())
             .bind(template)
+            .bind(updated_type)
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;

@@ -72,11 +72,8 @@ enum Upstream {
 #[derive(Clone)]
 pub struct Upstreams {
     client: Client<HttpConnector, Body>,
-    auth: Upstream,
-    storage: Upstream,
-    docdb: Upstream,
-    bus: Upstream,
-    invoker: Upstream,
+    /// Indexed by `Service as usize`.
+    services: [Upstream; 5],
 }
 
 fn parse(url: &str) -> Result<Uri, GatewayError> {
@@ -106,42 +103,37 @@ impl Upstreams {
             .build(connector);
         Ok(Upstreams {
             client,
-            auth: Upstream::Remote(parse(&config.auth_url)?),
-            storage: Upstream::Remote(parse(&config.storage_url)?),
-            docdb: Upstream::Remote(parse(&config.docdb_url)?),
-            bus: Upstream::Remote(parse(&config.bus_url)?),
-            invoker: Upstream::Remote(parse(&config.invoker_url)?),
+            services: [
+                Upstream::Remote(parse(&config.auth_url)?),
+                Upstream::Remote(parse(&config.storage_url)?),
+                Upstream::Remote(parse(&config.docdb_url)?),
+                Upstream::Remote(parse(&config.bus_url)?),
+                Upstream::Remote(parse(&config.invoker_url)?),
+            ],
         })
     }
 
     /// Sends `service`'s requests into `router` (its `into_router()`) instead of over
     /// HTTP.
     pub fn set_in_process(&mut self, service: Service, router: Router) {
-        let upstream = match service {
-            Service::Auth => &mut self.auth,
-            Service::Storage => &mut self.storage,
-            Service::Docdb => &mut self.docdb,
-            Service::Bus => &mut self.bus,
-            Service::Invoker => &mut self.invoker,
-        };
-        *upstream = Upstream::InProcess(router);
+        self.services[service as usize] = Upstream::InProcess(router);
     }
 
-    fn route(&self, path: &str) -> Option<(&'static str, &Upstream)> {
+    fn route(&self, path: &str) -> Option<Service> {
         let under = |prefix: &str| {
             path.strip_prefix(prefix)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
         if under("/auth/v1") {
-            Some(("auth", &self.auth))
+            Some(Service::Auth)
         } else if under("/storage/v1") {
-            Some(("storage", &self.storage))
+            Some(Service::Storage)
         } else if under("/db/v1") {
-            Some(("docdb", &self.docdb))
+            Some(Service::Docdb)
         } else if under("/events/v1") {
-            Some(("bus", &self.bus))
+            Some(Service::Bus)
         } else if under("/functions/v1") || under("/2015-03-31/functions") || under("/fn") {
-            Some(("invoker", &self.invoker))
+            Some(Service::Invoker)
         } else {
             None
         }
@@ -189,9 +181,11 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let (mut parts, body) = request.into_parts();
-    let (service, upstream) = upstreams
+    let routed = upstreams
         .route(parts.uri.path())
         .ok_or_else(|| ApiError::not_found("no such route"))?;
+    let upstream = &upstreams.services[routed as usize];
+    let service = routed.name();
 
     strip_hop_by_hop(&mut parts.headers);
     if let Some(peer) = peer {
@@ -223,7 +217,7 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
         http.response.status_code = tracing::field::Empty,
     );
     minicloud_telemetry::trace_context::inject(&span, &mut parts.headers);
-    let timeout = if service == "invoker" {
+    let timeout = if routed == Service::Invoker {
         FUNCTION_TIMEOUT
     } else {
         SERVICE_TIMEOUT
