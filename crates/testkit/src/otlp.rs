@@ -97,6 +97,14 @@ impl<'a> Trace<'a> {
     }
 
     /// Every span but the root has its parent in the trace: one connected tree.
+    /// Whether every span but the root has its parent in the trace (for waiting until
+    /// the last exporter has delivered).
+    pub fn is_connected(&self) -> bool {
+        self.spans.iter().all(|span| {
+            span.span_id == self.root.span_id || self.by_id(&span.parent_span_id).is_some()
+        })
+    }
+
     pub fn assert_connected(&self) {
         for span in &self.spans {
             if span.span_id != self.root.span_id {

@@ -405,7 +405,9 @@ async fn one_trace_follows_an_upload_into_the_function_and_back() {
         s.attribute("minicloud.service") == Some("gateway")
             && s.attribute("request_id") == Some(&request_id)
     };
-    // Done when docdb's span for the metadata write has arrived in the upload's trace.
+    // Done when docdb's span for the metadata write has arrived in the upload's trace
+    // and every span's parent has too: the invoker's span around the function ends,
+    // and is exported, after the function's own spans (seen missing once in CI).
     let spans = receiver
         .wait_for(Duration::from_secs(20), |spans| {
             let Some(root) = spans.iter().find(|s| is_root(s)) else {
@@ -415,7 +417,7 @@ async fn one_trace_follows_an_upload_into_the_function_and_back() {
                 s.trace_id == root.trace_id
                     && s.attribute("minicloud.service") == Some("docdb")
                     && s.name.starts_with("PUT /db/v1/collections")
-            })
+            }) && Trace::of(root, spans).is_connected()
         })
         .await;
     let root = spans
