@@ -202,6 +202,10 @@ def invoker_section():
         direct = d["warm"][c]["invoker_direct"]
         rows.append(f"| {c}, without the gateway | {direct['ops_per_s']:,.0f}/s, p50 {direct['p50_us']:,.0f} µs, p99 {direct['p99_us']:,.0f} µs "
                     f"| | {direct['p50_us'] - floor['p50_us']:,.0f} µs | {direct['ops_per_s'] / floor['ops_per_s']:.2f} |")
+        single = d["warm"][c].get("invoke_current_thread")
+        if single:
+            rows.append(f"| {c}, the echo on a current-thread runtime | {single['ops_per_s']:,.0f}/s, p50 {single['p50_us']:,.0f} µs, p99 {single['p99_us']:,.0f} µs "
+                        f"| | **{single['p50_us'] - floor['p50_us']:,.0f} µs** | {single['ops_per_s'] / floor['ops_per_s']:.2f} |")
     cold, idle = d["cold"], d["idle"]
     return f"""
 ## Invoker (issue 7)
@@ -209,7 +213,11 @@ def invoker_section():
 `target/release/invoker-bench`, one run: the whole cloud in the benchmark's process,
 the echo function a release build of `tests/functions/echo.rs` (the `lambda_runtime`
 crate, runtime `provided`), invoked through the gateway with the service key;
-{d['iterations']} invocations per row after a warm-up.
+{d['iterations']} invocations per row after a warm-up. The load comes from a client on a
+thread and runtime of its own (as a separate program would), and the rows of one
+concurrency take turns in 10 blocks, so each figure and its floor span the same minutes.
+The echo runs twice: on tokio's default multi-thread runtime, and deployed with
+`ECHO_TOKIO_RUNTIME=current_thread` on a single-threaded one (same binary).
 
 Warm invoke against a bare axum echo handler over loopback (the floor):
 
@@ -230,16 +238,18 @@ Idle: {idle['functions']} functions deployed and never invoked cost **{idle['pro
 **{idle['rss_delta_mib']:.1f} MiB** of resident memory (the whole process's RSS before and after
 deploying them; target < 50 MB).
 
-Reading the figures: the gateway now calls the invoker in-process, so "through the
-gateway" and "without the gateway" differ by only its middleware and proxy span
-(before, a loopback HTTP hop cost ~100 µs here). What is left is the invoker's own
-handling with token verification, the hand-over to the instance (its pending
-`GET next` answered: task wake-ups on two busy cores) and, the largest part, the time
-between that answer and the function's `POST …/response` arriving — the
-`lambda_runtime` crate drives its HTTP client from another thread than its handler,
-so each exchange costs cross-thread wake-ups in the function's process as well as
-ours, and cross-process wake-ups between the two. Run to run, the warm p50 moves by
-about ±15 % on this VM. Two
+Reading the figures: the gateway calls the invoker in-process, so "through the
+gateway" and "without the gateway" differ by only its middleware and proxy span.
+Timestamps inside the invoker (a temporary probe, c = 1, means) split a warm call:
+~10 µs from the request to the instance's pending `GET next` being answered, ~130 µs
+from that answer to the function's `POST …/response` arriving (two loopback HTTP
+exchanges with another process), ~30 µs of the invoker's own handling (token, policy,
+payload check, logs, metrics); the rest is the client's HTTP round trip, which the
+floor has too. On tokio's default runtime the `lambda_runtime` crate's connection
+task and its handler run on different threads, so each of those two exchanges also
+costs wake-ups between threads inside the function; the current-thread row shows what
+that function-side cost is, and the overhead left there is minicloud's. Run to run,
+the warm p50 moves by about ±15 % on this VM. Two
 earlier fixes found by this benchmark: the Runtime API's acks carried a body the
 `lambda_runtime` client never reads, so every event opened a new connection (p50
 overhead 466 → ~400 µs); and a `pre_exec` hook for the memory limit made every spawn

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use minicloud_bench::{sequential_summary, time};
+use minicloud_bench::{as_client, sequential_summary, time};
 use minicloud_testkit::TestCloud;
 use rand::Rng as _;
 use serde_json::{Value, json};
@@ -38,22 +38,20 @@ async fn fill(pool: &sqlx::PgPool, collection: &str, count: i64) -> anyhow::Resu
     Ok(())
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> anyhow::Result<()> {
-    let cloud = TestCloud::start().await?;
-    let admin = cloud.admin();
+/// Timings of 1 KiB PUTs and GETs through the gateway, then of the same statements
+/// run directly with sqlx: (ours PUT, ours GET, direct PUT, direct GET).
+async fn kib_rows(
+    base: String,
+    token: String,
+    database_url: String,
+    n: usize,
+) -> anyhow::Result<[Vec<std::time::Duration>; 4]> {
     // The services' own pool settings: no ping before a recently used connection.
-    let pool = minicloud_testkit::minicloud_cli::postgres::pool_options(2)
-        .connect(&cloud.database_url)
-        .await?;
-    let _: Value = admin
-        .post("/db/v1/collections", &json!({"name": "kib", "indexes": []}))
-        .await?;
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let base = cloud.gateway_url().to_owned();
-    let token = cloud.keys.service_key.clone();
+    let pool = minicloud_testkit::minicloud_cli::postgres::pool_options(2)
+        .connect(&database_url)
+        .await?;
     let document = json!({ "owner": "u1", "payload": "x".repeat(1000) });
-    let n = iterations();
 
     let ours_put = time(n, |i| {
         let (http, base, token, document) =
@@ -110,6 +108,30 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(row.is_some(), "missing");
             Ok(())
         }
+    })
+    .await?;
+
+    pool.close().await;
+    Ok([ours_put, ours_get, direct_put, direct_get])
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cloud = TestCloud::start().await?;
+    let admin = cloud.admin();
+    let pool = minicloud_testkit::minicloud_cli::postgres::pool_options(2)
+        .connect(&cloud.database_url)
+        .await?;
+    let _: Value = admin
+        .post("/db/v1/collections", &json!({"name": "kib", "indexes": []}))
+        .await?;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let base = cloud.gateway_url().to_owned();
+    let token = cloud.keys.service_key.clone();
+    let n = iterations();
+    let [ours_put, ours_get, direct_put, direct_get] = as_client({
+        let (base, token, database_url) = (base.clone(), token.clone(), cloud.database_url.clone());
+        move || kib_rows(base, token, database_url, n)
     })
     .await?;
 

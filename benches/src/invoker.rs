@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use base64::Engine as _;
-use minicloud_bench::summary;
+use minicloud_bench::{as_client, summary};
 use minicloud_testkit::TestCloud;
 use serde_json::{Value, json};
 
@@ -26,18 +26,30 @@ fn iterations() -> usize {
         .unwrap_or(2000)
 }
 
-/// `total` requests from `concurrency` workers; per-request latencies and wall time.
+/// One thing to call in [`load`]: a URL and the token to call it with.
+struct Target<'a> {
+    url: &'a str,
+    token: Option<&'a str>,
+}
+
+/// `total` requests to each target from `concurrency` workers: per-target latency
+/// summaries. The targets take turns in [`ROUNDS`] blocks, so a floor and the
+/// invokes compared with it are measured over the same minutes — on this VM the same
+/// loop's p50 drifts by tens of microseconds from one minute to the next.
 async fn load(
     http: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
+    targets: &[Target<'_>],
     concurrency: usize,
     total: usize,
-) -> anyhow::Result<Value> {
-    let run = |count: usize| {
+) -> anyhow::Result<Vec<Value>> {
+    let run = |target: &Target<'_>, count: usize| {
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
-                let (http, url, token) = (http.clone(), url.to_owned(), token.map(str::to_owned));
+                let (http, url, token) = (
+                    http.clone(),
+                    target.url.to_owned(),
+                    target.token.map(str::to_owned),
+                );
                 tokio::spawn(async move {
                     let mut samples = Vec::with_capacity(count / concurrency + 1);
                     for _ in 0..count / concurrency {
@@ -64,10 +76,24 @@ async fn load(
             anyhow::Ok((all, started.elapsed()))
         }
     };
-    run((total / 10).max(concurrency * 4)).await?; // warm-up: instances, connections
-    let (samples, wall) = run(total).await?;
-    Ok(summary(samples, wall))
+    for target in targets {
+        run(target, (total / 10).max(concurrency * 4)).await?; // warm-up: instances, connections
+    }
+    let mut measured = vec![(Vec::new(), Duration::ZERO); targets.len()];
+    for _ in 0..ROUNDS {
+        for (target, (samples, wall)) in targets.iter().zip(&mut measured) {
+            let (more, took) = run(target, total / ROUNDS).await?;
+            samples.extend(more);
+            *wall += took;
+        }
+    }
+    Ok(measured
+        .into_iter()
+        .map(|(samples, wall)| summary(samples, wall))
+        .collect())
 }
+
+const ROUNDS: usize = 10;
 
 fn zip_of(entries: &[(&str, &[u8], u32)]) -> anyhow::Result<String> {
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -215,6 +241,15 @@ async fn main() -> anyhow::Result<()> {
         json!({"runtime":"provided","code":{"zip_base64":echo_zip}}),
     )
     .await?;
+    // The same echo on a single-threaded tokio runtime: no hand-offs between the
+    // `lambda_runtime` client's connection task and the handler in the function's
+    // own process, so what is left is minicloud's part.
+    deploy(
+        "echo1".into(),
+        json!({"runtime":"provided","code":{"zip_base64":echo_zip},
+               "env":{"ECHO_TOKIO_RUNTIME":"current_thread"}}),
+    )
+    .await?;
 
     // The floor: a bare axum echo over loopback.
     let bare =
@@ -224,7 +259,6 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, bare).await });
 
     let n = iterations();
-    let invoke_url = format!("{base}/functions/v1/echo/invoke");
     // Cold starts first, while no other instance runs: a fresh function each time.
     let cold_n = 25;
     let mut cold_rust = Vec::new();
@@ -291,19 +325,38 @@ async fn main() -> anyhow::Result<()> {
 
     // The same call straight to the invoker: what the gateway hop adds.
     let direct_url = format!("{}/functions/v1/echo/invoke", cloud.urls.invoker);
-    let mut warm = serde_json::Map::new();
-    for concurrency in [1, 32] {
-        let floor = load(&http, &bare_url, None, concurrency, n).await?;
-        let ours = load(&http, &invoke_url, Some(&token), concurrency, n).await?;
-        let direct = load(&http, &direct_url, Some(&token), concurrency, n).await?;
-        warm.insert(
-            concurrency.to_string(),
-            json!({"floor": floor, "invoke": ours, "invoker_direct": direct}),
-        );
-    }
+    let warm = as_client({
+        let (bare_url, base, token) = (bare_url.clone(), base.clone(), token.clone());
+        move || async move {
+            let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+            let invoke_url = |name: &str| format!("{base}/functions/v1/{name}/invoke");
+            let (echo, echo1) = (invoke_url("echo"), invoke_url("echo1"));
+            let token = Some(token.as_str());
+            let targets = [
+                Target { url: &bare_url, token: None },
+                Target { url: &echo, token },
+                Target { url: &echo1, token },
+                Target { url: &direct_url, token },
+            ];
+            let mut warm = serde_json::Map::new();
+            for concurrency in [1, 32] {
+                let [floor, ours, current_thread, direct] = <[Value; 4]>::try_from(
+                    load(&http, &targets, concurrency, n).await?,
+                )
+                .map_err(|_| anyhow::anyhow!("one summary per target"))?;
+                warm.insert(
+                    concurrency.to_string(),
+                    json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread, "invoker_direct": direct}),
+                );
+            }
+            Ok(warm)
+        }
+    })
+    .await?;
 
     // 200 idle functions: stop every instance first (keep_warm_s 0 reaps them).
-    for name in std::iter::once("echo".to_owned())
+    for name in ["echo".to_owned(), "echo1".to_owned()]
+        .into_iter()
         .chain((0..cold_n).map(|i| format!("cold{i}")))
         .chain((0..cold_n).map(|i| format!("coldpy{i}")))
     {

@@ -40,3 +40,24 @@ where
     }
     Ok(out)
 }
+
+/// Runs `measure` the way a separate client program would: on a thread of its own
+/// with a single-threaded runtime. The cloud keeps the benchmark's worker threads to
+/// itself, and the load generator's own task hand-offs (reqwest's connection task,
+/// the timing loop) stay on one thread instead of waking the cloud's workers from the
+/// main thread. Connections (HTTP pools, sqlx pools) must be made inside `measure`:
+/// a socket stays tied to the runtime that opened it.
+pub async fn as_client<F, Fut, T>(measure: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(measure())
+    })
+    .await?
+}
