@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use minicloud_bench::{as_client, sequential_summary, time};
+use minicloud_bench::{Op, as_client, sequential_summary, time, time_in_turns};
 use minicloud_testkit::TestCloud;
 use rand::Rng as _;
 use serde_json::{Value, json};
@@ -38,81 +38,131 @@ async fn fill(pool: &sqlx::PgPool, collection: &str, count: i64) -> anyhow::Resu
     Ok(())
 }
 
-/// Timings of 1 KiB PUTs and GETs through the gateway, then of the same statements
-/// run directly with sqlx: (ours PUT, ours GET, direct PUT, direct GET).
+/// The baseline's statements, run directly and behind the bare handler.
+const DIRECT_PUT: &str = "INSERT INTO docdb.\"docs_kib\" (id, version, owner, data) VALUES ($1, 1, NULL, $2)
+     ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, version = docs_kib.version + 1, updated_at = now()";
+const DIRECT_GET: &str = "SELECT id, version, data FROM docdb.\"docs_kib\" WHERE id = $1";
+
+/// The ceiling of any HTTP API in front of those statements: a bare axum handler
+/// that runs the baseline's statement and answers — no token, no policy, no event.
+/// It runs on the cloud's runtime with a pool like the services' own. Its URL.
+async fn bare_server(database_url: &str) -> anyhow::Result<String> {
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    let pool = minicloud_testkit::minicloud_cli::postgres::pool_options(2)
+        .connect(database_url)
+        .await?;
+    let fail = |_| StatusCode::INTERNAL_SERVER_ERROR;
+    let app = axum::Router::new()
+        .route(
+            "/docs/{id}",
+            axum::routing::get(
+                move |State(pool): State<sqlx::PgPool>, Path(id): Path<String>| async move {
+                    let (id, version, data): (String, i64, Value) = sqlx::query_as(DIRECT_GET)
+                        .bind(id)
+                        .fetch_optional(&pool)
+                        .await
+                        .map_err(fail)?
+                        .ok_or(StatusCode::NOT_FOUND)?;
+                    Ok::<_, StatusCode>(axum::Json(
+                        json!({"id": id, "version": version, "data": data}),
+                    ))
+                },
+            )
+            .put(
+                move |State(pool): State<sqlx::PgPool>,
+                      Path(id): Path<String>,
+                      axum::Json(document): axum::Json<Value>| async move {
+                    sqlx::query(DIRECT_PUT)
+                        .bind(id)
+                        .bind(document)
+                        .execute(&pool)
+                        .await
+                        .map_err(fail)?;
+                    Ok::<_, StatusCode>(StatusCode::OK)
+                },
+            ),
+        )
+        .with_state(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// Timings of 1 KiB PUTs and GETs through the gateway, through the bare handler,
+/// and of the same statements run directly with sqlx, in that order (PUT, GET each).
 async fn kib_rows(
     base: String,
+    bare: String,
     token: String,
     database_url: String,
     n: usize,
-) -> anyhow::Result<[Vec<std::time::Duration>; 4]> {
-    // The services' own pool settings: no ping before a recently used connection.
+) -> anyhow::Result<Vec<Vec<std::time::Duration>>> {
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    // The services' own pool settings: no ping before a recently used connection.
     let pool = minicloud_testkit::minicloud_cli::postgres::pool_options(2)
         .connect(&database_url)
         .await?;
     let document = json!({ "owner": "u1", "payload": "x".repeat(1000) });
-
-    let ours_put = time(n, |i| {
-        let (http, base, token, document) =
-            (http.clone(), base.clone(), token.clone(), document.clone());
-        async move {
-            let response = http
-                .put(format!("{base}/db/v1/collections/kib/docs/k{}", i % 200))
-                .bearer_auth(token)
-                .json(&document)
-                .send()
-                .await?;
-            anyhow::ensure!(response.status().is_success(), "PUT: {}", response.status());
-            Ok(())
-        }
-    })
-    .await?;
-    let ours_get = time(n, |i| {
-        let (http, base, token) = (http.clone(), base.clone(), token.clone());
-        async move {
-            let response = http
-                .get(format!("{base}/db/v1/collections/kib/docs/k{}", i % 200))
-                .bearer_auth(token)
-                .send()
-                .await?;
-            anyhow::ensure!(response.status().is_success(), "GET: {}", response.status());
-            response.bytes().await?;
-            Ok(())
-        }
-    })
-    .await?;
-    let direct_put = time(n, |i| {
-        let (pool, document) = (pool.clone(), document.clone());
-        async move {
-            sqlx::query(
-                "INSERT INTO docdb.\"docs_kib\" (id, version, owner, data) VALUES ($1, 1, NULL, $2)
-                 ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, version = docs_kib.version + 1, updated_at = now()",
-            )
-            .bind(format!("k{}", i % 200))
-            .bind(document)
-            .execute(&pool)
-            .await?;
-            Ok(())
-        }
-    })
-    .await?;
-    let direct_get = time(n, |i| {
-        let pool = pool.clone();
-        async move {
-            let row: Option<(String, i64, Value)> =
-                sqlx::query_as("SELECT id, version, data FROM docdb.\"docs_kib\" WHERE id = $1")
-                    .bind(format!("k{}", i % 200))
-                    .fetch_optional(&pool)
-                    .await?;
-            anyhow::ensure!(row.is_some(), "missing");
-            Ok(())
-        }
-    })
-    .await?;
-
+    let put = |url: String, token: Option<String>| -> Op<'_> {
+        let (http, document) = (&http, &document);
+        Box::new(move |i| {
+            let mut request = http.put(format!("{url}/k{}", i % 200)).json(document);
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            Box::pin(async move {
+                let response = request.send().await?;
+                anyhow::ensure!(response.status().is_success(), "PUT: {}", response.status());
+                Ok(())
+            })
+        })
+    };
+    let get = |url: String, token: Option<String>| -> Op<'_> {
+        let http = &http;
+        Box::new(move |i| {
+            let mut request = http.get(format!("{url}/k{}", i % 200));
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            Box::pin(async move {
+                let response = request.send().await?;
+                anyhow::ensure!(response.status().is_success(), "GET: {}", response.status());
+                response.bytes().await?;
+                Ok(())
+            })
+        })
+    };
+    let ours = format!("{base}/db/v1/collections/kib/docs");
+    let bare = format!("{bare}/docs");
+    let mut ops = [
+        put(ours.clone(), Some(token.clone())),
+        get(ours, Some(token)),
+        put(bare.clone(), None),
+        get(bare, None),
+        Box::new(|i| {
+            let query = sqlx::query(DIRECT_PUT)
+                .bind(format!("k{}", i % 200))
+                .bind(document.clone());
+            Box::pin(async {
+                query.execute(&pool).await?;
+                Ok(())
+            })
+        }),
+        Box::new(|i| {
+            let query =
+                sqlx::query_as::<_, (String, i64, Value)>(DIRECT_GET).bind(format!("k{}", i % 200));
+            Box::pin(async {
+                anyhow::ensure!(query.fetch_optional(&pool).await?.is_some(), "missing");
+                Ok(())
+            })
+        }),
+    ];
+    let out = time_in_turns(n, &mut ops).await?;
+    drop(ops);
     pool.close().await;
-    Ok([ours_put, ours_get, direct_put, direct_get])
+    Ok(out)
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -129,11 +179,20 @@ async fn main() -> anyhow::Result<()> {
     let base = cloud.gateway_url().to_owned();
     let token = cloud.keys.service_key.clone();
     let n = iterations();
-    let [ours_put, ours_get, direct_put, direct_get] = as_client({
+    let bare = bare_server(&cloud.database_url).await?;
+    let rows = as_client({
         let (base, token, database_url) = (base.clone(), token.clone(), cloud.database_url.clone());
-        move || kib_rows(base, token, database_url, n)
+        move || kib_rows(base, bare, token, database_url, n)
     })
     .await?;
+    let [
+        ours_put,
+        ours_get,
+        bare_put,
+        bare_get,
+        direct_put,
+        direct_get,
+    ] = <[_; 6]>::try_from(rows).map_err(|_| anyhow::anyhow!("six rows"))?;
 
     let mut query_results = serde_json::Map::new();
     for (collection, count) in [("small", 10_000i64), ("large", 1_000_000)] {
@@ -169,8 +228,8 @@ async fn main() -> anyhow::Result<()> {
 
     let out = json!({
         "iterations": n,
-        "get": { "ours": sequential_summary(ours_get), "direct": sequential_summary(direct_get) },
-        "put": { "ours": sequential_summary(ours_put), "direct": sequential_summary(direct_put) },
+        "get": { "ours": sequential_summary(ours_get), "bare_http": sequential_summary(bare_get), "direct": sequential_summary(direct_get) },
+        "put": { "ours": sequential_summary(ours_put), "bare_http": sequential_summary(bare_put), "direct": sequential_summary(direct_put) },
         "indexed_query": query_results,
     });
     eprintln!("{out}");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use base64::Engine as _;
-use minicloud_bench::{as_client, summary};
+use minicloud_bench::{ROUNDS, as_client, summary};
 use minicloud_testkit::TestCloud;
 use serde_json::{Value, json};
 
@@ -33,9 +33,7 @@ struct Target<'a> {
 }
 
 /// `total` requests to each target from `concurrency` workers: per-target latency
-/// summaries. The targets take turns in [`ROUNDS`] blocks, so a floor and the
-/// invokes compared with it are measured over the same minutes — on this VM the same
-/// loop's p50 drifts by tens of microseconds from one minute to the next.
+/// summaries. The targets take turns in [`ROUNDS`] blocks.
 async fn load(
     http: &reqwest::Client,
     targets: &[Target<'_>],
@@ -92,8 +90,6 @@ async fn load(
         .map(|(samples, wall)| summary(samples, wall))
         .collect())
 }
-
-const ROUNDS: usize = 10;
 
 fn zip_of(entries: &[(&str, &[u8], u32)]) -> anyhow::Result<String> {
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));

@@ -61,3 +61,35 @@ where
     })
     .await?
 }
+
+/// How many blocks the rows of one comparison are measured in, taking turns: a row
+/// and its baseline then span the same minutes. On this VM the same loop's p50
+/// drifts by tens of microseconds from one minute to the next.
+pub const ROUNDS: usize = 10;
+
+/// One operation of [`time_in_turns`], given the index of the call.
+pub type Op<'a> =
+    Box<dyn FnMut(usize) -> futures::future::LocalBoxFuture<'a, anyhow::Result<()>> + 'a>;
+
+/// [`time`] for several operations compared with each other: each is warmed up,
+/// then they take turns in [`ROUNDS`] blocks of n / ROUNDS calls. Indices run from 0
+/// to n - 1 for each operation (warm-up ones from `usize::MAX` down).
+pub async fn time_in_turns(n: usize, ops: &mut [Op<'_>]) -> anyhow::Result<Vec<Vec<Duration>>> {
+    for op in ops.iter_mut() {
+        for i in 0..(n / 10).max(5) {
+            op(usize::MAX - i).await?;
+        }
+    }
+    let mut out: Vec<Vec<Duration>> = ops.iter().map(|_| Vec::with_capacity(n)).collect();
+    let block = n / ROUNDS;
+    for round in 0..ROUNDS {
+        for (op, samples) in ops.iter_mut().zip(&mut out) {
+            for i in round * block..(round + 1) * block {
+                let started = Instant::now();
+                op(i).await?;
+                samples.push(started.elapsed());
+            }
+        }
+    }
+    Ok(out)
+}
