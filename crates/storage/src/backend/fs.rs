@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use md5::{Digest, Md5};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{Backend, BackendError, ByteRange, ByteStream, Written};
 
@@ -153,19 +153,37 @@ impl Backend for FsBackend {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<ByteStream, BackendError> {
-        let mut file = tokio::fs::File::open(self.blob_path(bucket, key))
-            .await
-            .map_err(not_found)?;
-        let remaining = match range {
-            Some(range) => {
-                if range.start > 0 {
-                    file.seek(io::SeekFrom::Start(range.start)).await?;
+        // Opening, seeking and reading the first chunk in one blocking-pool hop: a
+        // small object is then served without another (each hop is two thread
+        // wake-ups, which cost more than the read itself).
+        let path = self.blob_path(bucket, key);
+        let (file, first, remaining) = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Seek as _};
+            let mut file = std::fs::File::open(path).map_err(not_found)?;
+            let remaining = match range {
+                Some(range) => {
+                    if range.start > 0 {
+                        file.seek(io::SeekFrom::Start(range.start))?;
+                    }
+                    range.len()
                 }
-                range.len()
-            }
-            None => file.metadata().await?.len(),
-        };
-        Ok(read_stream(file, remaining))
+                None => file.metadata()?.len(),
+            };
+            let mut first = vec![0u8; remaining.min(READ_CHUNK as u64) as usize];
+            file.read_exact(&mut first)?;
+            let remaining = remaining - first.len() as u64;
+            Ok::<_, BackendError>((file, Bytes::from(first), remaining))
+        })
+        .await
+        .map_err(|e| BackendError::Other(e.to_string()))??;
+        let first = futures::stream::iter((!first.is_empty()).then_some(Ok(first)));
+        if remaining == 0 {
+            return Ok(Box::pin(first));
+        }
+        Ok(Box::pin(first.chain(read_stream(
+            tokio::fs::File::from_std(file),
+            remaining,
+        ))))
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), BackendError> {
