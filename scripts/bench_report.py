@@ -88,6 +88,13 @@ def storage_section():
     fs_get_direct = fs["small_get"]["direct"]["p50_us"]
     get_ceiling = (floor["ops_per_s"] / fs["small_get"]["direct"]["ops_per_s"]) if floor else float("nan")
     md5_row = f"{fs['md5_mib_s']:,.0f} MiB/s" if "md5_mib_s" in fs else "(not measured)"
+    large_floor = fs.get("http_floor_large_mib_s")
+    large_floor_row = (
+        f"a bare handler draining a 256 MiB upload runs at {large_floor['put']:,.0f} MiB/s "
+        f"({large_floor['put'] / fs['large_put_mib_s']['direct']:.2f} of the `fs` baseline's write), "
+        f"and one streaming 256 MiB from memory at {large_floor['get']:,.0f} MiB/s "
+        f"({large_floor['get'] / fs['large_get_mib_s']['direct']:.2f} of the `fs` baseline's read)"
+        if large_floor else "(large-object ceilings not measured)")
     fs_get_direct = f"{fs_get_direct:,.0f}"
     floor_p50 = f"{floor_p50:,.0f}"
     return f"""
@@ -114,8 +121,8 @@ cannot hide the growth:
 
 Ceilings measured in the same run: a bare axum handler answering the same 1 KiB over
 loopback to the same client — what any HTTP API here can at best do — takes
-{floor_row}; MD5 alone (the ETag, S3's own for single-part objects, identical on both
-backends) runs at {md5_row} on one core.
+{floor_row}; {large_floor_row}; MD5 alone (the ETag, S3's own for single-part
+objects, identical on both backends) runs at {md5_row} on one core.
 
 Reading the ratios:
 - `fs` small objects cannot reach 0.5 of the direct figures by any HTTP API: a warm

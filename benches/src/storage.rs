@@ -435,8 +435,55 @@ async fn bench_backend(
         LARGE as f64 / 1048576.0 / started.elapsed().as_secs_f64()
     };
 
+    // The ceiling for large objects: a bare axum handler over loopback that drains
+    // an upload of the same size, and one that streams the same bytes from memory.
+    let http_floor_large_mib_s = {
+        let bare = axum::Router::new().route(
+            "/large",
+            axum::routing::get(|| async { axum::body::Body::from_stream(pattern(LARGE)) }).put(
+                |body: axum::body::Body| async move {
+                    let mut stream = body.into_data_stream();
+                    let mut total = 0;
+                    while let Some(chunk) = stream.next().await {
+                        total += chunk
+                            .map_err(|_| axum::http::StatusCode::BAD_REQUEST)?
+                            .len();
+                    }
+                    Ok::<_, axum::http::StatusCode>(total.to_string())
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/large", listener.local_addr()?);
+        let server = tokio::spawn(async move { axum::serve(listener, bare).await });
+        let http = &gateway.http;
+        let put = mib_per_s(LARGE, || async {
+            let response = http
+                .put(&url)
+                .body(reqwest::Body::wrap_stream(pattern(LARGE)))
+                .send()
+                .await?;
+            anyhow::ensure!(response.text().await? == LARGE.to_string(), "short upload");
+            Ok(())
+        })
+        .await?;
+        let get = mib_per_s(LARGE, || async {
+            let mut stream = http.get(&url).send().await?.bytes_stream();
+            let mut total = 0;
+            while let Some(chunk) = stream.next().await {
+                total += chunk?.len();
+            }
+            anyhow::ensure!(total == LARGE, "short read");
+            Ok(())
+        })
+        .await?;
+        server.abort();
+        json!({ "put": put, "get": get })
+    };
+
     cloud.stop().await?;
     Ok(json!({
+        "http_floor_large_mib_s": http_floor_large_mib_s,
         "small_put": { "ours": sequential_summary(ours_put), "direct": sequential_summary(direct_put) },
         "small_get": { "ours": sequential_summary(ours_get), "direct": sequential_summary(direct_get) },
         "large_put_mib_s": { "ours": ours_large_put, "direct": direct_large_put },
