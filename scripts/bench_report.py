@@ -103,7 +103,7 @@ def storage_section():
 `target/release/storage-bench`: a whole cloud in the benchmark process, sequential
 requests through the gateway with the service key ({n} operations per small-object
 row after a warm-up), each beside the same operation done straight on the backend in
-the same run. The S3 server is s3s-fs embedded in the benchmark with TCP_NODELAY (the
+the same run; the small-object rows and the HTTP ceiling take turns in 10 blocks. The S3 server is s3s-fs embedded in the benchmark with TCP_NODELAY (the
 stock binary's Nagle delay would make every small GET ~40 ms on both sides).
 
 | backend | operation | through the gateway | direct on the backend ({'fs: files; s3: S3 API'}) | ratio | target |

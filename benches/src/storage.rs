@@ -16,7 +16,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use minicloud_bench::{sequential_summary, time};
+use minicloud_bench::{Op, sequential_summary, time_in_turns};
 use minicloud_testkit::TestCloud;
 use minicloud_testkit::minicloud_storage::{BackendKind, StorageConfig};
 use serde_json::{Value, json};
@@ -182,62 +182,44 @@ async fn bench_backend(
     let small = Bytes::from(vec![0x42u8; SMALL]);
     let n = iterations();
 
-    let ours_put = time(n, |i| {
-        let body = small.clone();
-        let gateway = &gateway;
-        async move {
-            gateway
-                .put(&format!("small/{i}"), reqwest::Body::from(body))
-                .await
-        }
-    })
-    .await?;
-    let ours_get = time(n, |i| {
-        let gateway = &gateway;
-        async move {
-            let path = format!("small/{}", i % n);
-            anyhow::ensure!(gateway.get(&path).await? == SMALL, "short read");
-            Ok(())
-        }
-    })
-    .await?;
-
-    // The ceiling of any HTTP API on this machine: a bare axum handler answering
-    // the same 1 KiB over loopback to the same client.
-    let http_floor_get = {
-        let bare = axum::Router::new().route(
-            "/small",
-            axum::routing::get(|| async { Bytes::from(vec![0x42u8; SMALL]) }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/small", listener.local_addr()?);
-        let server = tokio::spawn(async move { axum::serve(listener, bare).await });
-        let samples = time(n, |_| {
-            let http = gateway.http.clone();
-            let url = url.clone();
-            async move {
-                let bytes = http.get(&url).send().await?.bytes().await?;
-                anyhow::ensure!(bytes.len() == SMALL, "short read");
-                Ok(())
-            }
-        })
-        .await?;
-        server.abort();
-        samples
-    };
-
+    // The direct baseline's places, and the ceiling of any HTTP API on this
+    // machine: a bare axum handler answering the same 1 KiB over loopback to the
+    // same client.
     let direct_root = scratch.join(format!("direct-{name}"));
     std::fs::create_dir_all(&direct_root)?;
     let s3 = s3_client(s3_endpoint);
     if kind == BackendKind::S3 {
         let _ = s3.create_bucket().bucket("direct").send().await;
     }
-    let (direct_put, direct_get) = match kind {
-        BackendKind::Fs => {
-            let put = time(n, |i| {
-                let root = direct_root.clone();
-                let body = small.clone();
-                async move {
+    let bare = axum::Router::new().route(
+        "/small",
+        axum::routing::get(|| async { Bytes::from(vec![0x42u8; SMALL]) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let floor_url = format!("http://{}/small", listener.local_addr()?);
+    let bare_server = tokio::spawn(async move { axum::serve(listener, bare).await });
+
+    // Each GET reads the object its PUT wrote earlier in the same round (warm-up
+    // ones too: they run after the PUT's warm-up, with the same indices).
+    let (gateway_ref, small_ref, root_ref, s3_ref) = (&gateway, &small, &direct_root, &s3);
+    let ours_put: Op<'_> = Box::new(move |i| {
+        let body = reqwest::Body::from(small_ref.clone());
+        Box::pin(async move { gateway_ref.put(&format!("small/{i}"), body).await })
+    });
+    let ours_get: Op<'_> = Box::new(move |i| {
+        Box::pin(async move {
+            anyhow::ensure!(
+                gateway_ref.get(&format!("small/{i}")).await? == SMALL,
+                "short read"
+            );
+            Ok(())
+        })
+    });
+    let (direct_put, direct_get): (Op<'_>, Op<'_>) = match kind {
+        BackendKind::Fs => (
+            Box::new(move |i| {
+                let (root, body) = (root_ref.clone(), small_ref.clone());
+                Box::pin(async move {
                     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                         let temp = root.join(format!(".tmp-{i}"));
                         let mut file = std::fs::File::create(&temp)?;
@@ -248,55 +230,59 @@ async fn bench_backend(
                     })
                     .await??;
                     Ok(())
-                }
-            })
-            .await?;
-            let get = time(n, |i| {
-                let path = direct_root.join(format!("small-{}", i % n));
-                async move {
+                })
+            }),
+            Box::new(move |i| {
+                let path = root_ref.join(format!("small-{i}"));
+                Box::pin(async move {
                     let bytes = tokio::fs::read(path).await?;
                     anyhow::ensure!(bytes.len() == SMALL, "short read");
                     Ok(())
-                }
-            })
-            .await?;
-            (put, get)
-        }
-        BackendKind::S3 => {
-            let put = time(n, |i| {
-                let s3 = s3.clone();
-                let body = small.clone();
-                async move {
-                    s3.put_object()
-                        .bucket("direct")
-                        .key(format!("small/{i}"))
-                        .body(body.into())
-                        .send()
-                        .await?;
+                })
+            }),
+        ),
+        BackendKind::S3 => (
+            Box::new(move |i| {
+                let request = s3_ref
+                    .put_object()
+                    .bucket("direct")
+                    .key(format!("small/{i}"))
+                    .body(small_ref.clone().into());
+                Box::pin(async move {
+                    request.send().await?;
                     Ok(())
-                }
-            })
-            .await?;
-            let get = time(n, |i| {
-                let s3 = s3.clone();
-                async move {
-                    let out = s3
-                        .get_object()
-                        .bucket("direct")
-                        .key(format!("small/{}", i % n))
-                        .send()
-                        .await?;
+                })
+            }),
+            Box::new(move |i| {
+                let request = s3_ref
+                    .get_object()
+                    .bucket("direct")
+                    .key(format!("small/{i}"));
+                Box::pin(async move {
+                    let out = request.send().await?;
                     anyhow::ensure!(
                         out.body.collect().await?.into_bytes().len() == SMALL,
                         "short read"
                     );
                     Ok(())
-                }
-            })
-            .await?;
-            (put, get)
-        }
+                })
+            }),
+        ),
     };
+    let floor_get: Op<'_> = Box::new(|_| {
+        let request = gateway_ref.http.get(&floor_url);
+        Box::pin(async move {
+            let bytes = request.send().await?.bytes().await?;
+            anyhow::ensure!(bytes.len() == SMALL, "short read");
+            Ok(())
+        })
+    });
+    let mut ops = [ours_put, ours_get, direct_put, direct_get, floor_get];
+    let [ours_put, ours_get, direct_put, direct_get, http_floor_get] =
+        <[_; 5]>::try_from(time_in_turns(n, &mut ops).await?)
+            .map_err(|_| anyhow::anyhow!("five rows"))?;
+    drop(ops);
+    bare_server.abort();
 
     // RSS while 1 GiB goes up and then down through the gateway, measured before any
     // other large transfer so that memory the allocator kept from one cannot hide
