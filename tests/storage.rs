@@ -913,6 +913,37 @@ async fn bad_input_leaves_no_trace(kind: Kind) {
     if let Ok(response) = response {
         assert_eq!(response.status(), 413);
     }
+    // The same past several MiB: refused after batches already went to the file.
+    let _: Value = admin
+        .post(
+            "/storage/v1/bucket",
+            &json!({"name":"midsize","file_size_limit":3 * 1024 * 1024}),
+        )
+        .await
+        .unwrap();
+    let chunks =
+        futures::stream::iter((0..20).map(|i| Ok::<_, std::io::Error>(vec![i as u8; 256 * 1024])));
+    let response = http
+        .put(url(&env.cloud, "/storage/v1/object/midsize/big.bin"))
+        .header(
+            "authorization",
+            format!("Bearer {}", env.cloud.keys.service_key),
+        )
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 413);
+    }
+    assert!(env.blobs("midsize").await.is_empty());
+    if env.kind == Kind::Fs {
+        let temp = env.fs_root().join(".tmp");
+        let left: Vec<_> = std::fs::read_dir(&temp)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+    }
     let x_metadata = http
         .post(url(&env.cloud, "/storage/v1/object/strict/m.png"))
         .header(
