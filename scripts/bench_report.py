@@ -140,7 +140,10 @@ Reading the ratios:
   sits on top of the S3 server's own.
 - Large objects: every upload is hashed while it streams; MD5 at {md5_row} on one core
   bounds an `fs` upload below the page-cache write of the baseline, whatever the
-  proxying costs. A large `fs` GET is one HTTP transfer over loopback against a
+  proxying costs. `perf` during a 1 GiB `fs` upload shows MD5 as half the work with
+  one core mostly idle; hashing and writing on a thread of their own while the next
+  MiB arrives was tried and gave nothing (reverted), so the rest of the serial path
+  is still to be found. A large `fs` GET is one HTTP transfer over loopback against a
   read from the page cache, and the bare handler streaming from memory shows that
   transfer alone below 0.8 of the read. Through S3, where the backend itself is the bottleneck,
   large GETs reach the baseline, and large PUTs pass 0.8 since the next 8 MiB part
