@@ -96,7 +96,6 @@ impl<'a> Trace<'a> {
             .unwrap_or_else(|| panic!("no {what} span in {:#?}", self.names()))
     }
 
-    /// Every span but the root has its parent in the trace: one connected tree.
     /// Whether every span but the root has its parent in the trace (for waiting until
     /// the last exporter has delivered).
     pub fn is_connected(&self) -> bool {
@@ -105,6 +104,8 @@ impl<'a> Trace<'a> {
         })
     }
 
+    /// Every span but the root has its parent in the trace: one connected tree.
+    /// Panics naming the first span whose parent is missing.
     pub fn assert_connected(&self) {
         for span in &self.spans {
             if span.span_id != self.root.span_id {

@@ -175,11 +175,9 @@ impl Backend for FsBackend {
             Ok::<_, BackendError>((file, Bytes::from(first), remaining))
         })
         .await
-        .map_err(|e| BackendError::Other(e.to_string()))??;
+        .map_err(io::Error::other)??;
+        // `read_stream` ends at once when nothing remains.
         let first = futures::stream::iter((!first.is_empty()).then_some(Ok(first)));
-        if remaining == 0 {
-            return Ok(Box::pin(first));
-        }
         Ok(Box::pin(first.chain(read_stream(
             tokio::fs::File::from_std(file),
             remaining,
