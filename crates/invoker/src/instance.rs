@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::{FunctionLogs, LogStream};
+use crate::sandbox::{InstanceRules, Sandbox};
 
 /// Lambda's synchronous response limit.
 pub const MAX_RESPONSE: usize = 6 * 1024 * 1024;
@@ -35,6 +36,12 @@ pub struct Launch {
     pub run_dir: PathBuf,
     /// RLIMIT_DATA in bytes (heap, anonymous mappings, thread stacks).
     pub memory_limit: u64,
+    /// The sandbox to run in (`None`: the operator turned it off).
+    pub sandbox: Option<Arc<Sandbox>>,
+    /// Trees the instance may read: its code, runtime and interpreter.
+    pub read_only: Vec<PathBuf>,
+    /// Ports of the gateway and the trace collector.
+    pub platform_ports: Vec<u16>,
 }
 
 /// How long a new runtime may take to ask for its first event (Lambda's init limit).
@@ -88,10 +95,19 @@ struct Delivery {
     reply: oneshot::Sender<Outcome>,
 }
 
+/// The event handed out and not yet answered.
+struct Pending {
+    request_id: Arc<str>,
+    reply: oneshot::Sender<Outcome>,
+    /// Kept to hand the same event out again on a repeated `next`.
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
 /// What the Runtime API handlers share with the instance.
 struct RuntimeShared {
     next: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
-    pending: Mutex<Option<(Arc<str>, oneshot::Sender<Outcome>)>>,
+    pending: Mutex<Option<Pending>>,
     init_error: Mutex<Option<Bytes>>,
     spawned_at: Instant,
     /// Set by the first `GET next`.
@@ -126,7 +142,27 @@ impl Instance {
         std::fs::create_dir_all(&tmp)?;
 
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let api = listener.local_addr()?.to_string();
+        let api_addr = listener.local_addr()?;
+        let api = api_addr.to_string();
+        let sandbox = match &launch.sandbox {
+            Some(sandbox) => {
+                let prepared = sandbox.prepare(&InstanceRules {
+                    dir: &dir,
+                    read_only: launch.read_only.clone(),
+                    runtime_api_port: api_addr.port(),
+                    platform_ports: launch.platform_ports.clone(),
+                    memory_bytes: launch.memory_limit,
+                });
+                match prepared {
+                    Ok(prepared) => Some(prepared),
+                    Err(error) => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(error);
+                    }
+                }
+            }
+            None => None,
+        };
         let (next_tx, next_rx) = mpsc::channel(1);
         let shared = Arc::new(RuntimeShared {
             next: tokio::sync::Mutex::new(next_rx),
@@ -160,8 +196,16 @@ impl Instance {
             // Its own group, so a timeout kills whatever the function started too.
             .process_group(0)
             .kill_on_drop(true);
+        let sandboxed = sandbox.is_some();
+        if let Some(sandbox) = sandbox {
+            // Limits are set in the child, before exec.
+            sandbox.attach(command.as_std_mut());
+        }
         let spawned = command.spawn().and_then(|child| {
             let pid = child.id().map_or(0, |p| p as i32);
+            if sandboxed {
+                return Ok((child, pid));
+            }
             // Dropping the child on failure kills it (kill_on_drop).
             set_memory_limit(pid, launch.memory_limit).map(|()| (child, pid))
         });
@@ -284,7 +328,7 @@ impl Instance {
                 // An answer wins over the exit that may follow it.
                 biased;
                 answer = answer => answer.map_err(|_| Failure::Exited(
-                    "the runtime asked for the next event without answering this one".into())),
+                    "the runtime stopped without answering".into())),
                 exit = exited.wait_for(Option::is_some) => {
                     let description = exit
                         .map(|e| e.clone().unwrap_or_default())
@@ -436,8 +480,11 @@ async fn next(State(shared): State<Arc<RuntimeShared>>) -> Response {
         .lock()
         .unwrap()
         .get_or_insert_with(Instant::now);
-    // A runtime that asks again without answering loses the previous event.
-    shared.pending.lock().unwrap().take();
+    // A second `next` before an answer gets the same event again: nothing pending
+    // is ever dropped by a repeated (or a stray) request.
+    if let Some(pending) = &*shared.pending.lock().unwrap() {
+        return (StatusCode::OK, pending.headers.clone(), pending.payload.clone()).into_response();
+    }
     let delivery = shared.next.lock().await.recv().await;
     let Some(Delivery { invocation, reply }) = delivery else {
         return runtime_error(
@@ -449,7 +496,6 @@ async fn next(State(shared): State<Arc<RuntimeShared>>) -> Response {
     *shared.delivered_at.lock().unwrap() = Some(Instant::now());
     shared.delivered.notify_one();
     *shared.current_request.lock().unwrap() = Some(Arc::clone(&invocation.request_id));
-    *shared.pending.lock().unwrap() = Some((Arc::clone(&invocation.request_id), reply));
 
     let mut headers = HeaderMap::new();
     let mut set = |name: &'static str, value: &str| {
@@ -477,13 +523,19 @@ async fn next(State(shared): State<Arc<RuntimeShared>>) -> Response {
         set("lambda-runtime-cognito-identity", identity);
     }
     set("content-type", "application/json");
+    *shared.pending.lock().unwrap() = Some(Pending {
+        request_id: Arc::clone(&invocation.request_id),
+        reply,
+        headers: headers.clone(),
+        payload: invocation.payload.clone(),
+    });
     (StatusCode::OK, headers, invocation.payload).into_response()
 }
 
 fn take_pending(shared: &RuntimeShared, id: &str) -> Option<oneshot::Sender<Outcome>> {
     let mut pending = shared.pending.lock().unwrap();
     match &*pending {
-        Some((current, _)) if &**current == id => pending.take().map(|(_, reply)| reply),
+        Some(current) if &*current.request_id == id => pending.take().map(|p| p.reply),
         _ => None,
     }
 }

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
+pub mod sandbox;
 pub mod triggers;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Engine, Paths};
+use crate::sandbox::{Egress, Sandbox, SandboxConfig, SandboxMode};
 
 pub const SCHEMA: &str = "invoker";
 
@@ -57,13 +59,14 @@ pub type BusClient = BusServiceClient<TracedChannel>;
         registry::get,
         registry::list,
         registry::delete,
+        registry::sandbox,
         api::logs,
         api::instances,
         triggers::create,
         triggers::list,
         triggers::delete
     ),
-    components(schemas(minicloud_proto::error::ErrorBody))
+    components(schemas(minicloud_proto::error::ErrorBody, registry::SandboxOut))
 )]
 pub struct ApiDoc;
 
@@ -105,6 +108,60 @@ pub struct InvokerConfig {
         default_value_t = 64
     )]
     pub default_concurrency: u32,
+    /// Whether function instances run sandboxed (docs/architecture.md, "Trust
+    /// boundary"). `off` runs them as plain processes of minicloud's user.
+    #[arg(
+        long = "invoker-sandbox",
+        env = "MINICLOUD_INVOKER_SANDBOX",
+        value_enum,
+        default_value_t = SandboxMode::On
+    )]
+    pub sandbox: SandboxMode,
+    /// Where functions may connect: `none` (their Runtime API only), `minicloud`
+    /// (also the gateway and the trace collector), `any` (also the allowed ports).
+    #[arg(
+        long = "invoker-network",
+        env = "MINICLOUD_INVOKER_NETWORK",
+        value_enum,
+        default_value_t = Egress::Any
+    )]
+    pub network: Egress,
+    /// TCP ports functions may connect to on any host under `--invoker-network any`.
+    #[arg(
+        long = "invoker-network-ports",
+        env = "MINICLOUD_INVOKER_NETWORK_PORTS",
+        value_delimiter = ',',
+        default_values_t = [80u16, 443]
+    )]
+    pub network_ports: Vec<u16>,
+    /// Size of each instance's scratch space (`/tmp`, `HOME`), like Lambda's
+    /// ephemeral storage.
+    #[arg(
+        long = "invoker-scratch-mb",
+        env = "MINICLOUD_INVOKER_SCRATCH_MB",
+        default_value_t = 512
+    )]
+    pub scratch_mb: u64,
+    /// Processes and threads per instance.
+    #[arg(
+        long = "invoker-pids",
+        env = "MINICLOUD_INVOKER_PIDS",
+        default_value_t = 64
+    )]
+    pub pids: u64,
+}
+
+impl InvokerConfig {
+    fn sandbox_config(&self) -> SandboxConfig {
+        SandboxConfig {
+            mode: self.sandbox,
+            egress: self.network,
+            ports: self.network_ports.clone(),
+            scratch_mb: self.scratch_mb,
+            pids: self.pids,
+            ..SandboxConfig::default()
+        }
+    }
 }
 
 impl Default for InvokerConfig {
@@ -117,6 +174,11 @@ impl Default for InvokerConfig {
             gateway_url: None,
             functions_otlp_endpoint: None,
             default_concurrency: 64,
+            sandbox: SandboxMode::On,
+            network: Egress::Any,
+            network_ports: vec![80, 443],
+            scratch_mb: 512,
+            pids: 64,
         }
     }
 }
@@ -194,6 +256,29 @@ fn find_on_path(program: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(format!("/usr/bin/{program}")))
 }
 
+/// Says at start what the sandbox enforces, and loudly what it does not.
+fn log_sandbox(protections: &sandbox::Protections) {
+    match protections.mode {
+        SandboxMode::Off => tracing::warn!(
+            "function sandbox is OFF (--invoker-sandbox=off): functions run as plain processes \
+             and can read minicloud's data, reach its databases and take over the cloud"
+        ),
+        SandboxMode::On if protections.enforced => tracing::info!(
+            separate_uid = protections.separate_uid,
+            egress = ?protections.egress,
+            ports = ?protections.ports,
+            scratch_mb = protections.scratch_mb,
+            pids = protections.pids,
+            "function sandbox on"
+        ),
+        SandboxMode::On => tracing::error!(
+            missing = %protections.missing.join("; "),
+            "function sandbox unavailable on this host: functions will be refused \
+             (or start with --invoker-sandbox=off)"
+        ),
+    }
+}
+
 impl Invoker {
     /// `bus_grpc_url` carries async invocations and event triggers.
     pub async fn new(
@@ -218,6 +303,8 @@ impl Invoker {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| InvokerStartError::Dir(run_dir.clone(), e))?;
         let node = config.node.clone().unwrap_or_else(|| find_on_path("node"));
+        let sandbox = Arc::new(Sandbox::new(config.sandbox_config(), &run_dir));
+        log_sandbox(sandbox.protections());
         let (service_metrics, metrics) = metrics::InvokerMetrics::new();
         let engine = Arc::new(Engine::new(
             pool.clone(),
@@ -239,6 +326,7 @@ impl Invoker {
             config.default_concurrency,
             Arc::clone(&authz),
             metrics,
+            Arc::clone(&sandbox),
         ));
         // Resolving the interpreter runs python (~60 ms through a pyenv shim): in
         // the background, so start-up does not wait; the first cold start might.
@@ -271,9 +359,11 @@ impl Invoker {
     pub fn into_router(self) -> Router {
         let pool = self.0.pool.clone();
         let dir = self.0.code_dir.clone();
+        let sandbox = Arc::clone(&self.0.engine.sandbox);
         let readiness: Readiness = Arc::new(move || {
             let pool = pool.clone();
             let dir = dir.clone();
+            let sandbox = sandbox.check_runnable();
             async move {
                 let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
                 vec![
@@ -282,6 +372,7 @@ impl Invoker {
                         name: "code_dir".into(),
                         ..check_writable_dir(dir).await
                     },
+                    DependencyCheck::from_result("sandbox", sandbox),
                 ]
             }
             .boxed()
@@ -298,6 +389,7 @@ impl Invoker {
                     .put(registry::replace)
                     .delete(registry::delete),
             )
+            .route("/functions/v1/sandbox", get(registry::sandbox))
             .route("/functions/v1/{name}/code", put(registry::put_code))
             .route("/functions/v1/{name}/invoke", post(api::invoke))
             .route("/functions/v1/{name}/logs", get(api::logs))

@@ -3,7 +3,7 @@
 //! behind a concurrency limit.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::instance::{Failure, Instance, Invocation, Launch, Outcome, Timing};
 use crate::logs::{FunctionLogs, LogStore, LogStream};
 use crate::metrics::{FunctionLabel, InvokerMetrics};
+use crate::sandbox::Sandbox;
 
 /// Role tokens live an hour; instances are retired before theirs runs out.
 const ROLE_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -106,6 +107,7 @@ pub struct Engine {
     python: tokio::sync::OnceCell<PathBuf>,
     /// One loader per function at a time, so a burst of cold invokes reads the row once.
     loading: tokio::sync::Mutex<()>,
+    pub sandbox: Arc<Sandbox>,
 }
 
 pub struct FunctionPool {
@@ -130,6 +132,7 @@ impl Engine {
         default_concurrency: u32,
         authz: Arc<Authz>,
         metrics: InvokerMetrics,
+        sandbox: Arc<Sandbox>,
     ) -> Engine {
         Engine {
             db,
@@ -143,6 +146,7 @@ impl Engine {
             pools: RwLock::new(HashMap::new()),
             python: tokio::sync::OnceCell::new(),
             loading: tokio::sync::Mutex::new(()),
+            sandbox,
         }
     }
 
@@ -151,12 +155,22 @@ impl Engine {
     pub async fn python(&self) -> &PathBuf {
         self.python
             .get_or_init(|| async {
-                match &self.paths.python {
+                let resolved = match &self.paths.python {
                     Some(python) => python.clone(),
                     None => tokio::task::spawn_blocking(crate::resolve_python)
                         .await
                         .unwrap_or_else(|_| PathBuf::from("/usr/bin/python3")),
+                };
+                // Instances of a root invoker run under uids of their own, which
+                // cannot reach an interpreter under a private home (pyenv in /root).
+                if self.sandbox.protections().separate_uid
+                    && !crate::sandbox::reachable_by_others(&resolved)
+                    && Path::new("/usr/bin/python3").exists()
+                {
+                    tracing::info!(interpreter = %resolved.display(), "not reachable by instance uids; python3 functions use /usr/bin/python3");
+                    return PathBuf::from("/usr/bin/python3");
                 }
+                resolved
             })
             .await
     }
@@ -437,7 +451,30 @@ impl Engine {
         provisioned: bool,
     ) -> Result<Arc<Instance>, ApiError> {
         let spec = &pool.spec;
+        self.sandbox
+            .check_runnable()
+            .map_err(|message| ApiError::new(ErrorCode::Unavailable, message))?;
         let python = self.python().await;
+        let mut read_only = vec![pool.code_dir.clone()];
+        let interpreter_prefix = |binary: &Path| {
+            // `<prefix>/bin/python3.11` → `<prefix>`, with its standard library.
+            binary
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| binary.to_path_buf())
+        };
+        match spec.runtime.as_str() {
+            "python3" => {
+                read_only.push(self.paths.runtimes.join("python3"));
+                read_only.push(interpreter_prefix(python));
+            }
+            "nodejs" => {
+                read_only.push(self.paths.runtimes.join("nodejs"));
+                read_only.push(interpreter_prefix(&self.paths.node));
+            }
+            _ => {}
+        }
         let (program, args) = match spec.runtime.as_str() {
             "python3" => (
                 python.clone(),
@@ -524,6 +561,13 @@ impl Engine {
             env,
             run_dir: self.paths.run_dir.clone(),
             memory_limit: (spec.memory_mb.max(1) as u64 + MEMORY_MARGIN_MB) * 1024 * 1024,
+            sandbox: self.sandbox.is_on().then(|| Arc::clone(&self.sandbox)),
+            read_only,
+            platform_ports: [&self.urls.gateway, &self.urls.otlp]
+                .into_iter()
+                .flatten()
+                .filter_map(|url| url_port(url))
+                .collect(),
         };
         let instance = Instance::start(launch, Arc::clone(&pool.logs))
             .await
@@ -697,4 +741,10 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// The port of `http://host:port/…` (the scheme's default without one).
+fn url_port(url: &str) -> Option<u16> {
+    let url = url::Url::parse(url).ok()?;
+    url.port_or_known_default()
 }

@@ -29,8 +29,8 @@ pub struct FunctionIn {
     pub memory_mb: Option<i32>,
     pub timeout_s: Option<i32>,
     pub env: Option<BTreeMap<String, String>>,
-    /// The role the function acts as (its `MINICLOUD_TOKEN`); only the service
-    /// role may give a function one.
+    /// The role the function acts as (its `MINICLOUD_TOKEN`); giving a function a
+    /// role needs `functions:PassRole` on `roles:<role>`.
     pub role: Option<String>,
     pub reserved_concurrency: Option<i32>,
     pub provisioned_concurrency: Option<i32>,
@@ -111,7 +111,7 @@ struct Deploy {
     keep_warm_s: i32,
 }
 
-fn validate(input: &FunctionIn, caller: &Caller) -> Result<Deploy, ApiError> {
+fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
     if !RUNTIMES.contains(&input.runtime.as_str()) {
         return Err(ApiError::invalid(format!(
             "runtime must be one of {}, not {:?}",
@@ -177,9 +177,9 @@ fn validate(input: &FunctionIn, caller: &Caller) -> Result<Deploy, ApiError> {
         if role.is_empty() || role.len() > 64 {
             return Err(ApiError::invalid("role: 1 to 64 characters"));
         }
-        if caller.role != Role::Service {
-            return Err(ApiError::forbidden(
-                "only the service role may give a function a role",
+        if role == "service" {
+            return Err(ApiError::invalid(
+                "functions never run as the service role; create a role with the rights they need",
             ));
         }
     }
@@ -236,6 +236,24 @@ pub async fn exists(invoker: &Invoker, name: &str) -> Result<bool, ApiError> {
         .fetch_one(&invoker.0.pool)
         .await
         .map_err(ApiError::internal)
+}
+
+/// Handing a role to code needs the right to hand out that role: without it, anyone
+/// allowed to deploy could run their code with any role already attached to a
+/// function (checked on create, replace and code upload).
+async fn check_pass_role(
+    invoker: &Invoker,
+    caller: &Caller,
+    role: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(role) = role else {
+        return Ok(());
+    };
+    invoker
+        .0
+        .authz
+        .authorize(caller, "functions:PassRole", &format!("roles:{role}"), &[])
+        .await
 }
 
 async fn authorize(
@@ -347,7 +365,8 @@ pub async fn create(
         .ok_or_else(|| ApiError::invalid("name is required"))?;
     check_name(&name)?;
     authorize(&invoker, &caller, "functions:Deploy", &name).await?;
-    let deploy = validate(&input, &caller)?;
+    let deploy = validate(&input)?;
+    check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;
     let code = input
         .code
         .as_ref()
@@ -370,7 +389,8 @@ pub async fn replace(
         return Err(ApiError::invalid("name in the body differs from the path"));
     }
     authorize(&invoker, &caller, "functions:Deploy", &name).await?;
-    let deploy = validate(&input, &caller)?;
+    let deploy = validate(&input)?;
+    check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;
     let zip = match &input.code {
         Some(code) => {
             Some(check_bundle(decode_zip(code)?, &deploy.runtime, &deploy.handler).await?)
@@ -433,6 +453,8 @@ pub async fn put_code(
         provisioned_concurrency: current.provisioned_concurrency,
         keep_warm_s: current.keep_warm_s,
     };
+    // New code under the function's role is that role handed to new code.
+    check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;
     let zip = check_bundle(body.to_vec(), &deploy.runtime, &deploy.handler).await?;
     let (_, out) = store(&invoker, &name, &deploy, Some(zip), false, &caller).await?;
     Ok(Json(out))
@@ -458,7 +480,60 @@ pub async fn get(
 ) -> Result<Json<FunctionOut>, ApiError> {
     check_name(&name)?;
     authorize(&invoker, &caller, "functions:Invoke", &name).await?;
-    Ok(Json(get_row(&invoker, &name).await?))
+    let mut function = get_row(&invoker, &name).await?;
+    // Env values are often secrets: only those who may deploy the function see
+    // them; others see the names.
+    if authorize(&invoker, &caller, "functions:Deploy", &name)
+        .await
+        .is_err()
+    {
+        hide_env_values(&mut function);
+    }
+    Ok(Json(function))
+}
+
+fn hide_env_values(function: &mut FunctionOut) {
+    for value in function.env.0.values_mut() {
+        *value = String::new();
+    }
+}
+
+#[utoipa::path(get, path = "/functions/v1/sandbox", tag = "functions",
+    responses((status = 200, description = "which protections function instances run with on this host", body = SandboxOut), (status = 401, body = minicloud_proto::error::ErrorBody)))]
+pub async fn sandbox(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if caller.role == Role::Anon {
+        return Err(ApiError::unauthenticated(
+            "sign in to see the function sandbox",
+        ));
+    }
+    serde_json::to_value(invoker.0.engine.sandbox.protections())
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+/// `GET /functions/v1/sandbox` (documentation shape of [`crate::sandbox::Protections`]).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SandboxOut {
+    /// `on` or `off`.
+    pub mode: String,
+    /// Every required protection is available and applied.
+    pub enforced: bool,
+    pub landlock_filesystem: bool,
+    pub landlock_network: bool,
+    pub landlock_scopes: bool,
+    pub seccomp: bool,
+    pub user_namespace: bool,
+    pub scratch_tmpfs: bool,
+    pub separate_uid: bool,
+    /// `none`, `minicloud` or `any`.
+    pub egress: String,
+    pub ports: Vec<u16>,
+    pub scratch_mb: u64,
+    pub pids: u64,
+    pub missing: Vec<String>,
 }
 
 #[utoipa::path(get, path = "/functions/v1", tag = "functions", responses((status = 200, description = "the functions the caller may invoke", body = FunctionList), (status = 401, body = minicloud_proto::error::ErrorBody)))]
@@ -473,9 +548,17 @@ pub async fn list(
     .await
     .map_err(ApiError::internal)?;
     let mut functions = Vec::new();
-    for function in rows {
+    for mut function in rows {
         match authorize(&invoker, &caller, "functions:Invoke", &function.name).await {
-            Ok(()) => functions.push(function),
+            Ok(()) => {
+                if authorize(&invoker, &caller, "functions:Deploy", &function.name)
+                    .await
+                    .is_err()
+                {
+                    hide_env_values(&mut function);
+                }
+                functions.push(function)
+            }
             Err(error) if error.code == ErrorCode::PermissionDenied => {}
             Err(error) => return Err(error),
         }

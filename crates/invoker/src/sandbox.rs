@@ -1,0 +1,655 @@
+//! The sandbox every function instance runs in (docs/architecture.md, "Trust
+//! boundary"). Built on what Linux gives an unprivileged process, so it works for
+//! `minicloud up` as root, as a developer's own user and in a Kubernetes pod:
+//!
+//! - a user namespace and a mount namespace of its own, in which a size-capped tmpfs
+//!   is the instance's only writable place (`HOME`, `TMPDIR`, the working dir), and
+//!   whose `RLIMIT_NPROC` counts only the instance's own processes and threads;
+//! - Landlock: read-only access to its code, its runtime, system libraries and
+//!   interpreters, nothing else of the filesystem; TCP connect only to its own Runtime
+//!   API port, the gateway's (and the trace collector's), and the allowed outside
+//!   ports; no signals to and no abstract-socket connections out of the sandbox,
+//!   and no `ptrace` or `/proc/<pid>` of processes outside it (Landlock's own rule);
+//! - seccomp: no `setsid`/`setpgid` (every process it starts stays in its process
+//!   group, so a kill of the group kills them all), no namespaces, mounts, `ptrace`,
+//!   BPF, keyrings, io_uring, file handles, no Unix-domain sockets (Postgres and
+//!   others listen on them);
+//! - `no_new_privs`, `RLIMIT_DATA` for memory, and when minicloud runs as root a
+//!   uid/gid of its own per instance, so DAC applies too.
+//!
+//! Everything is prepared in the invoker; the forked child only makes the syscalls
+//! that must run in it ([`InstanceSandbox::enter`]), before `exec`.
+
+use std::ffi::CString;
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible as _, NetPort,
+    PathBeneath, PathFd, Ruleset, RulesetAttr as _, RulesetCreated, RulesetCreatedAttr as _,
+    Scope,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use serde::Serialize;
+
+/// The Landlock ABIs asked for: filesystem rights of ABI 5 (with `ioctl` on
+/// devices), TCP rules of ABI 4, signal and abstract-socket scopes of ABI 6.
+const FS_ABI: ABI = ABI::V5;
+const NET_ABI: ABI = ABI::V4;
+const SCOPE_ABI: ABI = ABI::V6;
+
+/// Read-only system trees every runtime needs (libraries, interpreters, certs).
+const SYSTEM_DIRS: &[&str] = &["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"];
+/// Of `/etc`, only what the C library, TLS and time zones read — never `shadow`,
+/// `ssh`, or minicloud's own configuration.
+const ETC_FILES: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/services",
+    "/etc/protocols",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+    "/etc/crypto-policies",
+    "/etc/alternatives",
+    "/etc/mime.types",
+    "/etc/os-release",
+    "/etc/passwd",
+    "/etc/group",
+];
+/// Devices an instance may read and write.
+const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+/// Host-wide `/proc` and `/sys` files that runtimes read for memory and CPU counts;
+/// `/proc/self` is added in the child (it names the child's own directory there).
+const PROC_FILES: &[&str] = &[
+    "/proc/meminfo",
+    "/proc/cpuinfo",
+    "/proc/stat",
+    "/proc/loadavg",
+    "/proc/uptime",
+    "/proc/version",
+    "/sys/devices/system/cpu",
+];
+
+/// Whether functions run sandboxed (`--invoker-sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    /// Every instance is sandboxed; functions are refused on a host that lacks a
+    /// protection.
+    #[default]
+    On,
+    /// Instances run as plain processes (the operator chose it; warned at start).
+    Off,
+}
+
+/// Where an instance may connect (`--invoker-network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Only its own Runtime API.
+    None,
+    /// Also the gateway (`MINICLOUD_URL`) and the trace collector.
+    Minicloud,
+    /// Also the allowed ports (`--invoker-network-ports`) anywhere.
+    #[default]
+    Any,
+}
+
+/// The sandbox's settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub mode: SandboxMode,
+    pub egress: Egress,
+    /// TCP ports functions may connect to anywhere under [`Egress::Any`].
+    pub ports: Vec<u16>,
+    /// Size of each instance's scratch tmpfs.
+    pub scratch_mb: u64,
+    /// Processes and threads per instance.
+    pub pids: u64,
+    /// First of the uids instances get when minicloud runs as root.
+    pub uid_base: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            mode: SandboxMode::On,
+            egress: Egress::Any,
+            ports: vec![80, 443],
+            scratch_mb: 512,
+            pids: 64,
+            uid_base: DEFAULT_UID_BASE,
+        }
+    }
+}
+
+pub const DEFAULT_UID_BASE: u32 = 1_900_000_000;
+/// Instances cycle through this many uids.
+const UID_RANGE: u32 = 65_536;
+
+/// What this host enforces, found at start (`GET /functions/v1/sandbox`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Protections {
+    pub mode: SandboxMode,
+    /// True when instances run with every required protection.
+    pub enforced: bool,
+    pub landlock_filesystem: bool,
+    pub landlock_network: bool,
+    pub landlock_scopes: bool,
+    pub seccomp: bool,
+    pub user_namespace: bool,
+    pub scratch_tmpfs: bool,
+    /// Root only: a uid and gid of its own per instance.
+    pub separate_uid: bool,
+    pub egress: Egress,
+    pub ports: Vec<u16>,
+    pub scratch_mb: u64,
+    pub pids: u64,
+    /// Required protections this host lacks, with why.
+    pub missing: Vec<String>,
+}
+
+/// The sandbox of one invoker: settings, what the host offers, the prepared seccomp
+/// programs.
+pub struct Sandbox {
+    config: SandboxConfig,
+    protections: Protections,
+    seccomp: Arc<[BpfProgram; 2]>,
+    /// As root: instances get uids of their own.
+    as_root: bool,
+    next_uid: AtomicU32,
+}
+
+/// Where one instance may reach, as the engine knows it.
+pub struct InstanceRules<'a> {
+    /// The instance's dir: the scratch tmpfs is mounted on it.
+    pub dir: &'a Path,
+    /// Read-only trees: the function's code, its runtime and interpreter.
+    pub read_only: Vec<PathBuf>,
+    pub runtime_api_port: u16,
+    /// The gateway and trace collector ports (allowed unless egress is `none`).
+    pub platform_ports: Vec<u16>,
+    /// RLIMIT_DATA.
+    pub memory_bytes: u64,
+}
+
+impl Sandbox {
+    /// Reads the host's capabilities; `probe_dir` is a scratch dir for a trial run.
+    pub fn new(config: SandboxConfig, probe_dir: &Path) -> Sandbox {
+        let as_root = rustix::process::geteuid().is_root();
+        let seccomp = Arc::new(seccomp_programs().expect("the fixed seccomp filter compiles"));
+        let mut sandbox = Sandbox {
+            protections: Protections {
+                mode: config.mode,
+                enforced: false,
+                landlock_filesystem: false,
+                landlock_network: false,
+                landlock_scopes: false,
+                seccomp: false,
+                user_namespace: false,
+                scratch_tmpfs: false,
+                separate_uid: false,
+                egress: config.egress,
+                ports: config.ports.clone(),
+                scratch_mb: config.scratch_mb,
+                pids: config.pids,
+                missing: Vec::new(),
+            },
+            next_uid: AtomicU32::new(0),
+            config,
+            seccomp,
+            as_root,
+        };
+        if sandbox.config.mode == SandboxMode::On {
+            sandbox.detect(probe_dir);
+        }
+        sandbox
+    }
+
+    pub fn protections(&self) -> &Protections {
+        &self.protections
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.config.mode == SandboxMode::On
+    }
+
+    fn detect(&mut self, probe_dir: &Path) {
+        let hard = |ruleset: Ruleset| ruleset.set_compatibility(CompatLevel::HardRequirement);
+        let p = &mut self.protections;
+        p.landlock_filesystem = hard(Ruleset::default())
+            .handle_access(AccessFs::from_all(FS_ABI))
+            .and_then(|r| r.create())
+            .is_ok();
+        p.landlock_network = hard(Ruleset::default())
+            .handle_access(AccessNet::from_all(NET_ABI))
+            .and_then(|r| r.create())
+            .is_ok();
+        p.landlock_scopes = hard(Ruleset::default())
+            .scope(Scope::from_all(SCOPE_ABI))
+            .and_then(|r| r.create())
+            .is_ok();
+        p.seccomp = std::fs::read_to_string("/proc/self/status")
+            .map(|status| status.lines().any(|l| l.starts_with("Seccomp:")))
+            .unwrap_or(false);
+        for (ok, what) in [
+            (p.landlock_filesystem, "Landlock filesystem rules (ABI 5, Linux 6.10)"),
+            (p.landlock_network, "Landlock TCP rules (ABI 4, Linux 6.7)"),
+            (p.landlock_scopes, "Landlock signal and socket scopes (ABI 6, Linux 6.12)"),
+            (p.seccomp, "seccomp filters"),
+        ] {
+            if !ok {
+                p.missing.push(what.to_owned());
+            }
+        }
+        // Namespaces, the tmpfs and the uid switch are tried for real: a trial
+        // instance of `true` with every protection on.
+        p.separate_uid = self.as_root;
+        match self.trial(probe_dir) {
+            Ok(()) => {
+                self.protections.user_namespace = true;
+                self.protections.scratch_tmpfs = true;
+            }
+            Err(error) => self.protections.missing.push(format!(
+                "a user and mount namespace with a tmpfs (trial run failed: {error}); \
+                 unprivileged user namespaces may be disabled (kernel.unprivileged_userns_clone, \
+                 AppArmor's apparmor_restrict_unprivileged_userns)"
+            )),
+        }
+        self.protections.enforced = self.protections.missing.is_empty();
+    }
+
+    fn trial(&self, probe_dir: &Path) -> std::io::Result<()> {
+        if !self.protections.missing.is_empty() {
+            return Err(std::io::Error::other("Landlock or seccomp missing"));
+        }
+        let program = ["/usr/bin/true", "/bin/true"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or_else(|| std::io::Error::other("no `true` to try with"))?;
+        let dir = probe_dir.join(format!("probe-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let result = (|| {
+            let prepared = self.prepare(&InstanceRules {
+                dir: &dir,
+                read_only: Vec::new(),
+                runtime_api_port: 9,
+                platform_ports: Vec::new(),
+                memory_bytes: 256 * 1024 * 1024,
+            })?;
+            let mut command = std::process::Command::new(program);
+            command.current_dir(&dir).env_clear();
+            prepared.attach(&mut command);
+            let status = command.status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!("`true` ended with {status}")))
+            }
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    /// Refuses to start an instance when the sandbox is on but not enforceable.
+    pub fn check_runnable(&self) -> Result<(), String> {
+        if self.is_on() && !self.protections.enforced {
+            return Err(format!(
+                "functions cannot run sandboxed on this host: missing {}; start minicloud \
+                 with --invoker-sandbox=off to run them unsandboxed (not recommended)",
+                self.protections.missing.join("; ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Everything the child will need, prepared here (files opened, rules built).
+    pub fn prepare(&self, rules: &InstanceRules<'_>) -> std::io::Result<InstanceSandbox> {
+        let abi_fs = AccessFs::from_all(FS_ABI);
+        let read = AccessFs::from_read(FS_ABI);
+        let device = AccessFs::from_file(FS_ABI);
+        let mut ruleset = Ruleset::default()
+            .set_compatibility(CompatLevel::HardRequirement)
+            .handle_access(abi_fs)
+            .and_then(|r| r.handle_access(AccessNet::from_all(NET_ABI)))
+            .and_then(|r| r.scope(Scope::from_all(SCOPE_ABI)))
+            .and_then(|r| r.create())
+            .map_err(std::io::Error::other)?;
+        let add_path = |ruleset: RulesetCreated,
+                            path: &Path,
+                            access: BitFlags<AccessFs>|
+         -> std::io::Result<RulesetCreated> {
+            match PathFd::new(path) {
+                // A missing system path is simply not granted.
+                Err(_) => Ok(ruleset),
+                Ok(fd) => {
+                    // A file may only carry file rights.
+                    let access = if path.is_dir() {
+                        access
+                    } else {
+                        access & AccessFs::from_file(FS_ABI)
+                    };
+                    ruleset
+                        .add_rule(PathBeneath::new(fd, access))
+                        .map_err(std::io::Error::other)
+                }
+            }
+        };
+        for dir in SYSTEM_DIRS.iter().chain(ETC_FILES).chain(PROC_FILES) {
+            ruleset = add_path(ruleset, Path::new(dir), read)?;
+        }
+        for dev in DEVICES {
+            ruleset = add_path(ruleset, Path::new(dev), device)?;
+        }
+        for dir in &rules.read_only {
+            ruleset = add_path(ruleset, dir, read)?;
+        }
+        let mut ports = vec![rules.runtime_api_port];
+        if self.config.egress != Egress::None {
+            ports.extend(&rules.platform_ports);
+        }
+        if self.config.egress == Egress::Any {
+            ports.extend(&self.config.ports);
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        for port in ports {
+            ruleset = ruleset
+                .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+                .map_err(std::io::Error::other)?;
+        }
+
+        let uid = self.as_root.then(|| {
+            let n = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
+            self.config.uid_base.saturating_add(n)
+        });
+        let cstring = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| std::io::Error::other("a path holds a NUL byte"))
+        };
+        let scratch = cstring(rules.dir.as_os_str().as_bytes())?;
+        let scratch_tmp = cstring(rules.dir.join("tmp").as_os_str().as_bytes())?;
+        let tmpfs_options = cstring(
+            format!(
+                "size={}m,nr_inodes={},mode=0700",
+                self.config.scratch_mb,
+                // Inodes in proportion: a flood of empty files is capped too.
+                (self.config.scratch_mb * 256).max(4096)
+            )
+            .as_bytes(),
+        )?;
+        Ok(InstanceSandbox {
+            ruleset: Some(ruleset),
+            seccomp: Arc::clone(&self.seccomp),
+            uid,
+            scratch,
+            scratch_tmp,
+            tmpfs_options,
+            pids: self.config.pids,
+            memory_bytes: rules.memory_bytes,
+            read_write: abi_fs,
+            read,
+        })
+    }
+}
+
+/// One instance's sandbox, prepared in the invoker and entered by the child.
+pub struct InstanceSandbox {
+    ruleset: Option<RulesetCreated>,
+    seccomp: Arc<[BpfProgram; 2]>,
+    uid: Option<u32>,
+    scratch: CString,
+    scratch_tmp: CString,
+    tmpfs_options: CString,
+    pids: u64,
+    memory_bytes: u64,
+    read_write: BitFlags<AccessFs>,
+    read: BitFlags<AccessFs>,
+}
+
+impl InstanceSandbox {
+    /// Has the child enter the sandbox between `fork` and `exec`.
+    pub fn attach(mut self, command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt as _;
+        let mut entered = false;
+        let hook = move || {
+            if std::mem::replace(&mut entered, true) {
+                return Err(std::io::Error::other("the sandbox is entered once"));
+            }
+            self.enter()
+        };
+        // SAFETY: the hook runs in the forked child before exec. It makes syscalls
+        // and writes into buffers it owns; the only allocations are the Landlock
+        // crate's few small ones, which glibc's fork makes safe (its malloc locks
+        // are reset in the child). Nothing here touches state another thread of
+        // the invoker could have held locked at the fork.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(hook);
+        }
+    }
+
+    /// Runs in the child: each step narrows what the next one may do, so the order
+    /// matters (uid first, then namespaces, the tmpfs, limits, Landlock, seccomp).
+    fn enter(&mut self) -> std::io::Result<()> {
+        use rustix::process::{Resource, Rlimit, setrlimit};
+        use rustix::thread::UnshareFlags;
+        if let Some(uid) = self.uid {
+            let (uid, gid) = (
+                rustix::process::Uid::from_raw(uid),
+                rustix::process::Gid::from_raw(uid),
+            );
+            rustix::thread::set_thread_groups(&[])?;
+            rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+            rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+            // Changing uid made the process non-dumpable, which hands its /proc
+            // files to root; it must write its own uid_map below.
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable)?;
+        }
+        let uid = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
+        // SAFETY: the child is single-threaded; no descriptor table is unshared.
+        #[allow(unsafe_code)]
+        unsafe {
+            rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS)?;
+        }
+        // Map the uid and gid onto themselves: files the instance creates on its
+        // tmpfs need a mapped owner, and a non-zero uid gets no capabilities at exec.
+        write_proc(c"/proc/self/setgroups", format_args!("deny"))?;
+        write_proc(c"/proc/self/uid_map", format_args!("{uid} {uid} 1"))?;
+        write_proc(c"/proc/self/gid_map", format_args!("{gid} {gid} 1"))?;
+        // Mounts made here stay in this namespace (an unprivileged user namespace
+        // turns inherited shared mounts into slaves).
+        rustix::mount::mount(
+            c"tmpfs",
+            self.scratch.as_c_str(),
+            c"tmpfs",
+            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+            self.tmpfs_options.as_c_str(),
+        )?;
+        rustix::fs::mkdir(
+            self.scratch_tmp.as_c_str(),
+            rustix::fs::Mode::from_raw_mode(0o700),
+        )?;
+        rustix::process::chdir(self.scratch.as_c_str())?;
+
+        let limit = |n: u64| Rlimit {
+            current: Some(n),
+            maximum: Some(n),
+        };
+        // Counted per user namespace: this instance's processes and threads only.
+        setrlimit(Resource::Nproc, limit(self.pids))?;
+        setrlimit(Resource::Data, limit(self.memory_bytes))?;
+        setrlimit(Resource::Core, limit(0))?;
+
+        let mut ruleset = self
+            .ruleset
+            .take()
+            .ok_or_else(|| std::io::Error::other("no ruleset"))?;
+        let flags = rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC;
+        let scratch = rustix::fs::open(self.scratch.as_c_str(), flags, rustix::fs::Mode::empty())?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(scratch, self.read_write))
+            .map_err(std::io::Error::other)?;
+        let own_proc = rustix::fs::open(c"/proc/self", flags, rustix::fs::Mode::empty())?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(own_proc, self.read))
+            .map_err(std::io::Error::other)?;
+        ruleset.restrict_self().map_err(std::io::Error::other)?;
+
+        for program in self.seccomp.iter() {
+            seccompiler::apply_filter(program).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a short formatted line to a `/proc` file without allocating.
+fn write_proc(path: &std::ffi::CStr, text: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut buffer = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    cursor.write_fmt(text)?;
+    let len = cursor.position() as usize;
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::io::write(&fd, &buffer[..len])?;
+    Ok(())
+}
+
+/// Two programs: syscalls refused with `EPERM`, and `clone3` with `ENOSYS` (its
+/// flags sit in a struct seccomp cannot read, so the C library falls back to
+/// `clone`, whose flags the first program checks).
+fn seccomp_programs() -> Result<[BpfProgram; 2], seccompiler::BackendError> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH)?;
+    fn always(numbers: &[i64]) -> impl Iterator<Item = (i64, Vec<SeccompRule>)> + '_ {
+        numbers.iter().map(|&n| (n, Vec::new()))
+    }
+    let mut refused: std::collections::BTreeMap<i64, Vec<SeccompRule>> = always(&[
+        libc::SYS_setsid,
+        libc::SYS_setpgid,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_fsopen,
+        libc::SYS_fsmount,
+        libc::SYS_fspick,
+        libc::SYS_move_mount,
+        libc::SYS_open_tree,
+        libc::SYS_mount_setattr,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_userfaultfd,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_kexec_load,
+        libc::SYS_kexec_file_load,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_reboot,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_acct,
+        libc::SYS_quotactl,
+        libc::SYS_syslog,
+    ])
+    .collect();
+    let masked = |arg: u8, mask: u64| {
+        SeccompRule::new(vec![SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(mask),
+            mask,
+        )?])
+    };
+    // clone with any namespace flag.
+    let namespaces = [
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWCGROUP,
+    ];
+    refused.insert(
+        libc::SYS_clone,
+        namespaces
+            .iter()
+            .map(|&flag| masked(0, flag as u64))
+            .collect::<Result<_, _>>()?,
+    );
+    // Unix-domain sockets (socketpair stays: it connects to nothing outside).
+    refused.insert(
+        libc::SYS_socket,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )?])?],
+    );
+    let refused: BpfProgram = SeccompFilter::new(
+        refused,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )?
+    .try_into()?;
+    let clone3: BpfProgram = SeccompFilter::new(
+        always(&[libc::SYS_clone3]).collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )?
+    .try_into()?;
+    Ok([refused, clone3])
+}
+
+/// True when a process of another uid could execute `path`: the file and every
+/// directory above it grant "others" the execute bit.
+pub fn reachable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(path) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    path.ancestors().all(|p| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    })
+}
