@@ -14,7 +14,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::caller::{Caller, Role};
 
-pub const SERVICES: [&str; 5] = ["storage", "db", "kv", "events", "functions"];
+pub const SERVICES: [&str; 6] = [
+    "storage",
+    "db",
+    "kv",
+    "events",
+    "functions",
+    // `roles:<name>`, the resource of `functions:PassRole`.
+    "roles",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

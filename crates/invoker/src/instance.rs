@@ -483,7 +483,12 @@ async fn next(State(shared): State<Arc<RuntimeShared>>) -> Response {
     // A second `next` before an answer gets the same event again: nothing pending
     // is ever dropped by a repeated (or a stray) request.
     if let Some(pending) = &*shared.pending.lock().unwrap() {
-        return (StatusCode::OK, pending.headers.clone(), pending.payload.clone()).into_response();
+        return (
+            StatusCode::OK,
+            pending.headers.clone(),
+            pending.payload.clone(),
+        )
+            .into_response();
     }
     let delivery = shared.next.lock().await.recv().await;
     let Some(Delivery { invocation, reply }) = delivery else {

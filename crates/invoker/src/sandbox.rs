@@ -28,9 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible as _, NetPort,
-    PathBeneath, PathFd, Ruleset, RulesetAttr as _, RulesetCreated, RulesetCreatedAttr as _,
-    Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible as _, NetPort, PathBeneath,
+    PathFd, Ruleset, RulesetAttr as _, RulesetCreated, RulesetCreatedAttr as _, Scope,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -253,9 +252,15 @@ impl Sandbox {
             .map(|status| status.lines().any(|l| l.starts_with("Seccomp:")))
             .unwrap_or(false);
         for (ok, what) in [
-            (p.landlock_filesystem, "Landlock filesystem rules (ABI 5, Linux 6.10)"),
+            (
+                p.landlock_filesystem,
+                "Landlock filesystem rules (ABI 5, Linux 6.10)",
+            ),
             (p.landlock_network, "Landlock TCP rules (ABI 4, Linux 6.7)"),
-            (p.landlock_scopes, "Landlock signal and socket scopes (ABI 6, Linux 6.12)"),
+            (
+                p.landlock_scopes,
+                "Landlock signal and socket scopes (ABI 6, Linux 6.12)",
+            ),
             (p.seccomp, "seccomp filters"),
         ] {
             if !ok {
@@ -336,8 +341,8 @@ impl Sandbox {
             .and_then(|r| r.create())
             .map_err(std::io::Error::other)?;
         let add_path = |ruleset: RulesetCreated,
-                            path: &Path,
-                            access: BitFlags<AccessFs>|
+                        path: &Path,
+                        access: BitFlags<AccessFs>|
          -> std::io::Result<RulesetCreated> {
             match PathFd::new(path) {
                 // A missing system path is simply not granted.

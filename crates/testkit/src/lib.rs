@@ -8,6 +8,7 @@
 //!   gets a database `mc_test_<uuid>` on that server.
 //! - `MINICLOUD_TEST_REDIS_URL`: Redis (default `redis://127.0.0.1:6379`).
 
+pub mod hostile;
 pub mod otlp;
 
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ pub struct TestCloudBuilder {
     /// `None`: the `fs` backend under the test's temp dir.
     pub storage: Option<StorageConfig>,
     pub gateway_dispatch: GatewayDispatch,
+    /// The invoker's settings (its code dir is always under the test's temp dir).
+    pub invoker: InvokerConfig,
 }
 
 impl Default for TestCloudBuilder {
@@ -69,6 +72,7 @@ impl Default for TestCloudBuilder {
             bus: BusConfig::default(),
             policy_cache_ttl: std::time::Duration::from_secs(30),
             gateway_dispatch: GatewayDispatch::InProcess,
+            invoker: InvokerConfig::default(),
         }
     }
 }
@@ -85,6 +89,11 @@ pub struct TestCloud {
 }
 
 impl TestCloudBuilder {
+    pub fn invoker(mut self, change: impl FnOnce(&mut InvokerConfig)) -> Self {
+        change(&mut self.invoker);
+        self
+    }
+
     pub fn bus(mut self, change: impl FnOnce(&mut BusConfig)) -> Self {
         change(&mut self.bus);
         self
@@ -146,7 +155,7 @@ impl TestCloudBuilder {
             gateway_dispatch: self.gateway_dispatch,
             invoker: InvokerConfig {
                 code_dir: Some(data_dir.join("functions")),
-                ..InvokerConfig::default()
+                ..self.invoker.clone()
             },
         };
         let listeners = CloudListeners::bind("127.0.0.1", [0; 6]).await?;
