@@ -1,0 +1,142 @@
+//! The hostile-function suite (`testkit::hostile`) against `minicloud up` run by an
+//! unprivileged user, as on a developer's laptop: no root, no separate uids, only
+//! what Linux gives an ordinary process. Under root (CI) the cloud runs as `nobody`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use minicloud_testkit::hostile;
+
+const NOBODY: u32 = 65534;
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+struct Running {
+    child: std::process::Child,
+    database: String,
+    data_dir: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.database
+            ))
+            .output();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+#[tokio::test]
+async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
+    let as_root = effective_uid() == 0;
+    let data_dir = std::env::temp_dir().join(format!("minicloud-unprivileged-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    if as_root {
+        std::os::unix::fs::chown(&data_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let database = format!("mc_test_unpriv_{}", std::process::id());
+    let database_url = format!("{}/{database}", server.rsplit_once('/').unwrap().0);
+    let redis_url =
+        std::env::var("MINICLOUD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let ports = free_ports(6);
+    let names = ["gateway", "auth", "storage", "docdb", "bus", "invoker"];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_minicloud"));
+    command
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &data_dir)
+        .env("DATABASE_URL", &database_url)
+        .env("REDIS_URL", &redis_url)
+        .current_dir(&data_dir)
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--invoker-scratch-mb", "32"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (name, port) in names.iter().zip(&ports) {
+        command.arg(format!("--{name}-port")).arg(port.to_string());
+    }
+    if as_root {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running {
+        child,
+        database,
+        data_dir: data_dir.clone(),
+    };
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let gateway = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .expect("minicloud up printed its gateway URL");
+        if line.trim_start().starts_with("gateway") {
+            break line.split_whitespace().last().unwrap().to_owned();
+        }
+    };
+    let credentials: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("credentials.json")).unwrap()).unwrap();
+    let service_ports: BTreeMap<String, u16> = names[1..]
+        .iter()
+        .zip(&ports[1..])
+        .map(|(name, port)| (name.to_string(), *port))
+        .collect();
+    hostile::run(&hostile::Target {
+        gateway_url: gateway,
+        service_key: credentials["service_key"].as_str().unwrap().to_owned(),
+        invoker_pid: running.child.id(),
+        data_dir: data_dir.clone(),
+        code_dir: data_dir.join("functions"),
+        service_ports,
+        scratch_mb: 32,
+        pids: 64,
+    })
+    .await;
+    drop(running);
+}
+
+/// The effective uid, from `/proc/self/status` (this test crate has no syscall crate).
+fn effective_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|euid| euid.parse().ok())
+        .unwrap()
+}
