@@ -53,7 +53,8 @@ impl Drop for Running {
 #[tokio::test]
 async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
     let as_root = effective_uid() == 0;
-    let data_dir = std::env::temp_dir().join(format!("minicloud-unprivileged-{}", std::process::id()));
+    let data_dir =
+        std::env::temp_dir().join(format!("minicloud-unprivileged-{}", std::process::id()));
     std::fs::create_dir_all(&data_dir).unwrap();
     if as_root {
         std::os::unix::fs::chown(&data_dir, Some(NOBODY), Some(NOBODY)).unwrap();
@@ -62,8 +63,8 @@ async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let database = format!("mc_test_unpriv_{}", std::process::id());
     let database_url = format!("{}/{database}", server.rsplit_once('/').unwrap().0);
-    let redis_url =
-        std::env::var("MINICLOUD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let ports = free_ports(6);
     let names = ["gateway", "auth", "storage", "docdb", "bus", "invoker"];
     let mut command = Command::new(env!("CARGO_BIN_EXE_minicloud"));

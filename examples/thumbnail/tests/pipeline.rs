@@ -358,15 +358,18 @@ async fn one_trace_follows_an_upload_into_the_function_and_back() {
         otlp_endpoint: Some(receiver.endpoint.clone()),
         json_logs: false,
     });
-    let cloud = TestCloud::start().await.unwrap();
+    // The invoker hands its collector to functions (and lets them connect to it:
+    // a port in a function's own env would not be, its sandbox allows only the
+    // platform's ports and the configured outside ones).
+    let cloud = TestCloud::builder()
+        .invoker(|invoker| invoker.functions_otlp_endpoint = Some(receiver.endpoint.clone()))
+        .start()
+        .await
+        .unwrap();
     let admin = cloud.admin();
-    let mut env = serde_json::Map::new();
-    // The function exports its own spans to the same collector.
-    env.insert(
-        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-        receiver.endpoint.clone().into(),
-    );
-    let pipeline = demo::set_up(&admin, &function_zip(), env).await.unwrap();
+    let pipeline = demo::set_up(&admin, &function_zip(), serde_json::Map::new())
+        .await
+        .unwrap();
     let (alice, uid) = user(&cloud, "trace@example.com").await;
 
     let photo = thumbnail::sample_photo(640, 480, 1);
