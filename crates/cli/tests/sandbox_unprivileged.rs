@@ -67,7 +67,17 @@ async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let ports = free_ports(6);
     let names = ["gateway", "auth", "storage", "docdb", "bus", "invoker"];
-    let mut command = Command::new(env!("CARGO_BIN_EXE_minicloud"));
+    // The checkout may sit under a private home that `nobody` cannot enter.
+    let binary = if as_root {
+        use std::os::unix::fs::PermissionsExt as _;
+        let copy = data_dir.join("minicloud");
+        std::fs::copy(env!("CARGO_BIN_EXE_minicloud"), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    } else {
+        env!("CARGO_BIN_EXE_minicloud").into()
+    };
+    let mut command = Command::new(&binary);
     command
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
