@@ -468,9 +468,7 @@ async fn api_keys_are_shown_once_work_and_stop_working_when_revoked() {
         .delete(&format!("/auth/v1/admin/api-keys/{id}"))
         .await
         .unwrap();
-    let mut grpc = AuthServiceClient::connect(cloud.urls.auth.clone())
-        .await
-        .unwrap();
+    let mut grpc = AuthServiceClient::new(cloud.service_channel(&cloud.urls.auth));
     let answer = grpc
         .verify_api_key(VerifyApiKeyRequest {
             key: secret.clone(),
@@ -599,9 +597,7 @@ async fn role_tokens_carry_exactly_their_roles_policies() {
         400
     );
 
-    let mut grpc = AuthServiceClient::connect(cloud.urls.auth.clone())
-        .await
-        .unwrap();
+    let mut grpc = AuthServiceClient::new(cloud.service_channel(&cloud.urls.auth));
     let token = grpc
         .issue_role_token(IssueRoleTokenRequest {
             role: "thumbnailer".into(),

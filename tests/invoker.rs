@@ -1294,9 +1294,7 @@ async fn the_internal_grpc_apis_refuse_malformed_requests() {
         &echo_bundle(),
     )
     .await;
-    let mut invoker = InvokerServiceClient::connect(cloud.urls.invoker.clone())
-        .await
-        .unwrap();
+    let mut invoker = InvokerServiceClient::new(cloud.service_channel(&cloud.urls.invoker));
     let invoke = |function: &str, payload: &[u8], is_cloud_event: bool| InvokeRequest {
         function: function.to_owned(),
         payload: payload.to_vec(),
@@ -1329,9 +1327,7 @@ async fn the_internal_grpc_apis_refuse_malformed_requests() {
         json!({"echo":7})
     );
 
-    let mut bus = BusServiceClient::connect(cloud.urls.bus.clone())
-        .await
-        .unwrap();
+    let mut bus = BusServiceClient::new(cloud.service_channel(&cloud.urls.bus));
     let good = json!({"topic":"functions","target":{"function":"grpc"}}).to_string();
     for (id, spec) in [
         ("not_sub_prefixed", good.as_str()),

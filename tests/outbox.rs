@@ -2,6 +2,7 @@
 //! published, in order, with their CloudEvent attributes, and each is marked sent.
 
 use minicloud_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, ensure_table};
+use minicloud_telemetry::grpc_client::ServiceCredential;
 use minicloud_testkit::TestCloud;
 use minicloud_testkit::sqlx::{self, PgPool};
 use serde_json::{Value, json};
@@ -46,7 +47,13 @@ async fn stream(cloud: &TestCloud, topic: &str) -> Vec<Value> {
 async fn only_committed_events_are_published_in_order_and_marked_sent() {
     let cloud = TestCloud::start().await.unwrap();
     let pool = producer_pool(&cloud).await;
-    let relay = Relay::new(pool.clone(), &cloud.urls.bus, RelayConfig::default()).unwrap();
+    let relay = Relay::new(
+        pool.clone(),
+        &cloud.urls.bus,
+        ServiceCredential::with_key(&cloud.keys.service_key),
+        RelayConfig::default(),
+    )
+    .unwrap();
 
     let mut committed = Vec::new();
     for i in 0..3 {
@@ -109,7 +116,13 @@ async fn only_committed_events_are_published_in_order_and_marked_sent() {
 async fn events_wait_in_the_outbox_while_the_bus_refuses_them() {
     let cloud = TestCloud::start().await.unwrap();
     let pool = producer_pool(&cloud).await;
-    let relay = Relay::new(pool.clone(), &cloud.urls.bus, RelayConfig::default()).unwrap();
+    let relay = Relay::new(
+        pool.clone(),
+        &cloud.urls.bus,
+        ServiceCredential::with_key(&cloud.keys.service_key),
+        RelayConfig::default(),
+    )
+    .unwrap();
     let mut tx = pool.begin().await.unwrap();
     let event = OutboxEvent::new("/test", "test.happened", None, json!({}));
     enqueue(&mut tx, "no-such-topic", &event).await.unwrap();
@@ -135,7 +148,13 @@ async fn events_wait_in_the_outbox_while_the_bus_refuses_them() {
 async fn a_relay_that_dies_between_publish_and_mark_republishes_and_the_bus_stores_it_once() {
     let cloud = TestCloud::start().await.unwrap();
     let pool = producer_pool(&cloud).await;
-    let relay = Relay::new(pool.clone(), &cloud.urls.bus, RelayConfig::default()).unwrap();
+    let relay = Relay::new(
+        pool.clone(),
+        &cloud.urls.bus,
+        ServiceCredential::with_key(&cloud.keys.service_key),
+        RelayConfig::default(),
+    )
+    .unwrap();
     let mut tx = pool.begin().await.unwrap();
     let event = OutboxEvent::new(
         "/minicloud/storage",

@@ -316,3 +316,474 @@ async fn handing_a_role_to_code_needs_pass_role_and_env_values_need_deploy() {
     }
     cloud.stop().await.unwrap();
 }
+
+mod grpc {
+    //! Internal gRPC is authenticated and authorised like REST.
+    use minicloud_proto::auth::v1 as auth;
+    use minicloud_proto::bus::v1 as bus;
+    use minicloud_proto::docdb::v1 as docdb;
+    use minicloud_proto::invoker::v1 as invoker;
+    use minicloud_proto::storage::v1 as storage;
+    use minicloud_testkit::TestCloud;
+    use serde_json::{Value, json};
+    use tonic::Code;
+    use tonic::transport::Channel;
+
+    fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
+    }
+
+    async fn channel(url: &str) -> Channel {
+        Channel::from_shared(url.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
+        result.err().map_or(Code::Ok, |s| s.code())
+    }
+
+    /// The status code of every RPC called with `token` (`None`: no credential),
+    /// `Code::Ok` where it answered.
+    async fn every_rpc(cloud: &TestCloud, token: Option<&str>) -> Vec<(&'static str, Code)> {
+        let mut a =
+            auth::auth_service_client::AuthServiceClient::new(channel(&cloud.urls.auth).await);
+        let mut b = bus::bus_service_client::BusServiceClient::new(channel(&cloud.urls.bus).await);
+        let mut i = invoker::invoker_service_client::InvokerServiceClient::new(
+            channel(&cloud.urls.invoker).await,
+        );
+        let mut s = storage::storage_service_client::StorageServiceClient::new(
+            channel(&cloud.urls.storage).await,
+        );
+        let mut d =
+            docdb::docdb_service_client::DocdbServiceClient::new(channel(&cloud.urls.docdb).await);
+        let t = token;
+        let event = bus::CloudEvent {
+            id: "e1".into(),
+            source: "/test".into(),
+            spec_version: "1.0".into(),
+            r#type: "test.event".into(),
+            ..Default::default()
+        };
+        let put = futures::stream::iter(vec![storage::PutObjectChunk {
+            part: Some(storage::put_object_chunk::Part::Header(
+                storage::PutObjectHeader {
+                    bucket: "open".into(),
+                    path: "x.txt".into(),
+                    ..Default::default()
+                },
+            )),
+        }]);
+        vec![
+            (
+                "auth.GetJwks",
+                code(a.get_jwks(with_token(auth::GetJwksRequest {}, t)).await),
+            ),
+            (
+                "auth.IssueRoleToken",
+                code(
+                    a.issue_role_token(with_token(
+                        auth::IssueRoleTokenRequest {
+                            role: "authenticated".into(),
+                            subject: "00000000-0000-0000-0000-000000000001".into(),
+                            ttl_seconds: 60,
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "auth.GetRolePolicies",
+                code(
+                    a.get_role_policies(with_token(
+                        auth::GetRolePoliciesRequest {
+                            role: "authenticated".into(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "auth.VerifyApiKey",
+                code(
+                    a.verify_api_key(with_token(
+                        auth::VerifyApiKeyRequest {
+                            key: cloud.keys.service_key.clone(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "auth.RevokeUserSessions",
+                code(
+                    a.revoke_user_sessions(with_token(
+                        auth::RevokeUserSessionsRequest {
+                            user_id: "00000000-0000-0000-0000-000000000001".into(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "bus.Publish",
+                code(
+                    b.publish(with_token(
+                        bus::PublishRequest {
+                            topic: "storage".into(),
+                            events: vec![event],
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "bus.EnsureSubscription",
+                code(
+                    b.ensure_subscription(with_token(
+                        bus::EnsureSubscriptionRequest {
+                            id: "sub_x".into(),
+                            subscription_json: json!({"topic":"storage","target":{"function":"f"}})
+                                .to_string(),
+                            owner: String::new(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "bus.DeleteSubscription",
+                code(
+                    b.delete_subscription(with_token(
+                        bus::DeleteSubscriptionRequest { id: "sub_x".into() },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "invoker.ListFunctions",
+                code(
+                    i.list_functions(with_token(invoker::ListFunctionsRequest {}, t))
+                        .await,
+                ),
+            ),
+            (
+                "invoker.Invoke",
+                code(
+                    i.invoke(with_token(
+                        invoker::InvokeRequest {
+                            function: "f".into(),
+                            payload: b"{}".to_vec(),
+                            is_cloud_event: false,
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "storage.ListBuckets",
+                code(
+                    s.list_buckets(with_token(storage::ListBucketsRequest {}, t))
+                        .await,
+                ),
+            ),
+            (
+                "storage.HeadObject",
+                code(
+                    s.head_object(with_token(
+                        storage::ObjectRef {
+                            bucket: "closed".into(),
+                            path: "x.txt".into(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "storage.GetObject",
+                code(
+                    s.get_object(with_token(
+                        storage::GetObjectRequest {
+                            bucket: "closed".into(),
+                            path: "x.txt".into(),
+                            ..Default::default()
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "storage.PutObject",
+                code(s.put_object(with_token(put, t)).await),
+            ),
+            (
+                "storage.DeleteObject",
+                code(
+                    s.delete_object(with_token(
+                        storage::ObjectRef {
+                            bucket: "closed".into(),
+                            path: "x.txt".into(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "storage.ListObjects",
+                code(
+                    s.list_objects(with_token(
+                        storage::ListObjectsRequest {
+                            bucket: "closed".into(),
+                            ..Default::default()
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "docdb.ListCollections",
+                code(
+                    d.list_collections(with_token(docdb::ListCollectionsRequest {}, t))
+                        .await,
+                ),
+            ),
+            (
+                "docdb.GetDocument",
+                code(
+                    d.get_document(with_token(
+                        docdb::DocumentRef {
+                            collection: "closed".into(),
+                            id: "d1".into(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "docdb.Write",
+                code(
+                    d.write(with_token(docdb::WriteRequest { writes: vec![] }, t))
+                        .await,
+                ),
+            ),
+            (
+                "docdb.Query",
+                code(
+                    d.query(with_token(
+                        docdb::QueryRequest {
+                            collection: "closed".into(),
+                            ..Default::default()
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "docdb.KvGet",
+                code(
+                    d.kv_get(with_token(
+                        docdb::KvRef {
+                            namespace: "ns".into(),
+                            key: "k".into(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "docdb.KvPut",
+                code(
+                    d.kv_put(with_token(
+                        docdb::KvPutRequest {
+                            namespace: "ns".into(),
+                            key: "k".into(),
+                            value_json: "1".into(),
+                            ..Default::default()
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "docdb.KvDelete",
+                code(
+                    d.kv_delete(with_token(
+                        docdb::KvRef {
+                            namespace: "ns".into(),
+                            key: "k".into(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
+                "docdb.KvIncr",
+                code(
+                    d.kv_incr(with_token(
+                        docdb::KvIncrRequest {
+                            namespace: "ns".into(),
+                            key: "k".into(),
+                            ..Default::default()
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn internal_grpc_needs_a_credential_and_answers_as_rest_does() {
+        let cloud = TestCloud::start().await.unwrap();
+        let admin = cloud.admin();
+        // A public and a private bucket and collection: users see the open ones.
+        for (name, public) in [("open", true), ("closed", false)] {
+            let _: Value = admin
+                .post("/storage/v1/bucket", &json!({"name":name,"public":public}))
+                .await
+                .unwrap();
+        }
+        let _: Value = admin
+            .post(
+                "/db/v1/collections",
+                &json!({"name":"shared","policy":{"effect":"allow","principals":["role:authenticated"],"actions":["db:Query","db:GetDocument"],"resources":["db:shared","db:shared/*"]}}),
+            )
+            .await
+            .unwrap();
+        let _: Value = admin
+            .post("/db/v1/collections", &json!({"name":"closed"}))
+            .await
+            .unwrap();
+
+        // No credential: every RPC is refused before it does anything.
+        let anonymous = every_rpc(&cloud, None).await;
+        let answered: Vec<_> = anonymous
+            .iter()
+            .filter(|(_, code)| *code != Code::Unauthenticated)
+            .collect();
+        assert!(
+            answered.is_empty(),
+            "answered without a credential: {answered:?}"
+        );
+        assert_eq!(anonymous.len(), 24);
+
+        // A user's token: the internal RPCs are refused, the others decide as REST.
+        let session = cloud
+            .client()
+            .signup("grpc@example.com", "password1234")
+            .await
+            .unwrap();
+        let token = session.access_token.clone();
+        let as_user: std::collections::BTreeMap<_, _> =
+            every_rpc(&cloud, Some(&token)).await.into_iter().collect();
+        for rpc in [
+            "auth.IssueRoleToken",
+            "auth.GetRolePolicies",
+            "auth.VerifyApiKey",
+            "auth.RevokeUserSessions",
+            "bus.EnsureSubscription",
+            "bus.DeleteSubscription",
+            // REST answers 403 to these for a user too.
+            "bus.Publish",
+            "invoker.Invoke",
+            "storage.HeadObject",
+            "storage.GetObject",
+            "storage.DeleteObject",
+            "storage.ListObjects",
+            "docdb.GetDocument",
+            "docdb.Query",
+        ] {
+            assert_eq!(as_user[rpc], Code::PermissionDenied, "{rpc}: {as_user:?}");
+        }
+        assert_eq!(as_user["auth.GetJwks"], Code::Ok);
+
+        // The lists hold what REST shows the same user (gRPC used to list all).
+        let user = cloud.client().with_token(token.clone());
+        let rest_buckets: Value = user.get("/storage/v1/bucket").await.unwrap();
+        let mut rest_buckets: Vec<String> = rest_buckets
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_owned())
+            .collect();
+        rest_buckets.sort();
+        let mut s = storage::storage_service_client::StorageServiceClient::new(
+            channel(&cloud.urls.storage).await,
+        );
+        let grpc_buckets: Vec<String> = s
+            .list_buckets(with_token(storage::ListBucketsRequest {}, Some(&token)))
+            .await
+            .unwrap()
+            .into_inner()
+            .buckets
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(grpc_buckets, rest_buckets);
+        assert_eq!(grpc_buckets, vec!["open".to_owned()]);
+
+        let rest_collections: Value = user.get("/db/v1/collections").await.unwrap();
+        let rest_collections: Vec<String> = rest_collections["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        let mut d =
+            docdb::docdb_service_client::DocdbServiceClient::new(channel(&cloud.urls.docdb).await);
+        let grpc_collections: Vec<String> = d
+            .list_collections(with_token(docdb::ListCollectionsRequest {}, Some(&token)))
+            .await
+            .unwrap()
+            .into_inner()
+            .collections
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(grpc_collections, rest_collections);
+        assert_eq!(grpc_collections, vec!["shared".to_owned()]);
+
+        // The service key (what the services present to each other) may do it all.
+        let as_service: std::collections::BTreeMap<_, _> =
+            every_rpc(&cloud, Some(&cloud.keys.service_key))
+                .await
+                .into_iter()
+                .collect();
+        for rpc in [
+            "auth.IssueRoleToken",
+            "auth.GetRolePolicies",
+            "auth.VerifyApiKey",
+            "bus.Publish",
+            "invoker.ListFunctions",
+        ] {
+            assert_eq!(as_service[rpc], Code::Ok, "{rpc}: {as_service:?}");
+        }
+        cloud.stop().await.unwrap();
+    }
+}

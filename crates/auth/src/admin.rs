@@ -526,6 +526,47 @@ pub(crate) async fn ensure_builtin_keys(auth: &Auth) -> Result<()> {
     Ok(())
 }
 
+pub(crate) async fn adopt_service_key(auth: &Auth, key: &str) -> Result<()> {
+    if !key.starts_with(minicloud_authz::verifier::API_KEY_PREFIX)
+        || key.len() < 32
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(AuthError::Invalid(
+            "the service key must be `mck_` followed by at least 28 printable characters".into(),
+        ));
+    }
+    let mut tx = auth.pool.begin().await?;
+    let current: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE name = 'service key' AND key_hash = $1
+                        AND builtin_secret IS NOT NULL AND revoked_at IS NULL)",
+    )
+    .bind(sha256(key))
+    .fetch_one(&mut *tx)
+    .await?;
+    if current {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE api_keys SET revoked_at = now()
+         WHERE name = 'service key' AND builtin_secret IS NOT NULL AND revoked_at IS NULL",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let (id, _) = new_api_key();
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, role, subject, key_hash, builtin_secret)
+         VALUES ($1, 'service key', 'service', '', $2, $3)",
+    )
+    .bind(&id)
+    .bind(sha256(key))
+    .bind(key)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!("adopted the configured service key");
+    Ok(())
+}
+
 pub(crate) async fn builtin_keys(auth: &Auth) -> Result<BuiltinKeys> {
     let get = |name: &'static str| async move {
         sqlx::query_scalar::<_, String>(

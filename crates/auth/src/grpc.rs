@@ -1,5 +1,7 @@
 //! The gRPC API other services call.
 
+use minicloud_authz::verifier::API_KEY_PREFIX;
+use minicloud_authz::{Caller, Credential, Role, Verifier};
 use minicloud_proto::auth::v1::auth_service_server::AuthService;
 use minicloud_proto::auth::v1::{
     GetJwksRequest, GetJwksResponse, GetRolePoliciesRequest, GetRolePoliciesResponse,
@@ -14,12 +16,64 @@ use crate::sessions::sha256;
 
 pub struct AuthGrpc(pub Auth);
 
+impl AuthGrpc {
+    /// The caller of an RPC, verified here rather than through the authz client
+    /// every other service uses: that client's own calls land on this server, and
+    /// verifying them through it would loop. API keys are looked up in auth's own
+    /// table, tokens checked against auth's own published keys.
+    async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+        let header = minicloud_authz::grpc_authorization(metadata)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Status::unauthenticated("authorization must be \"Bearer <token>\""))?;
+        if token.starts_with(API_KEY_PREFIX) {
+            let row: Option<(String, String)> = sqlx::query_as(
+                "SELECT role, subject FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            )
+            .bind(sha256(token))
+            .fetch_optional(&self.0.pool)
+            .await
+            .map_err(AuthError::from)?;
+            let (role, subject) = row.ok_or_else(|| Status::unauthenticated("invalid API key"))?;
+            return Ok(Caller {
+                role: Role::parse(&role),
+                uid: (!subject.is_empty()).then_some(subject),
+                session_id: None,
+                credential: Credential::ApiKey,
+            });
+        }
+        let keys = self
+            .0
+            .keys
+            .jwks()
+            .await
+            .into_iter()
+            .map(|jwk| (jwk.kid, jwk.x))
+            .collect();
+        Verifier::with_fixed_keys(keys)
+            .verify_bearer(token)
+            .await
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    async fn service_caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let caller = self.caller(metadata).await?;
+        minicloud_authz::require_service_caller(&caller)
+    }
+}
+
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
     async fn get_jwks(
         &self,
-        _request: Request<GetJwksRequest>,
+        request: Request<GetJwksRequest>,
     ) -> Result<Response<GetJwksResponse>, Status> {
+        // Public keys, but still only for callers with a credential (the anon key
+        // is one): the services' ports are not a public entry.
+        self.caller(request.metadata()).await?;
         let keys = self
             .0
             .keys
@@ -41,6 +95,7 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<IssueRoleTokenRequest>,
     ) -> Result<Response<IssueRoleTokenResponse>, Status> {
+        self.service_caller(request.metadata()).await?;
         let request = request.into_inner();
         if request.role == "service" {
             return Err(Status::permission_denied(
@@ -82,6 +137,7 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<GetRolePoliciesRequest>,
     ) -> Result<Response<GetRolePoliciesResponse>, Status> {
+        self.service_caller(request.metadata()).await?;
         let role = request.into_inner().role;
         let row: Option<(serde_json::Value, chrono::DateTime<chrono::Utc>)> =
             sqlx::query_as("SELECT policies, updated_at FROM roles WHERE name = $1")
@@ -102,6 +158,7 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<VerifyApiKeyRequest>,
     ) -> Result<Response<VerifyApiKeyResponse>, Status> {
+        self.service_caller(request.metadata()).await?;
         let key = request.into_inner().key;
         let row: Option<(String, String, String)> = sqlx::query_as(
             "SELECT id, role, subject FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
@@ -124,6 +181,7 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<RevokeUserSessionsRequest>,
     ) -> Result<Response<RevokeUserSessionsResponse>, Status> {
+        self.service_caller(request.metadata()).await?;
         let user_id = uuid::Uuid::parse_str(&request.into_inner().user_id)
             .map_err(|_| Status::invalid_argument("user_id must be a UUID"))?;
         let revoked = self.0.revoke_sessions(user_id, None).await?;

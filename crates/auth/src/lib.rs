@@ -182,6 +182,13 @@ impl Auth {
         admin::builtin_keys(self).await
     }
 
+    /// Makes `key` the built-in service key (the one every service of a
+    /// `minicloud serve` deployment is configured with); a different previous one is
+    /// revoked.
+    pub async fn adopt_service_key(&self, key: &str) -> Result<(), AuthError> {
+        admin::adopt_service_key(self, key).await
+    }
+
     /// Reloads signing keys and prunes rate-limit state periodically until cancelled.
     pub fn spawn_maintenance(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         let auth = self.clone();

@@ -15,7 +15,7 @@ use http::request::Parts;
 use minicloud_proto::auth::v1::GetRolePoliciesRequest;
 use minicloud_proto::auth::v1::auth_service_client::AuthServiceClient;
 use minicloud_proto::error::{ApiError, ErrorCode};
-use minicloud_telemetry::grpc_client::TracedChannel;
+use minicloud_telemetry::grpc_client::{ServiceCredential, TracedChannel};
 
 pub use caller::{Caller, Claims, Credential, Role};
 pub use policy::{Access, Decision, Owner, Policy, Scope};
@@ -27,6 +27,8 @@ pub use verifier::{Verifier, VerifyError};
 pub const POLICY_CACHE_TTL: Duration = Duration::from_secs(30);
 
 pub struct Authz {
+    /// What this service presents on its own calls to other services.
+    credential: ServiceCredential,
     verifier: Verifier,
     client: AuthServiceClient<TracedChannel>,
     policies: TtlCache<Arc<Vec<Policy>>>,
@@ -41,8 +43,11 @@ impl std::fmt::Debug for Authz {
 impl Authz {
     /// An authz client of the auth service at `auth_grpc_url` (`http://127.0.0.1:4601`).
     /// Connects lazily: a service starts even while auth is still starting.
-    pub fn connect(auth_grpc_url: &str) -> Result<Arc<Authz>, tonic::transport::Error> {
-        Self::connect_with_policy_ttl(auth_grpc_url, POLICY_CACHE_TTL)
+    pub fn connect(
+        auth_grpc_url: &str,
+        credential: ServiceCredential,
+    ) -> Result<Arc<Authz>, tonic::transport::Error> {
+        Self::connect_with_policy_ttl(auth_grpc_url, POLICY_CACHE_TTL, credential)
     }
 
     /// Like [`Authz::connect`], refetching role policies after `policy_ttl` (tests
@@ -50,10 +55,13 @@ impl Authz {
     pub fn connect_with_policy_ttl(
         auth_grpc_url: &str,
         policy_ttl: Duration,
+        credential: ServiceCredential,
     ) -> Result<Arc<Authz>, tonic::transport::Error> {
-        let channel = TracedChannel::connect_lazy("auth", auth_grpc_url)?;
+        let channel =
+            TracedChannel::connect_lazy("auth", auth_grpc_url)?.with_credential(credential.clone());
         let client = AuthServiceClient::new(channel);
         Ok(Arc::new(Authz {
+            credential,
             verifier: Verifier::new(client.clone()),
             client,
             policies: TtlCache::new(policy_ttl),
@@ -62,6 +70,12 @@ impl Authz {
 
     pub fn verifier(&self) -> &Verifier {
         &self.verifier
+    }
+
+    /// The credential this service presents to the others (for its other gRPC
+    /// clients: the outbox relay, the bus's invoker client, …).
+    pub fn service_credential(&self) -> ServiceCredential {
+        self.credential.clone()
     }
 
     /// The caller behind an `Authorization` header value (`None`: anonymous).
@@ -253,21 +267,50 @@ fn verify_error(error: VerifyError) -> ApiError {
 }
 
 impl Authz {
-    /// The caller of a gRPC request, from its `authorization` metadata (anonymous
-    /// without one): gRPC APIs authorise exactly like REST.
+    /// The caller of a gRPC request, from its `authorization` metadata: gRPC APIs
+    /// authorise exactly like REST, but a call without a credential is refused
+    /// (`UNAUTHENTICATED`) — the services' ports are not a public entry.
     pub async fn grpc_caller(
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Caller, tonic::Status> {
-        let header = match metadata.get("authorization") {
-            None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .map_err(|_| tonic::Status::unauthenticated("authorization is not text"))?,
-            ),
-        };
-        Ok(self.caller(header).await?)
+        let header = grpc_authorization(metadata)?;
+        Ok(self.caller(Some(header)).await?)
+    }
+
+    /// Like [`Authz::grpc_caller`], for RPCs only minicloud's own services may call.
+    pub async fn grpc_service_caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Caller, tonic::Status> {
+        let caller = self.grpc_caller(metadata).await?;
+        require_service_caller(&caller)?;
+        Ok(caller)
+    }
+}
+
+/// The `authorization` of a gRPC call; none is `UNAUTHENTICATED`.
+pub fn grpc_authorization(metadata: &tonic::metadata::MetadataMap) -> Result<&str, tonic::Status> {
+    metadata
+        .get("authorization")
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "gRPC calls need a credential (authorization: Bearer <token or key>)",
+            )
+        })?
+        .to_str()
+        .map_err(|_| tonic::Status::unauthenticated("authorization is not text"))
+}
+
+/// Internal RPCs (token issuing, policies, subscriptions for functions) are for the
+/// service role: minicloud's own services present the service key.
+pub fn require_service_caller(caller: &Caller) -> Result<(), tonic::Status> {
+    if caller.is_service() {
+        Ok(())
+    } else {
+        Err(tonic::Status::permission_denied(
+            "this RPC is for minicloud's own services (the service key)",
+        ))
     }
 }
 

@@ -155,7 +155,8 @@ impl Bus {
         let invoker = match &config.invoker_url {
             Some(url) => Some(InvokerServiceClient::new(
                 TracedChannel::connect_lazy("invoker", url)
-                    .map_err(|e| BusStartError::Http(e.to_string()))?,
+                    .map_err(|e| BusStartError::Http(e.to_string()))?
+                    .with_credential(authz.service_credential()),
             )),
             None => None,
         };

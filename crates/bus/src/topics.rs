@@ -244,6 +244,7 @@ impl BusService for BusGrpc {
         &self,
         request: tonic::Request<PublishRequest>,
     ) -> Result<tonic::Response<PublishResponse>, tonic::Status> {
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         let request = request.into_inner();
         check_topic_name(&request.topic)?;
         if request.events.is_empty() || request.events.len() > 1000 {
@@ -257,6 +258,16 @@ impl BusService for BusGrpc {
         for event in &events {
             validate_event(event)?;
         }
+        // The same check as the REST route.
+        self.0
+            .authz
+            .authorize(
+                &caller,
+                "events:Publish",
+                &format!("events:{}", request.topic),
+                &[],
+            )
+            .await?;
         let ids = self.0.publish(&request.topic, &events).await?;
         Ok(tonic::Response::new(PublishResponse { ids }))
     }
@@ -265,6 +276,9 @@ impl BusService for BusGrpc {
         &self,
         request: tonic::Request<EnsureSubscriptionRequest>,
     ) -> Result<tonic::Response<EnsureSubscriptionResponse>, tonic::Status> {
+        // Subscriptions for functions (triggers, async invokes) are set up by the
+        // invoker, which authorised its own caller; nobody else calls this.
+        self.0.authz.grpc_service_caller(request.metadata()).await?;
         let request = request.into_inner();
         if !request.id.starts_with("sub_") || request.id.len() > 128 {
             return Err(
@@ -285,6 +299,7 @@ impl BusService for BusGrpc {
         &self,
         request: tonic::Request<DeleteSubscriptionRequest>,
     ) -> Result<tonic::Response<DeleteSubscriptionResponse>, tonic::Status> {
+        self.0.authz.grpc_service_caller(request.metadata()).await?;
         let deleted = crate::subscriptions::remove(&self.0, &request.into_inner().id).await?;
         Ok(tonic::Response::new(DeleteSubscriptionResponse { deleted }))
     }

@@ -12,6 +12,7 @@ use minicloud_docdb::{Docdb, DocdbConfig};
 use minicloud_gateway::{Gateway, GatewayConfig, Service};
 use minicloud_invoker::{Invoker, InvokerConfig};
 use minicloud_storage::{Storage, StorageConfig};
+use minicloud_telemetry::grpc_client::ServiceCredential;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -114,8 +115,13 @@ pub async fn start(
         .context("preparing the database")?;
     let pool =
         |schema: &'static str| schema_pool(&config.database_url, schema, config.db_pool_size);
-    let authz =
-        || Authz::connect_with_policy_ttl(&urls.auth, config.policy_cache_ttl).context("auth URL");
+    // The services' own credential on their gRPC calls to each other: the service
+    // key, known once auth has started (below).
+    let credential = ServiceCredential::pending();
+    let authz = || {
+        Authz::connect_with_policy_ttl(&urls.auth, config.policy_cache_ttl, credential.clone())
+            .context("auth URL")
+    };
 
     // Independent start-ups run concurrently; migrations serialise on sqlx's lock.
     let redis = async { redis::Client::open(config.redis_url.as_str()).context("REDIS_URL") };
@@ -128,6 +134,7 @@ pub async fn start(
                 authz()?,
             )
             .await?;
+            credential.set(&auth.builtin_keys().await?.service_key);
             anyhow::Ok(auth)
         },
         async {

@@ -15,6 +15,7 @@ use minicloud_docdb::DocdbConfig;
 use minicloud_gateway::GatewayConfig;
 use minicloud_invoker::InvokerConfig;
 use minicloud_storage::StorageConfig;
+use minicloud_telemetry::grpc_client::ServiceCredential;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -177,6 +178,16 @@ struct ServeArgs {
         default_value = "http://127.0.0.1:4604"
     )]
     bus_url: String,
+    /// The service key every service presents on its gRPC calls to the others (and
+    /// auth adopts as its built-in service key). Set the same value in every
+    /// service (the Kubernetes Secret); `mck_` followed by at least 28 characters.
+    #[arg(long = "service-key", env = "MINICLOUD_SERVICE_KEY")]
+    service_key: Option<String>,
+    /// A file holding the service key instead (docker compose: a shared volume).
+    /// Auth writes its key there when the file does not exist yet; the other
+    /// services wait for it.
+    #[arg(long = "service-key-file", env = "MINICLOUD_SERVICE_KEY_FILE")]
+    service_key_file: Option<PathBuf>,
     #[command(flatten)]
     gateway: GatewayConfig,
     #[command(flatten)]
@@ -378,7 +389,19 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
         minicloud_cli::postgres::ensure_database(&store.database_url).await?;
         minicloud_cli::postgres::schema_pool(&store.database_url, schema, store.db_pool_size).await
     };
-    let authz = || minicloud_authz::Authz::connect(&args.auth_url).context("auth URL");
+    let service_key = service_key(&args).await?;
+    let credential = match &service_key {
+        Some(key) => ServiceCredential::with_key(key),
+        None => {
+            tracing::warn!(
+                "no service key (MINICLOUD_SERVICE_KEY or MINICLOUD_SERVICE_KEY_FILE): \
+                 this service's calls to the others will be refused"
+            );
+            ServiceCredential::pending()
+        }
+    };
+    let authz =
+        || minicloud_authz::Authz::connect(&args.auth_url, credential.clone()).context("auth URL");
     let result = match args.service {
         ServiceName::Gateway => {
             let gateway = minicloud_gateway::Gateway::new(&args.gateway)?;
@@ -391,9 +414,18 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
                 authz()?,
             )
             .await?;
+            if let Some(key) = &service_key {
+                auth.adopt_service_key(key).await?;
+            }
             // Like `up`, show the built-in keys (compose users read them with
             // `docker compose logs auth`).
             let keys = auth.builtin_keys().await?;
+            credential.set(&keys.service_key);
+            if let Some(path) = &args.service_key_file
+                && service_key.is_none()
+            {
+                write_secret_file(path, &keys.service_key)?;
+            }
             println!("anon key     {}", keys.anon_key);
             println!("service key  {}", keys.service_key);
             minicloud_auth::run(auth, listener, shutdown).await
@@ -451,11 +483,65 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Debug-prints a config with every URL's password replaced.
+/// The service key from the flag, or from its file: auth reads an existing file
+/// (and otherwise writes its own key there once started), the others wait up to a
+/// minute for auth to write it.
+async fn service_key(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    if let Some(key) = &args.service_key {
+        return Ok(Some(key.trim().to_owned()));
+    }
+    let Some(path) = &args.service_key_file else {
+        return Ok(None);
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(key) if !key.trim().is_empty() => return Ok(Some(key.trim().to_owned())),
+            _ if args.service == ServiceName::Auth => return Ok(None),
+            _ if Instant::now() > deadline => anyhow::bail!(
+                "no service key in {} after a minute (auth writes it there)",
+                path.display()
+            ),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let staging = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staging)
+        .with_context(|| format!("writing {}", staging.display()))?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&staging, path)?;
+    Ok(())
+}
+
 struct Redacted<'a, T>(&'a T);
 
 impl<T: std::fmt::Debug> std::fmt::Debug for Redacted<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let text = format!("{:?}", self.0);
+        // Service keys (`mck_…`) never reach the log.
+        let text = text
+            .split('"')
+            .enumerate()
+            .map(|(i, part)| {
+                if i % 2 == 1 && part.starts_with("mck_") {
+                    "mck_<redacted>".to_owned()
+                } else {
+                    part.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\"");
         // Debug output quotes URLs; redact each quoted token that looks like one.
         let redacted: Vec<String> = text
             .split('"')

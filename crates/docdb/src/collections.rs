@@ -142,6 +142,16 @@ pub async fn list(
     State(docdb): State<Docdb>,
     caller: Caller,
 ) -> Result<Json<CollectionList>, ApiError> {
+    Ok(Json(CollectionList {
+        collections: visible_collections(&docdb, &caller).await?,
+    }))
+}
+
+/// The collections `caller` may query: the one listing behind REST and gRPC alike.
+pub(crate) async fn visible_collections(
+    docdb: &Docdb,
+    caller: &Caller,
+) -> Result<Vec<CollectionOut>, ApiError> {
     let rows = sqlx::query_as::<_, CollectionOut>(
         "SELECT name, indexes, policy, owner, created_at FROM collections ORDER BY name LIMIT 1000",
     )
@@ -154,7 +164,7 @@ pub async fn list(
         let resource = format!("db:{}", collection.name);
         match docdb
             .authz
-            .authorize_scoped(&caller, "db:Query", &resource, &[&policy])
+            .authorize_scoped(caller, "db:Query", &resource, &[&policy])
             .await
         {
             Ok(_) => collections.push(collection),
@@ -162,7 +172,7 @@ pub async fn list(
             Err(error) => return Err(error),
         }
     }
-    Ok(Json(CollectionList { collections }))
+    Ok(collections)
 }
 
 #[utoipa::path(get, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),

@@ -7,7 +7,6 @@ use minicloud_proto::docdb::v1::{
     KvValue, ListCollectionsRequest, ListCollectionsResponse, QueryRequest, QueryResponse,
     WriteRequest, WriteResponse,
 };
-use minicloud_proto::error::ApiError;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
@@ -46,18 +45,15 @@ fn kv_value(out: KvOut) -> KvValue {
 impl DocdbService for DocdbGrpc {
     async fn list_collections(
         &self,
-        _request: Request<ListCollectionsRequest>,
+        request: Request<ListCollectionsRequest>,
     ) -> Result<Response<ListCollectionsResponse>, Status> {
-        let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> =
-            sqlx::query_as("SELECT name, created_at FROM collections ORDER BY name LIMIT 1000")
-                .fetch_all(&self.0.pool)
-                .await
-                .map_err(ApiError::internal)?;
-        let collections = rows
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
+        let collections = crate::collections::visible_collections(&self.0, &caller)
+            .await?
             .into_iter()
-            .map(|(name, created_at)| Collection {
-                name,
-                created_at: created_at.to_rfc3339(),
+            .map(|collection| Collection {
+                name: collection.name,
+                created_at: collection.created_at.to_rfc3339(),
             })
             .collect();
         Ok(Response::new(ListCollectionsResponse { collections }))

@@ -93,6 +93,7 @@ impl Docdb {
         let relay = minicloud_outbox::Relay::new(
             pool.clone(),
             bus_grpc_url,
+            authz.service_credential(),
             minicloud_outbox::RelayConfig::default(),
         )?;
         Ok(Docdb(Arc::new(DocdbState {

@@ -23,11 +23,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{any, get, post, put};
-use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_proto::bus::v1::bus_service_client::BusServiceClient;
-use minicloud_proto::error::ApiError;
 use minicloud_proto::invoker::v1::invoker_service_server::{InvokerService, InvokerServiceServer};
 use minicloud_proto::invoker::v1::{
     Function, InvokeRequest, InvokeResponse, ListFunctionsRequest, ListFunctionsResponse,
@@ -337,9 +335,10 @@ impl Invoker {
             }
         });
         let bus = match bus_grpc_url {
-            Some(url) => Some(BusServiceClient::new(TracedChannel::connect_lazy(
-                "bus", url,
-            )?)),
+            Some(url) => Some(BusServiceClient::new(
+                TracedChannel::connect_lazy("bus", url)?
+                    .with_credential(authz.service_credential()),
+            )),
             None => None,
         };
         Ok(Invoker(Arc::new(InvokerState {
@@ -429,20 +428,16 @@ struct InvokerGrpc(Invoker);
 impl InvokerService for InvokerGrpc {
     async fn list_functions(
         &self,
-        _request: tonic::Request<ListFunctionsRequest>,
+        request: tonic::Request<ListFunctionsRequest>,
     ) -> Result<tonic::Response<ListFunctionsResponse>, tonic::Status> {
-        let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT name, runtime, created_at FROM functions ORDER BY name LIMIT 1000",
-        )
-        .fetch_all(&self.0.0.pool)
-        .await
-        .map_err(ApiError::internal)?;
-        let functions = rows
+        let caller = self.0.0.authz.grpc_caller(request.metadata()).await?;
+        let functions = registry::visible_functions(&self.0, &caller)
+            .await?
             .into_iter()
-            .map(|(name, runtime, created_at)| Function {
-                name,
-                runtime,
-                created_at: created_at.to_rfc3339(),
+            .map(|function| Function {
+                name: function.name,
+                runtime: function.runtime,
+                created_at: function.created_at.to_rfc3339(),
             })
             .collect();
         Ok(tonic::Response::new(ListFunctionsResponse { functions }))
@@ -452,8 +447,20 @@ impl InvokerService for InvokerGrpc {
         &self,
         request: tonic::Request<InvokeRequest>,
     ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
+        let caller = self.0.0.authz.grpc_caller(request.metadata()).await?;
         let request = request.into_inner();
         registry::check_name(&request.function)?;
+        // The same check as the REST route.
+        self.0
+            .0
+            .authz
+            .authorize(
+                &caller,
+                "functions:Invoke",
+                &format!("functions:{}", request.function),
+                &[],
+            )
+            .await?;
         let payload = if request.is_cloud_event {
             triggers::event_payload(&request.payload)?
         } else {

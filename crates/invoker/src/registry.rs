@@ -541,6 +541,17 @@ pub async fn list(
     State(invoker): State<Invoker>,
     caller: Caller,
 ) -> Result<Json<FunctionList>, ApiError> {
+    Ok(Json(FunctionList {
+        functions: visible_functions(&invoker, &caller).await?,
+    }))
+}
+
+/// The functions `caller` may invoke (env values only where it may deploy): the one
+/// listing behind REST and gRPC alike.
+pub(crate) async fn visible_functions(
+    invoker: &Invoker,
+    caller: &Caller,
+) -> Result<Vec<FunctionOut>, ApiError> {
     let rows: Vec<FunctionOut> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {OUT_COLUMNS} FROM functions ORDER BY name LIMIT 1000"
     )))
@@ -549,9 +560,9 @@ pub async fn list(
     .map_err(ApiError::internal)?;
     let mut functions = Vec::new();
     for mut function in rows {
-        match authorize(&invoker, &caller, "functions:Invoke", &function.name).await {
+        match authorize(invoker, caller, "functions:Invoke", &function.name).await {
             Ok(()) => {
-                if authorize(&invoker, &caller, "functions:Deploy", &function.name)
+                if authorize(invoker, caller, "functions:Deploy", &function.name)
                     .await
                     .is_err()
                 {
@@ -563,7 +574,7 @@ pub async fn list(
             Err(error) => return Err(error),
         }
     }
-    Ok(Json(FunctionList { functions }))
+    Ok(functions)
 }
 
 #[utoipa::path(delete, path = "/functions/v1/{name}", tag = "functions", params(("name" = String, Path)),

@@ -13,7 +13,7 @@ use minicloud_proto::bus::v1::bus_service_client::BusServiceClient;
 use minicloud_proto::bus::v1::cloud_event::Data;
 use minicloud_proto::bus::v1::cloud_event_attribute_value::Attr;
 use minicloud_proto::bus::v1::{CloudEvent, CloudEventAttributeValue, PublishRequest};
-use minicloud_telemetry::grpc_client::TracedChannel;
+use minicloud_telemetry::grpc_client::{ServiceCredential, TracedChannel};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -185,12 +185,15 @@ struct Row {
 }
 
 impl Relay {
+    /// `credential` is the producing service's own (the bus takes events only
+    /// from minicloud's services).
     pub fn new(
         pool: PgPool,
         bus_grpc_url: &str,
+        credential: ServiceCredential,
         config: RelayConfig,
     ) -> Result<Relay, tonic::transport::Error> {
-        let channel = TracedChannel::connect_lazy("bus", bus_grpc_url)?;
+        let channel = TracedChannel::connect_lazy("bus", bus_grpc_url)?.with_credential(credential);
         Ok(Relay {
             pool,
             bus: BusServiceClient::new(channel),

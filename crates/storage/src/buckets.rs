@@ -182,6 +182,14 @@ pub async fn list(
     State(storage): State<Storage>,
     caller: Caller,
 ) -> Result<Json<Vec<BucketOut>>, ApiError> {
+    Ok(Json(visible_buckets(&storage, &caller).await?))
+}
+
+/// The buckets `caller` may see: the one listing behind REST and gRPC alike.
+pub(crate) async fn visible_buckets(
+    storage: &Storage,
+    caller: &Caller,
+) -> Result<Vec<BucketOut>, ApiError> {
     let buckets = sqlx::query_as::<_, BucketOut>(concat!(
         "SELECT ",
         bucket_columns!(),
@@ -192,11 +200,11 @@ pub async fn list(
     .map_err(ApiError::internal)?;
     let mut out = Vec::with_capacity(buckets.len());
     for bucket in buckets {
-        if visible(&storage, &caller, &bucket).await? {
+        if visible(storage, caller, &bucket).await? {
             out.push(bucket);
         }
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

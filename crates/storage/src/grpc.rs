@@ -4,7 +4,6 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt as _};
-use minicloud_proto::error::ApiError;
 use minicloud_proto::storage::v1::put_object_chunk::Part;
 use minicloud_proto::storage::v1::storage_service_server::StorageService;
 use minicloud_proto::storage::v1::{
@@ -47,22 +46,17 @@ impl StorageService for StorageGrpc {
 
     async fn list_buckets(
         &self,
-        _request: Request<ListBucketsRequest>,
+        request: Request<ListBucketsRequest>,
     ) -> Result<Response<ListBucketsResponse>, Status> {
-        let rows: Vec<(String, bool, Option<String>, chrono::DateTime<chrono::Utc>)> =
-            sqlx::query_as(
-                "SELECT name, public, owner, created_at FROM buckets ORDER BY name LIMIT 1000",
-            )
-            .fetch_all(&self.0.pool)
-            .await
-            .map_err(ApiError::internal)?;
-        let buckets = rows
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
+        let buckets = crate::buckets::visible_buckets(&self.0, &caller)
+            .await?
             .into_iter()
-            .map(|(name, public, owner, created_at)| Bucket {
-                name,
-                public,
-                owner: owner.unwrap_or_default(),
-                created_at: created_at.to_rfc3339(),
+            .map(|bucket| Bucket {
+                name: bucket.name,
+                public: bucket.public,
+                owner: bucket.owner.unwrap_or_default(),
+                created_at: bucket.created_at.to_rfc3339(),
             })
             .collect();
         Ok(Response::new(ListBucketsResponse { buckets }))

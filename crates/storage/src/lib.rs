@@ -230,7 +230,12 @@ impl Storage {
         migrate(&pool).await?;
         minicloud_outbox::ensure_table(&pool).await?;
         let backend = open_backend(&config).await?;
-        let relay = Relay::new(pool.clone(), bus_grpc_url, RelayConfig::default())?;
+        let relay = Relay::new(
+            pool.clone(),
+            bus_grpc_url,
+            authz.service_credential(),
+            RelayConfig::default(),
+        )?;
         let signer = signing::UrlSigner::load(&pool).await?;
         Ok(Storage(Arc::new(StorageState {
             pool,

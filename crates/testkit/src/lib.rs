@@ -201,6 +201,18 @@ impl TestCloud {
         TestCloudBuilder::default()
     }
 
+    /// A gRPC channel to one of the services that presents the service key, as the
+    /// services' own clients do (gRPC refuses calls without a credential).
+    pub fn service_channel(&self, url: &str) -> minicloud_telemetry::grpc_client::TracedChannel {
+        minicloud_telemetry::grpc_client::TracedChannel::connect_lazy("test", url)
+            .expect("a service URL")
+            .with_credential(
+                minicloud_telemetry::grpc_client::ServiceCredential::with_key(
+                    &self.keys.service_key,
+                ),
+            )
+    }
+
     pub fn gateway_url(&self) -> &str {
         &self.urls.gateway
     }

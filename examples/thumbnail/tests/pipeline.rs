@@ -61,11 +61,9 @@ async fn thumbnails_of(admin: &Client, uid: &str) -> Vec<Value> {
 
 /// A token for the function's role, as the invoker gets one from auth.
 async fn role_token(cloud: &TestCloud) -> String {
-    let mut auth = minicloud_proto::auth::v1::auth_service_client::AuthServiceClient::connect(
-        cloud.urls.auth.clone(),
-    )
-    .await
-    .unwrap();
+    let mut auth = minicloud_proto::auth::v1::auth_service_client::AuthServiceClient::new(
+        cloud.service_channel(&cloud.urls.auth),
+    );
     auth.issue_role_token(minicloud_proto::auth::v1::IssueRoleTokenRequest {
         role: demo::ROLE.into(),
         subject: "fn:thumbnail".into(),
