@@ -5,7 +5,9 @@
 //! - cold start (first invoke of a freshly deployed function) against spawning
 //!   the same binary and having it fetch one event from, and answer it to, a
 //!   loopback Runtime API stub; the same for a Python handler on our runtime;
-//! - 200 deployed, idle functions: processes and memory they cost.
+//! - 200 deployed, idle functions: processes and memory they cost;
+//! - issue 15: the same cold starts and warm calls on a second cloud whose invoker
+//!   runs functions unsandboxed, and a bare `python3 -S` start as the Python floor.
 //!
 //! Needs `target/release/echo-function` (`make bench` builds it). Writes
 //! `target/bench-invoker.json` for `scripts/bench_report.py`.
@@ -176,6 +178,53 @@ async fn spawn_floor(
     Ok(samples)
 }
 
+/// First invocations of `n` freshly deployed copies of `function` on `cloud`.
+async fn cold_starts(
+    cloud: &TestCloud,
+    prefix: &str,
+    function: &Value,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let admin = cloud.admin();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        admin
+            .put::<_, Value>(&format!("/functions/v1/{name}"), function)
+            .await?;
+        let started = Instant::now();
+        let response = http
+            .post(format!(
+                "{}/functions/v1/{name}/invoke",
+                cloud.gateway_url()
+            ))
+            .bearer_auth(&cloud.keys.service_key)
+            .body(r#"{"echo":1}"#)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "{}", response.status());
+        response.bytes().await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// Spawn → exit of `python -S -c pass`: the interpreter alone (issue 15's floor).
+fn python_bare_start(python: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let status = std::process::Command::new(python)
+            .args(["-S", "-c", "pass"])
+            .env_clear()
+            .status()?;
+        anyhow::ensure!(status.success(), "{python} -S failed");
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
 fn median_ms(mut samples: Vec<Duration>) -> f64 {
     samples.sort();
     samples[samples.len() / 2].as_secs_f64() * 1000.0
@@ -220,7 +269,6 @@ async fn main() -> anyhow::Result<()> {
         )
     })?;
     let cloud = TestCloud::start().await?;
-    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let base = cloud.gateway_url().to_owned();
     let token = cloud.keys.service_key.clone();
     let admin = cloud.admin();
@@ -257,59 +305,48 @@ async fn main() -> anyhow::Result<()> {
     let n = iterations();
     // Cold starts first, while no other instance runs: a fresh function each time.
     let cold_n = 25;
-    let mut cold_rust = Vec::new();
-    for i in 0..cold_n {
-        let name = format!("cold{i}");
-        deploy(
-            name.clone(),
-            json!({"runtime":"provided","code":{"zip_base64":echo_zip}}),
-        )
+    let provided = json!({"runtime":"provided","code":{"zip_base64":echo_zip}});
+    let cold_rust = cold_starts(&cloud, "cold", &provided, cold_n).await?;
+    // The sandbox's own cost: the same on an invoker that runs functions bare.
+    let bare_cloud = TestCloud::builder()
+        .invoker(|invoker| invoker.sandbox = minicloud_invoker::sandbox::SandboxMode::Off)
+        .start()
         .await?;
-        let started = Instant::now();
-        let response = http
-            .post(format!("{base}/functions/v1/{name}/invoke"))
-            .bearer_auth(&token)
-            .body(r#"{"echo":1}"#)
-            .send()
-            .await?;
-        anyhow::ensure!(response.status().is_success());
-        response.bytes().await?;
-        cold_rust.push(started.elapsed());
-    }
+    bare_cloud
+        .admin()
+        .put::<_, Value>("/functions/v1/echo", &provided)
+        .await?;
+    let cold_rust_unsandboxed = cold_starts(&bare_cloud, "cold", &provided, cold_n).await?;
     let rust_floor = spawn_floor(echo_path, &[], &[], cold_n).await?;
 
     let handler = b"def handler(event, context):\n    return event\n";
     let py_zip = zip_of(&[("app.py", handler, 0o644)])?;
-    let mut cold_python = Vec::new();
-    for i in 0..cold_n {
-        let name = format!("coldpy{i}");
-        deploy(
-            name.clone(),
-            json!({"runtime":"python3","handler":"app.handler","code":{"zip_base64":py_zip}}),
-        )
-        .await?;
-        let started = Instant::now();
-        let response = http
-            .post(format!("{base}/functions/v1/{name}/invoke"))
-            .bearer_auth(&token)
-            .body(r#"{"echo":1}"#)
-            .send()
-            .await?;
-        anyhow::ensure!(response.status().is_success());
-        response.bytes().await?;
-        cold_python.push(started.elapsed());
-    }
+    let python_fn =
+        json!({"runtime":"python3","handler":"app.handler","code":{"zip_base64":py_zip}});
+    let cold_python = cold_starts(&cloud, "coldpy", &python_fn, cold_n).await?;
+    let cold_python_unsandboxed = cold_starts(&bare_cloud, "coldpy", &python_fn, cold_n).await?;
     let python = String::from_utf8(
         std::process::Command::new("python3")
             .args(["-c", "import sys; print(sys.executable)"])
             .output()?
             .stdout,
     )?;
+    // The interpreter the sandboxed functions ran on: a root invoker's instances
+    // cannot reach one under a private home (pyenv in /root) and use /usr/bin/python3.
+    let sandbox: Value = admin.get("/functions/v1/sandbox").await?;
+    let python = if sandbox["separate_uid"] == true
+        && !minicloud_invoker::sandbox::reachable_by_others(std::path::Path::new(python.trim()))
+    {
+        "/usr/bin/python3".to_owned()
+    } else {
+        python.trim().to_owned()
+    };
+    let python_bare = python_bare_start(&python, cold_n)?;
     let task_root = std::env::temp_dir().join(format!("bench-py-{}", std::process::id()));
     std::fs::create_dir_all(&task_root)?;
     std::fs::write(task_root.join("app.py"), handler)?;
     let python_floor = spawn_floor(
-        python.trim(),
+        &python,
         &["-u", "crates/invoker/runtimes/python3/bootstrap.py"],
         &[
             ("_HANDLER", "app.handler"),
@@ -321,8 +358,11 @@ async fn main() -> anyhow::Result<()> {
 
     // The same call straight to the invoker: what the gateway hop adds.
     let direct_url = format!("{}/functions/v1/echo/invoke", cloud.urls.invoker);
+    let unsandboxed_url = format!("{}/functions/v1/echo/invoke", bare_cloud.gateway_url());
+    let bare_token = bare_cloud.keys.service_key.clone();
     let warm = as_client({
         let (bare_url, base, token) = (bare_url.clone(), base.clone(), token.clone());
+        let (unsandboxed_url, bare_token) = (unsandboxed_url.clone(), bare_token.clone());
         move || async move {
             let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
             let invoke_url = |name: &str| format!("{base}/functions/v1/{name}/invoke");
@@ -333,16 +373,17 @@ async fn main() -> anyhow::Result<()> {
                 Target { url: &echo, token },
                 Target { url: &echo1, token },
                 Target { url: &direct_url, token },
+                Target { url: &unsandboxed_url, token: Some(bare_token.as_str()) },
             ];
             let mut warm = serde_json::Map::new();
             for concurrency in [1, 32] {
-                let [floor, ours, current_thread, direct] = <[Value; 4]>::try_from(
+                let [floor, ours, current_thread, direct, unsandboxed] = <[Value; 5]>::try_from(
                     load(&http, &targets, concurrency, n).await?,
                 )
                 .map_err(|_| anyhow::anyhow!("one summary per target"))?;
                 warm.insert(
                     concurrency.to_string(),
-                    json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread, "invoker_direct": direct}),
+                    json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread, "invoker_direct": direct, "invoke_unsandboxed": unsandboxed}),
                 );
             }
             Ok(warm)
@@ -350,6 +391,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
+    bare_cloud.stop().await?;
     // 200 idle functions: stop every instance first (keep_warm_s 0 reaps them).
     for name in ["echo".to_owned(), "echo1".to_owned()]
         .into_iter()
@@ -377,6 +419,10 @@ async fn main() -> anyhow::Result<()> {
         "cold": {
             "provided_ms": median_ms(cold_rust), "provided_floor_ms": median_ms(rust_floor),
             "python_ms": median_ms(cold_python), "python_floor_ms": median_ms(python_floor),
+            "provided_unsandboxed_ms": median_ms(cold_rust_unsandboxed),
+            "python_unsandboxed_ms": median_ms(cold_python_unsandboxed),
+            "python_bare_start_ms": median_ms(python_bare),
+            "python_interpreter": python,
         },
         "idle": {"functions": 200, "processes": processes, "rss_delta_mib": (after as f64 - before as f64) / 1024.0},
     });

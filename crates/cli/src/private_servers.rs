@@ -110,13 +110,20 @@ async fn wait_until_answering(name: &str, port: u16, child: &mut Child) -> anyho
 /// Postgres listens before it takes sessions: until its start-up is done it answers
 /// "the database system is starting up" (57P03), which failed `minicloud up` now and
 /// then on a busy machine. A session that connects is the real sign of readiness.
-async fn wait_until_accepting_sessions(port: u16, child: &mut Child) -> anyhow::Result<()> {
+async fn wait_until_accepting_sessions(
+    port: u16,
+    password: Option<&str>,
+    child: &mut Child,
+) -> anyhow::Result<()> {
     use sqlx::{ConnectOptions as _, Connection as _};
-    let options = sqlx::postgres::PgConnectOptions::new()
+    let mut options = sqlx::postgres::PgConnectOptions::new()
         .host("127.0.0.1")
         .port(port)
         .username("postgres")
         .database("postgres");
+    if let Some(password) = password {
+        options = options.password(password);
+    }
     wait_until("postgres", child, || async {
         let connection = options.connect().await.map_err(|e| e.to_string())?;
         let _ = connection.close().await;
@@ -142,6 +149,23 @@ fn as_postgres_user(program: &Path) -> Command {
     }
 }
 
+/// A random password in a new file only minicloud's user may read.
+fn write_password_file(path: &Path) -> anyhow::Result<()> {
+    use rand::RngCore as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{}", hex::encode(bytes))?;
+    Ok(())
+}
+
 /// Returns the URL to use and, when one was started, the private server.
 pub async fn ensure_postgres(
     url: &str,
@@ -159,13 +183,20 @@ pub async fn ensure_postgres(
         );
     };
     let dir = std::path::absolute(data_dir.join("postgres"))?;
+    // The superuser's password, generated once and kept beside the data (0600):
+    // anything else on the machine that reaches the port needs it.
+    let password_file = std::path::absolute(data_dir.join("postgres.password"))?;
     if !dir.join("PG_VERSION").exists() {
         tokio::fs::create_dir_all(&dir).await?;
+        if !password_file.exists() {
+            write_password_file(&password_file)?;
+        }
         if running_as_root() {
             Command::new("chown")
                 .arg("-R")
                 .arg("postgres")
                 .arg(&dir)
+                .arg(&password_file)
                 .status()
                 .await?;
         }
@@ -174,7 +205,8 @@ pub async fn ensure_postgres(
             .arg(&dir)
             .arg("-U")
             .arg("postgres")
-            .arg("--auth=trust")
+            .arg("--auth=scram-sha-256")
+            .arg(format!("--pwfile={}", password_file.display()))
             .arg("-E")
             .arg("UTF8")
             .stdout(Stdio::null())
@@ -201,10 +233,18 @@ pub async fn ensure_postgres(
         .spawn()
         .context("starting postgres")?;
     wait_until_answering("postgres", port, &mut child).await?;
-    wait_until_accepting_sessions(port, &mut child).await?;
+    // A data dir made before passwords (trust auth) has no password file.
+    let password = std::fs::read_to_string(&password_file)
+        .ok()
+        .map(|p| p.trim().to_owned());
+    wait_until_accepting_sessions(port, password.as_deref(), &mut child).await?;
     tracing::info!(port, dir = %dir.display(), "started a private postgres");
+    let credentials = match &password {
+        Some(password) => format!("postgres:{password}"),
+        None => "postgres".to_owned(),
+    };
     Ok((
-        format!("postgres://postgres@127.0.0.1:{port}/minicloud"),
+        format!("postgres://{credentials}@127.0.0.1:{port}/minicloud"),
         Some(PrivateServer {
             name: "postgres",
             child,
@@ -227,8 +267,16 @@ pub async fn ensure_redis(
     };
     let dir = std::path::absolute(data_dir.join("redis"))?;
     tokio::fs::create_dir_all(&dir).await?;
+    let password_file = std::path::absolute(data_dir.join("redis.password"))?;
+    if !password_file.exists() {
+        write_password_file(&password_file)?;
+    }
+    let password = std::fs::read_to_string(&password_file)?.trim().to_owned();
     let port = free_port()?;
+    // The password goes in on stdin as a config line, not on the command line
+    // (`/proc/<pid>/cmdline` is readable by every local user).
     let mut child = Command::new(redis)
+        .arg("-")
         .arg("--port")
         .arg(port.to_string())
         .arg("--bind")
@@ -239,14 +287,23 @@ pub async fn ensure_redis(
         .arg("yes")
         .arg("--save")
         .arg("")
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .context("starting redis-server")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt as _;
+        stdin
+            .write_all(format!("requirepass {password}\n").as_bytes())
+            .await?;
+        // Closing stdin ends the config redis reads from it.
+        drop(stdin);
+    }
     wait_until_answering("redis", port, &mut child).await?;
     tracing::info!(port, dir = %dir.display(), "started a private redis");
     Ok((
-        format!("redis://127.0.0.1:{port}"),
+        format!("redis://:{password}@127.0.0.1:{port}"),
         Some(PrivateServer {
             name: "redis",
             child,

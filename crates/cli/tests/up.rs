@@ -298,6 +298,29 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
         running(pid),
         "a private redis-server runs as a child of minicloud"
     );
+    // It has a password, kept 0600 beside its data and never on its command line.
+    let password = std::fs::read_to_string(data_dir.join("redis.password")).unwrap();
+    assert_eq!(mode_of(&data_dir.join("redis.password")), 0o600);
+    // redis-server retitles itself `redis-server 127.0.0.1:<port>`.
+    let child = Command::new("pgrep")
+        .args(["-P", &pid.to_string(), "-f", pattern])
+        .output()
+        .unwrap();
+    let child = String::from_utf8_lossy(&child.stdout).trim().to_owned();
+    let args = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
+    let args = String::from_utf8_lossy(&args).replace('\0', " ");
+    assert!(!args.contains(password.trim()), "{args}");
+    let port = args
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no port in {args:?}"))
+        .to_owned();
+    let anonymous = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port, "ping"])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&anonymous.stdout).to_string();
+    assert!(answer.contains("NOAUTH"), "{answer}");
     let status = interrupt_and_wait(up);
     assert!(status.success(), "exit status {status}");
     let orphan = Command::new("pgrep")
@@ -317,6 +340,30 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
     assert!(!orphan && !leftover, "the private redis was stopped");
     drop_database(&format!("{database}_p"));
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The command line of the process whose arguments contain `marker`.
+fn process_args(marker: &str) -> String {
+    let out = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|line| line.contains(marker) && !line.contains("grep"))
+        .unwrap_or_else(|| panic!("no process with {marker:?}"))
+        .to_owned()
+}
+
+fn arg_after(args: &str, flag: &str) -> String {
+    let mut words = args.split_whitespace();
+    words.find(|w| *w == flag);
+    words
+        .next()
+        .unwrap_or_else(|| panic!("no {flag} in {args}"))
+        .to_owned()
 }
 
 #[test]
@@ -351,6 +398,51 @@ fn up_starts_a_private_postgres_when_none_answers_and_stops_it_on_exit() {
             .unwrap_or(false)
     };
     assert!(running(), "a private postgres runs");
+    // Its superuser has a password (SCRAM), kept 0600 beside its data.
+    assert_eq!(mode_of(&data_dir.join("postgres.password")), 0o600);
+    let port = arg_after(&process_args(&format!("-D {}", cluster.display())), "-p");
+    let without_password = Command::new("psql")
+        .args([
+            "-w",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-tAc", "select 1"])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        !without_password.status.success(),
+        "the private postgres let a client in without a password"
+    );
+    let password = std::fs::read_to_string(data_dir.join("postgres.password")).unwrap();
+    let with_password = Command::new("psql")
+        .args([
+            "-w",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-tAc", "select 1"])
+        .env("PGPASSWORD", password.trim())
+        .output()
+        .unwrap();
+    assert!(
+        with_password.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_password.stderr)
+    );
     let status = interrupt_and_wait(up);
     assert!(status.success(), "exit status {status}");
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -114,9 +114,64 @@ pub fn handler_file(handler: &str) -> &str {
     handler.rsplit_once('.').map_or(handler, |(file, _)| file)
 }
 
+/// Where the digest of an unpacked tree is kept, beside (not inside) the tree.
+fn digest_path(cache: &Path, hash: &str) -> PathBuf {
+    cache.join(format!(".{hash}.tree"))
+}
+
+/// SHA-256 over every entry of `dir` in name order: relative path, mode and bytes.
+pub fn tree_digest(dir: &Path) -> Result<String, std::io::Error> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut entries = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            }
+            entries.push((entry.path(), kind));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut digest = sha2::Sha256::new();
+    for (path, kind) in entries {
+        let relative = path.strip_prefix(dir).unwrap_or(&path);
+        digest.update(relative.as_os_str().as_encoded_bytes());
+        digest.update([0]);
+        let metadata = std::fs::symlink_metadata(&path)?;
+        digest.update(metadata.permissions().mode().to_le_bytes());
+        if kind.is_symlink() {
+            digest.update(b"symlink");
+        } else if kind.is_file() {
+            let mut file = std::fs::File::open(&path)?;
+            std::io::copy(&mut file, &mut digest)?;
+        }
+        digest.update([0]);
+    }
+    Ok(hex::encode(digest.finalize()))
+}
+
+/// True when `cache/<hash>` is exactly what was unpacked there (its digest matches
+/// the one recorded at unpack time): a tree changed since is not reused.
+pub fn is_intact(cache: &Path, hash: &str) -> bool {
+    let Ok(recorded) = std::fs::read_to_string(digest_path(cache, hash)) else {
+        return false;
+    };
+    tree_digest(&cache.join(hash)).is_ok_and(|digest| digest == recorded.trim())
+}
+
+/// Removes a cached tree (files are read-only, directories writable by minicloud).
+pub fn discard(cache: &Path, hash: &str) {
+    let _ = std::fs::remove_dir_all(cache.join(hash));
+    let _ = std::fs::remove_file(digest_path(cache, hash));
+}
+
 /// Unpacks `zip` into `cache/<hash>` unless it is already there; returns that dir.
 /// Unpacks into a temporary sibling and renames, so a crash never leaves a half
-/// tree under the final name.
+/// tree under the final name. The tree's digest is recorded beside it.
 pub fn unpack(zip: &[u8], hash: &str, cache: &Path) -> Result<PathBuf, std::io::Error> {
     let target = cache.join(hash);
     if target.is_dir() {
@@ -124,7 +179,9 @@ pub fn unpack(zip: &[u8], hash: &str, cache: &Path) -> Result<PathBuf, std::io::
     }
     std::fs::create_dir_all(cache)?;
     let staging = cache.join(format!(".unpack-{}", uuid::Uuid::new_v4()));
-    let result = unpack_into(zip, &staging);
+    let result = unpack_into(zip, &staging)
+        .and_then(|()| tree_digest(&staging))
+        .and_then(|digest| std::fs::write(digest_path(cache, hash), digest));
     if let Err(error) = result {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(error);
@@ -176,16 +233,19 @@ fn unpack_into(zip: &[u8], dir: &Path) -> Result<(), std::io::Error> {
             ));
         }
         budget -= copied;
-        // Zips made on Windows carry no mode; `bootstrap` must still run.
+        // Read-only for everyone (instances may run under uids of their own, and
+        // never write their code); execute bits kept. Zips made on Windows carry no
+        // mode; `bootstrap` must still run.
         let mode = match entry.unix_mode() {
-            Some(mode) => mode & 0o755,
-            None if relative == Path::new("bootstrap") => 0o755,
-            None => 0o644,
+            Some(mode) => 0o444 | (mode & 0o111),
+            None => 0o444,
         };
         let mode = if relative == Path::new("bootstrap") {
-            mode | 0o500
+            0o555
+        } else if mode & 0o111 != 0 {
+            0o555
         } else {
-            mode | 0o400
+            mode
         };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     }
@@ -299,12 +359,32 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o100, 0o100, "bootstrap is executable");
         assert_eq!(std::fs::read(dir.join("lib/data.txt")).unwrap(), b"hi");
+        let data_mode = std::fs::metadata(dir.join("lib/data.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(data_mode & 0o777, 0o444, "code is read-only to everyone");
+        assert!(is_intact(&cache, &hash));
         std::fs::write(dir.join("marker"), b"").unwrap();
         assert_eq!(unpack(&bundle, &hash, &cache).unwrap(), dir);
         assert!(
             dir.join("marker").exists(),
             "the second unpack reused the dir"
         );
+        // A tree changed after unpacking is no longer intact: an added file, or a
+        // rewritten one.
+        assert!(!is_intact(&cache, &hash));
+        std::fs::remove_file(dir.join("marker")).unwrap();
+        assert!(is_intact(&cache, &hash));
+        let data = dir.join("lib/data.txt");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&data, b"ho").unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(!is_intact(&cache, &hash));
+        discard(&cache, &hash);
+        let dir = unpack(&bundle, &hash, &cache).unwrap();
+        assert_eq!(std::fs::read(dir.join("lib/data.txt")).unwrap(), b"hi");
+        assert!(is_intact(&cache, &hash));
         std::fs::remove_dir_all(&cache).unwrap();
     }
 }

@@ -108,6 +108,8 @@ pub struct Engine {
     /// One loader per function at a time, so a burst of cold invokes reads the row once.
     loading: tokio::sync::Mutex<()>,
     pub sandbox: Arc<Sandbox>,
+    /// Code hashes whose cached tree this process unpacked or checked.
+    verified_code: Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct FunctionPool {
@@ -150,6 +152,7 @@ impl Engine {
             python: tokio::sync::OnceCell::new(),
             loading: tokio::sync::Mutex::new(()),
             sandbox,
+            verified_code: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -216,18 +219,32 @@ impl Engine {
             .clone()
             .ok_or_else(|| ApiError::invalid(format!("function {} has no code", spec.name)))?;
         let code_dir = self.paths.code_cache.join(&hash);
+        // A tree cached by an earlier run is reused only if it is what was unpacked
+        // (checked once per process; instances cannot write it).
+        if code_dir.is_dir() && !self.verified_code.lock().unwrap().contains(&hash) {
+            let (cache, checked) = (self.paths.code_cache.clone(), hash.clone());
+            let intact =
+                tokio::task::spawn_blocking(move || crate::bundle::is_intact(&cache, &checked))
+                    .await
+                    .unwrap_or(false);
+            if !intact {
+                tracing::warn!(function = %spec.name, hash = %hash, "cached code changed since it was unpacked; unpacking it again");
+                crate::bundle::discard(&self.paths.code_cache, &hash);
+            }
+        }
         if !code_dir.is_dir() {
             let zip: Vec<u8> = sqlx::query_scalar("SELECT zip FROM code_bundles WHERE hash = $1")
                 .bind(&hash)
                 .fetch_one(&self.db)
                 .await
                 .map_err(ApiError::internal)?;
-            let cache = self.paths.code_cache.clone();
-            tokio::task::spawn_blocking(move || crate::bundle::unpack(&zip, &hash, &cache))
+            let (cache, unpacked) = (self.paths.code_cache.clone(), hash.clone());
+            tokio::task::spawn_blocking(move || crate::bundle::unpack(&zip, &unpacked, &cache))
                 .await
                 .map_err(ApiError::internal)?
                 .map_err(ApiError::internal)?;
         }
+        self.verified_code.lock().unwrap().insert(hash.clone());
         let limit = spec
             .reserved_concurrency
             .map_or(self.default_concurrency as usize, |n| n.max(0) as usize);
