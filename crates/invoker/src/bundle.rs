@@ -240,9 +240,7 @@ fn unpack_into(zip: &[u8], dir: &Path) -> Result<(), std::io::Error> {
             Some(mode) => 0o444 | (mode & 0o111),
             None => 0o444,
         };
-        let mode = if relative == Path::new("bootstrap") {
-            0o555
-        } else if mode & 0o111 != 0 {
+        let mode = if relative == Path::new("bootstrap") || mode & 0o111 != 0 {
             0o555
         } else {
             mode
