@@ -212,6 +212,23 @@ def fmt_rate(ns):
     return f"{1e9 / ns:,.0f}/s"
 
 
+def sandbox_rows(cold):
+    """Issue 15: what the sandbox costs a cold start, measured in the same run."""
+    if "provided_unsandboxed_ms" not in cold:
+        return ""
+    return f"""
+The sandbox (issue 15: user and mount namespace, tmpfs, Landlock, seccomp, own uid as
+root) is on in the rows above. The same cold starts on a second cloud in the same
+process whose invoker runs functions unsandboxed, and the Python floor the issue names
+(a bare `{cold['python_interpreter']} -S -c pass`, spawn to exit):
+
+| runtime | sandboxed | unsandboxed | sandbox's cost | target |
+|---|---|---|---|---|
+| provided | {cold['provided_ms']:.1f} ms | {cold['provided_unsandboxed_ms']:.1f} ms | {cold['provided_ms'] - cold['provided_unsandboxed_ms']:+.1f} ms | sandboxed ≤ 2× spawning the binary bare: **{cold['provided_ms']/cold['provided_floor_ms']:.2f}×** |
+| python3 | {cold['python_ms']:.1f} ms | {cold['python_unsandboxed_ms']:.1f} ms | {cold['python_ms'] - cold['python_unsandboxed_ms']:+.1f} ms | sandboxed ≤ 1.5× `python3 -S` ({cold['python_bare_start_ms']:.1f} ms): **{cold['python_ms']/cold['python_bare_start_ms']:.2f}×** |
+"""
+
+
 def invoker_section():
     path = ROOT / "target" / "bench-invoker.json"
     if not path.exists():
@@ -226,6 +243,10 @@ def invoker_section():
         direct = d["warm"][c]["invoker_direct"]
         rows.append(f"| {c}, without the gateway | {direct['ops_per_s']:,.0f}/s, p50 {direct['p50_us']:,.0f} µs, p99 {direct['p99_us']:,.0f} µs "
                     f"| | {direct['p50_us'] - floor['p50_us']:,.0f} µs | {direct['ops_per_s'] / floor['ops_per_s']:.2f} |")
+        unsandboxed = d["warm"][c].get("invoke_unsandboxed")
+        if unsandboxed:
+            rows.append(f"| {c}, on an invoker with `--invoker-sandbox=off` | {unsandboxed['ops_per_s']:,.0f}/s, p50 {unsandboxed['p50_us']:,.0f} µs, p99 {unsandboxed['p99_us']:,.0f} µs "
+                        f"| | {unsandboxed['p50_us'] - floor['p50_us']:,.0f} µs | {unsandboxed['ops_per_s'] / floor['ops_per_s']:.2f} |")
         single = d["warm"][c].get("invoke_current_thread")
         if single:
             rows.append(f"| {c}, the echo on a current-thread runtime | {single['ops_per_s']:,.0f}/s, p50 {single['p50_us']:,.0f} µs, p99 {single['p99_us']:,.0f} µs "
@@ -258,6 +279,7 @@ a loopback Runtime API stub:
 | provided (Rust, `lambda_runtime`) | {cold['provided_ms']:.1f} ms | {cold['provided_floor_ms']:.1f} ms | **{cold['provided_ms']/cold['provided_floor_ms']:.2f}×** |
 | python3 (our bootstrap) | {cold['python_ms']:.1f} ms | {cold['python_floor_ms']:.1f} ms | {cold['python_ms']/cold['python_floor_ms']:.2f}× |
 
+{sandbox_rows(cold)}
 Idle: {idle['functions']} functions deployed and never invoked cost **{idle['processes']} processes** and
 **{idle['rss_delta_mib']:.1f} MiB** of resident memory (the whole process's RSS before and after
 deploying them; target < 50 MB).

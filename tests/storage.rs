@@ -1394,14 +1394,14 @@ async fn grpc_put_get_head_list_delete_with_the_callers_token() {
         .into_inner();
     assert_eq!(listed.objects.len(), 1);
 
-    // Without a token: refused, like REST.
+    // Without a credential: refused before anything else (gRPC needs one).
     let anonymous = client
         .head_object(ObjectRef {
             bucket: "photos".into(),
             path: path.clone(),
         })
         .await;
-    assert_eq!(anonymous.unwrap_err().code(), tonic::Code::PermissionDenied);
+    assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
     let bad_path = client
         .head_object(authed(
             &token,
