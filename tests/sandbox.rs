@@ -105,56 +105,46 @@ async fn handing_a_role_to_code_needs_pass_role_and_env_values_need_deploy() {
     let gw = cloud.gateway_url().to_owned();
     let service = cloud.keys.service_key.clone();
     use reqwest::Method;
-    let (status, body) = call(
-        &http,
-        Method::POST,
-        format!("{gw}/auth/v1/admin/roles"),
-        &service,
-        Some(json!({"name":"admin-ish","policies":[{"effect":"allow","actions":["*"],"resources":["*"]}]})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    // A deployer may deploy and invoke every function, but not hand out roles.
-    let (status, body) = call(
-        &http,
-        Method::POST,
-        format!("{gw}/auth/v1/admin/roles"),
-        &service,
-        Some(json!({"name":"deployer","policies":[{"effect":"allow","actions":["functions:Deploy","functions:Invoke"],"resources":["functions:*"]}]})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, key) = call(
-        &http,
-        Method::POST,
-        format!("{gw}/auth/v1/admin/api-keys"),
-        &service,
-        Some(json!({"name":"ci deployer","role":"deployer"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{key}");
-    let deployer = key["api_key"].as_str().unwrap().to_owned();
-    let reader_key = {
-        let (status, body) = call(
-            &http,
-            Method::POST,
-            format!("{gw}/auth/v1/admin/roles"),
-            &service,
-            Some(json!({"name":"invoker-only","policies":[{"effect":"allow","actions":["functions:Invoke"],"resources":["functions:*"]}]})),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
-        let (status, key) = call(
-            &http,
-            Method::POST,
-            format!("{gw}/auth/v1/admin/api-keys"),
-            &service,
-            Some(json!({"name":"reader","role":"invoker-only"})),
-        )
-        .await;
-        assert_eq!(status, 201, "{key}");
-        key["api_key"].as_str().unwrap().to_owned()
+    let role = |name: &'static str, policies: Value| {
+        let (http, gw, service) = (http.clone(), gw.clone(), service.clone());
+        async move {
+            let (status, body) = call(
+                &http,
+                Method::POST,
+                format!("{gw}/auth/v1/admin/roles"),
+                &service,
+                Some(json!({"name":name,"policies":policies})),
+            )
+            .await;
+            assert_eq!(status, 201, "{body}");
+            let (status, key) = call(
+                &http,
+                Method::POST,
+                format!("{gw}/auth/v1/admin/api-keys"),
+                &service,
+                Some(json!({"name":name,"role":name})),
+            )
+            .await;
+            assert_eq!(status, 201, "{key}");
+            key["api_key"].as_str().unwrap().to_owned()
+        }
     };
+    role(
+        "admin-ish",
+        json!([{"effect":"allow","actions":["*"],"resources":["*"]}]),
+    )
+    .await;
+    // A deployer may deploy and invoke every function, but not hand out roles.
+    let deployer = role(
+        "deployer",
+        json!([{"effect":"allow","actions":["functions:Deploy","functions:Invoke"],"resources":["functions:*"]}]),
+    )
+    .await;
+    let reader_key = role(
+        "invoker-only",
+        json!([{"effect":"allow","actions":["functions:Invoke"],"resources":["functions:*"]}]),
+    )
+    .await;
 
     let zip = python_zip("def handler(event, context):\n    return 'mine'\n");
     let b64 = base64::engine::general_purpose::STANDARD.encode(&zip);

@@ -64,7 +64,7 @@ pub type BusClient = BusServiceClient<TracedChannel>;
         triggers::list,
         triggers::delete
     ),
-    components(schemas(minicloud_proto::error::ErrorBody, registry::SandboxOut))
+    components(schemas(minicloud_proto::error::ErrorBody, sandbox::Protections))
 )]
 pub struct ApiDoc;
 

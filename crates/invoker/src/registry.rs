@@ -499,41 +499,17 @@ fn hide_env_values(function: &mut FunctionOut) {
 }
 
 #[utoipa::path(get, path = "/functions/v1/sandbox", tag = "functions",
-    responses((status = 200, description = "which protections function instances run with on this host", body = SandboxOut), (status = 401, body = minicloud_proto::error::ErrorBody)))]
+    responses((status = 200, description = "which protections function instances run with on this host", body = crate::sandbox::Protections), (status = 401, body = minicloud_proto::error::ErrorBody)))]
 pub async fn sandbox(
     State(invoker): State<Invoker>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::sandbox::Protections>, ApiError> {
     if caller.role == Role::Anon {
         return Err(ApiError::unauthenticated(
             "sign in to see the function sandbox",
         ));
     }
-    serde_json::to_value(invoker.0.engine.sandbox.protections())
-        .map(Json)
-        .map_err(ApiError::internal)
-}
-
-/// `GET /functions/v1/sandbox` (documentation shape of [`crate::sandbox::Protections`]).
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct SandboxOut {
-    /// `on` or `off`.
-    pub mode: String,
-    /// Every required protection is available and applied.
-    pub enforced: bool,
-    pub landlock_filesystem: bool,
-    pub landlock_network: bool,
-    pub landlock_scopes: bool,
-    pub seccomp: bool,
-    pub user_namespace: bool,
-    pub scratch_tmpfs: bool,
-    pub separate_uid: bool,
-    /// `none`, `minicloud` or `any`.
-    pub egress: String,
-    pub ports: Vec<u16>,
-    pub scratch_mb: u64,
-    pub pids: u64,
-    pub missing: Vec<String>,
+    Ok(Json(invoker.0.engine.sandbox.protections().clone()))
 }
 
 #[utoipa::path(get, path = "/functions/v1", tag = "functions", responses((status = 200, description = "the functions the caller may invoke", body = FunctionList), (status = 401, body = minicloud_proto::error::ErrorBody)))]

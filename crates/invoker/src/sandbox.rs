@@ -90,7 +90,9 @@ const PROC_FILES: &[&str] = &[
 ];
 
 /// Whether functions run sandboxed (`--invoker-sandbox`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxMode {
     /// Every instance is sandboxed; functions are refused on a host that lacks a
@@ -102,7 +104,9 @@ pub enum SandboxMode {
 }
 
 /// Where an instance may connect (`--invoker-network`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Egress {
     /// Only its own Runtime API.
@@ -147,7 +151,7 @@ pub const DEFAULT_UID_BASE: u32 = 1_900_000_000;
 const UID_RANGE: u32 = 65_536;
 
 /// What this host enforces, found at start (`GET /functions/v1/sandbox`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Protections {
     pub mode: SandboxMode,
     /// True when instances run with every required protection.
