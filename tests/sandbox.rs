@@ -68,6 +68,80 @@ async fn hostile_functions_cannot_leave_their_sandbox() {
     cloud.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_native_hostile_function_cannot_leave_its_sandbox() {
+    let cloud = TestCloud::start().await.unwrap();
+    hostile::plant_credentials(&cloud.data_dir, &cloud.keys.service_key);
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_hostile-function")).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut out);
+    zip.start_file(
+        "bootstrap",
+        zip::write::SimpleFileOptions::default().unix_permissions(0o755),
+    )
+    .unwrap();
+    zip.write_all(&binary).unwrap();
+    zip.finish().unwrap();
+    let code = base64::engine::general_purpose::STANDARD.encode(out.into_inner());
+    let http = reqwest::Client::new();
+    let gw = cloud.gateway_url().to_owned();
+    let service = cloud.keys.service_key.clone();
+    let (status, body) = call(
+        &http,
+        reqwest::Method::PUT,
+        format!("{gw}/functions/v1/native"),
+        &service,
+        Some(json!({"runtime":"provided","timeout_s":20,"code":{"zip_base64":code}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let service_ports: BTreeMap<String, u16> = [
+        ("auth", &cloud.urls.auth),
+        ("storage", &cloud.urls.storage),
+        ("docdb", &cloud.urls.docdb),
+        ("bus", &cloud.urls.bus),
+        ("invoker", &cloud.urls.invoker),
+    ]
+    .into_iter()
+    .map(|(name, url)| (name.to_owned(), port_of(url)))
+    .collect();
+    let targets = json!({
+        "invoker_pid": std::process::id(),
+        "credentials": cloud.data_dir.join("credentials.json"),
+        "code_cache": cloud.data_dir.join("functions"),
+        "postgres_port": 5432,
+        "redis_port": 6379,
+        "postgres_socket": "/var/run/postgresql/.s.PGSQL.5432",
+        "service_ports": service_ports,
+        "fork_count": 100,
+    });
+    let (status, report) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{gw}/functions/v1/native/invoke"),
+        &service,
+        Some(json!({"targets": targets})),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    let attempts = report["attempts"].as_object().expect("attempts");
+    let escaped: Vec<String> = attempts
+        .iter()
+        .filter(|(_, outcome)| outcome["blocked"] != true)
+        .map(|(name, outcome)| format!("{name}: {}", outcome["detail"]))
+        .collect();
+    assert!(
+        escaped.is_empty(),
+        "the native function got out: {escaped:#?}"
+    );
+    assert!(attempts.len() >= 20, "{report}");
+    let forks = attempts["fork_beyond_pids_limit"]["detail"]
+        .as_str()
+        .unwrap();
+    assert!(forks.starts_with("stopped after"), "{forks}");
+    cloud.stop().await.unwrap();
+}
+
 fn python_zip(source: &str) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut out);
