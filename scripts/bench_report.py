@@ -226,6 +226,27 @@ process whose invoker runs functions unsandboxed, and the Python floor the issue
 |---|---|---|---|---|
 | provided | {cold['provided_ms']:.1f} ms | {cold['provided_unsandboxed_ms']:.1f} ms | {cold['provided_ms'] - cold['provided_unsandboxed_ms']:+.1f} ms | sandboxed ≤ 2× spawning the binary bare: **{cold['provided_ms']/cold['provided_floor_ms']:.2f}×** |
 | python3 | {cold['python_ms']:.1f} ms | {cold['python_unsandboxed_ms']:.1f} ms | {cold['python_ms'] - cold['python_unsandboxed_ms']:+.1f} ms | sandboxed ≤ 1.5× `python3 -S` ({cold['python_bare_start_ms']:.1f} ms): **{cold['python_ms']/cold['python_bare_start_ms']:.2f}×** |
+
+Reading these (issue 15):
+- **provided**: timestamps inside the invoker (a temporary probe, 25 cold starts)
+  split the sandbox's cost: preparing the Landlock ruleset ~0.3 ms, and the spawn
+  itself 2.0–2.5 ms against ~0.3 ms unsandboxed. The sandbox is entered in a
+  `pre_exec` hook, which makes the standard library `fork()` the whole invoker
+  instead of using posix_spawn (vfork); the namespace, tmpfs, Landlock and seccomp
+  steps themselves cost ~0.1–0.3 ms (`unshare -Urm` against a plain exec, measured
+  with unshare(1)). So most of the gap to the 2× target is the fork of a large
+  process. The way to close it is a small spawner process forked at start, while the
+  invoker is small, which forks per instance and enters the sandbox there; issue 21's
+  zygotes need the same process. Not done yet.
+- **python3**: the sandboxed cold start is {cold['python_ms']/cold['python_floor_ms']:.2f}× our bootstrap spawned bare on the same
+  interpreter ({cold['python_floor_ms']:.1f} ms). That bootstrap alone is already {cold['python_floor_ms']/cold['python_bare_start_ms']:.1f}× `python3 -S`: it imports
+  `json`, `http.client` and the handler. So the 1.5× target is out of reach for any
+  sandbox in front of this bootstrap. Pre-imported interpreters (issue 21's zygotes)
+  are what would reach it. The unsandboxed column ran on a different interpreter: a
+  root invoker's sandboxed functions use `{cold['python_interpreter']}` (the pyenv build under `/root` is
+  out of reach of their uids), while the unsandboxed ones use the `python3` on PATH.
+- **warm**: the sandbox only changes how an instance starts. The warm rows with and
+  without it differ by run-to-run noise.
 """
 
 
