@@ -851,3 +851,134 @@ mod grpc {
         cloud.stop().await.unwrap();
     }
 }
+
+/// A port outside the ephemeral range that nothing listens on yet (deployers may
+/// not open ports in that range, where instances' Runtime APIs listen).
+fn listener_below_ephemeral_range() -> std::net::TcpListener {
+    (20_000..30_000)
+        .step_by(7)
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .expect("a free port below the ephemeral range")
+}
+
+#[tokio::test]
+async fn functions_carry_their_own_network_and_scratch_settings() {
+    let cloud = TestCloud::builder()
+        .invoker(|invoker| invoker.scratch_mb = 32)
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let gw = cloud.gateway_url().to_owned();
+    let service = cloud.keys.service_key.clone();
+    let listener = listener_below_ephemeral_range();
+    let open_port = listener.local_addr().unwrap().port();
+    let source = r#"
+import os, socket
+def handler(event, context):
+    out = {}
+    for name, port in event["ports"].items():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            out[name] = "connected"
+        except OSError as e:
+            out[name] = repr(e)
+    written = 0
+    try:
+        with open(os.path.join(os.environ["TMPDIR"], "fill"), "wb") as f:
+            while written < event["fill_mb"] << 20:
+                f.write(b"\0" * (1 << 20)); f.flush(); written += 1 << 20
+    except OSError as e:
+        out["fill_error"] = repr(e)
+    out["written_mb"] = written >> 20
+    return out
+"#;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(python_zip(source));
+    let deploy = |name: &str, extra: Value| {
+        let mut body =
+            json!({"runtime":"python3","handler":"app.handler","code":{"zip_base64":b64}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (http, url, service) = (
+            http.clone(),
+            format!("{gw}/functions/v1/{name}"),
+            service.clone(),
+        );
+        async move { call(&http, reqwest::Method::PUT, url, &service, Some(body)).await }
+    };
+    let ports = json!({"gateway": port_of(&gw), "listed": open_port});
+
+    // `none`: its own Runtime API only — not even the gateway.
+    let (status, body) = deploy("closed", json!({"network":{"egress":"none"}})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["network"], json!({"egress":"none"}));
+    let invoke = |name: &str, event: Value| {
+        let (http, url, service) = (
+            http.clone(),
+            format!("{gw}/functions/v1/{name}/invoke"),
+            service.clone(),
+        );
+        async move { call(&http, reqwest::Method::POST, url, &service, Some(event)).await }
+    };
+    let (status, out) = invoke("closed", json!({"ports":ports,"fill_mb":1})).await;
+    assert_eq!(status, 200, "{out}");
+    assert_ne!(out["gateway"], "connected", "{out}");
+    assert_ne!(out["listed"], "connected", "{out}");
+
+    // `any` with its own port list: the gateway and that port.
+    let (status, body) = deploy(
+        "open",
+        json!({"network":{"egress":"any","ports":[open_port]},"ephemeral_storage_mb":64}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["ephemeral_storage_mb"], 64);
+    let (status, out) = invoke("open", json!({"ports":ports,"fill_mb":48})).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["gateway"], "connected", "{out}");
+    assert_eq!(out["listed"], "connected", "{out}");
+    // 48 MiB fit in its own 64 MiB, past the invoker's 32 MiB default...
+    assert_eq!(out["written_mb"], 48, "{out}");
+    // ...which a function without a setting of its own gets.
+    let (status, _) = deploy("default", json!({})).await;
+    assert_eq!(status, 201);
+    let (status, out) = invoke("default", json!({"ports":{},"fill_mb":48})).await;
+    assert_eq!(status, 200, "{out}");
+    assert!(out["written_mb"].as_u64().unwrap() < 33, "{out}");
+    assert!(
+        out["fill_error"].as_str().unwrap().contains("No space"),
+        "{out}"
+    );
+    drop(listener);
+
+    // Deployers cannot open minicloud's own ports, nor the Runtime APIs' range.
+    for (network, why) in [
+        (json!({"egress":"any","ports":[5432]}), "own servers"),
+        (json!({"egress":"any","ports":[6379]}), "own servers"),
+        (json!({"egress":"any","ports":[4602]}), "own servers"),
+        (json!({"egress":"any","ports":[45000]}), "ephemeral range"),
+        (json!({"egress":"any","ports":[0]}), "1 to 65535"),
+        (
+            json!({"egress":"any","ports":(1..=17).collect::<Vec<u16>>()}),
+            "at most",
+        ),
+    ] {
+        let (status, body) = deploy("refused", json!({ "network": network })).await;
+        assert_eq!(status, 400, "{network}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{network}: {message}");
+    }
+    for bad in [
+        json!({"network":{"egress":"everywhere"}}),
+        json!({"network":{"egress":"any","hosts":["x"]}}),
+        json!({"network":{"egress":"any","ports":[70000]}}),
+        json!({"ephemeral_storage_mb":63}),
+        json!({"ephemeral_storage_mb":10241}),
+    ] {
+        let (status, body) = deploy("refused", bad.clone()).await;
+        assert!(status == 400 || status == 422, "{bad}: {status} {body}");
+        assert!(body["error"]["message"].is_string(), "{bad}: {body}");
+    }
+    cloud.stop().await.unwrap();
+}

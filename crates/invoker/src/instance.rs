@@ -42,6 +42,9 @@ pub struct Launch {
     pub read_only: Vec<PathBuf>,
     /// Ports of the gateway and the trace collector.
     pub platform_ports: Vec<u16>,
+    /// The function's own network settings and scratch size, if any.
+    pub network: Option<crate::sandbox::NetworkPolicy>,
+    pub scratch_mb: Option<u64>,
 }
 
 /// How long a new runtime may take to ask for its first event (Lambda's init limit).
@@ -152,6 +155,8 @@ impl Instance {
                     runtime_api_port: api_addr.port(),
                     platform_ports: launch.platform_ports.clone(),
                     memory_bytes: launch.memory_limit,
+                    network: launch.network.clone(),
+                    scratch_mb: launch.scratch_mb,
                 });
                 match prepared {
                     Ok(prepared) => Some(prepared),

@@ -64,7 +64,11 @@ pub type BusClient = BusServiceClient<TracedChannel>;
         triggers::list,
         triggers::delete
     ),
-    components(schemas(minicloud_proto::error::ErrorBody, sandbox::Protections))
+    components(schemas(
+        minicloud_proto::error::ErrorBody,
+        sandbox::Protections,
+        sandbox::NetworkPolicy
+    ))
 )]
 pub struct ApiDoc;
 
@@ -301,7 +305,18 @@ impl Invoker {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| InvokerStartError::Dir(run_dir.clone(), e))?;
         let node = config.node.clone().unwrap_or_else(|| find_on_path("node"));
-        let sandbox = Arc::new(Sandbox::new(config.sandbox_config(), &run_dir));
+        let mut sandbox_config = config.sandbox_config();
+        // Its own database and the bus: never a port a deployer may open.
+        sandbox_config
+            .internal_ports
+            .push(pool.connect_options().get_port());
+        if let Some(port) = bus_grpc_url
+            .and_then(|url| url::Url::parse(url).ok())
+            .and_then(|url| url.port_or_known_default())
+        {
+            sandbox_config.internal_ports.push(port);
+        }
+        let sandbox = Arc::new(Sandbox::new(sandbox_config, &run_dir));
         log_sandbox(sandbox.protections());
         let (service_metrics, metrics) = metrics::InvokerMetrics::new();
         let engine = Arc::new(Engine::new(

@@ -41,10 +41,13 @@ pub struct FunctionSpec {
     pub keep_warm_s: i32,
     pub code_hash: Option<String>,
     pub revision: i64,
+    pub ephemeral_storage_mb: Option<i32>,
+    pub network: Option<sqlx::types::Json<crate::sandbox::NetworkPolicy>>,
 }
 
 pub const SPEC_COLUMNS: &str = "name, runtime, handler, memory_mb, timeout_s, env, role, \
-     reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision";
+     reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision, \
+     ephemeral_storage_mb, network";
 
 /// Where things live and which interpreters run the built-in runtimes.
 #[derive(Debug, Clone)]
@@ -588,6 +591,8 @@ impl Engine {
                 .flatten()
                 .filter_map(|url| url_port(url))
                 .collect(),
+            network: spec.network.as_ref().map(|n| n.0.clone()),
+            scratch_mb: spec.ephemeral_storage_mb.map(|mb| mb.max(1) as u64),
         };
         let instance = Instance::start(launch, Arc::clone(&pool.logs))
             .await

@@ -35,6 +35,12 @@ pub struct FunctionIn {
     pub reserved_concurrency: Option<i32>,
     pub provisioned_concurrency: Option<i32>,
     pub keep_warm_s: Option<i32>,
+    /// Size of its scratch space (`/tmp`, `HOME`) in MB, 64 to 10240, like Lambda's
+    /// ephemeral storage (default: the invoker's `--invoker-scratch-mb`).
+    pub ephemeral_storage_mb: Option<i32>,
+    /// Where it may connect (default: the invoker's `--invoker-network` and ports);
+    /// ports of minicloud's own servers and the ephemeral range are refused.
+    pub network: Option<crate::sandbox::NetworkPolicy>,
     pub code: Option<CodeIn>,
 }
 
@@ -61,12 +67,16 @@ pub struct FunctionOut {
     pub code_hash: Option<String>,
     /// Increases with every deploy.
     pub revision: i64,
+    pub ephemeral_storage_mb: Option<i32>,
+    #[schema(value_type = Option<crate::sandbox::NetworkPolicy>)]
+    pub network: Option<sqlx::types::Json<crate::sandbox::NetworkPolicy>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const OUT_COLUMNS: &str = "name, runtime, handler, memory_mb, timeout_s, env, role, \
-    reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision, created_at, updated_at";
+    reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision, \
+    ephemeral_storage_mb, network, created_at, updated_at";
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FunctionList {
@@ -109,6 +119,8 @@ struct Deploy {
     reserved_concurrency: Option<i32>,
     provisioned_concurrency: i32,
     keep_warm_s: i32,
+    ephemeral_storage_mb: Option<i32>,
+    network: Option<crate::sandbox::NetworkPolicy>,
 }
 
 fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
@@ -202,7 +214,16 @@ fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
     if !(0..=3600).contains(&keep_warm_s) {
         return Err(ApiError::invalid("keep_warm_s must be 0 to 3600"));
     }
+    if let Some(mb) = input.ephemeral_storage_mb
+        && !crate::sandbox::EPHEMERAL_STORAGE_MB.contains(&mb)
+    {
+        return Err(ApiError::invalid(
+            "ephemeral_storage_mb must be 64 to 10240 (MB)",
+        ));
+    }
     Ok(Deploy {
+        ephemeral_storage_mb: input.ephemeral_storage_mb,
+        network: input.network.clone(),
         runtime: input.runtime.clone(),
         handler,
         memory_mb,
@@ -279,6 +300,14 @@ async fn store(
     create_only: bool,
     caller: &Caller,
 ) -> Result<(StatusCode, FunctionOut), ApiError> {
+    if let Some(ports) = deploy.network.as_ref().and_then(|n| n.ports.as_deref()) {
+        invoker
+            .0
+            .engine
+            .sandbox
+            .check_ports(ports)
+            .map_err(ApiError::invalid)?;
+    }
     let mut tx = invoker.0.pool.begin().await.map_err(ApiError::internal)?;
     let hash = match &zip {
         Some(zip) => {
@@ -315,13 +344,15 @@ async fn store(
     }
     let row: FunctionOut = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO functions (name, runtime, handler, memory_mb, timeout_s, env, role,
-             reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, owner)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, owner,
+             ephemeral_storage_mb, network)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (name) DO UPDATE SET runtime = EXCLUDED.runtime, handler = EXCLUDED.handler,
              memory_mb = EXCLUDED.memory_mb, timeout_s = EXCLUDED.timeout_s, env = EXCLUDED.env,
              role = EXCLUDED.role, reserved_concurrency = EXCLUDED.reserved_concurrency,
              provisioned_concurrency = EXCLUDED.provisioned_concurrency,
              keep_warm_s = EXCLUDED.keep_warm_s,
+             ephemeral_storage_mb = EXCLUDED.ephemeral_storage_mb, network = EXCLUDED.network,
              code_hash = COALESCE(EXCLUDED.code_hash, functions.code_hash),
              revision = functions.revision + 1, updated_at = now()
          RETURNING {OUT_COLUMNS}"
@@ -338,6 +369,8 @@ async fn store(
     .bind(deploy.keep_warm_s)
     .bind(&hash)
     .bind(caller.uid.as_deref())
+    .bind(deploy.ephemeral_storage_mb)
+    .bind(deploy.network.as_ref().map(sqlx::types::Json))
     .fetch_one(&mut *tx)
     .await
     .map_err(ApiError::internal)?;
@@ -452,6 +485,8 @@ pub async fn put_code(
         reserved_concurrency: current.reserved_concurrency,
         provisioned_concurrency: current.provisioned_concurrency,
         keep_warm_s: current.keep_warm_s,
+        ephemeral_storage_mb: current.ephemeral_storage_mb,
+        network: current.network.map(|n| n.0),
     };
     // New code under the function's role is that role handed to new code.
     check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;

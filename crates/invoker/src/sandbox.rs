@@ -105,7 +105,16 @@ pub enum SandboxMode {
 
 /// Where an instance may connect (`--invoker-network`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Default, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    Serialize,
+    serde::Deserialize,
+    Default,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Egress {
@@ -117,6 +126,22 @@ pub enum Egress {
     #[default]
     Any,
 }
+
+/// A function's own network settings (`"network"` in a deploy); what it leaves
+/// out comes from the invoker's flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    pub egress: Egress,
+    /// TCP ports it may connect to on any host under `any` (default: the invoker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
+}
+
+/// Most ports one function may list.
+pub const MAX_PORTS: usize = 16;
+/// Lambda's ephemeral storage range, in MB.
+pub const EPHEMERAL_STORAGE_MB: std::ops::RangeInclusive<i32> = 64..=10240;
 
 /// The sandbox's settings.
 #[derive(Debug, Clone)]
@@ -131,6 +156,9 @@ pub struct SandboxConfig {
     pub pids: u64,
     /// First of the uids instances get when minicloud runs as root.
     pub uid_base: u32,
+    /// Ports of minicloud's own servers (its database, the services): never
+    /// allowed to a function, whatever its deployer asks.
+    pub internal_ports: Vec<u16>,
 }
 
 impl Default for SandboxConfig {
@@ -142,6 +170,7 @@ impl Default for SandboxConfig {
             scratch_mb: 512,
             pids: 64,
             uid_base: DEFAULT_UID_BASE,
+            internal_ports: Vec::new(),
         }
     }
 }
@@ -194,6 +223,10 @@ pub struct InstanceRules<'a> {
     pub platform_ports: Vec<u16>,
     /// RLIMIT_DATA.
     pub memory_bytes: u64,
+    /// The function's own network settings, if it has any.
+    pub network: Option<NetworkPolicy>,
+    /// The function's own scratch size in MB, if it has one.
+    pub scratch_mb: Option<u64>,
 }
 
 impl Sandbox {
@@ -305,6 +338,8 @@ impl Sandbox {
                 runtime_api_port: 9,
                 platform_ports: Vec::new(),
                 memory_bytes: 256 * 1024 * 1024,
+                network: None,
+                scratch_mb: None,
             })?;
             let mut command = std::process::Command::new(program);
             command.current_dir(&dir).env_clear();
@@ -318,6 +353,34 @@ impl Sandbox {
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result
+    }
+
+    /// Refuses ports a deployer may not open to a function: minicloud's own servers
+    /// (its database, Redis, the services) and the kernel's ephemeral range, where
+    /// other instances' Runtime APIs listen.
+    pub fn check_ports(&self, ports: &[u16]) -> Result<(), String> {
+        if ports.len() > MAX_PORTS {
+            return Err(format!("network.ports: at most {MAX_PORTS} ports"));
+        }
+        let (low, high) = ephemeral_range();
+        for &port in ports {
+            if port == 0 {
+                return Err("network.ports: 1 to 65535".into());
+            }
+            if self.config.internal_ports.contains(&port) || INTERNAL_DEFAULT_PORTS.contains(&port)
+            {
+                return Err(format!(
+                    "network.ports: {port} is a port of minicloud's own servers"
+                ));
+            }
+            if (low..=high).contains(&port) {
+                return Err(format!(
+                    "network.ports: {port} is in the ephemeral range {low}-{high}, where \
+                     instances' Runtime APIs listen"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses to start an instance when the sandbox is on but not enforceable.
@@ -373,12 +436,22 @@ impl Sandbox {
         for dir in &rules.read_only {
             ruleset = add_path(ruleset, dir, read)?;
         }
+        let egress = rules
+            .network
+            .as_ref()
+            .map_or(self.config.egress, |n| n.egress);
+        let allowed = rules
+            .network
+            .as_ref()
+            .and_then(|n| n.ports.clone())
+            .unwrap_or_else(|| self.config.ports.clone());
         let mut ports = vec![rules.runtime_api_port];
-        if self.config.egress != Egress::None {
+        if egress != Egress::None {
             ports.extend(&rules.platform_ports);
         }
-        if self.config.egress == Egress::Any {
-            ports.extend(&self.config.ports);
+        if egress == Egress::Any {
+            // Checked at deploy; checked again here, as the flags may have changed.
+            ports.extend(allowed.iter().filter(|&&p| self.check_ports(&[p]).is_ok()));
         }
         ports.sort_unstable();
         ports.dedup();
@@ -397,12 +470,12 @@ impl Sandbox {
         };
         let scratch = cstring(rules.dir.as_os_str().as_bytes())?;
         let scratch_tmp = cstring(rules.dir.join("tmp").as_os_str().as_bytes())?;
+        let scratch_mb = rules.scratch_mb.unwrap_or(self.config.scratch_mb);
         let tmpfs_options = cstring(
             format!(
-                "size={}m,nr_inodes={},mode=0700",
-                self.config.scratch_mb,
+                "size={scratch_mb}m,nr_inodes={},mode=0700",
                 // Inodes in proportion: a flood of empty files is capped too.
-                (self.config.scratch_mb * 256).max(4096)
+                (scratch_mb * 256).max(4096)
             )
             .as_bytes(),
         )?;
@@ -647,6 +720,22 @@ fn seccomp_programs() -> Result<[BpfProgram; 2], seccompiler::BackendError> {
     )?
     .try_into()?;
     Ok([refused, clone3])
+}
+
+/// The default ports of Postgres, Redis and minicloud's services (not the gateway,
+/// which functions call): refused in a function's port list even when this invoker
+/// does not know them as its own.
+const INTERNAL_DEFAULT_PORTS: [u16; 7] = [5432, 6379, 4601, 4602, 4603, 4604, 4605];
+
+/// The kernel's ephemeral port range (where loopback listeners on port 0 land).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 /// True when a process of another uid could execute `path`: the file and every
