@@ -982,3 +982,116 @@ def handler(event, context):
     }
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_root_invoker_gives_each_instance_cgroups_with_its_limits() {
+    let cloud = TestCloud::builder()
+        .invoker(|invoker| invoker.scratch_mb = 32)
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let gw = cloud.gateway_url().to_owned();
+    let service = cloud.keys.service_key.clone();
+    let (_, sandbox) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{gw}/functions/v1/sandbox"),
+        &service,
+        None,
+    )
+    .await;
+    let as_root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !as_root {
+        assert_eq!(sandbox["cgroups"], Value::Null, "{sandbox}");
+        return;
+    }
+    let kind = sandbox["cgroups"]
+        .as_str()
+        .expect("a root invoker uses cgroups");
+    let source = "def handler(event, context):\n    return open('/proc/self/cgroup').read()\n";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(python_zip(source));
+    let (status, body) = call(
+        &http,
+        reqwest::Method::PUT,
+        format!("{gw}/functions/v1/grouped"),
+        &service,
+        Some(json!({"runtime":"python3","handler":"app.handler","memory_mb":128,"code":{"zip_base64":b64}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, out) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{gw}/functions/v1/grouped/invoke"),
+        &service,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let membership = out.as_str().unwrap().to_owned();
+    // (128 MB + the 64 MiB runtime margin) of memory, plus the 32 MiB scratch tmpfs.
+    let memory = (128 + 64 + 32) * 1024 * 1024u64;
+    let (pids_file, memory_file, cpu_file, cpu_value) = if kind == "v2" {
+        let path = membership
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap();
+        let dir = format!("/sys/fs/cgroup{path}");
+        (
+            format!("{dir}/pids.max"),
+            format!("{dir}/memory.max"),
+            format!("{dir}/cpu.weight"),
+            "7".to_owned(),
+        )
+    } else {
+        let of = |controller: &str| {
+            let path = membership
+                .lines()
+                .find_map(|l| {
+                    let mut parts = l.splitn(3, ':');
+                    let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+                    names
+                        .split(',')
+                        .any(|n| n == controller)
+                        .then(|| path.to_owned())
+                })
+                .unwrap_or_else(|| panic!("no {controller} cgroup in {membership}"));
+            format!("/sys/fs/cgroup/{controller}{path}")
+        };
+        (
+            format!("{}/pids.max", of("pids")),
+            format!("{}/memory.limit_in_bytes", of("memory")),
+            format!("{}/cpu.shares", of("cpu")),
+            (128 * 1024 / 1769).to_string(),
+        )
+    };
+    assert!(pids_file.contains("/minicloud/"), "{membership}");
+    let read = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_owned();
+    assert_eq!(read(&pids_file), "64");
+    assert_eq!(read(&memory_file), memory.to_string());
+    assert_eq!(read(&cpu_file), cpu_value);
+    // The instance's cgroups go with it.
+    let (status, _) = call(
+        &http,
+        reqwest::Method::DELETE,
+        format!("{gw}/functions/v1/grouped"),
+        &service,
+        None,
+    )
+    .await;
+    assert!(status < 300, "{status}");
+    let dir = std::path::Path::new(&pids_file)
+        .parent()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dir.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    cloud.stop().await.unwrap();
+}

@@ -42,6 +42,8 @@ pub struct Launch {
     pub read_only: Vec<PathBuf>,
     /// Ports of the gateway and the trace collector.
     pub platform_ports: Vec<u16>,
+    /// The function's memory size (its CPU weight follows it).
+    pub memory_mb: u64,
     /// The function's own network settings and scratch size, if any.
     pub network: Option<crate::sandbox::NetworkPolicy>,
     pub scratch_mb: Option<u64>,
@@ -155,6 +157,7 @@ impl Instance {
                     runtime_api_port: api_addr.port(),
                     platform_ports: launch.platform_ports.clone(),
                     memory_bytes: launch.memory_limit,
+                    memory_mb: launch.memory_mb,
                     network: launch.network.clone(),
                     scratch_mb: launch.scratch_mb,
                 });
@@ -202,6 +205,10 @@ impl Instance {
             .process_group(0)
             .kill_on_drop(true);
         let sandboxed = sandbox.is_some();
+        let cgroups = sandbox
+            .as_ref()
+            .map(|s| s.cgroup_dirs())
+            .unwrap_or_default();
         if let Some(sandbox) = sandbox {
             // Limits are set in the child, before exec.
             sandbox.attach(command.as_std_mut());
@@ -218,6 +225,7 @@ impl Instance {
             Ok(spawned) => spawned,
             Err(error) => {
                 stop.cancel();
+                crate::sandbox::remove_cgroups(&cgroups);
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Err(error);
             }
@@ -258,6 +266,7 @@ impl Instance {
                 kill_group(pid);
                 stop.cancel();
                 exited_tx.send_replace(Some(description));
+                crate::sandbox::remove_cgroups_when_empty(cgroups).await;
                 let _ = tokio::fs::remove_dir_all(&dir).await;
             }
         });

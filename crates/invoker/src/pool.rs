@@ -584,6 +584,7 @@ impl Engine {
             env,
             run_dir: self.paths.run_dir.clone(),
             memory_limit: (spec.memory_mb.max(1) as u64 + MEMORY_MARGIN_MB) * 1024 * 1024,
+            memory_mb: spec.memory_mb.max(1) as u64,
             sandbox: self.sandbox.is_on().then(|| Arc::clone(&self.sandbox)),
             read_only,
             platform_ports: [&self.urls.gateway, &self.urls.otlp]

@@ -193,6 +193,10 @@ pub struct Protections {
     pub scratch_tmpfs: bool,
     /// Root only: a uid and gid of its own per instance.
     pub separate_uid: bool,
+    /// Root only, where the hierarchy is writable: a cgroup per instance with
+    /// memory (memory + scratch), pids, and CPU weight in proportion to memory
+    /// (`v1`, `v2`, or null).
+    pub cgroups: Option<String>,
     pub egress: Egress,
     pub ports: Vec<u16>,
     pub scratch_mb: u64,
@@ -205,6 +209,7 @@ pub struct Protections {
 /// programs.
 pub struct Sandbox {
     config: SandboxConfig,
+    cgroups: Option<Cgroups>,
     protections: Protections,
     seccomp: Arc<[BpfProgram; 2]>,
     /// As root: instances get uids of their own.
@@ -223,6 +228,8 @@ pub struct InstanceRules<'a> {
     pub platform_ports: Vec<u16>,
     /// RLIMIT_DATA.
     pub memory_bytes: u64,
+    /// The memory size the function was given (its CPU weight follows it).
+    pub memory_mb: u64,
     /// The function's own network settings, if it has any.
     pub network: Option<NetworkPolicy>,
     /// The function's own scratch size in MB, if it has one.
@@ -245,6 +252,7 @@ impl Sandbox {
                 user_namespace: false,
                 scratch_tmpfs: false,
                 separate_uid: false,
+                cgroups: None,
                 egress: config.egress,
                 ports: config.ports.clone(),
                 scratch_mb: config.scratch_mb,
@@ -252,6 +260,7 @@ impl Sandbox {
                 missing: Vec::new(),
             },
             next_uid: AtomicU32::new(0),
+            cgroups: None,
             config,
             seccomp,
             as_root,
@@ -307,6 +316,10 @@ impl Sandbox {
         // Namespaces, the tmpfs and the uid switch are tried for real: a trial
         // instance of `true` with every protection on.
         p.separate_uid = self.as_root;
+        if self.as_root {
+            self.cgroups = Cgroups::find();
+            self.protections.cgroups = self.cgroups.as_ref().map(|c| c.kind().to_owned());
+        }
         match self.trial(probe_dir) {
             Ok(()) => {
                 self.protections.user_namespace = true;
@@ -338,13 +351,17 @@ impl Sandbox {
                 runtime_api_port: 9,
                 platform_ports: Vec::new(),
                 memory_bytes: 256 * 1024 * 1024,
+                memory_mb: 128,
                 network: None,
                 scratch_mb: None,
             })?;
             let mut command = std::process::Command::new(program);
             command.current_dir(&dir).env_clear();
+            let cgroups = prepared.cgroup_dirs();
             prepared.attach(&mut command);
-            let status = command.status()?;
+            let status = command.status();
+            remove_cgroups(&cgroups);
+            let status = status?;
             if status.success() {
                 Ok(())
             } else {
@@ -479,7 +496,23 @@ impl Sandbox {
             )
             .as_bytes(),
         )?;
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => Some(
+                cgroups.create(
+                    rules
+                        .dir
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("instance"),
+                    rules.memory_bytes + scratch_mb * 1024 * 1024,
+                    self.config.pids,
+                    rules.memory_mb,
+                )?,
+            ),
+            None => None,
+        };
         Ok(InstanceSandbox {
+            cgroup,
             ruleset: Some(ruleset),
             seccomp: Arc::clone(&self.seccomp),
             uid,
@@ -496,6 +529,9 @@ impl Sandbox {
 
 /// One instance's sandbox, prepared in the invoker and entered by the child.
 pub struct InstanceSandbox {
+    /// The instance's cgroups: their dirs, and their `cgroup.procs` opened for the
+    /// child to join before it drops root.
+    cgroup: Option<(Vec<PathBuf>, Vec<std::os::fd::OwnedFd>)>,
     ruleset: Option<RulesetCreated>,
     seccomp: Arc<[BpfProgram; 2]>,
     uid: Option<u32>,
@@ -509,6 +545,14 @@ pub struct InstanceSandbox {
 }
 
 impl InstanceSandbox {
+    /// The cgroup dirs to remove once the instance's processes are gone.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup
+            .as_ref()
+            .map(|(dirs, _)| dirs.clone())
+            .unwrap_or_default()
+    }
+
     /// Has the child enter the sandbox between `fork` and `exec`.
     pub fn attach(mut self, command: &mut std::process::Command) {
         use std::os::unix::process::CommandExt as _;
@@ -535,6 +579,12 @@ impl InstanceSandbox {
     fn enter(&mut self) -> std::io::Result<()> {
         use rustix::process::{Resource, Rlimit, setrlimit};
         use rustix::thread::UnshareFlags;
+        // Join the cgroups while still root ("0" is the writing process).
+        if let Some((_, procs)) = &self.cgroup {
+            for fd in procs {
+                rustix::io::write(fd, b"0")?;
+            }
+        }
         if let Some(uid) = self.uid {
             let (uid, gid) = (
                 rustix::process::Uid::from_raw(uid),
@@ -603,6 +653,160 @@ impl InstanceSandbox {
         }
         Ok(())
     }
+}
+
+/// The cgroup hierarchies a root invoker can write: v2 (unified at
+/// `/sys/fs/cgroup`) or v1 (one mount per controller).
+enum Cgroups {
+    V2(PathBuf),
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: PathBuf,
+    },
+}
+
+/// Lambda gives a function one vCPU at 1,769 MB; the CPU weight follows memory
+/// the same way, as a share under contention rather than a hard quota (a quota
+/// would make a 128 MB function's cold start 14× slower).
+const MB_PER_CPU: u64 = 1769;
+
+impl Cgroups {
+    /// Nested under the invoker's own cgroups, so whatever limits the invoker runs
+    /// under (a container's, a session's) still hold for its functions.
+    fn find() -> Option<Cgroups> {
+        let root = Path::new("/sys/fs/cgroup");
+        let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        // `<id>:<controllers>:<path>` per hierarchy; `0::<path>` on v2.
+        let own_path = |controller: &str| {
+            membership.lines().find_map(|line| {
+                let mut parts = line.splitn(3, ':');
+                let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+                let matches = if controller.is_empty() {
+                    names.is_empty()
+                } else {
+                    names.split(',').any(|n| n == controller)
+                };
+                matches.then(|| path.trim_start_matches('/').to_owned())
+            })
+        };
+        if root.join("cgroup.controllers").exists() {
+            // Where the invoker's own cgroup holds processes, v2 cannot enable
+            // controllers below it (no internal processes): then none are used.
+            let own = root.join(own_path("")?);
+            let dir = own.join("minicloud");
+            std::fs::write(own.join("cgroup.subtree_control"), "+memory +pids +cpu").ok()?;
+            std::fs::create_dir_all(&dir).ok()?;
+            std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu").ok()?;
+            return Some(Cgroups::V2(dir));
+        }
+        let v1 = |controller: &str| {
+            let dir = root
+                .join(controller)
+                .join(own_path(controller)?)
+                .join("minicloud");
+            std::fs::create_dir_all(&dir).ok().map(|()| dir)
+        };
+        Some(Cgroups::V1 {
+            memory: v1("memory")?,
+            pids: v1("pids")?,
+            cpu: v1("cpu")?,
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Cgroups::V2(_) => "v2",
+            Cgroups::V1 { .. } => "v1",
+        }
+    }
+
+    /// Makes the instance's cgroups with their limits; returns their dirs and
+    /// their `cgroup.procs`, opened for writing.
+    fn create(
+        &self,
+        name: &str,
+        memory_bytes: u64,
+        pids: u64,
+        memory_mb: u64,
+    ) -> std::io::Result<(Vec<PathBuf>, Vec<std::os::fd::OwnedFd>)> {
+        let weight = (memory_mb * 1024 / MB_PER_CPU).max(2);
+        let settings: Vec<(PathBuf, Vec<(&str, String)>)> = match self {
+            Cgroups::V2(parent) => vec![(
+                parent.join(name),
+                vec![
+                    ("memory.max", memory_bytes.to_string()),
+                    ("pids.max", pids.to_string()),
+                    // cpu.weight is 1..10000, 100 being one default share.
+                    (
+                        "cpu.weight",
+                        (weight * 100 / 1024).clamp(1, 10_000).to_string(),
+                    ),
+                ],
+            )],
+            Cgroups::V1 {
+                memory,
+                pids: p,
+                cpu,
+            } => vec![
+                (
+                    memory.join(name),
+                    vec![("memory.limit_in_bytes", memory_bytes.to_string())],
+                ),
+                (p.join(name), vec![("pids.max", pids.to_string())]),
+                // cpu.shares: 1024 is one CPU's default share.
+                (cpu.join(name), vec![("cpu.shares", weight.to_string())]),
+            ],
+        };
+        let mut dirs = Vec::new();
+        let mut procs = Vec::new();
+        let result = (|| {
+            for (dir, limits) in &settings {
+                std::fs::create_dir(dir)?;
+                dirs.push(dir.clone());
+                for (file, value) in limits {
+                    std::fs::write(dir.join(file), value)?;
+                }
+                procs.push(std::os::fd::OwnedFd::from(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(dir.join("cgroup.procs"))?,
+                ));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok((dirs, procs)),
+            Err(error) => {
+                remove_cgroups(&dirs);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Removes an instance's cgroups (once its processes are gone; a cgroup with
+/// members cannot be removed).
+pub fn remove_cgroups(dirs: &[PathBuf]) {
+    for dir in dirs {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// [`remove_cgroups`] once the instance's last processes (killed with its
+/// group) have been reaped: a cgroup with members cannot be removed.
+pub async fn remove_cgroups_when_empty(dirs: Vec<PathBuf>) {
+    for _ in 0..40 {
+        remove_cgroups(&dirs);
+        if dirs.iter().all(|dir| !dir.exists()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tracing::warn!(
+        ?dirs,
+        "an instance's cgroup still has processes; left in place"
+    );
 }
 
 /// Writes a short formatted line to a `/proc` file without allocating.
