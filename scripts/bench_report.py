@@ -237,7 +237,10 @@ Reading these (issue 15):
   with unshare(1)). So most of the gap to the 2× target is the fork of a large
   process. The way to close it is a small spawner process forked at start, while the
   invoker is small, which forks per instance and enters the sandbox there; issue 21's
-  zygotes need the same process. Not done yet.
+  zygotes need the same process. Not done yet. Since then a root invoker also makes
+  three cgroups per instance (v1 here): cold starts measured 6.3 ms before they came
+  and 7.3–8.1 ms in two runs after, so making them costs about 1–2 ms. A few
+  cgroups made ahead of time, in the background, would take that off the cold path.
 - **python3**: the sandboxed cold start is {cold['python_ms']/cold['python_floor_ms']:.2f}× our bootstrap spawned bare on the same
   interpreter ({cold['python_floor_ms']:.1f} ms). That bootstrap alone is already {cold['python_floor_ms']/cold['python_bare_start_ms']:.1f}× `python3 -S`: it imports
   `json`, `http.client` and the handler. So the 1.5× target is out of reach for any
