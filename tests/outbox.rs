@@ -7,6 +7,18 @@ use minicloud_testkit::TestCloud;
 use minicloud_testkit::sqlx::{self, PgPool};
 use serde_json::{Value, json};
 
+/// A relay publishing to the test cloud's bus as a service does (with the service
+/// key: the bus takes events only from minicloud's services).
+fn relay_of(cloud: &TestCloud, pool: &PgPool) -> Relay {
+    Relay::new(
+        pool.clone(),
+        &cloud.urls.bus,
+        ServiceCredential::with_key(&cloud.keys.service_key),
+        RelayConfig::default(),
+    )
+    .unwrap()
+}
+
 async fn producer_pool(cloud: &TestCloud) -> PgPool {
     let pool = PgPool::connect(&cloud.database_url).await.unwrap();
     sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS producer; SET search_path TO producer")
@@ -47,13 +59,7 @@ async fn stream(cloud: &TestCloud, topic: &str) -> Vec<Value> {
 async fn only_committed_events_are_published_in_order_and_marked_sent() {
     let cloud = TestCloud::start().await.unwrap();
     let pool = producer_pool(&cloud).await;
-    let relay = Relay::new(
-        pool.clone(),
-        &cloud.urls.bus,
-        ServiceCredential::with_key(&cloud.keys.service_key),
-        RelayConfig::default(),
-    )
-    .unwrap();
+    let relay = relay_of(&cloud, &pool);
 
     let mut committed = Vec::new();
     for i in 0..3 {
@@ -116,13 +122,7 @@ async fn only_committed_events_are_published_in_order_and_marked_sent() {
 async fn events_wait_in_the_outbox_while_the_bus_refuses_them() {
     let cloud = TestCloud::start().await.unwrap();
     let pool = producer_pool(&cloud).await;
-    let relay = Relay::new(
-        pool.clone(),
-        &cloud.urls.bus,
-        ServiceCredential::with_key(&cloud.keys.service_key),
-        RelayConfig::default(),
-    )
-    .unwrap();
+    let relay = relay_of(&cloud, &pool);
     let mut tx = pool.begin().await.unwrap();
     let event = OutboxEvent::new("/test", "test.happened", None, json!({}));
     enqueue(&mut tx, "no-such-topic", &event).await.unwrap();
@@ -148,13 +148,7 @@ async fn events_wait_in_the_outbox_while_the_bus_refuses_them() {
 async fn a_relay_that_dies_between_publish_and_mark_republishes_and_the_bus_stores_it_once() {
     let cloud = TestCloud::start().await.unwrap();
     let pool = producer_pool(&cloud).await;
-    let relay = Relay::new(
-        pool.clone(),
-        &cloud.urls.bus,
-        ServiceCredential::with_key(&cloud.keys.service_key),
-        RelayConfig::default(),
-    )
-    .unwrap();
+    let relay = relay_of(&cloud, &pool);
     let mut tx = pool.begin().await.unwrap();
     let event = OutboxEvent::new(
         "/minicloud/storage",

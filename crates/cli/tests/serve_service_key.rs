@@ -1,0 +1,140 @@
+//! `minicloud serve` and the service key the services present to each other: auth
+//! adopts a configured key (refusing a malformed one) or writes its own to a shared
+//! file for the others.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve_auth(database_url: &str, port: u16, env: &[(&str, &str)]) -> Serve {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_minicloud"));
+    command
+        .args([
+            "serve",
+            "auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .env("DATABASE_URL", database_url)
+        .env("MINICLOUD_AUTH_URL", format!("http://127.0.0.1:{port}"))
+        .env_remove("MINICLOUD_SERVICE_KEY")
+        .env_remove("MINICLOUD_SERVICE_KEY_FILE")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    Serve(command.spawn().unwrap())
+}
+
+/// The status of `GET /auth/v1/admin/users` with `key`, once auth answers.
+async fn admin_status(port: u16, key: &str) -> u16 {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = http
+            .get(format!("http://127.0.0.1:{port}/auth/v1/admin/users"))
+            .bearer_auth(key)
+            .send()
+            .await;
+        match answer {
+            Ok(response) => return response.status().as_u16(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(error) => panic!("auth never answered: {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn auth_adopts_a_configured_service_key_or_writes_its_own_to_the_shared_file() {
+    let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let database = format!("mc_test_servekey_{}", std::process::id());
+    let database_url = format!("{}/{database}", server.rsplit_once('/').unwrap().0);
+    let dir = std::env::temp_dir().join(format!("minicloud-servekey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // A malformed key is refused at start, with a message, never adopted.
+    for bad in [
+        "short",
+        "mck_short",
+        "not-a-key-but-long-enough-to-pass-a-length-check",
+    ] {
+        let mut auth = serve_auth(
+            &database_url,
+            free_port(),
+            &[("MINICLOUD_SERVICE_KEY", bad)],
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = auth.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "auth ran with the bad key {bad:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!status.success(), "{bad:?}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(auth.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("service key"), "{bad:?}: {stderr}");
+    }
+
+    // A good one becomes the service key; anything else is not.
+    let key = format!("mck_{}", "7f3a".repeat(10));
+    let port = free_port();
+    let auth = serve_auth(&database_url, port, &[("MINICLOUD_SERVICE_KEY", &key)]);
+    assert_eq!(admin_status(port, &key).await, 200);
+    assert_eq!(admin_status(port, &format!("{key}x")).await, 401);
+    drop(auth);
+
+    // Without a key but with a key file, auth writes its service key there (0600)
+    // for the other services: the one it adopted before.
+    let file = dir.join("service_key");
+    let path = file.to_str().unwrap();
+    let port = free_port();
+    let auth = serve_auth(&database_url, port, &[("MINICLOUD_SERVICE_KEY_FILE", path)]);
+    assert_eq!(admin_status(port, &key).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), key);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(auth);
+
+    let _ = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+        .arg(format!(
+            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+        ))
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+}
