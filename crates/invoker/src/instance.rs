@@ -189,39 +189,15 @@ impl Instance {
             stop.clone(),
         ));
 
-        let mut command = tokio::process::Command::new(&launch.program);
-        command
-            .args(&launch.args)
-            .env_clear()
-            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("AWS_LAMBDA_RUNTIME_API", &api)
-            .env("TMPDIR", &tmp)
-            .env("HOME", &dir)
-            .current_dir(&dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            // Its own group, so a timeout kills whatever the function started too.
-            .process_group(0)
-            .kill_on_drop(true);
-        let sandboxed = sandbox.is_some();
         let cgroups = sandbox
             .as_ref()
             .map(|s| s.cgroup_dirs())
             .unwrap_or_default();
-        if let Some(sandbox) = sandbox {
-            // Limits are set in the child, before exec.
-            sandbox.attach(command.as_std_mut());
-        }
-        let spawned = command.spawn().and_then(|child| {
-            let pid = child.id().map_or(0, |p| p as i32);
-            if sandboxed {
-                return Ok((child, pid));
-            }
-            // Dropping the child on failure kills it (kill_on_drop).
-            set_memory_limit(pid, launch.memory_limit).map(|()| (child, pid))
-        });
-        let (mut child, pid) = match spawned {
+        let spawned = match sandbox {
+            Some(sandbox) => spawn_sandboxed(sandbox, &launch, &api, &tmp, &dir),
+            None => spawn_plain(&launch, &api, &tmp, &dir),
+        };
+        let (mut child, stdout, stderr) = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
                 stop.cancel();
@@ -230,21 +206,16 @@ impl Instance {
                 return Err(error);
             }
         };
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(capture(
-                stdout,
-                LogStream::Stdout,
-                Arc::clone(&shared),
-                Arc::clone(&logs),
-            ));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(capture(
-                stderr,
-                LogStream::Stderr,
-                Arc::clone(&shared),
-                Arc::clone(&logs),
-            ));
+        let pid = child.id();
+        for (stream, kind) in [(stdout, LogStream::Stdout), (stderr, LogStream::Stderr)] {
+            if let Some(stream) = stream {
+                tokio::spawn(capture(
+                    stream,
+                    kind,
+                    Arc::clone(&shared),
+                    Arc::clone(&logs),
+                ));
+            }
         }
         let (exited_tx, exited) = watch::channel(None);
         tokio::spawn({
@@ -382,6 +353,97 @@ impl Drop for Instance {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// An instance's process: started plainly (`posix_spawn`) or inside its sandbox.
+enum Process {
+    Plain(tokio::process::Child),
+    Sandboxed(crate::sandbox::Child),
+}
+
+/// A captured stdout or stderr.
+type Output = Option<Box<dyn AsyncRead + Unpin + Send>>;
+
+impl Process {
+    fn id(&self) -> i32 {
+        match self {
+            Process::Plain(child) => child.id().map_or(0, |p| p as i32),
+            Process::Sandboxed(child) => child.id(),
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Process::Plain(child) => child.wait().await,
+            Process::Sandboxed(child) => child.wait().await,
+        }
+    }
+}
+
+/// The environment every instance gets on top of its launch's.
+fn instance_env<'a>(
+    launch: &'a Launch,
+    api: &'a str,
+    tmp: &'a std::path::Path,
+    dir: &'a std::path::Path,
+) -> impl Iterator<Item = (String, String)> + 'a {
+    launch.env.iter().cloned().chain([
+        ("AWS_LAMBDA_RUNTIME_API".to_owned(), api.to_owned()),
+        ("TMPDIR".to_owned(), tmp.display().to_string()),
+        ("HOME".to_owned(), dir.display().to_string()),
+    ])
+}
+
+fn spawn_plain(
+    launch: &Launch,
+    api: &str,
+    tmp: &std::path::Path,
+    dir: &std::path::Path,
+) -> std::io::Result<(Process, Output, Output)> {
+    let mut command = tokio::process::Command::new(&launch.program);
+    command
+        .args(&launch.args)
+        .env_clear()
+        .envs(instance_env(launch, api, tmp, dir))
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own group, so a timeout kills whatever the function started too.
+        .process_group(0)
+        .kill_on_drop(true);
+    // Dropping the child on failure kills it (kill_on_drop).
+    let mut child = command.spawn()?;
+    set_memory_limit(child.id().map_or(0, |p| p as i32), launch.memory_limit)?;
+    let stdout = child.stdout.take().map(|s| Box::new(s) as _);
+    let stderr = child.stderr.take().map(|s| Box::new(s) as _);
+    Ok((Process::Plain(child), stdout, stderr))
+}
+
+/// Limits are set in the child, before exec ([`crate::sandbox`]).
+fn spawn_sandboxed(
+    sandbox: crate::sandbox::InstanceSandbox,
+    launch: &Launch,
+    api: &str,
+    tmp: &std::path::Path,
+    dir: &std::path::Path,
+) -> std::io::Result<(Process, Output, Output)> {
+    let env: Vec<_> = instance_env(launch, api, tmp, dir).collect();
+    let mut child = sandbox.spawn(&crate::sandbox::Command {
+        program: &launch.program,
+        args: &launch.args,
+        env: &env,
+        capture: true,
+    })?;
+    let pipe = |fd: Option<std::os::fd::OwnedFd>| -> std::io::Result<Output> {
+        fd.map(|fd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map(|r| Box::new(r) as _)
+        })
+        .transpose()
+    };
+    let stdout = pipe(child.stdout.take())?;
+    let stderr = pipe(child.stderr.take())?;
+    Ok((Process::Sandboxed(child), stdout, stderr))
 }
 
 fn kill_group(pid: i32) {

@@ -17,11 +17,13 @@
 //! - `no_new_privs`, `RLIMIT_DATA` for memory, and when minicloud runs as root a
 //!   uid/gid of its own per instance, so DAC applies too.
 //!
-//! Everything is prepared in the invoker; the forked child only makes the syscalls
-//! that must run in it ([`InstanceSandbox::enter`]), before `exec`.
+//! Everything is prepared in the invoker; the child, started without forking the
+//! invoker ([`spawn`]), only makes the syscalls that must run in it
+//! ([`InstanceSandbox::enter`]) before `exec`.
 
 use std::ffi::CString;
 use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,13 +31,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible as _, NetPort, PathBeneath,
-    PathFd, Ruleset, RulesetAttr as _, RulesetCreated, RulesetCreatedAttr as _, Scope,
+    PathFd, Ruleset, RulesetAttr as _, RulesetCreatedAttr as _, Scope,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
 use serde::Serialize;
+
+mod spawn;
+pub use spawn::{Child, Command};
 
 /// The Landlock ABIs asked for: filesystem rights of ABI 5 (with `ioctl` on
 /// devices), TCP rules of ABI 4, signal and abstract-socket scopes of ABI 6.
@@ -360,11 +365,15 @@ impl Sandbox {
                 network: None,
                 scratch_mb: None,
             })?;
-            let mut command = std::process::Command::new(program);
-            command.current_dir(&dir).env_clear();
             let cgroups = prepared.cgroup_dirs();
-            prepared.attach(&mut command);
-            let status = command.status();
+            let status = prepared
+                .spawn(&Command {
+                    program: Path::new(program),
+                    args: &[],
+                    env: &[],
+                    capture: false,
+                })
+                .and_then(|mut child| child.wait_blocking());
             remove_cgroups(&cgroups);
             let status = status?;
             if status.success() {
@@ -500,7 +509,9 @@ impl Sandbox {
         };
         Ok(InstanceSandbox {
             cgroup,
-            ruleset: Some(ruleset),
+            // Created with a hard requirement, so it has a descriptor.
+            ruleset: Option::<std::os::fd::OwnedFd>::from(ruleset)
+                .ok_or_else(|| std::io::Error::other("Landlock made no ruleset"))?,
             seccomp: Arc::clone(&self.seccomp),
             uid,
             scratch,
@@ -519,7 +530,8 @@ pub struct InstanceSandbox {
     /// The instance's cgroups: their dirs, and their `cgroup.procs` opened for the
     /// child to join before it drops root.
     cgroup: Option<(Vec<PathBuf>, Vec<std::os::fd::OwnedFd>)>,
-    ruleset: Option<RulesetCreated>,
+    /// The Landlock ruleset, all but the child's own two rules added.
+    ruleset: std::os::fd::OwnedFd,
     seccomp: Arc<[BpfProgram; 2]>,
     uid: Option<u32>,
     scratch: CString,
@@ -540,30 +552,11 @@ impl InstanceSandbox {
             .unwrap_or_default()
     }
 
-    /// Has the child enter the sandbox between `fork` and `exec`.
-    pub fn attach(mut self, command: &mut std::process::Command) {
-        use std::os::unix::process::CommandExt as _;
-        let mut entered = false;
-        let hook = move || {
-            if std::mem::replace(&mut entered, true) {
-                return Err(std::io::Error::other("the sandbox is entered once"));
-            }
-            self.enter()
-        };
-        // SAFETY: the hook runs in the forked child before exec. It makes syscalls
-        // and writes into buffers it owns; the only allocations are the Landlock
-        // crate's few small ones, which glibc's fork makes safe (its malloc locks
-        // are reset in the child). Nothing here touches state another thread of
-        // the invoker could have held locked at the fork.
-        #[allow(unsafe_code)]
-        unsafe {
-            command.pre_exec(hook);
-        }
-    }
-
-    /// Runs in the child: each step narrows what the next one may do, so the order
-    /// matters (uid first, then namespaces, the tmpfs, limits, Landlock, seccomp).
-    fn enter(&mut self) -> std::io::Result<()> {
+    /// Runs in the child ([`spawn`]): each step narrows what the next one may do, so
+    /// the order matters (uid first, then namespaces, the tmpfs, limits, Landlock,
+    /// seccomp). The child shares the invoker's memory until it execs, so this makes
+    /// raw syscalls only and allocates nothing but an error.
+    fn enter(&self) -> std::io::Result<()> {
         use rustix::process::{Resource, Rlimit, setrlimit};
         use rustix::thread::UnshareFlags;
         // Join the cgroups while still root ("0" is the writing process).
@@ -620,20 +613,23 @@ impl InstanceSandbox {
         setrlimit(Resource::Data, limit(self.memory_bytes))?;
         setrlimit(Resource::Core, limit(0))?;
 
-        let mut ruleset = self
-            .ruleset
-            .take()
-            .ok_or_else(|| std::io::Error::other("no ruleset"))?;
+        // The two rules only the child can name (the tmpfs it mounted, its own
+        // /proc dir), then the ruleset built in the invoker: raw syscalls, as the
+        // crate's `restrict_self` would consume a value the invoker still owns.
         let flags = rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC;
         let scratch = rustix::fs::open(self.scratch.as_c_str(), flags, rustix::fs::Mode::empty())?;
-        ruleset = ruleset
-            .add_rule(PathBeneath::new(scratch, self.read_write))
-            .map_err(std::io::Error::other)?;
+        landlock_add_path_rule(&self.ruleset, &scratch, self.read_write)?;
         let own_proc = rustix::fs::open(c"/proc/self", flags, rustix::fs::Mode::empty())?;
-        ruleset = ruleset
-            .add_rule(PathBeneath::new(own_proc, self.read))
-            .map_err(std::io::Error::other)?;
-        ruleset.restrict_self().map_err(std::io::Error::other)?;
+        landlock_add_path_rule(&self.ruleset, &own_proc, self.read)?;
+        rustix::thread::set_no_new_privs(true)?;
+        // SAFETY: landlock_restrict_self(2) with the ruleset's descriptor, no flags.
+        #[allow(unsafe_code)]
+        let restricted = unsafe {
+            libc::syscall(libc::SYS_landlock_restrict_self, self.ruleset.as_raw_fd(), 0)
+        };
+        if restricted != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
 
         for program in self.seccomp.iter() {
             seccompiler::apply_filter(program).map_err(std::io::Error::other)?;
@@ -820,6 +816,40 @@ fn system_paths() -> Vec<(PathFd, BitFlags<AccessFs>)> {
         .chain(DEVICES.iter().map(|path| (path, device)))
         .filter_map(|(path, access)| open_rule_path(Path::new(path), access))
         .collect()
+}
+
+/// `landlock_add_rule(2)` for a path-beneath rule, made in the child.
+fn landlock_add_path_rule(
+    ruleset: &std::os::fd::OwnedFd,
+    path: &std::os::fd::OwnedFd,
+    access: BitFlags<AccessFs>,
+) -> std::io::Result<()> {
+    /// `struct landlock_path_beneath_attr` (packed in the kernel's header).
+    #[repr(C, packed)]
+    struct PathBeneathAttr {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
+    let attr = PathBeneathAttr {
+        allowed_access: access.bits(),
+        parent_fd: path.as_raw_fd(),
+    };
+    const LANDLOCK_RULE_PATH_BENEATH: libc::c_int = 1;
+    // SAFETY: the attribute outlives the call; the descriptors are open.
+    #[allow(unsafe_code)]
+    let added = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            LANDLOCK_RULE_PATH_BENEATH,
+            &raw const attr,
+            0,
+        )
+    };
+    if added != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Writes a short formatted line to a `/proc` file without allocating.
