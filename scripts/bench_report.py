@@ -228,24 +228,24 @@ process whose invoker runs functions unsandboxed, and the Python floor the issue
 | python3 | {cold['python_ms']:.1f} ms | {cold['python_unsandboxed_ms']:.1f} ms | {cold['python_ms'] - cold['python_unsandboxed_ms']:+.1f} ms | sandboxed ≤ 1.5× `python3 -S` ({cold['python_bare_start_ms']:.1f} ms): **{cold['python_ms']/cold['python_bare_start_ms']:.2f}×** |
 
 Reading these (issue 15):
-- **provided**: timestamps inside the invoker (a temporary probe, 25 cold starts)
-  split the sandbox's cost: preparing the Landlock ruleset ~0.3 ms, and the spawn
-  itself 2.0–2.5 ms against ~0.3 ms unsandboxed. The sandbox is entered in a
-  `pre_exec` hook, which makes the standard library `fork()` the whole invoker
-  instead of using posix_spawn (vfork); the namespace, tmpfs, Landlock and seccomp
-  steps themselves cost ~0.1–0.3 ms (`unshare -Urm` against a plain exec, measured
-  with unshare(1)). So most of the gap to the 2× target is the fork of a large
-  process. The way to close it is a small spawner process forked at start, while the
-  invoker is small, which forks per instance and enters the sandbox there; issue 21's
-  zygotes need the same process. Not done yet. Since then a root invoker also makes
-  three cgroups per instance (v1 here): cold starts measured 6.3 ms before they came
-  and 7.3–8.1 ms in two runs after, so making them costs about 1–2 ms. A few
-  cgroups made ahead of time, in the background, would take that off the cold path.
+- **provided**: the child starts with `clone(CLONE_VM | CLONE_VFORK)` on a stack of
+  its own (what `posix_spawn` does) and enters the sandbox there with raw syscalls
+  (`crates/invoker/src/sandbox/spawn.rs`). Until 2026-12-04 it was entered in a
+  `pre_exec` hook, which makes the standard library `fork()` the whole invoker: the
+  sandbox then cost +3.6 ms and the ratio was 3.82×; timestamps inside the invoker
+  had put 2.0–2.5 ms of that on the fork. What the sandbox still costs: building the
+  instance's Landlock ruleset (~45 rules, one syscall each, ~0.3 ms by the same probe),
+  the namespace, tmpfs, Landlock and seccomp steps in the child (~0.1–0.3 ms,
+  `unshare -Urm` against a plain exec), and as root three cgroups per instance (v1
+  here; ~0.15 ms to make, limit and join, timed by hand from Python). The unsandboxed
+  row is itself {cold['provided_unsandboxed_ms']/cold['provided_floor_ms']:.2f}× the bare spawn: the invoker's own cold path (the instance
+  dir, a Runtime API listener, the role token, the first event's hand-over).
 - **python3**: the sandboxed cold start is {cold['python_ms']/cold['python_floor_ms']:.2f}× our bootstrap spawned bare on the same
   interpreter ({cold['python_floor_ms']:.1f} ms). That bootstrap alone is already {cold['python_floor_ms']/cold['python_bare_start_ms']:.1f}× `python3 -S`: it imports
   `json`, `http.client` and the handler. So the 1.5× target is out of reach for any
-  sandbox in front of this bootstrap. Pre-imported interpreters (issue 21's zygotes)
-  are what would reach it. The unsandboxed column ran on a different interpreter: a
+  sandbox in front of this bootstrap: the ceiling any sandbox can reach here is
+  {cold['python_floor_ms']/cold['python_bare_start_ms']:.1f}× `python3 -S`, against the target's 1.5×. Pre-imported interpreters (issue
+  21's zygotes) are what would reach it. The unsandboxed column ran on a different interpreter: a
   root invoker's sandboxed functions use `{cold['python_interpreter']}` (the pyenv build under `/root` is
   out of reach of their uids), while the unsandboxed ones use the `python3` on PATH.
 - **warm**: the sandbox only changes how an instance starts. The warm rows with and

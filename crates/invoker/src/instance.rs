@@ -436,10 +436,8 @@ fn spawn_sandboxed(
         capture: true,
     })?;
     let pipe = |fd: Option<std::os::fd::OwnedFd>| -> std::io::Result<Output> {
-        fd.map(|fd| {
-            tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map(|r| Box::new(r) as _)
-        })
-        .transpose()
+        fd.map(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map(|r| Box::new(r) as _))
+            .transpose()
     };
     let stdout = pipe(child.stdout.take())?;
     let stderr = pipe(child.stderr.take())?;

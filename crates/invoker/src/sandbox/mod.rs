@@ -625,7 +625,11 @@ impl InstanceSandbox {
         // SAFETY: landlock_restrict_self(2) with the ruleset's descriptor, no flags.
         #[allow(unsafe_code)]
         let restricted = unsafe {
-            libc::syscall(libc::SYS_landlock_restrict_self, self.ruleset.as_raw_fd(), 0)
+            libc::syscall(
+                libc::SYS_landlock_restrict_self,
+                self.ruleset.as_raw_fd(),
+                0,
+            )
         };
         if restricted != 0 {
             return Err(std::io::Error::last_os_error());

@@ -192,9 +192,11 @@ impl Child {
     /// Waits for the process to end, blocking the thread.
     pub fn wait_blocking(&mut self) -> std::io::Result<std::process::ExitStatus> {
         use std::os::unix::process::ExitStatusExt as _;
-        let status =
-            rustix::process::waitid(rustix::process::WaitId::PidFd(self.pidfd.as_fd()), rustix::process::WaitIdOptions::EXITED)?
-                .ok_or_else(|| std::io::Error::other("waitid returned no status"))?;
+        let status = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(self.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )?
+        .ok_or_else(|| std::io::Error::other("waitid returned no status"))?;
         self.reaped = true;
         // Rebuilt as the `wait` status word `ExitStatus` decodes.
         let raw = match (status.exit_status(), status.terminating_signal()) {
@@ -271,7 +273,11 @@ impl Plan<'_> {
                 let mut none: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut none);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-                libc::execve(self.program.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+                libc::execve(
+                    self.program.as_ptr(),
+                    self.argv.as_ptr(),
+                    self.envp.as_ptr(),
+                );
             }
             Err(std::io::Error::last_os_error())
         })();
@@ -353,5 +359,202 @@ impl Drop for Stack {
         unsafe {
             libc::munmap(self.base, self.len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::sandbox::{Egress, InstanceRules, Sandbox, SandboxConfig, SandboxMode};
+
+    fn sandbox(dir: &Path) -> Sandbox {
+        let sandbox = Sandbox::new(
+            SandboxConfig {
+                mode: SandboxMode::On,
+                egress: Egress::None,
+                ports: Vec::new(),
+                scratch_mb: 16,
+                pids: 16,
+                uid_base: 1_900_000_000,
+                internal_ports: Vec::new(),
+            },
+            dir,
+        );
+        assert!(
+            sandbox.protections().enforced,
+            "this host runs functions sandboxed: {:?}",
+            sandbox.protections().missing
+        );
+        sandbox
+    }
+
+    fn run_dir() -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("spawn-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn instance_dir(root: &Path) -> PathBuf {
+        let dir = root.join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn prepare(sandbox: &Sandbox, dir: &Path) -> InstanceSandbox {
+        sandbox
+            .prepare(&InstanceRules {
+                dir,
+                read_only: Vec::new(),
+                runtime_api_port: 9,
+                platform_ports: Vec::new(),
+                memory_bytes: 256 * 1024 * 1024,
+                memory_mb: 128,
+                network: None,
+                scratch_mb: None,
+            })
+            .unwrap()
+    }
+
+    /// `sh -c script` in a sandbox, with the cgroup dirs to remove after it.
+    fn start(
+        sandbox: &Sandbox,
+        dir: &Path,
+        script: &str,
+        env: &[(String, String)],
+    ) -> std::io::Result<(Child, Vec<PathBuf>)> {
+        let prepared = prepare(sandbox, dir);
+        let cgroups = prepared.cgroup_dirs();
+        let args = ["-c".into(), script.into()];
+        let child = prepared.spawn(&Command {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env,
+            capture: true,
+        });
+        match child {
+            Ok(child) => Ok((child, cgroups)),
+            Err(error) => {
+                crate::sandbox::remove_cgroups(&cgroups);
+                Err(error)
+            }
+        }
+    }
+
+    fn read_all(fd: Option<OwnedFd>) -> String {
+        let mut text = String::new();
+        std::fs::File::from(fd.unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+
+    #[test]
+    fn the_child_gets_its_environment_output_and_exit_status_inside_the_sandbox() {
+        let root = run_dir();
+        let sandbox = sandbox(&root);
+        let dir = instance_dir(&root);
+        let env = [("GREETING".to_owned(), "hello".to_owned())];
+        let (mut child, cgroups) = start(
+            &sandbox,
+            &dir,
+            // Its scratch is writable; /etc/shadow and the run dir above it are not
+            // readable.
+            "echo $GREETING; echo x > ./file && cat ./file; \
+             cat /etc/shadow 2>/dev/null || echo no-shadow; \
+             ls .. 2>/dev/null || echo no-parent; echo oops >&2; exit 3",
+            &env,
+        )
+        .unwrap();
+        let stdout = read_all(child.stdout.take());
+        let stderr = read_all(child.stderr.take());
+        let status = child.wait_blocking().unwrap();
+        crate::sandbox::remove_cgroups(&cgroups);
+        assert_eq!(stdout, "hello\nx\nno-shadow\nno-parent\n");
+        assert_eq!(stderr, "oops\n");
+        assert_eq!(status.code(), Some(3));
+        // What it wrote stayed on its tmpfs.
+        assert!(!dir.join("file").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_program_that_cannot_start_is_an_error_and_leaves_no_process() {
+        let root = run_dir();
+        let sandbox = sandbox(&root);
+        let dir = instance_dir(&root);
+        let prepared = prepare(&sandbox, &dir);
+        let cgroups = prepared.cgroup_dirs();
+        let error = prepared
+            .spawn(&Command {
+                program: Path::new("/nonexistent/program"),
+                args: &[],
+                env: &[],
+                capture: true,
+            })
+            .err()
+            .expect("no such program");
+        crate::sandbox::remove_cgroups(&cgroups);
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+        // The child that failed was reaped: this test's process has no children.
+        assert_eq!(
+            rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG).err(),
+            Some(rustix::io::Errno::CHILD)
+        );
+
+        let prepared = prepare(&sandbox, &dir);
+        let cgroups = prepared.cgroup_dirs();
+        let nul = [std::ffi::OsString::from("a\0b")];
+        let refused = prepared.spawn(&Command {
+            program: Path::new("/bin/sh"),
+            args: &nul,
+            env: &[],
+            capture: false,
+        });
+        crate::sandbox::remove_cgroups(&cgroups);
+        assert!(refused.is_err());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// Children share the invoker's memory until they exec: many at once, from many
+    /// threads, must each come up whole (a uid change flips the shared dumpable
+    /// flag that each child needs set to write its own uid map).
+    #[test]
+    fn concurrent_spawns_from_many_threads_all_start() {
+        let root = run_dir();
+        let uid = rustix::process::geteuid();
+        let sandbox = std::sync::Arc::new(sandbox(&root));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let sandbox = std::sync::Arc::clone(&sandbox);
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let dir = instance_dir(&root);
+                        let env = [("N".to_owned(), format!("{t}-{i}"))];
+                        let (mut child, cgroups) = start(&sandbox, &dir, "echo $N", &env).unwrap();
+                        let stdout = read_all(child.stdout.take());
+                        let status = child.wait_blocking().unwrap();
+                        crate::sandbox::remove_cgroups(&cgroups);
+                        assert!(status.success());
+                        assert_eq!(stdout, format!("{t}-{i}\n"));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // The invoker's own process is as it was: dumpable, its uids unchanged.
+        assert_eq!(
+            rustix::process::dumpable_behavior().unwrap(),
+            rustix::process::DumpableBehavior::Dumpable
+        );
+        assert_eq!(rustix::process::geteuid(), uid);
+        assert_eq!(rustix::process::getuid(), uid);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
