@@ -576,3 +576,259 @@ async fn schedules_fire_once_per_tick() {
         .unwrap();
     cloud.stop().await.unwrap();
 }
+
+/// The bus acts on a subscription's behalf long after the request that made it, so
+/// it must act with its owner's rights only (issue 16). Each step is an attack that
+/// worked before: a subscriber making any function run, publishing forged events to
+/// minicloud's own topics, managing another owner's subscription, and a subscription
+/// that keeps forwarding after its owner lost the right.
+#[tokio::test]
+async fn the_bus_acts_only_with_its_owners_current_rights() {
+    let cloud = TestCloud::builder()
+        .policy_cache_ttl(std::time::Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let admin = cloud.admin();
+    for topic in ["in", "out", "private"] {
+        let _: Value = admin
+            .post("/events/v1/topics", &json!({"name": topic}))
+            .await
+            .unwrap();
+    }
+    let role = |name: &'static str, policies: Value| {
+        let admin = admin.clone();
+        async move {
+            let _: Value = admin
+                .post(
+                    "/auth/v1/admin/roles",
+                    &json!({"name": name, "policies": policies}),
+                )
+                .await
+                .unwrap();
+            let key: Value = admin
+                .post(
+                    "/auth/v1/admin/api-keys",
+                    &json!({"name": name, "role": name}),
+                )
+                .await
+                .unwrap();
+            key["api_key"].as_str().unwrap().to_owned()
+        }
+    };
+    let subscriber = cloud.client().with_token(
+        role(
+            "subscriber",
+            json!([{"effect":"allow","actions":["events:Subscribe"],"resources":["events:*"]}]),
+        )
+        .await,
+    );
+    let publisher = cloud.client().with_token(
+        role(
+            "publisher",
+            json!([{"effect":"allow","actions":["events:Publish"],"resources":["events:*"]}]),
+        )
+        .await,
+    );
+    let relay_policies = |publish: bool| {
+        let mut policies = vec![
+            json!({"effect":"allow","actions":["events:Subscribe"],"resources":["events:in"]}),
+        ];
+        if publish {
+            policies.push(
+                json!({"effect":"allow","actions":["events:Publish"],"resources":["events:out"]}),
+            );
+        }
+        json!(policies)
+    };
+    let relay = cloud
+        .client()
+        .with_token(role("relay", relay_policies(true)).await);
+    let status = |result: Result<Value, minicloud_sdk::Error>| match result {
+        Ok(_) => 200,
+        Err(error) => error.status().unwrap_or(0),
+    };
+
+    // Subscribing to `storage` does not let it run a function it may not invoke,
+    // nor write to a topic or dead-letter topic it may not publish to.
+    for target in [
+        json!({"topic":"storage","target":{"function":"victim"}}),
+        json!({"topic":"storage","target":{"topic":"functions"}}),
+        json!({"topic":"storage","target":{"topic":"out"}}),
+        json!({"topic":"storage","target":{"webhook":"http://example.com/"},"dead_letter_topic":"functions.dead-letter"}),
+    ] {
+        assert_eq!(
+            status(subscriber.post("/events/v1/subscriptions", &target).await),
+            403,
+            "{target}"
+        );
+    }
+    // Publishing a forged invocation or upload needs the service role, even with
+    // events:Publish on every topic.
+    let forged = json!({"specversion":"1.0","id":"f1","source":"/forged","type":"minicloud.function.invoke","subject":"victim","data":{}});
+    for topic in [
+        "functions",
+        "storage",
+        "db",
+        "schedules",
+        "functions.dead-letter",
+    ] {
+        assert_eq!(
+            status(
+                publisher
+                    .post(&format!("/events/v1/topics/{topic}/events"), &forged)
+                    .await
+            ),
+            403,
+            "{topic}"
+        );
+    }
+    assert_eq!(
+        status(
+            publisher
+                .post("/events/v1/topics/out/events", &forged)
+                .await
+        ),
+        200
+    );
+    // A schedule must not fire into them either.
+    assert_eq!(
+        status(
+            publisher
+                .post(
+                    "/events/v1/schedules",
+                    &json!({"name":"forge","schedule":"rate(1 minute)","topic":"functions"})
+                )
+                .await
+        ),
+        403
+    );
+
+    // Another owner's subscription is invisible: not listed, not readable,
+    // deletable or redrivable.
+    let theirs: Value = admin
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"private","target":{"webhook":"http://127.0.0.1:9/"}}),
+        )
+        .await
+        .unwrap();
+    let theirs = theirs["id"].as_str().unwrap();
+    let mine: Value = subscriber
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"private","target":{"webhook":"http://127.0.0.1:9/"}}),
+        )
+        .await
+        .unwrap();
+    let mine = mine["id"].as_str().unwrap();
+    let listed: Value = subscriber.get("/events/v1/subscriptions").await.unwrap();
+    let ids: Vec<&str> = listed["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [mine]);
+    for path in [
+        format!("/events/v1/subscriptions/{theirs}"),
+        format!("/events/v1/subscriptions/{theirs}/dead-letters"),
+    ] {
+        assert_eq!(status(subscriber.get(&path).await), 404, "{path}");
+    }
+    assert_eq!(
+        status(
+            subscriber
+                .post(
+                    &format!("/events/v1/subscriptions/{theirs}/dead-letters/redrive"),
+                    &json!({})
+                )
+                .await
+        ),
+        404
+    );
+    assert_eq!(
+        subscriber
+            .delete(&format!("/events/v1/subscriptions/{theirs}"))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    let _: Value = admin
+        .get(&format!("/events/v1/subscriptions/{theirs}"))
+        .await
+        .unwrap();
+    let _: Value = subscriber
+        .get(&format!("/events/v1/subscriptions/{mine}"))
+        .await
+        .unwrap();
+    subscriber
+        .delete(&format!("/events/v1/subscriptions/{mine}"))
+        .await
+        .unwrap();
+
+    // A relay forwards `in` to `out` while its owner may publish to `out`...
+    let forward: Value = relay
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"in","target":{"topic":"out"},"retry":{"max_attempts":1}}),
+        )
+        .await
+        .unwrap();
+    let forward = forward["id"].as_str().unwrap().to_owned();
+    let publish_in = |id: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let _: Value = admin
+                .post("/events/v1/topics/in/events", &event(id))
+                .await
+                .unwrap();
+        }
+    };
+    let out_before = stream_len(&cloud, "out").await;
+    publish_in("r1").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stream_len(&cloud, "out").await == out_before {
+        assert!(std::time::Instant::now() < deadline, "r1 was not forwarded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // ...and stops once that right is taken away: the event is dead-lettered with
+    // the reason, for the owner to see.
+    let _: Value = admin
+        .put(
+            "/auth/v1/admin/roles/relay",
+            &json!({"policies": relay_policies(false)}),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let out_after_revoke = stream_len(&cloud, "out").await;
+    publish_in("r2").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let letters = loop {
+        let letters: Value = relay
+            .get(&format!("/events/v1/subscriptions/{forward}/dead-letters"))
+            .await
+            .unwrap();
+        if !letters["dead_letters"].as_array().unwrap().is_empty() {
+            break letters;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "r2 was not dead-lettered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["event"]["id"], "r2");
+    assert!(
+        letter["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("may no longer"),
+        "{letter}"
+    );
+    assert_eq!(stream_len(&cloud, "out").await, out_after_revoke);
+    cloud.stop().await.unwrap();
+}

@@ -279,6 +279,7 @@ async fn dead_letter(
     event: &Value,
     attempts: i32,
     error: &str,
+    to_topic: bool,
 ) -> Result<(), ApiError> {
     sqlx::query("INSERT INTO dead_letters (subscription_id, event, attempts, last_error) VALUES ($1, $2, $3, $4)")
         .bind(&subscription.id)
@@ -288,7 +289,7 @@ async fn dead_letter(
         .execute(&bus.pool)
         .await
         .map_err(ApiError::internal)?;
-    if let Some(topic) = &subscription.dead_letter_topic {
+    if let Some(topic) = subscription.dead_letter_topic.as_ref().filter(|_| to_topic) {
         let mut dead = event.clone();
         if let Value::Object(map) = &mut dead {
             map.insert(
@@ -337,6 +338,27 @@ async fn handle(
         .as_deref()
         .is_none_or(|only| only == subscription.id);
     if mine && !entry.event.is_null() && pattern.matches(&entry.event) {
+        // The owner's rights now, not when it subscribed.
+        match crate::access::owner_may_deliver(&bus, &subscription, &target).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                // Recorded for the owner to read (and redrive once allowed again),
+                // not published to a dead-letter topic it may no longer write.
+                if let Err(failure) =
+                    dead_letter(&bus, &subscription, &entry.event, 0, &reason, false).await
+                {
+                    tracing::warn!(%failure, "dead-lettering failed; the entry stays pending");
+                    return;
+                }
+                ack(&bus, &subscription, &entry.id).await;
+                return;
+            }
+            Err(error) => {
+                // Left pending: claimed and checked again after the visibility timeout.
+                tracing::warn!(subscription = %subscription.id, %error, "could not check the owner's rights");
+                return;
+            }
+        }
         match deliver(&bus, &subscription, &target, &entry.event, &cancel).await {
             Ok(()) => {
                 let label = label(&subscription);
@@ -363,7 +385,7 @@ async fn handle(
             }
             Err((attempts, error)) => {
                 if let Err(failure) =
-                    dead_letter(&bus, &subscription, &entry.event, attempts, &error).await
+                    dead_letter(&bus, &subscription, &entry.event, attempts, &error, true).await
                 {
                     tracing::warn!(%failure, "dead-lettering failed; the entry stays pending");
                     return;

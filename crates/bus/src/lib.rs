@@ -2,6 +2,7 @@
 //! serves topics and the gRPC publish the outbox relays call; subscriptions,
 //! delivery and schedules land with issue 6.
 
+mod access;
 mod delivery;
 mod metrics;
 pub mod pattern;

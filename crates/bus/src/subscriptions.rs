@@ -83,12 +83,14 @@ pub struct SubscriptionOut {
     pub dead_letter_topic: Option<String>,
     pub max_in_flight: i32,
     pub owner: Option<String>,
+    /// The role the owner subscribed with; deliveries re-check its current rights.
+    pub owner_role: String,
     pub created_at: DateTime<Utc>,
 }
 
 macro_rules! subscription_columns {
     () => {
-        "id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner, created_at"
+        "id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner, owner_role, created_at"
     };
 }
 pub(crate) use subscription_columns;
@@ -179,26 +181,30 @@ pub async fn create(
     Json(input): Json<SubscriptionIn>,
 ) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
     crate::topics::check_topic_name(&input.topic)?;
-    bus.authz
-        .authorize(
-            &caller,
-            "events:Subscribe",
-            &format!("events:{}", input.topic),
-            &[],
-        )
-        .await?;
+    let target = Target::parse(&input.target)?;
+    crate::access::authorize_subscription(
+        &bus,
+        &caller,
+        &input.topic,
+        &target,
+        input.dead_letter_topic.as_deref(),
+    )
+    .await?;
     let id = format!("sub_{}", uuid::Uuid::now_v7().simple());
-    let subscription = insert(&bus, &id, input, caller.owner().map(str::to_owned)).await?;
+    let owner = crate::access::owner_of(&caller);
+    let subscription = insert(&bus, &id, input, owner, caller.role.name()).await?;
     Ok((StatusCode::CREATED, Json(subscription)))
 }
 
 /// Validates and stores a subscription under `id`; an existing subscription with
-/// that id is kept as it is (so services can ensure theirs idempotently).
+/// that id is kept as it is (so services can ensure theirs idempotently). The
+/// caller has authorised `owner` ([`crate::access::authorize_subscription`]).
 pub async fn insert(
     bus: &Bus,
     id: &str,
     input: SubscriptionIn,
     owner: Option<String>,
+    owner_role: &str,
 ) -> Result<SubscriptionOut, ApiError> {
     crate::topics::check_topic_name(&input.topic)?;
     Pattern::parse(&input.pattern).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -226,8 +232,8 @@ pub async fn insert(
         }
     }
     let inserted = sqlx::query_as::<_, SubscriptionOut>(concat!(
-        "INSERT INTO subscriptions (id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING RETURNING ",
+        "INSERT INTO subscriptions (id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner, owner_role)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING RETURNING ",
         subscription_columns!()
     ))
     .bind(id)
@@ -241,6 +247,7 @@ pub async fn insert(
     .bind(&input.dead_letter_topic)
     .bind(max_in_flight)
     .bind(owner)
+    .bind(owner_role)
     .fetch_optional(&bus.pool)
     .await
     .map_err(ApiError::internal)?;
@@ -268,35 +275,27 @@ pub struct SubscriptionList {
     pub subscriptions: Vec<SubscriptionOut>,
 }
 
+/// The caller's own subscriptions (all of them for the service role).
 #[utoipa::path(get, path = "/events/v1/subscriptions", tag = "subscriptions", responses((status = 200, body = SubscriptionList)))]
 pub async fn list(
     State(bus): State<Bus>,
     caller: Caller,
 ) -> Result<Json<SubscriptionList>, ApiError> {
-    let rows = sqlx::query_as::<_, SubscriptionOut>(concat!(
+    let owner = crate::access::owner_of(&caller);
+    if !caller.is_service() && owner.is_none() {
+        return Ok(Json(SubscriptionList {
+            subscriptions: Vec::new(),
+        }));
+    }
+    let subscriptions = sqlx::query_as::<_, SubscriptionOut>(concat!(
         "SELECT ",
         subscription_columns!(),
-        " FROM subscriptions ORDER BY id LIMIT 1000"
+        " FROM subscriptions WHERE $1::text IS NULL OR owner = $1 ORDER BY id LIMIT 1000"
     ))
+    .bind(owner.filter(|_| !caller.is_service()))
     .fetch_all(&bus.pool)
     .await
     .map_err(ApiError::internal)?;
-    let mut subscriptions = Vec::new();
-    for row in rows {
-        if bus
-            .authz
-            .authorize(
-                &caller,
-                "events:Subscribe",
-                &format!("events:{}", row.topic),
-                &[],
-            )
-            .await
-            .is_ok()
-        {
-            subscriptions.push(row);
-        }
-    }
     Ok(Json(SubscriptionList { subscriptions }))
 }
 
@@ -313,16 +312,10 @@ pub(crate) async fn load(bus: &Bus, id: &str) -> Result<SubscriptionOut, ApiErro
     .ok_or_else(|| ApiError::not_found("subscription not found"))
 }
 
+/// The subscription, if the caller manages it ([`crate::access::manages`]).
 async fn authorized(bus: &Bus, caller: &Caller, id: &str) -> Result<SubscriptionOut, ApiError> {
     let subscription = load(bus, id).await?;
-    bus.authz
-        .authorize(
-            caller,
-            "events:Subscribe",
-            &format!("events:{}", subscription.topic),
-            &[],
-        )
-        .await?;
+    crate::access::manages(caller, &subscription)?;
     Ok(subscription)
 }
 
