@@ -19,10 +19,14 @@ unit: test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## AWS's Python runtime interface client (PyPI), deployed unmodified by the invoker tests.
-test-deps: target/pydeps/awslambdaric
+test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks
 
 target/pydeps/awslambdaric:
 	python3 -m pip install --quiet --target target/pydeps awslambdaric
+
+# The Standard Webhooks reference library verifies the bus's signed deliveries.
+target/pydeps/standardwebhooks:
+	python3 -m pip install --quiet --target target/pydeps standardwebhooks==1.3.0
 
 lint:
 	$(CARGO) fmt --all -- --check

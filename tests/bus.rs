@@ -832,3 +832,202 @@ async fn the_bus_acts_only_with_its_owners_current_rights() {
     assert_eq!(stream_len(&cloud, "out").await, out_after_revoke);
     cloud.stop().await.unwrap();
 }
+
+/// Verifies a delivery with the Standard Webhooks reference library (Python).
+fn verify_with_standard_webhooks(
+    secret: &str,
+    headers: &axum::http::HeaderMap,
+    body: &str,
+) -> bool {
+    let pydeps = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pydeps");
+    assert!(
+        pydeps.join("standardwebhooks").is_dir(),
+        "standardwebhooks missing: `make test` installs it into target/pydeps"
+    );
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    let status = std::process::Command::new("python3")
+        .env("PYTHONPATH", &pydeps)
+        .args([
+            "-c",
+            "import sys\nfrom standardwebhooks.webhooks import Webhook\n\
+             secret, id, ts, sig, body = sys.argv[1:]\n\
+             Webhook(secret).verify(body.encode(), {'webhook-id': id, 'webhook-timestamp': ts, 'webhook-signature': sig})",
+            secret,
+            &header("webhook-id"),
+            &header("webhook-timestamp"),
+            &header("webhook-signature"),
+            body,
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    status.success()
+}
+
+async fn subscribe(
+    client: &minicloud_sdk::Client,
+    topic: &str,
+    url: &str,
+) -> Result<Value, minicloud_sdk::Error> {
+    client
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic": topic, "target": {"webhook": url}, "retry": {"max_attempts": 1}}),
+        )
+        .await
+}
+
+async fn dead_letter_reason(client: &minicloud_sdk::Client, id: &str) -> String {
+    for _ in 0..100 {
+        let letters: Value = client
+            .get(&format!("/events/v1/subscriptions/{id}/dead-letters"))
+            .await
+            .unwrap();
+        if let Some(reason) = letters["dead_letters"][0]["last_error"].as_str() {
+            return reason.to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no dead letter for {id}");
+}
+
+/// Webhooks cannot be pointed at the metadata service, minicloud's own ports or (on
+/// a server) private addresses, by their text or through DNS; redirects are not
+/// followed; deliveries are signed so the standard libraries verify them (issue 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_reach_only_allowed_addresses() {
+    // As under `minicloud up`: loopback allowed.
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name":"hooks"}))
+        .await
+        .unwrap();
+    let (url, receiver) = webhook::start().await;
+    let created = subscribe(&admin, "hooks", &url).await.unwrap();
+    let secret = created["webhook_secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    let id = created["id"].as_str().unwrap();
+    // Shown once: not in what is read back.
+    let read: Value = admin
+        .get(&format!("/events/v1/subscriptions/{id}"))
+        .await
+        .unwrap();
+    assert!(read.get("webhook_secret").is_none(), "{read}");
+    let _: Value = admin
+        .post("/events/v1/topics/hooks/events", &event("w1"))
+        .await
+        .unwrap();
+    wait_until(|| receiver.count() >= 1).await;
+    let (headers, body) = receiver.successes()[0].clone();
+    assert!(verify_with_standard_webhooks(&secret, &headers, &body));
+    // A tampered body or another secret fails the same verification.
+    assert!(!verify_with_standard_webhooks(
+        &secret,
+        &headers,
+        &format!("{body} ")
+    ));
+    assert!(!verify_with_standard_webhooks(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        &headers,
+        &body
+    ));
+
+    // Always refused, whatever the mode: metadata and link-local addresses (also
+    // written as IPv4-mapped IPv6), and minicloud's own servers' ports.
+    let auth_port = cloud.urls.auth.rsplit(':').next().unwrap().to_owned();
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://[::ffff:169.254.169.254]/".to_owned(),
+        "http://[fe80::1]/".to_owned(),
+        "http://0.0.0.0:8080/".to_owned(),
+        format!("http://127.0.0.1:{auth_port}/"),
+        "http://127.0.0.1:5432/".to_owned(),
+        "http://localhost:6379/".to_owned(),
+    ] {
+        let refused = subscribe(&admin, "hooks", &url).await.unwrap_err();
+        assert_eq!(refused.status(), Some(400), "{url}: {refused}");
+    }
+
+    // A redirect is not followed: the delivery fails, the redirect's target gets
+    // nothing.
+    let redirect = axum::Router::new().route(
+        "/",
+        axum::routing::post({
+            let url = url.clone();
+            move || async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, url)],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, redirect).await.unwrap() });
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name":"redirected"}))
+        .await
+        .unwrap();
+    let redirected = subscribe(&admin, "redirected", &redirect_url)
+        .await
+        .unwrap();
+    let before = receiver.count();
+    let _: Value = admin
+        .post("/events/v1/topics/redirected/events", &event("w2"))
+        .await
+        .unwrap();
+    let reason = dead_letter_reason(&admin, redirected["id"].as_str().unwrap()).await;
+    assert!(reason.contains("redirects are not followed"), "{reason}");
+    assert_eq!(receiver.count(), before);
+    cloud.stop().await.unwrap();
+
+    // As under `serve`: private addresses refused, by their text at creation and
+    // after DNS at delivery; an allow-listed range is reachable.
+    let cloud = TestCloud::builder()
+        .bus(|c| c.webhook_private = Some(false))
+        .start()
+        .await
+        .unwrap();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name":"hooks"}))
+        .await
+        .unwrap();
+    let (url, receiver) = webhook::start().await;
+    let refused = subscribe(&admin, "hooks", &url).await.unwrap_err();
+    assert_eq!(refused.status(), Some(400), "{refused}");
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let created = subscribe(&admin, "hooks", &by_name).await.unwrap();
+    let _: Value = admin
+        .post("/events/v1/topics/hooks/events", &event("w3"))
+        .await
+        .unwrap();
+    let reason = dead_letter_reason(&admin, created["id"].as_str().unwrap()).await;
+    assert!(reason.contains("resolves to"), "{reason}");
+    assert_eq!(receiver.count(), 0);
+    cloud.stop().await.unwrap();
+
+    let cloud = TestCloud::builder()
+        .bus(|c| {
+            c.webhook_private = Some(false);
+            c.webhook_allow = vec!["127.0.0.0/8".parse().unwrap()];
+        })
+        .start()
+        .await
+        .unwrap();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name":"hooks"}))
+        .await
+        .unwrap();
+    subscribe(&admin, "hooks", &by_name).await.unwrap();
+    let _: Value = admin
+        .post("/events/v1/topics/hooks/events", &event("w4"))
+        .await
+        .unwrap();
+    wait_until(|| receiver.count() >= 1).await;
+    assert_eq!(receiver.successes().len(), 1);
+    cloud.stop().await.unwrap();
+}

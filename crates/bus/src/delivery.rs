@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use minicloud_proto::error::ApiError;
 use rand::Rng as _;
 use redis::Value as RedisValue;
@@ -20,8 +19,6 @@ use tracing::Instrument as _;
 use crate::Bus;
 use crate::pattern::Pattern;
 use crate::subscriptions::{SubscriptionOut, Target, subscription_columns};
-
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Bus {
     /// Creates the subscription's consumer group if missing (`start`: `$` or `0`).
@@ -142,6 +139,7 @@ fn delivery_span(subscription: &SubscriptionOut, event: &Value, attempt: i32) ->
 async fn deliver_once(
     bus: &Bus,
     target: &Target,
+    secret: Option<&str>,
     event: &Value,
     attempt: i32,
 ) -> Result<(), String> {
@@ -181,57 +179,8 @@ async fn deliver_once(
             }
         }
         Target::Webhook(url) => {
-            // CloudEvents binary mode: attributes as ce- headers, data as the body.
-            let mut request = bus.http.post(url.clone()).timeout(WEBHOOK_TIMEOUT);
-            let mut content_type = "application/json".to_owned();
-            if let Value::Object(map) = event {
-                for (name, value) in map {
-                    match name.as_str() {
-                        "data" | "data_base64" => {}
-                        "datacontenttype" => {
-                            content_type = value.as_str().unwrap_or("application/json").to_owned()
-                        }
-                        _ => {
-                            let value = match value {
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            };
-                            request = request.header(format!("ce-{name}"), value);
-                        }
-                    }
-                }
-                if let Some(traceparent) = map.get("traceparent").and_then(Value::as_str) {
-                    request = request.header("traceparent", traceparent);
-                }
-            }
-            request = request
-                .header("ce-deliveryattempt", attempt.to_string())
-                .header("content-type", content_type);
-            let body: Vec<u8> = match (event.get("data"), event.get("data_base64")) {
-                (Some(Value::String(s)), _)
-                    if !event["datacontenttype"]
-                        .as_str()
-                        .unwrap_or("application/json")
-                        .contains("json") =>
-                {
-                    s.clone().into_bytes()
-                }
-                (Some(data), _) => data.to_string().into_bytes(),
-                (None, Some(Value::String(b64))) => base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            let response = request
-                .body(body)
-                .send()
+            crate::webhook::deliver(&bus.http, &bus.webhook_policy, url, secret, event, attempt)
                 .await
-                .map_err(|e| format!("webhook request failed: {e}"))?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("webhook answered {}", response.status()))
-            }
         }
     }
 }
@@ -242,12 +191,13 @@ async fn deliver(
     bus: &Bus,
     subscription: &SubscriptionOut,
     target: &Target,
+    secret: Option<&str>,
     event: &Value,
     cancel: &CancellationToken,
 ) -> Result<(), (i32, String)> {
     let mut attempt = 1;
     loop {
-        match deliver_once(bus, target, event, attempt)
+        match deliver_once(bus, target, secret, event, attempt)
             .instrument(delivery_span(subscription, event, attempt))
             .await
         {
@@ -330,6 +280,7 @@ async fn handle(
     subscription: Arc<SubscriptionOut>,
     pattern: Arc<Pattern>,
     target: Arc<Target>,
+    secret: Option<Arc<str>>,
     entry: Entry,
     cancel: CancellationToken,
 ) {
@@ -359,7 +310,16 @@ async fn handle(
                 return;
             }
         }
-        match deliver(&bus, &subscription, &target, &entry.event, &cancel).await {
+        match deliver(
+            &bus,
+            &subscription,
+            &target,
+            secret.as_deref(),
+            &entry.event,
+            &cancel,
+        )
+        .await
+        {
             Ok(()) => {
                 let label = label(&subscription);
                 bus.metrics.delivered.get_or_create(&label).inc();
@@ -407,6 +367,25 @@ async fn worker(
     };
     let Ok(target) = Target::parse(&subscription.target) else {
         return;
+    };
+    // Kept out of `SubscriptionOut`, which the API serialises.
+    let secret: Option<Arc<str>> = loop {
+        match sqlx::query_scalar::<_, Option<String>>(
+            "SELECT webhook_secret FROM subscriptions WHERE id = $1",
+        )
+        .bind(&subscription.id)
+        .fetch_optional(&bus.pool)
+        .await
+        {
+            Ok(secret) => break secret.flatten().map(Arc::from),
+            Err(error) => {
+                tracing::warn!(subscription = %subscription.id, %error, "reading the signing secret failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
     };
     if bus
         .ensure_group(&subscription.topic, &subscription.id, "$")
@@ -508,17 +487,18 @@ async fn worker(
             let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                 break;
             };
-            let (bus, subscription, pattern, target, cancel, in_flight) = (
+            let (bus, subscription, pattern, target, secret, cancel, in_flight) = (
                 bus.clone(),
                 Arc::clone(&subscription),
                 Arc::clone(&pattern),
                 Arc::clone(&target),
+                secret.clone(),
                 cancel.clone(),
                 Arc::clone(&in_flight),
             );
             let id = entry.id.clone();
             tokio::spawn(async move {
-                handle(bus, subscription, pattern, target, entry, cancel).await;
+                handle(bus, subscription, pattern, target, secret, entry, cancel).await;
                 if let Ok(mut set) = in_flight.lock() {
                     set.remove(&id);
                 }

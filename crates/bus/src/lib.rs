@@ -9,6 +9,7 @@ pub mod pattern;
 mod schedules;
 mod subscriptions;
 mod topics;
+mod webhook;
 
 use std::sync::Arc;
 
@@ -74,6 +75,23 @@ pub struct BusConfig {
     /// The invoker's gRPC URL, for subscriptions that target functions.
     #[arg(long = "bus-invoker-url", env = "MINICLOUD_BUS_INVOKER_URL")]
     pub invoker_url: Option<String>,
+    /// Whether webhooks may reach loopback and private addresses: on under
+    /// `minicloud up` (local development), off under `serve`.
+    #[arg(long = "bus-webhook-private", env = "MINICLOUD_BUS_WEBHOOK_PRIVATE")]
+    pub webhook_private: Option<bool>,
+    /// Private ranges webhooks may reach even so (CIDRs, comma-separated). Link-local
+    /// and metadata addresses stay refused.
+    #[arg(
+        long = "bus-webhook-allow",
+        env = "MINICLOUD_BUS_WEBHOOK_ALLOW",
+        value_delimiter = ','
+    )]
+    pub webhook_allow: Vec<ipnet::IpNet>,
+    /// Ports of minicloud's own servers, never a webhook's (filled in by whoever
+    /// starts the bus; its database's, Redis's and the default service ports are
+    /// always added).
+    #[arg(skip)]
+    pub internal_ports: Vec<u16>,
 }
 
 impl Default for BusConfig {
@@ -83,6 +101,9 @@ impl Default for BusConfig {
             dedupe_window_s: 24 * 3600,
             visibility_timeout_s: 30,
             invoker_url: None,
+            webhook_private: None,
+            webhook_allow: Vec::new(),
+            internal_ports: Vec::new(),
         }
     }
 }
@@ -94,7 +115,9 @@ pub struct BusState {
     pub(crate) pool: PgPool,
     pub(crate) redis: ConnectionManager,
     pub(crate) redis_client: redis::Client,
+    /// The webhook client: destinations checked after DNS, no redirects.
     pub(crate) http: reqwest::Client,
+    pub(crate) webhook_policy: Arc<webhook::AddressPolicy>,
     pub(crate) metrics: metrics::BusMetrics,
     service_metrics: Arc<ServiceMetrics>,
     pub(crate) config: BusConfig,
@@ -127,6 +150,38 @@ pub enum BusStartError {
     Http(String),
 }
 
+/// Where webhooks may go: the flags, plus every port of minicloud's own servers
+/// this bus knows of (its database, Redis, the invoker, the default service ports).
+fn webhook_policy(
+    config: &BusConfig,
+    pool: &PgPool,
+    redis: &redis::Client,
+) -> webhook::AddressPolicy {
+    let mut internal_ports = config.internal_ports.clone();
+    internal_ports.extend([5432, 6379, 4601, 4602, 4603, 4604, 4605]);
+    internal_ports.push(pool.connect_options().get_port());
+    if let redis::ConnectionAddr::Tcp(_, port) | redis::ConnectionAddr::TcpTls { port, .. } =
+        redis.get_connection_info().addr()
+    {
+        internal_ports.push(*port);
+    }
+    if let Some(port) = config
+        .invoker_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.port_or_known_default())
+    {
+        internal_ports.push(port);
+    }
+    internal_ports.sort_unstable();
+    internal_ports.dedup();
+    webhook::AddressPolicy {
+        private: config.webhook_private.unwrap_or(false),
+        allow: config.webhook_allow.clone(),
+        internal_ports,
+    }
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(pool).await
 }
@@ -147,10 +202,8 @@ impl Bus {
         )
         .await
         .map_err(|_| BusStartError::RedisTimeout)??;
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
+        let webhook_policy = Arc::new(webhook_policy(&config, &pool, &redis));
+        let http = webhook::client(Arc::clone(&webhook_policy))
             .map_err(|e| BusStartError::Http(e.to_string()))?;
         let (service_metrics, metrics) = metrics::BusMetrics::new();
         let invoker = match &config.invoker_url {
@@ -167,6 +220,7 @@ impl Bus {
             redis: manager,
             redis_client: redis,
             http,
+            webhook_policy,
             metrics,
             service_metrics,
             config,

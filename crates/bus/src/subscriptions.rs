@@ -68,6 +68,16 @@ pub struct SubscriptionIn {
     pub max_in_flight: Option<i32>,
 }
 
+/// A new subscription, with its webhook signing secret: shown this once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SubscriptionCreated {
+    #[serde(flatten)]
+    pub subscription: SubscriptionOut,
+    /// `whsec_…`, for verifying deliveries (Standard Webhooks); webhook targets only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SubscriptionOut {
     pub id: String,
@@ -174,12 +184,12 @@ async fn topic_exists(bus: &Bus, topic: &str) -> Result<bool, ApiError> {
 }
 
 #[utoipa::path(post, path = "/events/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionIn,
-    responses((status = 201, body = SubscriptionOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = SubscriptionCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn create(
     State(bus): State<Bus>,
     caller: Caller,
     Json(input): Json<SubscriptionIn>,
-) -> Result<(StatusCode, Json<SubscriptionOut>), ApiError> {
+) -> Result<(StatusCode, Json<SubscriptionCreated>), ApiError> {
     crate::topics::check_topic_name(&input.topic)?;
     let target = Target::parse(&input.target)?;
     crate::access::authorize_subscription(
@@ -205,10 +215,17 @@ pub async fn insert(
     input: SubscriptionIn,
     owner: Option<String>,
     owner_role: &str,
-) -> Result<SubscriptionOut, ApiError> {
+) -> Result<SubscriptionCreated, ApiError> {
     crate::topics::check_topic_name(&input.topic)?;
     Pattern::parse(&input.pattern).map_err(|e| ApiError::invalid(e.to_string()))?;
     let target = Target::parse(&input.target)?;
+    let webhook_secret = match &target {
+        Target::Webhook(url) => {
+            crate::webhook::check_target(&bus.webhook_policy, url)?;
+            Some(crate::webhook::new_secret())
+        }
+        _ => None,
+    };
     let retry = input.retry.unwrap_or_default();
     check_retry(&retry)?;
     let max_in_flight = input.max_in_flight.unwrap_or(1);
@@ -232,8 +249,8 @@ pub async fn insert(
         }
     }
     let inserted = sqlx::query_as::<_, SubscriptionOut>(concat!(
-        "INSERT INTO subscriptions (id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner, owner_role)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING RETURNING ",
+        "INSERT INTO subscriptions (id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner, owner_role, webhook_secret)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING RETURNING ",
         subscription_columns!()
     ))
     .bind(id)
@@ -248,26 +265,34 @@ pub async fn insert(
     .bind(max_in_flight)
     .bind(owner)
     .bind(owner_role)
+    .bind(&webhook_secret)
     .fetch_optional(&bus.pool)
     .await
     .map_err(ApiError::internal)?;
-    let subscription = match inserted {
-        Some(subscription) => subscription,
-        None => sqlx::query_as::<_, SubscriptionOut>(concat!(
-            "SELECT ",
-            subscription_columns!(),
-            " FROM subscriptions WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_one(&bus.pool)
-        .await
-        .map_err(ApiError::internal)?,
+    // An existing subscription (ensured again) keeps its secret, not shown again.
+    let (subscription, webhook_secret) = match inserted {
+        Some(subscription) => (subscription, webhook_secret),
+        None => (
+            sqlx::query_as::<_, SubscriptionOut>(concat!(
+                "SELECT ",
+                subscription_columns!(),
+                " FROM subscriptions WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_one(&bus.pool)
+            .await
+            .map_err(ApiError::internal)?,
+            None,
+        ),
     };
     // The consumer group starts at the end of the stream: a new subscription gets
     // the events published from now on.
     bus.ensure_group(&subscription.topic, &subscription.id, "$")
         .await?;
-    Ok(subscription)
+    Ok(SubscriptionCreated {
+        subscription,
+        webhook_secret,
+    })
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

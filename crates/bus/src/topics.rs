@@ -285,7 +285,7 @@ impl BusService for BusGrpc {
         let subscription =
             crate::subscriptions::insert(&self.0, &request.id, input, owner, "service").await?;
         Ok(tonic::Response::new(EnsureSubscriptionResponse {
-            id: subscription.id,
+            id: subscription.subscription.id,
         }))
     }
 

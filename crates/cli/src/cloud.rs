@@ -147,12 +147,35 @@ pub async fn start(
         },
         async {
             let (pool, redis) = tokio::try_join!(pool(minicloud_bus::SCHEMA), redis)?;
+            // Every service's own port is refused to webhooks; loopback and private
+            // addresses are allowed (one machine, local development) unless the
+            // operator said otherwise.
+            let mut internal_ports = config.bus.internal_ports.clone();
+            internal_ports.extend(
+                [
+                    &urls.auth,
+                    &urls.storage,
+                    &urls.docdb,
+                    &urls.bus,
+                    &urls.invoker,
+                ]
+                .iter()
+                .filter_map(|u| {
+                    u.trim_end_matches('/')
+                        .rsplit(':')
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                }),
+            );
             let bus = BusConfig {
                 invoker_url: config
                     .bus
                     .invoker_url
                     .clone()
                     .or_else(|| Some(urls.invoker.clone())),
+                webhook_private: config.bus.webhook_private.or(Some(true)),
+                internal_ports,
                 ..config.bus.clone()
             };
             anyhow::Ok(Bus::new(bus, pool, redis, authz()?).await?)
