@@ -588,3 +588,111 @@ async fn every_rest_api_serves_its_openapi_spec_through_the_gateway() {
     }
     cloud.stop().await.unwrap();
 }
+
+/// Postgres stores no NUL character in `text` or `jsonb`: every route that takes
+/// text answers 400 naming the field instead of a 500 (issue 16). Each request is
+/// valid but for one `\u0000`.
+#[tokio::test]
+async fn a_nul_character_anywhere_is_a_400_naming_the_field() {
+    let cloud = TestCloud::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let gw = cloud.gateway_url().to_owned();
+    let service = cloud.keys.service_key.clone();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/db/v1/collections", &serde_json::json!({"name":"notes"}))
+        .await
+        .unwrap();
+    let _: Value = admin
+        .post("/events/v1/topics", &serde_json::json!({"name":"t"}))
+        .await
+        .unwrap();
+    let _: Value = admin
+        .post("/storage/v1/bucket", &serde_json::json!({"name":"nul-test"}))
+        .await
+        .unwrap();
+    let cases: Vec<(reqwest::Method, &str, &str, &str)> = vec![
+        (
+            reqwest::Method::POST,
+            "/auth/v1/signup",
+            r#"{"email":"a\u0000@example.com","password":"correct horse battery"}"#,
+            "email",
+        ),
+        (
+            reqwest::Method::POST,
+            "/auth/v1/admin/users",
+            r#"{"email":"b@example.com","password":"correct horse battery","user_metadata":{"nick\u0000":"x"}}"#,
+            "user_metadata.nick",
+        ),
+        (
+            reqwest::Method::POST,
+            "/auth/v1/admin/roles",
+            r#"{"name":"r1","policies":[{"effect":"allow","actions":["db:Read"],"resources":["db:x\u0000"]}]}"#,
+            "policies[0].resources[0]",
+        ),
+        (
+            reqwest::Method::POST,
+            "/db/v1/collections/notes/docs",
+            r#"{"title":"hi\u0000there"}"#,
+            "title",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/db/v1/kv/ns/k",
+            r#"{"a":["ok","\u0000"]}"#,
+            "a[1]",
+        ),
+        (
+            reqwest::Method::POST,
+            "/db/v1/collections",
+            r#"{"name":"c2","policy":{"read":"x\u0000"}}"#,
+            "policy.read",
+        ),
+        (
+            reqwest::Method::POST,
+            "/events/v1/subscriptions",
+            r#"{"topic":"t","pattern":{"type":["a\u0000"]},"target":{"topic":"t"}}"#,
+            "pattern.type[0]",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let response = http
+            .request(method, format!("{gw}{path}"))
+            .bearer_auth(&service)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, answer) = json(response).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(field) && message.contains("NUL"),
+            "{path}: {answer}"
+        );
+    }
+    // Object metadata arrives in a header.
+    let response = http
+        .post(format!("{gw}/storage/v1/object/nul-test/x.txt"))
+        .bearer_auth(&service)
+        .header("content-type", "text/plain")
+        .header("x-metadata", r#"{"k":"v\u0000"}"#)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = json(response).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("metadata.k"),
+        "{answer}"
+    );
+    // Nothing of them was stored.
+    let users: Value = admin.get("/auth/v1/admin/users").await.unwrap();
+    assert_eq!(users["users"].as_array().map(Vec::len), Some(0), "{users}");
+    cloud.stop().await.unwrap();
+}

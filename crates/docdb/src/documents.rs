@@ -53,6 +53,7 @@ fn check_data(data: &Value) -> Result<(), ApiError> {
     if !data.is_object() {
         return Err(ApiError::invalid("a document is a JSON object"));
     }
+    minicloud_proto::error::check_json_text(data, "document")?;
     if data.to_string().len() > MAX_DOCUMENT_BYTES {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,

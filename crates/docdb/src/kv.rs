@@ -98,6 +98,7 @@ impl Docdb {
         condition: KvCondition,
     ) -> Result<KvOut, ApiError> {
         check_key(key)?;
+        minicloud_proto::error::check_json_text(&value, "value")?;
         if value.to_string().len() > MAX_VALUE_BYTES {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,

@@ -344,10 +344,118 @@ impl From<PathRejection> for ApiError {
 }
 
 /// `axum::Json` whose rejections are [`ApiError`]s, so malformed input gets the
-/// standard JSON error body.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// standard JSON error body. Text with a NUL character (`\u0000`) anywhere, in a
+/// key or a value, is refused here with the field named: Postgres cannot store it
+/// in `text` or `jsonb`, and every service would otherwise answer 500.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ErrorCode::PayloadTooLarge
+                } else {
+                    ErrorCode::InvalidArgument
+                };
+                ApiError::new(code, rejection.body_text())
+            })?;
+        check_no_nul(&bytes)?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(Json(value))
+    }
+}
+
+/// `application/json` or `application/<anything>+json`, as axum's own extractor.
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) => subtype == "json" || subtype.ends_with("+json"),
+        _ => false,
+    }
+}
+
+/// Refuses a JSON body holding a NUL in any string, naming where (`a.b[2]`). The
+/// byte scan keeps the common case free; only a body with the escape is parsed.
+pub fn check_no_nul(body: &[u8]) -> Result<(), ApiError> {
+    if !body.windows(6).any(|w| w == b"\\u0000") {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        // Malformed: the deserializer reports it.
+        return Ok(());
+    };
+    match nul_path(&value, String::new()) {
+        Some(path) if path.is_empty() => Err(ApiError::invalid(
+            "the body holds a NUL character (\\u0000), which text may not contain",
+        )),
+        Some(path) => Err(ApiError::invalid(format!(
+            "{path}: text may not contain a NUL character (\\u0000)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a JSON value (a document, a KV value, metadata) that holds a NUL in a
+/// key or a string, naming where, under `field`. For values that arrive other than
+/// through [`Json`] (gRPC, headers).
+pub fn check_json_text(value: &serde_json::Value, field: &str) -> Result<(), ApiError> {
+    match nul_path(value, field.to_owned()) {
+        Some(path) => Err(ApiError::invalid(format!(
+            "{path}: text may not contain a NUL character (\\u0000)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Where the first string or key holding a NUL is, as a path.
+pub fn nul_path(value: &serde_json::Value, at: String) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0').then_some(at),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_path(item, format!("{at}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let here = if at.is_empty() {
+                key.replace('\0', "\\u0000")
+            } else {
+                format!("{at}.{}", key.replace('\0', "\\u0000"))
+            };
+            if key.contains('\0') {
+                Some(here)
+            } else {
+                nul_path(item, here)
+            }
+        }),
+        _ => None,
+    }
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {

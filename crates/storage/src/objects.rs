@@ -165,6 +165,7 @@ fn check_metadata(metadata: &serde_json::Value) -> Result<(), ApiError> {
     if !metadata.is_object() {
         return Err(ApiError::invalid("object metadata must be a JSON object"));
     }
+    minicloud_proto::error::check_json_text(metadata, "metadata")?;
     if metadata.to_string().len() > 8 * 1024 {
         return Err(ApiError::invalid("object metadata larger than 8 KiB"));
     }
