@@ -77,6 +77,19 @@ async fn documents_crud_with_versions_and_preconditions() {
     )
     .await;
     assert_eq!(stale.status(), 412);
+    // Entity-tags are opaque (RFC 9110): one that is not a version of ours matches
+    // nothing, so it is a failed precondition too, not a bad request (issue 16).
+    for tag in ["\"abc\"", "W/\"xyz\"", "garbage", "\"\""] {
+        let foreign = send(
+            &admin,
+            Method::PUT,
+            &path,
+            &[("if-match", tag)],
+            Some(json!({"title":"b"})),
+        )
+        .await;
+        assert_eq!(foreign.status(), 412, "{tag}");
+    }
     let replaced = send(
         &admin,
         Method::PUT,
@@ -1072,9 +1085,10 @@ async fn hostile_key_value_input_is_refused_with_nothing_written() {
         (
             Method::PUT,
             "/db/v1/kv/ns/k",
+            // An opaque tag matches no version: 412 (RFC 9110), not 400.
             vec![("if-match", "\"abc\"")],
             Some(json!(1)),
-            400,
+            412,
         ),
         (
             Method::PUT,

@@ -608,7 +608,10 @@ async fn a_nul_character_anywhere_is_a_400_naming_the_field() {
         .await
         .unwrap();
     let _: Value = admin
-        .post("/storage/v1/bucket", &serde_json::json!({"name":"nul-test"}))
+        .post(
+            "/storage/v1/bucket",
+            &serde_json::json!({"name":"nul-test"}),
+        )
         .await
         .unwrap();
     let cases: Vec<(reqwest::Method, &str, &str, &str)> = vec![

@@ -1234,6 +1234,22 @@ async fn async_invokes_bus_triggers_and_http_routes() {
         )
         .await
         .unwrap();
+    // `/fn/{name}/` is the path `/`, which a `/*` route matches (issue 16).
+    let _: Value = admin
+        .post(
+            "/functions/v1/worker/triggers",
+            &json!({"http":{"methods":["GET"],"path":"/*"}}),
+        )
+        .await
+        .unwrap();
+    for path in ["/fn/worker/", "/fn/worker"] {
+        let root = http()
+            .get(format!("{}{path}", cloud.gateway_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(root.status(), 200, "{path}");
+    }
     let routed: Value = http()
         .get(format!(
             "{}/fn/worker/hello/there?x=1&x=2",

@@ -16,17 +16,23 @@ use crate::query::QueryIn;
 
 pub const MAX_BATCH: usize = 500;
 
+/// The version an `If-Match` names. Entity-tags are opaque (RFC 9110): one that is
+/// not a version of ours matches nothing, so the write fails with 412, not 400. Of a
+/// list, the first version in it counts.
 fn version_header(headers: &HeaderMap, name: &str) -> Result<Option<i64>, ApiError> {
+    /// Below every version a document can have.
+    const MATCHES_NOTHING: i64 = i64::MIN;
     match headers.get(name) {
         None => Ok(None),
         Some(value) => {
             let text = value
                 .to_str()
                 .map_err(|_| ApiError::invalid(format!("{name} is not text")))?;
-            let trimmed = text.trim().trim_start_matches("W/").trim_matches('"');
-            trimmed.parse().map(Some).map_err(|_| {
-                ApiError::invalid(format!("{name} must be a version (ETag) such as \"3\""))
-            })
+            let version = text
+                .split(',')
+                .map(|tag| tag.trim().trim_start_matches("W/").trim_matches('"'))
+                .find_map(|tag| tag.parse::<i64>().ok());
+            Ok(Some(version.unwrap_or(MATCHES_NOTHING)))
         }
     }
 }

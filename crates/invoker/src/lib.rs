@@ -421,6 +421,8 @@ impl Invoker {
                 post(api::lambda_invoke),
             )
             .route("/fn/{name}", any(triggers::http_route))
+            // An empty remainder is `/`, which a `/*` route matches too.
+            .route("/fn/{name}/", any(triggers::http_route))
             .route("/fn/{name}/{*path}", any(triggers::http_route))
             .with_state(self.clone());
         ServiceHost::new(
