@@ -19,6 +19,9 @@ pub struct BucketOut {
     /// The bucket's resource policy: a list of statements.
     #[schema(value_type = Vec<Object>)]
     pub policy: serde_json::Value,
+    /// HTML, SVG, XML and JavaScript objects are served inline (true) or as
+    /// attachments (false, the default).
+    pub inline_active_content: bool,
     pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -26,7 +29,7 @@ pub struct BucketOut {
 
 macro_rules! bucket_columns {
     () => {
-        "name AS id, name, public, file_size_limit, allowed_mime_types, policy, owner, created_at, updated_at"
+        "name AS id, name, public, file_size_limit, allowed_mime_types, policy, inline_active_content, owner, created_at, updated_at"
     };
 }
 
@@ -47,6 +50,8 @@ pub struct BucketIn {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub policy: Option<serde_json::Value>,
+    #[serde(default)]
+    pub inline_active_content: Option<bool>,
 }
 
 /// Names that are path segments of the object API (`/object/list/…`).
@@ -112,8 +117,8 @@ pub async fn create(
         .await
         .map_err(crate::objects::backend_error)?;
     let bucket = sqlx::query_as::<_, BucketOut>(concat!(
-        "INSERT INTO buckets (name, public, file_size_limit, allowed_mime_types, policy, owner)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING ",
+        "INSERT INTO buckets (name, public, file_size_limit, allowed_mime_types, policy, owner, inline_active_content)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING ",
         bucket_columns!()
     ))
     .bind(&name)
@@ -122,6 +127,7 @@ pub async fn create(
     .bind(input.allowed_mime_types)
     .bind(serde_json::to_value(&policy).map_err(ApiError::internal)?)
     .bind(caller.owner())
+    .bind(input.inline_active_content.unwrap_or(false))
     .fetch_optional(&storage.pool)
     .await
     .map_err(ApiError::internal)?
@@ -220,6 +226,8 @@ pub struct BucketPatch {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub policy: Option<serde_json::Value>,
+    #[serde(default)]
+    pub inline_active_content: Option<bool>,
 }
 
 async fn manage(
@@ -263,7 +271,8 @@ pub async fn update(
     };
     let bucket = sqlx::query_as::<_, BucketOut>(concat!(
         "UPDATE buckets SET public = COALESCE($2, public), file_size_limit = COALESCE($3, file_size_limit),
-           allowed_mime_types = COALESCE($4, allowed_mime_types), policy = COALESCE($5, policy), updated_at = now()
+           allowed_mime_types = COALESCE($4, allowed_mime_types), policy = COALESCE($5, policy),
+           inline_active_content = COALESCE($6, inline_active_content), updated_at = now()
          WHERE name = $1 RETURNING ",
         bucket_columns!()
     ))
@@ -272,6 +281,7 @@ pub async fn update(
     .bind(patch.file_size_limit)
     .bind(patch.allowed_mime_types)
     .bind(policy)
+    .bind(patch.inline_active_content)
     .fetch_optional(&storage.pool)
     .await
     .map_err(ApiError::internal)?

@@ -3,12 +3,22 @@
 use minicloud_proto::error::ApiError;
 use unicode_normalization::UnicodeNormalization as _;
 
-pub const MAX_PATH_BYTES: usize = 1024;
-pub const MAX_SEGMENT_BYTES: usize = 255;
+/// What a backend can hold: S3 keys up to 1,024 bytes, file names up to 255.
+const BACKEND_KEY_BYTES: usize = 1024;
+const BACKEND_NAME_BYTES: usize = 255;
+/// A blob's key is the path and `#<version>` (a 32-digit hex UUID):
+/// [`crate::backend::blob_key`].
+const BLOB_SUFFIX_BYTES: usize = 1 + 32;
+/// The longest path, so its blob key fits an S3 key.
+pub const MAX_PATH_BYTES: usize = BACKEND_KEY_BYTES - BLOB_SUFFIX_BYTES;
+pub const MAX_SEGMENT_BYTES: usize = BACKEND_NAME_BYTES;
+/// The longest last segment, so its blob's file name fits the `fs` backend.
+pub const MAX_NAME_BYTES: usize = BACKEND_NAME_BYTES - BLOB_SUFFIX_BYTES;
 
-/// NFC-normalises `raw` and checks it: 1–1024 bytes, `/`-separated segments that are
-/// non-empty, not `.` or `..`, at most 255 bytes, without control characters.
-/// Unicode is otherwise kept exactly as sent.
+/// NFC-normalises `raw` and checks it: 1–991 bytes, `/`-separated segments that are
+/// non-empty, not `.` or `..`, at most 255 bytes (the last, the object's name, at
+/// most 222: its blob adds `#<version>`), without control characters. Unicode is
+/// otherwise kept exactly as sent.
 pub fn normalise_path(raw: &str) -> Result<String, ApiError> {
     let path: String = raw.nfc().collect();
     if path.is_empty() {
@@ -41,6 +51,12 @@ pub fn normalise_path(raw: &str) -> Result<String, ApiError> {
             }
             _ => {}
         }
+    }
+    let name = path.rsplit('/').next().unwrap_or_default();
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ApiError::invalid(format!(
+            "object name (the path's last segment) longer than {MAX_NAME_BYTES} bytes"
+        )));
     }
     Ok(path)
 }
@@ -81,6 +97,10 @@ mod tests {
             assert!(normalise_path(bad).is_err(), "{bad:?}");
         }
         assert!(normalise_path(&"a".repeat(256)).is_err());
+        // The name's blob adds `#<version>`: 222 bytes is the most a file name allows.
+        assert!(normalise_path(&"n".repeat(MAX_NAME_BYTES)).is_ok());
+        assert!(normalise_path(&"n".repeat(MAX_NAME_BYTES + 1)).is_err());
+        assert!(normalise_path(&format!("{}/n", "d".repeat(255))).is_ok());
         assert!(
             normalise_path(&vec!["a".repeat(200); 6].join("/")).is_err(),
             "over 1024 bytes"

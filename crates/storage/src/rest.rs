@@ -187,6 +187,31 @@ fn parse_range(value: &str, size: u64) -> Result<Option<ByteRange>, ()> {
     Ok(Some(ByteRange { start, end }))
 }
 
+/// Types a browser renders as a document or runs: HTML, SVG, XML, JavaScript.
+fn is_active_content(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "text/html"
+            | "application/xhtml+xml"
+            | "image/svg+xml"
+            | "text/xml"
+            | "application/xml"
+            | "text/xsl"
+            | "text/javascript"
+            | "application/javascript"
+            | "application/x-javascript"
+            | "text/ecmascript"
+            | "application/ecmascript"
+            | "text/jscript"
+    ) || essence.ends_with("+xml")
+}
+
 async fn serve(
     storage: &Storage,
     object: ObjectOut,
@@ -232,7 +257,19 @@ async fn serve(
             }
         },
     };
-    builder = builder.header(header::CONTENT_TYPE, &object.content_type);
+    builder = builder
+        .header(header::CONTENT_TYPE, &object.content_type)
+        // Browsers take the stored type as it is, never guess a more active one.
+        .header("x-content-type-options", "nosniff");
+    if is_active_content(&object.content_type)
+        && !storage
+            .load_bucket(&object.bucket)
+            .await?
+            .inline_active_content
+    {
+        // An uploaded page or script would run with the gateway's origin.
+        builder = builder.header(header::CONTENT_DISPOSITION, "attachment");
+    }
     if object.metadata.as_object().is_some_and(|m| !m.is_empty())
         && let Ok(v) = HeaderValue::from_str(&object.metadata.to_string())
     {
