@@ -88,7 +88,7 @@ impl IntoResponse for InvokeFailure {
 
 /// Reads at most `limit` bytes; a larger body is drained (so the 413 reaches the
 /// client rather than a reset) and refused.
-async fn read_payload(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_payload(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     const DRAIN_AT_MOST: usize = 32 * 1024 * 1024;
     let mut body = body;
     let mut out = bytes::BytesMut::new();

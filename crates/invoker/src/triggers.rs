@@ -425,16 +425,17 @@ async fn http_route_inner(
             "no HTTP route {method} {path} on function {name}"
         )));
     }
-    let body = http_body_util::BodyExt::collect(body)
+    // Limited while it streams: a public route must not buffer a body of any size
+    // before refusing it (a 400 MB upload once grew the process by 650 MB).
+    let body = crate::api::read_payload(body, crate::api::MAX_SYNC_PAYLOAD * 3 / 4)
         .await
-        .map_err(|e| ApiError::invalid(format!("reading the body: {e}")))?
-        .to_bytes();
-    if body.len() > crate::api::MAX_SYNC_PAYLOAD * 3 / 4 {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            "request body too large for a function",
-        ));
-    }
+        .map_err(|error| match error.code {
+            ErrorCode::PayloadTooLarge => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body too large for a function",
+            ),
+            _ => error,
+        })?;
     let event = api_gateway_v2_event(name, &method, &uri, &path, &headers, &body, peer);
     let request = InvokeRequest {
         payload: serde_json::to_vec(&event).unwrap_or_default().into(),
