@@ -699,3 +699,90 @@ async fn a_nul_character_anywhere_is_a_400_naming_the_field() {
     assert_eq!(users["users"].as_array().map(Vec::len), Some(0), "{users}");
     cloud.stop().await.unwrap();
 }
+
+/// Half-sent requests, stalled bodies and a flood of connections cannot hold a
+/// service (issue 16): headers must arrive within the header-read timeout, a body
+/// must keep moving, and a listener takes a bounded number of connections,
+/// answering one more with a 503 and the standard error body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_and_connection_floods_are_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Read by every listener when it starts; this test's process is its own.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("MINICLOUD_HEADER_READ_TIMEOUT", "1");
+        std::env::set_var("MINICLOUD_BODY_IDLE_TIMEOUT", "1");
+        std::env::set_var("MINICLOUD_MAX_CONNECTIONS", "8");
+    }
+    let cloud = TestCloud::builder()
+        .gateway_over_http()
+        .start()
+        .await
+        .unwrap();
+    let address = cloud.gateway_url().trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+
+    // Eight half-sent requests fill the gateway's listener...
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // ...so a ninth is refused at once, with a JSON 503.
+    let mut extra = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        extra.read_to_string(&mut answer),
+    )
+    .await
+    .expect("the refusal comes at once")
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""code":"unavailable""#), "{answer}");
+    // The half-sent ones are closed by the header-read timeout (1 s here).
+    for mut stream in slow {
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut rest),
+        )
+        .await
+        .expect("a half-sent request is cut off")
+        .ok();
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // And the listener serves again once they are gone.
+    let health = reqwest::get(format!("{}/healthz", cloud.gateway_url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // A body that stops moving fails after the body-idle timeout, not never.
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /auth/v1/signup HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"email\":",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stalled.read_to_end(&mut answer),
+    )
+    .await
+    .expect("a stalled body is cut off")
+    .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer}"
+    );
+    cloud.stop().await.unwrap();
+}

@@ -235,12 +235,29 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
                 .path_and_query(path_and_query)
                 .build()
                 .map_err(|_| ApiError::invalid("malformed request path"))?;
+            // A request body that fails on the client's side (it stalled past the
+            // body-idle timeout, or was cut) is the client's error, not the
+            // upstream's: told apart by where the failure came from.
+            let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let body = {
+                let body_failed = Arc::clone(&body_failed);
+                Body::new(http_body_util::BodyExt::map_err(body, move |error| {
+                    body_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    error
+                }))
+            };
             let outbound = http::Request::from_parts(parts, body);
             let result = tokio::time::timeout(timeout, upstreams.client.request(outbound))
                 .instrument(span.clone())
                 .await;
             match result {
                 Err(_) => None,
+                Ok(Err(error)) if body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(ApiError::invalid(
+                        "reading the request body failed (it stalled or was cut off)",
+                    )
+                    .with_source(error));
+                }
                 Ok(Err(error)) => {
                     return Err(ApiError::new(
                         ErrorCode::Unavailable,

@@ -11,7 +11,6 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use futures::future::BoxFuture;
 use minicloud_proto::error::{ApiError, ErrorCode};
 use minicloud_proto::health::v1::health_check_response::ServingStatus;
@@ -263,22 +262,127 @@ impl Health for HealthService {
     }
 }
 
+/// What one listener allows its clients, from the environment (docs/operations.md):
+/// a client that sends its headers slowly, a body that stops moving, and more open
+/// connections than the process can afford are each cut off.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// From the connection (or the end of the previous request) to a request's last
+    /// header line (HTTP/1; `MINICLOUD_HEADER_READ_TIMEOUT`, seconds, default 10).
+    pub header_read_timeout: Duration,
+    /// Between two pieces of a request body (`MINICLOUD_BODY_IDLE_TIMEOUT`, seconds,
+    /// default 30): a stalled upload fails instead of holding its connection.
+    pub body_idle_timeout: Duration,
+    /// Open connections per listener (`MINICLOUD_MAX_CONNECTIONS`, default 4096); one
+    /// more is answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_env() -> ConnectionLimits {
+        let number = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(default)
+        };
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(number("MINICLOUD_HEADER_READ_TIMEOUT", 10)),
+            body_idle_timeout: Duration::from_secs(number("MINICLOUD_BODY_IDLE_TIMEOUT", 30)),
+            max_connections: number("MINICLOUD_MAX_CONNECTIONS", 4096) as usize,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight
 /// requests. Nagle is off on every accepted socket: small responses must not wait.
+/// HTTP/1 and HTTP/2 (gRPC) on the same port, within [`ConnectionLimits`]: written
+/// on hyper's connection builder because `axum::serve` offers neither a header-read
+/// timeout nor a connection cap.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|stream| {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let limits = ConnectionLimits::from_env();
+    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.body_idle_timeout,
+    ));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
         let _ = stream.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, limits.max_connections));
+            continue;
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut router = router.clone();
+                async move {
+                    use tower::Service as _;
+                    router.call(request.map(axum::body::Body::new)).await
+                }
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Errors are the client's (a reset, a timeout); nothing to report.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The answer to a connection over the cap: a 503 with the standard error body,
+/// then close. Written by hand because no request has been read from it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, cap: usize) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = serde_json::json!({"error": {
+        "code": ErrorCode::Unavailable.as_str(),
+        "message": format!("too many open connections (at most {cap}); retry shortly"),
+    }})
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// [`serve`] for a service with background tasks (outbox relays, sweeps, key
