@@ -165,9 +165,11 @@ impl Verifier {
             .ok_or(VerifyError::UnknownKey)
     }
 
-    /// Refetches the JWKS, at most once per [`MIN_REFETCH_INTERVAL`]: a caller that
-    /// comes sooner waits for the next slot rather than failing, so tokens signed by
-    /// a just-rotated key verify after a short delay instead of being refused.
+    /// Refetches the JWKS, at most once per [`MIN_REFETCH_INTERVAL`]. A caller that
+    /// comes sooner is refused at once (401): the keys were just fetched, so its kid
+    /// is unknown to auth too. (Waiting for the next slot instead queued a flood of
+    /// forged tokens one second apart, holding every request behind them.) A caller
+    /// that arrives while a fetch is in flight waits for that one fetch.
     async fn refetch_keys(&self, kid: &str) -> Result<(), VerifyError> {
         let mut last = self.refetch.lock().await;
         {
@@ -180,11 +182,8 @@ impl Verifier {
                 return Ok(());
             }
         }
-        if let Some(at) = *last {
-            let wait = MIN_REFETCH_INTERVAL.saturating_sub(at.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
+            return Err(VerifyError::UnknownKey);
         }
         *last = Some(Instant::now());
         let fetched: HashMap<String, String> = match &self.source {
@@ -417,6 +416,38 @@ mod tests {
                 .verify_access_token(&sign(&k, &issued_later))
                 .await,
             Err(VerifyError::NotYetValid)
+        );
+    }
+
+    /// A flood of tokens with unknown kids is refused at once, not queued one
+    /// refetch interval apart (issue 16: 20 such tokens used to take 20 s, holding
+    /// every request behind them).
+    #[tokio::test]
+    async fn unknown_kids_are_refused_at_once_once_the_keys_are_fresh() {
+        let known = key("k1");
+        let v = std::sync::Arc::new(verifier(&[&known]));
+        let started = std::time::Instant::now();
+        let forged: Vec<_> = (0..20)
+            .map(|i| {
+                let v = std::sync::Arc::clone(&v);
+                let token = sign(&key(&format!("forged-{i}")), &claims(60));
+                tokio::spawn(async move { v.verify_access_token(&token).await })
+            })
+            .collect();
+        for handle in forged {
+            assert_eq!(handle.await.unwrap(), Err(VerifyError::UnknownKey));
+        }
+        // Queued one interval apart, these took 19 s.
+        assert!(
+            started.elapsed() < MIN_REFETCH_INTERVAL,
+            "{:?}",
+            started.elapsed()
+        );
+        // A known kid still verifies.
+        assert!(
+            v.verify_access_token(&sign(&known, &claims(60)))
+                .await
+                .is_ok()
         );
     }
 
