@@ -743,3 +743,54 @@ async fn signup_is_rate_limited_per_ip() {
     assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
     cloud.stop().await.unwrap();
 }
+
+/// Rate limits key on the address the gateway saw, never on headers the client
+/// wrote, and an account's limit is per address too: an attacker rotating
+/// `X-Forwarded-For` is limited all the same, and cannot lock the owner out from
+/// another address (issue 16).
+#[tokio::test]
+async fn rate_limits_key_on_the_real_address_and_spare_the_owner() {
+    let cloud = TestCloud::builder()
+        .auth(|a| a.rate_limit_per_email = 3)
+        .start()
+        .await
+        .unwrap();
+    let from = |address: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(address))
+            .build()
+            .unwrap()
+    };
+    let (attacker, owner) = (from([127, 0, 0, 1]), from([127, 0, 0, 2]));
+    let gateway = cloud.gateway_url().to_owned();
+    let sign_in = |client: &reqwest::Client, password: &str, spoof: Option<String>| {
+        let mut request = client
+            .post(format!("{gateway}/auth/v1/token?grant_type=password"))
+            .header("apikey", &cloud.keys.anon_key)
+            .json(&json!({"email": "victim@example.com", "password": password}));
+        if let Some(spoof) = spoof {
+            request = request
+                .header("x-forwarded-for", &spoof)
+                .header("x-minicloud-client-ip", &spoof);
+        }
+        request.send()
+    };
+    cloud
+        .client()
+        .signup("victim@example.com", "the right password")
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let response = sign_in(&attacker, "a guess", Some(format!("10.0.0.{i}")))
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], &[400, 400, 400], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The owner, from elsewhere, signs in.
+    let response = sign_in(&owner, "the right password", None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    cloud.stop().await.unwrap();
+}

@@ -94,7 +94,8 @@ pub struct AuthConfig {
         default_value_t = 60
     )]
     pub rate_limit_per_ip: u32,
-    /// Signups, sign-ins and refreshes per minute for one email address (each).
+    /// Signups and sign-ins per minute for one email address from one client
+    /// address (each).
     #[arg(
         long = "auth-rate-limit-per-email",
         env = "MINICLOUD_AUTH_RATE_LIMIT_PER_EMAIL",
@@ -254,17 +255,17 @@ pub async fn run(
     .await
 }
 
-/// The address a request came from: the first `X-Forwarded-For` hop (set by the
-/// gateway, the only public entry) or the peer address.
+/// The address a request came from: what the gateway (the only public entry) says
+/// in `x-minicloud-client-ip`, or the peer address. Never `X-Forwarded-For`, whose
+/// first entry is whatever the client wrote.
 pub(crate) fn client_ip(
     headers: &http::HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Option<std::net::IpAddr> {
     headers
-        .get("x-forwarded-for")
+        .get("x-minicloud-client-ip")
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(',').next())
-        .and_then(|first| first.trim().parse().ok())
+        .and_then(|value| value.trim().parse().ok())
         .or_else(|| peer.map(|addr| addr.ip()))
 }
 

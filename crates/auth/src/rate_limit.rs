@@ -1,5 +1,8 @@
-//! Per-IP and per-email limits on signup, sign-in and refresh (governor's GCRA,
-//! keyed), so that guessing passwords or minting accounts is slow.
+//! Limits on signup, sign-in and refresh per client address, and per email *and*
+//! client address (governor's GCRA, keyed), so that guessing passwords or minting
+//! accounts is slow. Keying the email's limit by address too means failures from
+//! elsewhere cannot lock an account's owner out; the address is the one the gateway
+//! saw ([`crate::client_ip`]), never a header the client wrote.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -19,7 +22,7 @@ pub enum Endpoint {
 
 pub struct RateLimits {
     per_ip: [DefaultKeyedRateLimiter<IpAddr>; 3],
-    per_email: [DefaultKeyedRateLimiter<String>; 3],
+    per_email: [DefaultKeyedRateLimiter<(String, IpAddr)>; 3],
 }
 
 fn quota(per_minute: u32) -> Quota {
@@ -53,8 +56,9 @@ impl RateLimits {
         {
             return Err(limited(not_until.wait_time_from(now)));
         }
+        let address = ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
         if let Some(email) = email
-            && let Err(not_until) = self.per_email[i].check_key(&email.to_owned())
+            && let Err(not_until) = self.per_email[i].check_key(&(email.to_owned(), address))
         {
             return Err(limited(not_until.wait_time_from(now)));
         }

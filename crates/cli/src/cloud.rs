@@ -203,6 +203,8 @@ pub async fn start(
         docdb_url: urls.docdb.clone(),
         bus_url: urls.bus.clone(),
         invoker_url: urls.invoker.clone(),
+        // `minicloud up` is reached directly; behind a proxy, run `serve gateway`.
+        trusted_proxies: 0,
     })?;
     if config.gateway_dispatch == GatewayDispatch::InProcess {
         // The routers share their service's state with the ones served below.

@@ -59,6 +59,15 @@ pub struct GatewayConfig {
         default_value = "http://127.0.0.1:4605"
     )]
     pub invoker_url: String,
+    /// Reverse proxies in front of the gateway whose `X-Forwarded-For` entries are
+    /// believed: the client is that many hops left of the peer. 0 (default): the
+    /// peer itself, whatever the request claims.
+    #[arg(
+        long = "gateway-trusted-proxies",
+        env = "MINICLOUD_GATEWAY_TRUSTED_PROXIES",
+        default_value_t = 0
+    )]
+    pub trusted_proxies: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

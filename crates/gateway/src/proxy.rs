@@ -74,6 +74,32 @@ pub struct Upstreams {
     client: Client<HttpConnector, Body>,
     /// Indexed by `Service as usize`.
     services: [Upstream; 5],
+    trusted_proxies: usize,
+}
+
+/// The header in which the gateway tells services the client's address: set here
+/// on every request (a client's own is replaced), read by auth's rate limits.
+pub const CLIENT_IP_HEADER: &str = "x-minicloud-client-ip";
+
+/// The client's address: the peer, or with `trusted` proxies in front, the entry of
+/// `X-Forwarded-For` that many hops left of it (the leftmost if the chain is
+/// shorter). Entries further left are the client's own claims and never believed.
+pub fn client_address(
+    forwarded_for: Option<&str>,
+    peer: std::net::IpAddr,
+    trusted: usize,
+) -> std::net::IpAddr {
+    if trusted == 0 {
+        return peer;
+    }
+    let mut chain: Vec<std::net::IpAddr> = forwarded_for
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    chain.push(peer);
+    let index = chain.len().saturating_sub(1 + trusted);
+    chain[index]
 }
 
 fn parse(url: &str) -> Result<Uri, GatewayError> {
@@ -110,6 +136,7 @@ impl Upstreams {
                 Upstream::Remote(parse(&config.bus_url)?),
                 Upstream::Remote(parse(&config.invoker_url)?),
             ],
+            trusted_proxies: config.trusted_proxies,
         })
     }
 
@@ -188,17 +215,22 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
     let service = routed.name();
 
     strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(CLIENT_IP_HEADER);
     if let Some(peer) = peer {
-        let forwarded = match parts
+        let previous = parts
             .headers
             .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+            .and_then(|v| v.to_str().ok());
+        let client = client_address(previous, peer.ip(), upstreams.trusted_proxies);
+        let forwarded = match previous {
             Some(previous) => format!("{previous}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
         if let Ok(value) = HeaderValue::from_str(&forwarded) {
             parts.headers.insert("x-forwarded-for", value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
+            parts.headers.insert(CLIENT_IP_HEADER, value);
         }
     }
     if let Some(host) = parts.headers.get(http::header::HOST).cloned() {
@@ -301,4 +333,30 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::client_address;
+
+    #[test]
+    fn only_trusted_hops_of_x_forwarded_for_are_believed() {
+        let peer = "192.0.2.9".parse().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // No trusted proxy: the peer, whatever the client claims.
+        assert_eq!(client_address(Some("1.2.3.4"), peer, 0), peer);
+        // One trusted proxy (the peer): the entry it appended.
+        assert_eq!(
+            client_address(Some("6.6.6.6, 203.0.113.7"), peer, 1),
+            ip("203.0.113.7")
+        );
+        // Two: one more hop to the left.
+        assert_eq!(
+            client_address(Some("6.6.6.6, 203.0.113.7, 198.51.100.1"), peer, 2),
+            ip("203.0.113.7")
+        );
+        // A shorter chain than trusted hops, or garbage in it: the leftmost address.
+        assert_eq!(client_address(None, peer, 3), peer);
+        assert_eq!(client_address(Some("nonsense"), peer, 1), peer);
+    }
 }
