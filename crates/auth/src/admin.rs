@@ -421,7 +421,7 @@ fn new_api_key() -> (String, String) {
 }
 
 async fn insert_api_key(
-    auth: &Auth,
+    pool: &sqlx::PgPool,
     name: &str,
     role: &str,
     subject: &str,
@@ -438,7 +438,7 @@ async fn insert_api_key(
     .bind(subject)
     .bind(sha256(&key))
     .bind(builtin.then_some(&key))
-    .fetch_one(&auth.pool)
+    .fetch_one(pool)
     .await
     .map_err(|e| if is_foreign_key_violation(&e) { AuthError::Invalid(format!("no role named {role:?}")) } else { e.into() })?;
     Ok(ApiKeyCreated {
@@ -476,27 +476,57 @@ async fn create_api_key(
     if subject.len() > 256 {
         return Err(ApiError::invalid("subject longer than 256 bytes"));
     }
-    let created = insert_api_key(&auth, &input.name, &input.role, &subject, false).await?;
+    let created = insert_api_key(&auth.pool, &input.name, &input.role, &subject, false).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[utoipa::path(delete, path = "/auth/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)), responses((status = 204, description = "revoked"), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/auth/v1/admin/api-keys/{id}", tag = "admin", params(("id" = String, Path)), responses((status = 204, description = "revoked"), (status = 404, body = ErrorBody), (status = 409, description = "the built-in or the last live service key", body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn revoke_api_key(
     State(auth): State<Auth>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_service(&caller)?;
-    let revoked = sqlx::query("UPDATE api_keys SET revoked_at = now(), builtin_secret = NULL WHERE id = $1 AND revoked_at IS NULL")
-        .bind(&id)
-        .execute(&auth.pool)
-        .await
-        .map_err(AuthError::from)?
-        .rows_affected();
-    if revoked == 0 {
-        return Err(ApiError::not_found("no live API key with that id"));
+    // The built-in service key is how minicloud's services call each other, and
+    // the last live service key is every admin's way in: revoking either would
+    // lock the cloud out of itself until a restart. Checked and revoked in one
+    // statement, so two revocations cannot each leave the other as the last.
+    let refusal: Option<String> = sqlx::query_scalar(
+        "WITH target AS (
+             SELECT id, role, builtin_secret IS NOT NULL AS builtin FROM api_keys
+             WHERE id = $1 AND revoked_at IS NULL FOR UPDATE
+         ), others AS (
+             SELECT count(*) AS n FROM api_keys
+             WHERE role = 'service' AND revoked_at IS NULL AND id <> $1
+         ), refused AS (
+             SELECT CASE
+                 WHEN target.role = 'service' AND target.builtin THEN 'builtin'
+                 WHEN target.role = 'service' AND others.n = 0 THEN 'last'
+             END AS why FROM target, others
+         ), revoked AS (
+             UPDATE api_keys SET revoked_at = now(), builtin_secret = NULL
+             WHERE id = $1 AND revoked_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM refused WHERE why IS NOT NULL)
+             RETURNING id
+         )
+         SELECT COALESCE((SELECT why FROM refused), CASE WHEN EXISTS (SELECT 1 FROM revoked) THEN 'revoked' ELSE 'none' END)",
+    )
+    .bind(&id)
+    .fetch_one(&auth.pool)
+    .await
+    .map_err(AuthError::from)?;
+    match refusal.as_deref() {
+        Some("revoked") => Ok(StatusCode::NO_CONTENT),
+        Some("builtin") => Err(ApiError::conflict(
+            "the built-in service key cannot be revoked: minicloud's services use it to call \
+             each other (issue further service keys for people and tools, and revoke those)",
+        )),
+        Some("last") => Err(ApiError::conflict(
+            "this is the last live service key: revoking it would lock every admin out \
+             (`minicloud keys issue --role service` mints another from the database)",
+        )),
+        _ => Err(ApiError::not_found("no live API key with that id")),
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/auth/v1/admin/keys/rotate", tag = "admin", responses((status = 200, body = RotatedKey), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
@@ -509,6 +539,12 @@ async fn rotate_signing_key(
     Ok(Json(RotatedKey { kid }))
 }
 
+/// Mints an API key straight in the database (`minicloud keys issue`): the way back
+/// in for an operator who has no working service key. `pool` is on auth's schema.
+pub async fn issue_api_key(pool: &sqlx::PgPool, name: &str, role: &str) -> Result<ApiKeyCreated> {
+    insert_api_key(pool, name, role, "", false).await
+}
+
 /// Creates the anon and service keys on first start.
 pub(crate) async fn ensure_builtin_keys(auth: &Auth) -> Result<()> {
     for (name, role) in [("anon key", "anon"), ("service key", "service")] {
@@ -519,7 +555,7 @@ pub(crate) async fn ensure_builtin_keys(auth: &Auth) -> Result<()> {
         .fetch_one(&auth.pool)
         .await?;
         if !exists {
-            insert_api_key(auth, name, role, "", true).await?;
+            insert_api_key(&auth.pool, name, role, "", true).await?;
             tracing::info!(role, "created the built-in key");
         }
     }

@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use admin::{ApiKeyCreated, issue_api_key};
 pub use api::UserOut;
 pub use error::AuthError;
 pub use passwords::{ITERATIONS, MEMORY_KIB, PARALLELISM};

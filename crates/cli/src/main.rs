@@ -45,6 +45,28 @@ enum Command {
     /// Reference apps, set up and checked against a running cloud.
     #[command(subcommand)]
     Demo(minicloud_cli::demo::DemoCommand),
+    /// API keys, straight from the database (no running cloud needed).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Mint an API key for a role and print it (shown once). The way back in when no
+    /// working service key is left: `minicloud keys issue --role service`.
+    Issue {
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "issued with minicloud keys")]
+        name: String,
+        /// Postgres URL of the cloud's database.
+        #[arg(
+            long = "database-url",
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/minicloud"
+        )]
+        database_url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +253,18 @@ fn main() -> ExitCode {
             }
             Command::Fn(command) => minicloud_cli::functions::run(command, std::io::stdout()).await,
             Command::Demo(command) => minicloud_cli::demo::run(command, std::io::stdout()).await,
+            Command::Keys(KeysCommand::Issue {
+                role,
+                name,
+                database_url,
+            }) => {
+                let pool =
+                    minicloud_cli::postgres::schema_pool(&database_url, minicloud_auth::SCHEMA, 1)
+                        .await?;
+                let created = minicloud_auth::issue_api_key(&pool, &name, &role).await?;
+                println!("{}", created.api_key);
+                Ok(())
+            }
         }
     });
     match result {

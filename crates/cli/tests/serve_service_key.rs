@@ -138,3 +138,80 @@ async fn auth_adopts_a_configured_service_key_or_writes_its_own_to_the_shared_fi
         .output();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// No API call may lock the cloud out of itself: the built-in service key and the
+/// last live service key cannot be revoked (409), and `minicloud keys issue` mints
+/// a working service key straight from the database (issue 16).
+#[tokio::test]
+async fn service_keys_cannot_all_be_revoked_and_keys_issue_mints_one_offline() {
+    let cloud = minicloud_testkit::TestCloud::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let gateway = cloud.gateway_url().to_owned();
+    let call = |method: reqwest::Method, path: &str, key: &str| {
+        http.request(method, format!("{gateway}{path}"))
+            .bearer_auth(key)
+    };
+    let keys: serde_json::Value = call(
+        reqwest::Method::GET,
+        "/auth/v1/admin/api-keys",
+        &cloud.keys.service_key,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let builtin = keys["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "service")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoke = call(
+        reqwest::Method::DELETE,
+        &format!("/auth/v1/admin/api-keys/{builtin}"),
+        &cloud.keys.service_key,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(revoke.status(), 409);
+
+    // Minted offline, from the database alone...
+    let output = Command::new(env!("CARGO_BIN_EXE_minicloud"))
+        .args([
+            "keys",
+            "issue",
+            "--role",
+            "service",
+            "--name",
+            "break-glass",
+        ])
+        .env("DATABASE_URL", &cloud.database_url)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let minted = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    // ...it works as a service key.
+    let listed = call(reqwest::Method::GET, "/auth/v1/admin/users", &minted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    // An unknown role is refused.
+    let output = Command::new(env!("CARGO_BIN_EXE_minicloud"))
+        .args(["keys", "issue", "--role", "no-such-role"])
+        .env("DATABASE_URL", &cloud.database_url)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    cloud.stop().await.unwrap();
+}
