@@ -794,3 +794,55 @@ async fn rate_limits_key_on_the_real_address_and_spare_the_owner() {
     assert_eq!(response.status(), 200);
     cloud.stop().await.unwrap();
 }
+
+/// A burst of sign-ins hashes one password per core at a time, so memory stays
+/// bounded: each argon2id hash holds 19 MiB, and 64 at once used to take over a
+/// gigabyte (issue 16). The cloud runs in this test's process, so its peak memory
+/// is the cloud's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sign_ins_hashes_within_bounded_memory() {
+    let cloud = TestCloud::builder()
+        .auth(|a| {
+            a.rate_limit_per_ip = 10_000;
+            a.rate_limit_per_email = 10_000;
+        })
+        .start()
+        .await
+        .unwrap();
+    cloud
+        .client()
+        .signup("burst@example.com", "password1234")
+        .await
+        .unwrap();
+    let peak_mib = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap()
+            / 1024
+    };
+    let before = peak_mib();
+    let sign_ins: Vec<_> = (0..64)
+        .map(|_| {
+            let client = cloud.client();
+            tokio::spawn(async move { client.sign_in("burst@example.com", "password1234").await })
+        })
+        .collect();
+    // Each waits its turn, or past the queue's deadline (10 s) is told to retry.
+    let mut signed_in = 0;
+    for sign_in in sign_ins {
+        match sign_in.await.unwrap() {
+            Ok(_) => signed_in += 1,
+            Err(error) => assert_eq!(error.status(), Some(503), "{error}"),
+        }
+    }
+    assert!(signed_in >= 2, "{signed_in}");
+    let grown = peak_mib() - before;
+    assert!(
+        grown < 200,
+        "peak memory grew by {grown} MiB over 64 concurrent sign-ins"
+    );
+    cloud.stop().await.unwrap();
+}

@@ -20,6 +20,9 @@ pub enum AuthError {
     RateLimited { retry_after_s: u64 },
     #[error("{0}")]
     Forbidden(String),
+    /// Password hashing is saturated and the request waited its turn too long.
+    #[error("too many sign-ins and sign-ups at once, retry shortly")]
+    Busy,
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("{0}")]
@@ -41,6 +44,7 @@ impl From<AuthError> for ApiError {
                 ApiError::new(ErrorCode::TooManyRequests, message).with_retry_after(retry_after_s)
             }
             AuthError::Forbidden(_) => ApiError::forbidden(message),
+            AuthError::Busy => ApiError::unavailable(message).with_retry_after(1),
             AuthError::Database(source) => ApiError::internal(source),
             AuthError::Internal(detail) => ApiError::internal(detail),
         }

@@ -1,5 +1,8 @@
 //! Password hashing with argon2id at OWASP's minimum parameters (m=19 MiB, t=2, p=1),
-//! on the blocking pool so a sign-in never stalls the async workers.
+//! on the blocking pool so a sign-in never stalls the async workers — at most one
+//! hash per core at a time ([`HASHING`]): each holds 19 MiB, and unbounded, a burst
+//! of sign-ins ran one per blocking thread (up to 512) and grew the process by
+//! gigabytes. Waiting for a turn is bounded too ([`QUEUE_DEADLINE`], then 503).
 
 use std::sync::LazyLock;
 
@@ -13,6 +16,43 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const MEMORY_KIB: u32 = 19 * 1024;
 pub const ITERATIONS: u32 = 2;
 pub const PARALLELISM: u32 = 1;
+
+/// One hash per core at once.
+static HASHING: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::sync::Semaphore::new(cores)
+});
+
+/// How long a request waits for a hashing turn before it is told to retry (503).
+const QUEUE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The 19 MiB each hash allocates comes from `mmap` and goes back to the system
+/// when the hash is done. glibc otherwise raises its mmap threshold after the first
+/// such block is freed, and every later one stays in whichever thread's arena
+/// hashed it (the ~19 MiB steps the issue measured).
+fn return_hash_memory_to_the_system() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: mallopt only changes the allocator's tuning; 16 MiB < 19 MiB.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 16 * 1024 * 1024);
+        }
+    });
+}
+
+/// Runs `work` on the blocking pool once a hashing turn is free.
+async fn with_turn<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    return_hash_memory_to_the_system();
+    let _turn = tokio::time::timeout(QUEUE_DEADLINE, HASHING.acquire())
+        .await
+        .map_err(|_| AuthError::Busy)?
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))
+}
 
 pub fn hasher() -> Argon2<'static> {
     #[allow(clippy::expect_used)]
@@ -42,20 +82,19 @@ pub fn check_length(password: &str) -> Result<()> {
 
 pub async fn hash(password: String) -> Result<String> {
     check_length(&password)?;
-    tokio::task::spawn_blocking(move || {
+    with_turn(move || {
         hasher()
             .hash_password(password.as_bytes())
             .map(|hash| hash.to_string())
             .map_err(|e| AuthError::Internal(format!("hashing a password: {e}")))
     })
-    .await
-    .map_err(|e| AuthError::Internal(e.to_string()))?
+    .await?
 }
 
 /// Verifies `password` against `stored`, or against a dummy hash when `stored` is
 /// `None`, always doing the same work.
 pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
-    tokio::task::spawn_blocking(move || {
+    with_turn(move || {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| DUMMY_HASH.clone());
         let Ok(parsed) = PasswordHash::new(&stored) else {
@@ -67,7 +106,6 @@ pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
         ok && known
     })
     .await
-    .map_err(|e| AuthError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
