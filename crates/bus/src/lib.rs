@@ -6,6 +6,7 @@ mod access;
 mod delivery;
 mod metrics;
 pub mod pattern;
+mod retention;
 mod schedules;
 mod subscriptions;
 mod topics;
@@ -240,12 +241,14 @@ impl Bus {
             .await
     }
 
-    /// The delivery workers and the schedule ticker, until cancelled.
+    /// The delivery workers, the retention trimmer and the schedule ticker, until
+    /// cancelled.
     pub fn spawn_background(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         let delivery = delivery::spawn_manager(self.clone(), cancel.clone());
+        let trimmer = retention::spawn(self.clone(), cancel.clone());
         let ticker = schedules::spawn(self.clone(), cancel);
         tokio::spawn(async move {
-            let _ = tokio::join!(delivery, ticker);
+            let _ = tokio::join!(delivery, trimmer, ticker);
         })
     }
 

@@ -182,14 +182,17 @@ impl Bus {
         topic: &str,
         events: &[serde_json::Value],
     ) -> Result<Vec<String>, ApiError> {
-        let retention: Option<i64> =
-            sqlx::query_scalar("SELECT retention FROM topics WHERE name = $1")
+        // Appends never trim: `crate::retention` does, sparing what a subscription
+        // still needs.
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM topics WHERE name = $1)")
                 .bind(topic)
-                .fetch_optional(&self.pool)
+                .fetch_one(&self.pool)
                 .await
                 .map_err(ApiError::internal)?;
-        let retention =
-            retention.ok_or_else(|| ApiError::not_found(format!("topic {topic} not found")))?;
+        if !exists {
+            return Err(ApiError::not_found(format!("topic {topic} not found")));
+        }
         let stream = self.stream_key(topic);
         // Check-and-append in one atomic script per event: two publishers of the same
         // event cannot both append it. A batch's scripts go in one pipelined round
@@ -198,8 +201,8 @@ impl Bus {
         const CHECK_AND_APPEND: &str = r"
             local existing = redis.call('GET', KEYS[2])
             if existing then return existing end
-            local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[2])
-            redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
+            local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
+            redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
             return id
             ";
         let mut pipe = redis::pipe();
@@ -217,7 +220,6 @@ impl Bus {
                 .arg(2)
                 .arg(&stream)
                 .arg(&dedupe)
-                .arg(retention)
                 .arg(event.to_string())
                 .arg(self.config.dedupe_window_s);
         }
