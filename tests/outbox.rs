@@ -175,3 +175,74 @@ async fn a_relay_that_dies_between_publish_and_mark_republishes_and_the_bus_stor
     pool.close().await;
     cloud.stop().await.unwrap();
 }
+
+/// No event is stuck or silently lost on its way out (issue 16): a round whose
+/// events add up to more than a gRPC message is cut by bytes (one publish of
+/// everything failed forever before), an event over the size limit is refused when
+/// it is written, and an event the bus refuses for good is set aside with its error
+/// so the ones behind it flow.
+#[tokio::test]
+async fn big_rounds_are_cut_by_bytes_and_a_refused_event_is_set_aside() {
+    let cloud = TestCloud::start().await.unwrap();
+    let pool = producer_pool(&cloud).await;
+    let relay = relay_of(&cloud, &pool);
+    let big = "x".repeat(900 * 1024);
+    for i in 0..10 {
+        let mut tx = pool.begin().await.unwrap();
+        let event = OutboxEvent::new("/test", "test.big", None, json!({"i": i, "pad": big}));
+        enqueue(&mut tx, "storage", &event).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(relay.relay_once().await.unwrap(), 10);
+    assert_eq!(stream(&cloud, "storage").await.len(), 10);
+
+    let mut tx = pool.begin().await.unwrap();
+    let too_big = OutboxEvent::new(
+        "/test",
+        "test.big",
+        None,
+        json!({"pad": "y".repeat(3 << 20)}),
+    );
+    let refused = enqueue(&mut tx, "storage", &too_big).await.unwrap_err();
+    assert!(
+        matches!(refused, minicloud_outbox::OutboxError::TooLarge { .. }),
+        "{refused}"
+    );
+    tx.rollback().await.unwrap();
+
+    // A stored event the bus will never take (no source), then two good ones.
+    sqlx::query("INSERT INTO outbox (topic, event) VALUES ('storage', $1)")
+        .bind(json!({"id":"bad","source":"","type":"test.bad","time":"2026-12-04T00:00:00Z","data":{}}))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut good = Vec::new();
+    for i in 0..2 {
+        let mut tx = pool.begin().await.unwrap();
+        let event = OutboxEvent::new("/test", "test.good", None, json!({"i": i}));
+        enqueue(&mut tx, "storage", &event).await.unwrap();
+        tx.commit().await.unwrap();
+        good.push(event.id);
+    }
+    for _ in 0..6 {
+        let _ = relay.relay_once().await;
+    }
+    let published: Vec<String> = stream(&cloud, "storage")
+        .await
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect();
+    for id in &good {
+        assert!(published.contains(id), "{id} flowed past the refused event");
+    }
+    let (set_aside, error): (bool, Option<String>) = sqlx::query_as(
+        "SELECT set_aside_at IS NOT NULL, last_error FROM outbox WHERE event->>'id' = 'bad'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(set_aside, "{error:?}");
+    assert!(error.unwrap().contains("source"));
+    pool.close().await;
+    cloud.stop().await.unwrap();
+}

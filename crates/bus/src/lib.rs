@@ -313,7 +313,12 @@ impl Bus {
             .with_state(self.clone());
         ServiceHost::new("bus", rest, readiness, Arc::clone(&self.service_metrics))
             .body_limit(1024 * 1024)
-            .grpc(BusServiceServer::new(topics::BusGrpc(self)))
+            // Set explicitly, above the relays' 3 MiB publishes (tonic's default is
+            // 4 MiB): a batch of the largest events (2 MiB) still fits.
+            .grpc(
+                BusServiceServer::new(topics::BusGrpc(self))
+                    .max_decoding_message_size(8 * 1024 * 1024),
+            )
             .into_router()
     }
 }

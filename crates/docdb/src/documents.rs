@@ -517,7 +517,7 @@ async fn apply_one(
             })?;
             minicloud_outbox::enqueue(tx, "db", &event("created", &write.collection, &doc, true))
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::from)?;
             Ok(Applied {
                 document: Some(doc),
                 created: true,
@@ -543,7 +543,7 @@ async fn apply_one(
             .map_err(db)?;
             minicloud_outbox::enqueue(tx, "db", &event("updated", &write.collection, &doc, true))
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(ApiError::from)?;
             Ok(Applied {
                 document: Some(doc),
                 created: false,
@@ -566,7 +566,7 @@ async fn apply_one(
                 &event("deleted", &write.collection, &existing, false),
             )
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
             Ok(Applied {
                 document: Some(existing),
                 created: false,

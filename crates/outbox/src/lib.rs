@@ -27,7 +27,36 @@ pub enum OutboxError {
     Publish(#[from] tonic::Status),
     #[error("stored event {id} is not a CloudEvent: {reason}")]
     Corrupt { id: i64, reason: String },
+    #[error("the change's event is {bytes} bytes, over the limit of {MAX_EVENT_BYTES}")]
+    TooLarge { bytes: usize },
 }
+
+impl From<OutboxError> for minicloud_proto::error::ApiError {
+    /// An event over the size limit is the request's fault (413); anything else
+    /// is internal.
+    fn from(error: OutboxError) -> Self {
+        match error {
+            OutboxError::TooLarge { .. } => minicloud_proto::error::ApiError::new(
+                minicloud_proto::error::ErrorCode::PayloadTooLarge,
+                error.to_string(),
+            ),
+            other => minicloud_proto::error::ApiError::internal(other),
+        }
+    }
+}
+
+/// The largest event a change may produce (a 1 MiB document with its attributes
+/// fits): refused when it is written, so no event too large to publish is ever
+/// acknowledged.
+pub const MAX_EVENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// A relay's publish carries at most this many bytes of events: under gRPC's 4 MiB
+/// default message limit, whatever limit the bus was started with.
+const PUBLISH_BYTES: usize = 3 * 1024 * 1024;
+
+/// A row whose publish the bus refused for good (a malformed or oversized event)
+/// this many times is set aside, so the rows behind it flow.
+const SET_ASIDE_AFTER: i32 = 3;
 
 pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
 
@@ -118,7 +147,9 @@ pub async fn ensure_table(pool: &PgPool) -> Result<()> {
             attempts   integer NOT NULL DEFAULT 0,
             last_error text
         );
-        CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent_at IS NULL;",
+        CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+        -- Set aside: the bus refused the event for good; kept with its error.
+        ALTER TABLE outbox ADD COLUMN IF NOT EXISTS set_aside_at timestamptz;",
     )
     .execute(pool)
     .await?;
@@ -136,6 +167,10 @@ pub async fn enqueue(tx: &mut PgConnection, topic: &str, event: &OutboxEvent) ->
         id: 0,
         reason: e.to_string(),
     })?;
+    let bytes = json.to_string().len();
+    if bytes > MAX_EVENT_BYTES {
+        return Err(OutboxError::TooLarge { bytes });
+    }
     sqlx::query("INSERT INTO outbox (topic, event) VALUES ($1, $2)")
         .bind(topic)
         .bind(json)
@@ -168,6 +203,35 @@ impl Default for RelayConfig {
     }
 }
 
+/// `events` in order, cut into runs of at most `limit` bytes (one event over the
+/// limit goes alone, as does every event `alone` names).
+fn cut_by_bytes(
+    events: Vec<(i64, CloudEvent)>,
+    limit: usize,
+    alone: impl Fn(i64) -> bool,
+) -> Vec<Vec<(i64, CloudEvent)>> {
+    use prost::Message as _;
+    let mut chunks: Vec<Vec<(i64, CloudEvent)>> = Vec::new();
+    let mut bytes = 0;
+    let mut last_alone = false;
+    for (id, event) in events {
+        let size = event.encoded_len();
+        let this_alone = alone(id);
+        match chunks.last_mut() {
+            Some(chunk) if !this_alone && !last_alone && bytes + size <= limit => {
+                bytes += size;
+                chunk.push((id, event));
+            }
+            _ => {
+                bytes = size;
+                chunks.push(vec![(id, event)]);
+            }
+        }
+        last_alone = this_alone;
+    }
+    chunks
+}
+
 /// Publishes committed outbox events to the bus, in id order per topic.
 #[derive(Clone)]
 pub struct Relay {
@@ -182,6 +246,7 @@ struct Row {
     id: i64,
     topic: String,
     event: serde_json::Value,
+    attempts: i32,
 }
 
 impl Relay {
@@ -196,7 +261,7 @@ impl Relay {
         let channel = TracedChannel::connect_lazy("bus", bus_grpc_url)?.with_credential(credential);
         Ok(Relay {
             pool,
-            bus: BusServiceClient::new(channel),
+            bus: BusServiceClient::new(channel).max_encoding_message_size(8 * 1024 * 1024),
             config,
             wake: Arc::new(Notify::new()),
         })
@@ -220,7 +285,7 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, topic, event FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, topic, event, attempts FROM outbox WHERE sent_at IS NULL AND set_aside_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.config.batch)
         .fetch_all(&mut *tx)
@@ -242,20 +307,29 @@ impl Relay {
         }
         let mut sent = Vec::with_capacity(rows.len());
         for (topic, events) in by_topic {
-            let ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
-            let request = PublishRequest {
-                topic: topic.to_owned(),
-                events: events.into_iter().map(|(_, e)| e).collect(),
-            };
-            if let Err(status) = self.bus.clone().publish(request).await {
-                drop(tx);
-                self.record_failure(&ids, &status).await;
-                // Events already published in this round are marked, so a later
-                // round does not send them again.
-                self.mark_sent(&sent).await?;
-                return Err(status.into());
+            // A row that failed before goes alone, so a bad one is found and set
+            // aside instead of failing its whole batch forever.
+            let retried: std::collections::HashSet<i64> = rows
+                .iter()
+                .filter(|r| r.attempts > 0)
+                .map(|r| r.id)
+                .collect();
+            for chunk in cut_by_bytes(events, PUBLISH_BYTES, |id| retried.contains(&id)) {
+                let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+                let request = PublishRequest {
+                    topic: topic.to_owned(),
+                    events: chunk.into_iter().map(|(_, e)| e).collect(),
+                };
+                if let Err(status) = self.bus.clone().publish(request).await {
+                    drop(tx);
+                    self.record_failure(&ids, &status).await;
+                    // Events already published in this round are marked, so a later
+                    // round does not send them again.
+                    self.mark_sent(&sent).await?;
+                    return Err(status.into());
+                }
+                sent.extend(ids);
             }
-            sent.extend(ids);
         }
         sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
             .bind(&sent)
@@ -275,16 +349,42 @@ impl Relay {
         Ok(())
     }
 
+    /// Counts a failed publish against its rows. A refusal for good (the bus found
+    /// the batch malformed or too large) counts against a single row only when it
+    /// was published alone, so one bad event cannot take its batch down with it:
+    /// rows of a refused batch are retried one at a time ([`Relay::relay_once`]
+    /// cuts a retried row's batch to itself), and a row refused alone
+    /// [`SET_ASIDE_AFTER`] times is set aside with its error.
     async fn record_failure(&self, ids: &[i64], status: &tonic::Status) {
+        let permanent = matches!(
+            status.code(),
+            tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
+        );
         let result = sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                 set_aside_at = CASE WHEN $3 AND cardinality($1) = 1 AND attempts + 1 >= $4
+                                     THEN now() END
+             WHERE id = ANY($1)
+             RETURNING id, set_aside_at IS NOT NULL",
         )
         .bind(ids)
         .bind(status.to_string())
-        .execute(&self.pool)
+        .bind(permanent)
+        .bind(SET_ASIDE_AFTER)
+        .fetch_all(&self.pool)
         .await;
-        if let Err(error) = result {
-            tracing::warn!(%error, "recording an outbox failure");
+        match result {
+            Ok(rows) => {
+                for (id, set_aside) in rows.iter().map(|r: &sqlx::postgres::PgRow| {
+                    use sqlx::Row as _;
+                    (r.get::<i64, _>(0), r.get::<bool, _>(1))
+                }) {
+                    if set_aside {
+                        tracing::error!(id, %status, "an outbox event the bus refuses was set aside (set_aside_at, last_error); the rest flow on");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "recording an outbox failure"),
         }
     }
 

@@ -385,7 +385,7 @@ impl Storage {
             .map_err(|e| upsert_error(e, new))?;
         minicloud_outbox::enqueue(&mut tx, "storage", &event("created", &object))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tx.commit().await.map_err(db)?;
         Ok((object, current.map(|(version, _)| version)))
     }
@@ -526,7 +526,7 @@ impl Storage {
             .map_err(db)?;
         minicloud_outbox::enqueue(&mut tx, "storage", &event("deleted", &object))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::from)?;
         tx.commit().await.map_err(db)?;
         self.remove_blob(bucket, &blob_key(path, &object.version))
             .await;
@@ -555,7 +555,7 @@ impl Storage {
             for object in &batch {
                 minicloud_outbox::enqueue(&mut tx, "storage", &event("deleted", object))
                     .await
-                    .map_err(ApiError::internal)?;
+                    .map_err(ApiError::from)?;
             }
             tx.commit().await.map_err(db)?;
             for object in &batch {
