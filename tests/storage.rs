@@ -862,6 +862,47 @@ async fn signed_urls(kind: Kind) {
     );
     // A bad-signature upload left nothing behind.
     assert_eq!(env.blobs("photos").await.len(), 2);
+
+    // A single-use URL uploads once; a replay is refused (issue 16). A reusable
+    // one (the default, as Supabase's) uploads again.
+    let once: Value = user
+        .post(
+            &format!("/storage/v1/object/upload/sign/photos/{uid}/once.jpg"),
+            &json!({"expires_in": 60, "single_use": true}),
+        )
+        .await
+        .unwrap();
+    let once_url = url(&env.cloud, once["url"].as_str().unwrap());
+    let statuses: Vec<u16> = futures::future::join_all((0..3).map(|_| {
+        http.put(&once_url)
+            .header("content-type", "image/jpeg")
+            .body("once")
+            .send()
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.unwrap().status().as_u16())
+    .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        2,
+        "{statuses:?}"
+    );
+    let again = http
+        .put(url(&env.cloud, upload_url))
+        .header("content-type", "image/jpeg")
+        .header("x-upsert", "true")
+        .body("again")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_ne!(again, 403, "a reusable URL is not spent");
     env.stop().await;
 }
 

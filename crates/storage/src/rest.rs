@@ -482,6 +482,18 @@ pub struct SignIn {
     pub expires_in: u64,
 }
 
+/// A signed upload URL's options; the body may be absent (Supabase sends none).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignUploadIn {
+    /// Seconds the URL stays valid (1 to 604800; default 7200).
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// The URL uploads once: a second upload with it is refused (403).
+    #[serde(default)]
+    pub single_use: bool,
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SignedUrlOut {
     pub signed_url: String,
@@ -539,6 +551,7 @@ pub async fn sign_download(
         path: path.clone(),
         expires,
         owner: None,
+        nonce: None,
     });
     Ok(Json(SignedUrlOut {
         signed_url: format!(
@@ -564,6 +577,7 @@ pub async fn get_signed(
 }
 
 #[utoipa::path(post, path = "/storage/v1/object/upload/sign/{bucket}/{path}", tag = "signed URLs", params(("bucket" = String, Path), ("path" = String, Path)),
+    request_body(content = Option<SignUploadIn>, description = "optional: {\"expires_in\": seconds, \"single_use\": true}"),
     responses((status = 200, body = SignedUploadOut), (status = 403, body = ErrorBody)))]
 pub async fn sign_upload(
     State(storage): State<Storage>,
@@ -573,14 +587,14 @@ pub async fn sign_upload(
 ) -> Result<Json<SignedUploadOut>, ApiError> {
     let (bucket, path) = object_path(bucket, path)?;
     // The body is optional (Supabase sends none): two hours by default.
-    let expires_in = if body.is_empty() {
-        2 * 3600
+    minicloud_proto::error::check_no_nul(&body)?;
+    let options = if body.is_empty() {
+        SignUploadIn::default()
     } else {
-        serde_json::from_slice::<SignIn>(&body)
+        serde_json::from_slice::<SignUploadIn>(&body)
             .map_err(|e| ApiError::invalid(format!("invalid body: {e}")))?
-            .expires_in
     };
-    let expires = expiry(expires_in)?;
+    let expires = expiry(options.expires_in.unwrap_or(2 * 3600))?;
     let bucket_row = storage.load_bucket(&bucket).await?;
     storage
         .authorize_object(&caller, "storage:PutObject", &bucket_row, &path)
@@ -591,6 +605,9 @@ pub async fn sign_upload(
         path: path.clone(),
         expires,
         owner: caller.owner().map(str::to_owned),
+        nonce: options
+            .single_use
+            .then(|| uuid::Uuid::new_v4().simple().to_string()),
     });
     Ok(Json(SignedUploadOut {
         url: format!(
@@ -621,8 +638,30 @@ pub async fn put_signed(
                 return Err(error);
             }
         };
+    // A single-use URL is spent by its first upload (given back if that fails).
+    if let Some(nonce) = &grant.nonce {
+        let first: bool = sqlx::query_scalar(
+            "WITH pruned AS (DELETE FROM used_upload_tokens WHERE expires_at < now())
+             INSERT INTO used_upload_tokens (nonce, expires_at) VALUES ($1, to_timestamp($2))
+             ON CONFLICT (nonce) DO NOTHING RETURNING true",
+        )
+        .bind(nonce)
+        .bind(grant.expires as f64)
+        .fetch_optional(&storage.pool)
+        .await
+        .map_err(ApiError::internal)?
+        .unwrap_or(false);
+        if !first {
+            let declared =
+                header_str(request.headers(), "content-length")?.and_then(|v| v.parse().ok());
+            Storage::discard(body_stream(request.into_body()), declared).await;
+            return Err(ApiError::forbidden(
+                "this single-use signed upload URL has been used",
+            ));
+        }
+    }
     // The signature stands for the signer's permission to write this path.
-    write(
+    let written = write(
         &storage,
         &Caller::service(),
         bucket,
@@ -631,5 +670,14 @@ pub async fn put_signed(
         grant.owner,
         request,
     )
-    .await
+    .await;
+    if written.is_err()
+        && let Some(nonce) = &grant.nonce
+    {
+        let _ = sqlx::query("DELETE FROM used_upload_tokens WHERE nonce = $1")
+            .bind(nonce)
+            .execute(&storage.pool)
+            .await;
+    }
+    written
 }

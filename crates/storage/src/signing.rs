@@ -36,6 +36,10 @@ pub struct Grant {
     /// Owner recorded on a signed upload.
     #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// A single-use upload's nonce: the first upload with it records it, later ones
+    /// are refused.
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 pub struct UrlSigner {
@@ -118,6 +122,7 @@ mod tests {
             path: "u1/a.jpg".into(),
             expires: chrono::Utc::now().timestamp() + expires_in,
             owner: None,
+            nonce: None,
         }
     }
 
