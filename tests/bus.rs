@@ -1080,3 +1080,77 @@ async fn a_subscriber_behind_the_retention_loses_nothing() {
     assert_eq!(stream_len(&cloud, "burst").await, 10);
     cloud.stop().await.unwrap();
 }
+
+/// `db` change events carry whole documents: a subscriber gets only those its
+/// owner may read — owner conditions and collection policies included, as docdb
+/// judges a read — not every collection's (issue 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_events_reach_only_owners_who_may_read_the_document() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let policy = json!({"effect":"allow","principals":["role:authenticated"],
+        "actions":["db:GetDocument","db:PutDocument","db:Query"],
+        "resources":["db:notes","db:notes/*"],"condition":{"owner":"${auth.uid}"}});
+    let _: Value = admin
+        .post(
+            "/db/v1/collections",
+            &json!({"name":"notes","policy":policy}),
+        )
+        .await
+        .unwrap();
+    let _: Value = admin
+        .post("/db/v1/collections", &json!({"name":"secrets"}))
+        .await
+        .unwrap();
+    let _: Value = admin
+        .put(
+            "/auth/v1/admin/roles/authenticated",
+            &json!({"policies":[{"effect":"allow","actions":["events:Subscribe"],"resources":["events:db"]}]}),
+        )
+        .await
+        .unwrap();
+    let mut sessions = Vec::new();
+    for email in ["alice@example.com", "bob@example.com"] {
+        let session = cloud.client().signup(email, "password1234").await.unwrap();
+        sessions.push(cloud.client().with_token(session.access_token));
+    }
+    let (alice, bob) = (sessions[0].clone(), sessions[1].clone());
+    let (alice_url, alice_hook) = webhook::start().await;
+    let (admin_url, admin_hook) = webhook::start().await;
+    subscribe(&alice, "db", &alice_url).await.unwrap();
+    subscribe(&admin, "db", &admin_url).await.unwrap();
+
+    let mine: Value = alice
+        .post("/db/v1/collections/notes/docs", &json!({"text":"alice's"}))
+        .await
+        .unwrap();
+    let _: Value = bob
+        .post("/db/v1/collections/notes/docs", &json!({"text":"bob's"}))
+        .await
+        .unwrap();
+    let _: Value = admin
+        .post(
+            "/db/v1/collections/secrets/docs",
+            &json!({"text":"the service's"}),
+        )
+        .await
+        .unwrap();
+    // The service role's subscription sees all three; by then alice's has had its
+    // chance at them too (one worker per subscription, same topic).
+    wait_until(|| admin_hook.count() >= 3).await;
+    assert_eq!(admin_hook.successes().len(), 3);
+    wait_until(|| alice_hook.count() >= 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let received = alice_hook.successes();
+    let subjects: Vec<&str> = received
+        .iter()
+        .map(|(headers, _)| headers["ce-subject"].to_str().unwrap())
+        .collect();
+    assert_eq!(
+        subjects,
+        [format!("notes/{}", mine["id"].as_str().unwrap())],
+        "only her own note"
+    );
+    assert!(received[0].1.contains("alice's"));
+    cloud.stop().await.unwrap();
+}

@@ -132,3 +132,66 @@ pub fn manages(caller: &Caller, subscription: &SubscriptionOut) -> Result<(), Ap
         Err(ApiError::not_found("subscription not found"))
     }
 }
+
+/// How long a token minted for a subscription's owner lives (cached for half).
+pub const OWNER_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// For a `db` change event: whether the subscription's owner may read the document
+/// (its identity policies, the collection's policy and owner conditions, judged by
+/// docdb as for `GetDocument`). `db` events otherwise carried every collection's
+/// documents to anyone allowed to subscribe to `db`. `Err` when it cannot be told
+/// (the entry stays pending).
+pub async fn owner_may_read_document(
+    bus: &Bus,
+    subscription: &SubscriptionOut,
+    event: &serde_json::Value,
+) -> Result<bool, ApiError> {
+    if subscription.owner_role == "service" {
+        return Ok(true);
+    }
+    let Some(docdb) = &bus.docdb else {
+        return Ok(false);
+    };
+    let data = &event["data"];
+    let (Some(collection), Some(id)) = (data["collection"].as_str(), data["id"].as_str()) else {
+        return Ok(false);
+    };
+    let subject = subscription
+        .owner
+        .clone()
+        .unwrap_or_else(|| subscription.owner_role.clone());
+    let key = format!("{}\n{subject}", subscription.owner_role);
+    let token = match bus.owner_tokens.get(&key) {
+        Some(token) => token,
+        None => {
+            let token = bus
+                .authz
+                .issue_role_token(&subscription.owner_role, &subject, OWNER_TOKEN_TTL)
+                .await?;
+            bus.owner_tokens.insert(key, token.clone());
+            token
+        }
+    };
+    let mut request = tonic::Request::new(minicloud_proto::docdb::v1::CanReadRequest {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+        owner: data["owner"].as_str().unwrap_or_default().to_owned(),
+    });
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ApiError::internal("an owner token is not a header value"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    match docdb.clone().can_read(request).await {
+        Ok(response) => Ok(response.into_inner().allowed),
+        // The collection is gone, or the id is not one: nothing to read.
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::NotFound | tonic::Code::InvalidArgument
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(status) => Err(ApiError::unavailable("docdb unavailable").with_source(status)),
+    }
+}

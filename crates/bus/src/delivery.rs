@@ -289,6 +289,20 @@ async fn handle(
         .as_deref()
         .is_none_or(|only| only == subscription.id);
     if mine && !entry.event.is_null() && pattern.matches(&entry.event) {
+        // A document change reaches only an owner who may read the document.
+        if subscription.topic == "db" {
+            match crate::access::owner_may_read_document(&bus, &subscription, &entry.event).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    ack(&bus, &subscription, &entry.id).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(subscription = %subscription.id, %error, "could not check the owner's read right");
+                    return;
+                }
+            }
+        }
         // The owner's rights now, not when it subscribed.
         match crate::access::owner_may_deliver(&bus, &subscription, &target).await {
             Ok(Ok(())) => {}

@@ -76,6 +76,11 @@ pub struct BusConfig {
     /// The invoker's gRPC URL, for subscriptions that target functions.
     #[arg(long = "bus-invoker-url", env = "MINICLOUD_BUS_INVOKER_URL")]
     pub invoker_url: Option<String>,
+    /// Docdb's gRPC URL: `db` change events reach a subscriber only for documents its
+    /// owner may read, which docdb judges. Without it they reach only subscriptions
+    /// of the service role.
+    #[arg(long = "bus-docdb-url", env = "MINICLOUD_BUS_DOCDB_URL")]
+    pub docdb_url: Option<String>,
     /// Whether webhooks may reach loopback and private addresses: on under
     /// `minicloud up` (local development), off under `serve`.
     #[arg(long = "bus-webhook-private", env = "MINICLOUD_BUS_WEBHOOK_PRIVATE")]
@@ -102,6 +107,7 @@ impl Default for BusConfig {
             dedupe_window_s: 24 * 3600,
             visibility_timeout_s: 30,
             invoker_url: None,
+            docdb_url: None,
             webhook_private: None,
             webhook_allow: Vec::new(),
             internal_ports: Vec::new(),
@@ -124,6 +130,11 @@ pub struct BusState {
     pub(crate) config: BusConfig,
     pub(crate) authz: Arc<Authz>,
     pub(crate) invoker: Option<InvokerServiceClient<TracedChannel>>,
+    /// Judges whether a subscription's owner may read a `db` event's document.
+    pub(crate) docdb:
+        Option<minicloud_proto::docdb::v1::docdb_service_client::DocdbServiceClient<TracedChannel>>,
+    /// Tokens for subscription owners, by `role\nsubject` (for docdb's judgement).
+    pub(crate) owner_tokens: minicloud_authz::TtlCache<String>,
 }
 
 impl std::ops::Deref for Bus {
@@ -215,8 +226,20 @@ impl Bus {
             )),
             None => None,
         };
+        let docdb = match &config.docdb_url {
+            Some(url) => Some(
+                minicloud_proto::docdb::v1::docdb_service_client::DocdbServiceClient::new(
+                    TracedChannel::connect_lazy("docdb", url)
+                        .map_err(|e| BusStartError::Http(e.to_string()))?
+                        .with_credential(authz.service_credential()),
+                ),
+            ),
+            None => None,
+        };
         Ok(Bus(Arc::new(BusState {
             invoker,
+            docdb,
+            owner_tokens: minicloud_authz::TtlCache::new(access::OWNER_TOKEN_TTL / 2),
             pool,
             redis: manager,
             redis_client: redis,

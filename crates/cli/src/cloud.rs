@@ -174,6 +174,11 @@ pub async fn start(
                     .invoker_url
                     .clone()
                     .or_else(|| Some(urls.invoker.clone())),
+                docdb_url: config
+                    .bus
+                    .docdb_url
+                    .clone()
+                    .or_else(|| Some(urls.docdb.clone())),
                 webhook_private: config.bus.webhook_private.or(Some(true)),
                 internal_ports,
                 ..config.bus.clone()

@@ -72,6 +72,37 @@ impl DocdbService for DocdbGrpc {
         )))
     }
 
+    async fn can_read(
+        &self,
+        request: Request<minicloud_proto::docdb::v1::CanReadRequest>,
+    ) -> Result<Response<minicloud_proto::docdb::v1::CanReadResponse>, Status> {
+        let caller = self.0.authz.grpc_caller(request.metadata()).await?;
+        let request = request.into_inner();
+        crate::documents::check_id(&request.id)?;
+        self.0.collection_policy(&request.collection).await?;
+        let owner = (!request.owner.is_empty()).then_some(request.owner.as_str());
+        let allowed = match self
+            .0
+            .authorize_doc(
+                &caller,
+                "db:GetDocument",
+                &request.collection,
+                &request.id,
+                owner,
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(error) if error.code == minicloud_proto::error::ErrorCode::PermissionDenied => {
+                false
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Response::new(minicloud_proto::docdb::v1::CanReadResponse {
+            allowed,
+        }))
+    }
+
     async fn write(
         &self,
         request: Request<WriteRequest>,
