@@ -19,6 +19,9 @@ pub const LEEWAY_SECONDS: u64 = 30;
 /// An unknown `kid` refetches the JWKS at most this often, so a flood of forged
 /// tokens cannot turn into a flood of calls to auth.
 const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Clock difference tolerated between auth and this verifier when judging whether a
+/// token was issued before the keys were last fetched.
+const ISSUED_BEFORE_FETCH_MARGIN_S: i64 = 5;
 /// Keys are refetched at least this often even when every kid is known, so a removed
 /// key stops verifying.
 const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
@@ -118,7 +121,7 @@ impl Verifier {
             return Err(VerifyError::Algorithm);
         }
         let kid = header.kid.ok_or(VerifyError::UnknownKey)?;
-        let key = self.key(&kid).await?;
+        let key = self.key(&kid, claimed_iat(token)).await?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
@@ -145,7 +148,11 @@ impl Verifier {
         Ok(data.claims)
     }
 
-    async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, VerifyError> {
+    async fn key(
+        &self,
+        kid: &str,
+        claimed_iat: Option<i64>,
+    ) -> Result<Arc<DecodingKey>, VerifyError> {
         {
             let keys = self.keys.read().await;
             let fresh = keys
@@ -155,7 +162,7 @@ impl Verifier {
                 return Ok(Arc::clone(key));
             }
         }
-        self.refetch_keys(kid).await?;
+        self.refetch_keys(kid, claimed_iat).await?;
         self.keys
             .read()
             .await
@@ -165,26 +172,43 @@ impl Verifier {
             .ok_or(VerifyError::UnknownKey)
     }
 
-    /// Refetches the JWKS, at most once per [`MIN_REFETCH_INTERVAL`]. A caller that
-    /// comes sooner is refused at once (401): the keys were just fetched, so its kid
-    /// is unknown to auth too. (Waiting for the next slot instead queued a flood of
-    /// forged tokens one second apart, holding every request behind them.) A caller
-    /// that arrives while a fetch is in flight waits for that one fetch.
-    async fn refetch_keys(&self, kid: &str) -> Result<(), VerifyError> {
-        let mut last = self.refetch.lock().await;
-        {
-            // Another caller may have fetched while this one waited for the lock.
-            let keys = self.keys.read().await;
-            let fresh = keys
-                .fetched_at
-                .is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
-            if fresh && keys.keys.contains_key(kid) {
-                return Ok(());
+    /// Refetches the JWKS, at most once per [`MIN_REFETCH_INTERVAL`], so a flood of
+    /// forged tokens is not a flood of calls to auth; and without a queue: a token
+    /// waits at most for the next fetch after it arrived, never behind every token
+    /// before it (a queue held 20 forged tokens' requests for 19 s). A token issued
+    /// before the last fetch (by its unverified `iat`) is refused at once: its key
+    /// would have been in it. One issued since may be signed by a just-rotated key,
+    /// so it waits for the next fetch (at most a second).
+    async fn refetch_keys(&self, kid: &str, claimed_iat: Option<i64>) -> Result<(), VerifyError> {
+        let arrived = Instant::now();
+        let mut last = loop {
+            let last = self.refetch.lock().await;
+            {
+                // Another caller may have fetched while this one waited for the lock.
+                let keys = self.keys.read().await;
+                let fresh = keys
+                    .fetched_at
+                    .is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
+                if fresh && keys.keys.contains_key(kid) {
+                    return Ok(());
+                }
             }
-        }
-        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
-            return Err(VerifyError::UnknownKey);
-        }
+            match *last {
+                // A fetch that began after this token arrived has finished (the
+                // lock is free): no key is newer than what it found.
+                Some(at) if at >= arrived => return Err(VerifyError::UnknownKey),
+                Some(at) if at.elapsed() < MIN_REFETCH_INTERVAL => {
+                    let fetched = chrono_now() - at.elapsed().as_secs() as i64;
+                    if claimed_iat.is_some_and(|iat| iat + ISSUED_BEFORE_FETCH_MARGIN_S < fetched) {
+                        return Err(VerifyError::UnknownKey);
+                    }
+                    let wait = MIN_REFETCH_INTERVAL.saturating_sub(at.elapsed());
+                    drop(last);
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break last,
+            }
+        };
         *last = Some(Instant::now());
         let fetched: HashMap<String, String> = match &self.source {
             KeySource::Fixed(keys) => (**keys).clone(),
@@ -281,6 +305,20 @@ impl Verifier {
         );
         caller.ok_or(VerifyError::InvalidApiKey)
     }
+}
+
+/// The `iat` a token claims, read before its signature is checked: used only to
+/// decide whether to wait for a refetch, never to accept anything.
+fn claimed_iat(token: &str) -> Option<i64> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("iat")?
+        .as_i64()
 }
 
 fn chrono_now() -> i64 {
@@ -419,29 +457,48 @@ mod tests {
         );
     }
 
-    /// A flood of tokens with unknown kids is refused at once, not queued one
-    /// refetch interval apart (issue 16: 20 such tokens used to take 20 s, holding
-    /// every request behind them).
+    /// A flood of tokens with unknown kids is not queued one refetch interval apart
+    /// (issue 16: 20 such tokens used to take 20 s, holding every request behind
+    /// them): one issued before the keys were fetched is refused at once, one that
+    /// claims to be newer waits at most for the next fetch.
     #[tokio::test]
-    async fn unknown_kids_are_refused_at_once_once_the_keys_are_fresh() {
+    async fn unknown_kids_are_refused_without_a_queue() {
         let known = key("k1");
         let v = std::sync::Arc::new(verifier(&[&known]));
-        let started = std::time::Instant::now();
-        let forged: Vec<_> = (0..20)
-            .map(|i| {
-                let v = std::sync::Arc::clone(&v);
-                let token = sign(&key(&format!("forged-{i}")), &claims(60));
-                tokio::spawn(async move { v.verify_access_token(&token).await })
-            })
-            .collect();
-        for handle in forged {
-            assert_eq!(handle.await.unwrap(), Err(VerifyError::UnknownKey));
-        }
-        // Queued one interval apart, these took 19 s.
+        // The keys are fetched now.
         assert!(
-            started.elapsed() < MIN_REFETCH_INTERVAL,
-            "{:?}",
-            started.elapsed()
+            v.verify_access_token(&sign(&known, &claims(60)))
+                .await
+                .is_ok()
+        );
+        let flood = |iat_age: i64| {
+            let started = std::time::Instant::now();
+            let handles: Vec<_> = (0..20)
+                .map(|i| {
+                    let v = std::sync::Arc::clone(&v);
+                    let mut forged_claims = claims(600);
+                    forged_claims.iat -= iat_age;
+                    forged_claims.nbf = Some(forged_claims.iat);
+                    let token = sign(&key(&format!("forged-{iat_age}-{i}")), &forged_claims);
+                    tokio::spawn(async move { v.verify_access_token(&token).await })
+                })
+                .collect();
+            async move {
+                for handle in handles {
+                    assert_eq!(handle.await.unwrap(), Err(VerifyError::UnknownKey));
+                }
+                started.elapsed()
+            }
+        };
+        let old = flood(60).await;
+        assert!(
+            old < MIN_REFETCH_INTERVAL,
+            "issued before the fetch: {old:?}"
+        );
+        let fresh = flood(0).await;
+        assert!(
+            fresh < 3 * MIN_REFETCH_INTERVAL,
+            "claiming to be new: {fresh:?}"
         );
         // A known kid still verifies.
         assert!(
