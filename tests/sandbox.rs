@@ -645,6 +645,20 @@ mod grpc {
                 ),
             ),
             (
+                "docdb.CanRead",
+                code(
+                    d.can_read(with_token(
+                        docdb::CanReadRequest {
+                            collection: "closed".into(),
+                            id: "d1".into(),
+                            owner: String::new(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
                 "docdb.Write",
                 code(
                     d.write(with_token(docdb::WriteRequest { writes: vec![] }, t))
@@ -755,7 +769,7 @@ mod grpc {
             answered.is_empty(),
             "answered without a credential: {answered:?}"
         );
-        assert_eq!(anonymous.len(), 24);
+        assert_eq!(anonymous.len(), 25);
 
         // A user's token: the internal RPCs are refused, the others decide as REST.
         let session = cloud
@@ -786,6 +800,23 @@ mod grpc {
             assert_eq!(as_user[rpc], Code::PermissionDenied, "{rpc}: {as_user:?}");
         }
         assert_eq!(as_user["auth.GetJwks"], Code::Ok);
+        // It answers (no) rather than refusing: the bus asks it as each owner.
+        assert_eq!(as_user["docdb.CanRead"], Code::Ok);
+        let mut d =
+            docdb::docdb_service_client::DocdbServiceClient::new(channel(&cloud.urls.docdb).await);
+        let verdict = d
+            .can_read(with_token(
+                docdb::CanReadRequest {
+                    collection: "closed".into(),
+                    id: "d1".into(),
+                    owner: String::new(),
+                },
+                Some(&token),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!verdict.allowed);
 
         // The lists hold what REST shows the same user (gRPC used to list all).
         let user = cloud.client().with_token(token.clone());
