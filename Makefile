@@ -19,10 +19,15 @@ unit: test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## AWS's Python runtime interface client (PyPI), deployed unmodified by the invoker tests.
-test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks
+test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis
 
 target/pydeps/awslambdaric:
 	python3 -m pip install --quiet --target target/pydeps awslambdaric
+
+# The bounded fuzz pass over every REST operation (its own dir: its dependencies
+# must not shadow the runtimes' in target/pydeps).
+target/pydeps-fuzz/schemathesis:
+	python3 -m pip install --quiet --target target/pydeps-fuzz schemathesis==4.32.5
 
 # The Standard Webhooks reference library verifies the bus's signed deliveries.
 target/pydeps/standardwebhooks:

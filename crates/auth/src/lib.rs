@@ -33,8 +33,11 @@ pub use error::AuthError;
 pub use passwords::{ITERATIONS, MEMORY_KIB, PARALLELISM};
 
 /// The REST API of this service, served at `/auth/v1/openapi.json`.
+use minicloud_proto::openapi::ErrorResponses;
+
 #[derive(utoipa::OpenApi)]
 #[openapi(
+    modifiers(&ErrorResponses),
     info(
         title = "minicloud auth",
         description = "Users, sessions, roles, API keys and signing keys (GoTrue shapes). Authenticate with `Authorization: Bearer <token>`."

@@ -32,8 +32,11 @@ use tokio_util::sync::CancellationToken;
 pub const SCHEMA: &str = "bus";
 
 /// The REST API of this service, served at `/events/v1/openapi.json`.
+use minicloud_proto::openapi::ErrorResponses;
+
 #[derive(utoipa::OpenApi)]
 #[openapi(
+    modifiers(&ErrorResponses),
     info(
         title = "minicloud bus",
         description = "Topics (publish over REST, subscriptions and delivery land with issue 6)."

@@ -28,8 +28,11 @@ pub const SCHEMA: &str = "docdb";
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// The REST API of this service, served at `/db/v1/openapi.json`.
+use minicloud_proto::openapi::ErrorResponses;
+
 #[derive(utoipa::OpenApi)]
 #[openapi(
+    modifiers(&ErrorResponses),
     info(
         title = "minicloud docdb",
         description = "Collections (documents, queries and KV land with issue 5)."

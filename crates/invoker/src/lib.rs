@@ -44,8 +44,11 @@ pub const SCHEMA: &str = "invoker";
 pub type BusClient = BusServiceClient<TracedChannel>;
 
 /// The REST API of this service, served at `/functions/v1/openapi.json`.
+use minicloud_proto::openapi::ErrorResponses;
+
 #[derive(utoipa::OpenApi)]
 #[openapi(
+    modifiers(&ErrorResponses),
     info(
         title = "minicloud invoker",
         description = "Functions: deploy, invoke (also as the AWS Lambda Invoke API at /2015-03-31/functions/{name}/invocations), triggers, logs."

@@ -38,8 +38,11 @@ pub const SCHEMA: &str = "storage";
 const MAX_JSON_BODY: usize = 64 * 1024;
 
 /// The REST API of this service, served at `/storage/v1/openapi.json`.
+use minicloud_proto::openapi::ErrorResponses;
+
 #[derive(utoipa::OpenApi)]
 #[openapi(
+    modifiers(&ErrorResponses),
     info(
         title = "minicloud storage",
         description = "Buckets and objects (Supabase Storage shapes). Authenticate with `Authorization: Bearer <token>`; public buckets are readable by anyone."
