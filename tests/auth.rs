@@ -814,15 +814,7 @@ async fn a_burst_of_sign_ins_hashes_within_bounded_memory() {
         .signup("burst@example.com", "password1234")
         .await
         .unwrap();
-    let peak_mib = || {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .unwrap()
-            / 1024
-    };
+    let peak_mib = || minicloud_testkit::peak_memory_kib() / 1024;
     let before = peak_mib();
     let sign_ins: Vec<_> = (0..64)
         .map(|_| {

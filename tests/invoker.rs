@@ -1260,14 +1260,7 @@ async fn async_invokes_bus_triggers_and_http_routes() {
     // A body over the limit is refused while it streams, not buffered first: a
     // 200 MB upload to a public route leaves this process's peak memory (the whole
     // cloud runs in it) well below the body's size (issue 16).
-    let peak_kib = || {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .unwrap()
-    };
+    let peak_kib = minicloud_testkit::peak_memory_kib;
     let before = peak_kib();
     let chunk = axum::body::Bytes::from(vec![b'x'; 1024 * 1024]);
     let chunks =

@@ -44,6 +44,18 @@ pub fn test_redis_url() -> String {
     std::env::var("MINICLOUD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// This process's peak resident memory (`VmHWM`) in KiB: the whole test cloud runs
+/// in the test's process, so memory-bound tests compare it before and after.
+pub fn peak_memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Settings a test may change before starting its cloud.
 #[derive(Debug, Clone)]
 pub struct TestCloudBuilder {

@@ -245,6 +245,23 @@ pub struct InstanceRules<'a> {
     pub scratch_mb: Option<u64>,
 }
 
+impl<'a> InstanceRules<'a> {
+    /// Rules for a throwaway instance in `dir`: nothing to read beyond the system,
+    /// no network but a closed port, the default limits (the start-up trial run).
+    pub fn trial(dir: &'a Path) -> InstanceRules<'a> {
+        InstanceRules {
+            dir,
+            read_only: Vec::new(),
+            runtime_api_port: 9,
+            platform_ports: Vec::new(),
+            memory_bytes: 256 * 1024 * 1024,
+            memory_mb: 128,
+            network: None,
+            scratch_mb: None,
+        }
+    }
+}
+
 impl Sandbox {
     /// Reads the host's capabilities; `probe_dir` is a scratch dir for a trial run.
     pub fn new(config: SandboxConfig, probe_dir: &Path) -> Sandbox {
@@ -355,16 +372,7 @@ impl Sandbox {
         let dir = probe_dir.join(format!("probe-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
         let result = (|| {
-            let prepared = self.prepare(&InstanceRules {
-                dir: &dir,
-                read_only: Vec::new(),
-                runtime_api_port: 9,
-                platform_ports: Vec::new(),
-                memory_bytes: 256 * 1024 * 1024,
-                memory_mb: 128,
-                network: None,
-                scratch_mb: None,
-            })?;
+            let prepared = self.prepare(&InstanceRules::trial(&dir))?;
             let cgroups = prepared.cgroup_dirs();
             let status = prepared
                 .spawn(&Command {

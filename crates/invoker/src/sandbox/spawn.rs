@@ -405,18 +405,7 @@ mod tests {
     }
 
     fn prepare(sandbox: &Sandbox, dir: &Path) -> InstanceSandbox {
-        sandbox
-            .prepare(&InstanceRules {
-                dir,
-                read_only: Vec::new(),
-                runtime_api_port: 9,
-                platform_ports: Vec::new(),
-                memory_bytes: 256 * 1024 * 1024,
-                memory_mb: 128,
-                network: None,
-                scratch_mb: None,
-            })
-            .unwrap()
+        sandbox.prepare(&InstanceRules::trial(dir)).unwrap()
     }
 
     /// `sh -c script` in a sandbox, with the cgroup dirs to remove after it.
