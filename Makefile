@@ -46,6 +46,7 @@ bench:
 	$(CARGO) build --release -p minicloud -p minicloud-bench
 	$(CARGO) build --release -p minicloud-e2e --bin echo-function
 	$(CARGO) build --release -p thumbnail --bin thumbnail
+	./target/release/auth-bench
 	./target/release/storage-bench
 	./target/release/docdb-bench
 	./target/release/bus-bench

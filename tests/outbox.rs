@@ -186,6 +186,8 @@ async fn big_rounds_are_cut_by_bytes_and_a_refused_event_is_set_aside() {
     let cloud = TestCloud::start().await.unwrap();
     let pool = producer_pool(&cloud).await;
     let relay = relay_of(&cloud, &pool);
+    let mut registry = prometheus_client::registry::Registry::with_prefix("minicloud");
+    relay.register_metrics(&mut registry);
     let big = "x".repeat(900 * 1024);
     for i in 0..10 {
         let mut tx = pool.begin().await.unwrap();
@@ -243,6 +245,13 @@ async fn big_rounds_are_cut_by_bytes_and_a_refused_event_is_set_aside() {
     .unwrap();
     assert!(set_aside, "{error:?}");
     assert!(error.unwrap().contains("source"));
+    // Counted where an operator looks (the producing service's /metrics).
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
+    assert!(
+        metrics.contains("minicloud_outbox_set_aside_events_total 1\n"),
+        "{metrics}"
+    );
     pool.close().await;
     cloud.stop().await.unwrap();
 }

@@ -485,6 +485,12 @@ async fn worker(
                 } else {
                     tracing::warn!(subscription = %subscription.id, %error, "reading the topic failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    // A multiplexed connection does not come back by itself once Redis
+                    // has restarted (every later read failed with "broken pipe"): a
+                    // new one, or the old one again when Redis is still away.
+                    if let Ok(connection) = bus.blocking_connection().await {
+                        redis = connection;
+                    }
                 }
                 continue;
             }

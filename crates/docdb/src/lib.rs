@@ -173,7 +173,7 @@ impl Docdb {
             "docdb",
             rest,
             readiness,
-            ServiceMetrics::new("docdb", |_| {}),
+            ServiceMetrics::new("docdb", |registry| self.relay.register_metrics(registry)),
         )
         .body_limit(MAX_BODY_BYTES)
         .grpc(DocdbServiceServer::new(grpc::DocdbGrpc(self)))

@@ -14,6 +14,8 @@ use minicloud_proto::bus::v1::cloud_event::Data;
 use minicloud_proto::bus::v1::cloud_event_attribute_value::Attr;
 use minicloud_proto::bus::v1::{CloudEvent, CloudEventAttributeValue, PublishRequest};
 use minicloud_telemetry::grpc_client::{ServiceCredential, TracedChannel};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -239,6 +241,9 @@ pub struct Relay {
     bus: BusServiceClient<TracedChannel>,
     config: RelayConfig,
     wake: Arc<Notify>,
+    /// Events set aside since this process started (`minicloud_outbox_set_aside_events_total`
+    /// on the producing service's `/metrics`; the rows themselves keep `set_aside_at`).
+    set_aside: Counter,
 }
 
 #[derive(sqlx::FromRow)]
@@ -264,7 +269,17 @@ impl Relay {
             bus: BusServiceClient::new(channel).max_encoding_message_size(8 * 1024 * 1024),
             config,
             wake: Arc::new(Notify::new()),
+            set_aside: Counter::default(),
         })
+    }
+
+    /// Adds the relay's series to its service's registry.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "outbox_set_aside_events",
+            "Outbox events the bus refused for good, set aside so the rest flow on",
+            self.set_aside.clone(),
+        );
     }
 
     /// Tells the relay that events were committed, so it does not wait for the poll.
@@ -380,6 +395,7 @@ impl Relay {
                     (r.get::<i64, _>(0), r.get::<bool, _>(1))
                 }) {
                     if set_aside {
+                        self.set_aside.inc();
                         tracing::error!(id, %status, "an outbox event the bus refuses was set aside (set_aside_at, last_error); the rest flow on");
                     }
                 }

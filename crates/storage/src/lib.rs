@@ -326,7 +326,7 @@ impl Storage {
             "storage",
             rest,
             readiness,
-            ServiceMetrics::new("storage", |_| {}),
+            ServiceMetrics::new("storage", |registry| self.relay.register_metrics(registry)),
         )
         .grpc(StorageServiceServer::new(grpc::StorageGrpc(self)))
         .into_router()
