@@ -367,8 +367,18 @@ Server RSS: {r['started']:.0f} MiB started, {r['after_sequential']:.0f} MiB afte
 | baseline: argon2id verify alone (m=19 MiB, t=2, p=1), in the client | {t['argon2_verify']['p50_us'] / 1000:.2f} ms | {t['argon2_verify']['p99_us'] / 1000:.2f} ms | 1.00× |
 
 Hashing runs on at most one thread per core, so with 64 in flight the others wait
-their turn (their p50 is the queue, not the work) and memory stays at one 19 MiB
-block per core, returned to the system after each hash.
+their turn (their p50 is the queue, not the work), and each turn hashes in a 19 MiB
+block set kept for the next: memory stays at one set per core (2 here, the growth
+after start-up), and no hash pays for fresh pages.
+
+Before (the same benchmark on 2026-12-04, before the block sets were kept): with
+the argon2 crate allocating 19 MiB per hash (returned to the system at once, so the
+process stayed small), every hash faulted in 4,864 fresh pages — about 7 ms of
+kernel time on this VM. Sign-in took 21.4 ms of server CPU and p50 22.6 ms one at a
+time, **1.92×** argon2 alone in turns (26.8 ms against 14.0 ms), 80 sign-ins/s with 64
+in flight (now {con['sign_in']['ops_per_s']:,.0f}/s), peak RSS 60 MiB. The extra CPU the issue
+measured (28–31 ms per sign-in) was that kernel time plus each blocking-pool thread's
+own arena.
 """
 
 

@@ -23,7 +23,7 @@ pub use ttl_cache::TtlCache;
 pub use verifier::{Verifier, VerifyError};
 
 /// Identity policies are refetched after this long, so a policy change reaches
-/// every service within it (design §4 asks for 60 s).
+/// every service within it (docs/design.md §4 asks for 60 s).
 pub const POLICY_CACHE_TTL: Duration = Duration::from_secs(30);
 
 pub struct Authz {

@@ -1,4 +1,4 @@
-//! The policy language of design §4: IAM-like statements, default deny, explicit deny
+//! The policy language of docs/design.md §4: IAM-like statements, default deny, explicit deny
 //! wins, `*`/`?` wildcards in actions and resources, `${auth.uid}` and `${auth.role}`
 //! substituted from the caller.
 //!

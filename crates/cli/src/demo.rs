@@ -1,4 +1,4 @@
-//! `minicloud demo thumbnail`: the reference pipeline of design §6 against a running
+//! `minicloud demo thumbnail`: the reference pipeline of docs/design.md §6 against a running
 //! cloud. Sets up the buckets, the collection, the function's role, the function
 //! (`examples/thumbnail`) and its trigger, then uploads photos as a signed-up user and
 //! checks that every thumbnail and metadata document appears and the bad file is

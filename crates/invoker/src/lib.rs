@@ -1,5 +1,5 @@
 //! The invoker service (`/functions/v1`): deploys functions and runs them as
-//! processes speaking the AWS Lambda Runtime API (design §5.5).
+//! processes speaking the AWS Lambda Runtime API (docs/design.md §5.5).
 //!
 //! - [`registry`]: deploy, get, list, delete; [`bundle`]: zip checks and the code cache.
 //! - [`pool`]: instances per function — cold start, warm reuse, idle stop, limits.

@@ -16,7 +16,7 @@ use crate::bundle;
 
 pub const RUNTIMES: [&str; 3] = ["provided", "python3", "nodejs"];
 
-/// `POST /functions/v1` and `PUT /functions/v1/{name}` (design §5.6).
+/// `POST /functions/v1` and `PUT /functions/v1/{name}` (docs/design.md §5.6).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionIn {

@@ -109,13 +109,13 @@ pub fn event_payload(payload: &[u8]) -> Result<Bytes, ApiError> {
     }
 }
 
-/// `POST /functions/v1/{name}/triggers`: one of the two shapes (design §5.6).
+/// `POST /functions/v1/{name}/triggers`: one of the two shapes (docs/design.md §5.6).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerIn {
     /// Bus topic to subscribe the function to (`storage`, `db`, `schedules`, or a user topic).
     pub topic: Option<String>,
-    /// EventBridge-style pattern on the CloudEvent (design §5.4).
+    /// EventBridge-style pattern on the CloudEvent (docs/design.md §5.4).
     #[schema(value_type = Option<Object>)]
     pub pattern: Option<Value>,
     /// Retry policy as for subscriptions; default 3 attempts.

@@ -1,4 +1,4 @@
-//! The transactional outbox every event producer uses (design §5.4): an event is
+//! The transactional outbox every event producer uses (docs/design.md §5.4): an event is
 //! written to the producer's `outbox` table in the same transaction as the data
 //! change, and a relay publishes committed events to the bus over gRPC and marks
 //! them sent. So an event is published if and only if its change committed; a crash

@@ -1,4 +1,4 @@
-//! Buckets: create, get, list, with a resource policy each (design §4, §5.2).
+//! Buckets: create, get, list, with a resource policy each (docs/design.md §4, §5.2).
 
 use axum::extract::State;
 use axum::http::StatusCode;

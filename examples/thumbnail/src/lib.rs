@@ -1,4 +1,4 @@
-//! The thumbnail computation of the reference pipeline (design §6), apart from the
+//! The thumbnail computation of the reference pipeline (docs/design.md §6), apart from the
 //! function that runs it so that benchmarks measure the same code as their floor,
 //! and sample photos for the demo, tests and benchmarks.
 

@@ -1,4 +1,4 @@
-//! The reference pipeline end to end (design §6): a whole cloud, this function deployed
+//! The reference pipeline end to end (docs/design.md §6): a whole cloud, this function deployed
 //! into it the way `minicloud demo thumbnail` does, photos uploaded by users.
 
 use std::time::Duration;
