@@ -1,6 +1,6 @@
-//! The bus service (`/events/v1`): CloudEvents on Redis Streams. This first cut
-//! serves topics and the gRPC publish the outbox relays call; subscriptions,
-//! delivery and schedules land with issue 6.
+//! The bus service (`/events/v1`): CloudEvents on Redis Streams — topics, publishing
+//! (REST, and the gRPC the outbox relays call), subscriptions delivering to webhooks,
+//! topics and functions with retries and dead letters, schedules, and the tail.
 
 mod access;
 mod delivery;
@@ -39,7 +39,7 @@ use minicloud_proto::openapi::ErrorResponses;
     modifiers(&ErrorResponses),
     info(
         title = "minicloud bus",
-        description = "Topics (publish over REST, subscriptions and delivery land with issue 6)."
+        description = "Topics, publishing, subscriptions (webhook, topic and function targets, retries, dead letters) and schedules."
     ),
     paths(
         topics::create,

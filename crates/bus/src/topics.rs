@@ -67,7 +67,8 @@ pub async fn create(
     if !(1..=100_000_000).contains(&retention) {
         return Err(ApiError::invalid("retention must be 1 to 100000000 events"));
     }
-    // Creating a topic is an admin act until topic policies land with issue 6.
+    // Creating a topic is an admin act: topics have no resource policies of their own
+    // (who may publish or subscribe is in identity policies).
     if !caller.is_service() {
         return Err(ApiError::forbidden("creating topics needs the service key"));
     }

@@ -35,9 +35,26 @@ use minicloud_proto::openapi::ErrorResponses;
     modifiers(&ErrorResponses),
     info(
         title = "minicloud docdb",
-        description = "Collections (documents, queries and KV land with issue 5)."
+        description = "Collections, documents, queries, batches and key-value namespaces."
     ),
-    paths(collections::create, collections::list),
+    paths(
+        collections::create,
+        collections::list,
+        collections::get,
+        collections::delete,
+        rest::create,
+        rest::put,
+        rest::patch,
+        rest::get,
+        rest::delete,
+        rest::query,
+        rest::batch,
+        rest::kv_list,
+        rest::kv_get,
+        rest::kv_put,
+        rest::kv_delete,
+        rest::kv_incr
+    ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
 pub struct ApiDoc;

@@ -827,7 +827,7 @@ async fn every_rest_operation_survives_a_bounded_fuzz_pass() {
                 "10",
                 "--generation-deterministic",
                 // A zip body: nothing schemathesis can generate (its abuse tests are
-                // in tests/invoker.rs).
+                // in tests/it/invoker.rs).
                 "--exclude-path",
                 "/functions/v1/{name}/code",
             ])

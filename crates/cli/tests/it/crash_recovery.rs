@@ -8,6 +8,7 @@
 //! The test runs its own Postgres and Redis (in a temp dir, on free ports) so it can
 //! crash and restart them without touching the servers other tests share.
 
+use super::support::free_port;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -19,14 +20,6 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn find_binary(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")

@@ -1,19 +1,10 @@
 //! `minicloud up` as a user runs it: prints the gateway URL quickly, every service is
 //! ready, Ctrl-C exits 0 and leaves no process behind, private servers included.
 
+use super::support::free_ports;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
 
 struct Up {
     child: Child,

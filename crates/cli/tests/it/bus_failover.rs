@@ -2,6 +2,7 @@
 //! them is killed (SIGKILL) and restarted twice. Every event must reach the webhook
 //! at least once; duplicates are counted and reported. Bounded in time.
 
+use super::support::free_port;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -21,14 +22,6 @@ async fn receive(State(seen): State<Seen>, headers: HeaderMap) -> StatusCode {
         *seen.lock().unwrap().entry(id.to_owned()).or_default() += 1;
     }
     StatusCode::NO_CONTENT
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Another bus process on the same Postgres and Redis: a second consumer in every

@@ -2,6 +2,7 @@
 //! unprivileged user, as on a developer's laptop: no root, no separate uids, only
 //! what Linux gives an ordinary process. Under root (CI) the cloud runs as `nobody`.
 
+use super::support::free_ports;
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
@@ -11,16 +12,6 @@ use std::time::{Duration, Instant};
 use minicloud_testkit::hostile;
 
 const NOBODY: u32 = 65534;
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
 
 struct Running {
     child: std::process::Child,

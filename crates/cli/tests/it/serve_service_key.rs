@@ -2,6 +2,7 @@
 //! adopts a configured key (refusing a malformed one) or writes its own to a shared
 //! file for the others.
 
+use super::support::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,14 +13,6 @@ impl Drop for Serve {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn serve_auth(database_url: &str, port: u16, env: &[(&str, &str)]) -> Serve {
@@ -206,6 +199,60 @@ async fn service_keys_cannot_all_be_revoked_and_keys_issue_mints_one_offline() {
         .await
         .unwrap();
     assert_eq!(listed.status(), 200);
+
+    // A further service key can be revoked while another stays live...
+    let extra: serde_json::Value = call(
+        reqwest::Method::POST,
+        "/auth/v1/admin/api-keys",
+        &cloud.keys.service_key,
+    )
+    .json(&serde_json::json!({"name":"extra","role":"service"}))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let revoke_as = |id: String, key: String| {
+        call(
+            reqwest::Method::DELETE,
+            &format!("/auth/v1/admin/api-keys/{id}"),
+            &key,
+        )
+        .send()
+    };
+    let revoked = revoke_as(extra["id"].as_str().unwrap().to_owned(), minted.clone())
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    // ...but not the last one: with the built-in key gone (revoked in the database,
+    // as by hand), the break-glass key cannot revoke itself.
+    let pool = minicloud_testkit::sqlx::PgPool::connect(&cloud.database_url)
+        .await
+        .unwrap();
+    minicloud_testkit::sqlx::query(
+        "UPDATE auth.api_keys SET revoked_at = now() WHERE role = 'service' AND name <> 'break-glass'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let id: String = minicloud_testkit::sqlx::query_scalar(
+        "SELECT id FROM auth.api_keys WHERE name = 'break-glass'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let last = revoke_as(id, minted.clone()).await.unwrap();
+    assert_eq!(last.status(), 409);
+    let body: serde_json::Value = last.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("last live service key"),
+        "{body}"
+    );
+    pool.close().await;
     // An unknown role is refused.
     let output = Command::new(env!("CARGO_BIN_EXE_minicloud"))
         .args(["keys", "issue", "--role", "no-such-role"])

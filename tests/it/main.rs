@@ -1,0 +1,13 @@
+//! The end-to-end tests, one binary (each test still runs in a process of its own
+//! under nextest): a whole cloud per test, driven over REST and gRPC like an app.
+//! One module per service or concern; a binary each cost a link of the whole cloud.
+
+mod auth;
+mod bus;
+mod docdb;
+mod foundation;
+mod invoker;
+mod outbox;
+mod sandbox;
+mod storage;
+mod trace_propagation;
