@@ -11,6 +11,7 @@ mod passwords;
 mod rate_limit;
 mod sessions;
 
+use minicloud_telemetry::server::BackgroundTask;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -249,7 +250,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let background = vec![auth.spawn_maintenance(shutdown.clone())];
+    let background = vec![BackgroundTask::new(
+        "key reload and rate-limit pruning",
+        auth.spawn_maintenance(shutdown.clone()),
+    )];
     minicloud_telemetry::server::serve_with_background(
         listener,
         auth.into_router(),

@@ -12,6 +12,7 @@ mod subscriptions;
 mod topics;
 mod webhook;
 
+use minicloud_telemetry::server::BackgroundTask;
 use std::sync::Arc;
 
 use axum::Router;
@@ -354,13 +355,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let delivery = bus.spawn_background(shutdown.clone());
-    let result =
-        minicloud_telemetry::server::serve(listener, bus.into_router(), shutdown.cancelled_owned())
-            .await;
-    // Workers stop between deliveries; an interrupted one stays pending for another.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), delivery).await;
-    result
+    // Workers stop between deliveries; one cut at the deadline leaves its entry
+    // pending, and another worker claims it after the visibility timeout.
+    let background = vec![BackgroundTask::new(
+        "delivery workers, retention trimmer and schedule ticker",
+        bus.spawn_background(shutdown.clone()),
+    )];
+    minicloud_telemetry::server::serve_with_background(
+        listener,
+        bus.into_router(),
+        shutdown,
+        background,
+    )
+    .await
 }
 
 #[cfg(test)]

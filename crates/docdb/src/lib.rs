@@ -9,6 +9,7 @@ mod kv;
 pub mod query;
 mod rest;
 
+use minicloud_telemetry::server::BackgroundTask;
 use std::sync::Arc;
 
 use axum::Router;
@@ -125,7 +126,7 @@ impl Docdb {
     }
 
     /// The outbox relay and the purge of expired keys, until cancelled.
-    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<BackgroundTask> {
         let docdb = self.clone();
         let purge_cancel = cancel.clone();
         let purge = tokio::spawn(async move {
@@ -141,7 +142,10 @@ impl Docdb {
                 }
             }
         });
-        vec![self.relay.clone().spawn(cancel), purge]
+        vec![
+            BackgroundTask::new("outbox relay", self.relay.clone().spawn(cancel)),
+            BackgroundTask::new("expired key purge", purge),
+        ]
     }
 
     pub fn into_router(self) -> Router {

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod triggers;
 
+use minicloud_telemetry::server::BackgroundTask;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -515,16 +516,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let maintenance = tokio::spawn(Arc::clone(&invoker.0.engine).maintain(shutdown.clone()));
-    let result = minicloud_telemetry::server::serve(
+    // Maintenance stops every instance when it sees the shutdown.
+    let background = vec![BackgroundTask::new(
+        "instance maintenance",
+        tokio::spawn(Arc::clone(&invoker.0.engine).maintain(shutdown.clone())),
+    )];
+    minicloud_telemetry::server::serve_with_background(
         listener,
         invoker.into_router(),
-        shutdown.cancelled_owned(),
+        shutdown,
+        background,
     )
-    .await;
-    // Maintenance stops every instance when it sees the shutdown; let it finish.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), maintenance).await;
-    result
+    .await
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod rest;
 mod signing;
 mod sweep;
 
+use minicloud_telemetry::server::BackgroundTask;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -333,13 +334,16 @@ impl Storage {
     }
 
     /// The outbox relay and the orphan sweep, until cancelled.
-    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<BackgroundTask> {
         vec![
-            self.relay.clone().spawn(cancel.clone()),
-            sweep::spawn(
-                self.clone(),
-                Duration::from_secs(self.config.sweep_interval_s.max(1)),
-                cancel,
+            BackgroundTask::new("outbox relay", self.relay.clone().spawn(cancel.clone())),
+            BackgroundTask::new(
+                "orphan sweep",
+                sweep::spawn(
+                    self.clone(),
+                    Duration::from_secs(self.config.sweep_interval_s.max(1)),
+                    cancel,
+                ),
             ),
         ]
     }

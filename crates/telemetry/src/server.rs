@@ -385,26 +385,99 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream, cap: usize) {
     .await;
 }
 
-/// [`serve`] for a service with background tasks (outbox relays, sweeps, key
-/// reloads): they watch the same `shutdown`, and whatever still runs once the
-/// server has drained is aborted.
+/// A task a service runs beside its server (outbox relay, delivery workers, sweeps,
+/// key reloads, instance maintenance), named for the shutdown log.
+#[derive(Debug)]
+pub struct BackgroundTask {
+    pub name: &'static str,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl BackgroundTask {
+    pub fn new(name: &'static str, handle: tokio::task::JoinHandle<()>) -> Self {
+        BackgroundTask { name, handle }
+    }
+}
+
+/// How long background tasks get, once the server has drained, to finish the round
+/// they are in (a relay publishing and marking its batch, a delivery being acked).
+pub const BACKGROUND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`serve`] for a service with background tasks, shut down in order: the server
+/// stops accepting and drains its requests; then the tasks, which watch the same
+/// `shutdown`, finish their round within [`BACKGROUND_DEADLINE`]; whatever still
+/// runs is aborted and logged. Every service stops this way.
 pub async fn serve_with_background(
     listener: TcpListener,
     router: Router,
     shutdown: tokio_util::sync::CancellationToken,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    background: Vec<BackgroundTask>,
 ) -> std::io::Result<()> {
     let result = serve(listener, router, shutdown.cancelled_owned()).await;
-    for task in background {
-        task.abort();
-    }
+    finish_background(background, BACKGROUND_DEADLINE).await;
     result
+}
+
+/// Waits for `tasks` until `deadline`, then aborts the rest; returns their names.
+pub async fn finish_background(
+    tasks: Vec<BackgroundTask>,
+    deadline: std::time::Duration,
+) -> Vec<&'static str> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut cut = Vec::new();
+    for mut task in tasks {
+        match tokio::time::timeout_at(until, &mut task.handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(task = task.name, %error, "a background task ended abnormally")
+            }
+            Err(_) => {
+                task.handle.abort();
+                tracing::warn!(
+                    task = task.name,
+                    deadline_ms = deadline.as_millis() as u64,
+                    "a background task did not finish its round in time and was aborted"
+                );
+                cut.push(task.name);
+            }
+        }
+    }
+    cut
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tower::ServiceExt as _;
+
+    /// A task that finishes its round after the shutdown is waited for, not cut; one
+    /// that ignores the shutdown is aborted at the deadline and named.
+    #[tokio::test]
+    async fn background_tasks_finish_their_round_or_are_cut_at_the_deadline() {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cancel, done) = (shutdown.clone(), Arc::clone(&finished));
+        let careful = tokio::spawn(async move {
+            cancel.cancelled().await;
+            // The rest of its round.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let stubborn = tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        });
+        shutdown.cancel();
+        let cut = finish_background(
+            vec![
+                BackgroundTask::new("careful", careful),
+                BackgroundTask::new("stubborn", stubborn),
+            ],
+            std::time::Duration::from_millis(500),
+        )
+        .await;
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(cut, ["stubborn"]);
+    }
 
     #[tokio::test]
     async fn a_panicking_handler_is_an_internal_error_with_the_request_id() {
