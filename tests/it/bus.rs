@@ -145,7 +145,7 @@ mod webhook {
     use axum::http::{HeaderMap, StatusCode};
 
     #[derive(Clone, Default)]
-    pub struct Receiver {
+    pub(super) struct Receiver {
         pub deliveries: Arc<Mutex<Vec<(HeaderMap, String)>>>,
         /// Answer 500 to this many requests before succeeding.
         pub fail_next: Arc<AtomicUsize>,
@@ -168,7 +168,7 @@ mod webhook {
         }
     }
 
-    pub async fn start() -> (String, Receiver) {
+    pub(super) async fn start() -> (String, Receiver) {
         let receiver = Receiver::default();
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
@@ -180,7 +180,7 @@ mod webhook {
     }
 
     impl Receiver {
-        pub fn successes(&self) -> Vec<(HeaderMap, String)> {
+        pub(super) fn successes(&self) -> Vec<(HeaderMap, String)> {
             self.deliveries
                 .lock()
                 .unwrap()
@@ -190,7 +190,7 @@ mod webhook {
                 .collect()
         }
 
-        pub fn count(&self) -> usize {
+        pub(super) fn count(&self) -> usize {
             self.deliveries.lock().unwrap().len()
         }
     }

@@ -142,14 +142,14 @@ async fn exec(connection: &mut sqlx_lite::Connection, sql: &str) {
 
 /// The few Postgres calls these tests make, through the testkit's sqlx.
 mod sqlx_lite {
-    pub use minicloud_testkit::sqlx::PgConnection as Connection;
+    pub(super) use minicloud_testkit::sqlx::PgConnection as Connection;
     use minicloud_testkit::sqlx::{self, Connection as _};
 
-    pub async fn connect(url: &str) -> Connection {
+    pub(super) async fn connect(url: &str) -> Connection {
         Connection::connect(url).await.unwrap()
     }
 
-    pub async fn execute(connection: &mut Connection, sql: &str) {
+    pub(super) async fn execute(connection: &mut Connection, sql: &str) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
             .execute(connection)
             .await

@@ -19,7 +19,7 @@ use crate::error::{AuthError, Result, is_foreign_key_violation, is_unique_violat
 use crate::sessions::sha256;
 use crate::{Auth, BuiltinKeys};
 
-pub fn routes() -> Router<Auth> {
+pub(crate) fn routes() -> Router<Auth> {
     Router::new()
         .route("/auth/v1/admin/users", get(list_users).post(create_user))
         .route(
@@ -51,7 +51,7 @@ fn require_service(caller: &Caller) -> Result<(), ApiError> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct Page {
+pub(crate) struct Page {
     #[serde(default)]
     pub cursor: Option<String>,
     #[serde(default)]
@@ -69,7 +69,7 @@ impl Page {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct UserList {
+pub(crate) struct UserList {
     pub users: Vec<UserOut>,
     pub next_cursor: Option<String>,
 }
@@ -111,7 +111,7 @@ async fn list_users(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AdminUserIn {
+pub(crate) struct AdminUserIn {
     pub email: String,
     pub password: String,
     #[serde(default)]
@@ -184,7 +184,7 @@ async fn delete_user(
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct RoleOut {
+pub(crate) struct RoleOut {
     pub name: String,
     pub description: String,
     /// The role's identity policy: a list of statements (see docs/api/policies.md).
@@ -196,24 +196,24 @@ pub struct RoleOut {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RoleList {
+pub(crate) struct RoleList {
     pub roles: Vec<RoleOut>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ApiKeyList {
+pub(crate) struct ApiKeyList {
     pub api_keys: Vec<ApiKeyOut>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RotatedKey {
+pub(crate) struct RotatedKey {
     /// The new signing key's id.
     pub kid: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RoleIn {
+pub(crate) struct RoleIn {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -224,7 +224,7 @@ pub struct RoleIn {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RolePatch {
+pub(crate) struct RolePatch {
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
@@ -398,7 +398,7 @@ pub struct ApiKeyCreated {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ApiKeyIn {
+pub(crate) struct ApiKeyIn {
     pub name: String,
     pub role: String,
     #[serde(default)]

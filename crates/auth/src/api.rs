@@ -44,7 +44,7 @@ pub(crate) struct UserRow {
 }
 
 impl UserRow {
-    pub fn into_out(self) -> UserOut {
+    pub(crate) fn into_out(self) -> UserOut {
         UserOut {
             id: self.id,
             email: self.email,
@@ -117,7 +117,7 @@ pub(crate) fn check_metadata(data: &serde_json::Value) -> Result<()> {
 }
 
 /// The client address, for rate limits.
-pub struct ClientIp(pub Option<IpAddr>);
+pub(crate) struct ClientIp(pub Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
@@ -132,7 +132,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct SignupIn {
+pub(crate) struct SignupIn {
     pub email: String,
     pub password: String,
     /// User metadata (GoTrue's `data`).
@@ -143,7 +143,7 @@ pub struct SignupIn {
 
 #[utoipa::path(post, path = "/auth/v1/signup", tag = "users", request_body = SignupIn,
     responses((status = 200, description = "signed up and signed in", body = TokenOut), (status = 409, description = "email taken", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn signup(
+pub(crate) async fn signup(
     State(auth): State<Auth>,
     ClientIp(ip): ClientIp,
     Json(input): Json<SignupIn>,
@@ -192,12 +192,12 @@ async fn mark_signed_in(auth: &Auth, id: Uuid) -> Result<UserOut> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct TokenQuery {
+pub(crate) struct TokenQuery {
     pub grant_type: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct TokenIn {
+pub(crate) struct TokenIn {
     #[serde(default)]
     pub email: Option<String>,
     #[serde(default)]
@@ -208,7 +208,7 @@ pub struct TokenIn {
 
 #[utoipa::path(post, path = "/auth/v1/token", tag = "users", params(TokenQuery), request_body = TokenIn,
     responses((status = 200, description = "a new session", body = TokenOut), (status = 429, description = "rate limited", body = ErrorBody), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn token(
+pub(crate) async fn token(
     State(auth): State<Auth>,
     ClientIp(ip): ClientIp,
     Query(query): Query<TokenQuery>,
@@ -282,14 +282,14 @@ pub(crate) fn require_user(caller: &Caller) -> Result<Uuid, ApiError> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct LogoutQuery {
+pub(crate) struct LogoutQuery {
     #[serde(default)]
     pub scope: Option<String>,
 }
 
 #[utoipa::path(post, path = "/auth/v1/logout", tag = "users", params(LogoutQuery),
     responses((status = 204, description = "signed out"), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn logout(
+pub(crate) async fn logout(
     State(auth): State<Auth>,
     caller: Caller,
     Query(query): Query<LogoutQuery>,
@@ -319,14 +319,17 @@ pub async fn logout(
 
 #[utoipa::path(get, path = "/auth/v1/user", tag = "users",
     responses((status = 200, description = "the signed-in user", body = UserOut), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn get_user(State(auth): State<Auth>, caller: Caller) -> Result<Json<UserOut>, ApiError> {
+pub(crate) async fn get_user(
+    State(auth): State<Auth>,
+    caller: Caller,
+) -> Result<Json<UserOut>, ApiError> {
     let user_id = require_user(&caller)?;
     Ok(Json(load_user(&auth.pool, user_id).await?.into_out()))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct UserPatch {
+pub(crate) struct UserPatch {
     #[serde(default)]
     pub email: Option<String>,
     #[serde(default)]
@@ -338,7 +341,7 @@ pub struct UserPatch {
 
 #[utoipa::path(put, path = "/auth/v1/user", tag = "users", request_body = UserPatch,
     responses((status = 200, description = "the updated user", body = UserOut), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn update_user(
+pub(crate) async fn update_user(
     State(auth): State<Auth>,
     caller: Caller,
     Json(patch): Json<UserPatch>,
@@ -379,7 +382,7 @@ pub(crate) async fn apply_user_patch(
 
 #[utoipa::path(get, path = "/auth/v1/.well-known/jwks.json", tag = "keys",
     responses((status = 200, description = "the public signing keys", body = crate::keys::JwkSet)))]
-pub async fn jwks(State(auth): State<Auth>) -> Response {
+pub(crate) async fn jwks(State(auth): State<Auth>) -> Response {
     let keys = auth.keys.jwks().await;
     (
         [(http::header::CACHE_CONTROL, "public, max-age=60")],

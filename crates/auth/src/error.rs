@@ -29,7 +29,7 @@ pub enum AuthError {
     Internal(String),
 }
 
-pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = AuthError> = std::result::Result<T, E>;
 
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
@@ -58,11 +58,11 @@ impl From<AuthError> for tonic::Status {
 }
 
 /// Postgres unique violation (SQLSTATE 23505).
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
 /// Postgres foreign-key violation (SQLSTATE 23503).
-pub fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+pub(crate) fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23503"))
 }

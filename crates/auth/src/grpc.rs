@@ -14,7 +14,7 @@ use crate::Auth;
 use crate::error::AuthError;
 use crate::sessions::sha256;
 
-pub struct AuthGrpc(pub Auth);
+pub(crate) struct AuthGrpc(pub Auth);
 
 impl AuthGrpc {
     /// The caller of an RPC, verified here rather than through the authz client

@@ -18,7 +18,7 @@ use tokio::sync::RwLock;
 use crate::error::{AuthError, Result};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Jwk {
+pub(crate) struct Jwk {
     pub kid: String,
     #[schema(value_type = String)]
     pub kty: &'static str,
@@ -42,7 +42,7 @@ struct KeyRow {
 
 /// `{"keys": [...]}`, as served at `/.well-known/jwks.json`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct JwkSet {
+pub(crate) struct JwkSet {
     pub keys: Vec<Jwk>,
 }
 
@@ -57,7 +57,7 @@ struct KeyState {
 }
 
 /// The signing keys, cached from the database.
-pub struct Keys {
+pub(crate) struct Keys {
     pool: PgPool,
     /// How long published keys outlive their retirement: the access-token lifetime
     /// plus verification leeway.
@@ -79,7 +79,7 @@ fn new_key() -> Result<(String, Vec<u8>, String)> {
 
 impl Keys {
     /// Loads the keys, creating the first one when there is none.
-    pub async fn load_or_create(pool: PgPool, access_ttl: Duration) -> Result<Keys> {
+    pub(crate) async fn load_or_create(pool: PgPool, access_ttl: Duration) -> Result<Keys> {
         let count: i64 =
             sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE retired_at IS NULL")
                 .fetch_one(&pool)
@@ -146,14 +146,14 @@ impl Keys {
     }
 
     /// Re-reads keys from the database (another replica may have rotated).
-    pub async fn reload(&self) -> Result<()> {
+    pub(crate) async fn reload(&self) -> Result<()> {
         let state = Self::read_state(&self.pool, self.publish_grace).await?;
         *self.state.write().await = Arc::new(state);
         Ok(())
     }
 
     /// Makes a new key the signing key; the old ones stay published for the grace period.
-    pub async fn rotate(&self) -> Result<String> {
+    pub(crate) async fn rotate(&self) -> Result<String> {
         let (kid, der, x) = new_key()?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL")
@@ -171,11 +171,11 @@ impl Keys {
         Ok(kid)
     }
 
-    pub async fn jwks(&self) -> Vec<Jwk> {
+    pub(crate) async fn jwks(&self) -> Vec<Jwk> {
         self.state.read().await.published.clone()
     }
 
-    pub async fn sign(&self, claims: &Claims) -> Result<String> {
+    pub(crate) async fn sign(&self, claims: &Claims) -> Result<String> {
         let state = Arc::clone(&*self.state.read().await);
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(state.active.kid.clone());

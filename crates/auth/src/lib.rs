@@ -67,6 +67,7 @@ use minicloud_proto::openapi::ErrorResponses;
     ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
+#[derive(Debug)]
 pub struct ApiDoc;
 
 /// The Postgres schema this service owns.
@@ -122,10 +123,17 @@ impl Default for AuthConfig {
 }
 
 /// The built-in keys created on first start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BuiltinKeys {
     pub anon_key: String,
     pub service_key: String,
+}
+
+/// Never the keys themselves: a debug print must not leak the service key into a log.
+impl std::fmt::Debug for BuiltinKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltinKeys").finish_non_exhaustive()
+    }
 }
 
 pub struct AuthState {
@@ -136,8 +144,14 @@ pub struct AuthState {
     pub(crate) authz: Arc<Authz>,
 }
 
+impl std::fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthState").finish_non_exhaustive()
+    }
+}
+
 /// Shared state of the handlers; `Arc<Authz>` is extracted from it for [`minicloud_authz::Caller`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Auth(Arc<AuthState>);
 
 impl FromRef<Auth> for Arc<Authz> {

@@ -17,8 +17,8 @@ use argon2::{Algorithm, Argon2, Block, Params, PasswordVerifier, Version};
 
 use crate::error::{AuthError, Result};
 
-pub const MIN_PASSWORD_BYTES: usize = 8;
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub(crate) const MIN_PASSWORD_BYTES: usize = 8;
+pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
 pub const MEMORY_KIB: u32 = 19 * 1024;
 pub const ITERATIONS: u32 = 2;
 pub const PARALLELISM: u32 = 1;
@@ -64,7 +64,7 @@ fn params() -> Params {
         .expect("constant argon2 parameters are valid")
 }
 
-pub fn hasher() -> Argon2<'static> {
+pub(crate) fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params())
 }
 
@@ -121,7 +121,7 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
     .unwrap_or_default()
 });
 
-pub fn check_length(password: &str) -> Result<()> {
+pub(crate) fn check_length(password: &str) -> Result<()> {
     let len = password.len();
     if !(MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&len) {
         return Err(AuthError::Invalid(format!(
@@ -131,7 +131,7 @@ pub fn check_length(password: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn hash(password: String) -> Result<String> {
+pub(crate) async fn hash(password: String) -> Result<String> {
     check_length(&password)?;
     let salt = argon2::password_hash::generate_salt();
     with_turn(move |blocks| hash_in(blocks, password.as_bytes(), &salt)).await?
@@ -139,7 +139,7 @@ pub async fn hash(password: String) -> Result<String> {
 
 /// Verifies `password` against `stored`, or against a dummy hash when `stored` is
 /// `None`, always doing the same work.
-pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
+pub(crate) async fn verify(password: String, stored: Option<String>) -> Result<bool> {
     let known = stored.is_some();
     let stored = stored.unwrap_or_else(|| DUMMY_HASH.clone());
     with_turn(move |blocks| verify_in(blocks, password.as_bytes(), &stored) && known).await

@@ -14,13 +14,13 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use crate::error::{AuthError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     Signup,
     SignIn,
     Refresh,
 }
 
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     per_ip: [DefaultKeyedRateLimiter<IpAddr>; 3],
     per_email: [DefaultKeyedRateLimiter<(String, IpAddr)>; 3],
 }
@@ -31,7 +31,7 @@ fn quota(per_minute: u32) -> Quota {
 
 impl RateLimits {
     /// Requests per minute allowed for each of signup, sign-in and refresh.
-    pub fn new(per_ip_per_minute: u32, per_email_per_minute: u32) -> Self {
+    pub(crate) fn new(per_ip_per_minute: u32, per_email_per_minute: u32) -> Self {
         let ip = || DefaultKeyedRateLimiter::keyed(quota(per_ip_per_minute));
         let email = || DefaultKeyedRateLimiter::keyed(quota(per_email_per_minute));
         RateLimits {
@@ -48,7 +48,12 @@ impl RateLimits {
         }
     }
 
-    pub fn check(&self, endpoint: Endpoint, ip: Option<IpAddr>, email: Option<&str>) -> Result<()> {
+    pub(crate) fn check(
+        &self,
+        endpoint: Endpoint,
+        ip: Option<IpAddr>,
+        email: Option<&str>,
+    ) -> Result<()> {
         let i = Self::index(endpoint);
         let now = DefaultClock::default().now();
         if let Some(ip) = ip
@@ -66,7 +71,7 @@ impl RateLimits {
     }
 
     /// Forgets keys whose buckets are full again, so memory stays bounded.
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         for limiter in &self.per_ip {
             limiter.retain_recent();
         }

@@ -36,7 +36,7 @@ struct RefreshRow {
     expires_at: DateTime<Utc>,
 }
 
-pub fn sha256(text: &str) -> Vec<u8> {
+pub(crate) fn sha256(text: &str) -> Vec<u8> {
     Sha256::digest(text.as_bytes()).to_vec()
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 /// Past this many entries an insert first drops the expired ones.
 const PRUNE_ABOVE: usize = 1024;
 
+#[derive(Debug)]
 pub struct TtlCache<V> {
     ttl: Duration,
     entries: RwLock<HashMap<String, (V, Instant)>>,

@@ -81,6 +81,12 @@ pub struct Verifier {
     api_keys: RwLock<HashMap<[u8; 32], ApiKeyEntry>>,
 }
 
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
 impl Verifier {
     pub fn new(client: AuthServiceClient<TracedChannel>) -> Self {
         Self::with_source(KeySource::Auth(client))

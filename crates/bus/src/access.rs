@@ -15,7 +15,7 @@ use crate::subscriptions::{SubscriptionOut, Target};
 /// schedules, async invocations and their dead letters): publishing a forged
 /// `minicloud.function.invoke` or object-created event would run functions as
 /// whoever subscribed to them, so only the service role publishes there.
-pub const BUILTIN_TOPICS: &[&str] = &[
+pub(crate) const BUILTIN_TOPICS: &[&str] = &[
     "storage",
     "db",
     "schedules",
@@ -24,7 +24,11 @@ pub const BUILTIN_TOPICS: &[&str] = &[
 ];
 
 /// `events:Publish` on `topic`, and the service role for a built-in topic.
-pub async fn authorize_publish(bus: &Bus, caller: &Caller, topic: &str) -> Result<(), ApiError> {
+pub(crate) async fn authorize_publish(
+    bus: &Bus,
+    caller: &Caller,
+    topic: &str,
+) -> Result<(), ApiError> {
     if BUILTIN_TOPICS.contains(&topic) && !caller.is_service() {
         return Err(ApiError::forbidden(format!(
             "topic {topic} carries minicloud's own events: only the service role publishes to it"
@@ -37,7 +41,7 @@ pub async fn authorize_publish(bus: &Bus, caller: &Caller, topic: &str) -> Resul
 
 /// Every right a subscription exercises for `caller`: reading its topic, invoking a
 /// target function, publishing to a target or dead-letter topic.
-pub async fn authorize_subscription(
+pub(crate) async fn authorize_subscription(
     bus: &Bus,
     caller: &Caller,
     topic: &str,
@@ -70,7 +74,7 @@ pub async fn authorize_subscription(
 /// Who owns what `caller` subscribes: its user id or token subject, or for a
 /// subject-less credential of a custom role (a role's API key) the role itself,
 /// shared by every key of that role; anonymous callers own nothing.
-pub fn owner_of(caller: &Caller) -> Option<String> {
+pub(crate) fn owner_of(caller: &Caller) -> Option<String> {
     match (caller.owner(), &caller.role) {
         (Some(uid), _) => Some(uid.to_owned()),
         (None, Role::Custom(role)) => Some(format!("{ROLE_OWNER}{role}")),
@@ -82,7 +86,7 @@ const ROLE_OWNER: &str = "role:";
 
 /// The owner as a caller, with the role it subscribed with: its policies are
 /// re-read (through the policy cache) at delivery.
-pub fn owner_caller(subscription: &SubscriptionOut) -> Caller {
+pub(crate) fn owner_caller(subscription: &SubscriptionOut) -> Caller {
     Caller {
         role: Role::parse(&subscription.owner_role),
         uid: subscription
@@ -97,7 +101,7 @@ pub fn owner_caller(subscription: &SubscriptionOut) -> Caller {
 /// Whether the owner may still have this event delivered: `Ok(Err(reason))` when a
 /// right is gone (the event is dead-lettered with the reason), `Err` when it could
 /// not be told (authorisation unavailable: the entry stays pending and is retried).
-pub async fn owner_may_deliver(
+pub(crate) async fn owner_may_deliver(
     bus: &Bus,
     subscription: &SubscriptionOut,
     target: &Target,
@@ -123,7 +127,7 @@ pub async fn owner_may_deliver(
 
 /// A subscription is managed (read, deleted, its dead letters read and redriven) by
 /// its owner or the service role; to anyone else it does not exist.
-pub fn manages(caller: &Caller, subscription: &SubscriptionOut) -> Result<(), ApiError> {
+pub(crate) fn manages(caller: &Caller, subscription: &SubscriptionOut) -> Result<(), ApiError> {
     let owner = owner_of(caller);
     let own = owner.is_some() && owner == subscription.owner;
     if caller.is_service() || own {
@@ -134,14 +138,14 @@ pub fn manages(caller: &Caller, subscription: &SubscriptionOut) -> Result<(), Ap
 }
 
 /// How long a token minted for a subscription's owner lives (cached for half).
-pub const OWNER_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const OWNER_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// For a `db` change event: whether the subscription's owner may read the document
 /// (its identity policies, the collection's policy and owner conditions, judged by
 /// docdb as for `GetDocument`). `db` events otherwise carried every collection's
 /// documents to anyone allowed to subscribe to `db`. `Err` when it cannot be told
 /// (the entry stays pending).
-pub async fn owner_may_read_document(
+pub(crate) async fn owner_may_read_document(
     bus: &Bus,
     subscription: &SubscriptionOut,
     event: &serde_json::Value,

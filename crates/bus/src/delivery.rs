@@ -552,7 +552,7 @@ async fn update_lag(bus: &Bus, subscriptions: &[SubscriptionOut]) {
 }
 
 /// Keeps one worker per subscription running, following creations and deletions.
-pub fn spawn_manager(bus: Bus, cancel: CancellationToken) -> JoinHandle<()> {
+pub(crate) fn spawn_manager(bus: Bus, cancel: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let consumer = format!("worker-{}", uuid::Uuid::new_v4().simple());
         let mut workers: HashMap<String, (CancellationToken, JoinHandle<()>)> = HashMap::new();

@@ -55,6 +55,7 @@ use minicloud_proto::openapi::ErrorResponses;
     ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
+#[derive(Debug)]
 pub struct ApiDoc;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -119,9 +120,10 @@ impl Default for BusConfig {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Bus(Arc<BusState>);
 
+#[derive(Debug)]
 pub struct BusState {
     pub(crate) pool: PgPool,
     pub(crate) redis: ConnectionManager,

@@ -11,12 +11,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TopicLabel {
+pub(crate) struct TopicLabel {
     pub topic: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SubscriptionLabel {
+pub(crate) struct SubscriptionLabel {
     pub subscription: String,
 }
 
@@ -27,7 +27,7 @@ fn latency() -> Histogram {
 }
 
 #[derive(Debug, Clone)]
-pub struct BusMetrics {
+pub(crate) struct BusMetrics {
     pub published: Family<TopicLabel, Counter>,
     pub delivered: Family<SubscriptionLabel, Counter>,
     pub retried: Family<SubscriptionLabel, Counter>,
@@ -40,7 +40,7 @@ pub struct BusMetrics {
 
 impl BusMetrics {
     /// The service's registry with the bus series in it.
-    pub fn new() -> (Arc<ServiceMetrics>, BusMetrics) {
+    pub(crate) fn new() -> (Arc<ServiceMetrics>, BusMetrics) {
         let bus = BusMetrics {
             published: Family::default(),
             delivered: Family::default(),

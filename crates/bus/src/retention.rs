@@ -20,7 +20,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(2);
 /// to find the cut), so a long backlog is trimmed over a few rounds.
 const TRIM_AT_MOST: usize = 10_000;
 
-pub fn spawn(bus: Bus, cancel: CancellationToken) -> JoinHandle<()> {
+pub(crate) fn spawn(bus: Bus, cancel: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TRIM_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

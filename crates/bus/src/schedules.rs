@@ -25,13 +25,13 @@ use crate::Bus;
 
 /// A parsed schedule expression.
 #[derive(Debug, Clone)]
-pub enum Every {
+pub(crate) enum Every {
     Rate(chrono::Duration),
     Cron(Box<cron::Schedule>),
 }
 
 impl Every {
-    pub fn parse(expression: &str) -> Result<Every, ApiError> {
+    pub(crate) fn parse(expression: &str) -> Result<Every, ApiError> {
         let expression = expression.trim();
         if let Some(inner) = expression
             .strip_prefix("rate(")
@@ -80,7 +80,11 @@ impl Every {
     }
 
     /// The first tick strictly after `after`, in `zone`.
-    pub fn next_after(&self, after: DateTime<Utc>, zone: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(
+        &self,
+        after: DateTime<Utc>,
+        zone: chrono_tz::Tz,
+    ) -> Option<DateTime<Utc>> {
         match self {
             Every::Rate(period) => Some(after + *period),
             Every::Cron(schedule) => schedule
@@ -116,7 +120,7 @@ fn zone(name: &str) -> Result<chrono_tz::Tz, ApiError> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ScheduleIn {
+pub(crate) struct ScheduleIn {
     pub name: String,
     /// `rate(5 minutes)` or a cron expression (`0 * * * *`, `cron(0 9 * * MON-FRI)`).
     pub schedule: String,
@@ -132,7 +136,7 @@ pub struct ScheduleIn {
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ScheduleOut {
+pub(crate) struct ScheduleOut {
     pub name: String,
     pub expression: String,
     pub timezone: String,
@@ -151,13 +155,13 @@ macro_rules! schedule_columns {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ScheduleList {
+pub(crate) struct ScheduleList {
     pub schedules: Vec<ScheduleOut>,
 }
 
 #[utoipa::path(post, path = "/events/v1/schedules", tag = "schedules", request_body = ScheduleIn,
     responses((status = 201, body = ScheduleOut), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create(
+pub(crate) async fn create(
     State(bus): State<Bus>,
     caller: Caller,
     Json(input): Json<ScheduleIn>,
@@ -210,7 +214,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/events/v1/schedules", tag = "schedules", responses((status = 200, body = ScheduleList)))]
-pub async fn list(State(bus): State<Bus>) -> Result<Json<ScheduleList>, ApiError> {
+pub(crate) async fn list(State(bus): State<Bus>) -> Result<Json<ScheduleList>, ApiError> {
     let schedules = sqlx::query_as::<_, ScheduleOut>(concat!(
         "SELECT ",
         schedule_columns!(),
@@ -224,7 +228,7 @@ pub async fn list(State(bus): State<Bus>) -> Result<Json<ScheduleList>, ApiError
 
 #[utoipa::path(delete, path = "/events/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(bus): State<Bus>,
     caller: Caller,
     Path(name): Path<String>,
@@ -247,7 +251,7 @@ pub async fn delete(
 }
 
 /// Fires every due schedule once; returns how many fired.
-pub async fn fire_due(bus: &Bus) -> Result<usize, ApiError> {
+pub(crate) async fn fire_due(bus: &Bus) -> Result<usize, ApiError> {
     let mut tx = bus.pool.begin().await.map_err(ApiError::internal)?;
     let due = sqlx::query_as::<_, ScheduleOut>(concat!(
         "SELECT ",
@@ -291,7 +295,7 @@ pub async fn fire_due(bus: &Bus) -> Result<usize, ApiError> {
     Ok(due.len())
 }
 
-pub fn spawn(bus: Bus, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn(bus: Bus, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             if let Err(error) = fire_due(&bus).await {

@@ -14,7 +14,7 @@ use crate::pattern::Pattern;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     #[serde(default = "default_attempts")]
     pub max_attempts: i32,
     #[serde(default = "default_min_backoff")]
@@ -51,7 +51,7 @@ impl Default for RetryPolicy {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SubscriptionIn {
+pub(crate) struct SubscriptionIn {
     pub topic: String,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -70,7 +70,7 @@ pub struct SubscriptionIn {
 
 /// A new subscription, with its webhook signing secret: shown this once.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SubscriptionCreated {
+pub(crate) struct SubscriptionCreated {
     #[serde(flatten)]
     pub subscription: SubscriptionOut,
     /// `whsec_…`, for verifying deliveries (Standard Webhooks); webhook targets only.
@@ -79,7 +79,7 @@ pub struct SubscriptionCreated {
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct SubscriptionOut {
+pub(crate) struct SubscriptionOut {
     pub id: String,
     pub topic: String,
     #[schema(value_type = Object)]
@@ -107,7 +107,7 @@ pub(crate) use subscription_columns;
 
 /// Where a subscription delivers.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Target {
+pub(crate) enum Target {
     Webhook(reqwest::Url),
     Topic(String),
     /// Invoked through the invoker's gRPC; a function error is a failed delivery.
@@ -115,7 +115,7 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn parse(value: &Value) -> Result<Target, ApiError> {
+    pub(crate) fn parse(value: &Value) -> Result<Target, ApiError> {
         let Value::Object(map) = value else {
             return Err(ApiError::invalid("target is an object"));
         };
@@ -185,7 +185,7 @@ async fn topic_exists(bus: &Bus, topic: &str) -> Result<bool, ApiError> {
 
 #[utoipa::path(post, path = "/events/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionIn,
     responses((status = 201, body = SubscriptionCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn create(
+pub(crate) async fn create(
     State(bus): State<Bus>,
     caller: Caller,
     Json(input): Json<SubscriptionIn>,
@@ -209,7 +209,7 @@ pub async fn create(
 /// Validates and stores a subscription under `id`; an existing subscription with
 /// that id is kept as it is (so services can ensure theirs idempotently). The
 /// caller has authorised `owner` ([`crate::access::authorize_subscription`]).
-pub async fn insert(
+pub(crate) async fn insert(
     bus: &Bus,
     id: &str,
     input: SubscriptionIn,
@@ -296,13 +296,13 @@ pub async fn insert(
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SubscriptionList {
+pub(crate) struct SubscriptionList {
     pub subscriptions: Vec<SubscriptionOut>,
 }
 
 /// The caller's own subscriptions (all of them for the service role).
 #[utoipa::path(get, path = "/events/v1/subscriptions", tag = "subscriptions", responses((status = 200, body = SubscriptionList)))]
-pub async fn list(
+pub(crate) async fn list(
     State(bus): State<Bus>,
     caller: Caller,
 ) -> Result<Json<SubscriptionList>, ApiError> {
@@ -345,7 +345,7 @@ async fn authorized(bus: &Bus, caller: &Caller, id: &str) -> Result<Subscription
 }
 
 #[utoipa::path(get, path = "/events/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = SubscriptionOut), (status = 404, body = ErrorBody)))]
-pub async fn get(
+pub(crate) async fn get(
     State(bus): State<Bus>,
     caller: Caller,
     Path(id): Path<String>,
@@ -354,7 +354,7 @@ pub async fn get(
 }
 
 #[utoipa::path(delete, path = "/events/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(bus): State<Bus>,
     caller: Caller,
     Path(id): Path<String>,
@@ -365,7 +365,7 @@ pub async fn delete(
 }
 
 /// Deletes a subscription and its consumer group; false if there was none.
-pub async fn remove(bus: &Bus, id: &str) -> Result<bool, ApiError> {
+pub(crate) async fn remove(bus: &Bus, id: &str) -> Result<bool, ApiError> {
     let topic: Option<String> =
         sqlx::query_scalar("DELETE FROM subscriptions WHERE id = $1 RETURNING topic")
             .bind(id)
@@ -386,7 +386,7 @@ pub async fn remove(bus: &Bus, id: &str) -> Result<bool, ApiError> {
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct DeadLetterOut {
+pub(crate) struct DeadLetterOut {
     pub id: i64,
     #[schema(value_type = Object)]
     pub event: Value,
@@ -396,12 +396,12 @@ pub struct DeadLetterOut {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DeadLetterList {
+pub(crate) struct DeadLetterList {
     pub dead_letters: Vec<DeadLetterOut>,
 }
 
 #[utoipa::path(get, path = "/events/v1/subscriptions/{id}/dead-letters", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = DeadLetterList)))]
-pub async fn dead_letters(
+pub(crate) async fn dead_letters(
     State(bus): State<Bus>,
     caller: Caller,
     Path(id): Path<String>,
@@ -418,14 +418,14 @@ pub async fn dead_letters(
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RedriveOut {
+pub(crate) struct RedriveOut {
     pub redriven: usize,
 }
 
 /// Sends a subscription's dead letters again, to that subscription only, with a
 /// fresh retry budget.
 #[utoipa::path(post, path = "/events/v1/subscriptions/{id}/dead-letters/redrive", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = RedriveOut)))]
-pub async fn redrive(
+pub(crate) async fn redrive(
     State(bus): State<Bus>,
     caller: Caller,
     Path(id): Path<String>,

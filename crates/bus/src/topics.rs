@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use crate::Bus;
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct TopicOut {
+pub(crate) struct TopicOut {
     pub name: String,
     pub retention: i64,
     pub builtin: bool,
@@ -28,19 +28,19 @@ pub struct TopicOut {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TopicList {
+pub(crate) struct TopicList {
     pub topics: Vec<TopicOut>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TopicIn {
+pub(crate) struct TopicIn {
     pub name: String,
     #[serde(default)]
     pub retention: Option<i64>,
 }
 
-pub fn check_topic_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_topic_name(name: &str) -> Result<(), ApiError> {
     let valid = !name.is_empty()
         && name.len() <= 128
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -57,7 +57,7 @@ pub fn check_topic_name(name: &str) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/events/v1/topics", tag = "topics", request_body = TopicIn, responses((status = 201, body = TopicOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn create(
+pub(crate) async fn create(
     State(bus): State<Bus>,
     caller: Caller,
     Json(input): Json<TopicIn>,
@@ -87,7 +87,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/events/v1/topics", tag = "topics", responses((status = 200, body = TopicList)))]
-pub async fn list(State(bus): State<Bus>) -> Result<Json<TopicList>, ApiError> {
+pub(crate) async fn list(State(bus): State<Bus>) -> Result<Json<TopicList>, ApiError> {
     let topics = sqlx::query_as::<_, TopicOut>(
         "SELECT name, retention, builtin, owner, created_at FROM topics ORDER BY name LIMIT 1000",
     )
@@ -239,7 +239,7 @@ impl Bus {
     }
 }
 
-pub struct BusGrpc(pub Bus);
+pub(crate) struct BusGrpc(pub Bus);
 
 #[tonic::async_trait]
 impl BusService for BusGrpc {
@@ -303,7 +303,7 @@ impl BusService for BusGrpc {
 }
 
 /// Checks a structured-mode CloudEvent (JSON) and names the first problem.
-pub fn validate_event(event: &serde_json::Value) -> Result<(), ApiError> {
+pub(crate) fn validate_event(event: &serde_json::Value) -> Result<(), ApiError> {
     let serde_json::Value::Object(map) = event else {
         return Err(ApiError::invalid("a CloudEvent is a JSON object"));
     };
@@ -364,7 +364,7 @@ pub fn validate_event(event: &serde_json::Value) -> Result<(), ApiError> {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PublishOut {
+pub(crate) struct PublishOut {
     /// The stream id of each event, in order (an already published event's first id).
     pub ids: Vec<String>,
 }
@@ -375,7 +375,7 @@ pub struct PublishOut {
 #[utoipa::path(post, path = "/events/v1/topics/{topic}/events", tag = "topics", params(("topic" = String, Path)),
     request_body(content = Object, description = "a structured CloudEvent, or a JSON array of them with Content-Type application/cloudevents-batch+json"),
     responses((status = 200, body = PublishOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
-pub async fn publish_rest(
+pub(crate) async fn publish_rest(
     State(bus): State<Bus>,
     caller: Caller,
     minicloud_proto::error::Path(topic): minicloud_proto::error::Path<String>,
@@ -455,7 +455,7 @@ fn read_reply(value: &redis::Value) -> Vec<crate::delivery::Entry> {
 /// debugging. It follows the topic until the client goes away.
 #[utoipa::path(get, path = "/events/v1/topics/{topic}/tail", tag = "topics", params(("topic" = String, Path)),
     responses((status = 200, description = "text/event-stream of CloudEvents"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn tail(
+pub(crate) async fn tail(
     State(bus): State<Bus>,
     caller: Caller,
     minicloud_proto::error::Path(topic): minicloud_proto::error::Path<String>,

@@ -29,7 +29,7 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where webhooks may connect.
 #[derive(Debug, Clone, Default)]
-pub struct AddressPolicy {
+pub(crate) struct AddressPolicy {
     /// Loopback and private ranges are allowed (local development).
     pub private: bool,
     /// Ranges allowed although private (never the always-refused ones).
@@ -40,7 +40,7 @@ pub struct AddressPolicy {
 
 impl AddressPolicy {
     /// Why `ip` may not be reached, if it may not.
-    pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+    pub(crate) fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
         let ip = match ip {
             // ::ffff:a.b.c.d is a.b.c.d.
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -85,7 +85,7 @@ impl AddressPolicy {
 
     /// Checks what can be checked before any DNS: the port, and the host when it is
     /// an IP literal.
-    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
+    pub(crate) fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
         let port = url.port_or_known_default().unwrap_or(0);
         if self.internal_ports.contains(&port) {
             return Err(format!(
@@ -138,7 +138,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 /// The HTTP client for webhooks: the guarded resolver, no redirects.
-pub fn client(policy: Arc<AddressPolicy>) -> reqwest::Result<reqwest::Client> {
+pub(crate) fn client(policy: Arc<AddressPolicy>) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
@@ -151,7 +151,7 @@ pub fn client(policy: Arc<AddressPolicy>) -> reqwest::Result<reqwest::Client> {
 }
 
 /// A new subscription's signing secret, `whsec_<base64 of 24 random bytes>`.
-pub fn new_secret() -> String {
+pub(crate) fn new_secret() -> String {
     let mut key = [0u8; 24];
     rand::rng().fill_bytes(&mut key);
     format!(
@@ -161,7 +161,7 @@ pub fn new_secret() -> String {
 }
 
 /// `webhook-signature` for `body`, per Standard Webhooks.
-pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
+pub(crate) fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
     let key = base64::engine::general_purpose::STANDARD
         .decode(secret.strip_prefix("whsec_")?)
         .ok()?;
@@ -190,7 +190,7 @@ fn message_id(event: &Value) -> String {
 
 /// One attempt: CloudEvents binary mode (attributes as `ce-` headers, data as the
 /// body), signed when the subscription has a secret.
-pub async fn deliver(
+pub(crate) async fn deliver(
     http: &reqwest::Client,
     policy: &AddressPolicy,
     url: &reqwest::Url,
@@ -279,7 +279,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// A subscription's webhook URL, checked at creation (names are checked again, after
 /// DNS, at every delivery).
-pub fn check_target(policy: &AddressPolicy, url: &reqwest::Url) -> Result<(), ApiError> {
+pub(crate) fn check_target(policy: &AddressPolicy, url: &reqwest::Url) -> Result<(), ApiError> {
     policy.check_url(url).map_err(ApiError::invalid)
 }
 

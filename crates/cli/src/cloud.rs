@@ -47,6 +47,7 @@ pub enum GatewayDispatch {
     Http,
 }
 
+#[derive(Debug)]
 pub struct CloudListeners {
     pub gateway: TcpListener,
     pub auth: TcpListener,
@@ -89,6 +90,7 @@ pub struct ServiceUrls {
 
 type ServiceTask = (&'static str, std::io::Result<()>);
 
+#[derive(Debug)]
 pub struct RunningCloud {
     pub urls: ServiceUrls,
     pub keys: BuiltinKeys,

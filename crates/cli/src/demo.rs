@@ -195,6 +195,7 @@ pub async fn set_up(
 }
 
 /// A photo the demo uploads: its name and bytes, and the size it displays at.
+#[derive(Debug)]
 pub struct SamplePhoto {
     pub name: String,
     pub bytes: Vec<u8>,

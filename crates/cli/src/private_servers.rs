@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 /// A server process this run started.
+#[derive(Debug)]
 pub struct PrivateServer {
     pub name: &'static str,
     child: Child,

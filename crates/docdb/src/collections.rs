@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::Docdb;
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct CollectionOut {
+pub(crate) struct CollectionOut {
     pub name: String,
     #[schema(value_type = Vec<IndexIn>)]
     pub indexes: serde_json::Value,
@@ -21,13 +21,13 @@ pub struct CollectionOut {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CollectionList {
+pub(crate) struct CollectionList {
     pub collections: Vec<CollectionOut>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CollectionIn {
+pub(crate) struct CollectionIn {
     pub name: String,
     #[serde(default)]
     pub indexes: Vec<IndexIn>,
@@ -38,7 +38,7 @@ pub struct CollectionIn {
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct IndexIn {
+pub(crate) struct IndexIn {
     pub fields: Vec<String>,
 }
 
@@ -59,7 +59,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/db/v1/collections", tag = "collections", request_body = CollectionIn, responses((status = 201, body = CollectionOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn create(
+pub(crate) async fn create(
     State(docdb): State<Docdb>,
     caller: Caller,
     Json(input): Json<CollectionIn>,
@@ -138,7 +138,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/db/v1/collections", tag = "collections", responses((status = 200, description = "the collections the caller may query", body = CollectionList), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn list(
+pub(crate) async fn list(
     State(docdb): State<Docdb>,
     caller: Caller,
 ) -> Result<Json<CollectionList>, ApiError> {
@@ -177,7 +177,7 @@ pub(crate) async fn visible_collections(
 
 #[utoipa::path(get, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),
     responses((status = 200, body = CollectionOut), (status = 404, body = ErrorBody)))]
-pub async fn get(
+pub(crate) async fn get(
     State(docdb): State<Docdb>,
     caller: Caller,
     Path(name): Path<String>,
@@ -207,7 +207,7 @@ pub async fn get(
 
 #[utoipa::path(delete, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),
     responses((status = 204, description = "dropped with its documents"), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(docdb): State<Docdb>,
     caller: Caller,
     Path(name): Path<String>,

@@ -16,7 +16,7 @@ use sqlx::{PgConnection, Row as _};
 use crate::Docdb;
 use crate::query::{self, QueryIn};
 
-pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DocOut {
@@ -29,12 +29,12 @@ pub struct DocOut {
     pub data: Value,
 }
 
-pub fn table(collection: &str) -> String {
+pub(crate) fn table(collection: &str) -> String {
     // Collection names are checked (`[a-z][a-z0-9_]{0,62}`), so this is a safe identifier.
     format!("\"docs_{collection}\"")
 }
 
-pub fn check_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
     let valid = !id.is_empty()
         && id.len() <= 255
         && id
@@ -111,6 +111,7 @@ pub struct Write {
     pub if_none_match: bool,
 }
 
+#[derive(Debug)]
 pub struct Applied {
     pub document: Option<DocOut>,
     pub created: bool,

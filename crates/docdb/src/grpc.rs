@@ -14,7 +14,7 @@ use crate::Docdb;
 use crate::documents::{DocOut, Write, WriteKind};
 use crate::kv::{KvCondition, KvOut};
 
-pub struct DocdbGrpc(pub Docdb);
+pub(crate) struct DocdbGrpc(pub Docdb);
 
 fn json(text: &str, what: &str) -> Result<Value, Status> {
     serde_json::from_str(text)

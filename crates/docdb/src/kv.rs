@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::Docdb;
 
-pub const MAX_VALUE_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_VALUE_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KvOut {
@@ -27,12 +27,12 @@ pub struct KvList {
     pub next_cursor: Option<String>,
 }
 
-pub fn check_namespace(namespace: &str) -> Result<(), ApiError> {
+pub(crate) fn check_namespace(namespace: &str) -> Result<(), ApiError> {
     crate::collections::check_name(namespace)
         .map_err(|_| ApiError::invalid("namespace: 1-63 of a-z 0-9 _, starting with a letter"))
 }
 
-pub fn check_key(key: &str) -> Result<(), ApiError> {
+pub(crate) fn check_key(key: &str) -> Result<(), ApiError> {
     let valid = !key.is_empty() && key.len() <= 512 && !key.chars().any(char::is_control);
     if valid {
         Ok(())

@@ -58,14 +58,16 @@ use minicloud_proto::openapi::ErrorResponses;
     ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
+#[derive(Debug)]
 pub struct ApiDoc;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DocdbConfig {}
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Docdb(Arc<DocdbState>);
 
+#[derive(Debug)]
 pub struct DocdbState {
     pub(crate) pool: PgPool,
     pub(crate) authz: Arc<Authz>,

@@ -140,7 +140,7 @@ pub fn expression(field: &str) -> String {
 }
 
 /// The bind values of a statement under construction.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Sql {
     pub args: PgArguments,
     count: usize,
@@ -282,6 +282,7 @@ fn compile_condition(condition: &Condition, sql: &mut Sql) -> Result<String, Api
 }
 
 /// A compiled query: WHERE (filter and cursor), ORDER BY, LIMIT.
+#[derive(Debug)]
 pub struct Compiled {
     pub sql: Sql,
     pub filter_where: String,

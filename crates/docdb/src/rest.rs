@@ -14,7 +14,7 @@ use crate::documents::{DocOut, QueryOut, Write, WriteKind};
 use crate::kv::{KvCondition, KvList, KvOut};
 use crate::query::QueryIn;
 
-pub const MAX_BATCH: usize = 500;
+pub(crate) const MAX_BATCH: usize = 500;
 
 /// The version an `If-Match` names. Entity-tags are opaque (RFC 9110): one that is
 /// not a version of ours matches nothing, so the write fails with 412, not 400. Of a
@@ -76,7 +76,7 @@ async fn single(docdb: &Docdb, caller: &Caller, write: Write) -> Result<Response
 #[utoipa::path(post, path = "/db/v1/collections/{c}/docs", tag = "documents", params(("c" = String, Path)),
     request_body(content = Object, description = "the document's data: a JSON object"),
     responses((status = 201, body = DocOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn create(
+pub(crate) async fn create(
     State(docdb): State<Docdb>,
     caller: Caller,
     Path(collection): Path<String>,
@@ -100,7 +100,7 @@ pub async fn create(
 #[utoipa::path(put, path = "/db/v1/collections/{c}/docs/{id}", tag = "documents", params(("c" = String, Path), ("id" = String, Path)),
     request_body(content = Object, description = "the document's data; If-Match: \"<version>\" compares and sets, If-None-Match: * creates only"),
     responses((status = 200, body = DocOut), (status = 201, body = DocOut), (status = 412, body = ErrorBody)))]
-pub async fn put(
+pub(crate) async fn put(
     State(docdb): State<Docdb>,
     caller: Caller,
     headers: HeaderMap,
@@ -121,7 +121,7 @@ pub async fn put(
 #[utoipa::path(patch, path = "/db/v1/collections/{c}/docs/{id}", tag = "documents", params(("c" = String, Path), ("id" = String, Path)),
     request_body(content = Object, description = "a JSON merge patch (RFC 7396)"),
     responses((status = 200, body = DocOut), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn patch(
+pub(crate) async fn patch(
     State(docdb): State<Docdb>,
     caller: Caller,
     headers: HeaderMap,
@@ -141,7 +141,7 @@ pub async fn patch(
 
 #[utoipa::path(get, path = "/db/v1/collections/{c}/docs/{id}", tag = "documents", params(("c" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = DocOut), (status = 404, body = ErrorBody)))]
-pub async fn get(
+pub(crate) async fn get(
     State(docdb): State<Docdb>,
     caller: Caller,
     Path((collection, id)): Path<(String, String)>,
@@ -154,7 +154,7 @@ pub async fn get(
 
 #[utoipa::path(delete, path = "/db/v1/collections/{c}/docs/{id}", tag = "documents", params(("c" = String, Path), ("id" = String, Path)),
     responses((status = 200, description = "the deleted document", body = DocOut), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(docdb): State<Docdb>,
     caller: Caller,
     headers: HeaderMap,
@@ -173,7 +173,7 @@ pub async fn delete(
 
 #[utoipa::path(post, path = "/db/v1/collections/{c}/query", tag = "documents", params(("c" = String, Path)), request_body = QueryIn,
     responses((status = 200, body = QueryOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn query(
+pub(crate) async fn query(
     State(docdb): State<Docdb>,
     caller: Caller,
     Path(collection): Path<String>,
@@ -184,19 +184,19 @@ pub async fn query(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchIn {
+pub(crate) struct BatchIn {
     pub writes: Vec<Write>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct BatchOut {
+pub(crate) struct BatchOut {
     /// One entry per write, in order: the document as written (or as deleted).
     pub results: Vec<DocOut>,
 }
 
 #[utoipa::path(post, path = "/db/v1/batch", tag = "documents", request_body = BatchIn,
     responses((status = 200, body = BatchOut), (status = 412, description = "a precondition failed; nothing was written", body = ErrorBody)))]
-pub async fn batch(
+pub(crate) async fn batch(
     State(docdb): State<Docdb>,
     caller: Caller,
     Json(input): Json<BatchIn>,
@@ -213,7 +213,7 @@ pub async fn batch(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct TtlQuery {
+pub(crate) struct TtlQuery {
     /// Seconds until the key expires.
     #[serde(default)]
     pub ttl: Option<u64>,
@@ -228,7 +228,7 @@ fn kv_condition(headers: &HeaderMap) -> Result<KvCondition, ApiError> {
 
 #[utoipa::path(get, path = "/db/v1/kv/{ns}/{key}", tag = "kv", params(("ns" = String, Path), ("key" = String, Path)),
     responses((status = 200, body = KvOut), (status = 404, body = ErrorBody)))]
-pub async fn kv_get(
+pub(crate) async fn kv_get(
     State(docdb): State<Docdb>,
     caller: Caller,
     Path((namespace, key)): Path<(String, String)>,
@@ -239,7 +239,7 @@ pub async fn kv_get(
 #[utoipa::path(put, path = "/db/v1/kv/{ns}/{key}", tag = "kv", params(("ns" = String, Path), ("key" = String, Path), TtlQuery),
     request_body(content = Object, description = "any JSON value; If-Match: \"<version>\" compares and sets"),
     responses((status = 200, body = KvOut), (status = 412, body = ErrorBody)))]
-pub async fn kv_put(
+pub(crate) async fn kv_put(
     State(docdb): State<Docdb>,
     caller: Caller,
     headers: HeaderMap,
@@ -263,7 +263,7 @@ pub async fn kv_put(
 
 #[utoipa::path(delete, path = "/db/v1/kv/{ns}/{key}", tag = "kv", params(("ns" = String, Path), ("key" = String, Path)),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn kv_delete(
+pub(crate) async fn kv_delete(
     State(docdb): State<Docdb>,
     caller: Caller,
     headers: HeaderMap,
@@ -276,7 +276,7 @@ pub async fn kv_delete(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     #[serde(default)]
     pub prefix: Option<String>,
     #[serde(default)]
@@ -286,7 +286,7 @@ pub struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/db/v1/kv/{ns}", tag = "kv", params(("ns" = String, Path), ListQuery), responses((status = 200, body = KvList)))]
-pub async fn kv_list(
+pub(crate) async fn kv_list(
     State(docdb): State<Docdb>,
     caller: Caller,
     Path(namespace): Path<String>,
@@ -308,7 +308,7 @@ pub async fn kv_list(
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct IncrIn {
+pub(crate) struct IncrIn {
     /// Added to the value (default 1).
     #[serde(default)]
     pub by: Option<f64>,
@@ -318,7 +318,7 @@ pub struct IncrIn {
 /// of the path and requires it to end in `/incr`.
 #[utoipa::path(post, path = "/db/v1/kv/{ns}/{key}/incr", tag = "kv", params(("ns" = String, Path), ("key" = String, Path)), request_body = IncrIn,
     responses((status = 200, body = KvOut), (status = 409, description = "the value is not a number", body = ErrorBody)))]
-pub async fn kv_incr(
+pub(crate) async fn kv_incr(
     State(docdb): State<Docdb>,
     caller: Caller,
     Path((namespace, rest)): Path<(String, String)>,

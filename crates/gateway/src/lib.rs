@@ -76,7 +76,7 @@ pub enum GatewayError {
     BadUpstream { url: String, reason: String },
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Gateway {
     upstreams: Upstreams,
     health: Arc<Vec<(&'static str, HealthClient<TracedChannel>)>>,

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::{GatewayConfig, GatewayError};
 
 /// The path prefixes the gateway routes, each to one service.
-pub const PREFIXES: [&str; 7] = [
+pub(crate) const PREFIXES: [&str; 7] = [
     "/auth/v1",
     "/storage/v1",
     "/db/v1",
@@ -77,14 +77,20 @@ pub struct Upstreams {
     trusted_proxies: usize,
 }
 
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams").finish_non_exhaustive()
+    }
+}
+
 /// The header in which the gateway tells services the client's address: set here
 /// on every request (a client's own is replaced), read by auth's rate limits.
-pub const CLIENT_IP_HEADER: &str = "x-minicloud-client-ip";
+pub(crate) const CLIENT_IP_HEADER: &str = "x-minicloud-client-ip";
 
 /// The client's address: the peer, or with `trusted` proxies in front, the entry of
 /// `X-Forwarded-For` that many hops left of it (the leftmost if the chain is
 /// shorter). Entries further left are the client's own claims and never believed.
-pub fn client_address(
+pub(crate) fn client_address(
     forwarded_for: Option<&str>,
     peer: std::net::IpAddr,
     trusted: usize,
@@ -195,7 +201,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-pub async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) -> Response {
+pub(crate) async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) -> Response {
     match forward_inner(&upstreams, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),

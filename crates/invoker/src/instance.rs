@@ -27,6 +27,7 @@ pub const MAX_RESPONSE: usize = 6 * 1024 * 1024;
 const MAX_LOG_LINE: u64 = 64 * 1024;
 
 /// How to start the process and what it gets.
+#[derive(Debug)]
 pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<OsString>,
@@ -53,6 +54,7 @@ pub struct Launch {
 pub const INIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// An event handed to the runtime by `GET …/invocation/next`.
+#[derive(Debug)]
 pub struct Invocation {
     pub request_id: Arc<str>,
     pub payload: Bytes,
@@ -134,6 +136,12 @@ pub struct Instance {
     invocations: std::sync::atomic::AtomicU64,
     stopped: std::sync::atomic::AtomicBool,
     pub last_used: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").finish_non_exhaustive()
+    }
 }
 
 impl Instance {

@@ -74,6 +74,7 @@ use minicloud_proto::openapi::ErrorResponses;
         sandbox::NetworkPolicy
     ))
 )]
+#[derive(Debug)]
 pub struct ApiDoc;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -199,9 +200,10 @@ pub enum InvokerStartError {
     Bus(#[from] tonic::transport::Error),
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Invoker(Arc<InvokerState>);
 
+#[derive(Debug)]
 pub struct InvokerState {
     pool: PgPool,
     code_dir: PathBuf,

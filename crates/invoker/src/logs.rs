@@ -44,6 +44,12 @@ pub struct FunctionLogs {
     live: std::sync::OnceLock<broadcast::Sender<Arc<LogLine>>>,
 }
 
+impl std::fmt::Debug for FunctionLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionLogs").finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 struct Ring {
     lines: VecDeque<Arc<LogLine>>,
@@ -155,7 +161,7 @@ impl FunctionLogs {
 }
 
 /// Every function's log.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct LogStore {
     functions: RwLock<HashMap<String, Arc<FunctionLogs>>>,
 }

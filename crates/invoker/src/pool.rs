@@ -61,6 +61,7 @@ pub struct Paths {
 }
 
 /// One invocation as the API layer asks for it.
+#[derive(Debug)]
 pub struct InvokeRequest {
     pub payload: Bytes,
     /// Async invocations wait for a free slot; sync ones are throttled.
@@ -72,6 +73,7 @@ pub struct InvokeRequest {
 }
 
 /// The answer in Lambda's terms.
+#[derive(Debug)]
 pub struct Invoked {
     pub request_id: Arc<str>,
     /// `Ok(payload)` or `Err((error body, error type))` — a function error.
@@ -90,6 +92,7 @@ pub enum InvokeError {
 }
 
 /// Endpoints of the platform a function's instances are told about.
+#[derive(Debug)]
 pub struct FunctionUrls {
     /// `MINICLOUD_URL`.
     pub gateway: Option<String>,
@@ -97,6 +100,7 @@ pub struct FunctionUrls {
     pub otlp: Option<String>,
 }
 
+#[derive(Debug)]
 pub struct Engine {
     db: PgPool,
     paths: Paths,
@@ -115,6 +119,7 @@ pub struct Engine {
     verified_code: Mutex<std::collections::HashSet<String>>,
 }
 
+#[derive(Debug)]
 pub struct FunctionPool {
     spec: FunctionSpec,
     code_dir: PathBuf,

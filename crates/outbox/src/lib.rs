@@ -235,7 +235,7 @@ fn cut_by_bytes(
 }
 
 /// Publishes committed outbox events to the bus, in id order per topic.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Relay {
     pool: PgPool,
     bus: BusServiceClient<TracedChannel>,

@@ -22,6 +22,7 @@ pub fn check_committed_spec(generated: &str, path: &str) {
 /// each on each operation by hand drifted, and the fuzz pass in `make test` checks
 /// every status a server answers against its spec. Add to a service's `ApiDoc` with
 /// `#[openapi(modifiers(&minicloud_proto::openapi::ErrorResponses))]`.
+#[derive(Debug)]
 pub struct ErrorResponses;
 
 impl utoipa::Modify for ErrorResponses {

@@ -35,7 +35,7 @@ macro_rules! bucket_columns {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BucketIn {
+pub(crate) struct BucketIn {
     #[serde(default)]
     pub name: Option<String>,
     /// Supabase's synonym of `name`.
@@ -58,7 +58,7 @@ pub struct BucketIn {
 const RESERVED: [&str; 7] = ["list", "sign", "public", "copy", "move", "info", "upload"];
 
 /// S3's bucket naming rules, so every bucket maps to an S3 bucket of the same name.
-pub fn check_bucket_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_bucket_name(name: &str) -> Result<(), ApiError> {
     if RESERVED.contains(&name) {
         return Err(ApiError::invalid(format!(
             "bucket name {name:?} is reserved"
@@ -82,7 +82,7 @@ pub fn check_bucket_name(name: &str) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/storage/v1/bucket", tag = "buckets", request_body = BucketIn, responses((status = 201, body = BucketOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn create(
+pub(crate) async fn create(
     State(storage): State<Storage>,
     caller: Caller,
     Json(input): Json<BucketIn>,
@@ -169,7 +169,7 @@ async fn visible(storage: &Storage, caller: &Caller, bucket: &BucketOut) -> Resu
 }
 
 #[utoipa::path(get, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)), responses((status = 200, body = BucketOut), (status = 404, description = "missing or not visible to the caller", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn get(
+pub(crate) async fn get(
     State(storage): State<Storage>,
     caller: Caller,
     Path(name): Path<String>,
@@ -184,7 +184,7 @@ pub async fn get(
 }
 
 #[utoipa::path(get, path = "/storage/v1/bucket", tag = "buckets", responses((status = 200, description = "the buckets the caller may see", body = Vec<BucketOut>), (status = 401, description = "no valid token", body = ErrorBody)))]
-pub async fn list(
+pub(crate) async fn list(
     State(storage): State<Storage>,
     caller: Caller,
 ) -> Result<Json<Vec<BucketOut>>, ApiError> {
@@ -215,7 +215,7 @@ pub(crate) async fn visible_buckets(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BucketPatch {
+pub(crate) struct BucketPatch {
     #[serde(default)]
     pub public: Option<bool>,
     /// A limit in bytes; `null` keeps the current one.
@@ -250,7 +250,7 @@ async fn manage(
 
 #[utoipa::path(put, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)), request_body = BucketPatch,
     responses((status = 200, body = BucketOut), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn update(
+pub(crate) async fn update(
     State(storage): State<Storage>,
     caller: Caller,
     Path(name): Path<String>,
@@ -291,13 +291,13 @@ pub async fn update(
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct MessageOut {
+pub(crate) struct MessageOut {
     pub message: String,
 }
 
 #[utoipa::path(post, path = "/storage/v1/bucket/{name}/empty", tag = "buckets", params(("name" = String, Path)),
     responses((status = 200, body = MessageOut), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn empty(
+pub(crate) async fn empty(
     State(storage): State<Storage>,
     caller: Caller,
     Path(name): Path<String>,
@@ -311,7 +311,7 @@ pub async fn empty(
 
 #[utoipa::path(delete, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)),
     responses((status = 200, body = MessageOut), (status = 409, description = "not empty", body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(storage): State<Storage>,
     caller: Caller,
     Path(name): Path<String>,

@@ -17,7 +17,7 @@ use crate::backend::{ByteRange, ByteStream};
 use crate::objects::{ObjectOut, Preconditions, WriteRequest};
 use crate::paths::{normalise_path, normalise_prefix};
 
-pub struct StorageGrpc(pub Storage);
+pub(crate) struct StorageGrpc(pub Storage);
 
 fn object_ref(bucket: &str, path: &str) -> Result<(String, String), Status> {
     crate::buckets::check_bucket_name(bucket)?;

@@ -69,6 +69,7 @@ use minicloud_proto::openapi::ErrorResponses;
     ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]
+#[derive(Debug)]
 pub struct ApiDoc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -158,7 +159,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Storage(Arc<StorageState>);
 
 pub struct StorageState {
@@ -171,6 +172,12 @@ pub struct StorageState {
     /// Bucket settings as every object call reads them; a change made here applies
     /// at once, one made through another replica within [`BUCKET_CACHE_TTL`].
     pub(crate) buckets: minicloud_authz::TtlCache<buckets::BucketOut>,
+}
+
+impl std::fmt::Debug for StorageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageState").finish_non_exhaustive()
+    }
 }
 
 /// How long a replica keeps a bucket's settings (public, limits, types, policy).

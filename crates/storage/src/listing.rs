@@ -11,7 +11,7 @@ use crate::objects::{ObjectOut, object_columns};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ListIn {
+pub(crate) struct ListIn {
     #[serde(default)]
     pub prefix: Option<String>,
     #[serde(default)]

@@ -10,16 +10,16 @@ const BACKEND_NAME_BYTES: usize = 255;
 /// [`crate::backend::blob_key`].
 const BLOB_SUFFIX_BYTES: usize = 1 + 32;
 /// The longest path, so its blob key fits an S3 key.
-pub const MAX_PATH_BYTES: usize = BACKEND_KEY_BYTES - BLOB_SUFFIX_BYTES;
-pub const MAX_SEGMENT_BYTES: usize = BACKEND_NAME_BYTES;
+pub(crate) const MAX_PATH_BYTES: usize = BACKEND_KEY_BYTES - BLOB_SUFFIX_BYTES;
+pub(crate) const MAX_SEGMENT_BYTES: usize = BACKEND_NAME_BYTES;
 /// The longest last segment, so its blob's file name fits the `fs` backend.
-pub const MAX_NAME_BYTES: usize = BACKEND_NAME_BYTES - BLOB_SUFFIX_BYTES;
+pub(crate) const MAX_NAME_BYTES: usize = BACKEND_NAME_BYTES - BLOB_SUFFIX_BYTES;
 
 /// NFC-normalises `raw` and checks it: 1–991 bytes, `/`-separated segments that are
 /// non-empty, not `.` or `..`, at most 255 bytes (the last, the object's name, at
 /// most 222: its blob adds `#<version>`), without control characters. Unicode is
 /// otherwise kept exactly as sent.
-pub fn normalise_path(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn normalise_path(raw: &str) -> Result<String, ApiError> {
     let path: String = raw.nfc().collect();
     if path.is_empty() {
         return Err(ApiError::invalid("object path is empty"));
@@ -62,7 +62,7 @@ pub fn normalise_path(raw: &str) -> Result<String, ApiError> {
 }
 
 /// A listing prefix: like a path but may be empty and may end with `/`.
-pub fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
     if raw.is_empty() {
         return Ok(String::new());
     }

@@ -63,7 +63,7 @@ fn object_path(bucket: String, path: String) -> Result<(String, String), ApiErro
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct UploadOut {
+pub(crate) struct UploadOut {
     /// `<bucket>/<path>`, as Supabase answers.
     #[serde(rename = "Key")]
     pub key: String,
@@ -132,7 +132,7 @@ async fn write(
     params(("bucket" = String, Path), ("path" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bytes; Content-Type is stored; x-metadata: JSON object; x-upsert: true replaces"),
     responses((status = 200, body = UploadOut), (status = 409, description = "exists", body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn create(
+pub(crate) async fn create(
     State(storage): State<Storage>,
     caller: Caller,
     Path((bucket, path)): Path<(String, String)>,
@@ -146,7 +146,7 @@ pub async fn create(
     params(("bucket" = String, Path), ("path" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = UploadOut), (status = 412, description = "If-Match failed", body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
-pub async fn upsert(
+pub(crate) async fn upsert(
     State(storage): State<Storage>,
     caller: Caller,
     Path((bucket, path)): Path<(String, String)>,
@@ -300,7 +300,7 @@ async fn serve(
 #[utoipa::path(get, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
     params(("bucket" = String, Path), ("path" = String, Path)),
     responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "a Range"), (status = 304, description = "If-None-Match matched"), (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
-pub async fn get(
+pub(crate) async fn get(
     State(storage): State<Storage>,
     caller: Caller,
     method: Method,
@@ -313,7 +313,7 @@ pub async fn get(
 }
 
 /// `GET /object/public/{bucket}/{path}`: public buckets only, no token needed.
-pub async fn get_public(
+pub(crate) async fn get_public(
     State(storage): State<Storage>,
     method: Method,
     headers: HeaderMap,
@@ -332,7 +332,7 @@ pub async fn get_public(
 
 #[utoipa::path(get, path = "/storage/v1/object/info/{bucket}/{path}", tag = "objects",
     params(("bucket" = String, Path), ("path" = String, Path)), responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
-pub async fn info(
+pub(crate) async fn info(
     State(storage): State<Storage>,
     caller: Caller,
     Path((bucket, path)): Path<(String, String)>,
@@ -343,7 +343,7 @@ pub async fn info(
 
 #[utoipa::path(delete, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
     params(("bucket" = String, Path), ("path" = String, Path)), responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(storage): State<Storage>,
     caller: Caller,
     headers: HeaderMap,
@@ -360,14 +360,14 @@ pub async fn delete(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BulkDeleteIn {
+pub(crate) struct BulkDeleteIn {
     /// Paths of the objects to delete (Supabase calls them prefixes).
     pub prefixes: Vec<String>,
 }
 
 #[utoipa::path(delete, path = "/storage/v1/object/{bucket}", tag = "objects", params(("bucket" = String, Path)), request_body = BulkDeleteIn,
     responses((status = 200, description = "the deleted objects; missing ones are skipped", body = Vec<ObjectOut>)))]
-pub async fn bulk_delete(
+pub(crate) async fn bulk_delete(
     State(storage): State<Storage>,
     caller: Caller,
     Path(bucket): Path<String>,
@@ -398,7 +398,7 @@ pub async fn bulk_delete(
 
 #[utoipa::path(post, path = "/storage/v1/object/list/{bucket}", tag = "objects", params(("bucket" = String, Path)), request_body = ListIn,
     responses((status = 200, body = ListOut), (status = 403, body = ErrorBody)))]
-pub async fn list(
+pub(crate) async fn list(
     State(storage): State<Storage>,
     caller: Caller,
     Path(bucket): Path<String>,
@@ -428,7 +428,7 @@ pub async fn list(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CopyIn {
+pub(crate) struct CopyIn {
     pub bucket_id: String,
     pub source_key: String,
     pub destination_key: String,
@@ -458,7 +458,7 @@ async fn copy_or_move(
 }
 
 #[utoipa::path(post, path = "/storage/v1/object/copy", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
-pub async fn copy_object(
+pub(crate) async fn copy_object(
     State(storage): State<Storage>,
     caller: Caller,
     Json(input): Json<CopyIn>,
@@ -467,7 +467,7 @@ pub async fn copy_object(
 }
 
 #[utoipa::path(post, path = "/storage/v1/object/move", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
-pub async fn move_object(
+pub(crate) async fn move_object(
     State(storage): State<Storage>,
     caller: Caller,
     Json(input): Json<CopyIn>,
@@ -477,7 +477,7 @@ pub async fn move_object(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SignIn {
+pub(crate) struct SignIn {
     /// Seconds the URL stays valid (1 to 604800).
     pub expires_in: u64,
 }
@@ -485,7 +485,7 @@ pub struct SignIn {
 /// A signed upload URL's options; the body may be absent (Supabase sends none).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SignUploadIn {
+pub(crate) struct SignUploadIn {
     /// Seconds the URL stays valid (1 to 604800; default 7200).
     #[serde(default)]
     pub expires_in: Option<u64>,
@@ -495,18 +495,18 @@ pub struct SignUploadIn {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SignedUrlOut {
+pub(crate) struct SignedUrlOut {
     pub signed_url: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SignedUploadOut {
+pub(crate) struct SignedUploadOut {
     pub url: String,
     pub token: String,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct TokenQuery {
+pub(crate) struct TokenQuery {
     pub token: String,
 }
 
@@ -536,7 +536,7 @@ fn expiry(expires_in: u64) -> Result<i64, ApiError> {
 
 #[utoipa::path(post, path = "/storage/v1/object/sign/{bucket}/{path}", tag = "signed URLs", params(("bucket" = String, Path), ("path" = String, Path)), request_body = SignIn,
     responses((status = 200, body = SignedUrlOut), (status = 404, body = ErrorBody)))]
-pub async fn sign_download(
+pub(crate) async fn sign_download(
     State(storage): State<Storage>,
     caller: Caller,
     Path((bucket, path)): Path<(String, String)>,
@@ -561,7 +561,7 @@ pub async fn sign_download(
     }))
 }
 
-pub async fn get_signed(
+pub(crate) async fn get_signed(
     State(storage): State<Storage>,
     method: Method,
     headers: HeaderMap,
@@ -579,7 +579,7 @@ pub async fn get_signed(
 #[utoipa::path(post, path = "/storage/v1/object/upload/sign/{bucket}/{path}", tag = "signed URLs", params(("bucket" = String, Path), ("path" = String, Path)),
     request_body(content = Option<SignUploadIn>, description = "optional: {\"expires_in\": seconds, \"single_use\": true}"),
     responses((status = 200, body = SignedUploadOut), (status = 403, body = ErrorBody)))]
-pub async fn sign_upload(
+pub(crate) async fn sign_upload(
     State(storage): State<Storage>,
     caller: Caller,
     Path((bucket, path)): Path<(String, String)>,
@@ -618,7 +618,7 @@ pub async fn sign_upload(
     }))
 }
 
-pub async fn put_signed(
+pub(crate) async fn put_signed(
     State(storage): State<Storage>,
     Path((bucket, path)): Path<(String, String)>,
     Query(query): Query<TokenQuery>,

@@ -13,17 +13,17 @@ use sqlx::PgPool;
 
 type HmacSha256 = Hmac<Sha256>;
 
-pub const MAX_EXPIRES_IN: u64 = 7 * 24 * 3600;
+pub(crate) const MAX_EXPIRES_IN: u64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Operation {
+pub(crate) enum Operation {
     Download,
     Upload,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
+pub(crate) struct Grant {
     #[serde(rename = "o")]
     pub operation: Operation,
     #[serde(rename = "b")]
@@ -42,13 +42,13 @@ pub struct Grant {
     pub nonce: Option<String>,
 }
 
-pub struct UrlSigner {
+pub(crate) struct UrlSigner {
     key: Vec<u8>,
 }
 
 impl UrlSigner {
     /// The secret from the database, created on first use.
-    pub async fn load(pool: &PgPool) -> Result<UrlSigner, sqlx::Error> {
+    pub(crate) async fn load(pool: &PgPool) -> Result<UrlSigner, sqlx::Error> {
         let mut fresh = vec![0u8; 32];
         rand::rng().fill_bytes(&mut fresh);
         sqlx::query("INSERT INTO secrets (name, value) VALUES ('url_signing', $1) ON CONFLICT (name) DO NOTHING")
@@ -67,7 +67,7 @@ impl UrlSigner {
         HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length")
     }
 
-    pub fn sign(&self, grant: &Grant) -> String {
+    pub(crate) fn sign(&self, grant: &Grant) -> String {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(grant).unwrap_or_default());
         let mut mac = self.mac();
         mac.update(payload.as_bytes());
@@ -79,7 +79,7 @@ impl UrlSigner {
 
     /// The grant a token carries, if its MAC is right, it has not expired and it is
     /// for this operation, bucket and path. Every failure is the same 403.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         token: &str,
         operation: Operation,

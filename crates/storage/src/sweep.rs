@@ -62,7 +62,7 @@ impl Storage {
     }
 }
 
-pub fn spawn(
+pub(crate) fn spawn(
     storage: Storage,
     every: Duration,
     cancel: CancellationToken,

@@ -76,6 +76,12 @@ pub struct ServiceHost {
     metrics: Arc<ServiceMetrics>,
 }
 
+impl std::fmt::Debug for ServiceHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHost").finish_non_exhaustive()
+    }
+}
+
 impl ServiceHost {
     pub fn new(
         service: &'static str,

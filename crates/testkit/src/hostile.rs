@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 pub const HOSTILE_PY: &str = include_str!("../hostile/hostile.py");
 
 /// What the suite needs to know of the cloud under attack.
+#[derive(Debug)]
 pub struct Target {
     pub gateway_url: String,
     pub service_key: String,

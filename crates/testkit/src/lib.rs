@@ -89,6 +89,7 @@ impl Default for TestCloudBuilder {
     }
 }
 
+#[derive(Debug)]
 pub struct TestCloud {
     pub urls: ServiceUrls,
     pub keys: BuiltinKeys,

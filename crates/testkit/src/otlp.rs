@@ -41,6 +41,7 @@ impl ReceivedSpan {
 }
 
 /// The spans of one trace, with the lookups trace tests make.
+#[derive(Debug)]
 pub struct Trace<'a> {
     pub root: &'a ReceivedSpan,
     pub spans: Vec<&'a ReceivedSpan>,
@@ -191,6 +192,12 @@ pub struct OtlpReceiver {
     pub endpoint: String,
     collector: Collector,
     stop: CancellationToken,
+}
+
+impl std::fmt::Debug for OtlpReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpReceiver").finish_non_exhaustive()
+    }
 }
 
 impl OtlpReceiver {

@@ -226,7 +226,14 @@ pub struct Sandbox {
     next_uid: AtomicU32,
 }
 
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").finish_non_exhaustive()
+    }
+}
+
 /// Where one instance may reach, as the engine knows it.
+#[derive(Debug)]
 pub struct InstanceRules<'a> {
     /// The instance's dir: the scratch tmpfs is mounted on it.
     pub dir: &'a Path,
@@ -534,6 +541,7 @@ impl Sandbox {
 }
 
 /// One instance's sandbox, prepared in the invoker and entered by the child.
+#[derive(Debug)]
 pub struct InstanceSandbox {
     /// The instance's cgroups: their dirs, and their `cgroup.procs` opened for the
     /// child to join before it drops root.

@@ -41,6 +41,7 @@ static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 const STACK_SIZE: usize = 256 * 1024;
 
 /// What to run, fully resolved: an absolute program path and the whole environment.
+#[derive(Debug)]
 pub struct Command<'a> {
     pub program: &'a Path,
     pub args: &'a [std::ffi::OsString],
@@ -50,6 +51,7 @@ pub struct Command<'a> {
 }
 
 /// A started instance process: its own process group, reaped through a pidfd.
+#[derive(Debug)]
 pub struct Child {
     pid: rustix::process::Pid,
     pidfd: OwnedFd,
@@ -484,8 +486,7 @@ mod tests {
                 env: &[],
                 capture: true,
             })
-            .err()
-            .expect("no such program");
+            .expect_err("no such program");
         crate::sandbox::remove_cgroups(&cgroups);
         assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
         // The child that failed was reaped: this test's process has no children.

@@ -16,6 +16,7 @@ use super::{Backend, BackendError, ByteRange, ByteStream, Written};
 const READ_CHUNK: usize = 1024 * 1024;
 const WRITE_BATCH: usize = 1024 * 1024;
 
+#[derive(Debug)]
 pub struct FsBackend {
     root: PathBuf,
 }

@@ -3,8 +3,8 @@
 //! becomes visible (or is replaced) only when its metadata commits, and a blob no
 //! row points at is an orphan for the sweep to remove.
 
-pub mod fs;
-pub mod s3;
+pub(crate) mod fs;
+pub(crate) mod s3;
 
 use std::io;
 use std::pin::Pin;
@@ -15,7 +15,7 @@ use futures::Stream;
 
 pub use fs::FsBackend;
 
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -52,12 +52,12 @@ impl ByteRange {
     }
 }
 
-pub fn blob_key(path: &str, version: &str) -> String {
+pub(crate) fn blob_key(path: &str, version: &str) -> String {
     format!("{path}#{version}")
 }
 
 /// `(path, version)` of a blob key.
-pub fn parse_blob_key(key: &str) -> Option<(&str, &str)> {
+pub(crate) fn parse_blob_key(key: &str) -> Option<(&str, &str)> {
     key.rsplit_once('#')
 }
 

@@ -18,14 +18,14 @@ use super::{Backend, BackendError, ByteRange, ByteStream, Written};
 use crate::StorageConfig;
 
 /// Objects larger than this go up as multipart uploads.
-pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+pub(crate) const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 /// The size of every part but the last. One part uploads while the next is read
 /// (a 256 MiB PUT: 0.78 of the S3 API's speed in turn, 0.87–0.94 overlapped), so two
 /// are in memory at once; 8 MiB parts keep that at 16 MiB, well inside the 64 MiB
 /// RSS budget for a 1 GiB transfer (16 MiB parts overlapped grew RSS by 69 MiB).
-pub const PART_SIZE: usize = 8 * 1024 * 1024;
+pub(crate) const PART_SIZE: usize = 8 * 1024 * 1024;
 
-pub struct S3Backend {
+pub(crate) struct S3Backend {
     client: Client,
     bucket_prefix: String,
 }
@@ -58,7 +58,7 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::
 }
 
 impl S3Backend {
-    pub fn new(config: &StorageConfig) -> S3Backend {
+    pub(crate) fn new(config: &StorageConfig) -> S3Backend {
         let credentials = Credentials::new(
             &config.s3_access_key,
             &config.s3_secret_key,
