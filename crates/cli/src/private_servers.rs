@@ -56,7 +56,8 @@ async fn answers(host: &str, port: u16) -> bool {
     )
 }
 
-fn find_binary(name: &str) -> Option<PathBuf> {
+/// A server binary on PATH or, for Postgres, in Debian's version dirs.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect())
         .unwrap_or_default();

@@ -8,9 +8,8 @@
 //! The test runs its own Postgres and Redis (in a temp dir, on free ports) so it can
 //! crash and restart them without touching the servers other tests share.
 
-use super::support::free_port;
+use super::support::{free_port, gateway_url, lines_of};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,19 +20,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
+/// A server binary (on PATH, or Debian's Postgres dir), as `minicloud up` finds it.
 fn find_binary(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
-    // Debian keeps the Postgres server binaries off PATH.
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
-        versions.sort();
-        dirs.extend(versions.into_iter().rev());
-    }
-    dirs.into_iter()
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
+    minicloud_cli::private_servers::find_binary(name)
         .unwrap_or_else(|| panic!("{name} must be installed for this test (.ci/run installs it)"))
 }
 
@@ -252,26 +241,9 @@ impl Up {
             .spawn()
             .unwrap();
         // Logs go to stdout with the lines a user reads: all of them into the log too.
-        let stdout = child.stdout.take().unwrap();
-        let mut log = std::fs::OpenOptions::new().append(true).open(log).unwrap();
-        let (sender, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::Write as _;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = writeln!(log, "{line}");
-                let _ = sender.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let gateway = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .expect("minicloud up printed its gateway");
-            if line.trim_start().starts_with("gateway") {
-                break line.split_whitespace().last().unwrap().to_owned();
-            }
-        };
+        let log = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        let lines = lines_of(child.stdout.take().unwrap(), Some(log));
+        let gateway = gateway_url(&lines, Duration::from_secs(60));
         let credentials: Value = serde_json::from_str(
             &std::fs::read_to_string(data_dir.join("credentials.json")).unwrap(),
         )

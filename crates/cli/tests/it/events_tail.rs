@@ -1,6 +1,5 @@
 //! `minicloud events tail <topic>` prints a topic's new events as JSON lines.
 
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -29,13 +28,7 @@ async fn tail_prints_published_events() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
+    let lines = super::support::lines_of(child.stdout.take().unwrap(), None);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let event = json!({"specversion":"1.0","id":"cli-1","source":"/shop","type":"order.placed","data":{"total":1}});
     let response = reqwest::Client::new()

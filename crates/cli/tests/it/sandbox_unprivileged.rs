@@ -2,9 +2,8 @@
 //! unprivileged user, as on a developer's laptop: no root, no separate uids, only
 //! what Linux gives an ordinary process. Under root (CI) the cloud runs as `nobody`.
 
-use super::support::free_ports;
+use super::support::{free_ports, gateway_url, lines_of};
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -95,22 +94,8 @@ async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
         database,
         data_dir: data_dir.clone(),
     };
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let gateway = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .expect("minicloud up printed its gateway URL");
-        if line.trim_start().starts_with("gateway") {
-            break line.split_whitespace().last().unwrap().to_owned();
-        }
-    };
+    let lines = lines_of(stdout, None);
+    let gateway = gateway_url(&lines, Duration::from_secs(60));
     let credentials: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data_dir.join("credentials.json")).unwrap()).unwrap();
     let service_ports: BTreeMap<String, u16> = names[1..]

@@ -19,3 +19,55 @@ pub(crate) fn free_ports(n: usize) -> Vec<u16> {
         .map(|l| l.local_addr().unwrap().port())
         .collect()
 }
+
+/// The lines a child prints on stdout, read on a thread of their own (and appended to
+/// `log` when given, so a failed test leaves them behind).
+pub(crate) fn lines_of(
+    stdout: std::process::ChildStdout,
+    mut log: Option<std::fs::File>,
+) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead as _, Write as _};
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(log) = &mut log {
+                let _ = writeln!(log, "{line}");
+            }
+            let _ = sender.send(line);
+        }
+    });
+    lines
+}
+
+/// The first line starting with `prefix` (after leading spaces) within `timeout`.
+pub(crate) fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    prefix: &str,
+    timeout: std::time::Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.trim_start().starts_with(prefix) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no line starting with {prefix:?} within {timeout:?}"),
+        }
+    }
+}
+
+/// The gateway URL `minicloud up` printed: tests that do not check ports let it pick
+/// free ones (port 0), so no other test can take them between choosing and binding.
+pub(crate) fn gateway_url(
+    lines: &std::sync::mpsc::Receiver<String>,
+    timeout: std::time::Duration,
+) -> String {
+    wait_for_line(lines, "gateway", timeout)
+        .split_whitespace()
+        .last()
+        .expect("a URL on the gateway line")
+        .to_owned()
+}

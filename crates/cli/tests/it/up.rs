@@ -1,8 +1,7 @@
 //! `minicloud up` as a user runs it: prints the gateway URL quickly, every service is
 //! ready, Ctrl-C exits 0 and leaves no process behind, private servers included.
 
-use super::support::free_ports;
-use std::io::{BufRead as _, BufReader};
+use super::support::{self, free_ports, lines_of};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,36 +63,16 @@ fn start_up(ports: &[u16], data_dir: &std::path::Path, database_url: &str, redis
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
+    let lines = lines_of(child.stdout.take().unwrap(), None);
     Up { child, lines }
 }
 
 fn wait_for_line(up: &Up, prefix: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match up.lines.recv_timeout(left) {
-            Ok(line) if line.trim_start().starts_with(prefix) => return line,
-            Ok(_) => continue,
-            Err(_) => panic!("no line starting with {prefix:?} within {timeout:?}"),
-        }
-    }
+    support::wait_for_line(&up.lines, prefix, timeout)
 }
 
-/// The gateway URL `up` printed: tests that do not check ports let it pick free ones
-/// (port 0), so no other test can take them between choosing and binding.
 fn gateway_url(up: &Up) -> String {
-    let line = wait_for_line(up, "gateway", Duration::from_secs(10));
-    line.split_whitespace()
-        .last()
-        .expect("a URL on the gateway line")
-        .to_owned()
+    support::gateway_url(&up.lines, Duration::from_secs(10))
 }
 
 fn interrupt_and_wait(mut up: Up) -> std::process::ExitStatus {
