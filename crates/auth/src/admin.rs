@@ -51,6 +51,7 @@ fn require_service(caller: &Caller) -> Result<(), ApiError> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Page {
     #[serde(default)]
     pub cursor: Option<String>,

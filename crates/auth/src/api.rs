@@ -192,6 +192,7 @@ async fn mark_signed_in(auth: &Auth, id: Uuid) -> Result<UserOut> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TokenQuery {
     pub grant_type: String,
 }
@@ -282,6 +283,7 @@ pub(crate) fn require_user(caller: &Caller) -> Result<Uuid, ApiError> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LogoutQuery {
     #[serde(default)]
     pub scope: Option<String>,

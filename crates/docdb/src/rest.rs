@@ -213,6 +213,7 @@ pub(crate) async fn batch(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TtlQuery {
     /// Seconds until the key expires.
     #[serde(default)]
@@ -276,6 +277,7 @@ pub(crate) async fn kv_delete(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     #[serde(default)]
     pub prefix: Option<String>,

@@ -301,6 +301,7 @@ fn invoked_response(invoked: crate::pool::Invoked, tail: bool) -> Response {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Only this invocation's lines.
     pub request_id: Option<String>,

@@ -14,6 +14,49 @@ pub fn check_committed_spec(generated: &str, path: &str) {
         committed == generated,
         "{path} is stale: run UPDATE_OPENAPI=1 cargo nextest run --workspace openapi"
     );
+    let misplaced = misplaced_parameters(&generated);
+    assert!(
+        misplaced.is_empty(),
+        "{path}: parameters in the wrong place (a query parameter declared `in: path`, \
+         or a path template without its parameter; `#[into_params(parameter_in = Query)]` \
+         on query structs): {misplaced:?}"
+    );
+}
+
+/// `method path: name` of every operation parameter declared `in: path` that its
+/// path does not have, and of every `{name}` in a path that is not declared: clients
+/// generated from such a spec put query parameters into the URL path.
+pub fn misplaced_parameters(spec: &str) -> Vec<String> {
+    let Ok(spec) = serde_json::from_str::<serde_json::Value>(spec) else {
+        return vec!["the spec is not JSON".to_owned()];
+    };
+    let mut out = Vec::new();
+    let Some(paths) = spec["paths"].as_object() else {
+        return out;
+    };
+    for (path, operations) in paths {
+        let templated: Vec<&str> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split('}').next())
+            .collect();
+        for (method, operation) in operations.as_object().into_iter().flatten() {
+            let declared: Vec<&str> = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "path")
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            for name in declared.iter().filter(|n| !templated.contains(n)) {
+                out.push(format!("{method} {path}: {name} is not in the path"));
+            }
+            for name in templated.iter().filter(|n| !declared.contains(n)) {
+                out.push(format!("{method} {path}: {{{name}}} is not declared"));
+            }
+        }
+    }
+    out
 }
 
 /// Documents the error contract on every operation: a `default` response with the
@@ -58,5 +101,28 @@ impl utoipa::Modify for ErrorResponses {
                     .or_insert_with(|| error.clone().into());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_parameters_declared_in_the_path_are_found() {
+        let spec = serde_json::json!({"paths": {
+            "/v1/items/{id}": {"get": {"parameters": [
+                {"name": "id", "in": "path"},
+                {"name": "limit", "in": "path"},
+                {"name": "cursor", "in": "query"}
+            ]}},
+            "/v1/things/{name}": {"delete": {"parameters": []}}
+        }})
+        .to_string();
+        assert_eq!(
+            super::misplaced_parameters(&spec),
+            [
+                "get /v1/items/{id}: limit is not in the path",
+                "delete /v1/things/{name}: {name} is not declared"
+            ]
+        );
     }
 }
