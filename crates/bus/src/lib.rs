@@ -52,6 +52,10 @@ use minicloud_proto::openapi::ErrorResponses;
         subscriptions::delete,
         subscriptions::dead_letters,
         subscriptions::redrive,
+        topics::tail,
+        schedules::create,
+        schedules::list,
+        schedules::delete,
     ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]

@@ -175,7 +175,7 @@ pub(crate) async fn visible_collections(
     Ok(collections)
 }
 
-#[utoipa::path(get, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/db/v1/collections/{c}", tag = "collections", params(("c" = String, Path)),
     responses((status = 200, body = CollectionOut), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get(
     State(docdb): State<Docdb>,
@@ -205,7 +205,7 @@ pub(crate) async fn get(
     }
 }
 
-#[utoipa::path(delete, path = "/db/v1/collections/{name}", tag = "collections", params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/db/v1/collections/{c}", tag = "collections", params(("c" = String, Path)),
     responses((status = 204, description = "dropped with its documents"), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn delete(
     State(docdb): State<Docdb>,

@@ -113,6 +113,9 @@ pub(crate) async fn read_payload(body: Body, limit: usize) -> Result<Bytes, ApiE
     Ok(out.freeze())
 }
 
+#[utoipa::path(post, path = "/functions/v1/{name}/invoke", tag = "functions", params(("name" = String, Path)),
+    request_body(content = Object, description = "the event: any JSON (at most 6 MB; `X-Amz-Invocation-Type: Event` queues it)"),
+    responses((status = 200, description = "the function's answer, as it returned it", body = Object), (status = 202, description = "queued (Event)"), (status = 404, body = minicloud_proto::error::ErrorBody), (status = 413, body = minicloud_proto::error::ErrorBody)))]
 pub async fn invoke(
     State(invoker): State<Invoker>,
     caller: Caller,
@@ -123,6 +126,20 @@ pub async fn invoke(
     run(invoker, caller, name, headers, body, Surface::Minicloud).await
 }
 
+/// The Lambda API's error body, in AWS's shape so the AWS SDKs raise their typed
+/// errors; only described here, for the OpenAPI spec ([`InvokeFailure`] writes it).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct LambdaErrorBody {
+    #[serde(rename = "Type")]
+    #[schema(example = "User")]
+    kind: String,
+    message: String,
+}
+
+/// AWS Lambda's own `Invoke` (its path and headers), for the AWS SDKs and CLI.
+#[utoipa::path(post, path = "/2015-03-31/functions/{name}/invocations", tag = "lambda", params(("name" = String, Path)),
+    request_body(content = Object, description = "the event: any JSON (at most 6 MB)"),
+    responses((status = 200, description = "the function's answer (`X-Amz-Function-Error` set when it failed)", body = Object), (status = 202, description = "queued (InvocationType Event)"), (status = 404, description = "no such function (ResourceNotFoundException)", body = LambdaErrorBody), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = LambdaErrorBody)))]
 pub async fn lambda_invoke(
     State(invoker): State<Invoker>,
     caller: Caller,

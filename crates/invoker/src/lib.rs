@@ -62,6 +62,8 @@ use minicloud_proto::openapi::ErrorResponses;
         registry::list,
         registry::delete,
         registry::sandbox,
+        api::invoke,
+        api::lambda_invoke,
         api::logs,
         api::instances,
         triggers::create,

@@ -66,6 +66,9 @@ use minicloud_proto::openapi::ErrorResponses;
         rest::move_object,
         rest::sign_download,
         rest::sign_upload,
+        rest::get_public,
+        rest::get_signed,
+        rest::put_signed,
     ),
     components(schemas(minicloud_proto::error::ErrorBody))
 )]

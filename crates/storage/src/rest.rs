@@ -297,7 +297,7 @@ async fn serve(
         .map_err(ApiError::internal)
 }
 
-#[utoipa::path(get, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
+#[utoipa::path(method(get, head), path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
     params(("bucket" = String, Path), ("path" = String, Path)),
     responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "a Range"), (status = 304, description = "If-None-Match matched"), (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
 pub(crate) async fn get(
@@ -313,6 +313,9 @@ pub(crate) async fn get(
 }
 
 /// `GET /object/public/{bucket}/{path}`: public buckets only, no token needed.
+#[utoipa::path(method(get, head), path = "/storage/v1/object/public/{bucket}/{path}", tag = "objects",
+    params(("bucket" = String, Path), ("path" = String, Path)),
+    responses((status = 200, description = "the bytes (no token needed: public buckets only)", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "a Range"), (status = 304, description = "If-None-Match matched"), (status = 404, description = "no such object, or the bucket is not public", body = ErrorBody), (status = 416, body = ErrorBody)))]
 pub(crate) async fn get_public(
     State(storage): State<Storage>,
     method: Method,
@@ -505,8 +508,10 @@ pub(crate) struct SignedUploadOut {
     pub token: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TokenQuery {
+    /// The token from the signing answer.
     pub token: String,
 }
 
@@ -561,6 +566,9 @@ pub(crate) async fn sign_download(
     }))
 }
 
+#[utoipa::path(method(get, head), path = "/storage/v1/object/sign/{bucket}/{path}", tag = "signed URLs",
+    params(("bucket" = String, Path), ("path" = String, Path), TokenQuery),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "a Range"), (status = 304, description = "If-None-Match matched"), (status = 400, description = "a bad or expired token", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_signed(
     State(storage): State<Storage>,
     method: Method,
@@ -618,6 +626,10 @@ pub(crate) async fn sign_upload(
     }))
 }
 
+#[utoipa::path(put, path = "/storage/v1/object/upload/sign/{bucket}/{path}", tag = "signed URLs",
+    params(("bucket" = String, Path), ("path" = String, Path), TokenQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = UploadOut), (status = 400, description = "a bad, expired or spent token", body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(crate) async fn put_signed(
     State(storage): State<Storage>,
     Path((bucket, path)): Path<(String, String)>,
