@@ -59,7 +59,7 @@ pub async fn ensure_async_subscription(invoker: &Invoker, name: &str) -> Result<
         owner: String::new(),
     })
     .await
-    .map_err(ApiError::from_status)?;
+    .map_err(ApiError::from)?;
     Ok(())
 }
 
@@ -91,7 +91,7 @@ pub async fn enqueue_async(
         events: vec![event.to_proto()],
     })
     .await
-    .map_err(ApiError::from_status)?;
+    .map_err(ApiError::from)?;
     Ok(event.id)
 }
 
@@ -227,7 +227,7 @@ pub async fn create(
                     owner: caller.uid.clone().unwrap_or_default(),
                 })
                 .await
-                .map_err(ApiError::from_status)?;
+                .map_err(ApiError::from)?;
             let inserted = sqlx::query_as::<_, TriggerOut>(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO triggers (id, function, topic, pattern, subscription_id)
                  VALUES ($1, $2, $3, $4, $5) RETURNING {TRIGGER_COLUMNS}"
@@ -340,7 +340,7 @@ pub async fn delete(
                 bus(&invoker)?
                     .delete_subscription(DeleteSubscriptionRequest { id: subscription })
                     .await
-                    .map_err(ApiError::from_status)?;
+                    .map_err(ApiError::from)?;
             }
             Ok(StatusCode::NO_CONTENT)
         }
@@ -364,7 +364,7 @@ pub async fn remove_all(invoker: &Invoker, name: &str) -> Result<(), ApiError> {
     for id in ids {
         bus.delete_subscription(DeleteSubscriptionRequest { id })
             .await
-            .map_err(ApiError::from_status)?;
+            .map_err(ApiError::from)?;
     }
     Ok(())
 }

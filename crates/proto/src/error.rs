@@ -217,15 +217,6 @@ impl ApiError {
         }
     }
 
-    /// An error another service answered over gRPC, passed on with its code and
-    /// message (a 5xx keeps its message out of the response, as any other).
-    pub fn from_status(status: tonic::Status) -> Self {
-        ApiError::new(
-            ErrorCode::from_grpc(status.code()),
-            status.message().to_owned(),
-        )
-    }
-
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
