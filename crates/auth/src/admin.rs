@@ -14,9 +14,10 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::api::{UserOut, UserPatch, UserRow, check_metadata, normalise_email, user_columns};
+use crate::api::{UserPatch, check_metadata};
 use crate::error::{AuthError, Result, is_foreign_key_violation, is_unique_violation};
 use crate::sessions::sha256;
+use crate::users::{UserOut, UserRow, normalise_email, user_columns};
 use crate::{Auth, BuiltinKeys};
 
 pub(crate) fn routes() -> Router<Auth> {
@@ -146,7 +147,7 @@ async fn get_user(
 ) -> Result<Json<UserOut>, ApiError> {
     require_service(&caller)?;
     Ok(Json(
-        crate::api::load_user(&auth.pool, parse_user_id(&id)?)
+        crate::users::load_user(&auth.pool, parse_user_id(&id)?)
             .await?
             .into_out(),
     ))

@@ -10,6 +10,7 @@ mod keys;
 mod passwords;
 mod rate_limit;
 mod sessions;
+mod users;
 
 use minicloud_telemetry::server::BackgroundTask;
 use std::net::SocketAddr;
@@ -29,9 +30,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{ApiKeyCreated, issue_api_key};
-pub use api::UserOut;
 pub use error::AuthError;
 pub use passwords::{ITERATIONS, MEMORY_KIB, PARALLELISM};
+pub use users::UserOut;
 
 /// The REST API of this service, served at `/auth/v1/openapi.json`.
 use minicloud_proto::openapi::ErrorResponses;

@@ -154,7 +154,7 @@ impl AuthState {
         if expires_at <= Utc::now() {
             return Err(AuthError::InvalidRefreshToken("refresh token expired"));
         }
-        let user = crate::api::load_user(&mut *tx, user_id).await?;
+        let user = crate::users::load_user(&mut *tx, user_id).await?;
         if user.banned {
             return Err(AuthError::InvalidRefreshToken("user is banned"));
         }

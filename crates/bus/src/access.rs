@@ -9,7 +9,7 @@ use minicloud_authz::{Caller, Credential, Role};
 use minicloud_proto::error::{ApiError, ErrorCode};
 
 use crate::Bus;
-use crate::subscriptions::{SubscriptionOut, Target};
+use crate::model::{SubscriptionOut, Target};
 
 /// Topics whose events minicloud's services write (object and document changes,
 /// schedules, async invocations and their dead letters): publishing a forged

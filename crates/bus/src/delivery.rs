@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::Bus;
+use crate::model::{SubscriptionOut, Target, subscription_columns};
 use crate::pattern::Pattern;
-use crate::subscriptions::{SubscriptionOut, Target, subscription_columns};
 
 impl Bus {
     /// Creates the subscription's consumer group if missing (`start`: `$` or `0`).

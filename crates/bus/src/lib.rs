@@ -5,6 +5,7 @@
 mod access;
 mod delivery;
 mod metrics;
+mod model;
 pub mod pattern;
 mod retention;
 mod schedules;

@@ -166,13 +166,13 @@ pub(crate) async fn create(
     caller: Caller,
     Json(input): Json<ScheduleIn>,
 ) -> Result<(StatusCode, Json<ScheduleOut>), ApiError> {
-    crate::topics::check_topic_name(&input.name)
+    crate::model::check_topic_name(&input.name)
         .map_err(|_| ApiError::invalid("schedule name: 1-128 of A-Z a-z 0-9 _ - ."))?;
     let every = Every::parse(&input.schedule)?;
     let timezone = input.timezone.unwrap_or_else(|| "UTC".into());
     let tz = zone(&timezone)?;
     let topic = input.topic.unwrap_or_else(|| "schedules".into());
-    crate::topics::check_topic_name(&topic)?;
+    crate::model::check_topic_name(&topic)?;
     let data = input.data.unwrap_or_else(|| serde_json::json!({}));
     if data.to_string().len() > 64 * 1024 {
         return Err(ApiError::invalid("data larger than 64 KiB"));

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Bus;
+use crate::model::{SubscriptionOut, Target, subscription_columns};
 use crate::pattern::Pattern;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -78,85 +79,6 @@ pub(crate) struct SubscriptionCreated {
     pub webhook_secret: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub(crate) struct SubscriptionOut {
-    pub id: String,
-    pub topic: String,
-    #[schema(value_type = Object)]
-    pub pattern: Value,
-    #[schema(value_type = Object)]
-    pub target: Value,
-    pub max_attempts: i32,
-    pub min_backoff_ms: i64,
-    pub max_backoff_ms: i64,
-    pub max_age_s: i64,
-    pub dead_letter_topic: Option<String>,
-    pub max_in_flight: i32,
-    pub owner: Option<String>,
-    /// The role the owner subscribed with; deliveries re-check its current rights.
-    pub owner_role: String,
-    pub created_at: DateTime<Utc>,
-}
-
-macro_rules! subscription_columns {
-    () => {
-        "id, topic, pattern, target, max_attempts, min_backoff_ms, max_backoff_ms, max_age_s, dead_letter_topic, max_in_flight, owner, owner_role, created_at"
-    };
-}
-pub(crate) use subscription_columns;
-
-/// Where a subscription delivers.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Target {
-    Webhook(reqwest::Url),
-    Topic(String),
-    /// Invoked through the invoker's gRPC; a function error is a failed delivery.
-    Function(String),
-}
-
-impl Target {
-    pub(crate) fn parse(value: &Value) -> Result<Target, ApiError> {
-        let Value::Object(map) = value else {
-            return Err(ApiError::invalid("target is an object"));
-        };
-        if map.len() != 1 {
-            return Err(ApiError::invalid(
-                "target names exactly one of webhook, topic, function",
-            ));
-        }
-        match map.iter().next() {
-            Some((kind, Value::String(url))) if kind == "webhook" => {
-                let url = reqwest::Url::parse(url)
-                    .map_err(|e| ApiError::invalid(format!("webhook URL: {e}")))?;
-                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                    return Err(ApiError::invalid("webhook URL must be http(s)://host/…"));
-                }
-                Ok(Target::Webhook(url))
-            }
-            Some((kind, Value::String(topic))) if kind == "topic" => {
-                crate::topics::check_topic_name(topic)?;
-                Ok(Target::Topic(topic.clone()))
-            }
-            Some((kind, Value::String(function))) if kind == "function" => {
-                let valid = !function.is_empty()
-                    && function.len() <= 64
-                    && function
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if !valid {
-                    return Err(ApiError::invalid(
-                        "target function name: 1-64 of A-Z a-z 0-9 - _",
-                    ));
-                }
-                Ok(Target::Function(function.clone()))
-            }
-            _ => Err(ApiError::invalid(
-                "target: {\"webhook\": \"http://…\"}, {\"topic\": \"name\"} or {\"function\": \"name\"}",
-            )),
-        }
-    }
-}
-
 fn check_retry(retry: &RetryPolicy) -> Result<(), ApiError> {
     if !(1..=100).contains(&retry.max_attempts) {
         return Err(ApiError::invalid("retry.max_attempts must be 1 to 100"));
@@ -190,7 +112,7 @@ pub(crate) async fn create(
     caller: Caller,
     Json(input): Json<SubscriptionIn>,
 ) -> Result<(StatusCode, Json<SubscriptionCreated>), ApiError> {
-    crate::topics::check_topic_name(&input.topic)?;
+    crate::model::check_topic_name(&input.topic)?;
     let target = Target::parse(&input.target)?;
     crate::access::authorize_subscription(
         &bus,
@@ -216,7 +138,7 @@ pub(crate) async fn insert(
     owner: Option<String>,
     owner_role: &str,
 ) -> Result<SubscriptionCreated, ApiError> {
-    crate::topics::check_topic_name(&input.topic)?;
+    crate::model::check_topic_name(&input.topic)?;
     Pattern::parse(&input.pattern).map_err(|e| ApiError::invalid(e.to_string()))?;
     let target = Target::parse(&input.target)?;
     let webhook_secret = match &target {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::Bus;
+use crate::model::check_topic_name;
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(crate) struct TopicOut {
@@ -38,22 +39,6 @@ pub(crate) struct TopicIn {
     pub name: String,
     #[serde(default)]
     pub retention: Option<i64>,
-}
-
-pub(crate) fn check_topic_name(name: &str) -> Result<(), ApiError> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "topic name: 1-128 of A-Z a-z 0-9 _ - ., starting with a letter or digit",
-        ))
-    }
 }
 
 #[utoipa::path(post, path = "/events/v1/topics", tag = "topics", request_body = TopicIn, responses((status = 201, body = TopicOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]

@@ -102,7 +102,7 @@ pub(crate) async fn create(
     .await
     .map_err(ApiError::internal)?
     .ok_or_else(|| ApiError::conflict(format!("collection {} already exists", input.name)))?;
-    let table = crate::documents::table(&input.name);
+    let table = table(&input.name);
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {table} (
             id         text COLLATE \"C\" PRIMARY KEY,
@@ -230,7 +230,7 @@ pub(crate) async fn delete(
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP TABLE IF EXISTS {}",
-        crate::documents::table(&name)
+        table(&name)
     )))
     .execute(&mut *tx)
     .await
@@ -238,4 +238,10 @@ pub(crate) async fn delete(
     tx.commit().await.map_err(ApiError::internal)?;
     docdb.forget_collection(&name).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The table that holds a collection's documents.
+pub(crate) fn table(collection: &str) -> String {
+    // Collection names are checked (`[a-z][a-z0-9_]{0,62}`), so this is a safe identifier.
+    format!("\"docs_{collection}\"")
 }

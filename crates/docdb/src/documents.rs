@@ -29,11 +29,6 @@ pub struct DocOut {
     pub data: Value,
 }
 
-pub(crate) fn table(collection: &str) -> String {
-    // Collection names are checked (`[a-z][a-z0-9_]{0,62}`), so this is a safe identifier.
-    format!("\"docs_{collection}\"")
-}
-
 pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
     let valid = !id.is_empty()
         && id.len() <= 255
@@ -179,7 +174,7 @@ impl Docdb {
         };
         let row: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT owner FROM {} WHERE id = $1",
-            table(collection)
+            crate::collections::table(collection)
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -201,7 +196,7 @@ impl Docdb {
         self.collection_policy(collection).await?;
         let document = sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
             "SELECT id, version, owner, created_at, updated_at, data FROM {} WHERE id = $1",
-            table(collection)
+            crate::collections::table(collection)
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -339,7 +334,7 @@ impl Docdb {
                 FROM written
             )
             SELECT id, version, owner, created_at, updated_at, data FROM written",
-            t = table(collection),
+            t = crate::collections::table(collection),
             insert = minicloud_outbox::INSERT_INTO,
         );
         let document = sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(sql))
@@ -380,7 +375,7 @@ impl Docdb {
         let count = if query.count {
             let sql = format!(
                 "SELECT count(*) FROM {} WHERE {}",
-                table(collection),
+                crate::collections::table(collection),
                 compiled.filter_where
             );
             let args = compiled.sql.args.clone();
@@ -400,7 +395,7 @@ impl Docdb {
         let sql = format!(
             "SELECT id, version, owner, created_at, updated_at, data, {} AS sort_key FROM {} WHERE {} ORDER BY {} LIMIT {}",
             query::order_key_select(&compiled.order),
-            table(collection),
+            crate::collections::table(collection),
             where_sql,
             compiled.order_by_sql(),
             compiled.limit + 1
@@ -471,7 +466,7 @@ async fn apply_one(
     caller: &Caller,
     write: Write,
 ) -> Result<Applied, ApiError> {
-    let t = table(&write.collection);
+    let t = crate::collections::table(&write.collection);
     let current: Option<DocOut> = match &write.id {
         Some(id) => sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
             "SELECT id, version, owner, created_at, updated_at, data FROM {t} WHERE id = $1 FOR UPDATE"

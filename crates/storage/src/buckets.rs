@@ -115,7 +115,7 @@ pub(crate) async fn create(
         .backend
         .create_bucket(&name)
         .await
-        .map_err(crate::objects::backend_error)?;
+        .map_err(ApiError::from)?;
     let bucket = sqlx::query_as::<_, BucketOut>(concat!(
         "INSERT INTO buckets (name, public, file_size_limit, allowed_mime_types, policy, owner, inline_active_content)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING ",
@@ -349,7 +349,7 @@ pub(crate) async fn delete(
         .backend
         .delete_bucket(&name)
         .await
-        .map_err(crate::objects::backend_error)?;
+        .map_err(ApiError::from)?;
     Ok(Json(MessageOut {
         message: format!("bucket {name} deleted"),
     }))

@@ -172,20 +172,6 @@ fn check_metadata(metadata: &serde_json::Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(crate) fn backend_error(error: BackendError) -> ApiError {
-    match error {
-        BackendError::TooLarge { limit } => ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("object larger than the limit of {limit} bytes"),
-        ),
-        BackendError::NotFound => ApiError::not_found("object not found"),
-        BackendError::Body(error) => {
-            ApiError::invalid(format!("reading the upload failed: {error}"))
-        }
-        other => ApiError::unavailable("object store unavailable").with_source(other),
-    }
-}
-
 fn db(error: sqlx::Error) -> ApiError {
     ApiError::internal(error)
 }
@@ -320,7 +306,7 @@ impl Storage {
             .backend
             .put(&request.bucket, &key, body, limit)
             .await
-            .map_err(backend_error)?;
+            .map_err(ApiError::from)?;
         // The row as it will be written (the timestamps are the database's).
         let new = ObjectOut {
             bucket: request.bucket.clone(),
@@ -488,10 +474,10 @@ impl Storage {
                     .backend
                     .get(&fresh.bucket, &key, range.or_else(|| whole(fresh.size)))
                     .await
-                    .map_err(backend_error)?;
+                    .map_err(ApiError::from)?;
                 Ok((fresh, stream))
             }
-            Err(error) => Err(backend_error(error)),
+            Err(error) => Err(ApiError::from(error)),
         }
     }
 
@@ -610,7 +596,7 @@ impl Storage {
         self.backend
             .copy(from.0, &blob_key(from.1, &source.version), to.0, &key)
             .await
-            .map_err(backend_error)?;
+            .map_err(ApiError::from)?;
         let request = WriteRequest {
             bucket: to.0.to_owned(),
             path: to.1.to_owned(),

@@ -94,3 +94,22 @@ pub trait Backend: Send + Sync + 'static {
     /// Every blob key in the bucket with its last-modified time, for the orphan sweep.
     async fn list(&self, bucket: &str) -> Result<Vec<(String, SystemTime)>, BackendError>;
 }
+
+/// What a caller is told when the backend fails: its own limits and a missing
+/// object as such, anything else as the store being unavailable (details logged).
+impl From<BackendError> for minicloud_proto::error::ApiError {
+    fn from(error: BackendError) -> Self {
+        use minicloud_proto::error::{ApiError, ErrorCode};
+        match error {
+            BackendError::TooLarge { limit } => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("object larger than the limit of {limit} bytes"),
+            ),
+            BackendError::NotFound => ApiError::not_found("object not found"),
+            BackendError::Body(error) => {
+                ApiError::invalid(format!("reading the upload failed: {error}"))
+            }
+            other => ApiError::unavailable("object store unavailable").with_source(other),
+        }
+    }
+}
