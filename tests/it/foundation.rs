@@ -949,3 +949,84 @@ fn every_registered_route_is_in_its_openapi_spec() {
         "routes missing from their spec: {missing:#?}"
     );
 }
+
+/// The top-level modules of `crate_dir/src` and the sibling modules each names as
+/// `crate::<module>` (outside its unit tests).
+fn module_imports(
+    crate_dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let src = crate_dir.join("src");
+    let mut imports: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let relative = path.strip_prefix(&src).unwrap();
+            let top = relative
+                .iter()
+                .next()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_owned();
+            if top == "lib" || top == "main" {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+            let named = imports.entry(top.clone()).or_default();
+            for (at, _) in code.match_indices("crate::") {
+                let name: String = code[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if name != top {
+                    named.insert(name);
+                }
+            }
+        }
+    }
+    let modules: std::collections::BTreeSet<String> = imports.keys().cloned().collect();
+    for named in imports.values_mut() {
+        named.retain(|m| modules.contains(m));
+    }
+    imports
+}
+
+/// Layers, not a web (issue 17): within each crate, no module reaches, through the
+/// modules it imports, back to itself — rows, validators and domain operations sit
+/// below the REST and gRPC handlers that use them.
+#[test]
+fn no_crate_has_modules_that_import_each_other() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    let mut cycles = Vec::new();
+    for entry in std::fs::read_dir(&crates).unwrap().flatten() {
+        let imports = module_imports(&entry.path());
+        for start in imports.keys() {
+            // Every module reachable from `start`; a cycle if `start` is among them.
+            let mut seen = std::collections::BTreeSet::new();
+            let mut stack: Vec<&String> = imports[start].iter().collect();
+            while let Some(module) = stack.pop() {
+                if seen.insert(module.clone()) {
+                    stack.extend(imports.get(module).into_iter().flatten());
+                }
+            }
+            if seen.contains(start) {
+                cycles.push(format!(
+                    "{}: {start} imports {:?}",
+                    entry.file_name().to_string_lossy(),
+                    imports[start]
+                ));
+            }
+        }
+    }
+    assert!(cycles.is_empty(), "modules in a cycle: {cycles:#?}");
+}

@@ -215,19 +215,25 @@ async fn run(
             Ok(false) => fail(not_found(&invoker, &name)),
             Err(error) => fail(error),
         },
-        "Event" => match crate::triggers::enqueue_async(&invoker, &name, payload).await {
-            Ok(request_id) => {
-                let mut response = (
-                    StatusCode::ACCEPTED,
-                    axum::Json(serde_json::json!({"request_id": request_id})),
-                )
-                    .into_response();
-                if let Ok(value) = HeaderValue::from_str(&request_id) {
-                    response.headers_mut().insert("x-amzn-requestid", value);
-                }
-                response
-            }
+        "Event" => match crate::registry::exists(&invoker, &name).await {
+            Ok(false) => fail(not_found(&invoker, &name)),
             Err(error) => fail(error),
+            Ok(true) => {
+                match crate::function_subscriptions::enqueue_async(&invoker, &name, payload).await {
+                    Ok(request_id) => {
+                        let mut response = (
+                            StatusCode::ACCEPTED,
+                            axum::Json(serde_json::json!({"request_id": request_id})),
+                        )
+                            .into_response();
+                        if let Ok(value) = HeaderValue::from_str(&request_id) {
+                            response.headers_mut().insert("x-amzn-requestid", value);
+                        }
+                        response
+                    }
+                    Err(error) => fail(error),
+                }
+            }
         },
         _ => {
             let tail = header("x-amz-log-type") == Some("Tail");

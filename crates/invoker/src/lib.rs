@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod bundle;
+mod function_subscriptions;
 pub mod instance;
 pub mod logs;
 pub mod metrics;
@@ -487,7 +488,7 @@ impl InvokerService for InvokerGrpc {
             )
             .await?;
         let payload = if request.is_cloud_event {
-            triggers::event_payload(&request.payload)?
+            function_subscriptions::event_payload(&request.payload)?
         } else {
             request.payload.into()
         };

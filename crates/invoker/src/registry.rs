@@ -376,7 +376,7 @@ async fn store(
     .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
     invoker.0.engine.redeployed(name).await;
-    crate::triggers::ensure_async_subscription(invoker, name).await?;
+    crate::function_subscriptions::ensure_async_subscription(invoker, name).await?;
     let status = if existed.is_some() {
         StatusCode::OK
     } else {
@@ -597,7 +597,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
     authorize(&invoker, &caller, "functions:Delete", &name).await?;
-    crate::triggers::remove_all(&invoker, &name).await?;
+    crate::function_subscriptions::remove_all(&invoker, &name).await?;
     let deleted = sqlx::query("DELETE FROM functions WHERE name = $1")
         .bind(&name)
         .execute(&invoker.0.pool)

@@ -11,103 +11,13 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use minicloud_authz::Caller;
-use minicloud_outbox::OutboxEvent;
-use minicloud_proto::bus::v1::{
-    DeleteSubscriptionRequest, EnsureSubscriptionRequest, PublishRequest,
-};
+use minicloud_proto::bus::v1::{DeleteSubscriptionRequest, EnsureSubscriptionRequest};
 use minicloud_proto::error::{ApiError, ErrorCode, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Invoker;
 use crate::pool::InvokeRequest;
-
-/// The topic async invocations travel on, and where they land after the retries.
-pub const ASYNC_TOPIC: &str = "functions";
-pub const DEAD_LETTER_TOPIC: &str = "functions.dead-letter";
-pub const ASYNC_EVENT_TYPE: &str = "minicloud.function.invoke";
-
-fn bus(invoker: &Invoker) -> Result<crate::BusClient, ApiError> {
-    invoker
-        .0
-        .bus
-        .clone()
-        .ok_or_else(|| ApiError::unavailable("no bus is configured (--invoker-bus-url)"))
-}
-
-fn async_subscription_id(name: &str) -> String {
-    format!("sub_fnasync_{name}")
-}
-
-/// Async invocations of `name` are the events on `functions` with its name as
-/// subject: Lambda's retry policy (2 retries), then the dead-letter topic.
-pub async fn ensure_async_subscription(invoker: &Invoker, name: &str) -> Result<(), ApiError> {
-    let Some(mut bus) = invoker.0.bus.clone() else {
-        return Ok(());
-    };
-    let spec = json!({
-        "topic": ASYNC_TOPIC,
-        "pattern": {"subject": [name], "type": [ASYNC_EVENT_TYPE]},
-        "target": {"function": name},
-        "retry": {"max_attempts": 3, "min_backoff_ms": 500, "max_backoff_ms": 60_000, "max_age_s": 6 * 3600},
-        "dead_letter_topic": DEAD_LETTER_TOPIC,
-        "max_in_flight": 16,
-    });
-    bus.ensure_subscription(EnsureSubscriptionRequest {
-        id: async_subscription_id(name),
-        subscription_json: spec.to_string(),
-        owner: String::new(),
-    })
-    .await
-    .map_err(ApiError::from)?;
-    Ok(())
-}
-
-/// Queues an async invocation; its id is the request id the caller gets.
-pub async fn enqueue_async(
-    invoker: &Invoker,
-    name: &str,
-    payload: Bytes,
-) -> Result<String, ApiError> {
-    if !crate::registry::exists(invoker, name).await? {
-        return Err(ApiError::not_found(format!(
-            "Function not found: {}",
-            invoker.0.engine.arn(name)
-        )));
-    }
-    let mut bus = bus(invoker)?;
-    let data: Value = serde_json::from_slice(&payload)
-        .map_err(|e| ApiError::invalid(format!("the payload must be JSON: {e}")))?;
-    // The outbox's event type carries the id, time and trace context for us; the
-    // publish itself is direct, as the caller waits for the 202.
-    let event = OutboxEvent::new(
-        "minicloud/invoker",
-        ASYNC_EVENT_TYPE,
-        Some(name.to_owned()),
-        data,
-    );
-    bus.publish(PublishRequest {
-        topic: ASYNC_TOPIC.into(),
-        events: vec![event.to_proto()],
-    })
-    .await
-    .map_err(ApiError::from)?;
-    Ok(event.id)
-}
-
-/// The event a bus delivery hands the function: an async invocation's own payload,
-/// or the CloudEvent itself for a trigger.
-pub fn event_payload(payload: &[u8]) -> Result<Bytes, ApiError> {
-    let event: Value = serde_json::from_slice(payload)
-        .map_err(|e| ApiError::invalid(format!("the event must be JSON: {e}")))?;
-    if event["type"] == ASYNC_EVENT_TYPE {
-        Ok(serde_json::to_vec(&event["data"])
-            .unwrap_or_default()
-            .into())
-    } else {
-        Ok(Bytes::copy_from_slice(payload))
-    }
-}
 
 /// `POST /functions/v1/{name}/triggers`: one of the two shapes (docs/design.md §5.6).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -216,11 +126,11 @@ pub async fn create(
                 "pattern": input.pattern.clone().unwrap_or_else(|| json!({})),
                 "target": {"function": name},
                 "retry": input.retry.clone().unwrap_or_else(|| json!({"max_attempts": 3, "min_backoff_ms": 500, "max_backoff_ms": 60_000, "max_age_s": 6 * 3600})),
-                "dead_letter_topic": input.dead_letter_topic.clone().unwrap_or_else(|| DEAD_LETTER_TOPIC.into()),
+                "dead_letter_topic": input.dead_letter_topic.clone().unwrap_or_else(|| crate::function_subscriptions::DEAD_LETTER_TOPIC.into()),
                 "max_in_flight": input.max_in_flight.unwrap_or(1),
             });
             // The bus validates pattern, retry and topics and says what is wrong.
-            bus(&invoker)?
+            crate::function_subscriptions::bus(&invoker)?
                 .ensure_subscription(EnsureSubscriptionRequest {
                     id: subscription_id.clone(),
                     subscription_json: spec.to_string(),
@@ -243,7 +153,7 @@ pub async fn create(
                 Ok(row) => row,
                 Err(error) => {
                     // Do not leave a subscription no trigger row points at.
-                    let _ = bus(&invoker)?
+                    let _ = crate::function_subscriptions::bus(&invoker)?
                         .delete_subscription(DeleteSubscriptionRequest {
                             id: subscription_id,
                         })
@@ -337,7 +247,7 @@ pub async fn delete(
         None => Err(ApiError::not_found(format!("trigger {id} not found"))),
         Some(subscription) => {
             if let Some(subscription) = subscription {
-                bus(&invoker)?
+                crate::function_subscriptions::bus(&invoker)?
                     .delete_subscription(DeleteSubscriptionRequest { id: subscription })
                     .await
                     .map_err(ApiError::from)?;
@@ -345,28 +255,6 @@ pub async fn delete(
             Ok(StatusCode::NO_CONTENT)
         }
     }
-}
-
-/// Before a function is deleted: its bus subscriptions go first, so no event
-/// arrives for a function that no longer exists.
-pub async fn remove_all(invoker: &Invoker, name: &str) -> Result<(), ApiError> {
-    let Some(mut bus) = invoker.0.bus.clone() else {
-        return Ok(());
-    };
-    let mut ids: Vec<String> = sqlx::query_scalar(
-        "SELECT subscription_id FROM triggers WHERE function = $1 AND subscription_id IS NOT NULL",
-    )
-    .bind(name)
-    .fetch_all(&invoker.0.pool)
-    .await
-    .map_err(ApiError::internal)?;
-    ids.push(async_subscription_id(name));
-    for id in ids {
-        bus.delete_subscription(DeleteSubscriptionRequest { id })
-            .await
-            .map_err(ApiError::from)?;
-    }
-    Ok(())
 }
 
 fn route_matches(path: &str, route_path: &str) -> bool {
@@ -626,15 +514,5 @@ mod tests {
         assert_eq!(shaped.status(), StatusCode::CREATED);
         assert_eq!(shaped.headers()["x-a"], "1");
         assert_eq!(shaped.headers()["set-cookie"], "a=b");
-    }
-
-    #[test]
-    fn async_events_unwrap_to_their_data() {
-        let event = json!({"type": ASYNC_EVENT_TYPE, "data": {"n": 1}});
-        let payload = event_payload(event.to_string().as_bytes()).unwrap();
-        assert_eq!(&payload[..], br#"{"n":1}"#);
-        let other = json!({"type": "minicloud.storage.object.created", "data": {"n": 1}});
-        let payload = event_payload(other.to_string().as_bytes()).unwrap();
-        assert_eq!(serde_json::from_slice::<Value>(&payload).unwrap(), other);
     }
 }
