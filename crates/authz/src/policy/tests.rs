@@ -345,7 +345,12 @@ fn owner_conditions_apply_only_to_the_owners_resources() {
         evaluate_scoped(&Caller::service(), "db:Query", "db:notes", &[], &[]),
         Scope::All
     );
-    assert!(Policy::from_json(&json!({"effect":"allow","actions":["*"],"resources":["*"],"condition":{"group":"x"}})).is_err());
+    assert!(
+        Policy::from_json(
+            &json!({"effect":"allow","actions":["*"],"resources":["*"],"condition":{"group":"x"}})
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -379,8 +384,7 @@ fn arb_statement(effect: Effect) -> impl Strategy<Value = Statement> {
         "storage:a/${auth.uid}/*",
         "db:c/*",
     ]);
-    let principal =
-        prop::sample::select(vec!["*", "role:authenticated", "user:u1", "role:anon"]);
+    let principal = prop::sample::select(vec!["*", "role:authenticated", "user:u1", "role:anon"]);
     (
         prop::collection::vec(action, 1..3),
         prop::collection::vec(resource, 1..3),
