@@ -81,24 +81,24 @@ pub struct AuthConfig {
     #[arg(
         long = "auth-access-token-ttl",
         env = "MINICLOUD_AUTH_ACCESS_TOKEN_TTL",
-        default_value_t = 3600
+        default_value_t = AuthConfig::default().access_token_ttl_s
     )]
     pub access_token_ttl_s: u64,
     /// Lifetime of refresh tokens, seconds.
-    #[arg(long = "auth-refresh-token-ttl", env = "MINICLOUD_AUTH_REFRESH_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
+    #[arg(long = "auth-refresh-token-ttl", env = "MINICLOUD_AUTH_REFRESH_TOKEN_TTL", default_value_t = AuthConfig::default().refresh_token_ttl_s)]
     pub refresh_token_ttl_s: u64,
     /// Longest role token the invoker may ask for, seconds.
     #[arg(
         long = "auth-max-role-token-ttl",
         env = "MINICLOUD_AUTH_MAX_ROLE_TOKEN_TTL",
-        default_value_t = 3600
+        default_value_t = AuthConfig::default().max_role_token_ttl_s
     )]
     pub max_role_token_ttl_s: u64,
     /// Signups, sign-ins and refreshes per minute from one IP address (each).
     #[arg(
         long = "auth-rate-limit-per-ip",
         env = "MINICLOUD_AUTH_RATE_LIMIT_PER_IP",
-        default_value_t = 60
+        default_value_t = AuthConfig::default().rate_limit_per_ip
     )]
     pub rate_limit_per_ip: u32,
     /// Signups and sign-ins per minute for one email address from one client
@@ -106,7 +106,7 @@ pub struct AuthConfig {
     #[arg(
         long = "auth-rate-limit-per-email",
         env = "MINICLOUD_AUTH_RATE_LIMIT_PER_EMAIL",
-        default_value_t = 10
+        default_value_t = AuthConfig::default().rate_limit_per_email
     )]
     pub rate_limit_per_email: u32,
 }

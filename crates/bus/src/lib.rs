@@ -69,18 +69,18 @@ pub struct BusConfig {
     #[arg(
         long = "bus-redis-prefix",
         env = "MINICLOUD_BUS_REDIS_PREFIX",
-        default_value = "minicloud:"
+        default_value_t = BusConfig::default().redis_prefix
     )]
     pub redis_prefix: String,
     /// Publishing the same `source` + `id` again within this many seconds stores it once.
-    #[arg(long = "bus-dedupe-window", env = "MINICLOUD_BUS_DEDUPE_WINDOW", default_value_t = 24 * 3600)]
+    #[arg(long = "bus-dedupe-window", env = "MINICLOUD_BUS_DEDUPE_WINDOW", default_value_t = BusConfig::default().dedupe_window_s)]
     pub dedupe_window_s: u64,
     /// A delivery pending this long is presumed abandoned by a crashed worker and
     /// claimed by another, seconds.
     #[arg(
         long = "bus-visibility-timeout",
         env = "MINICLOUD_BUS_VISIBILITY_TIMEOUT",
-        default_value_t = 30
+        default_value_t = BusConfig::default().visibility_timeout_s
     )]
     pub visibility_timeout_s: u64,
     /// The invoker's gRPC URL, for subscriptions that target functions.

@@ -97,7 +97,7 @@ pub struct InvokerConfig {
     #[arg(
         long = "invoker-region",
         env = "MINICLOUD_INVOKER_REGION",
-        default_value = "us-east-1"
+        default_value_t = InvokerConfig::default().region
     )]
     pub region: String,
     /// The gateway URL functions get as MINICLOUD_URL.
@@ -115,7 +115,7 @@ pub struct InvokerConfig {
     #[arg(
         long = "invoker-concurrency",
         env = "MINICLOUD_INVOKER_CONCURRENCY",
-        default_value_t = 64
+        default_value_t = InvokerConfig::default().default_concurrency
     )]
     pub default_concurrency: u32,
     /// Whether function instances run sandboxed (docs/architecture.md, "Trust
@@ -124,7 +124,7 @@ pub struct InvokerConfig {
         long = "invoker-sandbox",
         env = "MINICLOUD_INVOKER_SANDBOX",
         value_enum,
-        default_value_t = SandboxMode::On
+        default_value_t = InvokerConfig::default().sandbox
     )]
     pub sandbox: SandboxMode,
     /// Where functions may connect: `none` (their Runtime API only), `minicloud`
@@ -133,7 +133,7 @@ pub struct InvokerConfig {
         long = "invoker-network",
         env = "MINICLOUD_INVOKER_NETWORK",
         value_enum,
-        default_value_t = Egress::Any
+        default_value_t = InvokerConfig::default().network
     )]
     pub network: Egress,
     /// TCP ports functions may connect to on any host under `--invoker-network any`.
@@ -141,7 +141,7 @@ pub struct InvokerConfig {
         long = "invoker-network-ports",
         env = "MINICLOUD_INVOKER_NETWORK_PORTS",
         value_delimiter = ',',
-        default_values_t = [80u16, 443]
+        default_values_t = InvokerConfig::default().network_ports
     )]
     pub network_ports: Vec<u16>,
     /// Size of each instance's scratch space (`/tmp`, `HOME`), like Lambda's
@@ -149,14 +149,14 @@ pub struct InvokerConfig {
     #[arg(
         long = "invoker-scratch-mb",
         env = "MINICLOUD_INVOKER_SCRATCH_MB",
-        default_value_t = 512
+        default_value_t = InvokerConfig::default().scratch_mb
     )]
     pub scratch_mb: u64,
     /// Processes and threads per instance.
     #[arg(
         long = "invoker-pids",
         env = "MINICLOUD_INVOKER_PIDS",
-        default_value_t = 64
+        default_value_t = InvokerConfig::default().pids
     )]
     pub pids: u64,
 }

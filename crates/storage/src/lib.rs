@@ -88,7 +88,7 @@ pub struct StorageConfig {
         long = "storage-backend",
         env = "MINICLOUD_STORAGE_BACKEND",
         value_enum,
-        default_value = "fs"
+        default_value_t = StorageConfig::default().backend
     )]
     pub backend: BackendKind,
     /// Root directory of the `fs` backend.
@@ -98,49 +98,49 @@ pub struct StorageConfig {
     #[arg(
         long = "storage-s3-endpoint",
         env = "MINICLOUD_STORAGE_S3_ENDPOINT",
-        default_value = "http://127.0.0.1:9000"
+        default_value_t = StorageConfig::default().s3_endpoint
     )]
     pub s3_endpoint: String,
     #[arg(
         long = "storage-s3-region",
         env = "MINICLOUD_STORAGE_S3_REGION",
-        default_value = "us-east-1"
+        default_value_t = StorageConfig::default().s3_region
     )]
     pub s3_region: String,
     #[arg(
         long = "storage-s3-access-key",
         env = "MINICLOUD_STORAGE_S3_ACCESS_KEY",
-        default_value = "minioadmin"
+        default_value_t = StorageConfig::default().s3_access_key
     )]
     pub s3_access_key: String,
     #[arg(
         long = "storage-s3-secret-key",
         env = "MINICLOUD_STORAGE_S3_SECRET_KEY",
-        default_value = "minioadmin"
+        default_value_t = StorageConfig::default().s3_secret_key
     )]
     pub s3_secret_key: String,
     /// Prepended to every S3 bucket name, so several clouds can share one S3 server.
     #[arg(
         long = "storage-s3-bucket-prefix",
         env = "MINICLOUD_STORAGE_S3_BUCKET_PREFIX",
-        default_value = ""
+        default_value_t = StorageConfig::default().s3_bucket_prefix
     )]
     pub s3_bucket_prefix: String,
     /// Largest object any bucket accepts, bytes.
-    #[arg(long = "storage-max-object-size", env = "MINICLOUD_STORAGE_MAX_OBJECT_SIZE", default_value_t = 5 * 1024 * 1024 * 1024)]
+    #[arg(long = "storage-max-object-size", env = "MINICLOUD_STORAGE_MAX_OBJECT_SIZE", default_value_t = StorageConfig::default().max_object_size)]
     pub max_object_size: u64,
     /// How often the orphan sweep runs, seconds.
     #[arg(
         long = "storage-sweep-interval",
         env = "MINICLOUD_STORAGE_SWEEP_INTERVAL",
-        default_value_t = 600
+        default_value_t = StorageConfig::default().sweep_interval_s
     )]
     pub sweep_interval_s: u64,
     /// Blobs no object points at are removed once older than this, seconds.
     #[arg(
         long = "storage-orphan-age",
         env = "MINICLOUD_STORAGE_ORPHAN_AGE",
-        default_value_t = 3600
+        default_value_t = StorageConfig::default().orphan_age_s
     )]
     pub orphan_age_s: u64,
 }
