@@ -849,52 +849,58 @@ async fn every_rest_operation_survives_a_bounded_fuzz_pass() {
     cloud.stop().await.unwrap();
 }
 
-/// The routes a service crate registers (`.route("<path>", get(…).post(…))`), as
-/// `(method, path)` with `{*rest}` written `{rest}` as OpenAPI does. Read from the
-/// source: axum cannot list a router's routes.
-fn registered_routes(crate_dir: &std::path::Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![crate_dir.join("src")];
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-                continue;
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
             }
-            if path.extension().is_none_or(|e| e != "rs") {
+        }
+    }
+    files
+}
+
+/// The routes a service crate registers (`.route("<path>", get(…).post(…))`), as
+/// `(method, path)` with `{*rest}` written `{rest}` as OpenAPI does. Read from the
+/// source: axum cannot list a router's routes.
+fn registered_routes(crate_dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for path in rust_files(&crate_dir.join("src")) {
+        let source = std::fs::read_to_string(&path).unwrap();
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            // The call's text up to its closing parenthesis.
+            let mut depth = 1;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map_or(rest.len(), |(i, _)| i);
+            let call = &rest[..end];
+            let Some(route) = call.split('"').nth(1) else {
                 continue;
-            }
-            let source = std::fs::read_to_string(&path).unwrap();
-            let mut rest = source.as_str();
-            while let Some(at) = rest.find(".route(") {
-                rest = &rest[at + ".route(".len()..];
-                // The call's text up to its closing parenthesis.
-                let mut depth = 1;
-                let end = rest
-                    .char_indices()
-                    .find(|&(_, c)| {
-                        depth += match c {
-                            '(' => 1,
-                            ')' => -1,
-                            _ => 0,
-                        };
-                        depth == 0
-                    })
-                    .map_or(rest.len(), |(i, _)| i);
-                let call = &rest[..end];
-                let Some(route) = call.split('"').nth(1) else {
-                    continue;
-                };
-                let route = route.replace("{*", "{");
-                let handlers = &call[call.find(',').unwrap_or(0)..];
-                for method in ["get", "post", "put", "patch", "delete", "head", "any"] {
-                    let called = handlers.match_indices(&format!("{method}(")).any(|(i, _)| {
-                        i == 0 || !handlers.as_bytes()[i - 1].is_ascii_alphanumeric()
-                    });
-                    if called {
-                        out.push((method.to_owned(), route.clone()));
-                    }
+            };
+            let route = route.replace("{*", "{");
+            let handlers = &call[call.find(',').unwrap_or(0)..];
+            for method in ["get", "post", "put", "patch", "delete", "head", "any"] {
+                let called = handlers
+                    .match_indices(&format!("{method}("))
+                    .any(|(i, _)| i == 0 || !handlers.as_bytes()[i - 1].is_ascii_alphanumeric());
+                if called {
+                    out.push((method.to_owned(), route.clone()));
                 }
             }
         }
@@ -958,39 +964,28 @@ fn module_imports(
     let src = crate_dir.join("src");
     let mut imports: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
         Default::default();
-    let mut stack = vec![src.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let relative = path.strip_prefix(&src).unwrap();
-            let top = relative
-                .iter()
-                .next()
-                .unwrap()
-                .to_string_lossy()
-                .trim_end_matches(".rs")
-                .to_owned();
-            if top == "lib" || top == "main" {
-                continue;
-            }
-            let source = std::fs::read_to_string(&path).unwrap();
-            let code = source.split("#[cfg(test)]").next().unwrap_or_default();
-            let named = imports.entry(top.clone()).or_default();
-            for (at, _) in code.match_indices("crate::") {
-                let name: String = code[at + "crate::".len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if name != top {
-                    named.insert(name);
-                }
+    for path in rust_files(&src) {
+        let relative = path.strip_prefix(&src).unwrap();
+        let top = relative
+            .iter()
+            .next()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_owned();
+        if top == "lib" || top == "main" {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let named = imports.entry(top.clone()).or_default();
+        for (at, _) in code.match_indices("crate::") {
+            let name: String = code[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name != top {
+                named.insert(name);
             }
         }
     }

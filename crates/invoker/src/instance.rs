@@ -27,7 +27,6 @@ pub const MAX_RESPONSE: usize = 6 * 1024 * 1024;
 const MAX_LOG_LINE: u64 = 64 * 1024;
 
 /// How to start the process and what it gets.
-#[derive(Debug)]
 pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<OsString>,
@@ -48,6 +47,19 @@ pub struct Launch {
     /// The function's own network settings and scratch size, if any.
     pub network: Option<crate::sandbox::NetworkPolicy>,
     pub scratch_mb: Option<u64>,
+}
+
+/// Never the environment's values: they hold the function's own secrets and the
+/// role token minted for it.
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Launch")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &env)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a new runtime may take to ask for its first event (Lambda's init limit).

@@ -103,8 +103,9 @@ impl Postgres {
         self.child = Some(child);
         wait_for_port(self.port, "postgres");
         let deadline = Instant::now() + Duration::from_secs(30);
+        let pg_isready = find_binary("pg_isready");
         // Answering TCP is not accepting sessions (it may still be recovering).
-        while !Command::new(find_binary("pg_isready"))
+        while !Command::new(&pg_isready)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
             .status()
             .unwrap()
