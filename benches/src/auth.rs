@@ -161,7 +161,6 @@ async fn main() -> anyhow::Result<()> {
             .args(["--auth-rate-limit-per-ip", "100000000"])
             .args(["--auth-rate-limit-per-email", "100000000"])
             .env("DATABASE_URL", &database_url)
-            .env("MINICLOUD_AUTH_URL", &base)
             .env("MINICLOUD_SERVICE_KEY_FILE", &key_file)
             .env_remove("MINICLOUD_SERVICE_KEY")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

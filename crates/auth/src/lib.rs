@@ -12,7 +12,6 @@ mod rate_limit;
 mod sessions;
 mod users;
 
-use minicloud_telemetry::server::BackgroundTask;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +19,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
-use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_proto::auth::v1::auth_service_server::AuthServiceServer;
+use minicloud_proto::services::ServiceName;
 use minicloud_telemetry::metrics::ServiceMetrics;
-use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
+use minicloud_telemetry::server::{
+    BackgroundTask, DependencyCheck, Service, ServiceHost, readiness,
+};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use admin::{ApiKeyCreated, issue_api_key};
@@ -66,7 +66,6 @@ use minicloud_proto::openapi::ErrorResponses;
         admin::revoke_api_key,
         admin::rotate_signing_key,
     ),
-    components(schemas(minicloud_proto::error::ErrorBody))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -209,11 +208,16 @@ impl Auth {
     pub async fn adopt_service_key(&self, key: &str) -> Result<(), AuthError> {
         admin::adopt_service_key(self, key).await
     }
+}
 
-    /// Reloads signing keys and prunes rate-limit state periodically until cancelled.
-    pub fn spawn_maintenance(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+impl Service for Auth {
+    const NAME: ServiceName = ServiceName::Auth;
+
+    /// Reloads signing keys and prunes rate-limit state periodically.
+    fn background(&self, cancel: &CancellationToken) -> Vec<BackgroundTask> {
         let auth = self.clone();
-        tokio::spawn(async move {
+        let cancel = cancel.clone();
+        let maintenance = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tokio::select! {
@@ -226,18 +230,18 @@ impl Auth {
                     }
                 }
             }
-        })
+        });
+        vec![BackgroundTask::new(
+            "key reload and rate-limit pruning",
+            maintenance,
+        )]
     }
 
-    pub fn into_router(self) -> Router {
+    fn host(self) -> ServiceHost {
         let pool = self.pool.clone();
-        let readiness: Readiness = Arc::new(move || {
+        let readiness = readiness(move || {
             let pool = pool.clone();
-            async move {
-                let result = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
-                vec![DependencyCheck::from_result("postgres", result)]
-            }
-            .boxed()
+            async move { vec![DependencyCheck::postgres(&pool).await] }
         });
         let metrics = ServiceMetrics::new("auth", |_| {});
         let rest = Router::new()
@@ -246,36 +250,13 @@ impl Auth {
             .route("/auth/v1/logout", post(api::logout))
             .route("/auth/v1/user", get(api::get_user).put(api::update_user))
             .route("/auth/v1/.well-known/jwks.json", get(api::jwks))
-            .route(
-                "/auth/v1/openapi.json",
-                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
-            )
             .merge(admin::routes())
             .with_state(self.clone());
-        ServiceHost::new("auth", rest, readiness, metrics)
+        ServiceHost::new(Self::NAME, rest, readiness, metrics)
+            .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
             .body_limit(MAX_BODY_BYTES)
             .grpc(AuthServiceServer::new(grpc::AuthGrpc(self)))
-            .into_router()
     }
-}
-
-/// Serves auth on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    auth: Auth,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let background = vec![BackgroundTask::new(
-        "key reload and rate-limit pruning",
-        auth.spawn_maintenance(shutdown.clone()),
-    )];
-    minicloud_telemetry::server::serve_with_background(
-        listener,
-        auth.into_router(),
-        shutdown,
-        background,
-    )
-    .await
 }
 
 /// The address a request came from: what the gateway (the only public entry) says
@@ -296,12 +277,6 @@ pub(crate) fn client_ip(
 mod openapi_spec {
     #[test]
     fn the_committed_spec_matches_the_code() {
-        let spec = <super::ApiDoc as utoipa::OpenApi>::openapi();
-        let generated = serde_json::to_string_pretty(&spec).unwrap();
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/api/openapi/auth.json"
-        );
-        minicloud_proto::openapi::check_committed_spec(&generated, path);
+        minicloud_proto::openapi::check_committed_spec_of::<super::ApiDoc>("auth");
     }
 }

@@ -13,22 +13,22 @@ mod subscriptions;
 mod topics;
 mod webhook;
 
-use minicloud_telemetry::server::BackgroundTask;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::get;
-use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_proto::bus::v1::bus_service_server::BusServiceServer;
 use minicloud_proto::invoker::v1::invoker_service_client::InvokerServiceClient;
+use minicloud_proto::services::ServiceName;
 use minicloud_telemetry::grpc_client::TracedChannel;
 use minicloud_telemetry::metrics::ServiceMetrics;
-use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
+use minicloud_telemetry::server::{
+    BackgroundTask, DependencyCheck, Service, ServiceHost, readiness,
+};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const SCHEMA: &str = "bus";
@@ -58,7 +58,6 @@ use minicloud_proto::openapi::ErrorResponses;
         schedules::list,
         schedules::delete,
     ),
-    components(schemas(minicloud_proto::error::ErrorBody))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -83,13 +82,14 @@ pub struct BusConfig {
         default_value_t = BusConfig::default().visibility_timeout_s
     )]
     pub visibility_timeout_s: u64,
-    /// The invoker's gRPC URL, for subscriptions that target functions.
-    #[arg(long = "bus-invoker-url", env = "MINICLOUD_BUS_INVOKER_URL")]
+    /// The invoker's gRPC URL, for subscriptions that target functions (from the
+    /// service URLs, filled in by whoever starts the bus).
+    #[arg(skip)]
     pub invoker_url: Option<String>,
     /// Docdb's gRPC URL: `db` change events reach a subscriber only for documents its
     /// owner may read, which docdb judges. Without it they reach only subscriptions
-    /// of the service role.
-    #[arg(long = "bus-docdb-url", env = "MINICLOUD_BUS_DOCDB_URL")]
+    /// of the service role. From the service URLs, like `invoker_url`.
+    #[arg(skip)]
     pub docdb_url: Option<String>,
     /// Whether webhooks may reach loopback and private addresses: on under
     /// `minicloud up` (local development), off under `serve`.
@@ -275,39 +275,50 @@ impl Bus {
             .await
     }
 
-    /// The delivery workers, the retention trimmer and the schedule ticker, until
-    /// cancelled.
-    pub fn spawn_background(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let delivery = delivery::spawn_manager(self.clone(), cancel.clone());
-        let trimmer = retention::spawn(self.clone(), cancel.clone());
-        let ticker = schedules::spawn(self.clone(), cancel);
-        tokio::spawn(async move {
-            let _ = tokio::join!(delivery, trimmer, ticker);
-        })
-    }
-
     pub(crate) fn stream_key(&self, topic: &str) -> String {
         format!("{}topic:{}", self.config.redis_prefix, topic)
     }
+}
 
-    pub fn into_router(self) -> Router {
+impl Service for Bus {
+    const NAME: ServiceName = ServiceName::Bus;
+
+    /// The delivery workers, the retention trimmer and the schedule ticker. Workers
+    /// stop between deliveries; one cut at the deadline leaves its entry pending, and
+    /// another worker claims it after the visibility timeout.
+    fn background(&self, cancel: &CancellationToken) -> Vec<BackgroundTask> {
+        vec![
+            BackgroundTask::new(
+                "delivery workers",
+                delivery::spawn_manager(self.clone(), cancel.clone()),
+            ),
+            BackgroundTask::new(
+                "retention trimmer",
+                retention::spawn(self.clone(), cancel.clone()),
+            ),
+            BackgroundTask::new(
+                "schedule ticker",
+                schedules::spawn(self.clone(), cancel.clone()),
+            ),
+        ]
+    }
+
+    fn host(self) -> ServiceHost {
         let pool = self.pool.clone();
         let redis = self.redis.clone();
-        let readiness: Readiness = Arc::new(move || {
+        let readiness = readiness(move || {
             let pool = pool.clone();
             let mut redis = redis.clone();
             async move {
-                let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
                 let ping = redis::cmd("PING")
                     .query_async::<String>(&mut redis)
                     .await
                     .map(|_| ());
                 vec![
-                    DependencyCheck::from_result("postgres", db),
+                    DependencyCheck::postgres(&pool).await,
                     DependencyCheck::from_result("redis", ping),
                 ]
             }
-            .boxed()
         });
         let rest = Router::new()
             .route("/events/v1/topics", get(topics::list).post(topics::create))
@@ -340,53 +351,27 @@ impl Bus {
                 "/events/v1/subscriptions/{id}/dead-letters/redrive",
                 axum::routing::post(subscriptions::redrive),
             )
-            .route(
-                "/events/v1/openapi.json",
-                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
-            )
             .with_state(self.clone());
-        ServiceHost::new("bus", rest, readiness, Arc::clone(&self.service_metrics))
-            .body_limit(1024 * 1024)
-            // Set explicitly, above the relays' 3 MiB publishes (tonic's default is
-            // 4 MiB): a batch of the largest events (2 MiB) still fits.
-            .grpc(
-                BusServiceServer::new(topics::BusGrpc(self))
-                    .max_decoding_message_size(8 * 1024 * 1024),
-            )
-            .into_router()
+        ServiceHost::new(
+            Self::NAME,
+            rest,
+            readiness,
+            Arc::clone(&self.service_metrics),
+        )
+        .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
+        .body_limit(1024 * 1024)
+        // Set explicitly, above the relays' 3 MiB publishes (tonic's default is
+        // 4 MiB): a batch of the largest events (2 MiB) still fits.
+        .grpc(
+            BusServiceServer::new(topics::BusGrpc(self)).max_decoding_message_size(8 * 1024 * 1024),
+        )
     }
-}
-
-pub async fn run(
-    bus: Bus,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    // Workers stop between deliveries; one cut at the deadline leaves its entry
-    // pending, and another worker claims it after the visibility timeout.
-    let background = vec![BackgroundTask::new(
-        "delivery workers, retention trimmer and schedule ticker",
-        bus.spawn_background(shutdown.clone()),
-    )];
-    minicloud_telemetry::server::serve_with_background(
-        listener,
-        bus.into_router(),
-        shutdown,
-        background,
-    )
-    .await
 }
 
 #[cfg(test)]
 mod openapi_spec {
     #[test]
     fn the_committed_spec_matches_the_code() {
-        let spec = <super::ApiDoc as utoipa::OpenApi>::openapi();
-        let generated = serde_json::to_string_pretty(&spec).unwrap();
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/api/openapi/bus.json"
-        );
-        minicloud_proto::openapi::check_committed_spec(&generated, path);
+        minicloud_proto::openapi::check_committed_spec_of::<super::ApiDoc>("bus");
     }
 }

@@ -1,4 +1,4 @@
-//! Composes the six services into one cloud: pools per schema, the authz client of
+//! Composes every service into one cloud: pools per schema, the authz client of
 //! each service, one listener each, gRPC between them over loopback.
 
 use std::net::SocketAddr;
@@ -9,10 +9,12 @@ use minicloud_auth::{Auth, AuthConfig, BuiltinKeys};
 use minicloud_authz::Authz;
 use minicloud_bus::{Bus, BusConfig};
 use minicloud_docdb::{Docdb, DocdbConfig};
-use minicloud_gateway::{Gateway, GatewayConfig, Service};
+use minicloud_gateway::{Gateway, GatewayConfig};
 use minicloud_invoker::{Invoker, InvokerConfig};
+use minicloud_proto::services::{PerService, ServiceName};
 use minicloud_storage::{Storage, StorageConfig};
 use minicloud_telemetry::grpc_client::ServiceCredential;
+use minicloud_telemetry::server::Hosted;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -47,53 +49,52 @@ pub enum GatewayDispatch {
     Http,
 }
 
-#[derive(Debug)]
-pub struct CloudListeners {
-    pub gateway: TcpListener,
-    pub auth: TcpListener,
-    pub storage: TcpListener,
-    pub docdb: TcpListener,
-    pub bus: TcpListener,
-    pub invoker: TcpListener,
-}
+/// One listener per service.
+pub type CloudListeners = PerService<TcpListener>;
 
-impl CloudListeners {
-    /// Binds the six ports on `host`, in the order gateway, auth, storage, docdb, bus,
-    /// invoker; port 0 picks a free one.
-    pub async fn bind(host: &str, ports: [u16; 6]) -> std::io::Result<CloudListeners> {
-        let bind = |port: u16| TcpListener::bind((host.to_owned(), port));
-        Ok(CloudListeners {
-            gateway: bind(ports[0]).await?,
-            auth: bind(ports[1]).await?,
-            storage: bind(ports[2]).await?,
-            docdb: bind(ports[3]).await?,
-            bus: bind(ports[4]).await?,
-            invoker: bind(ports[5]).await?,
-        })
+/// Where each service is reached (`http://host:port`).
+pub type ServiceUrls = PerService<String>;
+
+/// Binds every service's port on `host`; port 0 picks a free one.
+pub async fn bind_listeners(
+    host: &str,
+    ports: &PerService<u16>,
+) -> std::io::Result<CloudListeners> {
+    let mut bound = Vec::with_capacity(ServiceName::ALL.len());
+    for (_, &port) in ports.iter() {
+        bound.push(Some(TcpListener::bind((host, port)).await?));
     }
+    let mut bound = bound.into_iter();
+    Ok(PerService::from_fn(|_| {
+        bound
+            .next()
+            .flatten()
+            .expect("one listener bound per service")
+    }))
 }
 
-fn url_of(listener: &TcpListener) -> std::io::Result<String> {
-    let addr: SocketAddr = listener.local_addr()?;
-    Ok(format!("http://{addr}"))
+/// `http://addr` of each listener.
+pub fn urls_of(listeners: &CloudListeners) -> std::io::Result<ServiceUrls> {
+    let mut urls = PerService::default();
+    for (name, listener) in listeners.iter() {
+        let addr: SocketAddr = listener.local_addr()?;
+        urls[name] = format!("http://{addr}");
+    }
+    Ok(urls)
 }
 
-#[derive(Debug, Clone)]
-pub struct ServiceUrls {
-    pub gateway: String,
-    pub auth: String,
-    pub storage: String,
-    pub docdb: String,
-    pub bus: String,
-    pub invoker: String,
-}
-
-type ServiceTask = (&'static str, std::io::Result<()>);
+type ServiceTask = (ServiceName, std::io::Result<()>);
 
 #[derive(Debug)]
 pub struct RunningCloud {
     pub urls: ServiceUrls,
     pub keys: BuiltinKeys,
+    services: RunningServices,
+}
+
+/// Services serving in this process, stopped together.
+#[derive(Debug)]
+pub struct RunningServices {
     shutdown: CancellationToken,
     tasks: JoinSet<ServiceTask>,
 }
@@ -104,14 +105,7 @@ pub async fn start(
     listeners: CloudListeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningCloud> {
-    let urls = ServiceUrls {
-        gateway: url_of(&listeners.gateway)?,
-        auth: url_of(&listeners.auth)?,
-        storage: url_of(&listeners.storage)?,
-        docdb: url_of(&listeners.docdb)?,
-        bus: url_of(&listeners.bus)?,
-        invoker: url_of(&listeners.invoker)?,
-    };
+    let urls = urls_of(&listeners)?;
     ensure_database(&config.database_url)
         .await
         .context("preparing the database")?;
@@ -153,23 +147,10 @@ pub async fn start(
             // addresses are allowed (one machine, local development) unless the
             // operator said otherwise.
             let mut internal_ports = config.bus.internal_ports.clone();
-            internal_ports.extend(
-                [
-                    &urls.auth,
-                    &urls.storage,
-                    &urls.docdb,
-                    &urls.bus,
-                    &urls.invoker,
-                ]
-                .iter()
-                .filter_map(|u| {
-                    u.trim_end_matches('/')
-                        .rsplit(':')
-                        .next()?
-                        .parse::<u16>()
-                        .ok()
-                }),
-            );
+            internal_ports.extend(listeners.iter().filter_map(|(name, listener)| {
+                let port = listener.local_addr().ok()?.port();
+                (name != ServiceName::Gateway).then_some(port)
+            }));
             let bus = BusConfig {
                 invoker_url: config
                     .bus
@@ -204,70 +185,68 @@ pub async fn start(
         .builtin_keys()
         .await
         .context("reading the built-in keys")?;
-    let mut gateway = Gateway::new(&GatewayConfig {
-        auth_url: urls.auth.clone(),
-        storage_url: urls.storage.clone(),
-        docdb_url: urls.docdb.clone(),
-        bus_url: urls.bus.clone(),
-        invoker_url: urls.invoker.clone(),
-        // `minicloud up` is reached directly; behind a proxy, run `serve gateway`.
-        trusted_proxies: 0,
-    })?;
+    // `minicloud up` is reached directly; behind a proxy, run `serve gateway`.
+    let mut gateway = Gateway::new(&GatewayConfig::default(), &urls)?;
+    let hosted = [
+        Hosted::new(auth, &shutdown),
+        Hosted::new(storage, &shutdown),
+        Hosted::new(docdb, &shutdown),
+        Hosted::new(bus, &shutdown),
+        Hosted::new(invoker, &shutdown),
+    ];
     if config.gateway_dispatch == GatewayDispatch::InProcess {
         // The routers share their service's state with the ones served below.
-        gateway = gateway
-            .in_process(Service::Auth, auth.clone().into_router())
-            .in_process(Service::Storage, storage.clone().into_router())
-            .in_process(Service::Docdb, docdb.clone().into_router())
-            .in_process(Service::Bus, bus.clone().into_router())
-            .in_process(Service::Invoker, invoker.clone().into_router());
+        for service in &hosted {
+            gateway = gateway.in_process(service.name, service.router.clone());
+        }
     }
-
-    let mut tasks = JoinSet::new();
-    let token = || shutdown.clone();
-    let CloudListeners {
-        gateway: gl,
-        auth: al,
-        storage: sl,
-        docdb: dl,
-        bus: bl,
-        invoker: il,
-    } = listeners;
-    tasks.spawn({
-        let t = token();
-        async move { ("auth", minicloud_auth::run(auth, al, t).await) }
-    });
-    tasks.spawn({
-        let t = token();
-        async move { ("storage", minicloud_storage::run(storage, sl, t).await) }
-    });
-    tasks.spawn({
-        let t = token();
-        async move { ("docdb", minicloud_docdb::run(docdb, dl, t).await) }
-    });
-    tasks.spawn({
-        let t = token();
-        async move { ("bus", minicloud_bus::run(bus, bl, t).await) }
-    });
-    tasks.spawn({
-        let t = token();
-        async move { ("invoker", minicloud_invoker::run(invoker, il, t).await) }
-    });
-    tasks.spawn({
-        let t = token();
-        async move { ("gateway", minicloud_gateway::run(gateway, gl, t).await) }
-    });
+    let mut listeners = listeners.map(|_, listener| Some(listener));
+    let services = RunningServices::spawn(
+        hosted
+            .into_iter()
+            .chain([Hosted::new(gateway, &shutdown)])
+            .map(|service| {
+                let listener = listeners[service.name]
+                    .take()
+                    .expect("one listener per service");
+                (service, listener)
+            }),
+        shutdown,
+    );
     Ok(RunningCloud {
         urls,
         keys,
-        shutdown,
-        tasks,
+        services,
     })
 }
 
 impl RunningCloud {
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.services.shutdown.clone()
+    }
+
+    /// Runs until shutdown is requested or a service fails ([`RunningServices::wait`]).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.services.wait().await
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.services.stop().await
+    }
+}
+
+impl RunningServices {
+    /// Serves each service on its listener until `shutdown`.
+    pub fn spawn(
+        services: impl IntoIterator<Item = (Hosted, TcpListener)>,
+        shutdown: CancellationToken,
+    ) -> RunningServices {
+        let mut tasks = JoinSet::new();
+        for (service, listener) in services {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { (service.name, service.run(listener, shutdown).await) });
+        }
+        RunningServices { shutdown, tasks }
     }
 
     /// Runs until shutdown is requested (or a service fails, which stops the rest),

@@ -1,5 +1,5 @@
-//! The `minicloud` command as a library: configuration layering, composing the six
-//! services into one cloud (`up`) or serving one (`serve`), private Postgres/Redis.
+//! The `minicloud` command as a library: configuration layering, composing every
+//! service into one cloud (`up`) or serving some (`serve`), private Postgres/Redis.
 //! The binary in `main.rs` only parses arguments and calls in here; `testkit` starts
 //! clouds through the same [`cloud::start`].
 
@@ -9,4 +9,5 @@ pub mod demo;
 pub mod functions;
 pub mod postgres;
 pub mod private_servers;
+pub mod serve;
 pub mod user;

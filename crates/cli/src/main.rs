@@ -5,17 +5,17 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use minicloud_auth::AuthConfig;
 use minicloud_bus::BusConfig;
-use minicloud_cli::cloud::{self, CloudConfig, CloudListeners};
+use minicloud_cli::cloud::{self, CloudConfig};
 use minicloud_cli::config::{layered_args, redact_url};
 use minicloud_cli::private_servers::{PrivateServer, ensure_postgres, ensure_redis};
+use minicloud_cli::serve::{ServeArgs, ServiceSetting, StoreArgs, per_service};
 use minicloud_docdb::DocdbConfig;
-use minicloud_gateway::GatewayConfig;
 use minicloud_invoker::InvokerConfig;
+use minicloud_proto::services::ServiceName;
 use minicloud_storage::StorageConfig;
-use minicloud_telemetry::grpc_client::ServiceCredential;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -34,7 +34,8 @@ struct Cli {
 enum Command {
     /// Run every service in this process.
     Up(Box<UpArgs>),
-    /// Run one service (docker compose, Kubernetes).
+    /// Run some services, each on its own port (docker compose, Kubernetes):
+    /// `serve auth`, `serve auth,storage`.
     Serve(Box<ServeArgs>),
     /// Events on the bus.
     #[command(subcommand)]
@@ -80,34 +81,6 @@ enum EventsCommand {
 }
 
 #[derive(Debug, Clone, clap::Args)]
-struct StoreArgs {
-    /// Postgres URL; the database is created when missing.
-    #[arg(
-        long = "database-url",
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/minicloud"
-    )]
-    database_url: String,
-    /// Redis URL.
-    #[arg(
-        long = "redis-url",
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
-    /// Postgres connections per service.
-    #[arg(
-        long = "db-pool-size",
-        env = "MINICLOUD_DB_POOL_SIZE",
-        default_value_t = 8
-    )]
-    db_pool_size: u32,
-    /// Config file (default: ./minicloud.toml when present).
-    #[arg(long = "config", env = "MINICLOUD_CONFIG")]
-    config: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, clap::Args)]
 struct UpArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -121,97 +94,16 @@ struct UpArgs {
     /// Address every service listens on.
     #[arg(long = "host", env = "MINICLOUD_HOST", default_value = "127.0.0.1")]
     host: String,
+    /// Ports, as `SERVICE=PORT` (comma-separated or repeated); 0 picks a free one.
+    /// Default: 4600 for the gateway, 4601-4605 for auth, storage, docdb, bus and
+    /// invoker.
     #[arg(
-        long = "gateway-port",
-        env = "MINICLOUD_GATEWAY_PORT",
-        default_value_t = 4600
+        long = "port",
+        env = "MINICLOUD_PORT",
+        value_delimiter = ',',
+        value_name = "SERVICE=PORT"
     )]
-    gateway_port: u16,
-    #[arg(
-        long = "auth-port",
-        env = "MINICLOUD_AUTH_PORT",
-        default_value_t = 4601
-    )]
-    auth_port: u16,
-    #[arg(
-        long = "storage-port",
-        env = "MINICLOUD_STORAGE_PORT",
-        default_value_t = 4602
-    )]
-    storage_port: u16,
-    #[arg(
-        long = "docdb-port",
-        env = "MINICLOUD_DOCDB_PORT",
-        default_value_t = 4603
-    )]
-    docdb_port: u16,
-    #[arg(long = "bus-port", env = "MINICLOUD_BUS_PORT", default_value_t = 4604)]
-    bus_port: u16,
-    #[arg(
-        long = "invoker-port",
-        env = "MINICLOUD_INVOKER_PORT",
-        default_value_t = 4605
-    )]
-    invoker_port: u16,
-    #[command(flatten)]
-    auth: AuthConfig,
-    #[command(flatten)]
-    storage: StorageConfig,
-    #[command(flatten)]
-    docdb: DocdbConfig,
-    #[command(flatten)]
-    bus: BusConfig,
-    #[command(flatten)]
-    invoker: InvokerConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ServiceName {
-    Auth,
-    Storage,
-    Docdb,
-    Bus,
-    Invoker,
-    Gateway,
-}
-
-#[derive(Debug, Clone, clap::Args)]
-struct ServeArgs {
-    /// The service to run.
-    service: ServiceName,
-    #[command(flatten)]
-    store: StoreArgs,
-    #[arg(long = "host", env = "MINICLOUD_HOST", default_value = "0.0.0.0")]
-    host: String,
-    /// Port to listen on (default: the service's standard port, 4600-4605).
-    #[arg(long = "port", env = "MINICLOUD_PORT")]
-    port: Option<u16>,
-    /// gRPC URL of the auth service, for token verification.
-    #[arg(
-        long = "auth-url",
-        env = "MINICLOUD_AUTH_URL",
-        default_value = "http://127.0.0.1:4601"
-    )]
-    auth_url: String,
-    /// gRPC URL of the bus, where outbox relays publish events.
-    #[arg(
-        long = "bus-url",
-        env = "MINICLOUD_BUS_URL",
-        default_value = "http://127.0.0.1:4604"
-    )]
-    bus_url: String,
-    /// The service key every service presents on its gRPC calls to the others (and
-    /// auth adopts as its built-in service key). Set the same value in every
-    /// service (the Kubernetes Secret); `mck_` followed by at least 28 characters.
-    #[arg(long = "service-key", env = "MINICLOUD_SERVICE_KEY")]
-    service_key: Option<String>,
-    /// A file holding the service key instead (docker compose: a shared volume).
-    /// Auth writes its key there when the file does not exist yet; the other
-    /// services wait for it.
-    #[arg(long = "service-key-file", env = "MINICLOUD_SERVICE_KEY_FILE")]
-    service_key_file: Option<PathBuf>,
-    #[command(flatten)]
-    gateway: GatewayConfig,
+    ports: Vec<ServiceSetting<u16>>,
     #[command(flatten)]
     auth: AuthConfig,
     #[command(flatten)]
@@ -355,16 +247,9 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
     args.invoker
         .code_dir
         .get_or_insert_with(|| args.data_dir.join("functions"));
-    let ports = [
-        args.gateway_port,
-        args.auth_port,
-        args.storage_port,
-        args.docdb_port,
-        args.bus_port,
-        args.invoker_port,
-    ];
     let result = async {
-        let listeners = CloudListeners::bind(&args.host, ports).await.context("binding the service ports")?;
+        let ports = per_service(&args.ports, &ServiceName::ALL, ServiceName::default_port, "port")?;
+        let listeners = cloud::bind_listeners(&args.host, &ports).await.context("binding the service ports")?;
         let config = CloudConfig {
             database_url,
             redis_url,
@@ -397,167 +282,21 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
-    let name = format!("minicloud-{:?}", args.service).to_lowercase();
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let names: Vec<&str> = args.services.iter().map(|s| s.as_str()).collect();
+    let name = format!("minicloud-{}", names.join("-"));
     let telemetry =
         minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig::from_env(name));
     log_store_config(&args.store);
     tracing::info!(config = ?Redacted(&args), "effective config");
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
-    let default_port = match args.service {
-        ServiceName::Gateway => 4600,
-        ServiceName::Auth => 4601,
-        ServiceName::Storage => 4602,
-        ServiceName::Docdb => 4603,
-        ServiceName::Bus => 4604,
-        ServiceName::Invoker => 4605,
-    };
-    let listener =
-        tokio::net::TcpListener::bind((args.host.as_str(), args.port.unwrap_or(default_port)))
-            .await
-            .context("binding the port")?;
-    tracing::info!(service = ?args.service, addr = %listener.local_addr()?, "listening");
-    let store = &args.store;
-    let pool = |schema: &'static str| async move {
-        minicloud_cli::postgres::ensure_database(&store.database_url).await?;
-        minicloud_cli::postgres::schema_pool(&store.database_url, schema, store.db_pool_size).await
-    };
-    let service_key = service_key(&args).await?;
-    let credential = match &service_key {
-        Some(key) => ServiceCredential::with_key(key),
-        None => {
-            tracing::warn!(
-                "no service key (MINICLOUD_SERVICE_KEY or MINICLOUD_SERVICE_KEY_FILE): \
-                 this service's calls to the others will be refused"
-            );
-            ServiceCredential::pending()
-        }
-    };
-    let authz =
-        || minicloud_authz::Authz::connect(&args.auth_url, credential.clone()).context("auth URL");
-    let result = match args.service {
-        ServiceName::Gateway => {
-            let gateway = minicloud_gateway::Gateway::new(&args.gateway)?;
-            minicloud_gateway::run(gateway, listener, shutdown).await
-        }
-        ServiceName::Auth => {
-            let auth = minicloud_auth::Auth::new(
-                args.auth.clone(),
-                pool(minicloud_auth::SCHEMA).await?,
-                authz()?,
-            )
-            .await?;
-            if let Some(key) = &service_key {
-                auth.adopt_service_key(key).await?;
-            }
-            // Like `up`, show the built-in keys (compose users read them with
-            // `docker compose logs auth`).
-            let keys = auth.builtin_keys().await?;
-            credential.set(&keys.service_key);
-            if let Some(path) = &args.service_key_file
-                && service_key.is_none()
-            {
-                write_secret_file(path, &keys.service_key)?;
-            }
-            println!("anon key     {}", keys.anon_key);
-            println!("service key  {}", keys.service_key);
-            minicloud_auth::run(auth, listener, shutdown).await
-        }
-        ServiceName::Storage => {
-            args.storage
-                .fs_root
-                .get_or_insert_with(|| PathBuf::from("/var/lib/minicloud/objects"));
-            let storage = minicloud_storage::Storage::new(
-                args.storage.clone(),
-                pool(minicloud_storage::SCHEMA).await?,
-                authz()?,
-                &args.bus_url,
-            )
-            .await?;
-            minicloud_storage::run(storage, listener, shutdown).await
-        }
-        ServiceName::Docdb => {
-            let docdb = minicloud_docdb::Docdb::new(
-                args.docdb.clone(),
-                pool(minicloud_docdb::SCHEMA).await?,
-                authz()?,
-                &args.bus_url,
-            )
-            .await?;
-            minicloud_docdb::run(docdb, listener, shutdown).await
-        }
-        ServiceName::Bus => {
-            let redis = redis::Client::open(args.store.redis_url.as_str())?;
-            let bus = minicloud_bus::Bus::new(
-                args.bus.clone(),
-                pool(minicloud_bus::SCHEMA).await?,
-                redis,
-                authz()?,
-            )
-            .await?;
-            minicloud_bus::run(bus, listener, shutdown).await
-        }
-        ServiceName::Invoker => {
-            args.invoker
-                .code_dir
-                .get_or_insert_with(|| PathBuf::from("/var/lib/minicloud/functions"));
-            let invoker = minicloud_invoker::Invoker::new(
-                args.invoker.clone(),
-                pool(minicloud_invoker::SCHEMA).await?,
-                authz()?,
-                Some(&args.bus_url),
-            )
-            .await?;
-            minicloud_invoker::run(invoker, listener, shutdown).await
-        }
-    };
+    let result = minicloud_cli::serve::serve(args, shutdown).await;
     telemetry.shutdown();
-    Ok(result?)
+    result
 }
 
 /// Debug-prints a config with every URL's password replaced.
-/// The service key from the flag, or from its file: auth reads an existing file
-/// (and otherwise writes its own key there once started), the others wait up to a
-/// minute for auth to write it.
-async fn service_key(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    if let Some(key) = &args.service_key {
-        return Ok(Some(key.trim().to_owned()));
-    }
-    let Some(path) = &args.service_key_file else {
-        return Ok(None);
-    };
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        match std::fs::read_to_string(path) {
-            Ok(key) if !key.trim().is_empty() => return Ok(Some(key.trim().to_owned())),
-            _ if args.service == ServiceName::Auth => return Ok(None),
-            _ if Instant::now() > deadline => anyhow::bail!(
-                "no service key in {} after a minute (auth writes it there)",
-                path.display()
-            ),
-            _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
-        }
-    }
-}
-
-fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let staging = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&staging)
-        .with_context(|| format!("writing {}", staging.display()))?;
-    file.write_all(secret.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&staging, path)?;
-    Ok(())
-}
-
 struct Redacted<'a, T>(&'a T);
 
 impl<T: std::fmt::Debug> std::fmt::Debug for Redacted<'_, T> {

@@ -9,19 +9,19 @@ mod kv;
 pub mod query;
 mod rest;
 
-use minicloud_telemetry::server::BackgroundTask;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
-use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_proto::docdb::v1::docdb_service_server::DocdbServiceServer;
+use minicloud_proto::services::ServiceName;
 use minicloud_telemetry::metrics::ServiceMetrics;
-use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
+use minicloud_telemetry::server::{
+    BackgroundTask, DependencyCheck, Service, ServiceHost, readiness,
+};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const SCHEMA: &str = "docdb";
@@ -56,7 +56,6 @@ use minicloud_proto::openapi::ErrorResponses;
         rest::kv_delete,
         rest::kv_incr
     ),
-    components(schemas(minicloud_proto::error::ErrorBody))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -126,9 +125,13 @@ impl Docdb {
             policies: minicloud_authz::TtlCache::new(documents::POLICY_CACHE_TTL),
         })))
     }
+}
 
-    /// The outbox relay and the purge of expired keys, until cancelled.
-    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<BackgroundTask> {
+impl Service for Docdb {
+    const NAME: ServiceName = ServiceName::Docdb;
+
+    /// The outbox relay and the purge of expired keys.
+    fn background(&self, cancel: &CancellationToken) -> Vec<BackgroundTask> {
         let docdb = self.clone();
         let purge_cancel = cancel.clone();
         let purge = tokio::spawn(async move {
@@ -145,20 +148,16 @@ impl Docdb {
             }
         });
         vec![
-            BackgroundTask::new("outbox relay", self.relay.clone().spawn(cancel)),
+            BackgroundTask::new("outbox relay", self.relay.clone().spawn(cancel.clone())),
             BackgroundTask::new("expired key purge", purge),
         ]
     }
 
-    pub fn into_router(self) -> Router {
+    fn host(self) -> ServiceHost {
         let pool = self.pool.clone();
-        let readiness: Readiness = Arc::new(move || {
+        let readiness = readiness(move || {
             let pool = pool.clone();
-            async move {
-                let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
-                vec![DependencyCheck::from_result("postgres", db)]
-            }
-            .boxed()
+            async move { vec![DependencyCheck::postgres(&pool).await] }
         });
         let rest = Router::new()
             .route(
@@ -187,48 +186,23 @@ impl Docdb {
                     .delete(rest::kv_delete)
                     .post(rest::kv_incr),
             )
-            .route(
-                "/db/v1/openapi.json",
-                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
-            )
             .with_state(self.clone());
         ServiceHost::new(
-            "docdb",
+            Self::NAME,
             rest,
             readiness,
             ServiceMetrics::new("docdb", |registry| self.relay.register_metrics(registry)),
         )
+        .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
         .body_limit(MAX_BODY_BYTES)
         .grpc(DocdbServiceServer::new(grpc::DocdbGrpc(self)))
-        .into_router()
     }
-}
-
-pub async fn run(
-    docdb: Docdb,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let background = docdb.spawn_background(shutdown.clone());
-    minicloud_telemetry::server::serve_with_background(
-        listener,
-        docdb.into_router(),
-        shutdown,
-        background,
-    )
-    .await
 }
 
 #[cfg(test)]
 mod openapi_spec {
     #[test]
     fn the_committed_spec_matches_the_code() {
-        let spec = <super::ApiDoc as utoipa::OpenApi>::openapi();
-        let generated = serde_json::to_string_pretty(&spec).unwrap();
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/api/openapi/docdb.json"
-        );
-        minicloud_proto::openapi::check_committed_spec(&generated, path);
+        minicloud_proto::openapi::check_committed_spec_of::<super::ApiDoc>("docdb");
     }
 }

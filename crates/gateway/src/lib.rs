@@ -13,52 +13,18 @@ use futures::FutureExt as _;
 use minicloud_proto::health::v1::HealthCheckRequest;
 use minicloud_proto::health::v1::health_check_response::ServingStatus;
 use minicloud_proto::health::v1::health_client::HealthClient;
+use minicloud_proto::services::{PerService, ServiceName};
 use minicloud_telemetry::grpc_client::TracedChannel;
 use minicloud_telemetry::metrics::ServiceMetrics;
-use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use minicloud_telemetry::server::{DependencyCheck, Readiness, Service, ServiceHost};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use proxy::{Service, Upstreams};
+pub use proxy::Upstreams;
 
-#[derive(Debug, Clone, clap::Args)]
+/// The gateway's own settings; where the services are comes with the service URLs
+/// every process is given (`--service-url`).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct GatewayConfig {
-    #[arg(
-        id = "gateway_auth_url",
-        long = "gateway-auth-url",
-        env = "MINICLOUD_GATEWAY_AUTH_URL",
-        default_value = "http://127.0.0.1:4601"
-    )]
-    pub auth_url: String,
-    #[arg(
-        id = "gateway_storage_url",
-        long = "gateway-storage-url",
-        env = "MINICLOUD_GATEWAY_STORAGE_URL",
-        default_value = "http://127.0.0.1:4602"
-    )]
-    pub storage_url: String,
-    #[arg(
-        id = "gateway_docdb_url",
-        long = "gateway-docdb-url",
-        env = "MINICLOUD_GATEWAY_DOCDB_URL",
-        default_value = "http://127.0.0.1:4603"
-    )]
-    pub docdb_url: String,
-    #[arg(
-        id = "gateway_bus_url",
-        long = "gateway-bus-url",
-        env = "MINICLOUD_GATEWAY_BUS_URL",
-        default_value = "http://127.0.0.1:4604"
-    )]
-    pub bus_url: String,
-    #[arg(
-        id = "gateway_invoker_url",
-        long = "gateway-invoker-url",
-        env = "MINICLOUD_GATEWAY_INVOKER_URL",
-        default_value = "http://127.0.0.1:4605"
-    )]
-    pub invoker_url: String,
     /// Reverse proxies in front of the gateway whose `X-Forwarded-For` entries are
     /// believed: the client is that many hops left of the peer. 0 (default): the
     /// peer itself, whatever the request claims.
@@ -83,16 +49,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: &GatewayConfig) -> Result<Gateway, GatewayError> {
-        let services = [
-            ("auth", &config.auth_url),
-            ("storage", &config.storage_url),
-            ("docdb", &config.docdb_url),
-            ("bus", &config.bus_url),
-            ("invoker", &config.invoker_url),
-        ];
+    /// A gateway in front of the services at `urls` (the gateway's own is unused).
+    pub fn new(config: &GatewayConfig, urls: &PerService<String>) -> Result<Gateway, GatewayError> {
         let mut health = Vec::new();
-        for (name, url) in services {
+        for service in ServiceName::BEHIND_GATEWAY {
+            let (name, url) = (service.as_str(), &urls[service]);
             let channel =
                 TracedChannel::connect_lazy(name, url).map_err(|e| GatewayError::BadUpstream {
                     url: url.clone(),
@@ -101,7 +62,7 @@ impl Gateway {
             health.push((name, HealthClient::new(channel)));
         }
         Ok(Gateway {
-            upstreams: Upstreams::new(config)?,
+            upstreams: Upstreams::new(config, urls)?,
             health: Arc::new(health),
         })
     }
@@ -109,7 +70,7 @@ impl Gateway {
     /// Dispatches `service`'s requests into `router` — the service's own
     /// `into_router()`, in this process — instead of to its URL. Readiness still asks
     /// the service's gRPC health at the URL.
-    pub fn in_process(mut self, service: Service, router: Router) -> Gateway {
+    pub fn in_process(mut self, service: ServiceName, router: Router) -> Gateway {
         self.upstreams.set_in_process(service, router);
         self
     }
@@ -156,24 +117,33 @@ impl Gateway {
             .boxed()
         })
     }
+}
 
-    pub fn into_router(self) -> Router {
+impl Service for Gateway {
+    const NAME: ServiceName = ServiceName::Gateway;
+
+    fn host(self) -> ServiceHost {
         let readiness = self.readiness();
         let mut rest = Router::new();
-        for prefix in proxy::PREFIXES {
+        for prefix in ServiceName::BEHIND_GATEWAY
+            .iter()
+            .flat_map(|service| service.public_prefixes())
+        {
             rest = rest
                 .route(prefix, any(proxy::forward))
                 .route(&format!("{prefix}/{{*rest}}"), any(proxy::forward));
         }
         let rest = rest.with_state(Arc::new(self.upstreams));
         ServiceHost::new(
-            "gateway",
+            Self::NAME,
             rest,
             readiness,
             ServiceMetrics::new("gateway", |_| {}),
         )
-        .into_router()
-        .layer(cors())
+    }
+
+    fn into_router(self) -> Router {
+        self.host().into_router().layer(cors())
     }
 }
 
@@ -223,13 +193,4 @@ fn cors() -> CorsLayer {
         .allow_headers(allow.map(HeaderName::from_static))
         .expose_headers(expose.map(HeaderName::from_static))
         .max_age(Duration::from_secs(3600))
-}
-
-pub async fn run(
-    gateway: Gateway,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    minicloud_telemetry::server::serve(listener, gateway.into_router(), shutdown.cancelled_owned())
-        .await
 }

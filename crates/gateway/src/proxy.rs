@@ -14,50 +14,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use minicloud_proto::error::{ApiError, ErrorCode};
+use minicloud_proto::services::{PerService, ServiceName};
 use std::sync::Arc;
 use tower::ServiceExt as _;
 use tracing::Instrument;
 
 use crate::{GatewayConfig, GatewayError};
 
-/// The path prefixes the gateway routes, each to one service.
-pub(crate) const PREFIXES: [&str; 7] = [
-    "/auth/v1",
-    "/storage/v1",
-    "/db/v1",
-    "/events/v1",
-    "/functions/v1",
-    // The Lambda Invoke API goes to the invoker.
-    "/2015-03-31/functions",
-    // HTTP triggers: /fn/{name}/… as API Gateway HTTP API events.
-    "/fn",
-];
-
 /// Time to the response head; functions may run for up to 15 minutes.
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(15 * 60 + 10);
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The services behind the gateway's prefixes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Auth,
-    Storage,
-    Docdb,
-    Bus,
-    Invoker,
-}
-
-impl Service {
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::Auth => "auth",
-            Service::Storage => "storage",
-            Service::Docdb => "docdb",
-            Service::Bus => "bus",
-            Service::Invoker => "invoker",
-        }
-    }
-}
 
 /// Where one service's requests go.
 #[derive(Clone)]
@@ -72,8 +38,8 @@ enum Upstream {
 #[derive(Clone)]
 pub struct Upstreams {
     client: Client<HttpConnector, Body>,
-    /// Indexed by `Service as usize`.
-    services: [Upstream; 5],
+    /// `None` for the gateway itself.
+    services: PerService<Option<Upstream>>,
     trusted_proxies: usize,
 }
 
@@ -126,49 +92,32 @@ fn parse(url: &str) -> Result<Uri, GatewayError> {
 }
 
 impl Upstreams {
-    pub fn new(config: &GatewayConfig) -> Result<Upstreams, GatewayError> {
+    pub fn new(
+        config: &GatewayConfig,
+        urls: &PerService<String>,
+    ) -> Result<Upstreams, GatewayError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        let mut services = PerService::default();
+        for service in ServiceName::BEHIND_GATEWAY {
+            services[service] = Some(Upstream::Remote(parse(&urls[service])?));
+        }
         Ok(Upstreams {
             client,
-            services: [
-                Upstream::Remote(parse(&config.auth_url)?),
-                Upstream::Remote(parse(&config.storage_url)?),
-                Upstream::Remote(parse(&config.docdb_url)?),
-                Upstream::Remote(parse(&config.bus_url)?),
-                Upstream::Remote(parse(&config.invoker_url)?),
-            ],
+            services,
             trusted_proxies: config.trusted_proxies,
         })
     }
 
     /// Sends `service`'s requests into `router` (its `into_router()`) instead of over
     /// HTTP.
-    pub fn set_in_process(&mut self, service: Service, router: Router) {
-        self.services[service as usize] = Upstream::InProcess(router);
-    }
-
-    fn route(&self, path: &str) -> Option<Service> {
-        let under = |prefix: &str| {
-            path.strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        };
-        if under("/auth/v1") {
-            Some(Service::Auth)
-        } else if under("/storage/v1") {
-            Some(Service::Storage)
-        } else if under("/db/v1") {
-            Some(Service::Docdb)
-        } else if under("/events/v1") {
-            Some(Service::Bus)
-        } else if under("/functions/v1") || under("/2015-03-31/functions") || under("/fn") {
-            Some(Service::Invoker)
-        } else {
-            None
+    pub fn set_in_process(&mut self, service: ServiceName, router: Router) {
+        if service != ServiceName::Gateway {
+            self.services[service] = Some(Upstream::InProcess(router));
         }
     }
 }
@@ -214,11 +163,10 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let (mut parts, body) = request.into_parts();
-    let routed = upstreams
-        .route(parts.uri.path())
+    let (routed, upstream) = ServiceName::owning(parts.uri.path())
+        .and_then(|service| Some((service, upstreams.services[service].as_ref()?)))
         .ok_or_else(|| ApiError::not_found("no such route"))?;
-    let upstream = &upstreams.services[routed as usize];
-    let service = routed.name();
+    let service = routed.as_str();
 
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(CLIENT_IP_HEADER);
@@ -255,7 +203,7 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
         http.response.status_code = tracing::field::Empty,
     );
     minicloud_telemetry::trace_context::inject(&span, &mut parts.headers);
-    let timeout = if routed == Service::Invoker {
+    let timeout = if routed == ServiceName::Invoker {
         FUNCTION_TIMEOUT
     } else {
         SERVICE_TIMEOUT

@@ -18,24 +18,24 @@ pub mod registry;
 pub mod sandbox;
 pub mod triggers;
 
-use minicloud_telemetry::server::BackgroundTask;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{any, get, post, put};
-use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_proto::bus::v1::bus_service_client::BusServiceClient;
 use minicloud_proto::invoker::v1::invoker_service_server::{InvokerService, InvokerServiceServer};
 use minicloud_proto::invoker::v1::{
     Function, InvokeRequest, InvokeResponse, ListFunctionsRequest, ListFunctionsResponse,
 };
+use minicloud_proto::services::ServiceName;
 use minicloud_telemetry::grpc_client::TracedChannel;
-use minicloud_telemetry::server::{DependencyCheck, Readiness, ServiceHost, check_writable_dir};
+use minicloud_telemetry::server::{
+    BackgroundTask, DependencyCheck, Service, ServiceHost, check_writable_dir, readiness,
+};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Engine, Paths};
@@ -100,8 +100,9 @@ pub struct InvokerConfig {
         default_value_t = InvokerConfig::default().region
     )]
     pub region: String,
-    /// The gateway URL functions get as MINICLOUD_URL.
-    #[arg(long = "invoker-gateway-url", env = "MINICLOUD_INVOKER_GATEWAY_URL")]
+    /// The gateway URL functions get as MINICLOUD_URL (from the service URLs,
+    /// filled in by whoever starts the invoker).
+    #[arg(skip)]
     pub gateway_url: Option<String>,
     /// Where functions send their traces (`OTEL_EXPORTER_OTLP_ENDPOINT` in their
     /// environment unless their own env sets it): by default where minicloud's go, so
@@ -378,19 +379,30 @@ impl Invoker {
     pub fn engine(&self) -> &Arc<Engine> {
         &self.0.engine
     }
+}
 
-    pub fn into_router(self) -> Router {
+impl Service for Invoker {
+    const NAME: ServiceName = ServiceName::Invoker;
+
+    /// Instance maintenance, which stops every instance when it sees the shutdown.
+    fn background(&self, cancel: &CancellationToken) -> Vec<BackgroundTask> {
+        vec![BackgroundTask::new(
+            "instance maintenance",
+            tokio::spawn(Arc::clone(&self.0.engine).maintain(cancel.clone())),
+        )]
+    }
+
+    fn host(self) -> ServiceHost {
         let pool = self.0.pool.clone();
         let dir = self.0.code_dir.clone();
         let sandbox = Arc::clone(&self.0.engine.sandbox);
-        let readiness: Readiness = Arc::new(move || {
+        let readiness = readiness(move || {
             let pool = pool.clone();
             let dir = dir.clone();
             let sandbox = sandbox.check_runnable();
             async move {
-                let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
                 vec![
-                    DependencyCheck::from_result("postgres", db),
+                    DependencyCheck::postgres(&pool).await,
                     DependencyCheck {
                         name: "code_dir".into(),
                         ..check_writable_dir(dir).await
@@ -398,14 +410,9 @@ impl Invoker {
                     DependencyCheck::from_result("sandbox", sandbox),
                 ]
             }
-            .boxed()
         });
         let rest = Router::new()
             .route("/functions/v1", get(registry::list).post(registry::create))
-            .route(
-                "/functions/v1/openapi.json",
-                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
-            )
             .route(
                 "/functions/v1/{name}",
                 get(registry::get)
@@ -435,16 +442,16 @@ impl Invoker {
             .route("/fn/{name}/{*path}", any(triggers::http_route))
             .with_state(self.clone());
         ServiceHost::new(
-            "invoker",
+            Self::NAME,
             rest,
             readiness,
             Arc::clone(&self.0.service_metrics),
         )
+        .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
         // Deploys carry base64 zips of up to 50 MiB; invokes read their own
         // bodies with Lambda's limits.
         .body_limit(bundle::MAX_ZIPPED * 4 / 3 + 64 * 1024)
         .grpc(InvokerServiceServer::new(InvokerGrpc(self)))
-        .into_router()
     }
 }
 
@@ -516,35 +523,10 @@ impl InvokerService for InvokerGrpc {
     }
 }
 
-pub async fn run(
-    invoker: Invoker,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    // Maintenance stops every instance when it sees the shutdown.
-    let background = vec![BackgroundTask::new(
-        "instance maintenance",
-        tokio::spawn(Arc::clone(&invoker.0.engine).maintain(shutdown.clone())),
-    )];
-    minicloud_telemetry::server::serve_with_background(
-        listener,
-        invoker.into_router(),
-        shutdown,
-        background,
-    )
-    .await
-}
-
 #[cfg(test)]
 mod openapi_spec {
     #[test]
     fn the_committed_spec_matches_the_code() {
-        let spec = <super::ApiDoc as utoipa::OpenApi>::openapi();
-        let generated = serde_json::to_string_pretty(&spec).unwrap();
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/api/openapi/invoker.json"
-        );
-        minicloud_proto::openapi::check_committed_spec(&generated, path);
+        minicloud_proto::openapi::check_committed_spec_of::<super::ApiDoc>("invoker");
     }
 }

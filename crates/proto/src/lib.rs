@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod openapi;
+pub mod services;
 
 pub use prost;
 pub use tonic;

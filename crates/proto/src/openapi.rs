@@ -23,6 +23,17 @@ pub fn check_committed_spec(generated: &str, path: &str) {
     );
 }
 
+/// [`check_committed_spec`] for a service's document `D`, committed as
+/// `docs/api/openapi/{name}.json`.
+pub fn check_committed_spec_of<D: utoipa::OpenApi>(name: &str) {
+    let generated = serde_json::to_string_pretty(&D::openapi()).expect("a spec serialises");
+    let path = format!(
+        "{}/../../docs/api/openapi/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    check_committed_spec(&generated, &path);
+}
+
 /// `method path: name` of every operation parameter declared `in: path` that its
 /// path does not have, and of every `{name}` in a path that is not declared: clients
 /// generated from such a spec put query parameters into the URL path.
@@ -64,7 +75,8 @@ pub fn misplaced_parameters(spec: &str) -> Vec<String> {
 /// 400, 401, 403, 413, 415, 429 or 503 with that body (docs/api/errors.md); listing
 /// each on each operation by hand drifted, and the fuzz pass in `make test` checks
 /// every status a server answers against its spec. Add to a service's `ApiDoc` with
-/// `#[openapi(modifiers(&minicloud_proto::openapi::ErrorResponses))]`.
+/// `#[openapi(modifiers(&minicloud_proto::openapi::ErrorResponses))]`; it adds the
+/// `ErrorBody` schema too.
 #[derive(Debug)]
 pub struct ErrorResponses;
 
@@ -101,6 +113,15 @@ impl utoipa::Modify for ErrorResponses {
                     .or_insert_with(|| error.clone().into());
             }
         }
+        // The body those responses name, with whatever it refers to.
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.schemas.insert(
+            "ErrorBody".to_owned(),
+            <crate::error::ErrorBody as utoipa::PartialSchema>::schema(),
+        );
+        let mut referred = Vec::new();
+        <crate::error::ErrorBody as utoipa::ToSchema>::schemas(&mut referred);
+        components.schemas.extend(referred);
     }
 }
 

@@ -12,7 +12,6 @@ mod rest;
 mod signing;
 mod sweep;
 
-use minicloud_telemetry::server::BackgroundTask;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,16 +19,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
-use futures::FutureExt as _;
 use minicloud_authz::Authz;
 use minicloud_outbox::{Relay, RelayConfig};
+use minicloud_proto::services::ServiceName;
 use minicloud_proto::storage::v1::storage_service_server::StorageServiceServer;
 use minicloud_telemetry::metrics::ServiceMetrics;
 use minicloud_telemetry::server::{
-    DependencyCheck, Readiness, ServiceHost, reject_declared_oversize,
+    BackgroundTask, DependencyCheck, Service, ServiceHost, readiness, reject_declared_oversize,
 };
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, BackendError, FsBackend};
@@ -70,7 +68,6 @@ use minicloud_proto::openapi::ErrorResponses;
         rest::get_signed,
         rest::put_signed,
     ),
-    components(schemas(minicloud_proto::error::ErrorBody))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -261,21 +258,23 @@ impl Storage {
             buckets: minicloud_authz::TtlCache::new(BUCKET_CACHE_TTL),
         })))
     }
+}
 
-    pub fn into_router(self) -> Router {
+impl Service for Storage {
+    const NAME: ServiceName = ServiceName::Storage;
+
+    fn host(self) -> ServiceHost {
         let pool = self.pool.clone();
         let backend = Arc::clone(&self.backend);
-        let readiness: Readiness = Arc::new(move || {
+        let readiness = readiness(move || {
             let pool = pool.clone();
             let backend = Arc::clone(&backend);
             async move {
-                let db = sqlx::query("SELECT 1").execute(&pool).await.map(|_| ());
                 vec![
-                    DependencyCheck::from_result("postgres", db),
+                    DependencyCheck::postgres(&pool).await,
                     DependencyCheck::from_result("backend", backend.check().await),
                 ]
             }
-            .boxed()
         });
         let json = Router::new()
             .route(
@@ -305,10 +304,6 @@ impl Storage {
                 "/storage/v1/object/{bucket}",
                 axum::routing::delete(rest::bulk_delete),
             )
-            .route(
-                "/storage/v1/openapi.json",
-                get(|| async { axum::Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
-            )
             .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
             .layer(axum::middleware::from_fn_with_state(
                 MAX_JSON_BODY,
@@ -334,17 +329,17 @@ impl Storage {
             .layer(DefaultBodyLimit::disable());
         let rest = json.merge(objects).with_state(self.clone());
         ServiceHost::new(
-            "storage",
+            Self::NAME,
             rest,
             readiness,
             ServiceMetrics::new("storage", |registry| self.relay.register_metrics(registry)),
         )
+        .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
         .grpc(StorageServiceServer::new(grpc::StorageGrpc(self)))
-        .into_router()
     }
 
-    /// The outbox relay and the orphan sweep, until cancelled.
-    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<BackgroundTask> {
+    /// The outbox relay and the orphan sweep.
+    fn background(&self, cancel: &CancellationToken) -> Vec<BackgroundTask> {
         vec![
             BackgroundTask::new("outbox relay", self.relay.clone().spawn(cancel.clone())),
             BackgroundTask::new(
@@ -352,38 +347,17 @@ impl Storage {
                 sweep::spawn(
                     self.clone(),
                     Duration::from_secs(self.config.sweep_interval_s.max(1)),
-                    cancel,
+                    cancel.clone(),
                 ),
             ),
         ]
     }
 }
 
-pub async fn run(
-    storage: Storage,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let background = storage.spawn_background(shutdown.clone());
-    minicloud_telemetry::server::serve_with_background(
-        listener,
-        storage.into_router(),
-        shutdown,
-        background,
-    )
-    .await
-}
-
 #[cfg(test)]
 mod openapi_spec {
     #[test]
     fn the_committed_spec_matches_the_code() {
-        let spec = <super::ApiDoc as utoipa::OpenApi>::openapi();
-        let generated = serde_json::to_string_pretty(&spec).unwrap();
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/api/openapi/storage.json"
-        );
-        minicloud_proto::openapi::check_committed_spec(&generated, path);
+        minicloud_proto::openapi::check_committed_spec_of::<super::ApiDoc>("storage");
     }
 }

@@ -16,7 +16,9 @@ use minicloud_proto::error::{ApiError, ErrorCode};
 use minicloud_proto::health::v1::health_check_response::ServingStatus;
 use minicloud_proto::health::v1::health_server::{Health, HealthServer};
 use minicloud_proto::health::v1::{HealthCheckRequest, HealthCheckResponse};
+use minicloud_proto::services::ServiceName;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 
 use crate::http_server::{ServerTelemetry, middleware};
@@ -38,6 +40,14 @@ impl DependencyCheck {
     }
 }
 
+impl DependencyCheck {
+    /// One round trip to Postgres.
+    pub async fn postgres(pool: &sqlx::PgPool) -> DependencyCheck {
+        let result = sqlx::query("SELECT 1").execute(pool).await.map(|_| ());
+        DependencyCheck::from_result("postgres", result)
+    }
+}
+
 /// Checks that `dir` exists (creating it) and takes a write: the local object store
 /// and the function code cache need both.
 pub async fn check_writable_dir(dir: std::path::PathBuf) -> DependencyCheck {
@@ -54,6 +64,16 @@ pub async fn check_writable_dir(dir: std::path::PathBuf) -> DependencyCheck {
 /// Checks a service's dependencies for `/readyz` and the gRPC health service.
 pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Vec<DependencyCheck>> + Send + Sync>;
 
+/// A [`Readiness`] from a closure that checks the dependencies it captured.
+pub fn readiness<F, Fut>(check: F) -> Readiness
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<DependencyCheck>> + Send + 'static,
+{
+    use futures::FutureExt as _;
+    Arc::new(move || check().boxed())
+}
+
 /// How long one readiness check may take before the dependency counts as down.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -69,7 +89,7 @@ async fn check_all(readiness: &Readiness) -> Vec<DependencyCheck> {
 
 /// A service's REST routes, gRPC services and readiness, assembled into one router.
 pub struct ServiceHost {
-    service: &'static str,
+    service: ServiceName,
     router: Router,
     body_limit: Option<usize>,
     readiness: Readiness,
@@ -84,7 +104,7 @@ impl std::fmt::Debug for ServiceHost {
 
 impl ServiceHost {
     pub fn new(
-        service: &'static str,
+        service: ServiceName,
         rest: Router,
         readiness: Readiness,
         metrics: Arc<ServiceMetrics>,
@@ -126,6 +146,26 @@ impl ServiceHost {
         self
     }
 
+    /// Serves the service's OpenAPI document at `{prefix}/openapi.json` (serialised
+    /// once, here).
+    pub fn openapi(mut self, spec: &impl serde::Serialize) -> Self {
+        let prefix = self
+            .service
+            .public_prefixes()
+            .first()
+            .copied()
+            .unwrap_or("");
+        let body = bytes::Bytes::from(serde_json::to_vec(spec).unwrap_or_default());
+        self.router = self.router.route(
+            &format!("{prefix}/openapi.json"),
+            get(move || {
+                let body = body.clone();
+                async move { ([(http::header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        );
+        self
+    }
+
     /// Refuses request bodies over `bytes` with 413 (REST extractors and declared
     /// `Content-Length` alike).
     pub fn body_limit(mut self, bytes: usize) -> Self {
@@ -136,11 +176,11 @@ impl ServiceHost {
     pub fn into_router(self) -> Router {
         let readiness = Arc::clone(&self.readiness);
         let metrics = Arc::clone(&self.metrics);
+        let service = self.service.as_str();
         let telemetry = ServerTelemetry {
-            service: self.service,
+            service,
             metrics: Arc::clone(&self.metrics),
         };
-        let service = self.service;
         let mut router = self.router;
         if let Some(limit) = self.body_limit {
             router = router
@@ -405,6 +445,74 @@ impl BackgroundTask {
     }
 }
 
+/// The skeleton every minicloud service fills in: what the process running it (`up`,
+/// `serve a,b`, a test) needs to know. Constructors stay the service's own — what a
+/// service needs to start differs (a pool, Redis, the bus's URL) — and end in a value
+/// of this trait.
+pub trait Service: Clone + Send + Sync + 'static {
+    const NAME: ServiceName;
+
+    /// Its REST routes (state applied), gRPC services, readiness and metrics.
+    fn host(self) -> ServiceHost;
+
+    /// The tasks it runs beside its server (relays, workers, sweeps), watching
+    /// `shutdown`; each gets [`BACKGROUND_DEADLINE`] to finish its round after the
+    /// server has drained.
+    fn background(&self, shutdown: &CancellationToken) -> Vec<BackgroundTask> {
+        let _ = shutdown;
+        Vec::new()
+    }
+
+    /// The whole router: its routes plus `/healthz`, `/readyz`, `/metrics`, gRPC
+    /// health, the JSON 404/405 and the telemetry middleware.
+    fn into_router(self) -> Router {
+        self.host().into_router()
+    }
+}
+
+/// A service made ready to serve, with its kind erased so that one process can
+/// hold a list of them (`serve auth,storage`, `up`).
+#[derive(Debug)]
+pub struct Hosted {
+    pub name: ServiceName,
+    /// Cloneable: `up`'s gateway dispatches into the same router in-process.
+    pub router: Router,
+    background: Vec<BackgroundTask>,
+}
+
+impl Hosted {
+    /// Builds the router and starts the background tasks, which stop on `shutdown`.
+    pub fn new<S: Service>(service: S, shutdown: &CancellationToken) -> Hosted {
+        let background = service.background(shutdown);
+        Hosted {
+            name: S::NAME,
+            router: service.into_router(),
+            background,
+        }
+    }
+
+    /// Serves on `listener` until `shutdown`, then drains and lets the background
+    /// tasks finish ([`serve_with_background`]).
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        serve_with_background(listener, self.router, shutdown, self.background).await
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown`; the way every service runs.
+pub async fn run<S: Service>(
+    service: S,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    Hosted::new(service, &shutdown)
+        .run(listener, shutdown)
+        .await
+}
+
 /// How long background tasks get, once the server has drained, to finish the round
 /// they are in (a relay publishing and marking its batch, a delivery being acked).
 pub const BACKGROUND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -496,8 +604,13 @@ mod tests {
             }),
         );
         let readiness: Readiness = Arc::new(|| futures::FutureExt::boxed(async { Vec::new() }));
-        let router = ServiceHost::new("test", rest, readiness, ServiceMetrics::new("test", |_| {}))
-            .into_router();
+        let router = ServiceHost::new(
+            ServiceName::Auth,
+            rest,
+            readiness,
+            ServiceMetrics::new("test", |_| {}),
+        )
+        .into_router();
         let response = router
             .oneshot(
                 http::Request::get("/boom")

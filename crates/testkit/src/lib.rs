@@ -17,11 +17,10 @@ use std::str::FromStr;
 use anyhow::Context as _;
 use minicloud_auth::{AuthConfig, BuiltinKeys};
 use minicloud_bus::BusConfig;
-use minicloud_cli::cloud::{
-    self, CloudConfig, CloudListeners, GatewayDispatch, RunningCloud, ServiceUrls,
-};
+use minicloud_cli::cloud::{self, CloudConfig, GatewayDispatch, RunningCloud, ServiceUrls};
 use minicloud_docdb::DocdbConfig;
 use minicloud_invoker::InvokerConfig;
+use minicloud_proto::services::PerService;
 use minicloud_sdk::Client;
 use minicloud_storage::StorageConfig;
 use sqlx::ConnectOptions as _;
@@ -171,9 +170,9 @@ impl TestCloudBuilder {
                 ..self.invoker.clone()
             },
         };
-        let listeners = CloudListeners::bind("127.0.0.1", [0; 6]).await?;
+        let listeners = cloud::bind_listeners("127.0.0.1", &PerService::default()).await?;
         let mut cloud = TestCloud {
-            urls: placeholder_urls(),
+            urls: ServiceUrls::default(),
             keys: BuiltinKeys {
                 anon_key: String::new(),
                 service_key: String::new(),
@@ -191,17 +190,6 @@ impl TestCloudBuilder {
         cloud.keys = running.keys.clone();
         cloud.running = Some(running);
         Ok(cloud)
-    }
-}
-
-fn placeholder_urls() -> ServiceUrls {
-    ServiceUrls {
-        gateway: String::new(),
-        auth: String::new(),
-        storage: String::new(),
-        docdb: String::new(),
-        bus: String::new(),
-        invoker: String::new(),
     }
 }
 

@@ -40,7 +40,13 @@ fn start_replica(cloud: &TestCloud) -> Child {
         .env("DATABASE_URL", &cloud.database_url)
         .env("REDIS_URL", minicloud_testkit::test_redis_url())
         .env("MINICLOUD_BUS_REDIS_PREFIX", &cloud.redis_prefix)
-        .env("MINICLOUD_AUTH_URL", &cloud.urls.auth)
+        .env(
+            "MINICLOUD_SERVICE_URLS",
+            format!(
+                "auth={},docdb={},invoker={}",
+                cloud.urls.auth, cloud.urls.docdb, cloud.urls.invoker
+            ),
+        )
         .env("MINICLOUD_BUS_VISIBILITY_TIMEOUT", "2")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())

@@ -220,16 +220,10 @@ impl Up {
     fn start(data_dir: &Path, postgres: &Postgres, redis: &Redis, log: &Path) -> Up {
         let mut command = Command::new(env!("CARGO_BIN_EXE_minicloud"));
         command.arg("up").arg("--data-dir").arg(data_dir);
-        for flag in [
-            "--gateway-port",
-            "--auth-port",
-            "--storage-port",
-            "--docdb-port",
-            "--bus-port",
-            "--invoker-port",
-        ] {
-            command.args([flag, "0"]);
-        }
+        command.args([
+            "--port",
+            "gateway=0,auth=0,storage=0,docdb=0,bus=0,invoker=0",
+        ]);
         let mut child = command
             .env("DATABASE_URL", postgres.url())
             .env("REDIS_URL", redis.url())

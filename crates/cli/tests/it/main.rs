@@ -7,5 +7,6 @@ mod events_tail;
 mod fn_commands;
 mod sandbox_unprivileged;
 mod serve_service_key;
+mod serve_several;
 mod support;
 mod up;

@@ -82,7 +82,7 @@ async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (name, port) in names.iter().zip(&ports) {
-        command.arg(format!("--{name}-port")).arg(port.to_string());
+        command.arg("--port").arg(format!("{name}={port}"));
     }
     if as_root {
         command.uid(NOBODY).gid(NOBODY);

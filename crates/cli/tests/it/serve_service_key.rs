@@ -27,7 +27,6 @@ fn serve_auth(database_url: &str, port: u16, env: &[(&str, &str)]) -> Serve {
             &port.to_string(),
         ])
         .env("DATABASE_URL", database_url)
-        .env("MINICLOUD_AUTH_URL", format!("http://127.0.0.1:{port}"))
         .env_remove("MINICLOUD_SERVICE_KEY")
         .env_remove("MINICLOUD_SERVICE_KEY_FILE")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

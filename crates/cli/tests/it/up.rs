@@ -38,23 +38,15 @@ fn start_up(ports: &[u16], data_dir: &std::path::Path, database_url: &str, redis
         .arg("up")
         .args(["--data-dir", relative.to_str().unwrap()])
         .args([
-            "--gateway-port",
-            &ports[0].to_string(),
-            "--auth-port",
-            &ports[1].to_string(),
+            "--port",
+            &format!(
+                "gateway={},auth={},storage={},docdb={}",
+                ports[0], ports[1], ports[2], ports[3]
+            ),
         ])
-        .args([
-            "--storage-port",
-            &ports[2].to_string(),
-            "--docdb-port",
-            &ports[3].to_string(),
-        ])
-        .args([
-            "--bus-port",
-            &ports[4].to_string(),
-            "--invoker-port",
-            &ports[5].to_string(),
-        ])
+        // Repeated, as the other form.
+        .args(["--port", &format!("bus={}", ports[4])])
+        .args(["--port", &format!("invoker={}", ports[5])])
         .env("DATABASE_URL", database_url)
         .env("REDIS_URL", redis_url)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
