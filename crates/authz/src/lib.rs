@@ -2,6 +2,7 @@
 //! tokens verified against auth's cached JWKS ([`verifier`]), callers ([`caller`]),
 //! and the policy language and evaluator ([`policy`]).
 
+pub mod action;
 pub mod caller;
 pub mod policy;
 pub mod ttl_cache;
@@ -17,6 +18,7 @@ use minicloud_proto::auth::v1::auth_service_client::AuthServiceClient;
 use minicloud_proto::error::{ApiError, ErrorCode};
 use minicloud_telemetry::grpc_client::{ServiceCredential, TracedChannel};
 
+pub use action::Action;
 pub use caller::{Caller, Claims, Credential, Role};
 pub use policy::{Access, Decision, Owner, Policy, Scope};
 pub use ttl_cache::TtlCache;
@@ -173,7 +175,7 @@ impl Authz {
     pub async fn authorize_owned(
         &self,
         caller: &Caller,
-        action: &str,
+        action: Action,
         resource: &str,
         owner: Option<&str>,
         resource_policies: &[&Policy],
@@ -183,7 +185,7 @@ impl Authz {
         }
         let identity = self.role_policies(caller.role.name()).await?;
         let access = Access {
-            action,
+            action: action.as_str(),
             resource,
             owner: Owner::Known(owner),
         };
@@ -201,7 +203,7 @@ impl Authz {
     pub async fn authorize_scoped(
         &self,
         caller: &Caller,
-        action: &str,
+        action: Action,
         resource: &str,
         resource_policies: &[&Policy],
     ) -> Result<Scope, ApiError> {
@@ -209,7 +211,13 @@ impl Authz {
             return Ok(Scope::All);
         }
         let identity = self.role_policies(caller.role.name()).await?;
-        match policy::evaluate_scoped(caller, action, resource, &identity, resource_policies) {
+        match policy::evaluate_scoped(
+            caller,
+            action.as_str(),
+            resource,
+            &identity,
+            resource_policies,
+        ) {
             Scope::Nothing => Err(ApiError::forbidden(format!(
                 "{action} on {resource} is not allowed for this caller"
             ))),
@@ -222,7 +230,7 @@ impl Authz {
     pub async fn authorize(
         &self,
         caller: &Caller,
-        action: &str,
+        action: Action,
         resource: &str,
         resource_policies: &[&Policy],
     ) -> Result<(), ApiError> {
@@ -233,7 +241,7 @@ impl Authz {
         let decision = policy::evaluate(
             caller,
             Access {
-                action,
+                action: action.as_str(),
                 resource,
                 owner: Owner::Unknown,
             },
@@ -245,7 +253,7 @@ impl Authz {
         } else {
             tracing::debug!(
                 role = caller.role.name(),
-                action,
+                %action,
                 resource,
                 ?decision,
                 "access denied"

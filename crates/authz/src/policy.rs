@@ -116,7 +116,25 @@ impl Statement {
         }
         for action in &self.actions {
             check_scoped(action, "action")?;
-            Pattern::parse(action)?;
+            let pattern = Pattern::parse(action)?;
+            // A pattern with `${…}` variables is resolved per caller: let it be.
+            let literal: Option<Vec<Token>> = pattern
+                .0
+                .iter()
+                .map(|t| match t {
+                    Token::Uid | Token::RoleName => None,
+                    other => Some(other.clone()),
+                })
+                .collect();
+            if let Some(tokens) = literal
+                && !crate::Action::ALL
+                    .iter()
+                    .any(|known| matches(&tokens, known.as_str(), true))
+            {
+                return Err(PolicyError(format!(
+                    "action {action:?} matches none of the actions minicloud checks (docs/api/policies.md)"
+                )));
+            }
         }
         for resource in &self.resources {
             check_scoped(resource, "resource")?;

@@ -5,6 +5,7 @@
 //! policies before every delivery; and the topics minicloud writes itself take
 //! events from the service role only.
 
+use minicloud_authz::Action;
 use minicloud_authz::{Caller, Credential, Role};
 use minicloud_proto::error::{ApiError, ErrorCode};
 
@@ -35,7 +36,12 @@ pub(crate) async fn authorize_publish(
         )));
     }
     bus.authz
-        .authorize(caller, "events:Publish", &format!("events:{topic}"), &[])
+        .authorize(
+            caller,
+            Action::EventsPublish,
+            &format!("events:{topic}"),
+            &[],
+        )
         .await
 }
 
@@ -49,14 +55,19 @@ pub(crate) async fn authorize_subscription(
     dead_letter_topic: Option<&str>,
 ) -> Result<(), ApiError> {
     bus.authz
-        .authorize(caller, "events:Subscribe", &format!("events:{topic}"), &[])
+        .authorize(
+            caller,
+            Action::EventsSubscribe,
+            &format!("events:{topic}"),
+            &[],
+        )
         .await?;
     match target {
         Target::Function(function) => {
             bus.authz
                 .authorize(
                     caller,
-                    "functions:Invoke",
+                    Action::FunctionsInvoke,
                     &format!("functions:{function}"),
                     &[],
                 )

@@ -9,6 +9,7 @@
 //! Catch-up: ticks missed while no bus ran collapse into one event for the latest
 //! missed tick; the schedule then resumes at its next future tick.
 
+use minicloud_authz::Action;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -181,7 +182,7 @@ pub(crate) async fn create(
     // what a schedule there needs. Other built-in topics stay the service role's.
     if topic == "schedules" {
         bus.authz
-            .authorize(&caller, "events:Publish", "events:schedules", &[])
+            .authorize(&caller, Action::EventsPublish, "events:schedules", &[])
             .await?;
     } else {
         crate::access::authorize_publish(&bus, &caller, &topic).await?;
@@ -240,7 +241,12 @@ pub(crate) async fn delete(
         .map_err(ApiError::internal)?;
     let topic = topic.ok_or_else(|| ApiError::not_found("schedule not found"))?;
     bus.authz
-        .authorize(&caller, "events:Publish", &format!("events:{topic}"), &[])
+        .authorize(
+            &caller,
+            Action::EventsPublish,
+            &format!("events:{topic}"),
+            &[],
+        )
         .await?;
     sqlx::query("DELETE FROM schedules WHERE name = $1")
         .bind(&name)

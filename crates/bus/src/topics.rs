@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
+use minicloud_authz::Action;
 use minicloud_authz::Caller;
 use minicloud_proto::bus::v1::bus_service_server::BusService;
 use minicloud_proto::bus::v1::cloud_event::Data;
@@ -458,7 +459,12 @@ pub(crate) async fn tail(
         return Err(ApiError::not_found(format!("topic {topic} not found")));
     }
     bus.authz
-        .authorize(&caller, "events:Subscribe", &format!("events:{topic}"), &[])
+        .authorize(
+            &caller,
+            Action::EventsSubscribe,
+            &format!("events:{topic}"),
+            &[],
+        )
         .await?;
     // Its own connection: the blocking read must not stall other commands.
     let connection = bus

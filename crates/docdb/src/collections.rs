@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
+use minicloud_authz::Action;
 use minicloud_authz::{Caller, Policy};
 use minicloud_proto::error::{ApiError, ErrorBody, Json, Path};
 use serde::{Deserialize, Serialize};
@@ -82,7 +83,7 @@ pub(crate) async fn create(
         .authz
         .authorize(
             &caller,
-            "db:CreateCollection",
+            Action::DbCreateCollection,
             &format!("db:{}", input.name),
             &[],
         )
@@ -164,7 +165,7 @@ pub(crate) async fn visible_collections(
         let resource = format!("db:{}", collection.name);
         match docdb
             .authz
-            .authorize_scoped(caller, "db:Query", &resource, &[&policy])
+            .authorize_scoped(caller, Action::DbQuery, &resource, &[&policy])
             .await
         {
             Ok(_) => collections.push(collection),
@@ -194,7 +195,7 @@ pub(crate) async fn get(
     let policy = Policy::from_json(&collection.policy).unwrap_or_default();
     match docdb
         .authz
-        .authorize_scoped(&caller, "db:Query", &format!("db:{name}"), &[&policy])
+        .authorize_scoped(&caller, Action::DbQuery, &format!("db:{name}"), &[&policy])
         .await
     {
         Ok(_) => Ok(Json(collection)),
@@ -216,7 +217,12 @@ pub(crate) async fn delete(
     // Dropping a collection is an admin act: the same permission as creating one.
     docdb
         .authz
-        .authorize(&caller, "db:CreateCollection", &format!("db:{name}"), &[])
+        .authorize(
+            &caller,
+            Action::DbCreateCollection,
+            &format!("db:{name}"),
+            &[],
+        )
         .await?;
     let mut tx = docdb.pool.begin().await.map_err(ApiError::internal)?;
     let deleted = sqlx::query("DELETE FROM collections WHERE name = $1")

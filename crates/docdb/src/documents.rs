@@ -2,6 +2,7 @@
 //! declared indexes; writes are authorised, preconditioned, versioned and produce an
 //! event in the same transaction (through the outbox).
 
+use minicloud_authz::Action;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,7 +146,7 @@ impl Docdb {
     pub(crate) async fn authorize_doc(
         &self,
         caller: &Caller,
-        action: &str,
+        action: Action,
         collection: &str,
         id: &str,
         owner: Option<&str>,
@@ -208,8 +209,14 @@ impl Docdb {
             Some(document) => document.owner.clone(),
             None => caller.owner().map(str::to_owned),
         };
-        self.authorize_doc(caller, "db:GetDocument", collection, id, owner.as_deref())
-            .await?;
+        self.authorize_doc(
+            caller,
+            Action::DbGetDocument,
+            collection,
+            id,
+            owner.as_deref(),
+        )
+        .await?;
         document.ok_or_else(|| ApiError::not_found("document not found"))
     }
 
@@ -224,8 +231,8 @@ impl Docdb {
         for (i, write) in writes.iter().enumerate() {
             let id = write.id.clone().unwrap_or_default();
             let action = match write.op {
-                WriteKind::Delete => "db:DeleteDocument",
-                _ => "db:PutDocument",
+                WriteKind::Delete => Action::DbDeleteDocument,
+                _ => Action::DbPutDocument,
             };
             if let Some(id) = &write.id {
                 check_id(id).map_err(|e| ApiError::invalid(format!("write {i}: {}", e.message)))?;
@@ -363,7 +370,12 @@ impl Docdb {
         let policy = self.collection_policy(collection).await?;
         let scope = self
             .authz
-            .authorize_scoped(caller, "db:Query", &format!("db:{collection}"), &[&*policy])
+            .authorize_scoped(
+                caller,
+                Action::DbQuery,
+                &format!("db:{collection}"),
+                &[&*policy],
+            )
             .await?;
         let mut compiled = query::compile(query)?;
         if let minicloud_authz::Scope::OwnedBy(owner) = scope {

@@ -1,6 +1,7 @@
 //! The gRPC API: the REST operations for other services and functions, with the
 //! caller's token from the `authorization` metadata.
 
+use minicloud_authz::Action;
 use minicloud_proto::docdb::v1::docdb_service_server::DocdbService;
 use minicloud_proto::docdb::v1::{
     Collection, Document, DocumentRef, KvDeleteResponse, KvIncrRequest, KvPutRequest, KvRef,
@@ -85,7 +86,7 @@ impl DocdbService for DocdbGrpc {
             .0
             .authorize_doc(
                 &caller,
-                "db:GetDocument",
+                Action::DbGetDocument,
                 &request.collection,
                 &request.id,
                 owner,

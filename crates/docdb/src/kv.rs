@@ -3,6 +3,7 @@
 //! prefix listing with a cursor, atomic increments.
 
 use chrono::{DateTime, Utc};
+use minicloud_authz::Action;
 use minicloud_authz::Caller;
 use minicloud_proto::error::{ApiError, ErrorCode};
 use serde::Serialize;
@@ -58,7 +59,7 @@ impl Docdb {
     async fn authorize_kv(
         &self,
         caller: &Caller,
-        action: &str,
+        action: Action,
         namespace: &str,
         key: &str,
     ) -> Result<(), ApiError> {
@@ -75,7 +76,8 @@ impl Docdb {
         key: &str,
     ) -> Result<KvOut, ApiError> {
         check_key(key)?;
-        self.authorize_kv(caller, "kv:Get", namespace, key).await?;
+        self.authorize_kv(caller, Action::KvGet, namespace, key)
+            .await?;
         sqlx::query_as::<_, KvOut>(
             "SELECT key, value, version, expires_at FROM kv
              WHERE namespace = $1 AND key = $2 AND (expires_at IS NULL OR expires_at > now())",
@@ -108,7 +110,8 @@ impl Docdb {
         if ttl_s.is_some_and(|t| t == 0 || t > 10 * 365 * 24 * 3600) {
             return Err(ApiError::invalid("ttl must be 1 second to 10 years"));
         }
-        self.authorize_kv(caller, "kv:Put", namespace, key).await?;
+        self.authorize_kv(caller, Action::KvPut, namespace, key)
+            .await?;
         let mut tx = self.pool.begin().await.map_err(db)?;
         // A live current version, if any (an expired key counts as absent).
         let current: Option<i64> = sqlx::query_scalar(
@@ -158,7 +161,7 @@ impl Docdb {
         condition: KvCondition,
     ) -> Result<(), ApiError> {
         check_key(key)?;
-        self.authorize_kv(caller, "kv:Delete", namespace, key)
+        self.authorize_kv(caller, Action::KvDelete, namespace, key)
             .await?;
         let deleted = sqlx::query(
             "DELETE FROM kv WHERE namespace = $1 AND key = $2 AND (expires_at IS NULL OR expires_at > now())
@@ -195,7 +198,7 @@ impl Docdb {
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::invalid("limit must be 1 to 1000"));
         }
-        self.authorize_kv(caller, "kv:List", namespace, prefix)
+        self.authorize_kv(caller, Action::KvList, namespace, prefix)
             .await?;
         let mut items = sqlx::query_as::<_, KvOut>(
             "SELECT key, value, version, expires_at FROM kv
@@ -231,7 +234,8 @@ impl Docdb {
         if !by.is_finite() {
             return Err(ApiError::invalid("by must be a finite number"));
         }
-        self.authorize_kv(caller, "kv:Put", namespace, key).await?;
+        self.authorize_kv(caller, Action::KvPut, namespace, key)
+            .await?;
         let result = sqlx::query_as::<_, KvOut>(
             "INSERT INTO kv (namespace, key, value, version) VALUES ($1, $2, to_jsonb($3::numeric), 1)
              ON CONFLICT (namespace, key) DO UPDATE SET

@@ -1,6 +1,7 @@
 //! Invoking over HTTP: `POST /functions/v1/{name}/invoke` and the AWS Lambda Invoke
 //! API (`POST /2015-03-31/functions/{name}/invocations`), and the logs endpoint.
 
+use minicloud_authz::Action;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -191,7 +192,7 @@ async fn run(
         .authz
         .authorize(
             &caller,
-            "functions:Invoke",
+            Action::FunctionsInvoke,
             &format!("functions:{name}"),
             &[],
         )
@@ -361,7 +362,7 @@ pub async fn logs(
         .authz
         .authorize(
             &caller,
-            "functions:ReadLogs",
+            Action::FunctionsReadLogs,
             &format!("functions:{name}"),
             &[],
         )
@@ -452,7 +453,7 @@ pub async fn instances(
         .authz
         .authorize(
             &caller,
-            "functions:Deploy",
+            Action::FunctionsDeploy,
             &format!("functions:{name}"),
             &[],
         )

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod triggers;
 
+use minicloud_authz::Action;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -489,7 +490,7 @@ impl InvokerService for InvokerGrpc {
             .authz
             .authorize(
                 &caller,
-                "functions:Invoke",
+                Action::FunctionsInvoke,
                 &format!("functions:{}", request.function),
                 &[],
             )

@@ -1,5 +1,6 @@
 //! The function registry: deploy (config + code), get, list, delete.
 
+use minicloud_authz::Action;
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
@@ -273,14 +274,19 @@ async fn check_pass_role(
     invoker
         .0
         .authz
-        .authorize(caller, "functions:PassRole", &format!("roles:{role}"), &[])
+        .authorize(
+            caller,
+            Action::FunctionsPassRole,
+            &format!("roles:{role}"),
+            &[],
+        )
         .await
 }
 
 async fn authorize(
     invoker: &Invoker,
     caller: &Caller,
-    action: &str,
+    action: Action,
     name: &str,
 ) -> Result<(), ApiError> {
     invoker
@@ -397,7 +403,7 @@ pub async fn create(
         .clone()
         .ok_or_else(|| ApiError::invalid("name is required"))?;
     check_name(&name)?;
-    authorize(&invoker, &caller, "functions:Deploy", &name).await?;
+    authorize(&invoker, &caller, Action::FunctionsDeploy, &name).await?;
     let deploy = validate(&input)?;
     check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;
     let code = input
@@ -421,7 +427,7 @@ pub async fn replace(
     if input.name.as_ref().is_some_and(|n| n != &name) {
         return Err(ApiError::invalid("name in the body differs from the path"));
     }
-    authorize(&invoker, &caller, "functions:Deploy", &name).await?;
+    authorize(&invoker, &caller, Action::FunctionsDeploy, &name).await?;
     let deploy = validate(&input)?;
     check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;
     let zip = match &input.code {
@@ -473,7 +479,7 @@ pub async fn put_code(
             "send the zip with Content-Type: application/zip",
         ));
     }
-    authorize(&invoker, &caller, "functions:Deploy", &name).await?;
+    authorize(&invoker, &caller, Action::FunctionsDeploy, &name).await?;
     let current = get_row(&invoker, &name).await?;
     let deploy = Deploy {
         runtime: current.runtime,
@@ -514,11 +520,11 @@ pub async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<FunctionOut>, ApiError> {
     check_name(&name)?;
-    authorize(&invoker, &caller, "functions:Invoke", &name).await?;
+    authorize(&invoker, &caller, Action::FunctionsInvoke, &name).await?;
     let mut function = get_row(&invoker, &name).await?;
     // Env values are often secrets: only those who may deploy the function see
     // them; others see the names.
-    if authorize(&invoker, &caller, "functions:Deploy", &name)
+    if authorize(&invoker, &caller, Action::FunctionsDeploy, &name)
         .await
         .is_err()
     {
@@ -571,9 +577,9 @@ pub(crate) async fn visible_functions(
     .map_err(ApiError::internal)?;
     let mut functions = Vec::new();
     for mut function in rows {
-        match authorize(invoker, caller, "functions:Invoke", &function.name).await {
+        match authorize(invoker, caller, Action::FunctionsInvoke, &function.name).await {
             Ok(()) => {
-                if authorize(invoker, caller, "functions:Deploy", &function.name)
+                if authorize(invoker, caller, Action::FunctionsDeploy, &function.name)
                     .await
                     .is_err()
                 {
@@ -596,7 +602,7 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_name(&name)?;
-    authorize(&invoker, &caller, "functions:Delete", &name).await?;
+    authorize(&invoker, &caller, Action::FunctionsDelete, &name).await?;
     crate::function_subscriptions::remove_all(&invoker, &name).await?;
     let deleted = sqlx::query("DELETE FROM functions WHERE name = $1")
         .bind(&name)

@@ -2,6 +2,7 @@
 //! target is the function), async invocations (events on the `functions` topic),
 //! and HTTP routes on the gateway (`/fn/{name}/…`, API Gateway HTTP API v2.0 events).
 
+use minicloud_authz::Action;
 use std::collections::BTreeMap;
 
 use axum::body::{Body, Bytes};
@@ -106,7 +107,7 @@ pub async fn create(
     authz
         .authorize(
             &caller,
-            "functions:Deploy",
+            Action::FunctionsDeploy,
             &format!("functions:{name}"),
             &[],
         )
@@ -118,7 +119,12 @@ pub async fn create(
     let row = match (&input.topic, &input.http) {
         (Some(topic), None) => {
             authz
-                .authorize(&caller, "events:Subscribe", &format!("events:{topic}"), &[])
+                .authorize(
+                    &caller,
+                    Action::EventsSubscribe,
+                    &format!("events:{topic}"),
+                    &[],
+                )
                 .await?;
             let subscription_id = format!("sub_fn_{}", uuid::Uuid::now_v7().simple());
             let spec = json!({
@@ -202,7 +208,7 @@ pub async fn list(
         .authz
         .authorize(
             &caller,
-            "functions:Invoke",
+            Action::FunctionsInvoke,
             &format!("functions:{name}"),
             &[],
         )
@@ -230,7 +236,7 @@ pub async fn delete(
         .authz
         .authorize(
             &caller,
-            "functions:Deploy",
+            Action::FunctionsDeploy,
             &format!("functions:{name}"),
             &[],
         )

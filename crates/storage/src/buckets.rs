@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
+use minicloud_authz::Action;
 use minicloud_authz::{Caller, Policy};
 use minicloud_proto::error::{ApiError, ErrorBody, ErrorCode, Json, Path};
 use serde::{Deserialize, Serialize};
@@ -103,7 +104,7 @@ pub(crate) async fn create(
         .authz
         .authorize(
             &caller,
-            "storage:CreateBucket",
+            Action::StorageCreateBucket,
             &format!("storage:{name}"),
             &[],
         )
@@ -157,7 +158,7 @@ async fn visible(storage: &Storage, caller: &Caller, bucket: &BucketOut) -> Resu
     let resource = format!("storage:{}", bucket.name);
     match storage
         .authz
-        .authorize(caller, "storage:ListObjects", &resource, &[&policy])
+        .authorize(caller, Action::StorageListObjects, &resource, &[&policy])
         .await
     {
         Ok(()) => Ok(true),
@@ -233,7 +234,7 @@ pub(crate) struct BucketPatch {
 async fn manage(
     storage: &Storage,
     caller: &Caller,
-    action: &str,
+    action: Action,
     name: &str,
 ) -> Result<BucketOut, ApiError> {
     check_bucket_name(name)?;
@@ -256,7 +257,7 @@ pub(crate) async fn update(
     Path(name): Path<String>,
     Json(patch): Json<BucketPatch>,
 ) -> Result<Json<BucketOut>, ApiError> {
-    manage(&storage, &caller, "storage:CreateBucket", &name).await?;
+    manage(&storage, &caller, Action::StorageCreateBucket, &name).await?;
     if patch.file_size_limit.is_some_and(|limit| limit <= 0) {
         return Err(ApiError::invalid("file_size_limit must be positive"));
     }
@@ -302,7 +303,7 @@ pub(crate) async fn empty(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<MessageOut>, ApiError> {
-    manage(&storage, &caller, "storage:DeleteBucket", &name).await?;
+    manage(&storage, &caller, Action::StorageDeleteBucket, &name).await?;
     let deleted = storage.empty_bucket(&name).await?;
     Ok(Json(MessageOut {
         message: format!("emptied: {deleted} objects deleted"),
@@ -316,7 +317,7 @@ pub(crate) async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<MessageOut>, ApiError> {
-    manage(&storage, &caller, "storage:DeleteBucket", &name).await?;
+    manage(&storage, &caller, Action::StorageDeleteBucket, &name).await?;
     let mut tx = storage.pool.begin().await.map_err(ApiError::internal)?;
     // Lock the bucket: a concurrent upload's foreign-key check waits for this
     // transaction, so no object can slip in between the check and the delete.

@@ -1,6 +1,7 @@
 //! The gRPC API for other services and functions: the same operations as REST,
 //! authorised with the caller's token from the `authorization` metadata.
 
+use minicloud_authz::Action;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt as _};
@@ -195,7 +196,7 @@ impl StorageService for StorageGrpc {
         };
         let bucket = self.0.load_bucket(&request.bucket).await?;
         self.0
-            .authorize_object(&caller, "storage:ListObjects", &bucket, &prefix)
+            .authorize_object(&caller, Action::StorageListObjects, &bucket, &prefix)
             .await?;
         let delimiter = (!request.delimiter.is_empty()).then_some(request.delimiter.as_str());
         let cursor = (!request.cursor.is_empty()).then_some(request.cursor.as_str());

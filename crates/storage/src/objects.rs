@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
+use minicloud_authz::Action;
 use minicloud_authz::{Caller, Policy};
 use minicloud_outbox::OutboxEvent;
 use minicloud_proto::error::{ApiError, ErrorCode};
@@ -216,7 +217,7 @@ impl Storage {
     pub(crate) async fn authorize_object(
         &self,
         caller: &Caller,
-        action: &str,
+        action: Action,
         bucket: &BucketOut,
         path: &str,
     ) -> Result<(), ApiError> {
@@ -241,7 +242,7 @@ impl Storage {
         request: &WriteRequest,
     ) -> Result<(BucketOut, u64), ApiError> {
         let bucket = self.load_bucket(&request.bucket).await?;
-        self.authorize_object(caller, "storage:PutObject", &bucket, &request.path)
+        self.authorize_object(caller, Action::StoragePutObject, &bucket, &request.path)
             .await?;
         let content_type = request
             .content_type
@@ -439,7 +440,7 @@ impl Storage {
     ) -> Result<ObjectOut, ApiError> {
         let bucket_row = self.load_bucket(bucket).await?;
         if !bucket_row.public {
-            self.authorize_object(caller, "storage:GetObject", &bucket_row, path)
+            self.authorize_object(caller, Action::StorageGetObject, &bucket_row, path)
                 .await?;
         }
         self.object_info(bucket, path).await
@@ -489,7 +490,7 @@ impl Storage {
         preconditions: &Preconditions,
     ) -> Result<ObjectOut, ApiError> {
         let bucket_row = self.load_bucket(bucket).await?;
-        self.authorize_object(caller, "storage:DeleteObject", &bucket_row, path)
+        self.authorize_object(caller, Action::StorageDeleteObject, &bucket_row, path)
             .await?;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let object = sqlx::query_as::<_, ObjectOut>(concat!(
@@ -564,13 +565,13 @@ impl Storage {
         let source_bucket = self.load_bucket(from.0).await?;
         let target_bucket = self.load_bucket(to.0).await?;
         if !source_bucket.public {
-            self.authorize_object(caller, "storage:GetObject", &source_bucket, from.1)
+            self.authorize_object(caller, Action::StorageGetObject, &source_bucket, from.1)
                 .await?;
         }
-        self.authorize_object(caller, "storage:PutObject", &target_bucket, to.1)
+        self.authorize_object(caller, Action::StoragePutObject, &target_bucket, to.1)
             .await?;
         if remove_source {
-            self.authorize_object(caller, "storage:DeleteObject", &source_bucket, from.1)
+            self.authorize_object(caller, Action::StorageDeleteObject, &source_bucket, from.1)
                 .await?;
         }
         if from == to {

@@ -6,6 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt as _;
+use minicloud_authz::Action;
 use minicloud_authz::Caller;
 use minicloud_proto::error::{ApiError, ErrorBody, ErrorCode, Json, Path, Query};
 use serde::{Deserialize, Serialize};
@@ -420,7 +421,7 @@ pub(crate) async fn list(
     }
     let bucket_row = storage.load_bucket(&bucket).await?;
     storage
-        .authorize_object(&caller, "storage:ListObjects", &bucket_row, &prefix)
+        .authorize_object(&caller, Action::StorageListObjects, &bucket_row, &prefix)
         .await?;
     Ok(Json(
         storage
@@ -605,7 +606,7 @@ pub(crate) async fn sign_upload(
     let expires = expiry(options.expires_in.unwrap_or(2 * 3600))?;
     let bucket_row = storage.load_bucket(&bucket).await?;
     storage
-        .authorize_object(&caller, "storage:PutObject", &bucket_row, &path)
+        .authorize_object(&caller, Action::StoragePutObject, &bucket_row, &path)
         .await?;
     let token = storage.signer.sign(&Grant {
         operation: Operation::Upload,

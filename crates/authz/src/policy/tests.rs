@@ -277,6 +277,35 @@ fn invalid_documents_are_rejected_with_a_reason() {
 }
 
 #[test]
+fn action_patterns_must_match_an_action_the_services_check() {
+    let with_action = |action: &str| {
+        Policy::from_json(&json!({"effect":"allow","actions":[action],"resources":["*"]}))
+    };
+    // Typos and actions no service checks would never allow anything.
+    for typo in [
+        "storage:GetObjects",
+        "db:Get",
+        "events:Publsh",
+        "functions:Run*",
+    ] {
+        let error = with_action(typo).unwrap_err().to_string();
+        assert!(error.contains("matches none"), "{typo}: {error}");
+    }
+    // Exact (in any case), wildcards and a whole service are fine.
+    for fine in [
+        "*",
+        "storage:*",
+        "storage:getobject",
+        "storage:Get*",
+        "kv:???",
+        "*:Put*",
+        "functions:PassRole",
+    ] {
+        assert!(with_action(fine).is_ok(), "{fine}");
+    }
+}
+
+#[test]
 fn owner_conditions_apply_only_to_the_owners_resources() {
     let mine = policy(
         json!({"effect":"allow","principals":["role:authenticated"],"actions":["db:*"],
