@@ -14,7 +14,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::api::{UserPatch, check_metadata};
+use crate::account::{UserPatch, check_metadata};
 use crate::error::{AuthError, Result, is_foreign_key_violation, is_unique_violation};
 use crate::sessions::sha256;
 use crate::users::{UserOut, UserRow, normalise_email, user_columns};
@@ -131,7 +131,7 @@ async fn create_user(
     let email = normalise_email(&input.email)?;
     let metadata = input.user_metadata.unwrap_or_else(|| serde_json::json!({}));
     check_metadata(&metadata)?;
-    let user = crate::api::create_user(&auth, &email, input.password, metadata).await?;
+    let user = crate::account::create_user(&auth, &email, input.password, metadata).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -162,7 +162,7 @@ async fn update_user(
 ) -> Result<Json<UserOut>, ApiError> {
     require_service(&caller)?;
     Ok(Json(
-        crate::api::apply_user_patch(&auth, parse_user_id(&id)?, patch).await?,
+        crate::account::apply_user_patch(&auth, parse_user_id(&id)?, patch).await?,
     ))
 }
 

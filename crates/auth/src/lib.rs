@@ -2,8 +2,8 @@
 //! and rotating refresh tokens (GoTrue's shapes), roles with identity policies, API
 //! keys, signing-key rotation, and the gRPC API other services use.
 
+mod account;
 mod admin;
-mod api;
 mod error;
 mod grpc;
 mod keys;
@@ -45,12 +45,12 @@ use minicloud_proto::openapi::ErrorResponses;
         description = "Users, sessions, roles, API keys and signing keys (GoTrue shapes). Authenticate with `Authorization: Bearer <token>`."
     ),
     paths(
-        api::signup,
-        api::token,
-        api::logout,
-        api::get_user,
-        api::update_user,
-        api::jwks,
+        account::signup,
+        account::token,
+        account::logout,
+        account::get_user,
+        account::update_user,
+        account::jwks,
         admin::list_users,
         admin::create_user,
         admin::get_user,
@@ -245,11 +245,14 @@ impl Service for Auth {
         });
         let metrics = ServiceMetrics::new("auth", |_| {});
         let rest = Router::new()
-            .route("/auth/v1/signup", post(api::signup))
-            .route("/auth/v1/token", post(api::token))
-            .route("/auth/v1/logout", post(api::logout))
-            .route("/auth/v1/user", get(api::get_user).put(api::update_user))
-            .route("/auth/v1/.well-known/jwks.json", get(api::jwks))
+            .route("/auth/v1/signup", post(account::signup))
+            .route("/auth/v1/token", post(account::token))
+            .route("/auth/v1/logout", post(account::logout))
+            .route(
+                "/auth/v1/user",
+                get(account::get_user).put(account::update_user),
+            )
+            .route("/auth/v1/.well-known/jwks.json", get(account::jwks))
             .merge(admin::routes())
             .with_state(self.clone());
         ServiceHost::new(Self::NAME, rest, readiness, metrics)

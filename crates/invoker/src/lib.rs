@@ -2,18 +2,18 @@
 //! processes speaking the AWS Lambda Runtime API (docs/design.md §5.5).
 //!
 //! - [`registry`]: deploy, get, list, delete; [`bundle`]: zip checks and the code cache.
-//! - [`pool`]: instances per function — cold start, warm reuse, idle stop, limits.
+//! - [`engine`]: instances per function — cold start, warm reuse, idle stop, limits.
 //! - [`instance`]: one process and its Runtime API endpoint.
-//! - [`api`]: invoke (ours and the Lambda Invoke API) and logs; [`triggers`]: bus
+//! - [`invoke`]: invoke (ours and the Lambda Invoke API) and logs; [`triggers`]: bus
 //!   events, async invocations and HTTP routes.
 
-pub mod api;
 pub mod bundle;
+pub mod engine;
 mod function_subscriptions;
 pub mod instance;
+pub mod invoke;
 pub mod logs;
 pub mod metrics;
-pub mod pool;
 pub mod registry;
 pub mod sandbox;
 pub mod triggers;
@@ -39,7 +39,7 @@ use minicloud_telemetry::server::{
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{Engine, Paths};
+use crate::engine::{Engine, Paths};
 use crate::sandbox::{Egress, Sandbox, SandboxConfig, SandboxMode};
 
 pub const SCHEMA: &str = "invoker";
@@ -64,10 +64,10 @@ use minicloud_proto::openapi::ErrorResponses;
         registry::list,
         registry::delete,
         registry::sandbox,
-        api::invoke,
-        api::lambda_invoke,
-        api::logs,
-        api::instances,
+        invoke::invoke,
+        invoke::lambda_invoke,
+        invoke::logs,
+        invoke::instances,
         triggers::create,
         triggers::list,
         triggers::delete
@@ -340,7 +340,7 @@ impl Invoker {
                 node,
             },
             config.region.clone(),
-            pool::FunctionUrls {
+            engine::FunctionUrls {
                 gateway: config.gateway_url.clone(),
                 otlp: config
                     .functions_otlp_endpoint
@@ -422,9 +422,9 @@ impl Service for Invoker {
             )
             .route("/functions/v1/sandbox", get(registry::sandbox))
             .route("/functions/v1/{name}/code", put(registry::put_code))
-            .route("/functions/v1/{name}/invoke", post(api::invoke))
-            .route("/functions/v1/{name}/logs", get(api::logs))
-            .route("/functions/v1/{name}/instances", get(api::instances))
+            .route("/functions/v1/{name}/invoke", post(invoke::invoke))
+            .route("/functions/v1/{name}/logs", get(invoke::logs))
+            .route("/functions/v1/{name}/instances", get(invoke::instances))
             .route(
                 "/functions/v1/{name}/triggers",
                 get(triggers::list).post(triggers::create),
@@ -435,7 +435,7 @@ impl Service for Invoker {
             )
             .route(
                 "/2015-03-31/functions/{name}/invocations",
-                post(api::lambda_invoke),
+                post(invoke::lambda_invoke),
             )
             .route("/fn/{name}", any(triggers::http_route))
             // An empty remainder is `/`, which a `/*` route matches too.
@@ -469,8 +469,8 @@ impl InvokerService for InvokerGrpc {
             .await?
             .into_iter()
             .map(|function| Function {
-                name: function.name,
-                runtime: function.runtime,
+                name: function.config.name,
+                runtime: function.config.runtime,
                 created_at: function.created_at.to_rfc3339(),
             })
             .collect();
@@ -500,10 +500,10 @@ impl InvokerService for InvokerGrpc {
         } else {
             request.payload.into()
         };
-        let invoked = api::sync_invoke(
+        let invoked = invoke::sync_invoke(
             &self.0,
             &request.function,
-            pool::InvokeRequest {
+            engine::InvokeRequest {
                 payload,
                 wait_for_slot: true,
                 trace_id: None,

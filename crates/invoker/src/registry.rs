@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Invoker;
 use crate::bundle;
+use crate::engine::FunctionConfig;
 
 pub const RUNTIMES: [&str; 3] = ["provided", "python3", "nodejs"];
 
@@ -52,36 +53,21 @@ pub struct CodeIn {
     pub zip_base64: String,
 }
 
+/// A function as stored and shown: its configuration and when it was deployed.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct FunctionOut {
-    pub name: String,
-    pub runtime: String,
-    pub handler: String,
-    pub memory_mb: i32,
-    pub timeout_s: i32,
-    #[schema(value_type = BTreeMap<String, String>)]
-    pub env: sqlx::types::Json<BTreeMap<String, String>>,
-    pub role: Option<String>,
-    pub reserved_concurrency: Option<i32>,
-    pub provisioned_concurrency: i32,
-    pub keep_warm_s: i32,
-    pub code_hash: Option<String>,
-    /// Increases with every deploy.
-    pub revision: i64,
-    pub ephemeral_storage_mb: Option<i32>,
-    #[schema(value_type = Option<crate::sandbox::NetworkPolicy>)]
-    pub network: Option<sqlx::types::Json<crate::sandbox::NetworkPolicy>>,
+pub struct FunctionRecord {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub config: FunctionConfig,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const OUT_COLUMNS: &str = "name, runtime, handler, memory_mb, timeout_s, env, role, \
-    reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision, \
-    ephemeral_storage_mb, network, created_at, updated_at";
+const RECORD_COLUMNS: &str = concat!(crate::engine::config_columns!(), ", created_at, updated_at");
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FunctionList {
-    pub functions: Vec<FunctionOut>,
+    pub functions: Vec<FunctionRecord>,
 }
 
 /// Lambda's rule: 1 to 64 of letters, digits, `-` and `_`.
@@ -305,7 +291,7 @@ async fn store(
     zip: Option<Vec<u8>>,
     create_only: bool,
     caller: &Caller,
-) -> Result<(StatusCode, FunctionOut), ApiError> {
+) -> Result<(StatusCode, FunctionRecord), ApiError> {
     if let Some(ports) = deploy.network.as_ref().and_then(|n| n.ports.as_deref()) {
         invoker
             .0
@@ -348,7 +334,7 @@ async fn store(
             "a new function needs code: {\"code\":{\"zip_base64\":\"…\"}}",
         ));
     }
-    let row: FunctionOut = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let row: FunctionRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO functions (name, runtime, handler, memory_mb, timeout_s, env, role,
              reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, owner,
              ephemeral_storage_mb, network)
@@ -361,7 +347,7 @@ async fn store(
              ephemeral_storage_mb = EXCLUDED.ephemeral_storage_mb, network = EXCLUDED.network,
              code_hash = COALESCE(EXCLUDED.code_hash, functions.code_hash),
              revision = functions.revision + 1, updated_at = now()
-         RETURNING {OUT_COLUMNS}"
+         RETURNING {RECORD_COLUMNS}"
     )))
     .bind(name)
     .bind(&deploy.runtime)
@@ -392,12 +378,12 @@ async fn store(
 }
 
 #[utoipa::path(post, path = "/functions/v1", tag = "functions", request_body = FunctionIn,
-    responses((status = 201, body = FunctionOut), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 409, body = minicloud_proto::error::ErrorBody), (status = 413, body = minicloud_proto::error::ErrorBody)))]
+    responses((status = 201, body = FunctionRecord), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 409, body = minicloud_proto::error::ErrorBody), (status = 413, body = minicloud_proto::error::ErrorBody)))]
 pub async fn create(
     State(invoker): State<Invoker>,
     caller: Caller,
     Json(input): Json<FunctionIn>,
-) -> Result<(StatusCode, Json<FunctionOut>), ApiError> {
+) -> Result<(StatusCode, Json<FunctionRecord>), ApiError> {
     let name = input
         .name
         .clone()
@@ -416,13 +402,13 @@ pub async fn create(
 }
 
 #[utoipa::path(put, path = "/functions/v1/{name}", tag = "functions", request_body = FunctionIn, params(("name" = String, Path)),
-    responses((status = 200, body = FunctionOut), (status = 201, body = FunctionOut), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 403, body = minicloud_proto::error::ErrorBody)))]
+    responses((status = 200, body = FunctionRecord), (status = 201, body = FunctionRecord), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 403, body = minicloud_proto::error::ErrorBody)))]
 pub async fn replace(
     State(invoker): State<Invoker>,
     caller: Caller,
     Path(name): Path<String>,
     Json(input): Json<FunctionIn>,
-) -> Result<(StatusCode, Json<FunctionOut>), ApiError> {
+) -> Result<(StatusCode, Json<FunctionRecord>), ApiError> {
     check_name(&name)?;
     if input.name.as_ref().is_some_and(|n| n != &name) {
         return Err(ApiError::invalid("name in the body differs from the path"));
@@ -457,14 +443,14 @@ pub async fn replace(
 
 #[utoipa::path(put, path = "/functions/v1/{name}/code", tag = "functions", params(("name" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/zip"),
-    responses((status = 200, body = FunctionOut), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody), (status = 415, body = minicloud_proto::error::ErrorBody)))]
+    responses((status = 200, body = FunctionRecord), (status = 400, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody), (status = 415, body = minicloud_proto::error::ErrorBody)))]
 pub async fn put_code(
     State(invoker): State<Invoker>,
     caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<FunctionOut>, ApiError> {
+) -> Result<Json<FunctionRecord>, ApiError> {
     check_name(&name)?;
     let content_type = headers
         .get("content-type")
@@ -482,17 +468,17 @@ pub async fn put_code(
     authorize(&invoker, &caller, Action::FunctionsDeploy, &name).await?;
     let current = get_row(&invoker, &name).await?;
     let deploy = Deploy {
-        runtime: current.runtime,
-        handler: current.handler,
-        memory_mb: current.memory_mb,
-        timeout_s: current.timeout_s,
-        env: current.env.0,
-        role: current.role,
-        reserved_concurrency: current.reserved_concurrency,
-        provisioned_concurrency: current.provisioned_concurrency,
-        keep_warm_s: current.keep_warm_s,
-        ephemeral_storage_mb: current.ephemeral_storage_mb,
-        network: current.network.map(|n| n.0),
+        runtime: current.config.runtime,
+        handler: current.config.handler,
+        memory_mb: current.config.memory_mb,
+        timeout_s: current.config.timeout_s,
+        env: current.config.env.0,
+        role: current.config.role,
+        reserved_concurrency: current.config.reserved_concurrency,
+        provisioned_concurrency: current.config.provisioned_concurrency,
+        keep_warm_s: current.config.keep_warm_s,
+        ephemeral_storage_mb: current.config.ephemeral_storage_mb,
+        network: current.config.network.map(|n| n.0),
     };
     // New code under the function's role is that role handed to new code.
     check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;
@@ -501,9 +487,9 @@ pub async fn put_code(
     Ok(Json(out))
 }
 
-async fn get_row(invoker: &Invoker, name: &str) -> Result<FunctionOut, ApiError> {
+async fn get_row(invoker: &Invoker, name: &str) -> Result<FunctionRecord, ApiError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {OUT_COLUMNS} FROM functions WHERE name = $1"
+        "SELECT {RECORD_COLUMNS} FROM functions WHERE name = $1"
     )))
     .bind(name)
     .fetch_optional(&invoker.0.pool)
@@ -513,12 +499,12 @@ async fn get_row(invoker: &Invoker, name: &str) -> Result<FunctionOut, ApiError>
 }
 
 #[utoipa::path(get, path = "/functions/v1/{name}", tag = "functions", params(("name" = String, Path)),
-    responses((status = 200, body = FunctionOut), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody)))]
+    responses((status = 200, body = FunctionRecord), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody)))]
 pub async fn get(
     State(invoker): State<Invoker>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<FunctionOut>, ApiError> {
+) -> Result<Json<FunctionRecord>, ApiError> {
     check_name(&name)?;
     authorize(&invoker, &caller, Action::FunctionsInvoke, &name).await?;
     let mut function = get_row(&invoker, &name).await?;
@@ -533,8 +519,8 @@ pub async fn get(
     Ok(Json(function))
 }
 
-fn hide_env_values(function: &mut FunctionOut) {
-    for value in function.env.0.values_mut() {
+fn hide_env_values(function: &mut FunctionRecord) {
+    for value in function.config.env.0.values_mut() {
         *value = String::new();
     }
 }
@@ -568,20 +554,32 @@ pub async fn list(
 pub(crate) async fn visible_functions(
     invoker: &Invoker,
     caller: &Caller,
-) -> Result<Vec<FunctionOut>, ApiError> {
-    let rows: Vec<FunctionOut> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {OUT_COLUMNS} FROM functions ORDER BY name LIMIT 1000"
+) -> Result<Vec<FunctionRecord>, ApiError> {
+    let rows: Vec<FunctionRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RECORD_COLUMNS} FROM functions ORDER BY name LIMIT 1000"
     )))
     .fetch_all(&invoker.0.pool)
     .await
     .map_err(ApiError::internal)?;
     let mut functions = Vec::new();
     for mut function in rows {
-        match authorize(invoker, caller, Action::FunctionsInvoke, &function.name).await {
+        match authorize(
+            invoker,
+            caller,
+            Action::FunctionsInvoke,
+            &function.config.name,
+        )
+        .await
+        {
             Ok(()) => {
-                if authorize(invoker, caller, Action::FunctionsDeploy, &function.name)
-                    .await
-                    .is_err()
+                if authorize(
+                    invoker,
+                    caller,
+                    Action::FunctionsDeploy,
+                    &function.config.name,
+                )
+                .await
+                .is_err()
                 {
                     hide_env_values(&mut function);
                 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Invoker;
-use crate::pool::InvokeRequest;
+use crate::engine::InvokeRequest;
 
 /// `POST /functions/v1/{name}/triggers`: one of the two shapes (docs/design.md §5.6).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -321,7 +321,7 @@ async fn http_route_inner(
     }
     // Limited while it streams: a public route must not buffer a body of any size
     // before refusing it (a 400 MB upload once grew the process by 650 MB).
-    let body = crate::api::read_payload(body, crate::api::MAX_SYNC_PAYLOAD * 3 / 4)
+    let body = crate::invoke::read_payload(body, crate::invoke::MAX_SYNC_PAYLOAD * 3 / 4)
         .await
         .map_err(|error| match error.code {
             ErrorCode::PayloadTooLarge => ApiError::new(
@@ -338,7 +338,7 @@ async fn http_route_inner(
         client_context: None,
         log_tail: false,
     };
-    let invoked = crate::api::sync_invoke(invoker, name, request).await?;
+    let invoked = crate::invoke::sync_invoke(invoker, name, request).await?;
     match invoked.result {
         Ok(payload) => Ok(api_gateway_v2_response(&payload)),
         Err((body, _)) => {

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Storage;
 
+/// A bucket as stored: its row, the API's answer, what the settings cache holds.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct BucketOut {
+pub struct BucketRecord {
     pub id: String,
     pub name: String,
     pub public: bool,
@@ -82,12 +83,12 @@ pub(crate) fn check_bucket_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(post, path = "/storage/v1/bucket", tag = "buckets", request_body = BucketIn, responses((status = 201, body = BucketOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+#[utoipa::path(post, path = "/storage/v1/bucket", tag = "buckets", request_body = BucketIn, responses((status = 201, body = BucketRecord), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub(crate) async fn create(
     State(storage): State<Storage>,
     caller: Caller,
     Json(input): Json<BucketIn>,
-) -> Result<(StatusCode, Json<BucketOut>), ApiError> {
+) -> Result<(StatusCode, Json<BucketRecord>), ApiError> {
     let name = match (input.name, input.id) {
         (Some(name), None) | (None, Some(name)) => name,
         (Some(name), Some(id)) if name == id => name,
@@ -117,7 +118,7 @@ pub(crate) async fn create(
         .create_bucket(&name)
         .await
         .map_err(ApiError::from)?;
-    let bucket = sqlx::query_as::<_, BucketOut>(concat!(
+    let bucket = sqlx::query_as::<_, BucketRecord>(concat!(
         "INSERT INTO buckets (name, public, file_size_limit, allowed_mime_types, policy, owner, inline_active_content)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING ",
         bucket_columns!()
@@ -136,8 +137,8 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(bucket)))
 }
 
-pub(crate) async fn load(storage: &Storage, name: &str) -> Result<Option<BucketOut>, ApiError> {
-    sqlx::query_as::<_, BucketOut>(concat!(
+pub(crate) async fn load(storage: &Storage, name: &str) -> Result<Option<BucketRecord>, ApiError> {
+    sqlx::query_as::<_, BucketRecord>(concat!(
         "SELECT ",
         bucket_columns!(),
         " FROM buckets WHERE name = $1"
@@ -150,7 +151,11 @@ pub(crate) async fn load(storage: &Storage, name: &str) -> Result<Option<BucketO
 
 /// Whether `caller` may see `bucket` at all: public buckets are visible to everyone,
 /// others to whoever may list their objects.
-async fn visible(storage: &Storage, caller: &Caller, bucket: &BucketOut) -> Result<bool, ApiError> {
+async fn visible(
+    storage: &Storage,
+    caller: &Caller,
+    bucket: &BucketRecord,
+) -> Result<bool, ApiError> {
     if bucket.public || caller.is_service() {
         return Ok(true);
     }
@@ -169,12 +174,12 @@ async fn visible(storage: &Storage, caller: &Caller, bucket: &BucketOut) -> Resu
     }
 }
 
-#[utoipa::path(get, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)), responses((status = 200, body = BucketOut), (status = 404, description = "missing or not visible to the caller", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+#[utoipa::path(get, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)), responses((status = 200, body = BucketRecord), (status = 404, description = "missing or not visible to the caller", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub(crate) async fn get(
     State(storage): State<Storage>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<BucketOut>, ApiError> {
+) -> Result<Json<BucketRecord>, ApiError> {
     let not_found = || ApiError::not_found(format!("bucket {name} not found"));
     let bucket = load(&storage, &name).await?.ok_or_else(not_found)?;
     // A bucket the caller may not see is reported as missing, not as forbidden.
@@ -184,11 +189,11 @@ pub(crate) async fn get(
     Ok(Json(bucket))
 }
 
-#[utoipa::path(get, path = "/storage/v1/bucket", tag = "buckets", responses((status = 200, description = "the buckets the caller may see", body = Vec<BucketOut>), (status = 401, description = "no valid token", body = ErrorBody)))]
+#[utoipa::path(get, path = "/storage/v1/bucket", tag = "buckets", responses((status = 200, description = "the buckets the caller may see", body = Vec<BucketRecord>), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub(crate) async fn list(
     State(storage): State<Storage>,
     caller: Caller,
-) -> Result<Json<Vec<BucketOut>>, ApiError> {
+) -> Result<Json<Vec<BucketRecord>>, ApiError> {
     Ok(Json(visible_buckets(&storage, &caller).await?))
 }
 
@@ -196,8 +201,8 @@ pub(crate) async fn list(
 pub(crate) async fn visible_buckets(
     storage: &Storage,
     caller: &Caller,
-) -> Result<Vec<BucketOut>, ApiError> {
-    let buckets = sqlx::query_as::<_, BucketOut>(concat!(
+) -> Result<Vec<BucketRecord>, ApiError> {
+    let buckets = sqlx::query_as::<_, BucketRecord>(concat!(
         "SELECT ",
         bucket_columns!(),
         " FROM buckets ORDER BY name LIMIT 1000"
@@ -236,7 +241,7 @@ async fn manage(
     caller: &Caller,
     action: Action,
     name: &str,
-) -> Result<BucketOut, ApiError> {
+) -> Result<BucketRecord, ApiError> {
     check_bucket_name(name)?;
     let bucket = load(storage, name)
         .await?
@@ -250,13 +255,13 @@ async fn manage(
 }
 
 #[utoipa::path(put, path = "/storage/v1/bucket/{name}", tag = "buckets", params(("name" = String, Path)), request_body = BucketPatch,
-    responses((status = 200, body = BucketOut), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = BucketRecord), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(crate) async fn update(
     State(storage): State<Storage>,
     caller: Caller,
     Path(name): Path<String>,
     Json(patch): Json<BucketPatch>,
-) -> Result<Json<BucketOut>, ApiError> {
+) -> Result<Json<BucketRecord>, ApiError> {
     manage(&storage, &caller, Action::StorageCreateBucket, &name).await?;
     if patch.file_size_limit.is_some_and(|limit| limit <= 0) {
         return Err(ApiError::invalid("file_size_limit must be positive"));
@@ -270,7 +275,7 @@ pub(crate) async fn update(
         ),
         None => None,
     };
-    let bucket = sqlx::query_as::<_, BucketOut>(concat!(
+    let bucket = sqlx::query_as::<_, BucketRecord>(concat!(
         "UPDATE buckets SET public = COALESCE($2, public), file_size_limit = COALESCE($3, file_size_limit),
            allowed_mime_types = COALESCE($4, allowed_mime_types), policy = COALESCE($5, policy),
            inline_active_content = COALESCE($6, inline_active_content), updated_at = now()

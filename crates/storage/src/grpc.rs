@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Storage;
 use crate::backend::{ByteRange, ByteStream};
-use crate::objects::{ObjectOut, Preconditions, WriteRequest};
+use crate::objects::{ObjectRecord, Preconditions, WriteRequest};
 use crate::paths::{normalise_path, normalise_prefix};
 
 pub(crate) struct StorageGrpc(pub Storage);
@@ -25,7 +25,7 @@ fn object_ref(bucket: &str, path: &str) -> Result<(String, String), Status> {
     Ok((bucket.to_owned(), normalise_path(path)?))
 }
 
-fn info(object: &ObjectOut) -> ObjectInfo {
+fn info(object: &ObjectRecord) -> ObjectInfo {
     ObjectInfo {
         bucket: object.bucket.clone(),
         path: object.name.clone(),

@@ -171,7 +171,7 @@ pub struct StorageState {
     pub(crate) signer: signing::UrlSigner,
     /// Bucket settings as every object call reads them; a change made here applies
     /// at once, one made through another replica within [`BUCKET_CACHE_TTL`].
-    pub(crate) buckets: minicloud_authz::TtlCache<buckets::BucketOut>,
+    pub(crate) buckets: minicloud_authz::TtlCache<buckets::BucketRecord>,
 }
 
 impl std::fmt::Debug for StorageState {

@@ -7,7 +7,7 @@ use minicloud_proto::error::ApiError;
 use serde::{Deserialize, Serialize};
 
 use crate::Storage;
-use crate::objects::{ObjectOut, object_columns};
+use crate::objects::{ObjectRecord, object_columns};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +24,7 @@ pub(crate) struct ListIn {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ListOut {
-    pub objects: Vec<ObjectOut>,
+    pub objects: Vec<ObjectRecord>,
     pub prefixes: Vec<String>,
     pub next_cursor: Option<String>,
 }
@@ -92,7 +92,7 @@ impl Storage {
         let mut prefixes: Vec<String> = Vec::new();
         let mut last: Option<Cursor> = None;
         'pages: loop {
-            let rows = sqlx::query_as::<_, ObjectOut>(concat!(
+            let rows = sqlx::query_as::<_, ObjectRecord>(concat!(
                 "SELECT ",
                 object_columns!(),
                 " FROM objects WHERE bucket = $1 AND path >= $2 AND ($3::text IS NULL OR path > $3)

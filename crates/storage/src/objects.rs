@@ -13,10 +13,11 @@ use sqlx::{Arguments as _, FromRow as _, Row as _};
 
 use crate::Storage;
 use crate::backend::{BackendError, ByteRange, ByteStream, blob_key};
-use crate::buckets::BucketOut;
+use crate::buckets::BucketRecord;
 
+/// An object's metadata as stored: its row, the API's answer, an event's data.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ObjectOut {
+pub struct ObjectRecord {
     pub bucket: String,
     #[sqlx(rename = "path")]
     pub name: String,
@@ -50,7 +51,7 @@ const UPSERT: &str = concat!(
     object_columns!()
 );
 
-fn upsert_args(new: &ObjectOut) -> Result<PgArguments, ApiError> {
+fn upsert_args(new: &ObjectRecord) -> Result<PgArguments, ApiError> {
     let mut args = PgArguments::default();
     let add = |result: Result<(), sqlx::error::BoxDynError>| result.map_err(ApiError::internal);
     add(args.add(new.bucket.clone()))?;
@@ -64,7 +65,7 @@ fn upsert_args(new: &ObjectOut) -> Result<PgArguments, ApiError> {
     Ok(args)
 }
 
-fn upsert_error(error: sqlx::Error, new: &ObjectOut) -> ApiError {
+fn upsert_error(error: sqlx::Error, new: &ObjectRecord) -> ApiError {
     match &error {
         // The bucket was deleted while the bytes were uploading.
         sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
@@ -181,7 +182,7 @@ pub(crate) fn resource(bucket: &str, path: &str) -> String {
     format!("storage:{bucket}/{path}")
 }
 
-fn event(kind: &str, object: &ObjectOut) -> OutboxEvent {
+fn event(kind: &str, object: &ObjectRecord) -> OutboxEvent {
     OutboxEvent::new(
         "/minicloud/storage",
         &format!("minicloud.storage.object.{kind}"),
@@ -199,7 +200,7 @@ fn event(kind: &str, object: &ObjectOut) -> OutboxEvent {
 
 impl Storage {
     /// The bucket as object calls see it: cached for [`crate::BUCKET_CACHE_TTL`].
-    pub(crate) async fn load_bucket(&self, name: &str) -> Result<BucketOut, ApiError> {
+    pub(crate) async fn load_bucket(&self, name: &str) -> Result<BucketRecord, ApiError> {
         if let Some(bucket) = self.buckets.get(name) {
             return Ok(bucket);
         }
@@ -210,7 +211,7 @@ impl Storage {
         Ok(bucket)
     }
 
-    pub(crate) fn bucket_policy(bucket: &BucketOut) -> Policy {
+    pub(crate) fn bucket_policy(bucket: &BucketRecord) -> Policy {
         Policy::from_json(&bucket.policy).unwrap_or_default()
     }
 
@@ -218,7 +219,7 @@ impl Storage {
         &self,
         caller: &Caller,
         action: Action,
-        bucket: &BucketOut,
+        bucket: &BucketRecord,
         path: &str,
     ) -> Result<(), ApiError> {
         let policy = Self::bucket_policy(bucket);
@@ -227,7 +228,7 @@ impl Storage {
             .await
     }
 
-    fn size_limit(&self, bucket: &BucketOut) -> u64 {
+    fn size_limit(&self, bucket: &BucketRecord) -> u64 {
         let global = self.config.max_object_size;
         bucket
             .file_size_limit
@@ -240,7 +241,7 @@ impl Storage {
         &self,
         caller: &Caller,
         request: &WriteRequest,
-    ) -> Result<(BucketOut, u64), ApiError> {
+    ) -> Result<(BucketRecord, u64), ApiError> {
         let bucket = self.load_bucket(&request.bucket).await?;
         self.authorize_object(caller, Action::StoragePutObject, &bucket, &request.path)
             .await?;
@@ -293,7 +294,7 @@ impl Storage {
         request: WriteRequest,
         body: ByteStream,
         owner: Option<String>,
-    ) -> Result<ObjectOut, ApiError> {
+    ) -> Result<ObjectRecord, ApiError> {
         let (_bucket, limit) = match self.prepare_write(caller, &request).await {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -309,7 +310,7 @@ impl Storage {
             .await
             .map_err(ApiError::from)?;
         // The row as it will be written (the timestamps are the database's).
-        let new = ObjectOut {
+        let new = ObjectRecord {
             bucket: request.bucket.clone(),
             name: request.path.clone(),
             version,
@@ -349,8 +350,8 @@ impl Storage {
     async fn commit_write(
         &self,
         request: &WriteRequest,
-        new: &ObjectOut,
-    ) -> Result<(ObjectOut, Option<String>), ApiError> {
+        new: &ObjectRecord,
+    ) -> Result<(ObjectRecord, Option<String>), ApiError> {
         if request.preconditions.is_none() {
             return self.upsert_in_one_statement(new).await;
         }
@@ -366,7 +367,7 @@ impl Storage {
         request
             .preconditions
             .check(current.as_ref().map(|(_, etag)| etag.as_str()))?;
-        let object = sqlx::query_as_with::<_, ObjectOut, _>(UPSERT, upsert_args(new)?)
+        let object = sqlx::query_as_with::<_, ObjectRecord, _>(UPSERT, upsert_args(new)?)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| upsert_error(e, new))?;
@@ -385,8 +386,8 @@ impl Storage {
     /// still pointed at removed.
     async fn upsert_in_one_statement(
         &self,
-        new: &ObjectOut,
-    ) -> Result<(ObjectOut, Option<String>), ApiError> {
+        new: &ObjectRecord,
+    ) -> Result<(ObjectRecord, Option<String>), ApiError> {
         // Every field of the event is known before the write.
         let event = serde_json::to_value(event("created", new)).map_err(ApiError::internal)?;
         let sql = format!(
@@ -405,7 +406,7 @@ impl Storage {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| upsert_error(e, new))?;
-        let object = ObjectOut::from_row(&row).map_err(db)?;
+        let object = ObjectRecord::from_row(&row).map_err(db)?;
         let replaced: Option<String> = row.try_get("replaced").map_err(db)?;
         Ok((object, replaced))
     }
@@ -417,8 +418,8 @@ impl Storage {
         }
     }
 
-    pub async fn object_info(&self, bucket: &str, path: &str) -> Result<ObjectOut, ApiError> {
-        sqlx::query_as::<_, ObjectOut>(concat!(
+    pub async fn object_info(&self, bucket: &str, path: &str) -> Result<ObjectRecord, ApiError> {
+        sqlx::query_as::<_, ObjectRecord>(concat!(
             "SELECT ",
             object_columns!(),
             " FROM objects WHERE bucket = $1 AND path = $2"
@@ -437,7 +438,7 @@ impl Storage {
         caller: &Caller,
         bucket: &str,
         path: &str,
-    ) -> Result<ObjectOut, ApiError> {
+    ) -> Result<ObjectRecord, ApiError> {
         let bucket_row = self.load_bucket(bucket).await?;
         if !bucket_row.public {
             self.authorize_object(caller, Action::StorageGetObject, &bucket_row, path)
@@ -450,9 +451,9 @@ impl Storage {
     /// version just read.
     pub async fn open(
         &self,
-        object: ObjectOut,
+        object: ObjectRecord,
         range: Option<ByteRange>,
-    ) -> Result<(ObjectOut, ByteStream), ApiError> {
+    ) -> Result<(ObjectRecord, ByteStream), ApiError> {
         // The size is known from the metadata: naming the whole range spares the
         // backend a stat.
         let whole = |size: i64| {
@@ -488,12 +489,12 @@ impl Storage {
         bucket: &str,
         path: &str,
         preconditions: &Preconditions,
-    ) -> Result<ObjectOut, ApiError> {
+    ) -> Result<ObjectRecord, ApiError> {
         let bucket_row = self.load_bucket(bucket).await?;
         self.authorize_object(caller, Action::StorageDeleteObject, &bucket_row, path)
             .await?;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let object = sqlx::query_as::<_, ObjectOut>(concat!(
+        let object = sqlx::query_as::<_, ObjectRecord>(concat!(
             "SELECT ",
             object_columns!(),
             " FROM objects WHERE bucket = $1 AND path = $2 FOR UPDATE"
@@ -526,7 +527,7 @@ impl Storage {
         let mut deleted = 0;
         loop {
             let mut tx = self.pool.begin().await.map_err(db)?;
-            let batch = sqlx::query_as::<_, ObjectOut>(concat!(
+            let batch = sqlx::query_as::<_, ObjectRecord>(concat!(
                 "DELETE FROM objects WHERE (bucket, path) IN
                    (SELECT bucket, path FROM objects WHERE bucket = $1 ORDER BY path LIMIT 500 FOR UPDATE)
                  RETURNING ",
@@ -561,7 +562,7 @@ impl Storage {
         from: (&str, &str),
         to: (&str, &str),
         remove_source: bool,
-    ) -> Result<ObjectOut, ApiError> {
+    ) -> Result<ObjectRecord, ApiError> {
         let source_bucket = self.load_bucket(from.0).await?;
         let target_bucket = self.load_bucket(to.0).await?;
         if !source_bucket.public {
@@ -606,7 +607,7 @@ impl Storage {
             declared_length: None,
             preconditions: Preconditions::default(),
         };
-        let new = ObjectOut {
+        let new = ObjectRecord {
             bucket: request.bucket.clone(),
             name: request.path.clone(),
             version,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::Storage;
 use crate::backend::{ByteRange, ByteStream};
 use crate::listing::{ListIn, ListOut};
-use crate::objects::{ObjectOut, Preconditions, WriteRequest};
+use crate::objects::{ObjectRecord, Preconditions, WriteRequest};
 use crate::paths::{normalise_path, normalise_prefix};
 use crate::signing::{Grant, MAX_EXPIRES_IN, Operation};
 
@@ -69,10 +69,10 @@ pub(crate) struct UploadOut {
     #[serde(rename = "Key")]
     pub key: String,
     #[serde(flatten)]
-    pub object: ObjectOut,
+    pub object: ObjectRecord,
 }
 
-fn upload_answer(status: StatusCode, object: ObjectOut) -> Response {
+fn upload_answer(status: StatusCode, object: ObjectRecord) -> Response {
     let etag = format!("\"{}\"", object.etag);
     let out = UploadOut {
         key: format!("{}/{}", object.bucket, object.name),
@@ -215,7 +215,7 @@ fn is_active_content(content_type: &str) -> bool {
 
 async fn serve(
     storage: &Storage,
-    object: ObjectOut,
+    object: ObjectRecord,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -335,24 +335,24 @@ pub(crate) async fn get_public(
 }
 
 #[utoipa::path(get, path = "/storage/v1/object/info/{bucket}/{path}", tag = "objects",
-    params(("bucket" = String, Path), ("path" = String, Path)), responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
+    params(("bucket" = String, Path), ("path" = String, Path)), responses((status = 200, body = ObjectRecord), (status = 404, body = ErrorBody)))]
 pub(crate) async fn info(
     State(storage): State<Storage>,
     caller: Caller,
     Path((bucket, path)): Path<(String, String)>,
-) -> Result<Json<ObjectOut>, ApiError> {
+) -> Result<Json<ObjectRecord>, ApiError> {
     let (bucket, path) = object_path(bucket, path)?;
     Ok(Json(storage.authorize_read(&caller, &bucket, &path).await?))
 }
 
 #[utoipa::path(delete, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
-    params(("bucket" = String, Path), ("path" = String, Path)), responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+    params(("bucket" = String, Path), ("path" = String, Path)), responses((status = 200, body = ObjectRecord), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
 pub(crate) async fn delete(
     State(storage): State<Storage>,
     caller: Caller,
     headers: HeaderMap,
     Path((bucket, path)): Path<(String, String)>,
-) -> Result<Json<ObjectOut>, ApiError> {
+) -> Result<Json<ObjectRecord>, ApiError> {
     let (bucket, path) = object_path(bucket, path)?;
     let preconditions = preconditions(&headers, false)?;
     Ok(Json(
@@ -370,13 +370,13 @@ pub(crate) struct BulkDeleteIn {
 }
 
 #[utoipa::path(delete, path = "/storage/v1/object/{bucket}", tag = "objects", params(("bucket" = String, Path)), request_body = BulkDeleteIn,
-    responses((status = 200, description = "the deleted objects; missing ones are skipped", body = Vec<ObjectOut>)))]
+    responses((status = 200, description = "the deleted objects; missing ones are skipped", body = Vec<ObjectRecord>)))]
 pub(crate) async fn bulk_delete(
     State(storage): State<Storage>,
     caller: Caller,
     Path(bucket): Path<String>,
     Json(input): Json<BulkDeleteIn>,
-) -> Result<Json<Vec<ObjectOut>>, ApiError> {
+) -> Result<Json<Vec<ObjectRecord>>, ApiError> {
     crate::buckets::check_bucket_name(&bucket)?;
     if input.prefixes.len() > 1000 {
         return Err(ApiError::invalid("at most 1000 objects per request"));
@@ -445,7 +445,7 @@ async fn copy_or_move(
     caller: &Caller,
     input: CopyIn,
     remove_source: bool,
-) -> Result<ObjectOut, ApiError> {
+) -> Result<ObjectRecord, ApiError> {
     let destination_bucket = input
         .destination_bucket
         .unwrap_or_else(|| input.bucket_id.clone());
@@ -461,21 +461,21 @@ async fn copy_or_move(
         .await
 }
 
-#[utoipa::path(post, path = "/storage/v1/object/copy", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/storage/v1/object/copy", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectRecord), (status = 404, body = ErrorBody)))]
 pub(crate) async fn copy_object(
     State(storage): State<Storage>,
     caller: Caller,
     Json(input): Json<CopyIn>,
-) -> Result<Json<ObjectOut>, ApiError> {
+) -> Result<Json<ObjectRecord>, ApiError> {
     Ok(Json(copy_or_move(&storage, &caller, input, false).await?))
 }
 
-#[utoipa::path(post, path = "/storage/v1/object/move", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectOut), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/storage/v1/object/move", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectRecord), (status = 404, body = ErrorBody)))]
 pub(crate) async fn move_object(
     State(storage): State<Storage>,
     caller: Caller,
     Json(input): Json<CopyIn>,
-) -> Result<Json<ObjectOut>, ApiError> {
+) -> Result<Json<ObjectRecord>, ApiError> {
     Ok(Json(copy_or_move(&storage, &caller, input, true).await?))
 }
 

@@ -18,8 +18,8 @@ use minicloud_proto::error::{ApiError, ErrorCode, Json};
 use serde::Deserialize;
 
 use crate::Invoker;
+use crate::engine::{InvokeError, InvokeRequest};
 use crate::logs::{LogFilter, LogLine, LogStream};
-use crate::pool::{InvokeError, InvokeRequest};
 
 /// Lambda's payload limits.
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -268,7 +268,7 @@ pub async fn sync_invoke(
     invoker: &Invoker,
     name: &str,
     mut request: InvokeRequest,
-) -> Result<crate::pool::Invoked, ApiError> {
+) -> Result<crate::engine::Invoked, ApiError> {
     use tracing::Instrument as _;
     let span =
         tracing::info_span!("invoke", otel.name = format!("invoke {name}"), function = %name);
@@ -296,7 +296,7 @@ pub async fn sync_invoke(
         })
 }
 
-fn invoked_response(invoked: crate::pool::Invoked, tail: bool) -> Response {
+fn invoked_response(invoked: crate::engine::Invoked, tail: bool) -> Response {
     let (body, function_error) = match invoked.result {
         Ok(body) => (body, None),
         Err((body, _error_type)) => (body, Some("Unhandled")),

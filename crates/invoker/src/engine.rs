@@ -26,28 +26,40 @@ const INSTANCE_MAX_AGE: Duration = Duration::from_secs(45 * 60);
 /// Room above `memory_mb` for the runtime's own mappings (docs/operations.md).
 pub const MEMORY_MARGIN_MB: u64 = 64;
 
-/// A function as deployed: one row of `functions`.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct FunctionSpec {
+/// A function's deployed configuration, what its instances run: one row of
+/// `functions` without its timestamps (a `FunctionRecord` adds them).
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct FunctionConfig {
     pub name: String,
     pub runtime: String,
     pub handler: String,
     pub memory_mb: i32,
     pub timeout_s: i32,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub env: sqlx::types::Json<BTreeMap<String, String>>,
     pub role: Option<String>,
     pub reserved_concurrency: Option<i32>,
     pub provisioned_concurrency: i32,
     pub keep_warm_s: i32,
     pub code_hash: Option<String>,
+    /// Increases with every deploy.
     pub revision: i64,
     pub ephemeral_storage_mb: Option<i32>,
+    #[schema(value_type = Option<crate::sandbox::NetworkPolicy>)]
     pub network: Option<sqlx::types::Json<crate::sandbox::NetworkPolicy>>,
 }
 
-pub const SPEC_COLUMNS: &str = "name, runtime, handler, memory_mb, timeout_s, env, role, \
+/// The columns of [`FunctionConfig`], as a literal so that queries can `concat!` it.
+macro_rules! config_columns {
+    () => {
+        "name, runtime, handler, memory_mb, timeout_s, env, role, \
      reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision, \
-     ephemeral_storage_mb, network";
+     ephemeral_storage_mb, network"
+    };
+}
+pub(crate) use config_columns;
+
+pub const CONFIG_COLUMNS: &str = config_columns!();
 
 /// Where things live and which interpreters run the built-in runtimes.
 #[derive(Debug, Clone)]
@@ -121,7 +133,7 @@ pub struct Engine {
 
 #[derive(Debug)]
 pub struct FunctionPool {
-    spec: FunctionSpec,
+    spec: FunctionConfig,
     code_dir: PathBuf,
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<Arc<Instance>>>,
@@ -205,8 +217,8 @@ impl Engine {
         if let Some(pool) = self.pools.read().unwrap().get(name) {
             return Ok(Arc::clone(pool));
         }
-        let spec: Option<FunctionSpec> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {SPEC_COLUMNS} FROM functions WHERE name = $1"
+        let spec: Option<FunctionConfig> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONFIG_COLUMNS} FROM functions WHERE name = $1"
         )))
         .bind(name)
         .fetch_optional(&self.db)
@@ -221,7 +233,7 @@ impl Engine {
         Ok(pool)
     }
 
-    async fn open_pool(&self, spec: FunctionSpec) -> Result<Arc<FunctionPool>, ApiError> {
+    async fn open_pool(&self, spec: FunctionConfig) -> Result<Arc<FunctionPool>, ApiError> {
         let hash = spec
             .code_hash
             .clone()
