@@ -39,8 +39,8 @@ def startup_runs(runs=7):
         ports = free_ports(6)
         data = Path("/tmp") / f"minicloud-bench-{os.getpid()}-{i}"
         args = [str(binary), "up", "--data-dir", str(data)]
-        for flag, port in zip(["gateway", "auth", "storage", "docdb", "bus", "invoker"], ports):
-            args += [f"--{flag}-port", str(port)]
+        names = ["gateway", "auth", "storage", "docdb", "bus", "invoker"]
+        args += ["--port", ",".join(f"{name}={port}" for name, port in zip(names, ports))]
         env = dict(os.environ, DATABASE_URL="postgres://postgres@127.0.0.1:5432/minicloud_bench")
         started = time.perf_counter()
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)

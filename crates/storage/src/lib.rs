@@ -4,6 +4,7 @@
 
 mod backend;
 mod buckets;
+mod error;
 mod grpc;
 mod listing;
 mod objects;
@@ -31,6 +32,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, BackendError, FsBackend};
+pub use error::StorageError;
 
 pub const SCHEMA: &str = "storage";
 /// JSON request bodies (buckets, listing, signing) are small.

@@ -1,12 +1,12 @@
 //! Objects: the operations REST and gRPC share, each authorised, with metadata in
 //! Postgres, bytes in the backend and events through the outbox.
 
+use crate::error::StorageError;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use minicloud_authz::Action;
 use minicloud_authz::{Caller, Policy};
 use minicloud_outbox::OutboxEvent;
-use minicloud_proto::error::{ApiError, ErrorCode};
 use serde::Serialize;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments as _, FromRow as _, Row as _};
@@ -51,9 +51,11 @@ const UPSERT: &str = concat!(
     object_columns!()
 );
 
-fn upsert_args(new: &ObjectRecord) -> Result<PgArguments, ApiError> {
+fn upsert_args(new: &ObjectRecord) -> Result<PgArguments, StorageError> {
     let mut args = PgArguments::default();
-    let add = |result: Result<(), sqlx::error::BoxDynError>| result.map_err(ApiError::internal);
+    let add = |result: Result<(), sqlx::error::BoxDynError>| {
+        result.map_err(|e| StorageError::Internal(e.to_string()))
+    };
     add(args.add(new.bucket.clone()))?;
     add(args.add(new.name.clone()))?;
     add(args.add(new.version.clone()))?;
@@ -65,11 +67,11 @@ fn upsert_args(new: &ObjectRecord) -> Result<PgArguments, ApiError> {
     Ok(args)
 }
 
-fn upsert_error(error: sqlx::Error, new: &ObjectRecord) -> ApiError {
+fn upsert_error(error: sqlx::Error, new: &ObjectRecord) -> StorageError {
     match &error {
         // The bucket was deleted while the bytes were uploading.
         sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
-            ApiError::not_found(format!("bucket {} not found", new.bucket))
+            StorageError::BucketNotFound(new.bucket.clone())
         }
         _ => db(error),
     }
@@ -92,13 +94,12 @@ impl Preconditions {
         self.if_match.is_none() && !self.must_not_exist && !self.create_only
     }
 
-    fn check(&self, current: Option<&str>) -> Result<(), ApiError> {
+    fn check(&self, current: Option<&str>) -> Result<(), StorageError> {
         if self.create_only && current.is_some() {
-            return Err(ApiError::conflict("the object already exists"));
+            return Err(StorageError::AlreadyExists);
         }
         if self.must_not_exist && current.is_some() {
-            return Err(ApiError::new(
-                ErrorCode::PreconditionFailed,
+            return Err(StorageError::PreconditionFailed(
                 "If-None-Match: the object exists",
             ));
         }
@@ -108,8 +109,7 @@ impl Preconditions {
                 Some(etag) => tags.iter().any(|t| t == "*" || t.trim_matches('"') == etag),
             };
             if !ok {
-                return Err(ApiError::new(
-                    ErrorCode::PreconditionFailed,
+                return Err(StorageError::PreconditionFailed(
                     "If-Match does not match the object's ETag",
                 ));
             }
@@ -147,7 +147,7 @@ fn type_allowed(allowed: &Option<Vec<String>>, content_type: &str) -> bool {
     })
 }
 
-fn check_content_type(content_type: &str) -> Result<(), ApiError> {
+fn check_content_type(content_type: &str) -> Result<(), StorageError> {
     let valid = content_type.len() <= 255
         && content_type.split(';').next().is_some_and(|essence| {
             let mut parts = essence.trim().split('/');
@@ -157,25 +157,29 @@ fn check_content_type(content_type: &str) -> Result<(), ApiError> {
     if valid {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!(
+        Err(StorageError::Invalid(format!(
             "invalid content type {content_type:?}"
         )))
     }
 }
 
-fn check_metadata(metadata: &serde_json::Value) -> Result<(), ApiError> {
+fn check_metadata(metadata: &serde_json::Value) -> Result<(), StorageError> {
     if !metadata.is_object() {
-        return Err(ApiError::invalid("object metadata must be a JSON object"));
+        return Err(StorageError::Invalid(
+            "object metadata must be a JSON object".to_owned(),
+        ));
     }
     minicloud_proto::error::check_json_text(metadata, "metadata")?;
     if metadata.to_string().len() > 8 * 1024 {
-        return Err(ApiError::invalid("object metadata larger than 8 KiB"));
+        return Err(StorageError::Invalid(
+            "object metadata larger than 8 KiB".to_owned(),
+        ));
     }
     Ok(())
 }
 
-fn db(error: sqlx::Error) -> ApiError {
-    ApiError::internal(error)
+fn db(error: sqlx::Error) -> StorageError {
+    StorageError::Database(error)
 }
 
 pub(crate) fn resource(bucket: &str, path: &str) -> String {
@@ -200,13 +204,13 @@ fn event(kind: &str, object: &ObjectRecord) -> OutboxEvent {
 
 impl Storage {
     /// The bucket as object calls see it: cached for [`crate::BUCKET_CACHE_TTL`].
-    pub(crate) async fn load_bucket(&self, name: &str) -> Result<BucketRecord, ApiError> {
+    pub(crate) async fn load_bucket(&self, name: &str) -> Result<BucketRecord, StorageError> {
         if let Some(bucket) = self.buckets.get(name) {
             return Ok(bucket);
         }
         let bucket = crate::buckets::load(self, name)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("bucket {name} not found")))?;
+            .ok_or_else(|| StorageError::BucketNotFound(name.to_owned()))?;
         self.buckets.insert(name.to_owned(), bucket.clone());
         Ok(bucket)
     }
@@ -221,11 +225,12 @@ impl Storage {
         action: Action,
         bucket: &BucketRecord,
         path: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StorageError> {
         let policy = Self::bucket_policy(bucket);
-        self.authz
+        Ok(self
+            .authz
             .authorize(caller, action, &resource(&bucket.name, path), &[&policy])
-            .await
+            .await?)
     }
 
     fn size_limit(&self, bucket: &BucketRecord) -> u64 {
@@ -241,7 +246,7 @@ impl Storage {
         &self,
         caller: &Caller,
         request: &WriteRequest,
-    ) -> Result<(BucketRecord, u64), ApiError> {
+    ) -> Result<(BucketRecord, u64), StorageError> {
         let bucket = self.load_bucket(&request.bucket).await?;
         self.authorize_object(caller, Action::StoragePutObject, &bucket, &request.path)
             .await?;
@@ -251,23 +256,19 @@ impl Storage {
             .unwrap_or("application/octet-stream");
         check_content_type(content_type)?;
         if !type_allowed(&bucket.allowed_mime_types, content_type) {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!(
-                    "content type {content_type} is not allowed in bucket {}",
-                    bucket.name
-                ),
-            ));
+            return Err(StorageError::TypeNotAllowed(format!(
+                "content type {content_type} is not allowed in bucket {}",
+                bucket.name
+            )));
         }
         if let Some(metadata) = &request.metadata {
             check_metadata(metadata)?;
         }
         let limit = self.size_limit(&bucket);
         if request.declared_length.is_some_and(|n| n > limit) {
-            return Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("object larger than the limit of {limit} bytes"),
-            ));
+            return Err(StorageError::TooLarge(format!(
+                "object larger than the limit of {limit} bytes"
+            )));
         }
         // Fail early, before any byte is stored, on a precondition that already
         // fails; it is checked again under a row lock before commit.
@@ -278,7 +279,7 @@ impl Storage {
         Ok((bucket, limit))
     }
 
-    async fn current_etag(&self, bucket: &str, path: &str) -> Result<Option<String>, ApiError> {
+    async fn current_etag(&self, bucket: &str, path: &str) -> Result<Option<String>, StorageError> {
         sqlx::query_scalar("SELECT etag FROM objects WHERE bucket = $1 AND path = $2")
             .bind(bucket)
             .bind(path)
@@ -294,7 +295,7 @@ impl Storage {
         request: WriteRequest,
         body: ByteStream,
         owner: Option<String>,
-    ) -> Result<ObjectRecord, ApiError> {
+    ) -> Result<ObjectRecord, StorageError> {
         let (_bucket, limit) = match self.prepare_write(caller, &request).await {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -308,7 +309,7 @@ impl Storage {
             .backend
             .put(&request.bucket, &key, body, limit)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(StorageError::from)?;
         // The row as it will be written (the timestamps are the database's).
         let new = ObjectRecord {
             bucket: request.bucket.clone(),
@@ -351,7 +352,7 @@ impl Storage {
         &self,
         request: &WriteRequest,
         new: &ObjectRecord,
-    ) -> Result<(ObjectRecord, Option<String>), ApiError> {
+    ) -> Result<(ObjectRecord, Option<String>), StorageError> {
         if request.preconditions.is_none() {
             return self.upsert_in_one_statement(new).await;
         }
@@ -373,7 +374,7 @@ impl Storage {
             .map_err(|e| upsert_error(e, new))?;
         minicloud_outbox::enqueue(&mut tx, "storage", &event("created", &object))
             .await
-            .map_err(ApiError::from)?;
+            .map_err(StorageError::from)?;
         tx.commit().await.map_err(db)?;
         Ok((object, current.map(|(version, _)| version)))
     }
@@ -387,9 +388,10 @@ impl Storage {
     async fn upsert_in_one_statement(
         &self,
         new: &ObjectRecord,
-    ) -> Result<(ObjectRecord, Option<String>), ApiError> {
+    ) -> Result<(ObjectRecord, Option<String>), StorageError> {
         // Every field of the event is known before the write.
-        let event = serde_json::to_value(event("created", new)).map_err(ApiError::internal)?;
+        let event = serde_json::to_value(event("created", new))
+            .map_err(|e| StorageError::Internal(e.to_string()))?;
         let sql = format!(
             "WITH old AS (
                 SELECT version FROM objects WHERE bucket = $1 AND path = $2
@@ -401,7 +403,8 @@ impl Storage {
             insert = minicloud_outbox::INSERT_INTO,
         );
         let mut args = upsert_args(new)?;
-        args.add(event).map_err(ApiError::internal)?;
+        args.add(event)
+            .map_err(|e| StorageError::Internal(e.to_string()))?;
         let row = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
             .fetch_one(&self.pool)
             .await
@@ -418,7 +421,11 @@ impl Storage {
         }
     }
 
-    pub async fn object_info(&self, bucket: &str, path: &str) -> Result<ObjectRecord, ApiError> {
+    pub async fn object_info(
+        &self,
+        bucket: &str,
+        path: &str,
+    ) -> Result<ObjectRecord, StorageError> {
         sqlx::query_as::<_, ObjectRecord>(concat!(
             "SELECT ",
             object_columns!(),
@@ -429,7 +436,7 @@ impl Storage {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?
-        .ok_or_else(|| ApiError::not_found("object not found"))
+        .ok_or_else(|| StorageError::ObjectNotFound)
     }
 
     /// An authorised read: public buckets need no permission.
@@ -438,7 +445,7 @@ impl Storage {
         caller: &Caller,
         bucket: &str,
         path: &str,
-    ) -> Result<ObjectRecord, ApiError> {
+    ) -> Result<ObjectRecord, StorageError> {
         let bucket_row = self.load_bucket(bucket).await?;
         if !bucket_row.public {
             self.authorize_object(caller, Action::StorageGetObject, &bucket_row, path)
@@ -453,7 +460,7 @@ impl Storage {
         &self,
         object: ObjectRecord,
         range: Option<ByteRange>,
-    ) -> Result<(ObjectRecord, ByteStream), ApiError> {
+    ) -> Result<(ObjectRecord, ByteStream), StorageError> {
         // The size is known from the metadata: naming the whole range spares the
         // backend a stat.
         let whole = |size: i64| {
@@ -476,10 +483,10 @@ impl Storage {
                     .backend
                     .get(&fresh.bucket, &key, range.or_else(|| whole(fresh.size)))
                     .await
-                    .map_err(ApiError::from)?;
+                    .map_err(StorageError::from)?;
                 Ok((fresh, stream))
             }
-            Err(error) => Err(ApiError::from(error)),
+            Err(error) => Err(StorageError::from(error)),
         }
     }
 
@@ -489,7 +496,7 @@ impl Storage {
         bucket: &str,
         path: &str,
         preconditions: &Preconditions,
-    ) -> Result<ObjectRecord, ApiError> {
+    ) -> Result<ObjectRecord, StorageError> {
         let bucket_row = self.load_bucket(bucket).await?;
         self.authorize_object(caller, Action::StorageDeleteObject, &bucket_row, path)
             .await?;
@@ -504,7 +511,7 @@ impl Storage {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?
-        .ok_or_else(|| ApiError::not_found("object not found"))?;
+        .ok_or_else(|| StorageError::ObjectNotFound)?;
         preconditions.check(Some(&object.etag))?;
         sqlx::query("DELETE FROM objects WHERE bucket = $1 AND path = $2")
             .bind(bucket)
@@ -514,7 +521,7 @@ impl Storage {
             .map_err(db)?;
         minicloud_outbox::enqueue(&mut tx, "storage", &event("deleted", &object))
             .await
-            .map_err(ApiError::from)?;
+            .map_err(StorageError::from)?;
         tx.commit().await.map_err(db)?;
         self.remove_blob(bucket, &blob_key(path, &object.version))
             .await;
@@ -523,7 +530,7 @@ impl Storage {
     }
 
     /// Deletes every object of a bucket, with an event each.
-    pub async fn empty_bucket(&self, bucket: &str) -> Result<u64, ApiError> {
+    pub async fn empty_bucket(&self, bucket: &str) -> Result<u64, StorageError> {
         let mut deleted = 0;
         loop {
             let mut tx = self.pool.begin().await.map_err(db)?;
@@ -543,7 +550,7 @@ impl Storage {
             for object in &batch {
                 minicloud_outbox::enqueue(&mut tx, "storage", &event("deleted", object))
                     .await
-                    .map_err(ApiError::from)?;
+                    .map_err(StorageError::from)?;
             }
             tx.commit().await.map_err(db)?;
             for object in &batch {
@@ -562,7 +569,7 @@ impl Storage {
         from: (&str, &str),
         to: (&str, &str),
         remove_source: bool,
-    ) -> Result<ObjectRecord, ApiError> {
+    ) -> Result<ObjectRecord, StorageError> {
         let source_bucket = self.load_bucket(from.0).await?;
         let target_bucket = self.load_bucket(to.0).await?;
         if !source_bucket.public {
@@ -576,21 +583,19 @@ impl Storage {
                 .await?;
         }
         if from == to {
-            return Err(ApiError::invalid(
-                "source and destination are the same object",
+            return Err(StorageError::Invalid(
+                "source and destination are the same object".to_owned(),
             ));
         }
         let source = self.object_info(from.0, from.1).await?;
         if !type_allowed(&target_bucket.allowed_mime_types, &source.content_type) {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "content type not allowed in the destination bucket",
+            return Err(StorageError::TypeNotAllowed(
+                "content type not allowed in the destination bucket".to_owned(),
             ));
         }
         if source.size as u64 > self.size_limit(&target_bucket) {
-            return Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "object larger than the destination bucket allows",
+            return Err(StorageError::TooLarge(
+                "object larger than the destination bucket allows".to_owned(),
             ));
         }
         let version = uuid::Uuid::now_v7().simple().to_string();
@@ -598,7 +603,7 @@ impl Storage {
         self.backend
             .copy(from.0, &blob_key(from.1, &source.version), to.0, &key)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(StorageError::from)?;
         let request = WriteRequest {
             bucket: to.0.to_owned(),
             path: to.1.to_owned(),
@@ -641,10 +646,11 @@ impl Storage {
                 .await
             {
                 Ok(_) => {}
-                Err(error)
-                    if error.code == ErrorCode::PreconditionFailed
-                        || error.code == ErrorCode::NotFound =>
-                {
+                Err(
+                    StorageError::PreconditionFailed(_)
+                    | StorageError::ObjectNotFound
+                    | StorageError::BucketNotFound(_),
+                ) => {
                     // The source changed meanwhile: the copy stands, the newer source stays.
                     tracing::info!(
                         bucket = from.0,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Storage;
 use crate::backend::{ByteRange, ByteStream};
+use crate::error::StorageError;
 use crate::listing::{ListIn, ListOut};
 use crate::objects::{ObjectRecord, Preconditions, WriteRequest};
 use crate::paths::{normalise_path, normalise_prefix};
@@ -393,8 +394,8 @@ pub(crate) async fn bulk_delete(
             .await
         {
             Ok(object) => deleted.push(object),
-            Err(error) if error.code == ErrorCode::NotFound => {}
-            Err(error) => return Err(error),
+            Err(StorageError::ObjectNotFound | StorageError::BucketNotFound(_)) => {}
+            Err(error) => return Err(error.into()),
         }
     }
     Ok(Json(deleted))
@@ -459,6 +460,7 @@ async fn copy_or_move(
             remove_source,
         )
         .await
+        .map_err(ApiError::from)
 }
 
 #[utoipa::path(post, path = "/storage/v1/object/copy", tag = "objects", request_body = CopyIn, responses((status = 200, body = ObjectRecord), (status = 404, body = ErrorBody)))]
