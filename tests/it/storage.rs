@@ -1261,6 +1261,131 @@ async fn orphans_are_swept(kind: Kind) {
     env.stop().await;
 }
 
+/// One part of a form: name, filename, content type, bytes.
+type FormPart<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+/// A `multipart/form-data` body of `fields`.
+fn form(boundary: &str, fields: &[FormPart<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, filename, content_type, bytes) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let mut disposition = format!("Content-Disposition: form-data; name=\"{name}\"");
+        if let Some(filename) = filename {
+            disposition.push_str(&format!("; filename=\"{filename}\""));
+        }
+        body.extend_from_slice(format!("{disposition}\r\n").as_bytes());
+        if let Some(content_type) = content_type {
+            body.extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// Supabase clients upload forms (supabase-js a `Blob`/`File`, supabase-py always):
+/// the file part is the object, with its own type; the envelope is never stored, and
+/// a broken form stores nothing.
+async fn form_uploads_store_the_file_part(kind: Kind) {
+    let env = start(kind, |_| {}).await;
+    let (client, uid) = photos(&env).await;
+    let png: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let boundary = "----minicloudFormBoundary7MA4YWxkTrZu0gW";
+    let form_type = format!("multipart/form-data; boundary={boundary}");
+    // As supabase-js sends a Blob: settings first, then the file under "".
+    let js = form(
+        boundary,
+        &[
+            ("cacheControl", None, None, b"3600"),
+            ("metadata", None, None, br#"{"album":"summer"}"#),
+            ("", Some("blob"), Some("image/png"), &png),
+        ],
+    );
+    let path = format!("/storage/v1/object/photos/{uid}/form.png");
+    let response = client
+        .request(Method::POST, &path)
+        .header("content-type", &form_type)
+        .body(js)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let got = client.request(Method::GET, &path).send().await.unwrap();
+    assert_eq!(got.headers()["content-type"], "image/png");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), png.as_slice());
+    let info: Value = client
+        .request(
+            Method::GET,
+            &format!("/storage/v1/object/info/photos/{uid}/form.png"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["size"], 70_000);
+    assert_eq!(info["metadata"], json!({"album":"summer"}));
+
+    // As supabase-py sends one: the file under "file", replacing (PUT).
+    let py = form(
+        boundary,
+        &[
+            ("cacheControl", None, None, b"60"),
+            ("file", Some("form.png"), Some("text/plain"), b"replaced"),
+        ],
+    );
+    let response = client
+        .request(Method::PUT, &path)
+        .header("content-type", &form_type)
+        .body(py)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let got = client.request(Method::GET, &path).send().await.unwrap();
+    assert_eq!(got.headers()["content-type"], "text/plain");
+    assert_eq!(got.text().await.unwrap(), "replaced");
+
+    // Broken forms are refused and leave nothing behind.
+    let blobs_before = env.blobs("photos").await.len();
+    let no_file = form(boundary, &[("cacheControl", None, None, b"1")]);
+    let mut cut = form(boundary, &[("file", Some("x"), None, &png)]);
+    cut.truncate(cut.len() / 2);
+    let nul_metadata = form(
+        boundary,
+        &[
+            ("metadata", None, None, b"[\"not an object\"]"),
+            ("file", Some("x"), None, b"x"),
+        ],
+    );
+    for (what, body) in [
+        ("no file", no_file),
+        ("cut", cut),
+        ("metadata", nul_metadata),
+    ] {
+        let broken = format!(
+            "/storage/v1/object/photos/{uid}/broken-{}",
+            what.replace(' ', "-")
+        );
+        let response = client
+            .request(Method::POST, &broken)
+            .header("content-type", &form_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, code) = error_code(response).await;
+        assert_eq!((status, code.as_str()), (400, "invalid_argument"), "{what}");
+        let missing = client.request(Method::GET, &broken).send().await.unwrap();
+        assert_eq!(missing.status(), 404, "{what}");
+    }
+    assert_eq!(env.blobs("photos").await.len(), blobs_before);
+    env.stop().await;
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod fs {
@@ -1282,6 +1407,7 @@ suite!(
     bad_input_leaves_no_trace,
     large_objects_stream_and_events_are_published,
     orphans_are_swept,
+    form_uploads_store_the_file_part,
 );
 
 /// Object calls keep bucket settings in a cache; a change made through this service

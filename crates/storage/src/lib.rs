@@ -5,6 +5,7 @@
 mod backend;
 mod buckets;
 mod error;
+mod form_upload;
 mod grpc;
 mod listing;
 mod objects;

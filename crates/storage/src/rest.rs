@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::Storage;
 use crate::backend::{ByteRange, ByteStream};
 use crate::error::StorageError;
+use crate::form_upload;
 use crate::listing::{ListIn, ListOut};
 use crate::objects::{ObjectRecord, Preconditions, WriteRequest};
 use crate::paths::{normalise_path, normalise_prefix};
@@ -126,13 +127,28 @@ async fn write(
             return Err(error);
         }
     };
-    let object = storage.write_object(caller, request, stream, owner).await?;
-    Ok(upload_answer(StatusCode::OK, object))
+    let Some(boundary) = form_upload::boundary(request.content_type.as_deref()) else {
+        let object = storage.write_object(caller, request, stream, owner).await?;
+        return Ok(upload_answer(StatusCode::OK, object));
+    };
+    // A form: its file part is the object (never the envelope).
+    let form = form_upload::open(stream, boundary).await?;
+    let request = WriteRequest {
+        content_type: form.content_type.clone(),
+        metadata: form.metadata.clone().or(request.metadata),
+        // The envelope's length is not the file's.
+        declared_length: None,
+        ..request
+    };
+    let (file, rest) = form.split();
+    let written = storage.write_object(caller, request, file, owner).await;
+    form_upload::FormFile::finish(rest).await;
+    Ok(upload_answer(StatusCode::OK, written?))
 }
 
 #[utoipa::path(post, path = "/storage/v1/object/{bucket}/{path}", tag = "objects",
     params(("bucket" = String, Path), ("path" = String, Path)),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bytes; Content-Type is stored; x-metadata: JSON object; x-upsert: true replaces"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bytes; Content-Type is stored; x-metadata: JSON object; x-upsert: true replaces. Or multipart/form-data as Supabase clients send it: the file part (with its Content-Type) is the object; cacheControl, metadata (JSON object) and contentType fields before it"),
     responses((status = 200, body = UploadOut), (status = 409, description = "exists", body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn create(
     State(storage): State<Storage>,
