@@ -19,7 +19,7 @@ unit: test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## AWS's Python runtime interface client (PyPI), deployed unmodified by the invoker tests.
-test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis
+test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis tests/clients/supabase-js/node_modules/.package-lock.json
 
 target/pydeps/awslambdaric:
 	python3 -m pip install --quiet --target target/pydeps awslambdaric
@@ -28,6 +28,10 @@ target/pydeps/awslambdaric:
 # must not shadow the runtimes' in target/pydeps).
 target/pydeps-fuzz/schemathesis:
 	python3 -m pip install --quiet --target target/pydeps-fuzz schemathesis==4.32.5
+
+# The official supabase-js, pinned by its package-lock (tests/it/supabase_clients.rs).
+tests/clients/supabase-js/node_modules/.package-lock.json: tests/clients/supabase-js/package-lock.json
+	npm ci --prefix tests/clients/supabase-js --no-audit --no-fund --loglevel=error
 
 # The Standard Webhooks reference library verifies the bus's signed deliveries.
 target/pydeps/standardwebhooks:

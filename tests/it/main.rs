@@ -10,4 +10,5 @@ mod invoker;
 mod outbox;
 mod sandbox;
 mod storage;
+mod supabase_clients;
 mod trace_propagation;

@@ -1,0 +1,99 @@
+// Supabase Storage calls through the official supabase-js client, as an app makes
+// them. Run by tests/it/supabase_clients.rs against a fresh test cloud:
+// MINICLOUD_URL is its gateway, MINICLOUD_ANON_KEY and MINICLOUD_SERVICE_KEY its keys.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createClient } from '@supabase/supabase-js'
+
+const url = process.env.MINICLOUD_URL
+const service = createClient(url, process.env.MINICLOUD_SERVICE_KEY, {
+  auth: { persistSession: false, autoRefreshToken: false },
+})
+const bucket = `sjs-${process.pid}`
+
+/** `n` bytes that are not all alike, so a shifted or wrapped copy cannot pass. */
+function bytes(n) {
+  const out = new Uint8Array(n)
+  for (let i = 0; i < n; i++) out[i] = (i * 31 + (i >> 8)) & 0xff
+  return out
+}
+
+async function downloaded(path) {
+  const { data, error } = await service.storage.from(bucket).download(path)
+  assert.equal(error, null)
+  return new Uint8Array(await data.arrayBuffer())
+}
+
+test('buckets and objects through supabase-js', async (t) => {
+  await t.test('create, get and list a public bucket', async () => {
+    const created = await service.storage.createBucket(bucket, { public: true })
+    assert.equal(created.error, null)
+    const got = await service.storage.getBucket(bucket)
+    assert.equal(got.error, null)
+    assert.equal(got.data.name, bucket)
+    assert.equal(got.data.public, true)
+    const listed = await service.storage.listBuckets()
+    assert.equal(listed.error, null)
+    assert.ok(listed.data.some((b) => b.name === bucket))
+  })
+
+  await t.test('a Buffer upload downloads as sent', async () => {
+    const { data, error } = await service.storage
+      .from(bucket)
+      .upload('docs/hello.txt', Buffer.from('hello from supabase-js'), { contentType: 'text/plain' })
+    assert.equal(error, null)
+    assert.equal(data.path, 'docs/hello.txt')
+    assert.equal(new TextDecoder().decode(await downloaded('docs/hello.txt')), 'hello from supabase-js')
+  })
+
+  await t.test('a Blob upload (sent as a form) stores the file, byte for byte', async () => {
+    const sent = bytes(100_000)
+    const { error } = await service.storage
+      .from(bucket)
+      .upload('images/blob.png', new Blob([sent], { type: 'image/png' }))
+    assert.equal(error, null)
+    assert.deepEqual(await downloaded('images/blob.png'), sent)
+    const info = await service.storage.from(bucket).info('images/blob.png')
+    assert.equal(info.error, null)
+    assert.equal(info.data.size, sent.length)
+    assert.equal(info.data.contentType, 'image/png')
+  })
+
+  await t.test('a File upload with upsert replaces the object', async () => {
+    const first = new File([bytes(10)], 'a.bin', { type: 'application/octet-stream' })
+    const again = new File([bytes(20)], 'a.bin', { type: 'application/octet-stream' })
+    const one = await service.storage.from(bucket).upload('files/a.bin', first)
+    assert.equal(one.error, null)
+    const refused = await service.storage.from(bucket).upload('files/a.bin', again)
+    assert.notEqual(refused.error, null, 'a second upload without upsert must fail')
+    assert.equal(refused.error.status, 409)
+    const two = await service.storage.from(bucket).upload('files/a.bin', again, { upsert: true })
+    assert.equal(two.error, null)
+    assert.deepEqual(await downloaded('files/a.bin'), bytes(20))
+  })
+
+  await t.test('the public URL serves the bytes without a token', async () => {
+    const { data } = service.storage.from(bucket).getPublicUrl('images/blob.png')
+    const response = await fetch(data.publicUrl)
+    assert.equal(response.status, 200)
+    assert.deepEqual(new Uint8Array(await response.arrayBuffer()), bytes(100_000))
+  })
+
+  await t.test('copy, move, exists and remove', async () => {
+    const files = service.storage.from(bucket)
+    assert.equal((await files.copy('docs/hello.txt', 'docs/copy.txt')).error, null)
+    assert.equal((await files.move('docs/copy.txt', 'docs/moved.txt')).error, null)
+    assert.equal((await files.exists('docs/moved.txt')).data, true)
+    assert.equal((await files.exists('docs/copy.txt')).data, false)
+    const removed = await files.remove(['docs/moved.txt'])
+    assert.equal(removed.error, null)
+    assert.equal((await files.exists('docs/moved.txt')).data, false)
+  })
+
+  await t.test('empty and delete the bucket', async () => {
+    assert.equal((await service.storage.emptyBucket(bucket)).error, null)
+    assert.equal((await service.storage.deleteBucket(bucket)).error, null)
+    const gone = await service.storage.getBucket(bucket)
+    assert.notEqual(gone.error, null)
+  })
+})

@@ -1,0 +1,60 @@
+//! The official Supabase clients against a test cloud (issue 18): the suites under
+//! `tests/clients/` make the calls an app makes, and pass or fail here, in
+//! `make test` (`make test-deps` installs the pinned clients).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use minicloud_testkit::TestCloud;
+
+fn suite_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
+}
+
+/// Runs `command` with the cloud's URL and keys; the suite's own output is shown
+/// when it fails.
+fn run_suite(cloud: &TestCloud, mut command: Command, what: &str) {
+    let output = command
+        .env("MINICLOUD_URL", cloud.gateway_url())
+        .env("MINICLOUD_ANON_KEY", &cloud.keys.anon_key)
+        .env("MINICLOUD_SERVICE_KEY", &cloud.keys.service_key)
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    // A suite that ran nothing would pass too.
+    assert!(
+        stdout.contains("# pass") && !stdout.contains("# pass 0"),
+        "{what} ran no tests:\n{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_storage_calls_work_unchanged() {
+    let dir = suite_dir("supabase-js");
+    assert!(
+        dir.join("node_modules/@supabase/supabase-js").is_dir(),
+        "supabase-js is not installed in {}: run `make test-deps`",
+        dir.display()
+    );
+    let cloud = TestCloud::start().await.unwrap();
+    let mut node = Command::new("node");
+    // supabase-js's realtime client wants a WebSocket, built in from Node 22 and
+    // behind this flag on Node 20 (the oldest it supports).
+    node.current_dir(&dir).args([
+        "--experimental-websocket",
+        "--test",
+        "--test-reporter=tap",
+        "storage.test.mjs",
+    ]);
+    let cloud_ref = &cloud;
+    tokio::task::block_in_place(|| run_suite(cloud_ref, node, "supabase-js storage suite"));
+    cloud.stop().await.unwrap();
+}
