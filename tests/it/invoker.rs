@@ -10,7 +10,7 @@ use base64::Engine as _;
 use minicloud_testkit::TestCloud;
 use serde_json::{Value, json};
 
-fn zip_of(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+pub(crate) fn zip_of(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, bytes, mode) in entries {
         let options = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
@@ -46,7 +46,7 @@ async fn deploy(cloud: &TestCloud, mut body: Value, zip: &[u8]) -> (u16, Value) 
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn deploy_ok(cloud: &TestCloud, body: Value, zip: &[u8]) -> Value {
+pub(crate) async fn deploy_ok(cloud: &TestCloud, body: Value, zip: &[u8]) -> Value {
     let (status, out) = deploy(cloud, body, zip).await;
     assert_eq!(status, 201, "{out}");
     out

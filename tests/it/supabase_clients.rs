@@ -36,8 +36,30 @@ fn run_suite(cloud: &TestCloud, mut command: Command, what: &str) {
     );
 }
 
+/// The function the functions suite invokes: an Edge-Function-like handler that
+/// answers HTTP-style with what it was sent, and fails when asked to.
+const EDGE_ECHO: &[u8] = br#"import json
+
+def handler(event, context):
+    headers = event.get("headers") or {}
+    if headers.get("x-fail") == "yes":
+        raise ValueError("asked to fail")
+    if headers.get("x-plain") == "yes":
+        return {"plain": True}
+    body = event.get("body") or ""
+    return {
+        "statusCode": 200,
+        "headers": {"content-type": "application/json", "x-echo": "1"},
+        "body": json.dumps({
+            "got": json.loads(body) if body else None,
+            "method": event["requestContext"]["http"]["method"],
+            "authorized": headers.get("authorization", "").startswith("Bearer "),
+        }),
+    }
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn supabase_js_storage_calls_work_unchanged() {
+async fn supabase_js_calls_work_unchanged() {
     let dir = suite_dir("supabase-js");
     assert!(
         dir.join("node_modules/@supabase/supabase-js").is_dir(),
@@ -45,6 +67,12 @@ async fn supabase_js_storage_calls_work_unchanged() {
         dir.display()
     );
     let cloud = TestCloud::start().await.unwrap();
+    crate::invoker::deploy_ok(
+        &cloud,
+        serde_json::json!({"name":"sjs-echo","runtime":"python3","handler":"app.handler"}),
+        &crate::invoker::zip_of(&[("app.py", EDGE_ECHO, 0o644)]),
+    )
+    .await;
     let mut node = Command::new("node");
     // supabase-js's realtime client wants a WebSocket, built in from Node 22 and
     // behind this flag on Node 20 (the oldest it supports).
@@ -53,8 +81,9 @@ async fn supabase_js_storage_calls_work_unchanged() {
         "--test",
         "--test-reporter=tap",
         "storage.test.mjs",
+        "functions.test.mjs",
     ]);
     let cloud_ref = &cloud;
-    tokio::task::block_in_place(|| run_suite(cloud_ref, node, "supabase-js storage suite"));
+    tokio::task::block_in_place(|| run_suite(cloud_ref, node, "supabase-js suite"));
     cloud.stop().await.unwrap();
 }

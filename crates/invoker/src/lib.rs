@@ -70,7 +70,8 @@ use minicloud_proto::openapi::ErrorResponses;
         invoke::instances,
         triggers::create,
         triggers::list,
-        triggers::delete
+        triggers::delete,
+        triggers::edge_invoke
     ),
     components(schemas(
         minicloud_proto::error::ErrorBody,
@@ -418,7 +419,8 @@ impl Service for Invoker {
                 "/functions/v1/{name}",
                 get(registry::get)
                     .put(registry::replace)
-                    .delete(registry::delete),
+                    .delete(registry::delete)
+                    .post(triggers::edge_invoke),
             )
             .route("/functions/v1/sandbox", get(registry::sandbox))
             .route("/functions/v1/{name}/code", put(registry::put_code))

@@ -352,6 +352,73 @@ async fn http_route_inner(
     }
 }
 
+/// Supabase's `functions.invoke(name)`: `POST /functions/v1/{name}` with any body
+/// (JSON, text or bytes) and the caller's own headers, authorised as every invoke is
+/// (`functions:Invoke`). The function gets the request as an API Gateway HTTP event
+/// (path `/`), as Edge Functions get a request, and its answer is the response: an
+/// HTTP-style result (`statusCode`, `headers`, `body`) as it says, any other payload
+/// as a 200 JSON body. A function that fails answers 500 with its error object, which
+/// supabase-js raises as `FunctionsHttpError`.
+#[utoipa::path(post, path = "/functions/v1/{name}", tag = "functions", params(("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "any body (at most 4.5 MB), passed as an API Gateway HTTP event"),
+    responses((status = 200, description = "the function's HTTP-style answer, or its payload as JSON"), (status = 403, body = minicloud_proto::error::ErrorBody), (status = 404, body = minicloud_proto::error::ErrorBody), (status = 413, body = minicloud_proto::error::ErrorBody), (status = 500, description = "the function failed: its error object")))]
+pub async fn edge_invoke(
+    State(invoker): State<Invoker>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path(name): Path<String>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    crate::registry::check_name(&name)?;
+    invoker
+        .0
+        .authz
+        .authorize(
+            &caller,
+            Action::FunctionsInvoke,
+            &format!("functions:{name}"),
+            &[],
+        )
+        .await?;
+    let body = crate::invoke::read_payload(body, crate::invoke::MAX_SYNC_PAYLOAD * 3 / 4)
+        .await
+        .map_err(|error| match error.code {
+            ErrorCode::PayloadTooLarge => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body too large for a function",
+            ),
+            _ => error,
+        })?;
+    let event = api_gateway_v2_event(
+        &name,
+        &parts.method,
+        &parts.uri,
+        "/",
+        &parts.headers,
+        &body,
+        peer,
+    );
+    let request = InvokeRequest {
+        payload: serde_json::to_vec(&event).unwrap_or_default().into(),
+        wait_for_slot: false,
+        trace_id: None,
+        client_context: None,
+        log_tail: false,
+    };
+    let invoked = crate::invoke::sync_invoke(&invoker, &name, request).await?;
+    Ok(match invoked.result {
+        Ok(payload) => api_gateway_v2_response(&payload),
+        Err((error, _)) => {
+            let mut response = (StatusCode::INTERNAL_SERVER_ERROR, error).into_response();
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            response
+        }
+    })
+}
+
 fn api_gateway_v2_event(
     name: &str,
     method: &Method,
