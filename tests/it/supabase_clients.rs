@@ -80,6 +80,7 @@ async fn supabase_js_calls_work_unchanged() {
         "--experimental-websocket",
         "--test",
         "--test-reporter=tap",
+        "auth.test.mjs",
         "storage.test.mjs",
         "functions.test.mjs",
     ]);

@@ -57,6 +57,61 @@ impl From<AuthError> for tonic::Status {
     }
 }
 
+/// GoTrue's name for an error, which the Supabase clients put in `AuthApiError.code`.
+fn gotrue_code(code: &str, message: &str) -> String {
+    if message == AuthError::InvalidCredentials.to_string() {
+        return "invalid_credentials".into();
+    }
+    if message == AuthError::EmailTaken.to_string() {
+        return "user_already_exists".into();
+    }
+    match code {
+        "invalid_argument" => "validation_failed",
+        "unauthenticated" => "bad_jwt",
+        "permission_denied" => "not_admin",
+        "too_many_requests" => "over_request_rate_limit",
+        "internal" | "unavailable" => "unexpected_failure",
+        other => other,
+    }
+    .into()
+}
+
+/// Adds GoTrue's fields to an error body — `msg` and `error_code` beside our own
+/// `error` object — so the Supabase clients' `AuthApiError` carries the message
+/// and code instead of the whole JSON text. Only error bodies are read.
+pub(crate) async fn with_gotrue_fields(
+    response: axum::response::Response,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(response.status().is_client_error() || response.status().is_server_error()) || !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (parts.status, "").into_response();
+    };
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(&bytes) else {
+        return axum::response::Response::from_parts(parts, bytes.into());
+    };
+    let error = &object["error"];
+    let (code, message) = (
+        error["code"]
+            .as_str()
+            .unwrap_or("unexpected_failure")
+            .to_owned(),
+        error["message"].as_str().unwrap_or_default().to_owned(),
+    );
+    object.insert("error_code".into(), gotrue_code(&code, &message).into());
+    object.insert("msg".into(), message.into());
+    let body = serde_json::to_vec(&object).unwrap_or_default();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, body.into())
+}
+
 /// Postgres unique violation (SQLSTATE 23505).
 pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))

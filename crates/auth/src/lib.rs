@@ -254,7 +254,8 @@ impl Service for Auth {
             )
             .route("/auth/v1/.well-known/jwks.json", get(account::jwks))
             .merge(admin::routes())
-            .with_state(self.clone());
+            .with_state(self.clone())
+            .layer(axum::middleware::map_response(error::with_gotrue_fields));
         ServiceHost::new(Self::NAME, rest, readiness, metrics)
             .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
             .body_limit(MAX_BODY_BYTES)

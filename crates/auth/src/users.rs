@@ -7,16 +7,37 @@ use uuid::Uuid;
 
 use crate::error::{AuthError, Result};
 
+/// A user as GoTrue shows one, so the Supabase clients can parse it (supabase-py
+/// requires `aud` and `app_metadata`).
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct UserOut {
     pub id: Uuid,
+    /// Always `authenticated`, as GoTrue's audience for signed-in users.
+    pub aud: &'static str,
     pub email: String,
+    /// No confirmation mail exists here: an address counts as confirmed when the
+    /// user is created (GoTrue's autoconfirm).
+    pub email_confirmed_at: DateTime<Utc>,
+    /// Phone sign-in is not offered: always empty.
+    pub phone: &'static str,
     pub role: &'static str,
+    pub app_metadata: AppMetadata,
     #[schema(value_type = Object)]
     pub user_metadata: serde_json::Value,
+    /// Email and password is the one identity provider: no linked identities.
+    #[schema(value_type = Vec<Object>)]
+    pub identities: Vec<serde_json::Value>,
+    pub is_anonymous: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_sign_in_at: Option<DateTime<Utc>>,
+}
+
+/// What GoTrue keeps about how a user signs in.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct AppMetadata {
+    pub provider: &'static str,
+    pub providers: [&'static str; 1],
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -35,9 +56,18 @@ impl UserRow {
     pub(crate) fn into_out(self) -> UserOut {
         UserOut {
             id: self.id,
+            aud: "authenticated",
             email: self.email,
+            email_confirmed_at: self.created_at,
+            phone: "",
             role: "authenticated",
+            app_metadata: AppMetadata {
+                provider: "email",
+                providers: ["email"],
+            },
             user_metadata: self.user_metadata,
+            identities: Vec::new(),
+            is_anonymous: false,
             created_at: self.created_at,
             updated_at: self.updated_at,
             last_sign_in_at: self.last_sign_in_at,
