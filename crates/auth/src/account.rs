@@ -57,17 +57,6 @@ pub(crate) struct SignupIn {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub data: Option<serde_json::Value>,
-    /// What supabase-js sends along (PKCE for email changes, a reauthentication
-    /// nonce): accepted and unused, as no confirmation mail is sent here.
-    #[serde(default, rename = "code_challenge")]
-    #[schema(value_type = Option<String>)]
-    pub _code_challenge: Option<serde_json::Value>,
-    #[serde(default, rename = "code_challenge_method")]
-    #[schema(value_type = Option<String>)]
-    pub _code_challenge_method: Option<serde_json::Value>,
-    #[serde(default, rename = "nonce")]
-    #[schema(value_type = Option<String>)]
-    pub _nonce: Option<serde_json::Value>,
 }
 
 #[utoipa::path(post, path = "/auth/v1/signup", tag = "users", request_body = SignupIn,

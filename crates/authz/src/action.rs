@@ -109,3 +109,26 @@ mod tests {
         }
     }
 }
+
+/// What an action is on, for the resources whose name is all there is to them (no
+/// resource policy of their own): call sites name the kind, the policy's resource
+/// string is built here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource<'a> {
+    /// `events:<topic>`
+    Topic(&'a str),
+    /// `functions:<name>`
+    Function(&'a str),
+    /// `roles:<name>`, what `functions:PassRole` is on.
+    Role(&'a str),
+}
+
+impl fmt::Display for Resource<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Topic(name) => write!(f, "events:{name}"),
+            Resource::Function(name) => write!(f, "functions:{name}"),
+            Resource::Role(name) => write!(f, "roles:{name}"),
+        }
+    }
+}

@@ -18,7 +18,7 @@ use minicloud_proto::auth::v1::auth_service_client::AuthServiceClient;
 use minicloud_proto::error::{ApiError, ErrorCode};
 use minicloud_telemetry::grpc_client::{ServiceCredential, TracedChannel};
 
-pub use action::Action;
+pub use action::{Action, Resource};
 pub use caller::{Caller, Claims, Credential, Role};
 pub use policy::{Access, Decision, Owner, Policy, Scope};
 pub use ttl_cache::TtlCache;
@@ -223,6 +223,18 @@ impl Authz {
             ))),
             scope => Ok(scope),
         }
+    }
+
+    /// [`Authz::authorize`] for a resource with no policy of its own (a topic, a
+    /// function, a role).
+    pub async fn authorize_on(
+        &self,
+        caller: &Caller,
+        action: Action,
+        resource: Resource<'_>,
+    ) -> Result<(), ApiError> {
+        self.authorize(caller, action, &resource.to_string(), &[])
+            .await
     }
 
     /// Allows or refuses `action` on `resource` for `caller`, given the resource's own

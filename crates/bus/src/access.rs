@@ -5,7 +5,7 @@
 //! policies before every delivery; and the topics minicloud writes itself take
 //! events from the service role only.
 
-use minicloud_authz::Action;
+use minicloud_authz::{Action, Resource};
 use minicloud_authz::{Caller, Credential, Role};
 use minicloud_proto::error::{ApiError, ErrorCode};
 
@@ -36,12 +36,7 @@ pub(crate) async fn authorize_publish(
         )));
     }
     bus.authz
-        .authorize(
-            caller,
-            Action::EventsPublish,
-            &format!("events:{topic}"),
-            &[],
-        )
+        .authorize_on(caller, Action::EventsPublish, Resource::Topic(topic))
         .await
 }
 
@@ -55,21 +50,15 @@ pub(crate) async fn authorize_subscription(
     dead_letter_topic: Option<&str>,
 ) -> Result<(), ApiError> {
     bus.authz
-        .authorize(
-            caller,
-            Action::EventsSubscribe,
-            &format!("events:{topic}"),
-            &[],
-        )
+        .authorize_on(caller, Action::EventsSubscribe, Resource::Topic(topic))
         .await?;
     match target {
         Target::Function(function) => {
             bus.authz
-                .authorize(
+                .authorize_on(
                     caller,
                     Action::FunctionsInvoke,
-                    &format!("functions:{function}"),
-                    &[],
+                    Resource::Function(function),
                 )
                 .await?
         }

@@ -9,7 +9,7 @@
 //! Catch-up: ticks missed while no bus ran collapse into one event for the latest
 //! missed tick; the schedule then resumes at its next future tick.
 
-use minicloud_authz::Action;
+use minicloud_authz::{Action, Resource};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -241,12 +241,7 @@ pub(crate) async fn delete(
         .map_err(ApiError::internal)?;
     let topic = topic.ok_or_else(|| ApiError::not_found("schedule not found"))?;
     bus.authz
-        .authorize(
-            &caller,
-            Action::EventsPublish,
-            &format!("events:{topic}"),
-            &[],
-        )
+        .authorize_on(&caller, Action::EventsPublish, Resource::Topic(&topic))
         .await?;
     sqlx::query("DELETE FROM schedules WHERE name = $1")
         .bind(&name)

@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use minicloud_authz::Action;
 use minicloud_authz::Caller;
+use minicloud_authz::{Action, Resource};
 use minicloud_proto::bus::v1::bus_service_server::BusService;
 use minicloud_proto::bus::v1::cloud_event::Data;
 use minicloud_proto::bus::v1::cloud_event_attribute_value::Attr;
@@ -459,12 +459,7 @@ pub(crate) async fn tail(
         return Err(ApiError::not_found(format!("topic {topic} not found")));
     }
     bus.authz
-        .authorize(
-            &caller,
-            Action::EventsSubscribe,
-            &format!("events:{topic}"),
-            &[],
-        )
+        .authorize_on(&caller, Action::EventsSubscribe, Resource::Topic(&topic))
         .await?;
     // Its own connection: the blocking read must not stall other commands.
     let connection = bus

@@ -1,7 +1,7 @@
 //! Invoking over HTTP: `POST /functions/v1/{name}/invoke` and the AWS Lambda Invoke
 //! API (`POST /2015-03-31/functions/{name}/invocations`), and the logs endpoint.
 
-use minicloud_authz::Action;
+use minicloud_authz::{Action, Resource};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -190,12 +190,7 @@ async fn run(
     if let Err(error) = invoker
         .0
         .authz
-        .authorize(
-            &caller,
-            Action::FunctionsInvoke,
-            &format!("functions:{name}"),
-            &[],
-        )
+        .authorize_on(&caller, Action::FunctionsInvoke, Resource::Function(&name))
         .await
     {
         return fail(error);
@@ -360,11 +355,10 @@ pub async fn logs(
     invoker
         .0
         .authz
-        .authorize(
+        .authorize_on(
             &caller,
             Action::FunctionsReadLogs,
-            &format!("functions:{name}"),
-            &[],
+            Resource::Function(&name),
         )
         .await?;
     if !crate::registry::exists(&invoker, &name).await? {
@@ -451,12 +445,7 @@ pub async fn instances(
     invoker
         .0
         .authz
-        .authorize(
-            &caller,
-            Action::FunctionsDeploy,
-            &format!("functions:{name}"),
-            &[],
-        )
+        .authorize_on(&caller, Action::FunctionsDeploy, Resource::Function(&name))
         .await?;
     let engine = &invoker.0.engine;
     Ok(Json(InstancesOut {

@@ -18,7 +18,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod triggers;
 
-use minicloud_authz::Action;
+use minicloud_authz::{Action, Resource};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -490,11 +490,10 @@ impl InvokerService for InvokerGrpc {
         self.0
             .0
             .authz
-            .authorize(
+            .authorize_on(
                 &caller,
                 Action::FunctionsInvoke,
-                &format!("functions:{}", request.function),
-                &[],
+                Resource::Function(&request.function),
             )
             .await?;
         let payload = if request.is_cloud_event {

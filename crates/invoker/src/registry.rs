@@ -1,6 +1,6 @@
 //! The function registry: deploy (config + code), get, list, delete.
 
-use minicloud_authz::Action;
+use minicloud_authz::{Action, Resource};
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
@@ -260,12 +260,7 @@ async fn check_pass_role(
     invoker
         .0
         .authz
-        .authorize(
-            caller,
-            Action::FunctionsPassRole,
-            &format!("roles:{role}"),
-            &[],
-        )
+        .authorize_on(caller, Action::FunctionsPassRole, Resource::Role(role))
         .await
 }
 
@@ -278,7 +273,7 @@ async fn authorize(
     invoker
         .0
         .authz
-        .authorize(caller, action, &format!("functions:{name}"), &[])
+        .authorize_on(caller, action, Resource::Function(name))
         .await
 }
 

@@ -2,7 +2,7 @@
 //! target is the function), async invocations (events on the `functions` topic),
 //! and HTTP routes on the gateway (`/fn/{name}/…`, API Gateway HTTP API v2.0 events).
 
-use minicloud_authz::Action;
+use minicloud_authz::{Action, Resource};
 use std::collections::BTreeMap;
 
 use axum::body::{Body, Bytes};
@@ -105,12 +105,7 @@ pub async fn create(
     crate::registry::check_name(&name)?;
     let authz = &invoker.0.authz;
     authz
-        .authorize(
-            &caller,
-            Action::FunctionsDeploy,
-            &format!("functions:{name}"),
-            &[],
-        )
+        .authorize_on(&caller, Action::FunctionsDeploy, Resource::Function(&name))
         .await?;
     if !crate::registry::exists(&invoker, &name).await? {
         return Err(ApiError::not_found(format!("function {name} not found")));
@@ -119,12 +114,7 @@ pub async fn create(
     let row = match (&input.topic, &input.http) {
         (Some(topic), None) => {
             authz
-                .authorize(
-                    &caller,
-                    Action::EventsSubscribe,
-                    &format!("events:{topic}"),
-                    &[],
-                )
+                .authorize_on(&caller, Action::EventsSubscribe, Resource::Topic(topic))
                 .await?;
             let subscription_id = format!("sub_fn_{}", uuid::Uuid::now_v7().simple());
             let spec = json!({
@@ -206,12 +196,7 @@ pub async fn list(
     invoker
         .0
         .authz
-        .authorize(
-            &caller,
-            Action::FunctionsInvoke,
-            &format!("functions:{name}"),
-            &[],
-        )
+        .authorize_on(&caller, Action::FunctionsInvoke, Resource::Function(&name))
         .await?;
     let triggers = sqlx::query_as::<_, TriggerOut>(sqlx::AssertSqlSafe(format!(
         "SELECT {TRIGGER_COLUMNS} FROM triggers WHERE function = $1 ORDER BY id"
@@ -234,12 +219,7 @@ pub async fn delete(
     invoker
         .0
         .authz
-        .authorize(
-            &caller,
-            Action::FunctionsDeploy,
-            &format!("functions:{name}"),
-            &[],
-        )
+        .authorize_on(&caller, Action::FunctionsDeploy, Resource::Function(&name))
         .await?;
     let subscription: Option<Option<String>> = sqlx::query_scalar(
         "DELETE FROM triggers WHERE id = $1 AND function = $2 RETURNING subscription_id",
@@ -319,26 +299,8 @@ async fn http_route_inner(
             "no HTTP route {method} {path} on function {name}"
         )));
     }
-    // Limited while it streams: a public route must not buffer a body of any size
-    // before refusing it (a 400 MB upload once grew the process by 650 MB).
-    let body = crate::invoke::read_payload(body, crate::invoke::MAX_SYNC_PAYLOAD * 3 / 4)
-        .await
-        .map_err(|error| match error.code {
-            ErrorCode::PayloadTooLarge => ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "request body too large for a function",
-            ),
-            _ => error,
-        })?;
-    let event = api_gateway_v2_event(name, &method, &uri, &path, &headers, &body, peer);
-    let request = InvokeRequest {
-        payload: serde_json::to_vec(&event).unwrap_or_default().into(),
-        wait_for_slot: false,
-        trace_id: None,
-        client_context: None,
-        log_tail: false,
-    };
-    let invoked = crate::invoke::sync_invoke(invoker, name, request).await?;
+    let invoked =
+        invoke_with_http_event(invoker, name, &path, &method, &uri, &headers, body, peer).await?;
     match invoked.result {
         Ok(payload) => Ok(api_gateway_v2_response(&payload)),
         Err((body, _)) => {
@@ -374,39 +336,19 @@ pub async fn edge_invoke(
     invoker
         .0
         .authz
-        .authorize(
-            &caller,
-            Action::FunctionsInvoke,
-            &format!("functions:{name}"),
-            &[],
-        )
+        .authorize_on(&caller, Action::FunctionsInvoke, Resource::Function(&name))
         .await?;
-    let body = crate::invoke::read_payload(body, crate::invoke::MAX_SYNC_PAYLOAD * 3 / 4)
-        .await
-        .map_err(|error| match error.code {
-            ErrorCode::PayloadTooLarge => ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                "request body too large for a function",
-            ),
-            _ => error,
-        })?;
-    let event = api_gateway_v2_event(
+    let invoked = invoke_with_http_event(
+        &invoker,
         &name,
+        "/",
         &parts.method,
         &parts.uri,
-        "/",
         &parts.headers,
-        &body,
+        body,
         peer,
-    );
-    let request = InvokeRequest {
-        payload: serde_json::to_vec(&event).unwrap_or_default().into(),
-        wait_for_slot: false,
-        trace_id: None,
-        client_context: None,
-        log_tail: false,
-    };
-    let invoked = crate::invoke::sync_invoke(&invoker, &name, request).await?;
+    )
+    .await?;
     Ok(match invoked.result {
         Ok(payload) => api_gateway_v2_response(&payload),
         Err((error, _)) => {
@@ -417,6 +359,40 @@ pub async fn edge_invoke(
             response
         }
     })
+}
+
+/// Reads a request body (limited while it streams: a public route must not buffer a
+/// body of any size before refusing it — a 400 MB upload once grew the process by
+/// 650 MB) and invokes `name` with it as an API Gateway HTTP event for `path`.
+#[allow(clippy::too_many_arguments)] // the parts of one request
+async fn invoke_with_http_event(
+    invoker: &Invoker,
+    name: &str,
+    path: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    peer: std::net::SocketAddr,
+) -> Result<crate::engine::Invoked, ApiError> {
+    let body = crate::invoke::read_payload(body, crate::invoke::MAX_SYNC_PAYLOAD * 3 / 4)
+        .await
+        .map_err(|error| match error.code {
+            ErrorCode::PayloadTooLarge => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body too large for a function",
+            ),
+            _ => error,
+        })?;
+    let event = api_gateway_v2_event(name, method, uri, path, headers, &body, peer);
+    let request = InvokeRequest {
+        payload: serde_json::to_vec(&event).unwrap_or_default().into(),
+        wait_for_slot: false,
+        trace_id: None,
+        client_context: None,
+        log_tail: false,
+    };
+    crate::invoke::sync_invoke(invoker, name, request).await
 }
 
 fn api_gateway_v2_event(
