@@ -70,6 +70,9 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// The same few lines as `minicloud_telemetry::trace_context`'s injector, on purpose:
+/// the SDK is linked into functions and apps, and must not pull in the servers'
+/// telemetry crate (axum, tonic, the OTLP exporter) for ten lines.
 struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
