@@ -1410,6 +1410,69 @@ suite!(
     form_uploads_store_the_file_part,
 );
 
+/// Supabase's list body (`offset`, `sortBy`, `search`) gets Supabase's answer, within
+/// the same rights as ours; what it cannot mean is refused.
+#[tokio::test]
+async fn supabase_style_listing_checks_its_input_and_rights() {
+    let env = start(Kind::Fs, |_| {}).await;
+    let (client, uid) = photos(&env).await;
+    for name in ["b.txt", "a.txt", "sub/c.txt"] {
+        let path = format!("/storage/v1/object/photos/{uid}/{name}");
+        assert_eq!(
+            put(&client, Method::POST, &path, b"x", "text/plain")
+                .await
+                .status(),
+            200
+        );
+    }
+    let list = |body: Value| {
+        client
+            .request(Method::POST, "/storage/v1/object/list/photos")
+            .json(&body)
+            .send()
+    };
+    let page: Value = list(
+        json!({"prefix": uid, "limit": 2, "offset": 0, "sortBy": {"column":"name","order":"asc"}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let names: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a.txt", "b.txt"]);
+    // Another user's folder is not this user's to list.
+    let other = list(json!({"prefix": "someone-else", "offset": 0}))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(other).await,
+        (403, "permission_denied".to_owned())
+    );
+    for bad in [
+        json!({"prefix": uid, "offset": -1}),
+        json!({"prefix": uid, "offset": 0, "limit": 100_000}),
+        json!({"prefix": uid, "offset": 0, "sortBy": {"column": "size"}}),
+        json!({"prefix": uid, "offset": 0, "sortBy": {"order": "sideways"}}),
+        json!({"prefix": uid, "offset": 0, "unknown": true}),
+        json!({"prefix": format!("{uid}/\u{0}"), "offset": 0}),
+        json!({"prefix": uid, "offset": "ten"}),
+    ] {
+        let response = list(bad.clone()).await.unwrap();
+        assert_eq!(
+            error_code(response).await,
+            (400, "invalid_argument".to_owned()),
+            "{bad}"
+        );
+    }
+    env.stop().await;
+}
+
 /// Object calls keep bucket settings in a cache; a change made through this service
 /// must apply to the very next call, not after the cache's TTL.
 #[tokio::test]

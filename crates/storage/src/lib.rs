@@ -71,6 +71,7 @@ use minicloud_proto::openapi::ErrorResponses;
         rest::get_signed,
         rest::put_signed,
     ),
+    components(schemas(listing::FolderListIn, listing::FolderEntry)),
 )]
 #[derive(Debug)]
 pub struct ApiDoc;

@@ -161,6 +161,183 @@ impl Storage {
     }
 }
 
+/// Supabase Storage's `list` body (what supabase-js and supabase-py send): a folder,
+/// a page by offset, a sort and a name filter.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FolderListIn {
+    /// The folder (`""` for the bucket's top level); a trailing `/` is optional.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub offset: Option<i64>,
+    #[serde(default, rename = "sortBy")]
+    pub sort_by: Option<SortBy>,
+    /// Only entries whose name starts with this (case-insensitive).
+    #[serde(default)]
+    pub search: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SortBy {
+    /// `name` (default), `created_at`, `updated_at` or `last_accessed_at`.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// `asc` (default) or `desc`.
+    #[serde(default)]
+    pub order: Option<String>,
+}
+
+/// One entry of a folder as Supabase lists it: an object (`id` set) or a sub-folder
+/// (`id` and the rest `null`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct FolderEntry {
+    /// The name inside the folder.
+    pub name: String,
+    pub id: Option<String>,
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_accessed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `{eTag, size, mimetype, cacheControl, lastModified, contentLength,
+    /// httpStatusCode}` as Supabase reports it.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Sorting in memory needs every entry of the folder; past this many, refuse.
+const MAX_SORTED_ENTRIES: usize = 10_000;
+
+fn uuid_of(version: &str) -> String {
+    uuid::Uuid::parse_str(version)
+        .map(|u| u.hyphenated().to_string())
+        .unwrap_or_else(|_| version.to_owned())
+}
+
+impl FolderEntry {
+    fn object(folder: &str, object: ObjectRecord) -> FolderEntry {
+        let metadata = serde_json::json!({
+            "eTag": format!("\"{}\"", object.etag),
+            "size": object.size,
+            "mimetype": object.content_type,
+            "cacheControl": "no-cache",
+            "lastModified": object.updated_at,
+            "contentLength": object.size,
+            "httpStatusCode": 200,
+        });
+        FolderEntry {
+            name: object.name[folder.len()..].to_owned(),
+            id: Some(uuid_of(&object.version)),
+            created_at: Some(object.created_at),
+            updated_at: Some(object.updated_at),
+            last_accessed_at: Some(object.updated_at),
+            metadata: Some(metadata),
+        }
+    }
+
+    fn folder(folder: &str, prefix: &str) -> FolderEntry {
+        FolderEntry {
+            name: prefix[folder.len()..].trim_end_matches('/').to_owned(),
+            id: None,
+            created_at: None,
+            updated_at: None,
+            last_accessed_at: None,
+            metadata: None,
+        }
+    }
+}
+
+impl Storage {
+    /// One page of a folder, Supabase's way: objects and sub-folders by name (or by
+    /// a date, folders first), `offset` entries skipped, `search` a name prefix.
+    pub(crate) async fn list_folder(
+        &self,
+        bucket: &str,
+        folder: &str,
+        input: &FolderListIn,
+    ) -> Result<Vec<FolderEntry>, ApiError> {
+        let limit = match input.limit {
+            None => 100,
+            Some(n) if (1..=1000).contains(&n) => n as usize,
+            Some(_) => return Err(ApiError::invalid("limit must be 1 to 1000")),
+        };
+        let offset = match input.offset {
+            None => 0,
+            Some(n) if (0..=1_000_000).contains(&n) => n as usize,
+            Some(_) => return Err(ApiError::invalid("offset must be 0 to 1000000")),
+        };
+        let (column, descending) = match &input.sort_by {
+            None => ("name", false),
+            Some(sort) => {
+                let column = match sort.column.as_deref().unwrap_or("name") {
+                    c @ ("name" | "created_at" | "updated_at" | "last_accessed_at") => c,
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "sortBy.column {other:?}: name, created_at, updated_at or last_accessed_at"
+                        )));
+                    }
+                };
+                let descending = match sort.order.as_deref().map(str::to_ascii_lowercase) {
+                    None => false,
+                    Some(o) if o == "asc" => false,
+                    Some(o) if o == "desc" => true,
+                    Some(_) => return Err(ApiError::invalid("sortBy.order: asc or desc")),
+                };
+                (column, descending)
+            }
+        };
+        let search = input.search.as_deref().unwrap_or("").to_lowercase();
+        // In key order the folder's entries come sorted by name: a name-ascending
+        // page can stop as soon as it is full.
+        let stop_at = if column == "name" && !descending {
+            Some(offset + limit)
+        } else {
+            None
+        };
+        let mut entries: Vec<FolderEntry> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .list_objects(bucket, folder, Some("/"), 1000, cursor.as_deref())
+                .await?;
+            let mut found: Vec<FolderEntry> = page
+                .prefixes
+                .iter()
+                .map(|p| FolderEntry::folder(folder, p))
+                .chain(
+                    page.objects
+                        .into_iter()
+                        .map(|o| FolderEntry::object(folder, o)),
+                )
+                .filter(|e| e.name.to_lowercase().starts_with(&search))
+                .collect();
+            found.sort_by(|a, b| a.name.cmp(&b.name));
+            entries.extend(found);
+            if stop_at.is_some_and(|n| entries.len() >= n) || page.next_cursor.is_none() {
+                break;
+            }
+            if entries.len() > MAX_SORTED_ENTRIES {
+                return Err(ApiError::invalid(format!(
+                    "sorting by {column} or descending is done for folders of at most \
+                     {MAX_SORTED_ENTRIES} entries; list by name instead"
+                )));
+            }
+            cursor = page.next_cursor;
+        }
+        entries.sort_by(|a, b| {
+            let by = match column {
+                "name" => a.name.cmp(&b.name),
+                "created_at" => a.created_at.cmp(&b.created_at),
+                _ => a.updated_at.cmp(&b.updated_at),
+            };
+            if descending { by.reverse() } else { by }
+        });
+        Ok(entries.into_iter().skip(offset).take(limit).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::successor;

@@ -15,7 +15,7 @@ use crate::Storage;
 use crate::backend::{ByteRange, ByteStream};
 use crate::error::StorageError;
 use crate::form_upload;
-use crate::listing::{ListIn, ListOut};
+use crate::listing::{FolderListIn, ListIn, ListOut};
 use crate::objects::{ObjectRecord, Preconditions, WriteRequest};
 use crate::paths::{normalise_path, normalise_prefix};
 use crate::signing::{Grant, MAX_EXPIRES_IN, Operation};
@@ -417,15 +417,37 @@ pub(crate) async fn bulk_delete(
     Ok(Json(deleted))
 }
 
-#[utoipa::path(post, path = "/storage/v1/object/list/{bucket}", tag = "objects", params(("bucket" = String, Path)), request_body = ListIn,
-    responses((status = 200, body = ListOut), (status = 403, body = ErrorBody)))]
+#[utoipa::path(post, path = "/storage/v1/object/list/{bucket}", tag = "objects", params(("bucket" = String, Path)),
+    request_body(content = ListIn, description = "ours: `prefix`, `delimiter`, `limit`, `cursor` → `ListOut`. A body with `offset`, `sortBy` or `search` is Supabase Storage's (`FolderListIn`) and is answered with its array of `FolderEntry`"),
+    responses((status = 200, body = ListOut, description = "`ListOut`, or for a Supabase-style body an array of `FolderEntry`"), (status = 403, body = ErrorBody)))]
 pub(crate) async fn list(
     State(storage): State<Storage>,
     caller: Caller,
     Path(bucket): Path<String>,
-    Json(input): Json<ListIn>,
-) -> Result<Json<ListOut>, ApiError> {
+    Json(body): Json<serde_json::Value>,
+) -> Result<Response, ApiError> {
     crate::buckets::check_bucket_name(&bucket)?;
+    let supabase = ["offset", "sortBy", "search"]
+        .iter()
+        .any(|key| body.get(key).is_some());
+    if supabase {
+        let input: FolderListIn = serde_json::from_value(body)
+            .map_err(|e| ApiError::invalid(format!("invalid list request: {e}")))?;
+        let folder = input.prefix.as_deref().unwrap_or("").trim_matches('/');
+        let folder = if folder.is_empty() {
+            String::new()
+        } else {
+            normalise_prefix(&format!("{folder}/"))?
+        };
+        let bucket_row = storage.load_bucket(&bucket).await?;
+        storage
+            .authorize_object(&caller, Action::StorageListObjects, &bucket_row, &folder)
+            .await?;
+        let entries = storage.list_folder(&bucket, &folder, &input).await?;
+        return Ok(Json(entries).into_response());
+    }
+    let input: ListIn = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid(format!("invalid list request: {e}")))?;
     let prefix = normalise_prefix(input.prefix.as_deref().unwrap_or(""))?;
     let limit = match input.limit {
         None => 100,
@@ -444,7 +466,8 @@ pub(crate) async fn list(
         storage
             .list_objects(&bucket, &prefix, delimiter, limit, input.cursor.as_deref())
             .await?,
-    ))
+    )
+    .into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

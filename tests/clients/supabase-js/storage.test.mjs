@@ -72,6 +72,32 @@ test('buckets and objects through supabase-js', async (t) => {
     assert.deepEqual(await downloaded('files/a.bin'), bytes(20))
   })
 
+  await t.test('list pages a folder by offset, sorts and searches', async () => {
+    const files = service.storage.from(bucket)
+    const top = await files.list()
+    assert.equal(top.error, null)
+    assert.deepEqual(top.data.map((e) => [e.name, e.id]), [
+      ['docs', null],
+      ['files', null],
+      ['images', null],
+    ])
+    const images = await files.list('images')
+    assert.equal(images.error, null)
+    assert.equal(images.data.length, 1)
+    assert.equal(images.data[0].name, 'blob.png')
+    assert.equal(typeof images.data[0].id, 'string')
+    assert.equal(images.data[0].metadata.size, 100_000)
+    assert.equal(images.data[0].metadata.mimetype, 'image/png')
+    const second = await files.list('', { limit: 1, offset: 1 })
+    assert.deepEqual(second.data.map((e) => e.name), ['files'])
+    const searched = await files.list('', { search: 'IM' })
+    assert.deepEqual(searched.data.map((e) => e.name), ['images'])
+    const backwards = await files.list('', { sortBy: { column: 'name', order: 'desc' } })
+    assert.deepEqual(backwards.data.map((e) => e.name), ['images', 'files', 'docs'])
+    const bad = await files.list('', { sortBy: { column: 'size', order: 'asc' } })
+    assert.equal(bad.error.status, 400)
+  })
+
   await t.test('the public URL serves the bytes without a token', async () => {
     const { data } = service.storage.from(bucket).getPublicUrl('images/blob.png')
     const response = await fetch(data.publicUrl)
