@@ -523,7 +523,8 @@ pub(crate) async fn move_object(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SignIn {
-    /// Seconds the URL stays valid (1 to 604800).
+    /// Seconds the URL stays valid (1 to 604800); `expiresIn` as Supabase sends it.
+    #[serde(alias = "expiresIn")]
     pub expires_in: u64,
 }
 
@@ -532,7 +533,7 @@ pub(crate) struct SignIn {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SignUploadIn {
     /// Seconds the URL stays valid (1 to 604800; default 7200).
-    #[serde(default)]
+    #[serde(default, alias = "expiresIn")]
     pub expires_in: Option<u64>,
     /// The URL uploads once: a second upload with it is refused (403).
     #[serde(default)]
@@ -541,7 +542,12 @@ pub(crate) struct SignUploadIn {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct SignedUrlOut {
+    /// The URL's path from the gateway's root.
     pub signed_url: String,
+    /// The same path from `/storage/v1`, as Supabase Storage answers (its clients
+    /// prepend their storage URL).
+    #[serde(rename = "signedURL")]
+    pub signed_url_supabase: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -600,11 +606,10 @@ pub(crate) async fn sign_download(
         owner: None,
         nonce: None,
     });
+    let relative = format!("/object/sign/{bucket}/{}?token={token}", encode_path(&path));
     Ok(Json(SignedUrlOut {
-        signed_url: format!(
-            "/storage/v1/object/sign/{bucket}/{}?token={token}",
-            encode_path(&path)
-        ),
+        signed_url: format!("/storage/v1{relative}"),
+        signed_url_supabase: relative,
     }))
 }
 

@@ -105,6 +105,29 @@ test('buckets and objects through supabase-js', async (t) => {
     assert.deepEqual(new Uint8Array(await response.arrayBuffer()), bytes(100_000))
   })
 
+  await t.test('a signed URL downloads without a token', async () => {
+    const { data, error } = await service.storage.from(bucket).createSignedUrl('images/blob.png', 60)
+    assert.equal(error, null)
+    const response = await fetch(data.signedUrl)
+    assert.equal(response.status, 200)
+    assert.deepEqual(new Uint8Array(await response.arrayBuffer()), bytes(100_000))
+  })
+
+  await t.test('a signed upload URL takes a Blob from someone without a key', async () => {
+    const signed = await service.storage.from(bucket).createSignedUploadUrl('uploads/signed.bin')
+    assert.equal(signed.error, null)
+    assert.ok(signed.data.token)
+    const stranger = createClient(url, process.env.MINICLOUD_ANON_KEY, {
+      auth: { persistSession: false, autoRefreshToken: false },
+    })
+    const sent = bytes(5_000)
+    const uploaded = await stranger.storage
+      .from(bucket)
+      .uploadToSignedUrl('uploads/signed.bin', signed.data.token, new Blob([sent], { type: 'application/pdf' }))
+    assert.equal(uploaded.error, null)
+    assert.deepEqual(await downloaded('uploads/signed.bin'), sent)
+  })
+
   await t.test('copy, move, exists and remove', async () => {
     const files = service.storage.from(bucket)
     assert.equal((await files.copy('docs/hello.txt', 'docs/copy.txt')).error, null)
