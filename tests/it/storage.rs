@@ -1473,6 +1473,53 @@ async fn supabase_style_listing_checks_its_input_and_rights() {
     env.stop().await;
 }
 
+/// Bucket settings as Supabase's clients send them: a size with a unit, the bucket's
+/// own name along; anything else is refused.
+#[tokio::test]
+async fn bucket_settings_take_supabase_sizes_and_refuse_renames() {
+    let env = start(Kind::Fs, |_| {}).await;
+    let admin = env.cloud.admin();
+    let _: Value = admin
+        .post(
+            "/storage/v1/bucket",
+            &json!({"id":"sized","name":"sized","file_size_limit":"2kb"}),
+        )
+        .await
+        .unwrap();
+    let bucket: Value = admin.get("/storage/v1/bucket/sized").await.unwrap();
+    assert_eq!(bucket["file_size_limit"], 2048);
+    assert_eq!(bucket["owner"], "");
+    let http = reqwest::Client::new();
+    let update = |body: Value| {
+        http.put(url(&env.cloud, "/storage/v1/bucket/sized"))
+            .bearer_auth(&env.cloud.keys.service_key)
+            .json(&body)
+            .send()
+    };
+    let ok = update(json!({"id":"sized","name":"sized","public":true,"file_size_limit":"1 MB"}))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let bucket: Value = admin.get("/storage/v1/bucket/sized").await.unwrap();
+    assert_eq!(bucket["file_size_limit"], 1024 * 1024);
+    for bad in [
+        json!({"id":"other"}),
+        json!({"name":"other"}),
+        json!({"file_size_limit":"12 parsecs"}),
+        json!({"file_size_limit":"99999999999999999999gb"}),
+        json!({"file_size_limit":"-5mb"}),
+        json!({"file_size_limit":[1]}),
+    ] {
+        let response = update(bad.clone()).await.unwrap();
+        assert_eq!(
+            error_code(response).await,
+            (400, "invalid_argument".to_owned()),
+            "{bad}"
+        );
+    }
+    env.stop().await;
+}
+
 /// Object calls keep bucket settings in a cache; a change made through this service
 /// must apply to the very next call, not after the cache's TTL.
 #[tokio::test]

@@ -78,38 +78,17 @@ fn gotrue_code(code: &str, message: &str) -> String {
 
 /// Adds GoTrue's fields to an error body — `msg` and `error_code` beside our own
 /// `error` object — so the Supabase clients' `AuthApiError` carries the message
-/// and code instead of the whole JSON text. Only error bodies are read.
+/// and code instead of the whole JSON text.
 pub(crate) async fn with_gotrue_fields(
     response: axum::response::Response,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    let is_json = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(response.status().is_client_error() || response.status().is_server_error()) || !is_json {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
-        return (parts.status, "").into_response();
-    };
-    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(&bytes) else {
-        return axum::response::Response::from_parts(parts, bytes.into());
-    };
-    let error = &object["error"];
-    let (code, message) = (
-        error["code"]
-            .as_str()
-            .unwrap_or("unexpected_failure")
-            .to_owned(),
-        error["message"].as_str().unwrap_or_default().to_owned(),
-    );
-    object.insert("error_code".into(), gotrue_code(&code, &message).into());
-    object.insert("msg".into(), message.into());
-    let body = serde_json::to_vec(&object).unwrap_or_default();
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    axum::response::Response::from_parts(parts, body.into())
+    minicloud_telemetry::server::add_error_fields(response, |code, message, _| {
+        let mut fields = serde_json::Map::new();
+        fields.insert("error_code".into(), gotrue_code(code, message).into());
+        fields.insert("msg".into(), message.into());
+        fields
+    })
+    .await
 }
 
 /// Postgres unique violation (SQLSTATE 23505).

@@ -24,9 +24,63 @@ pub struct BucketRecord {
     /// HTML, SVG, XML and JavaScript objects are served inline (true) or as
     /// attachments (false, the default).
     pub inline_active_content: bool,
+    /// The creating user; `""` for buckets made with a service key (Supabase's
+    /// clients expect a string).
+    #[serde(serialize_with = "owner_or_empty")]
+    #[schema(value_type = String)]
     pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+fn owner_or_empty<S: serde::Serializer>(
+    owner: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(owner.as_deref().unwrap_or(""))
+}
+
+/// A size limit as the clients send it: bytes as a number, or a string with an
+/// optional unit (`"20mb"`, `"1 GB"`, `"500kb"`, `"1024"`; supabase-js passes its
+/// `fileSizeLimit` through as given).
+fn size_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| D::Error::custom("file_size_limit: a whole number of bytes")),
+        Some(serde_json::Value::String(text)) => {
+            let text = text.trim().to_ascii_lowercase();
+            let digits = text
+                .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+                .trim();
+            let unit = text[digits.len()..].trim();
+            let scale: i64 = match unit {
+                "" | "b" => 1,
+                "kb" => 1024,
+                "mb" => 1024 * 1024,
+                "gb" => 1024 * 1024 * 1024,
+                _ => {
+                    return Err(D::Error::custom(
+                        "file_size_limit: bytes, or a size in b, kb, mb or gb",
+                    ));
+                }
+            };
+            digits
+                .parse::<i64>()
+                .ok()
+                .and_then(|n| n.checked_mul(scale))
+                .map(Some)
+                .ok_or_else(|| {
+                    D::Error::custom("file_size_limit: bytes, or a size in b, kb, mb or gb")
+                })
+        }
+        Some(_) => Err(D::Error::custom(
+            "file_size_limit: bytes, or a size in b, kb, mb or gb",
+        )),
+    }
 }
 
 macro_rules! bucket_columns {
@@ -45,7 +99,8 @@ pub(crate) struct BucketIn {
     pub id: Option<String>,
     #[serde(default)]
     pub public: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "size_limit")]
+    #[schema(value_type = Option<i64>)]
     pub file_size_limit: Option<i64>,
     #[serde(default)]
     pub allowed_mime_types: Option<Vec<String>>,
@@ -222,10 +277,17 @@ pub(crate) async fn visible_buckets(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BucketPatch {
+    /// Supabase's clients send the bucket's own name along (`id` and `name`): it
+    /// must be this bucket's (buckets are not renamed).
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     pub public: Option<bool>,
-    /// A limit in bytes; `null` keeps the current one.
-    #[serde(default)]
+    /// A limit in bytes (or `"20mb"`); `null` keeps the current one.
+    #[serde(default, deserialize_with = "size_limit")]
+    #[schema(value_type = Option<i64>)]
     pub file_size_limit: Option<i64>,
     #[serde(default)]
     pub allowed_mime_types: Option<Vec<String>>,
@@ -263,6 +325,13 @@ pub(crate) async fn update(
     Json(patch): Json<BucketPatch>,
 ) -> Result<Json<BucketRecord>, ApiError> {
     manage(&storage, &caller, Action::StorageCreateBucket, &name).await?;
+    if [&patch.id, &patch.name]
+        .into_iter()
+        .flatten()
+        .any(|other| *other != name)
+    {
+        return Err(ApiError::invalid("buckets cannot be renamed"));
+    }
     if patch.file_size_limit.is_some_and(|limit| limit <= 0) {
         return Err(ApiError::invalid("file_size_limit must be positive"));
     }

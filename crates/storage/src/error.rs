@@ -84,3 +84,18 @@ impl From<StorageError> for tonic::Status {
         ApiError::from(error).into()
     }
 }
+
+/// Adds Supabase Storage's fields to an error body — `statusCode` (the status as a
+/// string) and `message` beside our own `error` object — which supabase-js and
+/// supabase-py read into their `StorageApiError`.
+pub(crate) async fn with_storage_api_fields(
+    response: axum::response::Response,
+) -> axum::response::Response {
+    minicloud_telemetry::server::add_error_fields(response, |_, message, status| {
+        let mut fields = serde_json::Map::new();
+        fields.insert("statusCode".into(), status.to_string().into());
+        fields.insert("message".into(), message.into());
+        fields
+    })
+    .await
+}

@@ -331,7 +331,12 @@ impl Service for Storage {
                 axum::routing::put(rest::put_signed),
             )
             .layer(DefaultBodyLimit::disable());
-        let rest = json.merge(objects).with_state(self.clone());
+        let rest =
+            json.merge(objects)
+                .with_state(self.clone())
+                .layer(axum::middleware::map_response(
+                    error::with_storage_api_fields,
+                ));
         ServiceHost::new(
             Self::NAME,
             rest,

@@ -216,6 +216,38 @@ impl ServiceHost {
     }
 }
 
+/// Adds `extra(code, message, status)`'s fields at the top level of a JSON error
+/// body, beside its `error` object: the dialects the Supabase clients parse (GoTrue's
+/// `msg`/`error_code`, Storage's `statusCode`/`message`) without changing our own
+/// error contract. Only error bodies (4xx/5xx, JSON, at most 64 KiB) are read.
+pub async fn add_error_fields(
+    response: Response,
+    extra: impl FnOnce(&str, &str, u16) -> serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (parts.status, "").into_response();
+    };
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(&bytes) else {
+        return Response::from_parts(parts, bytes.into());
+    };
+    let error = &object["error"];
+    let code = error["code"].as_str().unwrap_or("internal").to_owned();
+    let message = error["message"].as_str().unwrap_or_default().to_owned();
+    object.extend(extra(&code, &message, status.as_u16()));
+    let body = serde_json::to_vec(&object).unwrap_or_default();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, body.into())
+}
+
 /// Most bodies are sent as many bytes as they declare, so refuse an oversized one
 /// before reading it. Its bytes are read and dropped first (up to a bound): a server
 /// that answers and closes with unread input makes the kernel reset the connection,

@@ -37,6 +37,26 @@ test('buckets and objects through supabase-js', async (t) => {
     assert.ok(listed.data.some((b) => b.name === bucket))
   })
 
+  await t.test('updateBucket limits size and types; refusals are StorageApiErrors', async () => {
+    const updated = await service.storage.updateBucket(bucket, {
+      public: true,
+      fileSizeLimit: '1mb',
+      allowedMimeTypes: ['image/png', 'text/plain', 'application/octet-stream', 'application/pdf'],
+    })
+    assert.equal(updated.error, null)
+    const got = await service.storage.getBucket(bucket)
+    assert.equal(got.data.file_size_limit, 1024 * 1024)
+    assert.equal(got.data.owner, '')
+    const files = service.storage.from(bucket)
+    const tooBig = await files.upload('big.png', new Blob([bytes(1024 * 1024 + 1)], { type: 'image/png' }))
+    assert.equal(tooBig.error.status, 413)
+    assert.equal(tooBig.error.statusCode, '413')
+    const wrongType = await files.upload('page.html', Buffer.from('<p>'), { contentType: 'text/html' })
+    assert.equal(wrongType.error.status, 415)
+    assert.match(wrongType.error.message, /not allowed/)
+    assert.doesNotMatch(wrongType.error.message, /^\{/)
+  })
+
   await t.test('a Buffer upload downloads as sent', async () => {
     const { data, error } = await service.storage
       .from(bucket)
