@@ -19,7 +19,7 @@ unit: test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## AWS's Python runtime interface client (PyPI), deployed unmodified by the invoker tests.
-test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis tests/clients/supabase-js/node_modules/.package-lock.json
+test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis tests/clients/supabase-js/node_modules/.package-lock.json target/pydeps-supabase/supabase
 
 target/pydeps/awslambdaric:
 	python3 -m pip install --quiet --target target/pydeps awslambdaric
@@ -32,6 +32,11 @@ target/pydeps-fuzz/schemathesis:
 # The official supabase-js, pinned by its package-lock (tests/it/supabase_clients.rs).
 tests/clients/supabase-js/node_modules/.package-lock.json: tests/clients/supabase-js/package-lock.json
 	npm ci --prefix tests/clients/supabase-js --no-audit --no-fund --loglevel=error
+
+# The official supabase-py and pytest, pinned (its own dir: its dependencies must not
+# shadow the runtimes' in target/pydeps).
+target/pydeps-supabase/supabase: tests/clients/supabase-py/requirements.txt
+	python3 -m pip install --quiet --target target/pydeps-supabase -r tests/clients/supabase-py/requirements.txt
 
 # The Standard Webhooks reference library verifies the bus's signed deliveries.
 target/pydeps/standardwebhooks:

@@ -15,7 +15,7 @@ fn suite_dir(name: &str) -> PathBuf {
 
 /// Runs `command` with the cloud's URL and keys; the suite's own output is shown
 /// when it fails.
-fn run_suite(cloud: &TestCloud, mut command: Command, what: &str) {
+fn run_suite(cloud: &TestCloud, mut command: Command, what: &str, passed: &str) {
     let output = command
         .env("MINICLOUD_URL", cloud.gateway_url())
         .env("MINICLOUD_ANON_KEY", &cloud.keys.anon_key)
@@ -31,7 +31,7 @@ fn run_suite(cloud: &TestCloud, mut command: Command, what: &str) {
     );
     // A suite that ran nothing would pass too.
     assert!(
-        stdout.contains("# pass") && !stdout.contains("# pass 0"),
+        stdout.contains(passed) && !stdout.contains("# pass 0"),
         "{what} ran no tests:\n{stdout}"
     );
 }
@@ -85,6 +85,36 @@ async fn supabase_js_calls_work_unchanged() {
         "functions.test.mjs",
     ]);
     let cloud_ref = &cloud;
-    tokio::task::block_in_place(|| run_suite(cloud_ref, node, "supabase-js suite"));
+    tokio::task::block_in_place(|| run_suite(cloud_ref, node, "supabase-js suite", "# pass"));
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_py_calls_work_unchanged() {
+    let dir = suite_dir("supabase-py");
+    let deps = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pydeps-supabase");
+    assert!(
+        deps.join("supabase").is_dir(),
+        "supabase-py is not installed in {}: run `make test-deps`",
+        deps.display()
+    );
+    let cloud = TestCloud::start().await.unwrap();
+    crate::invoker::deploy_ok(
+        &cloud,
+        serde_json::json!({"name":"sjs-echo","runtime":"python3","handler":"app.handler"}),
+        &crate::invoker::zip_of(&[("app.py", EDGE_ECHO, 0o644)]),
+    )
+    .await;
+    let mut pytest = Command::new("python3");
+    pytest.current_dir(&dir).env("PYTHONPATH", &deps).args([
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "test_supabase.py",
+    ]);
+    let cloud_ref = &cloud;
+    tokio::task::block_in_place(|| run_suite(cloud_ref, pytest, "supabase-py suite", " passed"));
     cloud.stop().await.unwrap();
 }

@@ -523,9 +523,22 @@ pub(crate) async fn move_object(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SignIn {
-    /// Seconds the URL stays valid (1 to 604800); `expiresIn` as Supabase sends it.
-    #[serde(alias = "expiresIn")]
+    /// Seconds the URL stays valid (1 to 604800); `expiresIn` as Supabase sends it
+    /// (supabase-py sends it as a string).
+    #[serde(alias = "expiresIn", deserialize_with = "seconds")]
+    #[schema(value_type = u64)]
     pub expires_in: u64,
+}
+
+/// Whole seconds as a number or a string of digits.
+fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| D::Error::custom("expires_in: whole seconds"))
 }
 
 /// A signed upload URL's options; the body may be absent (Supabase sends none).

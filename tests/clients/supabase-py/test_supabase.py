@@ -1,0 +1,82 @@
+"""The official supabase-py client against a minicloud test cloud, as an app uses it.
+
+Run by tests/it/supabase_clients.rs: MINICLOUD_URL is the cloud's gateway,
+MINICLOUD_ANON_KEY and MINICLOUD_SERVICE_KEY its keys; the function `sjs-echo` is
+deployed.
+"""
+
+import os
+
+import pytest
+from supabase import create_client
+
+URL = os.environ["MINICLOUD_URL"]
+BUCKET = f"spy-{os.getpid()}"
+
+
+def client(key: str):
+    return create_client(URL, os.environ[key])
+
+
+@pytest.fixture(scope="module")
+def service():
+    return client("MINICLOUD_SERVICE_KEY")
+
+
+def sample(n: int) -> bytes:
+    return bytes((i * 31 + (i >> 8)) & 0xFF for i in range(n))
+
+
+def test_auth_sign_up_sign_in_and_update():
+    anon = client("MINICLOUD_ANON_KEY")
+    email = f"spy-{os.getpid()}@example.com"
+    signed_up = anon.auth.sign_up({"email": email, "password": "correct horse battery"})
+    assert signed_up.user.email == email
+    assert signed_up.user.aud == "authenticated"
+    assert signed_up.user.app_metadata["provider"] == "email"
+    assert signed_up.session.access_token
+    signed_in = anon.auth.sign_in_with_password(
+        {"email": email, "password": "correct horse battery"}
+    )
+    assert signed_in.user.id == signed_up.user.id
+    assert anon.auth.get_user().user.email == email
+    updated = anon.auth.update_user({"data": {"nickname": "py"}})
+    assert updated.user.user_metadata["nickname"] == "py"
+
+
+def test_auth_errors_carry_codes():
+    from supabase_auth.errors import AuthApiError
+
+    with pytest.raises(AuthApiError) as error:
+        client("MINICLOUD_ANON_KEY").auth.sign_in_with_password(
+            {"email": "nobody@example.com", "password": "wrong password!"}
+        )
+    assert error.value.status == 400
+    assert error.value.code == "invalid_credentials"
+    assert error.value.message == "invalid login credentials"
+
+
+def test_storage_round_trip(service):
+    service.storage.create_bucket(BUCKET, options={"public": False})
+    assert service.storage.get_bucket(BUCKET).name == BUCKET
+    assert any(b.name == BUCKET for b in service.storage.list_buckets())
+    files = service.storage.from_(BUCKET)
+    sent = sample(50_000)
+    # supabase-py always uploads as multipart/form-data.
+    files.upload("pics/a.png", sent, {"content-type": "image/png"})
+    assert files.download("pics/a.png") == sent
+    listed = files.list("pics")
+    assert [entry["name"] for entry in listed] == ["a.png"]
+    assert listed[0]["metadata"]["mimetype"] == "image/png"
+    signed = files.create_signed_url("pics/a.png", 60)
+    assert "token=" in signed["signedURL"]
+    files.remove(["pics/a.png"])
+    assert files.list("pics") == []
+    service.storage.delete_bucket(BUCKET)
+
+
+def test_functions_invoke(service):
+    answer = service.functions.invoke("sjs-echo", {"body": {"from": "python"}})
+    import json
+
+    assert json.loads(answer) == {"got": {"from": "python"}, "method": "POST", "authorized": True}
