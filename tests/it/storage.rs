@@ -1473,6 +1473,60 @@ async fn supabase_style_listing_checks_its_input_and_rights() {
     env.stop().await;
 }
 
+/// Batch signing: a path the caller may not read, that does not exist or is not a
+/// path gets its own error; the request as a whole is bounded.
+#[tokio::test]
+async fn batch_signing_answers_each_path_and_bounds_the_batch() {
+    let env = start(Kind::Fs, |_| {}).await;
+    let (client, uid) = photos(&env).await;
+    let mine = format!("{uid}/mine.txt");
+    let path = format!("/storage/v1/object/photos/{mine}");
+    assert_eq!(
+        put(&client, Method::POST, &path, b"mine", "text/plain")
+            .await
+            .status(),
+        200
+    );
+    let sign = |body: Value| {
+        client
+            .request(Method::POST, "/storage/v1/object/sign/photos")
+            .json(&body)
+            .send()
+    };
+    let answer: Value =
+        sign(json!({"expiresIn": 60, "paths": [mine, "someone/else.txt", "a//b", "../x"]}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let entries = answer.as_array().unwrap();
+    assert_eq!(entries.len(), 4);
+    let url = entries[0]["signedURL"].as_str().unwrap();
+    let got = reqwest::get(format!("{}/storage/v1{url}", env.cloud.gateway_url()))
+        .await
+        .unwrap();
+    assert_eq!(got.text().await.unwrap(), "mine");
+    for entry in &entries[1..] {
+        assert!(entry["signedURL"].is_null(), "{entry}");
+        assert!(entry["error"].is_string(), "{entry}");
+    }
+    let many: Vec<String> = (0..1001).map(|i| format!("{uid}/{i}")).collect();
+    for bad in [
+        json!({"expiresIn": 60, "paths": []}),
+        json!({"expiresIn": 60, "paths": many}),
+        json!({"expiresIn": 0, "paths": [mine]}),
+        json!({"paths": [mine]}),
+    ] {
+        let response = sign(bad).await.unwrap();
+        assert_eq!(
+            error_code(response).await,
+            (400, "invalid_argument".to_owned())
+        );
+    }
+    env.stop().await;
+}
+
 /// Bucket settings as Supabase's clients send them: a size with a unit, the bucket's
 /// own name along; anything else is refused.
 #[tokio::test]

@@ -66,6 +66,7 @@ use minicloud_proto::openapi::ErrorResponses;
         rest::copy_object,
         rest::move_object,
         rest::sign_download,
+        rest::sign_many,
         rest::sign_upload,
         rest::get_public,
         rest::get_signed,
@@ -295,6 +296,7 @@ impl Service for Storage {
             .route("/storage/v1/object/list/{bucket}", post(rest::list))
             .route("/storage/v1/object/copy", post(rest::copy_object))
             .route("/storage/v1/object/move", post(rest::move_object))
+            .route("/storage/v1/object/sign/{bucket}", post(rest::sign_many))
             .route(
                 "/storage/v1/object/sign/{bucket}/{*path}",
                 post(rest::sign_download).get(rest::get_signed),

@@ -626,6 +626,81 @@ pub(crate) async fn sign_download(
     }))
 }
 
+/// Supabase's batch signing (`createSignedUrls`): several paths of one bucket.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignManyIn {
+    /// Seconds the URLs stay valid (1 to 604800), a number or a string of digits.
+    #[serde(alias = "expiresIn", deserialize_with = "seconds")]
+    #[schema(value_type = u64)]
+    pub expires_in: u64,
+    /// 1 to 1000 object paths.
+    pub paths: Vec<String>,
+}
+
+/// One path's answer: its URL, or why there is none.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SignedEntry {
+    pub path: String,
+    #[serde(rename = "signedURL")]
+    pub signed_url: Option<String>,
+    pub error: Option<String>,
+}
+
+#[utoipa::path(post, path = "/storage/v1/object/sign/{bucket}", tag = "signed URLs", params(("bucket" = String, Path)),
+    request_body = SignManyIn,
+    responses((status = 200, body = Vec<SignedEntry>, description = "one entry per path, in order: `signedURL` (relative to /storage/v1) or `error`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn sign_many(
+    State(storage): State<Storage>,
+    caller: Caller,
+    Path(bucket): Path<String>,
+    Json(input): Json<SignManyIn>,
+) -> Result<Json<Vec<SignedEntry>>, ApiError> {
+    crate::buckets::check_bucket_name(&bucket)?;
+    if input.paths.is_empty() || input.paths.len() > 1000 {
+        return Err(ApiError::invalid("paths: 1 to 1000 object paths"));
+    }
+    let expires = expiry(input.expires_in)?;
+    storage.load_bucket(&bucket).await?;
+    let mut entries = Vec::with_capacity(input.paths.len());
+    for asked in input.paths {
+        let signed = async {
+            let path = normalise_path(&asked)?;
+            storage.authorize_read(&caller, &bucket, &path).await?;
+            let token = storage.signer.sign(&Grant {
+                operation: Operation::Download,
+                bucket: bucket.clone(),
+                path: path.clone(),
+                expires,
+                owner: None,
+                nonce: None,
+            });
+            Ok::<_, ApiError>(format!(
+                "/object/sign/{bucket}/{}?token={token}",
+                encode_path(&path)
+            ))
+        }
+        .await;
+        entries.push(match signed {
+            Ok(url) => SignedEntry {
+                path: asked,
+                signed_url: Some(url),
+                error: None,
+            },
+            // One path the caller may not read (or that does not exist) does not
+            // spoil the others; which of the two it was is not said.
+            Err(_) => SignedEntry {
+                path: asked,
+                signed_url: None,
+                error: Some(
+                    "Either the object does not exist or you do not have access to it".into(),
+                ),
+            },
+        });
+    }
+    Ok(Json(entries))
+}
+
 #[utoipa::path(method(get, head), path = "/storage/v1/object/sign/{bucket}/{path}", tag = "signed URLs",
     params(("bucket" = String, Path), ("path" = String, Path), TokenQuery),
     responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "a Range"), (status = 304, description = "If-None-Match matched"), (status = 400, description = "a bad or expired token", body = ErrorBody), (status = 404, body = ErrorBody)))]

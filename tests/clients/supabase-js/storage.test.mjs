@@ -133,6 +133,18 @@ test('buckets and objects through supabase-js', async (t) => {
     assert.deepEqual(new Uint8Array(await response.arrayBuffer()), bytes(100_000))
   })
 
+  await t.test('createSignedUrls signs several paths, one failure each its own', async () => {
+    const { data, error } = await service.storage
+      .from(bucket)
+      .createSignedUrls(['images/blob.png', 'no/such.png'], 60)
+    assert.equal(error, null)
+    assert.equal(data.length, 2)
+    const response = await fetch(data[0].signedUrl)
+    assert.deepEqual(new Uint8Array(await response.arrayBuffer()), bytes(100_000))
+    assert.equal(data[1].signedUrl, null)
+    assert.ok(data[1].error)
+  })
+
   await t.test('a signed upload URL takes a Blob from someone without a key', async () => {
     const signed = await service.storage.from(bucket).createSignedUploadUrl('uploads/signed.bin')
     assert.equal(signed.error, null)
