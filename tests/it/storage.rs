@@ -1446,6 +1446,34 @@ async fn supabase_style_listing_checks_its_input_and_rights() {
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["a.txt", "b.txt"]);
+    // An offset past the service's internal page (1,000 keys) is skipped, not kept,
+    // and lands on the right names.
+    use futures::StreamExt as _;
+    futures::stream::iter(0..1_100)
+        .for_each_concurrent(8, |i| {
+            let path = format!("/storage/v1/object/photos/{uid}/many/{i:05}");
+            let client = &client;
+            async move {
+                let status = put(client, Method::POST, &path, b"x", "text/plain")
+                    .await
+                    .status();
+                assert_eq!(status, 200);
+            }
+        })
+        .await;
+    let deep: Value = list(json!({"prefix": format!("{uid}/many"), "limit": 3, "offset": 1_050}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = deep
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["01050", "01051", "01052"]);
     // Another user's folder is not this user's to list.
     let other = list(json!({"prefix": "someone-else", "offset": 0}))
         .await

@@ -290,12 +290,10 @@ impl Storage {
         };
         let search = input.search.as_deref().unwrap_or("").to_lowercase();
         // In key order the folder's entries come sorted by name: a name-ascending
-        // page can stop as soon as it is full.
-        let stop_at = if column == "name" && !descending {
-            Some(offset + limit)
-        } else {
-            None
-        };
+        // page skips its offset without keeping it and stops once full, however
+        // deep the offset. Any other order needs the whole folder in memory.
+        let by_key_order = column == "name" && !descending;
+        let mut skipped = 0usize;
         let mut entries: Vec<FolderEntry> = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -314,15 +312,24 @@ impl Storage {
                 .filter(|e| e.name.to_lowercase().starts_with(&search))
                 .collect();
             found.sort_by(|a, b| a.name.cmp(&b.name));
-            entries.extend(found);
-            if stop_at.is_some_and(|n| entries.len() >= n) || page.next_cursor.is_none() {
-                break;
-            }
-            if entries.len() > MAX_SORTED_ENTRIES {
-                return Err(ApiError::invalid(format!(
-                    "sorting by {column} or descending is done for folders of at most \
-                     {MAX_SORTED_ENTRIES} entries; list by name instead"
-                )));
+            if by_key_order {
+                let skip = (offset - skipped).min(found.len());
+                skipped += skip;
+                entries.extend(found.into_iter().skip(skip).take(limit - entries.len()));
+                if entries.len() == limit || page.next_cursor.is_none() {
+                    return Ok(entries);
+                }
+            } else {
+                entries.extend(found);
+                if page.next_cursor.is_none() {
+                    break;
+                }
+                if entries.len() > MAX_SORTED_ENTRIES {
+                    return Err(ApiError::invalid(format!(
+                        "sorting by {column} or descending is done for folders of at most \
+                         {MAX_SORTED_ENTRIES} entries; list by name instead"
+                    )));
+                }
             }
             cursor = page.next_cursor;
         }
