@@ -60,17 +60,11 @@ pub async fn bind_listeners(
     host: &str,
     ports: &PerService<u16>,
 ) -> std::io::Result<CloudListeners> {
-    let mut bound = Vec::with_capacity(ServiceName::ALL.len());
-    for (_, &port) in ports.iter() {
-        bound.push(Some(TcpListener::bind((host, port)).await?));
+    let mut bound = PerService::<Option<TcpListener>>::default();
+    for (name, &port) in ports.iter() {
+        bound[name] = Some(TcpListener::bind((host, port)).await?);
     }
-    let mut bound = bound.into_iter();
-    Ok(PerService::from_fn(|_| {
-        bound
-            .next()
-            .flatten()
-            .expect("one listener bound per service")
-    }))
+    Ok(bound.map(|_, listener| listener.expect("every service was bound above")))
 }
 
 /// `http://addr` of each listener.

@@ -256,12 +256,10 @@ fn route_matches(path: &str, route_path: &str) -> bool {
 pub async fn http_route(
     State(invoker): State<Invoker>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
-    match http_route_inner(&invoker, peer, method, uri, headers, body).await {
+    let (parts, body) = request.into_parts();
+    match http_route_inner(&invoker, peer, &parts, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -270,12 +268,11 @@ pub async fn http_route(
 async fn http_route_inner(
     invoker: &Invoker,
     peer: std::net::SocketAddr,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    parts: &http::request::Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let rest = uri.path().strip_prefix("/fn/").unwrap_or_default();
+    let method = &parts.method;
+    let rest = parts.uri.path().strip_prefix("/fn/").unwrap_or_default();
     let (name, path) = match rest.split_once('/') {
         Some((name, path)) => (name, format!("/{path}")),
         None => (rest, "/".to_owned()),
@@ -299,8 +296,7 @@ async fn http_route_inner(
             "no HTTP route {method} {path} on function {name}"
         )));
     }
-    let invoked =
-        invoke_with_http_event(invoker, name, &path, &method, &uri, &headers, body, peer).await?;
+    let invoked = invoke_with_http_event(invoker, name, &path, parts, body, peer).await?;
     match invoked.result {
         Ok(payload) => Ok(api_gateway_v2_response(&payload)),
         Err((body, _)) => {
@@ -338,17 +334,7 @@ pub async fn edge_invoke(
         .authz
         .authorize_on(&caller, Action::FunctionsInvoke, Resource::Function(&name))
         .await?;
-    let invoked = invoke_with_http_event(
-        &invoker,
-        &name,
-        "/",
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        body,
-        peer,
-    )
-    .await?;
+    let invoked = invoke_with_http_event(&invoker, &name, "/", &parts, body, peer).await?;
     Ok(match invoked.result {
         Ok(payload) => api_gateway_v2_response(&payload),
         Err((error, _)) => {
@@ -364,14 +350,11 @@ pub async fn edge_invoke(
 /// Reads a request body (limited while it streams: a public route must not buffer a
 /// body of any size before refusing it — a 400 MB upload once grew the process by
 /// 650 MB) and invokes `name` with it as an API Gateway HTTP event for `path`.
-#[allow(clippy::too_many_arguments)] // the parts of one request
 async fn invoke_with_http_event(
     invoker: &Invoker,
     name: &str,
     path: &str,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     body: Body,
     peer: std::net::SocketAddr,
 ) -> Result<crate::engine::Invoked, ApiError> {
@@ -384,7 +367,15 @@ async fn invoke_with_http_event(
             ),
             _ => error,
         })?;
-    let event = api_gateway_v2_event(name, method, uri, path, headers, &body, peer);
+    let event = api_gateway_v2_event(
+        name,
+        &parts.method,
+        &parts.uri,
+        path,
+        &parts.headers,
+        &body,
+        peer,
+    );
     let request = InvokeRequest {
         payload: serde_json::to_vec(&event).unwrap_or_default().into(),
         wait_for_slot: false,
