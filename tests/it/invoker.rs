@@ -177,6 +177,64 @@ async fn instances(cloud: &TestCloud, name: &str) -> Value {
         .unwrap()
 }
 
+/// `POST /functions/v1/{name}` (supabase `functions.invoke`): the request reaches the
+/// function as an HTTP event, text or bytes; who may not invoke, an oversized body
+/// and a bad name are refused before any function runs.
+#[tokio::test]
+async fn edge_style_invoke_passes_the_request_and_refuses_what_it_must() {
+    let cloud = TestCloud::start().await.unwrap();
+    deploy_ok(
+        &cloud,
+        json!({"name":"edge","runtime":"provided","timeout_s":5}),
+        &echo_bundle(),
+    )
+    .await;
+    let post = |name: &str, key: &str, body: Vec<u8>| {
+        http()
+            .post(format!("{}/functions/v1/{name}", cloud.gateway_url()))
+            .bearer_auth(key)
+            .body(body)
+            .send()
+    };
+    let service = cloud.keys.service_key.clone();
+    let text: Value = post("edge", &service, b"hello".to_vec())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(text["event"]["body"], "hello");
+    assert_eq!(text["event"]["rawPath"], "/");
+    assert_eq!(text["event"]["requestContext"]["http"]["method"], "POST");
+    // Bytes that are not text (a NUL among them) arrive base64-encoded.
+    let bytes: Value = post("edge", &service, vec![0, 159, 146, 150])
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bytes["event"]["isBase64Encoded"], true);
+    assert_eq!(bytes["event"]["body"], "AJ+Slg==");
+    // The anon key has no functions:Invoke.
+    let anon = post("edge", &cloud.keys.anon_key, b"{}".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 403);
+    // Over 4.5 MB: refused while it streams.
+    let big = post("edge", &service, vec![b'x'; 5 * 1024 * 1024])
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let body: Value = big.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    for bad in ["Bad%20Name", &"x".repeat(200)] {
+        let response = post(bad, &service, b"{}".to_vec()).await.unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+    let missing = post("nope", &service, b"{}".to_vec()).await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
 #[tokio::test]
 async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     let cloud = TestCloud::start().await.unwrap();

@@ -1349,6 +1349,22 @@ async fn form_uploads_store_the_file_part(kind: Kind) {
     assert_eq!(got.headers()["content-type"], "text/plain");
     assert_eq!(got.text().await.unwrap(), "replaced");
 
+    // A form is no way around the bucket's policy: another user's folder is 403.
+    let theirs = client
+        .request(
+            Method::POST,
+            "/storage/v1/object/photos/someone-else/form.png",
+        )
+        .header("content-type", &form_type)
+        .body(form(boundary, &[("file", Some("x"), None, b"x")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(theirs).await,
+        (403, "permission_denied".to_owned())
+    );
+
     // Broken forms are refused and leave nothing behind.
     let blobs_before = env.blobs("photos").await.len();
     let no_file = form(boundary, &[("cacheControl", None, None, b"1")]);
