@@ -12,18 +12,25 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
-use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use minicloud_authz::caller::{AUDIENCE, ISSUER};
+use minicloud_authz::caller::{ISSUER, USER_AUDIENCE};
+use minicloud_authz::verifier::PublicKey;
 use minicloud_authz::{Claims, Verifier};
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use p256::pkcs8::EncodePrivateKey as _;
 use rand::RngCore as _;
 
-fn token_and_keys() -> (String, String) {
-    let mut seed = [0u8; 32];
-    rand::rng().fill_bytes(&mut seed);
-    let key = SigningKey::from_bytes(&seed);
-    let encoding = EncodingKey::from_ed_der(key.to_pkcs8_der().unwrap().as_bytes());
+/// A user's token signed as auth signs by default (ES256), and its public key.
+fn token_and_keys() -> (String, String, String) {
+    let secret = loop {
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        if let Ok(secret) = p256::SecretKey::from_slice(&seed) {
+            break secret;
+        }
+    };
+    let encoding = EncodingKey::from_ec_der(secret.to_pkcs8_der().unwrap().as_bytes());
+    let point = secret.public_key().to_encoded_point(false);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -35,26 +42,35 @@ fn token_and_keys() -> (String, String) {
         iat: now,
         nbf: Some(now),
         iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        sid: Some("0196f1a2-0000-7000-8000-000000000002".into()),
+        aud: USER_AUDIENCE.into(),
+        session_id: Some("0196f1a2-0000-7000-8000-000000000002".into()),
         email: Some("bench@example.com".into()),
+        aal: Some("aal1".into()),
+        is_anonymous: Some(false),
     };
-    let mut header = Header::new(Algorithm::EdDSA);
+    let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("bench".into());
     let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
     (
         token,
-        URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+        URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+        URL_SAFE_NO_PAD.encode(point.y().unwrap()),
     )
 }
 
 fn verification(c: &mut Criterion) {
-    let (token, x) = token_and_keys();
+    let (token, x, y) = token_and_keys();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let verifier = Verifier::with_fixed_keys(HashMap::from([("bench".to_owned(), x.clone())]));
+    let verifier = Verifier::with_fixed_keys(HashMap::from([(
+        "bench".to_owned(),
+        PublicKey::P256 {
+            x: x.clone(),
+            y: y.clone(),
+        },
+    )]));
     runtime
         .block_on(verifier.verify_access_token(&token))
         .unwrap();
@@ -67,10 +83,10 @@ fn verification(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    let key = DecodingKey::from_ed_components(&x).unwrap();
-    let mut validation = Validation::new(Algorithm::EdDSA);
+    let key = DecodingKey::from_ec_components(&x, &y).unwrap();
+    let mut validation = Validation::new(Algorithm::ES256);
     validation.leeway = 30;
-    validation.set_audience(&[AUDIENCE]);
+    validation.set_audience(&[USER_AUDIENCE]);
     validation.set_issuer(&[ISSUER]);
     group.bench_function("jsonwebtoken_direct", |b| {
         b.iter(|| {

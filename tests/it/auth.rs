@@ -37,7 +37,10 @@ async fn signup_sign_in_refresh_and_user() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(
+        header["alg"], "ES256",
+        "ES256 by default, as Supabase signs"
+    );
     assert!(header["kid"].is_string());
 
     let me = client
@@ -539,8 +542,9 @@ async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
                 key["crv"].as_str(),
                 key["alg"].as_str()
             ),
-            (Some("OKP"), Some("Ed25519"), Some("EdDSA"))
+            (Some("EC"), Some("P-256"), Some("ES256"))
         );
+        assert!(key["x"].is_string() && key["y"].is_string());
         assert!(key.get("d").is_none(), "no private part in the JWKS");
     }
     // ...and after it, the old token still works in auth and in storage, and storage
@@ -836,5 +840,294 @@ async fn a_burst_of_sign_ins_hashes_within_bounded_memory() {
         grown < 200,
         "peak memory grew by {grown} MiB over 64 concurrent sign-ins"
     );
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn eddsa_stays_an_option_and_its_tokens_verify_everywhere() {
+    let cloud = TestCloud::builder()
+        .auth(|auth| auth.signing_algorithm = minicloud_auth::SigningAlgorithm::EdDsa)
+        .start()
+        .await
+        .unwrap();
+    let client = cloud.client();
+    let session = client
+        .signup("ed@example.com", "password1234")
+        .await
+        .unwrap();
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(session.access_token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    let jwks: Value = client.get("/auth/v1/.well-known/jwks.json").await.unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert!(jwks["keys"][0].get("y").is_none());
+    // Another service verifies it against the JWKS it fetched over gRPC.
+    let _: Value = client
+        .with_token(&session.access_token)
+        .get("/storage/v1/bucket")
+        .await
+        .unwrap();
+    cloud.stop().await.unwrap();
+}
+
+/// The newest code mailed to `to`, read through the admin API.
+async fn mailed_code(cloud: &TestCloud, to: &str) -> (String, String) {
+    let mails: Value = cloud
+        .admin()
+        .get(&format!("/auth/v1/admin/mail?to={to}&limit=1"))
+        .await
+        .unwrap();
+    let body = mails["mails"][0]["body"].as_str().unwrap().to_owned();
+    let code = body
+        .split("code: ")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take(6)
+        .collect();
+    let hash = body
+        .split("\"token_hash\": \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    (code, hash)
+}
+
+#[tokio::test]
+async fn one_time_codes_resist_guessing_replay_and_hostile_input() {
+    // The production per-address limit, so the mail flood below meets it.
+    let cloud = TestCloud::builder()
+        .auth(|auth| auth.rate_limit_per_email = 10)
+        .start()
+        .await
+        .unwrap();
+    let client = cloud.client();
+    let victim = client
+        .signup("otp@example.com", "password1234")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", cloud.gateway_url());
+    let post = |path: &str, body: Value| {
+        http.post(url(path))
+            .header("apikey", &cloud.keys.anon_key)
+            .json(&body)
+            .send()
+    };
+
+    // Unknown and known addresses get the same answer.
+    for email in ["otp@example.com", "nobody@example.com"] {
+        let response = post("/auth/v1/recover", json!({"email": email}))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.json::<Value>().await.unwrap(), json!({}));
+    }
+    let (code, _) = mailed_code(&cloud, "otp@example.com").await;
+    let no_mail: Value = cloud
+        .admin()
+        .get("/auth/v1/admin/mail?to=nobody@example.com")
+        .await
+        .unwrap();
+    assert_eq!(no_mail["mails"], json!([]), "no mail to an unknown address");
+
+    // Five wrong codes spend the token: the right one no longer works.
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..5 {
+        let response = post(
+            "/auth/v1/verify",
+            json!({"type": "recovery", "email": "otp@example.com", "token": wrong}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 403);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error_code"], "otp_expired");
+    }
+    let response = post(
+        "/auth/v1/verify",
+        json!({"type": "recovery", "email": "otp@example.com", "token": code}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 403, "a guessed-at token is spent");
+
+    // A fresh token works once, by its link hash; a newer one replaces an older one.
+    post("/auth/v1/recover", json!({"email": "otp@example.com"}))
+        .await
+        .unwrap();
+    let (old_code, _) = mailed_code(&cloud, "otp@example.com").await;
+    post("/auth/v1/recover", json!({"email": "otp@example.com"}))
+        .await
+        .unwrap();
+    let (_, hash) = mailed_code(&cloud, "otp@example.com").await;
+    let response = post(
+        "/auth/v1/verify",
+        json!({"type": "recovery", "email": "otp@example.com", "token": old_code}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 403, "the older token was replaced");
+    let response = post(
+        "/auth/v1/verify",
+        json!({"type": "recovery", "token_hash": hash}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let session: Value = response.json().await.unwrap();
+    assert_eq!(session["user"]["id"], victim.user["id"]);
+    // A recovery link is no sign-in link, and is spent.
+    for kind in ["magiclink", "recovery"] {
+        let response = post("/auth/v1/verify", json!({"type": kind, "token_hash": hash}))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{kind}");
+    }
+
+    // Hostile and malformed input: clear 4xx with JSON bodies.
+    let cases: Vec<(&str, &str, Value, u16)> = vec![
+        (
+            "unsupported type",
+            "/auth/v1/verify",
+            json!({"type": "sms", "token_hash": "x"}),
+            400,
+        ),
+        (
+            "both forms",
+            "/auth/v1/verify",
+            json!({"type": "email", "token_hash": "x", "email": "otp@example.com", "token": "123456"}),
+            400,
+        ),
+        (
+            "neither form",
+            "/auth/v1/verify",
+            json!({"type": "email"}),
+            400,
+        ),
+        (
+            "short code",
+            "/auth/v1/verify",
+            json!({"type": "email", "email": "otp@example.com", "token": "12"}),
+            403,
+        ),
+        (
+            "NUL in code",
+            "/auth/v1/verify",
+            json!({"type": "email", "email": "otp@example.com", "token": "12\u{0}456"}),
+            400,
+        ),
+        (
+            "NUL in email",
+            "/auth/v1/recover",
+            json!({"email": "a\u{0}@example.com"}),
+            400,
+        ),
+        (
+            "huge hash",
+            "/auth/v1/verify",
+            json!({"type": "recovery", "token_hash": "h".repeat(10_000)}),
+            403,
+        ),
+        ("no email", "/auth/v1/recover", json!({}), 400),
+        (
+            "bad email",
+            "/auth/v1/otp",
+            json!({"email": "not-an-email"}),
+            400,
+        ),
+        (
+            "metadata not an object",
+            "/auth/v1/otp",
+            json!({"email": "new@example.com", "data": [1]}),
+            400,
+        ),
+    ];
+    for (what, path, body, expected) in cases {
+        let response = post(path, body).await.unwrap();
+        assert_eq!(response.status(), expected, "{what}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["msg"].is_string(), "{what}: {body}");
+    }
+    let huge = http
+        .post(url("/auth/v1/verify"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+
+    // Only the service key reads the outbox.
+    let user = client.with_token(&victim.access_token);
+    assert_eq!(status(user.get::<Value>("/auth/v1/admin/mail").await), 403);
+    assert_eq!(
+        status(client.get::<Value>("/auth/v1/admin/mail").await),
+        403
+    );
+    assert_eq!(
+        status(
+            cloud
+                .admin()
+                .get::<Value>("/auth/v1/admin/mail?limit=0")
+                .await
+        ),
+        400
+    );
+
+    // Mails per address are rate limited like sign-ins.
+    let mut limited = false;
+    for _ in 0..15 {
+        let response = post("/auth/v1/recover", json!({"email": "otp@example.com"}))
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "recovery mails are rate limited");
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn anonymous_users_are_users_until_they_add_an_email() {
+    let cloud = TestCloud::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let signup = format!("{}/auth/v1/signup", cloud.gateway_url());
+    let response = http.post(&signup).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let session: Value = response.json().await.unwrap();
+    assert_eq!(session["user"]["is_anonymous"], true);
+    assert_eq!(session["user"]["email"], "");
+    assert_eq!(session["user"]["email_confirmed_at"], Value::Null);
+    let token = session["access_token"].as_str().unwrap();
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["is_anonymous"], true);
+    assert_eq!(claims["aud"], "authenticated");
+    // An anonymous user is signed in: it owns what it creates like any user.
+    let me: Value = cloud.client().with_token(token).user().await.unwrap();
+    assert_eq!(me["id"], session["user"]["id"]);
+    // Half a credential is neither kind of sign-up.
+    for body in [
+        json!({"email": "half@example.com"}),
+        json!({"password": "password1234"}),
+    ] {
+        let response = http.post(&signup).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+    }
     cloud.stop().await.unwrap();
 }

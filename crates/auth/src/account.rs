@@ -49,10 +49,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
+/// Email and password sign up a user; neither signs one in anonymously
+/// (supabase-js `signInAnonymously`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct SignupIn {
-    pub email: String,
-    pub password: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
     /// User metadata (GoTrue's `data`).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -60,31 +64,58 @@ pub(crate) struct SignupIn {
 }
 
 #[utoipa::path(post, path = "/auth/v1/signup", tag = "users", request_body = SignupIn,
-    responses((status = 200, description = "signed up and signed in", body = TokenOut), (status = 409, description = "email taken", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+    responses((status = 200, description = "signed up (or in anonymously) and signed in", body = TokenOut), (status = 409, description = "email taken", body = ErrorBody), (status = 429, description = "rate limited", body = ErrorBody), (status = 400, description = "invalid input", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub(crate) async fn signup(
     State(auth): State<Auth>,
     ClientIp(ip): ClientIp,
     Json(input): Json<SignupIn>,
 ) -> Result<Response, ApiError> {
-    let email = normalise_email(&input.email)?;
-    auth.limits.check(Endpoint::Signup, ip, Some(&email))?;
     let metadata = input.data.unwrap_or_else(|| serde_json::json!({}));
     check_metadata(&metadata)?;
-    let user = create_user(&auth, &email, input.password, metadata).await?;
+    let user = match (input.email, input.password) {
+        (None, None) => {
+            auth.limits.check(Endpoint::Signup, ip, None)?;
+            let user = create_user(&auth, NewUser::Anonymous, metadata).await?;
+            tracing::info!(user_id = %user.id, "anonymous user signed in");
+            user
+        }
+        (Some(email), Some(password)) => {
+            let email = normalise_email(&email)?;
+            auth.limits.check(Endpoint::Signup, ip, Some(&email))?;
+            create_user(&auth, NewUser::Password(&email, password), metadata).await?
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "email and password are required (or neither, to sign in anonymously)",
+            ));
+        }
+    };
     // Signing up signs in (GoTrue with autoconfirm).
     let user = mark_signed_in(&auth, user.id).await?;
     let tokens = auth.start_session(user).await?;
     Ok((StatusCode::OK, Json(tokens)).into_response())
 }
 
+/// How a new user will sign in.
+pub(crate) enum NewUser<'a> {
+    Password(&'a str, String),
+    /// By one-time code or link mailed to the address.
+    EmailOnly(&'a str),
+    /// No email: the session is all there is until the user adds one.
+    Anonymous,
+}
+
 pub(crate) async fn create_user(
     auth: &Auth,
-    email: &str,
-    password: String,
+    new: NewUser<'_>,
     metadata: serde_json::Value,
 ) -> Result<UserOut> {
-    let hash = passwords::hash(password).await?;
-    let row = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (id, email, password_hash, user_metadata) VALUES ($1, $2, $3, $4) RETURNING ", user_columns!()))
+    let (email, hash) = match new {
+        NewUser::Password(email, password) => (Some(email), Some(passwords::hash(password).await?)),
+        NewUser::EmailOnly(email) => (Some(email), None),
+        NewUser::Anonymous => (None, None),
+    };
+    let row = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (id, email, password_hash, user_metadata, is_anonymous) VALUES ($1, $2, $3, $4, $2 IS NULL) RETURNING ", user_columns!()))
     .bind(Uuid::now_v7())
     .bind(email)
     .bind(hash)
@@ -97,7 +128,7 @@ pub(crate) async fn create_user(
 }
 
 /// Records the sign-in and returns the user as it now is.
-async fn mark_signed_in(auth: &Auth, id: Uuid) -> Result<UserOut> {
+pub(crate) async fn mark_signed_in(auth: &Auth, id: Uuid) -> Result<UserOut> {
     let row = sqlx::query_as::<_, UserRow>(concat!(
         "UPDATE users SET last_sign_in_at = now() WHERE id = $1 RETURNING ",
         user_columns!()
@@ -173,7 +204,7 @@ async fn sign_in(auth: &Auth, email: &str, password: String) -> Result<crate::se
     .bind(email)
     .fetch_optional(&auth.pool)
     .await?;
-    let stored = row.as_ref().map(|r| r.password_hash.clone());
+    let stored = row.as_ref().and_then(|r| r.password_hash.clone());
     // Same work and same answer whether or not the email exists.
     if !passwords::verify(password, stored).await? {
         return Err(AuthError::InvalidCredentials);
@@ -298,6 +329,8 @@ pub(crate) async fn apply_user_patch(
             email = COALESCE($2, email),
             password_hash = COALESCE($3, password_hash),
             user_metadata = CASE WHEN $4::jsonb IS NULL THEN user_metadata ELSE user_metadata || $4::jsonb END,
+            -- An anonymous user who adds an email address becomes a permanent one.
+            is_anonymous = is_anonymous AND $2::text IS NULL,
             updated_at = now()
          WHERE id = $1 RETURNING ", user_columns!()))
     .bind(user_id)

@@ -4,6 +4,7 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -43,7 +44,7 @@ pub(crate) fn routes() -> Router<Auth> {
         .route("/auth/v1/admin/keys/rotate", post(rotate_signing_key))
 }
 
-fn require_service(caller: &Caller) -> Result<(), ApiError> {
+pub(crate) fn require_service(caller: &Caller) -> Result<(), ApiError> {
     if caller.is_service() {
         Ok(())
     } else {
@@ -51,22 +52,32 @@ fn require_service(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// Users by keyset (`cursor`, `limit`), or by page as GoTrue pages them (`page`,
+/// `per_page`: what the Supabase clients' `listUsers` sends).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(crate) struct Page {
+pub(crate) struct UserPage {
     #[serde(default)]
     pub cursor: Option<String>,
     #[serde(default)]
     pub limit: Option<i64>,
+    /// 1-based page number.
+    #[serde(default)]
+    #[param(value_type = Option<i64>)]
+    pub page: Option<String>,
+    #[serde(default)]
+    #[param(value_type = Option<i64>)]
+    pub per_page: Option<String>,
 }
 
-impl Page {
-    fn limit(&self) -> Result<i64> {
-        match self.limit {
-            None => Ok(100),
-            Some(n) if (1..=1000).contains(&n) => Ok(n),
-            Some(_) => Err(AuthError::Invalid("limit must be 1 to 1000".into())),
-        }
+/// A paging number; supabase-js sends `page=&per_page=` when the app gave none.
+fn page_number(value: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::invalid(format!("{name} must be a number"))),
     }
 }
 
@@ -74,16 +85,28 @@ impl Page {
 pub(crate) struct UserList {
     pub users: Vec<UserOut>,
     pub next_cursor: Option<String>,
+    /// GoTrue's field, always `authenticated`.
+    #[schema(value_type = String)]
+    pub aud: &'static str,
 }
 
-#[utoipa::path(get, path = "/auth/v1/admin/users", tag = "admin", params(Page), responses((status = 200, body = UserList), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+#[utoipa::path(get, path = "/auth/v1/admin/users", tag = "admin", params(UserPage), responses((status = 200, body = UserList, headers(("x-total-count" = i64, description = "how many users exist (paged requests)"), ("link" = String, description = "next and last pages (paged requests)"))), (status = 400, description = "invalid input", body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn list_users(
     State(auth): State<Auth>,
     caller: Caller,
-    Query(page): Query<Page>,
-) -> Result<Json<UserList>, ApiError> {
+    Query(page): Query<UserPage>,
+) -> Result<Response, ApiError> {
     require_service(&caller)?;
-    let limit = page.limit()?;
+    let number = page_number(page.page.as_deref(), "page")?;
+    let per_page = page_number(page.per_page.as_deref(), "per_page")?;
+    if page.page.is_some() || page.per_page.is_some() {
+        return list_users_by_page(&auth, number, per_page).await;
+    }
+    let limit = match page.limit {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit must be 1 to 1000")),
+    };
     let after = match &page.cursor {
         Some(cursor) => {
             Some(Uuid::parse_str(cursor).map_err(|_| ApiError::invalid("invalid cursor"))?)
@@ -108,14 +131,80 @@ async fn list_users(
     } else {
         None
     };
-    Ok(Json(UserList { users, next_cursor }))
+    Ok(Json(UserList {
+        users,
+        next_cursor,
+        aud: "authenticated",
+    })
+    .into_response())
+}
+
+/// GoTrue's paging: an offset page and the total in `x-total-count`.
+async fn list_users_by_page(
+    auth: &Auth,
+    number: Option<i64>,
+    per_page: Option<i64>,
+) -> Result<Response, ApiError> {
+    let number = number.unwrap_or(1);
+    let per_page = per_page.unwrap_or(50);
+    if !(1..=1000).contains(&per_page) {
+        return Err(ApiError::invalid("per_page must be 1 to 1000"));
+    }
+    if !(1..=1_000_000).contains(&number) {
+        return Err(ApiError::invalid("page must be 1 to 1000000"));
+    }
+    let rows = sqlx::query_as::<_, UserRow>(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users ORDER BY id LIMIT $1 OFFSET $2"
+    ))
+    .bind(per_page)
+    .bind((number - 1) * per_page)
+    .fetch_all(&auth.pool)
+    .await
+    .map_err(AuthError::from)?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&auth.pool)
+        .await
+        .map_err(AuthError::from)?;
+    let users = rows.into_iter().map(UserRow::into_out).collect();
+    // GoTrue's Link header; supabase-js reads the total only when it is there.
+    let last = ((total + per_page - 1) / per_page).max(1);
+    let mut links = Vec::new();
+    if number < last {
+        links.push(format!(
+            "</admin/users?page={}&per_page={per_page}>; rel=\"next\"",
+            number + 1
+        ));
+    }
+    links.push(format!(
+        "</admin/users?page={last}&per_page={per_page}>; rel=\"last\""
+    ));
+    Ok((
+        [
+            ("x-total-count", total.to_string()),
+            ("link", links.join(", ")),
+        ],
+        Json(UserList {
+            users,
+            next_cursor: None,
+            aud: "authenticated",
+        }),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminUserIn {
     pub email: String,
-    pub password: String,
+    /// Without one, the user signs in by one-time code (`/otp`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// What supabase-js `admin.createUser` sends: accepted and unused, as every
+    /// address counts as confirmed here.
+    #[serde(default, rename = "email_confirm")]
+    pub _email_confirm: Option<bool>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub user_metadata: Option<serde_json::Value>,
@@ -131,7 +220,11 @@ async fn create_user(
     let email = normalise_email(&input.email)?;
     let metadata = input.user_metadata.unwrap_or_else(|| serde_json::json!({}));
     check_metadata(&metadata)?;
-    let user = crate::account::create_user(&auth, &email, input.password, metadata).await?;
+    let new = match input.password {
+        Some(password) => crate::account::NewUser::Password(&email, password),
+        None => crate::account::NewUser::EmailOnly(&email),
+    };
+    let user = crate::account::create_user(&auth, new, metadata).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -166,23 +259,25 @@ async fn update_user(
     ))
 }
 
-#[utoipa::path(delete, path = "/auth/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)), responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+/// Answers with the deleted user, as GoTrue does (supabase-js `admin.deleteUser`
+/// parses the body, so an empty 204 would fail it).
+#[utoipa::path(delete, path = "/auth/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)), responses((status = 200, description = "deleted", body = UserOut), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 async fn delete_user(
     State(auth): State<Auth>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<UserOut>, ApiError> {
     require_service(&caller)?;
-    let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(parse_user_id(&id)?)
-        .execute(&auth.pool)
-        .await
-        .map_err(AuthError::from)?
-        .rows_affected();
-    if deleted == 0 {
-        return Err(ApiError::not_found("user not found"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    let deleted = sqlx::query_as::<_, UserRow>(concat!(
+        "DELETE FROM users WHERE id = $1 RETURNING ",
+        user_columns!()
+    ))
+    .bind(parse_user_id(&id)?)
+    .fetch_optional(&auth.pool)
+    .await
+    .map_err(AuthError::from)?
+    .ok_or_else(|| ApiError::not_found("user not found"))?;
+    Ok(Json(deleted.into_out()))
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]

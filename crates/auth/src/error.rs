@@ -10,6 +10,9 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("{0}")]
     InvalidRefreshToken(&'static str),
+    /// GoTrue's words for a wrong, spent or expired one-time code or link.
+    #[error("Token has expired or is invalid")]
+    OtpInvalid,
     #[error("a user with this email address has already been registered")]
     EmailTaken,
     #[error("{0} not found")]
@@ -38,6 +41,7 @@ impl From<AuthError> for ApiError {
             AuthError::Invalid(_) => ApiError::invalid(message),
             AuthError::InvalidCredentials => ApiError::new(ErrorCode::InvalidArgument, message),
             AuthError::InvalidRefreshToken(_) => ApiError::unauthenticated(message),
+            AuthError::OtpInvalid => ApiError::forbidden(message),
             AuthError::EmailTaken | AuthError::Conflict(_) => ApiError::conflict(message),
             AuthError::NotFound(_) => ApiError::not_found(message),
             AuthError::RateLimited { retry_after_s } => {
@@ -64,6 +68,9 @@ fn gotrue_code(code: &str, message: &str) -> String {
     }
     if message == AuthError::EmailTaken.to_string() {
         return "user_already_exists".into();
+    }
+    if message == AuthError::OtpInvalid.to_string() {
+        return "otp_expired".into();
     }
     match code {
         "invalid_argument" => "validation_failed",

@@ -1,6 +1,6 @@
 //! The gRPC API other services call.
 
-use minicloud_authz::verifier::API_KEY_PREFIX;
+use minicloud_authz::verifier::{API_KEY_PREFIX, PublicKey};
 use minicloud_authz::{Caller, Credential, Role, Verifier};
 use minicloud_proto::auth::v1::auth_service_server::AuthService;
 use minicloud_proto::auth::v1::{
@@ -51,7 +51,10 @@ impl AuthGrpc {
             .jwks()
             .await
             .into_iter()
-            .map(|jwk| (jwk.kid, jwk.x))
+            .filter_map(|jwk| {
+                PublicKey::from_jwk(jwk.alg, jwk.crv, jwk.x, jwk.y.unwrap_or_default())
+                    .map(|key| (jwk.kid, key))
+            })
             .collect();
         Verifier::with_fixed_keys(keys)
             .verify_bearer(token)
@@ -86,6 +89,7 @@ impl AuthService for AuthGrpc {
                 crv: jwk.crv.into(),
                 alg: jwk.alg.into(),
                 x: jwk.x,
+                y: jwk.y.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(GetJwksResponse { keys }))
@@ -125,7 +129,7 @@ impl AuthService for AuthGrpc {
         };
         let (access_token, expires_at) = self
             .0
-            .access_token(&request.subject, &request.role, ttl as i64, None, None)
+            .access_token(&request.subject, &request.role, ttl as i64, None)
             .await?;
         Ok(Response::new(IssueRoleTokenResponse {
             access_token,

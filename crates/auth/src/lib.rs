@@ -1,4 +1,4 @@
-//! The auth service (`/auth/v1`): users with email and password, EdDSA access tokens
+//! The auth service (`/auth/v1`): users with email and password, ES256 (or EdDSA) access tokens
 //! and rotating refresh tokens (GoTrue's shapes), roles with identity policies, API
 //! keys, signing-key rotation, and the gRPC API other services use.
 
@@ -7,6 +7,8 @@ mod admin;
 mod error;
 mod grpc;
 mod keys;
+mod mail;
+mod one_time;
 mod passwords;
 mod rate_limit;
 mod sessions;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use admin::{ApiKeyCreated, issue_api_key};
 pub use error::AuthError;
+pub use keys::SigningAlgorithm;
 pub use passwords::{ITERATIONS, MEMORY_KIB, PARALLELISM};
 pub use users::UserOut;
 
@@ -51,6 +54,10 @@ use minicloud_proto::openapi::ErrorResponses;
         account::get_user,
         account::update_user,
         account::jwks,
+        one_time::recover,
+        one_time::otp,
+        one_time::verify,
+        mail::list,
         admin::list_users,
         admin::create_user,
         admin::get_user,
@@ -108,6 +115,16 @@ pub struct AuthConfig {
         default_value_t = AuthConfig::default().rate_limit_per_email
     )]
     pub rate_limit_per_email: u32,
+    /// The algorithm access tokens are signed with. Changing it rotates the
+    /// signing key at the next start; tokens signed before stay valid until they
+    /// expire.
+    #[arg(
+        long = "auth-signing-algorithm",
+        env = "MINICLOUD_AUTH_SIGNING_ALGORITHM",
+        value_enum,
+        default_value = "ES256"
+    )]
+    pub signing_algorithm: SigningAlgorithm,
 }
 
 impl Default for AuthConfig {
@@ -118,6 +135,7 @@ impl Default for AuthConfig {
             max_role_token_ttl_s: 3600,
             rate_limit_per_ip: 60,
             rate_limit_per_email: 10,
+            signing_algorithm: SigningAlgorithm::Es256,
         }
     }
 }
@@ -184,7 +202,8 @@ impl Auth {
             .await
             .map_err(|e| AuthError::Internal(format!("migrating: {e}")))?;
         let access_ttl = chrono::Duration::seconds(config.access_token_ttl_s as i64);
-        let keys = keys::Keys::load_or_create(pool.clone(), access_ttl).await?;
+        let keys =
+            keys::Keys::load_or_create(pool.clone(), access_ttl, config.signing_algorithm).await?;
         let limits =
             rate_limit::RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_email);
         let auth = Auth(Arc::new(AuthState {
@@ -224,6 +243,14 @@ impl Service for Auth {
                     _ = cancel.cancelled() => break,
                     _ = tick.tick() => {
                         auth.limits.prune();
+                        for (what, pruned) in [
+                            ("mails", mail::prune(&auth.pool).await),
+                            ("one-time tokens", one_time::prune(&auth.pool).await),
+                        ] {
+                            if let Err(error) = pruned {
+                                tracing::warn!(%error, what, "pruning failed");
+                            }
+                        }
                         if let Err(error) = auth.keys.reload().await {
                             tracing::warn!(%error, "reloading signing keys failed");
                         }
@@ -253,6 +280,10 @@ impl Service for Auth {
                 get(account::get_user).put(account::update_user),
             )
             .route("/auth/v1/.well-known/jwks.json", get(account::jwks))
+            .route("/auth/v1/recover", post(one_time::recover))
+            .route("/auth/v1/otp", post(one_time::otp))
+            .route("/auth/v1/verify", post(one_time::verify))
+            .route("/auth/v1/admin/mail", get(mail::list))
             .merge(admin::routes())
             .with_state(self.clone())
             .layer(axum::middleware::map_response(error::with_gotrue_fields));

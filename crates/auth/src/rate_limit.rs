@@ -18,11 +18,17 @@ pub(crate) enum Endpoint {
     Signup,
     SignIn,
     Refresh,
+    /// Recovery and sign-in mails (`/recover`, `/otp`).
+    SendMail,
+    /// One-time codes and links (`/verify`).
+    Verify,
 }
 
+const ENDPOINTS: usize = 5;
+
 pub(crate) struct RateLimits {
-    per_ip: [DefaultKeyedRateLimiter<IpAddr>; 3],
-    per_email: [DefaultKeyedRateLimiter<(String, IpAddr)>; 3],
+    per_ip: [DefaultKeyedRateLimiter<IpAddr>; ENDPOINTS],
+    per_email: [DefaultKeyedRateLimiter<(String, IpAddr)>; ENDPOINTS],
 }
 
 fn quota(per_minute: u32) -> Quota {
@@ -30,13 +36,13 @@ fn quota(per_minute: u32) -> Quota {
 }
 
 impl RateLimits {
-    /// Requests per minute allowed for each of signup, sign-in and refresh.
+    /// Requests per minute allowed for each endpoint.
     pub(crate) fn new(per_ip_per_minute: u32, per_email_per_minute: u32) -> Self {
         let ip = || DefaultKeyedRateLimiter::keyed(quota(per_ip_per_minute));
         let email = || DefaultKeyedRateLimiter::keyed(quota(per_email_per_minute));
         RateLimits {
-            per_ip: [ip(), ip(), ip()],
-            per_email: [email(), email(), email()],
+            per_ip: std::array::from_fn(|_| ip()),
+            per_email: std::array::from_fn(|_| email()),
         }
     }
 
@@ -45,6 +51,8 @@ impl RateLimits {
             Endpoint::Signup => 0,
             Endpoint::SignIn => 1,
             Endpoint::Refresh => 2,
+            Endpoint::SendMail => 3,
+            Endpoint::Verify => 4,
         }
     }
 

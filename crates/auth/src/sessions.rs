@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use minicloud_authz::Claims;
-use minicloud_authz::caller::{AUDIENCE, ISSUER};
+use minicloud_authz::caller::{AUDIENCE, ISSUER, USER_AUDIENCE};
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -40,21 +40,29 @@ pub(crate) fn sha256(text: &str) -> Vec<u8> {
     Sha256::digest(text.as_bytes()).to_vec()
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// What a user's access token says about the user and the session.
+#[derive(Debug)]
+pub struct UserSession<'a> {
+    pub session: Uuid,
+    /// Empty for anonymous users, as GoTrue has it.
+    pub email: &'a str,
+    pub is_anonymous: bool,
+}
+
 impl AuthState {
-    /// A signed access token for `subject` in `role`.
+    /// A signed access token for `subject` in `role`; `user` for users' sessions.
     pub async fn access_token(
         &self,
         subject: &str,
         role: &str,
         ttl_s: i64,
-        session: Option<Uuid>,
-        email: Option<&str>,
+        user: Option<UserSession<'_>>,
     ) -> Result<(String, i64)> {
         let now = Utc::now().timestamp();
         let claims = Claims {
@@ -64,9 +72,17 @@ impl AuthState {
             iat: now,
             nbf: Some(now),
             iss: ISSUER.to_owned(),
-            aud: AUDIENCE.to_owned(),
-            sid: session.map(|s| s.to_string()),
-            email: email.map(str::to_owned),
+            // Users' tokens carry Supabase's audience and claims; role tokens ours.
+            aud: if user.is_some() {
+                USER_AUDIENCE
+            } else {
+                AUDIENCE
+            }
+            .to_owned(),
+            session_id: user.as_ref().map(|u| u.session.to_string()),
+            email: user.as_ref().map(|u| u.email.to_owned()),
+            aal: user.as_ref().map(|_| "aal1".to_owned()),
+            is_anonymous: user.as_ref().map(|u| u.is_anonymous),
         };
         Ok((self.keys.sign(&claims).await?, now + ttl_s))
     }
@@ -94,8 +110,11 @@ impl AuthState {
                 &user.id.to_string(),
                 "authenticated",
                 ttl,
-                Some(family),
-                Some(&user.email),
+                Some(UserSession {
+                    session: family,
+                    email: &user.email,
+                    is_anonymous: user.is_anonymous,
+                }),
             )
             .await?;
         Ok(TokenOut {

@@ -14,10 +14,11 @@ pub struct UserOut {
     pub id: Uuid,
     /// Always `authenticated`, as GoTrue's audience for signed-in users.
     pub aud: &'static str,
+    /// Empty for anonymous users, as GoTrue shows them.
     pub email: String,
-    /// No confirmation mail exists here: an address counts as confirmed when the
-    /// user is created (GoTrue's autoconfirm).
-    pub email_confirmed_at: DateTime<Utc>,
+    /// Addresses count as confirmed when the user is created (GoTrue's
+    /// autoconfirm): confirmation mails are not sent. None for anonymous users.
+    pub email_confirmed_at: Option<DateTime<Utc>>,
     /// Phone sign-in is not offered: always empty.
     pub phone: &'static str,
     pub role: &'static str,
@@ -43,10 +44,11 @@ pub struct AppMetadata {
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct UserRow {
     pub id: Uuid,
-    pub email: String,
-    pub password_hash: String,
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
     pub user_metadata: serde_json::Value,
     pub banned: bool,
+    pub is_anonymous: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_sign_in_at: Option<DateTime<Utc>>,
@@ -54,20 +56,25 @@ pub(crate) struct UserRow {
 
 impl UserRow {
     pub(crate) fn into_out(self) -> UserOut {
+        let provider = if self.is_anonymous {
+            "anonymous"
+        } else {
+            "email"
+        };
         UserOut {
             id: self.id,
             aud: "authenticated",
-            email: self.email,
-            email_confirmed_at: self.created_at,
+            email_confirmed_at: self.email.as_ref().map(|_| self.created_at),
+            email: self.email.unwrap_or_default(),
             phone: "",
             role: "authenticated",
             app_metadata: AppMetadata {
-                provider: "email",
-                providers: ["email"],
+                provider,
+                providers: [provider],
             },
             user_metadata: self.user_metadata,
             identities: Vec::new(),
-            is_anonymous: false,
+            is_anonymous: self.is_anonymous,
             created_at: self.created_at,
             updated_at: self.updated_at,
             last_sign_in_at: self.last_sign_in_at,
@@ -78,7 +85,7 @@ impl UserRow {
 /// The columns of [`UserRow`], as a literal so queries stay `&'static str`.
 macro_rules! user_columns {
     () => {
-        "id, email, password_hash, user_metadata, banned, created_at, updated_at, last_sign_in_at"
+        "id, email, password_hash, user_metadata, banned, is_anonymous, created_at, updated_at, last_sign_in_at"
     };
 }
 pub(crate) use user_columns;

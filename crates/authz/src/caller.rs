@@ -110,12 +110,29 @@ pub struct Claims {
     pub nbf: Option<i64>,
     pub iss: String,
     pub aud: String,
-    /// Session (refresh-token family) id; absent on role tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sid: Option<String>,
+    /// Session (refresh-token family) id, named as Supabase names it; absent on
+    /// role tokens. `sid` is what tokens issued before this name carried.
+    #[serde(
+        default,
+        rename = "session_id",
+        alias = "sid",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// Authenticator assurance level (Supabase's `aal1` after a password or a
+    /// one-time code); absent on role tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aal: Option<String>,
+    /// Whether the user signed in anonymously; absent on role tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_anonymous: Option<bool>,
 }
 
 pub const ISSUER: &str = "minicloud-auth";
+/// The audience of role tokens.
 pub const AUDIENCE: &str = "minicloud";
+/// The audience of users' access tokens: `authenticated`, as Supabase issues them,
+/// so an app's own check of `aud` keeps working.
+pub const USER_AUDIENCE: &str = "authenticated";

@@ -12,7 +12,7 @@ use minicloud_telemetry::grpc_client::TracedChannel;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock};
 
-use crate::caller::{AUDIENCE, Caller, Claims, Credential, ISSUER, Role};
+use crate::caller::{AUDIENCE, Caller, Claims, Credential, ISSUER, Role, USER_AUDIENCE};
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const LEEWAY_SECONDS: u64 = 30;
@@ -53,9 +53,51 @@ pub enum VerifyError {
     Unavailable,
 }
 
+/// A published verification key, as the JWKS carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKey {
+    /// EdDSA: base64url of the raw 32-byte key (RFC 8037).
+    Ed25519 { x: String },
+    /// ES256: base64url of the point's coordinates (RFC 7518).
+    P256 { x: String, y: String },
+}
+
+impl PublicKey {
+    /// The key a JWK describes, if it is one of the two kinds tokens are signed with.
+    pub fn from_jwk(alg: &str, crv: &str, x: String, y: String) -> Option<PublicKey> {
+        match (alg, crv) {
+            ("EdDSA", "Ed25519") => Some(PublicKey::Ed25519 { x }),
+            ("ES256", "P-256") if !y.is_empty() => Some(PublicKey::P256 { x, y }),
+            _ => None,
+        }
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            PublicKey::Ed25519 { .. } => Algorithm::EdDSA,
+            PublicKey::P256 { .. } => Algorithm::ES256,
+        }
+    }
+
+    fn decoding_key(&self) -> jsonwebtoken::errors::Result<DecodingKey> {
+        match self {
+            PublicKey::Ed25519 { x } => DecodingKey::from_ed_components(x),
+            PublicKey::P256 { x, y } => DecodingKey::from_ec_components(x, y),
+        }
+    }
+}
+
+/// A key ready to verify with, bound to its algorithm: a token whose header names
+/// another one is refused, so no key is ever used with an algorithm it was not
+/// made for.
+struct VerifyingKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
 #[derive(Default)]
 struct KeySet {
-    keys: HashMap<String, Arc<DecodingKey>>,
+    keys: HashMap<String, Arc<VerifyingKey>>,
     fetched_at: Option<Instant>,
 }
 
@@ -64,7 +106,7 @@ struct KeySet {
 enum KeySource {
     Auth(AuthServiceClient<TracedChannel>),
     #[cfg_attr(not(test), allow(dead_code))]
-    Fixed(Arc<HashMap<String, String>>),
+    Fixed(Arc<HashMap<String, PublicKey>>),
 }
 
 #[derive(Clone)]
@@ -92,8 +134,8 @@ impl Verifier {
         Self::with_source(KeySource::Auth(client))
     }
 
-    /// A verifier over fixed public keys (kid → base64url x), for tests and tools.
-    pub fn with_fixed_keys(keys: HashMap<String, String>) -> Self {
+    /// A verifier over fixed public keys (kid → key), for tests and tools.
+    pub fn with_fixed_keys(keys: HashMap<String, PublicKey>) -> Self {
         Self::with_source(KeySource::Fixed(Arc::new(keys)))
     }
 
@@ -115,7 +157,7 @@ impl Verifier {
             Ok(Caller {
                 role: Role::parse(&claims.role),
                 uid: Some(claims.sub),
-                session_id: claims.sid,
+                session_id: claims.session_id,
                 credential: Credential::AccessToken,
             })
         }
@@ -123,29 +165,33 @@ impl Verifier {
 
     pub async fn verify_access_token(&self, token: &str) -> Result<Claims, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
-        if header.alg != Algorithm::EdDSA {
+        if !matches!(header.alg, Algorithm::EdDSA | Algorithm::ES256) {
             return Err(VerifyError::Algorithm);
         }
         let kid = header.kid.ok_or(VerifyError::UnknownKey)?;
         let key = self.key(&kid, claimed_iat(token)).await?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
+        if header.alg != key.algorithm {
+            return Err(VerifyError::Algorithm);
+        }
+        let mut validation = Validation::new(key.algorithm);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
-        validation.set_audience(&[AUDIENCE]);
+        validation.set_audience(&[AUDIENCE, USER_AUDIENCE]);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|error| {
-            use jsonwebtoken::errors::ErrorKind;
-            match error.kind() {
-                ErrorKind::ExpiredSignature => VerifyError::Expired,
-                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
-                ErrorKind::InvalidAlgorithm => VerifyError::Algorithm,
-                ErrorKind::InvalidSignature => VerifyError::Invalid("bad signature".into()),
-                ErrorKind::InvalidAudience => VerifyError::Invalid("wrong audience".into()),
-                ErrorKind::InvalidIssuer => VerifyError::Invalid("wrong issuer".into()),
-                _ => VerifyError::Malformed,
-            }
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|error| {
+                use jsonwebtoken::errors::ErrorKind;
+                match error.kind() {
+                    ErrorKind::ExpiredSignature => VerifyError::Expired,
+                    ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
+                    ErrorKind::InvalidAlgorithm => VerifyError::Algorithm,
+                    ErrorKind::InvalidSignature => VerifyError::Invalid("bad signature".into()),
+                    ErrorKind::InvalidAudience => VerifyError::Invalid("wrong audience".into()),
+                    ErrorKind::InvalidIssuer => VerifyError::Invalid("wrong issuer".into()),
+                    _ => VerifyError::Malformed,
+                }
+            })?;
         // `iat` in the future beyond the leeway is as suspicious as `nbf`.
         let now = chrono_now();
         if data.claims.iat > now + LEEWAY_SECONDS as i64 {
@@ -158,7 +204,7 @@ impl Verifier {
         &self,
         kid: &str,
         claimed_iat: Option<i64>,
-    ) -> Result<Arc<DecodingKey>, VerifyError> {
+    ) -> Result<Arc<VerifyingKey>, VerifyError> {
         {
             let keys = self.keys.read().await;
             let fresh = keys
@@ -216,7 +262,7 @@ impl Verifier {
             }
         };
         *last = Some(Instant::now());
-        let fetched: HashMap<String, String> = match &self.source {
+        let fetched: HashMap<String, PublicKey> = match &self.source {
             KeySource::Fixed(keys) => (**keys).clone(),
             KeySource::Auth(client) => {
                 let response = client
@@ -231,16 +277,19 @@ impl Verifier {
                 response
                     .keys
                     .into_iter()
-                    .filter(|jwk| jwk.alg == "EdDSA" && jwk.crv == "Ed25519")
-                    .map(|jwk| (jwk.kid, jwk.x))
+                    .filter_map(|jwk| {
+                        PublicKey::from_jwk(&jwk.alg, &jwk.crv, jwk.x, jwk.y)
+                            .map(|key| (jwk.kid, key))
+                    })
                     .collect()
             }
         };
         let mut keys = HashMap::new();
-        for (kid, x) in fetched {
-            match DecodingKey::from_ed_components(&x) {
+        for (kid, public) in fetched {
+            match public.decoding_key() {
                 Ok(key) => {
-                    keys.insert(kid, Arc::new(key));
+                    let algorithm = public.algorithm();
+                    keys.insert(kid, Arc::new(VerifyingKey { algorithm, key }));
                 }
                 Err(error) => tracing::warn!(kid, %error, "ignoring an undecodable JWKS key"),
             }

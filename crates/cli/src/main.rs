@@ -49,6 +49,18 @@ enum Command {
     /// API keys, straight from the database (no running cloud needed).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Auth's local mail outbox: recovery and sign-in mails, newest first (no
+    /// mail server exists in a local cloud).
+    Mail {
+        /// Only mails to this address.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many (1 to 100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        connection: minicloud_cli::user::Connection,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +156,14 @@ fn main() -> ExitCode {
                 minicloud_cli::user::tail(&connection, &topic, std::io::stdout()).await
             }
             Command::Fn(command) => minicloud_cli::functions::run(command, std::io::stdout()).await,
+            Command::Mail {
+                to,
+                limit,
+                connection,
+            } => {
+                minicloud_cli::user::mail(&connection, to.as_deref(), limit, std::io::stdout())
+                    .await
+            }
             Command::Demo(command) => minicloud_cli::demo::run(command, std::io::stdout()).await,
             Command::Keys(KeysCommand::Issue {
                 role,

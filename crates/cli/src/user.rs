@@ -67,6 +67,38 @@ pub async fn tail(
     .await
 }
 
+/// Prints the mails in auth's outbox, newest first.
+pub async fn mail(
+    connection: &Connection,
+    to: Option<&str>,
+    limit: u32,
+    mut out: impl std::io::Write,
+) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(to) = to {
+        query.push(("to", to.to_owned()));
+    }
+    let list: serde_json::Value = client
+        .send(
+            client
+                .request(reqwest::Method::GET, "/auth/v1/admin/mail")
+                .query(&query),
+        )
+        .await?;
+    for mail in list["mails"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "To: {}\nDate: {}\nSubject: {}\n\n{}",
+            mail["to"].as_str().unwrap_or_default(),
+            mail["created_at"].as_str().unwrap_or_default(),
+            mail["subject"].as_str().unwrap_or_default(),
+            mail["body"].as_str().unwrap_or_default(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Prints the data lines of a Server-Sent Events stream until it ends.
 pub async fn print_sse(
     client: &Client,

@@ -44,6 +44,68 @@ def test_auth_sign_up_sign_in_and_update():
     assert updated.user.user_metadata["nickname"] == "py"
 
 
+def last_mail(to: str) -> dict:
+    import httpx
+
+    response = httpx.get(
+        f"{URL}/auth/v1/admin/mail",
+        params={"to": to, "limit": 1},
+        headers={"authorization": f"Bearer {os.environ['MINICLOUD_SERVICE_KEY']}"},
+    )
+    assert response.status_code == 200
+    mails = response.json()["mails"]
+    assert mails, f"no mail to {to}"
+    return mails[0]
+
+
+def test_auth_get_claims_and_anonymous_sign_in():
+    anon = client("MINICLOUD_ANON_KEY")
+    session = anon.auth.sign_in_anonymously({"options": {"data": {"from": "py"}}})
+    assert session.user.is_anonymous
+    claims = anon.auth.get_claims()
+    assert claims["claims"]["sub"] == session.user.id
+    assert claims["claims"]["is_anonymous"] is True
+    assert claims["claims"]["aal"] == "aal1"
+    assert claims["headers"]["alg"] == "ES256"
+
+
+def test_auth_recovery_and_otp():
+    import re
+
+    from supabase_auth.errors import AuthApiError
+
+    anon = client("MINICLOUD_ANON_KEY")
+    email = f"spy-recover-{os.getpid()}@example.com"
+    anon.auth.sign_up({"email": email, "password": "correct horse battery"})
+    anon.auth.reset_password_for_email(email)
+    code = re.search(r"code: (\d{6})", last_mail(email)["body"]).group(1)
+    with pytest.raises(AuthApiError) as error:
+        anon.auth.verify_otp(
+            {"email": email, "token": "111111" if code == "000000" else "000000", "type": "recovery"}
+        )
+    assert error.value.code == "otp_expired"
+    verified = anon.auth.verify_otp({"email": email, "token": code, "type": "recovery"})
+    assert verified.user.email == email
+    anon.auth.update_user({"password": "another horse battery"})
+    again = client("MINICLOUD_ANON_KEY").auth.sign_in_with_password(
+        {"email": email, "password": "another horse battery"}
+    )
+    assert again.user.id == verified.user.id
+
+
+def test_auth_admin_users(service):
+    email = f"spy-admin-{os.getpid()}@example.com"
+    created = service.auth.admin.create_user(
+        {"email": email, "password": "correct horse battery", "email_confirm": True}
+    )
+    assert created.user.email == email
+    listed = service.auth.admin.list_users(page=1, per_page=1000)
+    assert any(user.id == created.user.id for user in listed)
+    service.auth.admin.delete_user(created.user.id)
+    listed = service.auth.admin.list_users(page=1, per_page=1000)
+    assert not any(user.id == created.user.id for user in listed)
+
+
 def test_auth_errors_carry_codes():
     from supabase_auth.errors import AuthApiError
 

@@ -9,8 +9,9 @@ use rand::RngCore as _;
 
 struct TestKey {
     kid: String,
+    algorithm: Algorithm,
     encoding: EncodingKey,
-    public_x: String,
+    public: PublicKey,
 }
 
 fn key(kid: &str) -> TestKey {
@@ -19,8 +20,29 @@ fn key(kid: &str) -> TestKey {
     let signing = SigningKey::from_bytes(&seed);
     TestKey {
         kid: kid.into(),
+        algorithm: Algorithm::EdDSA,
         encoding: EncodingKey::from_ed_der(signing.to_pkcs8_der().unwrap().as_bytes()),
-        public_x: URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
+        public: PublicKey::Ed25519 {
+            x: URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
+        },
+    }
+}
+
+fn es256_key(kid: &str) -> TestKey {
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+    use p256::pkcs8::EncodePrivateKey as _;
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let secret = p256::SecretKey::from_slice(&seed).unwrap();
+    let point = secret.public_key().to_encoded_point(false);
+    TestKey {
+        kid: kid.into(),
+        algorithm: Algorithm::ES256,
+        encoding: EncodingKey::from_ec_der(secret.to_pkcs8_der().unwrap().as_bytes()),
+        public: PublicKey::P256 {
+            x: URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+            y: URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+        },
     }
 }
 
@@ -37,13 +59,15 @@ fn claims(exp_in: i64) -> Claims {
         nbf: Some(now()),
         iss: ISSUER.into(),
         aud: AUDIENCE.into(),
-        sid: None,
+        session_id: None,
         email: None,
+        aal: None,
+        is_anonymous: None,
     }
 }
 
 fn sign(key: &TestKey, claims: &Claims) -> String {
-    let mut header = Header::new(Algorithm::EdDSA);
+    let mut header = Header::new(key.algorithm);
     header.kid = Some(key.kid.clone());
     jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
 }
@@ -51,7 +75,7 @@ fn sign(key: &TestKey, claims: &Claims) -> String {
 fn verifier(keys: &[&TestKey]) -> Verifier {
     Verifier::with_fixed_keys(
         keys.iter()
-            .map(|k| (k.kid.clone(), k.public_x.clone()))
+            .map(|k| (k.kid.clone(), k.public.clone()))
             .collect(),
     )
 }
@@ -69,6 +93,58 @@ async fn a_valid_token_yields_its_caller() {
         .unwrap();
     assert_eq!(caller.role, Role::Authenticated);
     assert_eq!(caller.uid.as_deref(), Some("u1"));
+}
+
+#[tokio::test]
+async fn an_es256_token_verifies_and_carries_supabase_claims() {
+    let k = es256_key("ec1");
+    let mut user = claims(60);
+    user.aud = USER_AUDIENCE.into();
+    user.session_id = Some("s1".into());
+    user.aal = Some("aal1".into());
+    user.is_anonymous = Some(false);
+    let token = sign(&k, &user);
+    let payload: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["session_id"], "s1");
+    assert_eq!(payload["aud"], "authenticated");
+    let caller = verifier(&[&k]).verify_bearer(&token).await.unwrap();
+    assert_eq!(caller.uid.as_deref(), Some("u1"));
+    assert_eq!(caller.session_id.as_deref(), Some("s1"));
+}
+
+#[tokio::test]
+async fn a_token_naming_another_algorithm_than_its_key_is_refused() {
+    // An ES256 signature presented under an Ed25519 key's kid (and the reverse):
+    // the key decides the algorithm, never the token's header.
+    let ed = key("shared");
+    let ec = es256_key("shared");
+    let token = sign(&ec, &claims(60));
+    assert_eq!(
+        verifier(&[&ed]).verify_bearer(&token).await.unwrap_err(),
+        VerifyError::Algorithm
+    );
+    let token = sign(&ed, &claims(60));
+    assert_eq!(
+        verifier(&[&ec]).verify_bearer(&token).await.unwrap_err(),
+        VerifyError::Algorithm
+    );
+}
+
+#[tokio::test]
+async fn tokens_issued_with_the_old_sid_claim_still_carry_their_session() {
+    let k = key("k1");
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let mut payload = serde_json::to_value(claims(60)).unwrap();
+    payload["sid"] = "old-session".into();
+    let token = jsonwebtoken::encode(&header, &payload, &k.encoding).unwrap();
+    let caller = verifier(&[&k]).verify_bearer(&token).await.unwrap();
+    assert_eq!(caller.session_id.as_deref(), Some("old-session"));
 }
 
 #[tokio::test]
@@ -189,8 +265,9 @@ async fn unknown_kid_and_key_mismatch_are_rejected() {
     // Signed by another key but claiming a known kid.
     let impostor = TestKey {
         kid: "k1".into(),
+        algorithm: Algorithm::EdDSA,
         encoding: stranger.encoding.clone(),
-        public_x: String::new(),
+        public: stranger.public.clone(),
     };
     assert!(matches!(
         v.verify_access_token(&sign(&impostor, &claims(60))).await,
@@ -227,13 +304,16 @@ async fn hs256_signed_with_the_public_key_is_rejected() {
     let k = key("k1");
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("k1".into());
-    let secret = EncodingKey::from_secret(k.public_x.as_bytes());
+    let PublicKey::Ed25519 { x: public_x } = &k.public else {
+        unreachable!("key() makes Ed25519 keys")
+    };
+    let secret = EncodingKey::from_secret(public_x.as_bytes());
     let token = jsonwebtoken::encode(&header, &claims(60), &secret).unwrap();
     assert_eq!(
         verifier(&[&k]).verify_access_token(&token).await,
         Err(VerifyError::Algorithm)
     );
-    let raw = EncodingKey::from_secret(&URL_SAFE_NO_PAD.decode(&k.public_x).unwrap());
+    let raw = EncodingKey::from_secret(&URL_SAFE_NO_PAD.decode(public_x).unwrap());
     let token = jsonwebtoken::encode(&header, &claims(60), &raw).unwrap();
     assert_eq!(
         verifier(&[&k]).verify_access_token(&token).await,
