@@ -1347,6 +1347,7 @@ async fn form_uploads_store_the_file_part(kind: Kind) {
     assert_eq!(response.status(), 200);
     let got = client.request(Method::GET, &path).send().await.unwrap();
     assert_eq!(got.headers()["content-type"], "text/plain");
+    assert_eq!(got.headers()["cache-control"], "private, max-age=60");
     assert_eq!(got.text().await.unwrap(), "replaced");
 
     // A form is no way around the bucket's policy: another user's folder is 403.
@@ -1377,10 +1378,18 @@ async fn form_uploads_store_the_file_part(kind: Kind) {
             ("file", Some("x"), None, b"x"),
         ],
     );
+    let bad_cache = form(
+        boundary,
+        &[
+            ("cacheControl", None, None, "max-age=1\u{0}".as_bytes()),
+            ("file", Some("x"), None, b"x"),
+        ],
+    );
     for (what, body) in [
         ("no file", no_file),
         ("cut", cut),
         ("metadata", nul_metadata),
+        ("cache control", bad_cache),
     ] {
         let broken = format!(
             "/storage/v1/object/photos/{uid}/broken-{}",
@@ -1399,6 +1408,18 @@ async fn form_uploads_store_the_file_part(kind: Kind) {
         assert_eq!(missing.status(), 404, "{what}");
     }
     assert_eq!(env.blobs("photos").await.len(), blobs_before);
+    // A raw upload's Cache-Control header is checked the same way.
+    let response = client
+        .request(
+            Method::POST,
+            &format!("/storage/v1/object/photos/{uid}/long-cache"),
+        )
+        .header("cache-control", "x".repeat(300))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await.0, 400);
     env.stop().await;
 }
 

@@ -26,6 +26,8 @@ pub(crate) struct FormFile {
     pub content_type: Option<String>,
     /// The `metadata` field: a JSON object (supabase-js `metadata` option).
     pub metadata: Option<serde_json::Value>,
+    /// The `cacheControl` field (seconds, as the clients send it).
+    pub cache_control: Option<String>,
     /// The file's bytes as they arrive.
     pub body: ByteStream,
     /// What follows the file, read and dropped once the object is stored: a client
@@ -66,6 +68,7 @@ pub(crate) async fn open(body: ByteStream, boundary: String) -> Result<FormFile,
     let mut form = multer::Multipart::new(body.map_err(std::io::Error::other), boundary);
     let mut content_type = None;
     let mut metadata = None;
+    let mut cache_control = None;
     for _ in 0..=MAX_SETTINGS {
         let Some(field) = form.next_field().await.map_err(bad_form)? else {
             return Err(ApiError::invalid("the form has no file part"));
@@ -82,6 +85,7 @@ pub(crate) async fn open(body: ByteStream, boundary: String) -> Result<FormFile,
             return Ok(FormFile {
                 content_type: part_type,
                 metadata,
+                cache_control,
                 body: stream,
                 rest: form,
             });
@@ -98,8 +102,7 @@ pub(crate) async fn open(body: ByteStream, boundary: String) -> Result<FormFile,
                 metadata = Some(value);
             }
             "contentType" => content_type = Some(text),
-            // Objects carry no cache settings of their own yet.
-            _ => {}
+            _ => cache_control = Some(text),
         }
     }
     Err(ApiError::invalid(format!(

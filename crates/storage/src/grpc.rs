@@ -149,6 +149,7 @@ impl StorageService for StorageGrpc {
             path,
             content_type: (!header.content_type.is_empty()).then(|| header.content_type.clone()),
             metadata,
+            cache_control: None,
             declared_length: None,
             preconditions: Preconditions {
                 if_match: (!header.if_match.is_empty()).then(|| vec![header.if_match.clone()]),

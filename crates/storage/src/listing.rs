@@ -222,7 +222,7 @@ impl FolderEntry {
             "eTag": format!("\"{}\"", object.etag),
             "size": object.size,
             "mimetype": object.content_type,
-            "cacheControl": "no-cache",
+            "cacheControl": object.cache_control.as_deref().unwrap_or("no-cache"),
             "lastModified": object.updated_at,
             "contentLength": object.size,
             "httpStatusCode": 200,

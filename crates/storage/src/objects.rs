@@ -28,6 +28,8 @@ pub struct ObjectRecord {
     pub etag: String,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
+    /// What downloads send as `Cache-Control` (`no-cache` when null).
+    pub cache_control: Option<String>,
     pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -35,18 +37,18 @@ pub struct ObjectRecord {
 
 macro_rules! object_columns {
     () => {
-        "bucket, path, version, size, content_type, etag, metadata, owner, created_at, updated_at"
+        "bucket, path, version, size, content_type, etag, metadata, cache_control, owner, created_at, updated_at"
     };
 }
 pub(crate) use object_columns;
 
-/// Makes `$1..$8` (see [`upsert_args`]) the object's current version.
+/// Makes `$1..$9` (see [`upsert_args`]) the object's current version.
 const UPSERT: &str = concat!(
-    "INSERT INTO objects (bucket, path, version, size, content_type, etag, metadata, owner)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    "INSERT INTO objects (bucket, path, version, size, content_type, etag, metadata, owner, cache_control)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
      ON CONFLICT (bucket, path) DO UPDATE SET version = EXCLUDED.version, size = EXCLUDED.size,
        content_type = EXCLUDED.content_type, etag = EXCLUDED.etag, metadata = EXCLUDED.metadata,
-       owner = EXCLUDED.owner, updated_at = now()
+       owner = EXCLUDED.owner, cache_control = EXCLUDED.cache_control, updated_at = now()
      RETURNING ",
     object_columns!()
 );
@@ -64,6 +66,7 @@ fn upsert_args(new: &ObjectRecord) -> Result<PgArguments, StorageError> {
     add(args.add(new.etag.clone()))?;
     add(args.add(new.metadata.clone()))?;
     add(args.add(new.owner.clone()))?;
+    add(args.add(new.cache_control.clone()))?;
     Ok(args)
 }
 
@@ -125,8 +128,29 @@ pub struct WriteRequest {
     pub path: String,
     pub content_type: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// As sent (`3600` or a header value); see [`cache_control_of`].
+    pub cache_control: Option<String>,
     pub declared_length: Option<u64>,
     pub preconditions: Preconditions,
+}
+
+/// The `Cache-Control` an upload asks for: Supabase's `cacheControl` option is a
+/// number of seconds (`3600` → `max-age=3600`); anything else is kept as a header
+/// value, if it is one (printable ASCII, at most 256 bytes).
+pub(crate) fn cache_control_of(requested: &str) -> Result<String, StorageError> {
+    let value = requested.trim();
+    if !value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(format!("max-age={value}"));
+    }
+    if value.is_empty()
+        || value.len() > 256
+        || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(StorageError::Invalid(format!(
+            "invalid cache control {requested:?}"
+        )));
+    }
+    Ok(value.to_owned())
 }
 
 /// Whether a bucket's allowed types admit `content_type` (`image/*` wildcards).
@@ -264,6 +288,9 @@ impl Storage {
         if let Some(metadata) = &request.metadata {
             check_metadata(metadata)?;
         }
+        if let Some(cache_control) = &request.cache_control {
+            cache_control_of(cache_control)?;
+        }
         let limit = self.size_limit(&bucket);
         if request.declared_length.is_some_and(|n| n > limit) {
             return Err(StorageError::TooLarge(format!(
@@ -325,6 +352,11 @@ impl Storage {
                 .metadata
                 .clone()
                 .unwrap_or_else(|| serde_json::json!({})),
+            cache_control: request
+                .cache_control
+                .as_deref()
+                .map(cache_control_of)
+                .transpose()?,
             owner,
             created_at: Utc::now(),
             updated_at: Utc::now(),
@@ -397,7 +429,7 @@ impl Storage {
                 SELECT version FROM objects WHERE bucket = $1 AND path = $2
             ), written AS ({UPSERT}
             ), event AS (
-                {insert} SELECT 'storage', $9::jsonb FROM written
+                {insert} SELECT 'storage', $10::jsonb FROM written
             )
             SELECT written.*, (SELECT version FROM old) AS replaced FROM written",
             insert = minicloud_outbox::INSERT_INTO,
@@ -609,6 +641,7 @@ impl Storage {
             path: to.1.to_owned(),
             content_type: Some(source.content_type.clone()),
             metadata: Some(source.metadata.clone()),
+            cache_control: source.cache_control.clone(),
             declared_length: None,
             preconditions: Preconditions::default(),
         };

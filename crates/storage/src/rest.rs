@@ -111,11 +111,14 @@ async fn write(
             ),
         };
         let content_type = header_str(&parts.headers, "content-type")?.map(str::to_owned);
+        // supabase-js sends its `cacheControl` option as this header on raw uploads.
+        let cache_control = header_str(&parts.headers, "cache-control")?.map(str::to_owned);
         Ok::<_, ApiError>(WriteRequest {
             bucket,
             path,
             content_type,
             metadata,
+            cache_control,
             declared_length,
             preconditions: preconditions(&parts.headers, create_only && !upsert)?,
         })
@@ -136,6 +139,7 @@ async fn write(
     let request = WriteRequest {
         content_type: form.content_type.clone(),
         metadata: form.metadata.clone().or(request.metadata),
+        cache_control: form.cache_control.clone().or(request.cache_control),
         // The envelope's length is not the file's.
         declared_length: None,
         ..request
@@ -230,15 +234,54 @@ fn is_active_content(content_type: &str) -> bool {
     ) || essence.ends_with("+xml")
 }
 
+/// Who a download was served to, for the caches on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// A public bucket's public URL: anyone may keep a copy.
+    Anyone,
+    /// A caller's token or a signed URL: shared caches must not keep it.
+    Private,
+}
+
+/// The `Cache-Control` of a download: the object's own (Supabase's `cacheControl`),
+/// made `private` unless it came through a public URL, so a proxy never hands one
+/// user's object to another.
+fn cache_control(object: &ObjectRecord, audience: Audience) -> String {
+    match (object.cache_control.as_deref(), audience) {
+        (None, _) => "no-cache".into(),
+        (Some(value), Audience::Anyone) => value.into(),
+        (Some(value), Audience::Private) => {
+            let directives: Vec<&str> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+                .collect();
+            let kept_private = directives
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case("private") || d.eq_ignore_ascii_case("no-store"));
+            if kept_private {
+                directives.join(", ")
+            } else {
+                std::iter::once("private")
+                    .chain(directives)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        }
+    }
+}
+
 async fn serve(
     storage: &Storage,
     object: ObjectRecord,
+    audience: Audience,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let etag = format!("\"{}\"", object.etag);
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, cache_control(&object, audience))
         .header(
             header::LAST_MODIFIED,
             object
@@ -327,7 +370,7 @@ pub(crate) async fn get(
 ) -> Result<Response, ApiError> {
     let (bucket, path) = object_path(bucket, path)?;
     let object = storage.authorize_read(&caller, &bucket, &path).await?;
-    serve(&storage, object, &method, &headers).await
+    serve(&storage, object, Audience::Private, &method, &headers).await
 }
 
 /// `GET /object/public/{bucket}/{path}`: public buckets only, no token needed.
@@ -348,7 +391,7 @@ pub(crate) async fn get_public(
         )));
     }
     let object = storage.object_info(&bucket, &path).await?;
-    serve(&storage, object, &method, &headers).await
+    serve(&storage, object, Audience::Anyone, &method, &headers).await
 }
 
 #[utoipa::path(get, path = "/storage/v1/object/info/{bucket}/{path}", tag = "objects",
@@ -716,7 +759,7 @@ pub(crate) async fn get_signed(
         .signer
         .verify(&query.token, Operation::Download, &bucket, &path)?;
     let object = storage.object_info(&bucket, &path).await?;
-    serve(&storage, object, &method, &headers).await
+    serve(&storage, object, Audience::Private, &method, &headers).await
 }
 
 #[utoipa::path(post, path = "/storage/v1/object/upload/sign/{bucket}/{path}", tag = "signed URLs", params(("bucket" = String, Path), ("path" = String, Path)),
@@ -827,4 +870,71 @@ pub(crate) async fn put_signed(
             .await;
     }
     written
+}
+
+#[cfg(test)]
+mod cache_control_tests {
+    use super::*;
+
+    fn object(cache_control: Option<&str>) -> ObjectRecord {
+        ObjectRecord {
+            bucket: "b".into(),
+            name: "o".into(),
+            version: "v".into(),
+            size: 0,
+            content_type: "text/plain".into(),
+            etag: "e".into(),
+            metadata: serde_json::json!({}),
+            cache_control: cache_control.map(str::to_owned),
+            owner: None,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn downloads_through_a_token_are_never_shared_cacheable() {
+        use Audience::{Anyone, Private};
+        for (stored, audience, served) in [
+            (None, Anyone, "no-cache"),
+            (None, Private, "no-cache"),
+            (Some("max-age=60"), Anyone, "max-age=60"),
+            (Some("max-age=60"), Private, "private, max-age=60"),
+            (Some("public, max-age=60"), Private, "private, max-age=60"),
+            (
+                Some("PUBLIC,max-age=60,immutable"),
+                Private,
+                "private, max-age=60, immutable",
+            ),
+            (Some("no-store"), Private, "no-store"),
+            (Some("private, max-age=5"), Private, "private, max-age=5"),
+        ] {
+            assert_eq!(
+                cache_control(&object(stored), audience),
+                served,
+                "{stored:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn upload_cache_settings_are_seconds_or_a_header_value() {
+        use crate::objects::cache_control_of;
+        assert_eq!(cache_control_of("3600").unwrap(), "max-age=3600");
+        assert_eq!(cache_control_of(" 0 ").unwrap(), "max-age=0");
+        assert_eq!(
+            cache_control_of("public, max-age=31536000, immutable").unwrap(),
+            "public, max-age=31536000, immutable"
+        );
+        for bad in [
+            "",
+            "  ",
+            "max-age=1\r\nx-injected: 1",
+            "a\u{0}b",
+            "é",
+            &"x".repeat(257),
+        ] {
+            assert!(cache_control_of(bad).is_err(), "{bad:?}");
+        }
+    }
 }

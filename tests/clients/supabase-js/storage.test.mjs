@@ -64,19 +64,23 @@ test('buckets and objects through supabase-js', async (t) => {
     assert.equal(error, null)
     assert.equal(data.path, 'docs/hello.txt')
     assert.equal(new TextDecoder().decode(await downloaded('docs/hello.txt')), 'hello from supabase-js')
+    // supabase-js's default cacheControl ('3600'), sent as a header on raw uploads.
+    const info = await service.storage.from(bucket).info('docs/hello.txt')
+    assert.equal(info.data.cacheControl, 'max-age=3600')
   })
 
   await t.test('a Blob upload (sent as a form) stores the file, byte for byte', async () => {
     const sent = bytes(100_000)
     const { error } = await service.storage
       .from(bucket)
-      .upload('images/blob.png', new Blob([sent], { type: 'image/png' }))
+      .upload('images/blob.png', new Blob([sent], { type: 'image/png' }), { cacheControl: '120' })
     assert.equal(error, null)
     assert.deepEqual(await downloaded('images/blob.png'), sent)
     const info = await service.storage.from(bucket).info('images/blob.png')
     assert.equal(info.error, null)
     assert.equal(info.data.size, sent.length)
     assert.equal(info.data.contentType, 'image/png')
+    assert.equal(info.data.cacheControl, 'max-age=120')
   })
 
   await t.test('a File upload with upsert replaces the object', async () => {
@@ -108,6 +112,7 @@ test('buckets and objects through supabase-js', async (t) => {
     assert.equal(typeof images.data[0].id, 'string')
     assert.equal(images.data[0].metadata.size, 100_000)
     assert.equal(images.data[0].metadata.mimetype, 'image/png')
+    assert.equal(images.data[0].metadata.cacheControl, 'max-age=120')
     const second = await files.list('', { limit: 1, offset: 1 })
     assert.deepEqual(second.data.map((e) => e.name), ['files'])
     const searched = await files.list('', { search: 'IM' })
@@ -122,7 +127,15 @@ test('buckets and objects through supabase-js', async (t) => {
     const { data } = service.storage.from(bucket).getPublicUrl('images/blob.png')
     const response = await fetch(data.publicUrl)
     assert.equal(response.status, 200)
+    // The cacheControl of the upload, as is on a public URL...
+    assert.equal(response.headers.get('cache-control'), 'max-age=120')
     assert.deepEqual(new Uint8Array(await response.arrayBuffer()), bytes(100_000))
+    // ...and private to the caller through a token.
+    const own = await fetch(`${url}/storage/v1/object/${bucket}/images/blob.png`, {
+      headers: { authorization: `Bearer ${process.env.MINICLOUD_SERVICE_KEY}` },
+    })
+    assert.equal(own.headers.get('cache-control'), 'private, max-age=120')
+    await own.arrayBuffer()
   })
 
   await t.test('a signed URL downloads without a token', async () => {
