@@ -36,6 +36,27 @@ fn run_suite(cloud: &TestCloud, mut command: Command, what: &str, passed: &str) 
     );
 }
 
+/// The collection the database suites use as a table: a todo list where an owner
+/// condition gives each signed-in user exactly their own rows (Supabase's usual
+/// `auth.uid() = user_id` row-level security).
+async fn create_todos(cloud: &TestCloud) {
+    let policy = serde_json::json!({
+        "effect": "allow",
+        "principals": ["role:authenticated"],
+        "actions": ["db:GetDocument", "db:PutDocument", "db:DeleteDocument", "db:Query"],
+        "resources": ["db:todos", "db:todos/*"],
+        "condition": {"owner": "${auth.uid}"}
+    });
+    let _: serde_json::Value = cloud
+        .admin()
+        .post(
+            "/db/v1/collections",
+            &serde_json::json!({"name": "todos", "policy": policy}),
+        )
+        .await
+        .unwrap();
+}
+
 /// The function the functions suite invokes: an Edge-Function-like handler that
 /// answers HTTP-style with what it was sent, and fails when asked to.
 const EDGE_ECHO: &[u8] = br#"import json
@@ -73,6 +94,7 @@ async fn supabase_js_calls_work_unchanged() {
         &crate::invoker::zip_of(&[("app.py", EDGE_ECHO, 0o644)]),
     )
     .await;
+    create_todos(&cloud).await;
     let mut node = Command::new("node");
     // supabase-js's realtime client wants a WebSocket, built in from Node 22 and
     // behind this flag on Node 20 (the oldest it supports).
@@ -83,6 +105,7 @@ async fn supabase_js_calls_work_unchanged() {
         "auth.test.mjs",
         "storage.test.mjs",
         "functions.test.mjs",
+        "database.test.mjs",
     ]);
     let cloud_ref = &cloud;
     tokio::task::block_in_place(|| run_suite(cloud_ref, node, "supabase-js suite", "# pass"));
@@ -105,6 +128,7 @@ async fn supabase_py_calls_work_unchanged() {
         &crate::invoker::zip_of(&[("app.py", EDGE_ECHO, 0o644)]),
     )
     .await;
+    create_todos(&cloud).await;
     let mut pytest = Command::new("python3");
     pytest.current_dir(&dir).env("PYTHONPATH", &deps).args([
         "-m",

@@ -187,6 +187,29 @@ impl Docdb {
         })
     }
 
+    /// The documents with these ids, without authorisation: for an upsert to merge
+    /// into, whose writes are authorised by [`Docdb::apply_writes`] (by these
+    /// documents' owners) before anything is written or answered.
+    pub(crate) async fn documents_by_id(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, DocOut>, ApiError> {
+        self.collection_policy(collection).await?;
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let documents = sqlx::query_as::<_, DocOut>(sqlx::AssertSqlSafe(format!(
+            "SELECT id, version, owner, created_at, updated_at, data FROM {} WHERE id = ANY($1)",
+            crate::collections::table(collection)
+        )))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(documents.into_iter().map(|d| (d.id.clone(), d)).collect())
+    }
+
     pub async fn get_document(
         &self,
         caller: &Caller,
@@ -405,12 +428,13 @@ impl Docdb {
             where_sql = format!("{where_sql} AND {}", compiled.cursor_where(cursor)?);
         }
         let sql = format!(
-            "SELECT id, version, owner, created_at, updated_at, data, {} AS sort_key FROM {} WHERE {} ORDER BY {} LIMIT {}",
+            "SELECT id, version, owner, created_at, updated_at, data, {} AS sort_key FROM {} WHERE {} ORDER BY {} LIMIT {} OFFSET {}",
             query::order_key_select(&compiled.order),
             crate::collections::table(collection),
             where_sql,
             compiled.order_by_sql(),
-            compiled.limit + 1
+            compiled.limit + 1,
+            compiled.offset
         );
         let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), compiled.sql.args)
             .fetch_all(&self.pool)

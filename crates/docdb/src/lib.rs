@@ -6,6 +6,7 @@ mod collections;
 mod documents;
 mod grpc;
 mod kv;
+mod postgrest;
 pub mod query;
 mod rest;
 
@@ -36,7 +37,7 @@ use minicloud_proto::openapi::ErrorResponses;
     modifiers(&ErrorResponses),
     info(
         title = "minicloud docdb",
-        description = "Collections, documents, queries, batches and key-value namespaces."
+        description = "Collections, documents, queries, batches and key-value namespaces; a PostgREST view of collections at /rest/v1."
     ),
     paths(
         collections::create,
@@ -54,7 +55,12 @@ use minicloud_proto::openapi::ErrorResponses;
         rest::kv_get,
         rest::kv_put,
         rest::kv_delete,
-        rest::kv_incr
+        rest::kv_incr,
+        postgrest::read,
+        postgrest::insert,
+        postgrest::update,
+        postgrest::remove,
+        postgrest::rpc
     ),
 )]
 #[derive(Debug)]
@@ -187,6 +193,24 @@ impl Service for Docdb {
                     .post(rest::kv_incr),
             )
             .with_state(self.clone());
+        // PostgREST's view, whose errors carry PostgREST's fields.
+        let postgrest = Router::new()
+            .route(
+                "/rest/v1/{collection}",
+                get(postgrest::read)
+                    .post(postgrest::insert)
+                    .patch(postgrest::update)
+                    .delete(postgrest::remove),
+            )
+            .route(
+                "/rest/v1/rpc/{function}",
+                get(postgrest::rpc).post(postgrest::rpc),
+            )
+            .with_state(self.clone())
+            .layer(axum::middleware::map_response(
+                postgrest::with_postgrest_fields,
+            ));
+        let rest = rest.merge(postgrest);
         ServiceHost::new(
             Self::NAME,
             rest,

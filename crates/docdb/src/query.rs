@@ -60,6 +60,10 @@ pub enum Op {
     Contains,
     Exists,
     Prefix,
+    /// SQL `LIKE` on strings (`%` any run, `_` one character).
+    Like,
+    /// Case-insensitive `LIKE`.
+    Ilike,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
@@ -70,12 +74,24 @@ pub enum Direction {
     Desc,
 }
 
+/// Where documents without the field (JSON `null`) go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Nulls {
+    First,
+    Last,
+}
+
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderBy {
     pub field: String,
     #[serde(default)]
     pub direction: Direction,
+    /// Unset: JSON order, where `null` sorts lowest (first ascending, last
+    /// descending).
+    #[serde(default)]
+    pub nulls: Option<Nulls>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -89,9 +105,14 @@ pub struct QueryIn {
     pub limit: Option<i64>,
     #[serde(default)]
     pub cursor: Option<String>,
+    /// Documents to skip (0 to 100,000); not with `cursor`.
+    #[serde(default)]
+    pub offset: Option<i64>,
     #[serde(default)]
     pub count: bool,
 }
+
+pub const MAX_OFFSET: i64 = 100_000;
 
 /// `a.b_c.d`: 1–8 segments of `[A-Za-z_][A-Za-z0-9_]{0,62}`, or a `$` metadata name.
 pub fn check_path(field: &str) -> Result<(), ApiError> {
@@ -210,8 +231,31 @@ fn compile_filter(
     })
 }
 
+/// `$id = v` or `$id IN (…)` with string values, as a comparison of the id column
+/// itself, so the primary key's index answers it.
+fn id_lookup(condition: &Condition, sql: &mut Sql) -> Result<Option<String>, ApiError> {
+    if condition.field != "$id" {
+        return Ok(None);
+    }
+    let ids: Vec<String> = match (&condition.op, &condition.value) {
+        (Op::Eq, Value::String(id)) => vec![id.clone()],
+        (Op::In, Value::Array(values)) if values.len() <= MAX_IN => {
+            // Ids are strings: other values match nothing.
+            values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(format!("id = ANY({})", sql.bind(ids)?)))
+}
+
 fn compile_condition(condition: &Condition, sql: &mut Sql) -> Result<String, ApiError> {
     check_path(&condition.field)?;
+    if let Some(lookup) = id_lookup(condition, sql)? {
+        return Ok(lookup);
+    }
     let expr = expression(&condition.field);
     let value = &condition.value;
     Ok(match condition.op {
@@ -278,16 +322,34 @@ fn compile_condition(condition: &Condition, sql: &mut Sql) -> Result<String, Api
                 sql.bind(prefix.clone())?
             )
         }
+        Op::Like | Op::Ilike => {
+            let Value::String(pattern) = value else {
+                return Err(ApiError::invalid("like and ilike take a string pattern"));
+            };
+            if pattern.len() > 1024 {
+                return Err(ApiError::invalid("a like pattern is at most 1024 bytes"));
+            }
+            let op = if condition.op == Op::Like {
+                "LIKE"
+            } else {
+                "ILIKE"
+            };
+            format!(
+                "(jsonb_typeof({expr}) = 'string' AND ({expr} #>> '{{}}') {op} {})",
+                sql.bind(pattern.clone())?
+            )
+        }
     })
 }
 
-/// A compiled query: WHERE (filter and cursor), ORDER BY, LIMIT.
+/// A compiled query: WHERE (filter and cursor), ORDER BY, LIMIT, OFFSET.
 #[derive(Debug)]
 pub struct Compiled {
     pub sql: Sql,
     pub filter_where: String,
     pub order: Vec<(String, Direction)>,
     pub limit: i64,
+    pub offset: i64,
 }
 
 /// The sort key of a row, carried in the cursor.
@@ -305,6 +367,18 @@ pub fn compile(query: &QueryIn) -> Result<Compiled, ApiError> {
     if query.order_by.len() > 8 {
         return Err(ApiError::invalid("at most 8 order_by fields"));
     }
+    let offset = match query.offset {
+        None => 0,
+        Some(_) if query.cursor.is_some() => {
+            return Err(ApiError::invalid("offset and cursor exclude each other"));
+        }
+        Some(n) if (0..=MAX_OFFSET).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "offset must be 0 to {MAX_OFFSET}"
+            )));
+        }
+    };
     let mut sql = Sql::new();
     let mut nodes = 0;
     let filter_where = match &query.filter {
@@ -314,7 +388,17 @@ pub fn compile(query: &QueryIn) -> Result<Compiled, ApiError> {
     let mut order = Vec::new();
     for by in &query.order_by {
         check_path(&by.field)?;
-        order.push((expression(&by.field), by.direction));
+        let expr = expression(&by.field);
+        // Nulls placed explicitly: a key of whether the field is null, before it
+        // (false < true, so ascending puts nulls last).
+        if let Some(nulls) = by.nulls {
+            let direction = match nulls {
+                Nulls::Last => Direction::Asc,
+                Nulls::First => Direction::Desc,
+            };
+            order.push((format!("to_jsonb({expr} = 'null'::jsonb)"), direction));
+        }
+        order.push((expr, by.direction));
     }
     // The id breaks ties, so the order is total and the cursor exact.
     if !query.order_by.iter().any(|by| by.field == "$id") {
@@ -325,6 +409,7 @@ pub fn compile(query: &QueryIn) -> Result<Compiled, ApiError> {
         filter_where,
         order,
         limit,
+        offset,
     })
 }
 

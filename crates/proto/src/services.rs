@@ -66,7 +66,7 @@ impl ServiceName {
             ServiceName::Gateway => &[],
             ServiceName::Auth => &["/auth/v1"],
             ServiceName::Storage => &["/storage/v1"],
-            ServiceName::Docdb => &["/db/v1"],
+            ServiceName::Docdb => &["/db/v1", "/rest/v1"],
             ServiceName::Bus => &["/events/v1"],
             ServiceName::Invoker => &["/functions/v1", "/2015-03-31/functions", "/fn"],
         }
