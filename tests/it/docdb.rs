@@ -1121,3 +1121,325 @@ async fn hostile_key_value_input_is_refused_with_nothing_written() {
     assert_eq!(listed["items"], json!([]), "nothing was written");
     cloud.stop().await.unwrap();
 }
+
+/// The PostgREST view (issue 18) under hostile input: who may call it, oversized,
+/// malformed and NUL-bearing input, injection through filters and columns, and a
+/// stalled body. Every refusal is a 4xx with PostgREST's fields and ours, and
+/// nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgrest_view_refuses_hostile_input_with_nothing_written() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Read by every listener when it starts; this test's process is its own.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("MINICLOUD_BODY_IDLE_TIMEOUT", "1");
+    }
+    let cloud = TestCloud::builder()
+        .gateway_over_http()
+        .start()
+        .await
+        .unwrap();
+    let admin = cloud.admin();
+    let policy = json!({"effect":"allow","principals":["role:authenticated"],
+        "actions":["db:GetDocument","db:PutDocument","db:DeleteDocument","db:Query"],
+        "resources":["db:notes","db:notes/*"],"condition":{"owner":"${auth.uid}"}});
+    let _: Value = admin
+        .post(
+            "/db/v1/collections",
+            &json!({"name":"notes","policy":policy}),
+        )
+        .await
+        .unwrap();
+    let user = cloud
+        .client()
+        .signup("rest@example.com", "password1234")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", cloud.gateway_url());
+    let call = |method: Method, path: &str, token: &str| {
+        http.request(method, url(path))
+            .header("apikey", &cloud.keys.anon_key)
+            .bearer_auth(token)
+    };
+    let anon = cloud.keys.anon_key.clone();
+    let token = user.access_token.clone();
+
+    // Who may call: the anon key neither reads nor writes a collection whose policy
+    // names only signed-in users; the admin sees everything.
+    let denied = call(Method::POST, "/rest/v1/notes", &anon)
+        .json(&json!({"text": "spam"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let body: Value = denied.json().await.unwrap();
+    assert_eq!(body["code"], "42501");
+    assert_eq!(body["error"]["code"], "permission_denied");
+    assert!(
+        body["message"].is_string() && body.get("hint").is_some() && body.get("details").is_some()
+    );
+    let read = call(Method::GET, "/rest/v1/notes", &anon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 403);
+    let created = call(Method::POST, "/rest/v1/notes", &token)
+        .header("prefer", "return=representation")
+        .json(&json!({"id": "n1", "text": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // Malformed and hostile input.
+    let huge_text = "x".repeat(1024 * 1024 + 10);
+    let many: Vec<Value> = (0..501).map(|i| json!({"n": i})).collect();
+    let cases: Vec<(&str, Method, String, Option<Vec<u8>>, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            Method::POST,
+            "/rest/v1/notes".into(),
+            Some(b"{\"text\":".to_vec()),
+            400,
+            "PGRST100",
+        ),
+        (
+            "not a row",
+            Method::POST,
+            "/rest/v1/notes".into(),
+            Some(b"[1,2]".to_vec()),
+            400,
+            "PGRST100",
+        ),
+        (
+            "NUL in a value",
+            Method::POST,
+            "/rest/v1/notes".into(),
+            Some(br#"{"text":"a\u0000b"}"#.to_vec()),
+            400,
+            "PGRST100",
+        ),
+        (
+            "NUL in a filter",
+            Method::GET,
+            "/rest/v1/notes?text=eq.a%00b".into(),
+            None,
+            400,
+            "PGRST100",
+        ),
+        (
+            "injection as a column",
+            Method::GET,
+            "/rest/v1/notes?text%27%3Bdrop%20table%20x--=eq.1".into(),
+            None,
+            400,
+            "PGRST100",
+        ),
+        (
+            "injection in select",
+            Method::GET,
+            "/rest/v1/notes?select=id,%22x%22%29%3Bdrop".into(),
+            None,
+            400,
+            "PGRST100",
+        ),
+        (
+            "unknown operator",
+            Method::GET,
+            "/rest/v1/notes?text=regex.a".into(),
+            None,
+            400,
+            "PGRST100",
+        ),
+        (
+            "embedding",
+            Method::GET,
+            "/rest/v1/notes?select=*,users(*)".into(),
+            None,
+            400,
+            "PGRST100",
+        ),
+        (
+            "deep or",
+            Method::GET,
+            format!(
+                "/rest/v1/notes?or=({}a.eq.1{})",
+                "or(".repeat(20),
+                ")".repeat(20)
+            ),
+            None,
+            400,
+            "PGRST100",
+        ),
+        (
+            "too many rows",
+            Method::POST,
+            "/rest/v1/notes".into(),
+            Some(serde_json::to_vec(&many).unwrap()),
+            400,
+            "PGRST100",
+        ),
+        (
+            "a document over 1 MiB",
+            Method::POST,
+            "/rest/v1/notes".into(),
+            Some(serde_json::to_vec(&json!({"text": huge_text})).unwrap()),
+            413,
+            "PGRST413",
+        ),
+        (
+            "a body over 8 MiB",
+            Method::POST,
+            "/rest/v1/notes".into(),
+            Some(vec![b' '; 9 * 1024 * 1024]),
+            413,
+            "PGRST413",
+        ),
+        (
+            "bad id",
+            Method::POST,
+            "/rest/v1/notes".into(),
+            Some(br#"{"id":"../x"}"#.to_vec()),
+            400,
+            "PGRST100",
+        ),
+        (
+            "changing an id",
+            Method::PATCH,
+            "/rest/v1/notes?id=eq.n1".into(),
+            Some(br#"{"id":"n2"}"#.to_vec()),
+            400,
+            "PGRST100",
+        ),
+        (
+            "upsert on another column",
+            Method::POST,
+            "/rest/v1/notes?on_conflict=text".into(),
+            Some(br#"{"text":"x"}"#.to_vec()),
+            400,
+            "PGRST100",
+        ),
+        (
+            "a table no collection can be",
+            Method::GET,
+            "/rest/v1/Not%20A%20Table".into(),
+            None,
+            404,
+            "PGRST205",
+        ),
+        (
+            "a missing collection",
+            Method::DELETE,
+            "/rest/v1/nothing_here?id=eq.1".into(),
+            None,
+            404,
+            "PGRST205",
+        ),
+        (
+            "RPC",
+            Method::POST,
+            "/rest/v1/rpc/drop_everything".into(),
+            Some(b"{}".to_vec()),
+            404,
+            "PGRST202",
+        ),
+        (
+            "range backwards",
+            Method::GET,
+            "/rest/v1/notes".into(),
+            None,
+            400,
+            "PGRST100",
+        ),
+    ];
+    for (what, method, path, body, status, code) in cases {
+        let mut request = call(method, &path, &token).header("content-type", "application/json");
+        if what == "range backwards" {
+            request = request.header("range", "9-2");
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{what}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{what}: {body}");
+        assert!(body["error"]["message"].is_string(), "{what}: {body}");
+    }
+    // A value that looks like SQL is a value: it matches nothing and breaks nothing.
+    let sneaky = call(
+        Method::GET,
+        "/rest/v1/notes?text=eq.x%27)%20OR%201%3D1%20--&or=(text.like.*%27*)",
+        &token,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(sneaky.status(), 200);
+    assert_eq!(sneaky.json::<Value>().await.unwrap(), json!([]));
+    // Nothing of the refused writes is there.
+    let all: Value = call(Method::GET, "/rest/v1/notes?select=id", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all, json!([{"id": "n1"}]));
+    // A delete without a single allowed row deletes nothing of anyone else's.
+    let other = cloud
+        .client()
+        .signup("other@example.com", "password1234")
+        .await
+        .unwrap();
+    let wiped = call(Method::DELETE, "/rest/v1/notes", &other.access_token)
+        .header("prefer", "return=representation")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wiped.status(), 200);
+    assert_eq!(wiped.json::<Value>().await.unwrap(), json!([]));
+    assert_eq!(
+        call(Method::GET, "/rest/v1/notes?select=id", &token)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap(),
+        json!([{"id": "n1"}])
+    );
+
+    // A stalled body is cut off after the body-idle timeout, and writes nothing.
+    let address = cloud.gateway_url().trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /rest/v1/notes HTTP/1.1\r\nHost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"id\":\"stalled\","
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
+        .await
+        .expect("a stalled body is cut off")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer}"
+    );
+    let stalled_row: Value = call(Method::GET, "/rest/v1/notes?id=eq.stalled", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stalled_row, json!([]));
+    cloud.stop().await.unwrap();
+}

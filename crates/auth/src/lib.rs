@@ -285,11 +285,11 @@ impl Service for Auth {
             .route("/auth/v1/verify", post(one_time::verify))
             .route("/auth/v1/admin/mail", get(mail::list))
             .merge(admin::routes())
-            .with_state(self.clone())
-            .layer(axum::middleware::map_response(error::with_gotrue_fields));
+            .with_state(self.clone());
         ServiceHost::new(Self::NAME, rest, readiness, metrics)
             .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
             .body_limit(MAX_BODY_BYTES)
+            .error_dialect("/auth/v1", error::with_gotrue_fields)
             .grpc(AuthServiceServer::new(grpc::AuthGrpc(self)))
     }
 }

@@ -193,7 +193,7 @@ impl Service for Docdb {
                     .post(rest::kv_incr),
             )
             .with_state(self.clone());
-        // PostgREST's view, whose errors carry PostgREST's fields.
+        // PostgREST's view (its errors carry PostgREST's fields: see below).
         let postgrest = Router::new()
             .route(
                 "/rest/v1/{collection}",
@@ -206,10 +206,7 @@ impl Service for Docdb {
                 "/rest/v1/rpc/{function}",
                 get(postgrest::rpc).post(postgrest::rpc),
             )
-            .with_state(self.clone())
-            .layer(axum::middleware::map_response(
-                postgrest::with_postgrest_fields,
-            ));
+            .with_state(self.clone());
         let rest = rest.merge(postgrest);
         ServiceHost::new(
             Self::NAME,
@@ -219,6 +216,7 @@ impl Service for Docdb {
         )
         .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
         .body_limit(MAX_BODY_BYTES)
+        .error_dialect("/rest/v1", postgrest::with_postgrest_fields)
         .grpc(DocdbServiceServer::new(grpc::DocdbGrpc(self)))
     }
 }

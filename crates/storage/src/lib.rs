@@ -333,12 +333,7 @@ impl Service for Storage {
                 axum::routing::put(rest::put_signed),
             )
             .layer(DefaultBodyLimit::disable());
-        let rest =
-            json.merge(objects)
-                .with_state(self.clone())
-                .layer(axum::middleware::map_response(
-                    error::with_storage_api_fields,
-                ));
+        let rest = json.merge(objects).with_state(self.clone());
         ServiceHost::new(
             Self::NAME,
             rest,
@@ -346,6 +341,7 @@ impl Service for Storage {
             ServiceMetrics::new("storage", |registry| self.relay.register_metrics(registry)),
         )
         .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
+        .error_dialect("/storage/v1", error::with_storage_api_fields)
         .grpc(StorageServiceServer::new(grpc::StorageGrpc(self)))
     }
 

@@ -87,6 +87,10 @@ async fn check_all(readiness: &Readiness) -> Vec<DependencyCheck> {
     }
 }
 
+/// Rewrites an error response into a client library's dialect (see
+/// [`ServiceHost::error_dialect`]).
+pub type ErrorDialect = Arc<dyn Fn(Response) -> BoxFuture<'static, Response> + Send + Sync>;
+
 /// A service's REST routes, gRPC services and readiness, assembled into one router.
 pub struct ServiceHost {
     service: ServiceName,
@@ -94,6 +98,7 @@ pub struct ServiceHost {
     body_limit: Option<usize>,
     readiness: Readiness,
     metrics: Arc<ServiceMetrics>,
+    dialects: Vec<(&'static str, ErrorDialect)>,
 }
 
 impl std::fmt::Debug for ServiceHost {
@@ -118,8 +123,25 @@ impl ServiceHost {
             body_limit: None,
             readiness,
             metrics,
+            dialects: Vec::new(),
         };
         host.grpc(health)
+    }
+
+    /// Passes the responses to requests under `prefix` through `rewrite` (which adds
+    /// a client library's error fields, e.g. GoTrue's or PostgREST's) outside every
+    /// other layer, so the host's own refusals — an oversized body, an unknown route,
+    /// a wrong method — reach those clients in their dialect too.
+    pub fn error_dialect<F, Fut>(mut self, prefix: &'static str, rewrite: F) -> Self
+    where
+        F: Fn(Response) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        self.dialects.push((
+            prefix,
+            Arc::new(move |response| Box::pin(rewrite(response))),
+        ));
+        self
     }
 
     /// Serves a tonic service on the same port, under `/{package.Service}/…`.
@@ -213,6 +235,30 @@ impl ServiceHost {
                 )
             })
             .layer(axum::middleware::from_fn_with_state(telemetry, middleware))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(self.dialects),
+                in_dialect,
+            ))
+    }
+}
+
+async fn in_dialect(
+    axum::extract::State(dialects): axum::extract::State<Arc<Vec<(&'static str, ErrorDialect)>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let dialect = dialects
+        .iter()
+        .find(|(prefix, _)| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .map(|(_, rewrite)| Arc::clone(rewrite));
+    let response = next.run(request).await;
+    match dialect {
+        Some(rewrite) => rewrite(response).await,
+        None => response,
     }
 }
 

@@ -142,3 +142,49 @@ def test_functions_invoke(service):
     import json
 
     assert json.loads(answer) == {"got": {"from": "python"}, "method": "POST", "authorized": True}
+
+
+def test_database_todo_app_isolates_two_users():
+    from postgrest.exceptions import APIError
+
+    users = []
+    for name in ("alice", "bob"):
+        c = client("MINICLOUD_ANON_KEY")
+        c.auth.sign_up(
+            {"email": f"spy-{name}-db-{os.getpid()}@example.com", "password": "correct horse battery"}
+        )
+        users.append(c)
+    alice, bob = users
+    inserted = alice.table("todos").insert(
+        [{"id": "py-1", "task": "write tests", "done": False, "priority": 1},
+         {"id": "py-2", "task": "ship it", "done": False, "priority": 2}]
+    ).execute()
+    assert [row["id"] for row in inserted.data] == ["py-1", "py-2"]
+    bob.table("todos").insert({"id": "py-bob", "task": "bob's", "done": True}).execute()
+
+    mine = alice.table("todos").select("*", count="exact").like("id", "py-*").order("priority", desc=True).execute()
+    assert [row["id"] for row in mine.data] == ["py-2", "py-1"]
+    assert mine.count == 2
+    assert bob.table("todos").select("id").eq("id", "py-1").execute().data == []
+
+    one = alice.table("todos").select("task").eq("id", "py-1").single().execute()
+    assert one.data == {"task": "write tests"}
+    with pytest.raises(APIError) as error:
+        alice.table("todos").select("*").eq("id", "py-bob").single().execute()
+    assert error.value.code == "PGRST116"
+
+    updated = alice.table("todos").update({"done": True}).eq("id", "py-1").execute()
+    assert updated.data[0]["done"] is True
+    assert bob.table("todos").update({"task": "x"}).eq("id", "py-2").execute().data == []
+    upserted = alice.table("todos").upsert({"id": "py-2", "priority": 9}).execute()
+    assert upserted.data[0]["priority"] == 9 and upserted.data[0]["task"] == "ship it"
+    deleted = alice.table("todos").delete().eq("done", True).like("id", "py-*").execute()
+    assert [row["id"] for row in deleted.data] == ["py-1"]
+    assert [r["id"] for r in bob.table("todos").select("id").like("id", "py-*").execute().data] == ["py-bob"]
+
+    with pytest.raises(APIError) as error:
+        alice.table("todos").insert({"id": "py-2", "task": "again"}).execute()
+    assert error.value.code == "23505"
+    with pytest.raises(APIError) as error:
+        alice.table("missing_table").select("*").execute()
+    assert error.value.code == "PGRST205"
