@@ -1195,7 +1195,16 @@ async fn the_postgrest_view_refuses_hostile_input_with_nothing_written() {
     // Malformed and hostile input.
     let huge_text = "x".repeat(1024 * 1024 + 10);
     let many: Vec<Value> = (0..501).map(|i| json!({"n": i})).collect();
-    let cases: Vec<(&str, Method, String, Option<Vec<u8>>, u16, &str)> = vec![
+    /// What is sent, and the status and PostgREST code it must get.
+    type Case = (
+        &'static str,
+        Method,
+        String,
+        Option<Vec<u8>>,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             Method::POST,
