@@ -168,6 +168,27 @@ def docdb_section():
                     f"| **{ours['ops_per_s'] / direct['ops_per_s']:.2f}** "
                     f"| {(bare['ops_per_s'] / direct['ops_per_s']) if bare else float('nan'):.2f} | ≥ 0.5 |")
     small, large = d["indexed_query"]["10000"], d["indexed_query"]["1000000"]
+    rest = d.get("rest_get")
+    if rest:
+        native = d["get"]["ours"]
+        cell = lambda x: f"{x['ops_per_s']:,.0f}/s, p50 {x['p50_us']:,.0f} µs, p99 {x['p99_us']:,.0f} µs"
+        rest_table = f"""
+PostgREST view (issue 18): `GET /rest/v1/kib?id=eq.<id>` with
+`Accept: application/vnd.pgrst.object+json` (what supabase-js's `single()` sends),
+beside the native `GET /db/v1/collections/kib/docs/<id>` of the same documents, in
+turns with the rows above:
+
+| operation | through the gateway | ratio to the native GET (ops/s) | p50 ratio | target |
+|---|---|---|---|---|
+| native GET by id | {cell(native)} | 1.00 | 1.00 | |
+| `/rest/v1` select by id, `single()` | {cell(rest)} | **{rest['ops_per_s'] / native['ops_per_s']:.2f}** | {rest['p50_us'] / native['p50_us']:.2f} | within 10% (≥ 0.90) |
+
+The view parses PostgREST's URL into docdb's query language and runs the query
+path (`id = ANY($1)` on the primary key, the order key, `LIMIT 2` to tell one row
+from several) where the native GET runs one select by id.
+"""
+    else:
+        rest_table = ""
     return f"""
 ## Docdb (issue 5)
 
@@ -175,8 +196,8 @@ def docdb_section():
 key ({d['iterations']} per row after a warm-up), each beside the same statement run
 directly with sqlx on the same Postgres in the same run, and beside a bare axum handler
 that runs that statement and answers (no token, no policy, no event): the ceiling of
-any HTTP API in front of it. The load comes from a client thread of its own; the six
-rows take turns in 10 blocks.
+any HTTP API in front of it. The load comes from a client thread of its own; the seven
+rows (these six and the PostgREST view's below) take turns in 10 blocks.
 
 | operation | through the gateway | bare HTTP handler, same statement | direct sqlx | ratio | bare handler's ratio (ceiling) | target |
 |---|---|---|---|---|---|---|
@@ -190,7 +211,7 @@ time; index on `["owner","created_at"]`):
 | 10,000 | {small['p50_us']/1000:.2f} ms | {small['p99_us']/1000:.2f} ms | |
 | 1,000,000 | {large['p50_us']/1000:.2f} ms | {large['p99_us']/1000:.2f} ms | p50 < 5 ms |
 | ratio 1,000,000 / 10,000 | **{large['p50_us']/small['p50_us']:.2f}×** | | ≤ 2× |
-
+{rest_table}
 Reading the ratios: the baseline is one statement on a pooled connection with the
 services' own pool settings (no ping before a recently used connection). The bare
 handler shows the GET target is out of reach of any HTTP API on this machine: one

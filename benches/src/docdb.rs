@@ -1,6 +1,8 @@
 //! Issue 5's docdb benchmark, every figure beside its baseline from the same run:
 //! - GET by id and PUT of a 1 KiB document through the gateway (ops/s, p50, p99)
 //!   against the same statement run directly with sqlx on the same Postgres;
+//! - issue 18's PostgREST view: `GET /rest/v1/kib?id=eq.<id>` as `single()` sends
+//!   it, against the native GET by id of the same documents, in turns;
 //! - an indexed query returning 20 documents, at 10,000 and at 1,000,000 documents.
 //!
 //! Writes `target/bench-docdb.json` for `scripts/bench_report.py`.
@@ -91,7 +93,8 @@ async fn bare_server(database_url: &str) -> anyhow::Result<String> {
 }
 
 /// Timings of 1 KiB PUTs and GETs through the gateway, through the bare handler,
-/// and of the same statements run directly with sqlx, in that order (PUT, GET each).
+/// and of the same statements run directly with sqlx, in that order (PUT, GET each),
+/// then the PostgREST view's GET by id.
 async fn kib_rows(
     base: String,
     bare: String,
@@ -136,6 +139,26 @@ async fn kib_rows(
     };
     let ours = format!("{base}/db/v1/collections/kib/docs");
     let bare = format!("{bare}/docs");
+    // The PostgREST view's select of one row by id, as supabase-js's `single()`.
+    let rest_get: Op<'_> = {
+        let (http, url, token) = (&http, format!("{base}/rest/v1/kib"), token.clone());
+        Box::new(move |i| {
+            let request = http
+                .get(format!("{url}?id=eq.k{}", i % 200))
+                .header("accept", "application/vnd.pgrst.object+json")
+                .bearer_auth(&token);
+            Box::pin(async move {
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "REST GET: {}",
+                    response.status()
+                );
+                response.bytes().await?;
+                Ok(())
+            })
+        })
+    };
     let mut ops = [
         put(ours.clone(), Some(token.clone())),
         get(ours, Some(token)),
@@ -158,6 +181,7 @@ async fn kib_rows(
                 Ok(())
             })
         }),
+        rest_get,
     ];
     let out = time_in_turns(n, &mut ops).await?;
     drop(ops);
@@ -192,7 +216,8 @@ async fn main() -> anyhow::Result<()> {
         bare_get,
         direct_put,
         direct_get,
-    ] = <[_; 6]>::try_from(rows).map_err(|_| anyhow::anyhow!("six rows"))?;
+        rest_get,
+    ] = <[_; 7]>::try_from(rows).map_err(|_| anyhow::anyhow!("seven rows"))?;
 
     let mut query_results = serde_json::Map::new();
     for (collection, count) in [("small", 10_000i64), ("large", 1_000_000)] {
@@ -230,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
         "iterations": n,
         "get": { "ours": sequential_summary(ours_get), "bare_http": sequential_summary(bare_get), "direct": sequential_summary(direct_get) },
         "put": { "ours": sequential_summary(ours_put), "bare_http": sequential_summary(bare_put), "direct": sequential_summary(direct_put) },
+        "rest_get": sequential_summary(rest_get),
         "indexed_query": query_results,
     });
     eprintln!("{out}");
