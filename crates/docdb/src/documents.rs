@@ -427,12 +427,17 @@ impl Docdb {
         if let Some(cursor) = &query.cursor {
             where_sql = format!("{where_sql} AND {}", compiled.cursor_where(cursor)?);
         }
+        // One document at most: no sort (a Sort node was a quarter of a by-id select).
+        let order_by = if compiled.at_most_one {
+            String::new()
+        } else {
+            format!("ORDER BY {}", compiled.order_by_sql())
+        };
         let sql = format!(
-            "SELECT id, version, owner, created_at, updated_at, data, {} AS sort_key FROM {} WHERE {} ORDER BY {} LIMIT {} OFFSET {}",
+            "SELECT id, version, owner, created_at, updated_at, data, {} AS sort_key FROM {} WHERE {} {order_by} LIMIT {} OFFSET {}",
             query::order_key_select(&compiled.order),
             crate::collections::table(collection),
             where_sql,
-            compiled.order_by_sql(),
             compiled.limit + 1,
             compiled.offset
         );

@@ -55,6 +55,28 @@ fn postgrest_error(
     response
 }
 
+/// Why a call of the view is refused: one of our errors (PostgREST's code follows
+/// from its own), or a refusal with a PostgREST code and status of its own.
+pub(crate) enum Refusal {
+    Api(ApiError),
+    Postgrest(Box<Response>),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal::Api(error)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Api(error) => error.into_response(),
+            Refusal::Postgrest(response) => *response,
+        }
+    }
+}
+
 /// PostgREST's code for one of our errors.
 fn default_code(code: &str, message: &str) -> &'static str {
     match code {
@@ -172,25 +194,25 @@ fn prefer(headers: &HeaderMap) -> Result<Prefer, ApiError> {
 }
 
 /// Whether the client wants one object rather than an array (`single()`).
-fn wants_object(headers: &HeaderMap) -> Result<bool, Box<Response>> {
+fn wants_object(headers: &HeaderMap) -> Result<bool, Refusal> {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if accept.contains("text/csv") || accept.contains("application/vnd.pgrst.plan") {
-        return Err(Box::new(postgrest_error(
+        return Err(Refusal::Postgrest(Box::new(postgrest_error(
             ApiError::invalid(format!("None of these media types are available: {accept}")),
             Some(StatusCode::NOT_ACCEPTABLE),
             "PGRST107",
             None,
             Some("minicloud's PostgREST view answers JSON only"),
-        )));
+        ))));
     }
     for name in ["accept-profile", "content-profile"] {
         if let Some(schema) = headers.get(name).and_then(|v| v.to_str().ok())
             && schema != "public"
         {
-            return Err(Box::new(postgrest_error(
+            return Err(Refusal::Postgrest(Box::new(postgrest_error(
                 ApiError::invalid(format!(
                     "The schema must be one of the following: public (not {schema})"
                 )),
@@ -198,7 +220,7 @@ fn wants_object(headers: &HeaderMap) -> Result<bool, Box<Response>> {
                 "PGRST106",
                 None,
                 None,
-            )));
+            ))));
         }
     }
     Ok(accept.contains("application/vnd.pgrst.object+json"))
@@ -284,6 +306,24 @@ fn json_response(status: StatusCode, body: &Value, range: Option<String>) -> Res
     response
 }
 
+/// What every call of the view starts from.
+struct Call {
+    collection: String,
+    /// `single()`: one object, not an array.
+    single: bool,
+    prefer: Prefer,
+    rest: RestQuery,
+}
+
+fn open(table: &str, headers: &HeaderMap, query: Option<&str>) -> Result<Call, Refusal> {
+    Ok(Call {
+        collection: collection_of(table)?,
+        single: wants_object(headers)?,
+        prefer: prefer(headers)?,
+        rest: parse::parse(query.unwrap_or(""))?,
+    })
+}
+
 fn params_in(query: &RestQuery, limit: i64, count: bool) -> QueryIn {
     QueryIn {
         filter: query.filter.clone(),
@@ -305,14 +345,13 @@ pub(crate) async fn read(
     headers: HeaderMap,
     Path(table): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let collection = collection_of(&table)?;
-    let single = match wants_object(&headers) {
-        Ok(single) => single,
-        Err(response) => return Ok(*response),
-    };
-    let prefer = prefer(&headers)?;
-    let mut rest = parse::parse(query.as_deref().unwrap_or(""))?;
+) -> Result<Response, Refusal> {
+    let Call {
+        collection,
+        single,
+        prefer,
+        mut rest,
+    } = open(&table, &headers, query.as_deref())?;
     let mut limit = rest.limit.unwrap_or(DEFAULT_LIMIT);
     if let Some((from, rows)) = range_header(&headers)? {
         rest.offset = Some(rest.offset.unwrap_or(0) + from);
@@ -342,13 +381,13 @@ pub(crate) async fn read(
         .collect();
     let body = if single {
         if rows.len() != 1 {
-            return Ok(postgrest_error(
+            return Err(Refusal::Postgrest(Box::new(postgrest_error(
                 ApiError::invalid("JSON object requested, multiple (or no) rows returned"),
                 Some(StatusCode::NOT_ACCEPTABLE),
                 "PGRST116",
                 Some(format!("The result contains {} rows", rows.len())),
                 None,
-            ));
+            ))));
         }
         rows.into_iter().next().unwrap_or(Value::Null)
     } else {
@@ -454,20 +493,18 @@ pub(crate) async fn insert(
     Path(table): Path<String>,
     RawQuery(query): RawQuery,
     Json(body): Json<Value>,
-) -> Result<Response, ApiError> {
-    let collection = collection_of(&table)?;
-    if let Err(response) = wants_object(&headers) {
-        return Ok(*response);
-    }
-    let prefer = prefer(&headers)?;
-    let rest = parse::parse(query.as_deref().unwrap_or(""))?;
+) -> Result<Response, Refusal> {
+    let Call {
+        collection,
+        prefer,
+        rest,
+        ..
+    } = open(&table, &headers, query.as_deref())?;
     if rest.filter.is_some() {
-        return Err(ApiError::invalid("an insert takes no filters"));
+        return Err(ApiError::invalid("an insert takes no filters").into());
     }
     if rest.on_conflict.as_deref().is_some_and(|c| c != "id") {
-        return Err(ApiError::invalid(
-            "on_conflict: upserts here resolve on id only",
-        ));
+        return Err(ApiError::invalid("on_conflict: upserts here resolve on id only").into());
     }
     let rows = rows_of(body)?;
     let mut ids = Vec::new();
@@ -564,6 +601,42 @@ async fn matching(
     Ok(found)
 }
 
+/// Updates or deletes the rows the filters match: each is written with its version
+/// as read (`If-Match`), so a row changed in between fails the call, all or nothing.
+async fn change_matching(
+    docdb: &Docdb,
+    caller: &Caller,
+    call: Call,
+    change: impl Fn(&DocOut) -> (WriteKind, Option<Value>),
+) -> Result<Response, Refusal> {
+    let found = matching(docdb, caller, &call.collection, &call.rest, &call.prefer).await?;
+    let writes: Vec<Write> = found
+        .iter()
+        .map(|document| {
+            let (op, data) = change(document);
+            Write {
+                op,
+                collection: call.collection.clone(),
+                id: Some(document.id.clone()),
+                data,
+                if_match: Some(document.version),
+                if_none_match: false,
+            }
+        })
+        .collect();
+    let documents = if writes.is_empty() {
+        Vec::new()
+    } else {
+        applied_documents(docdb.apply_writes(caller, writes).await?)
+    };
+    Ok(written(
+        StatusCode::OK,
+        documents,
+        &call.prefer,
+        call.rest.select.as_deref(),
+    ))
+}
+
 #[utoipa::path(patch, path = "/rest/v1/{collection}", tag = "PostgREST",
     params(("collection" = String, Path)),
     request_body(content = Object, description = "the columns to set"),
@@ -575,44 +648,18 @@ pub(crate) async fn update(
     Path(table): Path<String>,
     RawQuery(query): RawQuery,
     Json(body): Json<Value>,
-) -> Result<Response, ApiError> {
-    let collection = collection_of(&table)?;
-    if let Err(response) = wants_object(&headers) {
-        return Ok(*response);
-    }
-    let prefer = prefer(&headers)?;
-    let rest = parse::parse(query.as_deref().unwrap_or(""))?;
+) -> Result<Response, Refusal> {
+    let call = open(&table, &headers, query.as_deref())?;
     let Value::Object(columns) = body else {
-        return Err(ApiError::invalid(
-            "an update's body is an object of columns",
-        ));
+        return Err(ApiError::invalid("an update's body is an object of columns").into());
     };
     if columns.get("id").is_some() {
-        return Err(ApiError::invalid("the id of a row cannot change"));
+        return Err(ApiError::invalid("the id of a row cannot change").into());
     }
-    let found = matching(&docdb, &caller, &collection, &rest, &prefer).await?;
-    let writes: Vec<Write> = found
-        .iter()
-        .map(|document| Write {
-            op: WriteKind::Put,
-            collection: collection.clone(),
-            id: Some(document.id.clone()),
-            data: Some(with_columns(&document.data, &columns)),
-            if_match: Some(document.version),
-            if_none_match: false,
-        })
-        .collect();
-    let documents = if writes.is_empty() {
-        Vec::new()
-    } else {
-        applied_documents(docdb.apply_writes(&caller, writes).await?)
-    };
-    Ok(written(
-        StatusCode::OK,
-        documents,
-        &prefer,
-        rest.select.as_deref(),
-    ))
+    change_matching(&docdb, &caller, call, |document| {
+        (WriteKind::Put, Some(with_columns(&document.data, &columns)))
+    })
+    .await
 }
 
 #[utoipa::path(delete, path = "/rest/v1/{collection}", tag = "PostgREST",
@@ -624,36 +671,9 @@ pub(crate) async fn remove(
     headers: HeaderMap,
     Path(table): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let collection = collection_of(&table)?;
-    if let Err(response) = wants_object(&headers) {
-        return Ok(*response);
-    }
-    let prefer = prefer(&headers)?;
-    let rest = parse::parse(query.as_deref().unwrap_or(""))?;
-    let found = matching(&docdb, &caller, &collection, &rest, &prefer).await?;
-    let writes: Vec<Write> = found
-        .iter()
-        .map(|document| Write {
-            op: WriteKind::Delete,
-            collection: collection.clone(),
-            id: Some(document.id.clone()),
-            data: None,
-            if_match: Some(document.version),
-            if_none_match: false,
-        })
-        .collect();
-    let documents = if writes.is_empty() {
-        Vec::new()
-    } else {
-        applied_documents(docdb.apply_writes(&caller, writes).await?)
-    };
-    Ok(written(
-        StatusCode::OK,
-        documents,
-        &prefer,
-        rest.select.as_deref(),
-    ))
+) -> Result<Response, Refusal> {
+    let call = open(&table, &headers, query.as_deref())?;
+    change_matching(&docdb, &caller, call, |_| (WriteKind::Delete, None)).await
 }
 
 /// `/rest/v1/rpc/{function}`: collections have no stored procedures.
