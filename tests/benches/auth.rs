@@ -75,11 +75,31 @@ fn verification(c: &mut Criterion) {
         .block_on(verifier.verify_access_token(&token))
         .unwrap();
 
+    // The signature check on every call, as on a token's first use.
+    let uncached = Verifier::with_fixed_keys(HashMap::from([(
+        "bench".to_owned(),
+        PublicKey::P256 {
+            x: x.clone(),
+            y: y.clone(),
+        },
+    )]))
+    .without_token_cache();
+    runtime
+        .block_on(uncached.verify_access_token(&token))
+        .unwrap();
+
     let mut group = c.benchmark_group("verify");
     group.bench_function("minicloud_authz", |b| {
         b.iter(|| {
             runtime
                 .block_on(verifier.verify_access_token(std::hint::black_box(&token)))
+                .unwrap()
+        })
+    });
+    group.bench_function("minicloud_authz_first_use", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(uncached.verify_access_token(std::hint::black_box(&token)))
                 .unwrap()
         })
     });

@@ -353,3 +353,32 @@ async fn garbage_is_malformed() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_remembered_token_still_expires_and_a_tampered_one_is_checked_anew() {
+    let k = es256_key("ec1");
+    let v = verifier(&[&k]);
+    // Valid for 1 s beyond the leeway: remembered, then expired all the same.
+    let short = claims(-(LEEWAY_SECONDS as i64) + 1);
+    let token = sign(&k, &short);
+    v.verify_access_token(&token).await.unwrap();
+    v.verify_access_token(&token).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        v.verify_access_token(&token).await.unwrap_err(),
+        VerifyError::Expired
+    );
+    // A token differing from a remembered one in any byte is a different token.
+    let good = sign(&k, &claims(60));
+    v.verify_access_token(&good).await.unwrap();
+    let parts: Vec<&str> = good.split('.').collect();
+    let mut forged = claims(60);
+    forged.role = "service".into();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&serde_json::to_value(&forged).unwrap()),
+        parts[2]
+    );
+    assert!(v.verify_access_token(&forged).await.is_err());
+}
