@@ -19,7 +19,7 @@ unit: test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## AWS's Python runtime interface client (PyPI), deployed unmodified by the invoker tests.
-test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis tests/clients/supabase-js/node_modules/.package-lock.json target/pydeps-supabase/supabase
+test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis tests/clients/supabase-js/node_modules/.package-lock.json target/pydeps-supabase/supabase target/pydeps-aws/boto3
 
 target/pydeps/awslambdaric:
 	python3 -m pip install --quiet --target target/pydeps awslambdaric
@@ -37,6 +37,10 @@ tests/clients/supabase-js/node_modules/.package-lock.json: tests/clients/supabas
 # shadow the runtimes' in target/pydeps).
 target/pydeps-supabase/supabase: tests/clients/supabase-py/requirements.txt
 	python3 -m pip install --quiet --target target/pydeps-supabase -r tests/clients/supabase-py/requirements.txt
+
+# boto3 and pytest, pinned (tests/it/aws_clients.rs), in their own dir for the same reason.
+target/pydeps-aws/boto3: tests/clients/aws/requirements.txt
+	python3 -m pip install --quiet --target target/pydeps-aws -r tests/clients/aws/requirements.txt
 
 # The Standard Webhooks reference library verifies the bus's signed deliveries.
 target/pydeps/standardwebhooks:

@@ -1605,6 +1605,10 @@ async fn an_aws_sdk_lambda_client_invokes_through_the_gateway() {
         .send()
         .await
         .unwrap();
-    assert_eq!(unsigned.status(), 401);
+    assert_eq!(unsigned.status(), 400);
+    assert_eq!(
+        unsigned.headers()["x-amzn-errortype"],
+        "IncompleteSignatureException"
+    );
     cloud.stop().await.unwrap();
 }

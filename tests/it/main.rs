@@ -3,6 +3,7 @@
 //! One module per service or concern; a binary each cost a link of the whole cloud.
 
 mod auth;
+mod aws_clients;
 mod bus;
 mod docdb;
 mod foundation;

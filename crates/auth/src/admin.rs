@@ -481,6 +481,8 @@ pub struct ApiKeyOut {
     pub name: String,
     pub role: String,
     pub subject: String,
+    /// AWS key pairs: the access key id (`AKIA…`).
+    pub access_key_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -489,8 +491,23 @@ pub struct ApiKeyOut {
 pub struct ApiKeyCreated {
     #[serde(flatten)]
     pub key: ApiKeyOut,
-    /// The secret, shown only in this response.
-    pub api_key: String,
+    /// Bearer keys: the key, shown only in this response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// AWS key pairs: the secret access key, shown only in this response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+}
+
+/// What kind of credential a key is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KeyKind {
+    /// `Authorization: Bearer mck_…`.
+    #[default]
+    Bearer,
+    /// An access key id and a secret access key, for AWS clients (SigV4).
+    Aws,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -500,6 +517,8 @@ pub(crate) struct ApiKeyIn {
     pub role: String,
     #[serde(default)]
     pub subject: Option<String>,
+    #[serde(default)]
+    pub kind: KeyKind,
 }
 
 fn new_api_key() -> (String, String) {
@@ -527,7 +546,7 @@ async fn insert_api_key(
     let (id, key) = new_api_key();
     let row = sqlx::query_as::<_, ApiKeyOut>(
         "INSERT INTO api_keys (id, name, role, subject, key_hash, builtin_secret) VALUES ($1, $2, $3, $4, $5, $6)
-         RETURNING id, name, role, subject, created_at, revoked_at",
+         RETURNING id, name, role, subject, access_key_id, created_at, revoked_at",
     )
     .bind(&id)
     .bind(name)
@@ -540,7 +559,60 @@ async fn insert_api_key(
     .map_err(|e| if is_foreign_key_violation(&e) { AuthError::Invalid(format!("no role named {role:?}")) } else { e.into() })?;
     Ok(ApiKeyCreated {
         key: row,
-        api_key: key,
+        api_key: Some(key),
+        secret_access_key: None,
+    })
+}
+
+/// `AKIA` and 16 of base32's letters (80 random bits), as AWS's access key ids look;
+/// a 40-character secret (240 random bits).
+fn new_aws_key_pair() -> (String, String) {
+    const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut id_bytes = [0u8; 16];
+    let mut secret = [0u8; 30];
+    rand::rng().fill_bytes(&mut id_bytes);
+    rand::rng().fill_bytes(&mut secret);
+    let id: String = id_bytes
+        .iter()
+        .map(|b| BASE32[(b & 31) as usize] as char)
+        .collect();
+    (format!("AKIA{id}"), URL_SAFE_NO_PAD.encode(secret))
+}
+
+async fn insert_aws_key(
+    pool: &sqlx::PgPool,
+    name: &str,
+    role: &str,
+    subject: &str,
+) -> Result<ApiKeyCreated> {
+    let (id, _) = new_api_key();
+    let (access_key_id, secret) = new_aws_key_pair();
+    let row = sqlx::query_as::<_, ApiKeyOut>(
+        "INSERT INTO api_keys (id, name, role, subject, key_hash, access_key_id, secret_access_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         RETURNING id, name, role, subject, access_key_id, created_at, revoked_at",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(role)
+    .bind(subject)
+    // No bearer key hashes to this: the row is found by its access key id only.
+    .bind(sha256(&format!("aws-key-pair:{access_key_id}")))
+    .bind(&access_key_id)
+    .bind(&secret)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| {
+        if is_foreign_key_violation(&e) {
+            AuthError::Invalid(format!("no role named {role:?}"))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(ApiKeyCreated {
+        key: row,
+        api_key: None,
+        secret_access_key: Some(secret),
     })
 }
 
@@ -551,7 +623,7 @@ async fn list_api_keys(
 ) -> Result<Json<ApiKeyList>, ApiError> {
     require_service(&caller)?;
     let keys = sqlx::query_as::<_, ApiKeyOut>(
-        "SELECT id, name, role, subject, created_at, revoked_at FROM api_keys ORDER BY created_at, id LIMIT 1000",
+        "SELECT id, name, role, subject, access_key_id, created_at, revoked_at FROM api_keys ORDER BY created_at, id LIMIT 1000",
     )
     .fetch_all(&auth.pool)
     .await
@@ -573,7 +645,12 @@ async fn create_api_key(
     if subject.len() > 256 {
         return Err(ApiError::invalid("subject longer than 256 bytes"));
     }
-    let created = insert_api_key(&auth.pool, &input.name, &input.role, &subject, false).await?;
+    let created = match input.kind {
+        KeyKind::Bearer => {
+            insert_api_key(&auth.pool, &input.name, &input.role, &subject, false).await?
+        }
+        KeyKind::Aws => insert_aws_key(&auth.pool, &input.name, &input.role, &subject).await?,
+    };
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -595,6 +672,7 @@ async fn revoke_api_key(
          ), others AS (
              SELECT count(*) AS n FROM api_keys
              WHERE role = 'service' AND revoked_at IS NULL AND id <> $1
+               AND access_key_id IS NULL
          ), refused AS (
              SELECT CASE
                  WHEN target.role = 'service' AND target.builtin THEN 'builtin'
@@ -638,6 +716,11 @@ async fn rotate_signing_key(
 
 /// Mints an API key straight in the database (`minicloud keys issue`): the way back
 /// in for an operator who has no working service key. `pool` is on auth's schema.
+/// An AWS-style key pair for `role`, straight in the database (the CLI's way).
+pub async fn issue_aws_key(pool: &sqlx::PgPool, name: &str, role: &str) -> Result<ApiKeyCreated> {
+    insert_aws_key(pool, name, role, "").await
+}
+
 pub async fn issue_api_key(pool: &sqlx::PgPool, name: &str, role: &str) -> Result<ApiKeyCreated> {
     insert_api_key(pool, name, role, "", false).await
 }

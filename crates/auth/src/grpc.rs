@@ -4,9 +4,10 @@ use minicloud_authz::verifier::{API_KEY_PREFIX, PublicKey};
 use minicloud_authz::{Caller, Credential, Role, Verifier};
 use minicloud_proto::auth::v1::auth_service_server::AuthService;
 use minicloud_proto::auth::v1::{
-    GetJwksRequest, GetJwksResponse, GetRolePoliciesRequest, GetRolePoliciesResponse,
-    IssueRoleTokenRequest, IssueRoleTokenResponse, Jwk, RevokeUserSessionsRequest,
-    RevokeUserSessionsResponse, VerifyApiKeyRequest, VerifyApiKeyResponse,
+    GetAccessKeyRequest, GetAccessKeyResponse, GetJwksRequest, GetJwksResponse,
+    GetRolePoliciesRequest, GetRolePoliciesResponse, IssueRoleTokenRequest, IssueRoleTokenResponse,
+    Jwk, RevokeUserSessionsRequest, RevokeUserSessionsResponse, VerifyApiKeyRequest,
+    VerifyApiKeyResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -176,6 +177,30 @@ impl AuthService for AuthGrpc {
         };
         Ok(Response::new(VerifyApiKeyResponse {
             key_id,
+            role,
+            subject,
+        }))
+    }
+
+    async fn get_access_key(
+        &self,
+        request: Request<GetAccessKeyRequest>,
+    ) -> Result<Response<GetAccessKeyResponse>, Status> {
+        self.service_caller(request.metadata()).await?;
+        let access_key_id = request.into_inner().access_key_id;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT secret_access_key, role, subject FROM api_keys
+             WHERE access_key_id = $1 AND secret_access_key IS NOT NULL AND revoked_at IS NULL",
+        )
+        .bind(&access_key_id)
+        .fetch_optional(&self.0.pool)
+        .await
+        .map_err(AuthError::from)?;
+        let Some((secret_access_key, role, subject)) = row else {
+            return Err(Status::not_found("no such access key"));
+        };
+        Ok(Response::new(GetAccessKeyResponse {
+            secret_access_key,
             role,
             subject,
         }))

@@ -31,7 +31,7 @@ use minicloud_telemetry::server::{
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use admin::{ApiKeyCreated, issue_api_key};
+pub use admin::{ApiKeyCreated, issue_api_key, issue_aws_key};
 pub use error::AuthError;
 pub use keys::SigningAlgorithm;
 pub use passwords::{ITERATIONS, MEMORY_KIB, PARALLELISM};

@@ -5,6 +5,7 @@
 pub mod action;
 pub mod caller;
 pub mod policy;
+pub mod sigv4;
 pub mod ttl_cache;
 pub mod verifier;
 
@@ -34,6 +35,9 @@ pub struct Authz {
     verifier: Verifier,
     client: AuthServiceClient<TracedChannel>,
     policies: TtlCache<Arc<Vec<Policy>>>,
+    /// `minicloud up`: a SigV4 access key id may be a minicloud token or API key,
+    /// taken without checking the signature (see [`Authz::connect_local`]).
+    tokens_as_access_key_ids: bool,
 }
 
 impl std::fmt::Debug for Authz {
@@ -49,15 +53,19 @@ impl Authz {
         auth_grpc_url: &str,
         credential: ServiceCredential,
     ) -> Result<Arc<Authz>, tonic::transport::Error> {
-        Self::connect_with_policy_ttl(auth_grpc_url, POLICY_CACHE_TTL, credential)
+        Self::connect_local(auth_grpc_url, POLICY_CACHE_TTL, credential, false)
     }
 
     /// Like [`Authz::connect`], refetching role policies after `policy_ttl` (tests
-    /// shorten it to watch a policy change arrive).
-    pub fn connect_with_policy_ttl(
+    /// shorten it to watch a policy change arrive); `local` (`minicloud up` on one's
+    /// own machine) also takes a minicloud token or API key as a SigV4 access key id
+    /// without checking the signature, for AWS clients configured with no more than
+    /// a token.
+    pub fn connect_local(
         auth_grpc_url: &str,
         policy_ttl: Duration,
         credential: ServiceCredential,
+        local: bool,
     ) -> Result<Arc<Authz>, tonic::transport::Error> {
         let channel =
             TracedChannel::connect_lazy("auth", auth_grpc_url)?.with_credential(credential.clone());
@@ -67,6 +75,7 @@ impl Authz {
             verifier: Verifier::new(client.clone()),
             client,
             policies: TtlCache::new(policy_ttl),
+            tokens_as_access_key_ids: local,
         }))
     }
 
@@ -86,6 +95,11 @@ impl Authz {
             return Ok(Caller::anonymous());
         };
         let token = match value.strip_prefix("AWS4-HMAC-SHA256 ") {
+            Some(_) if !self.tokens_as_access_key_ids => {
+                return Err(ApiError::unauthenticated(
+                    "sign AWS requests with an access key from POST /auth/v1/admin/api-keys {\"kind\":\"aws\"} (minicloud tokens as access key ids are for `minicloud up` only)",
+                ));
+            }
             Some(signed) => sigv4_access_key(signed).ok_or_else(|| {
                 ApiError::unauthenticated("AWS SigV4 Authorization without Credential=<key>/…")
             })?,
@@ -102,6 +116,30 @@ impl Authz {
             .verify_bearer(token)
             .await
             .map_err(verify_error)
+    }
+
+    /// The caller of a request signed with SigV4 by an AWS-style access key auth
+    /// issued (issue 19): the key's role, once its signature checks out.
+    pub async fn aws_caller(
+        &self,
+        signed: &sigv4::SignedRequest,
+        request: &sigv4::RequestParts<'_>,
+    ) -> Result<Caller, AwsAuthError> {
+        let key = self
+            .verifier
+            .access_key(&signed.access_key_id)
+            .await
+            .map_err(|error| match error {
+                VerifyError::Unavailable => AwsAuthError::Unavailable,
+                _ => AwsAuthError::UnknownKey,
+            })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        sigv4::verify(signed, &key.secret_access_key, request, now)
+            .map_err(AwsAuthError::Signature)?;
+        Ok(key.caller)
     }
 
     /// A token for `role` (the identity a function runs as), signed by auth.
@@ -334,6 +372,19 @@ pub fn require_service_caller(caller: &Caller) -> Result<(), tonic::Status> {
     }
 }
 
+/// Why a SigV4-signed request was refused; each AWS surface names these its own way
+/// (`InvalidAccessKeyId`/`SignatureDoesNotMatch` in S3, `UnrecognizedClientException`/
+/// `InvalidSignatureException` in Lambda).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AwsAuthError {
+    #[error("The security token included in the request is invalid: no such access key")]
+    UnknownKey,
+    #[error("{0}")]
+    Signature(sigv4::SigV4Error),
+    #[error("auth service unavailable")]
+    Unavailable,
+}
+
 /// The access key id of a SigV4 `Authorization` value (after the algorithm):
 /// `Credential=<key id>/<date>/<region>/<service>/aws4_request, SignedHeaders=…, Signature=…`.
 ///
@@ -383,5 +434,19 @@ mod sigv4_tests {
         ] {
             assert_eq!(super::sigv4_access_key(bad), None, "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn outside_minicloud_up_a_token_is_no_access_key_id() {
+        let header = "AWS4-HMAC-SHA256 Credential=mck_abc123/20261126/us-east-1/lambda/aws4_request, SignedHeaders=host;x-amz-date, Signature=deadbeef";
+        let credential = minicloud_telemetry::grpc_client::ServiceCredential::pending();
+        // No auth service is reachable there: the refusal comes before any call.
+        let served = super::Authz::connect("http://127.0.0.1:9", credential).unwrap();
+        let error = served.caller(Some(header)).await.unwrap_err();
+        assert_eq!(
+            error.code,
+            minicloud_proto::error::ErrorCode::Unauthenticated
+        );
+        assert!(error.message.contains("kind"), "{}", error.message);
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use minicloud_proto::auth::v1::auth_service_client::AuthServiceClient;
-use minicloud_proto::auth::v1::{GetJwksRequest, VerifyApiKeyRequest};
+use minicloud_proto::auth::v1::{GetAccessKeyRequest, GetJwksRequest, VerifyApiKeyRequest};
 use minicloud_telemetry::grpc_client::TracedChannel;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock};
@@ -120,6 +120,27 @@ struct VerifiedToken {
     until: Instant,
 }
 
+/// An AWS-style access key as auth answered for it: its secret and who it stands for.
+#[derive(Clone)]
+pub struct AccessKey {
+    pub secret_access_key: String,
+    pub caller: Caller,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct AccessKeyEntry {
+    key: Option<AccessKey>,
+    expires: Instant,
+}
+
 #[derive(Clone)]
 struct ApiKeyEntry {
     caller: Option<Caller>,
@@ -132,6 +153,7 @@ pub struct Verifier {
     /// Serialises refetches and remembers when the last one started.
     refetch: Mutex<Option<Instant>>,
     api_keys: RwLock<HashMap<[u8; 32], ApiKeyEntry>>,
+    access_keys: RwLock<HashMap<String, AccessKeyEntry>>,
     /// ES256 verification costs ~220 µs of a core (EdDSA ~30 µs); a token is
     /// presented on every request of its hour, so the check is done once per token.
     verified: Option<RwLock<HashMap<[u8; 32], VerifiedToken>>>,
@@ -159,6 +181,7 @@ impl Verifier {
             keys: RwLock::new(KeySet::default()),
             refetch: Mutex::new(None),
             api_keys: RwLock::new(HashMap::new()),
+            access_keys: RwLock::new(HashMap::new()),
             verified: Some(RwLock::new(HashMap::new())),
         }
     }
@@ -354,6 +377,65 @@ impl Verifier {
         set.keys = keys;
         set.fetched_at = Some(Instant::now());
         Ok(())
+    }
+
+    /// The AWS-style access key `access_key_id` (issue 19), cached like API keys: a
+    /// revoked key stops working within [`API_KEY_CACHE_TTL`].
+    pub async fn access_key(&self, access_key_id: &str) -> Result<AccessKey, VerifyError> {
+        if access_key_id.is_empty() || access_key_id.len() > 128 {
+            return Err(VerifyError::InvalidApiKey);
+        }
+        if let Some(entry) = self.access_keys.read().await.get(access_key_id)
+            && entry.expires > Instant::now()
+        {
+            return entry.key.clone().ok_or(VerifyError::InvalidApiKey);
+        }
+        let KeySource::Auth(client) = &self.source else {
+            return Err(VerifyError::InvalidApiKey);
+        };
+        let result = client
+            .clone()
+            .get_access_key(GetAccessKeyRequest {
+                access_key_id: access_key_id.to_owned(),
+            })
+            .await;
+        let (key, ttl) = match result {
+            Ok(response) => {
+                let response = response.into_inner();
+                let caller = Caller {
+                    role: Role::parse(&response.role),
+                    uid: (!response.subject.is_empty()).then_some(response.subject),
+                    session_id: None,
+                    credential: Credential::ApiKey,
+                };
+                let key = AccessKey {
+                    secret_access_key: response.secret_access_key,
+                    caller,
+                };
+                (Some(key), API_KEY_CACHE_TTL)
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => (None, API_KEY_NEGATIVE_TTL),
+            Err(status) => {
+                tracing::warn!(%status, "looking up an access key with auth failed");
+                return Err(VerifyError::Unavailable);
+            }
+        };
+        let mut cache = self.access_keys.write().await;
+        if cache.len() >= API_KEY_CACHE_MAX {
+            let now = Instant::now();
+            cache.retain(|_, entry| entry.expires > now);
+            if cache.len() >= API_KEY_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            access_key_id.to_owned(),
+            AccessKeyEntry {
+                key: key.clone(),
+                expires: Instant::now() + ttl,
+            },
+        );
+        key.ok_or(VerifyError::InvalidApiKey)
     }
 
     async fn verify_api_key(&self, key: &str) -> Result<Caller, VerifyError> {

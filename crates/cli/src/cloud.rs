@@ -109,8 +109,14 @@ pub async fn start(
     // key, known once auth has started (below).
     let credential = ServiceCredential::pending();
     let authz = || {
-        Authz::connect_with_policy_ttl(&urls.auth, config.policy_cache_ttl, credential.clone())
-            .context("auth URL")
+        // One's own machine: AWS clients may use a minicloud token as their key id.
+        Authz::connect_local(
+            &urls.auth,
+            config.policy_cache_ttl,
+            credential.clone(),
+            true,
+        )
+        .context("auth URL")
     };
 
     // Independent start-ups run concurrently; migrations serialise on sqlx's lock.

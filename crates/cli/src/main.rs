@@ -72,6 +72,10 @@ enum KeysCommand {
         role: String,
         #[arg(long, default_value = "issued with minicloud keys")]
         name: String,
+        /// An AWS-style key pair (access key id and secret access key, for the AWS
+        /// SDKs and CLI) instead of a bearer key.
+        #[arg(long)]
+        aws: bool,
         /// Postgres URL of the cloud's database.
         #[arg(
             long = "database-url",
@@ -168,13 +172,23 @@ fn main() -> ExitCode {
             Command::Keys(KeysCommand::Issue {
                 role,
                 name,
+                aws,
                 database_url,
             }) => {
                 let pool =
                     minicloud_cli::postgres::schema_pool(&database_url, minicloud_auth::SCHEMA, 1)
                         .await?;
-                let created = minicloud_auth::issue_api_key(&pool, &name, &role).await?;
-                println!("{}", created.api_key);
+                if aws {
+                    let created = minicloud_auth::issue_aws_key(&pool, &name, &role).await?;
+                    println!(
+                        "AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}",
+                        created.key.access_key_id.unwrap_or_default(),
+                        created.secret_access_key.unwrap_or_default()
+                    );
+                } else {
+                    let created = minicloud_auth::issue_api_key(&pool, &name, &role).await?;
+                    println!("{}", created.api_key.unwrap_or_default());
+                }
                 Ok(())
             }
         }

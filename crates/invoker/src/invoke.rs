@@ -1,7 +1,9 @@
 //! Invoking over HTTP: `POST /functions/v1/{name}/invoke` and the AWS Lambda Invoke
 //! API (`POST /2015-03-31/functions/{name}/invocations`), and the logs endpoint.
 
-use minicloud_authz::{Action, Resource};
+use minicloud_authz::sigv4;
+use minicloud_authz::{Action, AwsAuthError, Resource};
+use sha2::Digest as _;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -58,6 +60,14 @@ impl InvokeFailure {
             error,
             lambda_type,
         }
+    }
+}
+
+impl InvokeFailure {
+    /// Names the Lambda exception where the error code alone does not.
+    fn with_type(mut self, lambda_type: &'static str) -> InvokeFailure {
+        self.lambda_type = lambda_type;
+        self
     }
 }
 
@@ -143,7 +153,8 @@ pub(crate) struct LambdaErrorBody {
     responses((status = 200, description = "the function's answer (`X-Amz-Function-Error` set when it failed)", body = Object), (status = 202, description = "queued (InvocationType Event)"), (status = 404, description = "no such function (ResourceNotFoundException)", body = LambdaErrorBody), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = LambdaErrorBody)))]
 pub async fn lambda_invoke(
     State(invoker): State<Invoker>,
-    caller: Caller,
+    method: http::Method,
+    uri: http::Uri,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -157,7 +168,92 @@ pub async fn lambda_invoke(
         .next()
         .unwrap_or_default()
         .to_owned();
+    let fail = |error: ApiError| InvokeFailure::new(Surface::Lambda, error).into_response();
+    let authorization = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let signed = match sigv4::parse(authorization, uri.query(), &headers) {
+        Ok(signed) => signed,
+        // AWS's common error for a signature that does not parse (400).
+        Err(error) => {
+            return InvokeFailure::new(Surface::Lambda, ApiError::invalid(error.to_string()))
+                .with_type("IncompleteSignatureException")
+                .into_response();
+        }
+    };
+    // Signed with an access key auth issued: the signature covers the payload, so
+    // the caller is known once the payload is read.
+    if let Some(signed) = signed.filter(|s| is_access_key_id(&s.access_key_id)) {
+        let payload = match payload_limit(&headers) {
+            Ok(limit) => match read_payload(body, limit).await {
+                Ok(payload) => payload,
+                Err(error) => return fail(error),
+            },
+            Err(error) => return fail(error),
+        };
+        let payload_hash = hex::encode(sha2::Sha256::digest(&payload));
+        let declared = headers
+            .get("x-amz-content-sha256")
+            .and_then(|v| v.to_str().ok());
+        let request = sigv4::RequestParts {
+            method: method.as_str(),
+            path: uri.path(),
+            query: uri.query(),
+            headers: &headers,
+            payload_hash: declared.unwrap_or(&payload_hash),
+            double_encode_path: true,
+        };
+        let verified = match declared {
+            Some(declared) if declared != payload_hash && declared != "UNSIGNED-PAYLOAD" => {
+                Err(AwsAuthError::Signature(sigv4::SigV4Error::Mismatch))
+            }
+            _ => invoker.0.authz.aws_caller(&signed, &request).await,
+        };
+        return match verified {
+            Ok(caller) => {
+                run_payload(invoker, caller, name, headers, payload, Surface::Lambda).await
+            }
+            Err(error) => aws_auth_failure(error),
+        };
+    }
+    let caller = match invoker.0.authz.caller(authorization).await {
+        Ok(caller) => caller,
+        Err(error) => return fail(error),
+    };
     run(invoker, caller, name, headers, body, Surface::Lambda).await
+}
+
+/// AWS's access key ids (`AKIA…`, 20 characters), as auth issues them.
+fn is_access_key_id(id: &str) -> bool {
+    id.len() == 20 && id.starts_with("AKIA")
+}
+
+/// The Lambda API's answer to a refused signature: the exception types boto3 and
+/// the AWS SDKs raise.
+fn aws_auth_failure(error: AwsAuthError) -> Response {
+    let (code, kind) = match &error {
+        AwsAuthError::UnknownKey => (ErrorCode::PermissionDenied, "UnrecognizedClientException"),
+        AwsAuthError::Signature(_) => (ErrorCode::PermissionDenied, "InvalidSignatureException"),
+        AwsAuthError::Unavailable => (ErrorCode::Unavailable, "ServiceException"),
+    };
+    InvokeFailure::new(Surface::Lambda, ApiError::new(code, error.to_string()))
+        .with_type(kind)
+        .into_response()
+}
+
+/// The most an invocation of this type may carry (6 MB synchronous, 256 KB queued).
+fn payload_limit(headers: &HeaderMap) -> Result<usize, ApiError> {
+    let invocation_type = headers
+        .get("x-amz-invocation-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("RequestResponse");
+    match invocation_type {
+        "RequestResponse" | "DryRun" => Ok(MAX_SYNC_PAYLOAD),
+        "Event" => Ok(MAX_ASYNC_PAYLOAD),
+        other => Err(ApiError::invalid(format!(
+            "X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {other:?}"
+        ))),
+    }
 }
 
 async fn run(
@@ -169,21 +265,27 @@ async fn run(
     surface: Surface,
 ) -> Response {
     let fail = |error: ApiError| InvokeFailure::new(surface, error).into_response();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let invocation_type = header("x-amz-invocation-type").unwrap_or("RequestResponse");
-    let limit = match invocation_type {
-        "RequestResponse" | "DryRun" => MAX_SYNC_PAYLOAD,
-        "Event" => MAX_ASYNC_PAYLOAD,
-        other => {
-            return fail(ApiError::invalid(format!(
-                "X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {other:?}"
-            )));
-        }
-    };
-    let payload = match read_payload(body, limit).await {
-        Ok(payload) => payload,
+    let payload = match payload_limit(&headers) {
+        Ok(limit) => match read_payload(body, limit).await {
+            Ok(payload) => payload,
+            Err(error) => return fail(error),
+        },
         Err(error) => return fail(error),
     };
+    run_payload(invoker, caller, name, headers, payload, surface).await
+}
+
+async fn run_payload(
+    invoker: Invoker,
+    caller: Caller,
+    name: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    surface: Surface,
+) -> Response {
+    let fail = |error: ApiError| InvokeFailure::new(surface, error).into_response();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let invocation_type = header("x-amz-invocation-type").unwrap_or("RequestResponse");
     if let Err(error) = crate::registry::check_name(&name) {
         return fail(error);
     }

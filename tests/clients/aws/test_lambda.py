@@ -1,0 +1,76 @@
+"""boto3's Lambda client against a minicloud test cloud, signing with an AWS-style key
+pair auth issued (issue 19).
+
+Run by tests/it/aws_clients.rs: MINICLOUD_URL is the gateway; AWS_KEY_ID/AWS_SECRET a
+key pair of a role allowed to invoke `aws-echo`, OTHER_KEY_ID/OTHER_SECRET one of a role
+that is not, REVOKED_KEY_ID a revoked one.
+"""
+
+import json
+import os
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+URL = os.environ["MINICLOUD_URL"]
+
+
+def lam(key_id, secret):
+    return boto3.client(
+        "lambda",
+        endpoint_url=URL,
+        region_name="us-east-1",
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def test_invoke_with_a_key_pair():
+    client = lam(os.environ["AWS_KEY_ID"], os.environ["AWS_SECRET"])
+    answer = client.invoke(FunctionName="aws-echo", Payload=json.dumps({"n": 41}).encode())
+    assert answer["StatusCode"] == 200
+    assert json.loads(answer["Payload"].read()) == {"got": {"n": 41}}
+    # A function name given as an ARN, and a queued invocation.
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:aws-echo"
+    queued = client.invoke(FunctionName=arn, InvocationType="Event", Payload=b"{}")
+    assert queued["StatusCode"] == 202
+
+
+def test_a_wrong_secret_is_an_invalid_signature():
+    client = lam(os.environ["AWS_KEY_ID"], "not-the-secret-at-all-0000000000000000000")
+    with pytest.raises(ClientError) as error:
+        client.invoke(FunctionName="aws-echo", Payload=b"{}")
+    assert error.value.response["Error"]["Code"] == "InvalidSignatureException"
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_unknown_and_revoked_keys_are_unrecognized():
+    for key_id in ("AKIAAAAAAAAAAAAAAAAA", os.environ["REVOKED_KEY_ID"]):
+        client = lam(key_id, "whatever-secret-00000000000000000000000")
+        with pytest.raises(ClientError) as error:
+            client.invoke(FunctionName="aws-echo", Payload=b"{}")
+        assert error.value.response["Error"]["Code"] == "UnrecognizedClientException", key_id
+
+
+def test_a_key_of_a_role_without_the_permission_is_denied():
+    client = lam(os.environ["OTHER_KEY_ID"], os.environ["OTHER_SECRET"])
+    with pytest.raises(ClientError) as error:
+        client.invoke(FunctionName="aws-echo", Payload=b"{}")
+    assert error.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_a_tampered_request_fails_the_signature():
+    client = lam(os.environ["AWS_KEY_ID"], os.environ["AWS_SECRET"])
+
+    # After signing, change the payload: the signature no longer covers it.
+    def tamper(request, **_):
+        request.body = json.dumps({"n": 666}).encode()
+        request.headers["Content-Length"] = str(len(request.body))
+
+    client.meta.events.register_first("before-send.lambda.Invoke", tamper)
+    with pytest.raises(ClientError) as error:
+        client.invoke(FunctionName="aws-echo", Payload=json.dumps({"n": 1}).encode())
+    assert error.value.response["Error"]["Code"] == "InvalidSignatureException"
