@@ -51,6 +51,13 @@ async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
             json!([{"effect":"allow","actions":["functions:Invoke"],"resources":["functions:aws-echo"]}]),
         ),
         ("nobody", json!([])),
+        (
+            "deployers",
+            json!([
+                {"effect":"allow","actions":["functions:*"],"resources":["functions:*"]},
+                {"effect":"allow","actions":["functions:PassRole"],"resources":["roles:invokers"]}
+            ]),
+        ),
     ] {
         let _: Value = admin
             .post(
@@ -62,6 +69,7 @@ async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
     }
     let (_, key_id, secret) = aws_key(&cloud, "invokers").await;
     let (_, other_id, other_secret) = aws_key(&cloud, "nobody").await;
+    let (_, deploy_id, deploy_secret) = aws_key(&cloud, "deployers").await;
     let (revoked, revoked_id, _) = aws_key(&cloud, "invokers").await;
     admin
         .delete(&format!("/auth/v1/admin/api-keys/{revoked}"))
@@ -103,6 +111,8 @@ async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
         .env("OTHER_KEY_ID", &other_id)
         .env("OTHER_SECRET", &other_secret)
         .env("REVOKED_KEY_ID", &revoked_id)
+        .env("DEPLOY_KEY_ID", &deploy_id)
+        .env("DEPLOY_SECRET", &deploy_secret)
         // Nothing of the machine's own AWS setup may leak into the suite.
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
@@ -121,5 +131,75 @@ async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
         "boto3 suite failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    cloud.stop().await.unwrap();
+}
+
+/// The Lambda control plane's routes under hostile input: malformed, NUL-bearing and
+/// oversized bodies, bad paging, unknown functions and anonymous callers get the
+/// Lambda API's typed errors, and nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_control_plane_refuses_hostile_input() {
+    let cloud = TestCloud::start().await.unwrap();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", cloud.gateway_url());
+    let service = &cloud.keys.service_key;
+    /// What is sent (with the service key or none), and the status and exception
+    /// it must get.
+    type Case = (
+        &'static str,
+        reqwest::Method,
+        &'static str,
+        Option<Vec<u8>>,
+        bool,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        ("malformed JSON", reqwest::Method::POST, "/2015-03-31/functions", Some(b"{".to_vec()), true, 400, "InvalidParameterValueException"),
+        ("NUL in the name", reqwest::Method::POST, "/2015-03-31/functions", Some(serde_json::to_vec(&json!({"FunctionName":"a\u{0}b","Runtime":"python3.12","Role":"r","Handler":"a.b","Code":{"ZipFile":"UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="}})).unwrap()), true, 400, "InvalidParameterValueException"),
+        ("code from S3", reqwest::Method::POST, "/2015-03-31/functions", Some(serde_json::to_vec(&json!({"FunctionName":"s3code","Runtime":"python3.12","Role":"r","Handler":"a.b","Code":{"S3Bucket":"b"}})).unwrap()), true, 400, "InvalidParameterValueException"),
+        ("not a zip", reqwest::Method::POST, "/2015-03-31/functions", Some(serde_json::to_vec(&json!({"FunctionName":"notzip","Runtime":"python3.12","Role":"service","Handler":"a.b","Code":{"ZipFile":"bm90IGEgemlw"}})).unwrap()), true, 400, "InvalidParameterValueException"),
+        ("a read with a 1 MiB body", reqwest::Method::GET, "/2015-03-31/functions/nope", Some(vec![b' '; 1024 * 1024]), true, 413, "RequestTooLargeException"),
+        ("bad page size", reqwest::Method::GET, "/2015-03-31/functions?MaxItems=0", None, true, 400, "InvalidParameterValueException"),
+        ("unknown function", reqwest::Method::GET, "/2015-03-31/functions/nope", None, true, 404, "ResourceNotFoundException"),
+        ("unknown configuration", reqwest::Method::GET, "/2015-03-31/functions/nope/configuration", None, true, 404, "ResourceNotFoundException"),
+        ("anonymous create", reqwest::Method::POST, "/2015-03-31/functions", Some(serde_json::to_vec(&json!({"FunctionName":"anon","Runtime":"python3.12","Role":"service","Handler":"a.b","Code":{"ZipFile":"UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="}})).unwrap()), false, 403, "AccessDeniedException"),
+        ("anonymous delete", reqwest::Method::DELETE, "/2015-03-31/functions/anything", None, false, 403, "AccessDeniedException"),
+    ];
+    for (what, method, path, body, signed_in, status, kind) in cases {
+        let mut request = http.request(method, url(path));
+        if signed_in {
+            request = request.bearer_auth(service);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.unwrap();
+        let headers = response.headers().clone();
+        let got = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "{what}: {text}");
+        assert_eq!(
+            headers
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok()),
+            Some(kind),
+            "{what}: {text}"
+        );
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert!(body["message"].is_string(), "{what}: {body}");
+    }
+    let listed: Value = http
+        .get(url("/2015-03-31/functions"))
+        .bearer_auth(service)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["Functions"], json!([]), "nothing was created");
     cloud.stop().await.unwrap();
 }

@@ -168,59 +168,85 @@ pub async fn lambda_invoke(
         .next()
         .unwrap_or_default()
         .to_owned();
-    let fail = |error: ApiError| InvokeFailure::new(Surface::Lambda, error).into_response();
+    let limit = match payload_limit(&headers) {
+        Ok(limit) => limit,
+        Err(error) => return InvokeFailure::new(Surface::Lambda, error).into_response(),
+    };
+    match lambda_request(&invoker, &method, &uri, &headers, body, limit).await {
+        Ok((caller, payload)) => {
+            run_payload(invoker, caller, name, headers, payload, Surface::Lambda).await
+        }
+        Err(refusal) => *refusal,
+    }
+}
+
+/// The caller and the body (at most `limit` bytes) of a request to the Lambda API.
+/// Signed with an access key auth issued, the signature covers the body, so the
+/// caller is known once it is read; otherwise the caller is whoever its bearer
+/// token (or, under `minicloud up`, its token as access key id) says. A refusal is
+/// the Lambda API's error.
+pub(crate) async fn lambda_request(
+    invoker: &Invoker,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(Caller, Bytes), Box<Response>> {
+    let fail =
+        |error: ApiError| Box::new(InvokeFailure::new(Surface::Lambda, error).into_response());
     let authorization = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let signed = match sigv4::parse(authorization, uri.query(), &headers) {
+    let signed = match sigv4::parse(authorization, uri.query(), headers) {
         Ok(signed) => signed,
         // AWS's common error for a signature that does not parse (400).
         Err(error) => {
-            return InvokeFailure::new(Surface::Lambda, ApiError::invalid(error.to_string()))
-                .with_type("IncompleteSignatureException")
-                .into_response();
+            return Err(Box::new(
+                InvokeFailure::new(Surface::Lambda, ApiError::invalid(error.to_string()))
+                    .with_type("IncompleteSignatureException")
+                    .into_response(),
+            ));
         }
     };
-    // Signed with an access key auth issued: the signature covers the payload, so
-    // the caller is known once the payload is read.
-    if let Some(signed) = signed.filter(|s| is_access_key_id(&s.access_key_id)) {
-        let payload = match payload_limit(&headers) {
-            Ok(limit) => match read_payload(body, limit).await {
-                Ok(payload) => payload,
-                Err(error) => return fail(error),
-            },
-            Err(error) => return fail(error),
-        };
-        let payload_hash = hex::encode(sha2::Sha256::digest(&payload));
-        let declared = headers
-            .get("x-amz-content-sha256")
-            .and_then(|v| v.to_str().ok());
-        let request = sigv4::RequestParts {
-            method: method.as_str(),
-            path: uri.path(),
-            query: uri.query(),
-            headers: &headers,
-            payload_hash: declared.unwrap_or(&payload_hash),
-            double_encode_path: true,
-        };
-        let verified = match declared {
-            Some(declared) if declared != payload_hash && declared != "UNSIGNED-PAYLOAD" => {
-                Err(AwsAuthError::Signature(sigv4::SigV4Error::Mismatch))
-            }
-            _ => invoker.0.authz.aws_caller(&signed, &request).await,
-        };
-        return match verified {
-            Ok(caller) => {
-                run_payload(invoker, caller, name, headers, payload, Surface::Lambda).await
-            }
-            Err(error) => aws_auth_failure(error),
-        };
-    }
-    let caller = match invoker.0.authz.caller(authorization).await {
-        Ok(caller) => caller,
-        Err(error) => return fail(error),
+    let Some(signed) = signed.filter(|s| is_access_key_id(&s.access_key_id)) else {
+        let caller = invoker.0.authz.caller(authorization).await.map_err(fail)?;
+        let payload = read_payload(body, limit).await.map_err(fail)?;
+        return Ok((caller, payload));
     };
-    run(invoker, caller, name, headers, body, Surface::Lambda).await
+    let payload = read_payload(body, limit).await.map_err(fail)?;
+    let payload_hash = hex::encode(sha2::Sha256::digest(&payload));
+    let declared = headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok());
+    let request = sigv4::RequestParts {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query(),
+        headers,
+        payload_hash: declared.unwrap_or(&payload_hash),
+        double_encode_path: true,
+    };
+    let verified = match declared {
+        Some(declared) if declared != payload_hash && declared != "UNSIGNED-PAYLOAD" => {
+            Err(AwsAuthError::Signature(sigv4::SigV4Error::Mismatch))
+        }
+        _ => invoker.0.authz.aws_caller(&signed, &request).await,
+    };
+    match verified {
+        Ok(caller) => Ok((caller, payload)),
+        Err(error) => Err(Box::new(aws_auth_failure(error))),
+    }
+}
+
+/// An error in the Lambda API's shape, named `lambda_type` where given (else by its
+/// code, as for `Invoke`).
+pub(crate) fn lambda_error(error: ApiError, lambda_type: Option<&'static str>) -> Response {
+    let failure = InvokeFailure::new(Surface::Lambda, error);
+    match lambda_type {
+        Some(lambda_type) => failure.with_type(lambda_type).into_response(),
+        None => failure.into_response(),
+    }
 }
 
 /// AWS's access key ids (`AKIA…`, 20 characters), as auth issues them.

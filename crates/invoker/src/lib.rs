@@ -12,6 +12,7 @@ pub mod engine;
 mod function_subscriptions;
 pub mod instance;
 pub mod invoke;
+mod lambda_api;
 pub mod logs;
 pub mod metrics;
 pub mod registry;
@@ -66,6 +67,11 @@ use minicloud_proto::openapi::ErrorResponses;
         registry::sandbox,
         invoke::invoke,
         invoke::lambda_invoke,
+        lambda_api::create_function,
+        lambda_api::list_functions,
+        lambda_api::get_function,
+        lambda_api::get_configuration,
+        lambda_api::delete_function,
         invoke::logs,
         invoke::instances,
         triggers::create,
@@ -438,6 +444,19 @@ impl Service for Invoker {
             .route(
                 "/2015-03-31/functions/{name}/invocations",
                 post(invoke::lambda_invoke),
+            )
+            // The Lambda control plane.
+            .route(
+                "/2015-03-31/functions",
+                get(lambda_api::list_functions).post(lambda_api::create_function),
+            )
+            .route(
+                "/2015-03-31/functions/{name}",
+                get(lambda_api::get_function).delete(lambda_api::delete_function),
+            )
+            .route(
+                "/2015-03-31/functions/{name}/configuration",
+                get(lambda_api::get_configuration),
             )
             .route("/fn/{name}", any(triggers::http_route))
             // An empty remainder is `/`, which a `/*` route matches too.

@@ -74,3 +74,80 @@ def test_a_tampered_request_fails_the_signature():
     with pytest.raises(ClientError) as error:
         client.invoke(FunctionName="aws-echo", Payload=json.dumps({"n": 1}).encode())
     assert error.value.response["Error"]["Code"] == "InvalidSignatureException"
+
+
+def zipped(files):
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return out.getvalue()
+
+
+def test_the_control_plane_creates_lists_gets_and_deletes_functions():
+    client = lam(os.environ["DEPLOY_KEY_ID"], os.environ["DEPLOY_SECRET"])
+    code = zipped({"app.py": "def handler(event, context):\n    return {'made': 'by boto3', 'got': event}\n"})
+    created = client.create_function(
+        FunctionName="boto-made",
+        Runtime="python3.12",
+        Role="arn:aws:iam::000000000000:role/invokers",
+        Handler="app.handler",
+        Code={"ZipFile": code},
+        Timeout=5,
+        MemorySize=256,
+        Environment={"Variables": {"STAGE": "test"}},
+    )
+    assert created["FunctionName"] == "boto-made"
+    assert created["Runtime"] == "python3.12"
+    assert created["MemorySize"] == 256 and created["Timeout"] == 5
+    assert created["FunctionArn"].endswith(":function:boto-made")
+    assert created["Role"].endswith(":role/invokers")
+    answer = client.invoke(FunctionName="boto-made", Payload=b'{"x": 1}')
+    assert json.loads(answer["Payload"].read()) == {"made": "by boto3", "got": {"x": 1}}
+
+    got = client.get_function(FunctionName="boto-made")
+    assert got["Configuration"]["Environment"]["Variables"] == {"STAGE": "test"}
+    assert got["Configuration"]["CodeSha256"]
+    config = client.get_function_configuration(FunctionName="boto-made")
+    assert config["Handler"] == "app.handler"
+    names = [
+        f["FunctionName"]
+        for page in client.get_paginator("list_functions").paginate(PaginationConfig={"PageSize": 1})
+        for f in page["Functions"]
+    ]
+    assert "boto-made" in names and "aws-echo" in names and names == sorted(names)
+
+    with pytest.raises(ClientError) as error:
+        client.create_function(
+            FunctionName="boto-made", Runtime="python3.12", Handler="app.handler",
+            Role="arn:aws:iam::000000000000:role/invokers", Code={"ZipFile": code},
+        )
+    assert error.value.response["Error"]["Code"] == "ResourceConflictException"
+    with pytest.raises(ClientError) as error:
+        client.create_function(
+            FunctionName="boto-java", Runtime="java21", Role="r", Handler="a::b",
+            Code={"ZipFile": code},
+        )
+    assert error.value.response["Error"]["Code"] == "InvalidParameterValueException"
+
+    client.delete_function(FunctionName="boto-made")
+    for call in (client.get_function, client.get_function_configuration, client.delete_function):
+        with pytest.raises(ClientError) as error:
+            call(FunctionName="boto-made")
+        assert error.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_a_key_that_may_only_invoke_cannot_create_or_delete():
+    client = lam(os.environ["AWS_KEY_ID"], os.environ["AWS_SECRET"])
+    with pytest.raises(ClientError) as error:
+        client.create_function(
+            FunctionName="not-mine", Runtime="python3.12", Role="r", Handler="app.handler",
+            Code={"ZipFile": zipped({"app.py": "def handler(e, c):\n    return 1\n"})},
+        )
+    assert error.value.response["Error"]["Code"] == "AccessDeniedException"
+    with pytest.raises(ClientError) as error:
+        client.delete_function(FunctionName="aws-echo")
+    assert error.value.response["Error"]["Code"] == "AccessDeniedException"

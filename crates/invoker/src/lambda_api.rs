@@ -1,0 +1,410 @@
+//! The AWS Lambda control plane's calls that map directly onto ours (issue 19):
+//! `CreateFunction` (a zip in `Code.ZipFile`), `GetFunction`,
+//! `GetFunctionConfiguration`, `ListFunctions` and `DeleteFunction`, in Lambda's
+//! paths, shapes and exceptions, for boto3, the `aws` CLI and the AWS SDKs. Each is
+//! a translation in front of the `/functions/v1` handler that does the work, so the
+//! same validation, authorisation (`functions:Deploy`, `functions:PassRole`, …) and
+//! events apply.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use minicloud_proto::error::{ApiError, ErrorCode, Json, Query};
+use serde::{Deserialize, Serialize};
+
+use crate::Invoker;
+use crate::invoke::{lambda_error, lambda_request};
+use crate::registry::{CodeIn, FunctionIn, FunctionRecord};
+
+/// Requests without a zip are small.
+const MAX_CONTROL_BODY: usize = 256 * 1024;
+
+/// Lambda's name for one of our errors on the control plane.
+fn exception(error: &ApiError) -> Option<&'static str> {
+    Some(match error.code {
+        ErrorCode::NotFound => "ResourceNotFoundException",
+        ErrorCode::Conflict => "ResourceConflictException",
+        ErrorCode::InvalidArgument | ErrorCode::UnsupportedMediaType => {
+            "InvalidParameterValueException"
+        }
+        ErrorCode::PayloadTooLarge => "RequestTooLargeException",
+        ErrorCode::Unauthenticated | ErrorCode::PermissionDenied => "AccessDeniedException",
+        ErrorCode::TooManyRequests => "TooManyRequestsException",
+        _ => return None,
+    })
+}
+
+fn refuse(error: ApiError) -> Response {
+    let kind = exception(&error);
+    lambda_error(error, kind)
+}
+
+/// Lambda's runtime names, as ours.
+fn runtime_of(lambda: &str) -> Result<&'static str, ApiError> {
+    match lambda {
+        "provided" | "provided.al2" | "provided.al2023" => Ok("provided"),
+        r if r.starts_with("python3.") => Ok("python3"),
+        r if r.starts_with("nodejs") && r.ends_with(".x") => Ok("nodejs"),
+        other => Err(ApiError::invalid(format!(
+            "Value {other} at 'runtime' failed to satisfy constraint: minicloud runs provided.al2023, provided.al2, python3.x and nodejsNN.x"
+        ))),
+    }
+}
+
+/// The minicloud role an IAM role ARN (`arn:aws:iam::…:role/NAME`) or a bare name
+/// stands for.
+fn role_of(arn: &str) -> String {
+    arn.rsplit_once(":role/")
+        .map(|(_, name)| name.rsplit('/').next().unwrap_or(name))
+        .unwrap_or(arn)
+        .to_owned()
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct CreateFunctionIn {
+    pub function_name: String,
+    pub runtime: String,
+    /// An IAM role ARN; its last path segment names the minicloud role.
+    pub role: String,
+    pub handler: Option<String>,
+    pub code: LambdaCode,
+    pub timeout: Option<i32>,
+    pub memory_size: Option<i32>,
+    pub environment: Option<LambdaEnvironment>,
+    /// Accepted and unused.
+    #[serde(default, rename = "Description")]
+    pub _description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct LambdaCode {
+    /// The zip, base64 (what the SDKs send for `ZipFile`).
+    pub zip_file: Option<String>,
+    /// Code from S3 is not offered yet.
+    #[serde(default, rename = "S3Bucket")]
+    pub s3_bucket: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct LambdaEnvironment {
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+}
+
+/// Lambda's `FunctionConfiguration`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct FunctionConfiguration {
+    pub function_name: String,
+    pub function_arn: String,
+    pub runtime: String,
+    pub role: String,
+    pub handler: String,
+    pub timeout: i32,
+    pub memory_size: i32,
+    pub code_sha256: String,
+    pub version: &'static str,
+    pub last_modified: String,
+    pub environment: LambdaEnvironment,
+    pub state: &'static str,
+    pub package_type: &'static str,
+    pub architectures: [&'static str; 1],
+}
+
+fn configuration(invoker: &Invoker, record: FunctionRecord) -> FunctionConfiguration {
+    let config = record.config;
+    let runtime = match config.runtime.as_str() {
+        "python3" => "python3.12",
+        "nodejs" => "nodejs20.x",
+        _ => "provided.al2023",
+    };
+    // Our code hash is a hex SHA-256; Lambda's field is base64.
+    let code_sha256 = config
+        .code_hash
+        .as_deref()
+        .and_then(|hex_hash| hex::decode(hex_hash).ok())
+        .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
+        .unwrap_or_default();
+    FunctionConfiguration {
+        function_arn: invoker.0.engine.arn(&config.name),
+        role: format!(
+            "arn:aws:iam::000000000000:role/{}",
+            config.role.as_deref().unwrap_or("service")
+        ),
+        function_name: config.name,
+        runtime: runtime.to_owned(),
+        handler: config.handler,
+        timeout: config.timeout_s,
+        memory_size: config.memory_mb,
+        code_sha256,
+        version: "$LATEST",
+        last_modified: record
+            .updated_at
+            .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
+            .to_string(),
+        environment: LambdaEnvironment {
+            variables: config.env.0,
+        },
+        state: "Active",
+        package_type: "Zip",
+        architectures: ["x86_64"],
+    }
+}
+
+/// The function name of a path parameter that may be an ARN or `name:qualifier`.
+fn name_of(raw: &str) -> String {
+    raw.rsplit(":function:")
+        .next()
+        .unwrap_or(raw)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[utoipa::path(post, path = "/2015-03-31/functions", tag = "lambda",
+    request_body = CreateFunctionIn,
+    responses((status = 201, description = "created", body = FunctionConfiguration), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn create_function(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = crate::bundle::MAX_ZIPPED * 4 / 3 + 64 * 1024;
+    let (caller, payload) =
+        match lambda_request(&invoker, &method, &uri, &headers, body, limit).await {
+            Ok(request) => request,
+            Err(refusal) => return *refusal,
+        };
+    let input: CreateFunctionIn = match serde_json::from_slice(&payload) {
+        Ok(input) => input,
+        Err(error) => return refuse(ApiError::invalid(format!("CreateFunction: {error}"))),
+    };
+    if input.code.s3_bucket.is_some() {
+        return refuse(ApiError::invalid(
+            "Code.S3Bucket is not offered yet: send the zip as Code.ZipFile",
+        ));
+    }
+    let Some(zip) = input.code.zip_file else {
+        return refuse(ApiError::invalid("Code.ZipFile is required"));
+    };
+    let runtime = match runtime_of(&input.runtime) {
+        Ok(runtime) => runtime,
+        Err(error) => return refuse(error),
+    };
+    let function = FunctionIn {
+        name: Some(input.function_name),
+        runtime: runtime.to_owned(),
+        handler: input.handler,
+        memory_mb: input.memory_size,
+        timeout_s: input.timeout,
+        env: input.environment.map(|e| e.variables),
+        role: Some(role_of(&input.role)),
+        reserved_concurrency: None,
+        provisioned_concurrency: None,
+        keep_warm_s: None,
+        ephemeral_storage_mb: None,
+        network: None,
+        code: Some(CodeIn { zip_base64: zip }),
+    };
+    match crate::registry::create(State(invoker.clone()), caller, Json(function)).await {
+        Ok((_, Json(record))) => (
+            StatusCode::CREATED,
+            axum::Json(configuration(&invoker, record)),
+        )
+            .into_response(),
+        Err(error) => refuse(error),
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct GetFunctionOut {
+    pub configuration: FunctionConfiguration,
+    pub code: CodeLocation,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct CodeLocation {
+    pub repository_type: &'static str,
+    /// Where the zip can be fetched (with a token that may deploy the function).
+    pub location: String,
+}
+
+/// What a control-plane read needs: the caller, from an empty (but signed) body.
+async fn read_caller(
+    invoker: &Invoker,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<minicloud_authz::Caller, Box<Response>> {
+    lambda_request(invoker, method, uri, headers, body, MAX_CONTROL_BODY)
+        .await
+        .map(|(caller, _)| caller)
+}
+
+#[utoipa::path(get, path = "/2015-03-31/functions/{name}", tag = "lambda", params(("name" = String, Path)),
+    responses((status = 200, body = GetFunctionOut), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn get_function(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let caller = match read_caller(&invoker, &method, &uri, &headers, body).await {
+        Ok(caller) => caller,
+        Err(refusal) => return *refusal,
+    };
+    let name = name_of(&name);
+    match crate::registry::get(State(invoker.clone()), caller, Path(name.clone())).await {
+        Ok(Json(record)) => axum::Json(GetFunctionOut {
+            configuration: configuration(&invoker, record),
+            code: CodeLocation {
+                repository_type: "S3",
+                location: format!("/functions/v1/{name}/code"),
+            },
+        })
+        .into_response(),
+        Err(error) => refuse(error),
+    }
+}
+
+#[utoipa::path(get, path = "/2015-03-31/functions/{name}/configuration", tag = "lambda", params(("name" = String, Path)),
+    responses((status = 200, body = FunctionConfiguration), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn get_configuration(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let caller = match read_caller(&invoker, &method, &uri, &headers, body).await {
+        Ok(caller) => caller,
+        Err(refusal) => return *refusal,
+    };
+    match crate::registry::get(State(invoker.clone()), caller, Path(name_of(&name))).await {
+        Ok(Json(record)) => axum::Json(configuration(&invoker, record)).into_response(),
+        Err(error) => refuse(error),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Where the previous page ended (`NextMarker`).
+    #[serde(rename = "Marker")]
+    pub marker: Option<String>,
+    /// 1 to 50 (default 50).
+    #[serde(rename = "MaxItems")]
+    pub max_items: Option<usize>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct ListFunctionsOut {
+    pub functions: Vec<FunctionConfiguration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+}
+
+/// `GET /2015-03-31/functions/` as botocore sends it; the gateway hands it on
+/// without its trailing slash.
+#[utoipa::path(get, path = "/2015-03-31/functions", tag = "lambda", params(ListQuery),
+    responses((status = 200, description = "the functions the caller may invoke, by name", body = ListFunctionsOut), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn list_functions(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+    body: Body,
+) -> Response {
+    let caller = match read_caller(&invoker, &method, &uri, &headers, body).await {
+        Ok(caller) => caller,
+        Err(refusal) => return *refusal,
+    };
+    let page = query.max_items.unwrap_or(50);
+    if !(1..=50).contains(&page) {
+        return refuse(ApiError::invalid("MaxItems must be 1 to 50"));
+    }
+    let functions = match crate::registry::visible_functions(&invoker, &caller).await {
+        Ok(functions) => functions,
+        Err(error) => return refuse(error),
+    };
+    // Names order the listing; the marker is the last name of the previous page.
+    let mut rest: Vec<FunctionRecord> = functions
+        .into_iter()
+        .filter(|f| {
+            query
+                .marker
+                .as_deref()
+                .is_none_or(|m| f.config.name.as_str() > m)
+        })
+        .collect();
+    let next_marker = (rest.len() > page).then(|| rest[page - 1].config.name.clone());
+    rest.truncate(page);
+    axum::Json(ListFunctionsOut {
+        functions: rest
+            .into_iter()
+            .map(|f| configuration(&invoker, f))
+            .collect(),
+        next_marker,
+    })
+    .into_response()
+}
+
+#[utoipa::path(delete, path = "/2015-03-31/functions/{name}", tag = "lambda", params(("name" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn delete_function(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let caller = match read_caller(&invoker, &method, &uri, &headers, body).await {
+        Ok(caller) => caller,
+        Err(refusal) => return *refusal,
+    };
+    match crate::registry::delete(State(invoker), caller, Path(name_of(&name))).await {
+        Ok(status) => status.into_response(),
+        Err(error) => refuse(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lambda_names_map_onto_ours() {
+        assert_eq!(runtime_of("provided.al2023").unwrap(), "provided");
+        assert_eq!(runtime_of("python3.12").unwrap(), "python3");
+        assert_eq!(runtime_of("nodejs20.x").unwrap(), "nodejs");
+        assert!(runtime_of("java21").is_err());
+        assert!(runtime_of("nodejs").is_err());
+        assert_eq!(role_of("arn:aws:iam::123456789012:role/thumbs"), "thumbs");
+        assert_eq!(role_of("arn:aws:iam::1:role/path/to/fn-role"), "fn-role");
+        assert_eq!(role_of("plain"), "plain");
+        assert_eq!(
+            name_of("arn:aws:lambda:us-east-1:1:function:echo:$LATEST"),
+            "echo"
+        );
+        assert_eq!(name_of("echo"), "echo");
+    }
+}
