@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use minicloud_proto::error::{ApiError, ErrorCode, Json, Query};
+use minicloud_proto::error::{ApiError, ErrorCode, Json};
 use serde::{Deserialize, Serialize};
 
 use crate::Invoker;
@@ -330,12 +330,16 @@ pub(crate) async fn list_functions(
     method: http::Method,
     uri: http::Uri,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
     body: Body,
 ) -> Response {
     let caller = match read_caller(&invoker, &method, &uri, &headers, body).await {
         Ok(caller) => caller,
         Err(refusal) => return *refusal,
+    };
+    // Read here, so a malformed query gets the Lambda API's error too.
+    let query: ListQuery = match axum::extract::Query::try_from_uri(&uri) {
+        Ok(axum::extract::Query(query)) => query,
+        Err(error) => return refuse(ApiError::invalid(error.body_text())),
     };
     let page = query.max_items.unwrap_or(50);
     if !(1..=50).contains(&page) {

@@ -151,3 +151,40 @@ def test_a_key_that_may_only_invoke_cannot_create_or_delete():
     with pytest.raises(ClientError) as error:
         client.delete_function(FunctionName="aws-echo")
     assert error.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_the_aws_cli_deploys_and_invokes(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "fn.zip").write_bytes(
+        zipped({"app.py": "def handler(event, context):\n    return {'cli': event['n'] * 2}\n"})
+    )
+    env = dict(
+        os.environ,
+        AWS_ACCESS_KEY_ID=os.environ["DEPLOY_KEY_ID"],
+        AWS_SECRET_ACCESS_KEY=os.environ["DEPLOY_SECRET"],
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+
+    def aws(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "awscli", "--endpoint-url", URL, *args],
+            env=env, capture_output=True, text=True, cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    created = json.loads(aws(
+        "lambda", "create-function", "--function-name", "cli-made",
+        "--runtime", "python3.12", "--handler", "app.handler",
+        "--role", "arn:aws:iam::000000000000:role/invokers",
+        "--zip-file", "fileb://fn.zip",
+    ))
+    assert created["FunctionName"] == "cli-made"
+    # CLI v1 sends --payload as given (v2 would want --cli-binary-format).
+    aws("lambda", "invoke", "--function-name", "cli-made", "--payload", '{"n": 21}', "out.json")
+    assert json.loads((tmp_path / "out.json").read_text()) == {"cli": 42}
+    listed = json.loads(aws("lambda", "list-functions"))
+    assert "cli-made" in [f["FunctionName"] for f in listed["Functions"]]
+    aws("lambda", "delete-function", "--function-name", "cli-made")
