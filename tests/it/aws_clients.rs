@@ -165,6 +165,9 @@ async fn the_lambda_control_plane_refuses_hostile_input() {
         ("unknown configuration", reqwest::Method::GET, "/2015-03-31/functions/nope/configuration", None, true, 404, "ResourceNotFoundException"),
         ("anonymous create", reqwest::Method::POST, "/2015-03-31/functions", Some(serde_json::to_vec(&json!({"FunctionName":"anon","Runtime":"python3.12","Role":"service","Handler":"a.b","Code":{"ZipFile":"UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="}})).unwrap()), false, 403, "AccessDeniedException"),
         ("anonymous delete", reqwest::Method::DELETE, "/2015-03-31/functions/anything", None, false, 403, "AccessDeniedException"),
+        ("malformed code update", reqwest::Method::PUT, "/2015-03-31/functions/nope/code", Some(b"[".to_vec()), true, 400, "InvalidParameterValueException"),
+        ("concurrency of an unknown function", reqwest::Method::PUT, "/2017-10-31/functions/nope/concurrency", Some(br#"{"ReservedConcurrentExecutions":1}"#.to_vec()), true, 404, "ResourceNotFoundException"),
+        ("anonymous configuration update", reqwest::Method::PUT, "/2015-03-31/functions/anything/configuration", Some(br#"{"Timeout":1}"#.to_vec()), false, 403, "AccessDeniedException"),
     ];
     for (what, method, path, body, signed_in, status, kind) in cases {
         let mut request = http.request(method, url(path));

@@ -1,6 +1,8 @@
 //! The AWS Lambda control plane's calls that map directly onto ours (issue 19):
 //! `CreateFunction` (a zip in `Code.ZipFile`), `GetFunction`,
-//! `GetFunctionConfiguration`, `ListFunctions` and `DeleteFunction`, in Lambda's
+//! `GetFunctionConfiguration`, `ListFunctions`, `DeleteFunction`,
+//! `UpdateFunctionCode`, `UpdateFunctionConfiguration` and
+//! `Put/DeleteFunctionConcurrency`, in Lambda's
 //! paths, shapes and exceptions, for boto3, the `aws` CLI and the AWS SDKs. Each is
 //! a translation in front of the `/functions/v1` handler that does the work, so the
 //! same validation, authorisation (`functions:Deploy`, `functions:PassRole`, …) and
@@ -387,6 +389,225 @@ pub(crate) async fn delete_function(
     };
     match crate::registry::delete(State(invoker), caller, Path(name_of(&name))).await {
         Ok(status) => status.into_response(),
+        Err(error) => refuse(error),
+    }
+}
+
+/// Our deploy of the function as it is now, for an update to change one part of.
+fn as_deployed(record: &FunctionRecord) -> FunctionIn {
+    let config = &record.config;
+    FunctionIn {
+        name: Some(config.name.clone()),
+        runtime: config.runtime.clone(),
+        handler: Some(config.handler.clone()),
+        memory_mb: Some(config.memory_mb),
+        timeout_s: Some(config.timeout_s),
+        env: Some(config.env.0.clone()),
+        role: config.role.clone(),
+        reserved_concurrency: config.reserved_concurrency,
+        provisioned_concurrency: Some(config.provisioned_concurrency),
+        keep_warm_s: Some(config.keep_warm_s),
+        ephemeral_storage_mb: config.ephemeral_storage_mb,
+        network: config.network.as_ref().map(|n| n.0.clone()),
+        code: None,
+    }
+}
+
+/// Reads the function, changes what `change` says and redeploys it through
+/// `PUT /functions/v1/{name}` (which checks `functions:Deploy` before anything, so
+/// a caller without it never sees the hidden env values read here).
+async fn update(
+    invoker: Invoker,
+    caller: minicloud_authz::Caller,
+    name: String,
+    change: impl FnOnce(&mut FunctionIn) -> Result<(), ApiError>,
+) -> Result<FunctionRecord, ApiError> {
+    let Json(current) =
+        crate::registry::get(State(invoker.clone()), caller.clone(), Path(name.clone())).await?;
+    let mut deploy = as_deployed(&current);
+    change(&mut deploy)?;
+    let (_, Json(record)) =
+        crate::registry::replace(State(invoker), caller, Path(name), Json(deploy)).await?;
+    Ok(record)
+}
+
+/// A control-plane write: the caller and the JSON body (a zip at most).
+async fn write_request<T: serde::de::DeserializeOwned>(
+    invoker: &Invoker,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(minicloud_authz::Caller, T), Box<Response>> {
+    let limit = crate::bundle::MAX_ZIPPED * 4 / 3 + 64 * 1024;
+    let (caller, payload) = lambda_request(invoker, method, uri, headers, body, limit).await?;
+    let input = serde_json::from_slice(&payload).map_err(|error| {
+        Box::new(refuse(ApiError::invalid(format!(
+            "the request body: {error}"
+        ))))
+    })?;
+    Ok((caller, input))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct UpdateCodeIn {
+    /// The zip, base64.
+    pub zip_file: Option<String>,
+    #[serde(default, rename = "S3Bucket")]
+    pub s3_bucket: Option<String>,
+    /// Accepted; every deploy here is `$LATEST`.
+    #[serde(default, rename = "Publish")]
+    pub _publish: Option<bool>,
+}
+
+#[utoipa::path(put, path = "/2015-03-31/functions/{name}/code", tag = "lambda", params(("name" = String, Path)),
+    request_body = UpdateCodeIn,
+    responses((status = 200, body = FunctionConfiguration), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn update_code(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let (caller, input) =
+        match write_request::<UpdateCodeIn>(&invoker, &method, &uri, &headers, body).await {
+            Ok(request) => request,
+            Err(refusal) => return *refusal,
+        };
+    let result = update(invoker.clone(), caller, name_of(&name), |deploy| {
+        if input.s3_bucket.is_some() {
+            return Err(ApiError::invalid(
+                "S3Bucket is not offered yet: send ZipFile",
+            ));
+        }
+        let zip = input
+            .zip_file
+            .ok_or_else(|| ApiError::invalid("ZipFile is required"))?;
+        deploy.code = Some(CodeIn { zip_base64: zip });
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(record) => axum::Json(configuration(&invoker, record)).into_response(),
+        Err(error) => refuse(error),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct UpdateConfigurationIn {
+    pub role: Option<String>,
+    pub handler: Option<String>,
+    pub runtime: Option<String>,
+    pub timeout: Option<i32>,
+    pub memory_size: Option<i32>,
+    pub environment: Option<LambdaEnvironment>,
+    #[serde(default, rename = "Description")]
+    pub _description: Option<String>,
+}
+
+#[utoipa::path(put, path = "/2015-03-31/functions/{name}/configuration", tag = "lambda", params(("name" = String, Path)),
+    request_body = UpdateConfigurationIn,
+    responses((status = 200, body = FunctionConfiguration), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn update_configuration(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let (caller, input) =
+        match write_request::<UpdateConfigurationIn>(&invoker, &method, &uri, &headers, body).await
+        {
+            Ok(request) => request,
+            Err(refusal) => return *refusal,
+        };
+    let result = update(invoker.clone(), caller, name_of(&name), |deploy| {
+        if let Some(runtime) = &input.runtime {
+            deploy.runtime = runtime_of(runtime)?.to_owned();
+        }
+        if let Some(role) = &input.role {
+            deploy.role = Some(role_of(role));
+        }
+        if let Some(handler) = input.handler {
+            deploy.handler = Some(handler);
+        }
+        deploy.timeout_s = input.timeout.or(deploy.timeout_s);
+        deploy.memory_mb = input.memory_size.or(deploy.memory_mb);
+        if let Some(environment) = input.environment {
+            deploy.env = Some(environment.variables);
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(record) => axum::Json(configuration(&invoker, record)).into_response(),
+        Err(error) => refuse(error),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Concurrency {
+    pub reserved_concurrent_executions: i32,
+}
+
+#[utoipa::path(put, path = "/2017-10-31/functions/{name}/concurrency", tag = "lambda", params(("name" = String, Path)),
+    request_body = Concurrency,
+    responses((status = 200, body = Concurrency), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn put_concurrency(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let (caller, input) =
+        match write_request::<Concurrency>(&invoker, &method, &uri, &headers, body).await {
+            Ok(request) => request,
+            Err(refusal) => return *refusal,
+        };
+    let wanted = input.reserved_concurrent_executions;
+    match update(invoker, caller, name_of(&name), |deploy| {
+        deploy.reserved_concurrency = Some(wanted);
+        Ok(())
+    })
+    .await
+    {
+        Ok(record) => axum::Json(Concurrency {
+            reserved_concurrent_executions: record.config.reserved_concurrency.unwrap_or(wanted),
+        })
+        .into_response(),
+        Err(error) => refuse(error),
+    }
+}
+
+#[utoipa::path(delete, path = "/2017-10-31/functions/{name}/concurrency", tag = "lambda", params(("name" = String, Path)),
+    responses((status = 204, description = "the function's reservation is lifted"), (status = "default", description = "an error in the Lambda API's shape (`x-amzn-ErrorType` names it)", body = crate::invoke::LambdaErrorBody)))]
+pub(crate) async fn delete_concurrency(
+    State(invoker): State<Invoker>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let caller = match read_caller(&invoker, &method, &uri, &headers, body).await {
+        Ok(caller) => caller,
+        Err(refusal) => return *refusal,
+    };
+    match update(invoker, caller, name_of(&name), |deploy| {
+        deploy.reserved_concurrency = None;
+        Ok(())
+    })
+    .await
+    {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => refuse(error),
     }
 }

@@ -72,6 +72,10 @@ use minicloud_proto::openapi::ErrorResponses;
         lambda_api::get_function,
         lambda_api::get_configuration,
         lambda_api::delete_function,
+        lambda_api::update_code,
+        lambda_api::update_configuration,
+        lambda_api::put_concurrency,
+        lambda_api::delete_concurrency,
         invoke::logs,
         invoke::instances,
         triggers::create,
@@ -456,7 +460,16 @@ impl Service for Invoker {
             )
             .route(
                 "/2015-03-31/functions/{name}/configuration",
-                get(lambda_api::get_configuration),
+                get(lambda_api::get_configuration).put(lambda_api::update_configuration),
+            )
+            .route(
+                "/2015-03-31/functions/{name}/code",
+                axum::routing::put(lambda_api::update_code),
+            )
+            .route(
+                "/2017-10-31/functions/{name}/concurrency",
+                axum::routing::put(lambda_api::put_concurrency)
+                    .delete(lambda_api::delete_concurrency),
             )
             .route("/fn/{name}", any(triggers::http_route))
             // An empty remainder is `/`, which a `/*` route matches too.

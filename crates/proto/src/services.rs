@@ -68,7 +68,12 @@ impl ServiceName {
             ServiceName::Storage => &["/storage/v1"],
             ServiceName::Docdb => &["/db/v1", "/rest/v1"],
             ServiceName::Bus => &["/events/v1"],
-            ServiceName::Invoker => &["/functions/v1", "/2015-03-31/functions", "/fn"],
+            ServiceName::Invoker => &[
+                "/functions/v1",
+                "/2015-03-31/functions",
+                "/2017-10-31/functions",
+                "/fn",
+            ],
         }
     }
 

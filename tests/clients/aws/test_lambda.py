@@ -133,6 +133,22 @@ def test_the_control_plane_creates_lists_gets_and_deletes_functions():
         )
     assert error.value.response["Error"]["Code"] == "InvalidParameterValueException"
 
+    updated = client.update_function_configuration(
+        FunctionName="boto-made", Timeout=7, Environment={"Variables": {"STAGE": "prod"}}
+    )
+    assert updated["Timeout"] == 7 and updated["MemorySize"] == 256, "the rest is kept"
+    client.update_function_code(
+        FunctionName="boto-made",
+        ZipFile=zipped({"app.py": "def handler(event, context):\n    return 'v2'\n"}),
+    )
+    answer = client.invoke(FunctionName="boto-made", Payload=b"{}")
+    assert json.loads(answer["Payload"].read()) == "v2", "the new code runs"
+    config = client.get_function_configuration(FunctionName="boto-made")
+    assert config["Environment"]["Variables"] == {"STAGE": "prod"} and config["Timeout"] == 7
+    reserved = client.put_function_concurrency(FunctionName="boto-made", ReservedConcurrentExecutions=3)
+    assert reserved["ReservedConcurrentExecutions"] == 3
+    client.delete_function_concurrency(FunctionName="boto-made")
+
     client.delete_function(FunctionName="boto-made")
     for call in (client.get_function, client.get_function_configuration, client.delete_function):
         with pytest.raises(ClientError) as error:
