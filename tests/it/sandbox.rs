@@ -490,6 +490,18 @@ mod grpc {
                 ),
             ),
             (
+                "auth.GetAccessKey",
+                code(
+                    a.get_access_key(with_token(
+                        auth::GetAccessKeyRequest {
+                            access_key_id: "AKIAAAAAAAAAAAAAAAAA".into(),
+                        },
+                        t,
+                    ))
+                    .await,
+                ),
+            ),
+            (
                 "auth.RevokeUserSessions",
                 code(
                     a.revoke_user_sessions(with_token(
@@ -769,7 +781,7 @@ mod grpc {
             answered.is_empty(),
             "answered without a credential: {answered:?}"
         );
-        assert_eq!(anonymous.len(), 25);
+        assert_eq!(anonymous.len(), 26);
 
         // A user's token: the internal RPCs are refused, the others decide as REST.
         let session = cloud
@@ -784,6 +796,7 @@ mod grpc {
             "auth.IssueRoleToken",
             "auth.GetRolePolicies",
             "auth.VerifyApiKey",
+            "auth.GetAccessKey",
             "auth.RevokeUserSessions",
             "bus.EnsureSubscription",
             "bus.DeleteSubscription",
@@ -879,6 +892,9 @@ mod grpc {
         ] {
             assert_eq!(as_service[rpc], Code::Ok, "{rpc}: {as_service:?}");
         }
+        // An AWS key pair's secret only for the service key, and none for a key id
+        // nobody was issued.
+        assert_eq!(as_service["auth.GetAccessKey"], Code::NotFound);
         cloud.stop().await.unwrap();
     }
 }

@@ -223,19 +223,15 @@ impl Verifier {
             return Ok(entry.claims.clone());
         }
         let claims = self.check_access_token(token).await?;
-        let mut cache = verified.write().await;
-        if cache.len() >= VERIFIED_TOKEN_CACHE_MAX {
-            let now = Instant::now();
-            cache.retain(|_, entry| entry.until > now);
-            if cache.len() >= VERIFIED_TOKEN_CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(
+        let now = Instant::now();
+        insert_bounded(
+            &mut *verified.write().await,
+            VERIFIED_TOKEN_CACHE_MAX,
+            |entry| entry.until <= now,
             digest,
             VerifiedToken {
                 claims: claims.clone(),
-                until: Instant::now() + VERIFIED_TOKEN_TTL,
+                until: now + VERIFIED_TOKEN_TTL,
             },
         );
         Ok(claims)
@@ -420,19 +416,15 @@ impl Verifier {
                 return Err(VerifyError::Unavailable);
             }
         };
-        let mut cache = self.access_keys.write().await;
-        if cache.len() >= API_KEY_CACHE_MAX {
-            let now = Instant::now();
-            cache.retain(|_, entry| entry.expires > now);
-            if cache.len() >= API_KEY_CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(
+        let now = Instant::now();
+        insert_bounded(
+            &mut *self.access_keys.write().await,
+            API_KEY_CACHE_MAX,
+            |entry| entry.expires <= now,
             access_key_id.to_owned(),
             AccessKeyEntry {
                 key: key.clone(),
-                expires: Instant::now() + ttl,
+                expires: now + ttl,
             },
         );
         key.ok_or(VerifyError::InvalidApiKey)
@@ -481,23 +473,37 @@ impl Verifier {
                 return Err(VerifyError::Unavailable);
             }
         };
-        let mut cache = self.api_keys.write().await;
-        if cache.len() >= API_KEY_CACHE_MAX {
-            let now = Instant::now();
-            cache.retain(|_, entry| entry.expires > now);
-            if cache.len() >= API_KEY_CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(
+        let now = Instant::now();
+        insert_bounded(
+            &mut *self.api_keys.write().await,
+            API_KEY_CACHE_MAX,
+            |entry| entry.expires <= now,
             digest,
             ApiKeyEntry {
                 caller: caller.clone(),
-                expires: Instant::now() + ttl,
+                expires: now + ttl,
             },
         );
         caller.ok_or(VerifyError::InvalidApiKey)
     }
+}
+
+/// Inserts into a cache bounded at `max` entries: past it, the expired ones go, and
+/// if that is not enough, all of them (a flood of distinct keys cannot grow memory).
+fn insert_bounded<K: std::hash::Hash + Eq, V>(
+    cache: &mut HashMap<K, V>,
+    max: usize,
+    expired: impl Fn(&V) -> bool,
+    key: K,
+    value: V,
+) {
+    if cache.len() >= max {
+        cache.retain(|_, entry| !expired(entry));
+        if cache.len() >= max {
+            cache.clear();
+        }
+    }
+    cache.insert(key, value);
 }
 
 /// The `iat` a token claims, read before its signature is checked: used only to
