@@ -1,4 +1,5 @@
-//! The gateway: the one public entry. Routes each API prefix to its service with
+//! The gateway: the one public entry. Routes each API prefix to its service (and
+//! SigV4-signed requests elsewhere to storage's S3 API) with
 //! streaming bodies, adds request ids, CORS, forwarding headers and the root span,
 //! and reports every service's readiness at `/readyz`.
 
@@ -133,7 +134,11 @@ impl Service for Gateway {
                 .route(prefix, any(proxy::forward))
                 .route(&format!("{prefix}/{{*rest}}"), any(proxy::forward));
         }
-        let rest = rest.with_state(Arc::new(self.upstreams));
+        // Everything else may be the S3 API (signed, at any path); the proxy decides.
+        let rest = rest
+            .route("/", any(proxy::forward))
+            .route("/{*rest}", any(proxy::forward))
+            .with_state(Arc::new(self.upstreams));
         ServiceHost::new(
             Self::NAME,
             rest,

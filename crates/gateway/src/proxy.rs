@@ -150,6 +150,38 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// An S3 API call: signed with SigV4 (header or presigned query) anywhere but the
+/// Lambda API's paths, or addressed to a `<bucket>.localhost` host.
+fn is_s3_request(parts: &http::request::Parts, owner: Option<ServiceName>) -> bool {
+    if owner == Some(ServiceName::Invoker) {
+        return false;
+    }
+    let signed_header = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().starts_with(b"AWS4-HMAC-SHA256 "));
+    let presigned = parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("X-Amz-Algorithm=")));
+    let virtual_host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|host| host.rsplit_once(':').map_or(host, |(name, _)| name))
+        .is_some_and(|name| name.len() > ".localhost".len() && name.ends_with(".localhost"));
+    signed_header || presigned || (virtual_host && owner.is_none())
+}
+
+/// The request's path and query under storage's S3 prefix, bytes unchanged (the
+/// signature covers them).
+fn s3_uri(uri: &Uri) -> Result<Uri, ApiError> {
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    format!("{}{path_and_query}", minicloud_proto::services::S3_PREFIX)
+        .parse()
+        .map_err(|_| ApiError::invalid("malformed request path"))
+}
+
 pub(crate) async fn forward(State(upstreams): State<Arc<Upstreams>>, request: Request) -> Response {
     match forward_inner(&upstreams, request).await {
         Ok(response) => response,
@@ -163,7 +195,25 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let (mut parts, body) = request.into_parts();
-    let (routed, upstream) = ServiceName::owning(parts.uri.path())
+    let owner = ServiceName::owning(parts.uri.path());
+    let owner = if is_s3_request(&parts, owner) {
+        parts.uri = s3_uri(&parts.uri)?;
+        // An HTTP/1 request with neither length nor chunking has no body (RFC 9112
+        // §6.3); s3s checks a signed payload's hash against a declared length, and
+        // the hop to storage would otherwise leave it unknown.
+        if parts.version <= http::Version::HTTP_11
+            && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+            && !parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        Some(ServiceName::Storage)
+    } else {
+        owner
+    };
+    let (routed, upstream) = owner
         .and_then(|service| Some((service, upstreams.services[service].as_ref()?)))
         .ok_or_else(|| ApiError::not_found("no such route"))?;
     let service = routed.as_str();

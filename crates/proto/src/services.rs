@@ -89,6 +89,10 @@ impl ServiceName {
     }
 }
 
+/// Where storage serves the S3 API; the gateway serves it at its own root to requests
+/// signed with SigV4 and to `<bucket>.localhost` hosts.
+pub const S3_PREFIX: &str = "/s3";
+
 impl fmt::Display for ServiceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -144,6 +144,16 @@ pub(crate) async fn create(
     caller: Caller,
     Json(input): Json<BucketIn>,
 ) -> Result<(StatusCode, Json<BucketRecord>), ApiError> {
+    let bucket = create_bucket(&storage, &caller, input).await?;
+    Ok((StatusCode::CREATED, Json(bucket)))
+}
+
+/// Creates a bucket (REST and the S3 API): 409 when the name is taken.
+pub(crate) async fn create_bucket(
+    storage: &Storage,
+    caller: &Caller,
+    input: BucketIn,
+) -> Result<BucketRecord, ApiError> {
     let name = match (input.name, input.id) {
         (Some(name), None) | (None, Some(name)) => name,
         (Some(name), Some(id)) if name == id => name,
@@ -159,13 +169,13 @@ pub(crate) async fn create(
     storage
         .authz
         .authorize(
-            &caller,
+            caller,
             Action::StorageCreateBucket,
             &format!("storage:{name}"),
             &[],
         )
         .await?;
-    if load(&storage, &name).await?.is_some() {
+    if load(storage, &name).await?.is_some() {
         return Err(ApiError::conflict(format!("bucket {name} already exists")));
     }
     storage
@@ -189,7 +199,7 @@ pub(crate) async fn create(
     .await
     .map_err(ApiError::internal)?
     .ok_or_else(|| ApiError::conflict(format!("bucket {name} already exists")))?;
-    Ok((StatusCode::CREATED, Json(bucket)))
+    Ok(bucket)
 }
 
 pub(crate) async fn load(storage: &Storage, name: &str) -> Result<Option<BucketRecord>, ApiError> {
@@ -206,7 +216,7 @@ pub(crate) async fn load(storage: &Storage, name: &str) -> Result<Option<BucketR
 
 /// Whether `caller` may see `bucket` at all: public buckets are visible to everyone,
 /// others to whoever may list their objects.
-async fn visible(
+pub(crate) async fn visible(
     storage: &Storage,
     caller: &Caller,
     bucket: &BucketRecord,
@@ -391,18 +401,30 @@ pub(crate) async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<MessageOut>, ApiError> {
-    manage(&storage, &caller, Action::StorageDeleteBucket, &name).await?;
+    delete_bucket(&storage, &caller, &name).await?;
+    Ok(Json(MessageOut {
+        message: format!("bucket {name} deleted"),
+    }))
+}
+
+/// Deletes an empty bucket (REST and the S3 API): 409 while it holds objects.
+pub(crate) async fn delete_bucket(
+    storage: &Storage,
+    caller: &Caller,
+    name: &str,
+) -> Result<(), ApiError> {
+    manage(storage, caller, Action::StorageDeleteBucket, name).await?;
     let mut tx = storage.pool.begin().await.map_err(ApiError::internal)?;
     // Lock the bucket: a concurrent upload's foreign-key check waits for this
     // transaction, so no object can slip in between the check and the delete.
     sqlx::query("SELECT 1 FROM buckets WHERE name = $1 FOR UPDATE")
-        .bind(&name)
+        .bind(name)
         .execute(&mut *tx)
         .await
         .map_err(ApiError::internal)?;
     let has_objects: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM objects WHERE bucket = $1)")
-            .bind(&name)
+            .bind(name)
             .fetch_one(&mut *tx)
             .await
             .map_err(ApiError::internal)?;
@@ -413,19 +435,17 @@ pub(crate) async fn delete(
         ));
     }
     sqlx::query("DELETE FROM buckets WHERE name = $1")
-        .bind(&name)
+        .bind(name)
         .execute(&mut *tx)
         .await
         .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)?;
-    storage.buckets.remove(&name);
+    storage.buckets.remove(name);
     // Blobs left by uploads that lost the race with this delete go with the bucket.
     storage
         .backend
-        .delete_bucket(&name)
+        .delete_bucket(name)
         .await
         .map_err(ApiError::from)?;
-    Ok(Json(MessageOut {
-        message: format!("bucket {name} deleted"),
-    }))
+    Ok(())
 }

@@ -21,6 +21,15 @@ pub enum StorageError {
     PreconditionFailed(&'static str),
     #[error("{0}")]
     Invalid(String),
+    /// A multipart upload that does not exist (any more).
+    #[error("no such upload")]
+    UploadNotFound,
+    #[error("{0}")]
+    InvalidPart(String),
+    #[error("the parts must be listed in ascending order of their numbers")]
+    InvalidPartOrder,
+    #[error("part {0} is smaller than 5 MiB and is not the last")]
+    PartTooSmall(i32),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -59,14 +68,17 @@ impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         let message = error.to_string();
         match error {
-            StorageError::BucketNotFound(_) | StorageError::ObjectNotFound => {
-                ApiError::not_found(message)
-            }
+            StorageError::BucketNotFound(_)
+            | StorageError::ObjectNotFound
+            | StorageError::UploadNotFound => ApiError::not_found(message),
             StorageError::AlreadyExists => ApiError::conflict(message),
             StorageError::PreconditionFailed(_) => {
                 ApiError::new(ErrorCode::PreconditionFailed, message)
             }
-            StorageError::Invalid(_) => ApiError::invalid(message),
+            StorageError::Invalid(_)
+            | StorageError::InvalidPart(_)
+            | StorageError::InvalidPartOrder
+            | StorageError::PartTooSmall(_) => ApiError::invalid(message),
             StorageError::TooLarge(_) => ApiError::new(ErrorCode::PayloadTooLarge, message),
             StorageError::TypeNotAllowed(_) => {
                 ApiError::new(ErrorCode::UnsupportedMediaType, message)

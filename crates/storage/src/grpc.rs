@@ -150,6 +150,8 @@ impl StorageService for StorageGrpc {
             content_type: (!header.content_type.is_empty()).then(|| header.content_type.clone()),
             metadata,
             cache_control: None,
+            content_encoding: None,
+            content_disposition: None,
             declared_length: None,
             preconditions: Preconditions {
                 if_match: (!header.if_match.is_empty()).then(|| vec![header.if_match.clone()]),

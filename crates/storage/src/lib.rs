@@ -8,9 +8,11 @@ mod error;
 mod form_upload;
 mod grpc;
 mod listing;
+mod multipart;
 mod objects;
 mod paths;
 mod rest;
+mod s3_api;
 mod signing;
 mod sweep;
 
@@ -36,6 +38,8 @@ pub use backend::{Backend, BackendError, FsBackend};
 pub use error::StorageError;
 
 pub const SCHEMA: &str = "storage";
+/// Where this service serves the S3 API; the gateway serves it at its root.
+pub use minicloud_proto::services::S3_PREFIX;
 /// JSON request bodies (buckets, listing, signing) are small.
 const MAX_JSON_BODY: usize = 64 * 1024;
 
@@ -333,7 +337,11 @@ impl Service for Storage {
                 axum::routing::put(rest::put_signed),
             )
             .layer(DefaultBodyLimit::disable());
-        let rest = json.merge(objects).with_state(self.clone());
+        // The S3 API (the gateway sends SigV4-signed requests here, path prefixed).
+        let s3 = Router::new()
+            .nest_service(S3_PREFIX, s3_api::service(self.clone()))
+            .layer(axum::middleware::from_fn(s3_api::restore_signed_parts));
+        let rest = json.merge(objects).with_state(self.clone()).merge(s3);
         ServiceHost::new(
             Self::NAME,
             rest,

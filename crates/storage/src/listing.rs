@@ -57,6 +57,14 @@ struct Cursor {
     from: Option<String>,
 }
 
+/// A cursor that starts a listing after `key` (S3's `start-after`).
+pub(crate) fn cursor_after(key: &str) -> String {
+    encode(&Cursor {
+        after: Some(key.to_owned()),
+        from: None,
+    })
+}
+
 fn encode(cursor: &Cursor) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(cursor).unwrap_or_default())
 }

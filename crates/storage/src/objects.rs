@@ -30,6 +30,12 @@ pub struct ObjectRecord {
     pub metadata: serde_json::Value,
     /// What downloads send as `Cache-Control` (`no-cache` when null).
     pub cache_control: Option<String>,
+    /// `Content-Encoding` as an S3 client set it (e.g. `gzip`): sent back as is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    /// `Content-Disposition` as an S3 client set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
     pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -37,18 +43,21 @@ pub struct ObjectRecord {
 
 macro_rules! object_columns {
     () => {
-        "bucket, path, version, size, content_type, etag, metadata, cache_control, owner, created_at, updated_at"
+        "bucket, path, version, size, content_type, etag, metadata, cache_control, content_encoding, content_disposition, owner, created_at, updated_at"
     };
 }
 pub(crate) use object_columns;
 
-/// Makes `$1..$9` (see [`upsert_args`]) the object's current version.
+/// Makes `$1..$11` (see [`upsert_args`]) the object's current version.
 const UPSERT: &str = concat!(
-    "INSERT INTO objects (bucket, path, version, size, content_type, etag, metadata, owner, cache_control)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    "INSERT INTO objects (bucket, path, version, size, content_type, etag, metadata, owner, cache_control,
+       content_encoding, content_disposition)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
      ON CONFLICT (bucket, path) DO UPDATE SET version = EXCLUDED.version, size = EXCLUDED.size,
        content_type = EXCLUDED.content_type, etag = EXCLUDED.etag, metadata = EXCLUDED.metadata,
-       owner = EXCLUDED.owner, cache_control = EXCLUDED.cache_control, updated_at = now()
+       owner = EXCLUDED.owner, cache_control = EXCLUDED.cache_control,
+       content_encoding = EXCLUDED.content_encoding,
+       content_disposition = EXCLUDED.content_disposition, updated_at = now()
      RETURNING ",
     object_columns!()
 );
@@ -67,6 +76,8 @@ fn upsert_args(new: &ObjectRecord) -> Result<PgArguments, StorageError> {
     add(args.add(new.metadata.clone()))?;
     add(args.add(new.owner.clone()))?;
     add(args.add(new.cache_control.clone()))?;
+    add(args.add(new.content_encoding.clone()))?;
+    add(args.add(new.content_disposition.clone()))?;
     Ok(args)
 }
 
@@ -130,6 +141,9 @@ pub struct WriteRequest {
     pub metadata: Option<serde_json::Value>,
     /// As sent (`3600` or a header value); see [`cache_control_of`].
     pub cache_control: Option<String>,
+    /// Kept and sent back as is (S3 clients set them); see [`header_value_of`].
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
     pub declared_length: Option<u64>,
     pub preconditions: Preconditions,
 }
@@ -153,8 +167,30 @@ pub(crate) fn cache_control_of(requested: &str) -> Result<String, StorageError> 
     Ok(value.to_owned())
 }
 
+/// What a copy sets instead of the source's (S3's `MetadataDirective: REPLACE`).
+#[derive(Debug, Clone, Default)]
+pub struct ReplacedHeaders {
+    pub content_type: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub cache_control: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+}
+
+/// A representation header kept as sent (`Content-Encoding`, `Content-Disposition`):
+/// printable ASCII, at most 256 bytes, so it can be sent back as a header.
+pub(crate) fn header_value_of(name: &str, value: &str) -> Result<(), StorageError> {
+    if value.is_empty()
+        || value.len() > 256
+        || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(StorageError::Invalid(format!("invalid {name} {value:?}")));
+    }
+    Ok(())
+}
+
 /// Whether a bucket's allowed types admit `content_type` (`image/*` wildcards).
-fn type_allowed(allowed: &Option<Vec<String>>, content_type: &str) -> bool {
+pub(crate) fn type_allowed(allowed: &Option<Vec<String>>, content_type: &str) -> bool {
     let Some(allowed) = allowed else { return true };
     let essence = content_type
         .split(';')
@@ -171,7 +207,7 @@ fn type_allowed(allowed: &Option<Vec<String>>, content_type: &str) -> bool {
     })
 }
 
-fn check_content_type(content_type: &str) -> Result<(), StorageError> {
+pub(crate) fn check_content_type(content_type: &str) -> Result<(), StorageError> {
     let valid = content_type.len() <= 255
         && content_type.split(';').next().is_some_and(|essence| {
             let mut parts = essence.trim().split('/');
@@ -187,7 +223,7 @@ fn check_content_type(content_type: &str) -> Result<(), StorageError> {
     }
 }
 
-fn check_metadata(metadata: &serde_json::Value) -> Result<(), StorageError> {
+pub(crate) fn check_metadata(metadata: &serde_json::Value) -> Result<(), StorageError> {
     if !metadata.is_object() {
         return Err(StorageError::Invalid(
             "object metadata must be a JSON object".to_owned(),
@@ -257,7 +293,7 @@ impl Storage {
             .await?)
     }
 
-    fn size_limit(&self, bucket: &BucketRecord) -> u64 {
+    pub(crate) fn size_limit(&self, bucket: &BucketRecord) -> u64 {
         let global = self.config.max_object_size;
         bucket
             .file_size_limit
@@ -290,6 +326,14 @@ impl Storage {
         }
         if let Some(cache_control) = &request.cache_control {
             cache_control_of(cache_control)?;
+        }
+        for (name, value) in [
+            ("Content-Encoding", &request.content_encoding),
+            ("Content-Disposition", &request.content_disposition),
+        ] {
+            if let Some(value) = value {
+                header_value_of(name, value)?;
+            }
         }
         let limit = self.size_limit(&bucket);
         if request.declared_length.is_some_and(|n| n > limit) {
@@ -357,6 +401,8 @@ impl Storage {
                 .as_deref()
                 .map(cache_control_of)
                 .transpose()?,
+            content_encoding: request.content_encoding.clone(),
+            content_disposition: request.content_disposition.clone(),
             owner,
             created_at: Utc::now(),
             updated_at: Utc::now(),
@@ -380,7 +426,7 @@ impl Storage {
 
     /// Makes `new` the object's current version, with its event; returns the row
     /// and the version it replaced.
-    async fn commit_write(
+    pub(crate) async fn commit_write(
         &self,
         request: &WriteRequest,
         new: &ObjectRecord,
@@ -429,7 +475,7 @@ impl Storage {
                 SELECT version FROM objects WHERE bucket = $1 AND path = $2
             ), written AS ({UPSERT}
             ), event AS (
-                {insert} SELECT 'storage', $10::jsonb FROM written
+                {insert} SELECT 'storage', $12::jsonb FROM written
             )
             SELECT written.*, (SELECT version FROM old) AS replaced FROM written",
             insert = minicloud_outbox::INSERT_INTO,
@@ -601,6 +647,7 @@ impl Storage {
         from: (&str, &str),
         to: (&str, &str),
         remove_source: bool,
+        replace: Option<ReplacedHeaders>,
     ) -> Result<ObjectRecord, StorageError> {
         let source_bucket = self.load_bucket(from.0).await?;
         let target_bucket = self.load_bucket(to.0).await?;
@@ -614,12 +661,42 @@ impl Storage {
             self.authorize_object(caller, Action::StorageDeleteObject, &source_bucket, from.1)
                 .await?;
         }
-        if from == to {
+        if from == to && (remove_source || replace.is_none()) {
             return Err(StorageError::Invalid(
                 "source and destination are the same object".to_owned(),
             ));
         }
-        let source = self.object_info(from.0, from.1).await?;
+        let mut source = self.object_info(from.0, from.1).await?;
+        let source_etag = source.etag.clone();
+        let source_version = source.version.clone();
+        if let Some(replace) = replace {
+            let content_type = replace
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into());
+            check_content_type(&content_type)?;
+            let metadata = replace.metadata.unwrap_or_else(|| serde_json::json!({}));
+            check_metadata(&metadata)?;
+            for (name, value) in [
+                ("Content-Encoding", &replace.content_encoding),
+                ("Content-Disposition", &replace.content_disposition),
+            ] {
+                if let Some(value) = value {
+                    header_value_of(name, value)?;
+                }
+            }
+            source = ObjectRecord {
+                content_type,
+                metadata,
+                cache_control: replace
+                    .cache_control
+                    .as_deref()
+                    .map(cache_control_of)
+                    .transpose()?,
+                content_encoding: replace.content_encoding,
+                content_disposition: replace.content_disposition,
+                ..source
+            };
+        }
         if !type_allowed(&target_bucket.allowed_mime_types, &source.content_type) {
             return Err(StorageError::TypeNotAllowed(
                 "content type not allowed in the destination bucket".to_owned(),
@@ -633,7 +710,7 @@ impl Storage {
         let version = uuid::Uuid::now_v7().simple().to_string();
         let key = blob_key(to.1, &version);
         self.backend
-            .copy(from.0, &blob_key(from.1, &source.version), to.0, &key)
+            .copy(from.0, &blob_key(from.1, &source_version), to.0, &key)
             .await
             .map_err(StorageError::from)?;
         let request = WriteRequest {
@@ -642,6 +719,8 @@ impl Storage {
             content_type: Some(source.content_type.clone()),
             metadata: Some(source.metadata.clone()),
             cache_control: source.cache_control.clone(),
+            content_encoding: source.content_encoding.clone(),
+            content_disposition: source.content_disposition.clone(),
             declared_length: None,
             preconditions: Preconditions::default(),
         };
@@ -672,7 +751,7 @@ impl Storage {
                     from.0,
                     from.1,
                     &Preconditions {
-                        if_match: Some(vec![source.etag.clone()]),
+                        if_match: Some(vec![source_etag.clone()]),
                         ..Preconditions::default()
                     },
                 )

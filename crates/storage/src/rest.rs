@@ -119,6 +119,8 @@ async fn write(
             content_type,
             metadata,
             cache_control,
+            content_encoding: None,
+            content_disposition: None,
             declared_length,
             preconditions: preconditions(&parts.headers, create_only && !upsert)?,
         })
@@ -210,7 +212,7 @@ fn parse_range(value: &str, size: u64) -> Result<Option<ByteRange>, ()> {
 }
 
 /// Types a browser renders as a document or runs: HTML, SVG, XML, JavaScript.
-fn is_active_content(content_type: &str) -> bool {
+pub(crate) fn is_active_content(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()
@@ -540,6 +542,7 @@ async fn copy_or_move(
             (&from_bucket, &from_path),
             (&to_bucket, &to_path),
             remove_source,
+            None,
         )
         .await
         .map_err(ApiError::from)
@@ -886,6 +889,8 @@ mod cache_control_tests {
             etag: "e".into(),
             metadata: serde_json::json!({}),
             cache_control: cache_control.map(str::to_owned),
+            content_encoding: None,
+            content_disposition: None,
             owner: None,
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),

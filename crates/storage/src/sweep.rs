@@ -1,4 +1,4 @@
-//! The orphan sweep: blobs that no object row points at — left by a crash between
+//! The orphan sweep: blobs that no object row (nor part of an upload in progress) points at — left by a crash between
 //! writing bytes and committing metadata, or by a failed delete — are removed once
 //! they are older than the configured age (younger ones may be uploads in flight).
 
@@ -38,7 +38,12 @@ impl Storage {
                 let versions: Vec<&str> = chunk.iter().map(|(_, _, v)| v.as_str()).collect();
                 let live: HashSet<(String, String)> = sqlx::query_as(
                     "SELECT path, version FROM objects WHERE bucket = $1
-                     AND (path, version) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+                     AND (path, version) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+                     UNION ALL
+                     SELECT u.path, p.version FROM multipart_parts p
+                       JOIN multipart_uploads u USING (upload_id)
+                     WHERE u.bucket = $1
+                     AND (u.path, p.version) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
                 )
                 .bind(&bucket)
                 .bind(&paths)
