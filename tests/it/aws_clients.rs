@@ -55,7 +55,8 @@ async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
             "deployers",
             json!([
                 {"effect":"allow","actions":["functions:*"],"resources":["functions:*"]},
-                {"effect":"allow","actions":["functions:PassRole"],"resources":["roles:invokers"]}
+                {"effect":"allow","actions":["functions:PassRole"],"resources":["roles:invokers"]},
+                {"effect":"allow","actions":["storage:GetObject","storage:PutObject"],"resources":["storage:lambda-code/*"]}
             ]),
         ),
     ] {
@@ -67,6 +68,24 @@ async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
             .await
             .unwrap();
     }
+    // Code from S3: a bucket the deployers may use, and one they may not read.
+    for bucket in ["lambda-code", "secret-code"] {
+        let _: Value = admin
+            .post("/storage/v1/bucket", &json!({"name": bucket}))
+            .await
+            .unwrap();
+    }
+    let secret_zip = crate::invoker::zip_of(&[("app.py", ECHO, 0o644)]);
+    admin
+        .upload(
+            "secret-code",
+            "app.zip",
+            secret_zip,
+            "application/zip",
+            false,
+        )
+        .await
+        .unwrap();
     let (_, key_id, secret) = aws_key(&cloud, "invokers").await;
     let (_, other_id, other_secret) = aws_key(&cloud, "nobody").await;
     let (_, deploy_id, deploy_secret) = aws_key(&cloud, "deployers").await;
@@ -113,6 +132,8 @@ async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
         .env("REVOKED_KEY_ID", &revoked_id)
         .env("DEPLOY_KEY_ID", &deploy_id)
         .env("DEPLOY_SECRET", &deploy_secret)
+        .env("CODE_BUCKET", "lambda-code")
+        .env("SECRET_CODE", "secret-code/app.zip")
         // Nothing of the machine's own AWS setup may leak into the suite.
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")

@@ -178,7 +178,16 @@ pub async fn start(
                     .or_else(|| Some(urls.gateway.clone())),
                 ..config.invoker.clone()
             };
-            anyhow::Ok(Invoker::new(invoker, pool, authz()?, Some(&urls.bus)).await?)
+            anyhow::Ok(
+                Invoker::new(
+                    invoker,
+                    pool,
+                    authz()?,
+                    Some(&urls.bus),
+                    Some(&urls.storage),
+                )
+                .await?,
+            )
         },
     )?;
     let keys = auth

@@ -284,6 +284,7 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
                     pool(minicloud_invoker::SCHEMA).await?,
                     authz()?,
                     Some(&urls.bus),
+                    Some(&urls.storage),
                 )
                 .await?;
                 Hosted::new(invoker, &shutdown)

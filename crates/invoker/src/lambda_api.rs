@@ -1,5 +1,5 @@
 //! The AWS Lambda control plane's calls that map directly onto ours (issue 19):
-//! `CreateFunction` (a zip in `Code.ZipFile`), `GetFunction`,
+//! `CreateFunction` (a zip in `Code.ZipFile` or in storage by `S3Bucket`/`S3Key`), `GetFunction`,
 //! `GetFunctionConfiguration`, `ListFunctions`, `DeleteFunction`,
 //! `UpdateFunctionCode`, `UpdateFunctionConfiguration` and
 //! `Put/DeleteFunctionConcurrency`, in Lambda's
@@ -88,9 +88,88 @@ pub(crate) struct CreateFunctionIn {
 pub(crate) struct LambdaCode {
     /// The zip, base64 (what the SDKs send for `ZipFile`).
     pub zip_file: Option<String>,
-    /// Code from S3 is not offered yet.
+    /// Or a zip in minicloud storage, read as the caller (so they must be allowed to).
     #[serde(default, rename = "S3Bucket")]
     pub s3_bucket: Option<String>,
+    #[serde(default, rename = "S3Key")]
+    pub s3_key: Option<String>,
+}
+
+/// The zip of a deploy, base64: given inline (`ZipFile`) or read from storage
+/// (`S3Bucket` + `S3Key`) with the caller's own rights — a short role token, so the
+/// bucket's policy decides as it would for the caller's own download.
+async fn zip_of(
+    invoker: &Invoker,
+    caller: &minicloud_authz::Caller,
+    zip_file: Option<String>,
+    s3_bucket: Option<String>,
+    s3_key: Option<String>,
+) -> Result<String, ApiError> {
+    use base64::Engine as _;
+    use minicloud_proto::storage::v1::GetObjectRequest;
+    match (zip_file, s3_bucket, s3_key) {
+        (Some(zip), None, None) => Ok(zip),
+        (None, Some(bucket), Some(key)) => {
+            let Some(storage) = invoker.0.storage.clone() else {
+                return Err(ApiError::invalid(
+                    "this invoker has no storage to read S3Bucket from: send ZipFile",
+                ));
+            };
+            let mut request = tonic::Request::new(GetObjectRequest {
+                bucket,
+                path: key,
+                ..Default::default()
+            });
+            if !caller.is_service() {
+                let token = invoker
+                    .0
+                    .authz
+                    .issue_role_token(
+                        caller.role.name(),
+                        // A key's role has no user: a subject that is nobody's id,
+                        // so owner conditions never match on its behalf.
+                        caller.uid.as_deref().unwrap_or("aws-access-key"),
+                        std::time::Duration::from_secs(60),
+                    )
+                    .await?;
+                let value = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| ApiError::internal("a role token is not a header value"))?;
+                request.metadata_mut().insert("authorization", value);
+            }
+            // Lambda's own words for a missing object: a bad parameter.
+            let missing = |status: tonic::Status| match status.code() {
+                tonic::Code::NotFound => ApiError::invalid(format!(
+                    "Error occurred while GetObject. S3 Error Code: NoSuchKey. S3 Error Message: {}",
+                    status.message()
+                )),
+                _ => ApiError::from(status),
+            };
+            let mut stream = storage
+                .clone()
+                .get_object(request)
+                .await
+                .map_err(missing)?
+                .into_inner();
+            let mut zip = Vec::new();
+            while let Some(chunk) = stream.message().await.map_err(missing)? {
+                if zip.len() + chunk.data.len() > crate::bundle::MAX_ZIPPED {
+                    return Err(ApiError::invalid(format!(
+                        "the code in S3 is larger than {} MiB",
+                        crate::bundle::MAX_ZIPPED / 1024 / 1024
+                    )));
+                }
+                zip.extend_from_slice(&chunk.data);
+            }
+            Ok(base64::engine::general_purpose::STANDARD.encode(zip))
+        }
+        (None, None, None) => Err(ApiError::invalid(
+            "Code needs ZipFile or S3Bucket and S3Key",
+        )),
+        _ => Err(ApiError::invalid(
+            "Code takes either ZipFile or S3Bucket with S3Key",
+        )),
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -191,13 +270,17 @@ pub(crate) async fn create_function(
         Ok(input) => input,
         Err(error) => return refuse(ApiError::invalid(format!("CreateFunction: {error}"))),
     };
-    if input.code.s3_bucket.is_some() {
-        return refuse(ApiError::invalid(
-            "Code.S3Bucket is not offered yet: send the zip as Code.ZipFile",
-        ));
-    }
-    let Some(zip) = input.code.zip_file else {
-        return refuse(ApiError::invalid("Code.ZipFile is required"));
+    let zip = match zip_of(
+        &invoker,
+        &caller,
+        input.code.zip_file,
+        input.code.s3_bucket,
+        input.code.s3_key,
+    )
+    .await
+    {
+        Ok(zip) => zip,
+        Err(error) => return refuse(error),
     };
     let runtime = match runtime_of(&input.runtime) {
         Ok(runtime) => runtime,
@@ -456,6 +539,8 @@ pub(crate) struct UpdateCodeIn {
     pub zip_file: Option<String>,
     #[serde(default, rename = "S3Bucket")]
     pub s3_bucket: Option<String>,
+    #[serde(default, rename = "S3Key")]
+    pub s3_key: Option<String>,
     /// Accepted; every deploy here is `$LATEST`.
     #[serde(default, rename = "Publish")]
     pub _publish: Option<bool>,
@@ -477,15 +562,19 @@ pub(crate) async fn update_code(
             Ok(request) => request,
             Err(refusal) => return *refusal,
         };
+    let zip = match zip_of(
+        &invoker,
+        &caller,
+        input.zip_file,
+        input.s3_bucket,
+        input.s3_key,
+    )
+    .await
+    {
+        Ok(zip) => zip,
+        Err(error) => return refuse(error),
+    };
     let result = update(invoker.clone(), caller, name_of(&name), |deploy| {
-        if input.s3_bucket.is_some() {
-            return Err(ApiError::invalid(
-                "S3Bucket is not offered yet: send ZipFile",
-            ));
-        }
-        let zip = input
-            .zip_file
-            .ok_or_else(|| ApiError::invalid("ZipFile is required"))?;
         deploy.code = Some(CodeIn { zip_base64: zip });
         Ok(())
     })

@@ -46,6 +46,8 @@ use crate::sandbox::{Egress, Sandbox, SandboxConfig, SandboxMode};
 pub const SCHEMA: &str = "invoker";
 
 pub type BusClient = BusServiceClient<TracedChannel>;
+pub type StorageClient =
+    minicloud_proto::storage::v1::storage_service_client::StorageServiceClient<TracedChannel>;
 
 /// The REST API of this service, served at `/functions/v1/openapi.json`.
 use minicloud_proto::openapi::ErrorResponses;
@@ -226,6 +228,8 @@ pub struct InvokerState {
     authz: Arc<Authz>,
     engine: Arc<Engine>,
     bus: Option<BusClient>,
+    /// Reads function code from storage (the Lambda API's `Code.S3Bucket`).
+    storage: Option<StorageClient>,
     service_metrics: Arc<minicloud_telemetry::metrics::ServiceMetrics>,
 }
 
@@ -304,12 +308,14 @@ fn log_sandbox(protections: &sandbox::Protections) {
 }
 
 impl Invoker {
-    /// `bus_grpc_url` carries async invocations and event triggers.
+    /// `bus_grpc_url` carries async invocations and event triggers; `storage_grpc_url`
+    /// is where code named by `Code.S3Bucket` is read.
     pub async fn new(
         config: InvokerConfig,
         pool: PgPool,
         authz: Arc<Authz>,
         bus_grpc_url: Option<&str>,
+        storage_grpc_url: Option<&str>,
     ) -> Result<Invoker, InvokerStartError> {
         migrate(&pool).await?;
         let code_dir = config
@@ -378,12 +384,20 @@ impl Invoker {
             )),
             None => None,
         };
+        let storage = match storage_grpc_url {
+            Some(url) => Some(StorageClient::new(
+                TracedChannel::connect_lazy("storage", url)?
+                    .with_credential(authz.service_credential()),
+            )),
+            None => None,
+        };
         Ok(Invoker(Arc::new(InvokerState {
             pool,
             code_dir,
             authz,
             engine,
             bus,
+            storage,
             service_metrics,
         })))
     }

@@ -3,7 +3,8 @@ pair auth issued (issue 19).
 
 Run by tests/it/aws_clients.rs: MINICLOUD_URL is the gateway; AWS_KEY_ID/AWS_SECRET a
 key pair of a role allowed to invoke `aws-echo`, OTHER_KEY_ID/OTHER_SECRET one of a role
-that is not, REVOKED_KEY_ID a revoked one.
+that is not, REVOKED_KEY_ID a revoked one; DEPLOY_KEY_ID/DEPLOY_SECRET a deployer's pair,
+CODE_BUCKET a bucket it may put zips in, SECRET_CODE (bucket/key) a zip it may not read.
 """
 
 import json
@@ -154,6 +155,50 @@ def test_the_control_plane_creates_lists_gets_and_deletes_functions():
         with pytest.raises(ClientError) as error:
             call(FunctionName="boto-made")
         assert error.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_code_comes_from_s3_read_with_the_callers_rights():
+    key_id, secret = os.environ["DEPLOY_KEY_ID"], os.environ["DEPLOY_SECRET"]
+    client = lam(key_id, secret)
+    s3 = boto3.client(
+        "s3", endpoint_url=URL, region_name="us-east-1", aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+    )
+    bucket = os.environ["CODE_BUCKET"]
+    s3.put_object(Bucket=bucket, Key="v1.zip", Body=zipped({"app.py": "def handler(e, c):\n    return 'from s3 v1'\n"}))
+    s3.put_object(Bucket=bucket, Key="v2.zip", Body=zipped({"app.py": "def handler(e, c):\n    return 'from s3 v2'\n"}))
+    client.create_function(
+        FunctionName="s3-code", Runtime="python3.12", Handler="app.handler",
+        Role="arn:aws:iam::000000000000:role/invokers", Code={"S3Bucket": bucket, "S3Key": "v1.zip"},
+    )
+    answer = client.invoke(FunctionName="s3-code", Payload=b"{}")
+    assert json.loads(answer["Payload"].read()) == "from s3 v1"
+    client.update_function_code(FunctionName="s3-code", S3Bucket=bucket, S3Key="v2.zip")
+    answer = client.invoke(FunctionName="s3-code", Payload=b"{}")
+    assert json.loads(answer["Payload"].read()) == "from s3 v2", "the new code runs"
+
+    # The object is read as the caller: a bucket they may not read stays closed.
+    secret_bucket, secret_key = os.environ["SECRET_CODE"].split("/", 1)
+    with pytest.raises(ClientError) as error:
+        client.create_function(
+            FunctionName="s3-stolen", Runtime="python3.12", Handler="app.handler",
+            Role="arn:aws:iam::000000000000:role/invokers",
+            Code={"S3Bucket": secret_bucket, "S3Key": secret_key},
+        )
+    assert error.value.response["Error"]["Code"] == "AccessDeniedException"
+    # A missing object, and both kinds of code at once, are bad parameters.
+    for code in ({"S3Bucket": bucket, "S3Key": "nope.zip"},
+                 {"S3Bucket": bucket, "S3Key": "v1.zip", "ZipFile": b"PK"}):
+        with pytest.raises(ClientError) as error:
+            client.create_function(
+                FunctionName="s3-bad", Runtime="python3.12", Handler="app.handler",
+                Role="arn:aws:iam::000000000000:role/invokers", Code=code,
+            )
+        assert error.value.response["Error"]["Code"] == "InvalidParameterValueException", code
+    names = [f["FunctionName"] for f in client.list_functions()["Functions"]]
+    assert "s3-stolen" not in names and "s3-bad" not in names
+    client.delete_function(FunctionName="s3-code")
 
 
 def test_a_key_that_may_only_invoke_cannot_create_or_delete():
