@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 const ECHO: &[u8] = b"def handler(event, context):\n    return {\"got\": event}\n";
 
 /// An AWS-style key pair for `role`: (access key id, secret access key).
-async fn aws_key(cloud: &TestCloud, role: &str) -> (String, String, String) {
+pub(crate) async fn aws_key(cloud: &TestCloud, role: &str) -> (String, String, String) {
     let created: Value = cloud
         .admin()
         .post(

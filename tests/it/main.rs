@@ -9,6 +9,7 @@ mod docdb;
 mod foundation;
 mod invoker;
 mod outbox;
+mod s3_api;
 mod sandbox;
 mod storage;
 mod supabase_clients;

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Fs,
     S3,
 }
@@ -21,16 +21,24 @@ fn s3_endpoint() -> String {
     std::env::var("MINICLOUD_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
 }
 
-struct Env {
-    cloud: TestCloud,
+pub(crate) struct Env {
+    pub(crate) cloud: TestCloud,
     kind: Kind,
     s3_prefix: String,
 }
 
 async fn start(kind: Kind, change: impl FnOnce(&mut StorageConfig)) -> Env {
+    start_with(kind, change, TestCloud::builder()).await
+}
+
+/// A cloud on `kind` with other settings of `builder`'s (the gateway's dispatch, say).
+pub(crate) async fn start_with(
+    kind: Kind,
+    change: impl FnOnce(&mut StorageConfig),
+    mut builder: minicloud_testkit::TestCloudBuilder,
+) -> Env {
     let id = &uuid_like()[..8];
     let s3_prefix = format!("t{id}-");
-    let mut builder = TestCloud::builder();
     let mut config = StorageConfig::default();
     if kind == Kind::S3 {
         config.backend = BackendKind::S3;
@@ -72,7 +80,7 @@ fn s3_client() -> aws_sdk_s3::Client {
 impl Env {
     /// The blobs the backend holds for `bucket`, read behind the service's back:
     /// files on disk, or the S3 server's own API.
-    async fn blobs(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
+    pub(crate) async fn blobs(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
         match self.kind {
             Kind::Fs => {
                 let root = self.fs_root().join(bucket);
@@ -136,7 +144,7 @@ impl Env {
         std::env::temp_dir().join(format!("minicloud-storage-test-{id}"))
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         if self.kind == Kind::Fs {
             let _ = std::fs::remove_dir_all(self.fs_root());
         }

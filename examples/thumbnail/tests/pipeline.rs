@@ -473,3 +473,81 @@ async fn one_trace_follows_an_upload_into_the_function_and_back() {
     cloud.stop().await.unwrap();
     telemetry.shutdown();
 }
+
+/// Issue 19's acceptance: a photo copied in with `aws s3 cp` (the S3 API, signed with
+/// an access key bound to the user) runs the same pipeline as a REST upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_copied_in_with_the_aws_cli_becomes_a_thumbnail() {
+    let deps = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pydeps-aws");
+    assert!(
+        deps.join("awscli").is_dir(),
+        "the aws CLI is not installed in {}: run `make test-deps`",
+        deps.display()
+    );
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let pipeline = demo::set_up(&admin, &function_zip(), serde_json::Map::new())
+        .await
+        .unwrap();
+    let (_, uid) = user(&cloud, "carol@example.com").await;
+    // Carol's own key pair: her role and her id, so the bucket's per-user policy holds.
+    let pair: Value = admin
+        .post(
+            "/auth/v1/admin/api-keys",
+            &json!({"name": "carol's laptop", "role": "authenticated", "subject": uid, "kind": "aws"}),
+        )
+        .await
+        .unwrap();
+    let mut photos = demo::sample_photos();
+    photos.retain(|p| p.name == "landscape.jpg");
+    let photo = &photos[0];
+    let dir = cloud.data_dir.join("aws-cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(&photo.name);
+    std::fs::write(&file, &photo.bytes).unwrap();
+    let aws = |args: &[&str]| {
+        std::process::Command::new("python3")
+            .env("PYTHONPATH", &deps)
+            .env("AWS_ACCESS_KEY_ID", pair["access_key_id"].as_str().unwrap())
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                pair["secret_access_key"].as_str().unwrap(),
+            )
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .args(["-m", "awscli", "--endpoint-url", cloud.gateway_url()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let target = format!("s3://{PHOTOS}/{uid}/{}", photo.name);
+    let copied =
+        tokio::task::block_in_place(|| aws(&["s3", "cp", file.to_str().unwrap(), &target]));
+    assert!(
+        copied.status.success(),
+        "aws s3 cp failed: {}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    // Another user's folder stays closed to her key.
+    let elsewhere = format!("s3://{PHOTOS}/someone-else/{}", photo.name);
+    let refused =
+        tokio::task::block_in_place(|| aws(&["s3", "cp", file.to_str().unwrap(), &elsewhere]));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("AccessDenied"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let (processed, dead) =
+        demo::wait_for_results(&admin, &pipeline, &uid, &photos, Duration::from_secs(60))
+            .await
+            .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(processed.len(), 1);
+    demo::check(photo, &processed[0]).unwrap();
+    assert_eq!(processed[0].document["data"]["owner"], uid.as_str());
+    assert_eq!(thumbnails_of(&admin, &uid).await.len(), 1);
+    cloud.stop().await.unwrap();
+}

@@ -321,7 +321,6 @@ impl S3 for StorageS3 {
         match crate::buckets::create_bucket(&self.0, &caller, input).await {
             Ok(_) => Ok(S3Response::new(CreateBucketOutput {
                 location: Some(format!("/{name}")),
-                ..Default::default()
             })),
             Err(error) if error.code == minicloud_proto::error::ErrorCode::Conflict => {
                 let existing = crate::buckets::load(&self.0, &name)
