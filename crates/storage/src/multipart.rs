@@ -311,14 +311,18 @@ impl Storage {
         upload: UploadRef<'_>,
     ) -> Result<(), StorageError> {
         self.authorized_upload(caller, upload).await?;
+        self.drop_upload(upload).await.map_err(db)
+    }
+
+    /// Deletes the upload's rows, then its parts' blobs.
+    async fn drop_upload(&self, upload: UploadRef<'_>) -> Result<(), sqlx::Error> {
         let versions: Vec<String> = sqlx::query_scalar(
             "WITH gone AS (DELETE FROM multipart_uploads WHERE upload_id = $1 RETURNING upload_id)
              SELECT version FROM multipart_parts WHERE upload_id IN (SELECT upload_id FROM gone)",
         )
         .bind(upload.upload_id)
         .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         for version in versions {
             self.remove_blob(upload.bucket, &blob_key(upload.path, &version))
                 .await;
@@ -440,20 +444,8 @@ impl Storage {
         }
         self.relay.wake();
         // The object is committed; the upload and every part (named or not) go.
-        let versions: Vec<String> = sqlx::query_scalar(
-            "WITH gone AS (DELETE FROM multipart_uploads WHERE upload_id = $1 RETURNING upload_id)
-             SELECT version FROM multipart_parts WHERE upload_id IN (SELECT upload_id FROM gone)",
-        )
-        .bind(upload.upload_id)
-        .fetch_all(&self.pool)
-        .await
-        .unwrap_or_else(|error| {
+        if let Err(error) = self.drop_upload(upload).await {
             tracing::warn!(%error, "dropping a completed upload failed; its parts stay until aborted");
-            Vec::new()
-        });
-        for version in versions {
-            self.remove_blob(&record.bucket, &blob_key(&record.path, &version))
-                .await;
         }
         Ok(object)
     }

@@ -126,14 +126,30 @@ fn matches(condition: &ETagCondition, object: &ObjectRecord) -> bool {
     }
 }
 
+/// The preconditions of a GET or HEAD.
+struct ReadConditions<'a> {
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+}
+
+/// What a GET and a HEAD answer alike.
+struct Read {
+    object: ObjectRecord,
+    range: Option<ByteRange>,
+    size: u64,
+    headers: http::HeaderMap,
+}
+
 /// GET/HEAD conditions, in RFC 9110's order.
-fn check_read_conditions(
-    object: &ObjectRecord,
-    if_match: Option<&ETagCondition>,
-    if_none_match: Option<&ETagCondition>,
-    if_modified_since: Option<&Timestamp>,
-    if_unmodified_since: Option<&Timestamp>,
-) -> S3Result<()> {
+fn check_read_conditions(object: &ObjectRecord, conditions: ReadConditions<'_>) -> S3Result<()> {
+    let ReadConditions {
+        if_match,
+        if_none_match,
+        if_modified_since,
+        if_unmodified_since,
+    } = conditions;
     let modified = object.updated_at.timestamp();
     if let Some(condition) = if_match {
         if !matches(condition, object) {
@@ -231,6 +247,30 @@ impl StorageS3 {
             .authorize_read(caller, bucket, &key)
             .await
             .map_err(from_storage)
+    }
+
+    /// A GET or HEAD up to the bytes: the caller may read, the conditions hold, the
+    /// range fits.
+    async fn prepare_read<T>(
+        &self,
+        req: &S3Request<T>,
+        (bucket, key): (&str, &str),
+        conditions: ReadConditions<'_>,
+        range: Option<&Range>,
+        response_content_type: Option<&str>,
+    ) -> S3Result<Read> {
+        let caller = self.caller(req).await?;
+        let object = self.readable(&caller, bucket, key).await?;
+        check_read_conditions(&object, conditions)?;
+        let size = object.size as u64;
+        let range = byte_range(range, size)?;
+        let headers = self.read_headers(&object, response_content_type).await?;
+        Ok(Read {
+            object,
+            range,
+            size,
+            headers,
+        })
     }
 
     /// The headers every read answers with, as the REST API sends them: a download
@@ -514,20 +554,25 @@ impl S3 for StorageS3 {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        let caller = self.caller(&req).await?;
         let input = &req.input;
-        let object = self.readable(&caller, &input.bucket, &input.key).await?;
-        check_read_conditions(
-            &object,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
-        let size = object.size as u64;
-        let range = byte_range(input.range.as_ref(), size)?;
-        let headers = self
-            .read_headers(&object, input.response_content_type.as_deref())
+        let Read {
+            object,
+            range,
+            size,
+            headers,
+        } = self
+            .prepare_read(
+                &req,
+                (&input.bucket, &input.key),
+                ReadConditions {
+                    if_match: input.if_match.as_ref(),
+                    if_none_match: input.if_none_match.as_ref(),
+                    if_modified_since: input.if_modified_since.as_ref(),
+                    if_unmodified_since: input.if_unmodified_since.as_ref(),
+                },
+                input.range.as_ref(),
+                input.response_content_type.as_deref(),
+            )
             .await?;
         let (object, stream) = self.0.open(object, range).await.map_err(from_storage)?;
         let output = GetObjectOutput {
@@ -555,20 +600,25 @@ impl S3 for StorageS3 {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        let caller = self.caller(&req).await?;
         let input = &req.input;
-        let object = self.readable(&caller, &input.bucket, &input.key).await?;
-        check_read_conditions(
-            &object,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
-        let size = object.size as u64;
-        let range = byte_range(input.range.as_ref(), size)?;
-        let headers = self
-            .read_headers(&object, input.response_content_type.as_deref())
+        let Read {
+            object,
+            range,
+            size,
+            headers,
+        } = self
+            .prepare_read(
+                &req,
+                (&input.bucket, &input.key),
+                ReadConditions {
+                    if_match: input.if_match.as_ref(),
+                    if_none_match: input.if_none_match.as_ref(),
+                    if_modified_since: input.if_modified_since.as_ref(),
+                    if_unmodified_since: input.if_unmodified_since.as_ref(),
+                },
+                input.range.as_ref(),
+                input.response_content_type.as_deref(),
+            )
             .await?;
         let output = HeadObjectOutput {
             accept_ranges: Some("bytes".into()),
