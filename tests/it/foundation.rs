@@ -925,16 +925,27 @@ fn every_registered_route_is_in_its_openapi_spec() {
     ];
     let mut missing = Vec::new();
     let mut checked = 0;
-    for service in ["auth", "storage", "docdb", "bus", "invoker"] {
+    // The gateway's own API is the traces it keeps; the rest of it is the proxy
+    // (`any` method, routed by prefix to the services' specs).
+    for (service, spec_name) in [
+        ("auth", "auth"),
+        ("storage", "storage"),
+        ("docdb", "docdb"),
+        ("bus", "bus"),
+        ("invoker", "invoker"),
+        ("gateway", "traces"),
+    ] {
         let spec: Value = serde_json::from_str(
-            &std::fs::read_to_string(root.join(format!("docs/api/openapi/{service}.json")))
+            &std::fs::read_to_string(root.join(format!("docs/api/openapi/{spec_name}.json")))
                 .unwrap(),
         )
         .unwrap();
         let routes = registered_routes(&root.join("crates").join(service));
         assert!(!routes.is_empty(), "{service}: no routes read");
         for (method, path) in routes {
-            if not_rest_apis.iter().any(|p| path.contains(p)) {
+            if not_rest_apis.iter().any(|p| path.contains(p))
+                || (service == "gateway" && method == "any")
+            {
                 continue;
             }
             checked += 1;

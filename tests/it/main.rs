@@ -14,3 +14,4 @@ mod sandbox;
 mod storage;
 mod supabase_clients;
 mod trace_propagation;
+mod traces;

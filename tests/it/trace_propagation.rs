@@ -20,6 +20,7 @@ async fn one_request_is_one_trace_across_gateway_service_and_grpc() {
         service_name: "minicloud".into(),
         otlp_endpoint: Some(receiver.endpoint.clone()),
         json_logs: false,
+        keep_traces: false,
     });
     let cloud = TestCloud::start().await.unwrap();
     let session = cloud

@@ -195,7 +195,7 @@ pub async fn start(
         .await
         .context("reading the built-in keys")?;
     // `minicloud up` is reached directly; behind a proxy, run `serve gateway`.
-    let mut gateway = Gateway::new(&GatewayConfig::default(), &urls)?;
+    let mut gateway = Gateway::new(&GatewayConfig::default(), &urls, authz()?)?;
     let hosted = [
         Hosted::new(auth, &shutdown),
         Hosted::new(storage, &shutdown),

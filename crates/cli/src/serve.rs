@@ -290,7 +290,7 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
                 Hosted::new(invoker, &shutdown)
             }
             ServiceName::Gateway => {
-                let mut gateway = minicloud_gateway::Gateway::new(&args.gateway, &urls)?;
+                let mut gateway = minicloud_gateway::Gateway::new(&args.gateway, &urls, authz()?)?;
                 // Services served beside it are called straight through their
                 // routers, as under `up`.
                 for other in &hosted {

@@ -4,12 +4,13 @@
 //! and reports every service's readiness at `/readyz`.
 
 mod proxy;
+mod traces;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::any;
+use axum::routing::{any, get, post};
 use futures::FutureExt as _;
 use minicloud_proto::health::v1::HealthCheckRequest;
 use minicloud_proto::health::v1::health_check_response::ServingStatus;
@@ -47,11 +48,31 @@ pub enum GatewayError {
 pub struct Gateway {
     upstreams: Upstreams,
     health: Arc<Vec<(&'static str, HealthClient<TracedChannel>)>>,
+    authz: Arc<minicloud_authz::Authz>,
 }
+
+use minicloud_proto::openapi::ErrorResponses;
+
+/// The gateway's own API (the traces it keeps), at `/traces/v1/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    modifiers(&ErrorResponses),
+    info(
+        title = "minicloud traces",
+        description = "The traces minicloud keeps (the console's): query them with the service key; functions send theirs over OTLP."
+    ),
+    paths(traces::list, traces::get, traces::logs, traces::receive_http)
+)]
+#[derive(Debug)]
+pub struct TracesApiDoc;
 
 impl Gateway {
     /// A gateway in front of the services at `urls` (the gateway's own is unused).
-    pub fn new(config: &GatewayConfig, urls: &PerService<String>) -> Result<Gateway, GatewayError> {
+    pub fn new(
+        config: &GatewayConfig,
+        urls: &PerService<String>,
+        authz: Arc<minicloud_authz::Authz>,
+    ) -> Result<Gateway, GatewayError> {
         let mut health = Vec::new();
         for service in ServiceName::BEHIND_GATEWAY {
             let (name, url) = (service.as_str(), &urls[service]);
@@ -65,6 +86,7 @@ impl Gateway {
         Ok(Gateway {
             upstreams: Upstreams::new(config, urls)?,
             health: Arc::new(health),
+            authz,
         })
     }
 
@@ -139,11 +161,42 @@ impl Service for Gateway {
             .route("/", any(proxy::forward))
             .route("/{*rest}", any(proxy::forward))
             .with_state(Arc::new(self.upstreams));
+        let traces_state = traces::TracesState {
+            authz: Arc::clone(&self.authz),
+            store: Arc::clone(minicloud_telemetry::trace_store::TraceStore::global()),
+            logs: Arc::clone(minicloud_telemetry::log_store::LogStore::global()),
+        };
+        let spec = bytes::Bytes::from(
+            serde_json::to_vec(&<TracesApiDoc as utoipa::OpenApi>::openapi()).unwrap_or_default(),
+        );
+        let traces = Router::new()
+            .route("/traces/v1/traces", get(traces::list))
+            .route("/traces/v1/traces/{trace_id}", get(traces::get))
+            .route("/traces/v1/logs", get(traces::logs))
+            .route("/v1/traces", post(traces::receive_http))
+            .route(
+                "/traces/v1/openapi.json",
+                get(move || {
+                    let spec = spec.clone();
+                    async move { ([(http::header::CONTENT_TYPE, "application/json")], spec) }
+                }),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(
+                traces::MAX_EXPORT_BYTES,
+            ))
+            .with_state(traces_state.clone());
+        let rest = traces.merge(rest);
         ServiceHost::new(
             Self::NAME,
             rest,
             readiness,
             ServiceMetrics::new("gateway", |_| {}),
+        )
+        .grpc(
+            opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+                traces::OtlpGrpc(traces_state),
+            )
+            .max_decoding_message_size(traces::MAX_EXPORT_BYTES),
         )
     }
 
@@ -198,4 +251,12 @@ fn cors() -> CorsLayer {
         .allow_headers(allow.map(HeaderName::from_static))
         .expose_headers(expose.map(HeaderName::from_static))
         .max_age(Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod openapi_spec {
+    #[test]
+    fn the_committed_spec_matches_the_code() {
+        minicloud_proto::openapi::check_committed_spec_of::<super::TracesApiDoc>("traces");
+    }
 }

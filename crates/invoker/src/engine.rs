@@ -110,6 +110,9 @@ pub struct FunctionUrls {
     pub gateway: Option<String>,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`, unless the function sets its own.
     pub otlp: Option<String>,
+    /// `otlp` is minicloud's own receiver (the gateway), which wants the function's
+    /// token on every export (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub otlp_is_minicloud: bool,
 }
 
 #[derive(Debug)]
@@ -587,12 +590,25 @@ impl Engine {
         if let Some(url) = &self.urls.gateway {
             env.push(("MINICLOUD_URL".into(), url.clone()));
         }
+        let token = self.role_token(pool).await?;
         if let Some(url) = &self.urls.otlp
             && !env.iter().any(|(k, _)| k == "OTEL_EXPORTER_OTLP_ENDPOINT")
         {
             env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url.clone()));
+            if self.urls.otlp_is_minicloud {
+                // The function's spans go to the gateway's store, not its own.
+                env.push(("MINICLOUD_TRACES".into(), "off".into()));
+                if let Some(token) = &token
+                    && !env.iter().any(|(k, _)| k == "OTEL_EXPORTER_OTLP_HEADERS")
+                {
+                    env.push((
+                        "OTEL_EXPORTER_OTLP_HEADERS".into(),
+                        format!("authorization=Bearer%20{token}"),
+                    ));
+                }
+            }
         }
-        if let Some(token) = self.role_token(pool).await? {
+        if let Some(token) = token {
             env.push(("MINICLOUD_TOKEN".into(), token));
         }
         let launch = Launch {

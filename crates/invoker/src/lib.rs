@@ -126,6 +126,15 @@ pub struct InvokerConfig {
         env = "OTEL_EXPORTER_OTLP_ENDPOINT"
     )]
     pub functions_otlp_endpoint: Option<String>,
+    /// Without an endpoint of the operator's, send functions' spans to the gateway's
+    /// OTLP receiver (the traces minicloud keeps); `false` leaves them unexported.
+    #[arg(
+        long = "invoker-functions-traces-to-gateway",
+        env = "MINICLOUD_INVOKER_FUNCTIONS_TRACES_TO_GATEWAY",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub functions_traces_to_gateway: bool,
     /// Concurrent executions per function without reserved concurrency.
     #[arg(
         long = "invoker-concurrency",
@@ -198,6 +207,7 @@ impl Default for InvokerConfig {
             region: "us-east-1".into(),
             gateway_url: None,
             functions_otlp_endpoint: None,
+            functions_traces_to_gateway: true,
             default_concurrency: 64,
             sandbox: SandboxMode::On,
             network: Egress::Any,
@@ -357,12 +367,19 @@ impl Invoker {
                 node,
             },
             config.region.clone(),
-            engine::FunctionUrls {
-                gateway: config.gateway_url.clone(),
-                otlp: config
+            {
+                let configured = config
                     .functions_otlp_endpoint
                     .clone()
-                    .filter(|url| !url.is_empty()),
+                    .filter(|url| !url.is_empty());
+                // No collector of the operator's: functions send their spans to the
+                // gateway, which keeps them beside minicloud's own (issue 20).
+                let ours = configured.is_none() && config.functions_traces_to_gateway;
+                engine::FunctionUrls {
+                    gateway: config.gateway_url.clone(),
+                    otlp: configured.or_else(|| config.gateway_url.clone().filter(|_| ours)),
+                    otlp_is_minicloud: ours,
+                }
             },
             config.default_concurrency,
             Arc::clone(&authz),

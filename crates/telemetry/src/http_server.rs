@@ -104,6 +104,16 @@ pub async fn middleware(
 
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
+    // The access line: kept with the request's id (the console's logs), printed only
+    // when `RUST_LOG` asks for `minicloud_access`.
+    span.in_scope(|| {
+        tracing::info!(
+            target: "minicloud_access",
+            status = status.as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            "{method} {path}"
+        );
+    });
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

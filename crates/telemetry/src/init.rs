@@ -1,5 +1,6 @@
 //! One setup function for logs and traces.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -21,6 +22,10 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// Log lines as JSON objects instead of text.
     pub json_logs: bool,
+    /// Keep this process's spans and log lines ([`crate::trace_store::TraceStore::global`],
+    /// [`crate::log_store::LogStore::global`]: the console's traces and logs);
+    /// `MINICLOUD_TRACES=off` turns it off.
+    pub keep_traces: bool,
 }
 
 impl TelemetryConfig {
@@ -32,6 +37,7 @@ impl TelemetryConfig {
                 .ok()
                 .filter(|s| !s.is_empty()),
             json_logs: std::env::var("MINICLOUD_LOG_FORMAT").is_ok_and(|v| v == "json"),
+            keep_traces: !std::env::var("MINICLOUD_TRACES").is_ok_and(|v| v == "off"),
         }
     }
 }
@@ -79,9 +85,14 @@ impl Drop for TelemetryGuard {
 pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sqlx=warn,opentelemetry=warn")
-    });
+    const QUIET: &str = "info,h2=warn,hyper=warn,tower=warn,sqlx=warn,opentelemetry=warn";
+    // What is printed: `RUST_LOG`, by default without the per-request access lines.
+    let printed = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(format!("{QUIET},minicloud_access=off")))
+    };
+    // What is kept for the console: access lines included, whatever is printed.
+    let kept = || EnvFilter::new(QUIET);
     let fmt_layer = if config.json_logs {
         tracing_subscriber::fmt::layer()
             .json()
@@ -91,24 +102,28 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         tracing_subscriber::fmt::layer().with_target(false).boxed()
     };
 
-    let provider = config.otlp_endpoint.as_deref().and_then(|endpoint| {
-        match build_provider(&config.service_name, endpoint) {
-            Ok(provider) => Some(provider),
-            Err(error) => {
-                eprintln!("OTLP exporter not started: {error}");
-                None
-            }
-        }
-    });
+    let provider = build_provider(config);
     let otel_layer = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("minicloud"))
             .with_error_records_to_exceptions(true)
     });
 
+    let log_store = config.keep_traces.then(|| {
+        crate::log_store::LogStoreLayer::new(Arc::clone(crate::log_store::LogStore::global()))
+            .with_filter(kept())
+    });
+    let otel_layer = otel_layer.map(|layer| {
+        let spans = if config.keep_traces {
+            kept()
+        } else {
+            printed()
+        };
+        layer.with_filter(spans)
+    });
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
+        .with(fmt_layer.with_filter(printed()))
+        .with(log_store)
         .with(otel_layer)
         .try_init()
         .is_ok();
@@ -121,21 +136,33 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     TelemetryGuard { provider }
 }
 
-fn build_provider(
-    service_name: &str,
-    endpoint: &str,
-) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .with_timeout(Duration::from_secs(5))
-        .build()?;
+/// The span pipeline: the in-process store and/or the OTLP exporter, each batched;
+/// none when neither is wanted.
+fn build_provider(config: &TelemetryConfig) -> Option<SdkTracerProvider> {
+    let otlp = config.otlp_endpoint.as_deref().and_then(|endpoint| {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .inspect_err(|error| eprintln!("OTLP exporter not started: {error}"))
+            .ok()
+    });
+    if otlp.is_none() && !config.keep_traces {
+        return None;
+    }
     let resource = Resource::builder()
-        .with_service_name(service_name.to_owned())
+        .with_service_name(config.service_name.clone())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build())
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(exporter) = otlp {
+        builder = builder.with_batch_exporter(exporter);
+    }
+    if config.keep_traces {
+        builder = builder.with_batch_exporter(crate::trace_store::StoreExporter::new(Arc::clone(
+            crate::trace_store::TraceStore::global(),
+        )));
+    }
+    Some(builder.build())
 }

@@ -1,13 +1,16 @@
 //! Everything a minicloud service needs to be observable and reachable:
 //! tracing + OpenTelemetry setup ([`init`]), W3C trace context on every hop
 //! ([`trace_context`], [`http_server`], [`grpc_client`]), Prometheus metrics
-//! ([`metrics`]) and the one-port REST+gRPC server with health endpoints ([`server`]).
+//! ([`metrics`]), the one-port REST+gRPC server with health endpoints ([`server`]) and
+//! the traces a process keeps itself ([`trace_store`]).
 
 pub mod grpc_client;
 pub mod http_server;
 pub mod init;
+pub mod log_store;
 pub mod metrics;
 pub mod server;
 pub mod trace_context;
+pub mod trace_store;
 
 pub use init::{TelemetryConfig, TelemetryGuard, init};

@@ -355,6 +355,7 @@ async fn one_trace_follows_an_upload_into_the_function_and_back() {
         service_name: "minicloud".into(),
         otlp_endpoint: Some(receiver.endpoint.clone()),
         json_logs: false,
+        keep_traces: false,
     });
     // The invoker hands its collector to functions (and lets them connect to it:
     // a port in a function's own env would not be, its sandbox allows only the
