@@ -552,3 +552,123 @@ async fn a_photo_copied_in_with_the_aws_cli_becomes_a_thumbnail() {
     assert_eq!(thumbnails_of(&admin, &uid).await.len(), 1);
     cloud.stop().await.unwrap();
 }
+
+/// Issue 20: with no collector configured, minicloud keeps the trace itself — the
+/// functions' spans arrive at the gateway's OTLP receiver with their tokens — and
+/// `/traces/v1` shows one upload from the gateway through storage, the bus, the
+/// invoker and the function to docdb, with the request's log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minicloud_keeps_the_uploads_trace_into_the_function() {
+    let telemetry = minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig {
+        service_name: "minicloud".into(),
+        otlp_endpoint: None,
+        json_logs: false,
+        keep_traces: true,
+    });
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let pipeline = demo::set_up(&admin, &function_zip(), serde_json::Map::new())
+        .await
+        .unwrap();
+    let (alice, uid) = user(&cloud, "kept@example.com").await;
+    let path = format!("{uid}/kept.jpg");
+    let response = alice
+        .request(
+            reqwest::Method::POST,
+            &format!("/storage/v1/object/{PHOTOS}/{path}"),
+        )
+        .header("content-type", "image/jpeg")
+        .body(thumbnail::sample_photo(640, 480, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let photos = [demo::SamplePhoto {
+        name: "kept.jpg".into(),
+        bytes: Vec::new(),
+        display: Some((640, 480)),
+    }];
+    demo::wait_for_results(&admin, &pipeline, &uid, &photos, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let wanted = ["gateway", "storage", "bus", "invoker", "thumbnail", "docdb"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let trace = loop {
+        telemetry.flush();
+        let found: Result<Value, _> = admin.get(&format!("/traces/v1/traces/{request_id}")).await;
+        if let Ok(trace) = found {
+            let services: Vec<&str> = trace["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s["service"].as_str())
+                .collect();
+            if wanted.iter().all(|w| services.contains(w)) {
+                break trace;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kept trace never held {wanted:?}: {services:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let spans = trace["spans"].as_array().unwrap();
+    // The function's own span came over OTLP, signed by its role's token.
+    let function = spans
+        .iter()
+        .find(|s| s["service"] == "thumbnail" && s["name"] == "thumbnail")
+        .expect("the function's span");
+    assert!(
+        function["attributes"]["minicloud.ingested_by"]
+            .as_str()
+            .unwrap()
+            .starts_with(demo::ROLE),
+        "{function}"
+    );
+    // Every span's parent is in the trace but the root's: one waterfall.
+    let ids: Vec<&str> = spans.iter().filter_map(|s| s["span_id"].as_str()).collect();
+    let orphans: Vec<&Value> = spans
+        .iter()
+        .filter(|s| {
+            s["parent_span_id"]
+                .as_str()
+                .is_some_and(|p| !ids.contains(&p))
+        })
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "spans whose parent is missing: {orphans:#?}"
+    );
+    // The listing finds it by the function's name, and the logs by its request ids.
+    let listed: Value = admin
+        .get("/traces/v1/traces?service=thumbnail&limit=100")
+        .await
+        .unwrap();
+    assert!(
+        listed["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["trace_id"] == trace["trace_id"])
+    );
+    let lines: Value = admin
+        .get(&format!(
+            "/traces/v1/logs?trace_id={}",
+            trace["trace_id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    let lines = lines["lines"].as_array().unwrap();
+    assert!(
+        lines.iter().any(|l| l["request_id"] == request_id.as_str()),
+        "{lines:#?}"
+    );
+    cloud.stop().await.unwrap();
+    telemetry.shutdown();
+}
