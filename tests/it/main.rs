@@ -5,6 +5,7 @@
 mod auth;
 mod aws_clients;
 mod bus;
+mod console;
 mod docdb;
 mod foundation;
 mod invoker;

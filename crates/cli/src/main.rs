@@ -49,6 +49,11 @@ enum Command {
     /// API keys, straight from the database (no running cloud needed).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The web console: prints its URL and opens a browser where one exists.
+    Console {
+        #[command(flatten)]
+        connection: minicloud_cli::user::Connection,
+    },
     /// Auth's local mail outbox: recovery and sign-in mails, newest first (no
     /// mail server exists in a local cloud).
     Mail {
@@ -167,6 +172,9 @@ fn main() -> ExitCode {
             } => {
                 minicloud_cli::user::mail(&connection, to.as_deref(), limit, std::io::stdout())
                     .await
+            }
+            Command::Console { connection } => {
+                minicloud_cli::user::console(&connection, std::io::stdout())
             }
             Command::Demo(command) => minicloud_cli::demo::run(command, std::io::stdout()).await,
             Command::Keys(KeysCommand::Issue {

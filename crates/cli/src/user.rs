@@ -52,6 +52,26 @@ impl Connection {
     }
 }
 
+/// Prints the console's URL and opens it in a browser when the machine has one
+/// (`xdg-open`/`open`); sign in there with the service key (in `credentials.json`).
+pub fn console(connection: &Connection, mut out: impl std::io::Write) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let url = format!("{}/console", client.base_url().trim_end_matches('/'));
+    writeln!(out, "{url}")?;
+    let opened = ["xdg-open", "open"].iter().any(|opener| {
+        std::process::Command::new(opener)
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    });
+    if !opened {
+        writeln!(out, "(no browser here: open the URL above)")?;
+    }
+    Ok(())
+}
+
 /// Prints a topic's new events, one JSON line each, until interrupted.
 pub async fn tail(
     connection: &Connection,

@@ -3,6 +3,7 @@
 //! streaming bodies, adds request ids, CORS, forwarding headers and the root span,
 //! and reports every service's readiness at `/readyz`.
 
+mod console;
 mod proxy;
 mod traces;
 
@@ -185,7 +186,12 @@ impl Service for Gateway {
                 traces::MAX_EXPORT_BYTES,
             ))
             .with_state(traces_state.clone());
-        let rest = traces.merge(rest);
+        let console = Router::new()
+            .route("/console", get(console::index))
+            .route("/console/", get(console::index))
+            .route("/console/console.js", get(console::script))
+            .route("/console/console.css", get(console::style));
+        let rest = traces.merge(console).merge(rest);
         ServiceHost::new(
             Self::NAME,
             rest,

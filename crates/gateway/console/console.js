@@ -1,0 +1,381 @@
+// The minicloud console: a small dependency-free app over the public APIs (the same
+// calls any client makes, with the signed-in credential), so a user sees exactly what
+// their policies allow. Every value from the server is set as text, never as HTML.
+"use strict";
+
+const session = {
+  get token() { return sessionStorage.getItem("minicloud.token"); },
+  get label() { return sessionStorage.getItem("minicloud.label") || ""; },
+  set(token, label) {
+    sessionStorage.setItem("minicloud.token", token);
+    sessionStorage.setItem("minicloud.label", label);
+  },
+  clear() { sessionStorage.removeItem("minicloud.token"); sessionStorage.removeItem("minicloud.label"); },
+};
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, body, { raw = false, headers = {} } = {}) {
+  const init = { method, headers: { ...headers } };
+  if (session.token) init.headers.authorization = "Bearer " + session.token;
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (!response.ok) {
+    let message = response.status + " " + response.statusText;
+    try {
+      const parsed = await response.json();
+      message = (parsed.error && parsed.error.message) || parsed.message || message;
+    } catch (_) { /* not JSON */ }
+    if (response.status === 401 && session.token) {
+      message += " — your session may have expired: sign in again";
+    }
+    throw new ApiError(response.status, message);
+  }
+  if (raw) return response;
+  const text = await response.text();
+  return text ? JSON.parse(text) : null;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "onclick" || key === "onsubmit" || key === "onchange") node[key] = value;
+    else if (key === "text") node.textContent = value;
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/// A refusal as the screens show it: "not allowed" for 403, the server's message otherwise.
+function problem(error) {
+  if (error.status === 403) return el("p", { class: "denied", role: "alert" }, "Not allowed: " + error.message);
+  return el("p", { class: "error", role: "alert" }, error.message);
+}
+
+const main = () => document.getElementById("main");
+
+function show(...nodes) {
+  main().replaceChildren(...nodes);
+}
+
+function ms(ns) { return (ns / 1e6).toFixed(ns < 1e7 ? 2 : 0) + " ms"; }
+function when(ns) { return new Date(ns / 1e6).toLocaleTimeString(); }
+
+// ---- sign-in ---------------------------------------------------------------------
+
+async function signInWithKey(key) {
+  session.set(key, "API key");
+  try {
+    await api("GET", "/traces/v1/traces?limit=1");
+    session.set(key, "service key (admin)");
+  } catch (error) {
+    if (error.status === 401) { session.clear(); throw new ApiError(401, "That key is not valid: " + error.message); }
+  }
+}
+
+async function signInWithPassword(email, password) {
+  const answer = await api("POST", "/auth/v1/token?grant_type=password", { email, password });
+  session.set(answer.access_token, email);
+}
+
+function signInScreen() {
+  const error = el("p", { class: "error", id: "sign-in-error", role: "alert" });
+  const key = el("input", { id: "api-key", type: "password", autocomplete: "off", required: true });
+  const email = el("input", { id: "email", type: "email", required: true });
+  const password = el("input", { id: "password", type: "password", required: true });
+  const attempt = (work) => async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    try { await work(); route(); } catch (e) { error.textContent = e.message; }
+  };
+  show(el("section", { id: "sign-in" },
+    el("h1", { text: "Sign in" }),
+    el("form", { id: "key-form", onsubmit: attempt(() => signInWithKey(key.value.trim())) },
+      el("label", {}, "API key ", key), el("button", { type: "submit" }, "Use key")),
+    el("p", { text: "or" }),
+    el("form", { id: "password-form", onsubmit: attempt(() => signInWithPassword(email.value, password.value)) },
+      el("label", {}, "Email ", email), el("label", {}, "Password ", password),
+      el("button", { type: "submit" }, "Sign in")),
+    error));
+}
+
+// ---- overview --------------------------------------------------------------------
+
+async function count(path, pick) {
+  try { return pick(await api("GET", path)); } catch (error) { return error.status === 403 ? "not allowed" : "—"; }
+}
+
+async function overview() {
+  const health = el("section", {}, el("h2", { text: "Services" }), el("p", { class: "muted", text: "Asking every service…" }));
+  const counts = el("section", {}, el("h2", { text: "Counts" }));
+  const errors = el("section", {}, el("h2", { text: "Recent errors" }));
+  show(el("h1", { text: "Overview" }), health, counts, errors);
+  const ready = await fetch("/readyz").then((r) => r.json()).catch(() => null);
+  const checks = Object.entries((ready && ready.checks) || {});
+  health.replaceChildren(el("h2", { text: "Services" }), el("table", { id: "health" },
+    el("tr", {}, el("th", { text: "service" }), el("th", { text: "state" })),
+    checks.map(([name, state]) => el("tr", {},
+      el("td", { text: name }),
+      el("td", { class: state === "ok" ? "ok" : "bad", text: state })))));
+  let users = "not allowed";
+  try {
+    const response = await api("GET", "/auth/v1/admin/users?page=1&per_page=1", undefined, { raw: true });
+    users = response.headers.get("x-total-count") || "?";
+  } catch (error) { if (error.status !== 403 && error.status !== 401) users = "—"; }
+  const rows = [
+    ["users", users],
+    ["buckets", await count("/storage/v1/bucket", (b) => b.length)],
+    ["collections", await count("/db/v1/collections", (c) => (c.collections || c).length)],
+    ["functions", await count("/functions/v1", (f) => (f.functions || f).length)],
+    ["topics", await count("/events/v1/topics", (t) => (t.topics || t).length)],
+  ];
+  counts.append(el("table", {}, rows.map(([name, value]) => el("tr", {}, el("th", { text: name }), el("td", { text: value })))));
+  try {
+    const failed = await api("GET", "/traces/v1/traces?status=error&limit=10");
+    errors.append(failed.traces.length === 0 ? el("p", { class: "muted", text: "None kept." }) : traceTable(failed.traces));
+  } catch (error) { errors.append(problem(error)); }
+}
+
+// ---- storage ---------------------------------------------------------------------
+
+async function storage(bucket, prefix) {
+  if (bucket) return folder(bucket, prefix || "");
+  const list = el("section", {}, el("h2", { text: "Buckets" }));
+  const name = el("input", { id: "bucket-name", required: true, placeholder: "photos" });
+  const isPublic = el("input", { id: "bucket-public", type: "checkbox" });
+  const formError = el("p", { class: "error", role: "alert" });
+  const form = el("form", { id: "bucket-form", onsubmit: async (event) => {
+    event.preventDefault();
+    formError.textContent = "";
+    try {
+      await api("POST", "/storage/v1/bucket", { name: name.value.trim(), public: isPublic.checked });
+      location.hash = "#/storage/" + encodeURIComponent(name.value.trim());
+    } catch (error) { formError.replaceChildren(problem(error)); }
+  } }, el("label", {}, "Name ", name), el("label", {}, isPublic, " public"), el("button", { type: "submit" }, "Create bucket"), formError);
+  show(el("h1", { text: "Storage" }), list, el("section", {}, el("h2", { text: "New bucket" }), form));
+  try {
+    const buckets = await api("GET", "/storage/v1/bucket");
+    list.append(el("table", {}, el("tr", {}, el("th", { text: "bucket" }), el("th", { text: "public" }), el("th", { text: "created" })),
+      buckets.map((b) => el("tr", { class: "clickable", onclick: () => { location.hash = "#/storage/" + encodeURIComponent(b.name); } },
+        el("td", { text: b.name }), el("td", { text: b.public ? "yes" : "no" }), el("td", { text: new Date(b.created_at).toLocaleString() })))));
+  } catch (error) { list.append(problem(error)); }
+}
+
+function objectUrl(bucket, path) {
+  return "/storage/v1/object/" + encodeURIComponent(bucket) + "/" + path.split("/").map(encodeURIComponent).join("/");
+}
+
+function upload(bucket, path, file, bar) {
+  // XMLHttpRequest rather than fetch: it reports upload progress.
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", objectUrl(bucket, path));
+    request.setRequestHeader("authorization", "Bearer " + session.token);
+    request.setRequestHeader("content-type", file.type || "application/octet-stream");
+    request.setRequestHeader("x-upsert", "true");
+    request.upload.onprogress = (event) => { if (event.lengthComputable) { bar.max = event.total; bar.value = event.loaded; } };
+    request.onload = () => {
+      if (request.status < 300) return resolve();
+      let message = request.status + "";
+      try { message = JSON.parse(request.responseText).error.message; } catch (_) { /* keep the status */ }
+      reject(new ApiError(request.status, message));
+    };
+    request.onerror = () => reject(new ApiError(0, "the upload failed (connection)"));
+    request.send(file);
+  });
+}
+
+async function folder(bucket, prefix) {
+  const listing = el("section", {}, el("h2", {}, bucket + "/" + prefix));
+  const picker = el("input", { id: "file-picker", type: "file", multiple: true });
+  const bar = el("progress", { id: "upload-progress", value: 0, max: 1 });
+  const status = el("p", { role: "status" });
+  picker.onchange = async () => {
+    status.textContent = "";
+    for (const file of picker.files) {
+      try {
+        await upload(bucket, prefix + file.name, file, bar);
+        status.append(el("span", { class: "ok", text: "uploaded " + file.name + " " }));
+      } catch (error) { status.append(problem(error)); }
+    }
+    folder(bucket, prefix);
+  };
+  const detail = el("section", { id: "object-detail" });
+  show(el("h1", {}, el("a", { href: "#/storage", text: "Storage" }), " / " + bucket),
+    el("section", {}, el("h2", { text: "Upload" }), el("label", {}, "Files ", picker), bar, status), listing, detail);
+  try {
+    const page = await api("POST", "/storage/v1/object/list/" + encodeURIComponent(bucket), { prefix, delimiter: "/", limit: 100 });
+    const rows = [];
+    for (const sub of page.prefixes) {
+      rows.push(el("tr", { class: "clickable", onclick: () => { location.hash = "#/storage/" + encodeURIComponent(bucket) + "/" + encodeURIComponent(sub); } },
+        el("td", { text: sub.slice(prefix.length) }), el("td", { text: "folder" }), el("td", {})));
+    }
+    for (const object of page.objects) {
+      rows.push(el("tr", { class: "clickable", onclick: () => objectDetail(bucket, object, detail) },
+        el("td", { text: object.name.slice(prefix.length) }), el("td", { text: object.content_type }), el("td", { text: object.size + " B" })));
+    }
+    listing.append(rows.length ? el("table", { id: "objects" }, el("tr", {}, el("th", { text: "name" }), el("th", { text: "type" }), el("th", { text: "size" })), rows)
+      : el("p", { class: "muted", text: "Empty." }));
+    if (page.next_cursor) listing.append(el("p", { class: "muted", text: "More objects follow (first 100 shown)." }));
+  } catch (error) { listing.append(problem(error)); }
+}
+
+async function objectDetail(bucket, object, panel) {
+  panel.replaceChildren(el("h2", { text: object.name }),
+    el("pre", { text: JSON.stringify(object, null, 2) }));
+  const actions = el("p", {});
+  panel.append(actions);
+  try {
+    const response = await api("GET", objectUrl(bucket, object.name), undefined, { raw: true });
+    const blob = await response.blob();
+    const url = URL.createObjectURL(blob);
+    actions.append(el("a", { href: url, download: object.name.split("/").pop(), text: "Download" }), " ");
+    if (/^image\/(png|jpeg|gif|webp)$/.test(object.content_type)) {
+      panel.append(el("img", { class: "preview", id: "preview", src: url, alt: object.name }));
+    }
+  } catch (error) { panel.append(problem(error)); }
+  actions.append(el("button", { onclick: async () => {
+    try { await api("DELETE", objectUrl(bucket, object.name)); location.reload(); } catch (error) { panel.append(problem(error)); }
+  } }, "Delete"));
+}
+
+// ---- traces and logs -------------------------------------------------------------
+
+function traceTable(traces) {
+  return el("table", { id: "traces" },
+    el("tr", {}, ["started", "root", "services", "duration", "spans", "status"].map((h) => el("th", { text: h }))),
+    traces.map((t) => el("tr", { class: "clickable", onclick: () => { location.hash = "#/traces/" + t.trace_id; } },
+      el("td", { text: when(t.start_unix_nano) }),
+      el("td", {}, t.root_name, el("div", { class: "muted", text: t.root_path || "" })),
+      el("td", { text: t.services.join(", ") }),
+      el("td", { text: ms(t.duration_ns) }),
+      el("td", { text: t.span_count }),
+      el("td", { class: t.error ? "bad" : "", text: t.http_status || (t.error ? "error" : "") }))));
+}
+
+async function traces(id) {
+  if (id) return waterfall(id);
+  const fields = {};
+  const input = (name, attrs = {}) => (fields[name] = el("input", { name, ...attrs }));
+  const results = el("section", {});
+  const form = el("form", { id: "trace-filter", onsubmit: (event) => { event.preventDefault(); load(); } },
+    el("label", {}, "service ", input("service")), el("label", {}, "route ", input("route")),
+    el("label", {}, "status ", fields.status = el("select", { name: "status" }, el("option", { value: "", text: "any" }), el("option", { value: "error", text: "error" }), el("option", { value: "ok", text: "ok" }))),
+    el("label", {}, "min ms ", input("min_duration_ms", { type: "number", min: 0 })),
+    el("label", {}, "text ", input("text")), el("button", { type: "submit" }, "Filter"));
+  async function load() {
+    const query = new URLSearchParams({ limit: "100" });
+    for (const [name, field] of Object.entries(fields)) if (field.value) query.set(name, field.value);
+    try {
+      const found = await api("GET", "/traces/v1/traces?" + query);
+      results.replaceChildren(el("p", { class: "muted", text: found.spans + " spans kept (bound " + found.max_spans + ")" }), traceTable(found.traces));
+    } catch (error) { results.replaceChildren(problem(error)); }
+  }
+  show(el("h1", { text: "Traces" }), el("section", {}, form), results);
+  load();
+}
+
+async function waterfall(id) {
+  const view = el("section", { id: "waterfall", class: "waterfall" });
+  const detail = el("section", { id: "span-detail" });
+  const logs = el("section", { id: "trace-logs" }, el("h2", { text: "Log lines" }));
+  show(el("h1", {}, el("a", { href: "#/traces", text: "Traces" }), " / " + id), view, detail, logs);
+  let trace;
+  try { trace = await api("GET", "/traces/v1/traces/" + encodeURIComponent(id)); } catch (error) { view.append(problem(error)); return; }
+  const spans = trace.spans;
+  const start = Math.min(...spans.map((s) => s.start_unix_nano));
+  const end = Math.max(...spans.map((s) => s.end_unix_nano));
+  const total = Math.max(end - start, 1);
+  const children = new Map();
+  const ids = new Set(spans.map((s) => s.span_id));
+  for (const span of spans) {
+    const parent = span.parent_span_id && ids.has(span.parent_span_id) ? span.parent_span_id : null;
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(span);
+  }
+  const rows = [];
+  const walk = (parent, depth) => {
+    for (const span of (children.get(parent) || []).sort((a, b) => a.start_unix_nano - b.start_unix_nano)) {
+      const bar = el("div", { class: "bar" + (span.status === "error" ? " error" : "") });
+      bar.style.left = ((span.start_unix_nano - start) / total * 100) + "%";
+      bar.style.width = ((span.end_unix_nano - span.start_unix_nano) / total * 100) + "%";
+      const label = el("div", { class: "label", title: span.name }, "\u00a0".repeat(depth * 2), el("strong", { text: span.service }), " " + span.name + " ", el("span", { class: "muted", text: ms(span.end_unix_nano - span.start_unix_nano) }));
+      const row = el("div", { class: "row span", "data-service": span.service }, label, el("div", { class: "track" }, bar));
+      row.onclick = () => {
+        view.querySelectorAll(".row").forEach((r) => r.classList.remove("selected"));
+        row.classList.add("selected");
+        detail.replaceChildren(el("h2", { text: span.service + " · " + span.name }),
+          el("p", { class: "muted", text: span.kind + " · " + ms(span.end_unix_nano - span.start_unix_nano) + (span.status_message ? " · " + span.status_message : "") }),
+          el("table", {}, Object.entries(span.attributes).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: v })))));
+      };
+      rows.push(row);
+      walk(span.span_id, depth + 1);
+    }
+  };
+  walk(null, 0);
+  view.append(el("p", { class: "muted", text: spans.length + " spans, " + ms(total) }), ...rows);
+  try {
+    const found = await api("GET", "/traces/v1/logs?trace_id=" + encodeURIComponent(trace.trace_id));
+    logs.append(logTable(found.lines));
+  } catch (error) { logs.append(problem(error)); }
+}
+
+function logTable(lines) {
+  if (!lines.length) return el("p", { class: "muted", text: "No lines kept." });
+  return el("table", { id: "log-lines" }, lines.map((l) => el("tr", {},
+    el("td", { class: "muted", text: when(l.time_unix_nano) }),
+    el("td", { class: l.level === "ERROR" ? "bad" : "", text: l.level }),
+    el("td", { text: l.service || "" }),
+    el("td", {}, l.request_id ? el("a", { href: "#/traces/" + l.request_id, text: l.request_id }) : ""),
+    el("td", { text: l.message + (Object.keys(l.fields).length ? " " + JSON.stringify(l.fields) : "") }))));
+}
+
+async function logs() {
+  const fields = {};
+  const input = (name) => (fields[name] = el("input", { name }));
+  const results = el("section", {});
+  const form = el("form", { id: "log-filter", onsubmit: (event) => { event.preventDefault(); load(); } },
+    el("label", {}, "request id ", input("request_id")), el("label", {}, "service ", input("service")),
+    el("label", {}, "level ", fields.level = el("select", { name: "level" }, ["", "error", "warn", "info", "debug"].map((l) => el("option", { value: l, text: l || "any" })))),
+    el("label", {}, "text ", input("text")), el("button", { type: "submit" }, "Filter"));
+  async function load() {
+    const query = new URLSearchParams({ limit: "200" });
+    for (const [name, field] of Object.entries(fields)) if (field.value) query.set(name, field.value);
+    try { results.replaceChildren(logTable((await api("GET", "/traces/v1/logs?" + query)).lines)); } catch (error) { results.replaceChildren(problem(error)); }
+  }
+  show(el("h1", { text: "Logs" }), el("section", {}, form), results);
+  load();
+}
+
+// ---- routing ---------------------------------------------------------------------
+
+function route() {
+  const signedIn = Boolean(session.token);
+  document.getElementById("nav").hidden = !signedIn;
+  document.getElementById("sign-out").hidden = !signedIn;
+  document.getElementById("who").textContent = session.label;
+  if (!signedIn) return signInScreen();
+  const [screen, ...rest] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === "#/" + screen));
+  switch (screen) {
+    case "storage": return storage(rest[0], rest.slice(1).join("/"));
+    case "traces": return traces(rest[0]);
+    case "logs": return logs();
+    default: return overview();
+  }
+}
+
+window.addEventListener("hashchange", route);
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("sign-out").onclick = () => { session.clear(); location.hash = ""; route(); };
+  route();
+});

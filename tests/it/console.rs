@@ -1,0 +1,354 @@
+//! The console (issue 20) in a real browser: headless Chromium driven over WebDriver
+//! (Debian's `chromium` and `chromium-driver`, installed by `make test-deps`;
+//! `fantoccini` as the client: a plain async WebDriver client on the tokio and hyper
+//! the project already uses, where a DevTools client would add a second protocol
+//! stack). Each test saves screenshots to `target/console-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use minicloud_telemetry::{TelemetryConfig, init};
+use minicloud_testkit::TestCloud;
+use serde_json::{Value, json};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+struct Browser {
+    client: Client,
+    driver: std::process::Child,
+    shots: PathBuf,
+}
+
+impl Browser {
+    async fn start(test: &str) -> Browser {
+        assert!(
+            Path::new(CHROMEDRIVER).exists(),
+            "{CHROMEDRIVER} is missing: run `make test-deps` (apt packages chromium and chromium-driver)"
+        );
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let driver = std::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
+        );
+        let mut last = None;
+        let mut client = None;
+        for _ in 0..50 {
+            match ClientBuilder::rustls()
+                .expect("a TLS config")
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(connected) => {
+                    client = Some(connected);
+                    break;
+                }
+                Err(error) => {
+                    last = Some(error);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let client = client.unwrap_or_else(|| panic!("chromedriver did not start: {last:?}"));
+        let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/console-screenshots")
+            .join(test);
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            client,
+            driver,
+            shots,
+        }
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Waits up to 10 s for `css` to be there, then its element.
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+    }
+
+    /// Waits until `css` holds `text`.
+    async fn text_of(&self, css: &str, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // An empty `text`: any text at all.
+            if let Ok(found) = self.client.find(Locator::Css(css)).await
+                && let Ok(seen) = found.text().await
+                && seen.contains(text)
+                && !seen.trim().is_empty()
+            {
+                return seen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{css} never said {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn go(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn stop(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// A PNG of `width`×`height`, for the preview.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, 128])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_signs_in_uploads_an_image_and_follows_its_trace() {
+    let telemetry = init(&TelemetryConfig {
+        service_name: "minicloud".into(),
+        otlp_endpoint: None,
+        json_logs: false,
+        keep_traces: true,
+    });
+    let cloud = TestCloud::start().await.unwrap();
+    let base = cloud.gateway_url().to_owned();
+    let browser = Browser::start("admin").await;
+
+    // A wrong key is refused next to the field, never a blank page.
+    browser.go(&format!("{base}/console")).await;
+    browser
+        .find("#api-key")
+        .await
+        .send_keys("mck_ak_nope.nope")
+        .await
+        .unwrap();
+    browser
+        .find("#key-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#sign-in-error", "not valid").await;
+    browser.shot("refused-key").await;
+
+    let key = browser.find("#api-key").await;
+    key.clear().await.unwrap();
+    key.send_keys(&cloud.keys.service_key).await.unwrap();
+    browser
+        .find("#key-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#health", "storage").await;
+    browser.text_of("#who", "admin").await;
+    browser.shot("overview").await;
+
+    // Storage: a bucket from the form, an image through the file picker, its preview.
+    browser.go(&format!("{base}/console#/storage")).await;
+    browser
+        .find("#bucket-name")
+        .await
+        .send_keys("pictures")
+        .await
+        .unwrap();
+    browser
+        .find("#bucket-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let picker = browser.find("#file-picker").await;
+    let image = cloud.data_dir.join("sunset.png");
+    std::fs::write(&image, png(64, 48)).unwrap();
+    picker.send_keys(image.to_str().unwrap()).await.unwrap();
+    browser.text_of("#objects", "sunset.png").await;
+    browser
+        .find("#objects tr.clickable")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#preview").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The decoded image's own width: the bytes came back and are a picture.
+        let width = browser
+            .client
+            .execute(
+                "return document.getElementById('preview').naturalWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if width == json!(64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the preview never loaded: {width:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.shot("storage-preview").await;
+    // The upload really is there, as the API sees it.
+    let stored = cloud
+        .admin()
+        .download("pictures", "sunset.png")
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), png(64, 48).len());
+
+    // Traces: the upload's trace, as a waterfall of gateway and storage spans.
+    telemetry.flush();
+    browser.go(&format!("{base}/console#/traces")).await;
+    browser
+        .find("#trace-filter input[name=route]")
+        .await
+        .send_keys("/storage/v1/object/pictures")
+        .await
+        .unwrap();
+    browser
+        .find("#trace-filter button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#traces", "gateway").await;
+    browser.shot("traces").await;
+    browser
+        .find("#traces tr.clickable")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#waterfall .row").await;
+    let services: Vec<String> = {
+        let mut out = Vec::new();
+        for row in browser
+            .client
+            .find_all(Locator::Css("#waterfall .row"))
+            .await
+            .unwrap()
+        {
+            out.push(row.attr("data-service").await.unwrap().unwrap_or_default());
+        }
+        out
+    };
+    assert!(
+        services.iter().any(|s| s == "gateway") && services.iter().any(|s| s == "storage"),
+        "{services:?}"
+    );
+    browser.find("#waterfall .row").await.click().await.unwrap();
+    browser.text_of("#span-detail", "request_id").await;
+    browser
+        .text_of("#trace-logs", "/storage/v1/object/pictures/sunset.png")
+        .await;
+    browser.shot("waterfall").await;
+    browser.stop().await;
+    cloud.stop().await.unwrap();
+    telemetry.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_user_sees_what_their_policies_allow() {
+    let cloud = TestCloud::start().await.unwrap();
+    let base = cloud.gateway_url().to_owned();
+    cloud
+        .client()
+        .signup("ada@example.com", "correct horse battery")
+        .await
+        .unwrap();
+    let _: Value = cloud
+        .admin()
+        .post("/storage/v1/bucket", &json!({"name": "hidden"}))
+        .await
+        .unwrap();
+    let browser = Browser::start("user").await;
+    browser.go(&format!("{base}/console")).await;
+    // A wrong password: the server's message next to the form.
+    browser
+        .find("#email")
+        .await
+        .send_keys("ada@example.com")
+        .await
+        .unwrap();
+    browser
+        .find("#password")
+        .await
+        .send_keys("wrong password!")
+        .await
+        .unwrap();
+    browser
+        .find("#password-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let refused = browser.text_of("#sign-in-error", "").await;
+    assert!(!refused.trim().is_empty());
+    let password = browser.find("#password").await;
+    password.clear().await.unwrap();
+    password.send_keys("correct horse battery").await.unwrap();
+    browser
+        .find("#password-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#who", "ada@example.com").await;
+    // The admin screens say so, clearly.
+    browser.go(&format!("{base}/console#/traces")).await;
+    browser.text_of(".denied", "Not allowed").await;
+    browser.shot("traces-not-allowed").await;
+    // Storage shows no bucket the user may not see, and refuses to create one.
+    browser.go(&format!("{base}/console#/storage")).await;
+    browser
+        .find("#bucket-name")
+        .await
+        .send_keys("mine")
+        .await
+        .unwrap();
+    browser
+        .find("#bucket-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of(".denied", "Not allowed").await;
+    let page = browser.client.source().await.unwrap();
+    assert!(
+        !page.contains("hidden"),
+        "a private bucket leaked into the page"
+    );
+    browser.shot("storage-not-allowed").await;
+    browser.stop().await;
+    cloud.stop().await.unwrap();
+}
