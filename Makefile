@@ -19,7 +19,11 @@ unit: test-deps
 	$(CARGO) nextest run --workspace --exclude minicloud-bench --no-fail-fast
 
 ## AWS's Python runtime interface client (PyPI), deployed unmodified by the invoker tests.
-test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis tests/clients/supabase-js/node_modules/.package-lock.json target/pydeps-supabase/supabase target/pydeps-aws/boto3
+test-deps: target/pydeps/awslambdaric target/pydeps/standardwebhooks target/pydeps-fuzz/schemathesis tests/clients/supabase-js/node_modules/.package-lock.json target/pydeps-supabase/supabase target/pydeps-aws/boto3 /usr/bin/chromedriver
+
+## Headless Chromium and its WebDriver for the console's browser tests (Debian's).
+/usr/bin/chromedriver:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 target/pydeps/awslambdaric:
 	python3 -m pip install --quiet --target target/pydeps awslambdaric
