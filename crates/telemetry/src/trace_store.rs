@@ -276,6 +276,21 @@ impl TraceStore {
         let mut spans = state.traces.get(trace_id)?.spans.clone();
         drop(state);
         spans.sort_by_key(|s| s.start_unix_nano);
+        // A span that does not name its service (a gRPC or proxy client span, say)
+        // belongs to its parent's: parents start first, so one pass in start order.
+        let mut service_of: HashMap<String, String> = HashMap::new();
+        for span in &mut spans {
+            if !span.attributes.contains_key("minicloud.service")
+                && !span.attributes.contains_key("minicloud.ingested_by")
+                && let Some(parent) = span
+                    .parent_span_id
+                    .as_ref()
+                    .and_then(|p| service_of.get(p))
+            {
+                span.service = parent.clone();
+            }
+            service_of.insert(span.span_id.clone(), span.service.clone());
+        }
         Some(spans)
     }
 
@@ -343,7 +358,10 @@ fn summarise(entry: &mut Entry, span: &StoredSpan) {
     let summary = &mut entry.summary;
     summary.span_count += 1;
     summary.error |= span.status == SpanStatus::Error;
-    if !summary.services.contains(&span.service) {
+    // A span that names no service of its own is its parent's (see `trace`).
+    let named = span.attributes.contains_key("minicloud.service")
+        || span.attributes.contains_key("minicloud.ingested_by");
+    if named && !summary.services.contains(&span.service) {
         summary.services.push(span.service.clone());
     }
     if let Some(id) = span.attributes.get("request_id")
@@ -552,6 +570,7 @@ pub fn sample_span(
         status: SpanStatus::Unset,
         status_message: None,
         attributes: BTreeMap::from([
+            ("minicloud.service".to_owned(), service.to_owned()),
             ("http.request.method".to_owned(), "GET".to_owned()),
             ("request_id".to_owned(), format!("req_{trace:032x}")),
         ]),
