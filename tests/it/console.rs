@@ -352,3 +352,115 @@ async fn an_ordinary_user_sees_what_their_policies_allow() {
     browser.stop().await;
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_edits_documents_and_is_told_of_a_conflict() {
+    let cloud = TestCloud::start().await.unwrap();
+    let base = cloud.gateway_url().to_owned();
+    let browser = Browser::start("database").await;
+    browser.go(&format!("{base}/console")).await;
+    browser
+        .find("#api-key")
+        .await
+        .send_keys(&cloud.keys.service_key)
+        .await
+        .unwrap();
+    browser
+        .find("#key-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#who", "admin").await;
+
+    browser.go(&format!("{base}/console#/database")).await;
+    browser
+        .find("#collection-name")
+        .await
+        .send_keys("notes")
+        .await
+        .unwrap();
+    browser
+        .find("#collection-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("#new-document").await.click().await.unwrap();
+    browser
+        .find("#document-id")
+        .await
+        .send_keys("n1")
+        .await
+        .unwrap();
+    browser
+        .find("#document-data")
+        .await
+        .send_keys(r#"{"title": "first"}"#)
+        .await
+        .unwrap();
+    browser
+        .find("#document-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#document-status", "version 1").await;
+    browser.text_of("#documents", "first").await;
+    // Invalid JSON is refused in place.
+    let data = browser.find("#document-data").await;
+    data.clear().await.unwrap();
+    data.send_keys("{not json").await.unwrap();
+    browser
+        .find("#document-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#document-status", "Not JSON").await;
+
+    // Someone else saves meanwhile: the editor's If-Match no longer holds.
+    let _: Value = cloud
+        .admin()
+        .put(
+            "/db/v1/collections/notes/docs/n1",
+            &json!({"title": "theirs"}),
+        )
+        .await
+        .unwrap();
+    data.clear().await.unwrap();
+    data.send_keys(r#"{"title": "mine"}"#).await.unwrap();
+    browser
+        .find("#document-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#document-status", "Conflict").await;
+    browser.shot("conflict").await;
+    let kept: Value = cloud
+        .admin()
+        .get("/db/v1/collections/notes/docs/n1")
+        .await
+        .unwrap();
+    assert_eq!(
+        kept["data"]["title"], "theirs",
+        "the conflicting save changed nothing"
+    );
+    // A bad filter in the query builder: the server's words next to it.
+    let filter = browser.find("#query-filter").await;
+    filter
+        .send_keys(r#"{"field":"title","op":"near","value":1}"#)
+        .await
+        .unwrap();
+    browser
+        .find("#query-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let said = browser.text_of("#query-form .error", "").await;
+    assert!(said.contains("filter"), "{said}");
+    browser.stop().await;
+    cloud.stop().await.unwrap();
+}

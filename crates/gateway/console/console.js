@@ -248,6 +248,93 @@ async function objectDetail(bucket, object, panel) {
   } }, "Delete"));
 }
 
+// ---- database --------------------------------------------------------------------
+
+async function database(collection) {
+  if (collection) return documents(collection);
+  const list = el("section", {}, el("h2", { text: "Collections" }));
+  const name = el("input", { id: "collection-name", required: true, placeholder: "notes" });
+  const formError = el("p", { role: "alert" });
+  const form = el("form", { id: "collection-form", onsubmit: async (event) => {
+    event.preventDefault();
+    formError.replaceChildren();
+    try {
+      await api("POST", "/db/v1/collections", { name: name.value.trim() });
+      location.hash = "#/database/" + encodeURIComponent(name.value.trim());
+    } catch (error) { formError.replaceChildren(problem(error)); }
+  } }, el("label", {}, "Name ", name), el("button", { type: "submit" }, "Create collection"), formError);
+  show(el("h1", { text: "Database" }), list, el("section", {}, el("h2", { text: "New collection" }), form));
+  try {
+    const found = await api("GET", "/db/v1/collections");
+    const collections = found.collections || found;
+    list.append(collections.length === 0 ? el("p", { class: "muted", text: "None." }) : el("table", { id: "collections" },
+      el("tr", {}, el("th", { text: "collection" }), el("th", { text: "indexes" })),
+      collections.map((c) => el("tr", { class: "clickable", onclick: () => { location.hash = "#/database/" + encodeURIComponent(c.name); } },
+        el("td", { text: c.name }), el("td", { text: (c.indexes || []).map((i) => i.fields.join(",")).join("; ") })))));
+  } catch (error) { list.append(problem(error)); }
+}
+
+async function documents(collection) {
+  const base = "/db/v1/collections/" + encodeURIComponent(collection);
+  const filter = el("textarea", { id: "query-filter", rows: 3, cols: 70, placeholder: '{"field":"owner","op":"eq","value":"u1"}' });
+  const queryError = el("p", { role: "alert" });
+  const results = el("section", { id: "query-results" });
+  const editor = el("section", { id: "document-editor" });
+  const run = async (event) => {
+    if (event) event.preventDefault();
+    queryError.replaceChildren();
+    let body = { limit: 100 };
+    if (filter.value.trim()) {
+      try { body.filter = JSON.parse(filter.value); } catch (e) { queryError.replaceChildren(el("p", { class: "error", text: "The filter is not JSON: " + e.message })); return; }
+    }
+    try {
+      const found = await api("POST", base + "/query", body);
+      results.replaceChildren(el("h2", { text: found.documents.length + " documents" }),
+        el("table", { id: "documents" }, el("tr", {}, ["id", "version", "data"].map((h) => el("th", { text: h }))),
+          found.documents.map((d) => el("tr", { class: "clickable", onclick: () => edit(d.id) },
+            el("td", { text: d.id }), el("td", { text: d.version }), el("td", { text: JSON.stringify(d.data) })))),
+        el("details", {}, el("summary", { text: "as JSON" }), el("pre", { text: JSON.stringify(found, null, 2) })));
+    } catch (error) { queryError.replaceChildren(problem(error)); }
+  };
+  async function edit(id) {
+    const idInput = el("input", { id: "document-id", value: id || "", required: true });
+    const text = el("textarea", { id: "document-data", rows: 8, cols: 70 });
+    const status = el("p", { id: "document-status", role: "alert" });
+    let version = null;
+    if (id) {
+      try {
+        const doc = await api("GET", base + "/docs/" + encodeURIComponent(id));
+        text.value = JSON.stringify(doc.data, null, 2);
+        version = doc.version;
+      } catch (error) { status.replaceChildren(problem(error)); }
+    }
+    const save = el("form", { id: "document-form", onsubmit: async (event) => {
+      event.preventDefault();
+      status.replaceChildren();
+      let data;
+      try { data = JSON.parse(text.value); } catch (e) { status.replaceChildren(el("p", { class: "error", text: "Not JSON: " + e.message })); return; }
+      // If-Match: the version this editor loaded; someone else's save in between is a conflict.
+      const headers = version === null ? { "if-none-match": "*" } : { "if-match": '"' + version + '"' };
+      try {
+        const saved = await api("PUT", base + "/docs/" + encodeURIComponent(idInput.value.trim()), data, { headers });
+        version = saved.version;
+        status.replaceChildren(el("p", { class: "ok", text: "Saved as version " + saved.version + "." }));
+        run();
+      } catch (error) {
+        if (error.status === 412) {
+          status.replaceChildren(el("p", { class: "error conflict", text: "Conflict: the document changed since it was loaded (" + error.message + "). Reload it to see the new version." }));
+        } else { status.replaceChildren(problem(error)); }
+      }
+    } }, el("label", {}, "id ", idInput), el("br"), text, el("br"), el("button", { type: "submit" }, version === null && !id ? "Create" : "Save"), status);
+    editor.replaceChildren(el("h2", { text: id ? "Document " + id + " (version " + version + ")" : "New document" }), save);
+  }
+  show(el("h1", {}, el("a", { href: "#/database", text: "Database" }), " / " + collection),
+    el("section", {}, el("h2", { text: "Query" }), el("form", { id: "query-form", onsubmit: run }, filter, el("br"), el("button", { type: "submit" }, "Run"), queryError),
+      el("button", { id: "new-document", onclick: () => edit(null) }, "New document")),
+    results, editor);
+  run();
+}
+
 // ---- traces and logs -------------------------------------------------------------
 
 function traceTable(traces) {
@@ -368,6 +455,7 @@ function route() {
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === "#/" + screen));
   switch (screen) {
     case "storage": return storage(rest[0], rest.slice(1).join("/"));
+    case "database": return database(rest[0]);
     case "traces": return traces(rest[0]);
     case "logs": return logs();
     default: return overview();

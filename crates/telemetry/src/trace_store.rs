@@ -282,10 +282,7 @@ impl TraceStore {
         for span in &mut spans {
             if !span.attributes.contains_key("minicloud.service")
                 && !span.attributes.contains_key("minicloud.ingested_by")
-                && let Some(parent) = span
-                    .parent_span_id
-                    .as_ref()
-                    .and_then(|p| service_of.get(p))
+                && let Some(parent) = span.parent_span_id.as_ref().and_then(|p| service_of.get(p))
             {
                 span.service = parent.clone();
             }
