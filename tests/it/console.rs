@@ -464,3 +464,69 @@ async fn the_admin_edits_documents_and_is_told_of_a_conflict() {
     browser.stop().await;
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_redrives_a_dead_letter() {
+    let cloud = TestCloud::start().await.unwrap();
+    let base = cloud.gateway_url().to_owned();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name": "jobs"}))
+        .await
+        .unwrap();
+    // Nothing listens on the discard port: every delivery fails at once.
+    let subscription: Value = admin
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"jobs","target":{"webhook":"http://127.0.0.1:9/"},
+                    "retry":{"max_attempts":1,"min_backoff_ms":10,"max_backoff_ms":10}}),
+        )
+        .await
+        .unwrap();
+    let id = subscription["id"].as_str().unwrap().to_owned();
+    let _: Value = admin
+        .post(
+            "/events/v1/topics/jobs/events",
+            &json!({"specversion":"1.0","id":"job-1","source":"/test","type":"job.done","data":{"n":1}}),
+        )
+        .await
+        .unwrap();
+    let path = format!("/events/v1/subscriptions/{id}/dead-letters");
+    for _ in 0..100 {
+        let letters: Value = admin.get(&path).await.unwrap();
+        if !letters["dead_letters"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let browser = Browser::start("events").await;
+    browser.go(&format!("{base}/console")).await;
+    browser
+        .find("#api-key")
+        .await
+        .send_keys(&cloud.keys.service_key)
+        .await
+        .unwrap();
+    browser
+        .find("#key-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#who", "admin").await;
+    browser.go(&format!("{base}/console#/events")).await;
+    browser.text_of("#topics", "jobs").await;
+    browser
+        .find("#subscriptions tr.clickable")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#dead-letter-table", "job-1").await;
+    browser.shot("dead-letters").await;
+    browser.find("#redrive").await.click().await.unwrap();
+    browser.text_of("#redrive-status", "Redriven: 1").await;
+    browser.stop().await;
+    cloud.stop().await.unwrap();
+}

@@ -335,6 +335,54 @@ async function documents(collection) {
   run();
 }
 
+// ---- events ----------------------------------------------------------------------
+
+async function events(subscription) {
+  if (subscription) return deadLetters(subscription);
+  const topics = el("section", {}, el("h2", { text: "Topics" }));
+  const subs = el("section", {}, el("h2", { text: "Subscriptions" }));
+  show(el("h1", { text: "Events" }), topics, subs);
+  try {
+    const found = await api("GET", "/events/v1/topics");
+    topics.append(el("table", { id: "topics" }, el("tr", {}, el("th", { text: "topic" })),
+      (found.topics || found).map((t) => el("tr", {}, el("td", { text: typeof t === "string" ? t : t.name })))));
+  } catch (error) { topics.append(problem(error)); }
+  try {
+    const found = await api("GET", "/events/v1/subscriptions");
+    const list = found.subscriptions || found;
+    subs.append(list.length === 0 ? el("p", { class: "muted", text: "None." }) : el("table", { id: "subscriptions" },
+      el("tr", {}, ["id", "topic", "target", "owner"].map((h) => el("th", { text: h }))),
+      list.map((sub) => el("tr", { class: "clickable", onclick: () => { location.hash = "#/events/" + encodeURIComponent(sub.id); } },
+        el("td", { text: sub.id }), el("td", { text: sub.topic }), el("td", { text: JSON.stringify(sub.target) }), el("td", { text: sub.owner || "" })))));
+  } catch (error) { subs.append(problem(error)); }
+}
+
+async function deadLetters(id) {
+  const base = "/events/v1/subscriptions/" + encodeURIComponent(id);
+  const list = el("section", { id: "dead-letters" }, el("h2", { text: "Dead letters" }));
+  const status = el("p", { id: "redrive-status", role: "status" });
+  const redrive = el("button", { id: "redrive", onclick: async () => {
+    status.replaceChildren();
+    try {
+      const done = await api("POST", base + "/dead-letters/redrive");
+      status.replaceChildren(el("span", { class: "ok", text: "Redriven: " + done.redriven }));
+      load();
+    } catch (error) { status.replaceChildren(problem(error)); }
+  } }, "Redrive all");
+  show(el("h1", {}, el("a", { href: "#/events", text: "Events" }), " / " + id), el("section", {}, redrive, status), list);
+  async function load() {
+    try {
+      const found = await api("GET", base + "/dead-letters");
+      list.replaceChildren(el("h2", { text: "Dead letters" }), found.dead_letters.length === 0 ? el("p", { class: "muted", text: "None." })
+        : el("table", { id: "dead-letter-table" }, el("tr", {}, ["when", "attempts", "error", "event"].map((h) => el("th", { text: h }))),
+          found.dead_letters.map((d) => el("tr", {},
+            el("td", { text: new Date(d.created_at).toLocaleString() }), el("td", { text: d.attempts }),
+            el("td", { class: "bad", text: d.last_error || "" }), el("td", {}, el("pre", { text: JSON.stringify(d.event, null, 2) }))))));
+    } catch (error) { list.replaceChildren(problem(error)); }
+  }
+  load();
+}
+
 // ---- traces and logs -------------------------------------------------------------
 
 function traceTable(traces) {
@@ -456,6 +504,7 @@ function route() {
   switch (screen) {
     case "storage": return storage(rest[0], rest.slice(1).join("/"));
     case "database": return database(rest[0]);
+    case "events": return events(rest[0]);
     case "traces": return traces(rest[0]);
     case "logs": return logs();
     default: return overview();
