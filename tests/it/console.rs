@@ -78,11 +78,11 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
-    /// Waits up to 10 s for `css` to be there, then its element.
+    /// Waits up to 30 s (a loaded CI machine, a first cold start) for `css`.
     async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
             .wait()
-            .at_most(Duration::from_secs(10))
+            .at_most(Duration::from_secs(30))
             .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no {css}: {e}"))
@@ -90,7 +90,7 @@ impl Browser {
 
     /// Waits until `css` holds `text`.
     async fn text_of(&self, css: &str, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             // An empty `text`: any text at all.
             if let Ok(found) = self.client.find(Locator::Css(css)).await
@@ -527,6 +527,86 @@ async fn the_admin_redrives_a_dead_letter() {
     browser.shot("dead-letters").await;
     browser.find("#redrive").await.click().await.unwrap();
     browser.text_of("#redrive-status", "Redriven: 1").await;
+    browser.stop().await;
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_deploys_a_function_from_a_zip_and_test_invokes_it() {
+    let cloud = TestCloud::start().await.unwrap();
+    let base = cloud.gateway_url().to_owned();
+    let zip = crate::invoker::zip_of(&[(
+        "app.py",
+        b"def handler(event, context):\n    print('doubling', event['n'])\n    return {'twice': event['n'] * 2}\n",
+        0o644,
+    )]);
+    let file = cloud.data_dir.join("doubler.zip");
+    std::fs::write(&file, zip).unwrap();
+    let browser = Browser::start("functions").await;
+    browser.go(&format!("{base}/console")).await;
+    browser
+        .find("#api-key")
+        .await
+        .send_keys(&cloud.keys.service_key)
+        .await
+        .unwrap();
+    browser
+        .find("#key-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#who", "admin").await;
+    browser.go(&format!("{base}/console#/functions")).await;
+    browser
+        .find("#function-name")
+        .await
+        .send_keys("doubler")
+        .await
+        .unwrap();
+    browser
+        .find("#function-handler")
+        .await
+        .send_keys("app.handler")
+        .await
+        .unwrap();
+    browser
+        .find("#function-zip")
+        .await
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    browser
+        .find("#deploy-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#function-config", "python3").await;
+    let payload = browser.find("#invoke-payload").await;
+    payload.clear().await.unwrap();
+    payload.send_keys(r#"{"n": 21}"#).await.unwrap();
+    browser
+        .find("#invoke-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let output = browser.text_of("#invoke-output", "twice").await;
+    assert!(output.contains("42"), "{output}");
+    browser.text_of("#invoke-log", "doubling 21").await;
+    browser.text_of("#invoke-report", "Billed Duration").await;
+    browser.shot("test-invoke").await;
+    // Bad input stays in the page: a payload that is not JSON.
+    payload.clear().await.unwrap();
+    payload.send_keys("{oops").await.unwrap();
+    browser
+        .find("#invoke-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#invoke-result", "not JSON").await;
     browser.stop().await;
     cloud.stop().await.unwrap();
 }

@@ -335,6 +335,94 @@ async function documents(collection) {
   run();
 }
 
+// ---- functions -------------------------------------------------------------------
+
+function base64Of(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+async function functions(name) {
+  if (name) return functionDetail(name);
+  const list = el("section", {}, el("h2", { text: "Functions" }));
+  const fname = el("input", { id: "function-name", required: true, placeholder: "hello" });
+  const runtime = el("select", { id: "function-runtime" }, ["python3", "nodejs", "provided"].map((r) => el("option", { value: r, text: r })));
+  const handler = el("input", { id: "function-handler", placeholder: "app.handler" });
+  const role = el("input", { id: "function-role", placeholder: "(none)" });
+  const zip = el("input", { id: "function-zip", type: "file", accept: ".zip,application/zip", required: true });
+  const status = el("p", { id: "deploy-status", role: "alert" });
+  const form = el("form", { id: "deploy-form", onsubmit: async (event) => {
+    event.preventDefault();
+    status.replaceChildren(el("span", { class: "muted", text: "Deploying…" }));
+    try {
+      const file = zip.files[0];
+      const body = { runtime: runtime.value, code: { zip_base64: base64Of(await file.arrayBuffer()) } };
+      if (handler.value.trim()) body.handler = handler.value.trim();
+      if (role.value.trim()) body.role = role.value.trim();
+      await api("PUT", "/functions/v1/" + encodeURIComponent(fname.value.trim()), body);
+      location.hash = "#/functions/" + encodeURIComponent(fname.value.trim());
+    } catch (error) { status.replaceChildren(problem(error)); }
+  } }, el("label", {}, "Name ", fname), el("label", {}, "Runtime ", runtime), el("label", {}, "Handler ", handler),
+    el("label", {}, "Role ", role), el("label", {}, "Zip ", zip), el("button", { type: "submit" }, "Deploy"), status);
+  show(el("h1", { text: "Functions" }), list, el("section", {}, el("h2", { text: "Deploy from a zip" }), form));
+  try {
+    const found = await api("GET", "/functions/v1");
+    const all = found.functions || found;
+    list.append(all.length === 0 ? el("p", { class: "muted", text: "None." }) : el("table", { id: "functions" },
+      el("tr", {}, ["name", "runtime", "memory", "timeout", "role"].map((h) => el("th", { text: h }))),
+      all.map((f) => el("tr", { class: "clickable", onclick: () => { location.hash = "#/functions/" + encodeURIComponent(f.name); } },
+        el("td", { text: f.name }), el("td", { text: f.runtime }), el("td", { text: f.memory_mb + " MB" }), el("td", { text: f.timeout_s + " s" }), el("td", { text: f.role || "" })))));
+  } catch (error) { list.append(problem(error)); }
+}
+
+async function functionDetail(name) {
+  const path = "/functions/v1/" + encodeURIComponent(name);
+  const config = el("section", {}, el("h2", { text: "Configuration" }));
+  const payload = el("textarea", { id: "invoke-payload", rows: 4, cols: 70 });
+  payload.value = "{}";
+  const result = el("section", { id: "invoke-result" });
+  const run = async (event) => {
+    event.preventDefault();
+    result.replaceChildren();
+    try { JSON.parse(payload.value); } catch (e) { result.replaceChildren(el("p", { class: "error", text: "The payload is not JSON: " + e.message })); return; }
+    const started = performance.now();
+    try {
+      const response = await fetch(path + "/invoke", {
+        method: "POST",
+        headers: { authorization: "Bearer " + session.token, "content-type": "application/json", "x-amz-log-type": "Tail" },
+        body: payload.value,
+      });
+      const text = await response.text();
+      const took = performance.now() - started;
+      if (!response.ok) {
+        let message = response.status + "";
+        try { message = JSON.parse(text).error.message; } catch (_) { /* keep the status */ }
+        throw new ApiError(response.status, message);
+      }
+      const failed = response.headers.get("x-amz-function-error");
+      const tail = response.headers.get("x-amz-log-result");
+      let log = "";
+      try { log = tail ? new TextDecoder().decode(Uint8Array.from(atob(tail), (c) => c.charCodeAt(0))) : ""; } catch (_) { log = "(unreadable log tail)"; }
+      const report = (log.match(/REPORT RequestId:[^\n]*/) || [""])[0];
+      result.replaceChildren(el("h2", { class: failed ? "bad" : "ok", text: failed ? "Function error (" + failed + ")" : "Result" }),
+        el("pre", { id: "invoke-output", text: text }),
+        el("p", { class: "muted", id: "invoke-report", text: (report || "") + " · round trip " + took.toFixed(1) + " ms" }),
+        el("h3", { text: "Log tail" }), el("pre", { id: "invoke-log", text: log }));
+    } catch (error) { result.replaceChildren(problem(error)); }
+  };
+  show(el("h1", {}, el("a", { href: "#/functions", text: "Functions" }), " / " + name), config,
+    el("section", {}, el("h2", { text: "Test invoke" }), el("form", { id: "invoke-form", onsubmit: run }, payload, el("br"), el("button", { type: "submit" }, "Invoke"))),
+    result);
+  try {
+    const f = await api("GET", path);
+    const shown = { ...f };
+    delete shown.code;
+    config.append(el("pre", { id: "function-config", text: JSON.stringify(shown, null, 2) }));
+  } catch (error) { config.append(problem(error)); }
+}
+
 // ---- events ----------------------------------------------------------------------
 
 async function events(subscription) {
@@ -505,6 +593,7 @@ function route() {
     case "storage": return storage(rest[0], rest.slice(1).join("/"));
     case "database": return database(rest[0]);
     case "events": return events(rest[0]);
+    case "functions": return functions(rest[0]);
     case "traces": return traces(rest[0]);
     case "logs": return logs();
     default: return overview();
