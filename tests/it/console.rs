@@ -108,6 +108,18 @@ impl Browser {
         }
     }
 
+    /// Opens the console and signs in with the service key.
+    async fn sign_in_as_admin(&self, base: &str, service_key: &str) {
+        self.go(&format!("{base}/console")).await;
+        self.find("#api-key")
+            .await
+            .send_keys(service_key)
+            .await
+            .unwrap();
+        self.find("#key-form button").await.click().await.unwrap();
+        self.text_of("#who", "admin").await;
+    }
+
     async fn go(&self, url: &str) {
         self.client.goto(url).await.unwrap();
     }
@@ -358,20 +370,9 @@ async fn the_admin_edits_documents_and_is_told_of_a_conflict() {
     let cloud = TestCloud::start().await.unwrap();
     let base = cloud.gateway_url().to_owned();
     let browser = Browser::start("database").await;
-    browser.go(&format!("{base}/console")).await;
     browser
-        .find("#api-key")
-        .await
-        .send_keys(&cloud.keys.service_key)
-        .await
-        .unwrap();
-    browser
-        .find("#key-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
-    browser.text_of("#who", "admin").await;
+        .sign_in_as_admin(&base, &cloud.keys.service_key)
+        .await;
 
     browser.go(&format!("{base}/console#/database")).await;
     browser
@@ -501,20 +502,9 @@ async fn the_admin_redrives_a_dead_letter() {
     }
 
     let browser = Browser::start("events").await;
-    browser.go(&format!("{base}/console")).await;
     browser
-        .find("#api-key")
-        .await
-        .send_keys(&cloud.keys.service_key)
-        .await
-        .unwrap();
-    browser
-        .find("#key-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
-    browser.text_of("#who", "admin").await;
+        .sign_in_as_admin(&base, &cloud.keys.service_key)
+        .await;
     browser.go(&format!("{base}/console#/events")).await;
     browser.text_of("#topics", "jobs").await;
     browser
@@ -543,20 +533,9 @@ async fn the_admin_deploys_a_function_from_a_zip_and_test_invokes_it() {
     let file = cloud.data_dir.join("doubler.zip");
     std::fs::write(&file, zip).unwrap();
     let browser = Browser::start("functions").await;
-    browser.go(&format!("{base}/console")).await;
     browser
-        .find("#api-key")
-        .await
-        .send_keys(&cloud.keys.service_key)
-        .await
-        .unwrap();
-    browser
-        .find("#key-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
-    browser.text_of("#who", "admin").await;
+        .sign_in_as_admin(&base, &cloud.keys.service_key)
+        .await;
     browser.go(&format!("{base}/console#/functions")).await;
     browser
         .find("#function-name")

@@ -104,9 +104,15 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
 
     let provider = build_provider(config);
     let otel_layer = provider.as_ref().map(|provider| {
+        // Source locations, threads and busy/idle times on every span cost time on
+        // every request and say nothing about it.
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("minicloud"))
             .with_error_records_to_exceptions(true)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_target(false)
     });
 
     let log_store = config.keep_traces.then(|| {

@@ -30,7 +30,8 @@ impl Default for TraceStoreLimits {
     fn default() -> Self {
         TraceStoreLimits {
             max_spans: 100_000,
-            max_bytes: 64 * 1024 * 1024,
+            // 100,000 spans of a request's usual attributes take about 190 MB.
+            max_bytes: 256 * 1024 * 1024,
             max_age: Duration::from_secs(3600),
         }
     }
@@ -90,8 +91,11 @@ pub struct StoredSpan {
 
 impl StoredSpan {
     fn bytes(&self) -> usize {
-        // The strings and a fixed overhead per span and per attribute (map nodes).
-        160 + self.trace_id.len()
+        // Calibrated against the process's resident growth (traces-bench): each
+        // string costs its header and allocation besides its bytes, each attribute
+        // its two strings and a share of a map node, each span its trace's
+        // bookkeeping too.
+        400 + self.trace_id.len()
             + self.span_id.len()
             + self.parent_span_id.as_ref().map_or(0, String::len)
             + self.name.len()
@@ -101,7 +105,7 @@ impl StoredSpan {
             + self
                 .attributes
                 .iter()
-                .map(|(k, v)| 48 + k.len() + v.len())
+                .map(|(k, v)| 140 + k.len() + v.len())
                 .sum::<usize>()
     }
 
@@ -324,10 +328,8 @@ impl TraceStore {
                     .is_none_or(|t| summary.start_unix_nano >= t)
                 && text.as_ref().is_none_or(|t| {
                     entry.spans.iter().any(|s| {
-                        s.name.to_lowercase().contains(t.as_str())
-                            || s.attributes
-                                .values()
-                                .any(|v| v.to_lowercase().contains(t.as_str()))
+                        contains_ignoring_case(&s.name, t)
+                            || s.attributes.values().any(|v| contains_ignoring_case(v, t))
                     })
                 });
             if keep {
@@ -348,6 +350,16 @@ impl TraceStore {
                 .map(|_| id.clone())
         })
     }
+}
+
+/// Whether `haystack` contains `needle` (already lowercase), ASCII case ignored,
+/// without allocating: a text search scans every kept span.
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    let (haystack, needle) = (haystack.as_bytes(), needle.as_bytes());
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle))
 }
 
 /// Folds one span into its trace's summary.
@@ -414,9 +426,17 @@ impl StoreExporter {
     }
 
     fn convert(&self, span: SpanData) -> StoredSpan {
+        // What `tracing` adds to every span (source location, thread, busy/idle
+        // times) says nothing about the request and would double a span's size.
         let attributes: BTreeMap<String, String> = span
             .attributes
             .iter()
+            .filter(|kv| {
+                let key = kv.key.as_str();
+                !(key.starts_with("code.")
+                    || key.starts_with("thread.")
+                    || matches!(key, "busy_ns" | "idle_ns" | "target"))
+            })
             .map(|kv| (kv.key.as_str().to_owned(), kv.value.to_string()))
             .collect();
         let parent = span.parent_span_id;
