@@ -356,10 +356,16 @@ impl TraceStore {
 /// without allocating: a text search scans every kept span.
 fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
     let (haystack, needle) = (haystack.as_bytes(), needle.as_bytes());
-    needle.is_empty()
-        || haystack
-            .windows(needle.len())
-            .any(|window| window.eq_ignore_ascii_case(needle))
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    let Some(last_start) = haystack.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    // Candidates are where the first byte matches in either case (memchr's fast
+    // scan); only those are compared whole.
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), &haystack[..=last_start])
+        .any(|at| haystack[at..at + needle.len()].eq_ignore_ascii_case(needle))
 }
 
 /// Folds one span into its trace's summary.
@@ -691,6 +697,15 @@ mod tests {
             store.trace_of_request(&format!("req_{:032x}", 2)),
             Some(second)
         );
+    }
+
+    #[test]
+    fn text_search_ignores_ascii_case() {
+        assert!(contains_ignoring_case("PUT /Storage/v1", "storage"));
+        assert!(contains_ignoring_case("abc", ""));
+        assert!(!contains_ignoring_case("ab", "abc"));
+        assert!(contains_ignoring_case("xxABC", "abc"));
+        assert!(!contains_ignoring_case("xxABD", "abc"));
     }
 
     #[test]
