@@ -57,7 +57,7 @@ fn span(trace: u64, index: u64, services: &[&str]) -> StoredSpan {
         kind: "server".into(),
         start_unix_nano: start,
         end_unix_nano: start + 2_000_000 + (trace % 50) * 1_000_000,
-        status: if trace % 97 == 0 {
+        status: if trace.is_multiple_of(97) {
             SpanStatus::Error
         } else {
             SpanStatus::Unset
