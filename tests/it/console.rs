@@ -589,3 +589,133 @@ async fn the_admin_deploys_a_function_from_a_zip_and_test_invokes_it() {
     browser.stop().await;
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_manages_users_roles_and_keys() {
+    let cloud = TestCloud::start().await.unwrap();
+    let base = cloud.gateway_url().to_owned();
+    let _: Value = cloud
+        .admin()
+        .post("/auth/v1/admin/roles", &json!({"name": "readers"}))
+        .await
+        .unwrap();
+    let browser = Browser::start("auth").await;
+    browser
+        .sign_in_as_admin(&base, &cloud.keys.service_key)
+        .await;
+    browser.go(&format!("{base}/console#/auth")).await;
+
+    // Users: create, find, delete.
+    browser
+        .find("#new-user-email")
+        .await
+        .send_keys("grace@example.com")
+        .await
+        .unwrap();
+    browser
+        .find("#new-user-password")
+        .await
+        .send_keys("correct horse battery")
+        .await
+        .unwrap();
+    browser
+        .find("#new-user-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#user-table", "grace@example.com").await;
+    browser
+        .find("#user-search")
+        .await
+        .send_keys("grace")
+        .await
+        .unwrap();
+    browser.text_of("#user-table", "grace@example.com").await;
+
+    // A policy naming no real action: the server's validation, in place.
+    let select = browser.find("#role-select").await;
+    select.select_by_value("readers").await.unwrap();
+    let editor = browser.find("#role-policies").await;
+    editor.clear().await.unwrap();
+    editor
+        .send_keys(r#"[{"effect":"allow","actions":["storage:Fly"],"resources":["storage:*"]}]"#)
+        .await
+        .unwrap();
+    browser
+        .find("#role-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#role-status", "storage:Fly").await;
+    editor.clear().await.unwrap();
+    editor
+        .send_keys(
+            r#"[{"effect":"allow","actions":["storage:GetObject"],"resources":["storage:*"]}]"#,
+        )
+        .await
+        .unwrap();
+    browser
+        .find("#role-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.text_of("#role-status", "Saved").await;
+    let role: Value = cloud
+        .admin()
+        .get("/auth/v1/admin/roles/readers")
+        .await
+        .unwrap();
+    assert_eq!(role["policies"][0]["actions"][0], "storage:GetObject");
+
+    // API keys: issued once, then revoked.
+    browser
+        .find("#key-name")
+        .await
+        .send_keys("ci reader")
+        .await
+        .unwrap();
+    browser
+        .find("#key-role")
+        .await
+        .send_keys("readers")
+        .await
+        .unwrap();
+    browser
+        .find("#key-issue-form button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let secret = browser.text_of("#issued-secret", "mck_").await;
+    browser.text_of("#key-table", "ci reader").await;
+    browser.shot("auth").await;
+    let status = cloud
+        .client()
+        .with_token(secret.trim())
+        .get::<Value>("/storage/v1/bucket")
+        .await
+        .map(|_| 200)
+        .unwrap_or_else(|e| e.status().unwrap_or(0));
+    assert_eq!(status, 200, "the issued key works");
+    let rows = browser
+        .client
+        .find_all(Locator::Css("#key-table tr"))
+        .await
+        .unwrap();
+    for row in rows {
+        if row.text().await.unwrap().contains("ci reader") {
+            row.find(Locator::Css("button"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+    }
+    browser.text_of("#key-table", "revoked").await;
+    browser.stop().await;
+    cloud.stop().await.unwrap();
+}

@@ -145,6 +145,103 @@ async function overview() {
   } catch (error) { errors.append(problem(error)); }
 }
 
+// ---- auth ------------------------------------------------------------------------
+
+async function auth() {
+  const users = el("section", { id: "users" }, el("h2", { text: "Users" }));
+  const roles = el("section", { id: "roles" }, el("h2", { text: "Roles" }));
+  const keys = el("section", { id: "api-keys" }, el("h2", { text: "API keys" }));
+  show(el("h1", { text: "Auth" }), users, roles, keys);
+
+  // Users: the first page, a search over it, create, delete.
+  const search = el("input", { id: "user-search", placeholder: "search by email" });
+  const userRows = el("tbody", {});
+  const email = el("input", { id: "new-user-email", type: "email", required: true });
+  const password = el("input", { id: "new-user-password", type: "password", required: true });
+  const userStatus = el("p", { id: "user-status", role: "alert" });
+  async function loadUsers() {
+    try {
+      const found = await api("GET", "/auth/v1/admin/users?limit=1000");
+      const wanted = search.value.trim().toLowerCase();
+      userRows.replaceChildren(...found.users.filter((u) => !wanted || (u.email || "").toLowerCase().includes(wanted)).map((u) =>
+        el("tr", {}, el("td", { text: u.email || "(anonymous)" }), el("td", { class: "muted", text: u.id }),
+          el("td", {}, el("button", { onclick: async () => {
+            try { await api("DELETE", "/auth/v1/admin/users/" + encodeURIComponent(u.id)); loadUsers(); } catch (error) { userStatus.replaceChildren(problem(error)); }
+          } }, "Delete")))));
+    } catch (error) { users.replaceChildren(el("h2", { text: "Users" }), problem(error)); }
+  }
+  search.oninput = loadUsers;
+  users.append(search, el("table", { id: "user-table" }, userRows),
+    el("form", { id: "new-user-form", onsubmit: async (event) => {
+      event.preventDefault();
+      userStatus.replaceChildren();
+      try {
+        await api("POST", "/auth/v1/admin/users", { email: email.value.trim(), password: password.value });
+        userStatus.replaceChildren(el("span", { class: "ok", text: "Created " + email.value.trim() }));
+        loadUsers();
+      } catch (error) { userStatus.replaceChildren(problem(error)); }
+    } }, el("label", {}, "Email ", email), el("label", {}, "Password ", password), el("button", { type: "submit" }, "Create user"), userStatus));
+  loadUsers();
+
+  // Roles: a policy editor the server validates.
+  const roleList = el("select", { id: "role-select" });
+  const policy = el("textarea", { id: "role-policies", rows: 10, cols: 80 });
+  const roleStatus = el("p", { id: "role-status", role: "alert" });
+  let roleData = [];
+  const pick = () => {
+    const role = roleData.find((r) => r.name === roleList.value);
+    policy.value = JSON.stringify((role && role.policies) || [], null, 2);
+    roleStatus.replaceChildren();
+  };
+  roleList.onchange = pick;
+  try {
+    roleData = (await api("GET", "/auth/v1/admin/roles")).roles;
+    roleList.replaceChildren(...roleData.map((r) => el("option", { value: r.name, text: r.name })));
+    pick();
+    roles.append(el("label", {}, "Role ", roleList),
+      el("form", { id: "role-form", onsubmit: async (event) => {
+        event.preventDefault();
+        roleStatus.replaceChildren();
+        let policies;
+        try { policies = JSON.parse(policy.value); } catch (e) { roleStatus.replaceChildren(el("p", { class: "error", text: "Not JSON: " + e.message })); return; }
+        try {
+          await api("PUT", "/auth/v1/admin/roles/" + encodeURIComponent(roleList.value), { policies });
+          roleStatus.replaceChildren(el("span", { class: "ok", text: "Saved." }));
+        } catch (error) { roleStatus.replaceChildren(problem(error)); }
+      } }, policy, el("br"), el("button", { type: "submit" }, "Save policies"), roleStatus));
+  } catch (error) { roles.append(problem(error)); }
+
+  // API keys: issue (the secret shown once), revoke.
+  const keyRows = el("tbody", {});
+  const keyName = el("input", { id: "key-name", required: true });
+  const keyRole = el("input", { id: "key-role", required: true, placeholder: "service" });
+  const keyKind = el("select", { id: "key-kind" }, el("option", { value: "bearer", text: "API key" }), el("option", { value: "aws", text: "AWS key pair" }));
+  const keyStatus = el("div", { id: "key-status", role: "alert" });
+  async function loadKeys() {
+    try {
+      const found = await api("GET", "/auth/v1/admin/api-keys");
+      keyRows.replaceChildren(...found.api_keys.map((k) => el("tr", {},
+        el("td", { text: k.name }), el("td", { text: k.role }), el("td", { class: "muted", text: k.access_key_id || k.id }),
+        el("td", { text: k.revoked_at ? "revoked" : "live" }),
+        el("td", {}, k.revoked_at ? "" : el("button", { onclick: async () => {
+          try { await api("DELETE", "/auth/v1/admin/api-keys/" + encodeURIComponent(k.id)); loadKeys(); } catch (error) { keyStatus.replaceChildren(problem(error)); }
+        } }, "Revoke")))));
+    } catch (error) { keys.replaceChildren(el("h2", { text: "API keys" }), problem(error)); }
+  }
+  keys.append(el("table", { id: "key-table" }, keyRows),
+    el("form", { id: "key-issue-form", onsubmit: async (event) => {
+      event.preventDefault();
+      keyStatus.replaceChildren();
+      try {
+        const issued = await api("POST", "/auth/v1/admin/api-keys", { name: keyName.value.trim(), role: keyRole.value.trim(), kind: keyKind.value });
+        const secret = issued.api_key || (issued.access_key_id + " / " + issued.secret_access_key);
+        keyStatus.replaceChildren(el("p", { class: "ok", text: "Shown once, copy it now:" }), el("pre", { id: "issued-secret", text: secret }));
+        loadKeys();
+      } catch (error) { keyStatus.replaceChildren(problem(error)); }
+    } }, el("label", {}, "Name ", keyName), el("label", {}, "Role ", keyRole), el("label", {}, "Kind ", keyKind), el("button", { type: "submit" }, "Issue"), keyStatus));
+  loadKeys();
+}
+
 // ---- storage ---------------------------------------------------------------------
 
 async function storage(bucket, prefix) {
@@ -590,6 +687,7 @@ function route() {
   const [screen, ...rest] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === "#/" + screen));
   switch (screen) {
+    case "auth": return auth();
     case "storage": return storage(rest[0], rest.slice(1).join("/"));
     case "database": return database(rest[0]);
     case "events": return events(rest[0]);
