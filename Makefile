@@ -70,6 +70,7 @@ bench:
 	./target/release/invoker-bench
 	./target/release/pipeline-bench
 	./target/release/traces-bench
+	./target/release/console-bench
 	python3 scripts/bench_report.py
 
 ## The photo-thumbnail pipeline against the cloud `make up` (or `docker compose up`)
