@@ -1131,3 +1131,80 @@ async fn anonymous_users_are_users_until_they_add_an_email() {
     }
     cloud.stop().await.unwrap();
 }
+
+/// The policy simulator (issue 20): the real evaluator over a role's saved policies,
+/// for the service key only, hostile input refused.
+#[tokio::test]
+async fn the_policy_simulator_answers_with_the_evaluator_and_refuses_hostile_input() {
+    let cloud = minicloud_testkit::TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let _: serde_json::Value = admin
+        .post(
+            "/auth/v1/admin/roles",
+            &serde_json::json!({"name": "owners", "policies": [
+                {"effect":"allow","actions":["db:GetDocument"],"resources":["db:notes/*"],
+                 "condition":{"owner":"${auth.uid}"}},
+                {"effect":"deny","actions":["db:GetDocument"],"resources":["db:notes/secret"]}
+            ]}),
+        )
+        .await
+        .unwrap();
+    let ask = |body: serde_json::Value| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .post::<_, serde_json::Value>("/auth/v1/admin/roles/owners/simulate", &body)
+                .await
+        }
+    };
+    let mine = ask(serde_json::json!({"action":"db:GetDocument","resource":"db:notes/n1","uid":"u1","owner":"u1"}))
+        .await
+        .unwrap();
+    assert_eq!(mine["allowed"], true, "{mine}");
+    let theirs = ask(serde_json::json!({"action":"db:GetDocument","resource":"db:notes/n1","uid":"u1","owner":"u2"}))
+        .await
+        .unwrap();
+    assert_eq!(theirs["decision"], "implicit_deny");
+    let denied = ask(serde_json::json!({"action":"db:GetDocument","resource":"db:notes/secret","uid":"u1","owner":"u1"}))
+        .await
+        .unwrap();
+    assert_eq!(denied["decision"], "explicit_deny");
+    for bad in [
+        serde_json::json!({"action":"db:Fly","resource":"db:x"}),
+        serde_json::json!({"action":"db:GetDocument","resource":""}),
+        serde_json::json!({"action":"db:GetDocument","resource":"db:\u{0}"}),
+        serde_json::json!({"action":"db:GetDocument","resource":"db:x","extra":1}),
+        serde_json::json!({"action":"db:GetDocument","resource":"x".repeat(2000)}),
+    ] {
+        let error = ask(bad.clone()).await.unwrap_err();
+        assert_eq!(error.status(), Some(400), "{bad}");
+    }
+    let missing = admin
+        .post::<_, serde_json::Value>(
+            "/auth/v1/admin/roles/nobody-here/simulate",
+            &serde_json::json!({"action":"db:GetDocument","resource":"db:x"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.status(), Some(404));
+    let session = cloud
+        .client()
+        .signup("sim@example.com", "correct horse battery")
+        .await
+        .unwrap();
+    let user = cloud.client().with_token(session.access_token);
+    let body = serde_json::json!({"action":"db:GetDocument","resource":"db:x"});
+    let forbidden = user
+        .post::<_, serde_json::Value>("/auth/v1/admin/roles/owners/simulate", &body)
+        .await
+        .unwrap_err();
+    assert_eq!(forbidden.status(), Some(403));
+    let anonymous = cloud
+        .client()
+        .post::<_, serde_json::Value>("/auth/v1/admin/roles/owners/simulate", &body)
+        .await
+        .unwrap_err();
+    // As every admin call: the anonymous key is a role, refused like any non-service one.
+    assert_eq!(anonymous.status(), Some(403));
+    cloud.stop().await.unwrap();
+}

@@ -669,6 +669,26 @@ async fn the_admin_manages_users_roles_and_keys() {
         .await
         .unwrap();
     assert_eq!(role["policies"][0]["actions"][0], "storage:GetObject");
+    // The simulator answers with the real evaluator over what was just saved.
+    for (action, answer) in [
+        ("storage:GetObject", "Allowed"),
+        ("storage:PutObject", "implicit_deny"),
+        ("storage:Teleport", "not an action"),
+    ] {
+        let field = browser.find("#simulate-action").await;
+        field.clear().await.unwrap();
+        field.send_keys(action).await.unwrap();
+        let resource = browser.find("#simulate-resource").await;
+        resource.clear().await.unwrap();
+        resource.send_keys("storage:photos/a.jpg").await.unwrap();
+        browser
+            .find("#simulate-form button")
+            .await
+            .click()
+            .await
+            .unwrap();
+        browser.text_of("#simulate-result", answer).await;
+    }
 
     // API keys: issued once, then revoked.
     browser

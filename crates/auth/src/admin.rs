@@ -42,6 +42,98 @@ pub(crate) fn routes() -> Router<Auth> {
             axum::routing::delete(revoke_api_key),
         )
         .route("/auth/v1/admin/keys/rotate", post(rotate_signing_key))
+        .route("/auth/v1/admin/roles/{name}/simulate", post(simulate))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimulateIn {
+    /// One action, as policies name it (`storage:GetObject`).
+    pub action: String,
+    /// `storage:photos/a.jpg`, `db:notes/n1`, `functions:thumbnail`, …
+    pub resource: String,
+    /// Act as this user of the role (for `${auth.uid}` in resources and owner conditions).
+    #[serde(default)]
+    pub uid: Option<String>,
+    /// The resource's owner, for owner-conditioned statements (unknown when absent).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SimulateOut {
+    pub allowed: bool,
+    /// `allow`, `implicit_deny` (no statement allows it) or `explicit_deny`.
+    pub decision: &'static str,
+    pub note: &'static str,
+}
+
+/// "May role X do action Y on resource Z?", answered by the evaluator every service
+/// runs, over the role's identity policies.
+#[utoipa::path(post, path = "/auth/v1/admin/roles/{name}/simulate", tag = "admin", params(("name" = String, Path)), request_body = SimulateIn,
+    responses((status = 200, body = SimulateOut), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+pub(crate) async fn simulate(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(input): Json<SimulateIn>,
+) -> Result<Json<SimulateOut>, ApiError> {
+    require_service(&caller)?;
+    if !minicloud_authz::Action::ALL
+        .iter()
+        .any(|a| a.as_str() == input.action)
+    {
+        return Err(AuthError::Invalid(format!(
+            "{:?} is not an action (e.g. storage:GetObject)",
+            input.action
+        ))
+        .into());
+    }
+    for (field, value) in [
+        ("resource", Some(&input.resource)),
+        ("uid", input.uid.as_ref()),
+        ("owner", input.owner.as_ref()),
+    ] {
+        if value.is_some_and(|v| v.is_empty() || v.len() > 1024 || v.chars().any(char::is_control))
+        {
+            return Err(AuthError::Invalid(format!(
+                "{field}: 1-1024 characters, no control characters"
+            ))
+            .into());
+        }
+    }
+    let policies: serde_json::Value =
+        sqlx::query_scalar("SELECT policies FROM roles WHERE name = $1")
+            .bind(&name)
+            .fetch_optional(&auth.pool)
+            .await
+            .map_err(AuthError::from)?
+            .ok_or(AuthError::NotFound("role"))?;
+    let policy = Policy::from_json(&policies).map_err(|e| AuthError::Internal(e.to_string()))?;
+    let subject = Caller::role(&name, input.uid.as_deref());
+    let owner = match &input.owner {
+        Some(owner) => minicloud_authz::Owner::Known(Some(owner)),
+        None => minicloud_authz::Owner::Unknown,
+    };
+    let decision = minicloud_authz::policy::evaluate(
+        &subject,
+        minicloud_authz::Access {
+            action: &input.action,
+            resource: &input.resource,
+            owner,
+        },
+        &[policy],
+        &[],
+    );
+    Ok(Json(SimulateOut {
+        allowed: decision.is_allowed(),
+        decision: match decision {
+            minicloud_authz::Decision::Allow => "allow",
+            minicloud_authz::Decision::ImplicitDeny => "implicit_deny",
+            minicloud_authz::Decision::ExplicitDeny => "explicit_deny",
+        },
+        note: "the role's identity policies only: a bucket's or collection's own policy can allow or deny more",
+    }))
 }
 
 pub(crate) fn require_service(caller: &Caller) -> Result<(), ApiError> {

@@ -65,6 +65,7 @@ use minicloud_proto::openapi::ErrorResponses;
         admin::delete_user,
         admin::list_roles,
         admin::create_role,
+        admin::simulate,
         admin::get_role,
         admin::update_role,
         admin::delete_role,

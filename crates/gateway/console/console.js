@@ -211,6 +211,22 @@ async function auth() {
           roleStatus.replaceChildren(el("span", { class: "ok", text: "Saved." }));
         } catch (error) { roleStatus.replaceChildren(problem(error)); }
       } }, policy, el("br"), el("button", { type: "submit" }, "Save policies"), roleStatus));
+    // The simulator: the services' own evaluator over the role's saved policies.
+    const action = el("input", { id: "simulate-action", required: true, placeholder: "storage:GetObject" });
+    const resource = el("input", { id: "simulate-resource", required: true, placeholder: "storage:photos/a.jpg" });
+    const uid = el("input", { id: "simulate-uid", placeholder: "(any user)" });
+    const verdict = el("p", { id: "simulate-result", role: "status" });
+    roles.append(el("h3", { text: "May this role…?" }), el("form", { id: "simulate-form", onsubmit: async (event) => {
+      event.preventDefault();
+      verdict.replaceChildren();
+      const body = { action: action.value.trim(), resource: resource.value.trim() };
+      if (uid.value.trim()) body.uid = uid.value.trim();
+      try {
+        const answer = await api("POST", "/auth/v1/admin/roles/" + encodeURIComponent(roleList.value) + "/simulate", body);
+        verdict.replaceChildren(el("strong", { class: answer.allowed ? "ok" : "bad", text: answer.allowed ? "Allowed" : "Denied (" + answer.decision + ")" }),
+          el("span", { class: "muted", text: " — " + answer.note }));
+      } catch (error) { verdict.replaceChildren(problem(error)); }
+    } }, el("label", {}, "action ", action), el("label", {}, "resource ", resource), el("label", {}, "as user ", uid), el("button", { type: "submit" }, "Ask"), verdict));
   } catch (error) { roles.append(problem(error)); }
 
   // API keys: issue (the secret shown once), revoke.
