@@ -563,7 +563,7 @@ page from a bare axum server in the same browser, same run.
 |---|---|---|---|---|
 | floor: a blank page's first contentful paint | {floor['p50_ms']:.0f} ms | {floor['max_ms']:.0f} ms | 1.00× | |
 | the console's first contentful paint | {fp['p50_ms']:.0f} ms | {fp['max_ms']:.0f} ms | {fp['p50_ms'] / floor['p50_ms']:.2f}× | < 500 ms |
-| the overview's services table on screen (`minicloud:overview-ready`) | {ready['p50_ms']:.0f} ms | {ready['max_ms']:.0f} ms | {ready['p50_ms'] / floor['p50_ms']:.2f}× | < 500 ms |
+| the overview's services table in the page (`minicloud:overview-ready`, set before the paint that shows it) | {ready['p50_ms']:.0f} ms | {ready['max_ms']:.0f} ms | {ready['p50_ms'] / floor['p50_ms']:.2f}× | < 500 ms |
 
 The console's files (HTML, CSS, JS) are {d['assets_bytes'] / 1024:.0f} KiB, compiled into the
 binary: well under the 5 MB budget.
