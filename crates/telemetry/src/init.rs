@@ -119,9 +119,11 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         crate::log_store::LogStoreLayer::new(Arc::clone(crate::log_store::LogStore::global()))
             .with_filter(kept())
     });
+    // The access line is a log line, not a span event: kept out of the span
+    // pipeline, where each event would be copied into its span.
     let otel_layer = otel_layer.map(|layer| {
         let spans = if config.keep_traces {
-            kept()
+            EnvFilter::new(format!("{QUIET},minicloud_access=off"))
         } else {
             printed()
         };
