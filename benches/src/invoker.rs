@@ -12,12 +12,10 @@
 //! Needs `target/release/echo-function` (`make bench` builds it). Writes
 //! `target/bench-invoker.json` for `scripts/bench_report.py`.
 
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
-use base64::Engine as _;
-use minicloud_bench::{ROUNDS, as_client, summary};
+use minicloud_bench::{ROUNDS, as_client, summary, zip_of};
 use minicloud_testkit::TestCloud;
 use serde_json::{Value, json};
 
@@ -91,18 +89,6 @@ async fn load(
         .into_iter()
         .map(|(samples, wall)| summary(samples, wall))
         .collect())
-}
-
-fn zip_of(entries: &[(&str, &[u8], u32)]) -> anyhow::Result<String> {
-    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, bytes, mode) in entries {
-        out.start_file(
-            *name,
-            zip::write::SimpleFileOptions::default().unix_permissions(*mode),
-        )?;
-        out.write_all(bytes)?;
-    }
-    Ok(base64::engine::general_purpose::STANDARD.encode(out.finish()?.into_inner()))
 }
 
 /// A loopback Runtime API that serves one event and reports when it is answered.

@@ -93,3 +93,20 @@ pub async fn time_in_turns(n: usize, ops: &mut [Op<'_>]) -> anyhow::Result<Vec<V
     }
     Ok(out)
 }
+
+/// A function zip of `(name, bytes, unix mode)` entries, base64 as deploys take it.
+pub fn zip_of(entries: &[(&str, &[u8], u32)]) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, bytes, mode) in entries {
+        out.start_file(
+            *name,
+            zip::write::SimpleFileOptions::default().unix_permissions(*mode),
+        )?;
+        out.write_all(bytes)?;
+    }
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        out.finish()?.into_inner(),
+    ))
+}

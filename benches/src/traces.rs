@@ -158,18 +158,7 @@ async fn child(keep: bool) -> anyhow::Result<Value> {
     })?;
     let cloud = TestCloud::start().await?;
     let admin = cloud.admin();
-    let zip = {
-        use std::io::Write as _;
-        let mut out = std::io::Cursor::new(Vec::new());
-        let mut writer = zip::ZipWriter::new(&mut out);
-        writer.start_file(
-            "bootstrap",
-            zip::write::SimpleFileOptions::default().unix_permissions(0o755),
-        )?;
-        writer.write_all(&echo)?;
-        writer.finish()?;
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out.into_inner())
-    };
+    let zip = minicloud_bench::zip_of(&[("bootstrap", &echo, 0o755)])?;
     let _: Value = admin
         .put(
             "/functions/v1/echo",

@@ -29,6 +29,29 @@ pub(crate) async fn aws_key(cloud: &TestCloud, role: &str) -> (String, String, S
     )
 }
 
+/// Runs `suite` of `tests/clients/aws` under pytest with the pinned clients and
+/// `env`, against `cloud`; fails the test with pytest's output unless it passed.
+fn run_suite(cloud: &TestCloud, suite: &str, env: &[(&str, &str)]) {
+    let deps = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pydeps-aws");
+    let mut pytest = Command::new("python3");
+    pytest
+        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/aws"))
+        .env("PYTHONPATH", &deps)
+        .env("MINICLOUD_URL", cloud.gateway_url())
+        // Nothing of the machine's own AWS setup may leak into the suite.
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .envs(env.iter().copied())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", suite]);
+    let output = tokio::task::block_in_place(|| pytest.output()).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(" passed") && !stdout.contains("no tests ran"),
+        "{suite} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
     let deps = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pydeps-aws");
@@ -120,37 +143,20 @@ async fn boto3_lambda_calls_verify_sigv4_with_issued_key_pairs() {
         .unwrap_err();
     assert_eq!(bad.status(), Some(400));
 
-    let mut pytest = Command::new("python3");
-    pytest
-        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/aws"))
-        .env("PYTHONPATH", &deps)
-        .env("MINICLOUD_URL", cloud.gateway_url())
-        .env("AWS_KEY_ID", &key_id)
-        .env("AWS_SECRET", &secret)
-        .env("OTHER_KEY_ID", &other_id)
-        .env("OTHER_SECRET", &other_secret)
-        .env("REVOKED_KEY_ID", &revoked_id)
-        .env("DEPLOY_KEY_ID", &deploy_id)
-        .env("DEPLOY_SECRET", &deploy_secret)
-        .env("CODE_BUCKET", "lambda-code")
-        .env("SECRET_CODE", "secret-code/app.zip")
-        // Nothing of the machine's own AWS setup may leak into the suite.
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "test_lambda.py",
-        ]);
-    let output = tokio::task::block_in_place(|| pytest.output()).unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains(" passed") && !stdout.contains("no tests ran"),
-        "boto3 suite failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    run_suite(
+        &cloud,
+        "test_lambda.py",
+        &[
+            ("AWS_KEY_ID", &key_id),
+            ("AWS_SECRET", &secret),
+            ("OTHER_KEY_ID", &other_id),
+            ("OTHER_SECRET", &other_secret),
+            ("REVOKED_KEY_ID", &revoked_id),
+            ("DEPLOY_KEY_ID", &deploy_id),
+            ("DEPLOY_SECRET", &deploy_secret),
+            ("CODE_BUCKET", "lambda-code"),
+            ("SECRET_CODE", "secret-code/app.zip"),
+        ],
     );
     cloud.stop().await.unwrap();
 }
@@ -264,25 +270,16 @@ async fn boto3_and_the_aws_cli_speak_s3_with_issued_key_pairs() {
         .await
         .unwrap();
 
-    let mut pytest = Command::new("python3");
-    pytest
-        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/aws"))
-        .env("PYTHONPATH", &deps)
-        .env("MINICLOUD_URL", cloud.gateway_url())
-        .env("S3_KEY_ID", &key_id)
-        .env("S3_SECRET", &secret)
-        .env("OTHER_KEY_ID", &other_id)
-        .env("OTHER_SECRET", &other_secret)
-        .env("REVOKED_KEY_ID", &revoked_id)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_s3.py"]);
-    let output = tokio::task::block_in_place(|| pytest.output()).unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains(" passed") && !stdout.contains("no tests ran"),
-        "boto3 S3 suite failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    run_suite(
+        &cloud,
+        "test_s3.py",
+        &[
+            ("S3_KEY_ID", &key_id),
+            ("S3_SECRET", &secret),
+            ("OTHER_KEY_ID", &other_id),
+            ("OTHER_SECRET", &other_secret),
+            ("REVOKED_KEY_ID", &revoked_id),
+        ],
     );
     cloud.stop().await.unwrap();
 }

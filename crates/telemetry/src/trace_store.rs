@@ -179,12 +179,6 @@ impl std::fmt::Debug for TraceStore {
     }
 }
 
-fn now_unix_nano() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 impl TraceStore {
     pub fn new(limits: TraceStoreLimits) -> TraceStore {
         TraceStore {
@@ -572,37 +566,43 @@ pub fn unix_nano_of_seconds(seconds: u64) -> u64 {
     seconds.saturating_mul(1_000_000_000)
 }
 
-/// For tests and benchmarks: a span of `trace` under `parent`.
-pub fn sample_span(
-    trace: u128,
-    span: u64,
-    parent: Option<u64>,
-    service: &str,
-    name: &str,
-) -> StoredSpan {
-    let start = now_unix_nano();
-    StoredSpan {
-        trace_id: format!("{trace:032x}"),
-        span_id: format!("{span:016x}"),
-        parent_span_id: parent.map(|p| format!("{p:016x}")),
-        name: name.to_owned(),
-        service: service.to_owned(),
-        kind: "server".into(),
-        start_unix_nano: start,
-        end_unix_nano: start + 1_000_000,
-        status: SpanStatus::Unset,
-        status_message: None,
-        attributes: BTreeMap::from([
-            ("minicloud.service".to_owned(), service.to_owned()),
-            ("http.request.method".to_owned(), "GET".to_owned()),
-            ("request_id".to_owned(), format!("req_{trace:032x}")),
-        ]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn now_unix_nano() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    /// A span of `trace` under `parent`.
+    fn sample_span(
+        trace: u128,
+        span: u64,
+        parent: Option<u64>,
+        service: &str,
+        name: &str,
+    ) -> StoredSpan {
+        let start = now_unix_nano();
+        StoredSpan {
+            trace_id: format!("{trace:032x}"),
+            span_id: format!("{span:016x}"),
+            parent_span_id: parent.map(|p| format!("{p:016x}")),
+            name: name.to_owned(),
+            service: service.to_owned(),
+            kind: "server".into(),
+            start_unix_nano: start,
+            end_unix_nano: start + 1_000_000,
+            status: SpanStatus::Unset,
+            status_message: None,
+            attributes: BTreeMap::from([
+                ("minicloud.service".to_owned(), service.to_owned()),
+                ("http.request.method".to_owned(), "GET".to_owned()),
+                ("request_id".to_owned(), format!("req_{trace:032x}")),
+            ]),
+        }
+    }
 
     #[test]
     fn traces_are_kept_whole_and_the_oldest_go_first() {
