@@ -1,135 +1,14 @@
 //! The console (issue 20) in a real browser: headless Chromium driven over WebDriver
-//! (Debian's `chromium` and `chromium-driver`, installed by `make test-deps`;
-//! `fantoccini` as the client: a plain async WebDriver client on the tokio and hyper
-//! the project already uses, where a DevTools client would add a second protocol
-//! stack). Each test saves screenshots to `target/console-screenshots/`.
+//! ([`minicloud_testkit::browser`]). Each test saves screenshots to
+//! `target/console-screenshots/`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use minicloud_telemetry::{TelemetryConfig, init};
 use minicloud_testkit::TestCloud;
+use minicloud_testkit::browser::Browser;
 use serde_json::{Value, json};
-
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-struct Browser {
-    client: Client,
-    driver: std::process::Child,
-    shots: PathBuf,
-}
-
-impl Browser {
-    async fn start(test: &str) -> Browser {
-        assert!(
-            Path::new(CHROMEDRIVER).exists(),
-            "{CHROMEDRIVER} is missing: run `make test-deps` (apt packages chromium and chromium-driver)"
-        );
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let driver = std::process::Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
-        );
-        let mut last = None;
-        let mut client = None;
-        for _ in 0..50 {
-            match ClientBuilder::rustls()
-                .expect("a TLS config")
-                .capabilities(capabilities.clone())
-                .connect(&format!("http://127.0.0.1:{port}"))
-                .await
-            {
-                Ok(connected) => {
-                    client = Some(connected);
-                    break;
-                }
-                Err(error) => {
-                    last = Some(error);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        let client = client.unwrap_or_else(|| panic!("chromedriver did not start: {last:?}"));
-        let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/console-screenshots")
-            .join(test);
-        std::fs::create_dir_all(&shots).unwrap();
-        Browser {
-            client,
-            driver,
-            shots,
-        }
-    }
-
-    async fn shot(&self, name: &str) {
-        let png = self.client.screenshot().await.unwrap();
-        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
-    }
-
-    /// Waits up to 30 s (a loaded CI machine, a first cold start) for `css`.
-    async fn find(&self, css: &str) -> fantoccini::elements::Element {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(30))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-    }
-
-    /// Waits until `css` holds `text`.
-    async fn text_of(&self, css: &str, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            // An empty `text`: any text at all.
-            if let Ok(found) = self.client.find(Locator::Css(css)).await
-                && let Ok(seen) = found.text().await
-                && seen.contains(text)
-                && !seen.trim().is_empty()
-            {
-                return seen;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{css} never said {text:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Opens the console and signs in with the service key.
-    async fn sign_in_as_admin(&self, base: &str, service_key: &str) {
-        self.go(&format!("{base}/console")).await;
-        self.find("#api-key")
-            .await
-            .send_keys(service_key)
-            .await
-            .unwrap();
-        self.find("#key-form button").await.click().await.unwrap();
-        self.text_of("#who", "admin").await;
-    }
-
-    async fn go(&self, url: &str) {
-        self.client.goto(url).await.unwrap();
-    }
-
-    async fn stop(mut self) {
-        let _ = self.client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
 
 /// A PNG of `width`×`height`, for the preview.
 fn png(width: u32, height: u32) -> Vec<u8> {

@@ -28,6 +28,7 @@ pub(crate) fn routes() -> Router<Auth> {
             "/auth/v1/admin/users/{id}",
             get(get_user).put(update_user).delete(delete_user),
         )
+        .route("/auth/v1/admin/users/{id}/logout", post(sign_out_user))
         .route("/auth/v1/admin/roles", get(list_roles).post(create_role))
         .route(
             "/auth/v1/admin/roles/{name}",
@@ -370,6 +371,31 @@ async fn delete_user(
     .map_err(AuthError::from)?
     .ok_or_else(|| ApiError::not_found("user not found"))?;
     Ok(Json(deleted.into_out()))
+}
+
+/// Signs a user out everywhere: every refresh token of theirs is revoked, so no
+/// session is renewed (access tokens already issued live out their short lifetime,
+/// as with `POST /auth/v1/logout?scope=global`, which is the user's own way).
+#[utoipa::path(post, path = "/auth/v1/admin/users/{id}/logout", tag = "admin", params(("id" = String, Path)), responses((status = 200, description = "signed out everywhere", body = SignedOut), (status = 404, body = ErrorBody), (status = 403, description = "not the service key", body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
+async fn sign_out_user(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SignedOut>, ApiError> {
+    require_service(&caller)?;
+    let user = parse_user_id(&id)?;
+    // A 404 for a user who does not exist, rather than "0 sessions".
+    crate::users::load_user(&auth.pool, user).await?;
+    let sessions = auth.revoke_sessions(user, None).await?;
+    Ok(Json(SignedOut {
+        revoked_sessions: sessions,
+    }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SignedOut {
+    /// How many live refresh tokens were revoked (one per session).
+    pub revoked_sessions: u64,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]

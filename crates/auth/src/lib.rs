@@ -63,6 +63,7 @@ use minicloud_proto::openapi::ErrorResponses;
         admin::get_user,
         admin::update_user,
         admin::delete_user,
+        admin::sign_out_user,
         admin::list_roles,
         admin::create_role,
         admin::simulate,

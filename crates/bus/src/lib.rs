@@ -52,6 +52,7 @@ use minicloud_proto::openapi::ErrorResponses;
         subscriptions::get,
         subscriptions::delete,
         subscriptions::dead_letters,
+        subscriptions::stats,
         subscriptions::redrive,
         topics::tail,
         schedules::create,
@@ -346,6 +347,10 @@ impl Service for Bus {
             .route(
                 "/events/v1/subscriptions/{id}/dead-letters",
                 get(subscriptions::dead_letters),
+            )
+            .route(
+                "/events/v1/subscriptions/{id}/stats",
+                get(subscriptions::stats),
             )
             .route(
                 "/events/v1/subscriptions/{id}/dead-letters/redrive",

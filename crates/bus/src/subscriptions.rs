@@ -275,6 +275,65 @@ pub(crate) async fn get(
     Ok(Json(authorized(&bus, &caller, &id).await?))
 }
 
+/// How a subscription's deliveries stand. `lag`, `pending` and the dead letters are
+/// shared state (Redis, Postgres), true for every replica; the counters are this
+/// process's since it started (each replica counts what its workers delivered).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SubscriptionStats {
+    /// Events on the topic not yet handed to this subscription.
+    pub lag: Option<i64>,
+    /// Handed out and not yet acknowledged (being delivered or awaiting a retry).
+    pub pending: Option<i64>,
+    pub dead_letters: i64,
+    pub last_dead_letter_at: Option<DateTime<Utc>>,
+    pub delivered_since_start: u64,
+    pub retried_since_start: u64,
+    pub dead_lettered_since_start: u64,
+}
+
+#[utoipa::path(get, path = "/events/v1/subscriptions/{id}/stats", tag = "subscriptions", params(("id" = String, Path)), responses((status = 200, body = SubscriptionStats), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn stats(
+    State(bus): State<Bus>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionStats>, ApiError> {
+    let subscription = authorized(&bus, &caller, &id).await?;
+    let (dead_letters, last_dead_letter_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT count(*), max(created_at) FROM dead_letters WHERE subscription_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&bus.pool)
+    .await
+    .map_err(ApiError::internal)?;
+    let mut redis = bus.redis.clone();
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(bus.stream_key(&subscription.topic))
+        .query_async(&mut redis)
+        .await
+        // No stream yet (nothing published): no group to report on.
+        .unwrap_or_default();
+    let group = groups
+        .iter()
+        .find(|g| g.get("name").and_then(crate::delivery::text).as_deref() == Some(id.as_str()));
+    let int = |name: &str| match group.and_then(|g| g.get(name)) {
+        Some(redis::Value::Int(n)) => Some(*n),
+        _ => None,
+    };
+    let label = crate::metrics::SubscriptionLabel {
+        subscription: id.clone(),
+    };
+    Ok(Json(SubscriptionStats {
+        lag: int("lag"),
+        pending: int("pending"),
+        dead_letters,
+        last_dead_letter_at,
+        delivered_since_start: bus.metrics.delivered.get_or_create(&label).get(),
+        retried_since_start: bus.metrics.retried.get_or_create(&label).get(),
+        dead_lettered_since_start: bus.metrics.dead_lettered.get_or_create(&label).get(),
+    }))
+}
+
 #[utoipa::path(delete, path = "/events/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path)), responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete(
     State(bus): State<Bus>,

@@ -436,20 +436,45 @@ fn read_reply(value: &redis::Value) -> Vec<crate::delivery::Entry> {
     out
 }
 
+/// The longest `pattern` a tail takes (a query string).
+const MAX_TAIL_PATTERN_BYTES: usize = 4096;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TailQuery {
+    /// Only events matching this event pattern (JSON, the subscriptions' pattern language).
+    pub pattern: Option<String>,
+}
+
 /// `GET /events/v1/topics/{t}/tail`: the topic's new events as server-sent events
 /// (`event: cloudevent`, `id:` the stream id, `data:` the structured CloudEvent), for
 /// debugging. It follows the topic until the client goes away.
-#[utoipa::path(get, path = "/events/v1/topics/{topic}/tail", tag = "topics", params(("topic" = String, Path)),
-    responses((status = 200, description = "text/event-stream of CloudEvents"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/events/v1/topics/{topic}/tail", tag = "topics", params(("topic" = String, Path), TailQuery),
+    responses((status = 200, description = "text/event-stream of CloudEvents"), (status = 400, description = "invalid pattern", body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn tail(
     State(bus): State<Bus>,
     caller: Caller,
     minicloud_proto::error::Path(topic): minicloud_proto::error::Path<String>,
+    minicloud_proto::error::Query(query): minicloud_proto::error::Query<TailQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse as _;
     use axum::response::sse::{Event, KeepAlive, Sse};
 
     check_topic_name(&topic)?;
+    let pattern = match query.pattern.as_deref() {
+        None | Some("") => crate::pattern::Pattern::parse(&serde_json::Value::Null),
+        Some(text) if text.len() > MAX_TAIL_PATTERN_BYTES => {
+            return Err(ApiError::invalid(format!(
+                "pattern: at most {MAX_TAIL_PATTERN_BYTES} bytes"
+            )));
+        }
+        Some(text) => {
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| ApiError::invalid(format!("pattern is not JSON: {e}")))?;
+            crate::pattern::Pattern::parse(&value)
+        }
+    }
+    .map_err(|e| ApiError::invalid(e.to_string()))?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM topics WHERE name = $1)")
         .bind(&topic)
         .fetch_one(&bus.pool)
@@ -473,46 +498,51 @@ pub(crate) async fn tail(
         key,
         std::collections::VecDeque::<Event>::new(),
     );
-    let events = futures::stream::unfold(
-        state,
-        |(mut connection, mut last, key, mut queue)| async move {
-            loop {
-                if let Some(event) = queue.pop_front() {
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(event),
-                        (connection, last, key, queue),
-                    ));
-                }
-                let reply: Result<redis::Value, _> = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(100)
-                    .arg("BLOCK")
-                    .arg(10_000)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&last)
-                    .query_async(&mut connection)
-                    .await;
-                match reply {
-                    Ok(value) => {
-                        for entry in read_reply(&value) {
-                            last = entry.id.clone();
-                            queue.push_back(
-                                Event::default()
-                                    .event("cloudevent")
-                                    .id(entry.id)
-                                    .data(entry.event.to_string()),
-                            );
-                        }
+    let pattern = std::sync::Arc::new(pattern);
+    let events =
+        futures::stream::unfold(state, move |(mut connection, mut last, key, mut queue)| {
+            let pattern = std::sync::Arc::clone(&pattern);
+            async move {
+                loop {
+                    if let Some(event) = queue.pop_front() {
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            (connection, last, key, queue),
+                        ));
                     }
-                    Err(error) => {
-                        tracing::debug!(%error, "tail ended");
-                        return None;
+                    let reply: Result<redis::Value, _> = redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(100)
+                        .arg("BLOCK")
+                        .arg(10_000)
+                        .arg("STREAMS")
+                        .arg(&key)
+                        .arg(&last)
+                        .query_async(&mut connection)
+                        .await;
+                    match reply {
+                        Ok(value) => {
+                            for entry in read_reply(&value) {
+                                last = entry.id.clone();
+                                if !pattern.matches(&entry.event) {
+                                    continue;
+                                }
+                                queue.push_back(
+                                    Event::default()
+                                        .event("cloudevent")
+                                        .id(entry.id)
+                                        .data(entry.event.to_string()),
+                                );
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "tail ended");
+                            return None;
+                        }
                     }
                 }
             }
-        },
-    );
+        });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -167,7 +167,12 @@ async function auth() {
       const wanted = search.value.trim().toLowerCase();
       userRows.replaceChildren(...found.users.filter((u) => !wanted || (u.email || "").toLowerCase().includes(wanted)).map((u) =>
         el("tr", {}, el("td", { text: u.email || "(anonymous)" }), el("td", { class: "muted", text: u.id }),
-          el("td", {}, el("button", { onclick: async () => {
+          el("td", {}, el("button", { class: "sign-out-user", onclick: async () => {
+            try {
+              const done = await api("POST", "/auth/v1/admin/users/" + encodeURIComponent(u.id) + "/logout");
+              userStatus.replaceChildren(el("span", { class: "ok", text: "Signed " + (u.email || u.id) + " out everywhere (" + done.revoked_sessions + " sessions)." }));
+            } catch (error) { userStatus.replaceChildren(problem(error)); }
+          } }, "Sign out everywhere"), " ", el("button", { onclick: async () => {
             try { await api("DELETE", "/auth/v1/admin/users/" + encodeURIComponent(u.id)); loadUsers(); } catch (error) { userStatus.replaceChildren(problem(error)); }
           } }, "Delete")))));
     } catch (error) { users.replaceChildren(el("h2", { text: "Users" }), problem(error)); }
@@ -309,26 +314,32 @@ function upload(bucket, path, file, bar) {
   });
 }
 
-async function folder(bucket, prefix) {
+async function folder(bucket, prefix, cursor) {
   const listing = el("section", {}, el("h2", {}, bucket + "/" + prefix));
   const picker = el("input", { id: "file-picker", type: "file", multiple: true });
+  // A folder keeps its layout: each file under its path relative to the chosen folder.
+  const folderPicker = el("input", { id: "folder-picker", type: "file", webkitdirectory: true, multiple: true });
   const bar = el("progress", { id: "upload-progress", value: 0, max: 1 });
-  const status = el("p", { role: "status" });
-  picker.onchange = async () => {
+  const status = el("p", { id: "upload-status", role: "status" });
+  const send = async (files) => {
     status.textContent = "";
-    for (const file of picker.files) {
+    for (const file of files) {
+      const name = file.webkitRelativePath || file.name;
       try {
-        await upload(bucket, prefix + file.name, file, bar);
-        status.append(el("span", { class: "ok", text: "uploaded " + file.name + " " }));
+        await upload(bucket, prefix + name, file, bar);
+        status.append(el("span", { class: "ok", text: "uploaded " + name + " " }));
       } catch (error) { status.append(problem(error)); }
     }
-    folder(bucket, prefix);
+    // The listing again, the outcome of each file kept on screen.
+    folder(bucket, prefix).then(() => document.getElementById("upload-status").replaceWith(status));
   };
+  picker.onchange = () => send(picker.files);
+  folderPicker.onchange = () => send(folderPicker.files);
   const detail = el("section", { id: "object-detail" });
   show(el("h1", {}, el("a", { href: "#/storage", text: "Storage" }), " / " + bucket),
-    el("section", {}, el("h2", { text: "Upload" }), el("label", {}, "Files ", picker), bar, status), listing, detail);
+    el("section", {}, el("h2", { text: "Upload" }), el("label", {}, "Files ", picker), el("label", {}, "A folder ", folderPicker), bar, status), listing, detail);
   try {
-    const page = await api("POST", "/storage/v1/object/list/" + encodeURIComponent(bucket), { prefix, delimiter: "/", limit: 100 });
+    const page = await api("POST", "/storage/v1/object/list/" + encodeURIComponent(bucket), { prefix, delimiter: "/", limit: 100, cursor });
     const rows = [];
     for (const sub of page.prefixes) {
       rows.push(el("tr", { class: "clickable", onclick: () => { location.hash = "#/storage/" + encodeURIComponent(bucket) + "/" + encodeURIComponent(sub); } },
@@ -340,7 +351,10 @@ async function folder(bucket, prefix) {
     }
     listing.append(rows.length ? el("table", { id: "objects" }, el("tr", {}, el("th", { text: "name" }), el("th", { text: "type" }), el("th", { text: "size" })), rows)
       : el("p", { class: "muted", text: "Empty." }));
-    if (page.next_cursor) listing.append(el("p", { class: "muted", text: "More objects follow (first 100 shown)." }));
+    const paging = el("p", {});
+    if (cursor) paging.append(el("button", { id: "first-page", onclick: () => folder(bucket, prefix) }, "First page"), " ");
+    if (page.next_cursor) paging.append(el("button", { id: "next-page", onclick: () => folder(bucket, prefix, page.next_cursor) }, "Next page"));
+    listing.append(paging);
   } catch (error) { listing.append(problem(error)); }
 }
 
@@ -358,9 +372,21 @@ async function objectDetail(bucket, object, panel) {
       panel.append(el("img", { class: "preview", id: "preview", src: url, alt: object.name }));
     }
   } catch (error) { panel.append(problem(error)); }
+  // A signed link: anyone holding it may read the object until it expires.
+  const expires = el("input", { id: "sign-expires", type: "number", min: 1, max: 604800, value: 3600 });
+  const signed = el("p", { id: "signed-link" });
   actions.append(el("button", { onclick: async () => {
     try { await api("DELETE", objectUrl(bucket, object.name)); location.reload(); } catch (error) { panel.append(problem(error)); }
-  } }, "Delete"));
+  } }, "Delete"), " ",
+  el("form", { id: "sign-form", class: "inline", onsubmit: async (event) => {
+    event.preventDefault();
+    signed.replaceChildren();
+    try {
+      const answer = await api("POST", "/storage/v1/object/sign/" + encodeURIComponent(bucket) + "/" + object.name.split("/").map(encodeURIComponent).join("/"), { expiresIn: Number(expires.value) });
+      const url = location.origin + answer.signed_url;
+      signed.replaceChildren(el("a", { href: url, target: "_blank", rel: "noopener", text: url }));
+    } catch (error) { signed.replaceChildren(problem(error)); }
+  } }, el("label", {}, "Signed link for ", expires, " s "), el("button", { type: "submit" }, "Sign")), signed);
 }
 
 // ---- database --------------------------------------------------------------------
@@ -459,6 +485,82 @@ function base64Of(buffer) {
   return btoa(text);
 }
 
+// A zip of `files` ([{ name, bytes }]) with every entry stored as is: a folder becomes
+// the code bundle the API takes, without a compression library in the console (the
+// invoker accepts stored entries; the bundle is small and travels once).
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+function storedZip(files) {
+  const encoder = new TextEncoder();
+  const parts = [];
+  const central = [];
+  let offset = 0;
+  for (const file of files) {
+    const name = encoder.encode(file.name);
+    const crc = crc32(file.bytes);
+    const size = file.bytes.length;
+    const local = new DataView(new ArrayBuffer(30));
+    local.setUint32(0, 0x04034b50, true);
+    local.setUint16(4, 20, true);
+    local.setUint16(6, 0x0800, true); // UTF-8 names
+    local.setUint16(12, 0x21, true); // 1980-01-01
+    local.setUint32(14, crc, true);
+    local.setUint32(18, size, true);
+    local.setUint32(22, size, true);
+    local.setUint16(26, name.length, true);
+    parts.push(local.buffer, name, file.bytes);
+    const entry = new DataView(new ArrayBuffer(46));
+    entry.setUint32(0, 0x02014b50, true);
+    entry.setUint16(4, 0x031e, true); // made on Unix: the mode below counts
+    entry.setUint16(6, 20, true);
+    entry.setUint16(8, 0x0800, true);
+    entry.setUint16(14, 0x21, true);
+    entry.setUint32(16, crc, true);
+    entry.setUint32(20, size, true);
+    entry.setUint32(24, size, true);
+    entry.setUint16(28, name.length, true);
+    entry.setUint32(38, (0o100644 << 16) >>> 0, true);
+    entry.setUint32(42, offset, true);
+    central.push(entry.buffer, name);
+    offset += 30 + name.length + size;
+  }
+  const centralSize = central.reduce((n, part) => n + part.byteLength, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, 0x06054b50, true);
+  end.setUint16(8, files.length, true);
+  end.setUint16(10, files.length, true);
+  end.setUint32(12, centralSize, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...central, end.buffer]).arrayBuffer();
+}
+
+/// The code of a deploy: the chosen zip, or the chosen folder zipped (paths relative
+/// to the folder itself).
+async function codeOf(zipInput, folderInput) {
+  if (zipInput.files.length) return zipInput.files[0].arrayBuffer();
+  if (!folderInput.files.length) throw new ApiError(400, "Choose a zip or a folder to deploy.");
+  const files = [];
+  for (const file of folderInput.files) {
+    const name = (file.webkitRelativePath || file.name).split("/").slice(1).join("/") || file.name;
+    files.push({ name, bytes: new Uint8Array(await file.arrayBuffer()) });
+  }
+  return storedZip(files);
+}
+
 async function functions(name) {
   if (name) return functionDetail(name);
   const list = el("section", {}, el("h2", { text: "Functions" }));
@@ -466,38 +568,91 @@ async function functions(name) {
   const runtime = el("select", { id: "function-runtime" }, ["python3", "nodejs", "provided"].map((r) => el("option", { value: r, text: r })));
   const handler = el("input", { id: "function-handler", placeholder: "app.handler" });
   const role = el("input", { id: "function-role", placeholder: "(none)" });
-  const zip = el("input", { id: "function-zip", type: "file", accept: ".zip,application/zip", required: true });
+  const memory = el("input", { id: "function-memory", type: "number", min: 64, max: 10240, value: 128 });
+  const timeout = el("input", { id: "function-timeout", type: "number", min: 1, max: 900, value: 3 });
+  const env = el("textarea", { id: "function-env", rows: 2, cols: 50, placeholder: '{"NAME": "value"}' });
+  const zip = el("input", { id: "function-zip", type: "file", accept: ".zip,application/zip" });
+  const dir = el("input", { id: "function-folder", type: "file", webkitdirectory: true, multiple: true });
   const status = el("p", { id: "deploy-status", role: "alert" });
   const form = el("form", { id: "deploy-form", onsubmit: async (event) => {
     event.preventDefault();
     status.replaceChildren(el("span", { class: "muted", text: "Deploying…" }));
     try {
-      const file = zip.files[0];
-      const body = { runtime: runtime.value, code: { zip_base64: base64Of(await file.arrayBuffer()) } };
+      const body = { runtime: runtime.value, memory_mb: Number(memory.value), timeout_s: Number(timeout.value) };
+      if (env.value.trim()) {
+        try { body.env = JSON.parse(env.value); } catch (e) { throw new ApiError(400, "The environment is not JSON: " + e.message); }
+      }
+      body.code = { zip_base64: base64Of(await codeOf(zip, dir)) };
       if (handler.value.trim()) body.handler = handler.value.trim();
       if (role.value.trim()) body.role = role.value.trim();
       await api("PUT", "/functions/v1/" + encodeURIComponent(fname.value.trim()), body);
       location.hash = "#/functions/" + encodeURIComponent(fname.value.trim());
     } catch (error) { status.replaceChildren(problem(error)); }
   } }, el("label", {}, "Name ", fname), el("label", {}, "Runtime ", runtime), el("label", {}, "Handler ", handler),
-    el("label", {}, "Role ", role), el("label", {}, "Zip ", zip), el("button", { type: "submit" }, "Deploy"), status);
-  show(el("h1", { text: "Functions" }), list, el("section", {}, el("h2", { text: "Deploy from a zip" }), form));
+    el("label", {}, "Role ", role), el("label", {}, "Memory MB ", memory), el("label", {}, "Timeout s ", timeout),
+    el("label", {}, "Environment ", env), el("br"),
+    el("label", {}, "Zip ", zip), el("label", {}, "or a folder ", dir), el("button", { type: "submit" }, "Deploy"), status);
+  show(el("h1", { text: "Functions" }), list, el("section", {}, el("h2", { text: "Deploy" }), form));
   try {
     const found = await api("GET", "/functions/v1");
     const all = found.functions || found;
     list.append(all.length === 0 ? el("p", { class: "muted", text: "None." }) : el("table", { id: "functions" },
-      el("tr", {}, ["name", "runtime", "memory", "timeout", "role"].map((h) => el("th", { text: h }))),
-      all.map((f) => el("tr", { class: "clickable", onclick: () => { location.hash = "#/functions/" + encodeURIComponent(f.name); } },
-        el("td", { text: f.name }), el("td", { text: f.runtime }), el("td", { text: f.memory_mb + " MB" }), el("td", { text: f.timeout_s + " s" }), el("td", { text: f.role || "" })))));
+      el("tr", {}, ["name", "runtime", "memory", "timeout", "role", "instances"].map((h) => el("th", { text: h }))),
+      all.map((f) => {
+        const instances = el("td", { class: "muted", text: "…" });
+        api("GET", "/functions/v1/" + encodeURIComponent(f.name) + "/instances")
+          .then((i) => { instances.textContent = i.live === 0 ? "cold" : i.live + " warm (" + i.idle_pids.length + " idle)"; })
+          .catch(() => { instances.textContent = "—"; });
+        return el("tr", { class: "clickable", onclick: () => { location.hash = "#/functions/" + encodeURIComponent(f.name); } },
+          el("td", { text: f.name }), el("td", { text: f.runtime }), el("td", { text: f.memory_mb + " MB" }), el("td", { text: f.timeout_s + " s" }), el("td", { text: f.role || "" }), instances);
+      })));
   } catch (error) { list.append(problem(error)); }
 }
+
+/// Streams a server-sent-events response (fetch, so the request carries the token,
+/// which EventSource cannot), calling `onData` with each event's data; ends when the
+/// screen changes.
+async function follow(path, onData, onError) {
+  const controller = new AbortController();
+  screenStreams.push(controller);
+  try {
+    const response = await fetch(path, { headers: { authorization: "Bearer " + session.token }, signal: controller.signal });
+    if (!response.ok) {
+      let message = response.status + "";
+      try { message = (await response.json()).error.message; } catch (_) { /* keep the status */ }
+      throw new ApiError(response.status, message);
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffered += value;
+      let end;
+      while ((end = buffered.indexOf("\n\n")) >= 0) {
+        const block = buffered.slice(0, end);
+        buffered = buffered.slice(end + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+        if (data) onData(data);
+      }
+    }
+  } catch (error) {
+    if (error.name !== "AbortError") onError(error);
+  }
+}
+
+/// Streams opened by the screen on show; closed when the route changes.
+const screenStreams = [];
 
 async function functionDetail(name) {
   const path = "/functions/v1/" + encodeURIComponent(name);
   const config = el("section", {}, el("h2", { text: "Configuration" }));
+  const state = el("p", { id: "function-instances", class: "muted" });
   const payload = el("textarea", { id: "invoke-payload", rows: 4, cols: 70 });
   payload.value = "{}";
   const result = el("section", { id: "invoke-result" });
+  const triggers = el("section", { id: "triggers" }, el("h2", { text: "Triggers" }));
+  const live = el("pre", { id: "live-logs", class: "log" });
   const run = async (event) => {
     event.preventDefault();
     result.replaceChildren();
@@ -518,24 +673,70 @@ async function functionDetail(name) {
       }
       const failed = response.headers.get("x-amz-function-error");
       const tail = response.headers.get("x-amz-log-result");
+      const requestId = response.headers.get("x-request-id");
       let log = "";
       try { log = tail ? new TextDecoder().decode(Uint8Array.from(atob(tail), (c) => c.charCodeAt(0))) : ""; } catch (_) { log = "(unreadable log tail)"; }
       const report = (log.match(/REPORT RequestId:[^\n]*/) || [""])[0];
       result.replaceChildren(el("h2", { class: failed ? "bad" : "ok", text: failed ? "Function error (" + failed + ")" : "Result" }),
         el("pre", { id: "invoke-output", text: text }),
-        el("p", { class: "muted", id: "invoke-report", text: (report || "") + " · round trip " + took.toFixed(1) + " ms" }),
+        el("p", { class: "muted", id: "invoke-report" }, (report || "") + " · round trip " + took.toFixed(1) + " ms",
+          requestId ? el("span", {}, " · ", el("a", { href: "#/traces/" + requestId, text: "trace " + requestId })) : ""),
         el("h3", { text: "Log tail" }), el("pre", { id: "invoke-log", text: log }));
     } catch (error) { result.replaceChildren(problem(error)); }
   };
-  show(el("h1", {}, el("a", { href: "#/functions", text: "Functions" }), " / " + name), config,
+  show(el("h1", {}, el("a", { href: "#/functions", text: "Functions" }), " / " + name), state, config,
     el("section", {}, el("h2", { text: "Test invoke" }), el("form", { id: "invoke-form", onsubmit: run }, payload, el("br"), el("button", { type: "submit" }, "Invoke"))),
-    result);
+    result, triggers, el("section", {}, el("h2", { text: "Live logs" }), live));
   try {
     const f = await api("GET", path);
     const shown = { ...f };
     delete shown.code;
     config.append(el("pre", { id: "function-config", text: JSON.stringify(shown, null, 2) }));
-  } catch (error) { config.append(problem(error)); }
+  } catch (error) { config.append(problem(error)); return; }
+  api("GET", path + "/instances")
+    .then((i) => { state.textContent = i.live === 0 ? "Cold: no instance runs." : i.live + " instance(s) warm; idle: " + (i.idle_pids.join(", ") || "none"); })
+    .catch((error) => state.replaceChildren(problem(error)));
+
+  // Triggers: list, add (topic + pattern), remove; a trigger's deliveries and dead
+  // letters are its subscription's.
+  const topic = el("input", { id: "trigger-topic", required: true, placeholder: "storage" });
+  const pattern = el("textarea", { id: "trigger-pattern", rows: 3, cols: 60, placeholder: '{"type": ["minicloud.storage.object.created"]}' });
+  const triggerStatus = el("p", { id: "trigger-status", role: "alert" });
+  const triggerRows = el("tbody", {});
+  async function loadTriggers() {
+    try {
+      const found = await api("GET", path + "/triggers");
+      triggerRows.replaceChildren(...found.triggers.map((t) => el("tr", {},
+        el("td", { text: t.topic ? "topic " + t.topic : "http " + (t.http_methods || []).join(",") + " " + (t.http_path || "") }),
+        el("td", {}, el("code", { text: t.pattern ? JSON.stringify(t.pattern) : "" })),
+        el("td", {}, t.subscription_id ? el("a", { href: "#/events/" + encodeURIComponent(t.subscription_id), text: "deliveries and dead letters" }) : ""),
+        el("td", {}, el("button", { onclick: async () => {
+          try { await api("DELETE", path + "/triggers/" + encodeURIComponent(t.id)); loadTriggers(); } catch (error) { triggerStatus.replaceChildren(problem(error)); }
+        } }, "Remove")))));
+    } catch (error) { triggerStatus.replaceChildren(problem(error)); }
+  }
+  triggers.append(el("table", { id: "trigger-table" }, triggerRows),
+    el("form", { id: "trigger-form", onsubmit: async (event) => {
+      event.preventDefault();
+      triggerStatus.replaceChildren();
+      const body = { topic: topic.value.trim() };
+      if (pattern.value.trim()) {
+        try { body.pattern = JSON.parse(pattern.value); } catch (e) { triggerStatus.replaceChildren(el("p", { class: "error", text: "The pattern is not JSON: " + e.message })); return; }
+      }
+      try {
+        await api("POST", path + "/triggers", body);
+        triggerStatus.replaceChildren(el("span", { class: "ok", text: "Trigger added." }));
+        loadTriggers();
+      } catch (error) { triggerStatus.replaceChildren(problem(error)); }
+    } }, el("label", {}, "Topic ", topic), el("label", {}, "Pattern ", pattern), el("button", { type: "submit" }, "Add trigger"), triggerStatus));
+  loadTriggers();
+
+  // Live logs: the last lines, then new ones as the function writes them.
+  follow(path + "/logs?follow=true&limit=50", (data) => {
+    const line = JSON.parse(data);
+    live.append(el("span", { class: line.stream === "stderr" ? "bad" : "", text: new Date(line.time).toLocaleTimeString() + " " + line.message + "\n" }));
+    while (live.childNodes.length > 500) live.firstChild.remove();
+  }, (error) => live.replaceWith(problem(error)));
 }
 
 // ---- events ----------------------------------------------------------------------
@@ -544,24 +745,61 @@ async function events(subscription) {
   if (subscription) return deadLetters(subscription);
   const topics = el("section", {}, el("h2", { text: "Topics" }));
   const subs = el("section", {}, el("h2", { text: "Subscriptions" }));
-  show(el("h1", { text: "Events" }), topics, subs);
+  const tail = el("section", { id: "tail" }, el("h2", { text: "Live tail" }));
+  show(el("h1", { text: "Events" }), topics, tail, subs);
+  let names = [];
   try {
     const found = await api("GET", "/events/v1/topics");
+    names = (found.topics || found).map((t) => (typeof t === "string" ? t : t.name));
     topics.append(el("table", { id: "topics" }, el("tr", {}, el("th", { text: "topic" })),
-      (found.topics || found).map((t) => el("tr", {}, el("td", { text: typeof t === "string" ? t : t.name })))));
+      names.map((t) => el("tr", {}, el("td", { text: t })))));
   } catch (error) { topics.append(problem(error)); }
+
+  // A topic's new events as they arrive, filtered by the subscriptions' own pattern
+  // language on the server.
+  const topic = el("select", { id: "tail-topic" }, names.map((t) => el("option", { value: t, text: t })));
+  const pattern = el("input", { id: "tail-pattern", size: 60, placeholder: '{"type": ["minicloud.storage.object.created"]}' });
+  const seen = el("tbody", { id: "tail-events" });
+  const tailStatus = el("p", { id: "tail-status", role: "status" });
+  tail.append(el("form", { id: "tail-form", onsubmit: (event) => {
+    event.preventDefault();
+    while (screenStreams.length) screenStreams.pop().abort();
+    seen.replaceChildren();
+    const query = new URLSearchParams();
+    if (pattern.value.trim()) query.set("pattern", pattern.value.trim());
+    tailStatus.replaceChildren(el("span", { class: "ok", text: "Following " + topic.value + "…" }));
+    follow("/events/v1/topics/" + encodeURIComponent(topic.value) + "/tail?" + query, (data) => {
+      const event = JSON.parse(data);
+      seen.prepend(el("tr", {}, el("td", { class: "muted", text: event.time ? new Date(event.time).toLocaleTimeString() : "" }),
+        el("td", { text: event.type }), el("td", { text: event.source }), el("td", {}, el("code", { text: JSON.stringify(event.data) }))));
+      while (seen.childNodes.length > 200) seen.lastChild.remove();
+    }, (error) => tailStatus.replaceChildren(problem(error)));
+  } }, el("label", {}, "Topic ", topic), el("label", {}, "Pattern ", pattern), el("button", { type: "submit" }, "Follow"), tailStatus),
+  el("table", { class: "events" }, seen));
+
   try {
     const found = await api("GET", "/events/v1/subscriptions");
     const list = found.subscriptions || found;
     subs.append(list.length === 0 ? el("p", { class: "muted", text: "None." }) : el("table", { id: "subscriptions" },
-      el("tr", {}, ["id", "topic", "target", "owner"].map((h) => el("th", { text: h }))),
-      list.map((sub) => el("tr", { class: "clickable", onclick: () => { location.hash = "#/events/" + encodeURIComponent(sub.id); } },
-        el("td", { text: sub.id }), el("td", { text: sub.topic }), el("td", { text: JSON.stringify(sub.target) }), el("td", { text: sub.owner || "" })))));
+      el("tr", {}, ["id", "topic", "target", "owner", "lag", "pending", "dead letters"].map((h) => el("th", { text: h }))),
+      list.map((sub) => {
+        const [lag, pending, dead] = [el("td", { class: "muted", text: "…" }), el("td", { class: "muted", text: "…" }), el("td", { class: "muted", text: "…" })];
+        api("GET", "/events/v1/subscriptions/" + encodeURIComponent(sub.id) + "/stats").then((s) => {
+          lag.textContent = s.lag ?? "—";
+          pending.textContent = s.pending ?? "—";
+          dead.textContent = s.dead_letters;
+          if (s.dead_letters) dead.className = "bad";
+        }).catch(() => { lag.textContent = pending.textContent = dead.textContent = "—"; });
+        return el("tr", { class: "clickable", onclick: () => { location.hash = "#/events/" + encodeURIComponent(sub.id); } },
+          el("td", { text: sub.id }), el("td", { text: sub.topic }), el("td", { text: JSON.stringify(sub.target) }), el("td", { text: sub.owner || "" }),
+          lag, pending, dead);
+      })));
   } catch (error) { subs.append(problem(error)); }
 }
 
 async function deadLetters(id) {
   const base = "/events/v1/subscriptions/" + encodeURIComponent(id);
+  const stats = el("section", { id: "delivery-stats" }, el("h2", { text: "Deliveries" }));
   const list = el("section", { id: "dead-letters" }, el("h2", { text: "Dead letters" }));
   const status = el("p", { id: "redrive-status", role: "status" });
   const redrive = el("button", { id: "redrive", onclick: async () => {
@@ -572,8 +810,17 @@ async function deadLetters(id) {
       load();
     } catch (error) { status.replaceChildren(problem(error)); }
   } }, "Redrive all");
-  show(el("h1", {}, el("a", { href: "#/events", text: "Events" }), " / " + id), el("section", {}, redrive, status), list);
+  show(el("h1", {}, el("a", { href: "#/events", text: "Events" }), " / " + id), stats, el("section", {}, redrive, status), list);
   async function load() {
+    try {
+      const s = await api("GET", base + "/stats");
+      stats.replaceChildren(el("h2", { text: "Deliveries" }), el("table", { id: "stats-table" },
+        [["not yet delivered (lag)", s.lag ?? "—"], ["in flight or awaiting retry", s.pending ?? "—"],
+          ["dead letters", s.dead_letters], ["last dead letter", s.last_dead_letter_at ? new Date(s.last_dead_letter_at).toLocaleString() : "—"],
+          ["delivered (this replica, since start)", s.delivered_since_start], ["retried (this replica, since start)", s.retried_since_start],
+          ["dead-lettered (this replica, since start)", s.dead_lettered_since_start]]
+          .map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: v })))));
+    } catch (error) { stats.replaceChildren(el("h2", { text: "Deliveries" }), problem(error)); }
     try {
       const found = await api("GET", base + "/dead-letters");
       list.replaceChildren(el("h2", { text: "Dead letters" }), found.dead_letters.length === 0 ? el("p", { class: "muted", text: "None." })
@@ -665,6 +912,19 @@ async function waterfall(id) {
     const found = await api("GET", "/traces/v1/logs?trace_id=" + encodeURIComponent(trace.trace_id));
     logs.append(logTable(found.lines));
   } catch (error) { logs.append(problem(error)); }
+  // What each function invoked in this trace wrote, by its invocation's id.
+  for (const span of spans) {
+    const invocation = span.attributes["faas.invocation_id"];
+    const fn = span.attributes["function"];
+    if (!invocation || !fn) continue;
+    const section = el("section", { class: "function-logs", "data-function": fn }, el("h2", { text: "Function " + fn + " · " + invocation }));
+    logs.after(section);
+    try {
+      const found = await api("GET", "/functions/v1/" + encodeURIComponent(fn) + "/logs?limit=1000&request_id=" + encodeURIComponent(invocation));
+      section.append(found.lines.length === 0 ? el("p", { class: "muted", text: "No lines kept." })
+        : el("pre", { class: "log", text: found.lines.map((l) => new Date(l.time).toLocaleTimeString() + " " + l.message).join("\n") }));
+    } catch (error) { section.append(problem(error)); }
+  }
 }
 
 function logTable(lines) {
@@ -697,6 +957,7 @@ async function logs() {
 // ---- routing ---------------------------------------------------------------------
 
 function route() {
+  while (screenStreams.length) screenStreams.pop().abort();
   const signedIn = Boolean(session.token);
   document.getElementById("nav").hidden = !signedIn;
   document.getElementById("sign-out").hidden = !signedIn;

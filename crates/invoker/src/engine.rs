@@ -357,6 +357,9 @@ impl Engine {
         });
 
         let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        // The invoke span names the invocation, so a trace finds the function's own
+        // log lines (`GET /functions/v1/{name}/logs?request_id=`).
+        tracing::Span::current().record("faas.invocation_id", &*request_id);
         let instance = match pool.take_idle() {
             Some(instance) => instance,
             None => {

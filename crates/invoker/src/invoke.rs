@@ -393,8 +393,8 @@ pub async fn sync_invoke(
     mut request: InvokeRequest,
 ) -> Result<crate::engine::Invoked, ApiError> {
     use tracing::Instrument as _;
-    let span =
-        tracing::info_span!("invoke", otel.name = format!("invoke {name}"), function = %name);
+    let span = tracing::info_span!("invoke", otel.name = format!("invoke {name}"), function = %name,
+            faas.invocation_id = tracing::field::Empty);
     // Lambda always sends a trace header; without a recorded trace, a fresh root.
     request.trace_id = minicloud_telemetry::trace_context::xray_header(&span).or_else(|| {
         let id = uuid::Uuid::new_v4().simple().to_string();

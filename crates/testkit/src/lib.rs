@@ -8,6 +8,7 @@
 //!   gets a database `mc_test_<uuid>` on that server.
 //! - `MINICLOUD_TEST_REDIS_URL`: Redis (default `redis://127.0.0.1:6379`).
 
+pub mod browser;
 pub mod hostile;
 pub mod otlp;
 
