@@ -214,6 +214,90 @@ async fn logout_local_and_global() {
 }
 
 #[tokio::test]
+async fn the_admin_signs_a_user_out_everywhere() {
+    let cloud = TestCloud::start().await.unwrap();
+    let client = cloud.client();
+    let a = client
+        .signup("dora@example.com", "password1234")
+        .await
+        .unwrap();
+    let b = client
+        .sign_in("dora@example.com", "password1234")
+        .await
+        .unwrap();
+    let other = client
+        .signup("eve@example.com", "password1234")
+        .await
+        .unwrap();
+    let path = format!("/auth/v1/admin/users/{}/logout", a.user_id());
+    // Only the service key: not the user, not another user, not anonymous.
+    for token in [
+        Some(a.access_token.as_str()),
+        Some(other.access_token.as_str()),
+        None,
+    ] {
+        let caller = match token {
+            Some(token) => client.with_token(token),
+            None => client.clone(),
+        };
+        let response = caller
+            .request(reqwest::Method::POST, &path)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [401, 403].contains(&response.status().as_u16()),
+            "{token:?}: {}",
+            response.status()
+        );
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    assert!(
+        client.refresh(&b.refresh_token).await.is_ok(),
+        "nothing was revoked yet"
+    );
+    let b = client
+        .sign_in("dora@example.com", "password1234")
+        .await
+        .unwrap();
+    let done: Value = cloud.admin().post(&path, &json!({})).await.unwrap();
+    assert!(done["revoked_sessions"].as_u64().unwrap() >= 2, "{done}");
+    for session in [&a, &b] {
+        assert_eq!(
+            status(client.refresh(&session.refresh_token).await),
+            401,
+            "every session of the user ends"
+        );
+    }
+    assert!(
+        client.refresh(&other.refresh_token).await.is_ok(),
+        "another user's session is untouched"
+    );
+    // Unknown, malformed and NUL-bearing ids: a clear 4xx.
+    for id in ["00000000-0000-0000-0000-000000000000", "not-a-uuid", "%00"] {
+        let response = cloud
+            .admin()
+            .request(
+                reqwest::Method::POST,
+                &format!("/auth/v1/admin/users/{id}/logout"),
+            )
+            .send()
+            .await
+            .unwrap();
+        // NUL may already be refused as a bad path (400) before auth sees it.
+        assert!(
+            [400, 404].contains(&response.status().as_u16()),
+            "{id}: {}",
+            response.status()
+        );
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn bad_input_is_a_clear_4xx() {
     let cloud = TestCloud::start().await.unwrap();
     let client = cloud.client();

@@ -511,6 +511,151 @@ async fn tail_streams_new_events_and_metrics_count_them() {
     cloud.stop().await.unwrap();
 }
 
+/// Opens a topic's tail (`query` appended) and returns its byte stream, or the refusal.
+async fn open_tail(
+    cloud: &TestCloud,
+    query: &str,
+) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + use<>, (u16, Value)> {
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/events/v1/topics/orders/tail{query}",
+            cloud.gateway_url()
+        ))
+        .header(
+            "authorization",
+            format!("Bearer {}", cloud.keys.service_key),
+        )
+        .send()
+        .await
+        .unwrap();
+    if response.status() != 200 {
+        let status = response.status().as_u16();
+        return Err((status, response.json().await.unwrap_or(Value::Null)));
+    }
+    Ok(response.bytes_stream())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_with_a_pattern_shows_only_matching_events() {
+    use futures::StreamExt as _;
+    let cloud = TestCloud::start().await.unwrap();
+    let _: Value = cloud
+        .admin()
+        .post("/events/v1/topics", &json!({"name":"orders"}))
+        .await
+        .unwrap();
+    let pattern = json!({"type": ["order.paid"]}).to_string();
+    let query = format!(
+        "?pattern={}",
+        percent_encoding::utf8_percent_encode(&pattern, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let body = open_tail(&cloud, &query).await.unwrap();
+    let mut body = Box::pin(body);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut placed = event("p1");
+    placed["type"] = json!("order.placed");
+    let mut paid = event("p2");
+    paid["type"] = json!("order.paid");
+    for e in [placed, paid] {
+        let (status, _) = publish(&cloud, &cloud.keys.service_key, "application/json", e).await;
+        assert_eq!(status, 200);
+    }
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains("\"p2\"") && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(seen.contains("\"id\":\"p2\""), "{seen}");
+    // Read in stream order: had p1 passed the filter, it would be here before p2.
+    assert!(!seen.contains("\"p1\""), "{seen}");
+
+    // Bad patterns are refused before any streaming, with the reason.
+    let long = format!("{{\"type\":[\"{}\"]}}", "x".repeat(5000));
+    for (bad, why) in [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "pattern"),
+        ("{\"type\": \"order.paid\"}", "pattern"),
+        ("{\"type\": [\"a\u{0}b\"]}", "JSON"),
+        (long.as_str(), "at most"),
+    ] {
+        let query = format!(
+            "?pattern={}",
+            percent_encoding::utf8_percent_encode(bad, percent_encoding::NON_ALPHANUMERIC)
+        );
+        match open_tail(&cloud, &query).await {
+            Ok(_) => panic!("{bad:?} was accepted"),
+            Err((status, body)) => {
+                assert_eq!(status, 400, "{bad:?}: {body}");
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains(why), "{bad:?}: {message}");
+            }
+        }
+    }
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_stats_count_deliveries_and_dead_letters() {
+    let cloud = TestCloud::start().await.unwrap();
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post("/events/v1/topics", &json!({"name":"orders"}))
+        .await
+        .unwrap();
+    // Nothing listens on the discard port: every attempt fails at once.
+    let subscription: Value = admin
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"orders","target":{"webhook":"http://127.0.0.1:9/"},
+                    "retry":{"max_attempts":2,"min_backoff_ms":10,"max_backoff_ms":10}}),
+        )
+        .await
+        .unwrap();
+    let id = subscription["id"].as_str().unwrap().to_owned();
+    let path = format!("/events/v1/subscriptions/{id}/stats");
+    let before: Value = admin.get(&path).await.unwrap();
+    assert_eq!(before["dead_letters"], 0, "{before}");
+    assert_eq!(before["delivered_since_start"], 0, "{before}");
+    for n in ["s1", "s2"] {
+        // Without `time`: an event older than the subscription's max age is not retried.
+        let mut fresh = event(n);
+        fresh.as_object_mut().unwrap().remove("time");
+        let (status, _) = publish(&cloud, &cloud.keys.service_key, "application/json", fresh).await;
+        assert_eq!(status, 200);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let stats = loop {
+        let stats: Value = admin.get(&path).await.unwrap();
+        if stats["dead_letters"] == 2 {
+            break stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(stats["dead_lettered_since_start"], 2, "{stats}");
+    // Two attempts each: one retry each.
+    assert_eq!(stats["retried_since_start"], 2, "{stats}");
+    assert_eq!(stats["delivered_since_start"], 0, "{stats}");
+    assert_eq!(stats["lag"], 0, "{stats}");
+    assert_eq!(stats["pending"], 0, "{stats}");
+    assert!(stats["last_dead_letter_at"].is_string(), "{stats}");
+    // Unknown ids: a clear 404; anonymous callers: refused.
+    let code = |result: Result<Value, minicloud_sdk::Error>| match result {
+        Ok(_) => 200,
+        Err(error) => error.status().unwrap_or(0),
+    };
+    assert_eq!(
+        code(admin.get("/events/v1/subscriptions/nope/stats").await),
+        404
+    );
+    assert!([401, 403, 404].contains(&code(cloud.client().get(&path).await)));
+    cloud.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_fire_once_per_tick() {
     let cloud = TestCloud::start().await.unwrap();
@@ -733,6 +878,7 @@ async fn the_bus_acts_only_with_its_owners_current_rights() {
     for path in [
         format!("/events/v1/subscriptions/{theirs}"),
         format!("/events/v1/subscriptions/{theirs}/dead-letters"),
+        format!("/events/v1/subscriptions/{theirs}/stats"),
     ] {
         assert_eq!(status(subscriber.get(&path).await), 404, "{path}");
     }

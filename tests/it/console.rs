@@ -116,6 +116,31 @@ async fn the_admin_signs_in_uploads_an_image_and_follows_its_trace() {
         .await
         .unwrap();
     assert_eq!(stored.len(), png(64, 48).len());
+    // A signed link reads the object without any credential.
+    browser.click("#sign-form button").await;
+    let link = browser.find("#signed-link a").await;
+    let href = link.attr("href").await.unwrap().unwrap();
+    let fetched = reqwest::get(&href).await.unwrap();
+    assert_eq!(fetched.status(), 200, "{href}");
+    assert_eq!(fetched.bytes().await.unwrap().len(), png(64, 48).len());
+    // A folder keeps its layout.
+    let album = cloud.data_dir.join("album");
+    std::fs::create_dir_all(album.join("day1")).unwrap();
+    std::fs::write(album.join("a.txt"), b"first").unwrap();
+    std::fs::write(album.join("day1/b.txt"), b"second").unwrap();
+    browser
+        .type_into("#folder-picker", album.to_str().unwrap())
+        .await;
+    browser.text_of("#objects", "album/").await;
+    browser
+        .text_of("#upload-status", "uploaded album/day1/b.txt")
+        .await;
+    let nested = cloud
+        .admin()
+        .download("pictures", "album/day1/b.txt")
+        .await
+        .unwrap();
+    assert_eq!(&nested[..], b"second");
 
     // Traces: the upload's trace, as a waterfall of gateway and storage spans.
     telemetry.flush();
@@ -123,7 +148,7 @@ async fn the_admin_signs_in_uploads_an_image_and_follows_its_trace() {
     browser
         .find("#trace-filter input[name=route]")
         .await
-        .send_keys("/storage/v1/object/pictures")
+        .send_keys("/storage/v1/object/pictures/sunset.png")
         .await
         .unwrap();
     browser
@@ -240,6 +265,19 @@ async fn an_ordinary_user_sees_what_their_policies_allow() {
         "a private bucket leaked into the page"
     );
     browser.shot("storage-not-allowed").await;
+    // A session that has expired (its token no longer valid): the screen says to
+    // sign in again, never a blank page.
+    browser
+        .client
+        .execute(
+            "sessionStorage.setItem('minicloud.token', 'eyJhbGciOiJFUzI1NiJ9.eyJleHAiOjF9.c2ln'); return true",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.go(&format!("{base}/console#/functions")).await;
+    browser.text_of("#main .error", "sign in again").await;
+    browser.shot("session-expired").await;
     browser.stop().await;
     cloud.stop().await.unwrap();
 }
@@ -260,6 +298,9 @@ async fn the_admin_edits_documents_and_is_told_of_a_conflict() {
         .send_keys("notes")
         .await
         .unwrap();
+    browser
+        .type_into("#collection-index", "title, version")
+        .await;
     browser
         .find("#collection-form button")
         .await
@@ -341,6 +382,29 @@ async fn the_admin_edits_documents_and_is_told_of_a_conflict() {
         .unwrap();
     let said = browser.text_of("#query-form .error", "").await;
     assert!(said.contains("filter"), "{said}");
+    let collection: Value = cloud.admin().get("/db/v1/collections/notes").await.unwrap();
+    assert_eq!(
+        collection["indexes"][0]["fields"],
+        json!(["title", "version"]),
+        "{collection}"
+    );
+
+    // Key-value: set a key, see it listed, bad JSON refused in place.
+    browser.go(&format!("{base}/console#/database")).await;
+    browser.type_into("#kv-namespace", "prefs").await;
+    browser.type_into("#kv-key", "theme").await;
+    browser.type_into("#kv-value", "{oops").await;
+    browser.click("#kv-form button[type=submit]").await;
+    browser.text_of("#kv-status", "Not JSON").await;
+    let value = browser.find("#kv-value").await;
+    value.clear().await.unwrap();
+    value.send_keys(r#"{"dark": true}"#).await.unwrap();
+    browser.click("#kv-form button[type=submit]").await;
+    browser.text_of("#kv-status", "version 1").await;
+    browser.text_of("#kv-table", "theme").await;
+    let stored: Value = cloud.admin().get("/db/v1/kv/prefs/theme").await.unwrap();
+    assert_eq!(stored["value"], json!({"dark": true}));
+    browser.shot("key-value").await;
     browser.stop().await;
     cloud.stop().await.unwrap();
 }
@@ -393,9 +457,33 @@ async fn the_admin_redrives_a_dead_letter() {
         .await
         .unwrap();
     browser.text_of("#dead-letter-table", "job-1").await;
+    let stats = browser.text_of("#stats-table", "dead letters").await;
+    assert!(stats.contains("dead letters 1"), "{stats}");
     browser.shot("dead-letters").await;
     browser.find("#redrive").await.click().await.unwrap();
     browser.text_of("#redrive-status", "Redriven: 1").await;
+
+    // The live tail, filtered on the server by a pattern.
+    browser.go(&format!("{base}/console#/events")).await;
+    browser.choose("#tail-topic", "jobs").await;
+    browser
+        .type_into("#tail-pattern", r#"{"type": ["job.done"]}"#)
+        .await;
+    browser.click("#tail-form button").await;
+    browser.text_of("#tail-status", "Following jobs").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (id, kind) in [("job-2", "job.started"), ("job-3", "job.done")] {
+        let _: Value = admin
+            .post(
+                "/events/v1/topics/jobs/events",
+                &json!({"specversion":"1.0","id":id,"source":"/test","type":kind,"data":{"id":id}}),
+            )
+            .await
+            .unwrap();
+    }
+    let seen = browser.text_of("#tail-events", "job-3").await;
+    assert!(!seen.contains("job.started"), "{seen}");
+    browser.shot("live-tail").await;
     browser.stop().await;
     cloud.stop().await.unwrap();
 }
@@ -465,6 +553,33 @@ async fn the_admin_deploys_a_function_from_a_zip_and_test_invokes_it() {
         .await
         .unwrap();
     browser.text_of("#invoke-result", "not JSON").await;
+    // The live log follows what the function printed.
+    browser.text_of("#live-logs", "doubling 21").await;
+    browser.shot("live-logs").await;
+
+    // A folder deploys as it is (the console zips it).
+    let folder = cloud.data_dir.join("tripler");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("app.py"),
+        b"def handler(event, context):\n    return {'thrice': event['n'] * 3}\n",
+    )
+    .unwrap();
+    browser.go(&format!("{base}/console#/functions")).await;
+    browser.text_of("#functions", "doubler").await;
+    browser.type_into("#function-name", "tripler").await;
+    browser.type_into("#function-handler", "app.handler").await;
+    browser
+        .type_into("#function-folder", folder.to_str().unwrap())
+        .await;
+    browser.click("#deploy-form button").await;
+    browser.text_of("#function-config", "tripler").await;
+    let payload = browser.find("#invoke-payload").await;
+    payload.clear().await.unwrap();
+    payload.send_keys(r#"{"n": 5}"#).await.unwrap();
+    browser.click("#invoke-form button").await;
+    let output = browser.text_of("#invoke-output", "thrice").await;
+    assert!(output.contains("15"), "{output}");
     browser.stop().await;
     cloud.stop().await.unwrap();
 }
@@ -511,6 +626,34 @@ async fn the_admin_manages_users_roles_and_keys() {
         .await
         .unwrap();
     browser.text_of("#user-table", "grace@example.com").await;
+    // Grace signs in elsewhere; the admin signs her out everywhere.
+    let grace = cloud
+        .client()
+        .sign_in("grace@example.com", "correct horse battery")
+        .await
+        .unwrap();
+    let rows = browser
+        .client
+        .find_all(Locator::Css("#user-table tr"))
+        .await
+        .unwrap();
+    for row in rows {
+        if row.text().await.unwrap().contains("grace@example.com") {
+            row.find(Locator::Css("button.sign-out-user"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+    }
+    browser
+        .text_of("#user-status", "Signed grace@example.com out everywhere")
+        .await;
+    assert!(
+        cloud.client().refresh(&grace.refresh_token).await.is_err(),
+        "her session can no longer be renewed"
+    );
 
     // A policy naming no real action: the server's validation, in place.
     let select = browser.find("#role-select").await;

@@ -22,8 +22,14 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
                 .await
             {
                 Ok(_) => Ok(()),
-                // Someone else created it meanwhile.
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+                // Someone else created it meanwhile: 42P04 when theirs had committed,
+                // 23505 on the catalog when both creations ran at once (several
+                // `serve` processes starting together).
+                Err(sqlx::Error::Database(e))
+                    if matches!(e.code().as_deref(), Some("42P04" | "23505")) =>
+                {
+                    Ok(())
+                }
                 Err(e) => Err(e.into()),
             }
         }

@@ -137,6 +137,18 @@ pub struct ServeArgs {
     /// services wait for it.
     #[arg(long = "service-key-file", env = "MINICLOUD_SERVICE_KEY_FILE")]
     pub service_key_file: Option<PathBuf>,
+    /// Where kept traces and log lines go: `postgres` — every process of the
+    /// deployment forwards them into the database (schema `telemetry`) and the
+    /// gateway answers `/traces/v1` from there, across replicas and restarts — or
+    /// `memory`, each process keeping its own (the gateway then shows its own and
+    /// the functions' spans only).
+    #[arg(
+        long = "traces-store",
+        env = "MINICLOUD_TRACES_STORE",
+        value_enum,
+        default_value_t = TracesStore::Postgres
+    )]
+    pub traces_store: TracesStore,
     #[command(flatten)]
     pub gateway: GatewayConfig,
     #[command(flatten)]
@@ -149,6 +161,12 @@ pub struct ServeArgs {
     pub bus: BusConfig,
     #[command(flatten)]
     pub invoker: InvokerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TracesStore {
+    Postgres,
+    Memory,
 }
 
 impl ServeArgs {
@@ -203,6 +221,23 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
     };
     let authz =
         || minicloud_authz::Authz::connect(&urls.auth, credential.clone()).context("auth URL");
+    let keep_traces = minicloud_telemetry::TelemetryConfig::from_env("").keep_traces;
+    let shared_store = if keep_traces && args.traces_store == TracesStore::Postgres {
+        use minicloud_telemetry::shared_store::{SCHEMA, SharedStore};
+        crate::postgres::ensure_database(&store.database_url).await?;
+        // Two connections: one batched insert at a time, and the gateway's reads.
+        let pool = crate::postgres::schema_pool(&store.database_url, SCHEMA, 2).await?;
+        let shared = SharedStore::open(
+            pool,
+            minicloud_telemetry::trace_store::TraceStoreLimits::from_env(),
+        )
+        .await
+        .context("the shared trace store")?;
+        shared.forward_this_process(shutdown.clone());
+        Some(shared)
+    } else {
+        None
+    };
 
     let mut hosted: Vec<Hosted> = Vec::new();
     for &service in &services {
@@ -291,6 +326,9 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
             }
             ServiceName::Gateway => {
                 let mut gateway = minicloud_gateway::Gateway::new(&args.gateway, &urls, authz()?)?;
+                if let Some(shared) = &shared_store {
+                    gateway = gateway.with_shared_store(shared.clone());
+                }
                 // Services served beside it are called straight through their
                 // routers, as under `up`.
                 for other in &hosted {

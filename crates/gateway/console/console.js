@@ -395,16 +395,20 @@ async function database(collection) {
   if (collection) return documents(collection);
   const list = el("section", {}, el("h2", { text: "Collections" }));
   const name = el("input", { id: "collection-name", required: true, placeholder: "notes" });
+  const index = el("input", { id: "collection-index", placeholder: "owner, created_at" });
   const formError = el("p", { role: "alert" });
   const form = el("form", { id: "collection-form", onsubmit: async (event) => {
     event.preventDefault();
     formError.replaceChildren();
+    const body = { name: name.value.trim() };
+    const fields = index.value.split(",").map((f) => f.trim()).filter(Boolean);
+    if (fields.length) body.indexes = [{ fields }];
     try {
-      await api("POST", "/db/v1/collections", { name: name.value.trim() });
+      await api("POST", "/db/v1/collections", body);
       location.hash = "#/database/" + encodeURIComponent(name.value.trim());
     } catch (error) { formError.replaceChildren(problem(error)); }
-  } }, el("label", {}, "Name ", name), el("button", { type: "submit" }, "Create collection"), formError);
-  show(el("h1", { text: "Database" }), list, el("section", {}, el("h2", { text: "New collection" }), form));
+  } }, el("label", {}, "Name ", name), el("label", {}, "Index on fields ", index), el("button", { type: "submit" }, "Create collection"), formError);
+  show(el("h1", { text: "Database" }), list, el("section", {}, el("h2", { text: "New collection" }), form), keyValue());
   try {
     const found = await api("GET", "/db/v1/collections");
     const collections = found.collections || found;
@@ -413,6 +417,54 @@ async function database(collection) {
       collections.map((c) => el("tr", { class: "clickable", onclick: () => { location.hash = "#/database/" + encodeURIComponent(c.name); } },
         el("td", { text: c.name }), el("td", { text: (c.indexes || []).map((i) => i.fields.join(",")).join("; ") })))));
   } catch (error) { list.append(problem(error)); }
+}
+
+/// A key-value namespace: its keys (by prefix), and a key's value to read, set or delete.
+function keyValue() {
+  const section = el("section", { id: "kv" }, el("h2", { text: "Key-value" }));
+  const ns = el("input", { id: "kv-namespace", required: true, placeholder: "sessions" });
+  const prefix = el("input", { id: "kv-prefix", placeholder: "(any)" });
+  const keys = el("div", { id: "kv-keys" });
+  const key = el("input", { id: "kv-key", required: true });
+  const value = el("textarea", { id: "kv-value", rows: 3, cols: 60 });
+  const status = el("p", { id: "kv-status", role: "alert" });
+  const path = () => "/db/v1/kv/" + encodeURIComponent(ns.value.trim());
+  const list = async (event) => {
+    if (event) event.preventDefault();
+    keys.replaceChildren();
+    try {
+      const found = await api("GET", path() + "?limit=100&prefix=" + encodeURIComponent(prefix.value));
+      keys.append(found.items.length === 0 ? el("p", { class: "muted", text: "No keys." }) : el("table", { id: "kv-table" },
+        el("tr", {}, ["key", "value", "version", "expires"].map((h) => el("th", { text: h }))),
+        found.items.map((item) => el("tr", { class: "clickable", onclick: () => { key.value = item.key; value.value = JSON.stringify(item.value, null, 2); } },
+          el("td", { text: item.key }), el("td", {}, el("code", { text: JSON.stringify(item.value) })), el("td", { text: item.version }),
+          el("td", { text: item.expires_at ? new Date(item.expires_at).toLocaleString() : "" })))));
+    } catch (error) { keys.replaceChildren(problem(error)); }
+  };
+  const save = async (event) => {
+    event.preventDefault();
+    status.replaceChildren();
+    let parsed;
+    try { parsed = JSON.parse(value.value); } catch (e) { status.replaceChildren(el("p", { class: "error", text: "Not JSON: " + e.message })); return; }
+    try {
+      const saved = await api("PUT", path() + "/" + encodeURIComponent(key.value.trim()), parsed);
+      status.replaceChildren(el("span", { class: "ok", text: "Saved as version " + saved.version + "." }));
+      list();
+    } catch (error) { status.replaceChildren(problem(error)); }
+  };
+  const remove = async () => {
+    status.replaceChildren();
+    try {
+      await api("DELETE", path() + "/" + encodeURIComponent(key.value.trim()));
+      status.replaceChildren(el("span", { class: "ok", text: "Deleted." }));
+      list();
+    } catch (error) { status.replaceChildren(problem(error)); }
+  };
+  section.append(el("form", { id: "kv-list-form", onsubmit: list }, el("label", {}, "Namespace ", ns), el("label", {}, "Prefix ", prefix), el("button", { type: "submit" }, "List keys")),
+    keys,
+    el("form", { id: "kv-form", onsubmit: save }, el("label", {}, "Key ", key), el("br"), value, el("br"),
+      el("button", { type: "submit" }, "Save"), " ", el("button", { type: "button", onclick: remove }, "Delete"), status));
+  return section;
 }
 
 async function documents(collection) {

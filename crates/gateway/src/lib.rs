@@ -50,6 +50,8 @@ pub struct Gateway {
     upstreams: Upstreams,
     health: Arc<Vec<(&'static str, HealthClient<TracedChannel>)>>,
     authz: Arc<minicloud_authz::Authz>,
+    /// The store every process shares (`serve`); `None`: this process's own (`up`).
+    shared_store: Option<minicloud_telemetry::shared_store::SharedStore>,
 }
 
 use minicloud_proto::openapi::ErrorResponses;
@@ -88,7 +90,18 @@ impl Gateway {
             upstreams: Upstreams::new(config, urls)?,
             health: Arc::new(health),
             authz,
+            shared_store: None,
         })
+    }
+
+    /// Answers `/traces/v1` from the store every process shares (each forwards its
+    /// spans and lines there) instead of this process's own.
+    pub fn with_shared_store(
+        mut self,
+        store: minicloud_telemetry::shared_store::SharedStore,
+    ) -> Gateway {
+        self.shared_store = Some(store);
+        self
     }
 
     /// Dispatches `service`'s requests into `router` — the service's own
@@ -164,8 +177,14 @@ impl Service for Gateway {
             .with_state(Arc::new(self.upstreams));
         let traces_state = traces::TracesState {
             authz: Arc::clone(&self.authz),
-            store: Arc::clone(minicloud_telemetry::trace_store::TraceStore::global()),
-            logs: Arc::clone(minicloud_telemetry::log_store::LogStore::global()),
+            ingest: Arc::clone(minicloud_telemetry::trace_store::TraceStore::global()),
+            kept: match self.shared_store.clone() {
+                Some(shared) => traces::Kept::Shared(shared),
+                None => traces::Kept::InProcess {
+                    traces: Arc::clone(minicloud_telemetry::trace_store::TraceStore::global()),
+                    logs: Arc::clone(minicloud_telemetry::log_store::LogStore::global()),
+                },
+            },
         };
         let spec = bytes::Bytes::from(
             serde_json::to_vec(&<TracesApiDoc as utoipa::OpenApi>::openapi()).unwrap_or_default(),

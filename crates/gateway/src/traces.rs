@@ -16,6 +16,7 @@ use axum::http::HeaderMap;
 use minicloud_authz::{Authz, Caller};
 use minicloud_proto::error::ApiError;
 use minicloud_telemetry::log_store::{LogFilter, LogRecord, LogStore};
+use minicloud_telemetry::shared_store::SharedStore;
 use minicloud_telemetry::trace_store::{
     StoredSpan, TraceFilter, TraceStore, TraceSummary, from_otlp, unix_nano_of_seconds,
 };
@@ -32,8 +33,74 @@ pub(crate) const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct TracesState {
     pub(crate) authz: Arc<Authz>,
-    pub(crate) store: Arc<TraceStore>,
-    pub(crate) logs: Arc<LogStore>,
+    /// Where spans received over OTLP go: this process's store, which forwards them
+    /// to the shared one when there is one.
+    pub(crate) ingest: Arc<TraceStore>,
+    pub(crate) kept: Kept,
+}
+
+/// Where kept traces and lines are read from: this process's stores (`up`: every
+/// service runs here) or the store every process shares (`serve`).
+#[derive(Debug, Clone)]
+pub(crate) enum Kept {
+    InProcess {
+        traces: Arc<TraceStore>,
+        logs: Arc<LogStore>,
+    },
+    Shared(SharedStore),
+}
+
+fn unavailable(error: minicloud_telemetry::shared_store::Error) -> ApiError {
+    ApiError::unavailable("the shared trace store is unavailable").with_source(error)
+}
+
+impl Kept {
+    async fn list(&self, filter: TraceFilter) -> Result<Vec<TraceSummary>, ApiError> {
+        match self {
+            Kept::InProcess { traces, .. } => {
+                let traces = Arc::clone(traces);
+                tokio::task::spawn_blocking(move || traces.list(&filter))
+                    .await
+                    .map_err(ApiError::internal)
+            }
+            Kept::Shared(shared) => shared.list(&filter).await.map_err(unavailable),
+        }
+    }
+
+    async fn trace(&self, trace_id: &str) -> Result<Option<Vec<StoredSpan>>, ApiError> {
+        match self {
+            Kept::InProcess { traces, .. } => Ok(traces.trace(trace_id)),
+            Kept::Shared(shared) => shared.trace(trace_id).await.map_err(unavailable),
+        }
+    }
+
+    async fn trace_of_request(&self, request_id: &str) -> Result<Option<String>, ApiError> {
+        match self {
+            Kept::InProcess { traces, .. } => Ok(traces.trace_of_request(request_id)),
+            Kept::Shared(shared) => shared
+                .trace_of_request(request_id)
+                .await
+                .map_err(unavailable),
+        }
+    }
+
+    async fn lines(&self, filter: &LogFilter) -> Result<Vec<LogRecord>, ApiError> {
+        match self {
+            Kept::InProcess { logs, .. } => Ok(logs.query(filter)),
+            Kept::Shared(shared) => shared.lines(filter).await.map_err(unavailable),
+        }
+    }
+
+    /// (spans held, the bound).
+    async fn usage(&self) -> Result<(usize, usize), ApiError> {
+        match self {
+            Kept::InProcess { traces, .. } => Ok((traces.usage().0, traces.limits().max_spans)),
+            Kept::Shared(shared) => Ok((
+                shared.span_count().await.map_err(unavailable)?,
+                shared.limits().max_spans,
+            )),
+        }
+    }
 }
 
 impl FromRef<TracesState> for Arc<Authz> {
@@ -120,15 +187,12 @@ pub(crate) async fn list(
         text: query.text,
         limit,
     };
-    let store = Arc::clone(&state.store);
-    let traces = tokio::task::spawn_blocking(move || store.list(&filter))
-        .await
-        .map_err(ApiError::internal)?;
-    let (spans, _) = state.store.usage();
+    let traces = state.kept.list(filter).await?;
+    let (spans, max_spans) = state.kept.usage().await?;
     Ok(Json(TraceList {
         traces,
         spans,
-        max_spans: state.store.limits().max_spans,
+        max_spans,
     }))
 }
 
@@ -149,8 +213,9 @@ pub(crate) async fn get(
     admin_only(&caller)?;
     let trace_id = if id.starts_with("req_") && id.len() <= 64 {
         state
-            .store
+            .kept
             .trace_of_request(&id)
+            .await?
             .ok_or_else(|| ApiError::not_found("no kept trace has this request id"))?
     } else if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         id.to_ascii_lowercase()
@@ -160,8 +225,9 @@ pub(crate) async fn get(
         ));
     };
     let spans = state
-        .store
+        .kept
         .trace(&trace_id)
+        .await?
         .ok_or_else(|| ApiError::not_found("no such trace (or it aged out of the store)"))?;
     Ok(Json(TraceOut { trace_id, spans }))
 }
@@ -209,7 +275,14 @@ pub(crate) async fn logs(
         .map_err(|_| ApiError::invalid("level is error, warn, info, debug or trace"))?;
     let mut request_ids = query.request_id.map(|id| vec![id]);
     if let Some(trace_id) = &query.trace_id {
-        let spans = state.store.trace(trace_id).unwrap_or_default();
+        if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::invalid("trace_id is 32 hex digits"));
+        }
+        let spans = state
+            .kept
+            .trace(&trace_id.to_ascii_lowercase())
+            .await?
+            .unwrap_or_default();
         let mut ids: Vec<String> = spans
             .iter()
             .filter_map(|s| s.attributes.get("request_id").cloned())
@@ -228,7 +301,7 @@ pub(crate) async fn logs(
         text: query.text,
         limit,
     };
-    let lines = state.logs.query(&filter);
+    let lines = state.kept.lines(&filter).await?;
     Ok(Json(LogList { lines }))
 }
 
@@ -287,7 +360,7 @@ pub(crate) async fn receive_http(
     let request = ExportTraceServiceRequest::decode(body)
         .map_err(|e| ApiError::invalid(format!("not an OTLP ExportTraceServiceRequest: {e}")))?;
     state
-        .store
+        .ingest
         .insert(from_otlp(request, &ingested_by(&caller)));
     let answer = ExportTraceServiceResponse::default().encode_to_vec();
     axum::response::Response::builder()
@@ -309,7 +382,7 @@ impl TraceService for OtlpGrpc {
         let caller = self.0.authz.grpc_caller(request.metadata()).await?;
         must_be_signed_in(&caller)?;
         self.0
-            .store
+            .ingest
             .insert(from_otlp(request.into_inner(), &ingested_by(&caller)));
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }

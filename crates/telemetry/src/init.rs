@@ -105,8 +105,12 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     let provider = build_provider(config);
     let otel_layer = provider.as_ref().map(|provider| {
         // Source locations, threads and busy/idle times on every span cost time on
-        // every request and say nothing about it.
+        // every request and say nothing about it. Context activation attaches an
+        // OpenTelemetry context on every enter of a span — every poll of an
+        // instrumented future — for code that reads `Context::current()`; nothing
+        // here does (propagation reads the span's own context), so it is off.
         tracing_opentelemetry::layer()
+            .with_context_activation(false)
             .with_tracer(provider.tracer("minicloud"))
             .with_error_records_to_exceptions(true)
             .with_location(false)

@@ -2,7 +2,8 @@
 //! tracing + OpenTelemetry setup ([`init`]), W3C trace context on every hop
 //! ([`trace_context`], [`http_server`], [`grpc_client`]), Prometheus metrics
 //! ([`metrics`]), the one-port REST+gRPC server with health endpoints ([`server`]) and
-//! the traces a process keeps itself ([`trace_store`]).
+//! the traces and log lines a process keeps itself ([`trace_store`], [`log_store`]) or
+//! shares with every process of a deployment in Postgres ([`shared_store`]).
 
 pub mod grpc_client;
 pub mod http_server;
@@ -10,6 +11,7 @@ pub mod init;
 pub mod log_store;
 pub mod metrics;
 pub mod server;
+pub mod shared_store;
 pub mod trace_context;
 pub mod trace_store;
 

@@ -64,6 +64,9 @@ pub struct LogStore {
     max_records: usize,
     max_bytes: usize,
     ring: Mutex<Ring>,
+    /// Set when lines go to the store every process shares instead
+    /// ([`crate::shared_store`]): nothing is then kept here.
+    forward: OnceLock<crate::trace_store::Forward<LogRecord>>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -80,7 +83,19 @@ impl LogStore {
             max_records,
             max_bytes,
             ring: Mutex::new(Ring::default()),
+            forward: OnceLock::new(),
         }
+    }
+
+    /// From now on, lines go to `to` instead of being kept here (once per process).
+    pub(crate) fn forward_to(
+        &self,
+        to: tokio::sync::mpsc::Sender<LogRecord>,
+        dropped: Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let _ = self
+            .forward
+            .set(crate::trace_store::Forward { to, dropped });
     }
 
     /// This process's store: 50,000 lines or 32 MiB.
@@ -90,6 +105,10 @@ impl LogStore {
     }
 
     pub fn push(&self, record: LogRecord) {
+        if let Some(forward) = self.forward.get() {
+            forward.send(record, 1);
+            return;
+        }
         let bytes = record.bytes();
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.bytes += bytes;

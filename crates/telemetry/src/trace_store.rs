@@ -112,6 +112,13 @@ impl StoredSpan {
     pub fn duration_ns(&self) -> u64 {
         self.end_unix_nano.saturating_sub(self.start_unix_nano)
     }
+
+    /// Whether the span says which service it is (a function's spans do, by who sent
+    /// them); one that does not belongs to its parent's service.
+    pub fn names_its_service(&self) -> bool {
+        self.attributes.contains_key("minicloud.service")
+            || self.attributes.contains_key("minicloud.ingested_by")
+    }
 }
 
 /// One trace as a list shows it.
@@ -169,6 +176,27 @@ pub struct TraceFilter {
 pub struct TraceStore {
     limits: TraceStoreLimits,
     state: Mutex<State>,
+    /// Set when the spans go to the store every process shares instead
+    /// ([`crate::shared_store`]): nothing is then kept here.
+    forward: OnceLock<Forward<Vec<StoredSpan>>>,
+}
+
+/// Where a process's kept spans or lines go instead of its own memory.
+#[derive(Debug)]
+pub(crate) struct Forward<T> {
+    pub(crate) to: tokio::sync::mpsc::Sender<T>,
+    /// Counts what a full queue turned away.
+    pub(crate) dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> Forward<T> {
+    /// Queues `item` without waiting; a full queue drops it (counted).
+    pub(crate) fn send(&self, item: T, count: usize) {
+        if self.to.try_send(item).is_err() {
+            self.dropped
+                .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for TraceStore {
@@ -184,7 +212,17 @@ impl TraceStore {
         TraceStore {
             limits,
             state: Mutex::new(State::default()),
+            forward: OnceLock::new(),
         }
+    }
+
+    /// From now on, spans go to `to` instead of being kept here (once per process).
+    pub(crate) fn forward_to(
+        &self,
+        to: tokio::sync::mpsc::Sender<Vec<StoredSpan>>,
+        dropped: Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let _ = self.forward.set(Forward { to, dropped });
     }
 
     /// This process's store (what the gateway's `/traces/v1` reads).
@@ -204,6 +242,12 @@ impl TraceStore {
     }
 
     pub fn insert(&self, spans: impl IntoIterator<Item = StoredSpan>) {
+        if let Some(forward) = self.forward.get() {
+            let spans: Vec<StoredSpan> = spans.into_iter().collect();
+            let count = spans.len();
+            forward.send(spans, count);
+            return;
+        }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         for span in spans {
@@ -274,18 +318,7 @@ impl TraceStore {
         let mut spans = state.traces.get(trace_id)?.spans.clone();
         drop(state);
         spans.sort_by_key(|s| s.start_unix_nano);
-        // A span that does not name its service (a gRPC or proxy client span, say)
-        // belongs to its parent's: parents start first, so one pass in start order.
-        let mut service_of: HashMap<String, String> = HashMap::new();
-        for span in &mut spans {
-            if !span.attributes.contains_key("minicloud.service")
-                && !span.attributes.contains_key("minicloud.ingested_by")
-                && let Some(parent) = span.parent_span_id.as_ref().and_then(|p| service_of.get(p))
-            {
-                span.service = parent.clone();
-            }
-            service_of.insert(span.span_id.clone(), span.service.clone());
-        }
+        inherit_services(&mut spans);
         Some(spans)
     }
 
@@ -346,6 +379,20 @@ impl TraceStore {
     }
 }
 
+/// A span that does not name its service (a gRPC or proxy client span, say) belongs
+/// to its parent's: parents start first, so one pass over `spans` in start order.
+pub(crate) fn inherit_services(spans: &mut [StoredSpan]) {
+    let mut service_of: HashMap<String, String> = HashMap::new();
+    for span in spans {
+        if !span.names_its_service()
+            && let Some(parent) = span.parent_span_id.as_ref().and_then(|p| service_of.get(p))
+        {
+            span.service = parent.clone();
+        }
+        service_of.insert(span.span_id.clone(), span.service.clone());
+    }
+}
+
 /// Whether `haystack` contains `needle` (already lowercase), ASCII case ignored,
 /// without allocating: a text search scans every kept span.
 fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
@@ -368,9 +415,7 @@ fn summarise(entry: &mut Entry, span: &StoredSpan) {
     summary.span_count += 1;
     summary.error |= span.status == SpanStatus::Error;
     // A span that names no service of its own is its parent's (see `trace`).
-    let named = span.attributes.contains_key("minicloud.service")
-        || span.attributes.contains_key("minicloud.ingested_by");
-    if named && !summary.services.contains(&span.service) {
+    if span.names_its_service() && !summary.services.contains(&span.service) {
         summary.services.push(span.service.clone());
     }
     if let Some(id) = span.attributes.get("request_id")

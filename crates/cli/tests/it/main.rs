@@ -8,5 +8,6 @@ mod fn_commands;
 mod sandbox_unprivileged;
 mod serve_service_key;
 mod serve_several;
+mod serve_traces;
 mod support;
 mod up;
