@@ -67,18 +67,15 @@ async fn one_request_is_one_trace_across_gateway_service_and_grpc() {
             && s.kind == SPAN_KIND_SERVER
             && s.name.starts_with("GET /storage/v1/bucket")
     });
-    let proxy = parent_of(storage);
+    // The gateway dispatches in-process here (as under `up`): no hop span, the
+    // service's server span is the gateway's child (a remote hop has a client span
+    // between them: serve_traces.rs in the cli's tests).
     assert_eq!(
-        proxy.attribute("peer.service"),
-        Some("storage"),
-        "storage's parent is the gateway's client span"
+        parent_of(storage).span_id,
+        root.span_id,
+        "storage's parent is the gateway's server span"
     );
-    assert_eq!(proxy.kind, SPAN_KIND_CLIENT);
     assert_eq!(root.kind, SPAN_KIND_SERVER);
-    assert_eq!(
-        proxy.parent_span_id, root.span_id,
-        "the proxy span is a child of the root"
-    );
 
     let auth = trace.find("auth's gRPC server", |s| {
         service(s) == "auth" && s.name == "minicloud.auth.v1.AuthService/GetJwks"

@@ -20,6 +20,10 @@ use crate::logs::{FunctionLogs, LogStore, LogStream};
 use crate::metrics::{FunctionLabel, InvokerMetrics};
 use crate::sandbox::Sandbox;
 
+/// How long a log tail waits for the capture of what the function printed before
+/// answering (only a line left without its newline waits this long).
+const TAIL_SETTLE_LIMIT: Duration = Duration::from_millis(20);
+
 /// Role tokens live an hour; instances are retired before theirs runs out.
 const ROLE_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const INSTANCE_MAX_AGE: Duration = Duration::from_secs(45 * 60);
@@ -390,6 +394,8 @@ impl Engine {
             Err(failure) => Err(self.describe_failure(&pool, &request_id, failure, timeout)),
         };
         if request.log_tail {
+            // What the function printed before answering belongs in its tail.
+            instance.settle_output(TAIL_SETTLE_LIMIT).await;
             pool.report(&request_id, timing, &instance);
         } else {
             // Max Memory Used is a /proc read (~30 µs): off the caller's path.

@@ -134,8 +134,63 @@ struct RuntimeShared {
     delivered_at: Mutex<Option<Instant>>,
     /// Signalled by `GET next` as it hands an event over.
     delivered: tokio::sync::Notify,
-    /// Tags stdout/stderr lines with the invocation they belong to.
+    /// Tags stdout/stderr lines with the invocation they belong to: set when an
+    /// event is handed over, kept after the answer (a line read late was still
+    /// written during that invocation).
     current_request: Mutex<Option<Arc<str>>>,
+    output: OutputProgress,
+}
+
+/// How far the capture of the runtime's stdout and stderr has got, so a log tail
+/// taken right after an answer holds what the function printed before answering
+/// (the lines are in the pipes by then; the capture tasks may not have read them).
+#[derive(Default)]
+struct OutputProgress {
+    /// Duplicates of the pipes' read ends, to ask how much is unread.
+    pipes: Mutex<Vec<std::os::fd::OwnedFd>>,
+    /// Bytes read out of the pipes, and bytes of those already in the log.
+    read: std::sync::atomic::AtomicU64,
+    logged: std::sync::atomic::AtomicU64,
+    moved: tokio::sync::Notify,
+}
+
+impl OutputProgress {
+    fn caught_up(&self) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        let unread: u64 = self
+            .pipes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|pipe| rustix::io::ioctl_fionread(pipe).unwrap_or(0))
+            .sum();
+        unread == 0 && self.read.load(Acquire) == self.logged.load(Acquire)
+    }
+}
+
+/// A stream that counts what is read from it into [`OutputProgress::read`].
+struct Counted<R> {
+    inner: R,
+    shared: Arc<RuntimeShared>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_ready() {
+            let read = (buf.filled().len() - before) as u64;
+            self.shared
+                .output
+                .read
+                .fetch_add(read, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
 }
 
 pub struct Instance {
@@ -201,6 +256,7 @@ impl Instance {
             delivered_at: Mutex::new(None),
             delivered: tokio::sync::Notify::new(),
             current_request: Mutex::new(None),
+            output: OutputProgress::default(),
         });
         let stop = CancellationToken::new();
         tokio::spawn(serve_runtime_api(
@@ -228,7 +284,12 @@ impl Instance {
         };
         let pid = child.id();
         for (stream, kind) in [(stdout, LogStream::Stdout), (stderr, LogStream::Stderr)] {
-            if let Some(stream) = stream {
+            if let Some((stream, pipe)) = stream {
+                shared.output.pipes.lock().unwrap().push(pipe);
+                let stream = Counted {
+                    inner: stream,
+                    shared: Arc::clone(&shared),
+                };
                 tokio::spawn(capture(
                     stream,
                     kind,
@@ -305,6 +366,24 @@ impl Instance {
         Some(kib.div_ceil(1024))
     }
 
+    /// Waits, at most `limit`, until everything the runtime has written so far is
+    /// in the function's log (a partial line without its newline waits the limit).
+    pub async fn settle_output(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let moved = self.shared.output.moved.notified();
+            tokio::pin!(moved);
+            // Registered before the check, so progress between the two wakes us.
+            moved.as_mut().enable();
+            if self.shared.output.caught_up() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Hands one event to the runtime and waits for its answer, the process's end,
     /// or the time limit (which kills the group): as on Lambda, `timeout` counts from
     /// the moment the runtime takes the event, and a runtime still initialising has
@@ -353,7 +432,6 @@ impl Instance {
             }
         };
         let now = Instant::now();
-        *self.shared.current_request.lock().unwrap() = None;
         let ready_at = *self.shared.ready_at.lock().unwrap();
         let delivered_at = self.shared.delivered_at.lock().unwrap().take();
         let timing = Timing {
@@ -381,8 +459,9 @@ enum Process {
     Sandboxed(crate::sandbox::Child),
 }
 
-/// A captured stdout or stderr.
-type Output = Option<Box<dyn AsyncRead + Unpin + Send>>;
+/// A captured stdout or stderr, and a duplicate of its pipe's read end (to ask how
+/// much is unread).
+type Output = Option<(Box<dyn AsyncRead + Unpin + Send>, std::os::fd::OwnedFd)>;
 
 impl Process {
     fn id(&self) -> i32 {
@@ -435,8 +514,16 @@ fn spawn_plain(
     // Dropping the child on failure kills it (kill_on_drop).
     let mut child = command.spawn()?;
     set_memory_limit(child.id().map_or(0, |p| p as i32), launch.memory_limit)?;
-    let stdout = child.stdout.take().map(|s| Box::new(s) as _);
-    let stderr = child.stderr.take().map(|s| Box::new(s) as _);
+    let stdout = match child.stdout.take() {
+        Some(s) => Some((rustix::io::dup(&s)?, Box::new(s) as _)),
+        None => None,
+    }
+    .map(|(pipe, s)| (s, pipe));
+    let stderr = match child.stderr.take() {
+        Some(s) => Some((rustix::io::dup(&s)?, Box::new(s) as _)),
+        None => None,
+    }
+    .map(|(pipe, s)| (s, pipe));
     Ok((Process::Plain(child), stdout, stderr))
 }
 
@@ -456,8 +543,12 @@ fn spawn_sandboxed(
         capture: true,
     })?;
     let pipe = |fd: Option<std::os::fd::OwnedFd>| -> std::io::Result<Output> {
-        fd.map(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map(|r| Box::new(r) as _))
-            .transpose()
+        fd.map(|fd| {
+            let duplicate = rustix::io::dup(&fd)?;
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map(|r| (Box::new(r) as _, duplicate))
+        })
+        .transpose()
     };
     let stdout = pipe(child.stdout.take())?;
     let stderr = pipe(child.stderr.take())?;
@@ -526,6 +617,11 @@ async fn capture(
         let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line));
         let request = shared.current_request.lock().unwrap().clone();
         logs.push(request, kind, text.into_owned());
+        shared
+            .output
+            .logged
+            .fetch_add(line.len() as u64, std::sync::atomic::Ordering::Release);
+        shared.output.moved.notify_waiters();
     }
 }
 

@@ -9,6 +9,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -46,11 +47,15 @@ impl TelemetryConfig {
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    keeper: Option<Arc<crate::span_keeper::SpanKeeper>>,
 }
 
 impl TelemetryGuard {
-    /// Exports every finished span now.
+    /// Exports (or keeps) every finished span now.
     pub fn flush(&self) {
+        if let Some(keeper) = &self.keeper {
+            keeper.flush();
+        }
         if let Some(provider) = &self.provider
             && let Err(error) = provider.force_flush()
         {
@@ -63,6 +68,9 @@ impl TelemetryGuard {
     }
 
     fn shutdown_inner(&mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            keeper.flush();
+        }
         if let Some(provider) = self.provider.take()
             && let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5))
         {
@@ -92,7 +100,16 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
             .unwrap_or_else(|_| EnvFilter::new(format!("{QUIET},minicloud_access=off")))
     };
     // What is kept for the console: access lines included, whatever is printed.
-    let kept = || EnvFilter::new(QUIET);
+    // `Targets`, not `EnvFilter`: a static filter, where an `EnvFilter` in a layer
+    // also tracks every span it enables on each enter and exit (every poll) for its
+    // span-scoped directives, which these filters have none of.
+    let kept = || {
+        Targets::new().with_default(LevelFilter::INFO).with_targets(
+            ["h2", "hyper", "tower", "sqlx", "opentelemetry"]
+                .map(|target| (target, LevelFilter::WARN)),
+        )
+    };
+    let kept_spans = || kept().with_target("minicloud_access", LevelFilter::OFF);
     let fmt_layer = if config.json_logs {
         tracing_subscriber::fmt::layer()
             .json()
@@ -102,7 +119,21 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         tracing_subscriber::fmt::layer().with_target(false).boxed()
     };
 
-    let provider = build_provider(config);
+    // Keeping traces without exporting them elsewhere (the default): the span
+    // keeper, several times cheaper per span than the OpenTelemetry pipeline
+    // (crate::span_keeper). With a collector, the OpenTelemetry SDK exports and
+    // keeps.
+    let keeper = (config.keep_traces && config.otlp_endpoint.is_none()).then(|| {
+        crate::span_keeper::SpanKeeper::new(
+            Arc::clone(crate::trace_store::TraceStore::global()),
+            config.service_name.clone(),
+        )
+    });
+    let provider = if keeper.is_some() {
+        None
+    } else {
+        build_provider(config)
+    };
     let otel_layer = provider.as_ref().map(|provider| {
         // Source locations, threads and busy/idle times on every span cost time on
         // every request and say nothing about it. Context activation attaches an
@@ -133,19 +164,26 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         };
         layer.with_filter(spans)
     });
+    let keeper_layer = keeper
+        .as_ref()
+        .map(|keeper| keeper.layer().with_filter(kept_spans()));
     let installed = tracing_subscriber::registry()
         .with(fmt_layer.with_filter(printed()))
         .with(log_store)
         .with(otel_layer)
+        .with(keeper_layer)
         .try_init()
         .is_ok();
     if !installed {
-        return TelemetryGuard { provider: None };
+        return TelemetryGuard {
+            provider: None,
+            keeper: None,
+        };
     }
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
     }
-    TelemetryGuard { provider }
+    TelemetryGuard { provider, keeper }
 }
 
 /// The span pipeline: the in-process store and/or the OTLP exporter, each batched;

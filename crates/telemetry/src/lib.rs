@@ -5,6 +5,7 @@
 //! the traces and log lines a process keeps itself ([`trace_store`], [`log_store`]) or
 //! shares with every process of a deployment in Postgres ([`shared_store`]).
 
+mod forward;
 pub mod grpc_client;
 pub mod http_server;
 pub mod init;
@@ -12,6 +13,7 @@ pub mod log_store;
 pub mod metrics;
 pub mod server;
 pub mod shared_store;
+pub mod span_keeper;
 pub mod trace_context;
 pub mod trace_store;
 

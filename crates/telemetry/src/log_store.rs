@@ -65,8 +65,8 @@ pub struct LogStore {
     max_bytes: usize,
     ring: Mutex<Ring>,
     /// Set when lines go to the store every process shares instead
-    /// ([`crate::shared_store`]): nothing is then kept here.
-    forward: OnceLock<crate::trace_store::Forward<LogRecord>>,
+    /// (`shared_store`): nothing is then kept here.
+    forward: OnceLock<crate::forward::Forward<LogRecord>>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -93,9 +93,7 @@ impl LogStore {
         to: tokio::sync::mpsc::Sender<LogRecord>,
         dropped: Arc<std::sync::atomic::AtomicU64>,
     ) {
-        let _ = self
-            .forward
-            .set(crate::trace_store::Forward { to, dropped });
+        let _ = self.forward.set(crate::forward::Forward { to, dropped });
     }
 
     /// This process's store: 50,000 lines or 32 MiB.
@@ -173,13 +171,14 @@ impl Visit for RequestOf {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // Only the two fields wanted are formatted: a request span has ten.
+        let slot = match field.name() {
+            "request_id" => &mut self.request_id,
+            "minicloud.service" => &mut self.service,
+            _ => return,
+        };
         let text = format!("{value:?}");
-        let text = text.trim_matches('"').to_owned();
-        match field.name() {
-            "request_id" => self.request_id = Some(text),
-            "minicloud.service" => self.service = Some(text),
-            _ => {}
-        }
+        *slot = Some(text.trim_matches('"').to_owned());
     }
 }
 
@@ -231,6 +230,10 @@ where
         id: &tracing::span::Id,
         ctx: Context<'_, S>,
     ) {
+        let fields = attrs.fields();
+        if fields.field("request_id").is_none() && fields.field("minicloud.service").is_none() {
+            return;
+        }
         let mut request = RequestOf::default();
         attrs.record(&mut request);
         if (request.request_id.is_some() || request.service.is_some())

@@ -17,6 +17,8 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use serde::Serialize;
 
+use crate::forward::Forward;
+
 /// Bounds of the store.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceStoreLimits {
@@ -177,26 +179,8 @@ pub struct TraceStore {
     limits: TraceStoreLimits,
     state: Mutex<State>,
     /// Set when the spans go to the store every process shares instead
-    /// ([`crate::shared_store`]): nothing is then kept here.
+    /// (`shared_store`): nothing is then kept here.
     forward: OnceLock<Forward<Vec<StoredSpan>>>,
-}
-
-/// Where a process's kept spans or lines go instead of its own memory.
-#[derive(Debug)]
-pub(crate) struct Forward<T> {
-    pub(crate) to: tokio::sync::mpsc::Sender<T>,
-    /// Counts what a full queue turned away.
-    pub(crate) dropped: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<T> Forward<T> {
-    /// Queues `item` without waiting; a full queue drops it (counted).
-    pub(crate) fn send(&self, item: T, count: usize) {
-        if self.to.try_send(item).is_err() {
-            self.dropped
-                .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
 }
 
 impl std::fmt::Debug for TraceStore {
