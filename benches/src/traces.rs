@@ -242,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
     // Children take turns, so both modes span the same minutes.
     let me = std::env::current_exe()?;
     let mut runs: Vec<Value> = Vec::new();
-    for round in 0..5 {
+    for round in 0..7 {
         for mode in ["off", "on"] {
             let output = std::process::Command::new(&me)
                 .args(["--child", mode])

@@ -393,8 +393,11 @@ pub async fn sync_invoke(
     mut request: InvokeRequest,
 ) -> Result<crate::engine::Invoked, ApiError> {
     use tracing::Instrument as _;
-    let span = tracing::info_span!("invoke", otel.name = format!("invoke {name}"), function = %name,
-            faas.invocation_id = tracing::field::Empty);
+    // The request's own span (the invoker's server span, REST or gRPC) names the
+    // function and, once chosen, the invocation: a span of its own per invoke added
+    // its cost to every call and no bar worth seeing to the waterfall.
+    let span = tracing::Span::current();
+    span.record("function", name);
     // Lambda always sends a trace header; without a recorded trace, a fresh root.
     request.trace_id = minicloud_telemetry::trace_context::xray_header(&span).or_else(|| {
         let id = uuid::Uuid::new_v4().simple().to_string();

@@ -75,6 +75,9 @@ pub async fn middleware(
         rpc.system = if is_grpc { "grpc" } else { "" },
         minicloud.service = telemetry.service,
         request_id = %request_id,
+        // Filled in by the invoker when the request invokes a function.
+        function = tracing::field::Empty,
+        faas.invocation_id = tracing::field::Empty,
     );
     crate::trace_context::continue_from(&span, request.headers());
 
