@@ -20,6 +20,28 @@ async fn publish(cloud: &TestCloud, token: &str, content_type: &str, body: Value
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Opens the `orders` tail with the service key (`query` appended): the streaming
+/// response, or the refusal's status and body.
+async fn open_tail(cloud: &TestCloud, query: &str) -> Result<reqwest::Response, (u16, Value)> {
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/events/v1/topics/orders/tail{query}",
+            cloud.gateway_url()
+        ))
+        .header(
+            "authorization",
+            format!("Bearer {}", cloud.keys.service_key),
+        )
+        .send()
+        .await
+        .unwrap();
+    if response.status() != 200 {
+        let status = response.status().as_u16();
+        return Err((status, response.json().await.unwrap_or(Value::Null)));
+    }
+    Ok(response)
+}
+
 async fn stream_len(cloud: &TestCloud, topic: &str) -> usize {
     let client = redis::Client::open(minicloud_testkit::test_redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -444,19 +466,7 @@ async fn tail_streams_new_events_and_metrics_count_them() {
         .post("/events/v1/topics", &json!({"name":"orders"}))
         .await
         .unwrap();
-    let response = reqwest::Client::new()
-        .get(format!(
-            "{}/events/v1/topics/orders/tail",
-            cloud.gateway_url()
-        ))
-        .header(
-            "authorization",
-            format!("Bearer {}", cloud.keys.service_key),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = open_tail(&cloud, "").await.unwrap();
     assert!(
         response.headers()["content-type"]
             .to_str()
@@ -511,30 +521,6 @@ async fn tail_streams_new_events_and_metrics_count_them() {
     cloud.stop().await.unwrap();
 }
 
-/// Opens a topic's tail (`query` appended) and returns its byte stream, or the refusal.
-async fn open_tail(
-    cloud: &TestCloud,
-    query: &str,
-) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + use<>, (u16, Value)> {
-    let response = reqwest::Client::new()
-        .get(format!(
-            "{}/events/v1/topics/orders/tail{query}",
-            cloud.gateway_url()
-        ))
-        .header(
-            "authorization",
-            format!("Bearer {}", cloud.keys.service_key),
-        )
-        .send()
-        .await
-        .unwrap();
-    if response.status() != 200 {
-        let status = response.status().as_u16();
-        return Err((status, response.json().await.unwrap_or(Value::Null)));
-    }
-    Ok(response.bytes_stream())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_with_a_pattern_shows_only_matching_events() {
     use futures::StreamExt as _;
@@ -549,8 +535,7 @@ async fn a_tail_with_a_pattern_shows_only_matching_events() {
         "?pattern={}",
         percent_encoding::utf8_percent_encode(&pattern, percent_encoding::NON_ALPHANUMERIC)
     );
-    let body = open_tail(&cloud, &query).await.unwrap();
-    let mut body = Box::pin(body);
+    let mut body = Box::pin(open_tail(&cloud, &query).await.unwrap().bytes_stream());
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut placed = event("p1");
     placed["type"] = json!("order.placed");

@@ -2,7 +2,7 @@
 //! unprivileged user, as on a developer's laptop: no root, no separate uids, only
 //! what Linux gives an ordinary process. Under root (CI) the cloud runs as `nobody`.
 
-use super::support::{free_ports, gateway_url, lines_of};
+use super::support::{drop_database, free_ports, gateway_url, lines_of, test_database};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
@@ -29,13 +29,7 @@ impl Drop for Running {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.database
-            ))
-            .output();
+        drop_database(&self.database);
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
@@ -49,10 +43,7 @@ async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
     if as_root {
         std::os::unix::fs::chown(&data_dir, Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = format!("mc_test_unpriv_{}", std::process::id());
-    let database_url = format!("{}/{database}", server.rsplit_once('/').unwrap().0);
+    let (database, database_url) = test_database("unpriv");
     let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let ports = free_ports(6);

@@ -2,20 +2,11 @@
 //! adopts a configured key (refusing a malformed one) or writes its own to a shared
 //! file for the others.
 
-use super::support::free_port;
-use std::process::{Child, Command, Stdio};
+use super::support::{Served, drop_database, free_port, test_database};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve_auth(database_url: &str, port: u16, env: &[(&str, &str)]) -> Serve {
+fn serve_auth(database_url: &str, port: u16, env: &[(&str, &str)]) -> Served {
     let mut command = Command::new(env!("CARGO_BIN_EXE_minicloud"));
     command
         .args([
@@ -35,7 +26,7 @@ fn serve_auth(database_url: &str, port: u16, env: &[(&str, &str)]) -> Serve {
     for (key, value) in env {
         command.env(key, value);
     }
-    Serve(command.spawn().unwrap())
+    Served(command.spawn().unwrap())
 }
 
 /// The status of `GET /auth/v1/admin/users` with `key`, once auth answers.
@@ -60,10 +51,7 @@ async fn admin_status(port: u16, key: &str) -> u16 {
 
 #[tokio::test]
 async fn auth_adopts_a_configured_service_key_or_writes_its_own_to_the_shared_file() {
-    let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = format!("mc_test_servekey_{}", std::process::id());
-    let database_url = format!("{}/{database}", server.rsplit_once('/').unwrap().0);
+    let (database, database_url) = test_database("servekey");
     let dir = std::env::temp_dir().join(format!("minicloud-servekey-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -122,12 +110,7 @@ async fn auth_adopts_a_configured_service_key_or_writes_its_own_to_the_shared_fi
     );
     drop(auth);
 
-    let _ = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-        .arg(format!(
-            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-        ))
-        .output();
+    drop_database(&database);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

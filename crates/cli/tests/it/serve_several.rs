@@ -2,18 +2,9 @@
 //! its own port, the gateway calling the ones beside it and finding the rest at the
 //! service URLs; and the settings that cannot mean anything refused at start.
 
-use super::support::free_ports;
-use std::process::{Child, Command, Stdio};
+use super::support::{Served, drop_database, free_ports, test_database};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn serve(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_minicloud"));
@@ -58,17 +49,14 @@ fn settings_that_name_no_service_or_several_are_refused() {
 
 #[tokio::test]
 async fn several_services_serve_from_one_process_behind_its_gateway() {
-    let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = format!("mc_test_serve_several_{}", std::process::id());
-    let database_url = format!("{}/{database}", server.rsplit_once('/').unwrap().0);
+    let (database, database_url) = test_database("serve_several");
     let dir = std::env::temp_dir().join(format!("minicloud-serve-several-{}", std::process::id()));
     let key = format!("mck_{}", "5e7e".repeat(10));
     let ports = free_ports(3);
     let (gateway, auth, storage) = (ports[0], ports[1], ports[2]);
     let objects = dir.join("objects");
     let port_flag = format!("gateway={gateway},auth={auth}");
-    let _served = Serve(
+    let _served = Served(
         serve(
             &[
                 // Listed in any order, a service twice: served once each.
@@ -161,11 +149,6 @@ async fn several_services_serve_from_one_process_behind_its_gateway() {
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
 
     drop(_served);
-    let _ = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-        .arg(format!(
-            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-        ))
-        .output();
+    drop_database(&database);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,22 +3,13 @@
 //! in a third. A request's spans from the gateway's process and from storage's are
 //! one trace, and either gateway answers it, with the log lines of both processes.
 
-use super::support::free_ports;
+use super::support::{Served, drop_database, free_ports, test_database};
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One `minicloud serve`, its output left in `log` (read it when the test fails).
-fn serve(args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Serve {
+fn serve(args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Served {
     let output = std::fs::File::create(log).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_minicloud"));
     command
@@ -36,15 +27,12 @@ fn serve(args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Serve {
     for (key, value) in env {
         command.env(key, value);
     }
-    Serve(command.spawn().unwrap())
+    Served(command.spawn().unwrap())
 }
 
 #[tokio::test]
 async fn processes_share_one_trace_store_and_either_gateway_shows_it() {
-    let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = format!("mc_test_serve_traces_{}", std::process::id());
-    let database_url = format!("{}/{database}", server.rsplit_once('/').unwrap().0);
+    let (database, database_url) = test_database("serve_traces");
     let dir = std::env::temp_dir().join(format!("minicloud-serve-traces-{}", std::process::id()));
     let key = format!("mck_{}", "7ace".repeat(10));
     let ports = free_ports(4);
@@ -220,11 +208,6 @@ async fn processes_share_one_trace_store_and_either_gateway_shows_it() {
     assert_eq!(bad.status(), 400);
 
     drop((_front, _storage, _replica));
-    let _ = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-        .arg(format!(
-            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-        ))
-        .output();
+    drop_database(&database);
     let _ = std::fs::remove_dir_all(&dir);
 }

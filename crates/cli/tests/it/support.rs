@@ -1,5 +1,37 @@
 //! What the process tests share.
 
+use std::process::{Command, Stdio};
+
+/// A database of the test's own on the test server (`MINICLOUD_TEST_DATABASE_URL`),
+/// `mc_test_<what>_<pid>`: its name and URL. Whoever connects first creates it.
+pub(crate) fn test_database(what: &str) -> (String, String) {
+    let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("mc_test_{what}_{}", std::process::id());
+    let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+    (name, url)
+}
+
+/// Drops a test database, open connections and all.
+pub(crate) fn drop_database(name: &str) {
+    let _ = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+        .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A child process (a `minicloud serve`), killed and reaped when dropped.
+pub(crate) struct Served(pub(crate) std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A port nothing listens on right now (the caller binds it soon after).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

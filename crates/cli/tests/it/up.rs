@@ -85,26 +85,6 @@ fn interrupt_and_wait(mut up: Up) -> std::process::ExitStatus {
     }
 }
 
-fn fresh_database_url() -> (String, String) {
-    let server = std::env::var("MINICLOUD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("mc_test_up_{}", std::process::id());
-    let base = server
-        .rsplit_once('/')
-        .map(|(base, _)| base.to_owned())
-        .unwrap();
-    (format!("{base}/{name}"), name)
-}
-
-fn drop_database(name: &str) {
-    let _ = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-        .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 fn get(url: &str) -> (u16, serde_json::Value) {
     // A blocking HTTP GET without pulling in a client: curl is on every machine
     // this suite runs on (.ci/run installs it).
@@ -124,7 +104,10 @@ fn get(url: &str) -> (u16, serde_json::Value) {
 fn up_prints_the_gateway_fast_serves_ready_and_exits_cleanly_on_ctrl_c() {
     let ports = free_ports(6);
     let data_dir = std::env::temp_dir().join(format!("minicloud-up-test-{}", std::process::id()));
-    let (database_url, database) = fresh_database_url();
+    let (database_url, database) = {
+        let (name, url) = super::support::test_database("up");
+        (url, name)
+    };
     let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let started = Instant::now();
@@ -219,7 +202,7 @@ fn up_prints_the_gateway_fast_serves_ready_and_exits_cleanly_on_ctrl_c() {
         std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err(),
         "gateway port released"
     );
-    drop_database(&database);
+    super::support::drop_database(&database);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
@@ -235,7 +218,10 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
     let dead_redis = format!("redis://127.0.0.1:{}", free_ports(1)[0]);
     let data_dir =
         std::env::temp_dir().join(format!("minicloud-up-private-{}", std::process::id()));
-    let (database_url, database) = fresh_database_url();
+    let (database_url, database) = {
+        let (name, url) = super::support::test_database("up");
+        (url, name)
+    };
     let database_url = format!("{database_url}_p");
     let up = start_up(&[0; 6], &data_dir, &database_url, &dead_redis);
     wait_for_line(&up, "minicloud is up in", Duration::from_secs(60));
@@ -300,7 +286,7 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(!orphan && !leftover, "the private redis was stopped");
-    drop_database(&format!("{database}_p"));
+    super::support::drop_database(&format!("{database}_p"));
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
