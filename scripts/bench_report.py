@@ -541,15 +541,18 @@ than `EnvFilter` (which tracked every span on every poll); a request makes two s
 (the gateway's and the service's — no hop span when the gateway dispatches
 in-process, no separate invoke span: the invoker's request span carries `function`
 and `faas.invocation_id`) and two kept access lines. Measured over the same sessions:
-warm invoke 1.20× → 1.05–1.08× (four runs of this benchmark), GET 1.17× →
-0.97–1.04×, PUT 1.08× → 0.95–1.03×. The storage rows meet the target; the warm
-invoke does **not** reliably: 20–30 µs more per call with the same two spans that
-cost a GET about 10 µs — a profile shows more context switches on the invoke path
-rather than any hot function of ours, not yet explained (issue 20 stays open on this
-row). Runs on this machine (a shared VM) vary by ±5% between sessions, which is why
-the children take seven turns. A text search now scans one lowercased text per trace
-with `memmem` (60–70 ms → under 10 ms at 100,000 spans); that text is counted in the
-store's bytes (which now reads about 6% under the resident growth).
+warm invoke 1.20× → 1.04–1.08× (five runs of this benchmark), GET 1.17× →
+0.97–1.05×, PUT 1.08× → 0.95–1.03×; one more run, with fifteen short turns at a
+noisier hour, read 1.09× / 1.14× / 1.05× (its single turns ranged from 0.84× to
+1.49×). So the storage rows are at or under the target in most runs and the warm
+invoke is **not** reliably under it (issue 20 stays open on this row): with the same
+two spans that cost a GET about 10 µs, an invoke pays 15–30 µs; a perf diff shows
+no hot function of ours, and `perf stat` over a whole run shows the same number of
+context switches and 3% more CPU with traces kept. This VM's speed drifts by ±5%
+and more between minutes, which is why the children take turns. A text search now
+scans one lowercased text per trace with `memmem` (60–70 ms → under 10 ms at 100,000
+spans); that text is counted in the store's bytes by capacity (the count now reads
+within 3% of the resident growth).
 """
 
 

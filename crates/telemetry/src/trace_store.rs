@@ -273,14 +273,16 @@ impl TraceStore {
                 }
             });
             summarise(entry, &span);
-            let text_before = entry.text.len();
+            // Counted by capacity: the text grows by doubling, and its spare room is
+            // memory too.
+            let text_before = entry.text.capacity();
             for part in std::iter::once(span.name.as_str())
                 .chain(span.attributes.values().map(String::as_str))
             {
                 entry.text.push_str(&part.to_lowercase());
                 entry.text.push('\n');
             }
-            let bytes = bytes + entry.text.len() - text_before;
+            let bytes = bytes + entry.text.capacity() - text_before;
             entry.bytes += bytes;
             entry.spans.push(span);
             *count += 1;
