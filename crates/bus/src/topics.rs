@@ -498,35 +498,31 @@ pub(crate) async fn tail(
         key,
         std::collections::VecDeque::<Event>::new(),
     );
-    let pattern = std::sync::Arc::new(pattern);
-    let events =
-        futures::stream::unfold(state, move |(mut connection, mut last, key, mut queue)| {
-            let pattern = std::sync::Arc::clone(&pattern);
-            async move {
-                loop {
-                    if let Some(event) = queue.pop_front() {
-                        return Some((
-                            Ok::<_, std::convert::Infallible>(event),
-                            (connection, last, key, queue),
-                        ));
-                    }
-                    let reply: Result<redis::Value, _> = redis::cmd("XREAD")
-                        .arg("COUNT")
-                        .arg(100)
-                        .arg("BLOCK")
-                        .arg(10_000)
-                        .arg("STREAMS")
-                        .arg(&key)
-                        .arg(&last)
-                        .query_async(&mut connection)
-                        .await;
-                    match reply {
-                        Ok(value) => {
-                            for entry in read_reply(&value) {
-                                last = entry.id.clone();
-                                if !pattern.matches(&entry.event) {
-                                    continue;
-                                }
+    let events = futures::stream::unfold(
+        (state, pattern),
+        |((mut connection, mut last, key, mut queue), pattern)| async move {
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        ((connection, last, key, queue), pattern),
+                    ));
+                }
+                let reply: Result<redis::Value, _> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(100)
+                    .arg("BLOCK")
+                    .arg(10_000)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(&last)
+                    .query_async(&mut connection)
+                    .await;
+                match reply {
+                    Ok(value) => {
+                        for entry in read_reply(&value) {
+                            last = entry.id.clone();
+                            if pattern.matches(&entry.event) {
                                 queue.push_back(
                                     Event::default()
                                         .event("cloudevent")
@@ -535,14 +531,15 @@ pub(crate) async fn tail(
                                 );
                             }
                         }
-                        Err(error) => {
-                            tracing::debug!(%error, "tail ended");
-                            return None;
-                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "tail ended");
+                        return None;
                     }
                 }
             }
-        });
+        },
+    );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -203,10 +203,11 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
     }
 
     let store = &args.store;
-    let pool = |schema: &'static str| async move {
+    let pool_of = |schema: &'static str, size: u32| async move {
         crate::postgres::ensure_database(&store.database_url).await?;
-        crate::postgres::schema_pool(&store.database_url, schema, store.db_pool_size).await
+        crate::postgres::schema_pool(&store.database_url, schema, size).await
     };
+    let pool = |schema: &'static str| pool_of(schema, store.db_pool_size);
     let service_key = service_key(&args, services.contains(&ServiceName::Auth)).await?;
     let credential = match &service_key {
         Some(key) => ServiceCredential::with_key(key),
@@ -224,9 +225,8 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
     let keep_traces = minicloud_telemetry::TelemetryConfig::from_env("").keep_traces;
     let shared_store = if keep_traces && args.traces_store == TracesStore::Postgres {
         use minicloud_telemetry::shared_store::{SCHEMA, SharedStore};
-        crate::postgres::ensure_database(&store.database_url).await?;
         // Two connections: one batched insert at a time, and the gateway's reads.
-        let pool = crate::postgres::schema_pool(&store.database_url, SCHEMA, 2).await?;
+        let pool = pool_of(SCHEMA, 2).await?;
         let shared = SharedStore::open(
             pool,
             minicloud_telemetry::trace_store::TraceStoreLimits::from_env(),

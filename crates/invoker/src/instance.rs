@@ -461,7 +461,17 @@ enum Process {
 
 /// A captured stdout or stderr, and a duplicate of its pipe's read end (to ask how
 /// much is unread).
-type Output = Option<(Box<dyn AsyncRead + Unpin + Send>, std::os::fd::OwnedFd)>;
+type Output = Option<Captured>;
+type Captured = (Box<dyn AsyncRead + Unpin + Send>, std::os::fd::OwnedFd);
+
+/// The read end of an output pipe, as captured: the stream and its duplicate.
+fn captured<R>(stream: R) -> std::io::Result<Captured>
+where
+    R: AsyncRead + std::os::fd::AsFd + Unpin + Send + 'static,
+{
+    let duplicate = rustix::io::dup(&stream)?;
+    Ok((Box::new(stream), duplicate))
+}
 
 impl Process {
     fn id(&self) -> i32 {
@@ -514,16 +524,8 @@ fn spawn_plain(
     // Dropping the child on failure kills it (kill_on_drop).
     let mut child = command.spawn()?;
     set_memory_limit(child.id().map_or(0, |p| p as i32), launch.memory_limit)?;
-    let stdout = match child.stdout.take() {
-        Some(s) => Some((rustix::io::dup(&s)?, Box::new(s) as _)),
-        None => None,
-    }
-    .map(|(pipe, s)| (s, pipe));
-    let stderr = match child.stderr.take() {
-        Some(s) => Some((rustix::io::dup(&s)?, Box::new(s) as _)),
-        None => None,
-    }
-    .map(|(pipe, s)| (s, pipe));
+    let stdout = child.stdout.take().map(captured).transpose()?;
+    let stderr = child.stderr.take().map(captured).transpose()?;
     Ok((Process::Plain(child), stdout, stderr))
 }
 
@@ -542,16 +544,11 @@ fn spawn_sandboxed(
         env: &env,
         capture: true,
     })?;
-    let pipe = |fd: Option<std::os::fd::OwnedFd>| -> std::io::Result<Output> {
-        fd.map(|fd| {
-            let duplicate = rustix::io::dup(&fd)?;
-            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                .map(|r| (Box::new(r) as _, duplicate))
-        })
-        .transpose()
+    let pipe = |fd: std::os::fd::OwnedFd| {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(fd).and_then(captured)
     };
-    let stdout = pipe(child.stdout.take())?;
-    let stderr = pipe(child.stderr.take())?;
+    let stdout = child.stdout.take().map(pipe).transpose()?;
+    let stderr = child.stderr.take().map(pipe).transpose()?;
     Ok((Process::Sandboxed(child), stdout, stderr))
 }
 

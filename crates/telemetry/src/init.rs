@@ -9,7 +9,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -158,9 +158,9 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     // pipeline, where each event would be copied into its span.
     let otel_layer = otel_layer.map(|layer| {
         let spans = if config.keep_traces {
-            EnvFilter::new(format!("{QUIET},minicloud_access=off"))
+            FilterExt::boxed(kept_spans())
         } else {
-            printed()
+            FilterExt::boxed(printed())
         };
         layer.with_filter(spans)
     });
