@@ -34,59 +34,29 @@ async fn the_admin_signs_in_uploads_an_image_and_follows_its_trace() {
 
     // A wrong key is refused next to the field, never a blank page.
     browser.go(&format!("{base}/console")).await;
-    browser
-        .find("#api-key")
-        .await
-        .send_keys("mck_ak_nope.nope")
-        .await
-        .unwrap();
-    browser
-        .find("#key-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#api-key", "mck_ak_nope.nope").await;
+    browser.click("#key-form button").await;
     browser.text_of("#sign-in-error", "not valid").await;
     browser.shot("refused-key").await;
 
     let key = browser.find("#api-key").await;
     key.clear().await.unwrap();
     key.send_keys(&cloud.keys.service_key).await.unwrap();
-    browser
-        .find("#key-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#key-form button").await;
     browser.text_of("#health", "storage").await;
     browser.text_of("#who", "admin").await;
     browser.shot("overview").await;
 
     // Storage: a bucket from the form, an image through the file picker, its preview.
     browser.go(&format!("{base}/console#/storage")).await;
-    browser
-        .find("#bucket-name")
-        .await
-        .send_keys("pictures")
-        .await
-        .unwrap();
-    browser
-        .find("#bucket-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#bucket-name", "pictures").await;
+    browser.click("#bucket-form button").await;
     let picker = browser.find("#file-picker").await;
     let image = cloud.data_dir.join("sunset.png");
     std::fs::write(&image, png(64, 48)).unwrap();
     picker.send_keys(image.to_str().unwrap()).await.unwrap();
     browser.text_of("#objects", "sunset.png").await;
-    browser
-        .find("#objects tr.clickable")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#objects tr.clickable").await;
     browser.find("#preview").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -146,25 +116,15 @@ async fn the_admin_signs_in_uploads_an_image_and_follows_its_trace() {
     telemetry.flush();
     browser.go(&format!("{base}/console#/traces")).await;
     browser
-        .find("#trace-filter input[name=route]")
-        .await
-        .send_keys("/storage/v1/object/pictures/sunset.png")
-        .await
-        .unwrap();
-    browser
-        .find("#trace-filter button")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .type_into(
+            "#trace-filter input[name=route]",
+            "/storage/v1/object/pictures/sunset.png",
+        )
+        .await;
+    browser.click("#trace-filter button").await;
     browser.text_of("#traces", "gateway").await;
     browser.shot("traces").await;
-    browser
-        .find("#traces tr.clickable")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#traces tr.clickable").await;
     browser.find("#waterfall .row").await;
     let services: Vec<String> = {
         let mut out = Vec::new();
@@ -182,7 +142,7 @@ async fn the_admin_signs_in_uploads_an_image_and_follows_its_trace() {
         services.iter().any(|s| s == "gateway") && services.iter().any(|s| s == "storage"),
         "{services:?}"
     );
-    browser.find("#waterfall .row").await.click().await.unwrap();
+    browser.click("#waterfall .row").await;
     browser.text_of("#span-detail", "request_id").await;
     browser
         .text_of("#trace-logs", "/storage/v1/object/pictures/sunset.png")
@@ -210,35 +170,15 @@ async fn an_ordinary_user_sees_what_their_policies_allow() {
     let browser = Browser::start("user").await;
     browser.go(&format!("{base}/console")).await;
     // A wrong password: the server's message next to the form.
-    browser
-        .find("#email")
-        .await
-        .send_keys("ada@example.com")
-        .await
-        .unwrap();
-    browser
-        .find("#password")
-        .await
-        .send_keys("wrong password!")
-        .await
-        .unwrap();
-    browser
-        .find("#password-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#email", "ada@example.com").await;
+    browser.type_into("#password", "wrong password!").await;
+    browser.click("#password-form button").await;
     let refused = browser.text_of("#sign-in-error", "").await;
     assert!(!refused.trim().is_empty());
     let password = browser.find("#password").await;
     password.clear().await.unwrap();
     password.send_keys("correct horse battery").await.unwrap();
-    browser
-        .find("#password-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#password-form button").await;
     browser.text_of("#who", "ada@example.com").await;
     // The admin screens say so, clearly.
     browser.go(&format!("{base}/console#/traces")).await;
@@ -246,18 +186,8 @@ async fn an_ordinary_user_sees_what_their_policies_allow() {
     browser.shot("traces-not-allowed").await;
     // Storage shows no bucket the user may not see, and refuses to create one.
     browser.go(&format!("{base}/console#/storage")).await;
-    browser
-        .find("#bucket-name")
-        .await
-        .send_keys("mine")
-        .await
-        .unwrap();
-    browser
-        .find("#bucket-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#bucket-name", "mine").await;
+    browser.click("#bucket-form button").await;
     browser.text_of(".denied", "Not allowed").await;
     let page = browser.client.source().await.unwrap();
     assert!(
@@ -292,52 +222,24 @@ async fn the_admin_edits_documents_and_is_told_of_a_conflict() {
         .await;
 
     browser.go(&format!("{base}/console#/database")).await;
-    browser
-        .find("#collection-name")
-        .await
-        .send_keys("notes")
-        .await
-        .unwrap();
+    browser.type_into("#collection-name", "notes").await;
     browser
         .type_into("#collection-index", "title, version")
         .await;
+    browser.click("#collection-form button").await;
+    browser.click("#new-document").await;
+    browser.type_into("#document-id", "n1").await;
     browser
-        .find("#collection-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
-    browser.find("#new-document").await.click().await.unwrap();
-    browser
-        .find("#document-id")
-        .await
-        .send_keys("n1")
-        .await
-        .unwrap();
-    browser
-        .find("#document-data")
-        .await
-        .send_keys(r#"{"title": "first"}"#)
-        .await
-        .unwrap();
-    browser
-        .find("#document-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .type_into("#document-data", r#"{"title": "first"}"#)
+        .await;
+    browser.click("#document-form button").await;
     browser.text_of("#document-status", "version 1").await;
     browser.text_of("#documents", "first").await;
     // Invalid JSON is refused in place.
     let data = browser.find("#document-data").await;
     data.clear().await.unwrap();
     data.send_keys("{not json").await.unwrap();
-    browser
-        .find("#document-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#document-form button").await;
     browser.text_of("#document-status", "Not JSON").await;
 
     // Someone else saves meanwhile: the editor's If-Match no longer holds.
@@ -351,12 +253,7 @@ async fn the_admin_edits_documents_and_is_told_of_a_conflict() {
         .unwrap();
     data.clear().await.unwrap();
     data.send_keys(r#"{"title": "mine"}"#).await.unwrap();
-    browser
-        .find("#document-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#document-form button").await;
     browser.text_of("#document-status", "Conflict").await;
     browser.shot("conflict").await;
     let kept: Value = cloud
@@ -374,12 +271,7 @@ async fn the_admin_edits_documents_and_is_told_of_a_conflict() {
         .send_keys(r#"{"field":"title","op":"near","value":1}"#)
         .await
         .unwrap();
-    browser
-        .find("#query-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#query-form button").await;
     let said = browser.text_of("#query-form .error", "").await;
     assert!(said.contains("filter"), "{said}");
     let collection: Value = cloud.admin().get("/db/v1/collections/notes").await.unwrap();
@@ -450,17 +342,12 @@ async fn the_admin_redrives_a_dead_letter() {
         .await;
     browser.go(&format!("{base}/console#/events")).await;
     browser.text_of("#topics", "jobs").await;
-    browser
-        .find("#subscriptions tr.clickable")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#subscriptions tr.clickable").await;
     browser.text_of("#dead-letter-table", "job-1").await;
     let stats = browser.text_of("#stats-table", "dead letters").await;
     assert!(stats.contains("dead letters 1"), "{stats}");
     browser.shot("dead-letters").await;
-    browser.find("#redrive").await.click().await.unwrap();
+    browser.click("#redrive").await;
     browser.text_of("#redrive-status", "Redriven: 1").await;
 
     // The live tail, filtered on the server by a pattern.
@@ -504,40 +391,17 @@ async fn the_admin_deploys_a_function_from_a_zip_and_test_invokes_it() {
         .sign_in_as_admin(&base, &cloud.keys.service_key)
         .await;
     browser.go(&format!("{base}/console#/functions")).await;
+    browser.type_into("#function-name", "doubler").await;
+    browser.type_into("#function-handler", "app.handler").await;
     browser
-        .find("#function-name")
-        .await
-        .send_keys("doubler")
-        .await
-        .unwrap();
-    browser
-        .find("#function-handler")
-        .await
-        .send_keys("app.handler")
-        .await
-        .unwrap();
-    browser
-        .find("#function-zip")
-        .await
-        .send_keys(file.to_str().unwrap())
-        .await
-        .unwrap();
-    browser
-        .find("#deploy-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .type_into("#function-zip", file.to_str().unwrap())
+        .await;
+    browser.click("#deploy-form button").await;
     browser.text_of("#function-config", "python3").await;
     let payload = browser.find("#invoke-payload").await;
     payload.clear().await.unwrap();
     payload.send_keys(r#"{"n": 21}"#).await.unwrap();
-    browser
-        .find("#invoke-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#invoke-form button").await;
     let output = browser.text_of("#invoke-output", "twice").await;
     assert!(output.contains("42"), "{output}");
     browser.text_of("#invoke-log", "doubling 21").await;
@@ -546,12 +410,7 @@ async fn the_admin_deploys_a_function_from_a_zip_and_test_invokes_it() {
     // Bad input stays in the page: a payload that is not JSON.
     payload.clear().await.unwrap();
     payload.send_keys("{oops").await.unwrap();
-    browser
-        .find("#invoke-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#invoke-form button").await;
     browser.text_of("#invoke-result", "not JSON").await;
     // The live log follows what the function printed.
     browser.text_of("#live-logs", "doubling 21").await;
@@ -601,30 +460,14 @@ async fn the_admin_manages_users_roles_and_keys() {
 
     // Users: create, find, delete.
     browser
-        .find("#new-user-email")
-        .await
-        .send_keys("grace@example.com")
-        .await
-        .unwrap();
+        .type_into("#new-user-email", "grace@example.com")
+        .await;
     browser
-        .find("#new-user-password")
-        .await
-        .send_keys("correct horse battery")
-        .await
-        .unwrap();
-    browser
-        .find("#new-user-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .type_into("#new-user-password", "correct horse battery")
+        .await;
+    browser.click("#new-user-form button").await;
     browser.text_of("#user-table", "grace@example.com").await;
-    browser
-        .find("#user-search")
-        .await
-        .send_keys("grace")
-        .await
-        .unwrap();
+    browser.type_into("#user-search", "grace").await;
     browser.text_of("#user-table", "grace@example.com").await;
     // Grace signs in elsewhere; the admin signs her out everywhere.
     let grace = cloud
@@ -664,12 +507,7 @@ async fn the_admin_manages_users_roles_and_keys() {
         .send_keys(r#"[{"effect":"allow","actions":["storage:Fly"],"resources":["storage:*"]}]"#)
         .await
         .unwrap();
-    browser
-        .find("#role-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#role-form button").await;
     browser.text_of("#role-status", "storage:Fly").await;
     editor.clear().await.unwrap();
     editor
@@ -678,12 +516,7 @@ async fn the_admin_manages_users_roles_and_keys() {
         )
         .await
         .unwrap();
-    browser
-        .find("#role-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#role-form button").await;
     browser.text_of("#role-status", "Saved").await;
     let role: Value = cloud
         .admin()
@@ -703,34 +536,14 @@ async fn the_admin_manages_users_roles_and_keys() {
         let resource = browser.find("#simulate-resource").await;
         resource.clear().await.unwrap();
         resource.send_keys("storage:photos/a.jpg").await.unwrap();
-        browser
-            .find("#simulate-form button")
-            .await
-            .click()
-            .await
-            .unwrap();
+        browser.click("#simulate-form button").await;
         browser.text_of("#simulate-result", answer).await;
     }
 
     // API keys: issued once, then revoked.
-    browser
-        .find("#key-name")
-        .await
-        .send_keys("ci reader")
-        .await
-        .unwrap();
-    browser
-        .find("#key-role")
-        .await
-        .send_keys("readers")
-        .await
-        .unwrap();
-    browser
-        .find("#key-issue-form button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#key-name", "ci reader").await;
+    browser.type_into("#key-role", "readers").await;
+    browser.click("#key-issue-form button").await;
     let secret = browser.text_of("#issued-secret", "mck_").await;
     browser.text_of("#key-table", "ci reader").await;
     browser.shot("auth").await;
