@@ -497,13 +497,17 @@ def traces_section():
     st, ov = d["store"], d["overhead"]
     mib = lambda b: b / 1048576
     rows = "\n".join(
-        f"| {label} | {ov[key]['off_p50_us']:,.0f} µs | {ov[key]['on_p50_us']:,.0f} µs | **{ov[key]['ratio']:.3f}×** |"
+        f"| {label} | {ov[key]['off_p50_us']:,.0f} µs | {ov[key]['on_p50_us']:,.0f} µs | "
+        f"+{ov[key]['on_p50_us'] - ov[key]['off_p50_us']:,.0f} µs | **{ov[key]['ratio']:.3f}×** | "
+        f"{ov[key]['median_block_ratio']:.3f}× | {ov[key]['off_cpu_us_per_request']:,.0f} → "
+        f"{ov[key]['on_cpu_us_per_request']:,.0f} µs ({ov[key]['cpu_ratio']:.3f}×) |"
         for key, label in [
             ("warm_invoke", "warm invoke of an echo function (gateway, c=1)"),
             ("storage_put_1k", "storage PUT of 1 KiB"),
             ("storage_get_1k", "storage GET of 1 KiB"),
         ]
     )
+    each = int(ov["warm_invoke"]["requests_each"])
     return f"""
 ## Traces kept by minicloud (issue 20)
 
@@ -522,37 +526,48 @@ then queried in the benchmark's process:
 | filtered (service, errors, min duration), p50 / p99 | {st['list_filtered']['p50_us']:,.1f} / {st['list_filtered']['p99_us']:,.1f} µs | p50 < 50 ms |
 | a text search matching nothing (every span scanned), p50 / p99 | {st['list_text_scan']['p50_us']:,.1f} / {st['list_text_scan']['p99_us']:,.1f} µs | p50 < 50 ms |
 
-What keeping traces and log lines costs a request: the same cloud with
-`MINICLOUD_TRACES=off` (no span pipeline, no kept log lines) and with the default (on),
-each in its own child process of the benchmark, seven of each taking turns; the
-median of their p50s:
+What keeping traces and log lines costs a request: two clouds in child processes of
+the benchmark, one with `MINICLOUD_TRACES=off` (no span pipeline, no kept log lines,
+the baseline) and one with the default (on), both serving at once. The benchmark's
+process is the client (keep-alive, c=1): it sends each row's requests in blocks of
+{d['block']}, turning from one cloud to the other every block (a few milliseconds; which
+goes first alternates), {each:,} warm invokes and {each // 2:,} PUTs and GETs to each.
+It also reads each cloud's CPU time (all its threads, from `/proc/<pid>/task/*/schedstat`;
+the echo function's own process is not counted) around its own blocks. The cloud that
+kept traces held {d['spans_kept']['on']:,} spans at the end, the other none.
 
-| row | traces off (baseline) | traces on | ratio (target < 1.05×) |
-|---|---|---|---|
+| row | traces off (baseline), p50 | traces on, p50 | difference | ratio (target < 1.05×) | median of the blocks' ratios | the cloud's CPU per request, off → on |
+|---|---|---|---|---|---|---|
 {rows}
 
 The store meets its query targets at 100,000 spans (its byte accounting is calibrated
-against the resident growth above). What a request pays for being kept (issue 20's
-second session): without a collector, spans are recorded by minicloud's own
-`tracing` layer (`crates/telemetry/src/span_keeper.rs`, about 2 µs per span with its
-attributes, measured in isolation) instead of `tracing-opentelemetry` and the
-OpenTelemetry SDK (about 8 µs); the kept layers filter with static `Targets` rather
-than `EnvFilter` (which tracked every span on every poll); a request makes two spans
-(the gateway's and the service's — no hop span when the gateway dispatches
-in-process, no separate invoke span: the invoker's request span carries `function`
-and `faas.invocation_id`) and two kept access lines. Measured over the same sessions:
-warm invoke 1.20× → 1.04–1.08× (five runs of this benchmark), GET 1.17× →
-0.97–1.05×, PUT 1.08× → 0.95–1.03×; one more run, with fifteen short turns at a
-noisier hour, read 1.09× / 1.14× / 1.05× (its single turns ranged from 0.84× to
-1.49×). So the storage rows are at or under the target in most runs and the warm
-invoke is **not** reliably under it (issue 20 stays open on this row): with the same
-two spans that cost a GET about 10 µs, an invoke pays 15–30 µs; a perf diff shows
-no hot function of ours, and `perf stat` over a whole run shows the same number of
-context switches and 3% more CPU with traces kept. This VM's speed drifts by ±5%
-and more between minutes, which is why the children take turns. A text search now
-scans one lowercased text per trace with `memmem` (60–70 ms → under 10 ms at 100,000
-spans); that text is counted in the store's bytes by capacity (the count now reads
-within 3% of the resident growth).
+against the resident growth above). What a request pays for being kept: without a
+collector, spans are recorded by minicloud's own `tracing` layer
+(`crates/telemetry/src/span_keeper.rs`, about 2 µs per span with its attributes,
+measured in isolation) instead of `tracing-opentelemetry` and the OpenTelemetry SDK
+(about 8 µs); the kept layers filter with static `Targets` rather than `EnvFilter`;
+a request makes two spans (the gateway's and the service's) and two kept access
+lines, and the thread that moves finished spans into the store lowercases their
+text without temporaries and indexes traces with foldhash rather than SipHash
+(both showed in a profile of the kept cloud; fill of 100,000 spans 357 → 287 ms).
+
+How to read the overhead rows (2026-12-05): until then the two modes ran as whole
+runs taking turns, minutes apart, and this VM's speed drifts by ±5% and more between
+minutes, so single turns ranged from 0.84× to 1.49×. With both clouds up at once and
+blocks of a few milliseconds, the ratio of the p50s and the median of the blocks'
+ratios agree within 1–2%, and the CPU column shows what the latency gap is made of.
+Every run of this method so far (p50 ratios, warm invoke / GET / PUT): before the
+store changes above 1.076 / 1.066 / 1.009 (1,000 invokes), 1.030 / 1.046 / 1.021
+(6,000, a profiler attached), 1.045 / 1.019 / 1.023, 1.071 / 1.034 / 1.018; after
+them 1.020 / 1.033 / 1.000 and 1.054 / 1.009 / 1.010 (the table above). The storage
+rows are under the 1.05× target; the warm invoke is not reliably: it pays 15–35 µs
+(3–7% more CPU in the cloud) for the same two spans that cost a GET 5–15 µs. A flat
+profile of the two clouds side by side puts the rest in `tracing`'s registry (span
+lookups in `sharded_slab`, enter/exit on every poll of the spawned invoke task, the
+per-layer filter checks), the span keeper's field recording, and page faults of the
+growing store; none of it is one hot function. A text search scans one lowercased
+text per trace with `memmem` (60–70 ms → under 10 ms at 100,000 spans); that text is
+counted in the store's bytes by capacity.
 """
 
 

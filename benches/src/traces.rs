@@ -4,14 +4,16 @@
 //!   growth), a trace by id and filtered lists (p50/p99);
 //! - what keeping traces costs a request: the warm invoke of an echo function and a
 //!   1 KiB storage PUT/GET, in a cloud that keeps its traces against one that does not
-//!   (`MINICLOUD_TRACES=off`), each a child process of this one, taking turns.
+//!   (`MINICLOUD_TRACES=off`), each a child process of this one, both serving at once
+//!   while this process sends them requests in alternating blocks of a few
+//!   milliseconds; also each cloud's CPU time per request.
 //!
 //! Writes `target/bench-traces.json` for `scripts/bench_report.py`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use minicloud_bench::{as_client, sequential_summary, time};
+use minicloud_bench::as_client;
 use minicloud_telemetry::trace_store::{
     SpanStatus, StoredSpan, TraceFilter, TraceStore, TraceStoreLimits,
 };
@@ -139,11 +141,18 @@ fn iterations() -> usize {
     std::env::var("BENCH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
+        .unwrap_or(4000)
 }
 
-/// One cloud, keeping its traces or not: warm invoke and storage rows.
-async fn child(keep: bool) -> anyhow::Result<Value> {
+/// Requests to one cloud before the client turns to the other: a few milliseconds,
+/// so both modes see the same moment of this VM (whose speed drifts by ±5% and more
+/// from one minute to the next — turns of whole runs were not enough).
+const BLOCK: usize = 25;
+
+/// One cloud, keeping its traces or not, serving until its stdin closes. Prints the
+/// gateway's address and the service key as one JSON line, then (on the way out) how
+/// many spans it kept.
+async fn serve(keep: bool) -> anyhow::Result<()> {
     let _telemetry = minicloud_telemetry::init(&minicloud_telemetry::TelemetryConfig {
         service_name: "minicloud".into(),
         otlp_endpoint: None,
@@ -168,61 +177,191 @@ async fn child(keep: bool) -> anyhow::Result<Value> {
     let _: Value = admin
         .post("/storage/v1/bucket", &json!({"name": "bench"}))
         .await?;
-    let base = cloud.gateway_url().to_owned();
-    let token = cloud.keys.service_key.clone();
-    let n = iterations();
-    let result = as_client(move || async move {
-        let http = reqwest::Client::new();
-        let invoke = format!("{base}/functions/v1/echo/invoke");
-        let warm = time(n, |_| {
-            let request = http
-                .post(&invoke)
-                .bearer_auth(&token)
-                .body(r#"{"n":1}"#)
-                .send();
-            async move {
-                anyhow::ensure!(request.await?.status().is_success());
-                Ok(())
-            }
-        })
-        .await?;
-        let body = vec![7u8; 1024];
-        let put = time(n / 2, |i| {
-            let request = http
-                .put(format!("{base}/storage/v1/object/bench/k{}", i % 64))
-                .bearer_auth(&token)
-                .header("content-type", "application/octet-stream")
-                .body(body.clone())
-                .send();
-            async move {
-                anyhow::ensure!(request.await?.status().is_success());
-                Ok(())
-            }
-        })
-        .await?;
-        let get = time(n / 2, |i| {
-            let request = http
-                .get(format!("{base}/storage/v1/object/bench/k{}", i % 64))
-                .bearer_auth(&token)
-                .send();
-            async move {
-                let response = request.await?;
-                anyhow::ensure!(response.status().is_success());
-                response.bytes().await?;
-                Ok(())
-            }
-        })
-        .await?;
-        anyhow::Ok(json!({
-            "warm_invoke": sequential_summary(warm),
-            "storage_put_1k": sequential_summary(put),
-            "storage_get_1k": sequential_summary(get),
-        }))
-    })
-    .await?;
+    println!(
+        "{}",
+        json!({"url": cloud.gateway_url(), "token": cloud.keys.service_key})
+    );
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+        .await??;
     let (spans, _) = minicloud_telemetry::trace_store::TraceStore::global().usage();
+    println!("{}", json!({"spans_kept": spans}));
     cloud.stop().await?;
-    Ok(json!({"keep": keep, "spans_kept": spans, "rows": result}))
+    Ok(())
+}
+
+/// CPU time so far of every live thread of process `pid` (the cloud: gateway,
+/// services, invoker — not the function process, the same in both modes).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+struct Cloud {
+    child: std::process::Child,
+    url: String,
+    token: String,
+}
+
+fn start_cloud(mode: &str) -> anyhow::Result<Cloud> {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--serve", mode])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufReader::new(child.stdout.as_mut().expect("piped"));
+    let mut line = String::new();
+    // Anything before the ready line (none expected) is skipped, not mistaken for it.
+    let ready: Value = loop {
+        line.clear();
+        anyhow::ensure!(
+            out.read_line(&mut line)? > 0,
+            "cloud {mode} exited before it was ready"
+        );
+        if let Ok(ready @ Value::Object(_)) = serde_json::from_str::<Value>(&line) {
+            break ready;
+        }
+    };
+    Ok(Cloud {
+        url: ready["url"].as_str().unwrap_or_default().to_owned(),
+        token: ready["token"].as_str().unwrap_or_default().to_owned(),
+        child,
+    })
+}
+
+fn stop_cloud(mut cloud: Cloud) -> anyhow::Result<u64> {
+    use std::io::Read as _;
+    drop(cloud.child.stdin.take());
+    let mut rest = String::new();
+    cloud
+        .child
+        .stdout
+        .as_mut()
+        .expect("piped")
+        .read_to_string(&mut rest)?;
+    cloud.child.wait()?;
+    let last: Value = serde_json::from_str(rest.lines().last().unwrap_or("{}"))?;
+    Ok(last["spans_kept"].as_u64().unwrap_or(0))
+}
+
+/// One request of a row against the cloud at `base`.
+async fn request(
+    http: &reqwest::Client,
+    row: &str,
+    base: &str,
+    token: &str,
+    i: usize,
+) -> anyhow::Result<()> {
+    let response = match row {
+        "warm_invoke" => {
+            http.post(format!("{base}/functions/v1/echo/invoke"))
+                .bearer_auth(token)
+                .body(r#"{"n":1}"#)
+                .send()
+                .await?
+        }
+        "storage_put_1k" => {
+            http.put(format!("{base}/storage/v1/object/bench/k{}", i % 64))
+                .bearer_auth(token)
+                .header("content-type", "application/octet-stream")
+                .body(vec![7u8; 1024])
+                .send()
+                .await?
+        }
+        _ => {
+            http.get(format!("{base}/storage/v1/object/bench/k{}", i % 64))
+                .bearer_auth(token)
+                .send()
+                .await?
+        }
+    };
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{row}: {}",
+        response.status()
+    );
+    response.bytes().await?;
+    Ok(())
+}
+
+/// Both clouds serve at once; the client (this process) sends each row's requests in
+/// blocks of [`BLOCK`], turning from one cloud to the other (which goes first
+/// alternates), and reads each cloud's CPU time around its own blocks.
+async fn overhead(clouds: [(String, String, u32); 2]) -> anyhow::Result<Value> {
+    let http = reqwest::Client::new();
+    let n = iterations();
+    let mut rows = serde_json::Map::new();
+    // GET before PUT would find nothing: PUT writes the keys GET reads.
+    // `TRACES_BENCH_ROWS=warm_invoke` (say) measures fewer rows, for profiling one.
+    let only = std::env::var("TRACES_BENCH_ROWS").ok();
+    for (row, count) in [
+        ("warm_invoke", n),
+        ("storage_put_1k", n / 2),
+        ("storage_get_1k", n / 2),
+    ] {
+        if only
+            .as_deref()
+            .is_some_and(|only| !only.split(',').any(|r| r == row))
+        {
+            continue;
+        }
+        for (base, token, _) in &clouds {
+            for i in 0..(count / 10).max(5) {
+                request(&http, row, base, token, usize::MAX - i).await?;
+            }
+        }
+        let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+        let mut cpu = [0u64; 2];
+        let mut block_ratios = Vec::new();
+        for round in 0..count / BLOCK {
+            let mut block_p50 = [0.0f64; 2];
+            for turn in 0..2 {
+                let which = (round + turn) % 2;
+                let (base, token, pid) = &clouds[which];
+                let cpu_before = cpu_ns(*pid);
+                let mut block = Vec::with_capacity(BLOCK);
+                for i in round * BLOCK..(round + 1) * BLOCK {
+                    let started = Instant::now();
+                    request(&http, row, base, token, i).await?;
+                    block.push(started.elapsed());
+                }
+                cpu[which] += cpu_ns(*pid).saturating_sub(cpu_before);
+                block.sort();
+                block_p50[which] = block[BLOCK / 2].as_secs_f64();
+                samples[which].extend(block);
+            }
+            block_ratios.push(block_p50[1] / block_p50[0]);
+        }
+        let done = samples[0].len() as f64;
+        let [off, on] = samples.map(summarise);
+        let (off_p50, on_p50) = (
+            off["p50_us"].as_f64().unwrap_or(0.0),
+            on["p50_us"].as_f64().unwrap_or(0.0),
+        );
+        let cpu_us = cpu.map(|ns| ns as f64 / 1e3 / done);
+        rows.insert(
+            row.into(),
+            json!({
+                "off_p50_us": off_p50,
+                "on_p50_us": on_p50,
+                "off_p99_us": off["p99_us"],
+                "on_p99_us": on["p99_us"],
+                "ratio": on_p50 / off_p50,
+                "median_block_ratio": median(&mut block_ratios),
+                "off_cpu_us_per_request": cpu_us[0],
+                "on_cpu_us_per_request": cpu_us[1],
+                "cpu_ratio": cpu_us[1] / cpu_us[0],
+                "requests_each": done,
+            }),
+        );
+    }
+    Ok(Value::Object(rows))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -233,48 +372,26 @@ fn median(values: &mut [f64]) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--child") {
-        let keep = args.get(2).map(String::as_str) == Some("on");
-        println!("{}", child(keep).await?);
-        return Ok(());
+    if args.get(1).map(String::as_str) == Some("--serve") {
+        return serve(args.get(2).map(String::as_str) == Some("on")).await;
     }
     let store = tokio::task::spawn_blocking(store_bench).await?;
-    // Children take turns, so both modes span the same minutes.
-    let me = std::env::current_exe()?;
-    let mut runs: Vec<Value> = Vec::new();
-    for round in 0..7 {
-        for mode in ["off", "on"] {
-            let output = std::process::Command::new(&me)
-                .args(["--child", mode])
-                .env("RUST_LOG", "warn")
-                .output()?;
-            anyhow::ensure!(
-                output.status.success(),
-                "child {mode} (round {round}) failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let line = String::from_utf8(output.stdout)?;
-            let last = line.lines().last().unwrap_or_default();
-            runs.push(serde_json::from_str(last)?);
-        }
-    }
-    let mut overhead = serde_json::Map::new();
-    for row in ["warm_invoke", "storage_put_1k", "storage_get_1k"] {
-        let of = |keep: bool| {
-            let mut p50s: Vec<f64> = runs
-                .iter()
-                .filter(|r| r["keep"] == keep)
-                .filter_map(|r| r["rows"][row]["p50_us"].as_f64())
-                .collect();
-            median(&mut p50s)
-        };
-        let (off, on) = (of(false), of(true));
-        overhead.insert(
-            row.into(),
-            json!({"off_p50_us": off, "on_p50_us": on, "ratio": on / off}),
-        );
-    }
-    let out = json!({"store": store, "overhead": overhead, "runs": runs});
+    let off = start_cloud("off")?;
+    let on = start_cloud("on")?;
+    let clouds = [&off, &on].map(|c| (c.url.clone(), c.token.clone(), c.child.id()));
+    let overhead = as_client(move || overhead(clouds)).await;
+    let spans_kept = [stop_cloud(off)?, stop_cloud(on)?];
+    let overhead = overhead?;
+    anyhow::ensure!(
+        spans_kept[0] == 0 && spans_kept[1] > 0,
+        "the off cloud must keep nothing and the on cloud something: {spans_kept:?}"
+    );
+    let out = json!({
+        "store": store,
+        "overhead": overhead,
+        "block": BLOCK,
+        "spans_kept": {"off": spans_kept[0], "on": spans_kept[1]},
+    });
     std::fs::write("target/bench-traces.json", serde_json::to_vec_pretty(&out)?)?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -158,7 +158,10 @@ struct Entry {
 
 #[derive(Default)]
 struct State {
-    traces: HashMap<String, Entry>,
+    /// foldhash (hashbrown's default, seeded per process) rather than SipHash: ids
+    /// are hashed for every kept span, and SipHash showed in the request path's
+    /// profile.
+    traces: HashMap<String, Entry, foldhash::fast::RandomState>,
     /// Trace ids by first span seen, oldest first.
     order: VecDeque<String>,
     spans: usize,
@@ -249,29 +252,36 @@ impl TraceStore {
                 spans: count,
                 bytes: total,
             } = &mut *state;
-            let entry = traces.entry(span.trace_id.clone()).or_insert_with(|| {
+            // Most spans join a trace already held: its id is cloned only for a new one.
+            if !traces.contains_key(&span.trace_id) {
                 order.push_back(span.trace_id.clone());
-                Entry {
-                    spans: Vec::new(),
-                    first_seen: now,
-                    bytes: 0,
-                    summary: TraceSummary {
-                        trace_id: span.trace_id.clone(),
-                        root_name: span.name.clone(),
-                        root_path: None,
-                        root_service: span.service.clone(),
-                        start_unix_nano: span.start_unix_nano,
-                        duration_ns: 0,
-                        span_count: 0,
-                        error: false,
-                        services: Vec::new(),
-                        request_ids: Vec::new(),
-                        http_status: None,
+                traces.insert(
+                    span.trace_id.clone(),
+                    Entry {
+                        spans: Vec::new(),
+                        first_seen: now,
+                        bytes: 0,
+                        summary: TraceSummary {
+                            trace_id: span.trace_id.clone(),
+                            root_name: span.name.clone(),
+                            root_path: None,
+                            root_service: span.service.clone(),
+                            start_unix_nano: span.start_unix_nano,
+                            duration_ns: 0,
+                            span_count: 0,
+                            error: false,
+                            services: Vec::new(),
+                            request_ids: Vec::new(),
+                            http_status: None,
+                        },
+                        has_root: false,
+                        text: String::new(),
                     },
-                    has_root: false,
-                    text: String::new(),
-                }
-            });
+                );
+            }
+            let Some(entry) = traces.get_mut(&span.trace_id) else {
+                continue;
+            };
             summarise(entry, &span);
             // Counted by capacity: the text grows by doubling, and its spare room is
             // memory too.
@@ -279,7 +289,7 @@ impl TraceStore {
             for part in std::iter::once(span.name.as_str())
                 .chain(span.attributes.values().map(String::as_str))
             {
-                entry.text.push_str(&part.to_lowercase());
+                push_lowercase(&mut entry.text, part);
                 entry.text.push('\n');
             }
             let bytes = bytes + entry.text.capacity() - text_before;
@@ -390,6 +400,18 @@ pub(crate) fn inherit_services(spans: &mut [StoredSpan]) {
 }
 
 /// Folds one span into its trace's summary.
+/// Appends `part` lowercased as `str::to_lowercase` would, without its temporary
+/// `String` and Unicode tables for the usual ASCII text (ids, routes, names).
+fn push_lowercase(text: &mut String, part: &str) {
+    if part.is_ascii() {
+        let from = text.len();
+        text.push_str(part);
+        text[from..].make_ascii_lowercase();
+    } else {
+        text.push_str(&part.to_lowercase());
+    }
+}
+
 fn summarise(entry: &mut Entry, span: &StoredSpan) {
     let summary = &mut entry.summary;
     summary.span_count += 1;
