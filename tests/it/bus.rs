@@ -42,6 +42,24 @@ async fn open_tail(cloud: &TestCloud, query: &str) -> Result<reqwest::Response, 
     Ok(response)
 }
 
+/// Reads a tail's stream until it holds `needle` (or 10 s pass): everything read.
+async fn read_tail_until<B: AsRef<[u8]>>(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin),
+    needle: &str,
+) -> String {
+    use futures::StreamExt as _;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains(needle) && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await
+        {
+            seen.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+        }
+    }
+    seen
+}
+
 async fn stream_len(cloud: &TestCloud, topic: &str) -> usize {
     let client = redis::Client::open(minicloud_testkit::test_redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -459,7 +477,6 @@ async fn a_topic_target_forwards_and_storage_events_reach_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_streams_new_events_and_metrics_count_them() {
-    use futures::StreamExt as _;
     let cloud = TestCloud::start().await.unwrap();
     let admin = cloud.admin();
     let _: Value = admin
@@ -473,7 +490,7 @@ async fn tail_streams_new_events_and_metrics_count_them() {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let mut body = response.bytes_stream();
+    let mut body = Box::pin(response.bytes_stream());
     // The tail follows from now: publish after it is open.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     publish(
@@ -483,15 +500,7 @@ async fn tail_streams_new_events_and_metrics_count_them() {
         event("t1"),
     )
     .await;
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !seen.contains("\"t1\"") && tokio::time::Instant::now() < deadline {
-        if let Ok(Some(Ok(chunk))) =
-            tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await
-        {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
+    let seen = read_tail_until(&mut body, "\"t1\"").await;
     assert!(seen.contains("event: cloudevent"), "{seen}");
     assert!(seen.contains("\"id\":\"t1\""), "{seen}");
     drop(body);
@@ -523,7 +532,6 @@ async fn tail_streams_new_events_and_metrics_count_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tail_with_a_pattern_shows_only_matching_events() {
-    use futures::StreamExt as _;
     let cloud = TestCloud::start().await.unwrap();
     let _: Value = cloud
         .admin()
@@ -545,15 +553,7 @@ async fn a_tail_with_a_pattern_shows_only_matching_events() {
         let (status, _) = publish(&cloud, &cloud.keys.service_key, "application/json", e).await;
         assert_eq!(status, 200);
     }
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !seen.contains("\"p2\"") && tokio::time::Instant::now() < deadline {
-        if let Ok(Some(Ok(chunk))) =
-            tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await
-        {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
+    let seen = read_tail_until(&mut body, "\"p2\"").await;
     assert!(seen.contains("\"id\":\"p2\""), "{seen}");
     // Read in stream order: had p1 passed the filter, it would be here before p2.
     assert!(!seen.contains("\"p1\""), "{seen}");
