@@ -541,31 +541,48 @@ kept traces held {d['spans_kept']['on']:,} spans at the end, the other none.
 {rows}
 
 The store meets its query targets at 100,000 spans (its byte accounting is calibrated
-against the resident growth above). What a request pays for being kept: without a
-collector, spans are recorded by minicloud's own `tracing` layer
-(`crates/telemetry/src/span_keeper.rs`, about 2 µs per span with its attributes,
-measured in isolation) instead of `tracing-opentelemetry` and the OpenTelemetry SDK
-(about 8 µs); the kept layers filter with static `Targets` rather than `EnvFilter`;
-a request makes two spans (the gateway's and the service's) and two kept access
-lines, and the thread that moves finished spans into the store lowercases their
-text without temporaries and indexes traces with foldhash rather than SipHash
-(both showed in a profile of the kept cloud; fill of 100,000 spans 357 → 287 ms).
+against the resident growth above), and keeping costs each row under 5% of its p50.
+What a request pays for being kept: without a collector, spans are recorded by
+minicloud's own `tracing` layer (`crates/telemetry/src/span_keeper.rs`, about 2 µs
+per span with its attributes, measured in isolation) instead of `tracing-opentelemetry`
+and the OpenTelemetry SDK (about 8 µs); a request makes two spans (the gateway's and
+the service's) and one kept access line; the thread that moves finished spans into
+the store lowercases their text without temporaries and indexes traces with
+foldhash rather than SipHash (fill of 100,000 spans 357 → 287 ms).
 
-How to read the overhead rows (2026-12-05): until then the two modes ran as whole
-runs taking turns, minutes apart, and this VM's speed drifts by ±5% and more between
-minutes, so single turns ranged from 0.84× to 1.49×. With both clouds up at once and
-blocks of a few milliseconds, the ratio of the p50s and the median of the blocks'
-ratios agree within 1–2%, and the CPU column shows what the latency gap is made of.
-Every run of this method so far (p50 ratios, warm invoke / GET / PUT): before the
-store changes above 1.076 / 1.066 / 1.009 (1,000 invokes), 1.030 / 1.046 / 1.021
-(6,000, a profiler attached), 1.045 / 1.019 / 1.023, 1.071 / 1.034 / 1.018; after
-them 1.020 / 1.033 / 1.000 and 1.054 / 1.009 / 1.010 (the table above). The storage
-rows are under the 1.05× target; the warm invoke is not reliably: it pays 15–35 µs
-(3–7% more CPU in the cloud) for the same two spans that cost a GET 5–15 µs. A flat
-profile of the two clouds side by side puts the rest in `tracing`'s registry (span
-lookups in `sharded_slab`, enter/exit on every poll of the spawned invoke task, the
-per-layer filter checks), the span keeper's field recording, and page faults of the
-growing store; none of it is one hot function. A text search scans one lowercased
+What brought the rows under 5% (2026-12-05, found by diffing flat `perf` profiles
+of the two clouds symbol by symbol; the off cloud runs no `tracing` span at all, so
+everything `tracing` does in the on cloud is the cost): each enter and exit of a span
+(every poll of an instrumented future) went through three per-layer filters, and each
+of those looks the span up in the registry again. Now the kept layers (log lines and
+spans) are one layer, and without a filter of their own when everything printed is
+also kept (the default `RUST_LOG`, or plain levels up to `warn`): the kept filter is
+then the subscriber's global one (`crates/telemetry/src/init.rs`). The gateway no
+longer entered its own span a second time around an in-process call, the invoke's
+task is no longer instrumented (it records the invocation id on the span it is
+handed), and a request dispatched in-process writes one access line, the service's,
+not a second one from the gateway. In the profile of a warm invoke the kept cloud's
+extra CPU samples per second fell by about half.
+
+How to read the overhead rows: both clouds are up at once and take turns in blocks
+of a few milliseconds, because this VM's speed drifts by ±5% and more between
+minutes (whole runs taking turns, the earlier method, read 0.84× to 1.49×); the ratio
+of the p50s and the median of the blocks' ratios agree within 1–2%, and the CPU column
+shows what the latency gap is made of. Every run so far (p50 ratios, warm invoke /
+GET / PUT): before the store changes 1.076 / 1.066 / 1.009, 1.030 / 1.046 / 1.021,
+1.045 / 1.019 / 1.023, 1.071 / 1.034 / 1.018; after them 1.020 / 1.033 / 1.000 and
+1.054 / 1.009 / 1.010; then on a faster machine (GET ~390 µs instead of ~530 µs,
+so the same cost weighs more), with the invoke task uninstrumented and one filter
+for both kept layers 1.044 / 1.043 / 1.046, 1.035 / 1.044 / 1.006,
+1.051 / 1.039 / 1.016, 1.024 / 1.083 / 1.023; with the in-process changes too
+1.008 / 1.053 / 1.024, 1.027 / 1.052 / 1.034, 1.023 / 1.047 / 1.047; with the kept
+filter global as well (what is committed) 1.031 / 1.007 / 1.028,
+1.028 / 1.036 / 1.032, 1.048 / 1.034 / 1.010, 1.030 / 1.036 / 1.005 (the last is
+the table above). What the kept cloud still pays
+per request, by the same profile: `tracing`'s registry (span lookups in
+`sharded_slab` on every enter and exit), the span keeper's field recording, the
+copy of each finished span into the store, and page faults of the growing store;
+none of it is one hot function. A text search scans one lowercased
 text per trace with `memmem` (60–70 ms → under 10 ms at 100,000 spans); that text is
 counted in the store's bytes by capacity.
 """

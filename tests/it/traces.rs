@@ -158,6 +158,23 @@ async fn requests_are_kept_as_traces_with_their_log_lines() {
         .unwrap();
     assert!(future["traces"].as_array().unwrap().is_empty());
 
+    // One access line per request: the upload, dispatched in-process by the gateway,
+    // is logged by the storage service that served it, not a second time by the
+    // gateway.
+    let upload_lines: Value = admin
+        .get(&format!("/traces/v1/logs?request_id={request_id}"))
+        .await
+        .unwrap();
+    let access: Vec<&Value> = upload_lines["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["target"] == "minicloud_access")
+        .collect();
+    assert_eq!(access.len(), 1, "{upload_lines:#}");
+    assert_eq!(access[0]["service"], "storage", "{upload_lines:#}");
+    assert_eq!(access[0]["fields"]["status"], "200", "{upload_lines:#}");
+
     // The refused request's log lines, by request id and level.
     let lines: Value = admin
         .get(&format!("/traces/v1/logs?request_id={refused_id}"))

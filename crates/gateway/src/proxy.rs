@@ -324,11 +324,11 @@ async fn forward_inner(upstreams: &Upstreams, request: Request) -> Result<Respon
             outbound.extensions_mut().insert(ConnectInfo(
                 peer.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             ));
+            // Not instrumented: this runs inside the gateway's request span already
+            // (the middleware's), and entering it again cost an enter and exit of
+            // the same span on every poll.
             let call = router.clone().oneshot(outbound);
-            match tokio::time::timeout(timeout, call)
-                .instrument(span.clone())
-                .await
-            {
+            match tokio::time::timeout(timeout, call).await {
                 Err(_) => None,
                 Ok(Ok(response)) => Some(response),
                 Ok(Err(infallible)) => match infallible {},

@@ -573,6 +573,7 @@ impl InvokerService for InvokerGrpc {
                 trace_id: None,
                 client_context: None,
                 log_tail: false,
+                span: tracing::Span::none(),
             },
         )
         .await?;

@@ -382,6 +382,7 @@ async fn invoke_with_http_event(
         trace_id: None,
         client_context: None,
         log_tail: false,
+        span: tracing::Span::none(),
     };
     crate::invoke::sync_invoke(invoker, name, request).await
 }

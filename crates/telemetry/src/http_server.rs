@@ -34,6 +34,10 @@ fn request_id(request: &Request) -> String {
         .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()))
 }
 
+/// On a response whose access line this process has written.
+#[derive(Debug, Clone, Copy)]
+struct AccessLogged;
+
 pub async fn middleware(
     State(telemetry): State<ServerTelemetry>,
     mut request: Request,
@@ -108,15 +112,21 @@ pub async fn middleware(
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     // The access line: kept with the request's id (the console's logs), printed only
-    // when `RUST_LOG` asks for `minicloud_access`.
-    span.in_scope(|| {
-        tracing::info!(
-            target: "minicloud_access",
-            status = status.as_u16(),
-            duration_us = started.elapsed().as_micros() as u64,
-            "{method} {path}"
-        );
-    });
+    // when `RUST_LOG` asks for `minicloud_access`. One per request and process: a
+    // gateway that dispatched the request to a service in the same process finds
+    // the service's line already written (its response says so), and a second line
+    // would cost every request an event and say nothing new.
+    if response.extensions().get::<AccessLogged>().is_none() {
+        span.in_scope(|| {
+            tracing::info!(
+                target: "minicloud_access",
+                status = status.as_u16(),
+                duration_us = started.elapsed().as_micros() as u64,
+                "{method} {path}"
+            );
+        });
+        response.extensions_mut().insert(AccessLogged);
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

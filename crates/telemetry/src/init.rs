@@ -150,10 +150,20 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
             .with_target(false)
     });
 
-    let log_store = config.keep_traces.then(|| {
-        crate::log_store::LogStoreLayer::new(Arc::clone(crate::log_store::LogStore::global()))
-            .with_filter(kept())
-    });
+    // The kept log lines and, without a collector, the span keeper: one layer. A
+    // per-layer filter looks the span up in the registry again on every enter and
+    // exit (every poll of an instrumented future) and on every record, so each one
+    // costs every request; the kept layer does without one when it can: when all
+    // that is printed is also kept (the default, or a `RUST_LOG` of plain levels no
+    // more verbose than `warn`), `kept` becomes the subscriber's global filter and
+    // the kept layer sees exactly what it passes. Otherwise (`RUST_LOG=debug`, say)
+    // it is filtered on its own, as the printed lines are. The keeper sees the
+    // access lines too, and ignores them (it only reads errors).
+    let kept_is_global = config.keep_traces && printed_is_kept(std::env::var("RUST_LOG").ok());
+    let kept_global = kept_is_global.then(kept);
+    let kept_unfiltered = kept_is_global.then(|| kept_layer(keeper.as_ref()));
+    let kept_filtered = (config.keep_traces && !kept_is_global)
+        .then(|| kept_layer(keeper.as_ref()).with_filter(kept()));
     // The access line is a log line, not a span event: kept out of the span
     // pipeline, where each event would be copied into its span.
     let otel_layer = otel_layer.map(|layer| {
@@ -164,14 +174,12 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         };
         layer.with_filter(spans)
     });
-    let keeper_layer = keeper
-        .as_ref()
-        .map(|keeper| keeper.layer().with_filter(kept_spans()));
     let installed = tracing_subscriber::registry()
+        .with(kept_global)
         .with(fmt_layer.with_filter(printed()))
-        .with(log_store)
+        .with(kept_filtered)
+        .with(kept_unfiltered)
         .with(otel_layer)
-        .with(keeper_layer)
         .try_init()
         .is_ok();
     if !installed {
@@ -184,6 +192,34 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
         opentelemetry::global::set_tracer_provider(provider.clone());
     }
     TelemetryGuard { provider, keeper }
+}
+
+/// The layer keeping log lines and, with a keeper, spans.
+fn kept_layer<S>(keeper: Option<&Arc<crate::span_keeper::SpanKeeper>>) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    crate::log_store::LogStoreLayer::new(Arc::clone(crate::log_store::LogStore::global()))
+        .and_then(keeper.map(|keeper| keeper.layer()))
+}
+
+/// Whether everything `RUST_LOG` (unset: the default) prints is also kept, which
+/// lets the kept filter be the subscriber's global one: directives of plain levels
+/// no more verbose than `warn` (the kept filter passes every `warn` and `error`).
+/// Anything else, or what only an `EnvFilter` parses (span and field directives),
+/// is not known to be.
+fn printed_is_kept(rust_log: Option<String>) -> bool {
+    let Some(rust_log) = rust_log else {
+        return true;
+    };
+    let Ok(targets) = rust_log.parse::<Targets>() else {
+        return false;
+    };
+    targets
+        .default_level()
+        .into_iter()
+        .chain(targets.iter().map(|(_, level)| level))
+        .all(|level| level <= LevelFilter::WARN)
 }
 
 /// The span pipeline: the in-process store and/or the OTLP exporter, each batched;
@@ -215,4 +251,35 @@ fn build_provider(config: &TelemetryConfig) -> Option<SdkTracerProvider> {
         )));
     }
     Some(builder.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printed_is_kept;
+
+    #[test]
+    fn only_what_is_surely_kept_makes_the_kept_filter_global() {
+        for kept in [
+            None,
+            Some(""),
+            Some("warn"),
+            Some("error,sqlx=off"),
+            Some("h2=warn"),
+        ] {
+            assert!(printed_is_kept(kept.map(str::to_owned)), "{kept:?}");
+        }
+        for printed_more in [
+            "info",
+            "debug",
+            "warn,minicloud_storage=debug",
+            "h2=info",
+            "warn,[request]=debug",
+            "warn,x[{a=1}]=info",
+        ] {
+            assert!(
+                !printed_is_kept(Some(printed_more.to_owned())),
+                "{printed_more}"
+            );
+        }
+    }
 }
