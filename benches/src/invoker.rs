@@ -246,8 +246,46 @@ fn child_processes() -> usize {
         .unwrap_or(0)
 }
 
+/// `invoker-bench --client <targets> <n>`: the c=1 rows from a process of its own,
+/// as every real client of minicloud is (issue 21: measured from a separate client
+/// the warm overhead read higher than from the in-process one). `targets` is a JSON
+/// list of `[url, token or null]`; prints one summary per target.
+async fn client_process(targets: &str, n: usize) -> anyhow::Result<()> {
+    let targets: Vec<(String, Option<String>)> = serde_json::from_str(targets)?;
+    let targets: Vec<Target<'_>> = targets
+        .iter()
+        .map(|(url, token)| Target {
+            url,
+            token: token.as_deref(),
+        })
+        .collect();
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let summaries = load(&http, &targets, 1, n).await?;
+    println!("{}", serde_json::to_string(&summaries)?);
+    Ok(())
+}
+
+/// Runs [`client_process`] in a child process and reads its summaries.
+async fn separate_client(targets: Value, n: usize) -> anyhow::Result<Vec<Value>> {
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--client")
+        .arg(targets.to_string())
+        .arg(n.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await?;
+    anyhow::ensure!(output.status.success(), "the client process failed");
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, targets, n] = args.as_slice()
+        && flag == "--client"
+    {
+        return client_process(targets, n.parse()?).await;
+    }
     let echo_path = "target/release/echo-function";
     let echo = std::fs::read(echo_path).map_err(|e| {
         anyhow::anyhow!(
@@ -377,6 +415,25 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
+    // The same c=1 rows from a client process of its own (the Runtime API's and the
+    // gateway's figures then include what a real client's connection costs).
+    let separate = {
+        let invoke_url = |name: &str| format!("{base}/functions/v1/{name}/invoke");
+        let [floor, ours, current_thread] = <[Value; 3]>::try_from(
+            separate_client(
+                json!([
+                    [bare_url, null],
+                    [invoke_url("echo"), token],
+                    [invoke_url("echo1"), token]
+                ]),
+                n,
+            )
+            .await?,
+        )
+        .map_err(|_| anyhow::anyhow!("one summary per target"))?;
+        json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread})
+    };
+
     bare_cloud.stop().await?;
     // 200 idle functions: stop every instance first (keep_warm_s 0 reaps them).
     for name in ["echo".to_owned(), "echo1".to_owned()]
@@ -402,6 +459,7 @@ async fn main() -> anyhow::Result<()> {
     let out = json!({
         "iterations": n,
         "warm": warm,
+        "warm_separate_client": separate,
         "cold": {
             "provided_ms": median_ms(cold_rust), "provided_floor_ms": median_ms(rust_floor),
             "python_ms": median_ms(cold_python), "python_floor_ms": median_ms(python_floor),
