@@ -364,11 +364,31 @@ Issue 21 (2026-12-05). The rows "from a client process of its own" run the same 
 load from a child process (`invoker-bench --client`, same HTTP client, after the
 in-process rows): the issue had read ~480 µs of overhead from a separate Python
 client against 244–328 µs in-process. With the floor measured by the same process
-and the same client library, the gap is much smaller: three runs read 360, 447 and
-418 µs from the separate process against 372, 390 and 371 µs in-process (the last is
-the table above). Left unexplained (not measured apart): a client process of its own
+and the same client library, the gap is much smaller: four runs read 360, 447, 418
+and 413 µs from the separate process against 372, 390, 371 and 429 µs in-process (the
+last is the table above). Left unexplained (not measured apart): a client process of its own
 competes with the cloud and the function for the two cores as a third process,
-where the in-process client's thread is scheduled inside the cloud's. Two costs of ours on every warm call, found by
+where the in-process client's thread is scheduled inside the cloud's.
+
+More instances or fewer, queued (issue 21's trade-off), measured once by hand on
+2026-12-05 with a temporary switch (not in the code) that made a synchronous invoke
+wait for a free concurrency slot instead of being throttled, and the echo deployed with
+`reserved_concurrency` = N, so at most N instances serve the 32 callers; throughput
+and p50 at c=32 (invoke through the gateway / the current-thread echo; the bare echo
+did 22,000–29,000/s in the same runs):
+
+| instances (N) | invoke | current-thread echo |
+|---|---|---|
+| 1 | 1,830/s, p50 15.9 ms | 2,674/s, p50 11.1 ms |
+| 2 | 2,781/s, p50 10.3 ms | 3,674/s, p50 7.5 ms |
+| 4 | 3,007/s, p50 9.7 ms | 3,977/s, p50 7.4 ms |
+| 8 | 2,881/s, p50 9.9 ms | 3,742/s, p50 7.5 ms |
+| 32 (one per caller, as Lambda) | 2,310/s, p50 11.3 ms | 3,086/s, p50 8.4 ms |
+
+A few instances kept busy beat one per caller by about 30% on two cores (fewer
+processes to switch between), and one instance is bound by its own round trip; none
+comes near 0.3 of the bare echo, because each call's CPU, not the number of
+instances, is the limit. Two costs of ours on every warm call, found by
 counting the cloud's system calls per invoke (`strace -c` on the traces bench's
 cloud): five `getrandom` calls (UUIDs for the request and invocation ids and the trace
 header; now drawn from `uuid`'s thread-local CSPRNG, `fast-rng`), and reading
