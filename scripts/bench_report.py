@@ -267,7 +267,11 @@ Reading these (issue 15):
   dir, a Runtime API listener, the role token, the first event's hand-over).
 - **python3**: the sandboxed cold start is {cold['python_ms']/cold['python_floor_ms']:.2f}× our bootstrap spawned bare on the same
   interpreter ({cold['python_floor_ms']:.1f} ms). That bootstrap alone is already {cold['python_floor_ms']/cold['python_bare_start_ms']:.1f}× `python3 -S`: it imports
-  `json`, `http.client` and the handler. So the 1.5× target is out of reach for any
+  `site`, `json` (with `re` and `enum`, ~8 ms) and the handler. Until 2026-12-05 (issue 21)
+  it also imported `http.client`, which brings `email` and `ssl` (~20 ms): the Python
+  cold start was 58–63 ms and the bare bootstrap 40–52 ms on this machine; the
+  bootstrap now speaks HTTP/1.1 to the Runtime API over `_socket` itself (three runs
+  since: 34.5, 47.9 on a noisy minute, and 30.8 ms, the table above). So the 1.5× target is out of reach for any
   sandbox in front of this bootstrap: the ceiling any sandbox can reach here is
   {cold['python_floor_ms']/cold['python_bare_start_ms']:.1f}× `python3 -S`, against the target's 1.5×. Pre-imported interpreters (issue
   21's zygotes) are what would reach it. The unsandboxed column ran on a different interpreter: a
@@ -364,9 +368,9 @@ Issue 21 (2026-12-05). The rows "from a client process of its own" run the same 
 load from a child process (`invoker-bench --client`, same HTTP client, after the
 in-process rows): the issue had read ~480 µs of overhead from a separate Python
 client against 244–328 µs in-process. With the floor measured by the same process
-and the same client library, the gap is much smaller: four runs read 360, 447, 418
-and 413 µs from the separate process against 372, 390, 371 and 429 µs in-process (the
-last is the table above). Left unexplained (not measured apart): a client process of its own
+and the same client library, the gap is much smaller: five runs read 360, 447, 418,
+413 and 402 µs from the separate process against 372, 390, 371, 429 and 382 µs
+in-process (the last is the table above). Left unexplained (not measured apart): a client process of its own
 competes with the cloud and the function for the two cores as a third process,
 where the in-process client's thread is scheduled inside the cloud's.
 
