@@ -596,3 +596,29 @@ mod openapi_spec {
         minicloud_proto::openapi::check_committed_spec_of::<super::ApiDoc>("invoker");
     }
 }
+
+#[cfg(test)]
+mod python_runtime_tests {
+    /// The Python bootstrap's own HTTP/1.1 client (`runtimes/python3/tests`), on the
+    /// interpreter sandboxed functions get when it exists.
+    #[test]
+    fn python_runtime_client() {
+        let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/runtimes/python3/tests");
+        let python = if std::path::Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        let out = std::process::Command::new(python)
+            .args(["-m", "unittest", "discover", "-s", tests])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Discovery that finds nothing also exits 0.
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("Ran 0 tests"));
+    }
+}

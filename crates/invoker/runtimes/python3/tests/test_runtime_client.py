@@ -1,0 +1,156 @@
+"""The Python bootstrap's own HTTP/1.1 client against a scripted Runtime API.
+
+Run by `cargo test -p minicloud-invoker` (src/lib.rs, python_runtime_client);
+standalone: `python3 -m unittest discover crates/invoker/runtimes/python3/tests`.
+"""
+
+import os
+import socket
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import bootstrap  # noqa: E402
+
+
+class ScriptedServer:
+    """Accepts connections and answers each request with the next scripted bytes;
+    `None` closes the connection instead of answering, `(bytes, CLOSE)` answers and
+    then closes. Records what it received."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.requests = []
+        self.connections = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _read_request(self, conn, buffered):
+        while b"\r\n\r\n" not in buffered:
+            data = conn.recv(65536)
+            if not data:
+                return None, b""
+            buffered += data
+        head, _, rest = buffered.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+    def _serve(self):
+        while self.answers:
+            conn, _ = self.listener.accept()
+            self.connections += 1
+            buffered = b""
+            while self.answers:
+                request, buffered = self._read_request(conn, buffered)
+                if request is None:
+                    break
+                self.requests.append(request)
+                answer = self.answers.pop(0)
+                if answer is None:
+                    break
+                if isinstance(answer, tuple):
+                    conn.sendall(answer[0])
+                    break
+                conn.sendall(answer)
+            conn.close()
+
+
+CLOSE = "close"
+OK_HELLO = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+            b"Lambda-Runtime-Aws-Request-Id: req-1\r\n\r\nhello")
+ACCEPTED = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n"
+
+
+class RuntimeClientTest(unittest.TestCase):
+    def test_answers_with_a_length_or_chunked_share_one_connection(self):
+        server = ScriptedServer([
+            OK_HELLO,
+            ACCEPTED,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n",
+        ])
+        client = bootstrap.RuntimeClient(server.address)
+        status, response, body = client.request("GET", "/next")
+        self.assertEqual((status, body), (200, b"hello"))
+        self.assertEqual(response.getheader("lambda-runtime-aws-request-id"), "req-1")
+        self.assertEqual(response.getheader("Missing", "x"), "x")
+        status, _, body = client.request(
+            "POST", "/req-1/response", b'{"a": 1}', {"Content-Type": "application/json"})
+        self.assertEqual((status, body), (202, b""))
+        status, _, body = client.request("GET", "/next")
+        self.assertEqual((status, body), (200, b"abcde"))
+        self.assertEqual(server.connections, 1)
+        post = server.requests[1]
+        self.assertTrue(post.startswith(b"POST /req-1/response HTTP/1.1\r\n"), post)
+        self.assertIn(b"\r\nContent-Length: 8\r\n", post)
+        self.assertTrue(post.endswith(b'\r\n\r\n{"a": 1}'), post)
+
+    def test_a_large_body_and_connection_close(self):
+        big = b"x" * 6_000_000
+        server = ScriptedServer([
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+            % len(big) + big,
+            (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", CLOSE),
+            OK_HELLO,
+        ])
+        client = bootstrap.RuntimeClient(server.address)
+        _, _, body = client.request("GET", "/next")
+        self.assertEqual(body, big)
+        self.assertIsNone(client.sock)
+        # No length: the body runs to the end of the connection.
+        _, _, body = client.request("GET", "/next")
+        self.assertEqual(body, b"until the end")
+        self.assertEqual(client.request("GET", "/next")[2], b"hello")
+        self.assertEqual(server.connections, 3)
+
+    def test_a_kept_connection_the_server_closed_is_retried_once(self):
+        server = ScriptedServer([ACCEPTED, None, OK_HELLO])
+        client = bootstrap.RuntimeClient(server.address)
+        self.assertEqual(client.request("GET", "/next")[0], 202)
+        # The server drops the kept connection when the next request arrives.
+        self.assertEqual(client.request("GET", "/next")[2], b"hello")
+        self.assertEqual(server.connections, 2)
+
+    def test_malformed_answers_are_errors(self):
+        for answer in [
+            b"SPDY/3 200 OK\r\n\r\n",
+            b"HTTP/1.1 abc OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000,
+        ]:
+            with self.subTest(answer=answer[:40]):
+                server = ScriptedServer([answer])
+                client = bootstrap.RuntimeClient(server.address)
+                with self.assertRaises((bootstrap.RuntimeAPIError, ValueError, OSError)):
+                    client.request("GET", "/next")
+                self.assertIsNone(client.sock)
+
+    def test_a_hostile_request_id_never_reaches_the_wire(self):
+        server = ScriptedServer([OK_HELLO])
+        client = bootstrap.RuntimeClient(server.address)
+        for path in ["/a b/response", "/a\r\nX-Injected: 1/response", "/a\x00/response",
+                     "/\u00e9/response"]:
+            with self.subTest(path=path):
+                with self.assertRaises(bootstrap.RuntimeAPIError):
+                    client.request("POST", path, b"{}")
+        self.assertEqual(server.requests, [])
+
+    def test_ipv6_addresses(self):
+        client = bootstrap.RuntimeClient("[::1]:9001")
+        self.assertEqual(client.address, ("::1", 9001))
+        self.assertEqual(client.family, socket.AF_INET6)
+
+
+if __name__ == "__main__":
+    unittest.main()
