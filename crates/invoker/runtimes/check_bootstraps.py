@@ -604,6 +604,11 @@ class Checker:
                 self.check(f"{label} #{i} result", got == {"via": "callback", "event": {"i": i}}, repr(got))
                 took = api.results[rid]["at"] - queued
                 self.check(f"{label} #{i} waits for the event loop to drain", took >= 0.28, f"took {took:.3f}s")
+            # Node writes to a pipe asynchronously: the second line may reach the
+            # reader a moment after the response did.
+            deadline = time.monotonic() + 2
+            while inst.text().count("timer fired") < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
             self.check(label + " timer output", inst.text().count("timer fired") == 2, repr(inst.text()))
         run("callback (waits for empty event loop)", "handlers.callback", callback)
 
@@ -611,7 +616,7 @@ class Checker:
             rid, queued = api.invoke({})
             self.check(label, self.expect_response(api, rid, label) == "no wait", "")
             took = api.results[rid]["at"] - queued
-            self.check(label + " does not wait for the 3 s timer", took < 1.5, f"took {took:.3f}s")
+            self.check(label + " does not wait for the 3 s timer", took < 2.5, f"took {took:.3f}s")
         run("callback, callbackWaitsForEmptyEventLoop = false", "handlers.callbackNoWait", no_wait)
 
         def cb_error(api, inst, label):

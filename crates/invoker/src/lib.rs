@@ -621,4 +621,22 @@ mod python_runtime_tests {
         // Discovery that finds nothing also exits 0.
         assert!(!String::from_utf8_lossy(&out.stderr).contains("Ran 0 tests"));
     }
+
+    /// Both bootstraps (Python and Node.js) against a fake Runtime API: events,
+    /// contexts, errors, init errors, a dropped keep-alive connection (229 checks,
+    /// `runtimes/check_bootstraps.py`).
+    #[test]
+    fn bootstraps_against_a_fake_runtime_api() {
+        let check = concat!(env!("CARGO_MANIFEST_DIR"), "/runtimes/check_bootstraps.py");
+        let out = std::process::Command::new("python3")
+            .arg(check)
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(" 0 failed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
