@@ -399,7 +399,6 @@ pub(crate) fn inherit_services(spans: &mut [StoredSpan]) {
     }
 }
 
-/// Folds one span into its trace's summary.
 /// Appends `part` lowercased as `str::to_lowercase` would, without its temporary
 /// `String` and Unicode tables for the usual ASCII text (ids, routes, names).
 fn push_lowercase(text: &mut String, part: &str) {
@@ -412,6 +411,7 @@ fn push_lowercase(text: &mut String, part: &str) {
     }
 }
 
+/// Folds one span into its trace's summary.
 fn summarise(entry: &mut Entry, span: &StoredSpan) {
     let summary = &mut entry.summary;
     summary.span_count += 1;
