@@ -15,10 +15,25 @@ fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
+/// On pre-started interpreters (the default): their first Landlock layer lets them
+/// read every function's code until their function's layer narrows it.
 #[tokio::test]
 async fn hostile_functions_cannot_leave_their_sandbox() {
+    hostile_python_suite(2).await;
+}
+
+/// On interpreters spawned for the function.
+#[tokio::test]
+async fn hostile_functions_cannot_leave_a_freshly_spawned_sandbox() {
+    hostile_python_suite(0).await;
+}
+
+async fn hostile_python_suite(python_prestart: usize) {
     let cloud = TestCloud::builder()
-        .invoker(|invoker| invoker.scratch_mb = 32)
+        .invoker(|invoker| {
+            invoker.scratch_mb = 32;
+            invoker.python_prestart = python_prestart;
+        })
         .start()
         .await
         .unwrap();
@@ -42,6 +57,7 @@ async fn hostile_functions_cannot_leave_their_sandbox() {
         service_ports,
         scratch_mb: 32,
         pids: 64,
+        prestarted: python_prestart > 0,
     })
     .await;
 
@@ -59,6 +75,10 @@ async fn hostile_functions_cannot_leave_their_sandbox() {
     assert_eq!(sandbox["mode"], "on", "{sandbox}");
     assert_eq!(sandbox["enforced"], true, "{sandbox}");
     assert_eq!(sandbox["scratch_mb"], 32);
+    assert_eq!(
+        sandbox["python_prestart"]["size"], python_prestart,
+        "{sandbox}"
+    );
     let anonymous = http
         .get(format!("{}/functions/v1/sandbox", cloud.gateway_url()))
         .send()

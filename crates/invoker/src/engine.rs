@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::instance::{Failure, Instance, Invocation, Launch, Outcome, Timing};
 use crate::logs::{FunctionLogs, LogStore, LogStream};
 use crate::metrics::{FunctionLabel, InvokerMetrics};
+use crate::prestart::{PrestartPool, Recipe};
 use crate::sandbox::Sandbox;
 
 /// How long a log tail waits for the capture of what the function printed before
@@ -140,6 +141,10 @@ pub struct Engine {
     pub sandbox: Arc<Sandbox>,
     /// Code hashes whose cached tree this process unpacked or checked.
     verified_code: Mutex<std::collections::HashSet<String>>,
+    /// How many python3 interpreters to keep pre-started, and the pool of them
+    /// (made on first need; `None` when off).
+    python_prestart_size: usize,
+    python_prestart: tokio::sync::OnceCell<Option<Arc<PrestartPool>>>,
 }
 
 #[derive(Debug)]
@@ -169,6 +174,7 @@ impl Engine {
         authz: Arc<Authz>,
         metrics: InvokerMetrics,
         sandbox: Arc<Sandbox>,
+        python_prestart_size: usize,
     ) -> Engine {
         Engine {
             db,
@@ -184,7 +190,49 @@ impl Engine {
             loading: tokio::sync::Mutex::new(()),
             sandbox,
             verified_code: Mutex::new(std::collections::HashSet::new()),
+            python_prestart_size,
+            python_prestart: tokio::sync::OnceCell::new(),
         }
+    }
+
+    pub fn python_prestart_status(&self) -> crate::prestart::PrestartStatus {
+        match self.python_prestart.get() {
+            Some(Some(pool)) => pool.status(),
+            _ => Default::default(),
+        }
+    }
+
+    /// The python3 runtime's pre-started interpreters (`crate::prestart`), started
+    /// on first need; `None` when turned off or when functions run unsandboxed.
+    pub async fn python_prestart(&self) -> Option<&Arc<PrestartPool>> {
+        self.python_prestart
+            .get_or_init(|| async {
+                if self.python_prestart_size == 0 || !self.sandbox.is_on() {
+                    return None;
+                }
+                let python = self.python().await.clone();
+                let recipe = Recipe {
+                    args: vec![
+                        "-u".into(),
+                        self.paths.runtimes.join("python3/bootstrap.py").into(),
+                        "--prestarted".into(),
+                    ],
+                    read_only: vec![
+                        self.paths.code_cache.clone(),
+                        self.paths.runtimes.join("python3"),
+                        interpreter_prefix(&python),
+                    ],
+                    run_dir: self.paths.run_dir.clone(),
+                    path: instance_path(&python),
+                    program: python,
+                };
+                let pool =
+                    PrestartPool::new(Arc::clone(&self.sandbox), recipe, self.python_prestart_size);
+                pool.refill();
+                Some(pool)
+            })
+            .await
+            .as_ref()
     }
 
     /// The python3 runtime's interpreter; its directory also heads every
@@ -311,9 +359,15 @@ impl Engine {
     /// pays for the process only.
     pub async fn redeployed(&self, name: &str) {
         self.retire(name);
-        if let Err(error) = self.pool(name).await {
+        match self.pool(name).await {
+            Ok(pool) if prestart_eligible(&pool.spec) => {
+                self.python_prestart().await;
+            }
+            Ok(_) => {}
             // The first invocation tries again and reports what fails.
-            tracing::warn!(function = name, %error, "preparing a deployed function failed");
+            Err(error) => {
+                tracing::warn!(function = name, %error, "preparing a deployed function failed")
+            }
         }
     }
 
@@ -473,6 +527,41 @@ impl Engine {
     }
 }
 
+/// `<prefix>/bin/python3.11` → `<prefix>`, with its standard library.
+fn interpreter_prefix(binary: &Path) -> PathBuf {
+    binary
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| binary.to_path_buf())
+}
+
+/// An instance's PATH: the python3 interpreter's dir first, so a bootstrap
+/// script's `python3` is the real one.
+fn instance_path(python: &Path) -> String {
+    let interpreter_dir = python
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{interpreter_dir}:/usr/local/bin:/usr/bin:/bin")
+}
+
+/// Whether a cold start of this function may take a pre-started interpreter: a
+/// python3 function with the default scratch size whose environment sets nothing
+/// that an interpreter or the loader reads only when it starts.
+fn prestart_eligible(spec: &FunctionConfig) -> bool {
+    let read_at_start = |name: &str| {
+        (name.starts_with("PYTHON") && name != "PYTHONPATH")
+            || ["LD_", "LC_", "MALLOC_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            || matches!(name, "LANG" | "LANGUAGE" | "TZ" | "GLIBC_TUNABLES")
+    };
+    spec.runtime == "python3"
+        && spec.ephemeral_storage_mb.is_none()
+        && !spec.env.0.keys().any(|name| read_at_start(name))
+}
+
 impl FunctionPool {
     /// `END` and `REPORT`, with the instance's peak memory so far.
     fn report(&self, request_id: &Arc<str>, timing: Timing, instance: &Instance) {
@@ -512,14 +601,6 @@ impl Engine {
             .map_err(|message| ApiError::new(ErrorCode::Unavailable, message))?;
         let python = self.python().await;
         let mut read_only = vec![pool.code_dir.clone()];
-        let interpreter_prefix = |binary: &Path| {
-            // `<prefix>/bin/python3.11` → `<prefix>`, with its standard library.
-            binary
-                .parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| binary.to_path_buf())
-        };
         match spec.runtime.as_str() {
             "python3" => {
                 read_only.push(self.paths.runtimes.join("python3"));
@@ -551,16 +632,9 @@ impl Engine {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let interpreter_dir = python
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
         let name = &spec.name;
         let platform = [
-            (
-                "PATH",
-                format!("{interpreter_dir}:/usr/local/bin:/usr/bin:/bin"),
-            ),
+            ("PATH", instance_path(python)),
             ("LANG", "C.UTF-8".into()),
             ("TZ", ":UTC".into()),
             ("PYTHONUNBUFFERED", "1".into()),
@@ -641,7 +715,14 @@ impl Engine {
             network: spec.network.as_ref().map(|n| n.0.clone()),
             scratch_mb: spec.ephemeral_storage_mb.map(|mb| mb.max(1) as u64),
         };
-        let instance = Instance::start(launch, Arc::clone(&pool.logs))
+        let prestarted = match prestart_eligible(spec) {
+            true => self
+                .python_prestart()
+                .await
+                .and_then(|prestart| prestart.take()),
+            false => None,
+        };
+        let instance = Instance::start(launch, Arc::clone(&pool.logs), prestarted)
             .await
             .map_err(|e| {
                 ApiError::new(

@@ -215,39 +215,50 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
-    /// Spawns the process and its Runtime API endpoint; does not wait for init.
-    pub async fn start(launch: Launch, logs: Arc<FunctionLogs>) -> std::io::Result<Arc<Instance>> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let dir = launch.run_dir.join(&id);
+    /// Spawns the process and its Runtime API endpoint, or makes `prestarted` the
+    /// instance (`crate::prestart`); does not wait for init.
+    pub async fn start(
+        launch: Launch,
+        logs: Arc<FunctionLogs>,
+        prestarted: Option<crate::prestart::Prestarted>,
+    ) -> std::io::Result<Arc<Instance>> {
+        let (id, dir) = match &prestarted {
+            Some(prestarted) => (prestarted.id.clone(), prestarted.dir.clone()),
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let dir = launch.run_dir.join(&id);
+                (id, dir)
+            }
+        };
         let tmp = dir.join("tmp");
-        // Two mkdirs take microseconds; a hop to the blocking pool took 0.3 ms of
-        // each cold start (measured).
-        std::fs::create_dir_all(&tmp)?;
+        if prestarted.is_none() {
+            // Two mkdirs take microseconds; a hop to the blocking pool took 0.3 ms of
+            // each cold start (measured).
+            std::fs::create_dir_all(&tmp)?;
+        }
 
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let api_addr = listener.local_addr()?;
         let api = api_addr.to_string();
-        let sandbox = match &launch.sandbox {
-            Some(sandbox) => {
-                let prepared = sandbox.prepare(&InstanceRules {
-                    dir: &dir,
-                    read_only: launch.read_only.clone(),
-                    runtime_api_port: api_addr.port(),
-                    platform_ports: launch.platform_ports.clone(),
-                    memory_bytes: launch.memory_limit,
-                    memory_mb: launch.memory_mb,
-                    network: launch.network.clone(),
-                    scratch_mb: launch.scratch_mb,
-                });
-                match prepared {
-                    Ok(prepared) => Some(prepared),
-                    Err(error) => {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return Err(error);
-                    }
+        let rules = InstanceRules {
+            dir: &dir,
+            read_only: launch.read_only.clone(),
+            runtime_api_port: api_addr.port(),
+            platform_ports: launch.platform_ports.clone(),
+            memory_bytes: launch.memory_limit,
+            memory_mb: launch.memory_mb,
+            network: launch.network.clone(),
+            scratch_mb: launch.scratch_mb,
+        };
+        let sandbox = match (&launch.sandbox, &prestarted) {
+            (Some(sandbox), None) => match sandbox.prepare(&rules) {
+                Ok(prepared) => Some(prepared),
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(error);
                 }
-            }
-            None => None,
+            },
+            _ => None,
         };
         let (next_tx, next_rx) = mpsc::channel(1);
         let shared = Arc::new(RuntimeShared {
@@ -268,19 +279,21 @@ impl Instance {
             stop.clone(),
         ));
 
-        let cgroups = sandbox
-            .as_ref()
-            .map(|s| s.cgroup_dirs())
-            .unwrap_or_default();
-        let spawned = match sandbox {
-            Some(sandbox) => spawn_sandboxed(sandbox, &launch, &api, &tmp, &dir),
-            None => spawn_plain(&launch, &api, &tmp, &dir),
+        let cgroups = match (&sandbox, &prestarted) {
+            (Some(sandbox), _) => sandbox.cgroup_dirs(),
+            (None, Some(prestarted)) => prestarted.cgroups.clone(),
+            (None, None) => Vec::new(),
+        };
+        let spawned = match (sandbox, prestarted) {
+            (_, Some(prestarted)) => specialize(prestarted, &launch, &rules, &api, &tmp, &dir),
+            (Some(sandbox), None) => spawn_sandboxed(sandbox, &launch, &api, &tmp, &dir),
+            (None, None) => spawn_plain(&launch, &api, &tmp, &dir),
         };
         let (mut child, stdout, stderr) = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
                 stop.cancel();
-                crate::sandbox::remove_cgroups(&cgroups);
+                crate::sandbox::remove_cgroups_when_empty(cgroups).await;
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Err(error);
             }
@@ -549,7 +562,35 @@ fn spawn_sandboxed(
         args: &launch.args,
         env: &env,
         capture: true,
+        stdin: None,
     })?;
+    let pipe = |fd: std::os::fd::OwnedFd| {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(fd).and_then(captured)
+    };
+    let stdout = child.stdout.take().map(pipe).transpose()?;
+    let stderr = child.stderr.take().map(pipe).transpose()?;
+    Ok((Process::Sandboxed(child), stdout, stderr))
+}
+
+/// A pre-started interpreter made this instance: its cgroups' limits set to the
+/// function's, then its environment, memory limit and Landlock layer sent
+/// (`crate::prestart`). On failure it is killed and reaped here.
+fn specialize(
+    prestarted: crate::prestart::Prestarted,
+    launch: &Launch,
+    rules: &InstanceRules<'_>,
+    api: &str,
+    tmp: &std::path::Path,
+    dir: &std::path::Path,
+) -> std::io::Result<(Process, Output, Output)> {
+    let sandbox = launch
+        .sandbox
+        .as_ref()
+        .ok_or_else(|| std::io::Error::other("pre-started interpreters run sandboxed only"))?;
+    sandbox.resize_cgroups(&prestarted.cgroups, launch.memory_limit, launch.memory_mb)?;
+    let layer = sandbox.function_layer(rules, prestarted.pid())?;
+    let env: Vec<_> = instance_env(launch, api, tmp, dir).collect();
+    let mut child = prestarted.specialize(&env, launch.memory_limit, layer)?;
     let pipe = |fd: std::os::fd::OwnedFd| {
         tokio::net::unix::pipe::Receiver::from_owned_fd(fd).and_then(captured)
     };

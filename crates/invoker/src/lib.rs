@@ -15,6 +15,7 @@ pub mod invoke;
 mod lambda_api;
 pub mod logs;
 pub mod metrics;
+pub mod prestart;
 pub mod registry;
 pub mod sandbox;
 pub mod triggers;
@@ -88,7 +89,9 @@ use minicloud_proto::openapi::ErrorResponses;
     components(schemas(
         minicloud_proto::error::ErrorBody,
         sandbox::Protections,
-        sandbox::NetworkPolicy
+        sandbox::NetworkPolicy,
+        registry::SandboxStatus,
+        prestart::PrestartStatus
     ))
 )]
 #[derive(Debug)]
@@ -183,6 +186,15 @@ pub struct InvokerConfig {
         default_value_t = InvokerConfig::default().pids
     )]
     pub pids: u64,
+    /// Pre-started python3 interpreters kept waiting for a cold start (issue 21;
+    /// ~10 MiB resident each, docs/benchmarks.md). 0 turns them off. Started once
+    /// a python3 function is deployed or called; only with the sandbox on.
+    #[arg(
+        long = "invoker-python-prestart",
+        env = "MINICLOUD_INVOKER_PYTHON_PRESTART",
+        default_value_t = InvokerConfig::default().python_prestart
+    )]
+    pub python_prestart: usize,
 }
 
 impl InvokerConfig {
@@ -214,6 +226,7 @@ impl Default for InvokerConfig {
             network_ports: vec![80, 443],
             scratch_mb: 512,
             pids: 64,
+            python_prestart: 2,
         }
     }
 }
@@ -385,6 +398,7 @@ impl Invoker {
             Arc::clone(&authz),
             metrics,
             Arc::clone(&sandbox),
+            config.python_prestart,
         ));
         // Resolving the interpreter runs python (~60 ms through a pyenv shim): in
         // the background, so start-up does not wait; the first cold start might.

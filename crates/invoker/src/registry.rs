@@ -521,17 +521,29 @@ fn hide_env_values(function: &mut FunctionRecord) {
 }
 
 #[utoipa::path(get, path = "/functions/v1/sandbox", tag = "functions",
-    responses((status = 200, description = "which protections function instances run with on this host", body = crate::sandbox::Protections), (status = 401, body = minicloud_proto::error::ErrorBody)))]
+    responses((status = 200, description = "which protections function instances run with on this host", body = SandboxStatus), (status = 401, body = minicloud_proto::error::ErrorBody)))]
 pub async fn sandbox(
     State(invoker): State<Invoker>,
     caller: Caller,
-) -> Result<Json<crate::sandbox::Protections>, ApiError> {
+) -> Result<Json<SandboxStatus>, ApiError> {
     if caller.role == Role::Anon {
         return Err(ApiError::unauthenticated(
             "sign in to see the function sandbox",
         ));
     }
-    Ok(Json(invoker.0.engine.sandbox.protections().clone()))
+    Ok(Json(SandboxStatus {
+        protections: invoker.0.engine.sandbox.protections().clone(),
+        python_prestart: invoker.0.engine.python_prestart_status(),
+    }))
+}
+
+/// `GET /functions/v1/sandbox`: what this host enforces, and the interpreters
+/// pre-started for cold starts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SandboxStatus {
+    #[serde(flatten)]
+    pub protections: crate::sandbox::Protections,
+    pub python_prestart: crate::prestart::PrestartStatus,
 }
 
 #[utoipa::path(get, path = "/functions/v1", tag = "functions", responses((status = 200, description = "the functions the caller may invoke", body = FunctionList), (status = 401, body = minicloud_proto::error::ErrorBody)))]

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import socket
+import sys
 import time
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -151,6 +152,10 @@ def handler(event, context):
             "uid": os.getuid(),
             "runtime_api": os.environ["AWS_LAMBDA_RUNTIME_API"],
             "task_root": os.environ["LAMBDA_TASK_ROOT"],
+            # A pre-started interpreter (crates/invoker/src/prestart.rs) or a fresh one.
+            "prestarted": "--prestarted" in sys.argv,
+            "environ": sorted(os.environ),
+            "secret": os.environ.get("SECRET"),
         }
     if mode == "sleep":
         time.sleep(event["seconds"])

@@ -28,6 +28,9 @@ pub struct Target {
     pub scratch_mb: u64,
     /// The per-instance pids limit the cloud was started with.
     pub pids: u64,
+    /// Whether the Python functions must run on pre-started interpreters (the
+    /// invoker keeps at least two) or on freshly spawned ones (it keeps none).
+    pub prestarted: bool,
 }
 
 fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -161,10 +164,52 @@ pub async fn run(target: &Target) {
         )
         .await;
     }
+    if target.prestarted {
+        // Both first calls take a waiting interpreter: wait until two wait.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, sandbox) = api.call(Method::GET, "/functions/v1/sandbox", None).await;
+            if sandbox["python_prestart"]["ready"].as_u64() >= Some(2) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never pre-started: {sandbox}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let (status, victim) = api.invoke("victim", json!({"mode":"whoami"})).await;
     assert_eq!(status, 200, "{victim}");
     let (status, attacker) = api.invoke("attacker", json!({"mode":"whoami"})).await;
     assert_eq!(status, 200, "{attacker}");
+    for (name, who) in [("victim", &victim), ("attacker", &attacker)] {
+        assert_eq!(who["prestarted"], target.prestarted, "{name}: {who}");
+        // Its own environment, nothing of the other function's or the invoker's.
+        assert_eq!(who["secret"], format!("{name}-secret"), "{who}");
+        let platform = |variable: &str| {
+            ["AWS_", "LAMBDA_", "MINICLOUD_", "OTEL_", "_"]
+                .iter()
+                .any(|prefix| variable.starts_with(prefix))
+                || [
+                    "PATH",
+                    "LANG",
+                    "TZ",
+                    "PYTHONUNBUFFERED",
+                    "HOME",
+                    "TMPDIR",
+                    "SECRET",
+                ]
+                .contains(&variable)
+        };
+        let foreign: Vec<&Value> = who["environ"]
+            .as_array()
+            .expect("environ")
+            .iter()
+            .filter(|v| !platform(v.as_str().unwrap_or_default()))
+            .collect();
+        assert!(foreign.is_empty(), "{name} sees {foreign:?}");
+    }
 
     // The victim is mid-invocation while the attacker tries to take its event.
     let busy_victim = tokio::spawn({

@@ -103,6 +103,8 @@ async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
         service_ports,
         scratch_mb: 32,
         pids: 64,
+        // `minicloud up` keeps two python3 interpreters pre-started by default.
+        prestarted: true,
     })
     .await;
     drop(running);

@@ -20,11 +20,19 @@ import time
 
 RUNTIME = "/2018-06-01/runtime"
 
-FUNCTION_NAME = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
-FUNCTION_VERSION = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-MEMORY_LIMIT_IN_MB = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or 128)
-LOG_GROUP_NAME = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
-LOG_STREAM_NAME = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+
+
+def _read_platform_env():
+    """The function's identity, from the AWS_LAMBDA_* variables."""
+    global FUNCTION_NAME, FUNCTION_VERSION, MEMORY_LIMIT_IN_MB, LOG_GROUP_NAME, LOG_STREAM_NAME
+    FUNCTION_NAME = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+    FUNCTION_VERSION = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    MEMORY_LIMIT_IN_MB = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or 128)
+    LOG_GROUP_NAME = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+    LOG_STREAM_NAME = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+
+
+_read_platform_env()
 
 
 class RuntimeAPIError(Exception):
@@ -418,5 +426,59 @@ def main():
         sys.exit(1)
 
 
+# landlock_restrict_self(2): the same number on every architecture.
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+
+
+def _await_function(control_fd=0):
+    """Pre-started mode (`--prestarted`, crates/invoker/src/prestart.rs): wait on
+    the invoker's socket for the instance's environment, memory limit and its
+    function's Landlock layer, apply them, then return to run as that function. Any failure exits: an
+    instance that could not narrow its sandbox must not run function code."""
+    import ctypes
+    import resource
+
+    sock = _socket.socket(fileno=control_fd)
+    data, fds = b"", []
+    try:
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk, ancillary, _flags, _addr = sock.recvmsg(1 << 16, _socket.CMSG_SPACE(16))
+            for level, kind, payload in ancillary:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    usable = len(payload) - len(payload) % 4
+                    fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
+            if not chunk:
+                # The invoker let it go (shutdown) before giving it a function.
+                os._exit(0)
+            data += chunk
+        length = int.from_bytes(data[:4], "big")
+        spec = json.loads(data[4 : 4 + length])
+        if len(fds) != 1 or len(data) != 4 + length:
+            raise ValueError(f"expected one descriptor and one message, got {len(fds)} and {len(data)} bytes")
+        env = spec["env"]
+        os.environ.clear()
+        for name, value in env:
+            os.environ[name] = value
+        limit = int(spec["memory_limit"])
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, fds[0], 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+        os.close(fds[0])
+        sock.detach()
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, control_fd)
+        os.close(null)
+    except BaseException as e:  # noqa: BLE001 - whatever it was, no function code runs
+        sys.stderr.write(f"bootstrap: could not become the function's instance: {e!r}\n")
+        os._exit(70)
+    # What a fresh interpreter would have taken from PYTHONPATH: after the
+    # script's dir (which load_handler replaces with the task root).
+    sys.path[1:1] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    _read_platform_env()
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--prestarted"]:
+        _await_function()
     main()

@@ -387,6 +387,7 @@ impl Sandbox {
                     args: &[],
                     env: &[],
                     capture: false,
+                    stdin: None,
                 })
                 .and_then(|mut child| child.wait_blocking());
             remove_cgroups(&cgroups);
@@ -443,12 +444,91 @@ impl Sandbox {
 
     /// Everything the child will need, prepared here (files opened, rules built).
     pub fn prepare(&self, rules: &InstanceRules<'_>) -> std::io::Result<InstanceSandbox> {
+        let ruleset = self.ruleset(&rules.read_only, Some(&self.instance_ports(rules)))?;
+        self.instance_sandbox(
+            ruleset,
+            rules.dir,
+            rules.memory_bytes,
+            rules.memory_mb,
+            rules.scratch_mb,
+        )
+    }
+
+    /// The sandbox of a pre-started interpreter (`crate::prestart`), which is not
+    /// yet any function's: everything of [`Sandbox::prepare`] but a first Landlock
+    /// layer that lets it read every function's code (`code_root`) and leaves TCP
+    /// unhandled, and the largest memory limit a function may get. It runs only
+    /// minicloud's bootstrap until [`Sandbox::function_layer`]'s layer, which
+    /// narrows both to one function's, is in force.
+    pub fn prepare_prestarted(
+        &self,
+        dir: &Path,
+        read_only: &[PathBuf],
+        memory_bytes: u64,
+    ) -> std::io::Result<InstanceSandbox> {
+        let ruleset = self.ruleset(read_only, None)?;
+        self.instance_sandbox(ruleset, dir, memory_bytes, PRESTART_MEMORY_MB, None)
+    }
+
+    /// The Landlock layer that makes pre-started process `pid` one function's
+    /// instance: the same rules as [`Sandbox::prepare`] would give it, its scratch
+    /// and `/proc` dir named through `/proc/<pid>` (its working dir is the root of
+    /// the tmpfs it mounted in its own namespace). Layers only ever narrow: what it
+    /// may do afterwards is what both layers allow, i.e. this one's rules.
+    pub fn function_layer(
+        &self,
+        rules: &InstanceRules<'_>,
+        pid: i32,
+    ) -> std::io::Result<std::os::fd::OwnedFd> {
+        let ruleset = self.ruleset(&rules.read_only, Some(&self.instance_ports(rules)))?;
+        let scratch = PathFd::new(format!("/proc/{pid}/cwd")).map_err(std::io::Error::other)?;
+        let own_proc = PathFd::new(format!("/proc/{pid}")).map_err(std::io::Error::other)?;
+        let ruleset = ruleset
+            .add_rule(PathBeneath::new(scratch, AccessFs::from_all(FS_ABI)))
+            .and_then(|r| r.add_rule(PathBeneath::new(own_proc, AccessFs::from_read(FS_ABI))))
+            .map_err(std::io::Error::other)?;
+        Option::<std::os::fd::OwnedFd>::from(ruleset)
+            .ok_or_else(|| std::io::Error::other("Landlock made no ruleset"))
+    }
+
+    /// Sets a pre-started instance's cgroup limits to its function's (root only;
+    /// without cgroups there is nothing to change).
+    pub fn resize_cgroups(
+        &self,
+        dirs: &[PathBuf],
+        memory_bytes: u64,
+        memory_mb: u64,
+    ) -> std::io::Result<()> {
+        let Some(cgroups) = &self.cgroups else {
+            return Ok(());
+        };
+        let memory = memory_bytes + self.config.scratch_mb * 1024 * 1024;
+        for (file, value) in cgroups.limits(memory, self.config.pids, memory_mb) {
+            if let Some(dir) = dirs.iter().find(|dir| dir.starts_with(file.0)) {
+                std::fs::write(dir.join(file.1), value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A ruleset with every instance's system paths and `read_only`; TCP connects
+    /// handled (and only `ports` allowed) unless `ports` is `None`.
+    fn ruleset(
+        &self,
+        read_only: &[PathBuf],
+        ports: Option<&[u16]>,
+    ) -> std::io::Result<landlock::RulesetCreated> {
         let abi_fs = AccessFs::from_all(FS_ABI);
         let read = AccessFs::from_read(FS_ABI);
-        let mut ruleset = Ruleset::default()
+        let ruleset = Ruleset::default()
             .set_compatibility(CompatLevel::HardRequirement)
             .handle_access(abi_fs)
-            .and_then(|r| r.handle_access(AccessNet::from_all(NET_ABI)))
+            .map_err(std::io::Error::other)?;
+        let ruleset = match ports {
+            Some(_) => ruleset.handle_access(AccessNet::from_all(NET_ABI)),
+            None => Ok(ruleset),
+        };
+        let mut ruleset = ruleset
             .and_then(|r| r.scope(Scope::from_all(SCOPE_ABI)))
             .and_then(|r| r.create())
             .map_err(std::io::Error::other)?;
@@ -457,13 +537,24 @@ impl Sandbox {
                 .add_rule(PathBeneath::new(fd, *access))
                 .map_err(std::io::Error::other)?;
         }
-        for dir in &rules.read_only {
+        for dir in read_only {
             if let Some((fd, access)) = open_rule_path(dir, read) {
                 ruleset = ruleset
                     .add_rule(PathBeneath::new(fd, access))
                     .map_err(std::io::Error::other)?;
             }
         }
+        for &port in ports.unwrap_or_default() {
+            ruleset = ruleset
+                .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(ruleset)
+    }
+
+    /// The TCP ports an instance may connect to: its Runtime API, the platform's
+    /// unless egress is `none`, the allowed outside ports under `any`.
+    fn instance_ports(&self, rules: &InstanceRules<'_>) -> Vec<u16> {
         let egress = rules
             .network
             .as_ref()
@@ -483,12 +574,17 @@ impl Sandbox {
         }
         ports.sort_unstable();
         ports.dedup();
-        for port in ports {
-            ruleset = ruleset
-                .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
-                .map_err(std::io::Error::other)?;
-        }
+        ports
+    }
 
+    fn instance_sandbox(
+        &self,
+        ruleset: landlock::RulesetCreated,
+        dir: &Path,
+        memory_bytes: u64,
+        memory_mb: u64,
+        scratch_mb: Option<u64>,
+    ) -> std::io::Result<InstanceSandbox> {
         let uid = self.as_root.then(|| {
             let n = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
             self.config.uid_base.saturating_add(n)
@@ -496,9 +592,9 @@ impl Sandbox {
         let cstring = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| std::io::Error::other("a path holds a NUL byte"))
         };
-        let scratch = cstring(rules.dir.as_os_str().as_bytes())?;
-        let scratch_tmp = cstring(rules.dir.join("tmp").as_os_str().as_bytes())?;
-        let scratch_mb = rules.scratch_mb.unwrap_or(self.config.scratch_mb);
+        let scratch = cstring(dir.as_os_str().as_bytes())?;
+        let scratch_tmp = cstring(dir.join("tmp").as_os_str().as_bytes())?;
+        let scratch_mb = scratch_mb.unwrap_or(self.config.scratch_mb);
         let tmpfs_options = cstring(
             format!(
                 "size={scratch_mb}m,nr_inodes={},mode=0700",
@@ -510,14 +606,12 @@ impl Sandbox {
         let cgroup = match &self.cgroups {
             Some(cgroups) => Some(
                 cgroups.create(
-                    rules
-                        .dir
-                        .file_name()
+                    dir.file_name()
                         .and_then(|n| n.to_str())
                         .unwrap_or("instance"),
-                    rules.memory_bytes + scratch_mb * 1024 * 1024,
+                    memory_bytes + scratch_mb * 1024 * 1024,
                     self.config.pids,
-                    rules.memory_mb,
+                    memory_mb,
                 )?,
             ),
             None => None,
@@ -533,12 +627,16 @@ impl Sandbox {
             scratch_tmp,
             tmpfs_options,
             pids: self.config.pids,
-            memory_bytes: rules.memory_bytes,
-            read_write: abi_fs,
-            read,
+            memory_bytes,
+            read_write: AccessFs::from_all(FS_ABI),
+            read: AccessFs::from_read(FS_ABI),
         })
     }
 }
+
+/// The memory size a pre-started interpreter's cgroup is made with (its CPU weight
+/// follows it) until its function's replaces it.
+const PRESTART_MEMORY_MB: u64 = 128;
 
 /// One instance's sandbox, prepared in the invoker and entered by the child.
 #[derive(Debug)]
@@ -724,6 +822,40 @@ impl Cgroups {
         }
     }
 
+    /// Each limit of an instance's cgroups: (the hierarchy's dir, the file), value.
+    fn limits(
+        &self,
+        memory_bytes: u64,
+        pids: u64,
+        memory_mb: u64,
+    ) -> Vec<((&Path, &'static str), String)> {
+        let weight = (memory_mb * 1024 / MB_PER_CPU).max(2);
+        match self {
+            Cgroups::V2(parent) => vec![
+                ((parent.as_path(), "memory.max"), memory_bytes.to_string()),
+                ((parent.as_path(), "pids.max"), pids.to_string()),
+                // cpu.weight is 1..10000, 100 being one default share.
+                (
+                    (parent.as_path(), "cpu.weight"),
+                    (weight * 100 / 1024).clamp(1, 10_000).to_string(),
+                ),
+            ],
+            Cgroups::V1 {
+                memory,
+                pids: p,
+                cpu,
+            } => vec![
+                (
+                    (memory.as_path(), "memory.limit_in_bytes"),
+                    memory_bytes.to_string(),
+                ),
+                ((p.as_path(), "pids.max"), pids.to_string()),
+                // cpu.shares: 1024 is one CPU's default share.
+                ((cpu.as_path(), "cpu.shares"), weight.to_string()),
+            ],
+        }
+    }
+
     /// Makes the instance's cgroups with their limits; returns their dirs and
     /// their `cgroup.procs`, opened for writing.
     fn create(
@@ -733,34 +865,14 @@ impl Cgroups {
         pids: u64,
         memory_mb: u64,
     ) -> std::io::Result<(Vec<PathBuf>, Vec<std::os::fd::OwnedFd>)> {
-        let weight = (memory_mb * 1024 / MB_PER_CPU).max(2);
-        let settings: Vec<(PathBuf, Vec<(&str, String)>)> = match self {
-            Cgroups::V2(parent) => vec![(
-                parent.join(name),
-                vec![
-                    ("memory.max", memory_bytes.to_string()),
-                    ("pids.max", pids.to_string()),
-                    // cpu.weight is 1..10000, 100 being one default share.
-                    (
-                        "cpu.weight",
-                        (weight * 100 / 1024).clamp(1, 10_000).to_string(),
-                    ),
-                ],
-            )],
-            Cgroups::V1 {
-                memory,
-                pids: p,
-                cpu,
-            } => vec![
-                (
-                    memory.join(name),
-                    vec![("memory.limit_in_bytes", memory_bytes.to_string())],
-                ),
-                (p.join(name), vec![("pids.max", pids.to_string())]),
-                // cpu.shares: 1024 is one CPU's default share.
-                (cpu.join(name), vec![("cpu.shares", weight.to_string())]),
-            ],
-        };
+        let mut settings: Vec<(PathBuf, Vec<(&str, String)>)> = Vec::new();
+        for ((parent, file), value) in self.limits(memory_bytes, pids, memory_mb) {
+            let dir = parent.join(name);
+            match settings.iter_mut().find(|(d, _)| *d == dir) {
+                Some((_, limits)) => limits.push((file, value)),
+                None => settings.push((dir, vec![(file, value)])),
+            }
+        }
         let mut dirs = Vec::new();
         let mut procs = Vec::new();
         let result = (|| {

@@ -48,6 +48,8 @@ pub struct Command<'a> {
     pub env: &'a [(String, String)],
     /// Pipes for stdout and stderr (the log capture), or `/dev/null`.
     pub capture: bool,
+    /// Its stdin (a pre-started interpreter's control socket), else `/dev/null`.
+    pub stdin: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// A started instance process: its own process group, reaped through a pidfd.
@@ -101,7 +103,7 @@ impl InstanceSandbox {
             (None, None)
         };
         let stdio = [
-            null.as_raw_fd(),
+            command.stdin.map_or(null.as_raw_fd(), |fd| fd.as_raw_fd()),
             stdout_child.as_ref().unwrap_or(&null).as_raw_fd(),
             stderr_child.as_ref().unwrap_or(&null).as_raw_fd(),
         ];
@@ -169,6 +171,19 @@ impl InstanceSandbox {
 impl Child {
     pub fn id(&self) -> i32 {
         self.pid.as_raw_nonzero().get()
+    }
+
+    /// Whether the process has ended (its pidfd is readable), without waiting.
+    pub fn has_exited(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of an open descriptor, no timeout.
+        #[allow(unsafe_code)]
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready != 0
     }
 
     /// Waits for the process to end (it stays in its group; the caller kills that).
@@ -425,6 +440,7 @@ mod tests {
             args: &args,
             env,
             capture: true,
+            stdin: None,
         });
         match child {
             Ok(child) => Ok((child, cgroups)),
@@ -485,6 +501,7 @@ mod tests {
                 args: &[],
                 env: &[],
                 capture: true,
+                stdin: None,
             })
             .expect_err("no such program");
         crate::sandbox::remove_cgroups(&cgroups);
@@ -503,6 +520,7 @@ mod tests {
             args: &nul,
             env: &[],
             capture: false,
+            stdin: None,
         });
         crate::sandbox::remove_cgroups(&cgroups);
         assert!(refused.is_err());

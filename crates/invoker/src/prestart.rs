@@ -1,0 +1,269 @@
+//! Pre-started interpreters (issue 21): python3 processes that are already
+//! running, already sandboxed and have already imported the bootstrap, waiting to
+//! be told which function they are. A cold start of an eligible function takes
+//! one instead of spawning an interpreter (~25 ms of its ~32 ms).
+//!
+//! Why pre-started rather than forked from a zygote: a fork inherits its parent's
+//! sandbox, so a zygote would have to enter each instance's sandbox itself after
+//! the fork — the user and mount namespaces, the tmpfs, the uid, limits, Landlock
+//! and seccomp — reimplemented in Python over ctypes. Here every instance is still
+//! started by the invoker's own spawn path ([`crate::sandbox::spawn`]), which the
+//! hostile-function suite exercises, and the only step left to the interpreter is
+//! one `landlock_restrict_self` with a ruleset the invoker built:
+//!
+//! 1. The invoker spawns `python -u bootstrap.py --prestarted` in a sandbox of
+//!    its own ([`Sandbox::prepare_prestarted`]): its own namespaces, tmpfs, uid,
+//!    cgroups, limits and seccomp, and a first Landlock layer that lets it read
+//!    every function's code and does not handle TCP. Its stdin is a Unix socket
+//!    to the invoker; its environment holds no function's anything.
+//! 2. A cold start takes one, sets its cgroups' limits to the function's, builds
+//!    the function's Landlock layer ([`Sandbox::function_layer`]) and sends it,
+//!    with the instance's complete environment and memory limit, over the socket.
+//! 3. The interpreter sets the environment, lowers its `RLIMIT_DATA`, restricts
+//!    itself with that layer (exiting if it cannot), closes the socket and runs
+//!    the bootstrap, which
+//!    imports the handler. Function code runs only after step 3, under both
+//!    layers, i.e. exactly the rules a freshly spawned instance gets.
+//!
+//! A pre-started process serves one instance of one function and dies with it: no
+//! state of one function can reach another. Functions whose environment sets what
+//! an interpreter or the loader reads only at start (`PYTHON*` but `PYTHONPATH`,
+//! `LD_*`, locale and time-zone variables, malloc tunables) or that ask for their
+//! own scratch size get a fresh process instead.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::sandbox::{Child, Command, Sandbox};
+
+/// RLIMIT_DATA of a process not yet any function's: the largest a function may
+/// get (10,240 MB + the margin), lowered to its function's when it is taken.
+const PRESTART_MEMORY_BYTES: u64 = (10_240 + 64) * 1024 * 1024;
+
+/// What a pre-started interpreter is: the program and its arguments, the trees it
+/// may read before it is any function's (all functions' code, its runtime, its
+/// interpreter) and where its instance dir goes.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub read_only: Vec<PathBuf>,
+    pub run_dir: PathBuf,
+    /// PATH (the interpreter's dir first, as for a spawned instance).
+    pub path: String,
+}
+
+/// How many interpreters a pool keeps and how many wait now (both 0 until a
+/// python3 function is deployed or called, and when turned off).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct PrestartStatus {
+    pub size: usize,
+    pub ready: usize,
+}
+
+/// A few pre-started interpreters of one runtime, refilled as they are taken.
+#[derive(Debug)]
+pub struct PrestartPool {
+    sandbox: Arc<Sandbox>,
+    recipe: Recipe,
+    size: usize,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    ready: VecDeque<Prestarted>,
+    starting: usize,
+}
+
+/// A started interpreter waiting for its function.
+#[derive(Debug)]
+pub struct Prestarted {
+    pub id: String,
+    pub dir: PathBuf,
+    pub cgroups: Vec<PathBuf>,
+    child: Option<Child>,
+    control: UnixStream,
+}
+
+impl PrestartPool {
+    /// A pool of `size` (0: never starts any); call [`PrestartPool::refill`] to fill it.
+    pub fn new(sandbox: Arc<Sandbox>, recipe: Recipe, size: usize) -> Arc<PrestartPool> {
+        Arc::new(PrestartPool {
+            sandbox,
+            recipe,
+            size,
+            state: Mutex::new(PoolState::default()),
+        })
+    }
+
+    /// The oldest live interpreter, if any; starts a replacement either way.
+    pub fn take(self: &Arc<Self>) -> Option<Prestarted> {
+        let taken = loop {
+            let next = self.state.lock().unwrap().ready.pop_front();
+            match next {
+                // Killed (by the OOM killer, an operator) while it waited: dropped.
+                Some(prestarted) if prestarted.has_exited() => continue,
+                other => break other,
+            }
+        };
+        self.refill();
+        taken
+    }
+
+    pub fn status(&self) -> PrestartStatus {
+        PrestartStatus {
+            size: self.size,
+            ready: self.state.lock().unwrap().ready.len(),
+        }
+    }
+
+    /// Starts interpreters until `size` are ready or starting.
+    pub fn refill(self: &Arc<Self>) {
+        loop {
+            {
+                let mut state = self.state.lock().unwrap();
+                if state.ready.len() + state.starting >= self.size {
+                    return;
+                }
+                state.starting += 1;
+            }
+            let pool = Arc::clone(self);
+            // clone + exec take ~1 ms; the interpreter then starts on its own.
+            tokio::task::spawn_blocking(move || {
+                let started = pool.start_one();
+                let mut state = pool.state.lock().unwrap();
+                state.starting -= 1;
+                match started {
+                    Ok(prestarted) => state.ready.push_back(prestarted),
+                    Err(error) => {
+                        drop(state);
+                        tracing::warn!(%error, "pre-starting an interpreter failed");
+                    }
+                }
+            });
+        }
+    }
+
+    fn start_one(&self) -> std::io::Result<Prestarted> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = self.recipe.run_dir.join(&id);
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        let sandbox = match self.sandbox.prepare_prestarted(
+            &dir,
+            &self.recipe.read_only,
+            PRESTART_MEMORY_BYTES,
+        ) {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(error);
+            }
+        };
+        let cgroups = sandbox.cgroup_dirs();
+        let cleanup = |error: std::io::Error| {
+            crate::sandbox::remove_cgroups(&cgroups);
+            let _ = std::fs::remove_dir_all(&dir);
+            error
+        };
+        let (control, theirs) = UnixStream::pair().map_err(cleanup)?;
+        // Nothing of any function: the platform's fixed variables only.
+        let env = [
+            ("PATH", self.recipe.path.clone()),
+            ("LANG", "C.UTF-8".to_owned()),
+            ("TZ", ":UTC".to_owned()),
+            ("PYTHONUNBUFFERED", "1".to_owned()),
+            ("HOME", dir.display().to_string()),
+            ("TMPDIR", tmp.display().to_string()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        let child = sandbox
+            .spawn(&Command {
+                program: &self.recipe.program,
+                args: &self.recipe.args,
+                env: &env,
+                capture: true,
+                stdin: Some(theirs.as_fd()),
+            })
+            .map_err(cleanup)?;
+        Ok(Prestarted {
+            id,
+            dir,
+            cgroups,
+            child: Some(child),
+            control,
+        })
+    }
+}
+
+impl Prestarted {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn has_exited(&self) -> bool {
+        self.child.as_ref().is_none_or(Child::has_exited)
+    }
+
+    /// Makes it an instance: sends its whole environment, its `RLIMIT_DATA` and
+    /// its function's Landlock layer (the caller has set its cgroups' limits), and
+    /// hands back its process. The message is a 4-byte big-endian length and a
+    /// JSON object `{"env": [[name, value], …], "memory_limit": bytes}`, the
+    /// layer's descriptor riding along. The interpreter lowers its own limit:
+    /// prlimit(2) on another uid's process needs `CAP_SYS_RESOURCE`, which a root
+    /// invoker in a container often lacks.
+    pub fn specialize(
+        mut self,
+        env: &[(String, String)],
+        memory_limit: u64,
+        layer: OwnedFd,
+    ) -> std::io::Result<Child> {
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "env": env, "memory_limit": memory_limit }))
+                .map_err(std::io::Error::other)?;
+        let length = u32::try_from(body.len())
+            .map_err(|_| std::io::Error::other("environment too large"))?
+            .to_be_bytes();
+        let fds = [layer.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
+        if !ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(std::io::Error::other("no room for the ruleset descriptor"));
+        }
+        // A few KB into an empty socket buffer: sent whole, without blocking.
+        let sent = rustix::net::sendmsg(
+            &self.control,
+            &[IoSlice::new(&length), IoSlice::new(&body)],
+            &mut ancillary,
+            rustix::net::SendFlags::NOSIGNAL,
+        )?;
+        if sent != length.len() + body.len() {
+            return Err(std::io::Error::other("the environment was sent in part"));
+        }
+        self.child
+            .take()
+            .ok_or_else(|| std::io::Error::other("already specialised"))
+    }
+}
+
+impl Drop for Prestarted {
+    /// One never taken (the pool dropped at shutdown, or found dead): killed,
+    /// reaped, its cgroups and dir removed.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id()) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            let _ = child.wait_blocking();
+            crate::sandbox::remove_cgroups(&self.cgroups);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
