@@ -1612,3 +1612,116 @@ async fn an_aws_sdk_lambda_client_invokes_through_the_gateway() {
     );
     cloud.stop().await.unwrap();
 }
+
+/// Waits until the invoker has `n` python3 interpreters pre-started.
+async fn prestarted_ready(cloud: &TestCloud, n: u64) {
+    let ready = eventually(Duration::from_secs(20), || async {
+        let sandbox: Value = http()
+            .get(format!("{}/functions/v1/sandbox", cloud.gateway_url()))
+            .bearer_auth(&cloud.keys.service_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sandbox["python_prestart"]["ready"].as_u64() >= Some(n)
+    })
+    .await;
+    assert!(ready, "the invoker never had {n} interpreters pre-started");
+}
+
+/// Issue 21: a cold start takes a pre-started interpreter, which becomes exactly
+/// its function — its environment (PYTHONPATH honoured), its memory limit, its
+/// current code after a redeploy, its import errors — and functions whose
+/// environment an interpreter reads only at start get a fresh one. (The hostile
+/// suite in `sandbox.rs` runs on pre-started interpreters too.)
+#[tokio::test]
+async fn a_pre_started_interpreter_becomes_exactly_its_function() {
+    let cloud = TestCloud::start().await.unwrap();
+    let who = |version: u32| {
+        let source = format!(
+            "import os, resource, sys\n\
+             def handler(event, context):\n\
+             \x20   return {{'version': {version}, 'prestarted': '--prestarted' in sys.argv,\n\
+             \x20           'data': list(resource.getrlimit(resource.RLIMIT_DATA)),\n\
+             \x20           'secret': os.environ.get('SECRET'), 'path': sys.path[:2],\n\
+             \x20           'hash_seed': os.environ.get('PYTHONHASHSEED')}}\n"
+        );
+        zip_of(&[("who.py", source.as_bytes(), 0o644)])
+    };
+    let config = json!({"name":"who","runtime":"python3","handler":"who.handler","memory_mb":256,
+        "env":{"SECRET":"first","PYTHONPATH":"/opt/extra"}});
+    deploy_ok(&cloud, config.clone(), &who(1)).await;
+    prestarted_ready(&cloud, 2).await;
+    let first = invoke(&cloud, "who", json!({})).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let task_root = first.body["path"][0].as_str().unwrap().to_owned();
+    assert_eq!(
+        first.body,
+        json!({"version": 1, "prestarted": true, "secret": "first", "hash_seed": null,
+               "data": [(256 + 64) << 20, (256 + 64) << 20], "path": [task_root, "/opt/extra"]})
+    );
+    // A fresh interpreter gives the same answer, but for how it was started.
+    let fresh = TestCloud::builder()
+        .invoker(|invoker| invoker.python_prestart = 0)
+        .start()
+        .await
+        .unwrap();
+    deploy_ok(&fresh, config.clone(), &who(1)).await;
+    let spawned = invoke(&fresh, "who", json!({})).await;
+    assert_eq!(spawned.body["prestarted"], false, "{}", spawned.body);
+    assert_eq!(spawned.body["data"], first.body["data"]);
+    assert_eq!(spawned.body["secret"], first.body["secret"]);
+    assert_eq!(spawned.body["path"][1], "/opt/extra", "{}", spawned.body);
+    fresh.stop().await.unwrap();
+
+    // A redeploy runs the new code, on a pre-started interpreter again.
+    let mut changed = config.clone();
+    changed["env"]["SECRET"] = json!("second");
+    let response = http()
+        .put(format!("{}/functions/v1/who", cloud.gateway_url()))
+        .bearer_auth(&cloud.keys.service_key)
+        .json(&{
+            let mut body = changed;
+            body["code"] = json!({"zip_base64": b64(&who(2))});
+            body
+        })
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    prestarted_ready(&cloud, 2).await;
+    let second = invoke(&cloud, "who", json!({})).await;
+    assert_eq!(second.body["version"], 2, "{}", second.body);
+    assert_eq!(second.body["secret"], "second");
+    assert_eq!(second.body["prestarted"], true);
+
+    // A handler that cannot be imported is still an ImportModuleError.
+    let broken = zip_of(&[("app.py", b"import no_such_module\n", 0o644)]);
+    deploy_ok(
+        &cloud,
+        json!({"name":"broken","runtime":"python3","handler":"app.handler"}),
+        &broken,
+    )
+    .await;
+    prestarted_ready(&cloud, 2).await;
+    let init = invoke(&cloud, "broken", json!({})).await;
+    assert_eq!(
+        init.body["errorType"], "Runtime.ImportModuleError",
+        "{}",
+        init.body
+    );
+
+    // What only a starting interpreter reads: a fresh one.
+    let mut tuned = config;
+    tuned["name"] = json!("tuned");
+    tuned["env"]["PYTHONHASHSEED"] = json!("7");
+    deploy_ok(&cloud, tuned, &who(1)).await;
+    prestarted_ready(&cloud, 2).await;
+    let own = invoke(&cloud, "tuned", json!({})).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.body["prestarted"], false, "{}", own.body);
+    assert_eq!(own.body["hash_seed"], "7");
+    cloud.stop().await.unwrap();
+}
