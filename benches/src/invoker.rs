@@ -179,6 +179,17 @@ async fn cold_starts(
         admin
             .put::<_, Value>(&format!("/functions/v1/{name}"), function)
             .await?;
+        // Cold starts one at a time, as they come in practice: the pre-started
+        // interpreters (issue 21, python3 only) have been replaced since the last.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let sandbox: Value = admin.get("/functions/v1/sandbox").await?;
+            let prestart = &sandbox["python_prestart"];
+            if prestart["ready"] == prestart["size"] || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let started = Instant::now();
         let response = http
             .post(format!(
@@ -196,6 +207,48 @@ async fn cold_starts(
     Ok(samples)
 }
 
+/// The most instances of the queued rows and bursts: twice the cores, where the
+/// hand-measured trade-off (docs/benchmarks.md) peaked.
+const MAX_INSTANCES: u32 = 4;
+
+/// `n` concurrent first calls to a freshly deployed `function`: the time until the
+/// last answer, and how many were throttled.
+async fn burst(cloud: &TestCloud, name: &str, function: &Value, n: usize) -> anyhow::Result<Value> {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let admin = cloud.admin();
+    admin
+        .put::<_, Value>(&format!("/functions/v1/{name}"), function)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("{}/functions/v1/{name}/invoke", cloud.gateway_url());
+    let started = Instant::now();
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let request = http
+                .post(&url)
+                .bearer_auth(&cloud.keys.service_key)
+                .body(r#"{"echo":1}"#)
+                .send();
+            tokio::spawn(async move {
+                let response = request.await?;
+                let status = response.status().as_u16();
+                response.bytes().await?;
+                anyhow::Ok(status)
+            })
+        })
+        .collect();
+    let mut throttled = 0;
+    for call in calls {
+        match call.await?? {
+            429 => throttled += 1,
+            status => anyhow::ensure!(status == 200, "burst call: {status}"),
+        }
+    }
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    admin.delete(&format!("/functions/v1/{name}")).await?;
+    Ok(json!({"total_ms": total_ms, "throttled": throttled, "calls": n}))
+}
+
 /// Spawn → exit of `python -S -c pass`: the interpreter alone (issue 15's floor).
 fn python_bare_start(python: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
@@ -209,6 +262,73 @@ fn python_bare_start(python: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
         samples.push(started.elapsed());
     }
     Ok(samples)
+}
+
+/// Median of `n` forks (fork → child `_exit` → `waitpid`) of an interpreter that
+/// has imported the Python bootstrap, as a zygote would have: issue 21's floor.
+fn python_fork_floor(python: &str, n: usize) -> anyhow::Result<f64> {
+    let script = format!(
+        "import os, sys, time, ctypes, resource\n\
+         sys.path.insert(0, 'crates/invoker/runtimes/python3')\n\
+         import bootstrap\n\
+         samples = []\n\
+         for _ in range({n}):\n\
+         \x20   t = time.perf_counter(); pid = os.fork()\n\
+         \x20   if pid == 0: os._exit(0)\n\
+         \x20   os.waitpid(pid, 0); samples.append(time.perf_counter() - t)\n\
+         print(sorted(samples)[len(samples) // 2] * 1000)\n"
+    );
+    let output = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}
+
+/// Resident KiB of each pre-started interpreter that waits for a function (its
+/// pid is in no function's instances: every python3 function is deleted by then).
+async fn waiting_interpreters(gateway: &str, token: &str) -> anyhow::Result<Vec<u64>> {
+    let sandbox: Value = reqwest::Client::new()
+        .get(format!("{gateway}/functions/v1/sandbox"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let waiting = prestarted_processes();
+    anyhow::ensure!(
+        sandbox["python_prestart"]["ready"].as_u64() == Some(waiting.len() as u64),
+        "{} interpreters pre-started, the pool says {sandbox}",
+        waiting.len()
+    );
+    Ok(waiting)
+}
+
+/// Resident KiB of each pre-started interpreter among this process's children.
+fn prestarted_processes() -> Vec<u64> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let prestarted = cmdline.split(|&b| b == 0).any(|arg| arg == b"--prestarted");
+            (field("PPid:")? == me && prestarted).then(|| field("VmRSS:")?.parse().ok())?
+        })
+        .collect()
 }
 
 fn median_ms(mut samples: Vec<Duration>) -> f64 {
@@ -318,6 +438,19 @@ async fn main() -> anyhow::Result<()> {
                "env":{"ECHO_TOKIO_RUNTIME":"current_thread"}}),
     )
     .await?;
+    // Both again with at most MAX_INSTANCES instances, calls queued for them
+    // (issue 21's trade-off, measured by hand before `max_instances` existed).
+    deploy(
+        "echoq".into(),
+        json!({"runtime":"provided","code":{"zip_base64":echo_zip},"max_instances":MAX_INSTANCES}),
+    )
+    .await?;
+    deploy(
+        "echo1q".into(),
+        json!({"runtime":"provided","code":{"zip_base64":echo_zip},"max_instances":MAX_INSTANCES,
+               "env":{"ECHO_TOKIO_RUNTIME":"current_thread"}}),
+    )
+    .await?;
 
     // The floor: a bare axum echo over loopback.
     let bare =
@@ -349,6 +482,56 @@ async fn main() -> anyhow::Result<()> {
         json!({"runtime":"python3","handler":"app.handler","code":{"zip_base64":py_zip}});
     let cold_python = cold_starts(&cloud, "coldpy", &python_fn, cold_n).await?;
     let cold_python_unsandboxed = cold_starts(&bare_cloud, "coldpy", &python_fn, cold_n).await?;
+    // The same cold start on a fresh interpreter: an invoker that pre-starts none.
+    let fresh_cloud = TestCloud::builder()
+        .invoker(|invoker| invoker.python_prestart = 0)
+        .start()
+        .await?;
+    let cold_python_fresh = cold_starts(&fresh_cloud, "coldpy", &python_fn, cold_n).await?;
+    fresh_cloud.stop().await?;
+    // Issue 21's floor for a pre-started cold start: a warm invoke of the same
+    // function plus a fork of an interpreter that has imported the bootstrap.
+    let warm_python = {
+        let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+        let url = format!("{}/functions/v1/coldpy0/invoke", cloud.gateway_url());
+        let mut samples = Vec::with_capacity(200);
+        for _ in 0..200 {
+            let started = Instant::now();
+            let response = http
+                .post(&url)
+                .bearer_auth(&cloud.keys.service_key)
+                .body(r#"{"echo":1}"#)
+                .send()
+                .await?;
+            anyhow::ensure!(response.status().is_success(), "{}", response.status());
+            response.bytes().await?;
+            samples.push(started.elapsed());
+        }
+        samples
+    };
+    // Issue 21: 100 concurrent first calls to a cold python3 function, all answered
+    // within 1 s: with max_instances (queued), and as Lambda (an instance per call,
+    // throttled past the concurrency limit of 64).
+    let mut bursts = Vec::new();
+    for (i, max_instances) in [
+        Some(MAX_INSTANCES),
+        None,
+        Some(MAX_INSTANCES),
+        None,
+        Some(MAX_INSTANCES),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut function = python_fn.clone();
+        if let Some(max) = max_instances {
+            function["max_instances"] = json!(max);
+        }
+        bursts.push((
+            max_instances,
+            burst(&cloud, &format!("burst{i}"), &function, 100).await?,
+        ));
+    }
     let python = String::from_utf8(
         std::process::Command::new("python3")
             .args(["-c", "import sys; print(sys.executable)"])
@@ -366,6 +549,7 @@ async fn main() -> anyhow::Result<()> {
         python.trim().to_owned()
     };
     let python_bare = python_bare_start(&python, cold_n)?;
+    let python_fork_ms = python_fork_floor(&python, 101)?;
     let task_root = std::env::temp_dir().join(format!("bench-py-{}", std::process::id()));
     std::fs::create_dir_all(&task_root)?;
     std::fs::write(task_root.join("app.py"), handler)?;
@@ -391,6 +575,7 @@ async fn main() -> anyhow::Result<()> {
             let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
             let invoke_url = |name: &str| format!("{base}/functions/v1/{name}/invoke");
             let (echo, echo1) = (invoke_url("echo"), invoke_url("echo1"));
+            let (echo_q, echo1_q) = (invoke_url("echoq"), invoke_url("echo1q"));
             let token = Some(token.as_str());
             let targets = [
                 Target { url: &bare_url, token: None },
@@ -398,16 +583,18 @@ async fn main() -> anyhow::Result<()> {
                 Target { url: &echo1, token },
                 Target { url: &direct_url, token },
                 Target { url: &unsandboxed_url, token: Some(bare_token.as_str()) },
+                Target { url: &echo_q, token },
+                Target { url: &echo1_q, token },
             ];
             let mut warm = serde_json::Map::new();
             for concurrency in [1, 32] {
-                let [floor, ours, current_thread, direct, unsandboxed] = <[Value; 5]>::try_from(
-                    load(&http, &targets, concurrency, n).await?,
-                )
-                .map_err(|_| anyhow::anyhow!("one summary per target"))?;
+                let [floor, ours, current_thread, direct, unsandboxed, queued, queued_current_thread] =
+                    <[Value; 7]>::try_from(load(&http, &targets, concurrency, n).await?)
+                        .map_err(|_| anyhow::anyhow!("one summary per target"))?;
                 warm.insert(
                     concurrency.to_string(),
-                    json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread, "invoker_direct": direct, "invoke_unsandboxed": unsandboxed}),
+                    json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread, "invoker_direct": direct, "invoke_unsandboxed": unsandboxed,
+                           "invoke_max_instances": queued, "invoke_current_thread_max_instances": queued_current_thread}),
                 );
             }
             Ok(warm)
@@ -436,7 +623,8 @@ async fn main() -> anyhow::Result<()> {
 
     bare_cloud.stop().await?;
     // 200 idle functions: stop every instance first (keep_warm_s 0 reaps them).
-    for name in ["echo".to_owned(), "echo1".to_owned()]
+    for name in ["echo", "echo1", "echoq", "echo1q"]
+        .map(str::to_owned)
         .into_iter()
         .chain((0..cold_n).map(|i| format!("cold{i}")))
         .chain((0..cold_n).map(|i| format!("coldpy{i}")))
@@ -454,7 +642,10 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib();
-    let processes = child_processes();
+    // The interpreters waiting for a function (no python3 function is left).
+    let prestarted = waiting_interpreters(cloud.gateway_url(), &token).await?;
+    // The pre-started interpreters belong to no function (reported apart).
+    let processes = child_processes() - prestarted_processes().len();
 
     let out = json!({
         "iterations": n,
@@ -466,9 +657,17 @@ async fn main() -> anyhow::Result<()> {
             "provided_unsandboxed_ms": median_ms(cold_rust_unsandboxed),
             "python_unsandboxed_ms": median_ms(cold_python_unsandboxed),
             "python_bare_start_ms": median_ms(python_bare),
+            "python_fresh_ms": median_ms(cold_python_fresh),
+            "python_warm_ms": median_ms(warm_python),
+            "python_fork_ms": python_fork_ms,
             "python_interpreter": python,
         },
         "idle": {"functions": 200, "processes": processes, "rss_delta_mib": (after as f64 - before as f64) / 1024.0},
+        "burst": bursts.iter().map(|(max_instances, out)| json!({"max_instances": max_instances, "result": out})).collect::<Vec<_>>(),
+        "prestarted": {
+            "processes": prestarted.len(),
+            "rss_mib": prestarted.iter().map(|kib| *kib as f64 / 1024.0).collect::<Vec<_>>(),
+        },
     });
     std::fs::write(
         "target/bench-invoker.json",

@@ -1725,3 +1725,79 @@ async fn a_pre_started_interpreter_becomes_exactly_its_function() {
     assert_eq!(own.body["hash_seed"], "7");
     cloud.stop().await.unwrap();
 }
+
+/// Issue 21: with `max_instances`, a burst of first calls queues for a few
+/// instances instead of starting one per call or being throttled; a call that
+/// cannot get an instance within the function's timeout is throttled; bad values
+/// are refused.
+#[tokio::test]
+async fn a_burst_queues_for_max_instances() {
+    let cloud = TestCloud::start().await.unwrap();
+    for (bad, why) in [
+        (json!(0), "zero"),
+        (json!(1001), "too many"),
+        (json!("2"), "a string"),
+        (json!(2.5), "a fraction"),
+    ] {
+        let (status, body) = deploy(
+            &cloud,
+            json!({"name":"bad","runtime":"provided","max_instances":bad}),
+            &echo_bundle(),
+        )
+        .await;
+        assert_eq!(status, 400, "{why}: {body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    let (status, body) = deploy(
+        &cloud,
+        json!({"name":"bad","runtime":"provided","max_instances":1,"provisioned_concurrency":2}),
+        &echo_bundle(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    let source = b"import os, time\ndef handler(event, context):\n    time.sleep(0.005)\n    return os.getpid()\n";
+    let out = deploy_ok(
+        &cloud,
+        json!({"name":"burst","runtime":"python3","handler":"app.handler","max_instances":2}),
+        &zip_of(&[("app.py", source, 0o644)]),
+    )
+    .await;
+    assert_eq!(out["max_instances"], 2, "{out}");
+    prestarted_ready(&cloud, 2).await;
+    let calls: Vec<_> = (0..100)
+        .map(|_| invoke_in_background(&cloud, "burst", json!({})))
+        .collect();
+    let mut pids = std::collections::BTreeSet::new();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        pids.insert(body.as_u64().unwrap());
+    }
+    assert!(
+        (1..=2).contains(&pids.len()),
+        "100 calls ran on {pids:?}, more instances than max_instances"
+    );
+    assert!(instances(&cloud, "burst").await["live"].as_u64() <= Some(2));
+
+    // One instance, each call up to 2 s: the third in line cannot get it in time.
+    deploy_ok(
+        &cloud,
+        json!({"name":"single","runtime":"provided","max_instances":1,"timeout_s":2}),
+        &echo_bundle(),
+    )
+    .await;
+    let first = invoke_in_background(&cloud, "single", json!({"sleep_ms":1800}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = invoke_in_background(&cloud, "single", json!({"sleep_ms":1800}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = invoke(&cloud, "single", json!({})).await;
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert_eq!(
+        third.header("x-amzn-errortype"),
+        Some("TooManyRequestsException")
+    );
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(second.await.unwrap().0, 200);
+    cloud.stop().await.unwrap();
+}

@@ -83,6 +83,9 @@ pub struct DeployArgs {
     pub provisioned_concurrency: Option<i32>,
     #[arg(long = "keep-warm")]
     pub keep_warm_s: Option<i32>,
+    /// At most this many instances; calls beyond wait for a free one.
+    #[arg(long = "max-instances")]
+    pub max_instances: Option<i32>,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -146,6 +149,7 @@ pub async fn run(command: FnCommand, mut out: impl std::io::Write) -> anyhow::Re
                 "reserved_concurrency": args.reserved_concurrency,
                 "provisioned_concurrency": args.provisioned_concurrency,
                 "keep_warm_s": args.keep_warm_s,
+                "max_instances": args.max_instances,
                 "code": {"zip_base64": base64::engine::general_purpose::STANDARD.encode(&zip)},
             });
             let client = args.connection.client()?;

@@ -52,6 +52,9 @@ pub struct FunctionConfig {
     pub ephemeral_storage_mb: Option<i32>,
     #[schema(value_type = Option<crate::sandbox::NetworkPolicy>)]
     pub network: Option<sqlx::types::Json<crate::sandbox::NetworkPolicy>>,
+    /// At most this many instances; calls beyond wait for one (`null`: an
+    /// instance per concurrent call, as Lambda).
+    pub max_instances: Option<i32>,
 }
 
 /// The columns of [`FunctionConfig`], as a literal so that queries can `concat!` it.
@@ -59,10 +62,14 @@ macro_rules! config_columns {
     () => {
         "name, runtime, handler, memory_mb, timeout_s, env, role, \
      reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision, \
-     ephemeral_storage_mb, network"
+     ephemeral_storage_mb, network, max_instances"
     };
 }
 pub(crate) use config_columns;
+
+/// Synchronous calls that may wait for an instance of a function with
+/// `max_instances` before more are throttled.
+const MAX_QUEUED: usize = 1000;
 
 pub const CONFIG_COLUMNS: &str = config_columns!();
 
@@ -155,6 +162,8 @@ pub struct FunctionPool {
     idle: Mutex<Vec<Arc<Instance>>>,
     /// Started and not yet stopped.
     live: AtomicUsize,
+    /// Calls waiting for an instance (functions with `max_instances`).
+    queued: AtomicUsize,
     retired: AtomicBool,
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
     logs: Arc<FunctionLogs>,
@@ -324,9 +333,14 @@ impl Engine {
                 .map_err(ApiError::internal)?;
         }
         self.verified_code.lock().unwrap().insert(hash.clone());
-        let limit = spec
+        let concurrency = spec
             .reserved_concurrency
             .map_or(self.default_concurrency as usize, |n| n.max(0) as usize);
+        // With `max_instances` the slots are instances, and calls queue for them.
+        let limit = match spec.max_instances {
+            Some(max) => concurrency.min(max.max(1) as usize),
+            None => concurrency,
+        };
         Ok(Arc::new(FunctionPool {
             label: FunctionLabel {
                 function: spec.name.clone(),
@@ -337,6 +351,7 @@ impl Engine {
             slots: Arc::new(Semaphore::new(limit)),
             idle: Mutex::new(Vec::new()),
             live: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             token: tokio::sync::Mutex::new(None),
         }))
@@ -404,6 +419,28 @@ impl Engine {
                 .acquire_owned()
                 .await
                 .map_err(|_| InvokeError::Throttled)?
+        } else if pool.spec.max_instances.is_some() {
+            // Queued (issue 21): FIFO for a free instance, for at most the function's
+            // timeout and behind at most MAX_QUEUED others; throttled past either.
+            let timeout = Duration::from_secs(pool.spec.timeout_s.max(1) as u64);
+            let queued = pool.queued.fetch_add(1, Ordering::SeqCst);
+            let _queued = scopeguard(|| {
+                pool.queued.fetch_sub(1, Ordering::SeqCst);
+            });
+            let acquired = match queued < MAX_QUEUED {
+                true => tokio::time::timeout(timeout, Arc::clone(&pool.slots).acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                false => None,
+            };
+            match acquired {
+                Some(permit) => permit,
+                None => {
+                    metrics.throttles.get_or_create(&pool.label).inc();
+                    return Err(InvokeError::Throttled);
+                }
+            }
         } else {
             match Arc::clone(&pool.slots).try_acquire_owned() {
                 Ok(permit) => permit,

@@ -297,6 +297,7 @@ pub(crate) async fn create_function(
         reserved_concurrency: None,
         provisioned_concurrency: None,
         keep_warm_s: None,
+        max_instances: None,
         ephemeral_storage_mb: None,
         network: None,
         code: Some(CodeIn { zip_base64: zip }),
@@ -492,6 +493,7 @@ fn as_deployed(record: &FunctionRecord) -> FunctionIn {
         keep_warm_s: Some(config.keep_warm_s),
         ephemeral_storage_mb: config.ephemeral_storage_mb,
         network: config.network.as_ref().map(|n| n.0.clone()),
+        max_instances: config.max_instances,
         code: None,
     }
 }

@@ -15,7 +15,8 @@
 //!    its own ([`Sandbox::prepare_prestarted`]): its own namespaces, tmpfs, uid,
 //!    cgroups, limits and seccomp, and a first Landlock layer that lets it read
 //!    every function's code and does not handle TCP. Its stdin is a Unix socket
-//!    to the invoker; its environment holds no function's anything.
+//!    to the invoker; its environment holds no function's anything. It joins the
+//!    pool once it has written `R` on the socket (its imports are done).
 //! 2. A cold start takes one, sets its cgroups' limits to the function's, builds
 //!    the function's Landlock layer ([`Sandbox::function_layer`]) and sends it,
 //!    with the instance's complete environment and memory limit, over the socket.
@@ -135,9 +136,10 @@ impl PrestartPool {
                 state.starting += 1;
             }
             let pool = Arc::clone(self);
-            // clone + exec take ~1 ms; the interpreter then starts on its own.
+            // clone + exec take ~1 ms; then this blocking thread waits (~25 ms)
+            // for the interpreter to say it has imported what it needs.
             tokio::task::spawn_blocking(move || {
-                let started = pool.start_one();
+                let started = pool.start_one().and_then(Prestarted::await_ready);
                 let mut state = pool.state.lock().unwrap();
                 state.starting -= 1;
                 match started {
@@ -203,7 +205,26 @@ impl PrestartPool {
     }
 }
 
+/// How long an interpreter may take to import the bootstrap and say so.
+const READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Prestarted {
+    /// Waits for the interpreter's one-byte "ready" (sent once it has imported
+    /// the bootstrap), so that a cold start takes only interpreters past their
+    /// start-up. One that dies or stays silent is dropped (killed).
+    fn await_ready(self) -> std::io::Result<Prestarted> {
+        use std::io::Read as _;
+        self.control.set_read_timeout(Some(READY_LIMIT))?;
+        let mut byte = [0u8; 1];
+        (&self.control).read_exact(&mut byte)?;
+        if byte != *b"R" {
+            return Err(std::io::Error::other(
+                "the interpreter said something else than ready",
+            ));
+        }
+        Ok(self)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, Child::id)
     }

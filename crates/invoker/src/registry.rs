@@ -43,6 +43,10 @@ pub struct FunctionIn {
     /// Where it may connect (default: the invoker's `--invoker-network` and ports);
     /// ports of minicloud's own servers and the ephemeral range are refused.
     pub network: Option<crate::sandbox::NetworkPolicy>,
+    /// At most this many instances (1 to 1000): synchronous calls beyond them
+    /// wait for a free one (for at most `timeout_s`, behind at most 1,000 others)
+    /// instead of starting more. Unset: an instance per concurrent call, as Lambda.
+    pub max_instances: Option<i32>,
     pub code: Option<CodeIn>,
 }
 
@@ -108,6 +112,7 @@ struct Deploy {
     keep_warm_s: i32,
     ephemeral_storage_mb: Option<i32>,
     network: Option<crate::sandbox::NetworkPolicy>,
+    max_instances: Option<i32>,
 }
 
 fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
@@ -197,6 +202,13 @@ fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
             "provisioned_concurrency must be 0 to 100 and at most reserved_concurrency",
         ));
     }
+    if let Some(n) = input.max_instances
+        && (!(1..=1000).contains(&n) || provisioned_concurrency > n)
+    {
+        return Err(ApiError::invalid(
+            "max_instances must be 1 to 1000 and at least provisioned_concurrency",
+        ));
+    }
     let keep_warm_s = input.keep_warm_s.unwrap_or(60);
     if !(0..=3600).contains(&keep_warm_s) {
         return Err(ApiError::invalid("keep_warm_s must be 0 to 3600"));
@@ -220,6 +232,7 @@ fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
         reserved_concurrency: input.reserved_concurrency,
         provisioned_concurrency,
         keep_warm_s,
+        max_instances: input.max_instances,
     })
 }
 
@@ -332,14 +345,15 @@ async fn store(
     let row: FunctionRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO functions (name, runtime, handler, memory_mb, timeout_s, env, role,
              reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, owner,
-             ephemeral_storage_mb, network)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ephemeral_storage_mb, network, max_instances)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (name) DO UPDATE SET runtime = EXCLUDED.runtime, handler = EXCLUDED.handler,
              memory_mb = EXCLUDED.memory_mb, timeout_s = EXCLUDED.timeout_s, env = EXCLUDED.env,
              role = EXCLUDED.role, reserved_concurrency = EXCLUDED.reserved_concurrency,
              provisioned_concurrency = EXCLUDED.provisioned_concurrency,
              keep_warm_s = EXCLUDED.keep_warm_s,
              ephemeral_storage_mb = EXCLUDED.ephemeral_storage_mb, network = EXCLUDED.network,
+             max_instances = EXCLUDED.max_instances,
              code_hash = COALESCE(EXCLUDED.code_hash, functions.code_hash),
              revision = functions.revision + 1, updated_at = now()
          RETURNING {RECORD_COLUMNS}"
@@ -358,6 +372,7 @@ async fn store(
     .bind(caller.uid.as_deref())
     .bind(deploy.ephemeral_storage_mb)
     .bind(deploy.network.as_ref().map(sqlx::types::Json))
+    .bind(deploy.max_instances)
     .fetch_one(&mut *tx)
     .await
     .map_err(ApiError::internal)?;
@@ -474,6 +489,7 @@ pub async fn put_code(
         keep_warm_s: current.config.keep_warm_s,
         ephemeral_storage_mb: current.config.ephemeral_storage_mb,
         network: current.config.network.map(|n| n.0),
+        max_instances: current.config.max_instances,
     };
     // New code under the function's role is that role handed to new code.
     check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;
