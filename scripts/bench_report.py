@@ -241,11 +241,15 @@ def sandbox_rows(cold):
     """Issue 15: what the sandbox costs a cold start, measured in the same run."""
     if "provided_unsandboxed_ms" not in cold:
         return ""
+    # Since issue 21 `python_ms` is a pre-started interpreter; the sandbox's cost is
+    # read on a freshly spawned one.
+    cold = dict(cold, python_ms=cold.get("python_fresh_ms", cold["python_ms"]))
     return f"""
 The sandbox (issue 15: user and mount namespace, tmpfs, Landlock, seccomp, own uid as
 root) is on in the rows above. The same cold starts on a second cloud in the same
 process whose invoker runs functions unsandboxed, and the Python floor the issue names
-(a bare `{cold['python_interpreter']} -S -c pass`, spawn to exit):
+(a bare `{cold['python_interpreter']} -S -c pass`, spawn to exit); python3 here on a
+freshly spawned interpreter (a third cloud with `--invoker-python-prestart 0`):
 
 | runtime | sandboxed | unsandboxed | sandbox's cost | target |
 |---|---|---|---|---|
@@ -339,7 +343,8 @@ a loopback Runtime API stub:
 | runtime | first invoke through the gateway | spawn + one event, bare | ratio (target < 2×) |
 |---|---|---|---|
 | provided (Rust, `lambda_runtime`) | {cold['provided_ms']:.1f} ms | {cold['provided_floor_ms']:.1f} ms | **{cold['provided_ms']/cold['provided_floor_ms']:.2f}×** |
-| python3 (our bootstrap) | {cold['python_ms']:.1f} ms | {cold['python_floor_ms']:.1f} ms | {cold['python_ms']/cold['python_floor_ms']:.2f}× |
+| python3 (our bootstrap, freshly spawned) | {cold.get('python_fresh_ms', cold['python_ms']):.1f} ms | {cold['python_floor_ms']:.1f} ms | {cold.get('python_fresh_ms', cold['python_ms'])/cold['python_floor_ms']:.2f}× |
+| python3 (a pre-started interpreter, issue 21) | {cold['python_ms']:.1f} ms | {cold['python_floor_ms']:.1f} ms | {cold['python_ms']/cold['python_floor_ms']:.2f}× |
 
 {sandbox_rows(cold)}
 Idle: {idle['functions']} functions deployed and never invoked cost **{idle['processes']} processes** and
@@ -403,6 +408,111 @@ bounds c=32 is CPU: the cloud alone spends ~350 µs of CPU per warm invoke at c=
 function costs, against 0.3 × the bare echo (~10,000–15,000/s here); half of the
 cloud's profile is in the kernel, in context switches and loopback I/O of the three
 HTTP exchanges per call.
+""" + issue21_section(d)
+
+
+def issue21_section(d):
+    """Issue 21's acceptance rows: pre-started interpreters, Node, bursts, queueing."""
+    cold = d["cold"]
+    if "python_fork_ms" not in cold:
+        return ""
+    floor = cold["python_warm_ms"] + cold["python_fork_ms"]
+    burst_rows = "\n".join(
+        f"| {b['max_instances'] if b['max_instances'] is not None else 'unset (an instance per call, as Lambda)'} "
+        f"| {b['result']['total_ms']:,.0f} ms | {b['result']['throttled']} of {b['result']['calls']} |"
+        for b in d["burst"]
+    )
+    queued = []
+    for c in ["1", "32"]:
+        w = d["warm"][c]
+        fl = w["floor"]
+        for key, label in [("invoke", "an instance per caller"), ("invoke_max_instances", "max_instances 4, queued"),
+                           ("invoke_current_thread", "an instance per caller, current-thread echo"),
+                           ("invoke_current_thread_max_instances", "max_instances 4, queued, current-thread echo")]:
+            o = w[key]
+            queued.append(f"| {c} | {label} | {o['ops_per_s']:,.0f}/s | {o['p50_us']/1000:.2f} ms | {o['p99_us']/1000:.2f} ms "
+                          f"| {o['ops_per_s']/fl['ops_per_s']:.2f} |")
+    pre = d["prestarted"]
+    rss = pre["rss_mib"]
+    return f"""
+### Issue 21: pre-started interpreters, bursts, queueing (same run)
+
+Python cold start, median of 25 first calls of freshly deployed functions (a trivial
+handler), each taken once the pool has replaced the interpreter the last one took —
+against the floor the issue names, a warm invoke of the same function
+({cold['python_warm_ms']:.2f} ms, median of 200) plus a fork → exit → wait of an
+interpreter that has imported the bootstrap ({cold['python_fork_ms']:.2f} ms, median of 101):
+
+| | p50 | target |
+|---|---|---|
+| python3, pre-started interpreter | **{cold['python_ms']:.2f} ms** | < 15 ms |
+| python3, freshly spawned (same sandbox) | {cold['python_fresh_ms']:.1f} ms | |
+| floor: warm invoke + fork of a pre-imported interpreter | {floor:.2f} ms | |
+| pre-started / floor | **{cold['python_ms']/floor:.2f}×** | < 1.3× |
+| nodejs, freshly spawned (our bootstrap) | {cold['node_ms']:.1f} ms | < 40 ms |
+| nodejs, freshly spawned, unsandboxed invoker | {cold['node_unsandboxed_ms']:.1f} ms | |
+| `node -e 0`, spawn to exit (Node alone) | {cold['node_bare_start_ms']:.1f} ms | |
+| provided (native), unchanged | {cold['provided_ms']:.1f} ms = {cold['provided_ms']/cold['provided_floor_ms']:.2f}× spawning it | ≤ 1.5× |
+
+Pool memory: **{pre['processes']} interpreters waiting, {min(rss):.1f}–{max(rss):.1f} MiB resident each**
+({sum(rss):.1f} MiB in all; `--invoker-python-prestart`, default 2, bounds it: ≤ 64 MiB
+up to 5 of them). With no function deployed, or none of them python3, there are none;
+{d['idle']['functions']} idle functions still cost {d['idle']['processes']} processes of their own.
+
+100 concurrent first calls to a freshly deployed python3 function (time until the last
+answer; target: all answered within 1 s):
+
+| max_instances | all answered after | throttled (429) |
+|---|---|---|
+{burst_rows}
+
+Warm invokes with the echo deployed as before and with `max_instances: 4` (calls
+queue for four instances), floor the bare echo, in turns with the rows above:
+
+| concurrency | echo | throughput | p50 | p99 | / bare echo (target ≥ 0.3 at 32) |
+|---|---|---|---|---|---|
+""" + "\n".join(queued) + f"""
+
+Reading these (2026-12-05):
+- **Pre-started interpreters** (`crates/invoker/src/prestart.rs`, docs/architecture.md)
+  take the interpreter's start-up off the cold path: {cold['python_fresh_ms']:.0f} → {cold['python_ms']:.1f} ms.
+  Timestamps in the invoker and the bootstrap (a temporary probe) split what is
+  left, ~2.4 ms: ~0.55 ms in the invoker (the instance's Runtime API listener, its
+  cgroup limits, building the function's Landlock layer — ~50 rules, ~0.2 ms — and
+  sending it), ~0.35 ms in the interpreter becoming the function (environment,
+  `RLIMIT_DATA`, `landlock_restrict_self`), ~0.55 ms importing the handler inside the
+  sandbox, ~0.6 ms for the first Runtime API connection and event, and the gateway.
+  Python's compiler costs ~1 ms on its first use in a process, so the bootstrap
+  compiles a snippet while it waits (cold start 4.0 → 2.4 ms); an interpreter joins
+  the pool only once it has said it is ready (before that, a cold start could take
+  one still importing: 7.2 ms).
+- **The 1.3× row is out of reach without handler snapshots**: the floor is a warm
+  call (handler imported, connection open) plus a fork; a pre-started interpreter must
+  still import the function's handler and open its first connection after its
+  function's Landlock layer is in force — function code cannot run before — and
+  those two alone are ~1.1 ms here. Reaching it would take the issue's optional
+  per-function snapshot (an interpreter that imported the handler once, forked per
+  instance), not built: a fork shares its parent's sandbox, tmpfs and Runtime API.
+- **Node** is not pre-started: its bootstrap cannot call `landlock_restrict_self`
+  without a native addon, and a restriction made on one of Node's threads would not
+  hold for the others. Its cold start is Node's own start-up ({cold['node_bare_start_ms']:.0f} ms for
+  `node -e 0` in this run; 26 ms on a quiet machine, 77 ms on the last session's)
+  plus our bootstrap (~12 ms measured bare by hand: `http`, the handler's import)
+  plus the sandbox and the invoker (the unsandboxed row). Not at its target.
+- **Bursts**: as Lambda, 100 concurrent first calls start an instance each (the pool
+  serves two; the rest are spawned, ~30 ms of CPU each) and whatever is in flight past
+  the concurrency limit (64) is throttled — how many depends on how soon the first
+  instances answer; with `max_instances: 4` they queue for four instances and all
+  are answered in about a tenth of a second. Queueing is opt-in per function
+  (docs/api/functions.md): a function that waits on the network wants an instance
+  per caller.
+- **c = 32**: in this benchmark, taking turns with the other rows, queueing for four
+  instances does not raise throughput ({d['warm']['32']['invoke_max_instances']['ops_per_s']:,.0f}/s against {d['warm']['32']['invoke']['ops_per_s']:,.0f}/s); the hand-measured
+  table above (one configuration per run, four instances ~30% ahead of 32) is not
+  confirmed by it. Either way the ratio to the bare echo stays near 0.1: what bounds
+  c = 32 is the CPU each call costs the cloud (above), not the number of instances.
+- **Native** cold starts are unchanged by this work ({cold['provided_ms']:.1f} ms, {cold['provided_ms']/cold['provided_floor_ms']:.2f}× spawning the
+  binary; 1.8–2.0× since the sandbox of issue 15, whose cost is in the table above).
 """
 
 

@@ -249,6 +249,21 @@ async fn burst(cloud: &TestCloud, name: &str, function: &Value, n: usize) -> any
     Ok(json!({"total_ms": total_ms, "throttled": throttled, "calls": n}))
 }
 
+/// Spawn → exit of `node -e 0`: Node alone, the floor under any Node cold start.
+fn node_bare_start(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let status = std::process::Command::new("node")
+            .args(["-e", "0"])
+            .env_clear()
+            .status()?;
+        anyhow::ensure!(status.success(), "node -e 0 failed");
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
 /// Spawn → exit of `python -S -c pass`: the interpreter alone (issue 15's floor).
 fn python_bare_start(python: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(n);
@@ -550,6 +565,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let python_bare = python_bare_start(&python, cold_n)?;
     let python_fork_ms = python_fork_floor(&python, 101)?;
+    // Node (issue 21's "< 40 ms"): our bootstrap's cold start against Node itself.
+    let node_fn = json!({"runtime":"nodejs","handler":"index.handler","code":{"zip_base64":
+        zip_of(&[("index.mjs", b"export const handler = async (event) => event;\n".as_slice(), 0o644)])?}});
+    let cold_node = cold_starts(&cloud, "coldjs", &node_fn, cold_n).await?;
+    let cold_node_unsandboxed = cold_starts(&bare_cloud, "coldjs", &node_fn, cold_n).await?;
+    let node_bare = node_bare_start(cold_n)?;
     let task_root = std::env::temp_dir().join(format!("bench-py-{}", std::process::id()));
     std::fs::create_dir_all(&task_root)?;
     std::fs::write(task_root.join("app.py"), handler)?;
@@ -628,6 +649,7 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .chain((0..cold_n).map(|i| format!("cold{i}")))
         .chain((0..cold_n).map(|i| format!("coldpy{i}")))
+        .chain((0..cold_n).map(|i| format!("coldjs{i}")))
     {
         admin.delete(&format!("/functions/v1/{name}")).await?;
     }
@@ -660,6 +682,9 @@ async fn main() -> anyhow::Result<()> {
             "python_fresh_ms": median_ms(cold_python_fresh),
             "python_warm_ms": median_ms(warm_python),
             "python_fork_ms": python_fork_ms,
+            "node_ms": median_ms(cold_node),
+            "node_bare_start_ms": median_ms(node_bare),
+            "node_unsandboxed_ms": median_ms(cold_node_unsandboxed),
             "python_interpreter": python,
         },
         "idle": {"functions": 200, "processes": processes, "rss_delta_mib": (after as f64 - before as f64) / 1024.0},
