@@ -454,12 +454,13 @@ impl Sandbox {
         )
     }
 
-    /// The sandbox of a pre-started interpreter (`crate::prestart`), which is not
-    /// yet any function's: everything of [`Sandbox::prepare`] but a first Landlock
-    /// layer that lets it read every function's code (`code_root`) and leaves TCP
-    /// unhandled, and the largest memory limit a function may get. It runs only
-    /// minicloud's bootstrap until [`Sandbox::function_layer`]'s layer, which
-    /// narrows both to one function's, is in force.
+    /// The sandbox of a pre-started interpreter (the invoker's `prestart` module),
+    /// which is not yet any function's: everything of [`Sandbox::prepare`] but a
+    /// first Landlock layer that lets it read `read_only` (every function's code,
+    /// its runtime, its interpreter) and leaves TCP unhandled, and `memory_bytes`
+    /// (the largest limit a function may get). It runs only minicloud's bootstrap
+    /// until [`Sandbox::function_layer`]'s layer, which narrows both to one
+    /// function's, is in force.
     pub fn prepare_prestarted(
         &self,
         dir: &Path,
