@@ -249,7 +249,7 @@ The sandbox (issue 15: user and mount namespace, tmpfs, Landlock, seccomp, own u
 root) is on in the rows above. The same cold starts on a second cloud in the same
 process whose invoker runs functions unsandboxed, and the Python floor the issue names
 (a bare `{cold['python_interpreter']} -S -c pass`, spawn to exit); python3 here on a
-freshly spawned interpreter (a third cloud with `--invoker-python-prestart 0`):
+freshly spawned interpreter (a third cloud with `--invoker-prestart 0`):
 
 | runtime | sandboxed | unsandboxed | sandbox's cost | target |
 |---|---|---|---|---|
@@ -455,7 +455,7 @@ interpreter that has imported the bootstrap ({cold['python_fork_ms']:.2f} ms, me
 | provided (native), unchanged | {cold['provided_ms']:.1f} ms = {cold['provided_ms']/cold['provided_floor_ms']:.2f}× spawning it | ≤ 1.5× |
 
 Pool memory: **{pre['processes']} interpreters waiting, {min(rss):.1f}–{max(rss):.1f} MiB resident each**
-({sum(rss):.1f} MiB in all; `--invoker-python-prestart`, default 2, bounds it: ≤ 64 MiB
+({sum(rss):.1f} MiB in all; `--invoker-prestart`, default 2, bounds it: ≤ 64 MiB
 up to 5 of them). With no function deployed, or none of them python3, there are none;
 {d['idle']['functions']} idle functions still cost {d['idle']['processes']} processes of their own.
 

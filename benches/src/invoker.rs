@@ -184,7 +184,7 @@ async fn cold_starts(
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let sandbox: Value = admin.get("/functions/v1/sandbox").await?;
-            let prestart = &sandbox["python_prestart"];
+            let prestart = &sandbox["prestart"];
             if prestart["ready"] == prestart["size"] || Instant::now() > deadline {
                 break;
             }
@@ -316,7 +316,7 @@ async fn waiting_interpreters(gateway: &str, token: &str) -> anyhow::Result<Vec<
         .await?;
     let waiting = prestarted_processes();
     anyhow::ensure!(
-        sandbox["python_prestart"]["ready"].as_u64() == Some(waiting.len() as u64),
+        sandbox["prestart"]["ready"].as_u64() == Some(waiting.len() as u64),
         "{} interpreters pre-started, the pool says {sandbox}",
         waiting.len()
     );
@@ -499,7 +499,7 @@ async fn main() -> anyhow::Result<()> {
     let cold_python_unsandboxed = cold_starts(&bare_cloud, "coldpy", &python_fn, cold_n).await?;
     // The same cold start on a fresh interpreter: an invoker that pre-starts none.
     let fresh_cloud = TestCloud::builder()
-        .invoker(|invoker| invoker.python_prestart = 0)
+        .invoker(|invoker| invoker.prestart = 0)
         .start()
         .await?;
     let cold_python_fresh = cold_starts(&fresh_cloud, "coldpy", &python_fn, cold_n).await?;

@@ -1625,7 +1625,7 @@ async fn prestarted_ready(cloud: &TestCloud, n: u64) {
             .json()
             .await
             .unwrap();
-        sandbox["python_prestart"]["ready"].as_u64() >= Some(n)
+        sandbox["prestart"]["ready"].as_u64() >= Some(n)
     })
     .await;
     assert!(ready, "the invoker never had {n} interpreters pre-started");
@@ -1664,7 +1664,7 @@ async fn a_pre_started_interpreter_becomes_exactly_its_function() {
     );
     // A fresh interpreter gives the same answer, but for how it was started.
     let fresh = TestCloud::builder()
-        .invoker(|invoker| invoker.python_prestart = 0)
+        .invoker(|invoker| invoker.prestart = 0)
         .start()
         .await
         .unwrap();

@@ -28,11 +28,11 @@ async fn hostile_functions_cannot_leave_a_freshly_spawned_sandbox() {
     hostile_python_suite(0).await;
 }
 
-async fn hostile_python_suite(python_prestart: usize) {
+async fn hostile_python_suite(prestart: usize) {
     let cloud = TestCloud::builder()
         .invoker(|invoker| {
             invoker.scratch_mb = 32;
-            invoker.python_prestart = python_prestart;
+            invoker.prestart = prestart;
         })
         .start()
         .await
@@ -57,7 +57,7 @@ async fn hostile_python_suite(python_prestart: usize) {
         service_ports,
         scratch_mb: 32,
         pids: 64,
-        prestarted: python_prestart > 0,
+        prestarted: prestart > 0,
     })
     .await;
 
@@ -75,10 +75,7 @@ async fn hostile_python_suite(python_prestart: usize) {
     assert_eq!(sandbox["mode"], "on", "{sandbox}");
     assert_eq!(sandbox["enforced"], true, "{sandbox}");
     assert_eq!(sandbox["scratch_mb"], 32);
-    assert_eq!(
-        sandbox["python_prestart"]["size"], python_prestart,
-        "{sandbox}"
-    );
+    assert_eq!(sandbox["prestart"]["size"], prestart, "{sandbox}");
     let anonymous = http
         .get(format!("{}/functions/v1/sandbox", cloud.gateway_url()))
         .send()
@@ -88,9 +85,39 @@ async fn hostile_python_suite(python_prestart: usize) {
     cloud.stop().await.unwrap();
 }
 
+/// On a pre-started interpreter that execs the function's `bootstrap` (the
+/// default): its first Landlock layer could read every function's code.
 #[tokio::test]
 async fn a_native_hostile_function_cannot_leave_its_sandbox() {
-    let cloud = TestCloud::start().await.unwrap();
+    native_hostile_suite(2).await;
+}
+
+/// Spawned for the function.
+#[tokio::test]
+async fn a_freshly_spawned_native_hostile_function_cannot_leave_its_sandbox() {
+    native_hostile_suite(0).await;
+}
+
+/// The pool's state (`GET /functions/v1/sandbox`'s `prestart`).
+async fn prestart_of(http: &reqwest::Client, gw: &str, service: &str) -> Value {
+    call(
+        http,
+        reqwest::Method::GET,
+        format!("{gw}/functions/v1/sandbox"),
+        service,
+        None,
+    )
+    .await
+    .1["prestart"]
+        .clone()
+}
+
+async fn native_hostile_suite(prestart: usize) {
+    let cloud = TestCloud::builder()
+        .invoker(|invoker| invoker.prestart = prestart)
+        .start()
+        .await
+        .unwrap();
     hostile::plant_credentials(&cloud.data_dir, &cloud.keys.service_key);
     let binary = std::fs::read(env!("CARGO_BIN_EXE_hostile-function")).unwrap();
     let mut out = std::io::Cursor::new(Vec::new());
@@ -135,6 +162,17 @@ async fn a_native_hostile_function_cannot_leave_its_sandbox() {
         "service_ports": service_ports,
         "fork_count": 100,
     });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while prestart_of(&http, &gw, &service).await["ready"].as_u64() < Some(prestart as u64) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never filled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let taken = prestart_of(&http, &gw, &service).await["taken"]
+        .as_u64()
+        .unwrap();
     let (status, report) = call(
         &http,
         reqwest::Method::POST,
@@ -144,6 +182,11 @@ async fn a_native_hostile_function_cannot_leave_its_sandbox() {
     )
     .await;
     assert_eq!(status, 200, "{report}");
+    // Its instance was a pre-started interpreter exactly when the pool has any.
+    let taken_now = prestart_of(&http, &gw, &service).await["taken"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(taken_now - taken, u64::from(prestart > 0));
     let attempts = report["attempts"].as_object().expect("attempts");
     let escaped: Vec<String> = attempts
         .iter()

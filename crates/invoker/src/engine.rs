@@ -150,8 +150,8 @@ pub struct Engine {
     verified_code: Mutex<std::collections::HashSet<String>>,
     /// How many python3 interpreters to keep pre-started, and the pool of them
     /// (made on first need; `None` when off).
-    python_prestart_size: usize,
-    python_prestart: tokio::sync::OnceCell<Option<Arc<PrestartPool>>>,
+    prestart_size: usize,
+    prestart_pool: tokio::sync::OnceCell<Option<Arc<PrestartPool>>>,
 }
 
 #[derive(Debug)]
@@ -183,7 +183,7 @@ impl Engine {
         authz: Arc<Authz>,
         metrics: InvokerMetrics,
         sandbox: Arc<Sandbox>,
-        python_prestart_size: usize,
+        prestart_size: usize,
     ) -> Engine {
         Engine {
             db,
@@ -199,24 +199,25 @@ impl Engine {
             loading: tokio::sync::Mutex::new(()),
             sandbox,
             verified_code: Mutex::new(std::collections::HashSet::new()),
-            python_prestart_size,
-            python_prestart: tokio::sync::OnceCell::new(),
+            prestart_size,
+            prestart_pool: tokio::sync::OnceCell::new(),
         }
     }
 
-    pub fn python_prestart_status(&self) -> crate::prestart::PrestartStatus {
-        match self.python_prestart.get() {
+    pub fn prestart_status(&self) -> crate::prestart::PrestartStatus {
+        match self.prestart_pool.get() {
             Some(Some(pool)) => pool.status(),
             _ => Default::default(),
         }
     }
 
-    /// The python3 runtime's pre-started interpreters (`crate::prestart`), started
-    /// on first need; `None` when turned off or when functions run unsandboxed.
-    pub async fn python_prestart(&self) -> Option<&Arc<PrestartPool>> {
-        self.python_prestart
+    /// The pre-started interpreters (`crate::prestart`), started on first need;
+    /// `None` when turned off or when functions run unsandboxed. They are python3
+    /// interpreters; an instance of another runtime execs its program from one.
+    pub async fn prestart(&self) -> Option<&Arc<PrestartPool>> {
+        self.prestart_pool
             .get_or_init(|| async {
-                if self.python_prestart_size == 0 || !self.sandbox.is_on() {
+                if self.prestart_size == 0 || !self.sandbox.is_on() {
                     return None;
                 }
                 let python = self.python().await.clone();
@@ -228,15 +229,15 @@ impl Engine {
                     ],
                     read_only: vec![
                         self.paths.code_cache.clone(),
-                        self.paths.runtimes.join("python3"),
+                        self.paths.runtimes.clone(),
                         interpreter_prefix(&python),
+                        interpreter_prefix(&self.paths.node),
                     ],
                     run_dir: self.paths.run_dir.clone(),
                     path: instance_path(&python),
                     program: python,
                 };
-                let pool =
-                    PrestartPool::new(Arc::clone(&self.sandbox), recipe, self.python_prestart_size);
+                let pool = PrestartPool::new(Arc::clone(&self.sandbox), recipe, self.prestart_size);
                 pool.refill();
                 Some(pool)
             })
@@ -376,7 +377,7 @@ impl Engine {
         self.retire(name);
         match self.pool(name).await {
             Ok(pool) if prestart_eligible(&pool.spec) => {
-                self.python_prestart().await;
+                self.prestart().await;
             }
             Ok(_) => {}
             // The first invocation tries again and reports what fails.
@@ -583,9 +584,11 @@ fn instance_path(python: &Path) -> String {
     format!("{interpreter_dir}:/usr/local/bin:/usr/bin:/bin")
 }
 
-/// Whether a cold start of this function may take a pre-started interpreter: a
-/// python3 function with the default scratch size whose environment sets nothing
-/// that an interpreter or the loader reads only when it starts.
+/// Whether a cold start of this function may take a pre-started interpreter: any
+/// function with the default scratch size (its tmpfs is mounted at pre-start); a
+/// python3 one, which runs in that interpreter, only if its environment sets
+/// nothing that an interpreter or the loader reads only when it starts. Other
+/// runtimes exec their program from it, which reads its environment afresh.
 fn prestart_eligible(spec: &FunctionConfig) -> bool {
     let read_at_start = |name: &str| {
         (name.starts_with("PYTHON") && name != "PYTHONPATH")
@@ -594,9 +597,8 @@ fn prestart_eligible(spec: &FunctionConfig) -> bool {
                 .any(|prefix| name.starts_with(prefix))
             || matches!(name, "LANG" | "LANGUAGE" | "TZ" | "GLIBC_TUNABLES")
     };
-    spec.runtime == "python3"
-        && spec.ephemeral_storage_mb.is_none()
-        && !spec.env.0.keys().any(|name| read_at_start(name))
+    spec.ephemeral_storage_mb.is_none()
+        && (spec.runtime != "python3" || !spec.env.0.keys().any(|name| read_at_start(name)))
 }
 
 impl FunctionPool {
@@ -753,10 +755,7 @@ impl Engine {
             scratch_mb: spec.ephemeral_storage_mb.map(|mb| mb.max(1) as u64),
         };
         let prestarted = match prestart_eligible(spec) {
-            true => self
-                .python_prestart()
-                .await
-                .and_then(|prestart| prestart.take()),
+            true => self.prestart().await.and_then(|prestart| prestart.take()),
             false => None,
         };
         let instance = Instance::start(launch, Arc::clone(&pool.logs), prestarted)

@@ -590,7 +590,13 @@ fn specialize(
     sandbox.resize_cgroups(&prestarted.cgroups, launch.memory_limit, launch.memory_mb)?;
     let layer = sandbox.function_layer(rules, prestarted.pid())?;
     let env: Vec<_> = instance_env(launch, api, tmp, dir).collect();
-    let mut child = prestarted.specialize(&env, launch.memory_limit, layer)?;
+    let mut child = prestarted.specialize(
+        &launch.program,
+        &launch.args,
+        &env,
+        launch.memory_limit,
+        layer,
+    )?;
     let pipe = |fd: std::os::fd::OwnedFd| {
         tokio::net::unix::pipe::Receiver::from_owned_fd(fd).and_then(captured)
     };

@@ -190,11 +190,11 @@ pub struct InvokerConfig {
     /// ~10 MiB resident each, docs/benchmarks.md). 0 turns them off. Started once
     /// a python3 function is deployed or called; only with the sandbox on.
     #[arg(
-        long = "invoker-python-prestart",
-        env = "MINICLOUD_INVOKER_PYTHON_PRESTART",
-        default_value_t = InvokerConfig::default().python_prestart
+        long = "invoker-prestart",
+        env = "MINICLOUD_INVOKER_PRESTART",
+        default_value_t = InvokerConfig::default().prestart
     )]
-    pub python_prestart: usize,
+    pub prestart: usize,
 }
 
 impl InvokerConfig {
@@ -226,7 +226,7 @@ impl Default for InvokerConfig {
             network_ports: vec![80, 443],
             scratch_mb: 512,
             pids: 64,
-            python_prestart: 2,
+            prestart: 2,
         }
     }
 }
@@ -398,7 +398,7 @@ impl Invoker {
             Arc::clone(&authz),
             metrics,
             Arc::clone(&sandbox),
-            config.python_prestart,
+            config.prestart,
         ));
         // Resolving the interpreter runs python (~60 ms through a pyenv shim): in
         // the background, so start-up does not wait; the first cold start might.

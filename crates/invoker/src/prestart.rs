@@ -60,12 +60,14 @@ pub struct Recipe {
     pub path: String,
 }
 
-/// How many interpreters a pool keeps and how many wait now (both 0 until a
-/// python3 function is deployed or called, and when turned off).
+/// How many interpreters the pool keeps, how many wait now, and how many cold
+/// starts have taken one since the invoker started (all 0 until a function is
+/// deployed or called, and when turned off).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct PrestartStatus {
     pub size: usize,
     pub ready: usize,
+    pub taken: u64,
 }
 
 /// A few pre-started interpreters of one runtime, refilled as they are taken.
@@ -81,6 +83,7 @@ pub struct PrestartPool {
 struct PoolState {
     ready: VecDeque<Prestarted>,
     starting: usize,
+    taken: u64,
 }
 
 /// A started interpreter waiting for its function.
@@ -91,6 +94,9 @@ pub struct Prestarted {
     pub cgroups: Vec<PathBuf>,
     child: Option<Child>,
     control: UnixStream,
+    /// What it runs as an instance without exec'ing anything: its program and
+    /// arguments but the `--prestarted` flag.
+    runs: (PathBuf, Vec<OsString>),
 }
 
 impl PrestartPool {
@@ -114,14 +120,19 @@ impl PrestartPool {
                 other => break other,
             }
         };
+        if taken.is_some() {
+            self.state.lock().unwrap().taken += 1;
+        }
         self.refill();
         taken
     }
 
     pub fn status(&self) -> PrestartStatus {
+        let state = self.state.lock().unwrap();
         PrestartStatus {
             size: self.size,
-            ready: self.state.lock().unwrap().ready.len(),
+            ready: state.ready.len(),
+            taken: state.taken,
         }
     }
 
@@ -195,12 +206,15 @@ impl PrestartPool {
                 stdin: Some(theirs.as_fd()),
             })
             .map_err(cleanup)?;
+        let mut args = self.recipe.args.clone();
+        args.pop();
         Ok(Prestarted {
             id,
             dir,
             cgroups,
             child: Some(child),
             control,
+            runs: (self.recipe.program.clone(), args),
         })
     }
 }
@@ -240,15 +254,36 @@ impl Prestarted {
     /// layer's descriptor riding along. The interpreter lowers its own limit:
     /// prlimit(2) on another uid's process needs `CAP_SYS_RESOURCE`, which a root
     /// invoker in a container often lacks.
+    ///
+    /// An instance of another program (`program` and `args` other than what it
+    /// runs itself: a native `bootstrap`, Node) gets `"exec": [program, args…]`,
+    /// which the interpreter execs once restricted: the exec'd program keeps the
+    /// sandbox, the limits, both Landlock layers and the seccomp filters.
     pub fn specialize(
         mut self,
+        program: &std::path::Path,
+        args: &[OsString],
         env: &[(String, String)],
         memory_limit: u64,
         layer: OwnedFd,
     ) -> std::io::Result<Child> {
-        let body =
-            serde_json::to_vec(&serde_json::json!({ "env": env, "memory_limit": memory_limit }))
-                .map_err(std::io::Error::other)?;
+        let exec = if (program, args) == (self.runs.0.as_path(), self.runs.1.as_slice()) {
+            None
+        } else {
+            let utf8 = |s: &std::ffi::OsStr| {
+                s.to_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| std::io::Error::other("a program argument is not UTF-8"))
+            };
+            let argv = std::iter::once(utf8(program.as_os_str()))
+                .chain(args.iter().map(|a| utf8(a)))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            Some(argv)
+        };
+        let body = serde_json::to_vec(
+            &serde_json::json!({ "env": env, "memory_limit": memory_limit, "exec": exec }),
+        )
+        .map_err(std::io::Error::other)?;
         let length = u32::try_from(body.len())
             .map_err(|_| std::io::Error::other("environment too large"))?
             .to_be_bytes();

@@ -549,7 +549,7 @@ pub async fn sandbox(
     }
     Ok(Json(SandboxStatus {
         protections: invoker.0.engine.sandbox.protections().clone(),
-        python_prestart: invoker.0.engine.python_prestart_status(),
+        prestart: invoker.0.engine.prestart_status(),
     }))
 }
 
@@ -559,7 +559,7 @@ pub async fn sandbox(
 pub struct SandboxStatus {
     #[serde(flatten)]
     pub protections: crate::sandbox::Protections,
-    pub python_prestart: crate::prestart::PrestartStatus,
+    pub prestart: crate::prestart::PrestartStatus,
 }
 
 #[utoipa::path(get, path = "/functions/v1", tag = "functions", responses((status = 200, description = "the functions the caller may invoke", body = FunctionList), (status = 401, body = minicloud_proto::error::ErrorBody)))]

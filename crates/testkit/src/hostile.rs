@@ -169,7 +169,7 @@ pub async fn run(target: &Target) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let (_, sandbox) = api.call(Method::GET, "/functions/v1/sandbox", None).await;
-            if sandbox["python_prestart"]["ready"].as_u64() >= Some(2) {
+            if sandbox["prestart"]["ready"].as_u64() >= Some(2) {
                 break;
             }
             assert!(

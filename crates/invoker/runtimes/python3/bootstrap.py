@@ -480,6 +480,11 @@ def _await_function(control_fd=0):
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, control_fd)
         os.close(null)
+        if spec.get("exec"):
+            # Another runtime's instance (a native bootstrap, Node): its program
+            # replaces this interpreter, inside the same sandbox and layers.
+            argv = spec["exec"]
+            os.execv(argv[0], argv)
     except BaseException as e:  # noqa: BLE001 - whatever it was, no function code runs
         sys.stderr.write(f"bootstrap: could not become the function's instance: {e!r}\n")
         os._exit(70)
