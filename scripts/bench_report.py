@@ -241,9 +241,10 @@ def sandbox_rows(cold):
     """Issue 15: what the sandbox costs a cold start, measured in the same run."""
     if "provided_unsandboxed_ms" not in cold:
         return ""
-    # Since issue 21 `python_ms` is a pre-started interpreter; the sandbox's cost is
-    # read on a freshly spawned one.
-    cold = dict(cold, python_ms=cold.get("python_fresh_ms", cold["python_ms"]))
+    # Since issue 21 the main rows are pre-started interpreters; the sandbox's cost
+    # is read on freshly spawned instances.
+    cold = dict(cold, python_ms=cold.get("python_fresh_ms", cold["python_ms"]),
+                provided_ms=cold.get("provided_fresh_ms", cold["provided_ms"]))
     return f"""
 The sandbox (issue 15: user and mount namespace, tmpfs, Landlock, seccomp, own uid as
 root) is on in the rows above. The same cold starts on a second cloud in the same
@@ -342,7 +343,8 @@ a loopback Runtime API stub:
 
 | runtime | first invoke through the gateway | spawn + one event, bare | ratio (target < 2×) |
 |---|---|---|---|
-| provided (Rust, `lambda_runtime`) | {cold['provided_ms']:.1f} ms | {cold['provided_floor_ms']:.1f} ms | **{cold['provided_ms']/cold['provided_floor_ms']:.2f}×** |
+| provided (Rust, `lambda_runtime`), freshly spawned | {cold.get('provided_fresh_ms', cold['provided_ms']):.1f} ms | {cold['provided_floor_ms']:.1f} ms | {cold.get('provided_fresh_ms', cold['provided_ms'])/cold['provided_floor_ms']:.2f}× |
+| provided, a pre-started interpreter execs it (issue 21) | {cold['provided_ms']:.1f} ms | {cold['provided_floor_ms']:.1f} ms | **{cold['provided_ms']/cold['provided_floor_ms']:.2f}×** |
 | python3 (our bootstrap, freshly spawned) | {cold.get('python_fresh_ms', cold['python_ms']):.1f} ms | {cold['python_floor_ms']:.1f} ms | {cold.get('python_fresh_ms', cold['python_ms'])/cold['python_floor_ms']:.2f}× |
 | python3 (a pre-started interpreter, issue 21) | {cold['python_ms']:.1f} ms | {cold['python_floor_ms']:.1f} ms | {cold['python_ms']/cold['python_floor_ms']:.2f}× |
 
@@ -449,15 +451,17 @@ interpreter that has imported the bootstrap ({cold['python_fork_ms']:.2f} ms, me
 | python3, freshly spawned (same sandbox) | {cold['python_fresh_ms']:.1f} ms | |
 | floor: warm invoke + fork of a pre-imported interpreter | {floor:.2f} ms | |
 | pre-started / floor | **{cold['python_ms']/floor:.2f}×** | < 1.3× |
-| nodejs, freshly spawned (our bootstrap) | {cold['node_ms']:.1f} ms | < 40 ms |
+| nodejs, a pre-started interpreter execs Node (our bootstrap) | **{cold['node_ms']:.1f} ms** | < 40 ms |
+| nodejs, freshly spawned | {cold['node_fresh_ms']:.1f} ms | |
 | nodejs, freshly spawned, unsandboxed invoker | {cold['node_unsandboxed_ms']:.1f} ms | |
 | `node -e 0`, spawn to exit (Node alone) | {cold['node_bare_start_ms']:.1f} ms | |
-| provided (native), unchanged | {cold['provided_ms']:.1f} ms = {cold['provided_ms']/cold['provided_floor_ms']:.2f}× spawning it | ≤ 1.5× |
+| provided (native), a pre-started interpreter execs it | {cold['provided_ms']:.1f} ms = **{cold['provided_ms']/cold['provided_floor_ms']:.2f}×** spawning it | ≤ 1.5× |
+| provided, freshly spawned | {cold['provided_fresh_ms']:.1f} ms = {cold['provided_fresh_ms']/cold['provided_floor_ms']:.2f}× spawning it | |
 
 Pool memory: **{pre['processes']} interpreters waiting, {min(rss):.1f}–{max(rss):.1f} MiB resident each**
 ({sum(rss):.1f} MiB in all; `--invoker-prestart`, default 2, bounds it: ≤ 64 MiB
-up to 5 of them). With no function deployed, or none of them python3, there are none;
-{d['idle']['functions']} idle functions still cost {d['idle']['processes']} processes of their own.
+up to 5 of them). The pool starts at the first deploy or call of a function;
+{d['idle']['functions']} idle functions cost {d['idle']['processes']} processes of their own beside it.
 
 100 concurrent first calls to a freshly deployed python3 function (time until the last
 answer; target: all answered within 1 s):
@@ -474,8 +478,20 @@ queue for four instances), floor the bare echo, in turns with the rows above:
 """ + "\n".join(queued) + f"""
 
 Reading these (2026-12-05):
+- **Cold starts are spaced 50 ms apart** since this issue (each waits, too, until the
+  pool has replaced what the last one took): back to back, they hid a cost every real
+  cold start pays as root. Joining a cgroup (v1, as here) takes the kernel's
+  threadgroup lock for writing, which waits for an RCU grace period unless another
+  join happened moments before: timed from Python, a join took 6–15 ms after a pause
+  of 20–500 ms and 0.3 ms right after another. A freshly spawned instance joins three
+  (memory, pids, cpu) before it execs. With the joins skipped by a temporary switch,
+  Node's cold start went 60 → 46 ms and Python's fresh one 36 → 25 ms; back-to-back
+  native cold starts had hidden it (3.8 ms then, {cold['provided_fresh_ms']:.1f} ms spaced). A pre-started
+  interpreter has joined long before it is taken, so it pays none of this.
 - **Pre-started interpreters** (`crates/invoker/src/prestart.rs`, docs/architecture.md)
-  take the interpreter's start-up off the cold path: {cold['python_fresh_ms']:.0f} → {cold['python_ms']:.1f} ms.
+  take the interpreter's start-up off the cold path: {cold['python_fresh_ms']:.0f} → {cold['python_ms']:.1f} ms; and
+  since one can exec any program once restricted, native and Node instances start
+  from them too (the sandbox, limits, layers and seccomp filters survive the exec).
   Timestamps in the invoker and the bootstrap (a temporary probe) split what is
   left, ~2.4 ms: ~0.55 ms in the invoker (the instance's Runtime API listener, its
   cgroup limits, building the function's Landlock layer — ~50 rules, ~0.2 ms — and
@@ -493,12 +509,20 @@ Reading these (2026-12-05):
   those two alone are ~1.1 ms here. Reaching it would take the issue's optional
   per-function snapshot (an interpreter that imported the handler once, forked per
   instance), not built: a fork shares its parent's sandbox, tmpfs and Runtime API.
-- **Node** is not pre-started: its bootstrap cannot call `landlock_restrict_self`
-  without a native addon, and a restriction made on one of Node's threads would not
-  hold for the others. Its cold start is Node's own start-up ({cold['node_bare_start_ms']:.0f} ms for
-  `node -e 0` in this run; 26 ms on a quiet machine, 77 ms on the last session's)
-  plus our bootstrap (~12 ms measured bare by hand: `http`, the handler's import)
-  plus the sandbox and the invoker (the unsandboxed row). Not at its target.
+- **Node** is exec'd from a pre-started interpreter rather than pre-started itself:
+  its bootstrap cannot call `landlock_restrict_self` without a native addon, and a
+  restriction made on one of Node's threads would not hold for the others. Its cold
+  start is Node's own start-up ({cold['node_bare_start_ms']:.0f} ms for `node -e 0` in this run; 26 ms on a
+  quiet machine, 77 ms on the last session's) plus our bootstrap (~12 ms measured bare
+  by hand: `http`, the handler's import) plus what the invoker and the sandbox add:
+  exec'd from a pre-started interpreter it is still {cold['node_ms'] - cold['node_unsandboxed_ms']:.0f} ms above an unsandboxed fresh
+  spawn, not split yet (Landlock on Node's file accesses and seccomp on its system
+  calls are the suspects). Not at its target; that gap and a V8 startup snapshot of
+  the bootstrap are what is left to try.
+- **Native**: exec'd from a pre-started interpreter it costs
+  {cold['provided_ms']:.1f} ms against {cold['provided_unsandboxed_ms']:.1f} ms for an unsandboxed fresh spawn and
+  {cold['provided_floor_ms']:.1f} ms for the bare spawn: the layer, the message, the interpreter's
+  restriction and the exec are the difference. Not at ≤ 1.5×.
 - **Bursts**: as Lambda, 100 concurrent first calls start an instance each (the pool
   serves two; the rest are spawned, ~30 ms of CPU each) and whatever is in flight past
   the concurrency limit (64) is throttled — how many depends on how soon the first
@@ -511,8 +535,7 @@ Reading these (2026-12-05):
   table above (one configuration per run, four instances ~30% ahead of 32) is not
   confirmed by it. Either way the ratio to the bare echo stays near 0.1: what bounds
   c = 32 is the CPU each call costs the cloud (above), not the number of instances.
-- **Native** cold starts are unchanged by this work ({cold['provided_ms']:.1f} ms, {cold['provided_ms']/cold['provided_floor_ms']:.2f}× spawning the
-  binary; 1.8–2.0× since the sandbox of issue 15, whose cost is in the table above).
+
 """
 
 
