@@ -204,6 +204,13 @@ impl Engine {
         }
     }
 
+    /// Replaces the pre-started interpreters cold starts have taken.
+    fn refill_prestart(&self) {
+        if let Some(Some(pool)) = self.prestart_pool.get() {
+            pool.refill();
+        }
+    }
+
     pub fn prestart_status(&self) -> crate::prestart::PrestartStatus {
         match self.prestart_pool.get() {
             Some(Some(pool)) => pool.status(),
@@ -460,11 +467,11 @@ impl Engine {
         // The invoke span names the invocation, so a trace finds the function's own
         // log lines (`GET /functions/v1/{name}/logs?request_id=`).
         request.span.record("faas.invocation_id", &*request_id);
-        let instance = match pool.take_idle() {
-            Some(instance) => instance,
+        let (instance, cold) = match pool.take_idle() {
+            Some(instance) => (instance, false),
             None => {
                 metrics.cold_starts.get_or_create(&pool.label).inc();
-                self.start_instance(&pool, false).await?
+                (self.start_instance(&pool, false).await?, true)
             }
         };
         let logs = Arc::clone(&pool.logs);
@@ -484,6 +491,9 @@ impl Engine {
             cognito_identity: None,
         };
         let (outcome, timing) = instance.invoke(invocation, timeout).await;
+        if cold {
+            self.refill_prestart();
+        }
         let result = match outcome {
             Ok(Outcome::Response(body)) => Ok(body),
             Ok(Outcome::Error { body, error_type }) => Err((body, error_type)),
@@ -758,15 +768,18 @@ impl Engine {
             true => self.prestart().await.and_then(|prestart| prestart.take()),
             false => None,
         };
-        let instance = Instance::start(launch, Arc::clone(&pool.logs), prestarted)
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::Internal,
-                    format!("starting an instance of {name}: {e}"),
-                )
-                .with_source(e)
-            })?;
+        let instance = Instance::start(launch, Arc::clone(&pool.logs), prestarted).await;
+        if provisioned || instance.is_err() {
+            // No call follows (`invoke` refills after a cold start's first call).
+            self.refill_prestart();
+        }
+        let instance = instance.map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("starting an instance of {name}: {e}"),
+            )
+            .with_source(e)
+        })?;
         pool.live.fetch_add(1, Ordering::SeqCst);
         Ok(instance)
     }
