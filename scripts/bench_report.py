@@ -501,7 +501,9 @@ Reading these (2026-12-05):
   Python's compiler costs ~1 ms on its first use in a process, so the bootstrap
   compiles a snippet while it waits (cold start 4.0 → 2.4 ms); an interpreter joins
   the pool only once it has said it is ready (before that, a cold start could take
-  one still importing: 7.2 ms).
+  one still importing: 7.2 ms); and its replacement is started after the cold call
+  that took it has been answered, not beside it (its ~25 ms of CPU had made Node's
+  exec'd cold start ~8 ms slower than an unsandboxed spawn; now ~2 ms).
 - **The 1.3× row is out of reach without handler snapshots**: the floor is a warm
   call (handler imported, connection open) plus a fork; a pre-started interpreter must
   still import the function's handler and open its first connection after its
