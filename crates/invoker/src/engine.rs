@@ -148,8 +148,8 @@ pub struct Engine {
     pub sandbox: Arc<Sandbox>,
     /// Code hashes whose cached tree this process unpacked or checked.
     verified_code: Mutex<std::collections::HashSet<String>>,
-    /// How many python3 interpreters to keep pre-started, and the pool of them
-    /// (made on first need; `None` when off).
+    /// How many interpreters to keep pre-started, and the pool of them (made on
+    /// first need; `None` when off).
     prestart_size: usize,
     prestart_pool: tokio::sync::OnceCell<Option<Arc<PrestartPool>>>,
 }
