@@ -28,10 +28,12 @@ pub enum Action {
     FunctionsInvoke,
     FunctionsReadLogs,
     FunctionsPassRole,
+    BillingReadUsage,
+    BillingManageBudgets,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 24] = [
         Action::StorageCreateBucket,
         Action::StorageDeleteBucket,
         Action::StorageListObjects,
@@ -54,6 +56,8 @@ impl Action {
         Action::FunctionsInvoke,
         Action::FunctionsReadLogs,
         Action::FunctionsPassRole,
+        Action::BillingReadUsage,
+        Action::BillingManageBudgets,
     ];
 
     /// As policies write it: `<service>:<Name>`.
@@ -81,6 +85,8 @@ impl Action {
             Action::FunctionsInvoke => "functions:Invoke",
             Action::FunctionsReadLogs => "functions:ReadLogs",
             Action::FunctionsPassRole => "functions:PassRole",
+            Action::BillingReadUsage => "billing:ReadUsage",
+            Action::BillingManageBudgets => "billing:ManageBudgets",
         }
     }
 }

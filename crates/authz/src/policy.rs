@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::caller::{Caller, Role};
 
-pub const SERVICES: [&str; 6] = [
+pub const SERVICES: [&str; 7] = [
     "storage",
     "db",
     "kv",
@@ -22,6 +22,8 @@ pub const SERVICES: [&str; 6] = [
     "functions",
     // `roles:<name>`, the resource of `functions:PassRole`.
     "roles",
+    // `billing:usage`, `billing:budgets/<name>`.
+    "billing",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -147,6 +147,7 @@ pub struct BusState {
         Option<minicloud_proto::docdb::v1::docdb_service_client::DocdbServiceClient<TracedChannel>>,
     /// Tokens for subscription owners, by `role\nsubject` (for docdb's judgement).
     pub(crate) owner_tokens: minicloud_authz::TtlCache<String>,
+    pub(crate) meters: minicloud_metering::Meters,
 }
 
 impl std::ops::Deref for Bus {
@@ -218,6 +219,7 @@ impl Bus {
         pool: PgPool,
         redis: redis::Client,
         authz: Arc<Authz>,
+        meters: minicloud_metering::Meters,
     ) -> Result<Bus, BusStartError> {
         migrate(&pool).await?;
         let manager = tokio::time::timeout(
@@ -261,6 +263,7 @@ impl Bus {
             service_metrics,
             config,
             authz,
+            meters,
         })))
     }
 
@@ -302,6 +305,9 @@ impl Service for Bus {
                 schedules::spawn(self.clone(), cancel.clone()),
             ),
         ]
+        .into_iter()
+        .chain(self.meters.shipping_task(cancel))
+        .collect()
     }
 
     fn host(self) -> ServiceHost {

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use minicloud_auth::{Auth, AuthConfig, BuiltinKeys};
+use minicloud_billing::{Billing, BillingConfig};
 use minicloud_authz::Authz;
 use minicloud_bus::{Bus, BusConfig};
 use minicloud_docdb::{Docdb, DocdbConfig};
 use minicloud_gateway::{Gateway, GatewayConfig};
 use minicloud_invoker::{Invoker, InvokerConfig};
+use minicloud_metering::{Meters, MeteringConfig};
 use minicloud_proto::services::{PerService, ServiceName};
 use minicloud_storage::{Storage, StorageConfig};
 use minicloud_telemetry::grpc_client::ServiceCredential;
@@ -34,6 +36,9 @@ pub struct CloudConfig {
     pub docdb: DocdbConfig,
     pub bus: BusConfig,
     pub invoker: InvokerConfig,
+    pub billing: BillingConfig,
+    /// Where the services' meter journals go (`dir` unset: `.minicloud/meters`).
+    pub metering: MeteringConfig,
     /// How long services cache a role's policies (at most 60 s by design).
     pub policy_cache_ttl: Duration,
     pub gateway_dispatch: GatewayDispatch,
@@ -119,10 +124,22 @@ pub async fn start(
         .context("auth URL")
     };
 
+    // Each metering service appends to its own journal, shipped to billing.
+    let meters = |service: &'static str| {
+        Meters::open(
+            &config.metering,
+            std::path::Path::new(".minicloud/meters"),
+            service,
+            Some(&urls.billing),
+            credential.clone(),
+        )
+        .with_context(|| format!("opening {service}'s meter journal"))
+    };
+
     // Independent start-ups run concurrently; migrations serialise on sqlx's lock.
     let redis = async { redis::Client::open(config.redis_url.as_str()).context("REDIS_URL") };
 
-    let (auth, storage, docdb, bus, invoker) = tokio::try_join!(
+    let (auth, storage, docdb, bus, invoker, billing) = tokio::try_join!(
         async {
             let auth = Auth::new(
                 config.auth.clone(),
@@ -135,11 +152,29 @@ pub async fn start(
         },
         async {
             let pool = pool(minicloud_storage::SCHEMA).await?;
-            anyhow::Ok(Storage::new(config.storage.clone(), pool, authz()?, &urls.bus).await?)
+            anyhow::Ok(
+                Storage::new(
+                    config.storage.clone(),
+                    pool,
+                    authz()?,
+                    &urls.bus,
+                    meters("storage")?,
+                )
+                .await?,
+            )
         },
         async {
             let pool = pool(minicloud_docdb::SCHEMA).await?;
-            anyhow::Ok(Docdb::new(config.docdb.clone(), pool, authz()?, &urls.bus).await?)
+            anyhow::Ok(
+                Docdb::new(
+                    config.docdb.clone(),
+                    pool,
+                    authz()?,
+                    &urls.bus,
+                    meters("docdb")?,
+                )
+                .await?,
+            )
         },
         async {
             let (pool, redis) = tokio::try_join!(pool(minicloud_bus::SCHEMA), redis)?;
@@ -166,7 +201,7 @@ pub async fn start(
                 internal_ports,
                 ..config.bus.clone()
             };
-            anyhow::Ok(Bus::new(bus, pool, redis, authz()?).await?)
+            anyhow::Ok(Bus::new(bus, pool, redis, authz()?, meters("bus")?).await?)
         },
         async {
             let pool = pool(minicloud_invoker::SCHEMA).await?;
@@ -185,9 +220,14 @@ pub async fn start(
                     authz()?,
                     Some(&urls.bus),
                     Some(&urls.storage),
+                    meters("invoker")?,
                 )
                 .await?,
             )
+        },
+        async {
+            let pool = pool(minicloud_billing::SCHEMA).await?;
+            anyhow::Ok(Billing::new(config.billing.clone(), pool, authz()?).await?)
         },
     )?;
     let keys = auth
@@ -202,6 +242,7 @@ pub async fn start(
         Hosted::new(docdb, &shutdown),
         Hosted::new(bus, &shutdown),
         Hosted::new(invoker, &shutdown),
+        Hosted::new(billing, &shutdown),
     ];
     if config.gateway_dispatch == GatewayDispatch::InProcess {
         // The routers share their service's state with the ones served below.

@@ -116,8 +116,8 @@ struct UpArgs {
     #[arg(long = "host", env = "MINICLOUD_HOST", default_value = "127.0.0.1")]
     host: String,
     /// Ports, as `SERVICE=PORT` (comma-separated or repeated); 0 picks a free one.
-    /// Default: 4600 for the gateway, 4601-4605 for auth, storage, docdb, bus and
-    /// invoker.
+    /// Default: 4600 for the gateway, 4601-4606 for auth, storage, docdb, bus,
+    /// invoker and billing.
     #[arg(
         long = "port",
         env = "MINICLOUD_PORT",
@@ -135,6 +135,10 @@ struct UpArgs {
     bus: BusConfig,
     #[command(flatten)]
     invoker: InvokerConfig,
+    #[command(flatten)]
+    billing: minicloud_billing::BillingConfig,
+    #[command(flatten)]
+    metering: minicloud_metering::MeteringConfig,
 }
 
 fn main() -> ExitCode {
@@ -289,6 +293,9 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
     args.invoker
         .code_dir
         .get_or_insert_with(|| args.data_dir.join("functions"));
+    args.metering
+        .dir
+        .get_or_insert_with(|| args.data_dir.join("meters"));
     let result = async {
         let ports = per_service(&args.ports, &ServiceName::ALL, ServiceName::default_port, "port")?;
         let listeners = cloud::bind_listeners(&args.host, &ports).await.context("binding the service ports")?;
@@ -301,6 +308,8 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
             docdb: args.docdb.clone(),
             bus: args.bus.clone(),
             invoker: args.invoker.clone(),
+            billing: args.billing.clone(),
+            metering: args.metering.clone(),
             policy_cache_ttl: minicloud_authz::POLICY_CACHE_TTL,
             gateway_dispatch: cloud::GatewayDispatch::InProcess,
         };

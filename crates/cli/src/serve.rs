@@ -101,7 +101,7 @@ pub fn per_service<T: Clone>(
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// The services to run, comma-separated: gateway, auth, storage, docdb, bus,
-    /// invoker.
+    /// invoker, billing.
     #[arg(value_delimiter = ',', required = true)]
     pub services: Vec<ServiceName>,
     #[command(flatten)]
@@ -109,7 +109,7 @@ pub struct ServeArgs {
     #[arg(long = "host", env = "MINICLOUD_HOST", default_value = "0.0.0.0")]
     pub host: String,
     /// Ports, as `SERVICE=PORT` (comma-separated or repeated); a bare `PORT` when
-    /// serving one service. Default: each service's standard port (4600-4605).
+    /// serving one service. Default: each service's standard port (4600-4606).
     #[arg(
         long = "port",
         env = "MINICLOUD_PORT",
@@ -161,6 +161,10 @@ pub struct ServeArgs {
     pub bus: BusConfig,
     #[command(flatten)]
     pub invoker: InvokerConfig,
+    #[command(flatten)]
+    pub billing: minicloud_billing::BillingConfig,
+    #[command(flatten)]
+    pub metering: minicloud_metering::MeteringConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -239,6 +243,17 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
         None
     };
 
+    // Each metering service appends to its own journal, shipped to billing.
+    let meters = |service: &'static str| {
+        minicloud_metering::Meters::open(
+            &args.metering,
+            Path::new(".minicloud/meters"),
+            service,
+            Some(&urls.billing),
+            credential.clone(),
+        )
+        .with_context(|| format!("opening {service}'s meter journal"))
+    };
     let mut hosted: Vec<Hosted> = Vec::new();
     for &service in &services {
         hosted.push(match service {
@@ -274,6 +289,7 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
                     pool(minicloud_storage::SCHEMA).await?,
                     authz()?,
                     &urls.bus,
+                    meters("storage")?,
                 )
                 .await?;
                 Hosted::new(storage, &shutdown)
@@ -284,6 +300,7 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
                     pool(minicloud_docdb::SCHEMA).await?,
                     authz()?,
                     &urls.bus,
+                    meters("docdb")?,
                 )
                 .await?;
                 Hosted::new(docdb, &shutdown)
@@ -300,6 +317,7 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
                     pool(minicloud_bus::SCHEMA).await?,
                     redis,
                     authz()?,
+                    meters("bus")?,
                 )
                 .await?;
                 Hosted::new(bus, &shutdown)
@@ -320,9 +338,19 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
                     authz()?,
                     Some(&urls.bus),
                     Some(&urls.storage),
+                    meters("invoker")?,
                 )
                 .await?;
                 Hosted::new(invoker, &shutdown)
+            }
+            ServiceName::Billing => {
+                let billing = minicloud_billing::Billing::new(
+                    args.billing.clone(),
+                    pool(minicloud_billing::SCHEMA).await?,
+                    authz()?,
+                )
+                .await?;
+                Hosted::new(billing, &shutdown)
             }
             ServiceName::Gateway => {
                 let mut gateway = minicloud_gateway::Gateway::new(&args.gateway, &urls, authz()?)?;

@@ -79,6 +79,7 @@ pub struct DocdbState {
     pub(crate) relay: minicloud_outbox::Relay,
     /// Collection policies, every document call needs one.
     pub(crate) policies: minicloud_authz::TtlCache<Arc<minicloud_authz::Policy>>,
+    pub(crate) meters: minicloud_metering::Meters,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,7 @@ impl Docdb {
         pool: PgPool,
         authz: Arc<Authz>,
         bus_grpc_url: &str,
+        meters: minicloud_metering::Meters,
     ) -> Result<Docdb, DocdbStartError> {
         migrate(&pool).await?;
         minicloud_outbox::ensure_table(&pool).await?;
@@ -129,6 +131,7 @@ impl Docdb {
             authz,
             relay,
             policies: minicloud_authz::TtlCache::new(documents::POLICY_CACHE_TTL),
+            meters,
         })))
     }
 }
@@ -153,10 +156,12 @@ impl Service for Docdb {
                 }
             }
         });
-        vec![
+        let mut tasks = vec![
             BackgroundTask::new("outbox relay", self.relay.clone().spawn(cancel.clone())),
             BackgroundTask::new("expired key purge", purge),
-        ]
+        ];
+        tasks.extend(self.meters.shipping_task(cancel));
+        tasks
     }
 
     fn host(self) -> ServiceHost {

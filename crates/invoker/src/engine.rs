@@ -15,6 +15,8 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use minicloud_metering::Meter;
+
 use crate::instance::{Failure, Instance, Invocation, Launch, Outcome, Timing};
 use crate::logs::{FunctionLogs, LogStore, LogStream};
 use crate::metrics::{FunctionLabel, InvokerMetrics};
@@ -94,6 +96,8 @@ pub struct InvokeRequest {
     pub client_context: Option<String>,
     /// The caller wants the log tail: the report is written before returning.
     pub log_tail: bool,
+    /// Who the invocation is metered to ([`minicloud_metering::owner_of`]).
+    pub owner: String,
     /// The request's span, which names the invocation once it has an id
     /// (`faas.invocation_id`). Passed rather than entered around the invocation:
     /// entering it would cost an enter and exit on every poll of the invoke task.
@@ -152,6 +156,13 @@ pub struct Engine {
     /// first need; `None` when off).
     prestart_size: usize,
     prestart_pool: tokio::sync::OnceCell<Option<Arc<PrestartPool>>>,
+    pub(crate) meters: minicloud_metering::Meters,
+}
+
+/// Lambda's billed duration: rounded up to the millisecond, at least 1. REPORT
+/// lines and meters use this one rounding.
+fn billed_ms(duration: Duration) -> u64 {
+    (duration.as_nanos().div_ceil(1_000_000) as u64).max(1)
 }
 
 #[derive(Debug)]
@@ -184,6 +195,7 @@ impl Engine {
         metrics: InvokerMetrics,
         sandbox: Arc<Sandbox>,
         prestart_size: usize,
+        meters: minicloud_metering::Meters,
     ) -> Engine {
         Engine {
             db,
@@ -201,6 +213,7 @@ impl Engine {
             verified_code: Mutex::new(std::collections::HashSet::new()),
             prestart_size,
             prestart_pool: tokio::sync::OnceCell::new(),
+            meters,
         }
     }
 
@@ -512,6 +525,18 @@ impl Engine {
             );
             tokio::spawn(async move { pool.report(&id, timing, &instance) });
         }
+        // GB-seconds as Lambda bills them: the configured memory times REPORT's
+        // Billed Duration.
+        let billed_ms = billed_ms(timing.duration);
+        self.meters.record(
+            name,
+            &request.owner,
+            &[
+                (Meter::FunctionRequests, 1),
+                (Meter::FunctionBilledMs, billed_ms),
+                (Meter::FunctionMbMs, billed_ms * pool.spec.memory_mb.max(0) as u64),
+            ],
+        );
         metrics.invocations.get_or_create(&pool.label).inc();
         metrics
             .duration
@@ -618,7 +643,7 @@ impl FunctionPool {
         let ms = timing.duration.as_secs_f64() * 1000.0;
         let mut report = format!(
             "REPORT RequestId: {request_id}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
-            ms.ceil().max(1.0) as u64,
+            billed_ms(timing.duration),
             self.spec.memory_mb,
             memory_mb.unwrap_or(0),
         );

@@ -363,6 +363,7 @@ async fn run_payload(
             let tail = header("x-amz-log-type") == Some("Tail");
             let request = InvokeRequest {
                 log_tail: tail,
+                owner: minicloud_metering::owner_of(&caller),
                 span: tracing::Span::none(),
                 payload,
                 wait_for_slot: false,

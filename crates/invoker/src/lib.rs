@@ -339,6 +339,7 @@ impl Invoker {
         authz: Arc<Authz>,
         bus_grpc_url: Option<&str>,
         storage_grpc_url: Option<&str>,
+        meters: minicloud_metering::Meters,
     ) -> Result<Invoker, InvokerStartError> {
         migrate(&pool).await?;
         let code_dir = config
@@ -399,6 +400,7 @@ impl Invoker {
             metrics,
             Arc::clone(&sandbox),
             config.prestart,
+            meters.clone(),
         ));
         // Resolving the interpreter runs python (~60 ms through a pyenv shim): in
         // the background, so start-up does not wait; the first cold start might.
@@ -443,10 +445,12 @@ impl Service for Invoker {
 
     /// Instance maintenance, which stops every instance when it sees the shutdown.
     fn background(&self, cancel: &CancellationToken) -> Vec<BackgroundTask> {
-        vec![BackgroundTask::new(
+        let mut tasks = vec![BackgroundTask::new(
             "instance maintenance",
             tokio::spawn(Arc::clone(&self.0.engine).maintain(cancel.clone())),
-        )]
+        )];
+        tasks.extend(self.0.engine.meters.shipping_task(cancel));
+        tasks
     }
 
     fn host(self) -> ServiceHost {
@@ -587,6 +591,7 @@ impl InvokerService for InvokerGrpc {
                 trace_id: None,
                 client_context: None,
                 log_tail: false,
+                owner: minicloud_metering::owner_of(&caller),
                 span: tracing::Span::none(),
             },
         )

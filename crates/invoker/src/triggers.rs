@@ -296,7 +296,7 @@ async fn http_route_inner(
             "no HTTP route {method} {path} on function {name}"
         )));
     }
-    let invoked = invoke_with_http_event(invoker, name, &path, parts, body, peer).await?;
+    let invoked = invoke_with_http_event(invoker, name, &path, parts, body, peer, "anon".into()).await?;
     match invoked.result {
         Ok(payload) => Ok(api_gateway_v2_response(&payload)),
         Err((body, _)) => {
@@ -334,7 +334,15 @@ pub async fn edge_invoke(
         .authz
         .authorize_on(&caller, Action::FunctionsInvoke, Resource::Function(&name))
         .await?;
-    let invoked = invoke_with_http_event(&invoker, &name, "/", &parts, body, peer).await?;
+    let invoked = invoke_with_http_event(
+        &invoker,
+        &name,
+        "/",
+        &parts,
+        body,
+        peer,
+        minicloud_metering::owner_of(&caller),
+    ).await?;
     Ok(match invoked.result {
         Ok(payload) => api_gateway_v2_response(&payload),
         Err((error, _)) => {
@@ -357,6 +365,7 @@ async fn invoke_with_http_event(
     parts: &http::request::Parts,
     body: Body,
     peer: std::net::SocketAddr,
+    owner: String,
 ) -> Result<crate::engine::Invoked, ApiError> {
     let body = crate::invoke::read_payload(body, crate::invoke::MAX_SYNC_PAYLOAD * 3 / 4)
         .await
@@ -382,6 +391,7 @@ async fn invoke_with_http_event(
         trace_id: None,
         client_context: None,
         log_tail: false,
+        owner,
         span: tracing::Span::none(),
     };
     crate::invoke::sync_invoke(invoker, name, request).await

@@ -50,3 +50,10 @@ pub mod invoker {
         tonic::include_proto!("minicloud.invoker.v1");
     }
 }
+
+pub mod billing {
+    #[allow(clippy::clone_on_ref_ptr, clippy::doc_markdown)]
+    pub mod v1 {
+        tonic::include_proto!("minicloud.billing.v1");
+    }
+}

@@ -15,26 +15,29 @@ pub enum ServiceName {
     Docdb,
     Bus,
     Invoker,
+    Billing,
 }
 
 impl ServiceName {
     /// Every service, in port order.
-    pub const ALL: [ServiceName; 6] = [
+    pub const ALL: [ServiceName; 7] = [
         ServiceName::Gateway,
         ServiceName::Auth,
         ServiceName::Storage,
         ServiceName::Docdb,
         ServiceName::Bus,
         ServiceName::Invoker,
+        ServiceName::Billing,
     ];
 
     /// The services behind the gateway.
-    pub const BEHIND_GATEWAY: [ServiceName; 5] = [
+    pub const BEHIND_GATEWAY: [ServiceName; 6] = [
         ServiceName::Auth,
         ServiceName::Storage,
         ServiceName::Docdb,
         ServiceName::Bus,
         ServiceName::Invoker,
+        ServiceName::Billing,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -45,10 +48,11 @@ impl ServiceName {
             ServiceName::Docdb => "docdb",
             ServiceName::Bus => "bus",
             ServiceName::Invoker => "invoker",
+            ServiceName::Billing => "billing",
         }
     }
 
-    /// 4600 for the gateway, then 4601–4605 in [`ServiceName::ALL`]'s order.
+    /// 4600 for the gateway, then 4601–4606 in [`ServiceName::ALL`]'s order.
     pub const fn default_port(self) -> u16 {
         4600 + self as u16
     }
@@ -74,6 +78,7 @@ impl ServiceName {
                 "/2017-10-31/functions",
                 "/fn",
             ],
+            ServiceName::Billing => &["/billing/v1"],
         }
     }
 
@@ -100,7 +105,7 @@ impl fmt::Display for ServiceName {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown service {0:?} (one of gateway, auth, storage, docdb, bus, invoker)")]
+#[error("unknown service {0:?} (one of gateway, auth, storage, docdb, bus, invoker, billing)")]
 pub struct UnknownService(pub String);
 
 impl FromStr for ServiceName {
@@ -123,6 +128,7 @@ pub struct PerService<T> {
     pub docdb: T,
     pub bus: T,
     pub invoker: T,
+    pub billing: T,
 }
 
 impl<T> PerService<T> {
@@ -134,6 +140,7 @@ impl<T> PerService<T> {
             docdb: value(ServiceName::Docdb),
             bus: value(ServiceName::Bus),
             invoker: value(ServiceName::Invoker),
+            billing: value(ServiceName::Billing),
         }
     }
 
@@ -149,6 +156,7 @@ impl<T> PerService<T> {
             docdb: f(ServiceName::Docdb, self.docdb),
             bus: f(ServiceName::Bus, self.bus),
             invoker: f(ServiceName::Invoker, self.invoker),
+            billing: f(ServiceName::Billing, self.billing),
         }
     }
 }
@@ -163,6 +171,7 @@ impl<T> Index<ServiceName> for PerService<T> {
             ServiceName::Docdb => &self.docdb,
             ServiceName::Bus => &self.bus,
             ServiceName::Invoker => &self.invoker,
+            ServiceName::Billing => &self.billing,
         }
     }
 }
@@ -176,6 +185,7 @@ impl<T> IndexMut<ServiceName> for PerService<T> {
             ServiceName::Docdb => &mut self.docdb,
             ServiceName::Bus => &mut self.bus,
             ServiceName::Invoker => &mut self.invoker,
+            ServiceName::Billing => &mut self.billing,
         }
     }
 }
@@ -211,6 +221,10 @@ mod tests {
             Some(ServiceName::Invoker)
         );
         assert_eq!(ServiceName::owning("/fn/hello"), Some(ServiceName::Invoker));
+        assert_eq!(
+            ServiceName::owning("/billing/v1/usage"),
+            Some(ServiceName::Billing)
+        );
         assert_eq!(ServiceName::owning("/fnord"), None);
         assert_eq!(ServiceName::owning("/auth/v10"), None);
         assert_eq!(ServiceName::owning("/"), None);

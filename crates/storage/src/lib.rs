@@ -181,6 +181,7 @@ pub struct StorageState {
     /// Bucket settings as every object call reads them; a change made here applies
     /// at once, one made through another replica within [`BUCKET_CACHE_TTL`].
     pub(crate) buckets: minicloud_authz::TtlCache<buckets::BucketRecord>,
+    pub(crate) meters: minicloud_metering::Meters,
 }
 
 impl std::fmt::Debug for StorageState {
@@ -246,6 +247,7 @@ impl Storage {
         pool: PgPool,
         authz: Arc<Authz>,
         bus_grpc_url: &str,
+        meters: minicloud_metering::Meters,
     ) -> Result<Storage, StorageStartError> {
         migrate(&pool).await?;
         minicloud_outbox::ensure_table(&pool).await?;
@@ -265,6 +267,7 @@ impl Storage {
             relay,
             signer,
             buckets: minicloud_authz::TtlCache::new(BUCKET_CACHE_TTL),
+            meters,
         })))
     }
 }
@@ -355,7 +358,7 @@ impl Service for Storage {
 
     /// The outbox relay and the orphan sweep.
     fn background(&self, cancel: &CancellationToken) -> Vec<BackgroundTask> {
-        vec![
+        let mut tasks = vec![
             BackgroundTask::new("outbox relay", self.relay.clone().spawn(cancel.clone())),
             BackgroundTask::new(
                 "orphan sweep",
@@ -365,7 +368,9 @@ impl Service for Storage {
                     cancel.clone(),
                 ),
             ),
-        ]
+        ];
+        tasks.extend(self.meters.shipping_task(cancel));
+        tasks
     }
 }
 

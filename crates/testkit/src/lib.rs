@@ -68,6 +68,10 @@ pub struct TestCloudBuilder {
     pub gateway_dispatch: GatewayDispatch,
     /// The invoker's settings (its code dir is always under the test's temp dir).
     pub invoker: InvokerConfig,
+    pub billing: minicloud_billing::BillingConfig,
+    /// Meters (their journals are always under the test's temp dir); shipped every
+    /// 100 ms unless a test says otherwise.
+    pub metering: minicloud_metering::MeteringConfig,
 }
 
 impl Default for TestCloudBuilder {
@@ -85,6 +89,11 @@ impl Default for TestCloudBuilder {
             policy_cache_ttl: std::time::Duration::from_secs(30),
             gateway_dispatch: GatewayDispatch::InProcess,
             invoker: InvokerConfig::default(),
+            billing: minicloud_billing::BillingConfig::default(),
+            metering: minicloud_metering::MeteringConfig {
+                ship_interval_ms: 100,
+                ..Default::default()
+            },
         }
     }
 }
@@ -169,6 +178,11 @@ impl TestCloudBuilder {
             invoker: InvokerConfig {
                 code_dir: Some(data_dir.join("functions")),
                 ..self.invoker.clone()
+            },
+            billing: self.billing.clone(),
+            metering: minicloud_metering::MeteringConfig {
+                dir: Some(data_dir.join("meters")),
+                ..self.metering.clone()
             },
         };
         let listeners = cloud::bind_listeners("127.0.0.1", &PerService::default()).await?;

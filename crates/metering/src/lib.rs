@@ -1,0 +1,206 @@
+//! Meters (docs/billing.md): what each request served — an invocation's billed
+//! duration and GB-seconds, a storage request's class and bytes sent, documents
+//! read and written, events published and delivered — attributed to a resource
+//! and an owner.
+//!
+//! A service records a request's quantities with [`Meters::record`] before it
+//! answers: one line appended to this process's journal ([`journal`]), a few
+//! microseconds, no network. A background shipper sends the journal's new lines to
+//! the billing service every second; billing adds them to hourly rows and remembers
+//! how far each journal was ingested in the same transaction, so a batch shipped
+//! twice (a lost answer, a restart) is counted once. A process killed with lines not
+//! yet shipped leaves its journal behind, and the next process to start with the
+//! same directory ships it.
+
+mod journal;
+mod meter;
+mod shipper;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use minicloud_authz::Caller;
+use minicloud_telemetry::grpc_client::ServiceCredential;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+pub use journal::Record;
+pub use meter::{Meter, UnknownMeter};
+pub use shipper::{ShipError, Shipper};
+
+/// Where meters go, shared by every service of a process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MeteringConfig {
+    /// Record and ship meters (usage, cost estimates and budgets need them).
+    #[arg(
+        long = "metering",
+        env = "MINICLOUD_METERING",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub enabled: bool,
+    /// The journals' directory (default: `<data-dir>/meters` under `up`,
+    /// `./.minicloud/meters` under `serve`). It must outlive the process: a journal
+    /// left behind is shipped by the next process that starts with it.
+    #[arg(long = "metering-dir", env = "MINICLOUD_METERING_DIR")]
+    pub dir: Option<PathBuf>,
+    /// How often journals are shipped to billing, in milliseconds.
+    #[arg(
+        long = "metering-ship-interval-ms",
+        env = "MINICLOUD_METERING_SHIP_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub ship_interval_ms: u64,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        MeteringConfig {
+            enabled: true,
+            dir: None,
+            ship_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Who a request is metered to: the role, and the subject when there is one
+/// (`authenticated:<uid>`, `reporting:fn:thumbnail`, `service`, `anon`).
+pub fn owner_of(caller: &Caller) -> String {
+    match &caller.uid {
+        Some(uid) => format!("{}:{uid}", caller.role.name()),
+        None => caller.role.name().to_owned(),
+    }
+}
+
+/// A service's meters; cheap to clone. [`Meters::off`] records nothing.
+#[derive(Debug, Clone)]
+pub struct Meters(Option<Arc<Inner>>);
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    service: &'static str,
+    writer: Mutex<journal::Writer>,
+    quantities: Family<MeterLabel, Counter>,
+    write_errors: Counter,
+    billing: Option<(String, ServiceCredential)>,
+    ship_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MeterLabel {
+    meter: &'static str,
+}
+
+impl Meters {
+    pub fn off() -> Meters {
+        Meters(None)
+    }
+
+    /// A new journal for `service` in `dir`; shipped to `billing_url` (gRPC) with
+    /// `credential` once the shipper runs ([`Meters::shipper`]).
+    pub fn open(
+        config: &MeteringConfig,
+        default_dir: &Path,
+        service: &'static str,
+        billing_url: Option<&str>,
+        credential: ServiceCredential,
+    ) -> std::io::Result<Meters> {
+        if !config.enabled {
+            return Ok(Meters::off());
+        }
+        let dir = config.dir.clone().unwrap_or_else(|| default_dir.to_owned());
+        let writer = journal::Writer::create(&dir, service)?;
+        Ok(Meters(Some(Arc::new(Inner {
+            dir,
+            service,
+            writer: Mutex::new(writer),
+            quantities: Family::default(),
+            write_errors: Counter::default(),
+            billing: billing_url.map(|url| (url.to_owned(), credential)),
+            ship_interval: Duration::from_millis(config.ship_interval_ms.max(10)),
+        }))))
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Records what one request served. Called before the answer leaves, so a
+    /// request that was answered is in the journal. A failed write (a full disk) is
+    /// logged and counted (`meter_write_errors_total`), and the request still served.
+    pub fn record(&self, resource: &str, owner: &str, quantities: &[(Meter, u64)]) {
+        let Some(inner) = &self.0 else { return };
+        let record = Record {
+            seq: 0,
+            at_ms: now_ms(),
+            resource: Cow::Borrowed(resource),
+            owner: Cow::Borrowed(owner),
+            quantities: quantities.to_vec(),
+        };
+        let written = inner.writer.lock().unwrap().append(record);
+        match written {
+            Ok(()) => {
+                for &(meter, amount) in quantities {
+                    inner
+                        .quantities
+                        .get_or_create(&MeterLabel {
+                            meter: meter.as_str(),
+                        })
+                        .inc_by(amount);
+                }
+            }
+            Err(error) => {
+                inner.write_errors.inc();
+                tracing::error!(service = inner.service, %error, "writing a meter failed");
+            }
+        }
+    }
+
+    /// `meter_quantity_total{meter}` and `meter_write_errors_total`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let Some(inner) = &self.0 else { return };
+        registry.register(
+            "meter_quantity",
+            "Quantities metered by this process, in each meter's base unit",
+            inner.quantities.clone(),
+        );
+        registry.register(
+            "meter_write_errors",
+            "Meters that could not be written to the journal",
+            inner.write_errors.clone(),
+        );
+    }
+
+    /// The shipper as a service's background task (see [`Meters::shipper`]).
+    pub fn shipping_task(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Option<minicloud_telemetry::server::BackgroundTask> {
+        let shipper = self.shipper()?;
+        Some(minicloud_telemetry::server::BackgroundTask::new(
+            "meter shipper",
+            tokio::spawn(shipper.run(cancel.clone())),
+        ))
+    }
+
+    /// The task that ships this process's journal (and orphans it finds) to billing;
+    /// `None` when metering is off or no billing URL was given.
+    pub fn shipper(&self) -> Option<Shipper> {
+        let inner = self.0.as_ref()?;
+        let (url, credential) = inner.billing.clone()?;
+        Shipper::new(Arc::clone(inner), &url, credential)
+            .inspect_err(|error| tracing::error!(%error, "billing URL"))
+            .ok()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
