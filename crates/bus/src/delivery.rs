@@ -145,7 +145,7 @@ async fn deliver_once(
 ) -> Result<(), String> {
     match target {
         Target::Topic(topic) => bus
-            .publish(topic, std::slice::from_ref(event))
+            .publish(topic, std::slice::from_ref(event), "service")
             .await
             .map(|_| ())
             .map_err(|e| e.message),
@@ -196,7 +196,16 @@ async fn deliver(
     cancel: &CancellationToken,
 ) -> Result<(), (i32, String)> {
     let mut attempt = 1;
+    let owner = match &subscription.owner {
+        Some(subject) => format!("{}:{subject}", subscription.owner_role),
+        None => subscription.owner_role.clone(),
+    };
     loop {
+        bus.meters.record(
+            &subscription.topic,
+            &owner,
+            &[(minicloud_metering::Meter::EventsDelivered, 1)],
+        );
         match deliver_once(bus, target, secret, event, attempt)
             .instrument(delivery_span(subscription, event, attempt))
             .await
@@ -251,7 +260,7 @@ async fn dead_letter(
                 Value::String(subscription.id.clone()),
             );
         }
-        bus.publish(topic, &[dead]).await?;
+        bus.publish(topic, &[dead], "service").await?;
     }
     bus.metrics
         .dead_lettered

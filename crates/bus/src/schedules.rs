@@ -279,7 +279,7 @@ pub(crate) async fn fire_due(bus: &Bus) -> Result<usize, ApiError> {
             "subject": schedule.name,
             "data": schedule.data,
         });
-        bus.publish(&schedule.topic, &[event]).await?;
+        bus.publish(&schedule.topic, &[event], "service").await?;
         // From the tick, not from now: a rate keeps its cadence instead of drifting.
         let next = every
             .next_after(tick, tz)

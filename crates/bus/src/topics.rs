@@ -164,10 +164,12 @@ impl Bus {
     /// Appends events to a topic's stream; returns their stream ids in order. An
     /// event whose `source` + `id` was published to this topic within the dedupe
     /// window is not stored again: its first stream id is returned.
+    /// `publisher` is who the events are metered to.
     pub async fn publish(
         &self,
         topic: &str,
         events: &[serde_json::Value],
+        publisher: &str,
     ) -> Result<Vec<String>, ApiError> {
         // Appends never trim: `crate::retention` does, sparing what a subscription
         // still needs.
@@ -221,6 +223,13 @@ impl Bus {
                 topic: topic.to_owned(),
             })
             .inc_by(ids.len() as u64);
+        // Every event accepted counts, a deduplicated one too (EventBridge bills
+        // each PutEvents entry).
+        self.meters.record(
+            topic,
+            publisher,
+            &[(minicloud_metering::Meter::EventsPublished, ids.len() as u64)],
+        );
         Ok(ids)
     }
 }
@@ -249,7 +258,8 @@ impl BusService for BusGrpc {
         }
         // The same check as the REST route.
         crate::access::authorize_publish(&self.0, &caller, &request.topic).await?;
-        let ids = self.0.publish(&request.topic, &events).await?;
+        let publisher = minicloud_metering::owner_of(&caller);
+        let ids = self.0.publish(&request.topic, &events, &publisher).await?;
         Ok(tonic::Response::new(PublishResponse { ids }))
     }
 
@@ -408,8 +418,9 @@ pub(crate) async fn publish_rest(
         })?;
     }
     crate::access::authorize_publish(&bus, &caller, &topic).await?;
+    let publisher = minicloud_metering::owner_of(&caller);
     Ok(Json(PublishOut {
-        ids: bus.publish(&topic, &events).await?,
+        ids: bus.publish(&topic, &events, &publisher).await?,
     }))
 }
 

@@ -3,6 +3,7 @@
 //! event in the same transaction (through the outbox).
 
 use minicloud_authz::Action;
+use minicloud_metering::Meter;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -240,6 +241,12 @@ impl Docdb {
             owner.as_deref(),
         )
         .await?;
+        // A read that finds nothing is still a read.
+        self.meters.record(
+            collection,
+            &minicloud_metering::owner_of(caller),
+            &[(Meter::DbReads, 1)],
+        );
         document.ok_or_else(|| ApiError::not_found("document not found"))
     }
 
@@ -297,10 +304,13 @@ impl Docdb {
             && write.id.is_some()
             && let Some(write) = writes.pop()
         {
+            let collection = write.collection.clone();
             let applied = self.put_in_one_statement(caller, write).await?;
             self.relay.wake();
+            self.meter_writes(caller, [collection.as_str()]);
             return Ok(vec![applied]);
         }
+        let collections: Vec<String> = writes.iter().map(|w| w.collection.clone()).collect();
         let mut tx = self.pool.begin().await.map_err(db)?;
         let mut applied = Vec::with_capacity(writes.len());
         for (i, write) in writes.into_iter().enumerate() {
@@ -315,7 +325,21 @@ impl Docdb {
         }
         tx.commit().await.map_err(db)?;
         self.relay.wake();
+        self.meter_writes(caller, collections.iter().map(String::as_str));
         Ok(applied)
+    }
+
+    /// One write per document written, per collection.
+    fn meter_writes<'a>(&self, caller: &Caller, collections: impl IntoIterator<Item = &'a str>) {
+        let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
+        for collection in collections {
+            *counts.entry(collection).or_default() += 1;
+        }
+        let owner = minicloud_metering::owner_of(caller);
+        for (collection, count) in counts {
+            self.meters
+                .record(collection, &owner, &[(Meter::DbWrites, count)]);
+        }
     }
 
     /// A PUT without `If-Match` as one autocommitted statement: the upsert and its
@@ -445,6 +469,12 @@ impl Docdb {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
+        // One read per result page.
+        self.meters.record(
+            collection,
+            &minicloud_metering::owner_of(caller),
+            &[(Meter::DbReads, 1)],
+        );
         let mut documents = Vec::with_capacity(rows.len());
         let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use minicloud_authz::Action;
 use minicloud_authz::Caller;
+use minicloud_metering::Meter;
 use minicloud_proto::error::{ApiError, ErrorCode};
 use serde::Serialize;
 use serde_json::Value;
@@ -66,7 +67,15 @@ impl Docdb {
         check_namespace(namespace)?;
         self.authz
             .authorize(caller, action, &format!("kv:{namespace}/{key}"), &[])
-            .await
+            .await?;
+        // Metered once authorised, as DynamoDB bills a conditional write that fails.
+        let meter = match action {
+            Action::KvGet | Action::KvList => Meter::KvReads,
+            _ => Meter::KvWrites,
+        };
+        self.meters
+            .record(namespace, &minicloud_metering::owner_of(caller), &[(meter, 1)]);
+        Ok(())
     }
 
     pub async fn kv_get(

@@ -93,7 +93,10 @@ impl StorageService for StorageGrpc {
         } else {
             None
         };
-        let (object, bytes) = self.0.open(object, range).await?;
+        let (object, bytes) = self
+            .0
+            .open(object, range, Some(minicloud_metering::owner_of(&caller)))
+            .await?;
         let mut first = Some(info(&object));
         let stream = bytes.map(move |chunk| match chunk {
             Ok(data) => Ok(GetObjectChunk {
@@ -201,6 +204,12 @@ impl StorageService for StorageGrpc {
         self.0
             .authorize_object(&caller, Action::StorageListObjects, &bucket, &prefix)
             .await?;
+        // A listing is a class-A (write-priced) request, as in S3.
+        self.0.meter_request(
+            &request.bucket,
+            &minicloud_metering::owner_of(&caller),
+            minicloud_metering::Meter::StorageWriteRequests,
+        );
         let delimiter = (!request.delimiter.is_empty()).then_some(request.delimiter.as_str());
         let cursor = (!request.cursor.is_empty()).then_some(request.cursor.as_str());
         let page = self

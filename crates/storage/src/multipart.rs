@@ -185,7 +185,7 @@ impl Storage {
             )));
         }
         let limit = self.size_limit(&self.load_bucket(upload.bucket).await?);
-        let (object, stream) = self.open(object, range).await?;
+        let (object, stream) = self.open(object, range, None).await?;
         let part = self.store_part(upload, part_number, stream, limit).await?;
         Ok((part, object))
     }

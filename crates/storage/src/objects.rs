@@ -5,6 +5,7 @@ use crate::error::StorageError;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use minicloud_authz::Action;
+use minicloud_metering::Meter;
 use minicloud_authz::{Caller, Policy};
 use minicloud_outbox::OutboxEvent;
 use serde::Serialize;
@@ -415,6 +416,11 @@ impl Storage {
                         .await;
                 }
                 self.relay.wake();
+                self.meter_request(
+                    &request.bucket,
+                    &minicloud_metering::owner_of(caller),
+                    Meter::StorageWriteRequests,
+                );
                 Ok(object)
             }
             Err(error) => {
@@ -529,12 +535,40 @@ impl Storage {
             self.authorize_object(caller, Action::StorageGetObject, &bucket_row, path)
                 .await?;
         }
-        self.object_info(bucket, path).await
+        let object = self.object_info(bucket, path).await?;
+        self.meter_request(bucket, &minicloud_metering::owner_of(caller), Meter::StorageReadRequests);
+        Ok(object)
     }
 
-    /// Opens the object's bytes; retries once if a concurrent replace removed the
-    /// version just read.
+    /// One request of a class (S3's: writes and lists, or reads) on `bucket`.
+    pub(crate) fn meter_request(&self, bucket: &str, owner: &str, class: Meter) {
+        self.meters.record(bucket, owner, &[(class, 1)]);
+    }
+
+    /// Opens the object's bytes for `reader` (the owner its bytes out are metered
+    /// to; `None`: read inside the service, as a part copy does); retries once if a
+    /// concurrent replace removed the version just read.
     pub async fn open(
+        &self,
+        object: ObjectRecord,
+        range: Option<ByteRange>,
+        reader: Option<String>,
+    ) -> Result<(ObjectRecord, ByteStream), StorageError> {
+        let (object, stream) = self.open_version(object, range).await?;
+        let stream = match reader {
+            Some(owner) => Box::pin(BytesOut {
+                stream,
+                sent: 0,
+                meters: self.meters.clone(),
+                bucket: object.bucket.clone(),
+                owner,
+            }),
+            None => stream,
+        };
+        Ok((object, stream))
+    }
+
+    async fn open_version(
         &self,
         object: ObjectRecord,
         range: Option<ByteRange>,
@@ -744,6 +778,11 @@ impl Storage {
         if let Some(old) = replaced {
             self.remove_blob(to.0, &blob_key(to.1, &old)).await;
         }
+        self.meter_request(
+            to.0,
+            &minicloud_metering::owner_of(caller),
+            Meter::StorageWriteRequests,
+        );
         if remove_source {
             match self
                 .delete_object(
@@ -785,5 +824,40 @@ impl Storage {
         }
         let drain = async { while let Some(Ok(_)) = body.next().await {} };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    }
+}
+
+/// An object's bytes on their way to a reader, counted: what was sent is metered
+/// (`storage.bytes_out`) when the response ends, completed or cut off.
+struct BytesOut {
+    stream: ByteStream,
+    sent: u64,
+    meters: minicloud_metering::Meters,
+    bucket: String,
+    owner: String,
+}
+
+impl futures::Stream for BytesOut {
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = this.stream.as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
+            this.sent += chunk.len() as u64;
+        }
+        polled
+    }
+}
+
+impl Drop for BytesOut {
+    fn drop(&mut self) {
+        if self.sent > 0 {
+            self.meters
+                .record(&self.bucket, &self.owner, &[(Meter::StorageBytesOut, self.sent)]);
+        }
     }
 }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt as _;
 use minicloud_authz::Action;
 use minicloud_authz::Caller;
+use minicloud_metering::Meter;
 use minicloud_proto::error::{ApiError, ErrorBody, ErrorCode, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 
@@ -276,6 +277,7 @@ fn cache_control(object: &ObjectRecord, audience: Audience) -> String {
 async fn serve(
     storage: &Storage,
     object: ObjectRecord,
+    reader: String,
     audience: Audience,
     method: &Method,
     headers: &HeaderMap,
@@ -354,7 +356,7 @@ async fn serve(
     if method == Method::HEAD {
         return builder.body(Body::empty()).map_err(ApiError::internal);
     }
-    let (_, stream) = storage.open(object, range).await?;
+    let (_, stream) = storage.open(object, range, Some(reader)).await?;
     builder
         .body(Body::from_stream(stream))
         .map_err(ApiError::internal)
@@ -372,7 +374,8 @@ pub(crate) async fn get(
 ) -> Result<Response, ApiError> {
     let (bucket, path) = object_path(bucket, path)?;
     let object = storage.authorize_read(&caller, &bucket, &path).await?;
-    serve(&storage, object, Audience::Private, &method, &headers).await
+    let reader = minicloud_metering::owner_of(&caller);
+    serve(&storage, object, reader, Audience::Private, &method, &headers).await
 }
 
 /// `GET /object/public/{bucket}/{path}`: public buckets only, no token needed.
@@ -393,7 +396,8 @@ pub(crate) async fn get_public(
         )));
     }
     let object = storage.object_info(&bucket, &path).await?;
-    serve(&storage, object, Audience::Anyone, &method, &headers).await
+    storage.meter_request(&bucket, "anon", Meter::StorageReadRequests);
+    serve(&storage, object, "anon".into(), Audience::Anyone, &method, &headers).await
 }
 
 #[utoipa::path(get, path = "/storage/v1/object/info/{bucket}/{path}", tag = "objects",
@@ -507,6 +511,8 @@ pub(crate) async fn list(
     storage
         .authorize_object(&caller, Action::StorageListObjects, &bucket_row, &prefix)
         .await?;
+    let owner = minicloud_metering::owner_of(&caller);
+    storage.meter_request(&bucket, &owner, Meter::StorageWriteRequests);
     Ok(Json(
         storage
             .list_objects(&bucket, &prefix, delimiter, limit, input.cursor.as_deref())
@@ -762,7 +768,9 @@ pub(crate) async fn get_signed(
         .signer
         .verify(&query.token, Operation::Download, &bucket, &path)?;
     let object = storage.object_info(&bucket, &path).await?;
-    serve(&storage, object, Audience::Private, &method, &headers).await
+    // A signed URL is the signer's grant, but who follows it is not known.
+    storage.meter_request(&bucket, "anon", Meter::StorageReadRequests);
+    serve(&storage, object, "anon".into(), Audience::Private, &method, &headers).await
 }
 
 #[utoipa::path(post, path = "/storage/v1/object/upload/sign/{bucket}/{path}", tag = "signed URLs", params(("bucket" = String, Path), ("path" = String, Path)),

@@ -140,6 +140,8 @@ struct Read {
     range: Option<ByteRange>,
     size: u64,
     headers: http::HeaderMap,
+    /// Who the bytes out are metered to.
+    reader: String,
 }
 
 /// GET/HEAD conditions, in RFC 9110's order.
@@ -261,6 +263,7 @@ impl StorageS3 {
     ) -> S3Result<Read> {
         let caller = self.caller(req).await?;
         let object = self.readable(&caller, bucket, key).await?;
+        let reader = minicloud_metering::owner_of(&caller);
         check_read_conditions(&object, conditions)?;
         let size = object.size as u64;
         let range = byte_range(range, size)?;
@@ -270,6 +273,7 @@ impl StorageS3 {
             range,
             size,
             headers,
+            reader,
         })
     }
 
@@ -445,6 +449,12 @@ impl S3 for StorageS3 {
             .authorize_object(&caller, Action::StorageListObjects, &bucket, &prefix)
             .await
             .map_err(from_storage)?;
+        // A listing is a class-A (write-priced) request, as in S3.
+        self.0.meter_request(
+            &input.bucket,
+            &minicloud_metering::owner_of(&caller),
+            minicloud_metering::Meter::StorageWriteRequests,
+        );
         let cursor = match (&input.continuation_token, &input.start_after) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(after)) if !after.is_empty() => Some(crate::listing::cursor_after(after)),
@@ -560,6 +570,7 @@ impl S3 for StorageS3 {
             range,
             size,
             headers,
+            reader,
         } = self
             .prepare_read(
                 &req,
@@ -574,7 +585,11 @@ impl S3 for StorageS3 {
                 input.response_content_type.as_deref(),
             )
             .await?;
-        let (object, stream) = self.0.open(object, range).await.map_err(from_storage)?;
+        let (object, stream) = self
+            .0
+            .open(object, range, Some(reader))
+            .await
+            .map_err(from_storage)?;
         let output = GetObjectOutput {
             body: Some(blob(stream)),
             accept_ranges: Some("bytes".into()),
@@ -606,6 +621,7 @@ impl S3 for StorageS3 {
             range,
             size,
             headers,
+            ..
         } = self
             .prepare_read(
                 &req,
