@@ -4,6 +4,7 @@
 
 mod auth;
 mod aws_clients;
+mod billing;
 mod bus;
 mod console;
 mod docdb;

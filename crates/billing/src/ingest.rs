@@ -126,13 +126,12 @@ impl Billing {
             .execute(&mut *tx)
             .await
             .map_err(ApiError::internal)?;
-        let (ingested,): (i64,) = sqlx::query_as(
-            "SELECT ingested_through FROM journals WHERE journal = $1 FOR UPDATE",
-        )
-        .bind(journal)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
+        let (ingested,): (i64,) =
+            sqlx::query_as("SELECT ingested_through FROM journals WHERE journal = $1 FOR UPDATE")
+                .bind(journal)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(ApiError::internal)?;
         let ingested = ingested as u64;
         let mut through = ingested;
         // Sorted by key: concurrent ingests lock shared rows in one order.
@@ -188,7 +187,13 @@ impl Billing {
         .map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
         if ingested + records != through {
-            tracing::warn!(journal, ingested, through, records, "a meter journal skipped sequence numbers");
+            tracing::warn!(
+                journal,
+                ingested,
+                through,
+                records,
+                "a meter journal skipped sequence numbers"
+            );
         }
         self.metrics.records.inc_by(records);
         Ok(through)

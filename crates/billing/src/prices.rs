@@ -176,7 +176,10 @@ mod tests {
             prices.cost(Meter::StorageBytesOut, 1 << 30),
             Decimal::from_str("0.09").unwrap()
         );
-        assert_eq!(prices.free_base_units(Meter::FunctionMbMs), 400_000 * 1_024_000);
+        assert_eq!(
+            prices.free_base_units(Meter::FunctionMbMs),
+            400_000 * 1_024_000
+        );
     }
 
     #[test]

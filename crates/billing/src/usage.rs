@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use chrono::{DateTime, Datelike as _, DurationRound as _, NaiveDate, TimeDelta, TimeZone as _, Utc};
+use chrono::{
+    DateTime, Datelike as _, DurationRound as _, NaiveDate, TimeDelta, TimeZone as _, Utc,
+};
 use minicloud_authz::{Action, Caller};
 use minicloud_metering::Meter;
 use minicloud_proto::error::{ApiError, ErrorBody, Json, Query};
@@ -85,7 +87,9 @@ impl Selection {
         let hour = TimeDelta::hours(1);
         let from = query.from.unwrap_or_else(|| month_start(now));
         let to = query.to.unwrap_or(now);
-        let from = from.duration_trunc(hour).map_err(|_| ApiError::invalid("from is out of range"))?;
+        let from = from
+            .duration_trunc(hour)
+            .map_err(|_| ApiError::invalid("from is out of range"))?;
         let to = match to.duration_trunc(hour) {
             Ok(down) if down == to => down,
             Ok(down) => down + hour,
@@ -120,7 +124,9 @@ impl Selection {
             }
         }
         if let Some(meter) = &query.meter {
-            let meter: Meter = meter.parse().map_err(|e| ApiError::invalid(format!("{e}")))?;
+            let meter: Meter = meter
+                .parse()
+                .map_err(|e| ApiError::invalid(format!("{e}")))?;
             meters.retain(|&m| m == meter);
         }
         for (name, value) in [("resource", &query.resource), ("owner", &query.owner)] {
@@ -295,7 +301,9 @@ pub(crate) async fn usage(
             .filter(|&o: &i64| o >= 0)
             .ok_or_else(|| ApiError::invalid("cursor is not one this API returned"))?,
     };
-    let mut rows = billing.rows(&selection, i64::from(limit) + 1, offset).await?;
+    let mut rows = billing
+        .rows(&selection, i64::from(limit) + 1, offset)
+        .await?;
     let next_cursor = (rows.len() > limit as usize).then(|| {
         rows.truncate(limit as usize);
         (offset + i64::from(limit)).to_string()

@@ -231,7 +231,7 @@ impl Bus {
         let webhook_policy = Arc::new(webhook_policy(&config, &pool, &redis));
         let http = webhook::client(Arc::clone(&webhook_policy))
             .map_err(|e| BusStartError::Http(e.to_string()))?;
-        let (service_metrics, metrics) = metrics::BusMetrics::new();
+        let (service_metrics, metrics) = metrics::BusMetrics::new(&meters);
         let invoker = match &config.invoker_url {
             Some(url) => Some(InvokerServiceClient::new(
                 TracedChannel::connect_lazy("invoker", url)

@@ -40,7 +40,7 @@ pub(crate) struct BusMetrics {
 
 impl BusMetrics {
     /// The service's registry with the bus series in it.
-    pub(crate) fn new() -> (Arc<ServiceMetrics>, BusMetrics) {
+    pub(crate) fn new(meters: &minicloud_metering::Meters) -> (Arc<ServiceMetrics>, BusMetrics) {
         let bus = BusMetrics {
             published: Family::default(),
             delivered: Family::default(),
@@ -51,6 +51,7 @@ impl BusMetrics {
         };
         let registered = bus.clone();
         let service = ServiceMetrics::new("bus", move |registry| {
+            meters.register_metrics(registry);
             registry.register(
                 "bus_published_events",
                 "Events stored on a topic",

@@ -173,15 +173,12 @@ impl Bus {
     ) -> Result<Vec<String>, ApiError> {
         // Appends never trim: `crate::retention` does, sparing what a subscription
         // still needs.
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM topics WHERE name = $1)")
-                .bind(topic)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(ApiError::internal)?;
-        if !exists {
-            return Err(ApiError::not_found(format!("topic {topic} not found")));
-        }
+        let builtin: bool = sqlx::query_scalar("SELECT builtin FROM topics WHERE name = $1")
+            .bind(topic)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("topic {topic} not found")))?;
         let stream = self.stream_key(topic);
         // Check-and-append in one atomic script per event: two publishers of the same
         // event cannot both append it. A batch's scripts go in one pipelined round
@@ -224,12 +221,15 @@ impl Bus {
             })
             .inc_by(ids.len() as u64);
         // Every event accepted counts, a deduplicated one too (EventBridge bills
-        // each PutEvents entry).
-        self.meters.record(
-            topic,
-            publisher,
-            &[(minicloud_metering::Meter::EventsPublished, ids.len() as u64)],
-        );
+        // each PutEvents entry), but not minicloud's own change events on the
+        // built-in topics (`storage`, `db`: AWS's service events are free).
+        if !(builtin && publisher == "service") {
+            self.meters.record(
+                topic,
+                publisher,
+                &[(minicloud_metering::Meter::EventsPublished, ids.len() as u64)],
+            );
+        }
         Ok(ids)
     }
 }

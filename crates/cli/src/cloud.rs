@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use minicloud_auth::{Auth, AuthConfig, BuiltinKeys};
-use minicloud_billing::{Billing, BillingConfig};
 use minicloud_authz::Authz;
+use minicloud_billing::{Billing, BillingConfig};
 use minicloud_bus::{Bus, BusConfig};
 use minicloud_docdb::{Docdb, DocdbConfig};
 use minicloud_gateway::{Gateway, GatewayConfig};
 use minicloud_invoker::{Invoker, InvokerConfig};
-use minicloud_metering::{Meters, MeteringConfig};
+use minicloud_metering::{MeteringConfig, Meters};
 use minicloud_proto::services::{PerService, ServiceName};
 use minicloud_storage::{Storage, StorageConfig};
 use minicloud_telemetry::grpc_client::ServiceCredential;

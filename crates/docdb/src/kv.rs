@@ -73,8 +73,11 @@ impl Docdb {
             Action::KvGet | Action::KvList => Meter::KvReads,
             _ => Meter::KvWrites,
         };
-        self.meters
-            .record(namespace, &minicloud_metering::owner_of(caller), &[(meter, 1)]);
+        self.meters.record(
+            namespace,
+            &minicloud_metering::owner_of(caller),
+            &[(meter, 1)],
+        );
         Ok(())
     }
 

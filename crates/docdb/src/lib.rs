@@ -217,7 +217,10 @@ impl Service for Docdb {
             Self::NAME,
             rest,
             readiness,
-            ServiceMetrics::new("docdb", |registry| self.relay.register_metrics(registry)),
+            ServiceMetrics::new("docdb", |registry| {
+                self.relay.register_metrics(registry);
+                self.meters.register_metrics(registry);
+            }),
         )
         .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
         .body_limit(MAX_BODY_BYTES)

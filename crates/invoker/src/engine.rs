@@ -534,7 +534,10 @@ impl Engine {
             &[
                 (Meter::FunctionRequests, 1),
                 (Meter::FunctionBilledMs, billed_ms),
-                (Meter::FunctionMbMs, billed_ms * pool.spec.memory_mb.max(0) as u64),
+                (
+                    Meter::FunctionMbMs,
+                    billed_ms * pool.spec.memory_mb.max(0) as u64,
+                ),
             ],
         );
         metrics.invocations.get_or_create(&pool.label).inc();

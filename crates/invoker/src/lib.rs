@@ -370,7 +370,7 @@ impl Invoker {
         }
         let sandbox = Arc::new(Sandbox::new(sandbox_config, &run_dir));
         log_sandbox(sandbox.protections());
-        let (service_metrics, metrics) = metrics::InvokerMetrics::new();
+        let (service_metrics, metrics) = metrics::InvokerMetrics::new(&meters);
         let engine = Arc::new(Engine::new(
             pool.clone(),
             Paths {

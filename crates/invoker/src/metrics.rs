@@ -34,7 +34,7 @@ pub struct InvokerMetrics {
 
 impl InvokerMetrics {
     /// The service's registry with the invoker series in it.
-    pub fn new() -> (Arc<ServiceMetrics>, InvokerMetrics) {
+    pub fn new(meters: &minicloud_metering::Meters) -> (Arc<ServiceMetrics>, InvokerMetrics) {
         let invoker = InvokerMetrics {
             invocations: Family::default(),
             errors: Family::default(),
@@ -45,6 +45,7 @@ impl InvokerMetrics {
         };
         let m = invoker.clone();
         let service = ServiceMetrics::new("invoker", move |registry| {
+            meters.register_metrics(registry);
             registry.register("invoker_invocations", "Invocations that ran", m.invocations);
             registry.register(
                 "invoker_errors",

@@ -296,7 +296,8 @@ async fn http_route_inner(
             "no HTTP route {method} {path} on function {name}"
         )));
     }
-    let invoked = invoke_with_http_event(invoker, name, &path, parts, body, peer, "anon".into()).await?;
+    let invoked =
+        invoke_with_http_event(invoker, name, &path, parts, body, peer, "anon".into()).await?;
     match invoked.result {
         Ok(payload) => Ok(api_gateway_v2_response(&payload)),
         Err((body, _)) => {
@@ -342,7 +343,8 @@ pub async fn edge_invoke(
         body,
         peer,
         minicloud_metering::owner_of(&caller),
-    ).await?;
+    )
+    .await?;
     Ok(match invoked.result {
         Ok(payload) => api_gateway_v2_response(&payload),
         Err((error, _)) => {

@@ -228,7 +228,9 @@ mod tests {
         let dir = temp_dir();
         let mut writer = Writer::create(&dir, "storage").unwrap();
         writer.append(record("a", 1)).unwrap();
-        (&*writer.file).write_all(b"{\"s\":2,\"t\":1,\"r\":\"b").unwrap();
+        (&*writer.file)
+            .write_all(b"{\"s\":2,\"t\":1,\"r\":\"b")
+            .unwrap();
         let (records, offset) = read_from(&writer.file, 0, 10).unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(offset, writer.bytes, "the torn line is not consumed");

@@ -46,7 +46,8 @@ impl Shipper {
         billing_url: &str,
         credential: ServiceCredential,
     ) -> Result<Shipper, tonic::transport::Error> {
-        let channel = TracedChannel::connect_lazy("billing", billing_url)?.with_credential(credential);
+        let channel =
+            TracedChannel::connect_lazy("billing", billing_url)?.with_credential(credential);
         Ok(Shipper {
             inner,
             client: BillingServiceClient::new(channel),
@@ -115,8 +116,7 @@ impl Shipper {
     /// A long journal everything of which is ingested starts over in a new file.
     fn rotate_if_shipped(&self, id: &str) -> std::io::Result<()> {
         let mut writer = self.inner.writer.lock().unwrap();
-        if writer.id != id || writer.last_seq != self.shipped_seq || writer.bytes < ROTATE_BYTES
-        {
+        if writer.id != id || writer.last_seq != self.shipped_seq || writer.bytes < ROTATE_BYTES {
             return Ok(());
         }
         let fresh = journal::Writer::create(&self.inner.dir, self.inner.service)?;
@@ -155,7 +155,11 @@ impl Shipper {
         Ok(())
     }
 
-    async fn send(&mut self, journal: &str, records: Vec<Record<'static>>) -> Result<(), ShipError> {
+    async fn send(
+        &mut self,
+        journal: &str,
+        records: Vec<Record<'static>>,
+    ) -> Result<(), ShipError> {
         let request = IngestRequest {
             journal: journal.to_owned(),
             records: records

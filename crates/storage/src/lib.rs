@@ -349,7 +349,10 @@ impl Service for Storage {
             Self::NAME,
             rest,
             readiness,
-            ServiceMetrics::new("storage", |registry| self.relay.register_metrics(registry)),
+            ServiceMetrics::new("storage", |registry| {
+                self.relay.register_metrics(registry);
+                self.meters.register_metrics(registry);
+            }),
         )
         .openapi(&<ApiDoc as utoipa::OpenApi>::openapi())
         .error_dialect("/storage/v1", error::with_storage_api_fields)

@@ -5,8 +5,8 @@ use crate::error::StorageError;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use minicloud_authz::Action;
-use minicloud_metering::Meter;
 use minicloud_authz::{Caller, Policy};
+use minicloud_metering::Meter;
 use minicloud_outbox::OutboxEvent;
 use serde::Serialize;
 use sqlx::postgres::PgArguments;
@@ -536,7 +536,11 @@ impl Storage {
                 .await?;
         }
         let object = self.object_info(bucket, path).await?;
-        self.meter_request(bucket, &minicloud_metering::owner_of(caller), Meter::StorageReadRequests);
+        self.meter_request(
+            bucket,
+            &minicloud_metering::owner_of(caller),
+            Meter::StorageReadRequests,
+        );
         Ok(object)
     }
 
@@ -856,8 +860,11 @@ impl futures::Stream for BytesOut {
 impl Drop for BytesOut {
     fn drop(&mut self) {
         if self.sent > 0 {
-            self.meters
-                .record(&self.bucket, &self.owner, &[(Meter::StorageBytesOut, self.sent)]);
+            self.meters.record(
+                &self.bucket,
+                &self.owner,
+                &[(Meter::StorageBytesOut, self.sent)],
+            );
         }
     }
 }

@@ -375,7 +375,15 @@ pub(crate) async fn get(
     let (bucket, path) = object_path(bucket, path)?;
     let object = storage.authorize_read(&caller, &bucket, &path).await?;
     let reader = minicloud_metering::owner_of(&caller);
-    serve(&storage, object, reader, Audience::Private, &method, &headers).await
+    serve(
+        &storage,
+        object,
+        reader,
+        Audience::Private,
+        &method,
+        &headers,
+    )
+    .await
 }
 
 /// `GET /object/public/{bucket}/{path}`: public buckets only, no token needed.
@@ -397,7 +405,15 @@ pub(crate) async fn get_public(
     }
     let object = storage.object_info(&bucket, &path).await?;
     storage.meter_request(&bucket, "anon", Meter::StorageReadRequests);
-    serve(&storage, object, "anon".into(), Audience::Anyone, &method, &headers).await
+    serve(
+        &storage,
+        object,
+        "anon".into(),
+        Audience::Anyone,
+        &method,
+        &headers,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/storage/v1/object/info/{bucket}/{path}", tag = "objects",
@@ -770,7 +786,15 @@ pub(crate) async fn get_signed(
     let object = storage.object_info(&bucket, &path).await?;
     // A signed URL is the signer's grant, but who follows it is not known.
     storage.meter_request(&bucket, "anon", Meter::StorageReadRequests);
-    serve(&storage, object, "anon".into(), Audience::Private, &method, &headers).await
+    serve(
+        &storage,
+        object,
+        "anon".into(),
+        Audience::Private,
+        &method,
+        &headers,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/storage/v1/object/upload/sign/{bucket}/{path}", tag = "signed URLs", params(("bucket" = String, Path), ("path" = String, Path)),

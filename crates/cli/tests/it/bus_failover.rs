@@ -43,11 +43,12 @@ fn start_replica(cloud: &TestCloud) -> Child {
         .env(
             "MINICLOUD_SERVICE_URLS",
             format!(
-                "auth={},docdb={},invoker={}",
-                cloud.urls.auth, cloud.urls.docdb, cloud.urls.invoker
+                "auth={},docdb={},invoker={},billing={}",
+                cloud.urls.auth, cloud.urls.docdb, cloud.urls.invoker, cloud.urls.billing
             ),
         )
         .env("MINICLOUD_BUS_VISIBILITY_TIMEOUT", "2")
+        .env("MINICLOUD_METERING_DIR", super::support::meters_dir())
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -222,7 +222,7 @@ impl Up {
         command.arg("up").arg("--data-dir").arg(data_dir);
         command.args([
             "--port",
-            "gateway=0,auth=0,storage=0,docdb=0,bus=0,invoker=0",
+            "gateway=0,auth=0,storage=0,docdb=0,bus=0,invoker=0,billing=0",
         ]);
         let mut child = command
             .env("DATABASE_URL", postgres.url())

@@ -46,8 +46,10 @@ async fn hostile_functions_stay_sandboxed_under_an_unprivileged_minicloud() {
     let (database, database_url) = test_database("unpriv");
     let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let ports = free_ports(6);
-    let names = ["gateway", "auth", "storage", "docdb", "bus", "invoker"];
+    let ports = free_ports(7);
+    let names = [
+        "gateway", "auth", "storage", "docdb", "bus", "invoker", "billing",
+    ];
     // The checkout may sit under a private home that `nobody` cannot enter.
     let binary = if as_root {
         use std::os::unix::fs::PermissionsExt as _;

@@ -16,6 +16,7 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> Command {
         .env_remove("MINICLOUD_PORT")
         .env_remove("MINICLOUD_SERVICE_URLS")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("MINICLOUD_METERING_DIR", super::support::meters_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (key, value) in env {

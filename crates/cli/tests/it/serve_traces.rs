@@ -22,6 +22,7 @@ fn serve(args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Served {
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("MINICLOUD_TRACES")
         .env_remove("MINICLOUD_TRACES_STORE")
+        .env("MINICLOUD_METERING_DIR", super::support::meters_dir())
         .stdout(Stdio::null())
         .stderr(output);
     for (key, value) in env {

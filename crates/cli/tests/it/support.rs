@@ -103,3 +103,10 @@ pub(crate) fn gateway_url(
         .expect("a URL on the gateway line")
         .to_owned()
 }
+
+/// A meter-journal directory of this test's own (a `serve` without one would write
+/// under the crate's working directory, and its leftovers would be shipped by
+/// whichever test started next there).
+pub(crate) fn meters_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("minicloud-meters-{}", std::process::id()))
+}

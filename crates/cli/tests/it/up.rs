@@ -47,6 +47,7 @@ fn start_up(ports: &[u16], data_dir: &std::path::Path, database_url: &str, redis
         // Repeated, as the other form.
         .args(["--port", &format!("bus={}", ports[4])])
         .args(["--port", &format!("invoker={}", ports[5])])
+        .args(["--port", &format!("billing={}", ports[6])])
         .env("DATABASE_URL", database_url)
         .env("REDIS_URL", redis_url)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -102,7 +103,7 @@ fn get(url: &str) -> (u16, serde_json::Value) {
 
 #[test]
 fn up_prints_the_gateway_fast_serves_ready_and_exits_cleanly_on_ctrl_c() {
-    let ports = free_ports(6);
+    let ports = free_ports(7);
     let data_dir = std::env::temp_dir().join(format!("minicloud-up-test-{}", std::process::id()));
     let (database_url, database) = {
         let (name, url) = super::support::test_database("up");

@@ -1,0 +1,664 @@
+//! Metering and billing end to end (issue 22): a known workload through the gateway
+//! — invocations of a function that sleeps, uploads and downloads of known sizes,
+//! documents and keys written and read, events published — is metered exactly (the
+//! GB-seconds to Lambda's rounding, read back from the function's REPORT lines),
+//! priced against the sheet with its free tiers, and ingestion is idempotent.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use minicloud_proto::billing::v1::billing_service_client::BillingServiceClient;
+use minicloud_proto::billing::v1::{IngestRequest, Quantity, UsageRecord};
+use minicloud_testkit::TestCloud;
+use serde_json::{Value, json};
+
+use super::invoker::{deploy_ok, zip_of};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn usage(cloud: &TestCloud, query: &str) -> Value {
+    let (status, body) = send(
+        http()
+            .get(format!("{}/billing/v1/usage?{query}", cloud.gateway_url()))
+            .bearer_auth(&cloud.keys.service_key),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// `meter → quantity` over the whole month, summed over resources and owners.
+async fn totals(cloud: &TestCloud, query: &str) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    let body = usage(cloud, &format!("granularity=month&{query}")).await;
+    for row in body["rows"].as_array().unwrap() {
+        *totals
+            .entry(row["meter"].as_str().unwrap().to_owned())
+            .or_default() += row["quantity"].as_u64().unwrap();
+    }
+    totals
+}
+
+/// Waits until `meter` reaches `expected` (shipping runs every 100 ms in tests), then
+/// returns every total, checked again a moment later: nothing counted twice.
+async fn settled(cloud: &TestCloud, meter: &str, expected: u64) -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = totals(cloud, "").await;
+        let reached = now.get(meter).copied().unwrap_or(0);
+        assert!(
+            reached <= expected,
+            "{meter}: {reached} > {expected}: {now:?}"
+        );
+        if reached == expected {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let again = totals(cloud, "").await;
+            assert_eq!(again, now, "meters grew after the workload was shipped");
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{meter} stayed at {reached}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_known_workload_is_metered_exactly_and_priced_with_the_free_tier() {
+    // Three free requests a month instead of a million, so the free tier is seen
+    // covering part of a line.
+    let mut builder = TestCloud::builder();
+    builder.billing.pricing.function_requests_free = 3;
+    let cloud = builder.start().await.unwrap();
+    let key = cloud.keys.service_key.clone();
+    let gateway = cloud.gateway_url().to_owned();
+
+    // Functions: 5 invocations of 256 MB that sleep 30 ms.
+    let code = zip_of(&[(
+        "main.py",
+        b"import time\ndef handler(event, context):\n    time.sleep(0.03)\n    return {'ok': True}\n",
+        0o644,
+    )]);
+    deploy_ok(
+        &cloud,
+        json!({"name":"sleeper","runtime":"python3","handler":"main.handler","memory_mb":256}),
+        &code,
+    )
+    .await;
+    for _ in 0..5 {
+        let (status, body) = send(
+            http()
+                .post(format!("{gateway}/functions/v1/sleeper/invoke"))
+                .bearer_auth(&key)
+                .json(&json!({})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Storage: a public bucket, 3 uploads of known sizes, a listing, 3 downloads,
+    // a 100-byte range and an anonymous public download of the largest.
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/storage/v1/bucket"))
+            .bearer_auth(&key)
+            .json(&json!({"name":"files","public":true})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let sizes = [1_000usize, 2_000, 3_000];
+    for (i, size) in sizes.iter().enumerate() {
+        let (status, body) = send(
+            http()
+                .post(format!("{gateway}/storage/v1/object/files/f{i}.bin"))
+                .bearer_auth(&key)
+                .header("content-type", "application/octet-stream")
+                .body(vec![b'x'; *size]),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/storage/v1/object/list/files"))
+            .bearer_auth(&key)
+            .json(&json!({"prefix":""})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for (i, size) in sizes.iter().enumerate() {
+        let bytes = http()
+            .get(format!("{gateway}/storage/v1/object/files/f{i}.bin"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), *size);
+    }
+    let ranged = http()
+        .get(format!("{gateway}/storage/v1/object/files/f0.bin"))
+        .bearer_auth(&key)
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status().as_u16(), 206);
+    assert_eq!(ranged.bytes().await.unwrap().len(), 100);
+    let public = http()
+        .get(format!("{gateway}/storage/v1/object/public/files/f2.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(public.len(), 3_000);
+
+    // Documents: 2 single writes and a batch of 3; 2 reads by id and a query page.
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/db/v1/collections"))
+            .bearer_auth(&key)
+            .json(&json!({"name":"notes"})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    for id in ["a", "b"] {
+        let (status, body) = send(
+            http()
+                .put(format!("{gateway}/db/v1/collections/notes/docs/{id}"))
+                .bearer_auth(&key)
+                .json(&json!({"v": id})),
+        )
+        .await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/db/v1/batch"))
+            .bearer_auth(&key)
+            .json(&json!({"writes":[
+                {"op":"put","collection":"notes","id":"c","data":{"v":"c"}},
+                {"op":"put","collection":"notes","id":"d","data":{"v":"d"}},
+                {"op":"put","collection":"notes","id":"e","data":{"v":"e"}}
+            ]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for id in ["a", "e"] {
+        let (status, body) = send(
+            http()
+                .get(format!("{gateway}/db/v1/collections/notes/docs/{id}"))
+                .bearer_auth(&key),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/db/v1/collections/notes/query"))
+            .bearer_auth(&key)
+            .json(&json!({"limit": 10})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["documents"].as_array().unwrap().len(), 5);
+
+    // Keys: 2 writes, 1 read.
+    for k in ["k1", "k2"] {
+        let (status, body) = send(
+            http()
+                .put(format!("{gateway}/db/v1/kv/counters/{k}"))
+                .bearer_auth(&key)
+                .json(&json!(1)),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = send(
+        http()
+            .get(format!("{gateway}/db/v1/kv/counters/k1"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Events: a batch of 3 on a topic of our own (the services' own change events
+    // on `storage` and `db` are not billed).
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/events/v1/topics"))
+            .bearer_auth(&key)
+            .json(&json!({"name":"orders"})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"specversion":"1.0","id":format!("o{i}"),"source":"/shop","type":"order.placed","data":{}}))
+        .collect();
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/events/v1/topics/orders/events"))
+            .bearer_auth(&key)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(&events).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The function's own account of its billed durations.
+    let billed: u64 = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, logs) = send(
+                http()
+                    .get(format!(
+                        "{gateway}/functions/v1/sleeper/logs?limit=1000&stream=platform&contains=REPORT"
+                    ))
+                    .bearer_auth(&key),
+            )
+            .await;
+            let reports: Vec<u64> = logs["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|line| {
+                    let message = line["message"].as_str()?;
+                    let rest = message.split("Billed Duration: ").nth(1)?;
+                    rest.split(" ms").next()?.parse().ok()
+                })
+                .collect();
+            if reports.len() == 5 {
+                break reports.iter().sum();
+            }
+            assert!(Instant::now() < deadline, "REPORT lines: {logs}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(billed >= 5 * 30, "each call slept 30 ms: {billed}");
+
+    let totals = settled(&cloud, "events.published", 3).await;
+    let expected: BTreeMap<String, u64> = [
+        ("function.requests", 5),
+        ("function.billed_ms", billed),
+        ("function.mb_ms", 256 * billed),
+        // 3 uploads and a listing (class A); bucket creation is not metered.
+        ("storage.write_requests", 4),
+        // 3 downloads, the range, the public download.
+        ("storage.read_requests", 5),
+        ("storage.bytes_out", 1_000 + 2_000 + 3_000 + 100 + 3_000),
+        ("db.writes", 5),
+        ("db.reads", 3),
+        ("kv.writes", 2),
+        ("kv.reads", 1),
+        ("events.published", 3),
+    ]
+    .into_iter()
+    .map(|(meter, quantity)| (meter.to_owned(), quantity))
+    .collect();
+    assert_eq!(totals, expected);
+
+    // Attribution: the public download is the anonymous caller's, in the bucket.
+    let by_owner = usage(
+        &cloud,
+        "granularity=month&group_by=resource,owner&meter=storage.bytes_out",
+    )
+    .await;
+    let mut rows: Vec<(String, String, u64)> = by_owner["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["resource"].as_str().unwrap().to_owned(),
+                row["owner"].as_str().unwrap().to_owned(),
+                row["quantity"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            ("files".to_owned(), "anon".to_owned(), 3_000),
+            ("files".to_owned(), "service".to_owned(), 6_100),
+        ]
+    );
+
+    // Cost: each line is quantity × the sheet's price; the free tier covers 3 of
+    // the 5 requests, all the GB-seconds and all the bytes out.
+    let (status, cost) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/cost?granularity=month"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 200, "{cost}");
+    let line = |meter: &str| {
+        cost["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["meter"] == meter)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {meter} line in {cost}"))
+    };
+    assert_eq!(line("function.requests")["cost"], "0.000001");
+    assert_eq!(line("storage.write_requests")["cost"], "0.00002");
+    assert_eq!(line("storage.read_requests")["cost"], "0.000002");
+    assert_eq!(line("db.writes")["cost"], "0.000003125");
+    assert_eq!(line("db.reads")["cost"], "0.000000375");
+    assert_eq!(line("kv.writes")["cost"], "0.00000125");
+    assert_eq!(line("kv.reads")["cost"], "0.000000125");
+    assert_eq!(line("events.published")["cost"], "0.000003");
+    assert_eq!(line("function.mb_ms")["billing_unit"], "GB-second");
+    let credits: BTreeMap<String, u64> = cost["free_tier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["meter"].as_str().unwrap().to_owned(),
+                c["quantity"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        credits,
+        [
+            ("function.mb_ms".to_owned(), 256 * billed),
+            ("function.requests".to_owned(), 3),
+            ("storage.bytes_out".to_owned(), 9_100),
+        ]
+        .into_iter()
+        .collect()
+    );
+    // 0.00002 + 0.000002 + 0.000003125 + 0.000000375 + 0.00000125 + 0.000000125
+    // + 0.000003, and the 2 requests beyond the free 3: 0.0000004.
+    assert_eq!(cost["total"], "0.000030275");
+    assert_eq!(cost["free_tier_applied"], true);
+
+    // Filtered to a resource, the account's free tier is not applied.
+    let (_, sleeper) = send(
+        http()
+            .get(format!(
+                "{gateway}/billing/v1/cost?granularity=month&resource=sleeper&group_by=resource"
+            ))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(sleeper["free_tier_applied"], false);
+    assert_eq!(sleeper["free_tier"], json!([]));
+    assert!(
+        sleeper["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["resource"] == "sleeper")
+    );
+
+    // The meters are Prometheus counters too.
+    let metrics = http()
+        .get(format!("{}/metrics", cloud.urls.storage))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "minicloud_meter_quantity_total{service=\"storage\",meter=\"storage.bytes_out\"} 9100"
+        ),
+        "{metrics}"
+    );
+    cloud.stop().await.unwrap();
+}
+
+fn record(seq: u64, resource: &str, meter: &str, amount: u64) -> UsageRecord {
+    UsageRecord {
+        seq,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        resource: resource.to_owned(),
+        owner: "service".to_owned(),
+        quantities: vec![Quantity {
+            meter: meter.to_owned(),
+            amount,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_batch_shipped_twice_is_counted_once_and_bad_batches_are_refused_whole() {
+    let cloud = TestCloud::start().await.unwrap();
+    let mut billing = BillingServiceClient::new(cloud.service_channel(&cloud.urls.billing));
+    let batch = |records: Vec<UsageRecord>| IngestRequest {
+        journal: "replayed-journal".into(),
+        records,
+    };
+    let first: Vec<UsageRecord> = (1..=3)
+        .map(|seq| record(seq, "t", "events.published", 10))
+        .collect();
+    let through = billing.ingest(batch(first.clone())).await.unwrap();
+    assert_eq!(through.into_inner().ingested_through, 3);
+    // Re-sent after a lost answer, then overlapping with one new record.
+    billing.ingest(batch(first.clone())).await.unwrap();
+    let mut overlapping = first;
+    overlapping.push(record(4, "t", "events.published", 1));
+    let through = billing.ingest(batch(overlapping)).await.unwrap();
+    assert_eq!(through.into_inner().ingested_through, 4);
+    let ingested = totals(&cloud, "resource=t").await;
+    assert_eq!(ingested.get("events.published"), Some(&31));
+
+    // Malformed: every one refused, nothing of it counted.
+    let bad = [
+        batch(vec![record(5, "t\0x", "events.published", 1)]),
+        batch(vec![record(5, "t", "events.publishd", 1)]),
+        batch(vec![
+            record(6, "t", "events.published", 1),
+            record(6, "t", "events.published", 1),
+        ]),
+        batch(vec![record(0, "t", "events.published", 1)]),
+        batch(vec![record(5, &"r".repeat(2_000), "events.published", 1)]),
+        batch(vec![UsageRecord {
+            at_ms: 0,
+            ..record(5, "t", "events.published", 1)
+        }]),
+        batch(vec![record(5, "t", "events.published", u64::MAX)]),
+        IngestRequest {
+            journal: "../etc".into(),
+            records: vec![record(5, "t", "events.published", 1)],
+        },
+        IngestRequest {
+            journal: String::new(),
+            records: vec![],
+        },
+        batch(
+            (5..=10_005)
+                .map(|seq| record(seq, "t", "events.published", 1))
+                .collect(),
+        ),
+    ];
+    for request in bad {
+        let status = billing.ingest(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    let totals_after = totals(&cloud, "resource=t").await;
+    assert_eq!(totals_after.get("events.published"), Some(&31));
+
+    // Only minicloud's own services may ship meters.
+    let anon =
+        minicloud_telemetry::grpc_client::TracedChannel::connect_lazy("test", &cloud.urls.billing)
+            .unwrap()
+            .with_credential(
+                minicloud_telemetry::grpc_client::ServiceCredential::with_key(&cloud.keys.anon_key),
+            );
+    let refused = BillingServiceClient::new(anon)
+        .ingest(batch(vec![record(5, "t", "events.published", 1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_billing_api_refuses_bad_queries_and_callers_without_the_right() {
+    let cloud = TestCloud::start().await.unwrap();
+    let gateway = cloud.gateway_url().to_owned();
+    let key = cloud.keys.service_key.clone();
+    for path in ["usage", "cost", "forecast", "prices"] {
+        // No token (anon) and the anon key: no `billing:ReadUsage`.
+        let (status, body) = send(http().get(format!("{gateway}/billing/v1/{path}"))).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body["error"]["code"].is_string(), "{body}");
+        let (status, _) = send(
+            http()
+                .get(format!("{gateway}/billing/v1/{path}"))
+                .bearer_auth(&cloud.keys.anon_key),
+        )
+        .await;
+        assert_eq!(status, 403);
+        let (status, body) = send(
+            http()
+                .get(format!("{gateway}/billing/v1/{path}"))
+                .bearer_auth("not-a-token"),
+        )
+        .await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    let long_owner = format!("owner={}", "o".repeat(2_000));
+    for query in [
+        "granularity=week",
+        "from=2026-12-05T00:00:00Z&to=2026-12-01T00:00:00Z",
+        "from=yesterday",
+        "from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "group_by=colour",
+        "service=compute",
+        "meter=function.gb",
+        "resource=a%00b",
+        long_owner.as_str(),
+        "limit=0",
+        "limit=10001",
+        "cursor=-5",
+        "cursor=abc",
+        "bogus=1",
+    ] {
+        let (status, body) = send(
+            http()
+                .get(format!("{gateway}/billing/v1/usage?{query}"))
+                .bearer_auth(&key),
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_argument", "{query}: {body}");
+    }
+    let (status, body) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/cost?limit=5"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Pages: one row per page, the cursor walks them all once.
+    let mut billing = BillingServiceClient::new(cloud.service_channel(&cloud.urls.billing));
+    billing
+        .ingest(IngestRequest {
+            journal: "pages".into(),
+            records: (1..=3)
+                .map(|seq| record(seq, &format!("r{seq}"), "kv.reads", seq))
+                .collect(),
+        })
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("granularity=month&group_by=resource&limit=1&cursor={c}"),
+            None => "granularity=month&group_by=resource&limit=1".into(),
+        };
+        let page = usage(&cloud, &query).await;
+        let rows = page["rows"].as_array().unwrap();
+        assert!(rows.len() <= 1);
+        seen.extend(
+            rows.iter()
+                .map(|r| r["resource"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["r1", "r2", "r3"]);
+
+    // A role granted `billing:ReadUsage` may read usage and prices, nothing more.
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post(
+            "/auth/v1/admin/roles",
+            &json!({"name":"finance","policies":[{"effect":"allow","actions":["billing:ReadUsage"],"resources":["billing:usage"]}]}),
+        )
+        .await
+        .unwrap();
+    let created: Value = admin
+        .post(
+            "/auth/v1/admin/api-keys",
+            &json!({"name":"finance","role":"finance"}),
+        )
+        .await
+        .unwrap();
+    let finance = created["api_key"].as_str().unwrap().to_owned();
+    let (status, body) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/prices"))
+            .bearer_auth(&finance),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let requests = body["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["meter"] == "function.requests")
+        .unwrap();
+    assert_eq!(requests["unit_price"], "0.0000002");
+    assert_eq!(requests["free_per_month"], 1_000_000);
+    let (status, body) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/usage?granularity=month"))
+            .bearer_auth(&finance),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = send(
+        http()
+            .post(format!("{gateway}/events/v1/topics"))
+            .bearer_auth(&finance)
+            .json(&json!({"name":"finance-topic"})),
+    )
+    .await;
+    assert_eq!(status, 403, "the grant is for billing only");
+    // Policies naming a billing action that does not exist are refused.
+    let typo: Result<Value, _> = admin
+        .post(
+            "/auth/v1/admin/roles",
+            &json!({"name":"typo","policies":[{"effect":"allow","actions":["billing:ReadUsag"],"resources":["billing:usage"]}]}),
+        )
+        .await;
+    assert!(typo.is_err());
+    cloud.stop().await.unwrap();
+}
