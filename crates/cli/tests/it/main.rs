@@ -5,6 +5,7 @@ mod bus_failover;
 mod crash_recovery;
 mod events_tail;
 mod fn_commands;
+mod metering_crash;
 mod sandbox_unprivileged;
 mod serve_service_key;
 mod serve_several;
