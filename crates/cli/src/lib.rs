@@ -10,4 +10,5 @@ pub mod functions;
 pub mod postgres;
 pub mod private_servers;
 pub mod serve;
+pub mod usage;
 pub mod user;

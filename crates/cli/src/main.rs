@@ -49,6 +49,8 @@ enum Command {
     /// API keys, straight from the database (no running cloud needed).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// This month's usage and estimated cost (`--by function`, `--json`).
+    Usage(minicloud_cli::usage::UsageArgs),
     /// The web console: prints its URL and opens a browser where one exists.
     Console {
         #[command(flatten)]
@@ -177,6 +179,7 @@ fn main() -> ExitCode {
                 minicloud_cli::user::mail(&connection, to.as_deref(), limit, std::io::stdout())
                     .await
             }
+            Command::Usage(args) => minicloud_cli::usage::run(args, std::io::stdout()).await,
             Command::Console { connection } => {
                 minicloud_cli::user::console(&connection, std::io::stdout())
             }
