@@ -68,6 +68,7 @@ bench:
 	./target/release/docdb-bench
 	./target/release/bus-bench
 	./target/release/invoker-bench
+	./target/release/metering-bench
 	./target/release/pipeline-bench
 	./target/release/traces-bench
 	./target/release/console-bench

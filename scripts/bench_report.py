@@ -36,10 +36,10 @@ def startup_runs(runs=7):
     binary = ROOT / "target" / "release" / "minicloud"
     results = []
     for i in range(runs):
-        ports = free_ports(6)
+        ports = free_ports(7)
         data = Path("/tmp") / f"minicloud-bench-{os.getpid()}-{i}"
         args = [str(binary), "up", "--data-dir", str(data)]
-        names = ["gateway", "auth", "storage", "docdb", "bus", "invoker"]
+        names = ["gateway", "auth", "storage", "docdb", "bus", "invoker", "billing"]
         args += ["--port", ",".join(f"{name}={port}" for name, port in zip(names, ports))]
         env = dict(os.environ, DATABASE_URL="postgres://postgres@127.0.0.1:5432/minicloud_bench")
         started = time.perf_counter()
@@ -827,6 +827,38 @@ the `iat` check.
 """
 
 
+def metering_section():
+    path = ROOT / "target" / "bench-metering.json"
+    if not path.exists():
+        return "\n## Metering overhead (issue 22)\n\nNot measured in this run (`target/release/metering-bench` did not run).\n"
+    d = json.loads(path.read_text())
+    targets = {"warm invoke": "+≤ 20 µs", "storage PUT 1 KiB": "≤ 1.05×", "storage GET 1 KiB": "≤ 1.05×",
+               "docdb PUT": "≤ 1.05×", "docdb GET": "≤ 1.05×"}
+    rows = "\n".join(
+        f"| {r['row']} | {r['unmetered']['p50_us']:.0f} µs | {r['metered']['p50_us']:.0f} µs | "
+        f"{r['p50_delta_us']:+.1f} µs | {r['p50_ratio']:.3f}× | {r['unmetered']['p99_us']:.0f} / {r['metered']['p99_us']:.0f} µs | {targets.get(r['row'], '')} |"
+        for r in d["rows"])
+    complete = "all of them" if d["invocations_metered"] == d["invocations_expected"] else \
+        f"**{d['invocations_metered']} of {d['invocations_expected']}**"
+    return f"""
+## Metering overhead (issue 22)
+
+`target/release/metering-bench`: two clouds in the benchmark's process, one metering
+as deployed (a journal line per request, shipped every second) and one started with
+`--metering false`; the same sequential requests through the gateway from a client
+thread of its own, {d['calls_per_row']} per row and cloud, the rows and clouds taking
+turns in {d['rounds']} blocks so both span the same minutes. The baseline is the
+unmetered cloud, same run.
+
+| row | p50 unmetered (baseline) | p50 metered | p50 difference | ratio | p99 unmetered / metered | target |
+|---|---|---|---|---|---|---|
+{rows}
+
+After the run, billing had counted {complete} of the metered cloud's
+{d['invocations_expected']} invocations (measured and warm-up calls).
+"""
+
+
 def main():
     sign_gateway = mean_ns("sign_in", "gateway_http")
     sign_auth = mean_ns("sign_in", "auth_http")
@@ -852,7 +884,7 @@ two figures measured in the same run. Postgres 15 and Redis 7 are the local serv
 
 ## Start-up (issue 2)
 
-`minicloud up` from exec to the printed gateway URL, all six services listening,
+`minicloud up` from exec to the printed gateway URL, all seven services listening,
 migrations applied, signing and built-in keys loaded ({len(startup)} runs, existing database):
 
 | figure | median | best | worst | target |
@@ -885,6 +917,7 @@ and the gateway hop) adds {(sign_auth-sign_base)/1e6:.2f} ms straight to auth an
     out += docdb_section()
     out += bus_section()
     out += invoker_section()
+    out += metering_section()
     out += pipeline_section()
     out += traces_section()
     out += console_section()
@@ -899,6 +932,7 @@ SECTIONS = {
     "docdb": ("## Docdb (issue 5)", docdb_section),
     "bus": ("## Bus (issue 6)", bus_section),
     "invoker": ("## Invoker (issue 7)", invoker_section),
+    "metering": ("## Metering overhead (issue 22)", metering_section),
     "pipeline": ("## Thumbnail pipeline (issue 8)", pipeline_section),
     "traces": ("## Traces kept by minicloud (issue 20)", traces_section),
     "console": ("## Console page load (issue 20)", console_section),

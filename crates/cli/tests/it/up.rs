@@ -224,7 +224,7 @@ fn up_starts_a_private_redis_when_none_answers_and_stops_it_on_exit() {
         (url, name)
     };
     let database_url = format!("{database_url}_p");
-    let up = start_up(&[0; 6], &data_dir, &database_url, &dead_redis);
+    let up = start_up(&[0; 7], &data_dir, &database_url, &dead_redis);
     wait_for_line(&up, "minicloud is up in", Duration::from_secs(60));
     let gateway = gateway_url(&up);
     let (status, body) = get(&format!("{gateway}/readyz"));
@@ -325,7 +325,7 @@ fn up_starts_a_private_postgres_when_none_answers_and_stops_it_on_exit() {
         std::env::temp_dir().join(format!("minicloud-up-private-pg-{}", std::process::id()));
     let redis_url = std::env::var("MINICLOUD_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let up = start_up(&[0; 6], &data_dir, &dead_postgres, &redis_url);
+    let up = start_up(&[0; 7], &data_dir, &dead_postgres, &redis_url);
     wait_for_line(&up, "minicloud is up in", Duration::from_secs(120));
     let gateway = gateway_url(&up);
     let (status, body) = get(&format!("{gateway}/readyz"));

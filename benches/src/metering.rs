@@ -1,0 +1,212 @@
+//! What metering costs (issue 22): the same warm invoke, small-object PUT and GET and
+//! small-document PUT and GET against two clouds started in this run, one metering
+//! (the default: a journal line per request, shipped every second) and one with
+//! `--metering false`, taking turns so both span the same minutes. Writes
+//! `target/bench-metering.json` for `scripts/bench_report.py`.
+
+use std::time::Duration;
+
+use minicloud_bench::{Op, ROUNDS, as_client, sequential_summary, time_in_turns, zip_of};
+use minicloud_testkit::TestCloud;
+use serde_json::{Value, json};
+
+/// Calls per row and cloud.
+const N: usize = 4_000;
+
+struct Cloud {
+    base: String,
+    token: String,
+}
+
+async fn prepare(cloud: &TestCloud, echo_zip: &str) -> anyhow::Result<Cloud> {
+    let admin = cloud.admin();
+    let _: Value = admin
+        .put(
+            "/functions/v1/echo",
+            &json!({"runtime":"provided","code":{"zip_base64":echo_zip}}),
+        )
+        .await?;
+    let _: Value = admin
+        .post("/storage/v1/bucket", &json!({"name":"bench"}))
+        .await?;
+    let _: Value = admin
+        .post("/db/v1/collections", &json!({"name":"bench"}))
+        .await?;
+    Ok(Cloud {
+        base: cloud.gateway_url().to_owned(),
+        token: cloud.keys.service_key.clone(),
+    })
+}
+
+async fn check(response: reqwest::Response) -> anyhow::Result<()> {
+    let status = response.status();
+    let body = response.bytes().await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "{status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(())
+}
+
+/// The four operations of one cloud, in the order rows are reported.
+fn ops<'a>(http: &'a reqwest::Client, cloud: &'a Cloud) -> Vec<Op<'a>> {
+    let object = vec![b'x'; 1024];
+    vec![
+        Box::new(move |_| {
+            Box::pin(async move {
+                check(
+                    http.post(format!("{}/functions/v1/echo/invoke", cloud.base))
+                        .bearer_auth(&cloud.token)
+                        .body(r#"{"n":1}"#)
+                        .send()
+                        .await?,
+                )
+                .await
+            })
+        }),
+        Box::new(move |i| {
+            let object = object.clone();
+            Box::pin(async move {
+                check(
+                    http.put(format!(
+                        "{}/storage/v1/object/bench/o{}",
+                        cloud.base,
+                        i % 100
+                    ))
+                    .bearer_auth(&cloud.token)
+                    .header("content-type", "application/octet-stream")
+                    .body(object)
+                    .send()
+                    .await?,
+                )
+                .await
+            })
+        }),
+        Box::new(move |i| {
+            Box::pin(async move {
+                check(
+                    http.get(format!(
+                        "{}/storage/v1/object/bench/o{}",
+                        cloud.base,
+                        i % 100
+                    ))
+                    .bearer_auth(&cloud.token)
+                    .send()
+                    .await?,
+                )
+                .await
+            })
+        }),
+        Box::new(move |i| {
+            Box::pin(async move {
+                check(
+                    http.put(format!(
+                        "{}/db/v1/collections/bench/docs/d{}",
+                        cloud.base,
+                        i % 100
+                    ))
+                    .bearer_auth(&cloud.token)
+                    .json(&json!({"n": i, "name": "a small document"}))
+                    .send()
+                    .await?,
+                )
+                .await
+            })
+        }),
+        Box::new(move |i| {
+            Box::pin(async move {
+                check(
+                    http.get(format!(
+                        "{}/db/v1/collections/bench/docs/d{}",
+                        cloud.base,
+                        i % 100
+                    ))
+                    .bearer_auth(&cloud.token)
+                    .send()
+                    .await?,
+                )
+                .await
+            })
+        }),
+    ]
+}
+
+const ROWS: [&str; 5] = [
+    "warm invoke",
+    "storage PUT 1 KiB",
+    "storage GET 1 KiB",
+    "docdb PUT",
+    "docdb GET",
+];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let echo_path = "target/release/echo-function";
+    let echo = std::fs::read(echo_path).map_err(|e| {
+        anyhow::anyhow!(
+            "{echo_path}: {e} (cargo build --release -p minicloud-e2e --bin echo-function)"
+        )
+    })?;
+    let echo_zip = zip_of(&[("bootstrap", &echo, 0o755)])?;
+    // As deployed: shipping every second.
+    let mut metered = TestCloud::builder();
+    metered.metering.ship_interval_ms = 1_000;
+    let metered = metered.start().await?;
+    let mut unmetered = TestCloud::builder();
+    unmetered.metering.enabled = false;
+    let unmetered = unmetered.start().await?;
+    let on = prepare(&metered, &echo_zip).await?;
+    let off = prepare(&unmetered, &echo_zip).await?;
+
+    let rows = as_client(move || async move {
+        let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+        let mut all: Vec<Op<'_>> = ops(&http, &off);
+        all.extend(ops(&http, &on));
+        let samples = time_in_turns(N, &mut all).await?;
+        drop(all);
+        let (off, on) = samples.split_at(ROWS.len());
+        let rows: Vec<Value> = ROWS
+            .iter()
+            .zip(off.iter().zip(on))
+            .map(|(name, (off, on))| {
+                let off = sequential_summary(off.clone());
+                let on = sequential_summary(on.clone());
+                let delta = on["p50_us"].as_f64().unwrap_or(0.0) - off["p50_us"].as_f64().unwrap_or(0.0);
+                let ratio = on["p50_us"].as_f64().unwrap_or(0.0) / off["p50_us"].as_f64().unwrap_or(1.0);
+                json!({"row": name, "unmetered": off, "metered": on, "p50_delta_us": delta, "p50_ratio": ratio})
+            })
+            .collect();
+        anyhow::Ok(rows)
+    })
+    .await?;
+
+    // Let the last second's journal lines ship, then check they all arrived.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let usage: Value = metered
+        .admin()
+        .get("/billing/v1/usage?granularity=month&meter=function.requests")
+        .await?;
+    let invocations: u64 = usage["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|row| row["quantity"].as_u64())
+        .sum();
+    let out = json!({
+        "calls_per_row": N,
+        // Every measured and warm-up call of the invoke row.
+        "invocations_expected": N + (N / 10).max(5),
+        "rounds": ROUNDS,
+        "rows": rows,
+        "invocations_metered": invocations,
+    });
+    std::fs::write(
+        "target/bench-metering.json",
+        serde_json::to_string_pretty(&out)?,
+    )?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    metered.stop().await?;
+    unmetered.stop().await?;
+    Ok(())
+}
