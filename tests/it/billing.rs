@@ -662,3 +662,428 @@ async fn the_billing_api_refuses_bad_queries_and_callers_without_the_right() {
     assert!(typo.is_err());
     cloud.stop().await.unwrap();
 }
+
+/// Billing's clock for a test: starts where `at` says, moved with `set`.
+fn test_clock(
+    at: chrono::DateTime<chrono::Utc>,
+) -> (
+    minicloud_testkit::minicloud_billing::Clock,
+    std::sync::Arc<std::sync::Mutex<chrono::DateTime<chrono::Utc>>>,
+) {
+    let now = std::sync::Arc::new(std::sync::Mutex::new(at));
+    let read = std::sync::Arc::clone(&now);
+    (
+        minicloud_testkit::minicloud_billing::Clock(std::sync::Arc::new(move || {
+            *read.lock().unwrap()
+        })),
+        now,
+    )
+}
+
+fn month_start(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{Datelike as _, TimeZone as _};
+    chrono::Utc
+        .with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
+        .unwrap()
+}
+
+/// The threshold events the webhook got: `(budget, threshold)` in arrival order.
+fn alerts(receiver: &super::bus::webhook::Receiver) -> Vec<(String, u64)> {
+    receiver
+        .successes()
+        .iter()
+        .filter_map(|(_, body)| {
+            let event: Value = serde_json::from_str(body).ok()?;
+            let data = if event["data"].is_object() {
+                &event["data"]
+            } else {
+                &event
+            };
+            Some((
+                data["budget"].as_str()?.to_owned(),
+                data["threshold"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+async fn publish(cloud: &TestCloud, topic: &str, n: usize) {
+    let events: Vec<Value> = (0..n)
+        .map(|_| json!({"specversion":"1.0","id":uuid(),"source":"/test","type":"t","data":{}}))
+        .collect();
+    let (status, body) = send(
+        http()
+            .post(format!(
+                "{}/events/v1/topics/{topic}/events",
+                cloud.gateway_url()
+            ))
+            .bearer_auth(&cloud.keys.service_key)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(&events).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn uuid() -> String {
+    format!("{:x}", rand_id())
+}
+
+fn rand_id() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    (u128::from(std::process::id()) << 64) | u128::from(NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_fire_once_each_forecast_first_and_caps_refuse_exactly_their_scope() {
+    // A day into this month: the forecast is 31 (or so) times the month so far.
+    let real_now = chrono::Utc::now();
+    let (clock, now) = test_clock(month_start(real_now) + chrono::TimeDelta::days(1));
+    let mut builder = TestCloud::builder();
+    builder.billing_clock = Some(clock);
+    let cloud = builder.start().await.unwrap();
+    let gateway = cloud.gateway_url().to_owned();
+    let key = cloud.keys.service_key.clone();
+    let admin = cloud.admin();
+    let (url, receiver) = super::bus::webhook::start().await;
+    let _: Value = admin
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"billing","target":{"webhook": url}}),
+        )
+        .await
+        .unwrap();
+    for topic in ["alerts-a", "alerts-f"] {
+        let _: Value = admin
+            .post("/events/v1/topics", &json!({"name": topic}))
+            .await
+            .unwrap();
+    }
+    // $0.00001: ten events at $0.000001.
+    let budget = |name: &str, topic: &str, basis: &str| json!({"name":name,"amount":"0.00001","scope":{"resource":topic},"basis":basis,"thresholds":[50,80,100],"actions":["notify"]});
+    for (name, topic, basis) in [
+        ("actual", "alerts-a", "actual"),
+        ("forecast", "alerts-f", "forecast"),
+    ] {
+        let (status, body) = send(
+            http()
+                .post(format!("{gateway}/billing/v1/budgets"))
+                .bearer_auth(&key)
+                .json(&budget(name, topic, basis)),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["state"]["fired"], json!([]));
+    }
+
+    // One event each (10% actual, ~300% forecast): only the forecast budget fires,
+    // all three of its thresholds.
+    publish(&cloud, "alerts-a", 1).await;
+    publish(&cloud, "alerts-f", 1).await;
+    eventually("the forecast budget's three alerts", async || {
+        alerts(&receiver)
+            .iter()
+            .filter(|(b, _)| b == "forecast")
+            .count()
+            == 3
+    })
+    .await;
+    assert!(
+        alerts(&receiver).iter().all(|(b, _)| b == "forecast"),
+        "{:?}",
+        alerts(&receiver)
+    );
+
+    // Four more (50%): the actual budget's first threshold, once.
+    publish(&cloud, "alerts-a", 4).await;
+    eventually("the actual budget at 50%", async || {
+        alerts(&receiver).contains(&("actual".to_owned(), 50))
+    })
+    .await;
+    // Five more (100%): 80 and 100.
+    publish(&cloud, "alerts-a", 5).await;
+    eventually("the actual budget at 100%", async || {
+        alerts(&receiver).contains(&("actual".to_owned(), 100))
+    })
+    .await;
+    // Evaluations go on every second: nothing fires twice.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut fired = alerts(&receiver);
+    fired.sort();
+    assert_eq!(
+        fired,
+        vec![
+            ("actual".to_owned(), 50),
+            ("actual".to_owned(), 80),
+            ("actual".to_owned(), 100),
+            ("forecast".to_owned(), 50),
+            ("forecast".to_owned(), 80),
+            ("forecast".to_owned(), 100),
+        ]
+    );
+    let (_, state) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/budgets/actual"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(state["state"]["fired"], json!([50, 80, 100]));
+    assert_eq!(state["state"]["actual"], "0.00001");
+    assert_eq!(state["state"]["capped"], false, "notify only");
+
+    // Caps: one for a function, one for a bucket, one for a key namespace.
+    let echo = std::fs::read(env!("CARGO_BIN_EXE_echo-function")).unwrap();
+    for name in ["capped-fn", "free-fn"] {
+        deploy_ok(
+            &cloud,
+            json!({"name":name,"runtime":"provided"}),
+            &zip_of(&[("bootstrap", &echo, 0o755)]),
+        )
+        .await;
+    }
+    for (name, scope, amount) in [
+        ("fn-cap", json!({"resource":"capped-fn"}), "0.0000004"),
+        (
+            "bucket-cap",
+            json!({"resource":"capped-bucket"}),
+            "0.000005",
+        ),
+        ("kv-cap", json!({"resource":"capped_ns"}), "0.000000625"),
+    ] {
+        let (status, body) = send(
+            http()
+                .post(format!("{gateway}/billing/v1/budgets"))
+                .bearer_auth(&key)
+                .json(&json!({"name":name,"amount":amount,"scope":scope,"actions":["cap"]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let invoke = |name: &str| {
+        http()
+            .post(format!("{gateway}/functions/v1/{name}/invoke"))
+            .bearer_auth(&key)
+            .json(&json!({"n": 1}))
+    };
+    let lambda_invoke = |name: &str| {
+        http()
+            .post(format!("{gateway}/2015-03-31/functions/{name}/invocations"))
+            .bearer_auth(&key)
+            .json(&json!({"n": 1}))
+    };
+    // Two calls of $0.0000002 and their GB-seconds: over the amount.
+    for _ in 0..2 {
+        let (status, body) = send(invoke("capped-fn")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    eventually("calls to the capped function refused", async || {
+        send(invoke("capped-fn")).await.0 == 429
+    })
+    .await;
+    let (status, body) = send(invoke("capped-fn")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("budget_exceeded")),
+        "{body}"
+    );
+    let refused = lambda_invoke("capped-fn").send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(
+        refused.headers()["x-amzn-errortype"],
+        "TooManyRequestsException"
+    );
+    assert_eq!(
+        send(invoke("free-fn")).await.0,
+        200,
+        "another function runs"
+    );
+
+    // A bucket: one upload ($0.000005) uses it up; reads go on.
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/storage/v1/bucket"))
+            .bearer_auth(&key)
+            .json(&json!({"name":"capped-bucket"})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let upload = |path: &str| {
+        http()
+            .post(format!("{gateway}/storage/v1/object/capped-bucket/{path}"))
+            .bearer_auth(&key)
+            .header("content-type", "text/plain")
+            .body("x")
+    };
+    assert_eq!(send(upload("first.txt")).await.0, 200);
+    eventually("uploads to the capped bucket refused", async || {
+        send(upload("later.txt")).await.0 == 402
+    })
+    .await;
+    let (status, body) = send(upload("later.txt")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (402, Some("budget_exceeded")),
+        "{body}"
+    );
+    let read = http()
+        .get(format!(
+            "{gateway}/storage/v1/object/capped-bucket/first.txt"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200, "reads keep working");
+
+    // A key namespace: one put uses it up; gets go on.
+    let put = || {
+        http()
+            .put(format!("{gateway}/db/v1/kv/capped_ns/k"))
+            .bearer_auth(&key)
+            .json(&json!(1))
+    };
+    assert_eq!(send(put()).await.0, 200);
+    eventually("puts to the capped namespace refused", async || {
+        send(put()).await.0 == 402
+    })
+    .await;
+    let (status, _) = send(
+        http()
+            .get(format!("{gateway}/db/v1/kv/capped_ns/k"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 200, "gets keep working");
+
+    // A changed budget lifts its cap at once.
+    let (status, body) = send(
+        http()
+            .put(format!("{gateway}/billing/v1/budgets/kv-cap"))
+            .bearer_auth(&key)
+            .json(&json!({"name":"kv-cap","amount":"1","scope":{"resource":"capped_ns"},"actions":["cap"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"]["capped"], false);
+    eventually("puts to the namespace allowed again", async || {
+        send(put()).await.0 == 200
+    })
+    .await;
+
+    // The month rolls over: the function's cap lifts, its budget starts again.
+    *now.lock().unwrap() = month_start(real_now) + chrono::TimeDelta::days(40);
+    eventually("the capped function runs again next month", async || {
+        send(invoke("capped-fn")).await.0 == 200
+    })
+    .await;
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn budget_writes_need_the_right_and_bad_budgets_are_refused() {
+    let cloud = TestCloud::start().await.unwrap();
+    let gateway = cloud.gateway_url().to_owned();
+    let key = cloud.keys.service_key.clone();
+    let good = json!({"name":"ok","amount":"5","scope":"all"});
+    // Anonymous and anon-key callers may neither write nor read budgets.
+    for token in [None, Some(cloud.keys.anon_key.as_str())] {
+        let with = |request: reqwest::RequestBuilder| match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let (status, _) = send(with(
+            http()
+                .post(format!("{gateway}/billing/v1/budgets"))
+                .json(&good),
+        ))
+        .await;
+        assert_eq!(status, 403);
+        let (status, _) = send(with(http().get(format!("{gateway}/billing/v1/budgets")))).await;
+        assert_eq!(status, 403);
+    }
+    for bad in [
+        json!({"name":"a","amount":"1e99","scope":"all"}),
+        json!({"name":"a","amount":"-1","scope":"all"}),
+        json!({"name":"a b","amount":"1","scope":"all"}),
+        json!({"name":"a","amount":"1","scope":{"service":"compute"}}),
+        json!({"name":"a","amount":"1","scope":{"owner":"x\u{0}y"}}),
+        json!({"name":"a","amount":"1","scope":"all","thresholds":[0]}),
+        json!({"name":"a","amount":"1","scope":"all","actions":["email"]}),
+        json!({"name":"a","amount":"1","scope":"all","period":"year"}),
+        json!({"name":"a","amount":"1","scope":"all","extra":1}),
+        json!([1, 2]),
+    ] {
+        let (status, body) = send(
+            http()
+                .post(format!("{gateway}/billing/v1/budgets"))
+                .bearer_auth(&key)
+                .json(&bad),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/billing/v1/budgets"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{\"name\":"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = send(
+        http()
+            .post(format!("{gateway}/billing/v1/budgets"))
+            .bearer_auth(&key)
+            .json(&good),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = send(
+        http()
+            .post(format!("{gateway}/billing/v1/budgets"))
+            .bearer_auth(&key)
+            .json(&good),
+    )
+    .await;
+    assert_eq!(status, 409, "names are unique");
+    let (status, _) = send(
+        http()
+            .put(format!("{gateway}/billing/v1/budgets/other"))
+            .bearer_auth(&key)
+            .json(&good),
+    )
+    .await;
+    assert_eq!(status, 400, "the body names another budget");
+    let (status, _) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/budgets/nope"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = send(
+        http()
+            .delete(format!("{gateway}/billing/v1/budgets/ok"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = send(
+        http()
+            .delete(format!("{gateway}/billing/v1/budgets/ok"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 404);
+    cloud.stop().await.unwrap();
+}

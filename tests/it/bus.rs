@@ -176,7 +176,7 @@ async fn publish_validate_batch_and_dedupe() {
     cloud.stop().await.unwrap();
 }
 
-mod webhook {
+pub(crate) mod webhook {
     //! A webhook receiver for the tests: records deliveries, fails on request.
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -185,7 +185,7 @@ mod webhook {
     use axum::http::{HeaderMap, StatusCode};
 
     #[derive(Clone, Default)]
-    pub(super) struct Receiver {
+    pub(crate) struct Receiver {
         pub deliveries: Arc<Mutex<Vec<(HeaderMap, String)>>>,
         /// Answer 500 to this many requests before succeeding.
         pub fail_next: Arc<AtomicUsize>,
@@ -208,7 +208,7 @@ mod webhook {
         }
     }
 
-    pub(super) async fn start() -> (String, Receiver) {
+    pub(crate) async fn start() -> (String, Receiver) {
         let receiver = Receiver::default();
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
@@ -220,7 +220,7 @@ mod webhook {
     }
 
     impl Receiver {
-        pub(super) fn successes(&self) -> Vec<(HeaderMap, String)> {
+        pub(crate) fn successes(&self) -> Vec<(HeaderMap, String)> {
             self.deliveries
                 .lock()
                 .unwrap()
@@ -230,7 +230,7 @@ mod webhook {
                 .collect()
         }
 
-        pub(super) fn count(&self) -> usize {
+        pub(crate) fn count(&self) -> usize {
             self.deliveries.lock().unwrap().len()
         }
     }

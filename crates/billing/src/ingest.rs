@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, DurationRound as _, TimeDelta, Utc};
 use minicloud_metering::Meter;
 use minicloud_proto::billing::v1::billing_service_server::BillingService;
-use minicloud_proto::billing::v1::{IngestRequest, IngestResponse, UsageRecord};
+use minicloud_proto::billing::v1::{
+    CappedScope, CapsRequest, CapsResponse, IngestRequest, IngestResponse, UsageRecord,
+};
 use minicloud_proto::error::ApiError;
 use tonic::{Request, Response, Status};
 
 use crate::Billing;
+use crate::budgets::Scope;
 
 /// Records per call (the shipper sends at most 5,000).
 pub(crate) const MAX_RECORDS: usize = 10_000;
@@ -33,9 +36,35 @@ impl BillingService for BillingGrpc {
         let request = request.into_inner();
         let rows = validate(&request)?;
         let through = self.0.ingest(&request.journal, rows).await?;
+        // New usage may cross a budget's threshold: evaluate now, not at the tick.
+        self.0.budgets_changed.notify_one();
         Ok(Response::new(IngestResponse {
             ingested_through: through,
         }))
+    }
+
+    async fn caps(&self, request: Request<CapsRequest>) -> Result<Response<CapsResponse>, Status> {
+        self.0.authz.grpc_service_caller(request.metadata()).await?;
+        let caps = self
+            .0
+            .caps()
+            .await?
+            .into_iter()
+            .map(|(budget, scope)| {
+                let (kind, value) = match scope {
+                    Scope::All => ("all", String::new()),
+                    Scope::Service(v) => ("service", v),
+                    Scope::Resource(v) => ("resource", v),
+                    Scope::Owner(v) => ("owner", v),
+                };
+                CappedScope {
+                    budget,
+                    kind: kind.to_owned(),
+                    value,
+                }
+            })
+            .collect();
+        Ok(Response::new(CapsResponse { caps }))
     }
 }
 

@@ -155,13 +155,13 @@ impl Selection {
     }
 }
 
-fn month_start(at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn month_start(at: DateTime<Utc>) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
         .single()
         .unwrap_or(at)
 }
 
-fn next_month_start(at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn next_month_start(at: DateTime<Utc>) -> DateTime<Utc> {
     let (year, month) = match at.month() {
         12 => (at.year() + 1, 1),
         month => (at.year(), month + 1),
@@ -196,7 +196,7 @@ pub(crate) struct UsageOut {
 }
 
 impl Billing {
-    async fn check_reader(&self, caller: &Caller) -> Result<(), ApiError> {
+    pub(crate) async fn check_reader(&self, caller: &Caller) -> Result<(), ApiError> {
         self.authz
             .authorize(caller, Action::BillingReadUsage, "billing:usage", &[])
             .await

@@ -348,6 +348,7 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
                     args.billing.clone(),
                     pool(minicloud_billing::SCHEMA).await?,
                     authz()?,
+                    &urls.bus,
                 )
                 .await?;
                 Hosted::new(billing, &shutdown)

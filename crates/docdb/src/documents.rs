@@ -258,6 +258,10 @@ impl Docdb {
         mut writes: Vec<Write>,
     ) -> Result<Vec<Applied>, ApiError> {
         let batch = writes.len() > 1;
+        let owner = minicloud_metering::owner_of(caller);
+        for write in &writes {
+            self.check_cap(&write.collection, &owner)?;
+        }
         for (i, write) in writes.iter().enumerate() {
             let id = write.id.clone().unwrap_or_default();
             let action = match write.op {
@@ -327,6 +331,19 @@ impl Docdb {
         self.relay.wake();
         self.meter_writes(caller, collections.iter().map(String::as_str));
         Ok(applied)
+    }
+
+    /// Writes to a collection or namespace a budget caps are refused (402).
+    pub(crate) fn check_cap(&self, resource: &str, owner: &str) -> Result<(), ApiError> {
+        match self.meters.capped("db", resource, owner) {
+            None => Ok(()),
+            Some(budget) => Err(ApiError::new(
+                ErrorCode::BudgetExceeded,
+                format!(
+                    "budget {budget} is used up: writes to {resource} are refused until the month ends or the budget changes"
+                ),
+            )),
+        }
     }
 
     /// One write per document written, per collection.

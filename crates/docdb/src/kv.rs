@@ -68,16 +68,16 @@ impl Docdb {
         self.authz
             .authorize(caller, action, &format!("kv:{namespace}/{key}"), &[])
             .await?;
-        // Metered once authorised, as DynamoDB bills a conditional write that fails.
+        let owner = minicloud_metering::owner_of(caller);
         let meter = match action {
             Action::KvGet | Action::KvList => Meter::KvReads,
-            _ => Meter::KvWrites,
+            _ => {
+                self.check_cap(namespace, &owner)?;
+                Meter::KvWrites
+            }
         };
-        self.meters.record(
-            namespace,
-            &minicloud_metering::owner_of(caller),
-            &[(meter, 1)],
-        );
+        // Metered once authorised, as DynamoDB bills a conditional write that fails.
+        self.meters.record(namespace, &owner, &[(meter, 1)]);
         Ok(())
     }
 

@@ -119,6 +119,9 @@ pub enum InvokeError {
     NotFound(String),
     #[error("Rate Exceeded.")]
     Throttled,
+    /// A budget's cap covers the function (docs/billing.md); names the budget.
+    #[error("budget {0} is used up")]
+    BudgetExceeded(String),
     #[error("{0}")]
     Api(#[from] ApiError),
 }
@@ -433,6 +436,9 @@ impl Engine {
     }
 
     pub async fn invoke(&self, name: &str, request: InvokeRequest) -> Result<Invoked, InvokeError> {
+        if let Some(budget) = self.meters.capped("functions", name, &request.owner) {
+            return Err(InvokeError::BudgetExceeded(budget));
+        }
         let pool = self.pool(name).await?;
         let metrics = &self.metrics;
         let permit = if request.wait_for_slot {

@@ -47,7 +47,7 @@ impl InvokeFailure {
     fn new(surface: Surface, error: ApiError) -> InvokeFailure {
         let lambda_type = match error.code {
             ErrorCode::NotFound => "ResourceNotFoundException",
-            ErrorCode::TooManyRequests => "TooManyRequestsException",
+            ErrorCode::TooManyRequests | ErrorCode::BudgetExceeded => "TooManyRequestsException",
             ErrorCode::PayloadTooLarge => "RequestTooLargeException",
             ErrorCode::Unauthenticated | ErrorCode::PermissionDenied => "AccessDeniedException",
             ErrorCode::InvalidArgument | ErrorCode::UnsupportedMediaType => {
@@ -74,10 +74,16 @@ impl InvokeFailure {
 impl IntoResponse for InvokeFailure {
     fn into_response(self) -> Response {
         let lambda_type = HeaderValue::from_static(self.lambda_type);
+        // A capped function is throttled, as Lambda throttles (429), whatever the
+        // body's code says.
+        let capped = self.error.code == ErrorCode::BudgetExceeded;
         let mut response = match self.surface {
             Surface::Minicloud => self.error.into_response(),
             Surface::Lambda => {
-                let status = self.error.code.http_status();
+                let status = match capped {
+                    true => StatusCode::TOO_MANY_REQUESTS,
+                    false => self.error.code.http_status(),
+                };
                 let kind = if self.error.code.is_server_error() {
                     "Service"
                 } else {
@@ -90,6 +96,9 @@ impl IntoResponse for InvokeFailure {
                 (status, axum::Json(body)).into_response()
             }
         };
+        if capped {
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        }
         response
             .headers_mut()
             .insert("x-amzn-errortype", lambda_type);
@@ -423,6 +432,10 @@ pub async fn sync_invoke(
         .map_err(|error| match error {
             InvokeError::NotFound(_) => not_found(invoker, name),
             InvokeError::Throttled => ApiError::new(ErrorCode::TooManyRequests, "Rate Exceeded."),
+            InvokeError::BudgetExceeded(budget) => ApiError::new(
+                ErrorCode::BudgetExceeded,
+                format!("budget {budget} is used up: calls to this function are capped until the month ends or the budget changes"),
+            ),
             InvokeError::Api(error) => error,
         })
 }

@@ -35,7 +35,7 @@ fn exception(error: &ApiError) -> Option<&'static str> {
         }
         ErrorCode::PayloadTooLarge => "RequestTooLargeException",
         ErrorCode::Unauthenticated | ErrorCode::PermissionDenied => "AccessDeniedException",
-        ErrorCode::TooManyRequests => "TooManyRequestsException",
+        ErrorCode::TooManyRequests | ErrorCode::BudgetExceeded => "TooManyRequestsException",
         _ => return None,
     })
 }

@@ -89,6 +89,28 @@ struct Inner {
     write_errors: Counter,
     billing: Option<(String, ServiceCredential)>,
     ship_interval: Duration,
+    /// The scopes budgets cap, as billing last said (refreshed after each shipment).
+    caps: std::sync::RwLock<Arc<Vec<Cap>>>,
+}
+
+/// A scope a budget caps: `kind` is `all`, `service`, `resource` or `owner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cap {
+    pub budget: String,
+    pub kind: String,
+    pub value: String,
+}
+
+impl Cap {
+    fn covers(&self, service: &str, resource: &str, owner: &str) -> bool {
+        match self.kind.as_str() {
+            "all" => true,
+            "service" => self.value == service,
+            "resource" => self.value == resource,
+            "owner" => self.value == owner,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -123,11 +145,23 @@ impl Meters {
             write_errors: Counter::default(),
             billing: billing_url.map(|url| (url.to_owned(), credential)),
             ship_interval: Duration::from_millis(config.ship_interval_ms.max(10)),
+            caps: Default::default(),
         }))))
     }
 
     pub fn is_on(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// The budget that caps a request to `service` (`functions`, `storage`, `db`,
+    /// `events`) on `resource` by `owner`, if one does — as of the last shipment
+    /// (at most a ship interval old).
+    pub fn capped(&self, service: &str, resource: &str, owner: &str) -> Option<String> {
+        let inner = self.0.as_ref()?;
+        let caps = Arc::clone(&inner.caps.read().unwrap());
+        caps.iter()
+            .find(|cap| cap.covers(service, resource, owner))
+            .map(|cap| cap.budget.clone())
     }
 
     /// Records what one request served. Called before the answer leaves, so a
@@ -203,4 +237,26 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cap;
+
+    #[test]
+    fn a_cap_covers_what_it_names() {
+        let cap = |kind: &str, value: &str| Cap {
+            budget: "b".into(),
+            kind: kind.into(),
+            value: value.into(),
+        };
+        assert!(cap("all", "").covers("functions", "f", "anon"));
+        assert!(cap("service", "storage").covers("storage", "b", "anon"));
+        assert!(!cap("service", "storage").covers("db", "b", "anon"));
+        assert!(cap("resource", "f").covers("functions", "f", "x"));
+        assert!(!cap("resource", "f").covers("functions", "g", "x"));
+        assert!(cap("owner", "authenticated:u1").covers("db", "c", "authenticated:u1"));
+        assert!(!cap("owner", "authenticated:u1").covers("db", "c", "authenticated:u2"));
+        assert!(!cap("bogus", "f").covers("functions", "f", "x"));
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use minicloud_proto::billing::v1::billing_service_client::BillingServiceClient;
-use minicloud_proto::billing::v1::{IngestRequest, Quantity, UsageRecord};
+use minicloud_proto::billing::v1::{CapsRequest, IngestRequest, Quantity, UsageRecord};
 use minicloud_telemetry::grpc_client::{ServiceCredential, TracedChannel};
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,9 @@ impl Shipper {
                 _ = tokio::time::sleep(backoff) => {}
             }
             let mut result = self.ship_now().await;
+            if result.is_ok() {
+                result = self.refresh_caps().await;
+            }
             if result.is_ok() && Instant::now() >= next_orphan_scan {
                 result = self.ship_orphans().await;
                 next_orphan_scan = Instant::now() + ORPHAN_SCAN;
@@ -110,6 +113,29 @@ impl Shipper {
             self.shipped_seq = last;
         }
         self.rotate_if_shipped(&id)?;
+        Ok(())
+    }
+
+    /// What budgets cap now, for [`crate::Meters::capped`].
+    pub async fn refresh_caps(&mut self) -> Result<(), ShipError> {
+        let caps = self.client.caps(CapsRequest {}).await?.into_inner().caps;
+        let caps: Vec<crate::Cap> = caps
+            .into_iter()
+            .map(|cap| crate::Cap {
+                budget: cap.budget,
+                kind: cap.kind,
+                value: cap.value,
+            })
+            .collect();
+        let mut current = self.inner.caps.write().unwrap();
+        if **current != caps {
+            tracing::info!(
+                service = self.inner.service,
+                caps = caps.len(),
+                "budget caps changed"
+            );
+            *current = Arc::new(caps);
+        }
         Ok(())
     }
 

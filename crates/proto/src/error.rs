@@ -37,13 +37,15 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     RangeNotSatisfiable,
     TooManyRequests,
+    /// A budget's cap refuses the call (docs/billing.md).
+    BudgetExceeded,
     Internal,
     Unavailable,
     Timeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::PermissionDenied,
@@ -55,6 +57,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::TooManyRequests,
+        ErrorCode::BudgetExceeded,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
@@ -92,6 +96,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -111,6 +116,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
             ErrorCode::RangeNotSatisfiable => tonic::Code::OutOfRange,
             ErrorCode::TooManyRequests => tonic::Code::Unavailable,
+            ErrorCode::BudgetExceeded => tonic::Code::FailedPrecondition,
             ErrorCode::Internal => tonic::Code::Internal,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Timeout => tonic::Code::DeadlineExceeded,

@@ -8,6 +8,7 @@ use minicloud_authz::Action;
 use minicloud_authz::{Caller, Policy};
 use minicloud_metering::Meter;
 use minicloud_outbox::OutboxEvent;
+use minicloud_proto::error::{ApiError, ErrorCode};
 use serde::Serialize;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments as _, FromRow as _, Row as _};
@@ -368,6 +369,10 @@ impl Storage {
         body: ByteStream,
         owner: Option<String>,
     ) -> Result<ObjectRecord, StorageError> {
+        if let Err(error) = self.check_cap(&request.bucket, caller) {
+            Self::discard(body, request.declared_length).await;
+            return Err(error);
+        }
         let (_bucket, limit) = match self.prepare_write(caller, &request).await {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -544,6 +549,22 @@ impl Storage {
         Ok(object)
     }
 
+    /// Writes to a bucket a budget caps are refused (402); reads go on.
+    pub(crate) fn check_cap(&self, bucket: &str, caller: &Caller) -> Result<(), StorageError> {
+        match self
+            .meters
+            .capped("storage", bucket, &minicloud_metering::owner_of(caller))
+        {
+            None => Ok(()),
+            Some(budget) => Err(StorageError::Denied(ApiError::new(
+                ErrorCode::BudgetExceeded,
+                format!(
+                    "budget {budget} is used up: writes to bucket {bucket} are refused until the month ends or the budget changes"
+                ),
+            ))),
+        }
+    }
+
     /// One request of a class (S3's: writes and lists, or reads) on `bucket`.
     pub(crate) fn meter_request(&self, bucket: &str, owner: &str, class: Meter) {
         self.meters.record(bucket, owner, &[(class, 1)]);
@@ -687,6 +708,7 @@ impl Storage {
         remove_source: bool,
         replace: Option<ReplacedHeaders>,
     ) -> Result<ObjectRecord, StorageError> {
+        self.check_cap(to.0, caller)?;
         let source_bucket = self.load_bucket(from.0).await?;
         let target_bucket = self.load_bucket(to.0).await?;
         if !source_bucket.public {

@@ -68,6 +68,13 @@ pub(crate) fn from_api(error: ApiError) -> S3Error {
         ErrorCode::PreconditionFailed => S3ErrorCode::PreconditionFailed,
         ErrorCode::PayloadTooLarge => S3ErrorCode::EntityTooLarge,
         ErrorCode::TooManyRequests => S3ErrorCode::SlowDown,
+        ErrorCode::BudgetExceeded => {
+            // S3 has no such refusal: a code of our own, with our status.
+            let mut refused =
+                S3Error::with_message(S3ErrorCode::Custom("BudgetExceeded".into()), error.message);
+            refused.set_status_code(http::StatusCode::PAYMENT_REQUIRED);
+            return refused;
+        }
         ErrorCode::Unavailable | ErrorCode::Timeout => S3ErrorCode::ServiceUnavailable,
         ErrorCode::RangeNotSatisfiable => S3ErrorCode::InvalidRange,
         ErrorCode::MethodNotAllowed => S3ErrorCode::MethodNotAllowed,
