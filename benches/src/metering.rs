@@ -1,10 +1,13 @@
 //! What metering costs (issue 22): the same warm invoke, small-object PUT and GET and
 //! small-document PUT and GET against two clouds started in this run, one metering
 //! (the default: a journal line per request, shipped every second) and one with
-//! `--metering false`, taking turns so both span the same minutes. Writes
+//! `--metering false`, taking turns so both span the same minutes. Then how long a
+//! budget alert takes: from the answer to the request that crosses a threshold to
+//! the alert's arrival at a webhook subscribed to the `billing` topic. Writes
 //! `target/bench-metering.json` for `scripts/bench_report.py`.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use minicloud_bench::{Op, ROUNDS, as_client, sequential_summary, time_in_turns, zip_of};
 use minicloud_testkit::TestCloud;
@@ -12,6 +15,93 @@ use serde_json::{Value, json};
 
 /// Calls per row and cloud.
 const N: usize = 4_000;
+/// Budgets crossed, one alert each.
+const ALERTS: usize = 15;
+
+/// When each budget's alert reached the webhook.
+type Arrivals = Arc<Mutex<std::collections::HashMap<String, Instant>>>;
+
+async fn receive(
+    axum::extract::State(arrivals): axum::extract::State<Arrivals>,
+    body: String,
+) -> axum::http::StatusCode {
+    let at = Instant::now();
+    if let Ok(event) = serde_json::from_str::<Value>(&body)
+        && let Some(budget) = event["data"]["budget"].as_str()
+    {
+        arrivals.lock().unwrap().entry(budget.to_owned()).or_insert(at);
+    }
+    axum::http::StatusCode::NO_CONTENT
+}
+
+/// Alert latency: for each budget, 9 of its 10 events are published and shipped,
+/// then the 10th (the crossing request) is timed from its answer to its alert's
+/// arrival.
+async fn alert_latency(cloud: &TestCloud) -> anyhow::Result<Vec<Duration>> {
+    let arrivals = Arrivals::default();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(Arc::clone(&arrivals));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let admin = cloud.admin();
+    let _: Value = admin
+        .post(
+            "/events/v1/subscriptions",
+            &json!({"topic":"billing","target":{"webhook": hook}}),
+        )
+        .await?;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let publish = |topic: String, n: usize| {
+        let http = http.clone();
+        let url = format!("{}/events/v1/topics/{topic}/events", cloud.gateway_url());
+        let token = cloud.keys.service_key.clone();
+        async move {
+            let events: Vec<Value> = (0..n)
+                .map(|_| json!({"specversion":"1.0","id":uuid::Uuid::new_v4().to_string(),"source":"/bench","type":"t","data":{}}))
+                .collect();
+            check(
+                http.post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/cloudevents-batch+json")
+                    .body(serde_json::to_vec(&events)?)
+                    .send()
+                    .await?,
+            )
+            .await
+        }
+    };
+    let mut latencies = Vec::new();
+    for i in 0..ALERTS {
+        let (topic, budget) = (format!("alerts{i}"), format!("alert{i}"));
+        let _: Value = admin.post("/events/v1/topics", &json!({"name": topic})).await?;
+        // $0.00001: ten events at $0.000001.
+        let _: Value = admin
+            .post(
+                "/billing/v1/budgets",
+                &json!({"name":budget,"amount":"0.00001","scope":{"resource":topic},"thresholds":[100]}),
+            )
+            .await?;
+        publish(topic.clone(), 9).await?;
+        // Shipped (every second) and evaluated, below the threshold; a random phase
+        // against the shipping tick, as a real crossing has.
+        tokio::time::sleep(Duration::from_millis(1_500 + rand::random_range(0..1_000))).await;
+        anyhow::ensure!(!arrivals.lock().unwrap().contains_key(&budget), "{budget} fired early");
+        publish(topic, 1).await?;
+        let answered = Instant::now();
+        let deadline = answered + Duration::from_secs(30);
+        loop {
+            if let Some(&at) = arrivals.lock().unwrap().get(&budget) {
+                latencies.push(at.saturating_duration_since(answered));
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no alert for {budget} in 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(latencies)
+}
 
 struct Cloud {
     base: String,
@@ -181,6 +271,17 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
+    let mut alerts = alert_latency(&metered).await?;
+    alerts.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let alert_latency = json!({
+        "alerts": alerts.len(),
+        "p50_ms": ms(alerts[alerts.len() / 2]),
+        "max_ms": ms(alerts[alerts.len() - 1]),
+        "min_ms": ms(alerts[0]),
+        "ship_interval_ms": 1_000,
+    });
+
     // Let the last second's journal lines ship, then check they all arrived.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let usage: Value = metered
@@ -200,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
         "rounds": ROUNDS,
         "rows": rows,
         "invocations_metered": invocations,
+        "alert_latency": alert_latency,
     });
     std::fs::write(
         "target/bench-metering.json",
