@@ -808,6 +808,7 @@ async fn every_rest_operation_survives_a_bounded_fuzz_pass() {
         "db/v1",
         "events/v1",
         "functions/v1",
+        "billing/v1",
     ] {
         let output = tokio::process::Command::new("python3")
             .env("PYTHONPATH", &fuzz)

@@ -35,7 +35,7 @@ pub struct Record<'a> {
     #[serde(rename = "o", borrow)]
     pub owner: Cow<'a, str>,
     #[serde(rename = "q")]
-    pub quantities: Vec<(Meter, u64)>,
+    pub quantities: Cow<'a, [(Meter, u64)]>,
 }
 
 impl Serialize for Meter {
@@ -143,7 +143,7 @@ fn into_owned(record: Record<'_>) -> Record<'static> {
         at_ms: record.at_ms,
         resource: Cow::Owned(record.resource.into_owned()),
         owner: Cow::Owned(record.owner.into_owned()),
-        quantities: record.quantities,
+        quantities: Cow::Owned(record.quantities.into_owned()),
     }
 }
 
@@ -198,7 +198,10 @@ mod tests {
             at_ms: 1_700_000_000_000,
             resource: Cow::Owned(resource.to_owned()),
             owner: Cow::Borrowed("authenticated:u1"),
-            quantities: vec![(Meter::FunctionRequests, 1), (Meter::FunctionMbMs, amount)],
+            quantities: Cow::Owned(vec![
+                (Meter::FunctionRequests, 1),
+                (Meter::FunctionMbMs, amount),
+            ]),
         }
     }
 

@@ -128,7 +128,9 @@ mod tests {
     #[test]
     fn every_meter_parses_back_from_its_name_and_names_are_unique() {
         let mut names = std::collections::BTreeSet::new();
-        for meter in Meter::ALL {
+        for (i, meter) in Meter::ALL.into_iter().enumerate() {
+            // `Meters` finds a meter's counter at `meter as usize`.
+            assert_eq!(meter as usize, i);
             assert_eq!(meter.as_str().parse::<Meter>(), Ok(meter));
             assert!(names.insert(meter.as_str()));
             assert!(meter.billing_unit().1 >= 1);

@@ -197,8 +197,8 @@ impl Shipper {
                     owner: record.owner.into_owned(),
                     quantities: record
                         .quantities
-                        .into_iter()
-                        .map(|(meter, amount)| Quantity {
+                        .iter()
+                        .map(|&(meter, amount)| Quantity {
                             meter: meter.as_str().to_owned(),
                             amount,
                         })
