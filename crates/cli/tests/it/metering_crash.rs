@@ -144,3 +144,81 @@ async fn meters_of_a_killed_process_are_shipped_by_the_next_once() {
     drop_database(&database);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// Budget alerts seen by a webhook: `(budget, threshold)`.
+type Alerts = std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>;
+
+async fn receive(axum::extract::State(alerts): axum::extract::State<Alerts>, body: String) {
+    // Webhooks get CloudEvents in binary mode: the body is the event's data.
+    if let Ok(data) = serde_json::from_str::<Value>(&body)
+        && let (Some(budget), Some(threshold)) =
+            (data["budget"].as_str(), data["threshold"].as_u64())
+    {
+        alerts.lock().unwrap().push((budget.to_owned(), threshold));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fired_threshold_does_not_fire_again_after_a_restart() {
+    let (database, database_url) = test_database("budget_restart");
+    let data_dir =
+        std::env::temp_dir().join(format!("minicloud-budget-restart-{}", std::process::id()));
+    let client = reqwest::Client::new();
+    let alerts = Alerts::default();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(std::sync::Arc::clone(&alerts));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let first = Up::start(&data_dir, &database_url, 100);
+    let admin = |up: &Up, path: &str, body: Value| {
+        client
+            .post(format!("{}{path}", up.gateway))
+            .bearer_auth(&up.service_key)
+            .json(&body)
+    };
+    let status = admin(
+        &first,
+        "/events/v1/subscriptions",
+        json!({"topic":"billing","target":{"webhook": hook}}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .status();
+    assert!(status.is_success(), "{status}");
+    // Four key writes at $0.000000625: 50% of $0.000005.
+    let status = admin(
+        &first,
+        "/billing/v1/budgets",
+        json!({"name":"crash","amount":"0.000005","scope":{"resource":"crash"},"thresholds":[50]}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .status();
+    assert_eq!(status.as_u16(), 201);
+    put_keys(&client, &first, 0, 4).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alerts.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the threshold did not fire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill_9();
+
+    // The next start evaluates the same budget over the same usage (and ships
+    // whatever the first had not): the firing is recorded, so no second alert.
+    let second = Up::start(&data_dir, &database_url, 100);
+    put_keys(&client, &second, 4, 5).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        *alerts.lock().unwrap(),
+        vec![("crash".to_owned(), 50)],
+        "one alert across the restart"
+    );
+    drop(second);
+    drop_database(&database);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
