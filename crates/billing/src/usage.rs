@@ -338,6 +338,9 @@ pub(crate) struct FreeTierCredit {
     meter: &'static str,
     /// Base units that cost nothing.
     quantity: u64,
+    /// The same in `billing_unit`s.
+    billable: String,
+    billing_unit: &'static str,
     /// USD, negative.
     cost: String,
 }
@@ -428,10 +431,13 @@ pub(crate) async fn cost(
             }
             let credit = -prices.cost(meter, credited);
             total += credit;
+            let (unit, per) = meter.billing_unit();
             free_tier.push(FreeTierCredit {
                 month,
                 meter: meter.as_str(),
                 quantity: credited,
+                billable: money(Decimal::from(credited) / Decimal::from(per)),
+                billing_unit: unit,
                 cost: money(credit),
             });
         }

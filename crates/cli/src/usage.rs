@@ -109,8 +109,8 @@ fn table(cost: &Value, by: UsageGroup) -> String {
             row.push(String::new());
         }
         row.extend([
-            text(&credit["quantity"]),
-            "base units".to_owned(),
+            text(&credit["billable"]),
+            text(&credit["billing_unit"]),
             text(&credit["cost"]),
         ]);
         rows.push(row);
@@ -149,7 +149,7 @@ mod tests {
                 {"service":"functions","meter":"function.requests","resource":"thumb","billable":"5","billing_unit":"request","cost":"0.000001"},
                 {"service":"storage","meter":"storage.bytes_out","resource":"photos","billable":"0.5","billing_unit":"GB","cost":"0.045"}
             ],
-            "free_tier": [{"meter":"storage.bytes_out","quantity":536870912,"cost":"-0.045"}],
+            "free_tier": [{"meter":"storage.bytes_out","quantity":536870912,"billable":"0.5","billing_unit":"GB","cost":"-0.045"}],
             "total": "0.000001"
         });
         let table = table(&cost, UsageGroup::Resource);
