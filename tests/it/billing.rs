@@ -1087,3 +1087,156 @@ async fn budget_writes_need_the_right_and_bad_budgets_are_refused() {
     assert_eq!(status, 404);
     cloud.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn stored_bytes_are_metered_for_every_second_they_are_kept() {
+    let root = std::env::temp_dir().join(format!("mc-stored-bytes-{}", std::process::id()));
+    let started = Instant::now();
+    let cloud = TestCloud::builder()
+        .storage(minicloud_testkit::minicloud_storage::StorageConfig {
+            fs_root: Some(root.clone()),
+            meter_interval_s: 1,
+            ..Default::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let gateway = cloud.gateway_url().to_owned();
+    let key = cloud.keys.service_key.clone();
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/storage/v1/bucket"))
+            .bearer_auth(&key)
+            .json(&json!({"name":"kept"})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/storage/v1/object/kept/a.bin"))
+            .bearer_auth(&key)
+            .header("content-type", "application/octet-stream")
+            .body(vec![0u8; 1_000]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let stored =
+        |totals: &BTreeMap<String, u64>| totals.get("storage.byte_seconds").copied().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut kept = 0;
+    while kept < 3_000 {
+        assert!(
+            Instant::now() < deadline,
+            "stored bytes not metered: {kept}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kept = stored(&totals(&cloud, "resource=kept").await);
+    }
+    // 1,000 bytes for whole seconds, never more seconds than the cloud has lived.
+    assert_eq!(kept % 1_000, 0, "{kept}");
+    assert!(kept <= 1_000 * (started.elapsed().as_secs() + 1), "{kept}");
+    let (status, cost) = send(
+        http()
+            .get(format!(
+                "{gateway}/billing/v1/cost?granularity=month&meter=storage.byte_seconds"
+            ))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 200, "{cost}");
+    assert_eq!(cost["lines"][0]["billing_unit"], "GB-month");
+    assert_eq!(cost["lines"][0]["unit_price"], "0.023");
+    cloud.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_with_a_max_monthly_cost_is_capped_past_it() {
+    let cloud = TestCloud::start().await.unwrap();
+    let gateway = cloud.gateway_url().to_owned();
+    let key = cloud.keys.service_key.clone();
+    let echo = std::fs::read(env!("CARGO_BIN_EXE_echo-function")).unwrap();
+    let bundle = zip_of(&[("bootstrap", &echo, 0o755)]);
+    let deploy = |cap: Value| {
+        let mut body =
+            json!({"name":"capfn","runtime":"provided","code":{"zip_base64": b64(&bundle)}});
+        if !cap.is_null() {
+            body["max_monthly_cost"] = cap;
+        }
+        http()
+            .put(format!("{gateway}/functions/v1/capfn"))
+            .bearer_auth(&key)
+            .json(&body)
+    };
+    for bad in [
+        json!("-1"),
+        json!("abc"),
+        json!(0),
+        json!("1e3"),
+        json!("99999999999"),
+        json!("1.5.0"),
+        json!(true),
+    ] {
+        let (status, body) = send(deploy(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _) = send(
+        http()
+            .get(format!("{gateway}/functions/v1/capfn"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 404, "a refused deploy saves nothing");
+
+    // Two calls at $0.0000002 and their GB-seconds: over $0.0000004.
+    let (status, body) = send(deploy(json!("0.0000004"))).await;
+    assert!(status == 200 || status == 201, "{body}");
+    assert_eq!(body["max_monthly_cost"], "0.0000004");
+    let (status, budget) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/budgets/function.capfn"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 200, "{budget}");
+    assert_eq!(budget["actions"], json!(["notify", "cap"]));
+    assert_eq!(budget["scope"], json!({"resource":"capfn"}));
+    let invoke = || {
+        http()
+            .post(format!("{gateway}/functions/v1/capfn/invoke"))
+            .bearer_auth(&key)
+            .json(&json!({}))
+    };
+    for _ in 0..2 {
+        assert_eq!(send(invoke()).await.0, 200);
+    }
+    eventually("calls past the cap refused", async || {
+        send(invoke()).await.0 == 429
+    })
+    .await;
+    let (_, body) = send(invoke()).await;
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+
+    // A higher cap lifts it; no cap removes the budget.
+    let (status, body) = send(deploy(json!(5))).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("calls allowed under the higher cap", async || {
+        send(invoke()).await.0 == 200
+    })
+    .await;
+    let (status, _) = send(deploy(Value::Null)).await;
+    assert_eq!(status, 200);
+    let (status, _) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/budgets/function.capfn"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 404, "no cap, no budget");
+    cloud.stop().await.unwrap();
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -207,8 +207,9 @@ impl BudgetIn {
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
+    // 80: room for `function.` and a 64-character function name.
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 80
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -216,7 +217,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::invalid(
-            "name: 1 to 64 letters, digits, '-', '_' or '.'",
+            "name: 1 to 80 letters, digits, '-', '_' or '.'",
         ))
     }
 }
@@ -608,6 +609,63 @@ impl Billing {
         tx.commit().await.map_err(ApiError::internal)?;
         self.evaluate_budgets().await?;
         self.out(saved).await
+    }
+}
+
+/// A function's `max_monthly_cost` as its budget's name.
+pub(crate) fn function_budget(function: &str) -> String {
+    format!("function.{function}")
+}
+
+impl Billing {
+    /// Keeps (or, with an empty amount, removes) the budget that caps `function` at
+    /// `amount` USD a month: cap and notify at 100% of the actual cost.
+    pub(crate) async fn set_function_cap(
+        &self,
+        function: &str,
+        amount: &str,
+    ) -> Result<(), ApiError> {
+        let valid_function = !function.is_empty()
+            && function.len() <= 64
+            && function
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_function {
+            return Err(ApiError::invalid("function name: 1-64 of A-Z a-z 0-9 - _"));
+        }
+        let name = function_budget(function);
+        if amount.is_empty() {
+            sqlx::query("DELETE FROM budgets WHERE name = $1")
+                .bind(&name)
+                .execute(&self.pool)
+                .await
+                .map_err(ApiError::internal)?;
+            return Ok(());
+        }
+        let budget = BudgetIn {
+            name: name.clone(),
+            amount: serde_json::Value::String(amount.to_owned()),
+            period: Period::Month,
+            scope: Scope::Resource(function.to_owned()),
+            thresholds: vec![100],
+            basis: Basis::Actual,
+            actions: vec![BudgetAction::Notify, BudgetAction::Cap],
+        }
+        .check(None)?;
+        sqlx::query(
+            "INSERT INTO budgets (name, amount, scope, thresholds, basis, actions)
+             VALUES ($1, $2, $3, '{100}', 'actual', '{notify,cap}')
+             ON CONFLICT (name) DO UPDATE SET amount = EXCLUDED.amount, scope = EXCLUDED.scope,
+               thresholds = EXCLUDED.thresholds, basis = EXCLUDED.basis, actions = EXCLUDED.actions,
+               version = budgets.version + 1, updated_at = now()",
+        )
+        .bind(&name)
+        .bind(budget.amount.normalize().to_string())
+        .bind(serde_json::to_value(&budget.scope).map_err(ApiError::internal)?)
+        .execute(&self.pool)
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(())
     }
 }
 

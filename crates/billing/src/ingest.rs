@@ -6,7 +6,8 @@ use chrono::{DateTime, DurationRound as _, TimeDelta, Utc};
 use minicloud_metering::Meter;
 use minicloud_proto::billing::v1::billing_service_server::BillingService;
 use minicloud_proto::billing::v1::{
-    CappedScope, CapsRequest, CapsResponse, IngestRequest, IngestResponse, UsageRecord,
+    CappedScope, CapsRequest, CapsResponse, IngestRequest, IngestResponse, SetFunctionCapRequest,
+    SetFunctionCapResponse, UsageRecord,
 };
 use minicloud_proto::error::ApiError;
 use tonic::{Request, Response, Status};
@@ -41,6 +42,19 @@ impl BillingService for BillingGrpc {
         Ok(Response::new(IngestResponse {
             ingested_through: through,
         }))
+    }
+
+    async fn set_function_cap(
+        &self,
+        request: Request<SetFunctionCapRequest>,
+    ) -> Result<Response<SetFunctionCapResponse>, Status> {
+        self.0.authz.grpc_service_caller(request.metadata()).await?;
+        let request = request.into_inner();
+        self.0
+            .set_function_cap(&request.function, &request.amount)
+            .await?;
+        self.0.budgets_changed.notify_one();
+        Ok(Response::new(SetFunctionCapResponse {}))
     }
 
     async fn caps(&self, request: Request<CapsRequest>) -> Result<Response<CapsResponse>, Status> {

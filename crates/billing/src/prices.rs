@@ -63,7 +63,8 @@ macro_rules! price_sheet {
 
 // AWS us-east-1 list prices: Lambda (x86) $0.20 per 1M requests and $0.0000166667 per
 // GB-second, always free 1M requests and 400,000 GB-seconds a month; S3 Standard
-// $0.005 per 1,000 PUT/COPY/POST/LIST and $0.0004 per 1,000 GET/HEAD, transfer out
+// $0.023 per GB-month stored (first 50 TB), $0.005 per 1,000 PUT/COPY/POST/LIST and
+// $0.0004 per 1,000 GET/HEAD, transfer out
 // $0.09 per GB with 100 GB a month free; DynamoDB on-demand $0.625 per 1M write and
 // $0.125 per 1M read request units; EventBridge $1.00 per 1M custom events, deliveries
 // to AWS targets free.
@@ -86,6 +87,9 @@ price_sheet! {
     StorageBytesOut => storage_gb_out, storage_gb_out_free,
         "pricing-storage-gb-out", "MINICLOUD_PRICING_STORAGE_GB_OUT", "0.09",
         "pricing-storage-gb-out-free", "MINICLOUD_PRICING_STORAGE_GB_OUT_FREE", 100;
+    StorageByteSeconds => storage_gb_months, storage_gb_months_free,
+        "pricing-storage-gb-months", "MINICLOUD_PRICING_STORAGE_GB_MONTHS", "0.023",
+        "pricing-storage-gb-months-free", "MINICLOUD_PRICING_STORAGE_GB_MONTHS_FREE", 0;
     DbReads => db_reads, db_reads_free,
         "pricing-db-reads", "MINICLOUD_PRICING_DB_READS", "0.000000125",
         "pricing-db-reads-free", "MINICLOUD_PRICING_DB_READS_FREE", 0;

@@ -57,6 +57,9 @@ pub struct FunctionConfig {
     /// At most this many instances; calls beyond wait for one (`null`: an
     /// instance per concurrent call, as Lambda).
     pub max_instances: Option<i32>,
+    /// USD a month (a decimal): past it, calls are refused until the month ends
+    /// (billing's budget `function.<name>`; docs/billing.md).
+    pub max_monthly_cost: Option<String>,
 }
 
 /// The columns of [`FunctionConfig`], as a literal so that queries can `concat!` it.
@@ -64,7 +67,7 @@ macro_rules! config_columns {
     () => {
         "name, runtime, handler, memory_mb, timeout_s, env, role, \
      reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, revision, \
-     ephemeral_storage_mb, network, max_instances"
+     ephemeral_storage_mb, network, max_instances, max_monthly_cost"
     };
 }
 pub(crate) use config_columns;

@@ -298,6 +298,7 @@ pub(crate) async fn create_function(
         provisioned_concurrency: None,
         keep_warm_s: None,
         max_instances: None,
+        max_monthly_cost: None,
         ephemeral_storage_mb: None,
         network: None,
         code: Some(CodeIn { zip_base64: zip }),
@@ -494,6 +495,10 @@ fn as_deployed(record: &FunctionRecord) -> FunctionIn {
         ephemeral_storage_mb: config.ephemeral_storage_mb,
         network: config.network.as_ref().map(|n| n.0.clone()),
         max_instances: config.max_instances,
+        max_monthly_cost: config
+            .max_monthly_cost
+            .clone()
+            .map(serde_json::Value::String),
         code: None,
     }
 }

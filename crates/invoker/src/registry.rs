@@ -47,6 +47,11 @@ pub struct FunctionIn {
     /// wait for a free one (for at most `timeout_s`, behind at most 1,000 others)
     /// instead of starting more. Unset: an instance per concurrent call, as Lambda.
     pub max_instances: Option<i32>,
+    /// At most this many USD a month (a decimal string or a number, up to 1e9): past
+    /// it, calls get 429 until the month ends or this changes. Kept by billing as
+    /// the budget `function.<name>` (docs/billing.md); needs metering on.
+    #[schema(value_type = Option<String>, example = "5.00")]
+    pub max_monthly_cost: Option<serde_json::Value>,
     pub code: Option<CodeIn>,
 }
 
@@ -113,6 +118,33 @@ struct Deploy {
     ephemeral_storage_mb: Option<i32>,
     network: Option<crate::sandbox::NetworkPolicy>,
     max_instances: Option<i32>,
+    max_monthly_cost: Option<String>,
+}
+
+/// A cost cap as stored: a plain positive decimal of at most 1e9, at most 10 places.
+fn monthly_cost(value: &serde_json::Value) -> Result<String, ApiError> {
+    let text = match value {
+        serde_json::Value::String(text) => text.trim().to_owned(),
+        serde_json::Value::Number(number) => number.to_string(),
+        _ => String::new(),
+    };
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let plain = !whole.is_empty()
+        && whole.len() <= 10
+        && fraction.len() <= 10
+        && whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+        && text.bytes().filter(|&b| b == b'.').count() <= 1;
+    let amount: f64 = text.parse().unwrap_or(0.0);
+    if plain && amount > 0.0 && amount <= 1e9 {
+        Ok(text)
+    } else {
+        Err(ApiError::invalid(
+            "max_monthly_cost: USD as a plain decimal, more than 0 and at most 1000000000",
+        ))
+    }
 }
 
 fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
@@ -220,7 +252,13 @@ fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
             "ephemeral_storage_mb must be 64 to 10240 (MB)",
         ));
     }
+    let max_monthly_cost = input
+        .max_monthly_cost
+        .as_ref()
+        .map(monthly_cost)
+        .transpose()?;
     Ok(Deploy {
+        max_monthly_cost,
         ephemeral_storage_mb: input.ephemeral_storage_mb,
         network: input.network.clone(),
         runtime: input.runtime.clone(),
@@ -326,12 +364,13 @@ async fn store(
         }
         None => None,
     };
-    let existed: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT code_hash FROM functions WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
+    let existed: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT code_hash, max_monthly_cost FROM functions WHERE name = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(ApiError::internal)?;
     if existed.is_some() && create_only {
         return Err(ApiError::conflict(format!(
             "function {name} already exists"
@@ -342,11 +381,29 @@ async fn store(
             "a new function needs code: {\"code\":{\"zip_base64\":\"…\"}}",
         ));
     }
+    // The cap first, while the function's row is locked: if billing cannot take it,
+    // nothing of the deploy is saved.
+    let cap_before = existed.as_ref().and_then(|(_, cap)| cap.clone());
+    if cap_before != deploy.max_monthly_cost {
+        invoker
+            .0
+            .engine
+            .meters
+            .set_function_cap(name, deploy.max_monthly_cost.as_deref())
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
+                    ApiError::invalid(status.message().to_owned())
+                }
+                _ => ApiError::unavailable("billing is unavailable: the cost cap could not be set")
+                    .with_source(status),
+            })?;
+    }
     let row: FunctionRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO functions (name, runtime, handler, memory_mb, timeout_s, env, role,
              reserved_concurrency, provisioned_concurrency, keep_warm_s, code_hash, owner,
-             ephemeral_storage_mb, network, max_instances)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             ephemeral_storage_mb, network, max_instances, max_monthly_cost)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (name) DO UPDATE SET runtime = EXCLUDED.runtime, handler = EXCLUDED.handler,
              memory_mb = EXCLUDED.memory_mb, timeout_s = EXCLUDED.timeout_s, env = EXCLUDED.env,
              role = EXCLUDED.role, reserved_concurrency = EXCLUDED.reserved_concurrency,
@@ -354,6 +411,7 @@ async fn store(
              keep_warm_s = EXCLUDED.keep_warm_s,
              ephemeral_storage_mb = EXCLUDED.ephemeral_storage_mb, network = EXCLUDED.network,
              max_instances = EXCLUDED.max_instances,
+             max_monthly_cost = EXCLUDED.max_monthly_cost,
              code_hash = COALESCE(EXCLUDED.code_hash, functions.code_hash),
              revision = functions.revision + 1, updated_at = now()
          RETURNING {RECORD_COLUMNS}"
@@ -373,6 +431,7 @@ async fn store(
     .bind(deploy.ephemeral_storage_mb)
     .bind(deploy.network.as_ref().map(sqlx::types::Json))
     .bind(deploy.max_instances)
+    .bind(&deploy.max_monthly_cost)
     .fetch_one(&mut *tx)
     .await
     .map_err(ApiError::internal)?;
@@ -490,6 +549,7 @@ pub async fn put_code(
         ephemeral_storage_mb: current.config.ephemeral_storage_mb,
         network: current.config.network.map(|n| n.0),
         max_instances: current.config.max_instances,
+        max_monthly_cost: current.config.max_monthly_cost,
     };
     // New code under the function's role is that role handed to new code.
     check_pass_role(&invoker, &caller, deploy.role.as_deref()).await?;
@@ -635,5 +695,9 @@ pub async fn delete(
         return Err(ApiError::not_found(format!("function {name} not found")));
     }
     invoker.0.engine.forget(&name);
+    // Its cap goes with it; a failure leaves a budget on a name nothing answers to.
+    if let Err(error) = invoker.0.engine.meters.set_function_cap(&name, None).await {
+        tracing::warn!(function = %name, %error, "removing the function's cost cap failed");
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -218,6 +218,35 @@ impl Meters {
         }
     }
 
+    /// Asks billing to cap `function` at `amount` USD a month (`None`: no cap) — a
+    /// function's `max_monthly_cost`, kept by billing as a budget.
+    pub async fn set_function_cap(
+        &self,
+        function: &str,
+        amount: Option<&str>,
+    ) -> Result<(), tonic::Status> {
+        let (url, credential) = self
+            .0
+            .as_ref()
+            .and_then(|inner| inner.billing.clone())
+            .ok_or_else(|| {
+                tonic::Status::failed_precondition(
+                    "metering is off here: a monthly cost cap needs it (--metering)",
+                )
+            })?;
+        let channel =
+            minicloud_telemetry::grpc_client::TracedChannel::connect_lazy("billing", &url)
+                .map_err(|e| tonic::Status::unavailable(format!("billing URL: {e}")))?
+                .with_credential(credential);
+        minicloud_proto::billing::v1::billing_service_client::BillingServiceClient::new(channel)
+            .set_function_cap(minicloud_proto::billing::v1::SetFunctionCapRequest {
+                function: function.to_owned(),
+                amount: amount.unwrap_or_default().to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// `meter_quantity_total{meter}` and `meter_write_errors_total`.
     pub fn register_metrics(&self, registry: &mut Registry) {
         let Some(inner) = &self.0 else { return };

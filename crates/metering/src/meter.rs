@@ -20,6 +20,9 @@ pub enum Meter {
     StorageReadRequests,
     /// Object bytes sent to the caller.
     StorageBytesOut,
+    /// Bytes stored × seconds they were stored (sampled; billed per GB-month of
+    /// 730 hours).
+    StorageByteSeconds,
     /// Documents read: one per document fetched by id, one per query result page.
     DbReads,
     /// Documents written (created, replaced, patched or deleted).
@@ -35,13 +38,14 @@ pub enum Meter {
 }
 
 impl Meter {
-    pub const ALL: [Meter; 12] = [
+    pub const ALL: [Meter; 13] = [
         Meter::FunctionRequests,
         Meter::FunctionBilledMs,
         Meter::FunctionMbMs,
         Meter::StorageWriteRequests,
         Meter::StorageReadRequests,
         Meter::StorageBytesOut,
+        Meter::StorageByteSeconds,
         Meter::DbReads,
         Meter::DbWrites,
         Meter::KvReads,
@@ -58,6 +62,7 @@ impl Meter {
             Meter::StorageWriteRequests => "storage.write_requests",
             Meter::StorageReadRequests => "storage.read_requests",
             Meter::StorageBytesOut => "storage.bytes_out",
+            Meter::StorageByteSeconds => "storage.byte_seconds",
             Meter::DbReads => "db.reads",
             Meter::DbWrites => "db.writes",
             Meter::KvReads => "kv.reads",
@@ -71,9 +76,10 @@ impl Meter {
     pub const fn service(self) -> &'static str {
         match self {
             Meter::FunctionRequests | Meter::FunctionBilledMs | Meter::FunctionMbMs => "functions",
-            Meter::StorageWriteRequests | Meter::StorageReadRequests | Meter::StorageBytesOut => {
-                "storage"
-            }
+            Meter::StorageWriteRequests
+            | Meter::StorageReadRequests
+            | Meter::StorageBytesOut
+            | Meter::StorageByteSeconds => "storage",
             Meter::DbReads | Meter::DbWrites | Meter::KvReads | Meter::KvWrites => "db",
             Meter::EventsPublished | Meter::EventsDelivered => "events",
         }
@@ -85,6 +91,7 @@ impl Meter {
             Meter::FunctionBilledMs => "ms",
             Meter::FunctionMbMs => "MB-ms",
             Meter::StorageBytesOut => "bytes",
+            Meter::StorageByteSeconds => "byte-seconds",
             _ => "requests",
         }
     }
@@ -96,6 +103,8 @@ impl Meter {
             Meter::FunctionBilledMs => ("second", 1_000),
             Meter::FunctionMbMs => ("GB-second", 1_024_000),
             Meter::StorageBytesOut => ("GB", 1 << 30),
+            // AWS's GB-month: a GB (2^30 bytes) for 730 hours.
+            Meter::StorageByteSeconds => ("GB-month", (1 << 30) * 730 * 3600),
             _ => ("request", 1),
         }
     }

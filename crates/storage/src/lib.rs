@@ -14,6 +14,7 @@ mod paths;
 mod rest;
 mod s3_api;
 mod signing;
+mod stored_bytes;
 mod sweep;
 
 use std::path::PathBuf;
@@ -149,6 +150,13 @@ pub struct StorageConfig {
         default_value_t = StorageConfig::default().orphan_age_s
     )]
     pub orphan_age_s: u64,
+    /// How often stored bytes are metered (`storage.byte_seconds`), seconds.
+    #[arg(
+        long = "storage-meter-interval",
+        env = "MINICLOUD_STORAGE_METER_INTERVAL",
+        default_value_t = StorageConfig::default().meter_interval_s
+    )]
+    pub meter_interval_s: u64,
 }
 
 impl Default for StorageConfig {
@@ -164,6 +172,7 @@ impl Default for StorageConfig {
             max_object_size: 5 * 1024 * 1024 * 1024,
             orphan_age_s: 3600,
             sweep_interval_s: 600,
+            meter_interval_s: 60,
         }
     }
 }
@@ -372,6 +381,16 @@ impl Service for Storage {
                 ),
             ),
         ];
+        if self.meters.is_on() {
+            tasks.push(BackgroundTask::new(
+                "stored bytes meter",
+                stored_bytes::spawn(
+                    self.clone(),
+                    Duration::from_secs(self.config.meter_interval_s.max(1)),
+                    cancel.clone(),
+                ),
+            ));
+        }
         tasks.extend(self.meters.shipping_task(cancel));
         tasks
     }
