@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use minicloud_proto::billing::v1::billing_service_client::BillingServiceClient;
-use minicloud_proto::billing::v1::{IngestRequest, Quantity, UsageRecord};
+use minicloud_proto::billing::v1::{
+    CapsRequest, IngestRequest, Quantity, SetFunctionCapRequest, UsageRecord,
+};
 use minicloud_testkit::TestCloud;
 use serde_json::{Value, json};
 
@@ -506,11 +508,53 @@ async fn a_batch_shipped_twice_is_counted_once_and_bad_batches_are_refused_whole
             .with_credential(
                 minicloud_telemetry::grpc_client::ServiceCredential::with_key(&cloud.keys.anon_key),
             );
-    let refused = BillingServiceClient::new(anon)
+    let mut anon = BillingServiceClient::new(anon);
+    let refused = anon
         .ingest(batch(vec![record(5, "t", "events.published", 1)]))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let refused = anon.caps(CapsRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let refused = anon
+        .set_function_cap(SetFunctionCapRequest {
+            function: "f".into(),
+            amount: "1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // A function cap with a bad name or amount is refused and leaves no budget.
+    for (function, amount) in [
+        ("../f", "1"),
+        ("", "1"),
+        ("f\0", "1"),
+        ("f", "-1"),
+        ("f", "1e99"),
+        ("f", "lots"),
+    ] {
+        let refused = billing
+            .set_function_cap(SetFunctionCapRequest {
+                function: function.into(),
+                amount: amount.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{function:?} {amount:?}"
+        );
+    }
+    assert_eq!(
+        billing
+            .caps(CapsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .caps,
+        vec![]
+    );
     cloud.stop().await.unwrap();
 }
 
@@ -749,7 +793,7 @@ async fn budgets_fire_once_each_forecast_first_and_caps_refuse_exactly_their_sco
     let real_now = chrono::Utc::now();
     let (clock, now) = test_clock(month_start(real_now) + chrono::TimeDelta::days(1));
     let mut builder = TestCloud::builder();
-    builder.billing_clock = Some(clock);
+    builder.billing.clock = Some(clock);
     let cloud = builder.start().await.unwrap();
     let gateway = cloud.gateway_url().to_owned();
     let key = cloud.keys.service_key.clone();
@@ -837,6 +881,19 @@ async fn budgets_fire_once_each_forecast_first_and_caps_refuse_exactly_their_sco
     )
     .await;
     assert_eq!(state["state"]["fired"], json!([50, 80, 100]));
+    // A day into the month, the month-end forecast is about 30 times the cost so far.
+    let (status, forecast) = send(
+        http()
+            .get(format!("{gateway}/billing/v1/forecast"))
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(status, 200, "{forecast}");
+    let so_far: f64 = forecast["month_to_date"].as_str().unwrap().parse().unwrap();
+    let projected: f64 = forecast["forecast"].as_str().unwrap().parse().unwrap();
+    let elapsed = forecast["elapsed"].as_f64().unwrap();
+    assert!(so_far >= 0.000011, "{forecast}");
+    assert!((projected - so_far / elapsed).abs() < 1e-9, "{forecast}");
     assert_eq!(state["state"]["actual"], "0.00001");
     assert_eq!(state["state"]["capped"], false, "notify only");
 

@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::Billing;
-use crate::usage::{month_start, next_month_start};
+use crate::month::{money, month_start, next_month_start};
 
 const MAX_BUDGETS: i64 = 1_000;
 const MAX_THRESHOLDS: usize = 10;
@@ -365,14 +365,15 @@ impl Billing {
             .sum()
     }
 
-    /// A budget's actual and forecast cost at `now`, and whether it caps.
-    pub(crate) async fn evaluate(
+    /// The scope's cost this month so far and at its end at the rate so far (each
+    /// meter's usage extrapolated, then priced), and the share of the month elapsed.
+    pub(crate) async fn month_cost(
         &self,
-        budget: &Budget,
+        scope: &Scope,
         now: DateTime<Utc>,
-    ) -> Result<Evaluated, ApiError> {
+    ) -> Result<(Decimal, Decimal, f64), ApiError> {
         let (start, end) = (month_start(now), next_month_start(now));
-        let usage = self.scope_cost(&budget.scope, start, end).await?;
+        let usage = self.scope_cost(scope, start, end).await?;
         let elapsed = ((now - start).num_milliseconds() as f64
             / (end - start).num_milliseconds() as f64)
             .clamp(1e-6, 1.0);
@@ -381,8 +382,20 @@ impl Billing {
             usage.iter().map(|(&m, &q)| (m, Decimal::from(q))).collect();
         let forecast_usage: BTreeMap<Meter, Decimal> =
             actual_usage.iter().map(|(&m, &q)| (m, q * scale)).collect();
-        let actual = self.priced(&budget.scope, &actual_usage);
-        let forecast = self.priced(&budget.scope, &forecast_usage);
+        Ok((
+            self.priced(scope, &actual_usage),
+            self.priced(scope, &forecast_usage),
+            elapsed,
+        ))
+    }
+
+    /// A budget's actual and forecast cost at `now`, and whether it caps.
+    pub(crate) async fn evaluate(
+        &self,
+        budget: &Budget,
+        now: DateTime<Utc>,
+    ) -> Result<Evaluated, ApiError> {
+        let (actual, forecast, _) = self.month_cost(&budget.scope, now).await?;
         Ok(Evaluated {
             actual,
             forecast,
@@ -667,10 +680,6 @@ impl Billing {
         .map_err(ApiError::internal)?;
         Ok(())
     }
-}
-
-fn money(amount: Decimal) -> String {
-    amount.round_dp(10).normalize().to_string()
 }
 
 #[utoipa::path(post, path = "/billing/v1/budgets", tag = "budgets", request_body = BudgetIn,

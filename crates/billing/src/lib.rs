@@ -4,6 +4,7 @@
 
 mod budgets;
 mod ingest;
+mod month;
 pub mod prices;
 mod usage;
 
@@ -55,6 +56,9 @@ pub struct ApiDoc;
 pub struct BillingConfig {
     #[command(flatten)]
     pub pricing: PricingConfig,
+    /// Billing's clock when not the wall clock's (tests of periods and forecasts).
+    #[arg(skip)]
+    pub clock: Option<Clock>,
 }
 
 /// What time it is for billing (periods, forecasts): the wall clock, or a test's.
@@ -139,22 +143,8 @@ impl Billing {
             metrics: BillingMetrics::default(),
             relay,
             budgets_changed: tokio::sync::Notify::new(),
-            clock: Clock(Arc::new(Utc::now)),
+            clock: config.clock.unwrap_or_else(|| Clock(Arc::new(Utc::now))),
         })))
-    }
-
-    /// The same service reading time from `clock` (tests move it).
-    pub fn with_clock(self, clock: Clock) -> Billing {
-        let state = Arc::try_unwrap(self.0).unwrap_or_else(|shared| BillingState {
-            pool: shared.pool.clone(),
-            authz: Arc::clone(&shared.authz),
-            pricing: shared.pricing.clone(),
-            metrics: BillingMetrics::default(),
-            relay: shared.relay.clone(),
-            budgets_changed: tokio::sync::Notify::new(),
-            clock: shared.clock.clone(),
-        });
-        Billing(Arc::new(BillingState { clock, ..state }))
     }
 
     pub(crate) fn now(&self) -> DateTime<Utc> {

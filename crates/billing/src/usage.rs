@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use chrono::{
-    DateTime, Datelike as _, DurationRound as _, NaiveDate, TimeDelta, TimeZone as _, Utc,
-};
+use chrono::{DateTime, DurationRound as _, TimeDelta, Utc};
 use minicloud_authz::{Action, Caller};
 use minicloud_metering::Meter;
 use minicloud_proto::error::{ApiError, ErrorBody, Json, Query};
@@ -14,6 +12,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::Billing;
+use crate::budgets::Scope;
+use crate::month::{money, month_start};
 use crate::prices::PriceOut;
 
 const DEFAULT_LIMIT: u32 = 1_000;
@@ -153,22 +153,6 @@ impl Selection {
     fn filtered_to_part_of_the_account(&self) -> bool {
         self.resource.is_some() || self.owner.is_some()
     }
-}
-
-pub(crate) fn month_start(at: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
-        .single()
-        .unwrap_or(at)
-}
-
-pub(crate) fn next_month_start(at: DateTime<Utc>) -> DateTime<Utc> {
-    let (year, month) = match at.month() {
-        12 => (at.year() + 1, 1),
-        month => (at.year(), month + 1),
-    };
-    NaiveDate::from_ymd_opt(year, month, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map_or(at, |d| d.and_utc())
 }
 
 /// One period's quantity of one meter (and resource, owner when grouped by them).
@@ -359,10 +343,6 @@ pub(crate) struct CostOut {
     total: String,
 }
 
-fn money(amount: Decimal) -> String {
-    amount.round_dp(10).normalize().to_string()
-}
-
 #[utoipa::path(get, path = "/billing/v1/cost", tag = "usage", params(UsageQuery),
     responses((status = 200, body = CostOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 401, description = "no valid token", body = ErrorBody)))]
 pub(crate) async fn cost(
@@ -474,7 +454,7 @@ pub(crate) async fn forecast(
 ) -> Result<Json<ForecastOut>, ApiError> {
     billing.check_reader(&caller).await?;
     let now = billing.now();
-    let (month_to_date, forecast, elapsed) = billing.month_forecast(now).await?;
+    let (month_to_date, forecast, elapsed) = billing.month_cost(&Scope::All, now).await?;
     Ok(Json(ForecastOut {
         currency: "USD",
         month: month_start(now),
@@ -482,35 +462,6 @@ pub(crate) async fn forecast(
         month_to_date: money(month_to_date),
         forecast: money(forecast),
     }))
-}
-
-impl Billing {
-    /// This month's cost so far and at its end, at the rate so far (each meter's
-    /// usage extrapolated, then priced with the free tier).
-    pub(crate) async fn month_forecast(
-        &self,
-        now: DateTime<Utc>,
-    ) -> Result<(Decimal, Decimal, f64), ApiError> {
-        let start = month_start(now);
-        let end = next_month_start(now);
-        let totals = self.monthly_totals(start, end, &Meter::ALL).await?;
-        let elapsed = ((now - start).num_milliseconds() as f64
-            / (end - start).num_milliseconds() as f64)
-            .clamp(1e-6, 1.0);
-        let scale = Decimal::from_f64_retain(1.0 / elapsed).unwrap_or(Decimal::ONE);
-        let (mut so_far, mut projected) = (Decimal::ZERO, Decimal::ZERO);
-        for ((_, meter), used) in totals {
-            let free = self.pricing.free_base_units(meter);
-            let priced = |quantity: Decimal| {
-                let billable = (quantity - Decimal::from(free)).max(Decimal::ZERO);
-                let (price, _) = self.pricing.of(meter);
-                price.0 * billable / Decimal::from(meter.billing_unit().1)
-            };
-            so_far += priced(Decimal::from(used));
-            projected += priced(Decimal::from(used) * scale);
-        }
-        Ok((so_far, projected, elapsed))
-    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

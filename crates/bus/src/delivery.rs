@@ -196,10 +196,7 @@ async fn deliver(
     cancel: &CancellationToken,
 ) -> Result<(), (i32, String)> {
     let mut attempt = 1;
-    let owner = match &subscription.owner {
-        Some(subject) => format!("{}:{subject}", subscription.owner_role),
-        None => subscription.owner_role.clone(),
-    };
+    let owner = minicloud_metering::owner(&subscription.owner_role, subscription.owner.as_deref());
     loop {
         bus.meters.record(
             &subscription.topic,

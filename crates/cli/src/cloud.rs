@@ -39,8 +39,6 @@ pub struct CloudConfig {
     pub billing: BillingConfig,
     /// Where the services' meter journals go (`dir` unset: `.minicloud/meters`).
     pub metering: MeteringConfig,
-    /// Billing's clock, when not the wall clock's (tests of periods and forecasts).
-    pub billing_clock: Option<minicloud_billing::Clock>,
     /// How long services cache a role's policies (at most 60 s by design).
     pub policy_cache_ttl: Duration,
     pub gateway_dispatch: GatewayDispatch,
@@ -229,11 +227,7 @@ pub async fn start(
         },
         async {
             let pool = pool(minicloud_billing::SCHEMA).await?;
-            let billing = Billing::new(config.billing.clone(), pool, authz()?, &urls.bus).await?;
-            anyhow::Ok(match config.billing_clock.clone() {
-                Some(clock) => billing.with_clock(clock),
-                None => billing,
-            })
+            anyhow::Ok(Billing::new(config.billing.clone(), pool, authz()?, &urls.bus).await?)
         },
     )?;
     let keys = auth

@@ -313,7 +313,6 @@ async fn up(mut args: UpArgs, started: Instant) -> anyhow::Result<()> {
             invoker: args.invoker.clone(),
             billing: args.billing.clone(),
             metering: args.metering.clone(),
-            billing_clock: None,
             policy_cache_ttl: minicloud_authz::POLICY_CACHE_TTL,
             gateway_dispatch: cloud::GatewayDispatch::InProcess,
         };

@@ -80,9 +80,14 @@ pub fn set_recording(on: bool) {
 /// Who a request is metered to: the role, and the subject when there is one
 /// (`authenticated:<uid>`, `reporting:fn:thumbnail`, `service`, `anon`).
 pub fn owner_of(caller: &Caller) -> String {
-    match &caller.uid {
-        Some(uid) => format!("{}:{uid}", caller.role.name()),
-        None => caller.role.name().to_owned(),
+    owner(caller.role.name(), caller.uid.as_deref())
+}
+
+/// [`owner_of`] for a role and subject held apart (a subscription's owner).
+pub fn owner(role: &str, subject: Option<&str>) -> String {
+    match subject {
+        Some(subject) => format!("{role}:{subject}"),
+        None => role.to_owned(),
     }
 }
 

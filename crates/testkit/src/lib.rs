@@ -73,8 +73,6 @@ pub struct TestCloudBuilder {
     /// Meters (their journals are always under the test's temp dir); shipped every
     /// 100 ms unless a test says otherwise.
     pub metering: minicloud_metering::MeteringConfig,
-    /// Billing's clock (periods, forecasts), when a test moves time.
-    pub billing_clock: Option<minicloud_billing::Clock>,
 }
 
 impl Default for TestCloudBuilder {
@@ -97,7 +95,6 @@ impl Default for TestCloudBuilder {
                 ship_interval_ms: 100,
                 ..Default::default()
             },
-            billing_clock: None,
         }
     }
 }
@@ -188,7 +185,6 @@ impl TestCloudBuilder {
                 dir: Some(data_dir.join("meters")),
                 ..self.metering.clone()
             },
-            billing_clock: self.billing_clock.clone(),
         };
         let listeners = cloud::bind_listeners("127.0.0.1", &PerService::default()).await?;
         let mut cloud = TestCloud {
