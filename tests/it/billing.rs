@@ -50,6 +50,32 @@ async fn totals(cloud: &TestCloud, query: &str) -> BTreeMap<String, u64> {
     totals
 }
 
+/// This month's `/billing/v1/cost`, every line.
+async fn month_cost(cloud: &TestCloud) -> Value {
+    let (status, cost) = send(
+        http()
+            .get(format!(
+                "{}/billing/v1/cost?granularity=month",
+                cloud.gateway_url()
+            ))
+            .bearer_auth(&cloud.keys.service_key),
+    )
+    .await;
+    assert_eq!(status, 200, "{cost}");
+    cost
+}
+
+/// The one line of `meter` in a cost answer.
+fn cost_line(cost: &Value, meter: &str) -> Value {
+    cost["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["meter"] == meter)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {meter} line in {cost}"))
+}
+
 /// Waits until `meter` reaches `expected` (shipping runs every 100 ms in tests), then
 /// returns every total, checked again a moment later: nothing counted twice.
 async fn settled(cloud: &TestCloud, meter: &str, expected: u64) -> BTreeMap<String, u64> {
@@ -342,22 +368,8 @@ async fn a_known_workload_is_metered_exactly_and_priced_with_the_free_tier() {
 
     // Cost: each line is quantity × the sheet's price; the free tier covers 3 of
     // the 5 requests, all the GB-seconds and all the bytes out.
-    let (status, cost) = send(
-        http()
-            .get(format!("{gateway}/billing/v1/cost?granularity=month"))
-            .bearer_auth(&key),
-    )
-    .await;
-    assert_eq!(status, 200, "{cost}");
-    let line = |meter: &str| {
-        cost["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["meter"] == meter)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {meter} line in {cost}"))
-    };
+    let cost = month_cost(&cloud).await;
+    let line = |meter: &str| cost_line(&cost, meter);
     assert_eq!(line("function.requests")["cost"], "0.000001");
     assert_eq!(line("storage.write_requests")["cost"], "0.00002");
     assert_eq!(line("storage.read_requests")["cost"], "0.000002");
@@ -1145,21 +1157,35 @@ async fn budget_writes_need_the_right_and_bad_budgets_are_refused() {
     cloud.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn stored_bytes_are_metered_for_every_second_they_are_kept() {
-    let root = std::env::temp_dir().join(format!("mc-stored-bytes-{}", std::process::id()));
+/// Polls `meter` of `resource` until it reaches `at_least`; returns it.
+async fn held(cloud: &TestCloud, meter: &str, resource: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = totals(cloud, &format!("resource={resource}"))
+            .await
+            .get(meter)
+            .copied()
+            .unwrap_or(0);
+        if now >= at_least {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{meter} of {resource} stayed at {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_quantities_are_metered_for_every_second_they_are_held() {
     let started = Instant::now();
-    let cloud = TestCloud::builder()
-        .storage(minicloud_testkit::minicloud_storage::StorageConfig {
-            fs_root: Some(root.clone()),
-            meter_interval_s: 1,
-            ..Default::default()
-        })
-        .start()
-        .await
-        .unwrap();
+    let mut builder = TestCloud::builder();
+    builder.metering.sample_interval_s = 1;
+    let cloud = builder.start().await.unwrap();
     let gateway = cloud.gateway_url().to_owned();
     let key = cloud.keys.service_key.clone();
+    // Storage: 1,000 bytes in a bucket.
     let (status, body) = send(
         http()
             .post(format!("{gateway}/storage/v1/bucket"))
@@ -1177,34 +1203,184 @@ async fn stored_bytes_are_metered_for_every_second_they_are_kept() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let stored =
-        |totals: &BTreeMap<String, u64>| totals.get("storage.byte_seconds").copied().unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut kept = 0;
-    while kept < 3_000 {
-        assert!(
-            Instant::now() < deadline,
-            "stored bytes not metered: {kept}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        kept = stored(&totals(&cloud, "resource=kept").await);
+    // Documents: id "d1" (2 bytes) and the JSON text Postgres keeps,
+    // `{"v": "x…x"}` (1,000 + 9 bytes).
+    let (status, body) = send(
+        http()
+            .post(format!("{gateway}/db/v1/collections"))
+            .bearer_auth(&key)
+            .json(&json!({"name":"kept_docs"})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    let (status, body) = send(
+        http()
+            .put(format!("{gateway}/db/v1/collections/kept_docs/docs/d1"))
+            .bearer_auth(&key)
+            .json(&json!({"v": "x".repeat(1_000)})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    // Keys: "k" (1 byte) and `"a…a"` (500 + 2 bytes); an expired key counts nothing.
+    for (path, value) in [
+        ("kept_keys/k", json!("a".repeat(500))),
+        ("kept_keys/gone?ttl=1", json!("b".repeat(10_000))),
+    ] {
+        let (status, body) = send(
+            http()
+                .put(format!("{gateway}/db/v1/kv/{path}"))
+                .bearer_auth(&key)
+                .json(&value),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
     }
-    // 1,000 bytes for whole seconds, never more seconds than the cloud has lived.
-    assert_eq!(kept % 1_000, 0, "{kept}");
-    assert!(kept <= 1_000 * (started.elapsed().as_secs() + 1), "{kept}");
+    // A function kept provisioned: 2 instances of 256 MB.
+    let echo = std::fs::read(env!("CARGO_BIN_EXE_echo-function")).unwrap();
+    let bundle = zip_of(&[("bootstrap", &echo, 0o755)]);
+    deploy_ok(
+        &cloud,
+        json!({"name":"warm","runtime":"provided","memory_mb":256,"provisioned_concurrency":2}),
+        &bundle,
+    )
+    .await;
+
+    let bucket = held(&cloud, "storage.byte_seconds", "kept", 3_000).await;
+    let docs = held(&cloud, "db.byte_seconds", "kept_docs", 3 * 1_011).await;
+    let provisioned = held(
+        &cloud,
+        "function.provisioned_mb_ms",
+        "warm",
+        3 * 2 * 256 * 1_000,
+    )
+    .await;
+    // The expired key stops counting within a second or two; whole seconds of the
+    // live key from then on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = held(&cloud, "db.byte_seconds", "kept_keys", 1).await;
+    let keys = held(&cloud, "db.byte_seconds", "kept_keys", before + 2 * 503).await;
+    assert_eq!((keys - before) % 503, 0, "{before} → {keys}");
+    let lived = started.elapsed().as_secs() + 1;
+    // Whole seconds of exactly what was held, never more seconds than the cloud lived.
+    for (what, quantity, per_second) in [
+        ("bucket", bucket, 1_000),
+        ("documents", docs, 1_011),
+        ("provisioned", provisioned, 2 * 256 * 1_000),
+    ] {
+        assert_eq!(quantity % per_second, 0, "{what}: {quantity}");
+        assert!(quantity <= per_second * lived, "{what}: {quantity}");
+    }
+    let cost = month_cost(&cloud).await;
+    let line = |meter: &str| cost_line(&cost, meter);
+    assert_eq!(line("storage.byte_seconds")["billing_unit"], "GB-month");
+    assert_eq!(line("storage.byte_seconds")["unit_price"], "0.023");
+    assert_eq!(line("db.byte_seconds")["billing_unit"], "GB-month");
+    assert_eq!(line("db.byte_seconds")["unit_price"], "0.25");
+    assert_eq!(
+        line("function.provisioned_mb_ms")["billing_unit"],
+        "GB-second"
+    );
+    assert_eq!(
+        line("function.provisioned_mb_ms")["unit_price"],
+        "0.0000041667"
+    );
+    // Provisioned concurrency off: no more provisioned seconds.
+    let (status, body) = send(
+        http()
+            .put(format!("{gateway}/functions/v1/warm"))
+            .bearer_auth(&key)
+            .json(&json!({"name":"warm","runtime":"provided","memory_mb":256,
+                "provisioned_concurrency":0,"code":{"zip_base64": b64(&bundle)}})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let stopped = held(&cloud, "function.provisioned_mb_ms", "warm", 1).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        held(&cloud, "function.provisioned_mb_ms", "warm", 1).await,
+        stopped
+    );
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_is_one_monthly_active_user_however_often_they_sign_in() {
+    let cloud = TestCloud::start().await.unwrap();
+    let client = cloud.client();
+    let ada = client
+        .signup("ada@example.com", "password1234")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        client
+            .sign_in("ada@example.com", "password1234")
+            .await
+            .unwrap();
+    }
+    client.refresh(&ada.refresh_token).await.unwrap();
+    let bob = client
+        .signup("bob@example.com", "password1234")
+        .await
+        .unwrap();
+    // A wrong password is not activity.
+    assert!(
+        client
+            .sign_in("cy@example.com", "password1234")
+            .await
+            .is_err()
+    );
+    let mau = |totals: &BTreeMap<String, u64>| {
+        totals
+            .get("auth.monthly_active_users")
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        mau(&settled(&cloud, "auth.monthly_active_users", 2).await),
+        2
+    );
+    let ada_owner = format!("owner=authenticated:{}", ada.user_id());
+    assert_eq!(mau(&totals(&cloud, &ada_owner).await), 1);
+    // Ada was last active in an earlier month: her next sign-in counts her again.
+    use minicloud_testkit::sqlx;
+    let pool = sqlx::PgPool::connect(&cloud.database_url).await.unwrap();
+    sqlx::query("UPDATE auth.users SET last_active_month = date '2020-01-01' WHERE id = $1::uuid")
+        .bind(ada.user_id())
+        .execute(&pool)
+        .await
+        .unwrap();
+    client
+        .sign_in("ada@example.com", "password1234")
+        .await
+        .unwrap();
+    client
+        .sign_in("ada@example.com", "password1234")
+        .await
+        .unwrap();
+    assert_eq!(
+        mau(&settled(&cloud, "auth.monthly_active_users", 3).await),
+        3
+    );
+    assert_eq!(mau(&totals(&cloud, &ada_owner).await), 2);
+    let bob_owner = format!("owner=authenticated:{}", bob.user_id());
+    assert_eq!(mau(&totals(&cloud, &bob_owner).await), 1);
+    // Priced per user with Cognito's 10,000 free.
     let (status, cost) = send(
         http()
             .get(format!(
-                "{gateway}/billing/v1/cost?granularity=month&meter=storage.byte_seconds"
+                "{}/billing/v1/cost?granularity=month&meter=auth.monthly_active_users",
+                cloud.gateway_url()
             ))
-            .bearer_auth(&key),
+            .bearer_auth(&cloud.keys.service_key),
     )
     .await;
     assert_eq!(status, 200, "{cost}");
-    assert_eq!(cost["lines"][0]["billing_unit"], "GB-month");
-    assert_eq!(cost["lines"][0]["unit_price"], "0.023");
+    assert_eq!(cost["lines"][0]["billing_unit"], "user");
+    assert_eq!(cost["lines"][0]["unit_price"], "0.0055");
+    assert_eq!(cost["total"], "0");
+    pool.close().await;
     cloud.stop().await.unwrap();
-    let _ = std::fs::remove_dir_all(root);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,6 +184,13 @@ async fn an_ordinary_user_sees_what_their_policies_allow() {
     browser.go(&format!("{base}/console#/traces")).await;
     browser.text_of(".denied", "Not allowed").await;
     browser.shot("traces-not-allowed").await;
+    browser.go(&format!("{base}/console#/usage")).await;
+    browser
+        .text_of("#usage-summary .denied", "Not allowed")
+        .await;
+    browser
+        .text_of("#usage-budgets .denied", "Not allowed")
+        .await;
     // Storage shows no bucket the user may not see, and refuses to create one.
     browser.go(&format!("{base}/console#/storage")).await;
     browser.type_into("#bucket-name", "mine").await;
@@ -571,6 +578,192 @@ async fn the_admin_manages_users_roles_and_keys() {
         }
     }
     browser.text_of("#key-table", "revoked").await;
+    browser.stop().await;
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_sees_usage_per_service_and_function_and_budgets_with_their_state() {
+    let cloud = TestCloud::start().await.unwrap();
+    let base = cloud.gateway_url().to_owned();
+    let admin = cloud.admin();
+    let echo = std::fs::read(env!("CARGO_BIN_EXE_echo-function")).unwrap();
+    let bundle = super::invoker::zip_of(&[("bootstrap", &echo, 0o755)]);
+    for name in ["busy", "quiet"] {
+        super::invoker::deploy_ok(&cloud, json!({"name":name,"runtime":"provided"}), &bundle).await;
+    }
+    let http = reqwest::Client::new();
+    for name in ["busy", "busy", "busy", "quiet"] {
+        let response = http
+            .post(format!("{base}/2015-03-31/functions/{name}/invocations"))
+            .bearer_auth(&cloud.keys.service_key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let _: Value = admin
+        .post("/storage/v1/bucket", &json!({"name": "metered"}))
+        .await
+        .unwrap();
+    let response = http
+        .post(format!("{base}/storage/v1/object/metered/a.txt"))
+        .bearer_auth(&cloud.keys.service_key)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A budget far below what `busy` has cost, capping it.
+    let _: Value = admin
+        .post(
+            "/billing/v1/budgets",
+            &json!({"name":"busy-cap","amount":"0.0000000001","scope":{"resource":"busy"},
+                "actions":["notify","cap"]}),
+        )
+        .await
+        .unwrap();
+    // Shipped every 100 ms, evaluated every second: wait for both through the API.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let budget: Value = admin.get("/billing/v1/budgets/busy-cap").await.unwrap();
+        let usage: Value = admin
+            .get("/billing/v1/usage?granularity=month&meter=function.requests")
+            .await
+            .unwrap();
+        let requests: u64 = usage["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["quantity"].as_u64().unwrap())
+            .sum();
+        if budget["state"]["capped"] == json!(true) && requests == 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not metered: {budget} {usage}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let browser = Browser::start("usage").await;
+    browser
+        .sign_in_as_admin(&base, &cloud.keys.service_key)
+        .await;
+    browser.go(&format!("{base}/console#/usage")).await;
+    // Per function: the busier one first, with its own request count.
+    browser.text_of("#function-costs", "busy").await;
+    let functions = browser
+        .attributes("#function-costs tr[data-function]", "data-function")
+        .await;
+    assert_eq!(functions, ["busy", "quiet"]);
+    browser
+        .text_of(
+            "#function-costs tr[data-function=busy] td:nth-child(2)",
+            "3",
+        )
+        .await;
+    browser
+        .text_of(
+            "#function-costs tr[data-function=quiet] td:nth-child(2)",
+            "1",
+        )
+        .await;
+    // Per service: a row and a bar segment each for functions and storage.
+    let services = browser
+        .attributes("#service-costs tr[data-service]", "data-service")
+        .await;
+    assert!(
+        services.contains(&"functions".to_owned()) && services.contains(&"storage".to_owned()),
+        "{services:?}"
+    );
+    let segments = browser
+        .attributes("#service-chart rect.segment", "data-key")
+        .await;
+    assert!(segments.contains(&"functions".to_owned()), "{segments:?}");
+    assert!(segments.contains(&"storage".to_owned()), "{segments:?}");
+    // The budget's state: every threshold fired, capped.
+    browser
+        .text_of(
+            "#budget-table tr[data-budget=busy-cap] .budget-state",
+            "capped",
+        )
+        .await;
+    browser
+        .text_of("#budget-table tr[data-budget=busy-cap]", "50%, 80%, 100%")
+        .await;
+    browser.shot("usage").await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('usage-functions').scrollIntoView(); return true",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.shot("usage-functions-and-budgets").await;
+
+    // A budget from the form; a bad one is refused with the server's message.
+    browser
+        .type_into("#budget-form input[name=name]", "storage-watch")
+        .await;
+    browser
+        .type_into("#budget-form input[name=amount]", "-1")
+        .await;
+    browser
+        .choose("#budget-form select[name=scope]", "service")
+        .await;
+    browser
+        .type_into("#budget-form input[name=scope_value]", "storage")
+        .await;
+    browser.click("#budget-form button").await;
+    browser.text_of("#usage-budgets .error", "amount").await;
+    let amount = browser.find("#budget-form input[name=amount]").await;
+    amount.clear().await.unwrap();
+    amount.send_keys("5").await.unwrap();
+    browser.click("#budget-form button").await;
+    browser
+        .text_of(
+            "#budget-table tr[data-budget=storage-watch]",
+            "service storage",
+        )
+        .await;
+    browser
+        .text_of(
+            "#budget-table tr[data-budget=storage-watch] .budget-state",
+            "ok",
+        )
+        .await;
+    let saved: Value = admin
+        .get("/billing/v1/budgets/storage-watch")
+        .await
+        .unwrap();
+    assert_eq!(saved["scope"], json!({"service":"storage"}));
+    assert_eq!(saved["actions"], json!(["notify"]));
+    // Deleting the cap lifts it.
+    browser
+        .click("#budget-table tr[data-budget=busy-cap] button")
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while browser
+        .client
+        .find(Locator::Css("#budget-table tr[data-budget=busy-cap]"))
+        .await
+        .is_ok()
+    {
+        assert!(std::time::Instant::now() < deadline, "the budget stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone = http
+        .get(format!("{base}/billing/v1/budgets/busy-cap"))
+        .bearer_auth(&cloud.keys.service_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
     browser.stop().await;
     cloud.stop().await.unwrap();
 }

@@ -162,6 +162,7 @@ pub struct AuthState {
     pub(crate) keys: keys::Keys,
     pub(crate) limits: rate_limit::RateLimits,
     pub(crate) authz: Arc<Authz>,
+    pub(crate) meters: minicloud_metering::Meters,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -199,6 +200,7 @@ impl Auth {
         config: AuthConfig,
         pool: PgPool,
         authz: Arc<Authz>,
+        meters: minicloud_metering::Meters,
     ) -> Result<Auth, AuthError> {
         migrate(&pool)
             .await
@@ -214,6 +216,7 @@ impl Auth {
             keys,
             limits,
             authz,
+            meters,
         }));
         admin::ensure_builtin_keys(&auth).await?;
         Ok(auth)
@@ -237,12 +240,12 @@ impl Service for Auth {
     /// Reloads signing keys and prunes rate-limit state periodically.
     fn background(&self, cancel: &CancellationToken) -> Vec<BackgroundTask> {
         let auth = self.clone();
-        let cancel = cancel.clone();
+        let stop = cancel.clone();
         let maintenance = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = stop.cancelled() => break,
                     _ = tick.tick() => {
                         auth.limits.prune();
                         for (what, pruned) in [
@@ -260,10 +263,12 @@ impl Service for Auth {
                 }
             }
         });
-        vec![BackgroundTask::new(
+        let mut tasks = vec![BackgroundTask::new(
             "key reload and rate-limit pruning",
             maintenance,
-        )]
+        )];
+        tasks.extend(self.meters.shipping_task(cancel));
+        tasks
     }
 
     fn host(self) -> ServiceHost {
@@ -272,7 +277,9 @@ impl Service for Auth {
             let pool = pool.clone();
             async move { vec![DependencyCheck::postgres(&pool).await] }
         });
-        let metrics = ServiceMetrics::new("auth", |_| {});
+        let metrics = ServiceMetrics::new("auth", |registry| {
+            self.meters.register_metrics(registry);
+        });
         let rest = Router::new()
             .route("/auth/v1/signup", post(account::signup))
             .route("/auth/v1/token", post(account::token))

@@ -103,7 +103,39 @@ impl AuthState {
         self.token_out(user, family, refresh).await
     }
 
+    /// Counts `user` once this calendar month (UTC) as a monthly active user. The
+    /// meter is written before the month is committed: a crash in between counts
+    /// the user again at the next sign-in rather than not at all.
+    async fn mark_active(&self, user: Uuid) -> Result<()> {
+        if !self.meters.is_on() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE users SET last_active_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date
+             WHERE id = $1
+               AND last_active_month IS DISTINCT FROM date_trunc('month', now() AT TIME ZONE 'UTC')::date",
+        )
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            let owner = minicloud_metering::owner("authenticated", Some(&user.to_string()));
+            self.meters.record(
+                "",
+                &owner,
+                &[(minicloud_metering::Meter::AuthMonthlyActiveUsers, 1)],
+            );
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A signed-in user's tokens; every sign-in and refresh comes here, so this is
+    /// where the user counts as active.
     async fn token_out(&self, user: UserOut, family: Uuid, refresh: String) -> Result<TokenOut> {
+        self.mark_active(user.id).await?;
         let ttl = self.config.access_token_ttl_s as i64;
         let (access_token, expires_at) = self
             .access_token(

@@ -32,7 +32,7 @@ pub(crate) const TOPIC: &str = "billing";
 pub(crate) enum Scope {
     /// Everything (the account's free tier applies).
     All,
-    /// One service's meters: `functions`, `storage`, `db` or `events` (free tier applies).
+    /// One service's meters: `functions`, `storage`, `db`, `events` or `auth` (free tier applies).
     Service(String),
     /// One function, bucket, collection, key namespace or topic, by name.
     Resource(String),

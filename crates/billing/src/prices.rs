@@ -67,7 +67,9 @@ macro_rules! price_sheet {
 // $0.0004 per 1,000 GET/HEAD, transfer out
 // $0.09 per GB with 100 GB a month free; DynamoDB on-demand $0.625 per 1M write and
 // $0.125 per 1M read request units; EventBridge $1.00 per 1M custom events, deliveries
-// to AWS targets free.
+// to AWS targets free; Lambda provisioned concurrency $0.0000041667 per GB-second
+// configured; DynamoDB storage $0.25 per GB-month, first 25 GB free; Cognito's Lite
+// tier $0.0055 per monthly active user, first 10,000 free.
 price_sheet! {
     FunctionRequests => function_requests, function_requests_free,
         "pricing-function-requests", "MINICLOUD_PRICING_FUNCTION_REQUESTS", "0.0000002",
@@ -78,6 +80,9 @@ price_sheet! {
     FunctionMbMs => function_gb_seconds, function_gb_seconds_free,
         "pricing-function-gb-seconds", "MINICLOUD_PRICING_FUNCTION_GB_SECONDS", "0.0000166667",
         "pricing-function-gb-seconds-free", "MINICLOUD_PRICING_FUNCTION_GB_SECONDS_FREE", 400_000;
+    FunctionProvisionedMbMs => function_provisioned_gb_seconds, function_provisioned_gb_seconds_free,
+        "pricing-function-provisioned-gb-seconds", "MINICLOUD_PRICING_FUNCTION_PROVISIONED_GB_SECONDS", "0.0000041667",
+        "pricing-function-provisioned-gb-seconds-free", "MINICLOUD_PRICING_FUNCTION_PROVISIONED_GB_SECONDS_FREE", 0;
     StorageWriteRequests => storage_write_requests, storage_write_requests_free,
         "pricing-storage-write-requests", "MINICLOUD_PRICING_STORAGE_WRITE_REQUESTS", "0.000005",
         "pricing-storage-write-requests-free", "MINICLOUD_PRICING_STORAGE_WRITE_REQUESTS_FREE", 0;
@@ -102,12 +107,18 @@ price_sheet! {
     KvWrites => kv_writes, kv_writes_free,
         "pricing-kv-writes", "MINICLOUD_PRICING_KV_WRITES", "0.000000625",
         "pricing-kv-writes-free", "MINICLOUD_PRICING_KV_WRITES_FREE", 0;
+    DbByteSeconds => db_gb_months, db_gb_months_free,
+        "pricing-db-gb-months", "MINICLOUD_PRICING_DB_GB_MONTHS", "0.25",
+        "pricing-db-gb-months-free", "MINICLOUD_PRICING_DB_GB_MONTHS_FREE", 25;
     EventsPublished => events_published, events_published_free,
         "pricing-events-published", "MINICLOUD_PRICING_EVENTS_PUBLISHED", "0.000001",
         "pricing-events-published-free", "MINICLOUD_PRICING_EVENTS_PUBLISHED_FREE", 0;
     EventsDelivered => events_delivered, events_delivered_free,
         "pricing-events-delivered", "MINICLOUD_PRICING_EVENTS_DELIVERED", "0",
         "pricing-events-delivered-free", "MINICLOUD_PRICING_EVENTS_DELIVERED_FREE", 0;
+    AuthMonthlyActiveUsers => auth_monthly_active_users, auth_monthly_active_users_free,
+        "pricing-auth-monthly-active-users", "MINICLOUD_PRICING_AUTH_MONTHLY_ACTIVE_USERS", "0.0055",
+        "pricing-auth-monthly-active-users-free", "MINICLOUD_PRICING_AUTH_MONTHLY_ACTIVE_USERS_FREE", 10_000;
 }
 
 /// One meter's line of the price sheet, as `GET /billing/v1/prices` shows it.

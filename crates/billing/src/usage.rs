@@ -55,7 +55,7 @@ pub(crate) struct UsageQuery {
     /// Comma-separated dimensions besides the meter: `service` (always implied by
     /// the meter), `resource`, `owner`.
     group_by: Option<String>,
-    /// Only this service's meters (`functions`, `storage`, `db`, `events`).
+    /// Only this service's meters (`functions`, `storage`, `db`, `events`, `auth`).
     service: Option<String>,
     /// Only this meter.
     meter: Option<String>,

@@ -145,6 +145,7 @@ pub async fn start(
                 config.auth.clone(),
                 pool(minicloud_auth::SCHEMA).await?,
                 authz()?,
+                meters("auth")?,
             )
             .await?;
             credential.set(&auth.builtin_keys().await?.service_key);

@@ -262,6 +262,7 @@ pub async fn serve(mut args: ServeArgs, shutdown: CancellationToken) -> anyhow::
                     args.auth.clone(),
                     pool(minicloud_auth::SCHEMA).await?,
                     authz()?,
+                    meters("auth")?,
                 )
                 .await?;
                 if let Some(key) = &service_key {

@@ -9,6 +9,7 @@ mod kv;
 mod postgrest;
 pub mod query;
 mod rest;
+mod stored_bytes;
 
 use std::sync::Arc;
 
@@ -90,6 +91,8 @@ pub enum DocdbStartError {
     Outbox(#[from] minicloud_outbox::OutboxError),
     #[error("bus URL: {0}")]
     BusUrl(#[from] tonic::transport::Error),
+    #[error("docdb database: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
 impl std::ops::Deref for Docdb {
@@ -120,6 +123,9 @@ impl Docdb {
     ) -> Result<Docdb, DocdbStartError> {
         migrate(&pool).await?;
         minicloud_outbox::ensure_table(&pool).await?;
+        if meters.is_on() {
+            minicloud_metering::sampled::ensure_samplers(&pool, &[stored_bytes::SAMPLER]).await?;
+        }
         let relay = minicloud_outbox::Relay::new(
             pool.clone(),
             bus_grpc_url,
@@ -160,6 +166,14 @@ impl Service for Docdb {
             BackgroundTask::new("outbox relay", self.relay.clone().spawn(cancel.clone())),
             BackgroundTask::new("expired key purge", purge),
         ];
+        let docdb = self.clone();
+        tasks.extend(
+            self.meters
+                .sampling_task("stored bytes meter", cancel, move || {
+                    let docdb = docdb.clone();
+                    async move { docdb.meter_stored_bytes().await }
+                }),
+        );
         tasks.extend(self.meters.shipping_task(cancel));
         tasks
     }

@@ -1006,6 +1006,197 @@ async function logs() {
   load();
 }
 
+// ---- usage -----------------------------------------------------------------------
+
+const SERVICE_COLORS = { functions: "#3b82f6", storage: "#10b981", db: "#f59e0b", events: "#8b5cf6", auth: "#ef4444" };
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+/// Dollars as people read them: cents when there are any, else two significant digits
+/// (never an exponent: a local cloud's month is often a fraction of a cent).
+function usd(amount) {
+  const n = Number(amount);
+  if (!n) return "$0";
+  const sign = n < 0 ? "-" : "";
+  const size = Math.abs(n);
+  const decimals = size >= 0.01 ? 2 : Math.min(12, 1 - Math.floor(Math.log10(size)));
+  return sign + "$" + size.toFixed(decimals);
+}
+
+/// A bar chart of `bars` ({label, parts: {key: value}}), stacked by key and scaled to
+/// the tallest; each segment's tooltip names its bar, key and value.
+function stackedBars(id, bars, keys, colors, format) {
+  const width = 640, height = 180, left = 8, bottom = 22;
+  const tallest = Math.max(0, ...bars.map((bar) => keys.reduce((sum, key) => sum + (bar.parts[key] || 0), 0)));
+  const slot = (width - left) / Math.max(bars.length, 1);
+  const barWidth = Math.min(slot * 0.7, 40);
+  const chart = svg("svg", { id, viewBox: `0 0 ${width} ${height}`, width: "100%", height, role: "img", "aria-label": id });
+  bars.forEach((bar, i) => {
+    let y = height - bottom;
+    for (const key of keys) {
+      const value = bar.parts[key] || 0;
+      if (!value || !tallest) continue;
+      const h = Math.max(1, value / tallest * (height - bottom - 8));
+      y -= h;
+      chart.append(svg("rect", { class: "segment", "data-key": key, x: left + i * slot + (slot - barWidth) / 2, y, width: barWidth, height: h, fill: colors[key] || "#94a3b8" },
+        svg("title", { text: `${bar.label} · ${key}: ${format(value)}` })));
+    }
+    if (bars.length <= 16 || i % Math.ceil(bars.length / 16) === 0) {
+      chart.append(svg("text", { x: left + i * slot + slot / 2, y: height - 6, "text-anchor": "middle", "font-size": 11, fill: "#6b7380", text: bar.label }));
+    }
+  });
+  return chart;
+}
+
+function legend(keys, colors) {
+  return el("p", { class: "legend" }, keys.map((key) => el("span", {},
+    el("span", { class: "swatch", "data-key": key, title: key }, "■"), " " + key + "  ")));
+}
+
+function colorSwatches(root, colors) {
+  // Set through the CSSOM: the policy allows no inline style attributes.
+  root.querySelectorAll(".swatch").forEach((swatch) => { swatch.style.color = colors[swatch.dataset.key] || "#94a3b8"; });
+}
+
+async function usage() {
+  const summary = el("section", { id: "usage-summary" }, el("h2", { text: "This month" }), el("p", { class: "muted", text: "Loading…" }));
+  const services = el("section", { id: "usage-services" }, el("h2", { text: "Cost per service, by day" }));
+  const fns = el("section", { id: "usage-functions" }, el("h2", { text: "Functions this month" }));
+  const budgetSection = el("section", { id: "usage-budgets" }, el("h2", { text: "Budgets" }));
+  show(el("h1", { text: "Usage" }), summary, services, fns, budgetSection);
+
+  try {
+    const forecast = await api("GET", "/billing/v1/forecast");
+    summary.replaceChildren(el("h2", { text: "This month" }), el("table", { id: "usage-totals" },
+      el("tr", {}, el("th", { text: "so far (free tier applied)" }), el("td", { id: "month-to-date", text: usd(forecast.month_to_date) })),
+      el("tr", {}, el("th", { text: "forecast for the month" }), el("td", { id: "month-forecast", text: usd(forecast.forecast) })),
+      el("tr", {}, el("th", { text: "month elapsed" }), el("td", { text: Math.round(forecast.elapsed * 100) + "%" }))),
+      el("p", { class: "muted", text: "Estimated from the price sheet (GET /billing/v1/prices): what the same work would cost on the public cloud it mirrors." }));
+  } catch (error) { summary.replaceChildren(el("h2", { text: "This month" }), problem(error)); }
+
+  try {
+    const cost = await api("GET", "/billing/v1/cost?granularity=day");
+    const days = new Map();
+    const totals = {};
+    for (const line of cost.lines) {
+      const day = line.start.slice(0, 10);
+      if (!days.has(day)) days.set(day, {});
+      const parts = days.get(day);
+      parts[line.service] = (parts[line.service] || 0) + Number(line.cost);
+      totals[line.service] = (totals[line.service] || 0) + Number(line.cost);
+    }
+    const keys = Object.keys(SERVICE_COLORS).filter((key) => key in totals).concat(Object.keys(totals).filter((key) => !(key in SERVICE_COLORS)));
+    const bars = [...days.entries()].sort().map(([day, parts]) => ({ label: day.slice(5), parts }));
+    services.replaceChildren(el("h2", { text: "Cost per service, by day" }),
+      bars.length ? stackedBars("service-chart", bars, keys, SERVICE_COLORS, usd) : el("p", { class: "muted", text: "Nothing metered this month yet." }),
+      legend(keys, SERVICE_COLORS),
+      el("table", { id: "service-costs" },
+        el("tr", {}, el("th", { text: "service" }), el("th", { text: "cost before free tier" })),
+        keys.map((key) => el("tr", { "data-service": key }, el("td", { text: key }), el("td", { text: usd(totals[key]) })))),
+      el("p", { class: "muted", text: "Free tier this month: " + usd(cost.free_tier.reduce((sum, credit) => sum + Number(credit.cost), 0)) + " · total " + usd(cost.total) }));
+    colorSwatches(services, SERVICE_COLORS);
+  } catch (error) { services.replaceChildren(el("h2", { text: "Cost per service, by day" }), problem(error)); }
+
+  try {
+    const cost = await api("GET", "/billing/v1/cost?granularity=month&service=functions&group_by=resource");
+    const byFunction = new Map();
+    for (const line of cost.lines) {
+      const name = line.resource || "(none)";
+      if (!byFunction.has(name)) byFunction.set(name, { requests: 0, gbSeconds: 0, provisioned: 0, cost: 0 });
+      const row = byFunction.get(name);
+      row.cost += Number(line.cost);
+      if (line.meter === "function.requests") row.requests += line.quantity;
+      if (line.meter === "function.mb_ms") row.gbSeconds += line.quantity / 1024000;
+      if (line.meter === "function.provisioned_mb_ms") row.provisioned += line.quantity / 1024000;
+    }
+    const rows = [...byFunction.entries()].sort((a, b) => b[1].cost - a[1].cost || a[0].localeCompare(b[0]));
+    const colors = { requests: "#93c5fd", compute: "#3b82f6", provisioned: "#1e3a8a" };
+    const bars = rows.slice(0, 20).map(([name]) => {
+      const parts = { requests: 0, compute: 0, provisioned: 0 };
+      for (const line of cost.lines.filter((l) => (l.resource || "(none)") === name)) {
+        const key = line.meter === "function.requests" ? "requests" : line.meter === "function.provisioned_mb_ms" ? "provisioned" : "compute";
+        parts[key] += Number(line.cost);
+      }
+      return { label: name, parts };
+    });
+    fns.replaceChildren(el("h2", { text: "Functions this month" }),
+      rows.length ? stackedBars("function-chart", bars, Object.keys(colors), colors, usd) : el("p", { class: "muted", text: "No function has run this month." }),
+      rows.length ? legend(Object.keys(colors), colors) : null,
+      el("table", { id: "function-costs" },
+        el("tr", {}, ["function", "requests", "GB-seconds", "provisioned GB-seconds", "cost before free tier"].map((h) => el("th", { text: h }))),
+        rows.map(([name, row]) => el("tr", { "data-function": name },
+          el("td", {}, el("a", { href: "#/functions/" + encodeURIComponent(name), text: name })),
+          el("td", { text: String(row.requests) }),
+          el("td", { text: row.gbSeconds.toFixed(4) }),
+          el("td", { text: row.provisioned.toFixed(4) }),
+          el("td", { text: usd(row.cost) })))));
+    colorSwatches(fns, colors);
+  } catch (error) { fns.replaceChildren(el("h2", { text: "Functions this month" }), problem(error)); }
+
+  await budgets(budgetSection);
+}
+
+function scopeText(scope) {
+  if (scope === "all") return "everything";
+  const [kind, value] = Object.entries(scope)[0];
+  return kind + " " + value;
+}
+
+async function budgets(section) {
+  const heading = el("h2", { text: "Budgets" });
+  let list;
+  try { list = (await api("GET", "/billing/v1/budgets")).budgets; } catch (error) { section.replaceChildren(heading, problem(error)); return; }
+  const error = el("div", { id: "budget-error" });
+  const field = (name, attrs = {}) => el("input", { name, ...attrs });
+  const name = field("name", { required: true, placeholder: "monthly", size: 12 });
+  const amount = field("amount", { required: true, placeholder: "10.00", size: 8 });
+  const kind = el("select", { name: "scope" }, ["all", "service", "resource", "owner"].map((k) => el("option", { value: k, text: k })));
+  const value = field("scope_value", { placeholder: "functions / thumbnail / …", size: 16 });
+  const basis = el("select", { name: "basis" }, ["actual", "forecast"].map((b) => el("option", { value: b, text: b })));
+  const cap = el("input", { type: "checkbox", name: "cap" });
+  const form = el("form", { id: "budget-form", onsubmit: async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const body = { name: name.value.trim(), amount: amount.value.trim(), scope: kind.value === "all" ? "all" : { [kind.value]: value.value.trim() },
+      basis: basis.value, actions: cap.checked ? ["notify", "cap"] : ["notify"] };
+    try { await api("POST", "/billing/v1/budgets", body); await budgets(section); } catch (e) { error.replaceChildren(problem(e)); }
+  } },
+    el("label", {}, "name ", name), el("label", {}, "USD a month ", amount), el("label", {}, "scope ", kind, " ", value),
+    el("label", {}, "basis ", basis), el("label", {}, cap, " cap past 100%"), el("button", { type: "submit" }, "Add budget"));
+  const rows = list.map((budget) => {
+    const state = budget.state;
+    const meter = el("progress", { max: 100, value: Math.min(100, state.percent) });
+    const status = state.capped ? "capped" : state.fired.length ? "over " + Math.max(...state.fired) + "%" : "ok";
+    return el("tr", { "data-budget": budget.name },
+      el("td", { text: budget.name }),
+      el("td", { text: scopeText(budget.scope) }),
+      el("td", { text: usd(budget.amount) }),
+      el("td", { text: budget.basis }),
+      el("td", { text: usd(state.actual) }),
+      el("td", { text: usd(state.forecast) }),
+      el("td", {}, meter, " " + state.percent.toFixed(1) + "%"),
+      el("td", { text: state.fired.length ? state.fired.map((t) => t + "%").join(", ") : "—" }),
+      el("td", { class: state.capped ? "bad budget-state" : state.fired.length ? "denied budget-state" : "ok budget-state", text: status }),
+      el("td", {}, el("button", { onclick: async () => {
+        try { await api("DELETE", "/billing/v1/budgets/" + encodeURIComponent(budget.name)); await budgets(section); } catch (e) { error.replaceChildren(problem(e)); }
+      } }, "Delete")));
+  });
+  section.replaceChildren(heading,
+    list.length ? el("table", { id: "budget-table" },
+      el("tr", {}, ["budget", "scope", "amount", "basis", "actual", "forecast", "of amount", "fired", "state", ""].map((h) => el("th", { text: h }))),
+      rows) : el("p", { class: "muted", text: "No budgets: add one to be told (on the billing topic) before a month costs more than you meant." }),
+    form, error);
+}
+
 // ---- routing ---------------------------------------------------------------------
 
 function route() {
@@ -1025,6 +1216,7 @@ function route() {
     case "functions": return functions(rest[0]);
     case "traces": return traces(rest[0]);
     case "logs": return logs();
+    case "usage": return usage();
     default: return overview();
   }
 }

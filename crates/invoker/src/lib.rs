@@ -16,6 +16,7 @@ mod lambda_api;
 pub mod logs;
 pub mod metrics;
 pub mod prestart;
+mod provisioned_meter;
 pub mod registry;
 pub mod sandbox;
 pub mod triggers;
@@ -239,6 +240,8 @@ pub enum InvokerStartError {
     Dir(PathBuf, std::io::Error),
     #[error("bus URL: {0}")]
     Bus(#[from] tonic::transport::Error),
+    #[error("invoker database: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -342,6 +345,10 @@ impl Invoker {
         meters: minicloud_metering::Meters,
     ) -> Result<Invoker, InvokerStartError> {
         migrate(&pool).await?;
+        if meters.is_on() {
+            minicloud_metering::sampled::ensure_samplers(&pool, &[provisioned_meter::SAMPLER])
+                .await?;
+        }
         let code_dir = config
             .code_dir
             .clone()
@@ -449,6 +456,15 @@ impl Service for Invoker {
             "instance maintenance",
             tokio::spawn(Arc::clone(&self.0.engine).maintain(cancel.clone())),
         )];
+        let invoker = self.clone();
+        tasks.extend(self.0.engine.meters.sampling_task(
+            "provisioned concurrency meter",
+            cancel,
+            move || {
+                let invoker = invoker.clone();
+                async move { invoker.meter_provisioned().await }
+            },
+        ));
         tasks.extend(self.0.engine.meters.shipping_task(cancel));
         tasks
     }

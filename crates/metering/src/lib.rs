@@ -14,6 +14,7 @@
 
 mod journal;
 mod meter;
+pub mod sampled;
 mod shipper;
 
 use std::borrow::Cow;
@@ -55,6 +56,14 @@ pub struct MeteringConfig {
         default_value_t = 1_000
     )]
     pub ship_interval_ms: u64,
+    /// How often quantities held over time (bytes stored, provisioned instances)
+    /// are sampled, in seconds.
+    #[arg(
+        long = "metering-sample-interval",
+        env = "MINICLOUD_METERING_SAMPLE_INTERVAL",
+        default_value_t = sampled::DEFAULT_SAMPLE_INTERVAL_S
+    )]
+    pub sample_interval_s: u64,
 }
 
 impl Default for MeteringConfig {
@@ -63,6 +72,7 @@ impl Default for MeteringConfig {
             enabled: true,
             dir: None,
             ship_interval_ms: 1_000,
+            sample_interval_s: sampled::DEFAULT_SAMPLE_INTERVAL_S,
         }
     }
 }
@@ -107,6 +117,7 @@ struct Inner {
     write_errors: Counter,
     billing: Option<(String, ServiceCredential)>,
     ship_interval: Duration,
+    sample_interval: Duration,
     /// The scopes budgets cap, as billing last said (refreshed after each shipment).
     caps: std::sync::RwLock<Arc<Vec<Cap>>>,
 }
@@ -175,6 +186,7 @@ impl Meters {
             write_errors: Counter::default(),
             billing: billing_url.map(|url| (url.to_owned(), credential)),
             ship_interval: Duration::from_millis(config.ship_interval_ms.max(10)),
+            sample_interval: sampled::interval(config.sample_interval_s),
             caps: Default::default(),
         }))))
     }

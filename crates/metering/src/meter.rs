@@ -14,6 +14,9 @@ pub enum Meter {
     FunctionBilledMs,
     /// Memory × billed duration, in MB·ms (GB-seconds × 1,024,000).
     FunctionMbMs,
+    /// Memory × instances × time kept provisioned (`provisioned_concurrency`), in
+    /// MB·ms, whether or not they served a call (sampled).
+    FunctionProvisionedMbMs,
     /// PUT, COPY, POST and LIST requests (S3's class A).
     StorageWriteRequests,
     /// GET and HEAD requests (S3's class B).
@@ -31,17 +34,23 @@ pub enum Meter {
     KvReads,
     /// Keys written, deleted or incremented.
     KvWrites,
+    /// Bytes of documents (id and JSON) and live keys (key and JSON) × seconds they
+    /// were stored (sampled; billed per GB-month of 730 hours).
+    DbByteSeconds,
     /// Events accepted on a topic.
     EventsPublished,
     /// Delivery attempts to subscribers (retries included).
     EventsDelivered,
+    /// Users who signed in or refreshed a session, once each per calendar month (UTC).
+    AuthMonthlyActiveUsers,
 }
 
 impl Meter {
-    pub const ALL: [Meter; 13] = [
+    pub const ALL: [Meter; 16] = [
         Meter::FunctionRequests,
         Meter::FunctionBilledMs,
         Meter::FunctionMbMs,
+        Meter::FunctionProvisionedMbMs,
         Meter::StorageWriteRequests,
         Meter::StorageReadRequests,
         Meter::StorageBytesOut,
@@ -50,8 +59,10 @@ impl Meter {
         Meter::DbWrites,
         Meter::KvReads,
         Meter::KvWrites,
+        Meter::DbByteSeconds,
         Meter::EventsPublished,
         Meter::EventsDelivered,
+        Meter::AuthMonthlyActiveUsers,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -59,6 +70,7 @@ impl Meter {
             Meter::FunctionRequests => "function.requests",
             Meter::FunctionBilledMs => "function.billed_ms",
             Meter::FunctionMbMs => "function.mb_ms",
+            Meter::FunctionProvisionedMbMs => "function.provisioned_mb_ms",
             Meter::StorageWriteRequests => "storage.write_requests",
             Meter::StorageReadRequests => "storage.read_requests",
             Meter::StorageBytesOut => "storage.bytes_out",
@@ -67,21 +79,31 @@ impl Meter {
             Meter::DbWrites => "db.writes",
             Meter::KvReads => "kv.reads",
             Meter::KvWrites => "kv.writes",
+            Meter::DbByteSeconds => "db.byte_seconds",
             Meter::EventsPublished => "events.published",
             Meter::EventsDelivered => "events.delivered",
+            Meter::AuthMonthlyActiveUsers => "auth.monthly_active_users",
         }
     }
 
     /// The service the meter belongs to, as usage is grouped.
     pub const fn service(self) -> &'static str {
         match self {
-            Meter::FunctionRequests | Meter::FunctionBilledMs | Meter::FunctionMbMs => "functions",
+            Meter::FunctionRequests
+            | Meter::FunctionBilledMs
+            | Meter::FunctionMbMs
+            | Meter::FunctionProvisionedMbMs => "functions",
             Meter::StorageWriteRequests
             | Meter::StorageReadRequests
             | Meter::StorageBytesOut
             | Meter::StorageByteSeconds => "storage",
-            Meter::DbReads | Meter::DbWrites | Meter::KvReads | Meter::KvWrites => "db",
+            Meter::DbReads
+            | Meter::DbWrites
+            | Meter::KvReads
+            | Meter::KvWrites
+            | Meter::DbByteSeconds => "db",
             Meter::EventsPublished | Meter::EventsDelivered => "events",
+            Meter::AuthMonthlyActiveUsers => "auth",
         }
     }
 
@@ -89,9 +111,10 @@ impl Meter {
     pub const fn unit(self) -> &'static str {
         match self {
             Meter::FunctionBilledMs => "ms",
-            Meter::FunctionMbMs => "MB-ms",
+            Meter::FunctionMbMs | Meter::FunctionProvisionedMbMs => "MB-ms",
             Meter::StorageBytesOut => "bytes",
-            Meter::StorageByteSeconds => "byte-seconds",
+            Meter::StorageByteSeconds | Meter::DbByteSeconds => "byte-seconds",
+            Meter::AuthMonthlyActiveUsers => "users",
             _ => "requests",
         }
     }
@@ -101,10 +124,13 @@ impl Meter {
     pub const fn billing_unit(self) -> (&'static str, u64) {
         match self {
             Meter::FunctionBilledMs => ("second", 1_000),
-            Meter::FunctionMbMs => ("GB-second", 1_024_000),
+            Meter::FunctionMbMs | Meter::FunctionProvisionedMbMs => ("GB-second", 1_024_000),
             Meter::StorageBytesOut => ("GB", 1 << 30),
             // AWS's GB-month: a GB (2^30 bytes) for 730 hours.
-            Meter::StorageByteSeconds => ("GB-month", (1 << 30) * 730 * 3600),
+            Meter::StorageByteSeconds | Meter::DbByteSeconds => {
+                ("GB-month", (1 << 30) * 730 * 3600)
+            }
+            Meter::AuthMonthlyActiveUsers => ("user", 1),
             _ => ("request", 1),
         }
     }

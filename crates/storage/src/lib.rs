@@ -150,13 +150,6 @@ pub struct StorageConfig {
         default_value_t = StorageConfig::default().orphan_age_s
     )]
     pub orphan_age_s: u64,
-    /// How often stored bytes are metered (`storage.byte_seconds`), seconds.
-    #[arg(
-        long = "storage-meter-interval",
-        env = "MINICLOUD_STORAGE_METER_INTERVAL",
-        default_value_t = StorageConfig::default().meter_interval_s
-    )]
-    pub meter_interval_s: u64,
 }
 
 impl Default for StorageConfig {
@@ -172,7 +165,6 @@ impl Default for StorageConfig {
             max_object_size: 5 * 1024 * 1024 * 1024,
             orphan_age_s: 3600,
             sweep_interval_s: 600,
-            meter_interval_s: 60,
         }
     }
 }
@@ -260,6 +252,9 @@ impl Storage {
     ) -> Result<Storage, StorageStartError> {
         migrate(&pool).await?;
         minicloud_outbox::ensure_table(&pool).await?;
+        if meters.is_on() {
+            minicloud_metering::sampled::ensure_samplers(&pool, &[stored_bytes::SAMPLER]).await?;
+        }
         let backend = open_backend(&config).await?;
         let relay = Relay::new(
             pool.clone(),
@@ -381,16 +376,14 @@ impl Service for Storage {
                 ),
             ),
         ];
-        if self.meters.is_on() {
-            tasks.push(BackgroundTask::new(
-                "stored bytes meter",
-                stored_bytes::spawn(
-                    self.clone(),
-                    Duration::from_secs(self.config.meter_interval_s.max(1)),
-                    cancel.clone(),
-                ),
-            ));
-        }
+        let storage = self.clone();
+        tasks.extend(
+            self.meters
+                .sampling_task("stored bytes meter", cancel, move || {
+                    let storage = storage.clone();
+                    async move { storage.meter_stored_bytes().await }
+                }),
+        );
         tasks.extend(self.meters.shipping_task(cancel));
         tasks
     }
