@@ -48,7 +48,7 @@ class FakeRuntimeAPI:
     keep-alive sockets, so the bootstrap's next request hits a dead socket.
     """
 
-    def __init__(self, drop_after_post=False):
+    def __init__(self, drop_after_post=False, chunked=False):
         self.invocations = queue.Queue()
         self.results = {}  # request id -> {"kind", "headers", "body", "at"}
         self.init_error = None
@@ -77,9 +77,20 @@ class FakeRuntimeAPI:
                 for name, value in headers:
                     self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                if not api.chunked:
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                # Two chunks (the second empty when the body is one byte), a
+                # chunk extension and a trailer: what a streaming server may send.
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                self.wfile.write(body)
+                half = max(1, len(body) // 2)
+                for part in (body[:half], body[half:]):
+                    if part:
+                        self.wfile.write(b"%x;ext=1\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\nX-Trailer: yes\r\n\r\n")
 
             def do_GET(self):
                 if self.path != RUNTIME + "/invocation/next":
@@ -127,6 +138,7 @@ class FakeRuntimeAPI:
         self.server.block_on_close = False  # long-poll threads may still be parked
         self.port = self.server.server_address[1]
         self.drop_after_post = drop_after_post
+        self.chunked = chunked
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def invoke(self, event, raw=None, trace_id=None, client_context=None,
@@ -356,6 +368,11 @@ NODE_HANDLERS = {
     "esm.mjs": '''
         export const handler = async (event) => ({ esm: true, event });
     ''',
+    "tla.mjs": '''
+        globalThis.tlaEvaluations = (globalThis.tlaEvaluations || 0) + 1;
+        const ready = await Promise.resolve('awaited');
+        export const handler = async (event) => ({ ready, evaluations: globalThis.tlaEvaluations, event });
+    ''',
     "broken.js": '''
         exports.handler = async (event) => {
     ''',
@@ -556,6 +573,14 @@ class Checker:
         self.scenario(runtime, "server drops the keep-alive connection", "handlers.echo", body,
                       drop_after_post=True)
 
+    def chunked(self, runtime):
+        def body(api, inst, label):
+            for event in ({"i": 1}, {"big": "x" * 200000}, 7):
+                rid, _ = api.invoke(event)
+                self.check(f"{label} {str(event)[:20]}", self.expect_response(api, rid, label) == event, "")
+            self.check(label + " one connection", api.connections == 1, f"{api.connections} connections")
+        self.scenario(runtime, "Runtime API answers chunked", "handlers.echo", body, chunked=True)
+
     def init_error(self, runtime, handler, error_type, message_part):
         def body(api, inst, label):
             code = inst.wait_exit()
@@ -630,6 +655,13 @@ class Checker:
             self.check(label, self.expect_response(api, rid, label) == {"esm": True, "event": [1]}, "")
         run("ES module (.mjs)", "esm.handler", esm)
 
+        # Top-level await: require(esm) refuses it, import() loads it — evaluated once.
+        def tla(api, inst, label):
+            rid, _ = api.invoke([2])
+            got = self.expect_response(api, rid, label)
+            self.check(label, got == {"ready": "awaited", "evaluations": 1, "event": [2]}, repr(got))
+        run("ES module with top-level await", "tla.handler", tla)
+
         def async_throw(api, inst, label):
             rid, _ = api.invoke({})
             self.expect_error(api, rid, label, "SyntaxError", "async kaboom")
@@ -680,6 +712,7 @@ def main():
             checker.marshal_error(runtime)
             checker.nested_path(runtime)
             checker.reconnect(runtime)
+            checker.chunked(runtime)
             not_fn = "handlers.not_callable" if runtime == "python" else "handlers.notFunction"
             checker.init_error(runtime, "missing_module.handler", "Runtime.ImportModuleError", "missing_module")
             checker.init_error(runtime, "handlers.nope", "Runtime.HandlerNotFound", "nope")
