@@ -351,11 +351,11 @@ a loopback Runtime API stub:
 {sandbox_rows(cold)}
 Idle: {idle['functions']} functions deployed and never invoked cost **{idle['processes']} processes** and
 **{idle['rss_delta_mib']:.1f} MiB** of resident memory (the whole process's RSS before and after
-deploying them; target < 50 MB).
+deploying them; target < 50 MB){idle_cost(idle)}.
 
 Machines differ: the run of 2026-12-05's sixth session was on an Intel Xeon at 2.6 GHz
 where the previous ones were on an AMD EPYC. For unchanged warm-path code the warm
-invoke's p50 went from 486 to ~805 µs (metering-bench, recording off: 347 → 727 µs)
+invoke's p50 went from 486 to 670–845 µs (metering-bench, recording off: 347 → 727 µs)
 while the bare echo went from 143 to ~95 µs: on this Xeon each hop between processes
 and threads costs about twice as much, and a warm invoke has several (the bare echo
 one). Compare ratios within a run, never figures across runs.
@@ -527,11 +527,12 @@ Reading these (2026-12-05):
   Runtime API over `net` itself (loading `http` cost ~2.5 ms) and `require()`s an ES
   module handler where Node can (20.19+, 22.12+; `import()` first starts the
   asynchronous ESM loader, ~5 ms): ours went from 19.3 ms (45.4 against 26.1 ms, the
-  previous run) to 6.5, 4.9 and 5.2 ms in three runs on this machine (Node cold start
-  43.6, 38.2 and 39.7 ms against `node -e 0` 37.1, 33.3 and 34.5 ms); by hand
+  previous run) to 6.5, 4.9 and 5.2 ms in three earlier runs on this machine (Node cold
+  start 43.6, 38.2 and 39.7 ms against `node -e 0` 37.1, 33.3 and 34.5 ms) and
+  {cold['node_ms'] - cold['node_bare_start_ms']:.1f} ms in the table's; by hand
   (`check_bootstraps.py`, spawn to the first `GET next`, outside any sandbox) 74.1 →
   69.8 ms against 68.6 / 67.7 ms for Node alone on a slower minute. The < 40 ms target
-  is met in two runs of three; Node's own start-up here leaves 3–7 ms for everything
+  is met in the table's run and in two of the three before it; Node's own start-up here leaves 3–11 ms for everything
   else, so what is left is a V8 startup snapshot of the bootstrap (Node 20's
   `--build-snapshot` refuses `http` and warns on `net`; not tried further).
 - **Native**: exec'd from a pre-started interpreter it costs
@@ -985,6 +986,20 @@ def machine():
     except OSError:
         pass
     return f"{model}, {os.cpu_count()} cores"
+
+
+def idle_cost(idle):
+    """What idle functions cost while nothing happens (measured since 2026-12-05)."""
+    if "cpu_percent" not in idle:
+        return ""
+    return (f", and while nothing happens **{idle['cpu_percent']:.1f}% of a core** and "
+            f"**{idle['redis_commands_per_s']:,.0f} Redis commands/s** (over 10 s). Each function has "
+            f"a bus subscription for its async invocations; until 2026-12-05 each one's worker "
+            f"claimed and read every 500 ms and the subscription manager asked Redis for every "
+            f"subscription's lag every 500 ms: 28.1% of a core and 1,061 commands/s for the same "
+            f"200 idle functions (same benchmark, the bus change reverted). Now a worker wakes "
+            f"once per claim interval (a quarter of the visibility timeout, 0.5–5 s; a new entry "
+            f"ends its blocking read at once) and lag is read once per topic")
 
 
 def replace_sections(names):

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
-use minicloud_bench::{ROUNDS, as_client, summary, zip_of};
+use minicloud_bench::{ROUNDS, as_client, cpu_time, summary, zip_of};
 use minicloud_testkit::TestCloud;
 use serde_json::{Value, json};
 
@@ -661,6 +661,27 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib();
+    // What they cost while nothing happens: the cloud's CPU and Redis commands over
+    // 10 s (each has a bus subscription for its async invocations).
+    let mut redis = redis::Client::open(minicloud_testkit::test_redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let commands = async |redis: &mut redis::aio::MultiplexedConnection| -> anyhow::Result<u64> {
+        let info: String = redis::cmd("INFO").arg("stats").query_async(redis).await?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
+    };
+    let idle_window = Duration::from_secs(10);
+    let (cpu_before, commands_before) = (cpu_time(std::process::id()), commands(&mut redis).await?);
+    tokio::time::sleep(idle_window).await;
+    let idle_cpu = cpu_time(std::process::id()).saturating_sub(cpu_before);
+    // Less the INFO call that reads the count.
+    let idle_commands = commands(&mut redis)
+        .await?
+        .saturating_sub(commands_before + 1);
     // The interpreters waiting for a function (no python3 function is left).
     let prestarted = waiting_interpreters(cloud.gateway_url(), &token).await?;
     // The pre-started interpreters belong to no function (reported apart).
@@ -686,7 +707,9 @@ async fn main() -> anyhow::Result<()> {
             "node_unsandboxed_ms": median_ms(cold_node_unsandboxed),
             "python_interpreter": python,
         },
-        "idle": {"functions": 200, "processes": processes, "rss_delta_mib": (after as f64 - before as f64) / 1024.0},
+        "idle": {"functions": 200, "processes": processes, "rss_delta_mib": (after as f64 - before as f64) / 1024.0,
+                 "cpu_percent": idle_cpu.as_secs_f64() / idle_window.as_secs_f64() * 100.0,
+                 "redis_commands_per_s": idle_commands as f64 / idle_window.as_secs_f64()},
         "burst": bursts.iter().map(|(max_instances, out)| json!({"max_instances": max_instances, "result": out})).collect::<Vec<_>>(),
         "prestarted": {
             "processes": prestarted.len(),

@@ -110,3 +110,18 @@ pub fn zip_of(entries: &[(&str, &[u8], u32)]) -> anyhow::Result<String> {
         out.finish()?.into_inner(),
     ))
 }
+
+/// User + system CPU time of every thread of `pid` so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11)
+        .zip(fields.get(12))
+        .map(|(u, s)| u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0))
+        .unwrap_or(0);
+    // Linux reports these in USER_HZ, 100 per second on every architecture.
+    Duration::from_millis(ticks * 10)
+}

@@ -435,38 +435,62 @@ async fn worker(
         }
     };
     let mut claim_from = "0-0".to_owned();
+    // An idle subscription costs Redis a claim and a blocking read per wake-up, and a
+    // deployed function has one (its async invocations): wake-ups are spaced by the
+    // claim interval, not every half second — a claim can only find entries idle for
+    // the visibility timeout, and new entries end the blocking read as they arrive.
+    let claim_every = Duration::from_millis(
+        (bus.config.visibility_timeout_s.max(1) * 1000 / 4).clamp(500, 5_000),
+    );
+    let mut next_claim = tokio::time::Instant::now();
     while !cancel.is_cancelled() {
-        // Entries a crashed consumer left pending, then new ones.
-        let claimed: Result<RedisValue, _> = redis::cmd("XAUTOCLAIM")
-            .arg(&stream)
-            .arg(&subscription.id)
-            .arg(&consumer)
-            .arg(bus.config.visibility_timeout_s.max(1) * 1000)
-            .arg(&claim_from)
-            .arg("COUNT")
-            .arg(16)
-            .query_async(&mut redis)
-            .await;
         let mut batch = Vec::new();
-        if let Ok(RedisValue::Array(parts)) = &claimed {
-            claim_from = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
-            if let Some(list) = parts.get(1) {
-                batch.extend(entries(list));
+        // Entries a crashed consumer left pending, then new ones.
+        if tokio::time::Instant::now() >= next_claim {
+            let claimed: Result<RedisValue, _> = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(&subscription.id)
+                .arg(&consumer)
+                .arg(bus.config.visibility_timeout_s.max(1) * 1000)
+                .arg(&claim_from)
+                .arg("COUNT")
+                .arg(16)
+                .query_async(&mut redis)
+                .await;
+            if let Ok(RedisValue::Array(parts)) = &claimed {
+                claim_from = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
+                if let Some(list) = parts.get(1) {
+                    batch.extend(entries(list));
+                }
+            }
+            // More pending past the cursor: claim again at once.
+            if claim_from == "0-0" {
+                next_claim = tokio::time::Instant::now() + claim_every;
             }
         }
-        let read: Result<RedisValue, _> = redis::cmd("XREADGROUP")
+        let block_ms = next_claim
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis()
+            .max(1) as u64;
+        let mut command = redis::cmd("XREADGROUP");
+        command
             .arg("GROUP")
             .arg(&subscription.id)
             .arg(&consumer)
             .arg("COUNT")
             .arg(subscription.max_in_flight.max(1) * 4)
             .arg("BLOCK")
-            .arg(500)
+            .arg(block_ms)
             .arg("STREAMS")
             .arg(&stream)
-            .arg(">")
-            .query_async(&mut redis)
-            .await;
+            .arg(">");
+        let read = command.query_async::<RedisValue>(&mut redis);
+        // A deleted subscription or a shutdown does not wait out the block (the
+        // connection is this worker's own: the abandoned answer is dropped with it).
+        let read = tokio::select! {
+            _ = cancel.cancelled() => break,
+            read = read => read,
+        };
         match read {
             Ok(RedisValue::Array(streams)) => {
                 for stream_reply in streams {
@@ -534,20 +558,36 @@ async fn worker(
     }
 }
 
-/// Reads each subscription's consumer-group lag (Redis 7 reports it per group).
+/// Reads each subscription's consumer-group lag (Redis 7 reports it per group): one
+/// `XINFO GROUPS` per topic, not per subscription — every deployed function has a
+/// subscription on `functions`.
 async fn update_lag(bus: &Bus, subscriptions: &[SubscriptionOut]) {
     let mut redis = bus.redis.clone();
+    let mut by_topic: HashMap<&str, Vec<&SubscriptionOut>> = HashMap::new();
     for subscription in subscriptions {
+        by_topic
+            .entry(subscription.topic.as_str())
+            .or_default()
+            .push(subscription);
+    }
+    for (topic, subscriptions) in by_topic {
         let groups: Result<Vec<HashMap<String, RedisValue>>, _> = redis::cmd("XINFO")
             .arg("GROUPS")
-            .arg(bus.stream_key(&subscription.topic))
+            .arg(bus.stream_key(topic))
             .query_async(&mut redis)
             .await;
         let Ok(groups) = groups else { continue };
-        for group in groups {
-            if group.get("name").and_then(text).as_deref() == Some(subscription.id.as_str())
-                && let Some(RedisValue::Int(lag)) = group.get("lag")
-            {
+        let lags: HashMap<String, i64> = groups
+            .iter()
+            .filter_map(
+                |group| match (group.get("name").and_then(text), group.get("lag")) {
+                    (Some(name), Some(RedisValue::Int(lag))) => Some((name, *lag)),
+                    _ => None,
+                },
+            )
+            .collect();
+        for subscription in subscriptions {
+            if let Some(lag) = lags.get(&subscription.id) {
                 bus.metrics
                     .lag
                     .get_or_create(&label(subscription))
