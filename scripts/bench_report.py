@@ -534,7 +534,7 @@ Reading these (2026-12-05):
   69.8 ms against 68.6 / 67.7 ms for Node alone on a slower minute. The < 40 ms target
   is met in the table's run and in two of the three before it; Node's own start-up here leaves 3–11 ms for everything
   else, so what is left is a V8 startup snapshot of the bootstrap (Node 20's
-  `--build-snapshot` refuses `http` and warns on `net`; not tried further).
+  `--build-snapshot` fails to load `http` in the snapshot builder; not tried further).
 - **Native**: exec'd from a pre-started interpreter it costs
   {cold['provided_ms']:.1f} ms against {cold['provided_unsandboxed_ms']:.1f} ms for an unsandboxed fresh spawn and
   {cold['provided_floor_ms']:.1f} ms for the bare spawn: the layer, the message, the interpreter's
