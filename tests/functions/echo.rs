@@ -17,6 +17,12 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
         println!("{line}");
         eprintln!("to stderr: {line}");
     }
+    if let Some(lines) = payload.get("print_lines").and_then(Value::as_u64) {
+        // A burst just before answering: the log tail must still end with it.
+        for n in 0..lines {
+            println!("burst line {n}");
+        }
+    }
     if payload.get("spawn_sleeper").is_some() {
         // A child in the function's process group: a timeout must take it too.
         let child = std::process::Command::new("sleep").arg("300").spawn()?;

@@ -384,6 +384,34 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
         .unwrap();
     let tail = String::from_utf8(tail).unwrap();
     assert!(tail.contains("START RequestId:"), "{tail}");
+    assert!(tail.contains("\ntailed\n"), "{tail}");
+    assert!(tail.contains("to stderr: tailed"), "{tail}");
+    // 2,000 lines printed just before the answer: the tail (its last 4 KB) ends
+    // with the last of them, then END and REPORT — the capture is waited for.
+    let burst = invoke_with(
+        &cloud,
+        "/2015-03-31/functions/echo/invocations",
+        &json!({"print_lines": 2000}),
+        &[("x-amz-log-type", "Tail")],
+    )
+    .await;
+    assert_eq!(burst.status, 200);
+    let tail = base64::engine::general_purpose::STANDARD
+        .decode(burst.header("x-amz-log-result").unwrap())
+        .unwrap();
+    let tail = String::from_utf8(tail).unwrap();
+    let lines: Vec<&str> = tail.lines().collect();
+    let last_printed = lines.iter().rposition(|l| l.starts_with("burst line "));
+    assert_eq!(
+        last_printed.map(|at| lines[at]),
+        Some("burst line 1999"),
+        "{tail}"
+    );
+    assert!(
+        lines[last_printed.unwrap() + 1].starts_with("END RequestId:"),
+        "{tail}"
+    );
+    assert!(tail.len() <= 4096, "{}", tail.len());
     let dry = invoke_with(
         &cloud,
         "/2015-03-31/functions/echo/invocations",

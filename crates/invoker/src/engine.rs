@@ -24,8 +24,10 @@ use crate::prestart::{PrestartPool, Recipe};
 use crate::sandbox::Sandbox;
 
 /// How long a log tail waits for the capture of what the function printed before
-/// answering (only a line left without its newline waits this long).
-const TAIL_SETTLE_LIMIT: Duration = Duration::from_millis(20);
+/// answering: a line left without its newline waits the first, bytes still in a
+/// pipe (a capture task the scheduler has not run yet) the second.
+const TAIL_SETTLE_LIMITS: (Duration, Duration) =
+    (Duration::from_millis(20), Duration::from_secs(2));
 
 /// Role tokens live an hour; instances are retired before theirs runs out.
 const ROLE_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -523,7 +525,9 @@ impl Engine {
         };
         if request.log_tail {
             // What the function printed before answering belongs in its tail.
-            instance.settle_output(TAIL_SETTLE_LIMIT).await;
+            instance
+                .settle_output(TAIL_SETTLE_LIMITS.0, TAIL_SETTLE_LIMITS.1)
+                .await;
             pool.report(&request_id, timing, &instance);
         } else {
             // Max Memory Used is a /proc read (~30 µs): off the caller's path.

@@ -154,8 +154,21 @@ struct OutputProgress {
     moved: tokio::sync::Notify,
 }
 
+/// What stands between the log and everything the runtime has written so far.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Backlog {
+    /// Everything written is in the log.
+    None,
+    /// Bytes wait in a pipe: the capture task will log them as soon as it runs,
+    /// however busy the machine (seen: > 20 ms on a loaded CI run).
+    Unread,
+    /// Read but not logged: a line still without its newline (which may never
+    /// come), or a line being logged at this moment.
+    Unfinished,
+}
+
 impl OutputProgress {
-    fn caught_up(&self) -> bool {
+    fn backlog(&self) -> Backlog {
         use std::sync::atomic::Ordering::Acquire;
         let unread: u64 = self
             .pipes
@@ -164,7 +177,13 @@ impl OutputProgress {
             .iter()
             .map(|pipe| rustix::io::ioctl_fionread(pipe).unwrap_or(0))
             .sum();
-        unread == 0 && self.read.load(Acquire) == self.logged.load(Acquire)
+        if unread > 0 {
+            Backlog::Unread
+        } else if self.read.load(Acquire) != self.logged.load(Acquire) {
+            Backlog::Unfinished
+        } else {
+            Backlog::None
+        }
     }
 }
 
@@ -385,18 +404,23 @@ impl Instance {
         peak_memory_mb_of(&buffer[..read])
     }
 
-    /// Waits, at most `limit`, until everything the runtime has written so far is
-    /// in the function's log (a partial line without its newline waits the limit).
-    pub async fn settle_output(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
+    /// Waits until everything the runtime has written so far is in the function's
+    /// log: bytes still in a pipe are waited for up to `unread_limit` (they are
+    /// sure to come; only a starved capture task delays them), a line without its
+    /// newline up to `partial_limit` (it may never be finished).
+    pub async fn settle_output(&self, partial_limit: Duration, unread_limit: Duration) {
+        let now = tokio::time::Instant::now();
+        let (partial_deadline, unread_deadline) = (now + partial_limit, now + unread_limit);
         loop {
             let moved = self.shared.output.moved.notified();
             tokio::pin!(moved);
             // Registered before the check, so progress between the two wakes us.
             moved.as_mut().enable();
-            if self.shared.output.caught_up() {
-                return;
-            }
+            let deadline = match self.shared.output.backlog() {
+                Backlog::None => return,
+                Backlog::Unread => unread_deadline,
+                Backlog::Unfinished => partial_deadline,
+            };
             if tokio::time::timeout_at(deadline, moved).await.is_err() {
                 return;
             }
@@ -869,7 +893,37 @@ async fn init_error(State(shared): State<Arc<RuntimeShared>>, body: Bytes) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::peak_memory_mb_of;
+    use super::{Backlog, OutputProgress, peak_memory_mb_of};
+    use std::sync::atomic::Ordering::Release;
+
+    /// A log tail waits long for bytes still in a pipe and briefly for a line
+    /// without its newline, so the two must be told apart.
+    #[test]
+    fn the_backlog_tells_bytes_in_a_pipe_from_a_line_without_its_newline() {
+        let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+        let progress = OutputProgress::default();
+        progress
+            .pipes
+            .lock()
+            .unwrap()
+            .push(rustix::io::dup(&read_end).unwrap());
+        assert_eq!(progress.backlog(), Backlog::None);
+        rustix::io::write(&write_end, b"printed before answering\npartial").unwrap();
+        assert_eq!(progress.backlog(), Backlog::Unread);
+        let mut buffer = [0u8; 64];
+        let read = rustix::io::read(&read_end, &mut buffer).unwrap();
+        assert_eq!(read, 32);
+        progress.read.fetch_add(read as u64, Release);
+        assert_eq!(progress.backlog(), Backlog::Unfinished);
+        progress.logged.fetch_add(25, Release);
+        assert_eq!(progress.backlog(), Backlog::Unfinished);
+        rustix::io::write(&write_end, b" line\n").unwrap();
+        assert_eq!(progress.backlog(), Backlog::Unread);
+        let read = rustix::io::read(&read_end, &mut buffer).unwrap();
+        progress.read.fetch_add(read as u64, Release);
+        progress.logged.fetch_add(13, Release);
+        assert_eq!(progress.backlog(), Backlog::None);
+    }
 
     #[test]
     fn peak_memory_is_read_from_vm_hwm_whatever_the_process_is_called() {
