@@ -132,6 +132,125 @@ async fn runtime_stub() -> anyhow::Result<(String, tokio::sync::mpsc::Receiver<(
     Ok((address, answered))
 }
 
+/// The least any invoker speaking the Lambda Runtime API does on a warm call, as a
+/// floor for ours: take an HTTP request, hand its body to an instance's pending
+/// `GET next`, and answer with what the instance posts back. Nothing else — no
+/// token, policy, logs, metering, tracing or sandbox — and the same echo binary,
+/// spawned bare, `instances` times (one per caller, as the invoker does).
+struct Relay {
+    url: String,
+    _instances: Vec<tokio::process::Child>,
+}
+
+/// An event waiting for an instance: its body and where its answer goes.
+type Event = (bytes::Bytes, tokio::sync::oneshot::Sender<bytes::Bytes>);
+type Pending = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<bytes::Bytes>>>,
+>;
+
+#[derive(Clone)]
+struct RelayState {
+    events: tokio::sync::mpsc::Sender<Event>,
+    next: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Event>>>,
+    pending: Pending,
+    ids: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn runtime_relay(
+    program: &str,
+    env: &[(&str, &str)],
+    instances: usize,
+) -> anyhow::Result<Relay> {
+    use axum::extract::{Path, State};
+    let (events, next) = tokio::sync::mpsc::channel(1024);
+    let state = RelayState {
+        events,
+        next: std::sync::Arc::new(tokio::sync::Mutex::new(next)),
+        pending: Default::default(),
+        ids: Default::default(),
+    };
+    let router = axum::Router::new()
+        .route(
+            "/invoke",
+            post(|State(state): State<RelayState>, body: bytes::Bytes| async move {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if state.events.send((body, reply)).await.is_err() {
+                    return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                }
+                answer
+                    .await
+                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)
+            }),
+        )
+        .route(
+            "/2018-06-01/runtime/invocation/next",
+            get(|State(state): State<RelayState>| async move {
+                let event = state.next.lock().await.recv().await;
+                let Some((body, reply)) = event else {
+                    return Err(axum::http::StatusCode::GONE);
+                };
+                let id = state.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.pending.lock().unwrap().insert(id, reply);
+                let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis()
+                    .to_string();
+                Ok((
+                    [
+                        ("lambda-runtime-aws-request-id", id.to_string()),
+                        ("lambda-runtime-deadline-ms", deadline),
+                        (
+                            "lambda-runtime-invoked-function-arn",
+                            "arn:aws:lambda:us-east-1:000000000000:function:f".to_owned(),
+                        ),
+                    ],
+                    body,
+                ))
+            }),
+        )
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(
+                |State(state): State<RelayState>, Path(id): Path<u64>, body: bytes::Bytes| async move {
+                    if let Some(reply) = state.pending.lock().unwrap().remove(&id) {
+                        let _ = reply.send(body);
+                    }
+                    axum::http::StatusCode::ACCEPTED
+                },
+            ),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut children = Vec::new();
+    for _ in 0..instances {
+        children.push(
+            tokio::process::Command::new(program)
+                .env_clear()
+                .envs(env.iter().copied())
+                .env("AWS_LAMBDA_RUNTIME_API", &address)
+                .env("AWS_LAMBDA_FUNCTION_NAME", "f")
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+                .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/f")
+                .env("AWS_LAMBDA_LOG_STREAM_NAME", "s")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+    }
+    Ok(Relay {
+        url: format!("http://{address}/invoke"),
+        _instances: children,
+    })
+}
+
 /// Spawn → the process's answer to the stub's one event.
 async fn spawn_floor(
     program: &str,
@@ -161,6 +280,77 @@ async fn spawn_floor(
         samples.push(started.elapsed());
         child.kill().await?;
     }
+    Ok(samples)
+}
+
+/// Spawn into the invoker's own sandbox (the rules a native instance gets: its
+/// namespaces, tmpfs, uid, cgroups, limits, Landlock, seccomp) → the process's
+/// answer to the stub's one event: what any sandboxed native cold start costs
+/// before the invoker's own work. Spaced 50 ms apart, as [`cold_starts`] are (a
+/// cgroup join after a pause waits for an RCU grace period).
+async fn sandboxed_spawn_floor(echo: &[u8], n: usize) -> anyhow::Result<Vec<Duration>> {
+    use minicloud_invoker::sandbox::{Command, InstanceRules, Sandbox, SandboxConfig};
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = std::env::temp_dir().join(format!("bench-sandboxed-{}", std::process::id()));
+    let code = root.join("code");
+    std::fs::create_dir_all(&code)?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+    let program = code.join("bootstrap");
+    std::fs::write(&program, echo)?;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+    let sandbox = Sandbox::new(SandboxConfig::default(), &root.join("probe"));
+    anyhow::ensure!(
+        sandbox.protections().enforced,
+        "the sandbox is not enforced here: {:?}",
+        sandbox.protections().missing
+    );
+    let (api, mut answered) = runtime_stub().await?;
+    let port: u16 = api.rsplit(':').next().unwrap_or_default().parse()?;
+    let env: Vec<(String, String)> = [
+        ("AWS_LAMBDA_RUNTIME_API", api.as_str()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "f"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/f"),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", "s"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec();
+    let mut samples = Vec::new();
+    for i in 0..n {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let dir = root.join(format!("instance{i}"));
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let started = Instant::now();
+        let rules = InstanceRules {
+            dir: &dir,
+            read_only: vec![code.clone()],
+            runtime_api_port: port,
+            platform_ports: Vec::new(),
+            memory_bytes: (128 + 64) * 1024 * 1024,
+            memory_mb: 128,
+            network: None,
+            scratch_mb: None,
+        };
+        let prepared = sandbox.prepare(&rules)?;
+        let cgroups = prepared.cgroup_dirs();
+        let mut child = prepared.spawn(&Command {
+            program: &program,
+            args: &[],
+            env: &env,
+            capture: false,
+            stdin: None,
+        })?;
+        tokio::time::timeout(Duration::from_secs(10), answered.recv()).await?;
+        samples.push(started.elapsed());
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id()) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        child.wait().await?;
+        minicloud_invoker::sandbox::remove_cgroups_when_empty(cgroups).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&root);
     Ok(samples)
 }
 
@@ -493,6 +683,14 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let cold_rust_unsandboxed = cold_starts(&bare_cloud, "cold", &provided, cold_n).await?;
     let rust_floor = spawn_floor(echo_path, &[], &[], cold_n).await?;
+    // Only where the sandbox is enforced (as root on a host with Landlock).
+    let rust_sandboxed_floor = match sandboxed_spawn_floor(&echo, cold_n).await {
+        Ok(samples) => Some(median_ms(samples)),
+        Err(error) => {
+            eprintln!("no sandboxed spawn floor: {error:#}");
+            None
+        }
+    };
 
     let handler = b"def handler(event, context):\n    return event\n";
     let py_zip = zip_of(&[("app.py", handler, 0o644)])?;
@@ -582,6 +780,18 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
+    // The Runtime API relay (the floor of any invoker that speaks it): one echo
+    // instance for c = 1, one per caller for c = 32, on either tokio runtime.
+    let relay_env: &[(&str, &str)] = &[];
+    let current_thread_env: &[(&str, &str)] = &[("ECHO_TOKIO_RUNTIME", "current_thread")];
+    let relays = [
+        runtime_relay(echo_path, relay_env, 1).await?,
+        runtime_relay(echo_path, current_thread_env, 1).await?,
+        runtime_relay(echo_path, relay_env, 32).await?,
+        runtime_relay(echo_path, current_thread_env, 32).await?,
+    ];
+    let relay_urls: Vec<String> = relays.iter().map(|relay| relay.url.clone()).collect();
+
     // The same call straight to the invoker: what the gateway hop adds.
     let direct_url = format!("{}/functions/v1/echo/invoke", cloud.urls.invoker);
     let unsandboxed_url = format!("{}/functions/v1/echo/invoke", bare_cloud.gateway_url());
@@ -589,30 +799,34 @@ async fn main() -> anyhow::Result<()> {
     let warm = as_client({
         let (bare_url, base, token) = (bare_url.clone(), base.clone(), token.clone());
         let (unsandboxed_url, bare_token) = (unsandboxed_url.clone(), bare_token.clone());
+        let relay_urls = relay_urls.clone();
         move || async move {
             let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
             let invoke_url = |name: &str| format!("{base}/functions/v1/{name}/invoke");
             let (echo, echo1) = (invoke_url("echo"), invoke_url("echo1"));
             let (echo_q, echo1_q) = (invoke_url("echoq"), invoke_url("echo1q"));
             let token = Some(token.as_str());
-            let targets = [
-                Target { url: &bare_url, token: None },
-                Target { url: &echo, token },
-                Target { url: &echo1, token },
-                Target { url: &direct_url, token },
-                Target { url: &unsandboxed_url, token: Some(bare_token.as_str()) },
-                Target { url: &echo_q, token },
-                Target { url: &echo1_q, token },
-            ];
             let mut warm = serde_json::Map::new();
-            for concurrency in [1, 32] {
-                let [floor, ours, current_thread, direct, unsandboxed, queued, queued_current_thread] =
-                    <[Value; 7]>::try_from(load(&http, &targets, concurrency, n).await?)
+            for (concurrency, relays) in [(1, &relay_urls[..2]), (32, &relay_urls[2..])] {
+                let targets = [
+                    Target { url: &bare_url, token: None },
+                    Target { url: &echo, token },
+                    Target { url: &echo1, token },
+                    Target { url: &direct_url, token },
+                    Target { url: &unsandboxed_url, token: Some(bare_token.as_str()) },
+                    Target { url: &echo_q, token },
+                    Target { url: &echo1_q, token },
+                    Target { url: &relays[0], token: None },
+                    Target { url: &relays[1], token: None },
+                ];
+                let [floor, ours, current_thread, direct, unsandboxed, queued, queued_current_thread, relay, relay_current_thread] =
+                    <[Value; 9]>::try_from(load(&http, &targets, concurrency, n).await?)
                         .map_err(|_| anyhow::anyhow!("one summary per target"))?;
                 warm.insert(
                     concurrency.to_string(),
                     json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread, "invoker_direct": direct, "invoke_unsandboxed": unsandboxed,
-                           "invoke_max_instances": queued, "invoke_current_thread_max_instances": queued_current_thread}),
+                           "invoke_max_instances": queued, "invoke_current_thread_max_instances": queued_current_thread,
+                           "relay": relay, "relay_current_thread": relay_current_thread}),
                 );
             }
             Ok(warm)
@@ -624,20 +838,25 @@ async fn main() -> anyhow::Result<()> {
     // gateway's figures then include what a real client's connection costs).
     let separate = {
         let invoke_url = |name: &str| format!("{base}/functions/v1/{name}/invoke");
-        let [floor, ours, current_thread] = <[Value; 3]>::try_from(
+        let [floor, ours, current_thread, relay, relay_current_thread] = <[Value; 5]>::try_from(
             separate_client(
                 json!([
                     [bare_url, null],
                     [invoke_url("echo"), token],
-                    [invoke_url("echo1"), token]
+                    [invoke_url("echo1"), token],
+                    [relay_urls[0], null],
+                    [relay_urls[1], null]
                 ]),
                 n,
             )
             .await?,
         )
         .map_err(|_| anyhow::anyhow!("one summary per target"))?;
-        json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread})
+        json!({"floor": floor, "invoke": ours, "invoke_current_thread": current_thread,
+               "relay": relay, "relay_current_thread": relay_current_thread})
     };
+    // Their 66 echo processes must not count among the idle functions' below.
+    drop(relays);
 
     bare_cloud.stop().await?;
     // 200 idle functions: stop every instance first (keep_warm_s 0 reaps them).
@@ -693,6 +912,7 @@ async fn main() -> anyhow::Result<()> {
         "warm_separate_client": separate,
         "cold": {
             "provided_ms": median_ms(cold_rust), "provided_floor_ms": median_ms(rust_floor),
+            "provided_sandboxed_floor_ms": rust_sandboxed_floor,
             "python_ms": median_ms(cold_python), "python_floor_ms": median_ms(python_floor),
             "provided_unsandboxed_ms": median_ms(cold_rust_unsandboxed),
             "python_unsandboxed_ms": median_ms(cold_python_unsandboxed),
