@@ -439,7 +439,7 @@ competes with the cloud and the function for the two cores as a third process,
 where the in-process client's thread is scheduled inside the cloud's.
 
 Ceilings (issue 21, seventh session, 2026-12-05, AMD EPYC). The relay rows above
-bound two of the issue's targets on this machine (ranges over seven runs of the
+bound two of the issue's targets on this machine (ranges over eight runs of the
 bench). **c = 32, ≥ 0.3 of the bare echo**: the relay, which does nothing but the
 Runtime API hand-over with bare echo processes, reaches 0.14–0.22 with the default
 echo and 0.22–0.31 with the current-thread one — the target sits at the edge of
@@ -449,16 +449,27 @@ throughput. **c = 1, < 250 µs over the bare echo**: the relay alone adds 202–
 with the default echo (105–131 µs current-thread), so with the default echo the
 target leaves nothing for what an invoker must do besides (token, policy, logs,
 metering, tracing, the sandbox); ours adds 15–86 µs over the relay there. With the
-current-thread echo, though, ours adds 179–213 µs over the relay (invoke 391–418 µs
+current-thread echo, though, ours adds 179–218 µs over the relay (invoke 391–418 µs
 against the relay's 188–212 µs), while that echo behind the relay is ~100 µs faster
-than the default one. Found by
-hand in three extra runs, not explained: it is not the cgroups (an invoker without them:
-418 µs), the pre-started interpreter the echo is exec'd from (an invoker with
+than the default one. What it is not, by hand runs: the cgroups (an invoker without
+them: 418 µs), the pre-started interpreter the echo is exec'd from (an invoker with
 `--invoker-prestart 0`: 391 µs), the CPU weight (the echo at 1,769 MB, one CPU's
-share: 410 µs); one run with the current-thread echo on the unsandboxed invoker read
-333 µs. The difference between the relay and the invoker as the function sees them
-is the sandbox and the headers of `GET next` (trace id, content type) — the next place
-to look.
+share: 410 µs), the sandbox (the relay's own current-thread echo spawned into the
+invoker's sandbox: 190 µs) and the `GET next` headers (the relay sending our trace id
+and content type: 208 µs). What it is, by `strace -tt` and `perf stat` on the two
+echo processes during the same run: the same system calls per event, and about the
+same CPU per event (127 µs under the invoker, 111 µs under the relay, kernel
+included), but the echo's own steps take twice the wall time under the invoker —
+from an event's arrival to its `POST …/response` 239 against 102 µs, from the 202 to
+its next `GET next` 241 against 93 µs (strace inflates all of these). The function
+is waiting for a core, not working more: right after it answers, the invoker's own
+completion of the call (engine, gateway, metering, the report task) and the client
+run on the two cores while the function loops back to `GET next`, and the next event
+cannot be handed over before it does. A single-threaded function pays our CPU per
+call twice on two cores; a multi-threaded one hides some of it. So the lever at
+c = 1 is the CPU the cloud spends per call (a flat profile of the bench process: 51%
+kernel, 35% our binary spread thin — no symbol above 0.4% —, 13% libc), not any one
+step.
 
 More instances or fewer, queued (issue 21's trade-off), measured once by hand on
 2026-12-05 with a temporary switch (not in the code) that made a synchronous invoke
