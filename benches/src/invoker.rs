@@ -229,26 +229,43 @@ async fn runtime_relay(
     tokio::spawn(async move { axum::serve(listener, router).await });
     let mut children = Vec::new();
     for _ in 0..instances {
-        children.push(
-            tokio::process::Command::new(program)
-                .env_clear()
-                .envs(env.iter().copied())
-                .env("AWS_LAMBDA_RUNTIME_API", &address)
-                .env("AWS_LAMBDA_FUNCTION_NAME", "f")
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-                .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/f")
-                .env("AWS_LAMBDA_LOG_STREAM_NAME", "s")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?,
-        );
+        children.push(bare_instance(program, &[], env, &address).spawn()?);
     }
     Ok(Relay {
         url: format!("http://{address}/invoke"),
         _instances: children,
     })
+}
+
+/// What a Runtime API client reads from its environment besides `env`, as a fixed
+/// function "f" (the floors' instances).
+const FLOOR_FUNCTION_ENV: [(&str, &str); 5] = [
+    ("AWS_LAMBDA_FUNCTION_NAME", "f"),
+    ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+    ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+    ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/f"),
+    ("AWS_LAMBDA_LOG_STREAM_NAME", "s"),
+];
+
+/// `program` as a floor's instance of the Runtime API at `api`: a bare process,
+/// its output discarded, killed with its handle.
+fn bare_instance(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    api: &str,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .envs(FLOOR_FUNCTION_ENV)
+        .env("AWS_LAMBDA_RUNTIME_API", api)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
 }
 
 /// Spawn → the process's answer to the stub's one event.
@@ -262,20 +279,7 @@ async fn spawn_floor(
     let mut samples = Vec::new();
     for _ in 0..n {
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .envs(env.iter().copied())
-            .env("AWS_LAMBDA_RUNTIME_API", &api)
-            .env("AWS_LAMBDA_FUNCTION_NAME", "f")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/f")
-            .env("AWS_LAMBDA_LOG_STREAM_NAME", "s")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut child = bare_instance(program, args, env, &api).spawn()?;
         tokio::time::timeout(Duration::from_secs(10), answered.recv()).await?;
         samples.push(started.elapsed());
         child.kill().await?;
@@ -306,16 +310,11 @@ async fn sandboxed_spawn_floor(echo: &[u8], n: usize) -> anyhow::Result<Vec<Dura
     );
     let (api, mut answered) = runtime_stub().await?;
     let port: u16 = api.rsplit(':').next().unwrap_or_default().parse()?;
-    let env: Vec<(String, String)> = [
-        ("AWS_LAMBDA_RUNTIME_API", api.as_str()),
-        ("AWS_LAMBDA_FUNCTION_NAME", "f"),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
-        ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/f"),
-        ("AWS_LAMBDA_LOG_STREAM_NAME", "s"),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .to_vec();
+    let env: Vec<(String, String)> = FLOOR_FUNCTION_ENV
+        .into_iter()
+        .chain([("AWS_LAMBDA_RUNTIME_API", api.as_str())])
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     let mut samples = Vec::new();
     for i in 0..n {
         tokio::time::sleep(Duration::from_millis(50)).await;

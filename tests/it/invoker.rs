@@ -379,10 +379,13 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     )
     .await;
     assert_eq!(tailed.status, 200);
-    let tail = base64::engine::general_purpose::STANDARD
-        .decode(tailed.header("x-amz-log-result").unwrap())
-        .unwrap();
-    let tail = String::from_utf8(tail).unwrap();
+    let log_tail = |header: Option<&str>| {
+        let tail = base64::engine::general_purpose::STANDARD
+            .decode(header.expect("an X-Amz-Log-Result"))
+            .unwrap();
+        String::from_utf8(tail).unwrap()
+    };
+    let tail = log_tail(tailed.header("x-amz-log-result"));
     assert!(tail.contains("START RequestId:"), "{tail}");
     assert!(tail.contains("\ntailed\n"), "{tail}");
     assert!(tail.contains("to stderr: tailed"), "{tail}");
@@ -396,10 +399,7 @@ async fn a_lambda_runtime_function_runs_cold_then_warm_with_lambdas_contract() {
     )
     .await;
     assert_eq!(burst.status, 200);
-    let tail = base64::engine::general_purpose::STANDARD
-        .decode(burst.header("x-amz-log-result").unwrap())
-        .unwrap();
-    let tail = String::from_utf8(tail).unwrap();
+    let tail = log_tail(burst.header("x-amz-log-result"));
     let lines: Vec<&str> = tail.lines().collect();
     let last_printed = lines.iter().rposition(|l| l.starts_with("burst line "));
     assert_eq!(
