@@ -700,6 +700,25 @@ async fn main() -> anyhow::Result<()> {
         zip_of(&[("index.mjs", b"export const handler = async (event) => event;\n".as_slice(), 0o644)])?}});
     let cold_python = cold_starts(&cloud, "coldpy", &python_fn, cold_n).await?;
     let cold_python_unsandboxed = cold_starts(&bare_cloud, "coldpy", &python_fn, cold_n).await?;
+    // A handler that imports a module of its bundle's (3,000 small functions,
+    // ~300 KB, as a bundled dependency would be): with its bytecode compiled when
+    // the code is unpacked, and on a cloud that leaves compiling to each cold start.
+    let big_module: String = (0..3000)
+        .map(|i| {
+            format!("def f{i}(x):\n    y = x * {i} + 1\n    return [y, y + 1, {{'k': y}}]\n\n")
+        })
+        .collect();
+    let big_fn = json!({"runtime":"python3","handler":"app.handler","code":{"zip_base64":
+        zip_of(&[("app.py", b"import big\ndef handler(event, context):\n    return event\n".as_slice(), 0o644),
+                 ("big.py", big_module.as_bytes(), 0o644)])?}});
+    let cold_python_big = cold_starts(&cloud, "coldbig", &big_fn, cold_n).await?;
+    let uncompiled_cloud = TestCloud::builder()
+        .invoker(|invoker| invoker.python_bytecode = false)
+        .start()
+        .await?;
+    let cold_python_big_uncompiled =
+        cold_starts(&uncompiled_cloud, "coldbig", &big_fn, cold_n).await?;
+    uncompiled_cloud.stop().await?;
     // The same cold start on a fresh interpreter: an invoker that pre-starts none.
     let fresh_cloud = TestCloud::builder()
         .invoker(|invoker| invoker.prestart = 0)
@@ -865,6 +884,7 @@ async fn main() -> anyhow::Result<()> {
         .chain((0..cold_n).map(|i| format!("cold{i}")))
         .chain((0..cold_n).map(|i| format!("coldpy{i}")))
         .chain((0..cold_n).map(|i| format!("coldjs{i}")))
+        .chain((0..cold_n).map(|i| format!("coldbig{i}")))
     {
         admin.delete(&format!("/functions/v1/{name}")).await?;
     }
@@ -921,6 +941,8 @@ async fn main() -> anyhow::Result<()> {
             "node_fresh_ms": median_ms(cold_node_fresh),
             "python_warm_ms": warm_python_ms,
             "python_fork_ms": python_fork_ms,
+            "python_big_ms": median_ms(cold_python_big),
+            "python_big_uncompiled_ms": median_ms(cold_python_big_uncompiled),
             "node_ms": median_ms(cold_node),
             "node_bare_start_ms": median_ms(node_bare),
             "node_unsandboxed_ms": median_ms(cold_node_unsandboxed),

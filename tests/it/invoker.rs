@@ -793,7 +793,7 @@ async fn python_node_and_awslambdaric_handlers_run() {
     let cloud = TestCloud::start().await.unwrap();
     let python = zip_of(&[(
         "app/main.py",
-        b"import os\ndef handler(event, context):\n    print('python says', event.get('n'))\n    return {'n': event['n'] + 1, 'name': context.function_name, 'ms': context.get_remaining_time_in_millis() > 0}\n",
+        b"import os\ndef handler(event, context):\n    print('python says', event.get('n'))\n    return {'n': event['n'] + 1, 'name': context.function_name, 'ms': context.get_remaining_time_in_millis() > 0, 'bytecode': os.path.exists(__cached__)}\n",
         0o644,
     )]);
     deploy_ok(
@@ -804,7 +804,12 @@ async fn python_node_and_awslambdaric_handlers_run() {
     .await;
     let answer = invoke(&cloud, "py", json!({"n": 41})).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(answer.body, json!({"n": 42, "name": "py", "ms": true}));
+    // The module came with its bytecode, compiled when the code was unpacked
+    // (instances cannot write their code dir to cache it themselves).
+    assert_eq!(
+        answer.body,
+        json!({"n": 42, "name": "py", "ms": true, "bytecode": true})
+    );
     let raised = zip_of(&[(
         "bad.py",
         b"def handler(event, context):\n    raise ValueError('not today')\n",
@@ -820,6 +825,10 @@ async fn python_node_and_awslambdaric_handlers_run() {
     assert_eq!(failed.header("x-amz-function-error"), Some("Unhandled"));
     assert_eq!(failed.body["errorType"], "ValueError");
     assert_eq!(failed.body["errorMessage"], "not today");
+    // Its trace names the file where it lives, not where its bytecode was made.
+    let trace = failed.body["stackTrace"].to_string();
+    assert!(trace.contains("bad.py"), "{trace}");
+    assert!(!trace.contains(".unpack-"), "{trace}");
 
     // An init error is reported as such.
     let broken = zip_of(&[(

@@ -171,8 +171,14 @@ pub fn discard(cache: &Path, hash: &str) {
 
 /// Unpacks `zip` into `cache/<hash>` unless it is already there; returns that dir.
 /// Unpacks into a temporary sibling and renames, so a crash never leaves a half
-/// tree under the final name. The tree's digest is recorded beside it.
-pub fn unpack(zip: &[u8], hash: &str, cache: &Path) -> Result<PathBuf, std::io::Error> {
+/// tree under the final name. The tree's digest is recorded beside it. With a
+/// `python`, its modules are compiled to bytecode first ([`compile_python`]).
+pub fn unpack(
+    zip: &[u8],
+    hash: &str,
+    cache: &Path,
+    python: Option<&Path>,
+) -> Result<PathBuf, std::io::Error> {
     let target = cache.join(hash);
     if target.is_dir() {
         return Ok(target);
@@ -180,6 +186,11 @@ pub fn unpack(zip: &[u8], hash: &str, cache: &Path) -> Result<PathBuf, std::io::
     std::fs::create_dir_all(cache)?;
     let staging = cache.join(format!(".unpack-{}", uuid::Uuid::new_v4()));
     let result = unpack_into(zip, &staging)
+        .map(|()| {
+            if let Some(python) = python {
+                compile_python(python, &staging, &target);
+            }
+        })
         .and_then(|()| tree_digest(&staging))
         .and_then(|digest| std::fs::write(digest_path(cache, hash), digest));
     if let Err(error) = result {
@@ -198,6 +209,61 @@ pub fn unpack(zip: &[u8], hash: &str, cache: &Path) -> Result<PathBuf, std::io::
             Err(error)
         }
     }
+}
+
+/// How long compiling one bundle's Python may take before the bundle is used as
+/// it is (its modules then compile in each cold start, as before).
+const COMPILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Compiles every module under `staging` to bytecode (`__pycache__`, as the
+/// instances' interpreter would itself) with that interpreter, naming the files by
+/// their final place `target` in tracebacks. Instances cannot write their code dir,
+/// so without this every cold start compiles every module it imports — a bundle's
+/// dependencies included. Compiling runs no code of the bundle (`-I`: not even a
+/// module of the bundle's that shadows `compileall`; the parser only), but the
+/// input is hostile, so it is bounded in time and its failure only logged: a module
+/// that does not compile is reported at import, as it always was.
+fn compile_python(python: &Path, staging: &Path, target: &Path) {
+    let started = std::time::Instant::now();
+    let spawned = std::process::Command::new(python)
+        .args(["-I", "-m", "compileall", "-q", "-d"])
+        .arg(target)
+        .arg(staging)
+        .env_clear()
+        .current_dir(staging)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            tracing::warn!(%error, python = %python.display(), "compiling a bundle's Python failed to start");
+            return;
+        }
+    };
+    loop {
+        match child.try_wait() {
+            // compileall exits 1 when a module does not compile: the rest are done.
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() < COMPILE_LIMIT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!(
+                    limit_s = COMPILE_LIMIT.as_secs(),
+                    "compiling a bundle's Python took too long; its modules compile at import"
+                );
+                break;
+            }
+        }
+    }
+    tracing::debug!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "compiled a bundle's Python"
+    );
 }
 
 fn unpack_into(zip: &[u8], dir: &Path) -> Result<(), std::io::Error> {
@@ -323,6 +389,69 @@ mod tests {
         ));
     }
 
+    /// Modules are compiled once at unpack, in the tree whose digest is recorded;
+    /// one that does not compile fails nothing, and nothing of the bundle runs —
+    /// not even a module named like the compiler.
+    #[test]
+    fn python_modules_are_compiled_at_unpack_without_running_the_bundle() {
+        let cache = std::env::temp_dir().join(format!("mc-bundle-{}", uuid::Uuid::new_v4()));
+        let marker = cache.join("ran");
+        let hostile = format!(
+            "open({:?}, 'w').write('ran')\n",
+            marker.display().to_string()
+        );
+        let bundle = zip_of(&[
+            (
+                "app.py",
+                b"def handler(event, context):\n    return event\n",
+            ),
+            ("lib/helper.py", b"VALUE = 1\n"),
+            ("broken.py", b"def oops(:\n"),
+            ("compileall.py", hostile.as_bytes()),
+            ("py_compile.py", hostile.as_bytes()),
+        ]);
+        let hash = hash(&bundle);
+        let python = crate::resolve_python();
+        let dir = unpack(&bundle, &hash, &cache, Some(&python)).unwrap();
+        let cached = |dir: &Path, module: &str| {
+            std::fs::read_dir(dir.join("__pycache__"))
+                .map(|entries| {
+                    entries.flatten().any(|entry| {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        name.starts_with(&format!("{module}.")) && name.ends_with(".pyc")
+                    })
+                })
+                .unwrap_or(false)
+        };
+        assert!(cached(&dir, "app"), "app.py was compiled");
+        assert!(
+            cached(&dir.join("lib"), "helper"),
+            "lib/helper.py was compiled"
+        );
+        assert!(
+            !cached(&dir, "broken"),
+            "a module that does not compile has no bytecode"
+        );
+        assert!(!marker.exists(), "no module of the bundle ran");
+        assert!(is_intact(&cache, &hash), "the digest covers the bytecode");
+        // The bytecode names the final place, not the staging dir it was made in.
+        let pyc = std::fs::read_dir(dir.join("__pycache__"))
+            .unwrap()
+            .flatten()
+            .find(|entry| entry.file_name().to_string_lossy().starts_with("app."))
+            .unwrap()
+            .path();
+        let bytes = std::fs::read(pyc).unwrap();
+        let final_path = dir.join("app.py").display().to_string();
+        let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            holds(final_path.as_bytes()),
+            "the bytecode names {final_path}"
+        );
+        assert!(!holds(b".unpack-"), "nor the staging dir");
+        std::fs::remove_dir_all(&cache).unwrap();
+    }
+
     #[test]
     fn a_zip_bomb_stops_at_the_unpacked_limit() {
         // 300 MiB of zeros compresses to ~300 KiB: under the zipped limit, over the
@@ -350,7 +479,7 @@ mod tests {
         let cache = std::env::temp_dir().join(format!("mc-bundle-{}", uuid::Uuid::new_v4()));
         let bundle = zip_of(&[("bootstrap", b"#!/bin/sh\n"), ("lib/data.txt", b"hi")]);
         let hash = hash(&bundle);
-        let dir = unpack(&bundle, &hash, &cache).unwrap();
+        let dir = unpack(&bundle, &hash, &cache, None).unwrap();
         let mode = std::fs::metadata(dir.join("bootstrap"))
             .unwrap()
             .permissions()
@@ -364,7 +493,7 @@ mod tests {
         assert_eq!(data_mode & 0o777, 0o444, "code is read-only to everyone");
         assert!(is_intact(&cache, &hash));
         std::fs::write(dir.join("marker"), b"").unwrap();
-        assert_eq!(unpack(&bundle, &hash, &cache).unwrap(), dir);
+        assert_eq!(unpack(&bundle, &hash, &cache, None).unwrap(), dir);
         assert!(
             dir.join("marker").exists(),
             "the second unpack reused the dir"
@@ -380,7 +509,7 @@ mod tests {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o444)).unwrap();
         assert!(!is_intact(&cache, &hash));
         discard(&cache, &hash);
-        let dir = unpack(&bundle, &hash, &cache).unwrap();
+        let dir = unpack(&bundle, &hash, &cache, None).unwrap();
         assert_eq!(std::fs::read(dir.join("lib/data.txt")).unwrap(), b"hi");
         assert!(is_intact(&cache, &hash));
         std::fs::remove_dir_all(&cache).unwrap();

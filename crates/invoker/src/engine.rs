@@ -164,6 +164,8 @@ pub struct Engine {
     /// first need; `None` when off).
     prestart_size: usize,
     prestart_pool: tokio::sync::OnceCell<Option<Arc<PrestartPool>>>,
+    /// Whether python3 code is compiled to bytecode when it is unpacked.
+    python_bytecode: bool,
     pub(crate) meters: minicloud_metering::Meters,
 }
 
@@ -203,6 +205,7 @@ impl Engine {
         metrics: InvokerMetrics,
         sandbox: Arc<Sandbox>,
         prestart_size: usize,
+        python_bytecode: bool,
         meters: minicloud_metering::Meters,
     ) -> Engine {
         Engine {
@@ -221,6 +224,7 @@ impl Engine {
             verified_code: Mutex::new(std::collections::HashSet::new()),
             prestart_size,
             prestart_pool: tokio::sync::OnceCell::new(),
+            python_bytecode,
             meters,
         }
     }
@@ -356,10 +360,17 @@ impl Engine {
                 .await
                 .map_err(ApiError::internal)?;
             let (cache, unpacked) = (self.paths.code_cache.clone(), hash.clone());
-            tokio::task::spawn_blocking(move || crate::bundle::unpack(&zip, &unpacked, &cache))
-                .await
-                .map_err(ApiError::internal)?
-                .map_err(ApiError::internal)?;
+            let compiler = if spec.runtime == "python3" && self.python_bytecode {
+                Some(self.python().await.clone())
+            } else {
+                None
+            };
+            tokio::task::spawn_blocking(move || {
+                crate::bundle::unpack(&zip, &unpacked, &cache, compiler.as_deref())
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
         }
         self.verified_code.lock().unwrap().insert(hash.clone());
         let concurrency = spec

@@ -196,6 +196,16 @@ pub struct InvokerConfig {
         default_value_t = InvokerConfig::default().prestart
     )]
     pub prestart: usize,
+    /// Compile a python3 function's modules to bytecode once, when its code is
+    /// unpacked, instead of in every cold start (the code dir is read-only to
+    /// instances, so Python could never cache what it compiled there).
+    #[arg(
+        long = "invoker-python-bytecode",
+        env = "MINICLOUD_INVOKER_PYTHON_BYTECODE",
+        default_value_t = InvokerConfig::default().python_bytecode,
+        action = clap::ArgAction::Set
+    )]
+    pub python_bytecode: bool,
 }
 
 impl InvokerConfig {
@@ -228,6 +238,7 @@ impl Default for InvokerConfig {
             scratch_mb: 512,
             pids: 64,
             prestart: 2,
+            python_bytecode: true,
         }
     }
 }
@@ -407,6 +418,7 @@ impl Invoker {
             metrics,
             Arc::clone(&sandbox),
             config.prestart,
+            config.python_bytecode,
             meters.clone(),
         ));
         // Resolving the interpreter runs python (~60 ms through a pyenv shim): in
