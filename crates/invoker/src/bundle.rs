@@ -188,7 +188,7 @@ pub fn unpack(
     let result = unpack_into(zip, &staging)
         .map(|()| {
             if let Some(python) = python {
-                compile_python(python, &staging, &target);
+                compile_python(python, &staging, &target, COMPILE_MEMORY_BYTES);
             }
         })
         .and_then(|()| tree_digest(&staging))
@@ -214,6 +214,11 @@ pub fn unpack(
 /// How long compiling one bundle's Python may take before the bundle is used as
 /// it is (its modules then compile in each cold start, as before).
 const COMPILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The compiler's RLIMIT_DATA: a bundle may hold 250 MiB of source in one file,
+/// and parsing takes ~350× the source (a 4 MB list literal: 1.4 GB resident, 3 s),
+/// as the invoker, outside any sandbox. A module past it fails with a MemoryError
+/// and compiles at import instead, inside its instance's limits.
+const COMPILE_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Compiles every module under `staging` to bytecode (`__pycache__`, as the
 /// instances' interpreter would itself) with that interpreter, naming the files by
@@ -223,7 +228,7 @@ const COMPILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// module of the bundle's that shadows `compileall`; the parser only), but the
 /// input is hostile, so it is bounded in time and its failure only logged: a module
 /// that does not compile is reported at import, as it always was.
-fn compile_python(python: &Path, staging: &Path, target: &Path) {
+fn compile_python(python: &Path, staging: &Path, target: &Path, memory_bytes: u64) {
     let started = std::time::Instant::now();
     let spawned = std::process::Command::new(python)
         .args(["-I", "-m", "compileall", "-q", "-d"])
@@ -242,6 +247,20 @@ fn compile_python(python: &Path, staging: &Path, target: &Path) {
             return;
         }
     };
+    // Set on the started child (a `pre_exec` hook would fork the whole invoker,
+    // see instance.rs): the interpreter's own start-up is all that runs unlimited.
+    let limit = rustix::process::Rlimit {
+        current: Some(memory_bytes),
+        maximum: Some(memory_bytes),
+    };
+    let limited = rustix::process::Pid::from_raw(child.id() as i32)
+        .map(|pid| rustix::process::prlimit(Some(pid), rustix::process::Resource::Data, limit));
+    if !matches!(limited, Some(Ok(_))) {
+        let _ = child.kill();
+        let _ = child.wait();
+        tracing::warn!("could not limit the memory of a bundle's Python compiler; not compiled");
+        return;
+    }
     loop {
         match child.try_wait() {
             // compileall exits 1 when a module does not compile: the rest are done.
@@ -450,6 +469,33 @@ mod tests {
         );
         assert!(!holds(b".unpack-"), "nor the staging dir");
         std::fs::remove_dir_all(&cache).unwrap();
+    }
+
+    /// Parsing is the compiler's cost, and a hostile module can make it huge: the
+    /// limit stops that module (compiled unlimited, this one takes ~1.4 GB and 3 s)
+    /// and the others are still compiled.
+    #[test]
+    fn the_compiler_is_held_to_its_memory_limit() {
+        let dir = std::env::temp_dir().join(format!("mc-compile-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("small.py"), b"VALUE = 1\n").unwrap();
+        let huge = format!("a = [{}]\n", "1,".repeat(2_000_000));
+        std::fs::write(dir.join("huge.py"), huge).unwrap();
+        compile_python(&crate::resolve_python(), &dir, &dir, 64 * 1024 * 1024);
+        let compiled: Vec<String> = std::fs::read_dir(dir.join("__pycache__"))
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            compiled.iter().any(|name| name.starts_with("small.")),
+            "{compiled:?}"
+        );
+        assert!(
+            !compiled.iter().any(|name| name.starts_with("huge.")),
+            "{compiled:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
