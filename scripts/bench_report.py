@@ -1014,14 +1014,7 @@ def main():
     observed = sorted(o for _, o in startup)
     median = lambda xs: xs[len(xs) // 2]
 
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model() or "unknown"
     out = f"""# Benchmarks
 
 Produced by `make bench` ({time.strftime('%Y-%m-%d')}) on {platform.machine()}, {os.cpu_count()} cores ({cpu}),
@@ -1085,17 +1078,20 @@ SECTIONS = {
 }
 
 
-def machine():
-    """The CPU model and core count, as the sandboxes this runs on differ run to run."""
-    model = "an unknown CPU"
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, or None."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores"
+    return None
+
+
+def machine():
+    """The CPU model and core count, as the sandboxes this runs on differ run to run."""
+    return f"{cpu_model() or 'an unknown CPU'}, {os.cpu_count()} cores"
 
 
 def idle_cost(idle):

@@ -247,18 +247,12 @@ fn compile_python(python: &Path, staging: &Path, target: &Path, memory_bytes: u6
             return;
         }
     };
-    // Set on the started child (a `pre_exec` hook would fork the whole invoker,
-    // see instance.rs): the interpreter's own start-up is all that runs unlimited.
-    let limit = rustix::process::Rlimit {
-        current: Some(memory_bytes),
-        maximum: Some(memory_bytes),
-    };
-    let limited = rustix::process::Pid::from_raw(child.id() as i32)
-        .map(|pid| rustix::process::prlimit(Some(pid), rustix::process::Resource::Data, limit));
-    if !matches!(limited, Some(Ok(_))) {
+    // Set on the started child, as an instance's is: the interpreter's own
+    // start-up is all that runs unlimited.
+    if let Err(error) = crate::instance::set_memory_limit(child.id() as i32, memory_bytes) {
         let _ = child.kill();
         let _ = child.wait();
-        tracing::warn!("could not limit the memory of a bundle's Python compiler; not compiled");
+        tracing::warn!(%error, "could not limit the memory of a bundle's Python compiler; not compiled");
         return;
     }
     loop {

@@ -24,10 +24,11 @@ use crate::prestart::{PrestartPool, Recipe};
 use crate::sandbox::Sandbox;
 
 /// How long a log tail waits for the capture of what the function printed before
-/// answering: a line left without its newline waits the first, bytes still in a
-/// pipe (a capture task the scheduler has not run yet) the second.
-const TAIL_SETTLE_LIMITS: (Duration, Duration) =
-    (Duration::from_millis(20), Duration::from_secs(2));
+/// answering, when a line is left without its newline (it may never get one)…
+const TAIL_PARTIAL_LINE_LIMIT: Duration = Duration::from_millis(20);
+/// …and when bytes are still in a pipe (a capture task the scheduler has not run
+/// yet: they are sure to come).
+const TAIL_UNREAD_LIMIT: Duration = Duration::from_secs(2);
 
 /// Role tokens live an hour; instances are retired before theirs runs out.
 const ROLE_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -537,7 +538,7 @@ impl Engine {
         if request.log_tail {
             // What the function printed before answering belongs in its tail.
             instance
-                .settle_output(TAIL_SETTLE_LIMITS.0, TAIL_SETTLE_LIMITS.1)
+                .settle_output(TAIL_PARTIAL_LINE_LIMIT, TAIL_UNREAD_LIMIT)
                 .await;
             pool.report(&request_id, timing, &instance);
         } else {

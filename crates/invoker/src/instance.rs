@@ -672,7 +672,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 /// costs milliseconds per cold start once the invoker is large. The price is a
 /// window of microseconds after exec in which the runtime starts unlimited — before
 /// it has asked for its first event, so before any handler runs.
-fn set_memory_limit(pid: i32, bytes: u64) -> std::io::Result<()> {
+pub(crate) fn set_memory_limit(pid: i32, bytes: u64) -> std::io::Result<()> {
     let pid = rustix::process::Pid::from_raw(pid)
         .ok_or_else(|| std::io::Error::other("the child has no pid"))?;
     let limit = rustix::process::Rlimit {
