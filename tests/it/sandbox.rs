@@ -1103,14 +1103,13 @@ async fn a_root_invoker_gives_each_instance_cgroups_with_its_limits() {
     let http = reqwest::Client::new();
     let gw = cloud.gateway_url().to_owned();
     let service = cloud.keys.service_key.clone();
-    let (_, sandbox) = call(
-        &http,
-        reqwest::Method::GET,
-        format!("{gw}/functions/v1/sandbox"),
-        &service,
-        None,
-    )
-    .await;
+    let sandbox_status = || async {
+        let url = format!("{gw}/functions/v1/sandbox");
+        call(&http, reqwest::Method::GET, url, &service, None)
+            .await
+            .1
+    };
+    let sandbox = sandbox_status().await;
     let as_root = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -1122,68 +1121,89 @@ async fn a_root_invoker_gives_each_instance_cgroups_with_its_limits() {
     let kind = sandbox["cgroups"]
         .as_str()
         .expect("a root invoker uses cgroups");
-    let source = "def handler(event, context):\n    return open('/proc/self/cgroup').read()\n";
+    // Both from pre-started interpreters: one of the default size, whose cgroups
+    // were made at that size (nothing written when it is taken), and a larger one,
+    // whose limits are written when it is taken.
+    let source = "def handler(event, context):\n    return {'cgroup': open('/proc/self/cgroup').read(),\n            'prestarted': b'--prestarted' in open('/proc/self/cmdline', 'rb').read()}\n";
     let b64 = base64::engine::general_purpose::STANDARD.encode(python_zip(source));
-    let (status, body) = call(
-        &http,
-        reqwest::Method::PUT,
-        format!("{gw}/functions/v1/grouped"),
-        &service,
-        Some(json!({"runtime":"python3","handler":"app.handler","memory_mb":128,"code":{"zip_base64":b64}})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, out) = call(
-        &http,
-        reqwest::Method::POST,
-        format!("{gw}/functions/v1/grouped/invoke"),
-        &service,
-        Some(json!({})),
-    )
-    .await;
-    assert_eq!(status, 200, "{out}");
-    let membership = out.as_str().unwrap().to_owned();
-    // (128 MB + the 64 MiB runtime margin) of memory, plus the 32 MiB scratch tmpfs.
-    let memory = (128 + 64 + 32) * 1024 * 1024u64;
-    let (pids_file, memory_file, cpu_file, cpu_value) = if kind == "v2" {
-        let path = membership
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap();
-        let dir = format!("/sys/fs/cgroup{path}");
-        (
-            format!("{dir}/pids.max"),
-            format!("{dir}/memory.max"),
-            format!("{dir}/cpu.weight"),
-            "7".to_owned(),
+    let mut pids_file = String::new();
+    for (name, memory_mb) in [("grouped", 128u64), ("grouped-large", 1024)] {
+        let (status, body) = call(
+            &http,
+            reqwest::Method::PUT,
+            format!("{gw}/functions/v1/{name}"),
+            &service,
+            Some(json!({"runtime":"python3","handler":"app.handler","memory_mb":memory_mb,"code":{"zip_base64":b64}})),
         )
-    } else {
-        let of = |controller: &str| {
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let sandbox = sandbox_status().await;
+            if sandbox["prestart"]["ready"].as_u64() >= Some(1) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{sandbox}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let (status, out) = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{gw}/functions/v1/{name}/invoke"),
+            &service,
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["prestarted"], true, "{out}");
+        let membership = out["cgroup"].as_str().unwrap().to_owned();
+        // The memory size + the 64 MiB runtime margin, plus the 32 MiB scratch tmpfs.
+        let memory = (memory_mb + 64 + 32) * 1024 * 1024;
+        // One CPU's share per 1,769 MB, as Lambda.
+        let shares = memory_mb * 1024 / 1769;
+        let (pids, memory_file, cpu_file, cpu_value) = if kind == "v2" {
             let path = membership
                 .lines()
-                .find_map(|l| {
-                    let mut parts = l.splitn(3, ':');
-                    let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
-                    names
-                        .split(',')
-                        .any(|n| n == controller)
-                        .then(|| path.to_owned())
-                })
-                .unwrap_or_else(|| panic!("no {controller} cgroup in {membership}"));
-            format!("/sys/fs/cgroup/{controller}{path}")
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap();
+            let dir = format!("/sys/fs/cgroup{path}");
+            (
+                format!("{dir}/pids.max"),
+                format!("{dir}/memory.max"),
+                format!("{dir}/cpu.weight"),
+                (shares * 100 / 1024).clamp(1, 10_000).to_string(),
+            )
+        } else {
+            let of = |controller: &str| {
+                let path = membership
+                    .lines()
+                    .find_map(|l| {
+                        let mut parts = l.splitn(3, ':');
+                        let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+                        names
+                            .split(',')
+                            .any(|n| n == controller)
+                            .then(|| path.to_owned())
+                    })
+                    .unwrap_or_else(|| panic!("no {controller} cgroup in {membership}"));
+                format!("/sys/fs/cgroup/{controller}{path}")
+            };
+            (
+                format!("{}/pids.max", of("pids")),
+                format!("{}/memory.limit_in_bytes", of("memory")),
+                format!("{}/cpu.shares", of("cpu")),
+                shares.to_string(),
+            )
         };
-        (
-            format!("{}/pids.max", of("pids")),
-            format!("{}/memory.limit_in_bytes", of("memory")),
-            format!("{}/cpu.shares", of("cpu")),
-            (128 * 1024 / 1769).to_string(),
-        )
-    };
-    assert!(pids_file.contains("/minicloud/"), "{membership}");
-    let read = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_owned();
-    assert_eq!(read(&pids_file), "64");
-    assert_eq!(read(&memory_file), memory.to_string());
-    assert_eq!(read(&cpu_file), cpu_value);
+        assert!(pids.contains("/minicloud/"), "{membership}");
+        let read = |path: &str| std::fs::read_to_string(path).unwrap().trim().to_owned();
+        assert_eq!(read(&pids), "64", "{name}");
+        assert_eq!(read(&memory_file), memory.to_string(), "{name}");
+        assert_eq!(read(&cpu_file), cpu_value, "{name}");
+        if name == "grouped" {
+            pids_file = pids;
+        }
+    }
     // The instance's cgroups go with it.
     let (status, _) = call(
         &http,

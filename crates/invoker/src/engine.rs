@@ -35,6 +35,9 @@ const ROLE_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const INSTANCE_MAX_AGE: Duration = Duration::from_secs(45 * 60);
 /// Room above `memory_mb` for the runtime's own mappings (docs/operations.md).
 pub const MEMORY_MARGIN_MB: u64 = 64;
+/// How long after a cold start's call ends the pre-start pool is refilled: the
+/// answer's way back to its caller takes well under a millisecond.
+const REFILL_AFTER_ANSWER: Duration = Duration::from_millis(5);
 
 /// A function's deployed configuration, what its instances run: one row of
 /// `functions` without its timestamps (a `FunctionRecord` adds them).
@@ -269,6 +272,8 @@ impl Engine {
                     run_dir: self.paths.run_dir.clone(),
                     path: instance_path(&python),
                     program: python,
+                    memory_mb: crate::registry::DEFAULT_MEMORY_MB as u64,
+                    memory_limit: memory_limit(crate::registry::DEFAULT_MEMORY_MB),
                 };
                 let pool = PrestartPool::new(Arc::clone(&self.sandbox), recipe, self.prestart_size);
                 pool.refill();
@@ -528,7 +533,17 @@ impl Engine {
         };
         let (outcome, timing) = instance.invoke(invocation, timeout).await;
         if cold {
-            self.refill_prestart();
+            // Once the caller has its answer: spawning the replacement (the
+            // sandbox's set-up, clone, exec) while the answer was on its way back
+            // cost each cold start ~0.7 ms on two cores (measured: 2.42 → 1.72 ms
+            // p50). The replacement is only needed by the next cold start.
+            if let Some(Some(pool)) = self.prestart_pool.get() {
+                let pool = Arc::clone(pool);
+                tokio::spawn(async move {
+                    tokio::time::sleep(REFILL_AFTER_ANSWER).await;
+                    pool.refill();
+                });
+            }
         }
         let result = match outcome {
             Ok(Outcome::Response(body)) => Ok(body),
@@ -645,6 +660,12 @@ fn instance_path(python: &Path) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     format!("{interpreter_dir}:/usr/local/bin:/usr/bin:/bin")
+}
+
+/// An instance's `RLIMIT_DATA` (and, with its scratch, its cgroup's memory): its
+/// memory size and a margin for the runtime.
+fn memory_limit(memory_mb: i32) -> u64 {
+    (memory_mb.max(1) as u64 + MEMORY_MARGIN_MB) * 1024 * 1024
 }
 
 /// Whether a cold start of this function may take a pre-started interpreter: any
@@ -805,7 +826,7 @@ impl Engine {
             args,
             env,
             run_dir: self.paths.run_dir.clone(),
-            memory_limit: (spec.memory_mb.max(1) as u64 + MEMORY_MARGIN_MB) * 1024 * 1024,
+            memory_limit: memory_limit(spec.memory_mb),
             memory_mb: spec.memory_mb.max(1) as u64,
             sandbox: self.sandbox.is_on().then(|| Arc::clone(&self.sandbox)),
             read_only,

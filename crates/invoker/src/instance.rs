@@ -256,7 +256,17 @@ impl Instance {
             std::fs::create_dir_all(&tmp)?;
         }
 
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let mut prestarted = prestarted;
+        let (listener, connection) = match &mut prestarted {
+            Some(prestarted) => {
+                let socket = prestarted.take_runtime_api()?;
+                (
+                    TcpListener::from_std(socket.listener)?,
+                    Some(socket.connection),
+                )
+            }
+            None => (TcpListener::bind(("127.0.0.1", 0)).await?, None),
+        };
         let api_addr = listener.local_addr()?;
         let api = api_addr.to_string();
         let rules = InstanceRules {
@@ -304,7 +314,15 @@ impl Instance {
             (None, None) => Vec::new(),
         };
         let spawned = match (sandbox, prestarted) {
-            (_, Some(prestarted)) => specialize(prestarted, &launch, &rules, &api, &tmp, &dir),
+            (_, Some(prestarted)) => specialize(
+                prestarted,
+                &launch,
+                &rules,
+                connection.as_ref(),
+                &api,
+                &tmp,
+                &dir,
+            ),
             (Some(sandbox), None) => spawn_sandboxed(sandbox, &launch, &api, &tmp, &dir),
             (None, None) => spawn_plain(&launch, &api, &tmp, &dir),
         };
@@ -600,9 +618,10 @@ fn spawn_sandboxed(
 /// function's, then its environment, memory limit and Landlock layer sent
 /// (`crate::prestart`). On failure it is killed and reaped here.
 fn specialize(
-    prestarted: crate::prestart::Prestarted,
+    mut prestarted: crate::prestart::Prestarted,
     launch: &Launch,
     rules: &InstanceRules<'_>,
+    runtime_api: Option<&std::net::TcpStream>,
     api: &str,
     tmp: &std::path::Path,
     dir: &std::path::Path,
@@ -611,8 +630,14 @@ fn specialize(
         .sandbox
         .as_ref()
         .ok_or_else(|| std::io::Error::other("pre-started interpreters run sandboxed only"))?;
-    sandbox.resize_cgroups(&prestarted.cgroups, launch.memory_limit, launch.memory_mb)?;
-    let layer = sandbox.function_layer(rules, prestarted.pid())?;
+    let runtime_api =
+        runtime_api.ok_or_else(|| std::io::Error::other("no Runtime API connection"))?;
+    sandbox.resize_cgroups(
+        &prestarted.cgroups,
+        prestarted.cgroup_size,
+        (launch.memory_limit, launch.memory_mb),
+    )?;
+    let layer = sandbox.function_layer(prestarted.take_layer_base()?, rules)?;
     let env: Vec<_> = instance_env(launch, api, tmp, dir).collect();
     let mut child = prestarted.specialize(
         &launch.program,
@@ -620,6 +645,7 @@ fn specialize(
         &env,
         launch.memory_limit,
         layer,
+        runtime_api,
     )?;
     let pipe = |fd: std::os::fd::OwnedFd| {
         tokio::net::unix::pipe::Receiver::from_owned_fd(fd).and_then(captured)

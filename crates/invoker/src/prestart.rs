@@ -18,10 +18,15 @@
 //!    cgroups, limits and seccomp, and a first Landlock layer that lets it read
 //!    every function's code and does not handle TCP. Its stdin is a Unix socket
 //!    to the invoker; its environment holds no function's anything. It joins the
-//!    pool once it has written `R` on the socket (its imports are done).
-//! 2. A cold start takes one, sets its cgroups' limits to the function's, builds
-//!    the function's Landlock layer ([`Sandbox::function_layer`]) and sends it,
-//!    with the instance's complete environment and memory limit, over the socket.
+//!    pool once it has written `R` on the socket (its imports are done). While it
+//!    waits, the invoker makes what does not depend on the function: the base of
+//!    its future Landlock layer ([`Sandbox::function_layer_base`]) and its
+//!    instance's Runtime API listener, with a connection to it.
+//! 2. A cold start takes one, sets its cgroups' limits to the function's (made
+//!    at the default memory size's, so mostly nothing to write), completes the
+//!    function's Landlock layer ([`Sandbox::function_layer`]) and sends it, with
+//!    the instance's complete environment and memory limit and the Runtime API
+//!    connection, over the socket.
 //! 3. The interpreter sets the environment, lowers its `RLIMIT_DATA`, restricts
 //!    itself with that layer (exiting if it cannot), closes the socket, then runs
 //!    the bootstrap, which imports the handler, or execs the function's program
@@ -62,6 +67,12 @@ pub struct Recipe {
     pub run_dir: PathBuf,
     /// PATH (the interpreter's dir first, as for a spawned instance).
     pub path: String,
+    /// The memory size and limit its cgroups are made with: a function of the
+    /// default size's, so that taking one for such a function (most) writes
+    /// nothing to them (~70 µs of three cgroup writes, measured). Its
+    /// `RLIMIT_DATA` is the largest a function may get until it is taken.
+    pub memory_mb: u64,
+    pub memory_limit: u64,
 }
 
 /// How many interpreters the pool keeps, how many wait now, and how many cold
@@ -96,11 +107,41 @@ pub struct Prestarted {
     pub id: String,
     pub dir: PathBuf,
     pub cgroups: Vec<PathBuf>,
+    /// The memory limit and size its cgroups were made with.
+    pub cgroup_size: (u64, u64),
     child: Option<Child>,
     control: UnixStream,
     /// What it runs as an instance without exec'ing anything: its program and
     /// arguments but the `--prestarted` flag.
     runs: (PathBuf, Vec<OsString>),
+    /// Made while it waits, off the cold path: the function-independent part of
+    /// its function's Landlock layer ([`Sandbox::function_layer_base`]), and its
+    /// instance's Runtime API listener with a connection already made to it
+    /// (~100 µs of bind and connect a cold start no longer pays, measured).
+    layer_base: Option<landlock::RulesetCreated>,
+    runtime_api: Option<RuntimeApiSocket>,
+}
+
+/// A pre-started instance's Runtime API listener and the connection made to it
+/// for the interpreter.
+#[derive(Debug)]
+pub struct RuntimeApiSocket {
+    pub listener: std::net::TcpListener,
+    pub connection: std::net::TcpStream,
+}
+
+impl RuntimeApiSocket {
+    fn new() -> std::io::Result<RuntimeApiSocket> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        // Loopback to a listening socket: connected without waiting for an accept.
+        let connection = std::net::TcpStream::connect(listener.local_addr()?)?;
+        connection.set_nodelay(true)?;
+        listener.set_nonblocking(true)?;
+        Ok(RuntimeApiSocket {
+            listener,
+            connection,
+        })
+    }
 }
 
 impl PrestartPool {
@@ -116,8 +157,9 @@ impl PrestartPool {
 
     /// The oldest live interpreter, if any. The caller refills the pool
     /// ([`PrestartPool::refill`]) once the instance it made has answered its first
-    /// call: a replacement's start-up (~25 ms of CPU) would otherwise compete with
-    /// that instance's own on two cores (Node's cold start read ~8 ms slower).
+    /// call and that answer has reached its caller: a replacement's start-up
+    /// (~25 ms of CPU) would otherwise compete with both on two cores (Node's cold
+    /// start read ~8 ms slower; Python's ~0.7 ms).
     pub fn take(self: &Arc<Self>) -> Option<Prestarted> {
         let taken = loop {
             let next = self.state.lock().unwrap().ready.pop_front();
@@ -156,7 +198,10 @@ impl PrestartPool {
             // clone + exec take ~1 ms; then this blocking thread waits (~25 ms)
             // for the interpreter to say it has imported what it needs.
             tokio::task::spawn_blocking(move || {
-                let started = pool.start_one().and_then(Prestarted::await_ready);
+                let started = pool
+                    .start_one()
+                    .and_then(Prestarted::await_ready)
+                    .and_then(|prestarted| prestarted.prepare(&pool.sandbox));
                 let mut state = pool.state.lock().unwrap();
                 state.starting -= 1;
                 match started {
@@ -179,6 +224,7 @@ impl PrestartPool {
             &dir,
             &self.recipe.read_only,
             PRESTART_MEMORY_BYTES,
+            (self.recipe.memory_limit, self.recipe.memory_mb),
         ) {
             Ok(sandbox) => sandbox,
             Err(error) => {
@@ -218,9 +264,12 @@ impl PrestartPool {
             id,
             dir,
             cgroups,
+            cgroup_size: (self.recipe.memory_limit, self.recipe.memory_mb),
             child: Some(child),
             control,
             runs: (self.recipe.program.clone(), args),
+            layer_base: None,
+            runtime_api: None,
         })
     }
 }
@@ -245,6 +294,29 @@ impl Prestarted {
         Ok(self)
     }
 
+    /// What a cold start would otherwise make on its path: the base of its
+    /// layer (once it has said it is ready, its working dir is its tmpfs) and its
+    /// Runtime API socket.
+    fn prepare(mut self, sandbox: &Sandbox) -> std::io::Result<Prestarted> {
+        self.layer_base = Some(sandbox.function_layer_base(self.pid())?);
+        self.runtime_api = Some(RuntimeApiSocket::new()?);
+        Ok(self)
+    }
+
+    /// Its Runtime API socket, taken by the instance it becomes.
+    pub fn take_runtime_api(&mut self) -> std::io::Result<RuntimeApiSocket> {
+        self.runtime_api
+            .take()
+            .ok_or_else(|| std::io::Error::other("the Runtime API socket is taken"))
+    }
+
+    /// The base of its function's Landlock layer.
+    pub fn take_layer_base(&mut self) -> std::io::Result<landlock::RulesetCreated> {
+        self.layer_base
+            .take()
+            .ok_or_else(|| std::io::Error::other("the layer is taken"))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -257,7 +329,7 @@ impl Prestarted {
     /// its function's Landlock layer (the caller has set its cgroups' limits), and
     /// hands back its process. The message is a 4-byte big-endian length and a
     /// JSON object `{"env": [[name, value], …], "memory_limit": bytes}`, the
-    /// layer's descriptor riding along. The interpreter lowers its own limit:
+    /// layer's descriptor riding along (SCM_RIGHTS). The interpreter lowers its own limit:
     /// prlimit(2) on another uid's process needs `CAP_SYS_RESOURCE`, which a root
     /// invoker in a container often lacks.
     ///
@@ -265,6 +337,13 @@ impl Prestarted {
     /// runs itself: a native `bootstrap`, Node) gets `"exec": [program, args…]`,
     /// which the interpreter execs once restricted: the exec'd program keeps the
     /// sandbox, the limits, both Landlock layers and the seccomp filters.
+    ///
+    /// One that runs as itself also gets `runtime_api`, a connection to its
+    /// Runtime API the invoker has already made (the second descriptor): the
+    /// server accepts it while the interpreter restricts itself and imports the
+    /// handler, so the first `GET next` waits for neither (~120 µs of each cold
+    /// start, measured). Its layer still allows that port, for a reconnect. An
+    /// exec'd program connects by itself (it would not know the descriptor).
     pub fn specialize(
         mut self,
         program: &std::path::Path,
@@ -272,6 +351,7 @@ impl Prestarted {
         env: &[(String, String)],
         memory_limit: u64,
         layer: OwnedFd,
+        runtime_api: &std::net::TcpStream,
     ) -> std::io::Result<Child> {
         let exec = if (program, args) == (self.runs.0.as_path(), self.runs.1.as_slice()) {
             None
@@ -293,11 +373,12 @@ impl Prestarted {
         let length = u32::try_from(body.len())
             .map_err(|_| std::io::Error::other("environment too large"))?
             .to_be_bytes();
-        let fds = [layer.as_fd()];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let fds = [layer.as_fd(), runtime_api.as_fd()];
+        let fds = if exec.is_some() { &fds[..1] } else { &fds[..] };
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
-        if !ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(std::io::Error::other("no room for the ruleset descriptor"));
+        if !ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
+            return Err(std::io::Error::other("no room for the descriptors"));
         }
         // A few KB into an empty socket buffer: sent whole, without blocking.
         let sent = rustix::net::sendmsg(

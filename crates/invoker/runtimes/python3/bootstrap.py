@@ -63,12 +63,13 @@ class RuntimeClient:
     """One keep-alive HTTP/1.1 connection to the Runtime API (the invoker's own
     server: answers carry Content-Length or are chunked)."""
 
-    def __init__(self, address):
+    def __init__(self, address, sock=None):
         host, _, port = address.rpartition(":")
         self.host_header = address
         self.address = (host.strip("[]"), int(port))
         self.family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
-        self.sock = None
+        # A pre-started interpreter is handed a connection the invoker made.
+        self.sock = sock
         self.buffered = b""
 
     def close(self):
@@ -401,8 +402,8 @@ def handle_one(client, handler, resp, body):
     client.post(base + "/response", payload, {"Content-Type": "application/json"})
 
 
-def main():
-    client = RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
+def main(runtime_api=None):
+    client = RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"], runtime_api)
     task_root = os.environ.get("LAMBDA_TASK_ROOT") or os.getcwd()
 
     try:
@@ -432,6 +433,10 @@ def _warm_up():
     compiles it) is ~1 ms, the JSON encoder's and decoder's first calls a little."""
     compile("def handler(event, context):\n    return {'k': [1, 2.5, None]}\n", "<warm-up>", "exec")
     json.loads(json.dumps({"k": [1, 2.5, None, "s", True]}))
+    import ctypes
+
+    # dlopen and the symbol lookup (~70 µs) before the function is known.
+    return ctypes.CDLL(None, use_errno=True).syscall
 
 
 # landlock_restrict_self(2): the same number on every architecture.
@@ -441,12 +446,14 @@ _SYS_LANDLOCK_RESTRICT_SELF = 446
 def _await_function(control_fd=0):
     """Pre-started mode (`--prestarted`, crates/invoker/src/prestart.rs): wait on
     the invoker's socket for the instance's environment, memory limit and its
-    function's Landlock layer, apply them, then return to run as that function. Any failure exits: an
-    instance that could not narrow its sandbox must not run function code."""
+    function's Landlock layer, apply them, then return to run as that function,
+    with the connection to its Runtime API the invoker made (a socket, or None for
+    an instance exec'ing another program). Any failure exits: an instance that
+    could not narrow its sandbox must not run function code."""
     import ctypes
     import resource
 
-    _warm_up()
+    syscall = _warm_up()
     sock = _socket.socket(fileno=control_fd)
     # Imported and waiting: the invoker may now hand it a function.
     sock.sendall(b"R")
@@ -464,16 +471,16 @@ def _await_function(control_fd=0):
             data += chunk
         length = int.from_bytes(data[:4], "big")
         spec = json.loads(data[4 : 4 + length])
-        if len(fds) != 1 or len(data) != 4 + length:
-            raise ValueError(f"expected one descriptor and one message, got {len(fds)} and {len(data)} bytes")
+        expected = 1 if spec.get("exec") else 2
+        if len(fds) != expected or len(data) != 4 + length:
+            raise ValueError(f"expected {expected} descriptors and one message, got {len(fds)} and {len(data)} bytes")
         env = spec["env"]
         os.environ.clear()
         for name, value in env:
             os.environ[name] = value
         limit = int(spec["memory_limit"])
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, fds[0], 0) != 0:
+        if syscall(_SYS_LANDLOCK_RESTRICT_SELF, fds[0], 0) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self")
         os.close(fds[0])
         sock.detach()
@@ -485,6 +492,8 @@ def _await_function(control_fd=0):
             # replaces this interpreter, inside the same sandbox and layers.
             argv = spec["exec"]
             os.execv(argv[0], argv)
+        runtime_api = _socket.socket(fileno=fds[1])
+        runtime_api.settimeout(None)
     except BaseException as e:  # noqa: BLE001 - whatever it was, no function code runs
         sys.stderr.write(f"bootstrap: could not become the function's instance: {e!r}\n")
         os._exit(70)
@@ -492,9 +501,8 @@ def _await_function(control_fd=0):
     # script's dir (which load_handler replaces with the task root).
     sys.path[1:1] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     _read_platform_env()
+    return runtime_api
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--prestarted"]:
-        _await_function()
-    main()
+    main(_await_function() if sys.argv[1:] == ["--prestarted"] else None)
