@@ -613,13 +613,32 @@ Reading these (2026-12-05):
   the row above, once per code hash): that row's cold start is
   {cold['python_big_uncompiled_ms']:.1f} → {cold['python_big_ms']:.1f} ms. The trivial
   handler of the 1.3× row does not move (compiling two lines is microseconds).
-- **The 1.3× row is out of reach without handler snapshots**: the floor is a warm
-  call (handler imported, connection open) plus a fork; a pre-started interpreter must
-  still import the function's handler and open its first connection after its
-  function's Landlock layer is in force — function code cannot run before — and
-  those two alone are ~1.1 ms here. Reaching it would take the issue's optional
-  per-function snapshot (an interpreter that imported the handler once, forked per
-  instance), not built: a fork shares its parent's sandbox, tmpfs and Runtime API.
+- **Where a Python cold start's time goes** (2026-12-05, eighth session; a build
+  with timestamps on both sides, medians of 25 first calls, two runs of 1.72 and
+  1.77 ms, µs from the client's send): the gateway to the engine 167–211 (a warm call
+  pays it too); the invoker's cold path ~270 (taking an interpreter, its cgroups ~8,
+  completing its Landlock layer ~65, environment and `sendmsg` ~60); the interpreter
+  waking ~110; becoming the function ~290 (parsing the message ~65, the environment
+  ~105, `landlock_restrict_self` 60–75); importing the trivial handler 260–290 (~105
+  in a fresh unsandboxed interpreter); its first `GET next` to the event ~100; the
+  handler, its `POST` and the way back ~450, as warm. Taken off it this session: the
+  pool's refill, which had started the replacement while the answer was on its way
+  back (2.42 → 1.72 ms in one A/B pair; it is now started 5 ms after the answer);
+  the layer's function-independent rules and the instance's Runtime API listener and
+  connection, now made while the interpreter waits (~100 µs each); the cgroup
+  writes (the pool's cgroups are made at the default memory size, and only limits
+  that differ are written: ~75 → ~8 µs); `ctypes` loaded at warm-up (~50 µs).
+- **The 1.3× row needs the fork off the cold path, not only a snapshot**: the floor
+  is a warm call (handler imported, connection open) plus a fork; a pre-started
+  interpreter must still become the function and import its handler after its
+  function's Landlock layer is in force — function code cannot run before — ~0.6 ms
+  of the timeline above. A per-function snapshot (an interpreter that imported the
+  handler once, forked per instance; not built) would trade those for a fork: in the
+  same interpreter `fork()` returns to the parent after ~170 µs and the child runs
+  after 280–310 µs (by hand, median of 51), so ~1.45 ms, 1.6–1.8× the floor of
+  these runs. Under 1.3× takes a fork made before the call (a forked child of the
+  snapshot waiting for its instance's connection and variables), which is where the
+  plan in the session notes ends.
 - **Node** is exec'd from a pre-started interpreter rather than pre-started itself:
   its bootstrap cannot call `landlock_restrict_self` without a native addon, and a
   restriction made on one of Node's threads would not hold for the others. Its cold
