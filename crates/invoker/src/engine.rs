@@ -35,6 +35,8 @@ const ROLE_TOKEN_TTL: Duration = Duration::from_secs(3600);
 const INSTANCE_MAX_AGE: Duration = Duration::from_secs(45 * 60);
 /// Room above `memory_mb` for the runtime's own mappings (docs/operations.md).
 pub const MEMORY_MARGIN_MB: u64 = 64;
+/// A function's memory size unless it asks for another (Lambda's default).
+pub const DEFAULT_MEMORY_MB: i32 = 128;
 /// How long after a cold start's call ends the pre-start pool is refilled: the
 /// answer's way back to its caller takes well under a millisecond.
 const REFILL_AFTER_ANSWER: Duration = Duration::from_millis(5);
@@ -272,8 +274,8 @@ impl Engine {
                     run_dir: self.paths.run_dir.clone(),
                     path: instance_path(&python),
                     program: python,
-                    memory_mb: crate::registry::DEFAULT_MEMORY_MB as u64,
-                    memory_limit: memory_limit(crate::registry::DEFAULT_MEMORY_MB),
+                    memory_mb: DEFAULT_MEMORY_MB as u64,
+                    memory_limit: memory_limit(DEFAULT_MEMORY_MB),
                 };
                 let pool = PrestartPool::new(Arc::clone(&self.sandbox), recipe, self.prestart_size);
                 pool.refill();

@@ -3,9 +3,6 @@
 use minicloud_authz::{Action, Resource};
 use std::collections::BTreeMap;
 
-/// A function's memory size unless it asks for another (Lambda's default).
-pub const DEFAULT_MEMORY_MB: i32 = 128;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -181,7 +178,7 @@ fn validate(input: &FunctionIn) -> Result<Deploy, ApiError> {
             "handler: at most 128 printable characters",
         ));
     }
-    let memory_mb = input.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+    let memory_mb = input.memory_mb.unwrap_or(crate::engine::DEFAULT_MEMORY_MB);
     if !(128..=10_240).contains(&memory_mb) {
         return Err(ApiError::invalid("memory_mb must be 128 to 10240"));
     }
