@@ -636,9 +636,13 @@ Reading these (2026-12-05):
   handler once, forked per instance; not built) would trade those for a fork: in the
   same interpreter `fork()` returns to the parent after ~170 µs and the child runs
   after 280–310 µs (by hand, median of 51), so ~1.45 ms, 1.6–1.8× the floor of
-  these runs. Under 1.3× takes a fork made before the call (a forked child of the
-  snapshot waiting for its instance's connection and variables), which is where the
-  plan in the session notes ends.
+  these runs — and more, since a fork pays copy-on-write faults as it touches its
+  parent's objects (Python writes a reference count on every object it uses): by
+  hand, a module's first import took 720–2,150 µs in a forked child woken after 0–1 s
+  against 220–370 µs in a spawned interpreter woken the same way. Under 1.3× takes a
+  fork made before the call (a forked child of the snapshot, past its first faults,
+  waiting for its instance's connection and variables), which is where the plan in
+  the session notes ends.
 - **Node** is exec'd from a pre-started interpreter rather than pre-started itself:
   its bootstrap cannot call `landlock_restrict_self` without a native addon, and a
   restriction made on one of Node's threads would not hold for the others. Its cold
@@ -668,6 +672,19 @@ Reading these (2026-12-05):
   cgroups long before — and a freshly spawned one costs what the sandbox costs
   ({cold.get('provided_fresh_ms', cold['provided_ms']):.1f} ms): the sandbox, not the
   invoker, is what stands between a native cold start and 1.5× a bare spawn here.
+  Timed (eighth session, timestamps in the invoker, medians of 25; 3.6–3.8 ms cold
+  starts against 1.5–2.0 ms bare spawns): the invoker hands the interpreter its
+  function ~0.2 ms after the client sent the call, and the exec'd binary's first
+  `GET next` comes ~3.1 ms after that (the interpreter waking and restricting
+  itself, `execve`, the binary's start-up under the sandbox and its connection;
+  a bare spawn does all but the first, unsandboxed, and answers too, in 1.5–2.0
+  ms). `execve` alone is slow on this VM: from a small C process, `execve` to
+  a trivial C program's `main` takes ~0.5 ms, from a Python process with the
+  bootstrap's imports ~0.7 ms (by hand, medians of 31). A function's CPU weight
+  plays no part (a 3,008 MB function: the same 3.6 ms). A small native pre-started
+  helper instead of the interpreter for exec'd runtimes would save its
+  specialisation and the larger exec (~0.4 ms by these figures), not the sandbox's
+  share; not built.
 - **Bursts**: as Lambda, 100 concurrent first calls start an instance each (the pool
   serves two; the rest are spawned, ~30 ms of CPU each) and whatever is in flight past
   the concurrency limit (64) is throttled — how many depends on how soon the first
