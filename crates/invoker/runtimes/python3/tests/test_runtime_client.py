@@ -151,6 +151,69 @@ class RuntimeClientTest(unittest.TestCase):
         self.assertEqual(client.address, ("::1", 9001))
         self.assertEqual(client.family, socket.AF_INET6)
 
+    def test_a_handed_connection_is_used_without_connecting(self):
+        # A pre-started interpreter gets a connection the invoker made; the address
+        # is only for a reconnect (here a closed port: connecting would fail).
+        server = ScriptedServer([OK_HELLO, ACCEPTED])
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        address = "127.0.0.1:%d" % closed.getsockname()[1]
+        closed.close()
+        handed = socket.create_connection(server.listener.getsockname())
+        client = bootstrap.RuntimeClient(address, handed)
+        self.assertEqual(client.request("GET", "/next")[2], b"hello")
+        self.assertEqual(client.request("POST", "/r", b"{}")[0], 202)
+        self.assertEqual(server.connections, 1)
+
+
+class PrestartedTest(unittest.TestCase):
+    """A pre-started interpreter (`--prestarted`) handed a message it does not
+    expect exits before any function code runs."""
+
+    def run_prestarted(self, spec, descriptors):
+        import json
+        import subprocess
+        import tempfile
+
+        task_root = tempfile.mkdtemp()
+        marker = os.path.join(task_root, "imported")
+        with open(os.path.join(task_root, "app.py"), "w") as f:
+            f.write(f"open({marker!r}, 'w').close()\ndef handler(event, context):\n    return event\n")
+        ours, theirs = socket.socketpair()
+        script = os.path.join(os.path.dirname(__file__), "..", "bootstrap.py")
+        process = subprocess.Popen([sys.executable, "-u", script, "--prestarted"],
+                                   stdin=theirs, stderr=subprocess.PIPE)
+        theirs.close()
+        self.assertEqual(ours.recv(1), b"R")
+        env = [["_HANDLER", "app.handler"], ["LAMBDA_TASK_ROOT", task_root],
+               ["AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9"]]
+        body = json.dumps(dict(spec, env=env, memory_limit=1 << 30)).encode()
+        ours.sendmsg([len(body).to_bytes(4, "big"), body],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                       b"".join(fd.to_bytes(4, sys.byteorder) for fd in descriptors))])
+        _, stderr = process.communicate(timeout=30)
+        ours.close()
+        return process.returncode, stderr, os.path.exists(marker)
+
+    def test_the_wrong_descriptors_run_no_function_code(self):
+        r, w = os.pipe()
+        try:
+            for spec, descriptors in [
+                ({"exec": None}, [r]),  # no Runtime API connection
+                ({"exec": None}, [r, w, r]),
+                ({"exec": ["/bin/true"]}, [r, w]),  # an exec'd program gets none
+            ]:
+                with self.subTest(spec=spec, descriptors=len(descriptors)):
+                    code, stderr, imported = self.run_prestarted(spec, descriptors)
+                    self.assertEqual(code, 70, stderr)
+                    self.assertIn(b"could not become the function's instance", stderr)
+                    # Refused for what it was handed, before any restriction.
+                    self.assertIn(b"descriptors and one message", stderr)
+                    self.assertFalse(imported)
+        finally:
+            os.close(r)
+            os.close(w)
+
 
 if __name__ == "__main__":
     unittest.main()
