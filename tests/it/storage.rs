@@ -101,7 +101,11 @@ impl Env {
                                 .to_str()
                                 .unwrap()
                                 .to_owned();
-                            out.push((key, std::fs::read(entry.path()).unwrap()));
+                            // Swept between the listing and this read: gone.
+                            match std::fs::read(entry.path()) {
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                read => out.push((key, read.unwrap())),
+                            }
                         }
                     }
                 }
@@ -115,17 +119,19 @@ impl Env {
                 let mut out = Vec::new();
                 for object in listed.contents() {
                     let key = object.key().unwrap().to_owned();
-                    let body = client
-                        .get_object()
-                        .bucket(&name)
-                        .key(&key)
-                        .send()
-                        .await
-                        .unwrap()
-                        .body
-                        .collect()
-                        .await
-                        .unwrap();
+                    let got = client.get_object().bucket(&name).key(&key).send().await;
+                    // Swept (or deleted) between the listing and this read: a test
+                    // watching the sweeper lists while it works, and a blob gone
+                    // is simply not there any more.
+                    let got = match got {
+                        Err(error)
+                            if error.as_service_error().is_some_and(|e| e.is_no_such_key()) =>
+                        {
+                            continue;
+                        }
+                        other => other.unwrap(),
+                    };
+                    let body = got.body.collect().await.unwrap();
                     out.push((key, body.into_bytes().to_vec()));
                 }
                 out.sort();
