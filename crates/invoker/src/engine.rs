@@ -242,6 +242,20 @@ impl Engine {
         }
     }
 
+    /// [`Engine::refill_prestart`] once a cold call's caller has its answer:
+    /// spawning the replacement (the sandbox's set-up, clone, exec) while the
+    /// answer was on its way back cost each cold start ~0.7 ms on two cores
+    /// (measured: 2.42 → 1.72 ms p50). It is only needed by the next cold start.
+    fn refill_prestart_after_answer(&self) {
+        if let Some(Some(pool)) = self.prestart_pool.get() {
+            let pool = Arc::clone(pool);
+            tokio::spawn(async move {
+                tokio::time::sleep(REFILL_AFTER_ANSWER).await;
+                pool.refill();
+            });
+        }
+    }
+
     pub fn prestart_status(&self) -> crate::prestart::PrestartStatus {
         match self.prestart_pool.get() {
             Some(Some(pool)) => pool.status(),
@@ -535,17 +549,7 @@ impl Engine {
         };
         let (outcome, timing) = instance.invoke(invocation, timeout).await;
         if cold {
-            // Once the caller has its answer: spawning the replacement (the
-            // sandbox's set-up, clone, exec) while the answer was on its way back
-            // cost each cold start ~0.7 ms on two cores (measured: 2.42 → 1.72 ms
-            // p50). The replacement is only needed by the next cold start.
-            if let Some(Some(pool)) = self.prestart_pool.get() {
-                let pool = Arc::clone(pool);
-                tokio::spawn(async move {
-                    tokio::time::sleep(REFILL_AFTER_ANSWER).await;
-                    pool.refill();
-                });
-            }
+            self.refill_prestart_after_answer();
         }
         let result = match outcome {
             Ok(Outcome::Response(body)) => Ok(body),

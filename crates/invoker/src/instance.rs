@@ -257,15 +257,9 @@ impl Instance {
         }
 
         let mut prestarted = prestarted;
-        let (listener, connection) = match &mut prestarted {
-            Some(prestarted) => {
-                let socket = prestarted.take_runtime_api()?;
-                (
-                    TcpListener::from_std(socket.listener)?,
-                    Some(socket.connection),
-                )
-            }
-            None => (TcpListener::bind(("127.0.0.1", 0)).await?, None),
+        let listener = match &mut prestarted {
+            Some(prestarted) => TcpListener::from_std(prestarted.take_runtime_api_listener()?)?,
+            None => TcpListener::bind(("127.0.0.1", 0)).await?,
         };
         let api_addr = listener.local_addr()?;
         let api = api_addr.to_string();
@@ -314,15 +308,7 @@ impl Instance {
             (None, None) => Vec::new(),
         };
         let spawned = match (sandbox, prestarted) {
-            (_, Some(prestarted)) => specialize(
-                prestarted,
-                &launch,
-                &rules,
-                connection.as_ref(),
-                &api,
-                &tmp,
-                &dir,
-            ),
+            (_, Some(prestarted)) => specialize(prestarted, &launch, &rules, &api, &tmp, &dir),
             (Some(sandbox), None) => spawn_sandboxed(sandbox, &launch, &api, &tmp, &dir),
             (None, None) => spawn_plain(&launch, &api, &tmp, &dir),
         };
@@ -621,7 +607,6 @@ fn specialize(
     mut prestarted: crate::prestart::Prestarted,
     launch: &Launch,
     rules: &InstanceRules<'_>,
-    runtime_api: Option<&std::net::TcpStream>,
     api: &str,
     tmp: &std::path::Path,
     dir: &std::path::Path,
@@ -630,8 +615,6 @@ fn specialize(
         .sandbox
         .as_ref()
         .ok_or_else(|| std::io::Error::other("pre-started interpreters run sandboxed only"))?;
-    let runtime_api =
-        runtime_api.ok_or_else(|| std::io::Error::other("no Runtime API connection"))?;
     sandbox.resize_cgroups(
         &prestarted.cgroups,
         prestarted.cgroup_size,
@@ -645,7 +628,6 @@ fn specialize(
         &env,
         launch.memory_limit,
         layer,
-        runtime_api,
     )?;
     let pipe = |fd: std::os::fd::OwnedFd| {
         tokio::net::unix::pipe::Receiver::from_owned_fd(fd).and_then(captured)

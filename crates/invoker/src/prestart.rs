@@ -69,7 +69,7 @@ pub struct Recipe {
     pub path: String,
     /// The memory size and limit its cgroups are made with: a function of the
     /// default size's, so that taking one for such a function (most) writes
-    /// nothing to them (~70 µs of three cgroup writes, measured). Its
+    /// nothing to them (~75 µs of three cgroup writes, measured). Its
     /// `RLIMIT_DATA` is the largest a function may get until it is taken.
     pub memory_mb: u64,
     pub memory_limit: u64,
@@ -116,32 +116,12 @@ pub struct Prestarted {
     runs: (PathBuf, Vec<OsString>),
     /// Made while it waits, off the cold path: the function-independent part of
     /// its function's Landlock layer ([`Sandbox::function_layer_base`]), and its
-    /// instance's Runtime API listener with a connection already made to it
-    /// (~100 µs of bind and connect a cold start no longer pays, measured).
+    /// instance's Runtime API listener with a connection already made to it (a
+    /// bind and a ~70 µs connect a cold start no longer pays, measured). The
+    /// listener goes to the instance's server, the connection to the interpreter.
     layer_base: Option<landlock::RulesetCreated>,
-    runtime_api: Option<RuntimeApiSocket>,
-}
-
-/// A pre-started instance's Runtime API listener and the connection made to it
-/// for the interpreter.
-#[derive(Debug)]
-pub struct RuntimeApiSocket {
-    pub listener: std::net::TcpListener,
-    pub connection: std::net::TcpStream,
-}
-
-impl RuntimeApiSocket {
-    fn new() -> std::io::Result<RuntimeApiSocket> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        // Loopback to a listening socket: connected without waiting for an accept.
-        let connection = std::net::TcpStream::connect(listener.local_addr()?)?;
-        connection.set_nodelay(true)?;
-        listener.set_nonblocking(true)?;
-        Ok(RuntimeApiSocket {
-            listener,
-            connection,
-        })
-    }
+    runtime_api_listener: Option<std::net::TcpListener>,
+    runtime_api_connection: Option<std::net::TcpStream>,
 }
 
 impl PrestartPool {
@@ -269,7 +249,8 @@ impl PrestartPool {
             control,
             runs: (self.recipe.program.clone(), args),
             layer_base: None,
-            runtime_api: None,
+            runtime_api_listener: None,
+            runtime_api_connection: None,
         })
     }
 }
@@ -299,15 +280,23 @@ impl Prestarted {
     /// Runtime API socket.
     fn prepare(mut self, sandbox: &Sandbox) -> std::io::Result<Prestarted> {
         self.layer_base = Some(sandbox.function_layer_base(self.pid())?);
-        self.runtime_api = Some(RuntimeApiSocket::new()?);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        // Loopback to a listening socket: connected without waiting for an accept.
+        let connection = std::net::TcpStream::connect(listener.local_addr()?)?;
+        connection.set_nodelay(true)?;
+        listener.set_nonblocking(true)?;
+        self.runtime_api_listener = Some(listener);
+        self.runtime_api_connection = Some(connection);
         Ok(self)
     }
 
-    /// Its Runtime API socket, taken by the instance it becomes.
-    pub fn take_runtime_api(&mut self) -> std::io::Result<RuntimeApiSocket> {
-        self.runtime_api
+    /// Its instance's Runtime API listener, for the instance's server; the
+    /// connection made to it goes to the interpreter with
+    /// [`Prestarted::specialize`].
+    pub fn take_runtime_api_listener(&mut self) -> std::io::Result<std::net::TcpListener> {
+        self.runtime_api_listener
             .take()
-            .ok_or_else(|| std::io::Error::other("the Runtime API socket is taken"))
+            .ok_or_else(|| std::io::Error::other("the Runtime API listener is taken"))
     }
 
     /// The base of its function's Landlock layer.
@@ -338,12 +327,12 @@ impl Prestarted {
     /// which the interpreter execs once restricted: the exec'd program keeps the
     /// sandbox, the limits, both Landlock layers and the seccomp filters.
     ///
-    /// One that runs as itself also gets `runtime_api`, a connection to its
-    /// Runtime API the invoker has already made (the second descriptor): the
-    /// server accepts it while the interpreter restricts itself and imports the
-    /// handler, so the first `GET next` waits for neither (~120 µs of each cold
-    /// start, measured). Its layer still allows that port, for a reconnect. An
-    /// exec'd program connects by itself (it would not know the descriptor).
+    /// One that runs as itself also gets the connection to its Runtime API made
+    /// while it waited (the second descriptor): the server accepts it while the
+    /// interpreter restricts itself and imports the handler, so its first `GET
+    /// next` waits for neither (175 → ~100 µs, measured). Its layer still allows
+    /// that port, for a reconnect. An exec'd program connects by itself (it would
+    /// not know the descriptor).
     pub fn specialize(
         mut self,
         program: &std::path::Path,
@@ -351,8 +340,11 @@ impl Prestarted {
         env: &[(String, String)],
         memory_limit: u64,
         layer: OwnedFd,
-        runtime_api: &std::net::TcpStream,
     ) -> std::io::Result<Child> {
+        let runtime_api = self
+            .runtime_api_connection
+            .take()
+            .ok_or_else(|| std::io::Error::other("no Runtime API connection"))?;
         let exec = if (program, args) == (self.runs.0.as_path(), self.runs.1.as_slice()) {
             None
         } else {
