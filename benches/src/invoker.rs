@@ -399,6 +399,36 @@ async fn cold_starts(
     Ok(samples)
 }
 
+/// `BENCH_PYTHON_COLD_ONLY=1`: the python3 cold start against its floor (a warm
+/// invoke of the same function + a fork of a pre-imported interpreter), alone and
+/// in a minute rather than the whole bench's five, for A/B runs of a cold-path
+/// change; prints one line, writes nothing.
+async fn python_cold_only(cloud: &TestCloud, python_fn: &Value) -> anyhow::Result<()> {
+    let cold = median_ms(cold_starts(cloud, "coldpy", python_fn, 51).await?);
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let url = format!("{}/functions/v1/coldpy0/invoke", cloud.gateway_url());
+    let target = Target {
+        url: &url,
+        token: Some(&cloud.keys.service_key),
+    };
+    let warm = load(&http, &[target], 1, 200).await?[0]["p50_us"]
+        .as_f64()
+        .unwrap_or_default()
+        / 1000.0;
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let fork = python_fork_floor(python, 101)?;
+    println!(
+        "python3 cold {cold:.3} ms; warm {warm:.3} + fork {fork:.3} = {:.3} ms; ratio {:.2}",
+        warm + fork,
+        cold / (warm + fork)
+    );
+    Ok(())
+}
+
 /// The most instances of the queued rows and bursts: twice the cores, where the
 /// hand-measured trade-off (docs/benchmarks.md) peaked.
 const MAX_INSTANCES: u32 = 4;
@@ -698,6 +728,9 @@ async fn main() -> anyhow::Result<()> {
     // Node (issue 21's "< 40 ms"): our bootstrap's cold start against Node itself.
     let node_fn = json!({"runtime":"nodejs","handler":"index.handler","code":{"zip_base64":
         zip_of(&[("index.mjs", b"export const handler = async (event) => event;\n".as_slice(), 0o644)])?}});
+    if std::env::var_os("BENCH_PYTHON_COLD_ONLY").is_some() {
+        return python_cold_only(&cloud, &python_fn).await;
+    }
     let cold_python = cold_starts(&cloud, "coldpy", &python_fn, cold_n).await?;
     let cold_python_unsandboxed = cold_starts(&bare_cloud, "coldpy", &python_fn, cold_n).await?;
     // A handler that imports a module of its bundle's (3,000 small functions,

@@ -1683,7 +1683,9 @@ async fn a_pre_started_interpreter_becomes_exactly_its_function() {
              \x20   return {{'version': {version}, 'prestarted': '--prestarted' in sys.argv,\n\
              \x20           'data': list(resource.getrlimit(resource.RLIMIT_DATA)),\n\
              \x20           'secret': os.environ.get('SECRET'), 'path': sys.path[:2],\n\
-             \x20           'hash_seed': os.environ.get('PYTHONHASHSEED')}}\n"
+             \x20           'hash_seed': os.environ.get('PYTHONHASHSEED'),\n\
+             \x20           'env_names': sorted(os.environ), 'sys_path': sys.path,\n\
+             \x20           'modules': sorted(m for m in sys.modules if 'minicloud' in m)}}\n"
         );
         zip_of(&[("who.py", source.as_bytes(), 0o644)])
     };
@@ -1694,11 +1696,22 @@ async fn a_pre_started_interpreter_becomes_exactly_its_function() {
     let first = invoke(&cloud, "who", json!({})).await;
     assert_eq!(first.status, 200, "{}", first.body);
     let task_root = first.body["path"][0].as_str().unwrap().to_owned();
+    let mut first_body = first.body.clone();
+    let (env_names, sys_path, modules) = {
+        let body = first_body.as_object_mut().unwrap();
+        let mut take = |key: &str| body.remove(key).unwrap();
+        (take("env_names"), take("sys_path"), take("modules"))
+    };
     assert_eq!(
-        first.body,
+        first_body,
         json!({"version": 1, "prestarted": true, "secret": "first", "hash_seed": null,
                "data": [(256 + 64) << 20, (256 + 64) << 20], "path": [task_root, "/opt/extra"]})
     );
+    // Nothing left of its time as a pre-started interpreter: no variable of its
+    // own (its environment is rewritten in place, not cleared), no module or
+    // path entry of its import warm-up.
+    assert_eq!(modules, json!([]), "{}", first.body);
+    assert!(!sys_path.to_string().contains("warm-up"), "{}", first.body);
     // A fresh interpreter gives the same answer, but for how it was started.
     let fresh = TestCloud::builder()
         .invoker(|invoker| invoker.prestart = 0)
@@ -1711,6 +1724,13 @@ async fn a_pre_started_interpreter_becomes_exactly_its_function() {
     assert_eq!(spawned.body["data"], first.body["data"]);
     assert_eq!(spawned.body["secret"], first.body["secret"]);
     assert_eq!(spawned.body["path"][1], "/opt/extra", "{}", spawned.body);
+    assert_eq!(spawned.body["env_names"], env_names);
+    // Past the task root (another cloud's dir here), the same search path.
+    assert_eq!(spawned.body["sys_path"][0], spawned.body["path"][0]);
+    assert_eq!(
+        spawned.body["sys_path"].as_array().unwrap()[1..],
+        sys_path.as_array().unwrap()[1..]
+    );
     fresh.stop().await.unwrap();
 
     // A redeploy runs the new code, on a pre-started interpreter again.

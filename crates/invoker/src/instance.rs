@@ -263,6 +263,17 @@ impl Instance {
         };
         let api_addr = listener.local_addr()?;
         let api = api_addr.to_string();
+        if let Some(prestarted) = &mut prestarted {
+            // First thing: the interpreter wakes and sets its environment while
+            // the rest of this is done (`Prestarted::specialize` sends the layer).
+            let env: Vec<_> = instance_env(&launch, &api, &tmp, &dir).collect();
+            prestarted.send_environment(
+                &launch.program,
+                &launch.args,
+                &env,
+                launch.memory_limit,
+            )?;
+        }
         let rules = InstanceRules {
             dir: &dir,
             read_only: launch.read_only.clone(),
@@ -308,7 +319,7 @@ impl Instance {
             (None, None) => Vec::new(),
         };
         let spawned = match (sandbox, prestarted) {
-            (_, Some(prestarted)) => specialize(prestarted, &launch, &rules, &api, &tmp, &dir),
+            (_, Some(prestarted)) => specialize(prestarted, &launch, &rules),
             (Some(sandbox), None) => spawn_sandboxed(sandbox, &launch, &api, &tmp, &dir),
             (None, None) => spawn_plain(&launch, &api, &tmp, &dir),
         };
@@ -600,16 +611,14 @@ fn spawn_sandboxed(
     Ok((Process::Sandboxed(child), stdout, stderr))
 }
 
-/// A pre-started interpreter made this instance: its cgroups' limits set to the
-/// function's, then its environment, memory limit and Landlock layer sent
-/// (`crate::prestart`). On failure it is killed and reaped here.
+/// A pre-started interpreter made this instance: its environment sent
+/// ([`crate::prestart::Prestarted::send_environment`]), then its cgroups' limits
+/// set to the function's and its Landlock layer sent (`crate::prestart`). On
+/// failure it is killed and reaped here.
 fn specialize(
     mut prestarted: crate::prestart::Prestarted,
     launch: &Launch,
     rules: &InstanceRules<'_>,
-    api: &str,
-    tmp: &std::path::Path,
-    dir: &std::path::Path,
 ) -> std::io::Result<(Process, Output, Output)> {
     let sandbox = launch
         .sandbox
@@ -621,14 +630,7 @@ fn specialize(
         (launch.memory_limit, launch.memory_mb),
     )?;
     let layer = sandbox.function_layer(prestarted.take_layer_base()?, rules)?;
-    let env: Vec<_> = instance_env(launch, api, tmp, dir).collect();
-    let mut child = prestarted.specialize(
-        &launch.program,
-        &launch.args,
-        &env,
-        launch.memory_limit,
-        layer,
-    )?;
+    let mut child = prestarted.specialize(layer)?;
     let pipe = |fd: std::os::fd::OwnedFd| {
         tokio::net::unix::pipe::Receiver::from_owned_fd(fd).and_then(captured)
     };

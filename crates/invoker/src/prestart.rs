@@ -22,15 +22,18 @@
 //!    waits, the invoker makes what does not depend on the function: the base of
 //!    its future Landlock layer ([`Sandbox::function_layer_base`]) and its
 //!    instance's Runtime API listener, with a connection to it.
-//! 2. A cold start takes one, sets its cgroups' limits to the function's (made
-//!    at the default memory size's, so mostly nothing to write), completes the
-//!    function's Landlock layer ([`Sandbox::function_layer`]) and sends it, with
-//!    the instance's complete environment and memory limit and the Runtime API
-//!    connection, over the socket.
-//! 3. The interpreter sets the environment, lowers its `RLIMIT_DATA`, restricts
-//!    itself with that layer (exiting if it cannot), closes the socket, then runs
-//!    the bootstrap, which imports the handler, or execs the function's program
-//!    (the sandbox, limits, both layers and the seccomp filters survive `execve`).
+//! 2. A cold start takes one and sends it the instance's complete environment
+//!    and memory limit over the socket at once; then it sets its cgroups' limits
+//!    to the function's (made at the default memory size's, so mostly nothing to
+//!    write), completes the function's Landlock layer
+//!    ([`Sandbox::function_layer`]) and sends it, with the Runtime API
+//!    connection. Two messages, so that the interpreter wakes and sets its
+//!    environment while the invoker builds the layer.
+//! 3. The interpreter sets the environment and lowers its `RLIMIT_DATA`, waits
+//!    for the layer, restricts itself with it (exiting if it cannot), closes the
+//!    socket, then runs the bootstrap, which imports the handler, or execs the
+//!    function's program (the sandbox, limits, both layers and the seccomp
+//!    filters survive `execve`).
 //!    Function code runs only after step 3, under both layers, i.e. exactly the
 //!    rules a freshly spawned instance gets.
 //!
@@ -122,6 +125,10 @@ pub struct Prestarted {
     layer_base: Option<landlock::RulesetCreated>,
     runtime_api_listener: Option<std::net::TcpListener>,
     runtime_api_connection: Option<std::net::TcpStream>,
+    /// Set by [`Prestarted::send_environment`]: whether it will exec another
+    /// program (then it gets no Runtime API connection).
+    environment_sent: bool,
+    execs: bool,
 }
 
 impl PrestartPool {
@@ -251,6 +258,8 @@ impl PrestartPool {
             layer_base: None,
             runtime_api_listener: None,
             runtime_api_connection: None,
+            environment_sent: false,
+            execs: false,
         })
     }
 }
@@ -314,37 +323,25 @@ impl Prestarted {
         self.child.as_ref().is_none_or(Child::has_exited)
     }
 
-    /// Makes it an instance: sends its whole environment, its `RLIMIT_DATA` and
-    /// its function's Landlock layer (the caller has set its cgroups' limits), and
-    /// hands back its process. The message is a 4-byte big-endian length and a
-    /// JSON object `{"env": [[name, value], …], "memory_limit": bytes}`, the
-    /// layer's descriptor riding along (SCM_RIGHTS). The interpreter lowers its own limit:
-    /// prlimit(2) on another uid's process needs `CAP_SYS_RESOURCE`, which a root
-    /// invoker in a container often lacks.
+    /// Makes it an instance, first step: sends its whole environment and its
+    /// `RLIMIT_DATA`, which it applies while the caller sets its cgroups' limits
+    /// and completes its Landlock layer ([`Prestarted::specialize`]). The message
+    /// is a 4-byte big-endian length and a JSON object `{"env": [[name, value], …],
+    /// "memory_limit": bytes, "exec": null | [program, args…]}`. The interpreter
+    /// lowers its own limit: prlimit(2) on another uid's process needs
+    /// `CAP_SYS_RESOURCE`, which a root invoker in a container often lacks.
     ///
     /// An instance of another program (`program` and `args` other than what it
-    /// runs itself: a native `bootstrap`, Node) gets `"exec": [program, args…]`,
-    /// which the interpreter execs once restricted: the exec'd program keeps the
-    /// sandbox, the limits, both Landlock layers and the seccomp filters.
-    ///
-    /// One that runs as itself also gets the connection to its Runtime API made
-    /// while it waited (the second descriptor): the server accepts it while the
-    /// interpreter restricts itself and imports the handler, so its first `GET
-    /// next` waits for neither (175 → ~100 µs, measured). Its layer still allows
-    /// that port, for a reconnect. An exec'd program connects by itself (it would
-    /// not know the descriptor).
-    pub fn specialize(
-        mut self,
+    /// runs itself: a native `bootstrap`, Node) gets `"exec"`, which the
+    /// interpreter execs once restricted: the exec'd program keeps the sandbox,
+    /// the limits, both Landlock layers and the seccomp filters.
+    pub fn send_environment(
+        &mut self,
         program: &std::path::Path,
         args: &[OsString],
         env: &[(String, String)],
         memory_limit: u64,
-        layer: OwnedFd,
-    ) -> std::io::Result<Child> {
-        let runtime_api = self
-            .runtime_api_connection
-            .take()
-            .ok_or_else(|| std::io::Error::other("no Runtime API connection"))?;
+    ) -> std::io::Result<()> {
         let exec = if (program, args) == (self.runs.0.as_path(), self.runs.1.as_slice()) {
             None
         } else {
@@ -358,29 +355,59 @@ impl Prestarted {
                 .collect::<std::io::Result<Vec<_>>>()?;
             Some(argv)
         };
-        let body = serde_json::to_vec(
+        let mut message = vec![0; 4];
+        serde_json::to_writer(
+            &mut message,
             &serde_json::json!({ "env": env, "memory_limit": memory_limit, "exec": exec }),
         )
         .map_err(std::io::Error::other)?;
-        let length = u32::try_from(body.len())
-            .map_err(|_| std::io::Error::other("environment too large"))?
-            .to_be_bytes();
+        let length = u32::try_from(message.len() - 4)
+            .map_err(|_| std::io::Error::other("environment too large"))?;
+        message[..4].copy_from_slice(&length.to_be_bytes());
+        // A few KB into an empty socket buffer: sent whole, without blocking.
+        let sent = rustix::net::send(&self.control, &message, rustix::net::SendFlags::NOSIGNAL)?;
+        if sent != message.len() {
+            return Err(std::io::Error::other("the environment was sent in part"));
+        }
+        self.execs = exec.is_some();
+        self.environment_sent = true;
+        Ok(())
+    }
+
+    /// Makes it an instance, second step: sends its function's Landlock layer
+    /// (the caller has set its cgroups' limits), with which it restricts itself
+    /// before any function code runs, and hands back its process. The message is
+    /// one byte, `L`, the layer's descriptor riding along (SCM_RIGHTS).
+    ///
+    /// One that runs as itself also gets the connection to its Runtime API made
+    /// while it waited (the second descriptor): the server accepts it while the
+    /// interpreter restricts itself and imports the handler, so its first `GET
+    /// next` waits for neither (175 → ~100 µs, measured). Its layer still allows
+    /// that port, for a reconnect. An exec'd program connects by itself (it would
+    /// not know the descriptor).
+    pub fn specialize(mut self, layer: OwnedFd) -> std::io::Result<Child> {
+        if !self.environment_sent {
+            return Err(std::io::Error::other("the environment was not sent"));
+        }
+        let runtime_api = self
+            .runtime_api_connection
+            .take()
+            .ok_or_else(|| std::io::Error::other("no Runtime API connection"))?;
         let fds = [layer.as_fd(), runtime_api.as_fd()];
-        let fds = if exec.is_some() { &fds[..1] } else { &fds[..] };
+        let fds = if self.execs { &fds[..1] } else { &fds[..] };
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
         if !ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
             return Err(std::io::Error::other("no room for the descriptors"));
         }
-        // A few KB into an empty socket buffer: sent whole, without blocking.
         let sent = rustix::net::sendmsg(
             &self.control,
-            &[IoSlice::new(&length), IoSlice::new(&body)],
+            &[IoSlice::new(b"L")],
             &mut ancillary,
             rustix::net::SendFlags::NOSIGNAL,
         )?;
-        if sent != length.len() + body.len() {
-            return Err(std::io::Error::other("the environment was sent in part"));
+        if sent != 1 {
+            return Err(std::io::Error::other("the layer was not sent"));
         }
         self.child
             .take()

@@ -170,7 +170,7 @@ class PrestartedTest(unittest.TestCase):
     """A pre-started interpreter (`--prestarted`) handed a message it does not
     expect exits before any function code runs."""
 
-    def run_prestarted(self, spec, descriptors):
+    def run_prestarted(self, spec, descriptors, layer_message=b"L"):
         import json
         import subprocess
         import tempfile
@@ -188,7 +188,8 @@ class PrestartedTest(unittest.TestCase):
         env = [["_HANDLER", "app.handler"], ["LAMBDA_TASK_ROOT", task_root],
                ["AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9"]]
         body = json.dumps(dict(spec, env=env, memory_limit=1 << 30)).encode()
-        ours.sendmsg([len(body).to_bytes(4, "big"), body],
+        ours.sendall(len(body).to_bytes(4, "big") + body)
+        ours.sendmsg([layer_message],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                        b"".join(fd.to_bytes(4, sys.byteorder) for fd in descriptors))])
         _, stderr = process.communicate(timeout=30)
@@ -198,17 +199,18 @@ class PrestartedTest(unittest.TestCase):
     def test_the_wrong_descriptors_run_no_function_code(self):
         r, w = os.pipe()
         try:
-            for spec, descriptors in [
-                ({"exec": None}, [r]),  # no Runtime API connection
-                ({"exec": None}, [r, w, r]),
-                ({"exec": ["/bin/true"]}, [r, w]),  # an exec'd program gets none
+            for spec, descriptors, layer_message in [
+                ({"exec": None}, [r], b"L"),  # no Runtime API connection
+                ({"exec": None}, [r, w, r], b"L"),
+                ({"exec": ["/bin/true"]}, [r, w], b"L"),  # an exec'd program gets none
+                ({"exec": None}, [r, w], b"LL"),  # more than the layer's message
             ]:
-                with self.subTest(spec=spec, descriptors=len(descriptors)):
-                    code, stderr, imported = self.run_prestarted(spec, descriptors)
+                with self.subTest(spec=spec, descriptors=len(descriptors), layer=layer_message):
+                    code, stderr, imported = self.run_prestarted(spec, descriptors, layer_message)
                     self.assertEqual(code, 70, stderr)
                     self.assertIn(b"could not become the function's instance", stderr)
                     # Refused for what it was handed, before any restriction.
-                    self.assertIn(b"descriptors and one message", stderr)
+                    self.assertIn(b"descriptors and two messages", stderr)
                     self.assertFalse(imported)
         finally:
             os.close(r)
