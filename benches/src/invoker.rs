@@ -365,23 +365,7 @@ async fn cold_starts(
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("{prefix}{i}");
-        admin
-            .put::<_, Value>(&format!("/functions/v1/{name}"), function)
-            .await?;
-        // Cold starts one at a time and spaced, as they come in practice: the
-        // pre-started interpreters (issue 21) have been replaced since the last,
-        // and a cgroup join pays its RCU grace period (docs/benchmarks.md) as it
-        // would; back to back, one join would ride on the last one's.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let sandbox: Value = admin.get("/functions/v1/sandbox").await?;
-            let prestart = &sandbox["prestart"];
-            if prestart["ready"] == prestart["size"] || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        deploy_and_settle(&admin, &name, function).await?;
         let started = Instant::now();
         let response = http
             .post(format!(
@@ -411,22 +395,83 @@ async fn python_cold_only(cloud: &TestCloud, python_fn: &Value) -> anyhow::Resul
         url: &url,
         token: Some(&cloud.keys.service_key),
     };
-    let warm = load(&http, &[target], 1, 200).await?[0]["p50_us"]
+    let warm = load(&http, &[target], 1, 1000).await?[0]["p50_us"]
         .as_f64()
         .unwrap_or_default()
         / 1000.0;
+    let warm_isolated = median_ms(isolated_warm_calls(cloud, "coldpy0", python_fn, 25).await?);
     let python = if std::path::Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
         "python3"
     };
-    let fork = python_fork_floor(python, 101)?;
+    let fork = python_fork_floor(python, 101, 0)?;
+    let fork_isolated = python_fork_floor(python, 51, 50)?;
     println!(
-        "python3 cold {cold:.3} ms; warm {warm:.3} + fork {fork:.3} = {:.3} ms; ratio {:.2}",
+        "python3 cold {cold:.3} ms; warm {warm:.3} + fork {fork:.3} = {:.3} ms, ratio {:.2}; \
+         isolated: warm {warm_isolated:.3} + fork {fork_isolated:.3} = {:.3} ms, ratio {:.2}",
         warm + fork,
-        cold / (warm + fork)
+        cold / (warm + fork),
+        warm_isolated + fork_isolated,
+        cold / (warm_isolated + fork_isolated)
     );
     Ok(())
+}
+
+/// Deploys `function` as `name`, then waits as a cold start of the bench does:
+/// cold starts one at a time and spaced, as they come in practice — the
+/// pre-started interpreters (issue 21) have been replaced since the last, and a
+/// cgroup join pays its RCU grace period (docs/benchmarks.md) as it would; back
+/// to back, one join would ride on the last one's.
+async fn deploy_and_settle(
+    admin: &minicloud_sdk::Client,
+    name: &str,
+    function: &Value,
+) -> anyhow::Result<()> {
+    admin
+        .put::<_, Value>(&format!("/functions/v1/{name}"), function)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sandbox: Value = admin.get("/functions/v1/sandbox").await?;
+        let prestart = &sandbox["prestart"];
+        if prestart["ready"] == prestart["size"] || Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `n` warm calls of `name` (its instance running and idle), each made as a cold
+/// start of [`cold_starts`] is: after a deploy (of another function) and the
+/// same wait. What a cold start costs beyond a warm call in the same
+/// circumstances — not only after a run of back-to-back calls, whose code and
+/// data every cache on the way already holds.
+async fn isolated_warm_calls(
+    cloud: &TestCloud,
+    name: &str,
+    function: &Value,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let admin = cloud.admin();
+    let url = format!("{}/functions/v1/{name}/invoke", cloud.gateway_url());
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        deploy_and_settle(&admin, &format!("{name}-idle{i}"), function).await?;
+        let started = Instant::now();
+        let response = http
+            .post(&url)
+            .bearer_auth(&cloud.keys.service_key)
+            .body(r#"{"echo":1}"#)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "{}", response.status());
+        response.bytes().await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
 }
 
 /// The most instances of the queued rows and bursts: twice the cores, where the
@@ -502,14 +547,16 @@ fn python_bare_start(python: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
 }
 
 /// Median of `n` forks (fork → child `_exit` → `waitpid`) of an interpreter that
-/// has imported the Python bootstrap, as a zygote would have: issue 21's floor.
-fn python_fork_floor(python: &str, n: usize) -> anyhow::Result<f64> {
+/// has imported the Python bootstrap, as a zygote would have: issue 21's floor;
+/// each after `idle_ms` of sleep (0: back to back).
+fn python_fork_floor(python: &str, n: usize, idle_ms: u64) -> anyhow::Result<f64> {
     let script = format!(
         "import os, sys, time, ctypes, resource\n\
          sys.path.insert(0, 'crates/invoker/runtimes/python3')\n\
          import bootstrap\n\
          samples = []\n\
          for _ in range({n}):\n\
+         \x20   time.sleep({idle_ms} / 1000)\n\
          \x20   t = time.perf_counter(); pid = os.fork()\n\
          \x20   if pid == 0: os._exit(0)\n\
          \x20   os.waitpid(pid, 0); samples.append(time.perf_counter() - t)\n\
@@ -773,6 +820,8 @@ async fn main() -> anyhow::Result<()> {
         let summaries = load(&http, &[target], 1, 200).await?;
         summaries[0]["p50_us"].as_f64().unwrap_or_default() / 1000.0
     };
+    let warm_python_isolated_ms =
+        median_ms(isolated_warm_calls(&cloud, "coldpy0", &python_fn, cold_n).await?);
     // Issue 21: 100 concurrent first calls to a cold python3 function, all answered
     // within 1 s: with max_instances (queued), and as Lambda (an instance per call,
     // throttled past the concurrency limit of 64).
@@ -813,7 +862,8 @@ async fn main() -> anyhow::Result<()> {
         python.trim().to_owned()
     };
     let python_bare = python_bare_start(&python, cold_n)?;
-    let python_fork_ms = python_fork_floor(&python, 101)?;
+    let python_fork_ms = python_fork_floor(&python, 101, 0)?;
+    let python_fork_isolated_ms = python_fork_floor(&python, 51, 50)?;
     let cold_node = cold_starts(&cloud, "coldjs", &node_fn, cold_n).await?;
     let cold_node_unsandboxed = cold_starts(&bare_cloud, "coldjs", &node_fn, cold_n).await?;
     let node_bare = node_bare_start(cold_n)?;
@@ -974,6 +1024,8 @@ async fn main() -> anyhow::Result<()> {
             "node_fresh_ms": median_ms(cold_node_fresh),
             "python_warm_ms": warm_python_ms,
             "python_fork_ms": python_fork_ms,
+            "python_warm_isolated_ms": warm_python_isolated_ms,
+            "python_fork_isolated_ms": python_fork_isolated_ms,
             "python_big_ms": median_ms(cold_python_big),
             "python_big_uncompiled_ms": median_ms(cold_python_big_uncompiled),
             "node_ms": median_ms(cold_node),
