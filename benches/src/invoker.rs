@@ -12,6 +12,7 @@
 //! Needs `target/release/echo-function` (`make bench` builds it). Writes
 //! `target/bench-invoker.json` for `scripts/bench_report.py`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
@@ -91,45 +92,86 @@ async fn load(
         .collect())
 }
 
-/// A loopback Runtime API that serves one event and reports when it is answered.
-async fn runtime_stub() -> anyhow::Result<(String, tokio::sync::mpsc::Receiver<()>)> {
-    let (done, answered) = tokio::sync::mpsc::channel(16);
-    let router = axum::Router::new()
-        .route(
-            "/2018-06-01/runtime/invocation/next",
-            get(|| async {
-                let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis()
-                    .to_string();
-                (
-                    [
-                        ("lambda-runtime-aws-request-id", "r1".to_owned()),
-                        ("lambda-runtime-deadline-ms", deadline),
+/// A loopback Runtime API that hands every `next` the event of the current
+/// generation and reports the answers to that one only: a process answers again
+/// and again until it is killed, and an answer of the last process's must not end
+/// the next one's timing (until the ninth session one could: the python3
+/// bootstrap's spawn floor once read 3.5 ms so, below `python3 -S`).
+struct RuntimeStub {
+    api: String,
+    answered: tokio::sync::mpsc::Receiver<()>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RuntimeStub {
+    async fn start() -> anyhow::Result<RuntimeStub> {
+        use std::sync::atomic::Ordering;
+        let (done, answered) = tokio::sync::mpsc::channel(16);
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (serving, answering) = (Arc::clone(&generation), Arc::clone(&generation));
+        let router = axum::Router::new()
+            .route(
+                "/2018-06-01/runtime/invocation/next",
+                get(move || {
+                    let id = format!("r{}", serving.load(Ordering::SeqCst));
+                    async move {
+                        let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_millis()
+                            .to_string();
                         (
-                            "lambda-runtime-invoked-function-arn",
-                            "arn:aws:lambda:us-east-1:000000000000:function:f".to_owned(),
-                        ),
-                    ],
-                    r#"{"echo":1}"#,
-                )
-            }),
-        )
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            post(move || {
-                let done = done.clone();
-                async move {
-                    let _ = done.send(()).await;
-                    axum::http::StatusCode::ACCEPTED
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?.to_string();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Ok((address, answered))
+                            [
+                                ("lambda-runtime-aws-request-id", id),
+                                ("lambda-runtime-deadline-ms", deadline),
+                                (
+                                    "lambda-runtime-invoked-function-arn",
+                                    "arn:aws:lambda:us-east-1:000000000000:function:f".to_owned(),
+                                ),
+                            ],
+                            r#"{"echo":1}"#,
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(
+                    move |axum::extract::Path(id): axum::extract::Path<String>| {
+                        let done = done.clone();
+                        let current = format!("r{}", answering.load(Ordering::SeqCst));
+                        async move {
+                            if id == current {
+                                let _ = done.send(()).await;
+                            }
+                            axum::http::StatusCode::ACCEPTED
+                        }
+                    },
+                ),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api = listener.local_addr()?.to_string();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Ok(RuntimeStub {
+            api,
+            answered,
+            generation,
+        })
+    }
+
+    /// A new process's turn (the last one is dead): from now on only answers to
+    /// the events it is handed count.
+    fn next_generation(&mut self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while self.answered.try_recv().is_ok() {}
+    }
+
+    async fn answer(&mut self) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(10), self.answered.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stub stopped"))
+    }
 }
 
 /// The least any invoker speaking the Lambda Runtime API does on a warm call, as a
@@ -268,19 +310,23 @@ fn bare_instance(
     command
 }
 
-/// Spawn → the process's answer to the stub's one event.
+/// Spawn → the process's answer to the stub's one event; each `idle` after the
+/// last process's end (zero: back to back; 50 ms: spaced as [`cold_starts`]).
 async fn spawn_floor(
     program: &str,
     args: &[&str],
     env: &[(&str, &str)],
     n: usize,
+    idle: Duration,
 ) -> anyhow::Result<Vec<Duration>> {
-    let (api, mut answered) = runtime_stub().await?;
+    let mut stub = RuntimeStub::start().await?;
     let mut samples = Vec::new();
     for _ in 0..n {
+        tokio::time::sleep(idle).await;
+        stub.next_generation();
         let started = Instant::now();
-        let mut child = bare_instance(program, args, env, &api).spawn()?;
-        tokio::time::timeout(Duration::from_secs(10), answered.recv()).await?;
+        let mut child = bare_instance(program, args, env, &stub.api).spawn()?;
+        stub.answer().await?;
         samples.push(started.elapsed());
         child.kill().await?;
     }
@@ -308,16 +354,17 @@ async fn sandboxed_spawn_floor(echo: &[u8], n: usize) -> anyhow::Result<Vec<Dura
         "the sandbox is not enforced here: {:?}",
         sandbox.protections().missing
     );
-    let (api, mut answered) = runtime_stub().await?;
-    let port: u16 = api.rsplit(':').next().unwrap_or_default().parse()?;
+    let mut stub = RuntimeStub::start().await?;
+    let port: u16 = stub.api.rsplit(':').next().unwrap_or_default().parse()?;
     let env: Vec<(String, String)> = FLOOR_FUNCTION_ENV
         .into_iter()
-        .chain([("AWS_LAMBDA_RUNTIME_API", api.as_str())])
+        .chain([("AWS_LAMBDA_RUNTIME_API", stub.api.as_str())])
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let mut samples = Vec::new();
     for i in 0..n {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        stub.next_generation();
         let dir = root.join(format!("instance{i}"));
         std::fs::create_dir_all(dir.join("tmp"))?;
         let started = Instant::now();
@@ -340,7 +387,7 @@ async fn sandboxed_spawn_floor(echo: &[u8], n: usize) -> anyhow::Result<Vec<Dura
             capture: false,
             stdin: None,
         })?;
-        tokio::time::timeout(Duration::from_secs(10), answered.recv()).await?;
+        stub.answer().await?;
         samples.push(started.elapsed());
         if let Some(pid) = rustix::process::Pid::from_raw(child.id()) {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
@@ -758,7 +805,9 @@ async fn main() -> anyhow::Result<()> {
         .put::<_, Value>("/functions/v1/echo", &provided)
         .await?;
     let cold_rust_unsandboxed = cold_starts(&bare_cloud, "cold", &provided, cold_n).await?;
-    let rust_floor = spawn_floor(echo_path, &[], &[], cold_n).await?;
+    let rust_floor = spawn_floor(echo_path, &[], &[], cold_n, Duration::ZERO).await?;
+    let rust_floor_isolated =
+        spawn_floor(echo_path, &[], &[], cold_n, Duration::from_millis(50)).await?;
     // Only where the sandbox is enforced (as root on a host with Landlock).
     let rust_sandboxed_floor = match sandboxed_spawn_floor(&echo, cold_n).await {
         Ok(samples) => Some(median_ms(samples)),
@@ -878,6 +927,7 @@ async fn main() -> anyhow::Result<()> {
             ("LAMBDA_TASK_ROOT", task_root.to_str().unwrap_or_default()),
         ],
         cold_n,
+        Duration::ZERO,
     )
     .await?;
 
@@ -1014,6 +1064,7 @@ async fn main() -> anyhow::Result<()> {
         "warm_separate_client": separate,
         "cold": {
             "provided_ms": median_ms(cold_rust), "provided_floor_ms": median_ms(rust_floor),
+            "provided_floor_isolated_ms": median_ms(rust_floor_isolated),
             "provided_sandboxed_floor_ms": rust_sandboxed_floor,
             "python_ms": median_ms(cold_python), "python_floor_ms": median_ms(python_floor),
             "provided_unsandboxed_ms": median_ms(cold_rust_unsandboxed),
