@@ -216,6 +216,50 @@ class PrestartedTest(unittest.TestCase):
             os.close(r)
             os.close(w)
 
+    def test_the_environment_becomes_exactly_the_functions(self):
+        """Variables only the waiting interpreter had go, changed ones change, new
+        ones come: what an exec'd program (`env`) sees is the function's alone."""
+        import ctypes
+        import json
+        import subprocess
+        import tempfile
+
+        # A real Landlock ruleset to restrict with: it handles only making Unix
+        # sockets (1 << 8), which `env` never does.
+        libc = ctypes.CDLL(None, use_errno=True)
+        handled = ctypes.c_uint64(1 << 8)
+        ruleset = libc.syscall(444, ctypes.byref(handled), ctypes.sizeof(handled), 0)
+        if ruleset < 0:
+            self.skipTest("no Landlock on this kernel")
+        ours, theirs = socket.socketpair()
+        script = os.path.join(os.path.dirname(__file__), "..", "bootstrap.py")
+        scratch = tempfile.mkdtemp()
+        process = subprocess.Popen(
+            [sys.executable, "-u", script, "--prestarted"], stdin=theirs,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={"PATH": os.environ["PATH"], "TMPDIR": scratch, "HOME": scratch,
+                 "SAME": "kept", "LEFTOVER": "the waiting interpreter's only"},
+            # landlock_restrict_self needs no_new_privs (PR_SET_NO_NEW_PRIVS = 38)
+            # without CAP_SYS_ADMIN; the invoker's sandbox sets it.
+            preexec_fn=lambda: libc.prctl(38, 1, 0, 0, 0))
+        theirs.close()
+        try:
+            self.assertEqual(ours.recv(1), b"R")
+            env = [["PATH", os.environ["PATH"]], ["SAME", "kept"], ["HOME", "/elsewhere"],
+                   ["NEW", "the function's"]]
+            body = json.dumps({"env": env, "memory_limit": 1 << 34, "exec": ["/usr/bin/env"]}).encode()
+            ours.sendall(len(body).to_bytes(4, "big") + body)
+            ours.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   ruleset.to_bytes(4, sys.byteorder))])
+            out, err = process.communicate(timeout=30)
+        finally:
+            ours.close()
+            os.close(ruleset)
+        self.assertEqual(process.returncode, 0, err)
+        self.assertEqual(sorted(out.decode().splitlines()), sorted(f"{k}={v}" for k, v in env))
+        # The import warm-up left nothing in the scratch dir.
+        self.assertEqual(os.listdir(scratch), [])
+
 
 if __name__ == "__main__":
     unittest.main()
