@@ -125,10 +125,9 @@ pub struct Prestarted {
     layer_base: Option<landlock::RulesetCreated>,
     runtime_api_listener: Option<std::net::TcpListener>,
     runtime_api_connection: Option<std::net::TcpStream>,
-    /// Set by [`Prestarted::send_environment`]: whether it will exec another
-    /// program (then it gets no Runtime API connection).
-    environment_sent: bool,
-    execs: bool,
+    /// Whether it will exec another program (then it gets no Runtime API
+    /// connection); `None` until [`Prestarted::send_environment`] has told it.
+    execs: Option<bool>,
 }
 
 impl PrestartPool {
@@ -258,8 +257,7 @@ impl PrestartPool {
             layer_base: None,
             runtime_api_listener: None,
             runtime_api_connection: None,
-            environment_sent: false,
-            execs: false,
+            execs: None,
         })
     }
 }
@@ -369,8 +367,7 @@ impl Prestarted {
         if sent != message.len() {
             return Err(std::io::Error::other("the environment was sent in part"));
         }
-        self.execs = exec.is_some();
-        self.environment_sent = true;
+        self.execs = Some(exec.is_some());
         Ok(())
     }
 
@@ -386,15 +383,15 @@ impl Prestarted {
     /// that port, for a reconnect. An exec'd program connects by itself (it would
     /// not know the descriptor).
     pub fn specialize(mut self, layer: OwnedFd) -> std::io::Result<Child> {
-        if !self.environment_sent {
-            return Err(std::io::Error::other("the environment was not sent"));
-        }
+        let execs = self
+            .execs
+            .ok_or_else(|| std::io::Error::other("the environment was not sent"))?;
         let runtime_api = self
             .runtime_api_connection
             .take()
             .ok_or_else(|| std::io::Error::other("no Runtime API connection"))?;
         let fds = [layer.as_fd(), runtime_api.as_fd()];
-        let fds = if self.execs { &fds[..1] } else { &fds[..] };
+        let fds = if execs { &fds[..1] } else { &fds[..] };
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
         if !ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
