@@ -216,49 +216,94 @@ class PrestartedTest(unittest.TestCase):
             os.close(r)
             os.close(w)
 
-    def test_the_environment_becomes_exactly_the_functions(self):
-        """Variables only the waiting interpreter had go, changed ones change, new
-        ones come: what an exec'd program (`env`) sees is the function's alone."""
+    def start_prestarted(self, scratch, waiting_env):
+        """A `--prestarted` interpreter that may restrict itself without
+        CAP_SYS_ADMIN, and a real Landlock ruleset to restrict it with: one that
+        handles only making Unix sockets (1 << 8), which nothing here does."""
         import ctypes
-        import json
         import subprocess
-        import tempfile
 
-        # A real Landlock ruleset to restrict with: it handles only making Unix
-        # sockets (1 << 8), which `env` never does.
         libc = ctypes.CDLL(None, use_errno=True)
         handled = ctypes.c_uint64(1 << 8)
         ruleset = libc.syscall(444, ctypes.byref(handled), ctypes.sizeof(handled), 0)
         if ruleset < 0:
             self.skipTest("no Landlock on this kernel")
+        self.addCleanup(os.close, ruleset)
         ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
         script = os.path.join(os.path.dirname(__file__), "..", "bootstrap.py")
-        scratch = tempfile.mkdtemp()
         process = subprocess.Popen(
             [sys.executable, "-u", script, "--prestarted"], stdin=theirs,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={"PATH": os.environ["PATH"], "TMPDIR": scratch, "HOME": scratch,
-                 "SAME": "kept", "LEFTOVER": "the waiting interpreter's only"},
+            env=dict(waiting_env, TMPDIR=scratch, HOME=scratch),
             # landlock_restrict_self needs no_new_privs (PR_SET_NO_NEW_PRIVS = 38)
             # without CAP_SYS_ADMIN; the invoker's sandbox sets it.
             preexec_fn=lambda: libc.prctl(38, 1, 0, 0, 0))
         theirs.close()
+        self.assertEqual(ours.recv(1), b"R")
+        return process, ours, ruleset
+
+    def send_function(self, ours, spec, descriptors):
+        import json
+
+        body = json.dumps(dict(spec, memory_limit=1 << 34)).encode()
+        ours.sendall(len(body).to_bytes(4, "big") + body)
+        ours.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               b"".join(fd.to_bytes(4, sys.byteorder) for fd in descriptors))])
+
+    WAITING_ENV = {"PATH": os.environ["PATH"], "SAME": "kept",
+                   "LEFTOVER": "the waiting interpreter's only"}
+
+    def test_a_python_instance_sees_exactly_its_functions_environment(self):
+        """Variables only the waiting interpreter had go, changed ones change, new
+        ones come: the handler's os.environ is the function's alone."""
+        import json
+        import tempfile
+
+        scratch, task_root = tempfile.mkdtemp(), tempfile.mkdtemp()
+        with open(os.path.join(task_root, "app.py"), "w") as f:
+            f.write("import os\ndef handler(event, context):\n    return dict(os.environ)\n")
+        server = ScriptedServer([
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nLambda-Runtime-Aws-Request-Id: r1\r\n\r\n{}",
+            ACCEPTED,
+        ])
+        self.addCleanup(server.listener.close)
+        process, ours, ruleset = self.start_prestarted(scratch, self.WAITING_ENV)
+        env = {"PATH": os.environ["PATH"], "SAME": "kept", "HOME": "/elsewhere",
+               "NEW": "the function's", "_HANDLER": "app.handler",
+               "LAMBDA_TASK_ROOT": task_root, "AWS_LAMBDA_RUNTIME_API": server.address}
+        connection = socket.create_connection(server.listener.getsockname())
         try:
-            self.assertEqual(ours.recv(1), b"R")
-            env = [["PATH", os.environ["PATH"]], ["SAME", "kept"], ["HOME", "/elsewhere"],
-                   ["NEW", "the function's"]]
-            body = json.dumps({"env": env, "memory_limit": 1 << 34, "exec": ["/usr/bin/env"]}).encode()
-            ours.sendall(len(body).to_bytes(4, "big") + body)
-            ours.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                   ruleset.to_bytes(4, sys.byteorder))])
-            out, err = process.communicate(timeout=30)
+            self.send_function(ours, {"env": sorted(env.items()), "exec": None},
+                               [ruleset, connection.fileno()])
+            connection.close()
+            import time
+
+            deadline = time.monotonic() + 30
+            while len(server.requests) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
         finally:
-            ours.close()
-            os.close(ruleset)
-        self.assertEqual(process.returncode, 0, err)
-        self.assertEqual(sorted(out.decode().splitlines()), sorted(f"{k}={v}" for k, v in env))
+            process.kill()
+            _, stderr = process.communicate(timeout=30)
+        self.assertEqual(len(server.requests), 2, stderr)
+        posted = server.requests[1]
+        self.assertTrue(posted.startswith(b"POST /2018-06-01/runtime/invocation/r1/response"), posted[:200])
+        self.assertEqual(json.loads(posted.partition(b"\r\n\r\n")[2]), env)
         # The import warm-up left nothing in the scratch dir.
         self.assertEqual(os.listdir(scratch), [])
+
+    def test_an_exec_d_program_gets_exactly_its_functions_environment(self):
+        """The same for a program exec'd from it (native, Node): `env` prints it."""
+        import tempfile
+
+        scratch = tempfile.mkdtemp()
+        process, ours, ruleset = self.start_prestarted(scratch, self.WAITING_ENV)
+        env = [["PATH", os.environ["PATH"]], ["SAME", "kept"], ["HOME", "/elsewhere"],
+               ["NEW", "the function's"]]
+        self.send_function(ours, {"env": env, "exec": ["/usr/bin/env"]}, [ruleset])
+        out, err = process.communicate(timeout=30)
+        self.assertEqual(process.returncode, 0, err)
+        self.assertEqual(sorted(out.decode().splitlines()), sorted(f"{k}={v}" for k, v in env))
 
 
 if __name__ == "__main__":
