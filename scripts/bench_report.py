@@ -656,7 +656,11 @@ Reading these (2026-12-05):
   hand); and its warm-up imports a module of its own from its scratch dir, so that
   the handler's is not the interpreter's first import from a new directory (~200 →
   ~70 µs by hand). One A/B pair of the quick mode (`BENCH_PYTHON_COLD_ONLY=1`, 51
-  cold starts each, alternated): 2.06 / 2.17 ms before, 1.97 / 1.99 ms after. What the
+  cold starts each, alternated): 2.06 / 2.17 ms before, 1.97 / 1.99 ms after. An
+  interpreter that will exec another program (native, Node) no longer rewrites its
+  own environment: it hands the function's variables to `execve` — native cold
+  starts 4.4–5.1 ms in four runs before, 4.1–4.2 ms in three after; Node 34.5–38.2
+  → 33.2–34.6 ms. What the
   probe showed next: every step in the interpreter runs 3–5× slower than the same
   step timed by hand in a loop (the environment ~160 µs of CPU, the handler's import
   ~400 µs of CPU, its thread's CPU time equal to the wall time, ~10 page faults in
@@ -669,8 +673,8 @@ Reading these (2026-12-05):
   cache on the way holds; a cold start comes after a pause. The bench now also times
   both as a cold start is timed — each warm call after a deploy (of another function)
   and the same wait, each fork 50 ms after the last — and a cold start costs about
-  what those two cost together: {cold['python_ms']/(cold.get('python_warm_isolated_ms', 0) + cold.get('python_fork_isolated_ms', 0) or 1):.2f}× in the table's run, 0.84–1.01× in the
-  five runs of the session (the quick mode's included), against 2.6–3.2× the
+  what those two cost together: {cold['python_ms']/(cold.get('python_warm_isolated_ms', 0) + cold.get('python_fork_isolated_ms', 0) or 1):.2f}× in the table's run, 0.84–1.04× in the
+  eight runs of the session (the quick mode's included), against 2.4–3.2× the
   back-to-back floor. By that reading the pre-started path adds nothing over a warm
   call and a fork, and what separates it from the back-to-back floor is the pause
   itself, which a warm call ({cold.get('python_warm_isolated_ms', 0):.2f} against {cold['python_warm_ms']:.2f} ms) and a fork
@@ -718,7 +722,8 @@ Reading these (2026-12-05):
   {cold['provided_floor_ms']:.1f} ms for the bare spawn: the layer, the message, the interpreter's
   restriction and the exec are the difference. Not at ≤ 1.5× the bare spawn timed
   back to back; at {cold['provided_ms']/cold.get('provided_floor_isolated_ms', cold['provided_floor_ms']):.2f}× ({cold.get('provided_floor_isolated_ms', 0):.1f} ms) against a bare spawn made 50 ms
-  after the last, as the cold starts are spaced (1.35–1.48× in the session's runs) —
+  after the last, as the cold starts are spaced (1.18–1.40× in the session's last
+  three runs, 1.35–1.48× before the `execve` change above) —
   the same pause effect as the Python floor's above. The target dates from before
   the sandbox (issue 15). Against spawning the same binary
   into the invoker's sandbox with nothing else of the invoker (`sandboxed_spawn_floor`
