@@ -407,16 +407,31 @@ async fn cold_starts(
     function: &Value,
     n: usize,
 ) -> anyhow::Result<Vec<Duration>> {
+    calls_after_deploys(cloud, function, n, |i| {
+        let name = format!("{prefix}{i}");
+        (name.clone(), name)
+    })
+    .await
+}
+
+/// `n` times: deploys `function` as the first name `names(i)` gives, waits as
+/// [`deploy_and_settle`] does, then times one call of the second.
+async fn calls_after_deploys(
+    cloud: &TestCloud,
+    function: &Value,
+    n: usize,
+    names: impl Fn(usize) -> (String, String),
+) -> anyhow::Result<Vec<Duration>> {
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let admin = cloud.admin();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
-        let name = format!("{prefix}{i}");
-        deploy_and_settle(&admin, &name, function).await?;
+        let (deployed, called) = names(i);
+        deploy_and_settle(&admin, &deployed, function).await?;
         let started = Instant::now();
         let response = http
             .post(format!(
-                "{}/functions/v1/{name}/invoke",
+                "{}/functions/v1/{called}/invoke",
                 cloud.gateway_url()
             ))
             .bearer_auth(&cloud.keys.service_key)
@@ -436,16 +451,7 @@ async fn cold_starts(
 /// change; prints one line, writes nothing.
 async fn python_cold_only(cloud: &TestCloud, python_fn: &Value) -> anyhow::Result<()> {
     let cold = median_ms(cold_starts(cloud, "coldpy", python_fn, 51).await?);
-    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let url = format!("{}/functions/v1/coldpy0/invoke", cloud.gateway_url());
-    let target = Target {
-        url: &url,
-        token: Some(&cloud.keys.service_key),
-    };
-    let warm = load(&http, &[target], 1, 1000).await?[0]["p50_us"]
-        .as_f64()
-        .unwrap_or_default()
-        / 1000.0;
+    let warm = warm_p50_ms(cloud, "coldpy0", 1000).await?;
     let warm_isolated = median_ms(isolated_warm_calls(cloud, "coldpy0", python_fn, 25).await?);
     let python = if std::path::Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
@@ -490,6 +496,18 @@ async fn deploy_and_settle(
     }
 }
 
+/// p50 of `n` back-to-back warm calls of `name` through the gateway, in ms.
+async fn warm_p50_ms(cloud: &TestCloud, name: &str, n: usize) -> anyhow::Result<f64> {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let url = format!("{}/functions/v1/{name}/invoke", cloud.gateway_url());
+    let target = Target {
+        url: &url,
+        token: Some(&cloud.keys.service_key),
+    };
+    let summaries = load(&http, &[target], 1, n).await?;
+    Ok(summaries[0]["p50_us"].as_f64().unwrap_or_default() / 1000.0)
+}
+
 /// `n` warm calls of `name` (its instance running and idle), each made as a cold
 /// start of [`cold_starts`] is: after a deploy (of another function) and the
 /// same wait. What a cold start costs beyond a warm call in the same
@@ -501,24 +519,10 @@ async fn isolated_warm_calls(
     function: &Value,
     n: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let admin = cloud.admin();
-    let url = format!("{}/functions/v1/{name}/invoke", cloud.gateway_url());
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        deploy_and_settle(&admin, &format!("{name}-idle{i}"), function).await?;
-        let started = Instant::now();
-        let response = http
-            .post(&url)
-            .bearer_auth(&cloud.keys.service_key)
-            .body(r#"{"echo":1}"#)
-            .send()
-            .await?;
-        anyhow::ensure!(response.status().is_success(), "{}", response.status());
-        response.bytes().await?;
-        samples.push(started.elapsed());
-    }
-    Ok(samples)
+    calls_after_deploys(cloud, function, n, |i| {
+        (format!("{name}-idle{i}"), name.to_owned())
+    })
+    .await
 }
 
 /// The most instances of the queued rows and bursts: twice the cores, where the
@@ -859,16 +863,7 @@ async fn main() -> anyhow::Result<()> {
     fresh_cloud.stop().await?;
     // Issue 21's floor for a pre-started cold start: a warm invoke of the same
     // function plus a fork of an interpreter that has imported the bootstrap.
-    let warm_python_ms = {
-        let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-        let url = format!("{}/functions/v1/coldpy0/invoke", cloud.gateway_url());
-        let target = Target {
-            url: &url,
-            token: Some(&cloud.keys.service_key),
-        };
-        let summaries = load(&http, &[target], 1, 200).await?;
-        summaries[0]["p50_us"].as_f64().unwrap_or_default() / 1000.0
-    };
+    let warm_python_ms = warm_p50_ms(&cloud, "coldpy0", 200).await?;
     let warm_python_isolated_ms =
         median_ms(isolated_warm_calls(&cloud, "coldpy0", &python_fn, cold_n).await?);
     // Issue 21: 100 concurrent first calls to a cold python3 function, all answered

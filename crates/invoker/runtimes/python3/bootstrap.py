@@ -491,27 +491,28 @@ def _await_function(control_fd=0):
     sock = _socket.socket(fileno=control_fd)
     # Imported and waiting: the invoker may now hand it a function.
     sock.sendall(b"R")
-    received = [b"", []]
+    data, fds = b"", []
 
     def receive(size):
         # A stream socket: one recvmsg may carry the end of one message and the
         # start of the next, with the descriptors of either.
-        while len(received[0]) < size:
+        nonlocal data
+        while len(data) < size:
             chunk, ancillary, _flags, _addr = sock.recvmsg(1 << 16, _socket.CMSG_SPACE(16))
             for level, kind, payload in ancillary:
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                     usable = len(payload) - len(payload) % 4
-                    received[1] += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
+                    fds.extend(int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4))
             if not chunk:
                 # The invoker let it go (shutdown) before giving it a function.
                 os._exit(0)
-            received[0] += chunk
+            data += chunk
 
     try:
         receive(4)
-        length = int.from_bytes(received[0][:4], "big")
+        length = int.from_bytes(data[:4], "big")
         receive(4 + length)
-        spec = json.loads(received[0][4 : 4 + length])
+        spec = json.loads(data[4 : 4 + length])
         env = dict(spec["env"])
         if not spec.get("exec"):
             # Exactly the function's variables afterwards; only those that differ
@@ -528,7 +529,6 @@ def _await_function(control_fd=0):
         # Then the layer: one byte, "L", with its descriptor (and the Runtime API
         # connection's, unless it execs another program).
         receive(4 + length + 1)
-        data, fds = received
         expected = 1 if spec.get("exec") else 2
         if len(fds) != expected or data[4 + length :] != b"L":
             raise ValueError(f"expected {expected} descriptors and two messages, got {len(fds)} and {len(data)} bytes")
