@@ -471,6 +471,127 @@ async fn python_cold_only(cloud: &TestCloud, python_fn: &Value) -> anyhow::Resul
     Ok(())
 }
 
+/// `BENCH_WARM_ONLY=1`: the c = 1 and c = 32 warm rows of the echo (both tokio
+/// runtimes) beside the bare echo and the Runtime API relay, in a minute, for A/B
+/// runs of a warm-path change; prints one line per concurrency, writes nothing.
+/// `BENCH_WARM_ONLY=profile`: only the current-thread echo at `BENCH_CONCURRENCY` (1),
+/// `BENCH_ITERATIONS` calls, a steady load to attach a profiler to.
+async fn warm_only(
+    cloud: &TestCloud,
+    bare_url: &str,
+    echo_path: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let profile = std::env::var("BENCH_WARM_ONLY").is_ok_and(|v| v == "profile");
+    let current_thread_env: &[(&str, &str)] = &[("ECHO_TOKIO_RUNTIME", "current_thread")];
+    let relays = [
+        runtime_relay(echo_path, &[], 1).await?,
+        runtime_relay(echo_path, current_thread_env, 1).await?,
+        runtime_relay(echo_path, &[], 32).await?,
+        runtime_relay(echo_path, current_thread_env, 32).await?,
+    ];
+    let urls: Vec<String> = relays.iter().map(|relay| relay.url.clone()).collect();
+    let (base, token, bare_url) = (
+        cloud.gateway_url().to_owned(),
+        cloud.keys.service_key.clone(),
+        bare_url.to_owned(),
+    );
+    let lines = as_client(move || async move {
+        let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+        let (echo, echo1) = (
+            format!("{base}/functions/v1/echo/invoke"),
+            format!("{base}/functions/v1/echo1/invoke"),
+        );
+        let token = Some(token.as_str());
+        let mut lines = Vec::new();
+        if profile {
+            // One steady load to attach a profiler to: the current-thread echo at
+            // `BENCH_CONCURRENCY` (1).
+            let concurrency = std::env::var("BENCH_CONCURRENCY")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
+            let cpu = minicloud_bench::cpu_time(std::process::id());
+            let summaries = load(&http, &[Target { url: &echo1, token }], concurrency, n).await?;
+            let cpu = minicloud_bench::cpu_time(std::process::id()).saturating_sub(cpu);
+            // The load makes n + its warm-up (n / 10) calls.
+            let calls = n + (n / 10).max(concurrency * 4);
+            lines.push(format!(
+                "c={concurrency} current-thread invoke: {} ops/s, p50 {} µs; this process's CPU (cloud and client) {:.1} µs a call",
+                summaries[0]["ops_per_s"], summaries[0]["p50_us"],
+                cpu.as_secs_f64() * 1e6 / calls as f64
+            ));
+            return anyhow::Ok(lines);
+        }
+        for (concurrency, relays) in [(1, &urls[..2]), (32, &urls[2..])] {
+            let targets = [
+                Target { url: &bare_url, token: None },
+                Target { url: &echo, token },
+                Target { url: &echo1, token },
+                Target { url: &relays[0], token: None },
+                Target { url: &relays[1], token: None },
+            ];
+            let summaries = load(&http, &targets, concurrency, n).await?;
+            let p50 = |i: usize| summaries[i]["p50_us"].as_f64().unwrap_or_default();
+            let rate = |i: usize| summaries[i]["ops_per_s"].as_f64().unwrap_or_default();
+            lines.push(format!(
+                "c={concurrency}: floor p50 {:.0} µs; over it (p50): invoke {:.0}, current-thread {:.0}, \
+                 relay {:.0}, relay current-thread {:.0} µs; throughput ratios {:.3} {:.3} relay {:.3} {:.3}",
+                p50(0), p50(1) - p50(0), p50(2) - p50(0), p50(3) - p50(0), p50(4) - p50(0),
+                rate(1) / rate(0), rate(2) / rate(0), rate(3) / rate(0), rate(4) / rate(0),
+            ));
+        }
+        anyhow::Ok(lines)
+    })
+    .await?;
+    drop(relays);
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `BENCH_NATIVE_COLD_ONLY=1`: the native (`provided`) cold start against spawning
+/// the binary bare, back to back and spaced as cold starts are, with the median
+/// Init Duration of the cold starts' REPORT lines (the instance's start to its
+/// first `GET next`); for A/B runs of a cold-path change, in a minute.
+async fn native_cold_only(
+    cloud: &TestCloud,
+    provided: &Value,
+    echo_path: &str,
+) -> anyhow::Result<()> {
+    let n = 51;
+    let cold = median_ms(cold_starts(cloud, "cold", provided, n).await?);
+    let admin = cloud.admin();
+    let mut init_ms = Vec::new();
+    for i in 0..n {
+        let page: Value = admin
+            .get(&format!("/functions/v1/cold{i}/logs?stream=platform"))
+            .await?;
+        let init = page["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|line| {
+                let message = line["message"].as_str()?;
+                let (_, rest) = message.split_once("Init Duration: ")?;
+                rest.trim_end_matches(" ms").parse::<f64>().ok()
+            });
+        init_ms.extend(init);
+    }
+    init_ms.sort_by(f64::total_cmp);
+    let init = init_ms.get(init_ms.len() / 2).copied().unwrap_or(f64::NAN);
+    let floor = median_ms(spawn_floor(echo_path, &[], &[], n, Duration::ZERO).await?);
+    let spaced = median_ms(spawn_floor(echo_path, &[], &[], n, Duration::from_millis(50)).await?);
+    println!(
+        "provided cold {cold:.3} ms (init {init:.3}); spawn {floor:.3} ms, ratio {:.2}; \
+         spaced spawn {spaced:.3} ms, ratio {:.2}",
+        cold / floor,
+        cold / spaced
+    );
+    Ok(())
+}
+
 /// Deploys `function` as `name`, then waits as a cold start of the bench does:
 /// cold starts one at a time and spaced, as they come in practice — the
 /// pre-started interpreters (issue 21) have been replaced since the last, and a
@@ -795,9 +916,15 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, bare).await });
 
     let n = iterations();
+    if std::env::var_os("BENCH_WARM_ONLY").is_some() {
+        return warm_only(&cloud, &bare_url, echo_path, n).await;
+    }
     // Cold starts first, while no other instance runs: a fresh function each time.
     let cold_n = 25;
     let provided = json!({"runtime":"provided","code":{"zip_base64":echo_zip}});
+    if std::env::var_os("BENCH_NATIVE_COLD_ONLY").is_some() {
+        return native_cold_only(&cloud, &provided, echo_path).await;
+    }
     let cold_rust = cold_starts(&cloud, "cold", &provided, cold_n).await?;
     // The sandbox's own cost: the same on an invoker that runs functions bare.
     let bare_cloud = TestCloud::builder()

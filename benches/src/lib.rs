@@ -3,6 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+/// The allocator the `minicloud` binary ships with (crates/cli/src/main.rs), so
+/// that the clouds these benchmarks start in-process allocate as it does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use serde_json::{Value, json};
 
 /// Throughput over `wall`, p50 and p99 of `samples`.
