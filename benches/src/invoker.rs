@@ -484,12 +484,17 @@ async fn warm_only(
 ) -> anyhow::Result<()> {
     let profile = std::env::var("BENCH_WARM_ONLY").is_ok_and(|v| v == "profile");
     let current_thread_env: &[(&str, &str)] = &[("ECHO_TOKIO_RUNTIME", "current_thread")];
-    let relays = [
-        runtime_relay(echo_path, &[], 1).await?,
-        runtime_relay(echo_path, current_thread_env, 1).await?,
-        runtime_relay(echo_path, &[], 32).await?,
-        runtime_relay(echo_path, current_thread_env, 32).await?,
-    ];
+    let mut relays = Vec::new();
+    if !profile {
+        for (env, instances) in [
+            (&[][..], 1),
+            (current_thread_env, 1),
+            (&[][..], 32),
+            (current_thread_env, 32),
+        ] {
+            relays.push(runtime_relay(echo_path, env, instances).await?);
+        }
+    }
     let urls: Vec<String> = relays.iter().map(|relay| relay.url.clone()).collect();
     let (base, token, bare_url) = (
         cloud.gateway_url().to_owned(),
@@ -514,8 +519,10 @@ async fn warm_only(
             let cpu = minicloud_bench::cpu_time(std::process::id());
             let summaries = load(&http, &[Target { url: &echo1, token }], concurrency, n).await?;
             let cpu = minicloud_bench::cpu_time(std::process::id()).saturating_sub(cpu);
-            // The load makes n + its warm-up (n / 10) calls.
-            let calls = n + (n / 10).max(concurrency * 4);
+            // What `load` makes: its warm-up, then ROUNDS blocks, each split evenly
+            // between the callers.
+            let per_caller = |total: usize| total / concurrency * concurrency;
+            let calls = per_caller((n / 10).max(concurrency * 4)) + ROUNDS * per_caller(n / ROUNDS);
             lines.push(format!(
                 "c={concurrency} current-thread invoke: {} ops/s, p50 {} µs; this process's CPU (cloud and client) {:.1} µs a call",
                 summaries[0]["ops_per_s"], summaries[0]["p50_us"],
