@@ -472,7 +472,8 @@ async fn python_cold_only(cloud: &TestCloud, python_fn: &Value) -> anyhow::Resul
 }
 
 /// `BENCH_WARM_ONLY=1`: the c = 1 and c = 32 warm rows of the echo (both tokio
-/// runtimes) beside the bare echo and the Runtime API relay, in a minute, for A/B
+/// runtimes, and straight to the invoker) beside the bare echo and the Runtime API
+/// relay, in a minute, for A/B
 /// runs of a warm-path change; prints one line per concurrency, writes nothing.
 /// `BENCH_WARM_ONLY=profile`: only the current-thread echo at `BENCH_CONCURRENCY` (1),
 /// `BENCH_ITERATIONS` calls, a steady load to attach a profiler to.
@@ -501,6 +502,7 @@ async fn warm_only(
         cloud.keys.service_key.clone(),
         bare_url.to_owned(),
     );
+    let direct = format!("{}/functions/v1/echo/invoke", cloud.urls.invoker);
     let lines = as_client(move || async move {
         let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
         let (echo, echo1) = (
@@ -537,15 +539,17 @@ async fn warm_only(
                 Target { url: &echo1, token },
                 Target { url: &relays[0], token: None },
                 Target { url: &relays[1], token: None },
+                Target { url: &direct, token },
             ];
             let summaries = load(&http, &targets, concurrency, n).await?;
             let p50 = |i: usize| summaries[i]["p50_us"].as_f64().unwrap_or_default();
             let rate = |i: usize| summaries[i]["ops_per_s"].as_f64().unwrap_or_default();
             lines.push(format!(
                 "c={concurrency}: floor p50 {:.0} µs; over it (p50): invoke {:.0}, current-thread {:.0}, \
-                 relay {:.0}, relay current-thread {:.0} µs; throughput ratios {:.3} {:.3} relay {:.3} {:.3}",
-                p50(0), p50(1) - p50(0), p50(2) - p50(0), p50(3) - p50(0), p50(4) - p50(0),
-                rate(1) / rate(0), rate(2) / rate(0), rate(3) / rate(0), rate(4) / rate(0),
+                 relay {:.0}, relay current-thread {:.0}, invoke without the gateway {:.0} µs; \
+                 throughput ratios {:.3} {:.3} relay {:.3} {:.3} without the gateway {:.3}",
+                p50(0), p50(1) - p50(0), p50(2) - p50(0), p50(3) - p50(0), p50(4) - p50(0), p50(5) - p50(0),
+                rate(1) / rate(0), rate(2) / rate(0), rate(3) / rate(0), rate(4) / rate(0), rate(5) / rate(0),
             ));
         }
         anyhow::Ok(lines)
