@@ -707,7 +707,12 @@ Reading these (2026-12-05):
   the last: another allocator and another machine, not an A/B.) In this run the c = 1
   overhead is under the 250 µs target both in-process and from a client process of
   its own, and the c = 32 p99 under 10 ms; on the ninth session's machine neither
-  was.
+  was. The "without the gateway" row at c = 1 has read slower than the gateway's
+  since the seventh session although that path does strictly less (the same server
+  code and the same invoker router, which the gateway clones in-process); in the
+  quick mode (`BENCH_WARM_ONLY=1`: one cloud, six rows) it read faster in three runs
+  of three (73–88 against 83–99 µs over the bare echo): an effect of the full bench's
+  order and company, not of the direct path.
 - **Where a native cold start's time goes** (tenth session, the probe again,
   `BENCH_NATIVE_COLD_ONLY=1`, medians of 51; cold starts 2.45–2.64 ms against a
   back-to-back bare spawn of 0.98–1.24 ms and a spaced one of 1.66–1.81 ms): the
