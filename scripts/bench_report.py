@@ -1160,6 +1160,8 @@ def main():
 Produced by `make bench` ({time.strftime('%Y-%m-%d')}) on {platform.machine()}, {os.cpu_count()} cores ({cpu}),
 debug-free release profile for the binary, criterion for the rest. Every ratio compares
 two figures measured in the same run. Postgres 15 and Redis 7 are the local servers.
+The clouds the benchmarks start in their own process allocate with mimalloc, as the
+`minicloud` binary does (glibc's malloc before 2026-12-06).
 
 ## Start-up (issue 2)
 
