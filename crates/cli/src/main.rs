@@ -19,10 +19,11 @@ use minicloud_storage::StorageConfig;
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than glibc's malloc: a warm invoke allocates and frees a few
-/// hundred small buffers (headers, bodies, futures) on two threads, and glibc's
-/// arenas spent ~18% of the cloud's CPU on it at c = 32 (`malloc_consolidate` alone
-/// ~3%, on every allocation of 1 KiB or more); mimalloc cut the CPU per call by
-/// ~18% and raised throughput ~15% (docs/benchmarks.md, issue 21).
+/// hundred small buffers (headers, bodies, futures) across threads, and glibc's
+/// malloc and free took ~18% of the invoker bench's CPU at c = 32
+/// (`malloc_consolidate` alone ~3%: it runs on every allocation of 1 KiB or more
+/// while freed small chunks wait); mimalloc cut the CPU per call by 16–20% and
+/// raised c = 32 throughput ~15% (docs/benchmarks.md, issue 21).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
