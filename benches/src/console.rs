@@ -7,6 +7,9 @@
 use std::time::Duration;
 
 use fantoccini::ClientBuilder;
+// Linked for its global allocator only: the console's cloud allocates as the
+// `minicloud` binary does.
+use minicloud_bench as _;
 use minicloud_testkit::TestCloud;
 use serde_json::{Value, json};
 

@@ -473,10 +473,11 @@ async fn python_cold_only(cloud: &TestCloud, python_fn: &Value) -> anyhow::Resul
 
 /// `BENCH_WARM_ONLY=1`: the c = 1 and c = 32 warm rows of the echo (both tokio
 /// runtimes, and straight to the invoker) beside the bare echo and the Runtime API
-/// relay, in a minute, for A/B
-/// runs of a warm-path change; prints one line per concurrency, writes nothing.
-/// `BENCH_WARM_ONLY=profile`: only the current-thread echo at `BENCH_CONCURRENCY` (1),
-/// `BENCH_ITERATIONS` calls, a steady load to attach a profiler to.
+/// relay, in seconds, for A/B runs of a warm-path change; prints one line per
+/// concurrency, writes nothing. `BENCH_WARM_ONLY=profile`: only the current-thread
+/// echo at `BENCH_CONCURRENCY` (1), `BENCH_ITERATIONS` calls, a steady load to attach
+/// a profiler to, and this process's CPU per call — read in 10 ms ticks, so give it
+/// a second or more of calls (10,000 at c = 32 here).
 async fn warm_only(
     cloud: &TestCloud,
     bare_url: &str,
@@ -512,19 +513,20 @@ async fn warm_only(
         let token = Some(token.as_str());
         let mut lines = Vec::new();
         if profile {
-            // One steady load to attach a profiler to: the current-thread echo at
-            // `BENCH_CONCURRENCY` (1).
-            let concurrency = std::env::var("BENCH_CONCURRENCY")
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1);
-            let cpu = minicloud_bench::cpu_time(std::process::id());
+            let concurrency: usize = match std::env::var("BENCH_CONCURRENCY") {
+                Ok(value) => value.parse()?,
+                Err(_) => 1,
+            };
+            anyhow::ensure!(
+                concurrency > 0 && n / ROUNDS >= concurrency,
+                "BENCH_CONCURRENCY must be at least 1 and BENCH_ITERATIONS at least {ROUNDS} times it"
+            );
+            let cpu = cpu_time(std::process::id());
             let summaries = load(&http, &[Target { url: &echo1, token }], concurrency, n).await?;
-            let cpu = minicloud_bench::cpu_time(std::process::id()).saturating_sub(cpu);
-            // What `load` makes: its warm-up, then ROUNDS blocks, each split evenly
-            // between the callers.
-            let per_caller = |total: usize| total / concurrency * concurrency;
-            let calls = per_caller((n / 10).max(concurrency * 4)) + ROUNDS * per_caller(n / ROUNDS);
+            let cpu = cpu_time(std::process::id()).saturating_sub(cpu);
+            // `load` splits each block evenly between the callers, dropping the rest.
+            let calls_made = |total: usize| total / concurrency * concurrency;
+            let calls = calls_made((n / 10).max(concurrency * 4)) + ROUNDS * calls_made(n / ROUNDS);
             lines.push(format!(
                 "c={concurrency} current-thread invoke: {} ops/s, p50 {} µs; this process's CPU (cloud and client) {:.1} µs a call",
                 summaries[0]["ops_per_s"], summaries[0]["p50_us"],

@@ -3,12 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+
 /// The allocator the `minicloud` binary ships with (crates/cli/src/main.rs), so
-/// that the clouds these benchmarks start in-process allocate as it does.
+/// that the clouds these benchmarks start in-process allocate as it does. Every
+/// bench binary must link this crate for it to apply (console.rs names it for that
+/// alone).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use serde_json::{Value, json};
 
 /// Throughput over `wall`, p50 and p99 of `samples`.
 pub fn summary(mut samples: Vec<Duration>, wall: Duration) -> Value {
