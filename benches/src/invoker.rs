@@ -576,12 +576,12 @@ async fn native_cold_only(
     let n = 51;
     let cold = median_ms(cold_starts(cloud, "cold", provided, n).await?);
     let admin = cloud.admin();
-    let mut init_ms = Vec::new();
+    let mut inits = Vec::with_capacity(n);
     for i in 0..n {
         let page: Value = admin
             .get(&format!("/functions/v1/cold{i}/logs?stream=platform"))
             .await?;
-        let init = page["lines"]
+        let init_ms = page["lines"]
             .as_array()
             .into_iter()
             .flatten()
@@ -589,11 +589,11 @@ async fn native_cold_only(
                 let message = line["message"].as_str()?;
                 let (_, rest) = message.split_once("Init Duration: ")?;
                 rest.trim_end_matches(" ms").parse::<f64>().ok()
-            });
-        init_ms.extend(init);
+            })
+            .ok_or_else(|| anyhow::anyhow!("cold{i}: no Init Duration in its REPORT"))?;
+        inits.push(Duration::from_secs_f64(init_ms / 1000.0));
     }
-    init_ms.sort_by(f64::total_cmp);
-    let init = init_ms.get(init_ms.len() / 2).copied().unwrap_or(f64::NAN);
+    let init = median_ms(inits);
     let floor = median_ms(spawn_floor(echo_path, &[], &[], n, Duration::ZERO).await?);
     let spaced = median_ms(spawn_floor(echo_path, &[], &[], n, Duration::from_millis(50)).await?);
     println!(
